@@ -1,0 +1,64 @@
+"""ManiReports Cloud Offload: the web side (dashboard, LMS API, callbacks)."""
+from __future__ import annotations
+
+import logging
+import os
+
+from flask import Flask
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """Build the app: settings from the environment, then ``config`` overrides."""
+    from dashboard import settings
+
+    app = Flask(__name__, instance_path=os.path.join(ROOT, "instance"), static_folder="../static",
+                static_url_path="/static")
+    app.config.update(settings.load())
+    if config:
+        app.config.update(config)
+    app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)
+    app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
+                      SESSION_COOKIE_SECURE=app.config["OFFLOAD_PRODUCTION"],
+                      SQLALCHEMY_ENGINE_OPTIONS=_engine_options(app.config["SQLALCHEMY_DATABASE_URI"]))
+    _ensure_sqlite_folder(app)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from dashboard import crypto
+    from dashboard.extensions import csrf, db, login_manager, migrate
+
+    crypto.configure(app.config["OFFLOAD_ENCRYPTION_KEYS"])
+    db.init_app(app)
+    migrate.init_app(app, db, directory=os.path.join(ROOT, "migrations"), render_as_batch=True,
+                     compare_type=True)
+    csrf.init_app(app)
+    login_manager.init_app(app)
+
+    from dashboard import admin, api, auth, callbacks, cli, errors
+
+    auth.init_app(app)
+    admin.init_app(app)
+    api.init_app(app)
+    callbacks.init_app(app)
+    errors.init_app(app)
+    cli.init_app(app)
+    return app
+
+
+def _engine_options(url: str) -> dict:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 30}}
+    return {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10}
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _ensure_sqlite_folder(app: Flask) -> None:
+    """Relative SQLite paths are relative to the project folder; create their folder."""
+    url = app.config["SQLALCHEMY_DATABASE_URI"]
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        path = url[len("sqlite:///"):]
+        if not os.path.isabs(path):
+            path = os.path.join(ROOT, path)
+            app.config["SQLALCHEMY_DATABASE_URI"] = "sqlite:///" + path
+        os.makedirs(os.path.dirname(path), exist_ok=True)

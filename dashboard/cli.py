@@ -1,0 +1,106 @@
+"""The Flask CLI of CONTRACT §1: db upgrade (Flask-Migrate), company, user,
+worker, keys rotate, and run-demo (the ``make run`` quick start)."""
+from __future__ import annotations
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+from sqlalchemy import select
+
+from dashboard import audit, companies
+from dashboard.extensions import db
+from dashboard.models import ROLES, Company, User
+
+company_cli = AppGroup("company", help="Create and configure companies.")
+user_cli = AppGroup("user", help="Create logins.")
+keys_cli = AppGroup("keys", help="Encryption key maintenance.")
+
+
+@company_cli.command("create")
+@click.argument("name")
+def company_create(name: str) -> None:
+    """Create a company; print its id, API token and callback secret."""
+    company, token, secret = companies.create_company(name)
+    audit.record("company_created", company_id=company.id, object_type="company", object_id=company.id,
+                 actor="cli")
+    db.session.commit()
+    click.echo(f"id: {company.id}\napi_token: {token}\ncallback_secret: {secret}")
+
+
+@company_cli.command("configure")
+@click.argument("company_id", type=int)
+@click.argument("pairs", nargs=-1, required=True)
+def company_configure(company_id: int, pairs: tuple[str, ...]) -> None:
+    """Set delivery settings: KEY=VALUE ... (secrets stored encrypted)."""
+    company = db.session.get(Company, company_id)
+    if company is None:
+        raise click.ClickException(f"no company with id {company_id}")
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise click.ClickException(f"expected KEY=VALUE, got {pair!r}")
+        values[key.strip()] = value
+    try:
+        changed = companies.configure(company, values)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    audit.record("settings_changed", company_id=company.id, object_type="company", object_id=company.id,
+                 actor="cli", details={"fields": sorted(changed)})
+    db.session.commit()
+    click.echo(f"updated: {', '.join(sorted(changed)) or 'nothing'}")
+
+
+@user_cli.command("create")
+@click.argument("email")
+@click.option("--password", required=True, help="The login password.")
+@click.option("--role", type=click.Choice(ROLES), required=True)
+@click.option("--company", "company_id", type=int, help="The company a manager belongs to.")
+def user_create(email: str, password: str, role: str, company_id: int | None) -> None:
+    """Create a login; a manager belongs to exactly one company."""
+    try:
+        user = companies.create_user(email, password, role, company_id)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    audit.record("user_created", company_id=user.company_id, object_type="user", object_id=user.id, actor="cli")
+    db.session.commit()
+    click.echo(f"id: {user.id}\nemail: {user.email}\nrole: {user.role}")
+
+
+@keys_cli.command("rotate")
+def keys_rotate() -> None:
+    """Re-encrypt every stored secret and recipient datum under the newest key."""
+    from dashboard.rotation import reencrypt_all
+
+    counts = reencrypt_all()
+    for table, n in counts.items():
+        click.echo(f"{table}: {n}")
+
+
+@click.command("worker")
+@click.option("--burst", is_flag=True, help="Exit when the queues are empty.")
+@click.option("--name", default=None, help="Worker name (default: host and pid).")
+def worker_command(burst: bool, name: str | None) -> None:
+    """Run an RQ worker on the service's queues, with the scheduler."""
+    from tasks.worker import run_worker
+
+    run_worker(current_app._get_current_object(), burst=burst, name=name)
+
+
+@click.command("run-demo")
+@click.option("--host", default="127.0.0.1")
+@click.option("--port", default=5000, type=int)
+def run_demo(host: str, port: int) -> None:
+    """Seed the demo once, start one worker and serve the web app (``make run``)."""
+    from dashboard.devserver import serve
+
+    serve(current_app._get_current_object(), host, port)
+
+
+def init_app(app) -> None:
+    for command in (company_cli, user_cli, keys_cli, worker_command, run_demo):
+        app.cli.add_command(command)
+
+
+def find_user(email: str) -> User | None:
+    return db.session.execute(select(User).where(User.email == email.lower())).scalar_one_or_none()

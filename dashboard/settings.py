@@ -1,0 +1,155 @@
+"""Settings, read once from the environment and parsed strictly.
+
+Every variable of CONTRACT §2 is read here and nowhere else. A bad value
+raises ``SettingsError`` naming the variable, so start-up stops with a
+message an operator can act on.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import secrets
+from collections.abc import Mapping
+from urllib.parse import parse_qs, urlsplit
+
+from cryptography.fernet import Fernet
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+DEV_KEY_SEED = b"manireports-offload-dev-key"
+
+
+def parse_int(name: str, raw: str, *, minimum: int = 0, maximum: int | None = None) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name}: expected a whole number, got {raw!r}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
+        raise SettingsError(f"{name}: {value} is out of range ({bound})")
+    return value
+
+
+def parse_float(name: str, raw: str, *, minimum: float = 0.0) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name}: expected a number, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name}: {value} is below {minimum}")
+    return value
+
+
+def parse_boolean(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise SettingsError(f"{name}: invalid boolean value {raw!r}")
+
+
+def parse_fernet_keys(name: str, raw: str) -> list[bytes]:
+    """Comma-separated Fernet keys, newest first."""
+    keys = [k.strip().encode() for k in raw.split(",") if k.strip()]
+    if not keys:
+        raise SettingsError(f"{name}: no key given")
+    for i, key in enumerate(keys, 1):
+        try:
+            Fernet(key)
+        except (ValueError, TypeError):
+            raise SettingsError(f"{name}: key #{i} is not a valid Fernet key "
+                                "(32 url-safe base64-encoded bytes)") from None
+    return keys
+
+
+def parse_smtp_url(name: str, raw: str) -> dict:
+    """``smtp://[user:pass@]host:port[?tls=starttls|tls]`` → provider config."""
+    from urllib.parse import unquote
+
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+        raise SettingsError(f"{name}: expected smtp://[user:pass@]host:port[?tls=starttls|tls]")
+    try:
+        port = parts.port or (465 if parts.scheme == "smtps" else 25)
+    except ValueError:
+        raise SettingsError(f"{name}: invalid port") from None
+    tls = parse_qs(parts.query).get("tls", ["tls" if parts.scheme == "smtps" else "none"])[0]
+    if tls not in ("none", "starttls", "tls"):
+        raise SettingsError(f"{name}: tls must be none, starttls or tls, got {tls!r}")
+    return {
+        "smtp_host": parts.hostname,
+        "smtp_port": port,
+        "smtp_username": unquote(parts.username) if parts.username else None,
+        "smtp_password": unquote(parts.password) if parts.password else None,
+        "smtp_tls": tls,
+    }
+
+
+def normalize_database_url(url: str) -> str:
+    """``postgres://`` and ``postgresql://`` use the installed psycopg (v3) driver."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def dev_encryption_key() -> bytes:
+    """The derived key used when OFFLOAD_ENCRYPTION_KEYS is unset outside production."""
+    return base64.urlsafe_b64encode(hashlib.sha256(DEV_KEY_SEED).digest())
+
+
+def load(environ: Mapping[str, str] | None = None) -> dict:
+    """Read every setting from ``environ`` (default ``os.environ``) into Flask config keys."""
+    env = os.environ if environ is None else environ
+    production = any(env.get(v, "").strip().lower() == "production" for v in ("FLASK_ENV", "OFFLOAD_ENV"))
+
+    cfg: dict = {"OFFLOAD_PRODUCTION": production}
+    cfg["SQLALCHEMY_DATABASE_URI"] = normalize_database_url(env.get("DATABASE_URL") or "sqlite:///instance/offload.db")
+    cfg["REDIS_URL"] = env.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+
+    secret = env.get("SECRET_KEY")
+    if not secret:
+        if production:
+            raise SettingsError("SECRET_KEY: required in production")
+        secret = secrets.token_hex(32)
+    cfg["SECRET_KEY"] = secret
+
+    raw_keys = env.get("OFFLOAD_ENCRYPTION_KEYS")
+    if raw_keys:
+        cfg["OFFLOAD_ENCRYPTION_KEYS"] = parse_fernet_keys("OFFLOAD_ENCRYPTION_KEYS", raw_keys)
+    elif production:
+        raise SettingsError("OFFLOAD_ENCRYPTION_KEYS: required in production")
+    else:
+        cfg["OFFLOAD_ENCRYPTION_KEYS"] = [dev_encryption_key()]
+
+    ints = {  # name: (default, minimum, maximum)
+        "OFFLOAD_BATCH_SIZE": (200, 1, 10_000),
+        "OFFLOAD_BULK_THRESHOLD": (10, 1, None),
+        "OFFLOAD_MAX_ATTEMPTS": (5, 1, 50),
+        "OFFLOAD_LEASE_S": (120, 5, None),
+        "OFFLOAD_CALLBACK_TIMEOUT_S": (900, 5, None),
+        "OFFLOAD_DATA_RETENTION_DAYS": (7, 0, None),
+        "OFFLOAD_MAX_RECIPIENTS": (50_000, 1, None),
+        "OFFLOAD_LOGIN_MAX_FAILURES": (5, 1, None),
+        "OFFLOAD_SWEEP_S": (15, 1, None),
+    }
+    for name, (default, lo, hi) in ints.items():
+        raw = env.get(name)
+        cfg[name] = default if raw in (None, "") else parse_int(name, raw, minimum=lo, maximum=hi)
+    raw = env.get("OFFLOAD_BULK_WINDOW_S")
+    cfg["OFFLOAD_BULK_WINDOW_S"] = 10.0 if raw in (None, "") else parse_float("OFFLOAD_BULK_WINDOW_S", raw, minimum=0.1)
+
+    raw = env.get("OFFLOAD_FALLBACK_SMTP")
+    cfg["OFFLOAD_FALLBACK_SMTP"] = parse_smtp_url("OFFLOAD_FALLBACK_SMTP", raw) if raw else None
+
+    public = (env.get("OFFLOAD_PUBLIC_URL") or "http://127.0.0.1:5000").rstrip("/")
+    if urlsplit(public).scheme not in ("http", "https"):
+        raise SettingsError(f"OFFLOAD_PUBLIC_URL: expected an http(s) URL, got {public!r}")
+    cfg["OFFLOAD_PUBLIC_URL"] = public
+    cfg["OFFLOAD_EMBEDDED_REDIS"] = parse_boolean("OFFLOAD_EMBEDDED_REDIS", env.get("OFFLOAD_EMBEDDED_REDIS", "1"))
+    return cfg

@@ -1,0 +1,19 @@
+"""Delivery backends behind one small interface.
+
+A provider gets plain data (rendered messages, credentials in a dict) and
+returns plain results. Nothing in this package imports from ``dashboard``.
+"""
+from providers.base import (  # noqa: F401
+    Attachment,
+    ConnectionFailure,
+    Message,
+    PermanentError,
+    Provider,
+    ProviderError,
+    QuotaExceededError,
+    Result,
+    RetryableError,
+    ThrottledError,
+    get_provider,
+    register,
+)

@@ -1,0 +1,194 @@
+"""The provider interface, its error hierarchy and the registry.
+
+Modelled on listmonk's ``Messenger``: a provider is built from a plain
+config dict, sends a list of already-rendered messages and reports one
+``Result`` per message. Whole-call failures are raised as a
+``ProviderError`` subclass that tells the caller what to do next:
+
+- ``RetryableError``: try again later (timeouts, 5xx).
+  - ``ConnectionFailure``: the provider could not be reached at all; counts
+    towards the circuit breaker and lets the batch take the SMTP fallback.
+  - ``ThrottledError``: slow down; does not burn an attempt.
+- ``QuotaExceededError``: the account's sending quota is spent; pause the job.
+- ``PermanentError``: retrying cannot help (bad sender, bad credentials).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+
+class ProviderError(Exception):
+    """Base of every error a provider raises; ``reason`` is safe to store and show."""
+
+    def __init__(self, reason: str, *, code: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+
+class RetryableError(ProviderError):
+    """A transient failure: the same call may succeed later."""
+
+
+class ConnectionFailure(RetryableError):
+    """The provider could not be reached (DNS, refused, TLS, connect timeout)."""
+
+
+class ThrottledError(RetryableError):
+    """The provider asked us to slow down; ``retry_after`` in seconds when known."""
+
+    def __init__(self, reason: str, *, code: str | None = None, retry_after: float | None = None):
+        super().__init__(reason, code=code)
+        self.retry_after = retry_after
+
+
+class QuotaExceededError(ProviderError):
+    """The account's daily (or other) sending quota is exhausted."""
+
+
+class PermanentError(ProviderError):
+    """Retrying the same call cannot succeed."""
+
+
+@dataclass(frozen=True)
+class Attachment:
+    filename: str
+    content: bytes
+    content_type: str = "application/octet-stream"
+
+
+@dataclass
+class Message:
+    """One rendered email for one recipient.
+
+    ``key`` is the caller's handle (the recipient id); it comes back on the
+    ``Result``. ``headers`` are extra headers (e.g. List-Unsubscribe); values
+    have already been checked for CR/LF/NUL by the renderer, and providers
+    must still refuse such values rather than emit them.
+    """
+
+    key: int
+    to: str
+    subject: str
+    text: str | None = None
+    html: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    attachments: list[Attachment] = field(default_factory=list)
+
+
+@dataclass
+class Result:
+    """The outcome for one message.
+
+    ``status`` is ``sent``, ``failed`` (permanent, with ``error``) or
+    ``retry`` (transient for this message only, with ``error``).
+    """
+
+    key: int
+    status: str
+    message_id: str | None = None
+    error: str | None = None
+
+
+class Provider:
+    """Base class: subclasses set ``name`` and implement ``send``."""
+
+    name: ClassVar[str] = ""
+    #: messages per provider call the caller should group (SES bulk: 50)
+    chunk_size: ClassVar[int] = 50
+
+    def __init__(self, config: dict):
+        self.config = config
+
+    def send(self, sender: str, messages: list[Message]) -> list[Result]:
+        """Send ``messages`` from ``sender``; one ``Result`` per message, same order."""
+        raise NotImplementedError
+
+    def test_connection(self) -> dict:
+        """Check credentials and reachability; return facts to show (quota, identity)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections; safe to call twice."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+_registry: dict[str, type[Provider]] = {}
+
+
+def register(cls: type[Provider]) -> type[Provider]:
+    """Class decorator: make ``cls`` available under ``cls.name``."""
+    _registry[cls.name] = cls
+    return cls
+
+
+def get_provider(name: str, config: dict) -> Provider:
+    """Build the provider registered as ``name`` from ``config``."""
+    _load_builtin()
+    try:
+        cls = _registry[name]
+    except KeyError:
+        raise PermanentError(f"unknown provider {name!r}") from None
+    return cls(config)
+
+
+def _load_builtin() -> None:
+    import importlib
+
+    for module in ("providers.ses", "providers.smtp", "providers.cloudflare"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
+# -- helpers shared by the built-in providers ---------------------------------
+
+INVALID_HEADER = "invalid_header"
+_BREAKING = ("\r", "\n", "\0")
+
+
+def breaks_header(value: str) -> bool:
+    """True when ``value`` holds CR, LF or NUL, i.e. could start a new header line."""
+    return any(ch in value for ch in _BREAKING)
+
+
+def valid_header_name(name: str) -> bool:
+    """RFC 5322 field name: printable ASCII (33-126) without a colon."""
+    return bool(name) and all(33 <= ord(ch) <= 126 and ch != ":" for ch in name)
+
+
+def header_problem(sender: str, message: Message) -> str | None:
+    """Return ``INVALID_HEADER`` when any header-bound text of ``message`` is unsafe.
+
+    Checks the sender, recipient, subject, extra header names and values and
+    attachment file names; a provider refuses such a message (failed result)
+    instead of sending it.
+    """
+    texts = [sender, message.to, message.subject, *message.headers.values(),
+             *(a.filename for a in message.attachments)]
+    if any(breaks_header(text) for text in texts):
+        return INVALID_HEADER
+    if not all(valid_header_name(name) for name in message.headers):
+        return INVALID_HEADER
+    return None
+
+
+def results_after_error(exc: ProviderError, done: list[Result], rest: list[Message]) -> list[Result]:
+    """Settle a call that ``exc`` interrupted part-way.
+
+    When nothing was sent yet, ``exc`` is re-raised so the caller sees the
+    whole-call failure (throttle, quota, connection). Once something was
+    sent, raising would lose those results, so ``rest`` is marked ``retry``
+    with the error's reason instead; the next call meets the error again.
+    """
+    if not any(result.status == "sent" for result in done):
+        raise exc
+    return [Result(message.key, "retry", error=exc.reason) for message in rest]

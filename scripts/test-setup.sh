@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install the non-Python parts the tests start: npm packages (SES v2 emulator,
+# miniflare) and, when missing, Debian's Chromium and poppler (pdftoppm).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x tests/node/node_modules/.bin/aws-ses-v2-local ] || [ ! -x tests/node/node_modules/.bin/miniflare ]; then
+  (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
+fi
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v pdftoppm >/dev/null 2>&1 || missing+=(poppler-utils)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "note: ${missing[*]} not installed; the tests that need them will be skipped" >&2
+  fi
+fi

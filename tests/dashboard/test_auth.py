@@ -1,0 +1,67 @@
+"""Logins: fresh session at login, CSRF required, lockout, logout."""
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from dashboard.extensions import db
+from dashboard.models import AuditLog, User
+from tests.conftest import csrf_from
+
+
+def session_cookie(client) -> str | None:
+    cookie = client.get_cookie("session")
+    return cookie.value if cookie else None
+
+
+def test_login_page_renders(client):
+    page = client.get("/login")
+    assert page.status_code == 200
+    assert b'name="csrf_token"' in page.data and b"Sign in" in page.data
+
+
+def test_login_renews_session_and_logout_ends_it(client, auth, company, make_user):
+    make_user("ann@acme.test", company_id=company.id)
+    client.get("/login")
+    with client.session_transaction() as sess:
+        sess["planted"] = "attacker"  # a pre-login value must not survive login
+    before = session_cookie(client)
+    resp = auth.login("ann@acme.test", "correct horse battery")
+    assert resp.status_code == 302
+    after = session_cookie(client)
+    assert after and after != before
+    with client.session_transaction() as sess:
+        assert "planted" not in sess and sess.get("sid")
+    assert client.get("/admin/").status_code == 200
+    assert auth.logout().status_code == 302
+    assert client.get("/admin/").status_code == 302  # back to the login page
+    actions = db.session.execute(select(AuditLog.action)).scalars().all()
+    assert "login" in actions and "logout" in actions
+
+
+def test_login_without_csrf_token_is_refused(client, company, make_user):
+    make_user("ann@acme.test", company_id=company.id)
+    resp = client.post("/login", data={"email": "ann@acme.test", "password": "correct horse battery"})
+    assert resp.status_code in (400, 401)
+    assert client.get("/admin/").status_code == 302
+
+
+def test_ten_wrong_passwords_lock_the_account(client, auth, company, make_user):
+    user, password = make_user("ann@acme.test", company_id=company.id)
+    codes = [auth.login("ann@acme.test", f"wrong-{i}").status_code for i in range(10)]
+    assert set(codes) == {401}
+    db.session.expire_all()
+    locked = db.session.get(User, user.id)
+    assert locked.locked_until is not None and locked.failed_logins >= 10
+    # even the right password is refused while locked
+    assert auth.login("ann@acme.test", password).status_code == 401
+    assert client.get("/admin/").status_code == 302
+    failures = db.session.execute(select(AuditLog).where(AuditLog.action == "login_failed")).scalars().all()
+    assert len(failures) >= 10
+
+
+def test_open_redirect_after_login_is_ignored(client, company, make_user):
+    make_user("ann@acme.test", company_id=company.id)
+    token = csrf_from(client.get("/login").get_data(as_text=True))
+    resp = client.post("/login?next=//evil.example/x", data={
+        "email": "ann@acme.test", "password": "correct horse battery", "csrf_token": token})
+    assert resp.status_code == 302 and "evil.example" not in resp.headers["Location"]

@@ -1,0 +1,378 @@
+"""Start and stop the real servers the tests talk to.
+
+Each server is a child process on a free loopback port, waited for until it
+answers and terminated at teardown. Nothing here is a mock: these are the
+same programs (SES v2 emulator, moto, redis-server, SMTP) the guide names.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+NODE_DIR = ROOT / "tests" / "node"
+NODE_BIN = NODE_DIR / "node_modules" / ".bin"
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    """Block until something accepts TCP connections on ``port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args!r} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing answered on port {port} within {timeout}s")
+
+
+class ManagedProcess:
+    """A child process that is started, waited for and always stopped."""
+
+    def __init__(self, args: list[str], port: int, env: dict | None = None,
+                 cwd: str | Path | None = None, log_name: str = "server"):
+        self.args = args
+        self.port = port
+        self.env = {**os.environ, **(env or {})}
+        self.cwd = cwd
+        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"offload-test-{log_name}-{port}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30.0) -> "ManagedProcess":
+        log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                     cwd=self.cwd, start_new_session=True)
+        try:
+            wait_for_port(self.port, timeout, self.proc)
+        except Exception:
+            self.stop()
+            raise RuntimeError(f"{self.args[0]} did not start:\n{self.log_path.read_text(errors='replace')[-2000:]}")
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def ensure_node_modules() -> None:
+    """Install the pinned npm packages of tests/node once (``npm ci``)."""
+    if (NODE_BIN / "aws-ses-v2-local").exists():
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        raise RuntimeError("npm is needed for the SES emulator and miniflare")
+    cmd = [npm, "ci" if (NODE_DIR / "package-lock.json").exists() else "install", "--no-audit", "--no-fund"]
+    subprocess.run(cmd, cwd=NODE_DIR, check=True)
+
+
+class SesLocal(ManagedProcess):
+    """The npm package aws-ses-v2-local: SES v2 (SendEmail, SendBulkEmail) with a readable store."""
+
+    def __init__(self):
+        ensure_node_modules()
+        port = free_port()
+        super().__init__([str(NODE_BIN / "aws-ses-v2-local"), "--host", "127.0.0.1", "--port", str(port)],
+                         port, log_name="ses")
+
+    def store(self) -> list[dict]:
+        """Every email the emulator has accepted, oldest first."""
+        with urllib.request.urlopen(f"{self.url}/store", timeout=30) as resp:
+            return json.load(resp)["emails"]
+
+    def clear(self) -> None:
+        req = urllib.request.Request(f"{self.url}/clear-store", method="POST")
+        urllib.request.urlopen(req, timeout=10).close()
+
+
+class MotoServer(ManagedProcess):
+    """moto in server mode: SQS, S3, STS over real HTTP."""
+
+    def __init__(self):
+        port = free_port()
+        moto = Path(sys.executable).with_name("moto_server")
+        super().__init__([str(moto), "-H", "127.0.0.1", "-p", str(port)], port, log_name="moto")
+
+    def reset(self) -> None:
+        req = urllib.request.Request(f"{self.url}/moto-api/reset", method="POST")
+        urllib.request.urlopen(req, timeout=10).close()
+
+
+class RedisServer(ManagedProcess):
+    """A private redis-server that keeps nothing on disk."""
+
+    def __init__(self, port: int | None = None):
+        port = port or free_port()
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed")
+        super().__init__([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                          "--appendonly", "no", "--maxmemory-policy", "noeviction"], port, log_name="redis")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+class CertificateGateway(ManagedProcess):
+    """cloud_workers/cloudflare/certificates.js alone under miniflare (workerd), with an
+    in-memory R2 bucket bound as ``CERTIFICATES`` (tests/node/run_cert_gateway.mjs)."""
+
+    def __init__(self, signing_secret: str):
+        ensure_node_modules()
+        node = shutil.which("node")
+        if node is None:
+            raise RuntimeError("node is needed for miniflare")
+        port = free_port()
+        super().__init__([node, str(NODE_DIR / "run_cert_gateway.mjs"), str(port)], port,
+                         env={"CERTIFICATE_SIGNING_SECRET": signing_secret}, cwd=NODE_DIR,
+                         log_name="cert-gateway")
+
+
+# -- in-process servers --------------------------------------------------------
+# The classes below run inside the test process (threads), for protocol-level
+# tests: an SMTP sink, a scripted HTTP server and a port that never answers.
+
+
+class ReceivedMail:
+    """One message an ``SmtpSink`` accepted."""
+
+    def __init__(self, peer: tuple, mail_from: str, rcpt_tos: list[str], data: bytes):
+        import email
+        from email import policy
+
+        self.peer = peer
+        self.mail_from = mail_from
+        self.rcpt_tos = rcpt_tos
+        self.data = data
+        self.message = email.message_from_bytes(data, policy=policy.default)
+
+
+class SmtpSink:
+    """An aiosmtpd server on a free loopback port that keeps what it accepts.
+
+    Args:
+        tls_context: server SSL context for implicit TLS (SMTPS).
+        starttls_context: server SSL context offered through STARTTLS.
+        require_starttls: refuse mail until the client has done STARTTLS.
+        users: ``{login: password}``; when given, AUTH is required.
+        auth_require_tls: aiosmtpd's rule that AUTH needs TLS.
+        refuse: ``{recipient: "550 reply"}`` answers for RCPT TO.
+        drop_after_message: close each session right after a message was accepted.
+
+    ``messages`` lists what was accepted; ``sessions`` counts EHLO'd client
+    connections (a STARTTLS re-EHLO is the same connection).
+    """
+
+    def __init__(self, *, tls_context=None, starttls_context=None, require_starttls: bool = False,
+                 users: dict[str, str] | None = None, auth_require_tls: bool = True,
+                 refuse: dict[str, str] | None = None, drop_after_message: bool = False):
+        self.port = free_port()
+        self.messages: list[ReceivedMail] = []
+        self.refuse = refuse or {}
+        self.drop_after_message = drop_after_message
+        self._peers: set[tuple] = set()
+        self._tls_context = tls_context
+        params: dict = {"hostname": "127.0.0.1", "port": self.port, "ready_timeout": 10}
+        if tls_context is not None:
+            params["ssl_context"] = tls_context
+        if starttls_context is not None:
+            params.update(tls_context=starttls_context, require_starttls=require_starttls)
+        if users is not None:
+            params.update(authenticator=self._authenticator(users), auth_required=True,
+                          auth_require_tls=auth_require_tls)
+        self._params = params
+        self.controller = None
+
+    @property
+    def sessions(self) -> int:
+        return len(self._peers)
+
+    @staticmethod
+    def _authenticator(users: dict[str, str]):
+        from aiosmtpd.smtp import AuthResult, LoginPassword
+
+        def check(server, session, envelope, mechanism, auth_data):
+            ok = (isinstance(auth_data, LoginPassword)
+                  and users.get(auth_data.login.decode()) == auth_data.password.decode())
+            return AuthResult(success=ok)
+
+        return check
+
+    # aiosmtpd handler hooks -------------------------------------------------
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        self._peers.add(session.peer)
+        return responses
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address in self.refuse:
+            return self.refuse[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        import asyncio
+
+        self.messages.append(ReceivedMail(session.peer, envelope.mail_from, list(envelope.rcpt_tos),
+                                          envelope.original_content or envelope.content))
+        if self.drop_after_message:
+            asyncio.get_running_loop().call_soon(server.transport.close)
+        return "250 Message accepted"
+
+    def start(self) -> SmtpSink:
+        from aiosmtpd.controller import Controller
+
+        self.controller = Controller(self, **self._params)
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class StubHttpServer:
+    """A threaded stdlib HTTP server whose answers come from ``responder``.
+
+    ``responder(request)`` gets a ``StubRequest`` and returns
+    ``(status, headers, body)`` where body is bytes, str or a JSON-able object.
+    Every request is kept in ``requests``.
+    """
+
+    def __init__(self, responder):
+        self.responder = responder
+        self.requests: list[StubRequest] = []
+        self._server = None
+        self._thread = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> StubHttpServer:
+        import threading
+        from http.server import ThreadingHTTPServer
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _stub_handler(self))
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class StubRequest:
+    """What a ``StubHttpServer`` received."""
+
+    def __init__(self, method: str, path: str, headers: dict[str, str], body: bytes):
+        self.method = method
+        self.path = path
+        self.headers = headers
+        self.body = body
+
+    def json(self):
+        return json.loads(self.body)
+
+
+def _stub_handler(stub: StubHttpServer):
+    from http.server import BaseHTTPRequestHandler
+
+    class Handler(BaseHTTPRequestHandler):
+        def _serve(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            request = StubRequest(self.command, self.path, dict(self.headers.items()),
+                                  self.rfile.read(length) if length else b"")
+            stub.requests.append(request)
+            status, headers, body = stub.responder(request)
+            if not isinstance(body, (bytes, str)):
+                body = json.dumps(body)
+                headers = {"Content-Type": "application/json", **headers}
+            data = body.encode() if isinstance(body, str) else body
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_PUT = do_DELETE = _serve
+
+        def log_message(self, format, *args):
+            pass
+
+    return Handler
+
+
+class SilentServer:
+    """A port that accepts TCP connections (kernel backlog) and never answers."""
+
+    def __init__(self):
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        self._sock.listen(16)
+        return self
+
+    def __exit__(self, *exc):
+        self._sock.close()

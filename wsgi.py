@@ -1,0 +1,1 @@
+from dashboard import create_app; app = create_app()  # noqa: E702
