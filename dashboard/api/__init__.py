@@ -1,0 +1,133 @@
+"""The LMS-facing JSON API (CONTRACT §3), authenticated by company bearer tokens."""
+from __future__ import annotations
+
+from functools import wraps
+
+from flask import Blueprint, abort, current_app, g, jsonify, request
+from sqlalchemy import func, select
+
+from dashboard.companies import authenticate_token
+from dashboard.errors import json_error
+from dashboard.extensions import db
+from dashboard.jobs import JobError, create_job, job_to_dict, request_cancel, retry_failed, iso
+from dashboard.models import JOB_TYPES, Job, Recipient, utcnow
+from dashboard.tenancy import get_or_404
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+PAGE_SIZE = 50
+RECIPIENT_STATUSES = ("pending", "sending", "sent", "failed", "bounced", "suppressed", "uncertain", "cancelled")
+
+
+def token_required(view):
+    """Resolve ``Authorization: Bearer <token>`` to ``g.company_id`` or answer 401."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        row = authenticate_token(token.strip()) if scheme.lower() == "bearer" else None
+        if row is None:
+            return json_error(401, "unauthorized", "a valid bearer token is required")
+        g.company_id = row.company_id
+        if row.last_used_at is None or (utcnow() - row.last_used_at).total_seconds() > 60:
+            row.last_used_at = utcnow()
+            db.session.commit()
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+@bp.post("/jobs")
+@token_required
+def create():
+    payload = request.get_json(silent=True)
+    if payload is None:
+        return json_error(400, "invalid_json", "the body must be JSON (Content-Type: application/json)")
+    try:
+        job, created = create_job(g.company_id, payload, idempotency_key=request.headers.get("Idempotency-Key"),
+                                  max_recipients=current_app.config["OFFLOAD_MAX_RECIPIENTS"])
+    except JobError as exc:
+        return json_error(400, exc.code, exc.message, exc.details)
+    if created:
+        from tasks.dispatch import enqueue_job
+
+        enqueue_job(job)
+    headers = {} if created else {"Idempotent-Replayed": "true"}
+    return jsonify(job_to_dict(job)), 202, headers
+
+
+@bp.get("/jobs/<int:job_id>")
+@token_required
+def get_job(job_id: int):
+    return jsonify(job_to_dict(get_or_404(Job, job_id, g.company_id)))
+
+
+@bp.get("/jobs")
+@token_required
+def list_jobs():
+    stmt = Job.scoped(g.company_id)
+    status, jtype = request.args.get("status"), request.args.get("type")
+    if status:
+        stmt = stmt.where(Job.status == status)
+    if jtype:
+        if jtype not in JOB_TYPES:
+            return json_error(400, "invalid_type", f"type must be one of {', '.join(JOB_TYPES)}")
+        stmt = stmt.where(Job.type == jtype)
+    page = _page()
+    total = db.session.execute(select(func.count()).select_from(stmt.subquery())).scalar()
+    jobs = db.session.execute(stmt.order_by(Job.created_at.desc(), Job.id.desc())
+                              .limit(PAGE_SIZE).offset((page - 1) * PAGE_SIZE)).scalars()
+    return jsonify({"jobs": [job_to_dict(j) for j in jobs], "page": page, "per_page": PAGE_SIZE, "total": total})
+
+
+@bp.get("/jobs/<int:job_id>/recipients")
+@token_required
+def list_recipients(job_id: int):
+    job = get_or_404(Job, job_id, g.company_id)
+    status = request.args.get("status")
+    if status and status not in RECIPIENT_STATUSES:
+        return json_error(400, "invalid_status", f"status must be one of {', '.join(RECIPIENT_STATUSES)}")
+    cols = (Recipient.id, Recipient.email, Recipient.status, Recipient.error, Recipient.sent_at)
+    stmt = select(*cols).where(Recipient.company_id == g.company_id, Recipient.job_id == job.id)
+    if status:
+        stmt = stmt.where(Recipient.status == status)
+    page, per_page = _page(), 500
+    rows = db.session.execute(stmt.order_by(Recipient.id).limit(per_page).offset((page - 1) * per_page)).all()
+    return jsonify({"recipients": [{"id": r.id, "email": r.email, "status": r.status, "error": r.error,
+                                    "sent_at": iso(r.sent_at)} for r in rows],
+                    "page": page, "per_page": per_page})
+
+
+@bp.post("/jobs/<int:job_id>/retry")
+@token_required
+def retry(job_id: int):
+    job = get_or_404(Job, job_id, g.company_id)
+    try:
+        count = retry_failed(job)
+    except JobError as exc:
+        return json_error(409, exc.code, exc.message)
+    db.session.refresh(job)
+    return jsonify({**job_to_dict(job), "retried": count}), 202
+
+
+@bp.post("/jobs/<int:job_id>/cancel")
+@token_required
+def cancel(job_id: int):
+    job = get_or_404(Job, job_id, g.company_id)
+    if not request_cancel(job):
+        return json_error(409, "job_final", f"the job is already {job.status}")
+    db.session.refresh(job)
+    return jsonify(job_to_dict(job)), 202
+
+
+def _page() -> int:
+    raw = request.args.get("page", "1")
+    if not raw.isdigit() or int(raw) < 1:
+        abort(400, "page must be a positive whole number")
+    return int(raw)
+
+
+def init_app(app) -> None:
+    from dashboard.extensions import csrf
+
+    csrf.exempt(bp)
+    app.register_blueprint(bp)

@@ -1,0 +1,53 @@
+"""Fast bulk writes: COPY on PostgreSQL, Core executemany elsewhere, and
+``id = ANY(:ids)`` updates (``IN`` on SQLite)."""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import bindparam, insert, text
+
+from dashboard import crypto
+from dashboard.extensions import db
+from dashboard.models import Recipient
+
+RECIPIENT_COLUMNS = ("company_id", "job_id", "email", "data", "status", "error", "attempts")
+
+
+def is_postgres() -> bool:
+    return db.session.get_bind().dialect.name == "postgresql"
+
+
+def insert_recipients(rows: Sequence[tuple]) -> None:
+    """Insert recipient rows ``(company_id, job_id, email, data_dict, status, error)``
+    in the current transaction; ``data`` is encrypted here."""
+    if not rows:
+        return
+    if is_postgres():
+        dbapi = db.session.connection().connection.driver_connection
+        with dbapi.cursor() as cur:
+            with cur.copy(f"COPY recipients ({', '.join(RECIPIENT_COLUMNS)}) FROM STDIN") as copy:
+                for company_id, job_id, email, data, status, error in rows:
+                    token = crypto.encrypt(json.dumps(data, separators=(",", ":"))) if data is not None else None
+                    copy.write_row((company_id, job_id, email, token, status, error, 0))
+        return
+    db.session.execute(insert(Recipient.__table__), [
+        {"company_id": c, "job_id": j, "email": e, "data": d, "status": s, "error": err, "attempts": 0}
+        for c, j, e, d, s, err in rows])
+
+
+def ids_clause(column: str, ids: Iterable[int], param: str = "ids") -> tuple[str, dict]:
+    """SQL fragment and params matching ``column`` against ``ids`` efficiently."""
+    ids = list(ids)
+    if is_postgres():
+        return f"{column} = ANY(:{param})", {param: ids}
+    return f"{column} IN :{param}", {param: ids}
+
+
+def execute_for_ids(sql: str, ids: Sequence[int], params: dict | None = None):
+    """Run ``sql`` (with ``{ids}`` where the id match goes) for ``ids``."""
+    clause, id_params = ids_clause("id", ids)
+    stmt = text(sql.format(ids=clause))
+    if not is_postgres():
+        stmt = stmt.bindparams(bindparam("ids", expanding=True))
+    return db.session.execute(stmt, {**(params or {}), **id_params})

@@ -1,0 +1,241 @@
+"""Jobs: create (validate, store, enqueue), describe, cancel and retry.
+
+Creating a job only validates and stores; the sending happens in ``tasks``.
+Shared by the LMS API, the dashboard and the events buffer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import select, text, update
+from sqlalchemy.exc import IntegrityError
+
+from dashboard import audit
+from dashboard.bulk import insert_recipients
+from dashboard.extensions import db
+from dashboard.models import (COMPLETED, FAILED, JOB_TYPES, PARTIAL, PROCESSING, QUEUED, R_FAILED, R_PENDING,
+                              R_SUPPRESSED, Batch, Job, Suppression, Template, utcnow)
+from dashboard.rendering import CompiledTemplate, RenderError, valid_email
+
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+RETRYABLE_STATUSES = (COMPLETED, PARTIAL, FAILED)
+
+
+class JobError(ValueError):
+    """The request cannot make a job; ``code`` and ``details`` go into the 400."""
+
+    def __init__(self, code: str, message: str, details=None):
+        super().__init__(message)
+        self.code, self.message, self.details = code, message, details
+
+
+@dataclass
+class JobRequest:
+    type: str
+    recipients: list
+    subject: str | None = None
+    body_text: str | None = None
+    body_html: str | None = None
+    template: str | None = None
+    send_at: datetime | None = None
+
+
+def parse_request(payload) -> JobRequest:
+    """Check the shape of a create-job body (CONTRACT §3); raise JobError."""
+    if not isinstance(payload, dict):
+        raise JobError("invalid_json", "the body must be a JSON object")
+    jtype = payload.get("type")
+    if jtype not in JOB_TYPES:
+        raise JobError("invalid_type", f"type must be one of {', '.join(JOB_TYPES)}", {"type": jtype})
+    recipients = payload.get("recipients")
+    if not isinstance(recipients, list) or not recipients:
+        raise JobError("no_recipients", "recipients must be a non-empty list")
+    for key in ("subject", "body_text", "body_html", "template"):
+        if payload.get(key) is not None and not isinstance(payload[key], str):
+            raise JobError("invalid_field", f"{key} must be a string")
+    return JobRequest(type=jtype, recipients=recipients, subject=payload.get("subject"),
+                      body_text=payload.get("body_text"), body_html=payload.get("body_html"),
+                      template=payload.get("template"), send_at=parse_time(payload.get("send_at"), "send_at"))
+
+
+def parse_time(value, field: str) -> datetime | None:
+    """ISO 8601 → naive UTC; ``None`` stays ``None``."""
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise JobError("invalid_field", f"{field} must be an ISO 8601 string")
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise JobError("invalid_field", f"{field} is not an ISO 8601 date-time") from None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return moment
+
+
+def resolve_content(company_id: int, req: JobRequest) -> tuple[str, str | None, str | None]:
+    """Subject and bodies, inline or from the company's stored template."""
+    if req.template:
+        tpl = db.session.execute(Template.scoped(company_id).where(Template.name == req.template)).scalar_one_or_none()
+        if tpl is None:
+            raise JobError("template_not_found", f"no template named {req.template!r}")
+        return tpl.subject, tpl.body_text, tpl.body_html
+    return req.subject or "", req.body_text, req.body_html
+
+
+def compile_checked(subject, text_body, html_body, sample: dict | None) -> CompiledTemplate:
+    """Compile and test-render once, so template errors are a 400 now, not failures later."""
+    try:
+        compiled = CompiledTemplate(subject, text_body, html_body)
+        compiled.render(sample)
+    except RenderError as exc:
+        raise JobError("template_error", str(exc), {"part": exc.part}) from None
+    return compiled
+
+
+def classify_recipients(company_id: int, job_id: int, items: list) -> tuple[list[tuple], dict]:
+    """Rows for ``insert_recipients`` and counts by status. Bad entries are kept
+    as failed recipients with a reason; duplicates and suppressed addresses too."""
+    suppressed = set(db.session.execute(select(Suppression.email).where(Suppression.company_id == company_id)).scalars())
+    seen: set[str] = set()
+    rows, counts = [], {R_PENDING: 0, R_FAILED: 0, R_SUPPRESSED: 0}
+    for item in items:
+        email, data, status, error = _one_recipient(item)
+        if status == R_PENDING:
+            key = email.lower()
+            if key in suppressed:
+                status, error = R_SUPPRESSED, "suppressed"
+            elif key in seen:
+                status, error = R_FAILED, "duplicate"
+            seen.add(key)
+        counts[status] += 1
+        rows.append((company_id, job_id, email, data, status, error))
+    return rows, counts
+
+
+def _one_recipient(item) -> tuple[str, dict | None, str, str | None]:
+    if not isinstance(item, dict):
+        return str(item)[:320], None, R_FAILED, "invalid_recipient"
+    email = item.get("email")
+    data = item.get("data")
+    if data is not None and not isinstance(data, dict):
+        return str(email)[:320], None, R_FAILED, "invalid_data"
+    if not isinstance(email, str) or not valid_email(email.strip()):
+        shown = email if isinstance(email, str) else repr(email)
+        return shown.replace("\r", " ").replace("\n", " ").replace("\x00", " ")[:320], data, R_FAILED, "invalid_email"
+    return email.strip(), data, R_PENDING, None
+
+
+def find_idempotent(company_id: int, key: str) -> Job | None:
+    """The job created with ``key`` in the last 24 h, if any; an older one releases the key."""
+    job = db.session.execute(Job.scoped(company_id).where(Job.idempotency_key == key)).scalar_one_or_none()
+    if job is not None and job.created_at < utcnow() - IDEMPOTENCY_WINDOW:
+        job.idempotency_key = None
+        db.session.flush()
+        return None
+    return job
+
+
+def create_job(company_id: int, payload, *, idempotency_key: str | None = None, source: str = "api",
+               user_id: int | None = None, max_recipients: int = 50_000) -> tuple[Job, bool]:
+    """Validate and store a job with its recipients; returns (job, created).
+
+    The caller commits nothing: this commits, then the job is enqueued by
+    ``tasks.dispatch.enqueue_job``.
+    """
+    if idempotency_key is not None:
+        if not 0 < len(idempotency_key) <= 255:
+            raise JobError("invalid_idempotency_key", "Idempotency-Key must have 1 to 255 characters")
+        existing = find_idempotent(company_id, idempotency_key)
+        if existing is not None:
+            return existing, False
+    req = parse_request(payload)
+    if len(req.recipients) > max_recipients:
+        raise JobError("too_many_recipients", f"at most {max_recipients} recipients per job",
+                       {"count": len(req.recipients)})
+    subject, text_body, html_body = resolve_content(company_id, req)
+    first = req.recipients[0]
+    compile_checked(subject, text_body, html_body, first.get("data") if isinstance(first, dict) else None)
+
+    job = Job(company_id=company_id, type=req.type, status=QUEUED, source=source, subject=subject,
+              body_text=text_body, body_html=html_body, template_name=req.template, send_at=req.send_at,
+              idempotency_key=idempotency_key, created_by_user_id=user_id)
+    db.session.add(job)
+    try:
+        db.session.flush()
+    except IntegrityError:  # a concurrent request with the same key won
+        db.session.rollback()
+        return find_idempotent(company_id, idempotency_key), False
+    rows, counts = classify_recipients(company_id, job.id, req.recipients)
+    insert_recipients(rows)
+    job.email_count = len(rows)
+    job.emails_failed = counts[R_FAILED]
+    job.emails_suppressed = counts[R_SUPPRESSED]
+    audit.record("job_created", company_id=company_id, object_type="job", object_id=job.id,
+                 details={"type": job.type, "recipients": len(rows), "source": source})
+    db.session.commit()
+    return job, True
+
+
+def iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.replace(microsecond=0).isoformat() + "Z"
+
+
+def job_to_dict(job: Job) -> dict:
+    """The job object of CONTRACT §3 (plus a few extra counters)."""
+    return {
+        "id": job.id, "type": job.type, "status": job.status, "company_id": job.company_id,
+        "email_count": job.email_count, "emails_sent": job.emails_sent, "emails_failed": job.emails_failed,
+        "emails_suppressed": job.emails_suppressed, "emails_bounced": job.emails_bounced,
+        "emails_uncertain": job.emails_uncertain,
+        "created_at": iso(job.created_at), "started_at": iso(job.started_at),
+        "completed_at": iso(job.completed_at), "send_at": iso(job.send_at),
+        "paused_reason": job.paused_reason,
+    }
+
+
+def request_cancel(job: Job) -> bool:
+    """Record a cancel; workers stop between chunks. Returns False if already final."""
+    if job.is_final:
+        return False
+    now = utcnow()
+    db.session.execute(update(Job).where(Job.id == job.id).values(cancel_requested_at=now))
+    audit.record("job_cancelled", company_id=job.company_id, object_type="job", object_id=job.id)
+    db.session.commit()
+    from tasks.dispatch import enqueue_finish
+
+    enqueue_finish(job.id)
+    return True
+
+
+def retry_failed(job: Job) -> int:
+    """Put the job's failed recipients back to pending in new batches; returns how many."""
+    if job.status not in RETRYABLE_STATUSES:
+        raise JobError("job_not_final", "only a finished job's failed recipients can be retried")
+    ids = list(db.session.execute(text(
+        "SELECT id FROM recipients WHERE job_id = :j AND status = 'failed' "
+        "AND (error IS NULL OR error NOT IN ('invalid_email', 'invalid_recipient', 'invalid_data', 'duplicate')) "
+        "ORDER BY id"), {"j": job.id}).scalars())
+    if not ids:
+        return 0
+    from dashboard.bulk import execute_for_ids
+
+    for start in range(0, len(ids), 5000):
+        execute_for_ids("UPDATE recipients SET status = 'pending', attempts = 0, lease_until = NULL "
+                        "WHERE {ids}", ids[start:start + 5000])
+    db.session.execute(update(Job).where(Job.id == job.id).values(
+        status=PROCESSING, completed_at=None, cancel_requested_at=None, paused_reason=None,
+        emails_failed=Job.emails_failed - len(ids)))
+    audit.record("job_retried", company_id=job.company_id, object_type="job", object_id=job.id,
+                 details={"recipients": len(ids)})
+    db.session.commit()
+    from tasks.dispatch import enqueue_plan
+
+    enqueue_plan(job.id)
+    return len(ids)
+
+
+def batches_of(job: Job) -> list[Batch]:
+    return list(db.session.execute(Batch.scoped(job.company_id).where(Batch.job_id == job.id)
+                                   .order_by(Batch.batch_number)).scalars())

@@ -1,0 +1,252 @@
+"""The send jobs: plan a job into batches, send a batch, finish the job.
+
+Crash safety comes from the database (``tasks.store``): a batch is claimed
+with a lease before any work, each chunk of recipients is marked
+``sending`` right before its provider call and recorded right after, so a
+worker killed in between leaves ``sending`` rows that the next holder
+turns into ``uncertain`` instead of silently re-sending or skipping them.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from datetime import timedelta
+
+from flask import current_app
+
+from dashboard.extensions import db
+from dashboard.models import (B_CANCELLED, B_DONE, B_FAILED, B_QUEUED, B_RETRY, Company, Job, PAUSED, utcnow)
+from dashboard.queue import connection
+from dashboard.rendering import CompiledTemplate, RenderError
+from providers import (ConnectionFailure, Message, PermanentError, ProviderError, QuotaExceededError, Result,
+                       ThrottledError)
+from tasks import dispatch, limits, store
+from tasks.routing import Route, fallback_route, primary_route, provider_for
+
+log = logging.getLogger(__name__)
+MAX_THROTTLE_WAITS = 30  # per batch run, before the batch is rescheduled
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def plan_job(job_id: int) -> int:
+    """Split a job into batches and queue them; returns how many were queued."""
+    job = db.session.get(Job, job_id)
+    if job is None or job.is_final or job.status == PAUSED:
+        return 0
+    if job.cancel_requested_at is not None:
+        dispatch.enqueue_finish(job_id)
+        return 0
+    batch_ids = store.create_batches(job_id, current_app.config["OFFLOAD_BATCH_SIZE"])
+    if not batch_ids:
+        finish_job(job_id)
+        return 0
+    settings = db.session.get(Company, job.company_id).settings
+    if settings is not None and settings.enabled and settings.mode == "offload":
+        dispatch.enqueue_submit(batch_ids)
+    else:
+        dispatch.enqueue_batches([(bid, 0) for bid in batch_ids])
+    log.info("Job %s: planned %s batches", job_id, len(batch_ids))
+    return len(batch_ids)
+
+
+def finish_job(job_id: int) -> str | None:
+    """Set the final status once every batch is done (safe to call any time)."""
+    status = store.finish_job(job_id)
+    if status:
+        log.info("Job %s: %s", job_id, status)
+    return status
+
+
+class BatchRun:
+    """One worker's run over one claimed batch."""
+
+    def __init__(self, claim: store.Claim):
+        cfg = current_app.config
+        self.claim = claim
+        self.lease_s = cfg["OFFLOAD_LEASE_S"]
+        self.max_attempts = cfg["OFFLOAD_MAX_ATTEMPTS"]
+        self.redis = connection()
+        company = db.session.get(Company, claim.company_id)
+        self.company = company
+        self.settings = company.settings
+        self.config = self.settings.provider_config() if self.settings else {"enabled": False}
+        self.version = self.settings.updated_at if self.settings else None
+        self.global_fallback = cfg["OFFLOAD_FALLBACK_SMTP"]
+        job = db.session.get(Job, claim.job_id)
+        self.job_type = job.type
+        self.template = CompiledTemplate(job.subject, job.body_text, job.body_html)
+        self.throttle_waits = 0
+
+    # -- routes ---------------------------------------------------------------
+    def first_route(self) -> Route | None:
+        route = primary_route(self.config)
+        if route is None or limits.breaker_is_open(self.redis, self.company.id, route.provider):
+            return fallback_route(self.config, self.global_fallback)
+        return route
+
+    def keepalive(self) -> None:
+        if not store.renew_lease(self.claim, self.lease_s):
+            raise LostLease()
+
+    # -- messages -------------------------------------------------------------
+    def build(self, rows) -> tuple[list[Message], list[Result]]:
+        """Render each recipient; a render failure fails only that recipient."""
+        from tasks.headers import extra_headers
+
+        messages, failures = [], []
+        for rid, email, data, _attempts in rows:
+            try:
+                r = self.template.render(data)
+            except RenderError as exc:
+                failures.append(Result(rid, "failed", error=f"render_error: {exc}"))
+                continue
+            headers = extra_headers(self.company, self.job_type, rid, email)
+            messages.append(Message(key=rid, to=email, subject=r.subject, text=r.text, html=r.html, headers=headers))
+        return messages, failures
+
+    # -- the loop -------------------------------------------------------------
+    def run(self) -> str:
+        claim = self.claim
+        status, cancelled = store.job_state(claim.job_id)
+        if cancelled is not None:
+            return self.stop(B_CANCELLED)
+        if status == PAUSED:
+            return self.stop(B_QUEUED)
+        store.mark_started(claim.job_id)
+        store.recover_in_flight(claim, self.company.uncertain_policy)
+        route = self.first_route()
+        if route is None:
+            store.pause_job(claim.job_id, "delivery is disabled and no SMTP fallback is configured")
+            return self.stop(B_QUEUED)
+        sender = self.config.get("sender")
+        if not sender:
+            store.pause_job(claim.job_id, "no sender address is configured for the company")
+            return self.stop(B_QUEUED)
+        rows = store.load_sendable(claim)
+        attempts = {r[0]: r[3] + 1 for r in rows}
+        rate = self.config.get("max_send_rate")
+        i = 0
+        while i < len(rows):
+            provider = provider_for(self.company.id, route, self.version)
+            size = limits.chunk_limit(rate, provider.chunk_size)
+            chunk = rows[i:i + size]
+            outcome = self.send_chunk(route, provider, sender, chunk, rate, attempts)
+            if outcome == "next":
+                i += size
+            elif outcome == "again":
+                continue
+            elif outcome == "fallback":
+                fb = fallback_route(self.config, self.global_fallback)
+                if fb is None or route.kind == "fallback":
+                    return self.reschedule("provider unreachable and no fallback available")
+                store.log_job_error(claim.job_id, f"batch {claim.batch_id}: {route.label} unreachable, "
+                                                  f"using {fb.label}")
+                route = fb
+            else:
+                return outcome
+        provider_for(self.company.id, route, self.version).close()
+        if store.pending_left(claim):
+            return self.reschedule("some recipients will be retried")
+        return self.stop(B_DONE, route=route.label)
+
+    def send_chunk(self, route: Route, provider, sender: str, chunk, rate, attempts) -> str:
+        """Send one chunk. Returns next | again | fallback | <final word of the batch>."""
+        claim = self.claim
+        limits.acquire(self.redis, claim.company_id, len(chunk), rate, keepalive=self.keepalive)
+        messages, render_failures = self.build(chunk)
+        ids = [r[0] for r in chunk]
+        if not store.mark_sending(claim, ids, self.lease_s):
+            return self.stop_after_cancel()
+        try:
+            results = provider.send(sender, messages) if messages else []
+        except ThrottledError as exc:
+            store.unmark_sending(ids, refund_attempt=True)
+            return self.throttled(exc)
+        except ConnectionFailure as exc:
+            store.unmark_sending(ids, refund_attempt=True, error=exc.reason)
+            limits.breaker_failure(self.redis, claim.company_id, route.provider)
+            return "fallback"
+        except QuotaExceededError as exc:
+            store.unmark_sending(ids, refund_attempt=True, error=exc.reason)
+            store.pause_job(claim.job_id, f"sending quota exhausted: {exc.reason}")
+            return self.stop(B_QUEUED)
+        except PermanentError as exc:
+            results = [Result(m.key, "failed", error=exc.reason) for m in messages]
+        except ProviderError as exc:  # retryable: these recipients come back later
+            results = [Result(m.key, "retry", error=exc.reason) for m in messages]
+        limits.breaker_success(self.redis, claim.company_id, route.provider)
+        store.record_results(claim, results + render_failures, route.label, self.max_attempts, attempts)
+        self.keepalive()
+        return "next"
+
+    def throttled(self, exc: ThrottledError) -> str:
+        level = limits.throttle_level(self.redis, self.claim.company_id, bump=True)
+        self.throttle_waits += 1
+        if self.throttle_waits > MAX_THROTTLE_WAITS:
+            return self.reschedule("throttled by the provider", count_attempt=False)
+        delay = limits.throttle_delay(level, exc.retry_after)
+        end = time.monotonic() + delay
+        while time.monotonic() < end:
+            time.sleep(min(1.0, max(0.0, end - time.monotonic())))
+            self.keepalive()
+        return "again"
+
+    def stop_after_cancel(self) -> str:
+        _, cancelled = store.job_state(self.claim.job_id)
+        if cancelled is not None:
+            return self.stop(B_CANCELLED)
+        raise LostLease()
+
+    def reschedule(self, reason: str, count_attempt: bool = True) -> str:
+        """Come back later for what is left, with exponential back-off and jitter."""
+        delay = limits.backoff(self.claim.attempts if count_attempt else 1)
+        if count_attempt and self.claim.attempts >= self.max_attempts + 2:
+            store.fail_remaining(self.claim, f"gave up: {reason}")
+            return self.stop(B_FAILED, error=reason)
+        store.release_batch(self.claim, B_RETRY, next_attempt_at=utcnow() + timedelta(seconds=delay),
+                            error=reason)
+        dispatch.enqueue_batches([(self.claim.batch_id, self.claim.attempts)], delay=delay)
+        return B_RETRY
+
+    def stop(self, status: str, route: str | None = None, error: str | None = None) -> str:
+        store.release_batch(self.claim, status, route=route, error=error)
+        if status in (B_DONE, B_FAILED, B_CANCELLED):
+            if finish_job(self.claim.job_id) is None and status == B_CANCELLED:
+                dispatch.enqueue_finish(self.claim.job_id)
+        return status
+
+
+class LostLease(Exception):
+    """Another worker holds the batch now (our lease ran out): stop touching it."""
+
+
+def send_batch(batch_id: int) -> str:
+    """RQ job: send one batch. Safe to run twice: the claim decides who sends."""
+    claim = store.claim_batch(batch_id, worker_name(), current_app.config["OFFLOAD_LEASE_S"])
+    if claim is None:
+        return "skipped"
+    try:
+        return BatchRun(claim).run()
+    except LostLease:
+        db.session.rollback()
+        log.warning("Batch %s: lease lost; another worker has it", batch_id)
+        return "lost"
+    except Exception:
+        db.session.rollback()
+        _release_after_error(claim)
+        raise
+
+
+def _release_after_error(claim: store.Claim) -> None:
+    """Best effort: let the batch be retried soon after an unexpected error
+    (the exception still reaches RQ, which records and retries the job)."""
+    try:
+        store.release_batch(claim, B_RETRY, next_attempt_at=utcnow() + timedelta(seconds=5),
+                            error="worker error; retrying")
+    except Exception:  # the database may be the thing that failed; the lease then expires
+        db.session.rollback()

@@ -1,0 +1,298 @@
+"""What the send jobs need from the database, in a few functions: claim a
+batch, recover its in-flight recipients, mark a chunk as sending, record
+results, finish the job. The database is the truth: every decision that
+matters (who holds a batch, what was handed to a provider) is made here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import bindparam, select, text, update
+
+from dashboard.bulk import execute_for_ids
+from dashboard.extensions import db
+from dashboard.models import (B_CANCELLED, B_QUEUED, B_RETRY, B_SENDING, BATCH_FINAL,
+                              CANCELLED, COMPLETED, FAILED, JOB_FINAL, PARTIAL, PROCESSING, QUEUED,
+                              Batch, Job, Recipient, utcnow)
+
+
+@dataclass
+class Claim:
+    """A batch this worker holds until ``lease_until``."""
+
+    batch_id: int
+    job_id: int
+    company_id: int
+    first_id: int
+    last_id: int
+    attempts: int
+    worker: str
+
+
+def claim_batch(batch_id: int, worker: str, lease_s: int) -> Claim | None:
+    """Take the batch if it is waiting, or its holder's lease has run out."""
+    now = utcnow()
+    res = db.session.execute(text(
+        "UPDATE batches SET status = :sending, lease_until = :lease, leased_by = :worker, "
+        "attempts = attempts + 1, next_attempt_at = NULL "
+        "WHERE id = :id AND ((status IN ('pending', 'queued', 'retry') "
+        "AND (next_attempt_at IS NULL OR next_attempt_at <= :soon)) "
+        "OR (status = :sending AND lease_until < :now))"),
+        {"sending": B_SENDING, "lease": now + timedelta(seconds=lease_s), "worker": worker, "id": batch_id,
+         "now": now, "soon": now + timedelta(seconds=2)})
+    db.session.commit()
+    if res.rowcount != 1:
+        return None
+    b = db.session.execute(select(Batch.job_id, Batch.company_id, Batch.first_recipient_id,
+                                  Batch.last_recipient_id, Batch.attempts).where(Batch.id == batch_id)).one()
+    return Claim(batch_id, b.job_id, b.company_id, b.first_recipient_id, b.last_recipient_id, b.attempts, worker)
+
+
+def renew_lease(claim: Claim, lease_s: int) -> bool:
+    """Extend the lease; False when another worker has taken the batch."""
+    res = db.session.execute(
+        update(Batch).where(Batch.id == claim.batch_id, Batch.leased_by == claim.worker,
+                            Batch.status == B_SENDING)
+        .values(lease_until=utcnow() + timedelta(seconds=lease_s)))
+    db.session.commit()
+    return res.rowcount == 1
+
+
+def release_batch(claim: Claim, status: str, *, next_attempt_at: datetime | None = None,
+                  error: str | None = None, route: str | None = None) -> bool:
+    """Give the batch up in ``status`` (done, retry, failed, cancelled, queued)."""
+    values = {"status": status, "lease_until": None, "next_attempt_at": next_attempt_at}
+    if error is not None:
+        values["error"] = error[:2000]
+    if route is not None:
+        values["route"] = route
+    if status in BATCH_FINAL:
+        values["completed_at"] = utcnow()
+    res = db.session.execute(update(Batch).where(Batch.id == claim.batch_id, Batch.leased_by == claim.worker)
+                             .values(**values))
+    db.session.commit()
+    return res.rowcount == 1
+
+
+def job_state(job_id: int) -> tuple[str, datetime | None]:
+    """(status, cancel_requested_at) of a job, read fresh."""
+    row = db.session.execute(select(Job.status, Job.cancel_requested_at).where(Job.id == job_id)).one()
+    return row.status, row.cancel_requested_at
+
+
+def mark_started(job_id: int) -> None:
+    db.session.execute(update(Job).where(Job.id == job_id, Job.status == QUEUED)
+                       .values(status=PROCESSING, started_at=utcnow()))
+    db.session.commit()
+
+
+def recover_in_flight(claim: Claim, policy: str) -> int:
+    """Recipients left ``sending`` by a holder that died: we cannot know if the
+    provider got them. They become ``uncertain`` and are counted on the job;
+    policy ``fail`` fails them for review, ``resend`` lets this run send them."""
+    ids = list(db.session.execute(text(
+        "SELECT id FROM recipients WHERE job_id = :j AND id BETWEEN :a AND :b AND status = 'sending'"),
+        {"j": claim.job_id, "a": claim.first_id, "b": claim.last_id}).scalars())
+    if not ids:
+        return 0
+    if policy == "fail":
+        execute_for_ids("UPDATE recipients SET status = 'failed', error = 'uncertain_delivery', "
+                        "lease_until = NULL WHERE {ids}", ids)
+        db.session.execute(update(Job).where(Job.id == claim.job_id).values(
+            emails_uncertain=Job.emails_uncertain + len(ids), emails_failed=Job.emails_failed + len(ids)))
+    else:
+        execute_for_ids("UPDATE recipients SET status = 'uncertain', lease_until = NULL WHERE {ids}", ids)
+        db.session.execute(update(Job).where(Job.id == claim.job_id).values(
+            emails_uncertain=Job.emails_uncertain + len(ids)))
+    db.session.commit()
+    return len(ids)
+
+
+def load_sendable(claim: Claim) -> list:
+    """(id, email, data, attempts) of the batch's recipients still to send, by id."""
+    return db.session.execute(
+        select(Recipient.id, Recipient.email, Recipient.data, Recipient.attempts)
+        .where(Recipient.job_id == claim.job_id, Recipient.id.between(claim.first_id, claim.last_id),
+               Recipient.status.in_(("pending", "uncertain")))
+        .order_by(Recipient.id)).all()
+
+
+def mark_sending(claim: Claim, ids: list[int], lease_s: int) -> bool:
+    """Claim recipients just before the provider call (attempt + 1), unless the
+    job was cancelled; False means stop: cancelled, or the batch was lost."""
+    params = {"j": claim.job_id, "lease": utcnow() + timedelta(seconds=lease_s), "b": claim.batch_id,
+              "w": claim.worker}
+    res = execute_for_ids(
+        "UPDATE recipients SET status = 'sending', attempts = attempts + 1, lease_until = :lease "
+        "WHERE {ids} AND status IN ('pending', 'uncertain') "
+        "AND EXISTS (SELECT 1 FROM jobs WHERE jobs.id = :j AND jobs.cancel_requested_at IS NULL) "
+        "AND EXISTS (SELECT 1 FROM batches WHERE batches.id = :b AND batches.leased_by = :w "
+        "AND batches.status = 'sending')", ids, params)
+    if res.rowcount != len(ids):
+        db.session.rollback()
+        return False
+    db.session.commit()
+    return True
+
+
+def unmark_sending(ids: list[int], *, refund_attempt: bool, error: str | None = None) -> None:
+    """Put a chunk back to pending when the provider call certainly did not happen."""
+    sets = "status = 'pending', lease_until = NULL"
+    if refund_attempt:
+        sets += ", attempts = attempts - 1"
+    params = {}
+    if error is not None:
+        sets += ", error = :err"
+        params["err"] = error[:2000]
+    execute_for_ids(f"UPDATE recipients SET {sets} WHERE {{ids}} AND status = 'sending'", ids, params)
+    db.session.commit()
+
+
+def record_results(claim: Claim, results, route: str, max_attempts: int, attempts: dict[int, int]) -> dict:
+    """Store one chunk's results in bulk and bump the job's counters.
+
+    ``results`` are ``providers.Result``; ``retry`` ones go back to pending,
+    or fail with their last reason once ``max_attempts`` is reached.
+    """
+    now = utcnow()
+    sent = [{"rid": r.key, "mid": r.message_id, "now": now, "route": route} for r in results if r.status == "sent"]
+    failed, retry = [], []
+    for r in results:
+        if r.status == "failed":
+            failed.append({"rid": r.key, "err": (r.error or "failed")[:2000]})
+        elif r.status == "retry":
+            if attempts.get(r.key, 0) >= max_attempts:
+                failed.append({"rid": r.key, "err": f"gave up after {max_attempts} attempts: {r.error}"[:2000]})
+            else:
+                retry.append({"rid": r.key, "err": (r.error or "retry")[:2000]})
+    table = Recipient.__table__
+    if sent:
+        db.session.execute(
+            table.update().where(table.c.id == bindparam("rid"), table.c.status == "sending")
+            .values(status="sent", message_id=bindparam("mid"), sent_at=bindparam("now"),
+                    route=bindparam("route"), lease_until=None, error=None), sent)
+    if failed:
+        db.session.execute(
+            table.update().where(table.c.id == bindparam("rid"), table.c.status == "sending")
+            .values(status="failed", error=bindparam("err"), lease_until=None), failed)
+    if retry:
+        db.session.execute(
+            table.update().where(table.c.id == bindparam("rid"), table.c.status == "sending")
+            .values(status="pending", error=bindparam("err"), lease_until=None), retry)
+    db.session.execute(update(Job).where(Job.id == claim.job_id).values(
+        emails_sent=Job.emails_sent + len(sent), emails_failed=Job.emails_failed + len(failed)))
+    db.session.execute(update(Batch).where(Batch.id == claim.batch_id).values(
+        sent_count=Batch.sent_count + len(sent), failed_count=Batch.failed_count + len(failed)))
+    db.session.commit()
+    return {"sent": len(sent), "failed": len(failed), "retry": len(retry)}
+
+
+def pending_left(claim: Claim) -> int:
+    return db.session.execute(text(
+        "SELECT count(*) FROM recipients WHERE job_id = :j AND id BETWEEN :a AND :b "
+        "AND status IN ('pending', 'uncertain', 'sending')"),
+        {"j": claim.job_id, "a": claim.first_id, "b": claim.last_id}).scalar()
+
+
+def fail_remaining(claim: Claim, reason: str) -> int:
+    """Fail the batch's unsent recipients with ``reason`` (a permanent batch error)."""
+    res = db.session.execute(text(
+        "UPDATE recipients SET status = 'failed', error = :err, lease_until = NULL "
+        "WHERE job_id = :j AND id BETWEEN :a AND :b AND status IN ('pending', 'uncertain')"),
+        {"err": reason[:2000], "j": claim.job_id, "a": claim.first_id, "b": claim.last_id})
+    db.session.execute(update(Job).where(Job.id == claim.job_id)
+                       .values(emails_failed=Job.emails_failed + res.rowcount))
+    db.session.commit()
+    return res.rowcount
+
+
+def log_job_error(job_id: int, line: str) -> None:
+    job = db.session.get(Job, job_id)
+    if job is not None:
+        job.log_error(line)
+        db.session.commit()
+
+
+def pause_job(job_id: int, reason: str) -> None:
+    db.session.execute(update(Job).where(Job.id == job_id, Job.status.notin_(JOB_FINAL))
+                       .values(status="paused", paused_reason=reason[:255]))
+    db.session.commit()
+    log_job_error(job_id, f"paused: {reason}")
+
+
+def cancel_unsent(job_id: int) -> None:
+    """A cancelled job: unsent recipients end ``cancelled``, idle batches too."""
+    db.session.execute(text(
+        "UPDATE recipients SET status = 'cancelled', error = 'cancelled', lease_until = NULL "
+        "WHERE job_id = :j AND status IN ('pending', 'uncertain')"), {"j": job_id})
+    db.session.execute(update(Batch).where(
+        Batch.job_id == job_id, Batch.status.in_(("pending", B_QUEUED, B_RETRY, "submitted")))
+        .values(status=B_CANCELLED, completed_at=utcnow(), lease_until=None))
+    db.session.commit()
+
+
+def finish_job(job_id: int) -> str | None:
+    """Give the job its final status and exact counts once nothing is left to do.
+
+    Returns the final status, or ``None`` while work remains.
+    """
+    job = db.session.get(Job, job_id)
+    if job is None or job.status in JOB_FINAL:
+        return None if job is None else job.status
+    if job.cancel_requested_at is not None:
+        cancel_unsent(job_id)
+    open_batches = db.session.execute(text(
+        "SELECT count(*) FROM batches WHERE job_id = :j AND status NOT IN ('done', 'failed', 'cancelled')"),
+        {"j": job_id}).scalar()
+    counts = dict(db.session.execute(text(
+        "SELECT status, count(*) FROM recipients WHERE job_id = :j GROUP BY status"), {"j": job_id}).all())
+    unfinished = sum(counts.get(s, 0) for s in ("pending", "sending", "uncertain"))
+    if open_batches or unfinished:
+        return None
+    sent, bad = counts.get("sent", 0), counts.get("failed", 0) + counts.get("bounced", 0)
+    if job.cancel_requested_at is not None:
+        status = CANCELLED
+    elif bad and not sent:
+        status = FAILED
+    elif bad:
+        status = PARTIAL
+    else:
+        status = COMPLETED
+    res = db.session.execute(update(Job).where(Job.id == job_id, Job.status.notin_(JOB_FINAL)).values(
+        status=status, completed_at=utcnow(), emails_sent=sent, emails_failed=counts.get("failed", 0),
+        emails_bounced=counts.get("bounced", 0), emails_suppressed=counts.get("suppressed", 0)))
+    db.session.commit()
+    return status if res.rowcount else db.session.get(Job, job_id).status
+
+
+def create_batches(job_id: int, batch_size: int) -> list[int]:
+    """Split the job's pending recipients into batches (keyset ranges of ids).
+
+    Idempotent: nothing is created while the job has an unfinished batch.
+    """
+    job = db.session.get(Job, job_id)
+    open_batches = db.session.execute(text(
+        "SELECT id FROM batches WHERE job_id = :j AND status NOT IN ('done', 'failed', 'cancelled') ORDER BY id"),
+        {"j": job_id}).scalars().all()
+    if open_batches:
+        return []
+    ids = db.session.execute(text(
+        "SELECT id FROM recipients WHERE job_id = :j AND status IN ('pending', 'uncertain') ORDER BY id"),
+        {"j": job_id}).scalars().all()
+    number = db.session.execute(text("SELECT coalesce(max(batch_number), 0) FROM batches WHERE job_id = :j"),
+                                {"j": job_id}).scalar()
+    rows = []
+    for start in range(0, len(ids), batch_size):
+        chunk = ids[start:start + batch_size]
+        number += 1
+        rows.append({"company_id": job.company_id, "job_id": job_id, "batch_number": number, "status": B_QUEUED,
+                     "first_recipient_id": chunk[0], "last_recipient_id": chunk[-1],
+                     "recipient_count": len(chunk), "attempts": 0, "sent_count": 0, "failed_count": 0})
+    if rows:
+        db.session.execute(Batch.__table__.insert(), rows)
+    db.session.commit()
+    return list(db.session.execute(text(
+        "SELECT id FROM batches WHERE job_id = :j AND status = 'queued' ORDER BY batch_number"),
+        {"j": job_id}).scalars())
+

@@ -1,0 +1,81 @@
+"""The recovery sweep: the database is the truth, the queue is rebuilt from it.
+
+Run every few seconds (``tasks.worker`` schedules it through RQ). It
+re-queues batches whose holder's lease expired, batches the queue lost
+(Redis restart), jobs whose planning was lost, and finishes jobs whose
+work is all done; offload batches whose callback is overdue are
+reconciled by ``tasks.offload``.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from sqlalchemy import text
+
+from dashboard.extensions import db
+from dashboard.models import utcnow
+from tasks import dispatch
+
+log = logging.getLogger(__name__)
+GRACE_S = 10  # a queued batch younger than this is left alone
+
+
+def expired_leases() -> list[tuple[int, int]]:
+    rows = db.session.execute(text(
+        "SELECT id, attempts FROM batches WHERE status = 'sending' AND lease_until < :now"), {"now": utcnow()}).all()
+    return [(r.id, r.attempts) for r in rows]
+
+
+def waiting_batches() -> list[tuple[int, int]]:
+    """Queued/retry batches that are due, whose RQ job is not live."""
+    due = utcnow() - timedelta(seconds=GRACE_S)
+    rows = db.session.execute(text(
+        "SELECT b.id, b.attempts, j.settings_mode FROM batches b JOIN ("
+        "  SELECT jobs.id AS jid, coalesce(ds.mode, 'direct') AS settings_mode FROM jobs "
+        "  LEFT JOIN delivery_settings ds ON ds.company_id = jobs.company_id "
+        "  WHERE jobs.status IN ('queued', 'processing')) j ON j.jid = b.job_id "
+        "WHERE b.status IN ('queued', 'retry') AND (b.next_attempt_at IS NULL OR b.next_attempt_at < :due)"),
+        {"due": due}).all()
+    return [(r.id, r.attempts) for r in rows
+            if r.settings_mode != "offload" and not dispatch.is_live(dispatch.send_id(r.id, r.attempts))]
+
+
+def unplanned_jobs() -> list[int]:
+    """Jobs with pending recipients, no open batch and no live plan job."""
+    now = utcnow()
+    rows = db.session.execute(text(
+        "SELECT id FROM jobs WHERE status IN ('queued', 'processing') AND (send_at IS NULL OR send_at <= :now) "
+        "AND created_at < :old AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.job_id = jobs.id "
+        "  AND b.status NOT IN ('done', 'failed', 'cancelled'))"),
+        {"now": now, "old": now - timedelta(seconds=GRACE_S)}).scalars().all()
+    return [jid for jid in rows if not dispatch.is_live(f"plan-{jid}")]
+
+
+def sweep() -> dict:
+    """One pass; returns what it did (counts only)."""
+    from tasks.sending import finish_job
+
+    expired = expired_leases()
+    for bid, attempts in expired:
+        dispatch.enqueue_batches([(bid, attempts)])  # the claim takes over the expired lease
+    lost = waiting_batches()
+    dispatch.enqueue_batches(lost)
+    replanned = 0
+    for job_id in unplanned_jobs():
+        if finish_job(job_id) is None:
+            dispatch.enqueue_plan(job_id)
+            replanned += 1
+    reconciled = _reconcile_offload()
+    report = {"expired": len(expired), "requeued": len(lost), "replanned": replanned, "reconciled": reconciled}
+    if any(report.values()):
+        log.info("sweep: %s", report)
+    return report
+
+
+def _reconcile_offload() -> int:
+    try:
+        from tasks.offload import reconcile
+    except ImportError:
+        return 0
+    return reconcile()
