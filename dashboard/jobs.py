@@ -6,7 +6,7 @@ Shared by the LMS API, the dashboard and the events buffer.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
@@ -70,7 +70,7 @@ def parse_time(value, field: str) -> datetime | None:
     except ValueError:
         raise JobError("invalid_field", f"{field} is not an ISO 8601 date-time") from None
     if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
     return moment
 
 
@@ -97,7 +97,8 @@ def compile_checked(subject, text_body, html_body, sample: dict | None) -> Compi
 def classify_recipients(company_id: int, job_id: int, items: list) -> tuple[list[tuple], dict]:
     """Rows for ``insert_recipients`` and counts by status. Bad entries are kept
     as failed recipients with a reason; duplicates and suppressed addresses too."""
-    suppressed = set(db.session.execute(select(Suppression.email).where(Suppression.company_id == company_id)).scalars())
+    suppressed = set(db.session.execute(
+        select(Suppression.email).where(Suppression.company_id == company_id)).scalars())
     seen: set[str] = set()
     rows, counts = [], {R_PENDING: 0, R_FAILED: 0, R_SUPPRESSED: 0}
     for item in items:

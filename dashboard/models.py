@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 from flask_login import UserMixin
 from sqlalchemy import Index, UniqueConstraint, select
@@ -35,7 +35,7 @@ BATCH_FINAL = (B_DONE, B_FAILED, B_CANCELLED)
 
 def utcnow() -> datetime:
     """Naive UTC now: every timestamp in the database is naive UTC."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def sha256_hex(value: str) -> str:
@@ -188,7 +188,7 @@ class ApiToken(TenantMixin, db.Model):
     revoked_at = db.Column(db.DateTime)
 
     @classmethod
-    def issue(cls, company_id: int, name: str = "LMS") -> tuple["ApiToken", str]:
+    def issue(cls, company_id: int, name: str = "LMS") -> tuple[ApiToken, str]:
         """A new token row and the plaintext token (shown once, stored hashed)."""
         plain = "mro_" + secrets.token_urlsafe(32)
         return cls(company_id=company_id, name=name, prefix=plain[:12], token_hash=sha256_hex(plain)), plain

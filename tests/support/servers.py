@@ -55,15 +55,16 @@ class ManagedProcess:
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"offload-test-{log_name}-{port}.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 30.0) -> "ManagedProcess":
+    def start(self, timeout: float = 30.0) -> ManagedProcess:
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env,
                                      cwd=self.cwd, start_new_session=True)
         try:
             wait_for_port(self.port, timeout, self.proc)
-        except Exception:
+        except Exception as exc:
             self.stop()
-            raise RuntimeError(f"{self.args[0]} did not start:\n{self.log_path.read_text(errors='replace')[-2000:]}")
+            tail = self.log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{self.args[0]} did not start:\n{tail}") from exc
         return self
 
     @property
@@ -180,7 +181,8 @@ class ReceivedMail:
         self.mail_from = mail_from
         self.rcpt_tos = rcpt_tos
         self.data = data
-        self.message = email.message_from_bytes(data, policy=policy.default)
+        # parsed with LF line ends, as a mail client shows it; ``data`` stays as received
+        self.message = email.message_from_bytes(data.replace(b"\r\n", b"\n"), policy=policy.default)
 
 
 class SmtpSink:
@@ -191,7 +193,9 @@ class SmtpSink:
         starttls_context: server SSL context offered through STARTTLS.
         require_starttls: refuse mail until the client has done STARTTLS.
         users: ``{login: password}``; when given, AUTH is required.
-        auth_require_tls: aiosmtpd's rule that AUTH needs TLS.
+        auth_require_tls: aiosmtpd's rule that AUTH needs TLS (turning it off makes
+            aiosmtpd emit a UserWarning per connection, an error under the suite's
+            ``filterwarnings``; prefer AUTH over STARTTLS).
         refuse: ``{recipient: "550 reply"}`` answers for RCPT TO.
         drop_after_message: close each session right after a message was accepted.
 
@@ -230,7 +234,7 @@ class SmtpSink:
         def check(server, session, envelope, mechanism, auth_data):
             ok = (isinstance(auth_data, LoginPassword)
                   and users.get(auth_data.login.decode()) == auth_data.password.decode())
-            return AuthResult(success=ok)
+            return AuthResult(success=ok, handled=False)
 
         return check
 
@@ -376,3 +380,135 @@ class SilentServer:
 
     def __exit__(self, *exc):
         self._sock.close()
+
+
+class CallbackReceiver(StubHttpServer):
+    """A ``StubHttpServer`` for signed worker callbacks (CONTRACT §4).
+
+    ``verify(headers, body)`` returns to accept (200, payload kept in
+    ``payloads``) or raises to refuse (401, counted in ``rejected``), as the
+    service does. Pass ``dashboard.webhooks.verify`` bound to the secret.
+    """
+
+    def __init__(self, verify):
+        super().__init__(self._respond)
+        self.verify = verify
+        self.payloads: list[dict] = []
+        self.rejected = 0
+
+    @property
+    def callback_url(self) -> str:
+        return f"{self.url}/callbacks/v1/batches"
+
+    def _respond(self, request: StubRequest):
+        try:
+            self.verify(request.headers, request.body)
+        except Exception:
+            self.rejected += 1
+            return 401, {}, {"error": "bad_signature"}
+        self.payloads.append(request.json())
+        return 200, {}, {"ok": True}
+
+    def wait_for(self, count: int, timeout: float = 30.0) -> list[dict]:
+        """Block until ``count`` verified payloads arrived; return them."""
+        deadline = time.monotonic() + timeout
+        while len(self.payloads) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(self.payloads)} of {count} callbacks within {timeout}s")
+            time.sleep(0.05)
+        return list(self.payloads)
+
+
+# -- the Cloudflare worker under miniflare ---------------------------------------
+
+class Miniflare(ManagedProcess):
+    """cloud_workers/cloudflare/worker.js under miniflare (tests/node/run_miniflare.mjs).
+
+    Configured from the worker's wrangler.toml: its queue consumer (with the
+    dead-letter queue), producer, send_email and R2 bindings and vars, plus
+    ``secrets`` and ``overrides`` (vars) from the test. ``max_batch_timeout``
+    is shortened so messages are consumed at once. A harness worker in the
+    same instance enqueues (``enqueue``) and collects dead letters
+    (``dead_letters``); other paths reach the worker's fetch handler.
+
+    Sent mail: miniflare's send_email binding logs each message (From, To,
+    Subject and the paths of the text/HTML files it writes under
+    ``email_dir``); ``sent_emails`` reads them back. Read before ``stop``:
+    miniflare deletes the files when it shuts down.
+    """
+
+    SENT = (r"send_email binding called with MessageBuilder:\n"
+            r"From: (?P<sender>.*)\nTo: (?P<to>.*)\nSubject: (?P<subject>.*)\n\n"
+            r"(?:Text: (?P<text>.*)\n)?(?:HTML: (?P<html>.*)\n)?")
+    ANSI = r"\x1b\[[0-9;]*m"
+
+    def __init__(self, *, secrets: dict[str, str], overrides: dict[str, str] | None = None,
+                 allowed_destinations: list[str] | None = None, max_retries: int | None = None,
+                 worker_dir: Path = ROOT / "cloud_workers" / "cloudflare"):
+        import tempfile
+        import tomllib
+
+        ensure_node_modules()
+        node = shutil.which("node")
+        if node is None:
+            raise RuntimeError("node is needed for miniflare")
+        wrangler = tomllib.loads((worker_dir / "wrangler.toml").read_text())
+        self.email_dir = Path(tempfile.mkdtemp(prefix="offload-miniflare-"))
+        port = free_port()
+        config = self._config(wrangler, port, worker_dir, secrets, overrides or {},
+                              allowed_destinations, max_retries)
+        super().__init__([node, str(NODE_DIR / "run_miniflare.mjs")], port,
+                         env={"MINIFLARE_CONFIG": json.dumps(config)}, cwd=NODE_DIR, log_name="miniflare")
+
+    def _config(self, wrangler: dict, port: int, worker_dir: Path, secrets: dict, overrides: dict,
+                allowed_destinations: list[str] | None, max_retries: int | None) -> dict:
+        consumer = wrangler["queues"]["consumers"][0]
+        email = [dict(binding) for binding in wrangler.get("send_email", [])]
+        if allowed_destinations is not None:
+            for binding in email:
+                binding["allowed_destination_addresses"] = allowed_destinations
+        return {
+            "port": port, "workerDir": str(worker_dir), "main": wrangler["main"],
+            "compatibilityDate": wrangler["compatibility_date"], "emailDir": str(self.email_dir),
+            "bindings": {**wrangler.get("vars", {}), **overrides, **secrets},
+            "queue": {
+                "name": consumer["queue"],
+                "producerBinding": wrangler["queues"]["producers"][0]["binding"],
+                "maxBatchSize": consumer.get("max_batch_size", 10),
+                "maxBatchTimeout": 0.05,
+                "maxRetries": consumer.get("max_retries", 3) if max_retries is None else max_retries,
+                "deadLetterQueue": consumer["dead_letter_queue"],
+            },
+            "email": email,
+            "r2Buckets": [bucket["binding"] for bucket in wrangler.get("r2_buckets", [])],
+        }
+
+    def enqueue(self, message: dict) -> None:
+        """Put ``message`` on the worker's queue (JSON content type, as the REST API does)."""
+        req = urllib.request.Request(f"{self.url}/__test/enqueue", data=json.dumps(message).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+        urllib.request.urlopen(req, timeout=10).close()
+
+    def dead_letters(self) -> list[dict]:
+        """Messages that reached the dead-letter queue: ``{id, attempts, body}``."""
+        with urllib.request.urlopen(f"{self.url}/__test/dead-letters", timeout=10) as resp:
+            return json.load(resp)
+
+    def sent_emails(self) -> list[dict]:
+        """Every email the send_email binding accepted: from, to, subject, text, html."""
+        import re
+
+        log = re.sub(self.ANSI, "", self.log_path.read_text(errors="replace"))
+        emails = []
+        for match in re.finditer(self.SENT, log):
+            emails.append({
+                "from": match["sender"], "to": match["to"], "subject": match["subject"],
+                # bytes, not read_text(): keep CR/LF exactly as sent
+                "text": Path(match["text"]).read_bytes().decode() if match["text"] else None,
+                "html": Path(match["html"]).read_bytes().decode() if match["html"] else None,
+            })
+        return emails
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        super().stop(sig)
+        shutil.rmtree(self.email_dir, ignore_errors=True)

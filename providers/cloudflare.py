@@ -1,0 +1,224 @@
+"""Cloudflare Email Service (Email Sending REST API) as a direct-send provider.
+
+The request shape lives in ``SEND_PATH`` and ``email_payload`` only. It follows
+Cloudflare's published REST API: ``POST /accounts/{account_id}/email/sending/send``
+with ``Authorization: Bearer <token>`` and a JSON body of ``from`` (string or
+``{address, name}``), ``to``, ``subject``, ``text``, ``html``, ``headers``
+(object) and ``attachments`` (``{content (base64), filename, type,
+disposition}``). The answer is Cloudflare's usual envelope
+``{success, errors, messages, result}`` whose ``result`` lists
+``delivered``, ``queued`` and ``permanent_bounces`` addresses.
+One request per message; the session is reused for the whole batch.
+"""
+from __future__ import annotations
+
+import base64
+import logging
+from email.utils import parseaddr
+from typing import Any
+
+import requests
+
+from providers.base import (
+    ConnectionFailure,
+    Message,
+    PermanentError,
+    Provider,
+    ProviderError,
+    QuotaExceededError,
+    Result,
+    RetryableError,
+    ThrottledError,
+    header_problem,
+    register,
+    results_after_error,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_API_BASE = "https://api.cloudflare.com/client/v4"
+SEND_PATH = "/accounts/{account_id}/email/sending/send"
+USER_VERIFY_PATH = "/user/tokens/verify"
+ACCOUNT_VERIFY_PATH = "/accounts/{account_id}/tokens/verify"
+DEFAULT_TIMEOUT = 15.0
+_REASON_LIMIT = 300
+
+
+def _address(value: str) -> str | dict[str, str]:
+    """A sender as the API takes it: plain address, or ``{address, name}``."""
+    name, address = parseaddr(value)
+    if name and address:
+        return {"address": address, "name": name}
+    return address or value
+
+
+def email_payload(sender: str, message: Message) -> dict[str, Any]:
+    """The JSON body of one send request."""
+    payload: dict[str, Any] = {"from": _address(sender), "to": message.to, "subject": message.subject}
+    if message.text is not None or message.html is None:
+        payload["text"] = message.text or ""
+    if message.html is not None:
+        payload["html"] = message.html
+    if message.headers:
+        payload["headers"] = dict(message.headers)
+    if message.attachments:
+        payload["attachments"] = [
+            {"content": base64.b64encode(a.content).decode("ascii"), "filename": a.filename,
+             "type": a.content_type, "disposition": "attachment"}
+            for a in message.attachments
+        ]
+    return payload
+
+
+def _json(response: requests.Response) -> dict:
+    """The body as a dict, or ``{}`` when it is not a JSON object."""
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _api_errors(body: dict) -> str:
+    """Cloudflare's ``errors`` list as one short ``code: message`` string."""
+    errors = body.get("errors") or []
+    parts = [f"{e.get('code')}: {e.get('message')}" for e in errors if isinstance(e, dict)]
+    return "; ".join(parts)[:_REASON_LIMIT]
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    try:
+        return float(response.headers["Retry-After"])
+    except (KeyError, ValueError):
+        return None
+
+
+def classify_response(response: requests.Response) -> ProviderError | None:
+    """The whole-call error an HTTP answer means, or None when it concerns one message."""
+    status = response.status_code
+    detail = _api_errors(_json(response)) or response.reason or ""
+    reason = f"HTTP {status}: {detail}"[:_REASON_LIMIT]
+    if status == 429:
+        return ThrottledError(reason, code="429", retry_after=_retry_after(response))
+    if status >= 500:
+        return RetryableError(reason, code=str(status))
+    if status in (401, 403, 404):  # bad token, or no such account / endpoint
+        return PermanentError(reason, code=str(status))
+    if 400 <= status < 500 and "quota" in detail.lower():
+        return QuotaExceededError(reason, code=str(status))
+    return None
+
+
+def classify_exception(exc: requests.RequestException) -> ProviderError:
+    """Map a transport failure of ``requests`` to our hierarchy."""
+    name = type(exc).__name__
+    if isinstance(exc, requests.ConnectTimeout):
+        return ConnectionFailure("Cloudflare API connect timed out", code=name)
+    if isinstance(exc, requests.ReadTimeout):
+        return RetryableError("Cloudflare API read timed out", code=name)
+    if isinstance(exc, requests.ConnectionError):
+        return ConnectionFailure(f"Cloudflare API unreachable ({name})", code=name)
+    return RetryableError(f"Cloudflare API request failed ({name})", code=name)
+
+
+def _message_result(key: int, recipient: str, response: requests.Response) -> Result:
+    """A Result for an answer that was not a whole-call error."""
+    body = _json(response)
+    if not response.ok or body.get("success") is False:
+        detail = _api_errors(body) or f"HTTP {response.status_code}"
+        return Result(key, "failed", error=detail)
+    result = body.get("result") or {}
+    bounced = [a.lower() for a in result.get("permanent_bounces") or [] if isinstance(a, str)]
+    if recipient.lower() in bounced:
+        return Result(key, "failed", error="permanent_bounce")
+    return Result(key, "sent", message_id=result.get("message_id") or result.get("id"))
+
+
+@register
+class CloudflareEmailProvider(Provider):
+    """Send through Cloudflare's Email Sending REST API, one request per message.
+
+    Config keys: ``cloudflare_api_token``, ``cloudflare_account_id``, and
+    optionally ``cloudflare_api_base`` (default the public API) and
+    ``timeout`` (seconds).
+    """
+
+    name = "cloudflare"
+    chunk_size = 50
+
+    def __init__(self, config: dict):
+        super().__init__(config)
+        self.account_id = config.get("cloudflare_account_id") or ""
+        self.api_base = (config.get("cloudflare_api_base") or DEFAULT_API_BASE).rstrip("/")
+        timeout = float(config.get("timeout") or DEFAULT_TIMEOUT)
+        self.timeouts = (min(timeout, 5.0), timeout)
+        self._session: requests.Session | None = None
+
+    @property
+    def session(self) -> requests.Session:
+        """One HTTP session (keep-alive pool) per provider instance."""
+        if self._session is None:
+            token = self.config.get("cloudflare_api_token") or ""
+            if not token:
+                raise PermanentError("cloudflare_api_token is not set", code="config")
+            self._session = requests.Session()
+            self._session.headers.update({"Authorization": f"Bearer {token}",
+                                          "Accept": "application/json"})
+        return self._session
+
+    def close(self) -> None:
+        """Close the HTTP session; safe to call twice."""
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """One API call; transport failures become ProviderErrors."""
+        try:
+            return self.session.request(method, self.api_base + path, timeout=self.timeouts, **kwargs)
+        except requests.RequestException as exc:
+            error = classify_exception(exc)
+            log.warning("Cloudflare %s %s failed: %s", method, path.split("/")[-1], error.reason)
+            raise error from exc
+
+    def send(self, sender: str, messages: list[Message]) -> list[Result]:
+        """Send each message; one Result per message, in order."""
+        if not self.account_id:
+            raise PermanentError("cloudflare_account_id is not set", code="config")
+        results: list[Result] = []
+        for position, message in enumerate(messages):
+            try:
+                results.append(self._send_one(sender, message))
+            except ProviderError as exc:
+                return results + results_after_error(exc, results, messages[position:])
+        return results
+
+    def _send_one(self, sender: str, message: Message) -> Result:
+        problem = header_problem(sender, message)
+        if problem:
+            return Result(message.key, "failed", error=problem)
+        path = SEND_PATH.format(account_id=self.account_id)
+        response = self._request("POST", path, json=email_payload(sender, message))
+        error = classify_response(response)
+        if error is not None:
+            log.warning("Cloudflare send: %s", error.reason)
+            raise error
+        return _message_result(message.key, message.to, response)
+
+    def test_connection(self) -> dict:
+        """Verify the API token (user token, then account-owned token)."""
+        response = self._request("GET", USER_VERIFY_PATH)
+        if response.status_code in (401, 403, 404) and self.account_id:
+            response = self._request("GET", ACCOUNT_VERIFY_PATH.format(account_id=self.account_id))
+        error = classify_response(response)
+        body = _json(response)
+        if error is None and (not response.ok or body.get("success") is False):
+            error = PermanentError(f"token verify failed: {_api_errors(body) or response.status_code}")
+        if error is not None:
+            raise error
+        result = body.get("result") or {}
+        status = result.get("status")
+        if status != "active":
+            raise PermanentError(f"Cloudflare API token is {status or 'not active'}", code="token_status")
+        return {"provider": self.name, "api_base": self.api_base, "account_id": self.account_id,
+                "token_id": result.get("id"), "token_status": status}

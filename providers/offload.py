@@ -1,0 +1,455 @@
+"""Offload transports: put batch messages on a company's own cloud queue.
+
+In ``offload`` mode the service does not send email itself: each batch
+becomes one message (CONTRACT §5) on the company's queue, and the company's
+cloud worker sends it and posts a signed callback (CONTRACT §4). A transport
+only delivers those messages to the queue; it knows nothing of jobs,
+templates or callbacks, and imports nothing from ``dashboard`` or ``tasks``.
+
+``submit`` takes ``(key, message)`` pairs and returns one ``SubmitResult``
+per pair, in order. A failure of the very first queue call is raised as a
+``providers.base.ProviderError`` subclass (``ConnectionFailure`` lets the
+caller take the SMTP fallback); once some messages are on the queue, a later
+call's failure is reported per message instead of raised, so the caller
+never re-submits messages that were already accepted.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from providers.base import (
+    ConnectionFailure,
+    PermanentError,
+    ProviderError,
+    RetryableError,
+    ThrottledError,
+)
+
+log = logging.getLogger(__name__)
+
+#: SQS's classic cap, per message and per SendMessageBatch call (queues may be
+#: configured up to 1 MiB since 2025; 256 KiB is safe for every queue).
+MAX_BATCH_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    """The outcome for one message.
+
+    ``ok`` is True when the queue accepted it (``message_id`` when the queue
+    returns one); otherwise ``error`` says why and ``retryable`` whether the
+    same message may be submitted again later.
+    """
+
+    key: str
+    ok: bool
+    error: str | None = None
+    retryable: bool = False
+    message_id: str | None = None
+
+
+def encode_message(message: dict) -> bytes:
+    """Serialise a batch message compactly, as it will travel on the queue.
+
+    Non-ASCII text is escaped (``\\uXXXX``): SQS refuses some code points
+    (U+FFFE, U+FFFF) and lone surrogates, and escaped JSON always passes.
+    """
+    return json.dumps(message, separators=(",", ":")).encode("ascii")
+
+
+class OffloadTransport:
+    """Base class: subclasses set ``name`` and implement ``_send_call``."""
+
+    name: ClassVar[str] = ""
+    #: messages per queue API call
+    max_batch: ClassVar[int] = 10
+    #: bytes per message, and per call in total
+    max_message_bytes: ClassVar[int] = MAX_BATCH_BYTES
+    max_call_bytes: ClassVar[int] = MAX_BATCH_BYTES
+
+    def __init__(self, config: dict):
+        self.config = config
+
+    def submit(self, messages: list[tuple[str, dict]]) -> list[SubmitResult]:
+        """Put ``messages`` on the queue; one ``SubmitResult`` per message, same order."""
+        results: dict[int, SubmitResult] = {}
+        encoded: list[tuple[int, str, bytes]] = []
+        for index, (key, message) in enumerate(messages):
+            body = encode_message(message)
+            if len(body) > self.max_message_bytes:
+                results[index] = SubmitResult(key, False, error=(
+                    f"message too large: {len(body)} bytes, the {self.name} queue takes at most "
+                    f"{self.max_message_bytes}; lower OFFLOAD_BATCH_SIZE or shorten the template"))
+            else:
+                encoded.append((index, key, body))
+        accepted_any = False
+        calls = list(self._calls(encoded))
+        for number, call in enumerate(calls):
+            try:
+                call_results = self._send_call([(key, body) for _, key, body in call])
+            except ProviderError as exc:
+                if not accepted_any:
+                    raise
+                log.warning("Offload %s: call %d of %d failed after earlier calls succeeded: %s",
+                            self.name, number + 1, len(calls), exc.reason)
+                self._fail_rest(calls[number:], exc, results)
+                break
+            for (index, _, _), result in zip(call, call_results, strict=True):
+                results[index] = result
+                accepted_any = accepted_any or result.ok
+        return [results[index] for index in range(len(messages))]
+
+    @staticmethod
+    def _fail_rest(calls: list[list[tuple[int, str, bytes]]], exc: ProviderError,
+                   results: dict[int, SubmitResult]) -> None:
+        retryable = isinstance(exc, RetryableError)
+        for call in calls:
+            for index, key, _ in call:
+                results[index] = SubmitResult(key, False, error=exc.reason, retryable=retryable)
+
+    def _calls(self, encoded: list[tuple[int, str, bytes]]) -> Iterator[list[tuple[int, str, bytes]]]:
+        """Group messages into calls of at most ``max_batch`` messages and ``max_call_bytes``."""
+        call: list[tuple[int, str, bytes]] = []
+        size = 0
+        for item in encoded:
+            body_size = self._wire_size(item[2])
+            if call and (len(call) == self.max_batch or size + body_size > self.max_call_bytes):
+                yield call
+                call, size = [], 0
+            call.append(item)
+            size += body_size
+        if call:
+            yield call
+
+    def _wire_size(self, body: bytes) -> int:
+        """Bytes a message counts towards the per-call limit."""
+        return len(body)
+
+    def _send_call(self, batch: list[tuple[str, bytes]]) -> list[SubmitResult]:
+        """Send one API call's worth of messages; raise ``ProviderError`` if the call fails."""
+        raise NotImplementedError
+
+    def test_connection(self) -> dict:
+        """Check credentials and the queue; return facts to show the operator."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections; safe to call twice."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+_registry: dict[str, type[OffloadTransport]] = {}
+
+
+def register_transport(cls: type[OffloadTransport]) -> type[OffloadTransport]:
+    """Class decorator: make ``cls`` available under ``cls.name``."""
+    _registry[cls.name] = cls
+    return cls
+
+
+def get_transport(name: str, config: dict) -> OffloadTransport:
+    """Build the transport for provider ``name`` (``aws`` or ``cloudflare``) from ``config``."""
+    try:
+        cls = _registry[name]
+    except KeyError:
+        raise PermanentError(f"no offload transport for provider {name!r}") from None
+    return cls(config)
+
+
+def _require(config: dict, *keys: str) -> None:
+    missing = [key for key in keys if not config.get(key)]
+    if missing:
+        raise PermanentError(f"offload settings missing: {', '.join(missing)}", code="config")
+
+
+# --------------------------------------------------------------------------- AWS SQS
+
+_SQS_THROTTLING = {
+    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottled",
+    "RequestThrottledException", "TooManyRequestsException", "RequestLimitExceeded",
+    "AWS.SimpleQueueService.RequestThrottled", "KmsThrottled", "KMS.ThrottlingException",
+}
+_SQS_TRANSIENT = {
+    "InternalError", "InternalFailure", "ServiceUnavailable", "RequestTimeout",
+    "RequestTimeoutException", "AWS.SimpleQueueService.ServiceUnavailable",
+}
+_SQS_REGION = re.compile(r"^https://sqs[.-]([a-z0-9-]+)\.amazonaws\.com")
+
+
+def classify_aws_error(exc: Exception) -> ProviderError:
+    """Map a botocore exception to the providers.base hierarchy (no secrets in the reason)."""
+    from botocore import exceptions as bce
+
+    if isinstance(exc, bce.ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", "Unknown"))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        reason = f"{code}: {error.get('Message', '')}".strip()
+        if code in _SQS_THROTTLING or status == 429:
+            return ThrottledError(reason, code=code)
+        if code in _SQS_TRANSIENT or status >= 500:
+            return RetryableError(reason, code=code)
+        return PermanentError(reason, code=code)
+    if isinstance(exc, (bce.EndpointConnectionError, bce.ConnectTimeoutError,
+                        bce.ConnectionClosedError, bce.ProxyConnectionError, bce.SSLError)):
+        return ConnectionFailure(f"cannot reach the queue: {type(exc).__name__}", code="connection")
+    if isinstance(exc, bce.ReadTimeoutError):
+        return RetryableError("queue did not answer in time", code="timeout")
+    if isinstance(exc, (bce.NoCredentialsError, bce.PartialCredentialsError, bce.NoRegionError,
+                        bce.ParamValidationError)):
+        return PermanentError(f"{type(exc).__name__}: {exc}", code="config")
+    return RetryableError(f"{type(exc).__name__}: {exc}", code="unknown")
+
+
+@register_transport
+class SqsTransport(OffloadTransport):
+    """AWS SQS ``SendMessageBatch``: 10 messages per call.
+
+    Config keys: ``sqs_queue_url`` (required), ``aws_access_key``,
+    ``aws_secret_key`` (else boto3's default credential chain),
+    ``aws_region`` (else taken from the queue URL), ``aws_endpoint_url``
+    (else boto3's ``AWS_ENDPOINT_URL_SQS``/``AWS_ENDPOINT_URL``). botocore's
+    own retries are off: the caller's retry policy is the only one.
+    """
+
+    name = "aws"
+    max_batch = 10
+
+    def __init__(self, config: dict):
+        super().__init__(config)
+        _require(config, "sqs_queue_url")
+        self.queue_url: str = config["sqs_queue_url"]
+        self.fifo = self.queue_url.endswith(".fifo")
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        """The boto3 SQS client, built on first use."""
+        if self._client is None:
+            self._client = self._build_client()
+        return self._client
+
+    def _build_client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        match = _SQS_REGION.match(self.queue_url)
+        region = self.config.get("aws_region") or (match.group(1) if match else None)
+        try:
+            return boto3.session.Session().client(
+                "sqs",
+                region_name=region,
+                endpoint_url=self.config.get("aws_endpoint_url") or None,
+                aws_access_key_id=self.config.get("aws_access_key") or None,
+                aws_secret_access_key=self.config.get("aws_secret_key") or None,
+                config=Config(retries={"mode": "standard", "total_max_attempts": 1},
+                              connect_timeout=5, read_timeout=15),
+            )
+        except Exception as exc:  # botocore raises NoRegionError etc. here
+            raise classify_aws_error(exc) from exc
+
+    def _entry(self, number: int, key: str, body: bytes) -> dict:
+        entry = {"Id": f"m{number}", "MessageBody": body.decode("utf-8")}
+        if self.fifo:
+            # A group per batch keeps batches independent (no head-of-line blocking);
+            # the key also dedupes a resubmit within SQS's five-minute window.
+            token = re.sub(r"[^A-Za-z0-9!-/:-@\[-`{-~]", "_", key)[:128]
+            entry["MessageGroupId"] = token
+            entry["MessageDeduplicationId"] = token
+        return entry
+
+    def _send_call(self, batch: list[tuple[str, bytes]]) -> list[SubmitResult]:
+        entries = [self._entry(number, key, body) for number, (key, body) in enumerate(batch)]
+        try:
+            response = self.client.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
+        except Exception as exc:
+            raise classify_aws_error(exc) from exc
+        return self._map_results(batch, response)
+
+    @staticmethod
+    def _map_results(batch: list[tuple[str, bytes]], response: dict) -> list[SubmitResult]:
+        ok = {item["Id"]: item.get("MessageId") for item in response.get("Successful", [])}
+        failed = {item["Id"]: item for item in response.get("Failed", [])}
+        results = []
+        for number, (key, _) in enumerate(batch):
+            entry_id = f"m{number}"
+            if entry_id in ok:
+                results.append(SubmitResult(key, True, message_id=ok[entry_id]))
+                continue
+            failure = failed.get(entry_id, {"Code": "Missing", "SenderFault": False,
+                                             "Message": "no result for this entry"})
+            error = f"{failure.get('Code')}: {failure.get('Message', '')}".strip()
+            results.append(SubmitResult(key, False, error=error,
+                                        retryable=not failure.get("SenderFault", False)))
+        return results
+
+    def test_connection(self) -> dict:
+        """``GetQueueAttributes``: message count, dead-letter queue, encryption."""
+        try:
+            attrs = self.client.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["All"])
+        except Exception as exc:
+            raise classify_aws_error(exc) from exc
+        attrs = attrs.get("Attributes", {})
+        redrive = json.loads(attrs["RedrivePolicy"]) if attrs.get("RedrivePolicy") else None
+        encrypted = attrs.get("SqsManagedSseEnabled") == "true" or bool(attrs.get("KmsMasterKeyId"))
+        warnings = []
+        if redrive is None:
+            warnings.append("the queue has no dead-letter queue (RedrivePolicy)")
+        if not encrypted:
+            warnings.append("the queue is not encrypted at rest; batch data may carry secrets")
+        return {
+            "queue_url": self.queue_url,
+            "queue_arn": attrs.get("QueueArn"),
+            "approximate_messages": int(attrs.get("ApproximateNumberOfMessages", 0)),
+            "dead_letter_queue": redrive is not None,
+            "dead_letter_target_arn": redrive and redrive.get("deadLetterTargetArn"),
+            "max_receive_count": redrive and int(redrive.get("maxReceiveCount", 0)),
+            "encrypted": encrypted,
+            "warnings": warnings,
+        }
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+# --------------------------------------------------------------------------- Cloudflare Queues
+
+DEFAULT_CLOUDFLARE_API = "https://api.cloudflare.com/client/v4"
+
+
+def _cloudflare_reason(response: Any) -> tuple[str, str]:
+    """Return ``(code, reason)`` from a Cloudflare v4 error envelope, never echoing the token."""
+    try:
+        errors = response.json().get("errors") or []
+    except ValueError:
+        errors = []
+    if errors and isinstance(errors[0], dict):
+        code = str(errors[0].get("code", response.status_code))
+        return code, f"Cloudflare {response.status_code} ({code}): {errors[0].get('message', '')}"
+    return str(response.status_code), f"Cloudflare HTTP {response.status_code}"
+
+
+def classify_cloudflare_response(response: Any) -> ProviderError:
+    """Map a failed Cloudflare API response to the providers.base hierarchy."""
+    code, reason = _cloudflare_reason(response)
+    status = response.status_code
+    if status == 429:
+        retry_after = response.headers.get("Retry-After")
+        seconds = float(retry_after) if retry_after and retry_after.isdigit() else None
+        return ThrottledError(reason, code=code, retry_after=seconds)
+    if status >= 500 or status in (408, 409):
+        return RetryableError(reason, code=code)
+    return PermanentError(reason, code=code)
+
+
+@register_transport
+class CloudflareQueueTransport(OffloadTransport):
+    """Cloudflare Queues REST API: ``POST .../queues/{id}/messages/batch``.
+
+    Config keys: ``cloudflare_api_token`` (needs Queues Write),
+    ``cloudflare_account_id``, ``cloudflare_queue_id`` (the queue's id, not
+    its name), ``cloudflare_api_base`` (default the public API). Limits per
+    call: 100 messages and 256 KB in total; 128 KB per message.
+    """
+
+    name = "cloudflare"
+    max_batch = 100
+    # Cloudflare counts decimal kilobytes (as miniflare's queue broker does).
+    max_message_bytes = 128_000
+    max_call_bytes = 256_000
+    #: (connect, read) seconds
+    timeout = (5, 30)
+
+    def __init__(self, config: dict):
+        super().__init__(config)
+        _require(config, "cloudflare_api_token", "cloudflare_account_id", "cloudflare_queue_id")
+        self.api_base = (config.get("cloudflare_api_base") or DEFAULT_CLOUDFLARE_API).rstrip("/")
+        self._session: Any = None
+
+    @property
+    def session(self) -> Any:
+        """A ``requests.Session`` carrying the bearer token, built on first use."""
+        if self._session is None:
+            import requests
+
+            self._session = requests.Session()
+            self._session.headers.update({
+                "Authorization": f"Bearer {self.config['cloudflare_api_token']}",
+                "User-Agent": "manireports-offload",
+            })
+        return self._session
+
+    @property
+    def queue_path(self) -> str:
+        account, queue = self.config["cloudflare_account_id"], self.config["cloudflare_queue_id"]
+        return f"{self.api_base}/accounts/{account}/queues/{queue}"
+
+    def _wire_size(self, body: bytes) -> int:
+        # Each message travels wrapped as {"body": ..., "content_type": "json"}.
+        return len(body) + 40
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> dict:
+        """One API call; the parsed envelope on success, else a ``ProviderError``."""
+        import requests
+
+        try:
+            response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+        except (requests.exceptions.ConnectTimeout, requests.ConnectionError) as exc:
+            raise ConnectionFailure(f"cannot reach Cloudflare: {type(exc).__name__}",
+                                    code="connection") from None
+        except requests.Timeout:
+            # Read timeout: the batch may or may not have been enqueued.
+            raise RetryableError("Cloudflare did not answer in time", code="timeout") from None
+        except requests.RequestException as exc:
+            raise RetryableError(f"Cloudflare request failed: {type(exc).__name__}",
+                                 code="request") from None
+        if response.status_code >= 400:
+            raise classify_cloudflare_response(response)
+        try:
+            envelope = response.json()
+        except ValueError:
+            raise RetryableError(f"Cloudflare {response.status_code}: body is not JSON",
+                                 code="bad_response") from None
+        if not envelope.get("success", False):
+            raise classify_cloudflare_response(response)
+        return envelope
+
+    def _send_call(self, batch: list[tuple[str, bytes]]) -> list[SubmitResult]:
+        # The bodies are already-encoded JSON objects: splice them in rather than re-encode.
+        parts = [b'{"body":' + body + b',"content_type":"json"}' for _, body in batch]
+        payload = b'{"messages":[' + b",".join(parts) + b"]}"
+        self._request("POST", f"{self.queue_path}/messages/batch", data=payload,
+                      headers={"Content-Type": "application/json"})
+        return [SubmitResult(key, True) for key, _ in batch]
+
+    def test_connection(self) -> dict:
+        """Verify the token (``GET /user/tokens/verify``), then read the queue's details."""
+        token = self._request("GET", f"{self.api_base}/user/tokens/verify").get("result") or {}
+        if token.get("status") not in (None, "active"):
+            raise PermanentError(f"Cloudflare API token is {token.get('status')}", code="token")
+        queue = self._request("GET", self.queue_path).get("result") or {}
+        return {
+            "token_status": token.get("status", "active"),
+            "token_expires_on": token.get("expires_on"),
+            "queue_id": queue.get("queue_id", self.config["cloudflare_queue_id"]),
+            "queue_name": queue.get("queue_name"),
+            "consumers": len(queue.get("consumers") or []),
+            "warnings": [] if queue.get("consumers") else ["the queue has no consumer worker"],
+        }
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None

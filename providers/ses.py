@@ -1,0 +1,478 @@
+"""Amazon SES (API v2) as a direct-send provider.
+
+Messages arrive already rendered, so bulk sends use ``SendBulkEmail`` with an
+inline pass-through template: every part is a single triple-stash variable
+(``{{{s}}}``, ``{{{t}}}``, ``{{{h}}}``) and each entry's
+``ReplacementTemplateData`` carries that recipient's finished subject, text
+and HTML. Triple braces never HTML-escape, and Handlebars does not re-read a
+substituted value, so ``<``, ``&``, quotes and a literal ``{{`` in the user's
+content arrive unchanged. Messages with attachments, and messages too big for
+template data, go through ``SendEmail`` with ``Simple`` content.
+
+botocore's own retries are off: the pipeline decides when to try again.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from email.header import Header
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    HTTPClientError,
+    NoCredentialsError,
+    ParamValidationError,
+    PartialCredentialsError,
+    ReadTimeoutError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
+
+from providers.base import (
+    ConnectionFailure,
+    Message,
+    PermanentError,
+    Provider,
+    ProviderError,
+    QuotaExceededError,
+    Result,
+    RetryableError,
+    ThrottledError,
+    header_problem,
+    register,
+    results_after_error,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REGION = "us-east-1"
+DEFAULT_TIMEOUT = 10.0
+#: ReplacementTemplateData's limit in the SES v2 model (characters)
+MAX_TEMPLATE_DATA = 262144
+_REASON_LIMIT = 300
+
+# BulkEmailStatus values, from botocore's sesv2 service model.
+_ENTRY_FAILED = frozenset({
+    "MESSAGE_REJECTED", "MAIL_FROM_DOMAIN_NOT_VERIFIED", "CONFIGURATION_SET_NOT_FOUND",
+    "TEMPLATE_NOT_FOUND", "ACCOUNT_SUSPENDED", "INVALID_SENDING_POOL_NAME", "INVALID_PARAMETER",
+})
+_ENTRY_RETRY = frozenset({
+    "TRANSIENT_FAILURE", "FAILED", "ACCOUNT_THROTTLED", "ACCOUNT_DAILY_QUOTA_EXCEEDED",
+    "ACCOUNT_SENDING_PAUSED", "CONFIGURATION_SET_SENDING_PAUSED",
+})
+# Statuses that describe the account, not the message: when every entry of a
+# call that sent nothing reports the same one, the whole call raises.
+_ENTRY_ACCOUNT_ERRORS: dict[str, type[ProviderError]] = {
+    "ACCOUNT_THROTTLED": ThrottledError,
+    "ACCOUNT_DAILY_QUOTA_EXCEEDED": QuotaExceededError,
+    "ACCOUNT_SENDING_PAUSED": QuotaExceededError,
+    "CONFIGURATION_SET_SENDING_PAUSED": QuotaExceededError,
+    "ACCOUNT_SUSPENDED": PermanentError,
+    "MAIL_FROM_DOMAIN_NOT_VERIFIED": PermanentError,
+    "CONFIGURATION_SET_NOT_FOUND": PermanentError,
+}
+
+_THROTTLE_CODES = frozenset({
+    "Throttling", "ThrottlingException", "TooManyRequestsException", "RequestLimitExceeded",
+})
+_QUOTA_CODES = frozenset({"LimitExceededException", "LimitExceeded"})
+_PAUSED_CODES = frozenset({"SendingPausedException", "AccountSendingPausedException",
+                           "ConfigurationSetSendingPausedException"})
+_AUTH_CODES = frozenset({
+    "InvalidClientTokenId", "UnrecognizedClientException", "SignatureDoesNotMatch",
+    "InvalidSignatureException", "IncompleteSignature", "MissingAuthenticationToken",
+    "AccessDenied", "AccessDeniedException", "ExpiredToken", "ExpiredTokenException",
+    "AuthFailure", "NotAuthorized",
+})
+_SERVER_CODES = frozenset({"InternalFailure", "InternalServerError", "ServiceUnavailable",
+                           "ServiceUnavailableException"})
+#: permanent errors that one message can cause: send the others one by one
+_MESSAGE_CODES = frozenset({"MessageRejected", "BadRequestException", "InvalidParameterValue",
+                            "ParamValidation"})
+
+
+class CredentialsRejected(PermanentError):
+    """AWS refused or never got the credentials; a PermanentError to callers."""
+
+
+def _reason(code: str, message: str) -> str:
+    """A short, storable reason; SES messages name identities, never bodies."""
+    return f"{code}: {message}"[:_REASON_LIMIT] if message else code
+
+
+def _client_error(exc: ClientError) -> ProviderError:
+    """Map an error answer from AWS to our hierarchy."""
+    error = exc.response.get("Error", {})
+    meta = exc.response.get("ResponseMetadata", {})
+    code = str(error.get("Code") or "Unknown")
+    message = str(error.get("Message") or "")
+    status = int(meta.get("HTTPStatusCode") or 0)
+    reason = _reason(code, message)
+    lowered = message.lower()
+    if "daily message quota" in lowered or code in _QUOTA_CODES:
+        return QuotaExceededError(reason, code=code)
+    if code in _THROTTLE_CODES or "maximum sending rate" in lowered or status == 429:
+        return ThrottledError(reason, code=code, retry_after=_retry_after(meta))
+    if code in _PAUSED_CODES:
+        return QuotaExceededError(reason, code=code)
+    if code in _AUTH_CODES or status in (401, 403):
+        return CredentialsRejected(reason, code=code)
+    if status >= 500 or code in _SERVER_CODES:
+        return RetryableError(reason, code=code)
+    if 400 <= status < 500:
+        return PermanentError(reason, code=code)
+    return RetryableError(reason, code=code)
+
+
+def _retry_after(meta: dict) -> float | None:
+    """The Retry-After header of a throttled answer, in seconds, when present."""
+    value = meta.get("HTTPHeaders", {}).get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def classify(exc: Exception) -> ProviderError:
+    """Translate a botocore exception into a ``ProviderError`` subclass."""
+    if isinstance(exc, ProviderError):
+        return exc
+    if isinstance(exc, ClientError):
+        return _client_error(exc)
+    name = type(exc).__name__
+    if isinstance(exc, ConnectTimeoutError):
+        return ConnectionFailure(f"SES connect timeout ({exc})", code=name)
+    if isinstance(exc, ReadTimeoutError):
+        return RetryableError(f"SES read timeout ({exc})", code=name)
+    if isinstance(exc, (BotoConnectionError, ConnectionClosedError)):
+        return ConnectionFailure(f"SES unreachable ({exc})", code=name)
+    if isinstance(exc, HTTPClientError):
+        return RetryableError(f"SES HTTP error ({name})", code=name)
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+        return CredentialsRejected("AWS credentials missing or incomplete", code=name)
+    if isinstance(exc, ParamValidationError):
+        # botocore's report may quote parameter values (message content): keep it out.
+        return PermanentError("request rejected by botocore parameter validation", code="ParamValidation")
+    return RetryableError(f"unexpected SES client error ({name})", code=name)
+
+
+def _header_value(value: str) -> str:
+    """SES header values must be printable ASCII: RFC 2047-encode anything else."""
+    if value.isascii():
+        return value
+    return Header(value, "utf-8").encode(linesep="")
+
+
+def ses_headers(headers: dict[str, str]) -> list[dict[str, str]]:
+    """Extra headers in SES's ``MessageHeader`` shape (empty values dropped)."""
+    return [{"Name": name, "Value": _header_value(value)} for name, value in headers.items() if value]
+
+
+def _parts(message: Message) -> tuple[bool, bool]:
+    """Which body parts the message has: (text, html); text when it has neither."""
+    has_html = message.html is not None
+    return (message.text is not None or not has_html, has_html)
+
+
+def pass_through_template(parts: tuple[bool, bool]) -> dict[str, str]:
+    """Inline template content whose parts are one raw variable each."""
+    content = {"Subject": "{{{s}}}"}
+    if parts[0]:
+        content["Text"] = "{{{t}}}"
+    if parts[1]:
+        content["Html"] = "{{{h}}}"
+    return content
+
+
+def template_data(message: Message) -> str:
+    """The entry's ReplacementTemplateData: the finished parts as JSON."""
+    return json.dumps({"s": message.subject, "t": message.text or "", "h": message.html or ""},
+                      ensure_ascii=False)
+
+
+def _bulk_entry(message: Message) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "Destination": {"ToAddresses": [message.to]},
+        "ReplacementEmailContent": {"ReplacementTemplate": {"ReplacementTemplateData": template_data(message)}},
+    }
+    if message.headers:
+        entry["ReplacementHeaders"] = ses_headers(message.headers)
+    return entry
+
+
+def simple_content(message: Message) -> dict[str, Any]:
+    """``Content.Simple`` for SendEmail: subject, bodies, headers, attachments."""
+    text, html = _parts(message)
+    body: dict[str, Any] = {}
+    if text:
+        body["Text"] = {"Data": message.text or "", "Charset": "UTF-8"}
+    if html:
+        body["Html"] = {"Data": message.html, "Charset": "UTF-8"}
+    simple: dict[str, Any] = {"Subject": {"Data": message.subject, "Charset": "UTF-8"}, "Body": body}
+    if message.headers:
+        simple["Headers"] = ses_headers(message.headers)
+    if message.attachments:
+        simple["Attachments"] = [
+            {"FileName": a.filename, "RawContent": a.content, "ContentType": a.content_type,
+             "ContentDisposition": "ATTACHMENT", "ContentTransferEncoding": "BASE64"}
+            for a in message.attachments
+        ]
+    return simple
+
+
+def _entry_result(key: int, entry: dict) -> Result:
+    """One BulkEmailEntryResult as our Result."""
+    status = entry.get("Status", "")
+    if status == "SUCCESS":
+        return Result(key, "sent", message_id=entry.get("MessageId"))
+    error = _reason(status or "UNKNOWN", entry.get("Error") or "")
+    return Result(key, "failed" if status in _ENTRY_FAILED else "retry", error=error)
+
+
+def _account_error(entries: list[dict]) -> ProviderError | None:
+    """The whole-call error when every entry reports the same account status."""
+    statuses = {entry.get("Status") for entry in entries}
+    if len(statuses) != 1:
+        return None
+    status = statuses.pop()
+    cls = _ENTRY_ACCOUNT_ERRORS.get(status or "")
+    if cls is None:
+        return None
+    return cls(_reason(status, entries[0].get("Error") or ""), code=status)
+
+
+@register
+class SesProvider(Provider):
+    """Send through SES v2: bulk template calls of up to 50, SendEmail otherwise.
+
+    Config keys: ``aws_access_key``, ``aws_secret_key``, ``aws_region``,
+    optional ``aws_endpoint_url``, ``aws_sts_endpoint_url``,
+    ``configuration_set`` and ``timeout`` (seconds).
+    """
+
+    name = "aws"
+    chunk_size = 50
+
+    def __init__(self, config: dict):
+        super().__init__(config)
+        self.region = config.get("aws_region") or DEFAULT_REGION
+        self.endpoint_url = config.get("aws_endpoint_url") or None
+        self.timeout = float(config.get("timeout") or DEFAULT_TIMEOUT)
+        self._session: boto3.session.Session | None = None
+        self._clients: dict[str, Any] = {}
+
+    # -- clients -------------------------------------------------------------
+
+    def _client(self, service: str, endpoint_url: str | None) -> Any:
+        """A cached boto3 client; creating one is slow, so each is made once."""
+        if service not in self._clients:
+            if self._session is None:
+                self._session = boto3.session.Session(
+                    aws_access_key_id=self.config.get("aws_access_key") or None,
+                    aws_secret_access_key=self.config.get("aws_secret_key") or None,
+                    region_name=self.region,
+                )
+            config = Config(connect_timeout=min(self.timeout, 5.0), read_timeout=self.timeout,
+                            retries={"mode": "standard", "total_max_attempts": 1})
+            self._clients[service] = self._session.client(service, endpoint_url=endpoint_url, config=config)
+        return self._clients[service]
+
+    @property
+    def ses(self) -> Any:
+        """The sesv2 client (``aws_endpoint_url`` or boto3's own endpoint resolution)."""
+        return self._client("sesv2", self.endpoint_url)
+
+    def _call(self, operation: str, **params: Any) -> dict:
+        """Run one SES operation, translating every botocore failure."""
+        try:
+            return getattr(self.ses, operation)(**params)
+        except (ClientError, BotoCoreError) as exc:
+            error = classify(exc)
+            log.warning("SES %s failed: %s", operation, error.reason)
+            raise error from exc
+
+    def close(self) -> None:
+        """Drop the clients' pooled connections; the clients stay usable (they reconnect)."""
+        for client in self._clients.values():
+            client.close()
+
+    # -- sending -------------------------------------------------------------
+
+    def send(self, sender: str, messages: list[Message]) -> list[Result]:
+        """Send ``messages``; one Result per message, in order."""
+        outcome: dict[int, Result] = {}
+        pending: list[int] = []
+        for index, message in enumerate(messages):
+            problem = header_problem(sender, message)
+            if problem:
+                outcome[index] = Result(message.key, "failed", error=problem)
+            else:
+                pending.append(index)
+        units = self._plan(messages, pending)
+        for position, (bulk, indices) in enumerate(units):
+            group = [messages[i] for i in indices]
+            try:
+                results = self._send_bulk(sender, group) if bulk else [self._send_single(sender, group[0])]
+            except ProviderError as exc:
+                rest = [i for _, later in units[position:] for i in later]
+                results = results_after_error(exc, list(outcome.values()), [messages[i] for i in rest])
+                outcome.update(zip(rest, results, strict=True))
+                break
+            outcome.update(zip(indices, results, strict=True))
+        return [outcome[i] for i in range(len(messages))]
+
+    def _plan(self, messages: list[Message], indices: list[int]) -> list[tuple[bool, list[int]]]:
+        """Group messages into units: bulk chunks of one shape, or single sends."""
+        units: list[tuple[bool, list[int]]] = []
+        groups: dict[tuple[bool, bool], list[int]] = {}
+        for index in indices:
+            message = messages[index]
+            if message.attachments or len(template_data(message)) > MAX_TEMPLATE_DATA:
+                units.append((False, [index]))
+            else:
+                groups.setdefault(_parts(message), []).append(index)
+        for group in groups.values():
+            for start in range(0, len(group), self.chunk_size):
+                units.append((True, group[start:start + self.chunk_size]))
+        return units
+
+    def _send_bulk(self, sender: str, messages: list[Message]) -> list[Result]:
+        """One SendBulkEmail call; a message-level rejection falls back to one-by-one."""
+        try:
+            return self._bulk_call(sender, messages)
+        except PermanentError as exc:
+            if exc.code not in _MESSAGE_CODES:
+                raise
+            if len(messages) == 1:
+                return [Result(messages[0].key, "failed", error=exc.reason)]
+            log.info("SES bulk call rejected (%s); sending %d messages one by one", exc.code, len(messages))
+            return self._send_each(sender, messages)
+
+    def _send_each(self, sender: str, messages: list[Message]) -> list[Result]:
+        """SendEmail per message, settling a whole-call error part-way."""
+        results: list[Result] = []
+        for position, message in enumerate(messages):
+            try:
+                results.append(self._send_single(sender, message))
+            except ProviderError as exc:
+                return results + results_after_error(exc, results, messages[position:])
+        return results
+
+    def _bulk_call(self, sender: str, messages: list[Message]) -> list[Result]:
+        params: dict[str, Any] = {
+            "FromEmailAddress": sender,
+            "DefaultContent": {"Template": {"TemplateContent": pass_through_template(_parts(messages[0])),
+                                            "TemplateData": "{}"}},
+            "BulkEmailEntries": [_bulk_entry(m) for m in messages],
+        }
+        self._add_configuration_set(params)
+        entries = self._call("send_bulk_email", **params).get("BulkEmailEntryResults", [])
+        if len(entries) != len(messages):
+            raise RetryableError(f"SES returned {len(entries)} results for {len(messages)} entries",
+                                 code="ResultCountMismatch")
+        error = _account_error(entries)
+        if error is not None:
+            raise error
+        return [_entry_result(m.key, e) for m, e in zip(messages, entries, strict=True)]
+
+    def _send_single(self, sender: str, message: Message) -> Result:
+        """SendEmail with Simple content; a message-level rejection fails only this one."""
+        params: dict[str, Any] = {
+            "FromEmailAddress": sender,
+            "Destination": {"ToAddresses": [message.to]},
+            "Content": {"Simple": simple_content(message)},
+        }
+        self._add_configuration_set(params)
+        try:
+            response = self._call("send_email", **params)
+        except PermanentError as exc:
+            if exc.code not in _MESSAGE_CODES:
+                raise
+            return Result(message.key, "failed", error=exc.reason)
+        return Result(message.key, "sent", message_id=response.get("MessageId"))
+
+    def _add_configuration_set(self, params: dict[str, Any]) -> None:
+        if self.config.get("configuration_set"):
+            params["ConfigurationSetName"] = self.config["configuration_set"]
+
+    # -- account -------------------------------------------------------------
+
+    def account(self) -> dict:
+        """GetAccount's answer (raises ProviderError)."""
+        return self._call("get_account")
+
+    def max_send_rate(self) -> float | None:
+        """The account's MaxSendRate (emails per second), or None when unknown."""
+        try:
+            quota = self.account().get("SendQuota") or {}
+        except ProviderError:
+            return None
+        rate = quota.get("MaxSendRate")
+        return float(rate) if rate is not None else None
+
+    def _sts_endpoint(self) -> tuple[bool, str | None]:
+        """Whether to ask STS, and where.
+
+        ``aws_sts_endpoint_url`` wins; boto3's own variables come next; a
+        custom SES endpoint without either skips STS (an SES-only emulator
+        does not answer it, and real STS would refuse local credentials).
+        """
+        if self.config.get("aws_sts_endpoint_url"):
+            return True, self.config["aws_sts_endpoint_url"]
+        if os.environ.get("AWS_ENDPOINT_URL_STS") or os.environ.get("AWS_ENDPOINT_URL"):
+            return True, None
+        return self.endpoint_url is None, None
+
+    def _identity(self, facts: dict) -> None:
+        """Add STS GetCallerIdentity's account and ARN to ``facts``."""
+        ask, endpoint = self._sts_endpoint()
+        if not ask:
+            facts["notes"].append("STS skipped: custom SES endpoint and no aws_sts_endpoint_url")
+            return
+        try:
+            identity = self._client("sts", endpoint).get_caller_identity()
+        except (ClientError, BotoCoreError) as exc:
+            error = classify(exc)
+            if isinstance(error, CredentialsRejected):
+                raise error from exc
+            facts["notes"].append(f"STS GetCallerIdentity unavailable: {error.reason}")
+            return
+        facts["account_id"] = identity.get("Account")
+        facts["arn"] = identity.get("Arn")
+
+    def _quota(self, facts: dict) -> None:
+        """Add GetAccount's send quota and status to ``facts``."""
+        try:
+            account = self.account()
+        except ProviderError as error:
+            if isinstance(error, (CredentialsRejected, ConnectionFailure)):
+                raise
+            facts["notes"].append(f"SES GetAccount unavailable: {error.reason}")
+            return
+        quota = account.get("SendQuota") or {}
+        facts.update({
+            "max_24_hour_send": quota.get("Max24HourSend"),
+            "max_send_rate": quota.get("MaxSendRate"),
+            "sent_last_24_hours": quota.get("SentLast24Hours"),
+            "production_access_enabled": account.get("ProductionAccessEnabled"),
+            "sending_enabled": account.get("SendingEnabled"),
+        })
+
+    def test_connection(self) -> dict:
+        """Identity (STS) and quota (GetAccount); what an endpoint lacks becomes a note.
+
+        Raises ``PermanentError`` for rejected credentials and
+        ``ConnectionFailure`` when the SES endpoint cannot be reached.
+        """
+        facts: dict[str, Any] = {"provider": self.name, "region": self.region,
+                                 "endpoint": self.endpoint_url or "default", "notes": []}
+        self._identity(facts)
+        self._quota(facts)
+        return facts
+

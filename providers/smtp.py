@@ -1,0 +1,403 @@
+"""Plain SMTP as a direct-send provider (also the fallback for cloud providers).
+
+One connection per provider instance: opened on the first message, reused
+for the whole batch, closed by ``close()``; when the server has dropped it,
+it is reopened once. Messages are built with ``email.message.EmailMessage``
+under the SMTP policy. Text that could start a new header line (CR, LF, NUL)
+is never emitted: such a message gets a failed result instead.
+"""
+from __future__ import annotations
+
+import logging
+import smtplib
+import socket
+import ssl
+from email import policy
+from email.message import EmailMessage
+from email.utils import formatdate, getaddresses, make_msgid, parseaddr
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from providers.base import (
+    ConnectionFailure,
+    Message,
+    PermanentError,
+    Provider,
+    ProviderError,
+    Result,
+    RetryableError,
+    ThrottledError,
+    header_problem,
+    register,
+    results_after_error,
+)
+
+log = logging.getLogger(__name__)
+
+TLS_MODES = ("none", "starttls", "tls")
+DEFAULT_PORTS = {"none": 25, "starttls": 587, "tls": 465}
+DEFAULT_TIMEOUT = 20.0
+#: headers the provider writes itself; an extra header may not set them
+RESERVED_HEADERS = frozenset({
+    "from", "to", "cc", "bcc", "subject", "date", "message-id", "mime-version",
+    "content-type", "content-transfer-encoding", "content-disposition",
+})
+_REASON_LIMIT = 300
+
+
+class SmtpReply(Exception):
+    """Internal: one message got a final answer (failed or retry) from the server."""
+
+    def __init__(self, status: str, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+# -- URL setting ---------------------------------------------------------------
+
+def parse_smtp_url(url: str) -> dict:
+    """Parse ``smtp://[user:pass@]host:port[?tls=starttls|tls]`` into provider config.
+
+    User and password are URL-decoded. The port defaults to 25, 587 or 465
+    by TLS mode. Raises ``ValueError`` naming what is wrong (never echoing
+    the URL, which may hold a password).
+    """
+    parts = urlsplit((url or "").strip())
+    if parts.scheme not in ("smtp", "smtps"):
+        raise ValueError("SMTP URL must start with smtp://")
+    if not parts.hostname:
+        raise ValueError("SMTP URL has no host")
+    if parts.path not in ("", "/") or parts.fragment:
+        raise ValueError("SMTP URL must not have a path or fragment")
+    tls = _url_tls(parts.query, "tls" if parts.scheme == "smtps" else "none")
+    try:
+        port = parts.port or DEFAULT_PORTS[tls]
+    except ValueError:
+        raise ValueError("SMTP URL port must be a number from 1 to 65535") from None
+    username = unquote(parts.username) if parts.username else ""
+    password = unquote(parts.password) if parts.password else ""
+    if password and not username:
+        raise ValueError("SMTP URL has a password but no user")
+    return {"smtp_host": parts.hostname, "smtp_port": port, "smtp_username": username,
+            "smtp_password": password, "smtp_tls": tls}
+
+
+def _url_tls(query: str, default: str) -> str:
+    """The ``tls`` query parameter, checked; no other parameter is allowed."""
+    try:
+        params = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise ValueError("SMTP URL query is malformed") from None
+    unknown = sorted(set(params) - {"tls"})
+    if unknown:
+        raise ValueError(f"SMTP URL has unknown parameter(s): {', '.join(unknown)}")
+    tls = params.get("tls", [default])[-1]
+    if tls not in TLS_MODES:
+        raise ValueError("SMTP URL tls must be one of: none, starttls, tls")
+    return tls
+
+
+# -- messages ------------------------------------------------------------------
+
+def single_address(value: str) -> str | None:
+    """The addr-spec of ``value`` when it names exactly one address, else None."""
+    found = getaddresses([value])
+    if len(found) != 1:
+        return None
+    address = found[0][1]
+    if "@" not in address or any(ch.isspace() for ch in address):
+        return None
+    return address
+
+
+def build_message(sender: str, message: Message, msgid_domain: str | None = None) -> EmailMessage:
+    """A complete MIME message: text/html alternative, attachments, extra headers.
+
+    The caller has already refused CR/LF/NUL (``header_problem``); the email
+    package would raise ``ValueError`` on them anyway.
+    """
+    msg = EmailMessage(policy=policy.SMTP)
+    msg["From"] = sender
+    msg["To"] = message.to
+    msg["Subject"] = message.subject
+    msg["Date"] = formatdate(usegmt=True)
+    msg["Message-ID"] = make_msgid(domain=msgid_domain)
+    for name, value in message.headers.items():
+        msg[name] = value
+    if message.text is not None or message.html is None:
+        msg.set_content(message.text or "")
+        if message.html is not None:
+            msg.add_alternative(message.html, subtype="html")
+    else:
+        msg.set_content(message.html, subtype="html")
+    for attachment in message.attachments:
+        maintype, _, subtype = attachment.content_type.partition("/")
+        if not subtype:
+            maintype, subtype = "application", "octet-stream"
+        msg.add_attachment(attachment.content, maintype=maintype, subtype=subtype,
+                           filename=attachment.filename)
+    return msg
+
+
+def _refusal(sender: str, message: Message) -> str | None:
+    """Why ``message`` must not be sent at all, or None."""
+    problem = header_problem(sender, message)
+    if problem:
+        return problem
+    if any(name.lower() in RESERVED_HEADERS for name in message.headers):
+        return "invalid_header"
+    if single_address(message.to) is None:
+        return "invalid_address"
+    return None
+
+
+# -- error classification --------------------------------------------------------
+
+def _text(reply: bytes | str) -> str:
+    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+
+
+def _reply_reason(code: int, reply: bytes | str) -> str:
+    return f"{code} {_text(reply)}".strip()[:_REASON_LIMIT]
+
+
+def _throttling(code: int, reply: bytes | str) -> bool:
+    return code == 452 or "too many" in _text(reply).lower()
+
+
+def classify(exc: BaseException, *, connecting: bool = False) -> ProviderError:
+    """Map an smtplib/socket/ssl failure to our hierarchy.
+
+    ``connecting`` says the error happened while opening the session, where a
+    timeout means the server could not be reached at all.
+    """
+    if isinstance(exc, smtplib.SMTPAuthenticationError):
+        reason = _reply_reason(exc.smtp_code, exc.smtp_error)
+        if 400 <= exc.smtp_code < 500:
+            return RetryableError(f"SMTP authentication temporarily failed: {reason}", code="auth_temporary")
+        return PermanentError(f"SMTP authentication failed: {reason}", code="auth_failed")
+    if isinstance(exc, smtplib.SMTPNotSupportedError):
+        return PermanentError(f"SMTP server lacks a needed extension: {exc}", code="not_supported")
+    if isinstance(exc, (smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError)):
+        return ConnectionFailure(f"SMTP connection lost: {exc}"[:_REASON_LIMIT], code="disconnected")
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return _response_error(exc.smtp_code, exc.smtp_error)
+    if isinstance(exc, (ssl.SSLError, ssl.CertificateError)):
+        return ConnectionFailure(f"SMTP TLS failure: {exc}"[:_REASON_LIMIT], code="tls")
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        if connecting:
+            return ConnectionFailure("SMTP connect timed out", code="timeout")
+        return RetryableError("SMTP server timed out", code="timeout")
+    if isinstance(exc, OSError):
+        return ConnectionFailure(f"SMTP server unreachable: {exc}"[:_REASON_LIMIT], code="unreachable")
+    return RetryableError(f"SMTP error: {type(exc).__name__}", code="smtp")
+
+
+def _response_error(code: int, reply: bytes | str) -> ProviderError:
+    """A whole-call error for an SMTP reply code."""
+    reason = _reply_reason(code, reply)
+    if code == 421:
+        return ConnectionFailure(reason, code="421")
+    if _throttling(code, reply):
+        return ThrottledError(reason, code=str(code))
+    if 400 <= code < 500:
+        return RetryableError(reason, code=str(code))
+    return PermanentError(reason, code=str(code))
+
+
+def _message_reply(code: int, reply: bytes | str) -> SmtpReply:
+    """What a reply to RCPT or DATA means for that one message.
+
+    Raises the whole-call error for 421 (server going away) and for
+    throttling (452, "too many"), which are not about the message.
+    """
+    if code == 421 or _throttling(code, reply):
+        raise _response_error(code, reply)
+    status = "failed" if code >= 500 else "retry"
+    return SmtpReply(status, _reply_reason(code, reply))
+
+
+def _reply_code(exc: OSError) -> int | None:
+    """The SMTP reply code an smtplib exception carries, if any."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused) and exc.recipients:
+        return next(iter(exc.recipients.values()))[0]
+    return getattr(exc, "smtp_code", None)
+
+
+def _session_lost(exc: OSError) -> bool:
+    """True when the server closed the session (dropped, reset, or said 421)."""
+    if isinstance(exc, (smtplib.SMTPServerDisconnected, ConnectionError)):
+        return True
+    return _reply_code(exc) == 421
+
+
+# -- provider --------------------------------------------------------------------
+
+@register
+class SmtpProvider(Provider):
+    """Send over one reused SMTP connection.
+
+    Config keys: ``smtp_host``, ``smtp_port``, ``smtp_username``,
+    ``smtp_password``, ``smtp_tls`` (``none``, ``starttls``, ``tls``), and
+    optionally ``timeout`` (seconds), ``smtp_ca_file`` (PEM bundle to trust)
+    and ``smtp_tls_verify`` (``0`` turns certificate checks off).
+    """
+
+    name = "smtp"
+    chunk_size = 100
+
+    def __init__(self, config: dict):
+        super().__init__(config)
+        self.host = config.get("smtp_host") or ""
+        self.tls = str(config.get("smtp_tls") or "none").lower()
+        self.port = 0
+        self.timeout = float(config.get("timeout") or DEFAULT_TIMEOUT)
+        self.username = config.get("smtp_username") or ""
+        #: a settings problem, raised (as PermanentError) on first use rather than here
+        self.config_error = self._check_settings()
+        self._conn: smtplib.SMTP | None = None
+        #: how many sessions this instance opened (reconnects included)
+        self.connections_opened = 0
+
+    def _check_settings(self) -> PermanentError | None:
+        """Validate host, TLS mode and port (setting ``self.port``); the problem or None."""
+        if not self.host:
+            return PermanentError("smtp_host is not set", code="config")
+        if self.tls not in TLS_MODES:
+            return PermanentError("smtp_tls must be one of: none, starttls, tls", code="config")
+        try:
+            self.port = int(self.config.get("smtp_port") or DEFAULT_PORTS[self.tls])
+        except (TypeError, ValueError):
+            return PermanentError("smtp_port must be a number", code="config")
+        return None
+
+    # -- connection ------------------------------------------------------------
+
+    def _tls_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.config.get("smtp_ca_file") or None)
+        if str(self.config.get("smtp_tls_verify", "1")).lower() in ("0", "false", "no", "off"):
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    def _open(self) -> smtplib.SMTP:
+        """Connect, EHLO, STARTTLS and AUTH as configured."""
+        if self.config_error is not None:
+            raise PermanentError(self.config_error.reason, code="config")
+        conn: smtplib.SMTP | None = None
+        try:
+            if self.tls == "tls":
+                conn = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=self._tls_context())
+            else:
+                conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+            conn.ehlo()
+            if self.tls == "starttls":
+                conn.starttls(context=self._tls_context())
+                conn.ehlo()
+            if self.username:
+                conn.login(self.username, self.config.get("smtp_password") or "")
+        except (OSError, smtplib.SMTPException) as exc:
+            if conn is not None:
+                conn.close()
+            error = classify(exc, connecting=True)
+            log.warning("SMTP %s:%s: connect failed: %s", self.host, self.port, error.reason)
+            raise error from exc
+        self.connections_opened += 1
+        return conn
+
+    def _connection(self) -> smtplib.SMTP:
+        """The open session, opened on first use."""
+        if self._conn is None:
+            self._conn = self._open()
+        return self._conn
+
+    def _drop(self) -> None:
+        """Forget a session the server has closed."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def close(self) -> None:
+        """QUIT and close the session; safe to call twice."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.quit()
+        except (OSError, smtplib.SMTPException):
+            conn.close()
+
+    # -- sending -----------------------------------------------------------------
+
+    def send(self, sender: str, messages: list[Message]) -> list[Result]:
+        """Send each message over the shared session; one Result per message, in order."""
+        results: list[Result] = []
+        for position, message in enumerate(messages):
+            try:
+                results.append(self._send_one(sender, message))
+            except ProviderError as exc:
+                return results + results_after_error(exc, results, messages[position:])
+        return results
+
+    def _send_one(self, sender: str, message: Message) -> Result:
+        refusal = _refusal(sender, message)
+        if refusal:
+            return Result(message.key, "failed", error=refusal)
+        envelope_from = parseaddr(sender)[1] or sender
+        try:
+            msg = build_message(sender, message, envelope_from.rpartition("@")[2] or None)
+        except (ValueError, TypeError):
+            return Result(message.key, "failed", error="invalid_header")
+        try:
+            self._deliver(msg, envelope_from, single_address(message.to) or message.to)
+        except SmtpReply as reply:
+            return Result(message.key, reply.status, error=reply.reason)
+        return Result(message.key, "sent", message_id=msg["Message-ID"])
+
+    def _deliver(self, msg: EmailMessage, envelope_from: str, to_addr: str) -> None:
+        """MAIL/RCPT/DATA for one message, reopening the session once if it was lost."""
+        for attempt in (1, 2):
+            conn = self._connection()
+            try:
+                conn.send_message(msg, from_addr=envelope_from, to_addrs=[to_addr])
+                return
+            except OSError as exc:  # smtplib.SMTPException is an OSError
+                if not _session_lost(exc):
+                    self._handle_failure(exc)
+                self._drop()
+                if attempt == 2:
+                    raise classify(exc) from exc
+                log.info("SMTP %s:%s: session lost, reconnecting", self.host, self.port)
+
+    def _handle_failure(self, exc: OSError) -> None:
+        """Raise the SmtpReply (this message) or ProviderError (whole call) for ``exc``."""
+        if isinstance(exc, smtplib.SMTPRecipientsRefused):
+            code, reply = next(iter(exc.recipients.values()))
+            raise _message_reply(code, reply) from exc
+        if isinstance(exc, smtplib.SMTPDataError):
+            raise _message_reply(exc.smtp_code, exc.smtp_error) from exc
+        if isinstance(exc, smtplib.SMTPSenderRefused):
+            if exc.smtp_code == 552:  # SIZE refused at MAIL FROM: this message is too big
+                raise SmtpReply("failed", _reply_reason(exc.smtp_code, exc.smtp_error)) from exc
+            raise _response_error(exc.smtp_code, exc.smtp_error) from exc
+        if isinstance(exc, smtplib.SMTPNotSupportedError):  # SMTPUTF8 needed, not offered
+            raise SmtpReply("failed", "smtputf8_unsupported") from exc
+        error = classify(exc)
+        if isinstance(error, ConnectionFailure) or error.code == "timeout":
+            self._drop()
+        raise error from exc
+
+    # -- checks ------------------------------------------------------------------
+
+    def test_connection(self) -> dict:
+        """Connect, EHLO, TLS and AUTH as configured; report the server's EHLO features."""
+        conn = self._open()
+        try:
+            features = dict(conn.esmtp_features)
+        finally:
+            try:
+                conn.quit()
+            except (OSError, smtplib.SMTPException):
+                conn.close()
+        return {"provider": self.name, "host": self.host, "port": self.port, "tls": self.tls,
+                "authenticated": bool(self.username), "features": features}

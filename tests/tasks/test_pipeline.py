@@ -1,0 +1,235 @@
+"""The sending pipeline end to end, through real servers: aws-ses-v2-local
+(SES v2 SendBulkEmail), aiosmtpd, a fault-injecting HTTP proxy."""
+from __future__ import annotations
+
+from collections import Counter
+
+from sqlalchemy import select
+
+from dashboard.extensions import db
+from dashboard.models import Batch, Job, Recipient
+from dashboard.queue import connection
+from tests.conftest import run_worker_burst
+from tests.support.faulty_proxy import FaultyProxy
+from tests.tasks.conftest import aws_settings
+
+BODY = {"type": "csv_import", "subject": "Welcome {{ firstname }}",
+        "body_text": "Hi {{ firstname }}, your password is {{ password }}",
+        "body_html": "<p>Hi {{ firstname }}, your password is <b>{{ password }}</b></p>"}
+
+
+def people(n: int, prefix: str = "user") -> list[dict]:
+    return [{"email": f"{prefix}{i}@acme.test", "data": {"firstname": f"Name{i}", "password": f"Pw-{i}-secret"}}
+            for i in range(n)]
+
+
+def submit(client, company, recipients, **extra) -> int:
+    resp = client.post("/api/v1/jobs", json={**BODY, "recipients": recipients, **extra}, headers=company.auth)
+    assert resp.status_code == 202, resp.json
+    return resp.json["id"]
+
+
+def job(job_id: int) -> Job:
+    db.session.expire_all()
+    return db.session.get(Job, job_id)
+
+
+def statuses(job_id: int) -> Counter:
+    return Counter(db.session.execute(select(Recipient.status).where(Recipient.job_id == job_id)).scalars())
+
+
+def test_ses_bulk_each_recipient_gets_exactly_their_own_message(app, client, make_company, ses):
+    company = make_company(**aws_settings(ses.url))
+    job_id = submit(client, company, people(1000))
+    run_worker_burst(app)
+    done = job(job_id)
+    assert done.status == "completed" and done.emails_sent == 1000 and done.emails_failed == 0
+    store = ses.store()
+    by_address = Counter(addr for mail in store for addr in mail["destination"]["to"])
+    assert len(store) == 1000 and set(by_address.values()) == {1}
+    for mail in store:
+        i = int(mail["destination"]["to"][0].removeprefix("user").split("@")[0])
+        assert mail["subject"] == f"Welcome Name{i}"
+        assert f"your password is Pw-{i}-secret" in mail["body"]["text"]
+        assert f"<b>Pw-{i}-secret</b>" in mail["body"]["html"]
+    assert db.session.execute(select(Batch.route).distinct()).scalars().all() == ["direct:aws"]
+    assert done.emails_sent == len(store)
+
+
+def test_smtp_delivers_each_recipient_once_and_records_refusals(app, client, make_company, smtp_sink):
+    smtp_sink.refuse = "refuse"
+    company = make_company(provider="smtp", sender="noreply@acme.test", **smtp_sink.config())
+    job_id = submit(client, company, people(250) + people(3, prefix="refuse") + [{"email": "broken@"}])
+    run_worker_burst(app)
+    done = job(job_id)
+    assert done.status == "partial_failure"
+    assert (done.emails_sent, done.emails_failed, done.email_count) == (250, 4, 254)
+    assert sorted(smtp_sink.recipients()) == sorted(p["email"] for p in people(250))
+    failed = dict(db.session.execute(select(Recipient.email, Recipient.error)
+                                     .where(Recipient.status == "failed")).all())
+    assert failed["broken@"] == "invalid_email"
+    assert all("550" in failed[f"refuse{i}@acme.test"] for i in range(3))
+
+
+def test_html_is_escaped_and_headers_cannot_be_injected(app, client, make_company, ses):
+    company = make_company(**aws_settings(ses.url))
+    evil = {"email": "ann@acme.test", "data": {"firstname": "Ann\r\nBcc: victim@evil.test\r\n<script>x</script>",
+                                               "password": "pw"}}
+    job_id = submit(client, company, [evil])
+    run_worker_burst(app)
+    assert job(job_id).status == "completed"
+    (mail,) = ses.store()
+    assert mail["destination"] == {"to": ["ann@acme.test"], "cc": [], "bcc": []}
+    assert "\n" not in mail["subject"] and "\r" not in mail["subject"]
+    assert "<script>" not in mail["body"]["html"] and "&lt;script&gt;" in mail["body"]["html"]
+
+
+def test_throttling_slows_down_and_marks_nothing_failed(app, client, make_company, ses):
+    with FaultyProxy(ses.url, throttle_rate=0.3) as proxy:
+        company = make_company(**aws_settings(proxy.url))
+        job_id = submit(client, company, people(400))
+        run_worker_burst(app)
+        done = job(job_id)
+        assert proxy.throttled > 0
+    assert done.status == "completed" and done.emails_failed == 0
+    assert Counter(a for m in ses.store() for a in m["destination"]["to"]).most_common(1)[0][1] == 1
+    assert len(ses.store()) == 400
+
+
+def test_permanent_rejections_fail_only_those_recipients(app, client, make_company, ses):
+    with FaultyProxy(ses.url, reject="blocked") as proxy:
+        company = make_company(**aws_settings(proxy.url))
+        job_id = submit(client, company, people(60) + people(2, prefix="blocked"))
+        run_worker_burst(app)
+    done = job(job_id)
+    assert done.status == "partial_failure" and done.emails_sent == 60 and done.emails_failed == 2
+    errors = db.session.execute(select(Recipient.error).where(Recipient.status == "failed")).scalars().all()
+    assert len(errors) == 2 and all("MESSAGE_REJECTED" in e or "rejected" in e.lower() for e in errors)
+
+
+def test_unreachable_provider_falls_back_to_smtp(app, client, make_company, smtp_sink):
+    from tests.support.servers import free_port
+
+    app.config["OFFLOAD_FALLBACK_SMTP"] = smtp_sink.config()
+    company = make_company(**aws_settings(f"http://127.0.0.1:{free_port()}"))  # nothing listens there
+    job_id = submit(client, company, people(450))
+    run_worker_burst(app)
+    done = job(job_id)
+    assert done.status == "completed" and done.emails_sent == 450
+    assert sorted(smtp_sink.recipients()) == sorted(p["email"] for p in people(450))
+    routes = db.session.execute(select(Batch.route).where(Batch.job_id == job_id)).scalars().all()
+    assert routes and set(routes) == {"fallback:smtp"}
+    assert "unreachable" in (done.error_log or "")
+
+
+def test_cancel_mid_job_sends_nothing_after_the_cancel(app, client, make_company, ses):
+    company = make_company(**aws_settings(ses.url))
+    job_id = submit(client, company, people(1000))
+    run_worker_burst(app, max_jobs=3)  # plan + two batches of 200
+    sent_before = len(ses.store())
+    assert sent_before == 400
+    assert client.post(f"/api/v1/jobs/{job_id}/cancel", headers=company.auth).status_code == 202
+    run_worker_burst(app)
+    done = job(job_id)
+    assert done.status == "cancelled"
+    assert len(ses.store()) == sent_before
+    assert statuses(job_id) == Counter({"sent": 400, "cancelled": 600})
+
+
+def test_retryable_failures_give_up_then_retry_failed_recipients(app, client, make_company, ses):
+    app.config["OFFLOAD_MAX_ATTEMPTS"] = 2
+    with FaultyProxy(ses.url, error_rate=1.0) as proxy:
+        company = make_company(**aws_settings(proxy.url))
+        job_id = submit(client, company, people(30))
+        # each retry is scheduled with back-off; run the due ones without waiting
+        for _ in range(6):
+            run_worker_burst(app)
+            _run_scheduled_now(app)
+        failed = job(job_id)
+        assert failed.status == "failed" and failed.emails_failed == 30
+        assert ses.store() == []
+        proxy.error_rate = 0.0
+        resp = client.post(f"/api/v1/jobs/{job_id}/retry", headers=company.auth)
+        assert resp.status_code == 202 and resp.json["retried"] == 30
+        run_worker_burst(app)
+    done = job(job_id)
+    assert done.status == "completed" and done.emails_sent == 30
+    assert len(ses.store()) == 30
+
+
+def test_quota_exhaustion_pauses_the_job(app, client, make_company, ses):
+    from tests.support.faulty_proxy import FaultyProxy as Proxy
+
+    class QuotaProxy(Proxy):
+        def _decide(self):
+            return "quota"
+
+    with QuotaProxy(ses.url) as proxy:
+        proxy.throttle_rate = 0
+        company = make_company(**aws_settings(proxy.url))
+        proxy._decide = lambda: "throttle"  # replaced below by a quota answer
+        original = proxy.server.RequestHandlerClass._reply
+
+        def quota_reply(handler, status, body, headers=None):
+            if status == 400:
+                body = b'{"message":"Daily message quota exceeded."}'
+                headers = {"x-amzn-ErrorType": "LimitExceededException", "Content-Type": "application/json"}
+            return original(handler, status, body, headers)
+
+        proxy.server.RequestHandlerClass._reply = quota_reply
+        job_id = submit(client, company, people(10))
+        run_worker_burst(app)
+    paused = job(job_id)
+    assert paused.status == "paused" and "quota" in paused.paused_reason
+    assert statuses(job_id) == Counter({"pending": 10})
+
+
+def test_no_secret_is_left_in_redis(app, client, make_company, ses):
+    company = make_company(**aws_settings(ses.url))
+    job_id = submit(client, company, people(50))
+    run_worker_burst(app)
+    assert job(job_id).status == "completed"
+    conn = connection()
+    dump = []
+    for key in conn.scan_iter(count=1000):
+        kind = conn.type(key)
+        if kind == b"string":
+            dump.append(conn.get(key) or b"")
+        elif kind == b"hash":
+            dump.extend(v for pair in conn.hgetall(key).items() for v in pair)
+        elif kind == b"list":
+            dump.extend(conn.lrange(key, 0, -1))
+        elif kind in (b"set", b"zset"):
+            dump.extend(conn.zrange(key, 0, -1) if kind == b"zset" else conn.smembers(key))
+        dump.append(key)
+    blob = b"\n".join(dump)
+    import zlib
+
+    blob += b"".join(_maybe_inflate(zlib, chunk) for chunk in dump)
+    for i in range(50):
+        assert f"Pw-{i}-secret".encode() not in blob
+        assert f"user{i}@acme.test".encode() not in blob
+    assert b"test-secret" not in blob
+
+
+def _maybe_inflate(zlib, chunk: bytes) -> bytes:
+    try:
+        return zlib.decompress(chunk)
+    except zlib.error:
+        return b""
+
+
+def _run_scheduled_now(app) -> None:
+    """Move every scheduled RQ job to its queue now (what RQ's scheduler does when due)."""
+    from rq.registry import ScheduledJobRegistry
+
+    from dashboard.queue import QUEUE_NAMES, get_queue
+
+    for name in QUEUE_NAMES:
+        q = get_queue(name)
+        registry = ScheduledJobRegistry(queue=q)
+        for job_id in registry.get_job_ids():
+            registry.remove(job_id)
+            q.enqueue_job(q.fetch_job(job_id))
+    db.session.execute(Batch.__table__.update().values(next_attempt_at=None))
+    db.session.commit()
