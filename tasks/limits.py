@@ -34,13 +34,14 @@ def chunk_limit(rate: float | None, default: int) -> int:
 
 
 def acquire(conn: redis.Redis, company_id: int, n: int, rate: float | None, *,
-            keepalive=None, max_wait: float = 300.0) -> None:
+            keepalive=None, max_wait: float = 300.0) -> int | None:
     """Block until ``n`` sends fit in ``company_id``'s rate (fixed windows, all workers).
 
+    Returns the window slot the sends were counted in (``None`` when unlimited).
     ``keepalive`` is called while waiting (to renew a lease).
     """
     if not rate:
-        return
+        return None
     window, capacity = _window(rate)
     n = min(n, capacity)
     deadline = time.monotonic() + max_wait
@@ -54,14 +55,14 @@ def acquire(conn: redis.Redis, company_id: int, n: int, rate: float | None, *,
             pipe.expire(key, window * 2)
             used = pipe.execute()[0]
             if used <= capacity:
-                return
+                return slot
             conn.decrby(key, n)
         except redis.RedisError as exc:
             log.warning("Company %s: rate limiter unavailable (%s); sending unthrottled", company_id,
                         type(exc).__name__)
-            return
+            return None
         if time.monotonic() > deadline:
-            return
+            return None
         time.sleep((slot + 1) * window - now + random.uniform(0, 0.02))
         if keepalive:
             keepalive()

@@ -15,6 +15,7 @@ import time
 from datetime import timedelta
 
 from flask import current_app
+from redis import RedisError
 
 from dashboard.extensions import db
 from dashboard.models import (B_CANCELLED, B_DONE, B_FAILED, B_QUEUED, B_RETRY, Company, Job, PAUSED, utcnow)
@@ -26,6 +27,7 @@ from tasks import dispatch, limits, store
 from tasks.routing import Route, fallback_route, primary_route, provider_for
 
 log = logging.getLogger(__name__)
+redis_errors = (RedisError, OSError)
 MAX_THROTTLE_WAITS = 30  # per batch run, before the batch is rescheduled
 
 
@@ -129,10 +131,10 @@ class BatchRun:
             return self.stop(B_QUEUED)
         rows = store.load_sendable(claim)
         attempts = {r[0]: r[3] + 1 for r in rows}
-        rate = self.config.get("max_send_rate")
         i = 0
         while i < len(rows):
             provider = provider_for(self.company.id, route, self.version)
+            rate = self.send_rate(provider)
             size = limits.chunk_limit(rate, provider.chunk_size)
             chunk = rows[i:i + size]
             outcome = self.send_chunk(route, provider, sender, chunk, rate, attempts)
@@ -153,6 +155,27 @@ class BatchRun:
         if store.pending_left(claim):
             return self.reschedule("some recipients will be retried")
         return self.stop(B_DONE, route=route.label)
+
+    def send_rate(self, provider) -> float | None:
+        """The company's max_send_rate, capped by the provider account's own
+        limit (SES GetAccount MaxSendRate), cached in Redis for ten minutes."""
+        rates = [self.config.get("max_send_rate")]
+        account_rate = getattr(provider, "max_send_rate", None)
+        if account_rate is not None:
+            key = f"offload:account-rate:{self.company.id}:{provider.name}"
+            try:
+                cached = self.redis.get(key)
+                if cached is None:
+                    found = account_rate()
+                    self.redis.set(key, "" if found is None else str(found), ex=600)
+                else:
+                    found = float(cached) if cached else None
+            except redis_errors as exc:
+                log.warning("Company %s: account rate unknown (%s)", self.company.id, type(exc).__name__)
+                found = None
+            rates.append(found)
+        known = [r for r in rates if r]
+        return min(known) if known else None
 
     def send_chunk(self, route: Route, provider, sender: str, chunk, rate, attempts) -> str:
         """Send one chunk. Returns next | again | fallback | <final word of the batch>."""

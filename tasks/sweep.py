@@ -67,10 +67,28 @@ def sweep() -> dict:
             dispatch.enqueue_plan(job_id)
             replanned += 1
     reconciled = _reconcile_offload()
-    report = {"expired": len(expired), "requeued": len(lost), "replanned": replanned, "reconciled": reconciled}
+    purged = _purge_if_due()
+    report = {"expired": len(expired), "requeued": len(lost), "replanned": replanned, "reconciled": reconciled,
+              "purged": purged}
     if any(report.values()):
         log.info("sweep: %s", report)
     return report
+
+
+def _purge_if_due() -> int:
+    """Purge expired recipient data at most every ten minutes (across workers)."""
+    from flask import current_app
+    from redis import RedisError
+
+    from dashboard.queue import connection
+    from tasks.purge import purge_recipient_data
+
+    try:
+        if not connection().set("offload:purge-lock", 1, nx=True, ex=600):
+            return 0
+    except RedisError:
+        return 0
+    return purge_recipient_data(current_app.config["OFFLOAD_DATA_RETENTION_DAYS"])
 
 
 def _reconcile_offload() -> int:

@@ -105,11 +105,13 @@ def ensure_node_modules() -> None:
 class SesLocal(ManagedProcess):
     """The npm package aws-ses-v2-local: SES v2 (SendEmail, SendBulkEmail) with a readable store."""
 
-    def __init__(self):
+    def __init__(self, account: dict | None = None):
+        """``account``: what GetAccount answers (SendQuota etc.); unset, GetAccount is a 400."""
         ensure_node_modules()
         port = free_port()
+        env = {"AWS_SES_ACCOUNT": json.dumps(account)} if account else None
         super().__init__([str(NODE_BIN / "aws-ses-v2-local"), "--host", "127.0.0.1", "--port", str(port)],
-                         port, log_name="ses")
+                         port, env=env, log_name="ses")
 
     def store(self) -> list[dict]:
         """Every email the emulator has accepted, oldest first."""

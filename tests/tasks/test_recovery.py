@@ -1,0 +1,145 @@
+"""Claims, leases, in-flight recovery, the sweep and data purge, unit by unit
+(the fault tests in tests/faults break real processes)."""
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+
+from sqlalchemy import select, text, update
+
+from dashboard.extensions import db
+from dashboard.models import Batch, Company, Job, Recipient, utcnow
+from dashboard.queue import connection
+from tasks import store
+from tasks.sending import plan_job, send_batch
+from tasks.sweep import sweep
+from tests.conftest import run_worker_burst
+from tests.tasks.conftest import aws_settings
+
+
+def make_job(client, company, n=10) -> int:
+    resp = client.post("/api/v1/jobs", headers=company.auth, json={
+        "type": "csv_import", "subject": "Hi {{ name }}", "body_text": "pw {{ pw }}",
+        "recipients": [{"email": f"u{i}@acme.test", "data": {"name": f"N{i}", "pw": f"secret{i}"}} for i in range(n)]})
+    return resp.json["id"]
+
+
+def test_one_batch_is_held_by_one_worker(app, client, company):
+    job_id = make_job(client, company)
+    connection().flushdb()
+    plan_job(job_id)
+    batch_id = db.session.execute(select(Batch.id)).scalar_one()
+    first = store.claim_batch(batch_id, "worker-a", 60)
+    assert first is not None and first.attempts == 1
+    assert store.claim_batch(batch_id, "worker-b", 60) is None  # the lease decides, not RQ
+    db.session.execute(update(Batch).values(lease_until=utcnow() - timedelta(seconds=1)))
+    db.session.commit()
+    taken = store.claim_batch(batch_id, "worker-b", 60)
+    assert taken is not None and taken.attempts == 2
+    assert not store.renew_lease(first, 60)  # the old holder finds out and stops
+
+
+def crash_mid_chunk(job_id: int, n_in_flight: int) -> None:
+    """What a SIGKILL between mark_sending and record_results leaves behind."""
+    ids = db.session.execute(select(Recipient.id).where(Recipient.job_id == job_id).order_by(Recipient.id)
+                             .limit(n_in_flight)).scalars().all()
+    db.session.execute(update(Recipient).where(Recipient.id.in_(ids)).values(status="sending", attempts=1))
+    db.session.execute(update(Batch).values(status="sending", leased_by="dead:1", attempts=1,
+                                            lease_until=utcnow() - timedelta(seconds=1)))
+    db.session.commit()
+
+
+def test_in_flight_recipients_become_uncertain_and_are_resent(app, client, make_company, ses):
+    company = make_company(**aws_settings(ses.url))
+    job_id = make_job(client, company)
+    connection().flushdb()
+    plan_job(job_id)
+    crash_mid_chunk(job_id, 4)
+    batch_id = db.session.execute(select(Batch.id)).scalar_one()
+    assert send_batch(batch_id) == "done"
+    job = db.session.get(Job, job_id)
+    db.session.refresh(job)
+    assert job.status == "completed" and job.emails_uncertain == 4 and job.emails_sent == 10
+    assert len(ses.store()) == 10
+
+
+def test_uncertain_policy_fail_fails_them_for_review(app, client, make_company, ses):
+    company = make_company(**aws_settings(ses.url), uncertain_policy="fail")
+    job_id = make_job(client, company)
+    connection().flushdb()
+    plan_job(job_id)
+    crash_mid_chunk(job_id, 3)
+    send_batch(db.session.execute(select(Batch.id)).scalar_one())
+    job = db.session.get(Job, job_id)
+    db.session.refresh(job)
+    assert job.status == "partial_failure" and job.emails_uncertain == 3
+    errors = Counter(db.session.execute(select(Recipient.error).where(Recipient.status == "failed")).scalars())
+    assert errors == Counter({"uncertain_delivery": 3})
+    assert len(ses.store()) == 7
+
+
+def test_sweep_rebuilds_the_queue_after_redis_lost_it(app, client, make_company, ses):
+    company = make_company(**aws_settings(ses.url))
+    job_id = make_job(client, company, n=450)
+    run_worker_burst(app, max_jobs=1)  # the plan ran: three batches queued in Redis
+    connection().flushdb()  # Redis restarted with its data dropped
+    db.session.execute(text("UPDATE batches SET status = 'queued'"))  # (already; made explicit)
+    db.session.commit()
+    import tasks.sweep as sweep_module
+
+    sweep_module.GRACE_S = 0
+    try:
+        report = sweep()
+    finally:
+        sweep_module.GRACE_S = 10
+    assert report["requeued"] == 3
+    run_worker_burst(app)
+    job = db.session.get(Job, job_id)
+    db.session.refresh(job)
+    assert job.status == "completed" and len(ses.store()) == 450
+
+
+def test_sweep_requeues_expired_leases(app, client, make_company, ses):
+    company = make_company(**aws_settings(ses.url))
+    job_id = make_job(client, company)
+    connection().flushdb()
+    plan_job(job_id)
+    crash_mid_chunk(job_id, 2)
+    connection().flushdb()
+    assert sweep()["expired"] == 1
+    run_worker_burst(app)
+    job = db.session.get(Job, job_id)
+    db.session.refresh(job)
+    assert job.status == "completed" and job.emails_uncertain == 2
+
+
+def test_recipient_data_is_purged_after_retention(app, client, company):
+    from tasks.purge import purge_recipient_data
+
+    old_job, new_job = make_job(client, company), make_job(client, company)
+    db.session.execute(update(Job).values(status="completed"))
+    db.session.execute(update(Job).where(Job.id == old_job).values(completed_at=utcnow() - timedelta(days=8)))
+    db.session.execute(update(Job).where(Job.id == new_job).values(completed_at=utcnow() - timedelta(days=1)))
+    db.session.commit()
+    assert purge_recipient_data(7) == 1
+    data = dict(db.session.execute(text("SELECT job_id, max(data) FROM recipients GROUP BY job_id")).all())
+    assert data[old_job] is None and data[new_job] is not None
+    # a company may keep data for less time
+    db.session.get(Company, company.id).data_retention_days = 0
+    db.session.commit()
+    assert purge_recipient_data(7) == 1
+    assert db.session.execute(text("SELECT count(*) FROM recipients WHERE data IS NOT NULL")).scalar() == 0
+    assert db.session.get(Job, old_job).data_purged_at is not None
+
+
+def test_rq_arguments_carry_ids_only(app, client, company):
+    from rq.job import Job as RQJob
+
+    make_job(client, company)
+    conn = connection()
+    for key in conn.scan_iter("rq:job:*"):
+        if b":" in key[len(b"rq:job:"):]:
+            continue
+        job = RQJob.fetch(key.decode().split(":", 2)[2], connection=conn)
+        assert all(isinstance(a, (int, list)) for a in job.args), job.args
+        assert not job.kwargs
