@@ -11,6 +11,7 @@ from dashboard import crypto
 from dashboard.extensions import db
 from dashboard.models import Recipient
 
+COPY_MIN_ROWS = 100  # below this, COPY's extra round trips cost more than a plain INSERT
 RECIPIENT_COLUMNS = ("company_id", "job_id", "email", "data", "status", "error", "attempts")
 
 
@@ -23,7 +24,7 @@ def insert_recipients(rows: Sequence[tuple]) -> None:
     in the current transaction; ``data`` is encrypted here."""
     if not rows:
         return
-    if is_postgres():
+    if is_postgres() and len(rows) >= COPY_MIN_ROWS:
         dbapi = db.session.connection().connection.driver_connection
         with dbapi.cursor() as cur:
             with cur.copy(f"COPY recipients ({', '.join(RECIPIENT_COLUMNS)}) FROM STDIN") as copy:

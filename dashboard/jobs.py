@@ -175,8 +175,18 @@ def create_job(company_id: int, payload, *, idempotency_key: str | None = None, 
     job.emails_suppressed = counts[R_SUPPRESSED]
     audit.record("job_created", company_id=company_id, object_type="job", object_id=job.id,
                  details={"type": job.type, "recipients": len(rows), "source": source})
-    db.session.commit()
+    commit_keeping(job)
     return job, True
+
+
+def commit_keeping(obj) -> None:
+    """Commit, keeping ``obj``'s column values loaded (no reload round trip)."""
+    from sqlalchemy.orm.attributes import set_committed_value
+
+    values = {attr.key: getattr(obj, attr.key) for attr in type(obj).__mapper__.column_attrs}
+    db.session.commit()
+    for key, value in values.items():
+        set_committed_value(obj, key, value)
 
 
 def iso(moment: datetime | None) -> str | None:

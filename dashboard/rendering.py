@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from jinja2 import TemplateError
 from jinja2.sandbox import SandboxedEnvironment
@@ -41,6 +42,12 @@ class Rendered:
     html: str | None
 
 
+@lru_cache(maxsize=512)
+def _compiled(env, source: str):
+    """Compiling is the costly part of rendering; jobs reuse a few templates."""
+    return env.from_string(source)
+
+
 class CompiledTemplate:
     """Subject, text and HTML compiled once, rendered per recipient."""
 
@@ -56,7 +63,7 @@ class CompiledTemplate:
     @staticmethod
     def _compile(env, part, source):
         try:
-            return env.from_string(source)
+            return _compiled(env, source)
         except TemplateError as exc:
             raise RenderError(part, f"template error: {exc}") from None
 
