@@ -22,6 +22,7 @@ def create_app(config: dict | None = None) -> Flask:
                       SQLALCHEMY_ENGINE_OPTIONS=_engine_options(app.config["SQLALCHEMY_DATABASE_URI"]))
     _ensure_sqlite_folder(app)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
     from dashboard import crypto
     from dashboard.extensions import csrf, db, login_manager, migrate
@@ -41,6 +42,9 @@ def create_app(config: dict | None = None) -> Flask:
     callbacks.init_app(app)
     errors.init_app(app)
     cli.init_app(app)
+    __import__("dashboard.unsubscribe", fromlist=["init_app"]).init_app(app)  # issue 6: /u/<token>
+    __import__("dashboard.bounces", fromlist=["init_app"]).init_app(app)  # issue 6: bounce reports
+    __import__("dashboard.verify", fromlist=["init_app"]).init_app(app)  # issue 7: /verify/<code>
     return app
 
 

@@ -66,8 +66,10 @@ def serve(app: Flask, host: str, port: int) -> None:
     if "SECRET_KEY" not in env:
         env["SECRET_KEY"] = app.config["SECRET_KEY"]
     worker = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "worker"], env=env)
+    from werkzeug.serving import run_simple
+
     try:
-        app.run(host=host, port=port, debug=False, use_reloader=False, threaded=True)
+        run_simple(host, port, app, use_reloader=False, use_debugger=False, threaded=True)
     finally:
         worker.terminate()
         worker.wait(timeout=10)
