@@ -42,9 +42,6 @@ def create_app(config: dict | None = None) -> Flask:
     callbacks.init_app(app)
     errors.init_app(app)
     cli.init_app(app)
-    __import__("dashboard.unsubscribe", fromlist=["init_app"]).init_app(app)  # issue 6: /u/<token>
-    __import__("dashboard.bounces", fromlist=["init_app"]).init_app(app)  # issue 6: bounce reports
-    __import__("dashboard.verify", fromlist=["init_app"]).init_app(app)  # issue 7: /verify/<code>
     return app
 
 
