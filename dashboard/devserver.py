@@ -52,7 +52,7 @@ def ensure_redis(app: Flask) -> str:
         raise SystemExit(f"REDIS_URL: no Redis answers at {url}")
     parts = urlsplit(url)
     embedded = start_embedded_redis(parts.hostname or "127.0.0.1", parts.port or 6379)
-    print(f" * No Redis at {url}: serving an embedded one (fakeredis) at {embedded}", flush=True)
+    print(f" * No Redis at {url}: serving an embedded one at {embedded}", flush=True)
     return embedded
 
 

