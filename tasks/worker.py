@@ -90,9 +90,9 @@ def schedule_sweep(interval: float) -> None:
     """Queue one sweep per ``interval`` slot (the predictable id dedupes across workers)."""
     slot = int(time.time() // interval)
     rq_id = f"sweep-{slot}"
-    from tasks.dispatch import is_live
+    from rq.job import Job as RQJob
 
-    if not is_live(rq_id):
+    if not RQJob.exists(rq_id, connection=connection()):  # kept after it ran: once per slot
         get_queue(HIGH).enqueue("tasks.sweep.sweep", job_id=rq_id, result_ttl=int(interval * 2),
                                 failure_ttl=3600)
 
