@@ -42,6 +42,8 @@ def create_app(config: dict | None = None) -> Flask:
     callbacks.init_app(app)
     errors.init_app(app)
     cli.init_app(app)
+    __import__("dashboard.unsubscribe", fromlist=["init_app"]).init_app(app)  # issue 6: /u/<token>
+    __import__("dashboard.bounces", fromlist=["init_app"]).init_app(app)  # issue 6: bounce reports
     return app
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from urllib.parse import parse_qs, urlsplit
@@ -143,6 +144,18 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
         cfg[name] = default if raw in (None, "") else parse_int(name, raw, minimum=lo, maximum=hi)
     raw = env.get("OFFLOAD_BULK_WINDOW_S")
     cfg["OFFLOAD_BULK_WINDOW_S"] = 10.0 if raw in (None, "") else parse_float("OFFLOAD_BULK_WINDOW_S", raw, minimum=0.1)
+
+    raw = env.get("OFFLOAD_BULK_MAX_HOLD_S")
+    cfg["OFFLOAD_BULK_MAX_HOLD_S"] = None if raw in (None, "") else parse_float(
+        "OFFLOAD_BULK_MAX_HOLD_S", raw, minimum=0.1)
+    pattern = env.get("OFFLOAD_SNS_URL_PATTERN")
+    if pattern:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise SettingsError(f"OFFLOAD_SNS_URL_PATTERN: not a regular expression ({exc})") from None
+    cfg["OFFLOAD_SNS_URL_PATTERN"] = pattern or None
+    cfg["OFFLOAD_SNS_CA_BUNDLE"] = env.get("OFFLOAD_SNS_CA_BUNDLE") or None
 
     raw = env.get("OFFLOAD_FALLBACK_SMTP")
     cfg["OFFLOAD_FALLBACK_SMTP"] = parse_smtp_url("OFFLOAD_FALLBACK_SMTP", raw) if raw else None

@@ -68,11 +68,24 @@ def sweep() -> dict:
             replanned += 1
     reconciled = _reconcile_offload()
     purged = _purge_if_due()
+    windows = _recover_event_windows()
     report = {"expired": len(expired), "requeued": len(lost), "replanned": replanned, "reconciled": reconciled,
-              "purged": purged}
+              "purged": purged, "event_windows": windows}
     if any(report.values()):
         log.info("sweep: %s", report)
     return report
+
+
+def _recover_event_windows() -> int:
+    """Event windows whose closer was lost (tasks.events)."""
+    from redis import RedisError
+
+    from tasks.events import recover
+
+    try:
+        return sum(recover().values())
+    except RedisError:
+        return 0
 
 
 def _purge_if_due() -> int:

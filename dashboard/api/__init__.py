@@ -127,7 +127,9 @@ def _page() -> int:
 
 
 def init_app(app) -> None:
+    from dashboard.api import events  # noqa: F401  (adds POST /api/v1/events to bp)
     from dashboard.extensions import csrf
 
     csrf.exempt(bp)
     app.register_blueprint(bp)
+

@@ -1,0 +1,288 @@
+"""Campaign pages: CSV import (upload, map columns, preview, send) and
+re-engagement campaigns (template + uploaded list or LMS inactive users,
+count preview, optional schedule).
+
+Uploads are parsed in memory (``InMemoryFormDataParser``: werkzeug would
+spool files over 500 KB to a temporary file) and kept encrypted in Redis
+between steps; previews mask password-like fields. Those two upload views
+check their CSRF token themselves, after choosing the in-memory parser
+(the global check would parse the body first).
+"""
+from __future__ import annotations
+
+import io
+from datetime import datetime
+
+from flask import abort, current_app, redirect, request, url_for
+from flask_admin import expose
+from flask_login import current_user
+from flask_wtf.csrf import validate_csrf
+from sqlalchemy import select
+from werkzeug.formparser import FormDataParser
+from wtforms.validators import ValidationError
+
+from dashboard import audience
+from dashboard.admin.base import SecureBaseView, scope
+from dashboard.admin.suppressions import company_or_404
+from dashboard.campaign_models import CampaignSettings  # noqa: F401  (tables in the metadata)
+from dashboard.extensions import csrf, db
+from dashboard.jobs import JobError, create_job
+from dashboard.models import Company, Job, Template, utcnow
+from dashboard.queue import connection
+from dashboard.rendering import CompiledTemplate, RenderError
+from dashboard.tenancy import get_or_404
+
+PREVIEW_COUNT = 3
+
+
+class InMemoryFormDataParser(FormDataParser):
+    """A form parser that keeps uploaded files in memory, never on disk."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["stream_factory"] = lambda *a, **k: io.BytesIO()
+        super().__init__(*args, **kwargs)
+
+
+def read_upload_form() -> None:
+    """Parse this request's multipart body in memory, then check its CSRF token."""
+    request.max_content_length = audience.MAX_UPLOAD_BYTES + 256 * 1024
+    request.form_data_parser_class = InMemoryFormDataParser
+    try:
+        validate_csrf(request.form.get("csrf_token"))
+    except ValidationError:
+        abort(400, "The CSRF token is missing or invalid.")
+
+
+def visible_templates() -> list[Template]:
+    stmt = Template.scoped(scope()).order_by(Template.company_id, Template.name)
+    return list(db.session.execute(stmt).scalars())
+
+
+def chosen_template(raw) -> Template:
+    """The template named by a form field, if the user may see it (else 404)."""
+    return get_or_404(Template, raw, scope())
+
+
+def render_preview(tpl: Template, recipients: list[dict], secret_fields=()) -> list[dict]:
+    """The first messages, rendered with password-like fields masked."""
+    compiled = CompiledTemplate(tpl.subject, tpl.body_text, tpl.body_html)
+    shown = []
+    for rcpt in recipients[:PREVIEW_COUNT]:
+        data = audience.masked(rcpt["data"])
+        data.update({k: audience.MASK for k in secret_fields if data.get(k) not in (None, "")})
+        msg = compiled.render(data)
+        shown.append({"to": rcpt["email"], "subject": msg.subject, "text": msg.text, "html": msg.html})
+    return shown
+
+
+def parse_send_at(raw: str | None) -> datetime | None:
+    """A ``datetime-local`` value (UTC) in the future, or ``None``."""
+    if not raw:
+        return None
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError:
+        raise audience.AudienceError("the send time is not a date and time") from None
+    if moment.tzinfo is not None:
+        raise audience.AudienceError("give the send time in UTC without a zone")
+    if moment <= utcnow():
+        raise audience.AudienceError("the send time must be in the future (UTC)")
+    return moment
+
+
+def queue_job(company_id: int, jtype: str, tpl: Template, recipients: list[dict],
+              send_at: datetime | None = None) -> Job:
+    """Create the job through ``create_job`` (source dashboard) and queue it."""
+    payload = {"type": jtype, "template": tpl.name, "recipients": recipients,
+               "send_at": send_at.isoformat() if send_at else None}
+    job, _ = create_job(company_id, payload, source="dashboard", user_id=current_user.id,
+                        max_recipients=current_app.config["OFFLOAD_MAX_RECIPIENTS"])
+    from tasks.dispatch import enqueue_job
+
+    enqueue_job(job)
+    return job
+
+
+class CampaignsView(SecureBaseView):
+    """CSV imports and re-engagement campaigns."""
+
+    def store(self) -> audience.UploadStore:
+        return audience.UploadStore(connection())
+
+    def load_upload(self, upload_id: str) -> audience.Upload:
+        upload = self.store().load(upload_id, current_user.id)
+        if upload is None or scope() not in (None, upload.company_id):
+            abort(404)
+        return upload
+
+    @expose("/")
+    def index(self):
+        stmt = Job.scoped(scope()).where(Job.source == "dashboard", Job.type.in_(("csv_import", "reengagement"))) \
+            .order_by(Job.id.desc()).limit(50)
+        jobs = list(db.session.execute(stmt).scalars())
+        companies = list(db.session.execute(select(Company).order_by(Company.name)).scalars()) \
+            if scope() is None else []
+        settings = audience.lms_settings(scope()) if scope() is not None else None
+        return self.render("campaigns/index.html", jobs=jobs, companies=companies, lms=settings,
+                           error=request.args.get("error"))
+
+    @expose("/lms", methods=["POST"])
+    def lms_settings(self):
+        company_id = scope()
+        if company_id is None:
+            company_id = company_or_404(request.form.get("company_id")).id
+        try:
+            audience.save_lms_settings(company_id, request.form.get("iomad_company_id", ""),
+                                       request.form.get("moodle_prefix", "mdl_"))
+        except audience.AudienceError as exc:
+            return self.render("campaigns/message.html", title="LMS settings not saved", message=str(exc)), 400
+        return redirect(url_for(".index"))
+
+    # -- CSV import ----------------------------------------------------------------
+    @expose("/import", methods=["GET", "POST"])
+    def import_upload(self):
+        if request.method == "GET":
+            return self.render("campaigns/import.html", templates=visible_templates(), error=None)
+        read_upload_form()
+        tpl = chosen_template(request.form.get("template_id"))
+        file = request.files.get("file")
+        try:
+            if file is None or not file.filename:
+                raise audience.AudienceError("choose a CSV file")
+            upload = audience.parse_csv(file.read(), company_id=tpl.company_id, user_id=current_user.id,
+                                        filename=file.filename,
+                                        max_rows=current_app.config["OFFLOAD_MAX_RECIPIENTS"])
+        except audience.AudienceError as exc:
+            return self.render("campaigns/import.html", templates=visible_templates(), error=str(exc)), 400
+        upload_id = self.store().save(upload)
+        return redirect(url_for(".import_review", upload_id=upload_id, template_id=tpl.id))
+
+    @expose("/import/<upload_id>", methods=["GET", "POST"])
+    def import_review(self, upload_id: str):
+        upload = self.load_upload(upload_id)
+        tpl = chosen_template(request.values.get("template_id"))
+        if tpl.company_id != upload.company_id:
+            abort(404)
+        fields = audience.template_fields(tpl.subject, tpl.body_text, tpl.body_html)
+        mapping = self.mapping(upload, fields)
+        try:
+            built = audience.build_audience(upload, mapping)
+        except audience.AudienceError as exc:
+            return self.review(upload, tpl, fields, mapping, None, str(exc)), 400
+        if request.method == "POST":
+            return self.import_confirm(upload, tpl, built)
+        return self.review(upload, tpl, fields, mapping, built, None)
+
+    @staticmethod
+    def mapping(upload: audience.Upload, fields: list[str]) -> dict:
+        guess = audience.default_mapping(upload.columns, fields)
+        if "email_column" not in request.values:
+            return guess
+        return {"email": request.values.get("email_column"),
+                "fields": {f: request.values.get(f"field_{f}", "") for f in fields}}
+
+    def review(self, upload, tpl, fields, mapping, built, error):
+        secret = [f for f, c in mapping["fields"].items() if audience.SECRET_FIELD.search(c or "")]
+        preview = []
+        if built is not None:
+            try:
+                preview = render_preview(tpl, built.recipients, secret)
+            except RenderError as exc:
+                error = f"the template cannot render: {exc}"
+        return self.render("campaigns/import_review.html", upload=upload, tpl=tpl, fields=fields,
+                           mapping=mapping, built=built, preview=preview, error=error)
+
+    def import_confirm(self, upload, tpl, built):
+        if not built.recipients:
+            return self.render("campaigns/message.html", title="Nothing to send",
+                               message="no row has a valid email address"), 400
+        try:
+            job = queue_job(upload.company_id, "csv_import", tpl, built.recipients)
+        except JobError as exc:
+            return self.render("campaigns/message.html", title="The job was not created", message=exc.message), 400
+        self.store().delete(upload.id)
+        return self.render("campaigns/result.html", job=job, bad_rows=built.bad_rows, filename=upload.filename)
+
+    # -- re-engagement -----------------------------------------------------------------
+    @expose("/reengagement", methods=["GET", "POST"])
+    def reengagement(self):
+        if request.method == "GET":
+            return self.reengagement_form(None)
+        read_upload_form()
+        tpl = chosen_template(request.form.get("template_id"))
+        try:
+            send_at = parse_send_at(request.form.get("send_at"))
+            choice, recipients, bad_rows, upload_id = self.reengagement_audience(tpl)
+            preview = render_preview(tpl, recipients)
+        except (audience.AudienceError, RenderError) as exc:
+            return self.reengagement_form(str(exc)), 400
+        return self.render("campaigns/reengagement_preview.html", tpl=tpl, choice=choice, count=len(recipients),
+                           bad_rows=bad_rows, preview=preview, upload_id=upload_id, send_at=send_at,
+                           days=request.form.get("days", ""))
+
+    def reengagement_form(self, error):
+        return self.render("campaigns/reengagement.html", templates=visible_templates(), error=error,
+                           values=request.form)
+
+    def reengagement_audience(self, tpl: Template):
+        """(choice, recipients, bad rows, upload id) from the form."""
+        choice = request.form.get("audience")
+        if choice == "inactive":
+            company = db.session.get(Company, tpl.company_id)
+            return choice, audience.inactive_users(company, self.days()), [], None
+        if choice != "upload":
+            raise audience.AudienceError("choose an audience")
+        file = request.files.get("file")
+        if file is None or not file.filename:
+            raise audience.AudienceError("choose a CSV file with the list")
+        upload = audience.parse_csv(file.read(), company_id=tpl.company_id, user_id=current_user.id,
+                                    filename=file.filename, max_rows=current_app.config["OFFLOAD_MAX_RECIPIENTS"])
+        built = audience.build_audience(upload, self.list_mapping(upload))
+        return choice, built.recipients, built.bad_rows, self.store().save(upload)
+
+    @staticmethod
+    def list_mapping(upload: audience.Upload) -> dict:
+        """An uploaded list: every column is a template field of its own name."""
+        return {"email": audience.default_mapping(upload.columns, [])["email"],
+                "fields": {c: c for c in upload.columns}}
+
+    @staticmethod
+    def days() -> int:
+        raw = (request.form.get("days") or "").strip()
+        if not raw.isdigit():
+            raise audience.AudienceError("inactive days must be a whole number from 1 to 3650")
+        return int(raw)
+
+    @expose("/reengagement/confirm", methods=["POST"])
+    def reengagement_confirm(self):
+        tpl = chosen_template(request.form.get("template_id"))
+        try:
+            send_at = parse_send_at(request.form.get("send_at"))
+            if request.form.get("audience") == "inactive":
+                recipients = audience.inactive_users(db.session.get(Company, tpl.company_id), self.days())
+                bad_rows, upload = [], None
+            else:
+                upload = self.load_upload(request.form.get("upload_id", ""))
+                if upload.company_id != tpl.company_id:
+                    abort(404)
+                built = audience.build_audience(upload, self.list_mapping(upload))
+                recipients, bad_rows = built.recipients, built.bad_rows
+            if not recipients:
+                raise audience.AudienceError("the audience is empty: nobody to send to")
+            job = queue_job(tpl.company_id, "reengagement", tpl, recipients, send_at)
+        except audience.AudienceError as exc:
+            return self.render("campaigns/message.html", title="The campaign was not created", message=str(exc)), 400
+        except JobError as exc:
+            return self.render("campaigns/message.html", title="The campaign was not created",
+                               message=exc.message), 400
+        if upload is not None:
+            self.store().delete(upload.id)
+        return self.render("campaigns/result.html", job=job, bad_rows=bad_rows, filename=None)
+
+
+def register(admin) -> None:
+    view = CampaignsView(name="Campaigns", endpoint="campaigns", url="/admin/campaigns")
+    admin.add_view(view)
+    # the upload views check CSRF themselves after choosing the in-memory parser
+    csrf.exempt(f"{__name__}.import_upload")
+    csrf.exempt(f"{__name__}.reengagement")

@@ -1,0 +1,34 @@
+"""``POST /api/v1/events``: one LMS event into its company's window (CONTRACT §3)."""
+from __future__ import annotations
+
+from flask import current_app, g, jsonify, request
+from redis import RedisError
+
+from dashboard import events
+from dashboard.api import bp, token_required
+from dashboard.errors import json_error
+from dashboard.queue import connection
+
+MAX_BODY_BYTES = 128 * 1024
+
+
+@bp.post("/events")
+@token_required
+def post_event():
+    """Validate the event, hold it in its window; 202 says bulk or single."""
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        return json_error(413, "body_too_large", f"an event may have at most {MAX_BODY_BYTES} bytes")
+    payload = request.get_json(silent=True)
+    if payload is None:
+        return json_error(400, "invalid_json", "the body must be JSON (Content-Type: application/json)")
+    cfg = current_app.config
+    try:
+        event = events.parse_event(payload)
+        events.check_template(g.company_id, event)
+        accepted = events.accept(connection(), g.company_id, event, threshold=cfg["OFFLOAD_BULK_THRESHOLD"],
+                                 window_s=cfg["OFFLOAD_BULK_WINDOW_S"])
+    except events.EventError as exc:
+        return json_error(400, exc.code, exc.message, exc.details)
+    except (RedisError, OSError):
+        return json_error(503, "queue_unavailable", "the event queue is unavailable; retry shortly")
+    return jsonify({"accepted": True, "mode": accepted.mode, "job_id": None}), 202

@@ -1,0 +1,49 @@
+"""Tables of the campaigns feature (issue 6): per-company campaign settings
+(the IOMAD company id for LMS audiences) and bounce/complaint events.
+
+Both are tenant-owned and read through ``TenantMixin.scoped``. Migration:
+``migrations/versions/0002_campaigns.py``.
+"""
+from __future__ import annotations
+
+from sqlalchemy import Index, UniqueConstraint
+
+from dashboard.extensions import db
+from dashboard.models import TenantMixin, utcnow
+
+#: bounce event kinds: hard bounces and complaints suppress, soft ones only count
+HARD, SOFT, COMPLAINT = "hard", "soft", "complaint"
+BOUNCE_KINDS = (HARD, SOFT, COMPLAINT)
+
+
+class CampaignSettings(TenantMixin, db.Model):
+    """Where a company's users live in the LMS database (read-only audiences)."""
+
+    __tablename__ = "campaign_settings"
+    __table_args__ = (UniqueConstraint("company_id"),)
+    id = db.Column(db.Integer, primary_key=True)
+    #: IOMAD's ``mdl_company.id`` of this company (``mdl_company_users.companyid``)
+    iomad_company_id = db.Column(db.Integer)
+    #: Moodle's table prefix (``$CFG->prefix``)
+    moodle_prefix = db.Column(db.String(20), nullable=False, default="mdl_")
+    updated_at = db.Column(db.DateTime, nullable=False, default=utcnow, onupdate=utcnow)
+
+
+class BounceEvent(TenantMixin, db.Model):
+    """One bounce or complaint report for one address, applied once (``event_key``)."""
+
+    __tablename__ = "bounce_events"
+    __table_args__ = (
+        UniqueConstraint("company_id", "event_key"),
+        Index("ix_bounce_events_company_created", "company_id", "created_at"),
+    )
+    id = db.Column(db.Integer, primary_key=True)
+    event_key = db.Column(db.String(255), nullable=False)
+    source = db.Column(db.String(16), nullable=False)  # ses | cloudflare
+    kind = db.Column(db.String(16), nullable=False)  # hard | soft | complaint
+    email = db.Column(db.String(320), nullable=False)
+    message_id = db.Column(db.String(255))
+    job_id = db.Column(db.Integer, db.ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
+    recipient_id = db.Column(db.Integer, db.ForeignKey("recipients.id", ondelete="SET NULL"))
+    detail = db.Column(db.String(255))
+    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)

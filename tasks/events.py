@@ -1,0 +1,102 @@
+"""RQ jobs that close LMS event windows and turn their events into jobs.
+
+The buffer itself is ``dashboard.events``; these functions take ids only
+(company id, job type, window id) — the events stay encrypted in Redis.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+
+from flask import current_app
+from redis import RedisError
+
+from dashboard import events
+from dashboard.queue import HIGH, connection, get_queue
+from tasks.dispatch import JOB_KW, JOB_RETRY, enqueue_job, is_live
+
+log = logging.getLogger(__name__)
+RECOVER_GRACE_S = 30  # a window this much past its latest possible end has lost its closer
+
+
+def max_hold_s(config) -> float:
+    """Longest a window stays open however busy it is (default: 6 windows)."""
+    window = float(config["OFFLOAD_BULK_WINDOW_S"])
+    return float(config.get("OFFLOAD_BULK_MAX_HOLD_S") or 6 * window)
+
+
+def schedule_close(company_id: int, job_type: str, window_id: str, delay_s: float) -> None:
+    """Queue ``close_window`` to run in ``delay_s`` seconds (the RQ scheduler moves it)."""
+    due_ms = int((time.time() + delay_s) * 1000)
+    try:
+        get_queue(HIGH).enqueue_in(timedelta(seconds=max(delay_s, 0)), "tasks.events.close_window",
+                                   company_id, job_type, window_id,
+                                   job_id=f"events-close-{company_id}-{job_type}-{window_id}-{due_ms}",
+                                   retry=JOB_RETRY, **JOB_KW)
+    except (RedisError, OSError) as exc:  # the recovery sweep closes it later
+        log.warning("Window %s: closer not scheduled (%s); recovery will close it", window_id,
+                    type(exc).__name__)
+
+
+def close_window(company_id: int, job_type: str, window_id: str) -> dict:
+    """RQ job: close the window when due (else come back at its new end), then make its jobs.
+
+    Safe to run more than once for a window: only one run takes it, and the
+    jobs are made with idempotency keys.
+    """
+    cfg = current_app.config
+    conn = connection()
+    state = events.window_state(conn, company_id, job_type)
+    if state.window_id == window_id:
+        wait = state.due_at(cfg["OFFLOAD_BULK_WINDOW_S"], max_hold_s(cfg)) - time.time()
+        if wait > 0.05:
+            schedule_close(company_id, job_type, window_id, wait)
+            return {"window": window_id, "rescheduled_in_s": round(wait, 3)}
+        events.take_window(conn, company_id, job_type, window_id)
+    return flush_window(company_id, job_type, window_id)
+
+
+def flush_window(company_id: int, job_type: str, window_id: str) -> dict:
+    """Make the jobs of a taken window, delete its events, queue the new jobs."""
+    cfg = current_app.config
+    conn = connection()
+    taken = events.taken_events(conn, window_id)
+    made = events.make_jobs(company_id, job_type, window_id, taken, threshold=cfg["OFFLOAD_BULK_THRESHOLD"],
+                            max_recipients=cfg["OFFLOAD_MAX_RECIPIENTS"])
+    events.forget_taken(conn, company_id, job_type, window_id)
+    for job, created in made:
+        if created:
+            enqueue_job(job)
+    if taken:
+        log.info("Window %s: %s %s events of company %s became %s job(s)", window_id, len(taken), job_type,
+                 company_id, len(made))
+    return {"window": window_id, "events": len(taken), "jobs": [job.id for job, _ in made]}
+
+
+def recover() -> dict:
+    """For the recovery sweep: close windows whose closer was lost (a web process
+    died between accepting the first event and scheduling), and finish taken
+    windows whose jobs were never made (a worker died mid-way)."""
+    cfg = current_app.config
+    conn = connection()
+    now_ms = int(time.time() * 1000)
+    overdue = events.open_windows(conn, now_ms - int((max_hold_s(cfg) + RECOVER_GRACE_S) * 1000))
+    queued = 0
+    for company_id, job_type, _opened in overdue:
+        window_id = events.window_state(conn, company_id, job_type).window_id
+        if window_id:
+            queued += _enqueue_recovery(company_id, job_type, window_id)
+    for company_id, job_type, window_id in events.closed_windows(conn, now_ms - RECOVER_GRACE_S * 1000):
+        queued += _enqueue_recovery(company_id, job_type, window_id)
+    return {"events_windows_recovered": queued}
+
+
+def _enqueue_recovery(company_id: int, job_type: str, window_id: str) -> int:
+    rq_id = f"events-recover-{company_id}-{job_type}-{window_id}"
+    if is_live(rq_id):
+        return 0
+    get_queue(HIGH).enqueue("tasks.events.close_window", company_id, job_type, window_id, job_id=rq_id,
+                            retry=JOB_RETRY, **JOB_KW)
+    log.warning("Window %s: closer lost; recovering", window_id)
+    return 1

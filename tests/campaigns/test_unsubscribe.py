@@ -1,0 +1,117 @@
+"""One-click unsubscribe (RFC 8058) for campaign mail, end to end through the
+real worker and an aiosmtpd server."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from sqlalchemy import select
+
+from dashboard import companies
+from dashboard.extensions import db
+from dashboard.models import Recipient, Suppression
+from dashboard.unsubscribe import make_token, read_token
+from tasks.headers import extra_headers
+from tests.conftest import run_worker_burst
+from tests.support.servers import SmtpSink
+
+CAMPAIGN = {"type": "reengagement", "subject": "We miss you {{ firstname }}", "body_text": "Come back!"}
+
+
+@pytest.fixture
+def sink(company):
+    with SmtpSink() as server:
+        companies.configure(company.company, {"smtp_host": "127.0.0.1", "smtp_port": str(server.port),
+                                              "smtp_tls": "none"})
+        db.session.commit()
+        yield server
+
+
+def send(client, app, company, emails, jtype="reengagement"):
+    body = {**CAMPAIGN, "type": jtype, "recipients": [{"email": e, "data": {"firstname": "A"}} for e in emails]}
+    resp = client.post("/api/v1/jobs", json=body, headers=company.auth)
+    assert resp.status_code == 202
+    run_worker_burst(app)
+    return resp.get_json()["id"]
+
+
+@pytest.mark.parametrize("jtype, carries", [("reengagement", True), ("notification", True),
+                                            ("csv_import", False), ("license_allocation", False),
+                                            ("certificate", False)])
+def test_only_campaign_mail_carries_list_unsubscribe(app, company, jtype, carries):
+    headers = extra_headers(company.company, jtype, 1, "Ann@Example.com")
+    if not carries:
+        assert headers == {}
+        return
+    assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    url = re.fullmatch(r"<(.+)>", headers["List-Unsubscribe"]).group(1)
+    assert url.startswith(app.config["OFFLOAD_PUBLIC_URL"] + "/u/")
+    assert read_token(url.rsplit("/", 1)[1]) == (company.id, "ann@example.com")
+
+
+def test_one_click_post_without_cookies_suppresses_and_the_next_job_skips(client, app, company, sink):
+    send(client, app, company, ["ann@example.com", "bob@example.com"])
+    mail = next(m for m in sink.messages if m.rcpt_tos == ["ann@example.com"])
+    assert mail.message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    url = re.fullmatch(r"<(.+)>", mail.message["List-Unsubscribe"]).group(1)
+    path = url[len(app.config["OFFLOAD_PUBLIC_URL"]):]
+
+    mail_client = app.test_client(use_cookies=False)  # a mail provider's one-click POST
+    resp = mail_client.post(path, data="List-Unsubscribe=One-Click",
+                            content_type="application/x-www-form-urlencoded")
+    assert resp.status_code == 200 and "Set-Cookie" not in resp.headers
+    assert "You are unsubscribed" in resp.get_data(as_text=True)
+    assert mail_client.post(path, data="List-Unsubscribe=One-Click").status_code == 200  # idempotent
+    rows = db.session.execute(select(Suppression.email, Suppression.reason)
+                              .where(Suppression.company_id == company.id)).all()
+    assert [tuple(r) for r in rows] == [("ann@example.com", "unsubscribe")]
+
+    sink.messages.clear()
+    job_id = send(client, app, company, ["Ann@Example.com", "bob@example.com"])
+    statuses = dict(db.session.execute(select(Recipient.email, Recipient.status)
+                                       .where(Recipient.job_id == job_id)).all())
+    assert statuses == {"Ann@Example.com": "suppressed", "bob@example.com": "sent"}
+    assert [m.rcpt_tos for m in sink.messages] == [["bob@example.com"]]
+
+
+def test_transactional_mail_has_no_unsubscribe_header(client, app, company, sink):
+    send(client, app, company, ["ann@example.com"], jtype="csv_import")
+    (mail,) = sink.messages
+    assert mail.message["List-Unsubscribe"] is None and mail.message["List-Unsubscribe-Post"] is None
+
+
+def test_get_shows_a_confirm_page_and_changes_nothing(client, company):
+    token = make_token(company.id, "ann@example.com")
+    resp = client.get(f"/u/{token}")
+    html = resp.get_data(as_text=True)
+    assert resp.status_code == 200 and "Stop campaign emails from Acme Learning" in html
+    assert '<form method="post">' in html and "ann@example.com" in html
+    assert db.session.execute(select(Suppression)).first() is None
+    assert client.post(f"/u/{token}").status_code == 200  # the button: a plain POST, no CSRF token
+    assert "You are unsubscribed" in client.get(f"/u/{token}").get_data(as_text=True)
+
+
+def test_tampered_or_foreign_tokens_are_404(client, company, make_company):
+    token = make_token(company.id, "ann@example.com")
+    payload, sig = token.rsplit(".", 1)
+    tampered = [payload + "." + sig[:-2] + ("AA" if sig[-2:] != "AA" else "BB"),
+                make_token(company.id, "ann@example.com").replace(payload, make_token(99, "x@example.com")
+                                                                  .rsplit(".", 1)[0]),
+                "garbage", "a" * 2000]
+    for bad in tampered:
+        assert client.get(f"/u/{bad}").status_code == 404
+        assert client.post(f"/u/{bad}").status_code == 404
+    gone = make_token(424242, "ann@example.com")  # genuine signature, no such company
+    assert client.post(f"/u/{gone}").status_code == 404
+    assert db.session.execute(select(Suppression)).first() is None
+
+
+def test_tokens_survive_a_key_rotation(app, company):
+    from cryptography.fernet import Fernet
+
+    token = make_token(company.id, "ann@example.com")
+    app.config["OFFLOAD_ENCRYPTION_KEYS"] = [Fernet.generate_key(), *app.config["OFFLOAD_ENCRYPTION_KEYS"]]
+    assert read_token(token) == (company.id, "ann@example.com")
+    assert make_token(company.id, "ann@example.com") != token  # new links use the new key
+    app.config["OFFLOAD_ENCRYPTION_KEYS"] = app.config["OFFLOAD_ENCRYPTION_KEYS"][:1]
+    assert read_token(token) is None
