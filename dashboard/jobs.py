@@ -250,3 +250,19 @@ def retry_failed(job: Job) -> int:
 def batches_of(job: Job) -> list[Batch]:
     return list(db.session.execute(Batch.scoped(job.company_id).where(Batch.job_id == job.id)
                                    .order_by(Batch.batch_number)).scalars())
+
+
+def resume(job: Job) -> bool:
+    """Resume a paused job (quota spent, no sender, delivery disabled): its
+    waiting batches go back on the queue. False when the job is not paused."""
+    if job.status != "paused":
+        return False
+    status = PROCESSING if job.started_at else "queued"
+    db.session.execute(update(Job).where(Job.id == job.id, Job.status == "paused")
+                       .values(status=status, paused_reason=None))
+    audit.record("job_resumed", company_id=job.company_id, object_type="job", object_id=job.id)
+    db.session.commit()
+    from tasks.dispatch import requeue_open_batches
+
+    requeue_open_batches(job.id)
+    return True

@@ -90,3 +90,21 @@ def enqueue_submit(batch_ids: list[int], delay: float = 0) -> None:
                   retry=JOB_RETRY, **JOB_KW)
         else:
             _safe("submit", q.enqueue, "tasks.offload.submit_batches", group, retry=JOB_RETRY, **JOB_KW)
+
+
+def requeue_open_batches(job_id: int) -> None:
+    """Queue every waiting batch of a job again (after a resume); planning too,
+    for a job paused before it was planned. The claims decide who sends."""
+    from sqlalchemy import text
+
+    from dashboard.extensions import db
+
+    rows = db.session.execute(text(
+        "SELECT b.id, b.attempts, coalesce(ds.mode, 'direct') AS mode FROM batches b "
+        "LEFT JOIN delivery_settings ds ON ds.company_id = b.company_id "
+        "WHERE b.job_id = :j AND b.status IN ('pending', 'queued', 'retry')"), {"j": job_id}).all()
+    offload = [r.id for r in rows if r.mode == "offload"]
+    enqueue_batches([(r.id, r.attempts) for r in rows if r.mode != "offload"])
+    enqueue_submit(offload)
+    if not rows:
+        enqueue_plan(job_id)

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from dashboard.companies import authenticate_token
 from dashboard.errors import json_error
 from dashboard.extensions import db
-from dashboard.jobs import JobError, create_job, job_to_dict, request_cancel, retry_failed, iso
+from dashboard.jobs import JobError, create_job, iso, job_to_dict, request_cancel, resume, retry_failed
 from dashboard.models import JOB_TYPES, Job, Recipient, utcnow
 from dashboard.tenancy import get_or_404
 
@@ -115,6 +115,17 @@ def cancel(job_id: int):
     job = get_or_404(Job, job_id, g.company_id)
     if not request_cancel(job):
         return json_error(409, "job_final", f"the job is already {job.status}")
+    db.session.refresh(job)
+    return jsonify(job_to_dict(job)), 202
+
+
+@bp.post("/jobs/<int:job_id>/resume")
+@token_required
+def resume_job(job_id: int):
+    """Resume a paused job (an addition to CONTRACT §3)."""
+    job = get_or_404(Job, job_id, g.company_id)
+    if not resume(job):
+        return json_error(409, "job_not_paused", f"the job is {job.status}, not paused")
     db.session.refresh(job)
     return jsonify(job_to_dict(job)), 202
 

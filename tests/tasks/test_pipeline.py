@@ -233,3 +233,19 @@ def _run_scheduled_now(app) -> None:
             q.enqueue_job(q.fetch_job(job_id))
     db.session.execute(Batch.__table__.update().values(next_attempt_at=None))
     db.session.commit()
+
+
+def test_a_paused_job_resumes_and_completes(app, client, make_company, ses):
+    company = make_company(**aws_settings(ses.url))
+    job_id = submit(client, company, people(250))
+    from tasks.store import pause_job
+
+    run_worker_burst(app, max_jobs=1)  # planned: two batches queued
+    pause_job(job_id, "sending quota exhausted: test")
+    run_worker_burst(app)  # the batches see the pause and wait
+    assert job(job_id).status == "paused" and ses.store() == []
+    assert client.post(f"/api/v1/jobs/{job_id}/resume", headers=company.auth).status_code == 202
+    run_worker_burst(app)
+    done = job(job_id)
+    assert done.status == "completed" and done.paused_reason is None and len(ses.store()) == 250
+    assert client.post(f"/api/v1/jobs/{job_id}/resume", headers=company.auth).status_code == 409
