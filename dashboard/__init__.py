@@ -34,16 +34,10 @@ def create_app(config: dict | None = None) -> Flask:
     csrf.init_app(app)
     login_manager.init_app(app)
 
-    from dashboard import admin, api, auth, callbacks, cli, errors
+    from dashboard import admin, api, auth, bounces, callbacks, cli, errors, unsubscribe, verify
 
-    auth.init_app(app)
-    admin.init_app(app)
-    api.init_app(app)
-    callbacks.init_app(app)
-    errors.init_app(app)
-    cli.init_app(app)
-    __import__("dashboard.unsubscribe", fromlist=["init_app"]).init_app(app)  # issue 6: /u/<token>
-    __import__("dashboard.bounces", fromlist=["init_app"]).init_app(app)  # issue 6: bounce reports
+    for part in (auth, admin, api, callbacks, bounces, unsubscribe, verify, errors, cli):
+        part.init_app(app)
     return app
 
 

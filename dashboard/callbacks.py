@@ -1,9 +1,145 @@
-"""Signed callbacks from cloud workers (CONTRACT §4)."""
+"""Signed callbacks from cloud workers (CONTRACT §4).
+
+Which secret? A callback is signed with its company's ``callback_secret``,
+and the body must not be trusted (or parsed) before it verifies. The
+service therefore names the company in the callback URL it puts in every
+batch message (``/callbacks/v1/batches?company=<id>``, CONTRACT §5): the
+query string is read, that company's secrets (current, and previous while a
+rotation overlaps) verify the raw body, and only then is the body parsed.
+The job and batch it names must belong to that company, else 404.
+
+A callback to the bare path (no ``company``) is still accepted: the
+``job_id`` is read from the body only to choose whose secrets to try (a
+read-only lookup; nothing is acted upon), and the body is used only once
+it verifies. Such a callback can only ever verify for the job's own
+company, so a foreign secret there is a 401, not a 404: without the hint
+the service could attribute a signature only by trying every company's
+secret, which would let any unauthenticated request cost a decryption and
+an HMAC per company.
+
+Each ``webhook-id`` applies once (``tasks.offload.record_callback``).
+"""
 from __future__ import annotations
 
-from flask import Blueprint
+import json
+import logging
 
+from flask import Blueprint, jsonify, request
+
+from dashboard import webhooks
+from dashboard.errors import json_error
+from dashboard.extensions import db
+from dashboard.models import Batch, Company, Job
+from dashboard.tenancy import get_scoped
+
+log = logging.getLogger(__name__)
 bp = Blueprint("callbacks", __name__, url_prefix="/callbacks/v1")
+
+#: a batch's results, with room to spare (OFFLOAD_BATCH_SIZE is at most 10,000)
+MAX_BODY_BYTES = 8 * 1024 * 1024
+RESULT_STATUSES = ("sent", "failed")
+HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+
+
+class CallbackError(ValueError):
+    """A verified body that is not a CONTRACT §4 callback; the message says why."""
+
+
+def _row_id(value) -> int | None:
+    """``value`` when it can be a row id (a positive 32-bit integer), else ``None``."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**31:
+        return value
+    return None
+
+
+def _company_from_hint(raw: str) -> Company | None:
+    company_id = _row_id(int(raw)) if raw.isascii() and raw.isdigit() and len(raw) < 11 else None
+    return None if company_id is None else db.session.get(Company, company_id)
+
+
+def _company_from_body(body: bytes) -> Company | None:
+    """The company owning the job the (unverified) body names: only a candidate
+    signer, looked up read-only; nothing in the body is used otherwise."""
+    try:
+        job_id = json.loads(body).get("job_id")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    if _row_id(job_id) is None:
+        return None
+    job = db.session.get(Job, job_id)
+    return None if job is None else db.session.get(Company, job.company_id)
+
+
+def verified_company(body: bytes) -> Company:
+    """The company whose secret signed ``body``; raises ``webhooks.WebhookError``."""
+    for name in HEADERS:
+        if not request.headers.get(name):
+            raise webhooks.MissingHeaders(f"missing {name} header")
+    hint = request.args.get("company")
+    company = _company_from_hint(hint) if hint is not None else _company_from_body(body)
+    if company is None:
+        raise webhooks.BadSignature("no matching webhook signature")
+    webhooks.verify(company.callback_secrets(), request.headers, body)
+    return company
+
+
+def parse_callback(body: bytes) -> dict:
+    """Check a verified body's shape; raise ``CallbackError``."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        raise CallbackError("the body is not JSON") from None
+    if not isinstance(payload, dict):
+        raise CallbackError("the body must be a JSON object")
+    for key in ("job_id", "batch_number"):
+        if not isinstance(payload.get(key), int) or _row_id(payload[key]) is None:
+            raise CallbackError(f"{key} must be a positive integer")
+    results = payload.get("results")
+    if not isinstance(results, list):
+        raise CallbackError("results must be a list")
+    for i, result in enumerate(results):
+        if not isinstance(result, dict) or not isinstance(result.get("email"), str) \
+                or not isinstance(result.get("status"), str):
+            raise CallbackError(f"results[{i}] needs an email and a status")
+        for key in ("message_id", "error"):
+            if result.get(key) is not None and not isinstance(result[key], str):
+                raise CallbackError(f"results[{i}].{key} must be a string")
+        if result.get("message_id") and len(result["message_id"]) > 255:
+            raise CallbackError(f"results[{i}].message_id is too long")
+    return payload
+
+
+@bp.post("/batches")
+def batches():
+    """A cloud worker's report on one batch: verify, then apply once."""
+    from tasks.offload import record_callback
+
+    request.max_content_length = MAX_BODY_BYTES  # a larger body is a 413 before it is read
+    body = request.get_data(cache=False)
+    try:
+        company = verified_company(body)
+    except webhooks.WebhookError as exc:
+        db.session.rollback()
+        log.warning("Callback refused: %s", exc)
+        return json_error(401, "invalid_signature", str(exc))
+    try:
+        payload = parse_callback(body)
+    except CallbackError as exc:
+        return json_error(400, "invalid_callback", str(exc))
+    webhook_id = request.headers["webhook-id"]
+    if len(webhook_id) > 255:
+        return json_error(400, "invalid_callback", "webhook-id is longer than 255 characters")
+    job = get_scoped(Job, payload["job_id"], company.id)
+    batch = None if job is None else db.session.execute(Batch.scoped(company.id).where(
+        Batch.job_id == job.id, Batch.batch_number == payload["batch_number"])).scalar_one_or_none()
+    if batch is None:
+        return json_error(404, "not_found", "no such batch for this company")
+    counts = record_callback(batch, webhook_id, payload["results"])
+    if counts is None:
+        return jsonify({"ok": True, "duplicate": True})
+    log.info("Job %s: callback for batch %s: %s sent, %s failed, %s ignored", job.id, batch.batch_number,
+             counts["sent"], counts["failed"], counts["ignored"])
+    return jsonify({"ok": True})
 
 
 def init_app(app) -> None:

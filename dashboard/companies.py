@@ -15,7 +15,8 @@ from dashboard.models import (MODES, PROVIDERS, ROLES, SMTP_TLS, ApiToken, Compa
 
 #: every key `company configure` and the settings form accept
 SETTING_KEYS = ("provider", "mode", "enabled", "sender", "aws_access_key", "aws_secret_key", "aws_region",
-                "aws_endpoint_url", "aws_role_arn", "sqs_queue_url", "s3_bucket", "cloudflare_api_token",
+                "aws_endpoint_url", "aws_role_arn", "sqs_queue_url", "s3_bucket", "s3_endpoint_url",
+                "cloudflare_api_token",
                 "cloudflare_account_id", "cloudflare_queue_id", "cloudflare_api_base", "cloudflare_worker_url",
                 "smtp_host", "smtp_port", "smtp_username", "smtp_password", "smtp_tls", "max_send_rate",
                 "uncertain_policy", "data_retention_days", "moodle_db_url", "sns_topic_arn")

@@ -39,6 +39,7 @@ class JobRequest:
     body_html: str | None = None
     template: str | None = None
     send_at: datetime | None = None
+    options: dict | None = None
 
 
 def parse_request(payload) -> JobRequest:
@@ -56,7 +57,24 @@ def parse_request(payload) -> JobRequest:
             raise JobError("invalid_field", f"{key} must be a string")
     return JobRequest(type=jtype, recipients=recipients, subject=payload.get("subject"),
                       body_text=payload.get("body_text"), body_html=payload.get("body_html"),
-                      template=payload.get("template"), send_at=parse_time(payload.get("send_at"), "send_at"))
+                      template=payload.get("template"), send_at=parse_time(payload.get("send_at"), "send_at"),
+                      options=parse_options(payload))
+
+
+JOB_OPTIONS = {"certificate_delivery": ("link", "attachment")}
+
+
+def parse_options(payload: dict) -> dict | None:
+    """The job-level options a request may set (each with its allowed values)."""
+    options = {}
+    for key, allowed in JOB_OPTIONS.items():
+        value = payload.get(key)
+        if value is None:
+            continue
+        if value not in allowed:
+            raise JobError("invalid_field", f"{key} must be one of {', '.join(allowed)}")
+        options[key] = value
+    return options or None
 
 
 def parse_time(value, field: str) -> datetime | None:
@@ -161,7 +179,7 @@ def create_job(company_id: int, payload, *, idempotency_key: str | None = None, 
 
     job = Job(company_id=company_id, type=req.type, status=QUEUED, source=source, subject=subject,
               body_text=text_body, body_html=html_body, template_name=req.template, send_at=req.send_at,
-              idempotency_key=idempotency_key, created_by_user_id=user_id)
+              idempotency_key=idempotency_key, created_by_user_id=user_id, options=req.options)
     db.session.add(job)
     try:
         db.session.flush()

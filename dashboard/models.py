@@ -112,6 +112,7 @@ class DeliverySettings(TenantMixin, db.Model):
     aws_external_id = db.Column(db.String(100))
     sqs_queue_url = db.Column(db.String(500))
     s3_bucket = db.Column(db.String(255))
+    s3_endpoint_url = db.Column(db.String(500))  # S3/R2 endpoint, when not the AWS default
     cloudflare_api_token = db.Column(EncryptedText)
     cloudflare_account_id = db.Column(db.String(64))
     cloudflare_queue_id = db.Column(db.String(64))
@@ -238,6 +239,8 @@ class Job(TenantMixin, db.Model):
     body_text = db.Column(db.Text)
     body_html = db.Column(db.Text)
     created_by_user_id = db.Column(db.Integer, db.ForeignKey("users.id", ondelete="SET NULL"))
+    #: job-level options from the request, e.g. {"certificate_delivery": "attachment"}
+    options = db.Column(db.JSON)
 
     @property
     def is_final(self) -> bool:

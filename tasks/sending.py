@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import time
 from datetime import timedelta
+from types import SimpleNamespace
 
 from flask import current_app
 from redis import RedisError
@@ -23,12 +25,15 @@ from dashboard.queue import connection
 from dashboard.rendering import CompiledTemplate, RenderError
 from providers import (ConnectionFailure, Message, PermanentError, ProviderError, QuotaExceededError, Result,
                        ThrottledError)
-from tasks import dispatch, limits, store
+from tasks import certificates, dispatch, limits, store
 from tasks.routing import Route, fallback_route, primary_route, provider_for
 
 log = logging.getLogger(__name__)
 redis_errors = (RedisError, OSError)
 MAX_THROTTLE_WAITS = 30  # per batch run, before the batch is rescheduled
+#: ``ProviderError.code`` of a read timeout on a single API call (SES, Cloudflare):
+#: the request went out and no answer came, so the whole chunk may have been sent
+READ_TIMEOUTS = frozenset({"ReadTimeoutError", "ReadTimeout"})
 
 
 def worker_name() -> str:
@@ -42,6 +47,8 @@ def plan_job(job_id: int) -> int:
         return 0
     if job.cancel_requested_at is not None:
         dispatch.enqueue_finish(job_id)
+        return 0
+    if certificates.awaiting_issue(job):  # certificate jobs: PDFs first (tasks.certificates)
         return 0
     batch_ids = store.create_batches(job_id, current_app.config["OFFLOAD_BATCH_SIZE"])
     if not batch_ids:
@@ -74,7 +81,8 @@ class BatchRun:
         self.max_attempts = cfg["OFFLOAD_MAX_ATTEMPTS"]
         self.redis = connection()
         company = db.session.get(Company, claim.company_id)
-        self.company = company
+        # plain values, not ORM objects: every commit would expire them and cost a reload
+        self.company = SimpleNamespace(id=company.id, uncertain_policy=company.uncertain_policy)
         self.settings = company.settings
         self.config = self.settings.provider_config() if self.settings else {"enabled": False}
         self.version = self.settings.updated_at if self.settings else None
@@ -82,12 +90,16 @@ class BatchRun:
         job = db.session.get(Job, claim.job_id)
         self.job_type = job.type
         self.template = CompiledTemplate(job.subject, job.body_text, job.body_html)
+        self.certificates = certificates.mail_for(job)  # None unless a certificate job
         self.throttle_waits = 0
+        self.throttle_streak = 0  # throttled calls since the last one that went through
 
     # -- routes ---------------------------------------------------------------
     def first_route(self) -> Route | None:
         route = primary_route(self.config)
-        if route is None or limits.breaker_is_open(self.redis, self.company.id, route.provider):
+        # an offload company's batch is only ever sent here on the SMTP fallback
+        if route is None or route.kind == "offload" or \
+                limits.breaker_is_open(self.redis, self.company.id, route.provider):
             return fallback_route(self.config, self.global_fallback)
         return route
 
@@ -103,12 +115,14 @@ class BatchRun:
         messages, failures = [], []
         for rid, email, data, _attempts in rows:
             try:
+                attachments = self.certificates.attachments(rid, data) if self.certificates else []
                 r = self.template.render(data)
             except RenderError as exc:
                 failures.append(Result(rid, "failed", error=f"render_error: {exc}"))
                 continue
             headers = extra_headers(self.company, self.job_type, rid, email)
-            messages.append(Message(key=rid, to=email, subject=r.subject, text=r.text, html=r.html, headers=headers))
+            messages.append(Message(key=rid, to=email, subject=r.subject, text=r.text, html=r.html, headers=headers,
+                                    attachments=attachments))
         return messages, failures
 
     # -- the loop -------------------------------------------------------------
@@ -122,6 +136,10 @@ class BatchRun:
         store.mark_started(claim.job_id)
         store.recover_in_flight(claim, self.company.uncertain_policy)
         route = self.first_route()
+        if route is None and primary_route(self.config) is not None:
+            # the provider's circuit is open and there is no fallback: wait for it to close
+            return self.reschedule("provider unavailable (circuit open), no fallback", count_attempt=False,
+                                   delay=limits.BREAKER_OPEN_S * random.uniform(0.25, 0.5))
         if route is None:
             store.pause_job(claim.job_id, "delivery is disabled and no SMTP fallback is configured")
             return self.stop(B_QUEUED)
@@ -149,6 +167,9 @@ class BatchRun:
                 store.log_job_error(claim.job_id, f"batch {claim.batch_id}: {route.label} unreachable, "
                                                   f"using {fb.label}")
                 route = fb
+                rows = store.load_sendable(claim)  # what is left, timed-out chunks included
+                attempts = {r[0]: r[3] + 1 for r in rows}
+                i = 0
             else:
                 return outcome
         provider_for(self.company.id, route, self.version).close()
@@ -201,18 +222,33 @@ class BatchRun:
         except PermanentError as exc:
             results = [Result(m.key, "failed", error=exc.reason) for m in messages]
         except ProviderError as exc:  # retryable: these recipients come back later
+            if exc.code in READ_TIMEOUTS:
+                return self.timed_out(route)
             results = [Result(m.key, "retry", error=exc.reason) for m in messages]
+        self.throttle_streak = 0
         limits.breaker_success(self.redis, claim.company_id, route.provider)
+        # (mark_sending renewed the lease for this chunk; the next one renews it again)
         store.record_results(claim, results + render_failures, route.label, self.max_attempts, attempts)
-        self.keepalive()
         return "next"
+
+    def timed_out(self, route: Route) -> str:
+        """The provider took the call and never answered: it may have sent the
+        chunk, so its recipients are uncertain (counted; resent or failed per
+        the company's policy), and the provider counts as unavailable."""
+        self.keepalive()  # still ours? (a lease shorter than the provider's timeout is not)
+        store.recover_in_flight(self.claim, self.company.uncertain_policy)
+        limits.breaker_failure(self.redis, self.claim.company_id, route.provider)
+        return "fallback"
 
     def throttled(self, exc: ThrottledError) -> str:
         level = limits.throttle_level(self.redis, self.claim.company_id, bump=True)
         self.throttle_waits += 1
+        self.throttle_streak += 1
         if self.throttle_waits > MAX_THROTTLE_WAITS:
             return self.reschedule("throttled by the provider", count_attempt=False)
-        delay = limits.throttle_delay(level, exc.retry_after)
+        # the shared level grows while any worker is throttled; a call that went
+        # through resets this run's streak, so scattered throttles cost short waits
+        delay = limits.throttle_delay(min(level, self.throttle_streak), exc.retry_after)
         end = time.monotonic() + delay
         while time.monotonic() < end:
             time.sleep(min(1.0, max(0.0, end - time.monotonic())))
@@ -225,9 +261,10 @@ class BatchRun:
             return self.stop(B_CANCELLED)
         raise LostLease()
 
-    def reschedule(self, reason: str, count_attempt: bool = True) -> str:
+    def reschedule(self, reason: str, count_attempt: bool = True, delay: float | None = None) -> str:
         """Come back later for what is left, with exponential back-off and jitter."""
-        delay = limits.backoff(self.claim.attempts if count_attempt else 1)
+        if delay is None:
+            delay = limits.backoff(self.claim.attempts if count_attempt else 1)
         if count_attempt and self.claim.attempts >= self.max_attempts + 2:
             store.fail_remaining(self.claim, f"gave up: {reason}")
             return self.stop(B_FAILED, error=reason)

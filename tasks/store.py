@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, select, text, update
 
-from dashboard.bulk import execute_for_ids
+from dashboard.bulk import execute_for_ids, is_postgres
 from dashboard.extensions import db
 from dashboard.models import (B_CANCELLED, B_QUEUED, B_RETRY, B_SENDING, BATCH_FINAL,
                               CANCELLED, COMPLETED, FAILED, JOB_FINAL, PARTIAL, PROCESSING, QUEUED,
@@ -120,7 +120,8 @@ def load_sendable(claim: Claim) -> list:
 
 def mark_sending(claim: Claim, ids: list[int], lease_s: int) -> bool:
     """Claim recipients just before the provider call (attempt + 1), unless the
-    job was cancelled; False means stop: cancelled, or the batch was lost."""
+    job was cancelled; False means stop: cancelled, or the batch was lost.
+    The batch's lease is renewed in the same transaction, so it covers the call."""
     params = {"j": claim.job_id, "lease": utcnow() + timedelta(seconds=lease_s), "b": claim.batch_id,
               "w": claim.worker}
     res = execute_for_ids(
@@ -129,11 +130,15 @@ def mark_sending(claim: Claim, ids: list[int], lease_s: int) -> bool:
         "AND EXISTS (SELECT 1 FROM jobs WHERE jobs.id = :j AND jobs.cancel_requested_at IS NULL) "
         "AND EXISTS (SELECT 1 FROM batches WHERE batches.id = :b AND batches.leased_by = :w "
         "AND batches.status = 'sending')", ids, params)
-    if res.rowcount != len(ids):
-        db.session.rollback()
-        return False
-    db.session.commit()
-    return True
+    if res.rowcount == len(ids):  # recipients first, then the batch: record_results' lock order
+        res = db.session.execute(
+            update(Batch).where(Batch.id == claim.batch_id, Batch.leased_by == claim.worker,
+                                Batch.status == B_SENDING).values(lease_until=params["lease"]))
+        if res.rowcount == 1:
+            db.session.commit()
+            return True
+    db.session.rollback()
+    return False
 
 
 def unmark_sending(ids: list[int], *, refund_attempt: bool, error: str | None = None) -> None:
@@ -156,7 +161,7 @@ def record_results(claim: Claim, results, route: str, max_attempts: int, attempt
     or fail with their last reason once ``max_attempts`` is reached.
     """
     now = utcnow()
-    sent = [{"rid": r.key, "mid": r.message_id, "now": now, "route": route} for r in results if r.status == "sent"]
+    sent = [{"rid": r.key, "mid": r.message_id} for r in results if r.status == "sent"]
     failed, retry = [], []
     for r in results:
         if r.status == "failed":
@@ -166,26 +171,39 @@ def record_results(claim: Claim, results, route: str, max_attempts: int, attempt
                 failed.append({"rid": r.key, "err": f"gave up after {max_attempts} attempts: {r.error}"[:2000]})
             else:
                 retry.append({"rid": r.key, "err": (r.error or "retry")[:2000]})
-    table = Recipient.__table__
-    if sent:
-        db.session.execute(
-            table.update().where(table.c.id == bindparam("rid"), table.c.status == "sending")
-            .values(status="sent", message_id=bindparam("mid"), sent_at=bindparam("now"),
-                    route=bindparam("route"), lease_until=None, error=None), sent)
-    if failed:
-        db.session.execute(
-            table.update().where(table.c.id == bindparam("rid"), table.c.status == "sending")
-            .values(status="failed", error=bindparam("err"), lease_until=None), failed)
-    if retry:
-        db.session.execute(
-            table.update().where(table.c.id == bindparam("rid"), table.c.status == "sending")
-            .values(status="pending", error=bindparam("err"), lease_until=None), retry)
+    _set_outcomes(sent, "sent", now, route)
+    _set_outcomes(failed, "failed", now, route)
+    _set_outcomes(retry, "pending", now, route)
     db.session.execute(update(Job).where(Job.id == claim.job_id).values(
         emails_sent=Job.emails_sent + len(sent), emails_failed=Job.emails_failed + len(failed)))
     db.session.execute(update(Batch).where(Batch.id == claim.batch_id).values(
         sent_count=Batch.sent_count + len(sent), failed_count=Batch.failed_count + len(failed)))
     db.session.commit()
     return {"sent": len(sent), "failed": len(failed), "retry": len(retry)}
+
+
+def _set_outcomes(rows: list[dict], status: str, now, route: str) -> None:
+    """Write one outcome for many recipients still ``sending``: one statement
+    on PostgreSQL (``unnest`` of id/message-id/error arrays), executemany elsewhere."""
+    if not rows:
+        return
+    sent = status == "sent"
+    if is_postgres():
+        db.session.execute(text(
+            "UPDATE recipients AS r SET status = :status, message_id = coalesce(v.mid, r.message_id), "
+            "error = v.err, lease_until = NULL, sent_at = CASE WHEN :sent THEN :now ELSE r.sent_at END, "
+            "route = CASE WHEN :sent THEN :route ELSE r.route END "
+            "FROM unnest(CAST(:ids AS integer[]), CAST(:mids AS text[]), CAST(:errs AS text[])) AS v(id, mid, err) "
+            "WHERE r.id = v.id AND r.status = 'sending'"),
+            {"status": status, "sent": sent, "now": now, "route": route, "ids": [r["rid"] for r in rows],
+             "mids": [r.get("mid") for r in rows], "errs": [r.get("err") for r in rows]})
+        return
+    table = Recipient.__table__
+    values = {"status": status, "lease_until": None, "error": bindparam("err")}
+    if sent:
+        values.update(message_id=bindparam("mid"), sent_at=now, route=route)
+    db.session.execute(table.update().where(table.c.id == bindparam("rid"), table.c.status == "sending")
+                       .values(**values), [{"rid": r["rid"], "mid": r.get("mid"), "err": r.get("err")} for r in rows])
 
 
 def pending_left(claim: Claim) -> int:
@@ -245,10 +263,13 @@ def finish_job(job_id: int) -> str | None:
     open_batches = db.session.execute(text(
         "SELECT count(*) FROM batches WHERE job_id = :j AND status NOT IN ('done', 'failed', 'cancelled')"),
         {"j": job_id}).scalar()
+    if open_batches:  # the cheap check first: every batch's end calls this
+        db.session.rollback()
+        return None
     counts = dict(db.session.execute(text(
         "SELECT status, count(*) FROM recipients WHERE job_id = :j GROUP BY status"), {"j": job_id}).all())
-    unfinished = sum(counts.get(s, 0) for s in ("pending", "sending", "uncertain"))
-    if open_batches or unfinished:
+    if sum(counts.get(s, 0) for s in ("pending", "sending", "uncertain")):
+        db.session.rollback()
         return None
     sent, bad = counts.get("sent", 0), counts.get("failed", 0) + counts.get("bounced", 0)
     if job.cancel_requested_at is not None:

@@ -16,15 +16,19 @@ from sqlalchemy import text
 from dashboard.extensions import db
 from dashboard.models import utcnow
 from tasks import dispatch
+from tasks.offload import enqueue_fallback, reconcile
 
 log = logging.getLogger(__name__)
 GRACE_S = 10  # a queued batch younger than this is left alone
 
 
-def expired_leases() -> list[tuple[int, int]]:
+def expired_leases() -> list[tuple[int, int, str]]:
+    """(batch id, attempts, company mode) of batches whose holder's lease ran out."""
     rows = db.session.execute(text(
-        "SELECT id, attempts FROM batches WHERE status = 'sending' AND lease_until < :now"), {"now": utcnow()}).all()
-    return [(r.id, r.attempts) for r in rows]
+        "SELECT b.id, b.attempts, coalesce(ds.mode, 'direct') AS mode FROM batches b "
+        "LEFT JOIN delivery_settings ds ON ds.company_id = b.company_id "
+        "WHERE b.status = 'sending' AND b.lease_until < :now"), {"now": utcnow()}).all()
+    return [(r.id, r.attempts, r.mode) for r in rows]
 
 
 def waiting_batches() -> list[tuple[int, int]]:
@@ -57,8 +61,11 @@ def sweep() -> dict:
     from tasks.sending import finish_job
 
     expired = expired_leases()
-    for bid, attempts in expired:
-        dispatch.enqueue_batches([(bid, attempts)])  # the claim takes over the expired lease
+    for bid, attempts, mode in expired:  # the claim takes over the expired lease
+        if mode == "offload":  # a fallback run that died: it goes on by the fallback
+            enqueue_fallback(bid, attempts)
+        else:
+            dispatch.enqueue_batches([(bid, attempts)])
     lost = waiting_batches()
     dispatch.enqueue_batches(lost)
     replanned = 0
@@ -105,8 +112,4 @@ def _purge_if_due() -> int:
 
 
 def _reconcile_offload() -> int:
-    try:
-        from tasks.offload import reconcile
-    except ImportError:
-        return 0
     return reconcile()

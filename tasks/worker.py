@@ -29,6 +29,8 @@ class AppWorker(SimpleWorker):
     """Runs every job inside the Flask app's context, with a clean session after."""
 
     app: Flask | None = None
+    #: set by SIGTERM/SIGINT: run_worker then ends instead of starting a fresh worker
+    stop_requested = False
 
     def _set_ip_address(self, connection) -> None:
         """The embedded demo Redis (fakeredis) lacks CLIENT SETNAME/INFO: tolerate it."""
@@ -36,7 +38,6 @@ class AppWorker(SimpleWorker):
             super()._set_ip_address(connection)
         except (RedisError, ValueError):
             self.ip_address = "unknown"
-    stop_requested = False
 
     def request_stop(self, signum, frame):
         AppWorker.stop_requested = True

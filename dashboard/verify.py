@@ -1,0 +1,95 @@
+"""Public certificate pages, no login: verification and the learner's download link.
+
+- ``GET /verify/<code>``: an HTML page with the holder, course, dates and
+  validity (valid / expired / revoked), nothing else.
+- ``GET /api/v1/verify/<code>``: the same facts as JSON.
+- ``GET /certificates/<code>/download``: the stable link mailed to the
+  learner; redirects to a presigned URL of the PDF that expires in minutes.
+
+An unknown code is a plain 404; every lookup runs the same query and a
+constant-time comparison (``dashboard.certificates.find_by_code``). Each
+client IP gets ``OFFLOAD_VERIFY_RATE_PER_MIN`` lookups a minute (default
+60) while Redis answers.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Blueprint, abort, current_app, jsonify, redirect, render_template, request
+from redis import RedisError
+from werkzeug.exceptions import TooManyRequests
+
+from dashboard import certificates as service
+from dashboard.queue import connection
+from providers.base import ProviderError
+
+log = logging.getLogger(__name__)
+bp = Blueprint("verify", __name__)
+RATE_PER_MIN = 60
+SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; "
+                               "form-action 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "X-Robots-Tag": "noindex",
+}
+
+
+@bp.before_request
+def rate_limit():
+    """429 once this client made more lookups this minute than allowed."""
+    limit = current_app.config.get("OFFLOAD_VERIFY_RATE_PER_MIN", RATE_PER_MIN)
+    key = f"offload:verify-rate:{request.remote_addr or '-'}:{int(time.time() // 60)}"
+    try:
+        pipe = connection().pipeline()
+        count = pipe.incr(key).expire(key, 120).execute()[0]
+    except (RedisError, OSError) as exc:  # the limit is a courtesy; the lookup stays constant-time
+        log.warning("verification rate limit unavailable: %s", type(exc).__name__)
+        return None
+    if count > limit:
+        raise TooManyRequests("Too many verification requests; try again in a minute.", retry_after=60)
+    return None
+
+
+@bp.after_request
+def security_headers(response):
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def _certificate_or_404(code: str):
+    cert = service.find_by_code(code)
+    if cert is None:
+        abort(404)
+    return cert
+
+
+@bp.get("/verify/<code>")
+def page(code: str):
+    cert = _certificate_or_404(code)
+    return render_template("certificates/verify.html", view=service.public_view(cert))
+
+
+@bp.get("/api/v1/verify/<code>")
+def as_json(code: str):
+    return jsonify(service.public_view(_certificate_or_404(code)))
+
+
+@bp.get("/certificates/<code>/download")
+def download(code: str):
+    """Redirect to a fresh presigned URL; revoked certificates are gone (410)."""
+    cert = _certificate_or_404(code)
+    if cert.revoked_at is not None:
+        abort(410)
+    try:
+        url = service.presigned_link(cert)
+    except ProviderError as exc:
+        log.warning("Certificate %s: no download link: %s", cert.id, exc.reason)
+        abort(503)
+    return redirect(url, code=302)
+
+
+def init_app(app) -> None:
+    app.register_blueprint(bp)

@@ -1,0 +1,602 @@
+"""Offload mode: batches go to the company's own cloud queue (CONTRACT §5),
+its cloud worker sends them and reports back with a signed callback (§4).
+
+- ``submit_batches`` (RQ job, ids only) claims up to ten batches, builds one
+  message per batch and hands them to the company's queue in one
+  ``providers.offload`` submit call. A claimed batch is ``submitted`` from
+  the moment it is claimed, with a callback deadline past its lease: a worker
+  that dies mid-submit leaves a batch that ``reconcile`` settles by the
+  company's uncertain policy, never one that is silently sent twice or lost.
+- ``record_callback`` applies a verified callback's results exactly once
+  per ``webhook-id`` (the view in ``dashboard.callbacks`` verifies).
+- ``reconcile`` (called by the sweep) settles batches whose callback never
+  came, re-queues submissions the queue lost and purges old receipts.
+- ``send_fallback`` (RQ job) sends a batch through the SMTP fallback when
+  the cloud queue cannot be reached.
+
+Messages carry recipient data (passwords): they exist only in memory on
+their way to the queue and are never logged; RQ arguments are batch ids.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import timedelta
+
+from flask import current_app
+from redis import RedisError
+from sqlalchemy import bindparam, delete, or_, select, text, update
+from sqlalchemy.exc import IntegrityError
+
+from dashboard.extensions import db
+from dashboard.models import (B_CANCELLED, B_DONE, B_FAILED, B_QUEUED, B_RETRY, B_SENDING, B_SUBMITTED,
+                              BATCH_FINAL, PAUSED, Batch, Company, Job, Recipient, WebhookReceipt, utcnow)
+from dashboard.queue import DEFAULT, connection, get_queue
+from providers import ConnectionFailure, PermanentError, ProviderError
+from providers.offload import get_transport
+from tasks import dispatch, limits, store
+from tasks.routing import fallback_route, primary_route
+from tasks.sending import BatchRun, LostLease, finish_job, worker_name
+
+log = logging.getLogger(__name__)
+
+#: the batch route for each offload provider
+ROUTES = {"aws": "offload:sqs", "cloudflare": "offload:cloudflare"}
+CALLBACK_PATH = "/callbacks/v1/batches"
+#: webhook-ids are kept longer than any worker retries a callback
+RECEIPT_TTL = timedelta(days=7)
+#: a queued offload batch due for this long with no live RQ job was lost by the queue
+LOST_GRACE_S = 60
+#: recipients a callback may still settle
+OPEN_RECIPIENT = ("pending", "uncertain", "sending")
+#: what the cloud workers render: ``{{ name }}`` and nothing else
+_SIMPLE = re.compile(r"\{\{\s*[A-Za-z_][A-Za-z0-9_]*\s*\}\}")
+_TEMPLATE_SYNTAX = re.compile(r"\{\{|\{%|\{#")
+
+
+# --------------------------------------------------------------------------- submit
+
+def claim_for_submit(batch_id: int, worker: str, lease_s: int, timeout_s: int) -> store.Claim | None:
+    """Take a waiting batch straight into ``submitted``, leased to ``worker``.
+
+    The deadline covers the lease too: if this worker dies before recording
+    the outcome, ``reconcile`` treats the batch like one whose callback never
+    came (the queue may or may not have the message).
+    """
+    now = utcnow()
+    res = db.session.execute(text(
+        "UPDATE batches SET status = :submitted, lease_until = :lease, leased_by = :worker, "
+        "attempts = attempts + 1, next_attempt_at = NULL, callback_deadline = :deadline, "
+        "callback_received_at = NULL "
+        "WHERE id = :id AND status IN ('pending', 'queued', 'retry') "
+        "AND (next_attempt_at IS NULL OR next_attempt_at <= :soon)"),
+        {"submitted": B_SUBMITTED, "lease": now + timedelta(seconds=lease_s), "worker": worker, "id": batch_id,
+         "deadline": now + timedelta(seconds=lease_s + timeout_s), "soon": now + timedelta(seconds=2)})
+    db.session.commit()
+    if res.rowcount != 1:
+        return None
+    b = db.session.execute(select(Batch.job_id, Batch.company_id, Batch.first_recipient_id,
+                                  Batch.last_recipient_id, Batch.attempts).where(Batch.id == batch_id)).one()
+    return store.Claim(batch_id, b.job_id, b.company_id, b.first_recipient_id, b.last_recipient_id, b.attempts,
+                       worker)
+
+
+def _release(claim: store.Claim, status: str, **values) -> bool:
+    """Give a claimed batch up in ``status``, unless someone else changed it meanwhile
+    (a cancel, or a callback that already settled it)."""
+    values = {"status": status, "lease_until": None, "leased_by": None, **values}
+    if status in BATCH_FINAL:
+        values["completed_at"] = utcnow()
+    if "error" in values and values["error"]:
+        values["error"] = values["error"][:2000]
+    res = db.session.execute(update(Batch).where(Batch.id == claim.batch_id, Batch.leased_by == claim.worker,
+                                                 Batch.status == B_SUBMITTED).values(**values))
+    db.session.commit()
+    return res.rowcount == 1
+
+
+def callback_url(company_id: int) -> str:
+    """Where the cloud worker posts its callback. The company id in the query
+    names whose secret signs it, so the service verifies before it parses."""
+    return f"{current_app.config['OFFLOAD_PUBLIC_URL']}{CALLBACK_PATH}?company={company_id}"
+
+
+def unsupported_template(*parts: str | None) -> bool:
+    """True when a template uses more than ``{{ name }}`` (the cloud workers render nothing else)."""
+    for part in parts:
+        if part and _TEMPLATE_SYNTAX.search(_SIMPLE.sub("", part)):
+            return True
+    return False
+
+
+@dataclass
+class Item:
+    """One claimed batch on its way to the queue."""
+
+    claim: store.Claim
+    batch_number: int
+
+    @property
+    def key(self) -> str:
+        # unique per attempt: a FIFO queue dedupes a repeated key for five minutes
+        return f"batch-{self.claim.batch_id}-{self.claim.attempts}"
+
+
+class Submission:
+    """The claimed batches of one company, submitted in one transport call."""
+
+    def __init__(self, company_id: int, claims: list[store.Claim]):
+        cfg = current_app.config
+        self.company = db.session.get(Company, company_id)
+        settings = self.company.settings
+        self.config = settings.provider_config() if settings else {"enabled": False}
+        self.provider = self.config.get("provider")
+        self.global_fallback = cfg["OFFLOAD_FALLBACK_SMTP"]
+        self.max_attempts = cfg["OFFLOAD_MAX_ATTEMPTS"]
+        self.timeout_s = cfg["OFFLOAD_CALLBACK_TIMEOUT_S"]
+        self.redis = connection()
+        numbers = dict(db.session.execute(select(Batch.id, Batch.batch_number)
+                                          .where(Batch.id.in_([c.batch_id for c in claims]))).all())
+        self.items = [Item(c, numbers[c.batch_id]) for c in claims]
+        self.outcome: dict[str, int] = defaultdict(int)
+        #: batches whose messages went to the queue call (the queue may have them)
+        self.handed: set[int] = set()
+
+    def run(self) -> dict[str, int]:
+        items = self.live_items()
+        if not items:
+            return self.outcome
+        if self.config.get("mode") != "offload" or self.provider not in ROUTES:
+            # switched to direct since planning: the direct path sends it
+            for item in items:
+                _release(item.claim, B_QUEUED)
+            dispatch.enqueue_batches([(i.claim.batch_id, i.claim.attempts) for i in items])
+            self.outcome["direct"] += len(items)
+            return self.outcome
+        if primary_route(self.config) is None:
+            return self.to_fallback(items, "delivery is disabled")
+        if limits.breaker_is_open(self.redis, self.company.id, self.provider):
+            return self.to_fallback(items, f"the circuit for {self.provider} is open")
+        if not self.config.get("sender"):
+            return self.pause(items, "no sender address is configured for the company")
+        self.submit(items)
+        return self.outcome
+
+    def live_items(self) -> list[Item]:
+        """Drop batches of cancelled or paused jobs (released accordingly)."""
+        live = []
+        for item in self.items:
+            status, cancelled = store.job_state(item.claim.job_id)
+            if cancelled is not None:
+                _release(item.claim, B_CANCELLED)
+                if finish_job(item.claim.job_id) is None:
+                    dispatch.enqueue_finish(item.claim.job_id)
+                self.outcome["cancelled"] += 1
+            elif status == PAUSED:
+                _release(item.claim, B_QUEUED)
+                self.outcome["paused"] += 1
+            else:
+                live.append(item)
+        return live
+
+    def pause(self, items: list[Item], reason: str) -> dict[str, int]:
+        for item in items:
+            store.pause_job(item.claim.job_id, reason)
+            _release(item.claim, B_QUEUED)
+        self.outcome["paused"] += len(items)
+        return self.outcome
+
+    # -- the queue call ---------------------------------------------------------
+    def build(self, items: list[Item]) -> list[tuple[Item, dict]]:
+        """One CONTRACT §5 message per batch; batches with nothing left are done."""
+        built = []
+        for item in items:
+            claim = item.claim
+            job = db.session.get(Job, claim.job_id)
+            rows = store.load_sendable(claim)
+            if not rows:
+                self.finish(item, B_DONE)
+                continue
+            built.append((item, {
+                "job_id": job.id, "batch_number": item.batch_number, "company_id": claim.company_id,
+                "callback_url": callback_url(claim.company_id), "sender": self.config["sender"],
+                "template": {"subject": job.subject, "text": job.body_text or "", "html": job.body_html or ""},
+                "recipients": [{"email": email, "data": data or {}} for _rid, email, data, _n in rows],
+            }))
+        return built
+
+    def submit(self, items: list[Item]) -> None:
+        jobs = {i.claim.job_id: db.session.get(Job, i.claim.job_id) for i in items}
+        broken = {jid for jid, job in jobs.items() if unsupported_template(job.subject, job.body_text, job.body_html)}
+        if broken:
+            self.pause([i for i in items if i.claim.job_id in broken],
+                       "the template uses more than {{ name }} placeholders, which cloud workers cannot render")
+            items = [i for i in items if i.claim.job_id not in broken]
+        built = self.build(items)
+        if not built:
+            return
+        try:
+            transport = get_transport(self.provider, self.config)
+        except PermanentError as exc:
+            self.fail([item for item, _ in built], exc.reason)
+            return
+        self.handing_over([item for item, _ in built])
+        try:
+            results = transport.submit([(item.key, message) for item, message in built])
+        except ConnectionFailure as exc:
+            limits.breaker_failure(self.redis, self.company.id, self.provider)
+            self.to_fallback([item for item, _ in built], exc.reason)
+            return
+        except PermanentError as exc:
+            self.fail([item for item, _ in built], exc.reason)
+            return
+        except ProviderError as exc:
+            if exc.code == "timeout":
+                self.maybe_accepted([item for item, _ in built], exc.reason)
+            else:  # throttled, 5xx: the same call may work later
+                self.retry([item for item, _ in built], exc.reason)
+            return
+        finally:
+            transport.close()
+        limits.breaker_success(self.redis, self.company.id, self.provider)
+        self.settle([(item, result) for (item, _), result in zip(built, results, strict=True)])
+
+    def settle(self, outcomes) -> None:
+        accepted = [item for item, r in outcomes if r.ok]
+        if accepted:
+            self.accepted(accepted)
+        retry = [(item, r) for item, r in outcomes if not r.ok and r.retryable]
+        if retry:
+            self.retry([item for item, _ in retry], retry[0][1].error or "queue refused the message")
+        for item, r in outcomes:
+            if not r.ok and not r.retryable:
+                self.fail([item], r.error or "queue refused the message")
+
+    def handing_over(self, items: list[Item]) -> None:
+        """Record the route before the queue call: a fast worker's callback may
+        arrive before the call returns, and settles the batch on that route."""
+        ids = [i.claim.batch_id for i in items]
+        db.session.execute(update(Batch).where(Batch.id.in_(ids)).values(route=ROUTES[self.provider],
+                                                                         submitted_at=utcnow()))
+        db.session.commit()
+        self.handed.update(ids)
+
+    # -- outcomes ---------------------------------------------------------------
+    def accepted(self, items: list[Item]) -> None:
+        now = utcnow()
+        route = ROUTES[self.provider]
+        for item in items:
+            c = item.claim
+            # no change when a callback already settled the batch (done)
+            db.session.execute(update(Batch).where(
+                Batch.id == c.batch_id, Batch.leased_by == c.worker, Batch.status == B_SUBMITTED).values(
+                callback_deadline=now + timedelta(seconds=self.timeout_s), lease_until=None, leased_by=None,
+                error=None))
+            db.session.execute(text(
+                "UPDATE recipients SET attempts = attempts + 1 WHERE job_id = :j AND id BETWEEN :a AND :b "
+                "AND status IN ('pending', 'uncertain')"), {"j": c.job_id, "a": c.first_id, "b": c.last_id})
+        db.session.commit()
+        for job_id in {i.claim.job_id for i in items}:
+            store.mark_started(job_id)
+        log.info("Company %s: %s batches submitted to %s", self.company.id, len(items), route)
+        self.outcome["submitted"] += len(items)
+
+    def maybe_accepted(self, items: list[Item], reason: str) -> None:
+        """The queue did not answer in time: it may hold the messages. Submitting
+        again could send twice, so wait for the callbacks; ``reconcile`` settles
+        what never comes by the company's uncertain policy."""
+        for item in items:
+            store.log_job_error(item.claim.job_id, f"batch {item.batch_number}: {reason}; the queue may have it, "
+                                                   "waiting for its callback")
+        self.accepted(items)
+
+    def retry(self, items: list[Item], reason: str) -> None:
+        """Back to ``retry`` with back-off; after OFFLOAD_MAX_ATTEMPTS the recipients fail."""
+        spent = [i for i in items if i.claim.attempts >= self.max_attempts]
+        if spent:
+            self.fail(spent, f"gave up after {self.max_attempts} attempts: {reason}")
+        again = [i for i in items if i.claim.attempts < self.max_attempts]
+        if not again:
+            return
+        delay = limits.backoff(max(i.claim.attempts for i in again))
+        when = utcnow() + timedelta(seconds=delay)
+        for item in again:
+            _release(item.claim, B_RETRY, next_attempt_at=when, error=reason)
+            log.warning("Batch %s: submission failed (%s); retrying in %.0f s", item.claim.batch_id, reason, delay)
+        dispatch.enqueue_submit([i.claim.batch_id for i in again], delay=delay)
+        self.outcome["retry"] += len(again)
+
+    def fail(self, items: list[Item], reason: str) -> None:
+        for item in items:
+            store.fail_remaining(item.claim, reason)
+            store.log_job_error(item.claim.job_id, f"batch {item.batch_number}: {reason}")
+            self.finish(item, B_FAILED, error=reason)
+
+    def finish(self, item: Item, status: str, error: str | None = None) -> None:
+        _release(item.claim, status, error=error)
+        finish_job(item.claim.job_id)
+        self.outcome[status] += 1
+
+    def to_fallback(self, items: list[Item], reason: str) -> dict[str, int]:
+        """The queue is unreachable (or delivery disabled): SMTP fallback, else retry later."""
+        fallback = fallback_route(self.config, self.global_fallback)
+        if fallback is None:
+            if primary_route(self.config) is None:
+                return self.pause(items, "delivery is disabled and no SMTP fallback is configured")
+            self.retry(items, reason)
+            return self.outcome
+        for item in items:
+            store.log_job_error(item.claim.job_id, f"batch {item.batch_number}: {reason}; using {fallback.label}")
+            _release(item.claim, B_QUEUED, route=fallback.label)
+            enqueue_fallback(item.claim.batch_id, item.claim.attempts)
+        self.outcome["fallback"] += len(items)
+        return self.outcome
+
+
+def submit_batches(batch_ids: list[int]) -> dict[str, int]:
+    """RQ job: submit up to ten batches to their companies' cloud queues.
+
+    Safe to run twice: the claim decides who submits. Returns counts only.
+    """
+    cfg = current_app.config
+    worker = worker_name()
+    claims = [c for c in (claim_for_submit(int(bid), worker, cfg["OFFLOAD_LEASE_S"],
+                                           cfg["OFFLOAD_CALLBACK_TIMEOUT_S"]) for bid in batch_ids) if c]
+    by_company: dict[int, list[store.Claim]] = defaultdict(list)
+    for claim in claims:
+        by_company[claim.company_id].append(claim)
+    outcome: dict[str, int] = defaultdict(int)
+    for company_id, group in by_company.items():
+        submission = None
+        try:
+            submission = Submission(company_id, group)
+            done = submission.run()
+        except Exception:
+            db.session.rollback()
+            handed = submission.handed if submission is not None else set()
+            for claim in group:
+                # a batch that reached the queue call stays submitted: reconcile settles it at its
+                # deadline; the others may go again soon. The exception still reaches RQ.
+                if claim.batch_id not in handed:
+                    _release(claim, B_RETRY, next_attempt_at=utcnow() + timedelta(seconds=5),
+                             error="worker error; retrying")
+            raise
+        for key, count in done.items():
+            outcome[key] += count
+    outcome["skipped"] = len(batch_ids) - len(claims)
+    return dict(outcome)
+
+
+# --------------------------------------------------------------------------- SMTP fallback
+
+def _enqueue(rq_id: str, func: str, arg, delay: float = 0) -> None:
+    """Queue one offload job under a predictable id (the sweep can tell it is live);
+    a Redis outage is logged, and ``requeue_lost`` rebuilds the work later."""
+    queue = get_queue(DEFAULT)
+    try:
+        if delay > 0:
+            queue.enqueue_in(timedelta(seconds=delay), func, arg, job_id=rq_id, retry=dispatch.JOB_RETRY,
+                             **dispatch.JOB_KW)
+        else:
+            queue.enqueue(func, arg, job_id=rq_id, retry=dispatch.JOB_RETRY, **dispatch.JOB_KW)
+    except (RedisError, OSError) as exc:
+        log.warning("could not enqueue %s: %s; the sweep will pick it up", rq_id, type(exc).__name__)
+
+
+def enqueue_resubmit(batch_id: int, attempts: int) -> None:
+    _enqueue(f"submit-{batch_id}-{attempts}", "tasks.offload.submit_batches", [batch_id])
+
+
+def enqueue_fallback(batch_id: int, attempts: int) -> None:
+    _enqueue(f"fallback-{batch_id}-{attempts}", "tasks.offload.send_fallback", batch_id)
+
+
+class FallbackRun(BatchRun):
+    """``tasks.sending.BatchRun`` on the SMTP fallback route only; a retry goes
+    back through ``submit_batches``, which tries the cloud queue first again."""
+
+    def first_route(self):
+        return fallback_route(self.config, self.global_fallback)
+
+    def reschedule(self, reason: str, count_attempt: bool = True, delay: float | None = None) -> str:
+        if delay is None:
+            delay = limits.backoff(self.claim.attempts if count_attempt else 1)
+        if count_attempt and self.claim.attempts >= self.max_attempts + 2:
+            store.fail_remaining(self.claim, f"gave up: {reason}")
+            return self.stop(B_FAILED, error=reason)
+        store.release_batch(self.claim, B_RETRY, next_attempt_at=utcnow() + timedelta(seconds=delay),
+                            error=reason)
+        dispatch.enqueue_submit([self.claim.batch_id], delay=delay)
+        return B_RETRY
+
+
+def send_fallback(batch_id: int) -> str:
+    """RQ job: send one offload batch through the SMTP fallback (route ``fallback:smtp``)."""
+    claim = store.claim_batch(batch_id, worker_name(), current_app.config["OFFLOAD_LEASE_S"])
+    if claim is None:
+        return "skipped"
+    try:
+        return FallbackRun(claim).run()
+    except LostLease:
+        db.session.rollback()
+        log.warning("Batch %s: lease lost; another worker has it", batch_id)
+        return "lost"
+    except Exception:
+        db.session.rollback()
+        try:  # let a retry have it soon; the exception still reaches RQ
+            store.release_batch(claim, B_RETRY, next_attempt_at=utcnow() + timedelta(seconds=5),
+                                error="worker error; retrying")
+        except Exception:  # the database may be what failed; the lease then expires
+            db.session.rollback()
+        raise
+
+
+# --------------------------------------------------------------------------- callbacks
+
+def record_callback(batch: Batch, webhook_id: str, results: list[dict]) -> dict[str, int] | None:
+    """Apply one verified callback's results; ``None`` when ``webhook_id`` was already applied.
+
+    The receipt is written in the same transaction as the results, first, so
+    a concurrent duplicate waits on it and then fails the unique constraint.
+    Only recipients not yet final change; results for others are ignored.
+    """
+    company_id, job_id = batch.company_id, batch.job_id
+    seen = db.session.execute(WebhookReceipt.scoped(company_id).where(
+        WebhookReceipt.webhook_id == webhook_id)).scalar_one_or_none()
+    if seen is not None:
+        return None
+    try:
+        db.session.add(WebhookReceipt(company_id=company_id, webhook_id=webhook_id))
+        db.session.flush()
+        # one callback at a time per batch (a no-op on SQLite, which serialises writers)
+        db.session.execute(select(Batch.id).where(Batch.id == batch.id).with_for_update())
+        counts = _apply_results(batch, results)
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        return None
+    finish_job(job_id)
+    return counts
+
+
+def _apply_results(batch: Batch, results: list[dict]) -> dict[str, int]:
+    open_rows = db.session.execute(
+        select(Recipient.id, Recipient.email).where(
+            Recipient.job_id == batch.job_id,
+            Recipient.id.between(batch.first_recipient_id, batch.last_recipient_id),
+            Recipient.status.in_(OPEN_RECIPIENT)).order_by(Recipient.id)).all()
+    by_email: dict[str, list[int]] = defaultdict(list)
+    for rid, email in open_rows:
+        by_email[email].append(rid)
+    now, route = utcnow(), batch.route or "offload"
+    sent, failed, ignored = [], [], 0
+    for result in results:
+        ids = by_email.get(result["email"])
+        if not ids or result["status"] not in ("sent", "failed"):
+            ignored += 1
+            continue
+        rid = ids.pop(0)
+        if result["status"] == "sent":
+            sent.append({"rid": rid, "mid": (result.get("message_id") or None), "now": now, "route": route})
+        else:
+            failed.append({"rid": rid, "err": (result.get("error") or "failed")[:2000]})
+    table = Recipient.__table__
+    open_ = or_(*(table.c.status == status for status in OPEN_RECIPIENT))  # no IN: executemany
+    n_sent = n_failed = 0
+    if sent:
+        n_sent = db.session.execute(
+            table.update().where(table.c.id == bindparam("rid"), open_).values(
+                status="sent", message_id=bindparam("mid"), sent_at=bindparam("now"), route=bindparam("route"),
+                error=None, lease_until=None), sent).rowcount
+    if failed:
+        n_failed = db.session.execute(
+            table.update().where(table.c.id == bindparam("rid"), open_).values(
+                status="failed", error=bindparam("err"), lease_until=None), failed).rowcount
+    db.session.execute(update(Job).where(Job.id == batch.job_id).values(
+        emails_sent=Job.emails_sent + n_sent, emails_failed=Job.emails_failed + n_failed))
+    left = db.session.execute(text(
+        "SELECT count(*) FROM recipients WHERE job_id = :j AND id BETWEEN :a AND :b "
+        "AND status IN ('pending', 'uncertain', 'sending')"),
+        {"j": batch.job_id, "a": batch.first_recipient_id, "b": batch.last_recipient_id}).scalar()
+    values = {"callback_received_at": now, "sent_count": Batch.sent_count + n_sent,
+              "failed_count": Batch.failed_count + n_failed}
+    db.session.execute(update(Batch).where(Batch.id == batch.id).values(**values))
+    if not left:
+        # a batch a worker holds (SMTP fallback in progress) is closed by that worker
+        db.session.execute(update(Batch).where(
+            Batch.id == batch.id, Batch.status.notin_((*BATCH_FINAL, B_SENDING))).values(
+            status=B_DONE, completed_at=now, lease_until=None, leased_by=None))
+    return {"sent": n_sent, "failed": n_failed, "ignored": ignored + len(sent) + len(failed) - n_sent - n_failed}
+
+
+# --------------------------------------------------------------------------- reconcile
+
+def reconcile() -> int:
+    """Settle overdue and lost offload batches; returns how many were acted on."""
+    acted = settle_overdue() + requeue_lost()
+    purge_receipts()
+    return acted
+
+
+def settle_overdue() -> int:
+    """Submitted batches past their callback deadline: flag them on the job, then
+    re-submit (policy ``resend``, up to OFFLOAD_MAX_ATTEMPTS) or fail what is
+    left of them with ``no_callback``."""
+    cfg = current_app.config
+    now = utcnow()
+    rows = db.session.execute(text(
+        "SELECT b.id, b.job_id, b.batch_number, b.attempts, b.first_recipient_id AS a, "
+        "b.last_recipient_id AS b_, c.uncertain_policy AS policy FROM batches b "
+        "JOIN companies c ON c.id = b.company_id "
+        "WHERE b.status = 'submitted' AND b.callback_deadline < :now "
+        "AND (b.lease_until IS NULL OR b.lease_until < :now) ORDER BY b.id"), {"now": now}).all()
+    acted, finished_jobs = 0, set()
+    for row in rows:
+        give_up = row.policy == "fail" or row.attempts >= cfg["OFFLOAD_MAX_ATTEMPTS"]
+        values = {"status": B_FAILED if give_up else B_RETRY, "lease_until": None, "leased_by": None,
+                  "next_attempt_at": None, "error": "no callback before the deadline"}
+        if give_up:
+            values["completed_at"] = now
+        res = db.session.execute(update(Batch).where(
+            Batch.id == row.id, Batch.status == B_SUBMITTED, Batch.callback_deadline < now).values(**values))
+        if res.rowcount != 1:  # a callback (or a cancel) got there first
+            db.session.rollback()
+            continue
+        params = {"j": row.job_id, "a": row.a, "b": row.b_}
+        line = f"batch {row.batch_number}: no callback within {cfg['OFFLOAD_CALLBACK_TIMEOUT_S']} s of submission"
+        if give_up:
+            n = db.session.execute(text(
+                "UPDATE recipients SET status = 'failed', error = 'no_callback', lease_until = NULL "
+                "WHERE job_id = :j AND id BETWEEN :a AND :b AND status IN ('pending', 'uncertain')"),
+                params).rowcount
+            db.session.execute(update(Job).where(Job.id == row.job_id).values(emails_failed=Job.emails_failed + n))
+            line += f"; {n} recipients failed (no_callback)"
+            finished_jobs.add(row.job_id)
+        else:
+            # the worker may have sent some before it went quiet: uncertain, and sent again
+            n = db.session.execute(text(
+                "UPDATE recipients SET status = 'uncertain' "
+                "WHERE job_id = :j AND id BETWEEN :a AND :b AND status = 'pending'"), params).rowcount
+            db.session.execute(update(Job).where(Job.id == row.job_id).values(
+                emails_uncertain=Job.emails_uncertain + n))
+            line += f"; resubmitting (attempt {row.attempts + 1} of {cfg['OFFLOAD_MAX_ATTEMPTS']})"
+        db.session.get(Job, row.job_id).log_error(line)
+        db.session.commit()
+        log.warning("Job %s: %s", row.job_id, line)
+        if not give_up:
+            enqueue_resubmit(row.id, row.attempts)
+        acted += 1
+    for job_id in finished_jobs:
+        finish_job(job_id)
+    return acted
+
+
+def requeue_lost() -> int:
+    """Offload batches waiting (queued/retry, due) with no submission in RQ.
+
+    The sweep's own re-queueing skips offload companies; this is their
+    equivalent. A duplicate submission job is harmless: the claim decides.
+    """
+    old = utcnow() - timedelta(seconds=LOST_GRACE_S)
+    rows = db.session.execute(text(
+        "SELECT b.id, b.attempts FROM batches b JOIN jobs j ON j.id = b.job_id "
+        "JOIN delivery_settings ds ON ds.company_id = b.company_id "
+        "WHERE b.status IN ('queued', 'retry') AND ds.mode = 'offload' "
+        "AND j.status IN ('queued', 'processing') AND j.created_at < :old "
+        "AND (b.next_attempt_at IS NULL OR b.next_attempt_at < :old)"), {"old": old}).all()
+    lost = 0
+    for row in rows:
+        if dispatch.is_live(f"submit-{row.id}-{row.attempts}") or dispatch.is_live(f"fallback-{row.id}-{row.attempts}"):
+            continue
+        enqueue_resubmit(row.id, row.attempts)
+        lost += 1
+    return lost
+
+
+def purge_receipts() -> int:
+    """Forget webhook-ids older than RECEIPT_TTL (no worker retries that long)."""
+    res = db.session.execute(delete(WebhookReceipt).where(WebhookReceipt.received_at < utcnow() - RECEIPT_TTL))
+    db.session.commit()
+    return res.rowcount

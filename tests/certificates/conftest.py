@@ -1,0 +1,113 @@
+"""Fixtures for certificates: companies wired to real storage (moto's S3, R2 behind
+certificates.js in miniflare) and to the SES emulator, and certificate jobs via the API."""
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+
+import boto3
+import pytest
+from PIL import Image, ImageDraw
+
+from dashboard import companies
+from dashboard.extensions import db
+from tests.support.servers import CertificateGateway
+
+DOWNLOAD_LINK = re.compile(r"/certificates/([0-9A-Z]{20})/download")
+
+
+@pytest.fixture
+def ses(ses_local):
+    """The run's SES emulator with an empty store."""
+    ses_local.clear()
+    return ses_local
+
+
+def ses_settings(ses_url: str) -> dict:
+    return {"provider": "aws", "aws_endpoint_url": ses_url, "aws_region": "us-east-1",
+            "aws_access_key": "AKIATESTTESTTEST", "aws_secret_key": "test-secret", "sender": "noreply@acme.test"}
+
+
+@pytest.fixture
+def s3_bucket(moto_server, monkeypatch) -> str:
+    """A fresh bucket in moto's S3; boto3's ``AWS_ENDPOINT_URL_S3`` points the storage at moto."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server.url)
+    name = f"certs-{uuid.uuid4().hex[:10]}"
+    client().create_bucket(Bucket=name)
+    return name
+
+
+def client():
+    """A boto3 S3 client on moto (test credentials)."""
+    import os
+
+    return boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL_S3"], region_name="us-east-1",
+                        aws_access_key_id="AKIATESTTESTTEST", aws_secret_access_key="test-secret")
+
+
+@pytest.fixture
+def gateway_for() -> Iterator[Callable]:
+    """Start certificates.js in miniflare signed with a company's callback secret, and
+    point the company's ``cloudflare_worker_url`` at it."""
+    started: list[CertificateGateway] = []
+
+    def start(company) -> CertificateGateway:
+        gateway = CertificateGateway(company.secret).start()
+        started.append(gateway)
+        companies.configure(company.company, {"cloudflare_worker_url": gateway.url})
+        db.session.commit()
+        return gateway
+
+    yield start
+    for gateway in started:
+        gateway.stop()
+
+
+@pytest.fixture(autouse=True)
+def generous_rate_limit(app):
+    """Tests follow many links from one IP; the rate-limit test lowers this itself."""
+    app.config["OFFLOAD_VERIFY_RATE_PER_MIN"] = 100_000
+
+
+def learners(n: int, prefix: str = "learner", **extra) -> list[dict]:
+    return [{"email": f"{prefix}{i}@acme.test",
+             "data": {"learner_name": f"Learner {prefix.title()} {i:03d}", "course_name": f"Fire Safety {i % 4}",
+                      "completion_date": "2026-11-20", "grade": f"{60 + i % 40}%", "expiry_date": "2028-11-20",
+                      **extra}}
+            for i in range(n)]
+
+
+CERT_JOB = {"type": "certificate", "subject": "Your certificate for {{ course_name }}",
+            "body_text": "Hi {{ learner_name }},\nwell done! Download: {{ certificate_url }}\n",
+            "body_html": "<p>Hi {{ learner_name }}, well done! <a href=\"{{ certificate_url }}\">Download</a></p>"}
+
+
+def submit(client, company, recipients, **extra) -> int:
+    resp = client.post("/api/v1/jobs", json={**CERT_JOB, "recipients": recipients, **extra}, headers=company.auth)
+    assert resp.status_code == 202, resp.json
+    return resp.json["id"]
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def png(color: str = "red", size: tuple[int, int] = (300, 120)) -> bytes:
+    out = io.BytesIO()
+    img = Image.new("RGB", size, color)
+    ImageDraw.Draw(img).ellipse([10, 10, 100, 100], fill="#1f2a44")
+    img.save(out, "PNG")
+    return out.getvalue()

@@ -1,0 +1,518 @@
+"""Offload mode end to end, through real parts only.
+
+AWS: the service submits batches to SQS (moto in server mode); the test
+plays the Lambda event source mapping (ReceiveMessage → SQS event → the
+handler of cloud_workers/aws/lambda_handler.py, in-process, as
+tests/cloud_workers/test_lambda.py does); the handler sends through
+aws-ses-v2-local and posts signed callbacks to the app served live by
+werkzeug on a free port (OFFLOAD_PUBLIC_URL).
+
+Cloudflare: miniflare does not serve the Queues REST API, so a small local
+HTTP server plays it (``POST /accounts/{a}/queues/{q}/messages/batch`` with
+the bearer token) and forwards each message body into miniflare's queue
+through the harness endpoint; the Worker under miniflare sends through its
+send_email binding and calls back to the live app.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from datetime import timedelta
+
+import boto3
+import pytest
+from sqlalchemy import select, update
+from werkzeug.serving import make_server
+
+from dashboard import webhooks
+from dashboard.extensions import db
+from dashboard.models import Batch, Company, Job, Recipient, utcnow
+from dashboard.queue import DEFAULT, connection, get_queue
+from tests.conftest import run_worker_burst
+from tests.support.faulty_proxy import FaultyProxy
+from tests.support.servers import ROOT, Miniflare, StubHttpServer, free_port
+
+AWS_DIR = ROOT / "cloud_workers" / "aws"
+REGION = "us-east-1"
+WAIT_S = 60
+BODY = {"type": "csv_import", "subject": "Welcome {{ firstname }}",
+        "body_text": "Hi {{ firstname }}, your password is {{ password }}",
+        "body_html": "<p>Hi {{ firstname }}, your password is <b>{{ password }}</b></p>"}
+
+
+def people(n: int, prefix: str = "user") -> list[dict]:
+    return [{"email": f"{prefix}{i}@acme.test", "data": {"firstname": f"Name{i}", "password": f"Pw-{i}-secret"}}
+            for i in range(n)]
+
+
+# --------------------------------------------------------------------------- fixtures
+
+@pytest.fixture
+def live_url(app):
+    """The app served over real HTTP in a thread; callbacks in the messages point here."""
+    server = make_server("127.0.0.1", free_port(), app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    app.config["OFFLOAD_PUBLIC_URL"] = url
+    yield url
+    server.shutdown()
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def lambda_module():
+    """lambda_handler imported as the Lambda runtime does: its folder on sys.path."""
+    sys.path.insert(0, str(AWS_DIR))
+    try:
+        yield importlib.import_module("lambda_handler")
+    finally:
+        sys.path.remove(str(AWS_DIR))
+        sys.modules.pop("lambda_handler", None)
+        sys.modules.pop("webhooks", None)
+
+
+@pytest.fixture
+def sqs(moto_server):
+    return boto3.client("sqs", region_name=REGION, endpoint_url=moto_server.url,
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+@pytest.fixture
+def queue_url(sqs):
+    return sqs.create_queue(QueueName=f"offload-{uuid.uuid4().hex[:8]}",
+                            Attributes={"VisibilityTimeout": "300"})["QueueUrl"]
+
+
+class Lambda:
+    """The Lambda function with its environment, fed from the SQS queue."""
+
+    def __init__(self, module, sqs, queue_url: str):
+        self.module, self.sqs, self.queue_url = module, sqs, queue_url
+
+    def receive(self) -> list[dict]:
+        messages = []
+        while True:
+            got = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10,
+                                           WaitTimeSeconds=0).get("Messages", [])
+            if not got:
+                return messages
+            messages.extend(got)
+
+    def invoke(self, messages: list[dict]) -> list[str]:
+        """One invocation over ``messages`` (the SQS event); deletes what succeeded."""
+        event = {"Records": [{"messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"], "body": m["Body"],
+                              "attributes": {}, "messageAttributes": {}, "eventSource": "aws:sqs",
+                              "awsRegion": REGION} for m in messages]}
+        db.session.rollback()  # hold no database transaction while the live app takes callbacks
+        failed = [f["itemIdentifier"] for f in self.module.handler(event, FakeContext())["batchItemFailures"]]
+        for m in messages:
+            if m["MessageId"] not in failed:
+                self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=m["ReceiptHandle"])
+        return failed
+
+    def drain(self) -> int:
+        """Run the queue empty, 10 records per invocation; returns how many records ran."""
+        count = 0
+        messages = self.receive()
+        while messages:
+            for start in range(0, len(messages), 10):
+                assert self.invoke(messages[start:start + 10]) == []
+            count += len(messages)
+            messages = self.receive()
+        return count
+
+    def drop(self, message: dict) -> None:
+        """The message is lost: never delivered to the function."""
+        self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+
+class FakeContext:
+    function_name = "offload-sender"
+
+    @staticmethod
+    def get_remaining_time_in_millis() -> int:
+        return 600_000
+
+
+@pytest.fixture
+def aws_lambda(lambda_module, sqs, queue_url, ses, monkeypatch):
+    for name, value in {"AWS_ENDPOINT_URL_SESV2": ses.url, "AWS_ACCESS_KEY_ID": "testing",
+                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION,
+                        "CALLBACK_RETRY_DELAY_S": "0.01", "CALLBACK_TIMEOUT_S": "10"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    lambda_module.ses_client.cache_clear()
+    yield Lambda(lambda_module, sqs, queue_url)
+    lambda_module.ses_client.cache_clear()
+
+
+@pytest.fixture
+def offload_company(make_company, moto_server, queue_url, aws_lambda, monkeypatch):
+    """A company in offload mode on the moto queue; the Lambda holds its callback secret."""
+    company = make_company(provider="aws", mode="offload", sender="noreply@acme.test", aws_region=REGION,
+                           aws_endpoint_url=moto_server.url, aws_access_key="testing", aws_secret_key="testing",
+                           sqs_queue_url=queue_url)
+    monkeypatch.setenv("CALLBACK_SECRET", company.secret)
+    return company
+
+
+# --------------------------------------------------------------------------- helpers
+
+def submit(client, company, recipients) -> int:
+    resp = client.post("/api/v1/jobs", json={**BODY, "recipients": recipients}, headers=company.auth)
+    assert resp.status_code == 202, resp.json
+    return resp.json["id"]
+
+
+def job(job_id: int) -> Job:
+    db.session.expire_all()
+    return db.session.get(Job, job_id)
+
+
+def batches(job_id: int) -> list[Batch]:
+    db.session.expire_all()
+    return list(db.session.execute(select(Batch).where(Batch.job_id == job_id).order_by(Batch.batch_number))
+                .scalars())
+
+
+def recipient_statuses(job_id: int) -> Counter:
+    db.session.expire_all()
+    return Counter(db.session.execute(select(Recipient.status).where(Recipient.job_id == job_id)).scalars())
+
+
+def ses_count(ses) -> Counter:
+    return Counter(addr for mail in ses.store() for addr in mail["destination"]["to"])
+
+
+def run_scheduled_now() -> None:
+    """Move every scheduled RQ job to its queue and make retries due (what time would do)."""
+    from rq.registry import ScheduledJobRegistry
+
+    from dashboard.queue import QUEUE_NAMES
+
+    for name in QUEUE_NAMES:
+        queue = get_queue(name)
+        registry = ScheduledJobRegistry(queue=queue)
+        for rq_id in registry.get_job_ids():
+            registry.remove(rq_id)
+            queue.enqueue_job(queue.fetch_job(rq_id))
+    db.session.execute(update(Batch).values(next_attempt_at=None))
+    db.session.commit()
+
+
+def wait_final(job_id: int, timeout: float = WAIT_S) -> Job:
+    deadline = time.monotonic() + timeout
+    while True:
+        current = job(job_id)
+        db.session.rollback()
+        if current.is_final:
+            return current
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} still {current.status} after {timeout}s")
+        time.sleep(0.1)
+
+
+# --------------------------------------------------------------------------- AWS
+
+def test_thousand_recipients_through_sqs_lambda_ses_and_callbacks(app, client, offload_company, aws_lambda,
+                                                                  ses, live_url, caplog):
+    recipients = people(1000)
+    job_id = submit(client, offload_company, recipients)
+    with caplog.at_level(logging.INFO):
+        run_worker_burst(app)  # plan, then one submit job for the five batches
+        submitted = batches(job_id)
+        assert [b.status for b in submitted] == ["submitted"] * 5
+        assert {b.route for b in submitted} == {"offload:sqs"}
+        assert all(b.callback_deadline > b.submitted_at for b in submitted)
+        assert job(job_id).status == "processing"
+        assert ses.store() == []  # the service sent nothing itself
+
+        assert aws_lambda.drain() == 5
+
+    done = job(job_id)
+    assert (done.status, done.emails_sent, done.emails_failed) == ("completed", 1000, 0)
+    counts = ses_count(ses)
+    assert len(counts) == 1000 and set(counts.values()) == {1}
+    assert set(counts) == {r["email"] for r in recipients}
+    mail = next(m for m in ses.store() if m["destination"]["to"] == ["user7@acme.test"])
+    assert mail["subject"] == "Welcome Name7" and "your password is Pw-7-secret" in mail["body"]["text"]
+    assert all(b.status == "done" and b.callback_received_at for b in batches(job_id))
+    rows = db.session.execute(select(Recipient.route, Recipient.message_id).where(Recipient.job_id == job_id)).all()
+    assert {r.route for r in rows} == {"offload:sqs"} and all(r.message_id for r in rows)
+    # neither addresses nor passwords in the service's (or the Lambda's) logs
+    assert "@acme.test" not in caplog.text and "Pw-" not in caplog.text
+
+
+def test_a_rejected_recipient_fails_while_the_others_complete(app, client, offload_company, aws_lambda, ses,
+                                                              live_url, monkeypatch):
+    with FaultyProxy(ses.url, reject="blocked") as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_SESV2", proxy.url)
+        aws_lambda.module.ses_client.cache_clear()
+        job_id = submit(client, offload_company, people(30) + people(1, prefix="blocked"))
+        run_worker_burst(app)
+        aws_lambda.drain()
+    done = job(job_id)
+    assert (done.status, done.emails_sent, done.emails_failed) == ("partial_failure", 30, 1)
+    failed = db.session.execute(select(Recipient.email, Recipient.error).where(Recipient.status == "failed")).all()
+    assert len(failed) == 1 and failed[0].email == "blocked0@acme.test"
+    assert failed[0].error.startswith("MESSAGE_REJECTED")
+    assert "blocked0@acme.test" not in ses_count(ses) and len(ses_count(ses)) == 30
+
+
+@pytest.mark.parametrize("policy", ["fail", "resend"])
+def test_a_lost_message_is_flagged_and_settled_by_reconcile(app, client, make_company, offload_company,
+                                                            aws_lambda, ses, live_url, policy):
+    from tasks.offload import reconcile
+
+    app.config.update(OFFLOAD_BATCH_SIZE=10, OFFLOAD_CALLBACK_TIMEOUT_S=0)
+    offload_company.company.uncertain_policy = policy
+    db.session.commit()
+    job_id = submit(client, offload_company, people(20))
+    run_worker_burst(app)
+    first, second = sorted(aws_lambda.receive(), key=lambda m: json.loads(m["Body"])["batch_number"])
+    aws_lambda.drop(second)
+    assert aws_lambda.invoke([first]) == []
+    assert job(job_id).status == "processing"
+    assert [b.status for b in batches(job_id)] == ["done", "submitted"]
+
+    assert reconcile() == 1
+    flagged = job(job_id)
+    assert "batch 2: no callback within 0 s" in flagged.error_log
+    if policy == "fail":
+        assert (flagged.status, flagged.emails_sent, flagged.emails_failed) == ("partial_failure", 10, 10)
+        errors = db.session.execute(select(Recipient.error).where(Recipient.status == "failed")).scalars().all()
+        assert errors == ["no_callback"] * 10
+        assert batches(job_id)[1].status == "failed"
+        assert aws_lambda.receive() == []
+    else:
+        assert "resubmitting (attempt 2 of" in flagged.error_log
+        assert recipient_statuses(job_id) == Counter({"sent": 10, "uncertain": 10})
+        run_worker_burst(app)  # the re-submission
+        assert batches(job_id)[1].attempts == 2
+        assert aws_lambda.drain() == 1
+        done = job(job_id)
+        assert (done.status, done.emails_sent, done.emails_uncertain) == ("completed", 20, 10)
+        assert set(ses_count(ses).values()) == {1} and len(ses_count(ses)) == 20
+    assert reconcile() == 0
+
+
+def test_resend_gives_up_after_max_attempts(app, client, offload_company, aws_lambda, live_url):
+    from tasks.sweep import sweep
+
+    app.config.update(OFFLOAD_CALLBACK_TIMEOUT_S=0, OFFLOAD_MAX_ATTEMPTS=2)
+    job_id = submit(client, offload_company, people(3))
+    for _ in range(2):
+        run_worker_burst(app)
+        [message] = aws_lambda.receive()
+        aws_lambda.drop(message)
+        assert sweep()["reconciled"] == 1  # the recovery sweep runs reconcile
+    done = job(job_id)
+    assert (done.status, done.emails_failed) == ("failed", 3)
+    assert recipient_statuses(job_id) == Counter({"failed": 3})
+    assert "3 recipients failed (no_callback)" in done.error_log
+
+
+def test_an_unreachable_callback_url_is_resolved_by_reconcile(app, client, offload_company, aws_lambda, ses,
+                                                              live_url, monkeypatch):
+    """The worker sends but cannot report: the batch is resubmitted (policy
+    resend) and the job completes; those recipients were sent twice, which
+    is what ``uncertain`` means (at-least-once)."""
+    from tasks.offload import reconcile
+
+    monkeypatch.setenv("CALLBACK_ATTEMPTS", "1")
+    app.config.update(OFFLOAD_CALLBACK_TIMEOUT_S=0, OFFLOAD_PUBLIC_URL=f"http://127.0.0.1:{free_port()}")
+    job_id = submit(client, offload_company, people(5))
+    run_worker_burst(app)
+    messages = aws_lambda.receive()
+    assert aws_lambda.invoke(messages) == [messages[0]["MessageId"]]  # the Lambda would retry it...
+    aws_lambda.drop(messages[0])  # ...until its dead-letter queue takes it
+    assert job(job_id).status == "processing"
+
+    app.config["OFFLOAD_PUBLIC_URL"] = live_url
+    assert reconcile() == 1
+    run_worker_burst(app)
+    aws_lambda.drain()
+    done = job(job_id)
+    assert (done.status, done.emails_sent, done.emails_uncertain) == ("completed", 5, 5)
+    assert set(ses_count(ses).values()) == {2}
+
+
+def test_unreachable_queue_falls_back_to_smtp(app, client, make_company, smtp_sink):
+    app.config["OFFLOAD_FALLBACK_SMTP"] = smtp_sink.config()
+    dead = f"http://127.0.0.1:{free_port()}"
+    company = make_company(provider="aws", mode="offload", sender="noreply@acme.test", aws_region=REGION,
+                           aws_endpoint_url=dead, aws_access_key="testing", aws_secret_key="testing",
+                           sqs_queue_url=f"{dead}/123456789012/offload")
+    job_id = submit(client, company, people(450))
+    run_worker_burst(app)
+    done = job(job_id)
+    assert (done.status, done.emails_sent) == ("completed", 450)
+    assert sorted(smtp_sink.recipients()) == sorted(p["email"] for p in people(450))
+    assert {b.route for b in batches(job_id)} == {"fallback:smtp"}
+    assert "using fallback:smtp" in done.error_log
+    assert connection().get(f"offload:cb:{company.id}:aws:fails") == b"1"
+
+
+def test_unreachable_queue_and_fallback_go_back_to_the_queue_later(app, client, make_company):
+    dead = f"http://127.0.0.1:{free_port()}"
+    app.config["OFFLOAD_FALLBACK_SMTP"] = {"smtp_host": "127.0.0.1", "smtp_port": free_port(), "smtp_tls": "none"}
+    company = make_company(provider="aws", mode="offload", sender="noreply@acme.test", aws_region=REGION,
+                           aws_endpoint_url=dead, aws_access_key="testing", aws_secret_key="testing",
+                           sqs_queue_url=f"{dead}/123456789012/offload")
+    job_id = submit(client, company, people(5))
+    run_worker_burst(app)  # plan, submit (queue unreachable), SMTP fallback (unreachable too)
+    [batch] = batches(job_id)
+    assert batch.status == "retry" and batch.next_attempt_at is not None
+    assert recipient_statuses(job_id) == Counter({"pending": 5})
+    [scheduled] = get_queue(DEFAULT).scheduled_job_registry.get_job_ids()
+    assert get_queue(DEFAULT).fetch_job(scheduled).func_name == "tasks.offload.submit_batches"
+
+
+def test_unreachable_queue_without_fallback_retries(app, client, make_company):
+    dead = f"http://127.0.0.1:{free_port()}"
+    company = make_company(provider="aws", mode="offload", sender="noreply@acme.test", aws_region=REGION,
+                           aws_endpoint_url=dead, aws_access_key="testing", aws_secret_key="testing",
+                           sqs_queue_url=f"{dead}/123456789012/offload")
+    job_id = submit(client, company, people(5))
+    run_worker_burst(app)
+    [batch] = batches(job_id)
+    assert (batch.status, batch.attempts) == ("retry", 1) and batch.next_attempt_at is not None
+    assert "cannot reach the queue" in batch.error
+    assert recipient_statuses(job_id) == Counter({"pending": 5})
+
+
+def test_transient_queue_errors_retry_then_submit(app, client, make_company, moto_server, queue_url, aws_lambda,
+                                                  live_url, monkeypatch):
+    with FaultyProxy(moto_server.url, error_rate=1.0) as proxy:
+        company = make_company(provider="aws", mode="offload", sender="noreply@acme.test", aws_region=REGION,
+                               aws_endpoint_url=proxy.url, aws_access_key="testing", aws_secret_key="testing",
+                               sqs_queue_url=queue_url)
+        monkeypatch.setenv("CALLBACK_SECRET", company.secret)
+        job_id = submit(client, company, people(5))
+        run_worker_burst(app)
+        assert batches(job_id)[0].status == "retry" and proxy.errors == 1
+        proxy.error_rate = 0.0
+        run_scheduled_now()
+        run_worker_burst(app)
+    assert batches(job_id)[0].status == "submitted" and batches(job_id)[0].attempts == 2
+    aws_lambda.drain()
+    assert job(job_id).status == "completed"
+
+
+def test_a_queue_that_does_not_exist_fails_the_batch(app, client, make_company, moto_server):
+    company = make_company(provider="aws", mode="offload", sender="noreply@acme.test", aws_region=REGION,
+                           aws_endpoint_url=moto_server.url, aws_access_key="testing", aws_secret_key="testing",
+                           sqs_queue_url=f"{moto_server.url}/123456789012/no-such-queue")
+    job_id = submit(client, company, people(4))
+    run_worker_burst(app)
+    done = job(job_id)
+    assert (done.status, done.emails_failed) == ("failed", 4)
+    errors = set(db.session.execute(select(Recipient.error).where(Recipient.job_id == job_id)).scalars())
+    assert len(errors) == 1 and "NonExistentQueue" in errors.pop()
+    assert batches(job_id)[0].status == "failed"
+
+
+def test_messages_follow_the_contract_and_rq_holds_only_ids(app, client, offload_company, aws_lambda, live_url):
+    app.config["OFFLOAD_BATCH_SIZE"] = 2
+    job_id = submit(client, offload_company, people(3))
+    run_worker_burst(app, max_jobs=1)  # the plan only
+    [rq_job] = get_queue(DEFAULT).get_jobs()
+    assert rq_job.func_name == "tasks.offload.submit_batches"
+    assert rq_job.args == ([b.id for b in batches(job_id)],)
+    run_worker_burst(app)
+    bodies = sorted((json.loads(m["Body"]) for m in aws_lambda.receive()), key=lambda b: b["batch_number"])
+    assert [b["batch_number"] for b in bodies] == [1, 2]
+    assert bodies[0] == {
+        "job_id": job_id, "batch_number": 1, "company_id": offload_company.id,
+        "callback_url": f"{live_url}/callbacks/v1/batches?company={offload_company.id}",
+        "sender": "noreply@acme.test",
+        "template": {"subject": BODY["subject"], "text": BODY["body_text"], "html": BODY["body_html"]},
+        "recipients": [{"email": f"user{i}@acme.test", "data": {"firstname": f"Name{i}", "password": f"Pw-{i}-secret"}}
+                       for i in range(2)],
+    }
+    dump = b"".join(v for key in connection().scan_iter() if connection().type(key) == b"hash"
+                    for v in connection().hgetall(key).values())
+    assert b"Pw-" not in dump and b"@acme.test" not in dump
+
+
+def test_a_template_the_workers_cannot_render_pauses_the_job(app, client, offload_company):
+    resp = client.post("/api/v1/jobs", json={**BODY, "subject": "Hi {{ firstname | upper }}",
+                                             "recipients": people(2)}, headers=offload_company.auth)
+    run_worker_burst(app)
+    paused = job(resp.json["id"])
+    assert paused.status == "paused" and "{{ name }}" in paused.paused_reason
+    assert [b.status for b in batches(paused.id)] == ["queued"]
+
+
+def test_lost_submissions_are_queued_again(app, client, offload_company):
+    from tasks.offload import requeue_lost
+
+    job_id = submit(client, offload_company, people(3))
+    run_worker_burst(app, max_jobs=1)  # plan
+    connection().flushdb()  # Redis lost the submit job
+    assert requeue_lost() == 0  # too recent to call lost
+    db.session.execute(update(Job).where(Job.id == job_id).values(created_at=utcnow() - timedelta(minutes=5)))
+    db.session.commit()
+    assert requeue_lost() == 1
+    assert requeue_lost() == 0  # now live in RQ
+    run_worker_burst(app)
+    assert batches(job_id)[0].status == "submitted"
+
+
+# --------------------------------------------------------------------------- Cloudflare
+
+CF_SECRET = webhooks.generate_secret()
+CF_TOKEN = "cf-test-token"
+
+
+@pytest.fixture(scope="module")
+def miniflare():
+    with Miniflare(secrets={"CALLBACK_SECRET": CF_SECRET},
+                   overrides={"RETRY_BASE_DELAY_S": "0", "CALLBACK_ATTEMPTS": "2"}) as mf:
+        yield mf
+
+
+@pytest.fixture
+def cloudflare_api(miniflare):
+    """The Queues REST API's batch-send call, forwarding into miniflare's queue."""
+
+    def respond(request):
+        expected = "/client/v4/accounts/acct-1/queues/queue-1/messages/batch"
+        if request.method != "POST" or request.path != expected:
+            return 404, {}, {"success": False, "errors": [{"code": 7003, "message": "No route"}]}
+        if request.headers.get("Authorization") != f"Bearer {CF_TOKEN}":
+            return 401, {}, {"success": False, "errors": [{"code": 10000, "message": "Authentication error"}]}
+        for message in request.json()["messages"]:
+            assert message["content_type"] == "json"
+            miniflare.enqueue(message["body"])
+        return 200, {}, {"success": True, "errors": [], "messages": [], "result": {}}
+
+    with StubHttpServer(respond) as api:
+        yield api
+
+
+def test_cloudflare_queue_worker_and_callbacks(app, client, make_company, miniflare, cloudflare_api, live_url):
+    app.config["OFFLOAD_BATCH_SIZE"] = 10
+    company = make_company(provider="cloudflare", mode="offload", sender="noreply@acme.test",
+                           cloudflare_api_token=CF_TOKEN, cloudflare_account_id="acct-1",
+                           cloudflare_queue_id="queue-1", cloudflare_api_base=f"{cloudflare_api.url}/client/v4")
+    db.session.execute(update(Company).where(Company.id == company.id).values(callback_secret=CF_SECRET))
+    db.session.commit()
+    recipients = people(25, prefix=f"cf{company.id}-")
+    job_id = submit(client, company, recipients)
+    run_worker_burst(app)
+    assert len(cloudflare_api.requests) == 1  # three batches, one API call
+    assert {b.route for b in batches(job_id)} == {"offload:cloudflare"}
+
+    done = wait_final(job_id)
+    assert (done.status, done.emails_sent) == ("completed", 25)
+    sent = Counter(e["to"] for e in miniflare.sent_emails() if e["to"].startswith(f"cf{company.id}-"))
+    assert set(sent) == {r["email"] for r in recipients} and set(sent.values()) == {1}
+    assert all(b.status == "done" for b in batches(job_id))
