@@ -9,13 +9,12 @@ rotation overlaps) verify the raw body, and only then is the body parsed.
 The job and batch it names must belong to that company, else 404.
 
 A callback to the bare path (no ``company``) is still accepted: the
-``job_id`` is read from the body only to choose whose secrets to try (a
-read-only lookup; nothing is acted upon), and the body is used only once
-it verifies. Such a callback can only ever verify for the job's own
-company, so a foreign secret there is a 401, not a 404: without the hint
-the service could attribute a signature only by trying every company's
-secret, which would let any unauthenticated request cost a decryption and
-an HMAC per company.
+``job_id`` is read from the body only to choose whose secrets to try first
+(a read-only lookup; nothing is acted upon), and the body is used only once
+it verifies. When the job's company's secrets do not verify it, the other
+companies' secrets are tried (decrypted secrets are cached for a minute, so
+this costs an HMAC per company): a signature by another company is that
+company's callback for a job it does not own, a 404; no match is a 401.
 
 Each ``webhook-id`` applies once (``tasks.offload.record_callback``).
 """
@@ -77,10 +76,57 @@ def verified_company(body: bytes) -> Company:
             raise webhooks.MissingHeaders(f"missing {name} header")
     hint = request.args.get("company")
     company = _company_from_hint(hint) if hint is not None else _company_from_body(body)
-    if company is None:
-        raise webhooks.BadSignature("no matching webhook signature")
-    webhooks.verify(company.callback_secrets(), request.headers, body)
-    return company
+    if company is not None:
+        try:
+            webhooks.verify(company.callback_secrets(), request.headers, body)
+            return company
+        except webhooks.BadSignature:
+            if hint is not None:
+                raise
+    if hint is None:  # the bare path: was it signed by some other company?
+        for other_id, secrets in _all_company_secrets():
+            if company is not None and other_id == company.id:
+                continue
+            try:
+                webhooks.verify(secrets, request.headers, body)
+            except webhooks.BadSignature:
+                continue
+            return db.session.get(Company, other_id)
+    raise webhooks.BadSignature("no matching webhook signature")
+
+
+_plaintexts: dict[str, str] = {}  # ciphertext -> secret: decrypt each stored secret once
+
+
+def _all_company_secrets() -> list[tuple[int, list[str]]]:
+    """Every company's live callback secrets (current, and previous while its
+    overlap lasts), read fresh; decryption is cached by ciphertext."""
+    from dashboard import crypto
+    from dashboard.models import utcnow
+
+    rows = db.session.execute(db.text(
+        "SELECT id, callback_secret, callback_secret_previous, callback_secret_previous_until "
+        "FROM companies ORDER BY id")).all()
+    now, found = utcnow(), []
+    for company_id, current, previous, until in rows:
+        tokens = [current] + ([previous] if previous and until and _as_datetime(until) > now else [])
+        found.append((company_id, [_plaintext(crypto, t) for t in tokens]))
+    return found
+
+
+def _plaintext(crypto, token: str) -> str:
+    if token not in _plaintexts:
+        if len(_plaintexts) > 10_000:
+            _plaintexts.clear()
+        _plaintexts[token] = crypto.decrypt(token)
+    return _plaintexts[token]
+
+
+def _as_datetime(value):
+    """SQLite hands back text for a raw DATETIME column."""
+    from datetime import datetime
+
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
 
 
 def parse_callback(body: bytes) -> dict:

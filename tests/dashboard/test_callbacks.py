@@ -223,8 +223,12 @@ def test_another_companys_batch_is_404(client, acme, make_company):
     # signed by Acme, for Other's job: Acme's callback URL names Acme
     resp = post(client, acme.id, body, signed(acme.secret, body))
     assert resp.status_code == 404 and resp.json["error"] == "not_found"
-    # the bare path can only verify with the job's own company's secret
-    assert post(client, acme.id, body, signed(acme.secret, body), hint=False).status_code == 401
+    # on the bare path too: the signature is Acme's, the job is not
+    resp = post(client, acme.id, body, signed(acme.secret, body), hint=False)
+    assert resp.status_code == 404 and resp.json["error"] == "not_found"
+    # a secret no company has is a 401 on the bare path
+    stranger = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVoxMjM0NTY="
+    assert post(client, acme.id, body, signed(stranger, body), hint=False).status_code == 401
     # Other's URL with Acme's secret does not verify at all
     assert post(client, other.id, body, signed(acme.secret, body)).status_code == 401
     assert snapshot() == before
@@ -247,9 +251,14 @@ def test_unknown_company_in_the_url_is_401(client, acme):
     for hint in ("999999", "abc", "99999999999999999999", "\u00b2", ""):
         resp = client.post(f"{PATH}?company={hint}", data=body, headers=signed(acme.secret, body))
         assert resp.status_code == 401
-    # on the bare path, a body that names no job of ours cannot be verified either
-    for junk in (b"[" * 100_000, b"{}", b'{"job_id": 99999999999999999999}', b'{"job_id": 424242}'):
-        assert client.post(PATH, data=junk, headers=signed(acme.secret, junk)).status_code == 401
+    # on the bare path a genuine signature is found whatever the body names: then the
+    # body is checked like any verified one (malformed: 400; no such job of ours: 404)
+    for junk in (b"[" * 100_000, b"{}", b'{"job_id": 99999999999999999999}'):
+        assert client.post(PATH, data=junk, headers=signed(acme.secret, junk)).status_code == 400
+    unknown = b'{"job_id": 424242, "batch_number": 1, "results": []}'
+    assert client.post(PATH, data=unknown, headers=signed(acme.secret, unknown)).status_code == 404
+    stranger = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVoxMjM0NTY="
+    assert client.post(PATH, data=unknown, headers=signed(stranger, unknown)).status_code == 401
 
 
 @pytest.mark.parametrize(("body", "reason"), [
