@@ -23,6 +23,8 @@ def create_app(config: dict | None = None) -> Flask:
     _ensure_sqlite_folder(app)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):  # their DEBUG logs carry auth headers
+        logging.getLogger(noisy).setLevel(logging.INFO)
 
     from dashboard import crypto
     from dashboard.extensions import csrf, db, login_manager, migrate

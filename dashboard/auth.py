@@ -48,8 +48,10 @@ def _register_failure(user: User | None, email: str, max_failures: int) -> None:
         if user.failed_logins >= max_failures:
             # each further failure while over the limit extends the lock
             user.locked_until = utcnow() + timedelta(minutes=LOCK_MINUTES)
+    # the actor is the account's own address, never the typed text (a password typed there by mistake)
     audit.record("login_failed", company_id=user.company_id if user else None,
-                 object_type="user", object_id=user.id if user else None, actor=email[:320])
+                 object_type="user", object_id=user.id if user else None,
+                 actor=user.email if user else "unknown account")
     db.session.commit()
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from email.header import Header
 from typing import Any
 
@@ -103,7 +104,10 @@ class CredentialsRejected(PermanentError):
 
 def _reason(code: str, message: str) -> str:
     """A short, storable reason; SES messages name identities, never bodies."""
-    return f"{code}: {message}"[:_REASON_LIMIT] if message else code
+    if not message:
+        return code
+    message = " ".join(re.sub(r"<[^>]*>", " ", message).split())  # an HTML error page: its text, one line
+    return f"{code}: {message}"[:_REASON_LIMIT]
 
 
 def _client_error(exc: ClientError) -> ProviderError:

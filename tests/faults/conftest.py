@@ -203,6 +203,7 @@ class WorkerFleet:
         self.starts = 0
         self.exits: list[int] = []    # return codes of workers that died (not killed by us)
         self.killed: set[int] = set()
+        self.kills = 0                # SIGKILLs sent (a pid is only ever chosen while alive)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._supervise, daemon=True, name="fleet-supervisor")
@@ -241,6 +242,7 @@ class WorkerFleet:
 
     def kill(self, pid: int, sig: int = signal.SIGKILL) -> None:
         self.killed.add(pid)
+        self.kills += 1
         try:
             os.killpg(pid, sig)
         except ProcessLookupError:

@@ -48,9 +48,9 @@ def test_sigkill_workers_mid_job_loses_nothing(app, client, make_company, ses, f
 
     got = delivered(ses.store())
     lost, duplicated = lost_and_duplicated({p["email"] for p in people(RECIPIENTS)}, got)
-    fault_report("worker_sigkill", recipients=RECIPIENTS, faults=len(workers.killed), lost=lost,
+    fault_report("worker_sigkill", recipients=RECIPIENTS, faults=workers.kills, lost=lost,
                  duplicated=duplicated, wall=wall, uncertain=job.emails_uncertain, worker_starts=workers.starts)
-    assert len(workers.killed) == KILLS
+    assert workers.kills == KILLS
     assert recipient_counts(job_id) == {"sent": RECIPIENTS}
     assert job.status == "completed" and job.emails_sent == RECIPIENTS and job.emails_failed == 0
     assert lost == 0

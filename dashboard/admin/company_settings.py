@@ -1,0 +1,286 @@
+"""A company's delivery settings, API tokens and callback secret.
+
+One form per provider (plus general and advanced settings), applied and
+validated by ``dashboard.companies.configure``. Secrets are write-only: the
+page says whether one is set, a blank field keeps it, a "clear" box removes
+it, and no value is ever rendered back, logged or audited (the audit entry
+lists field names). A new API token or callback secret is shown once, in the
+response to the POST that made it, and never again.
+
+"Test connection" and "Send test email" run as RQ jobs
+(``tasks.connection_test``) whose arguments are the company id and a random
+check id; the page polls ``check_result`` for the outcome.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from flask import abort, flash, jsonify, make_response, redirect, request, url_for
+from flask_admin import expose
+from redis import RedisError
+from sqlalchemy import select
+
+from dashboard import audit
+from dashboard.admin.base import SecureBaseView, scope
+from dashboard.companies import configure, rotate_callback_secret
+from dashboard.extensions import db
+from dashboard.models import MODES, PROVIDERS, SECRET_SETTINGS, SMTP_TLS, ApiToken, Company, DeliverySettings, utcnow
+from dashboard.rendering import valid_email
+from dashboard.tenancy import get_or_404
+
+#: write-only settings: the four secrets, and the Moodle database URL (it holds a password)
+WRITE_ONLY = (*SECRET_SETTINGS, "moodle_db_url")
+
+
+@dataclass(frozen=True)
+class Field:
+    key: str
+    label: str
+    kind: str = "text"  # text | email | number | url | select | checkbox | secret
+    help: str = ""
+    choices: tuple = ()
+    placeholder: str = ""
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str
+    title: str
+    intro: str
+    fields: tuple[Field, ...] = field(default_factory=tuple)
+
+
+SECTIONS = (
+    Section("general", "Delivery", "How this company's email leaves: which provider, sent by the service's workers "
+            "(direct) or by the company's own cloud worker (offload).", (
+                Field("provider", "Provider", "select", choices=PROVIDERS),
+                Field("mode", "Mode", "select", choices=MODES,
+                      help="direct: the service sends; offload: batches go to the company's queue"),
+                Field("enabled", "Delivery enabled", "checkbox"),
+                Field("sender", "Sender address", "email", placeholder="noreply@example.com",
+                      help="From address; for SES it must be a verified identity"),
+                Field("max_send_rate", "Max send rate", "number", help="emails per second; blank: no limit"),
+            )),
+    Section("aws", "Amazon Web Services (SES, SQS)", "Access keys, or a role the service assumes with the "
+            "external id below.", (
+                Field("aws_access_key", "Access key id", "secret"),
+                Field("aws_secret_key", "Secret access key", "secret"),
+                Field("aws_role_arn", "Role ARN", placeholder="arn:aws:iam::123456789012:role/offload"),
+                Field("aws_region", "Region", placeholder="us-east-1"),
+                Field("aws_endpoint_url", "Endpoint URL", "url",
+                      help="only for LocalStack/moto or a private endpoint; blank: AWS"),
+                Field("sqs_queue_url", "SQS queue URL", "url", help="offload mode: the company's batch queue"),
+                Field("s3_bucket", "S3 bucket", help="certificates"),
+            )),
+    Section("cloudflare", "Cloudflare", "API token with Email Sending (direct) or Queues Write (offload).", (
+                Field("cloudflare_api_token", "API token", "secret"),
+                Field("cloudflare_account_id", "Account id"),
+                Field("cloudflare_queue_id", "Queue id", help="offload mode: the queue's id, not its name"),
+                Field("cloudflare_api_base", "API base URL", "url", placeholder="https://api.cloudflare.com/client/v4"),
+                Field("cloudflare_worker_url", "Worker URL", "url"),
+            )),
+    Section("smtp", "SMTP", "A mail server of the company's own; with another provider it is the fallback.", (
+                Field("smtp_host", "Host", placeholder="smtp.example.com"),
+                Field("smtp_port", "Port", "number", placeholder="587"),
+                Field("smtp_username", "User"),
+                Field("smtp_password", "Password", "secret"),
+                Field("smtp_tls", "TLS", "select", choices=SMTP_TLS),
+            )),
+    Section("advanced", "Advanced", "Recovery policy, data retention and integrations.", (
+                Field("uncertain_policy", "After a crash, uncertain recipients", "select", choices=("resend", "fail")),
+                Field("data_retention_days", "Keep recipient data (days)", "number",
+                      help="blank: the service default"),
+                Field("sns_topic_arn", "SNS topic ARN (bounces)"),
+                Field("moodle_db_url", "Moodle database URL", "secret", help="write-only; it holds a password"),
+            )),
+)
+SECTION_BY_NAME = {s.name: s for s in SECTIONS}
+
+
+def current_values(company: Company) -> dict:
+    """Every non-secret setting as a string for the form; secrets only as set / not set."""
+    settings = company.settings or DeliverySettings()
+    values: dict = {}
+    for section in SECTIONS:
+        for f in section.fields:
+            owner = company if f.key in ("uncertain_policy", "data_retention_days", "moodle_db_url",
+                                         "sns_topic_arn") else settings
+            value = getattr(owner, f.key, None)
+            if f.kind == "secret":
+                values[f.key] = bool(value)
+            elif f.kind == "checkbox":
+                values[f.key] = value is None or bool(value)
+            else:
+                values[f.key] = "" if value is None else (f"{value:g}" if isinstance(value, float) else str(value))
+    return values
+
+
+def submitted_values(section: Section, form) -> dict:
+    """The ``configure`` input of one section's form: blank secrets keep, "clear" removes."""
+    values = {}
+    for f in section.fields:
+        if f.kind == "secret":
+            if form.get(f"clear_{f.key}"):
+                values[f.key] = ""
+            elif form.get(f.key, ""):
+                values[f.key] = form[f.key]
+        elif f.kind == "checkbox":
+            values[f.key] = "1" if form.get(f.key) else "0"
+        else:
+            values[f.key] = form.get(f.key, "")
+    return values
+
+
+def error_field(message: str) -> str | None:
+    """The setting a ``configure`` error names (``"smtp_port: ..."``)."""
+    key = message.partition(":")[0].strip()
+    return key if any(f.key == key for s in SECTIONS for f in s.fields) else None
+
+
+class CompanySettingsView(SecureBaseView):
+    """Managers: their own company; admins: any company, picked from a list."""
+
+    def _company(self, company_id: int) -> Company:
+        if scope() is not None and company_id != scope():
+            abort(404)
+        company = db.session.get(Company, company_id)
+        if company is None:
+            abort(404)
+        return company
+
+    def _page(self, company: Company, status: int = 200, **extra):
+        tokens = db.session.execute(ApiToken.scoped(company.id)
+                                    .order_by(ApiToken.revoked_at.is_not(None), ApiToken.created_at.desc())).scalars()
+        context = {"company": company, "sections": SECTIONS, "values": current_values(company),
+                   "settings": company.settings, "tokens": list(tokens), "errors": {}, "failed_section": None,
+                   "submitted": {}, "check_id": request.args.get("check", ""), "now": utcnow(), **extra}
+        response = make_response(self.render("admin/settings/company.html", **context), status)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @expose("/")
+    def index(self):
+        if scope() is not None:
+            return redirect(url_for("settings.company", company_id=scope()))
+        companies = db.session.execute(select(Company).order_by(Company.name)).scalars().all()
+        return self.render("admin/settings/pick.html", companies=companies)
+
+    @expose("/<int:company_id>/")
+    def company(self, company_id: int):
+        return self._page(self._company(company_id))
+
+    @expose("/<int:company_id>/save", methods=("POST",))
+    def save(self, company_id: int):
+        company = self._company(company_id)
+        section = SECTION_BY_NAME.get(request.form.get("section", ""))
+        if section is None:
+            abort(400)
+        try:
+            changed = configure(company, submitted_values(section, request.form))
+        except ValueError as exc:
+            db.session.rollback()
+            message = str(exc)
+            key = error_field(message) or "_form"
+            submitted = {f.key: request.form.get(f.key, "") for f in section.fields if f.kind != "secret"}
+            return self._page(company, 400, errors={key: message}, failed_section=section.name,
+                              submitted=submitted)
+        if changed:
+            audit.record("settings_changed", company_id=company.id, object_type="company", object_id=company.id,
+                         details={"section": section.name, "fields": changed})
+            db.session.commit()
+            flash(f"{section.title}: saved ({', '.join(changed)}).", "success")
+        else:
+            flash(f"{section.title}: nothing changed.", "info")
+        return redirect(url_for("settings.company", company_id=company.id) + f"#section-{section.name}")
+
+    def _started(self, company: Company, check_id: str | None, error: str | None):
+        """Answer a check request: JSON for the page's script, else back to the page."""
+        if request.accept_mimetypes.best == "application/json":
+            if error:
+                return jsonify({"error": error}), 503
+            return jsonify({"check_id": check_id,
+                            "result_url": url_for("settings.check_result", company_id=company.id,
+                                                  check_id=check_id)}), 202
+        if error:
+            flash(error, "error")
+            return redirect(url_for("settings.company", company_id=company.id))
+        return redirect(url_for("settings.company", company_id=company.id, check=check_id) + "#checks")
+
+    @expose("/<int:company_id>/test-connection", methods=("POST",))
+    def test_connection(self, company_id: int):
+        from tasks.connection_test import start_connection_test
+
+        company = self._company(company_id)
+        try:
+            check_id = start_connection_test(company.id)
+        except (RedisError, OSError):
+            return self._started(company, None, "The job queue is unavailable; try again shortly.")
+        audit.record("connection_test_requested", company_id=company.id, object_type="company",
+                     object_id=company.id)
+        db.session.commit()
+        return self._started(company, check_id, None)
+
+    @expose("/<int:company_id>/test-email", methods=("POST",))
+    def test_email(self, company_id: int):
+        from tasks.connection_test import start_test_email
+
+        company = self._company(company_id)
+        to = request.form.get("to", "").strip()
+        if not valid_email(to):
+            if request.accept_mimetypes.best == "application/json":
+                return jsonify({"error": "to: not a valid email address"}), 400
+            return self._page(company, 400, errors={"to": "to: not a valid email address"})
+        try:
+            check_id = start_test_email(company.id, to)
+        except (RedisError, OSError):
+            return self._started(company, None, "The job queue is unavailable; try again shortly.")
+        audit.record("test_email_requested", company_id=company.id, object_type="company", object_id=company.id)
+        db.session.commit()
+        return self._started(company, check_id, None)
+
+    @expose("/<int:company_id>/checks/<check_id>.json")
+    def check_result(self, company_id: int, check_id: str):
+        from tasks.connection_test import read_result
+
+        company = self._company(company_id)
+        result = read_result(company.id, check_id)
+        if result is None:
+            abort(404)
+        response = jsonify(result)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @expose("/<int:company_id>/tokens", methods=("POST",))
+    def create_token(self, company_id: int):
+        company = self._company(company_id)
+        name = (request.form.get("name") or "LMS").strip()[:100] or "LMS"
+        row, plain = ApiToken.issue(company.id, name)
+        db.session.add(row)
+        db.session.flush()
+        audit.record("api_token_created", company_id=company.id, object_type="api_token", object_id=row.id,
+                     details={"name": name})
+        db.session.commit()
+        return self._page(company, 201, new_token=plain, new_token_name=name)
+
+    @expose("/<int:company_id>/tokens/<int:token_id>/revoke", methods=("POST",))
+    def revoke_token(self, company_id: int, token_id: int):
+        company = self._company(company_id)
+        row = get_or_404(ApiToken, token_id, company.id)
+        if row.revoked_at is None:
+            row.revoked_at = utcnow()
+            audit.record("api_token_revoked", company_id=company.id, object_type="api_token", object_id=row.id)
+            db.session.commit()
+            flash(f"Token {row.prefix}… revoked.", "success")
+        return redirect(url_for("settings.company", company_id=company.id) + "#tokens")
+
+    @expose("/<int:company_id>/callback-secret/rotate", methods=("POST",))
+    def rotate_secret(self, company_id: int):
+        company = self._company(company_id)
+        secret = rotate_callback_secret(company)
+        audit.record("callback_secret_rotated", company_id=company.id, object_type="company", object_id=company.id)
+        db.session.commit()
+        return self._page(company, 200, new_secret=secret)
+
+
+def register(admin) -> None:
+    admin.add_view(CompanySettingsView(name="Settings", endpoint="settings", url="/admin/settings"))

@@ -1,0 +1,246 @@
+"""Jobs in the dashboard: the list (polled by static/jobs.js), a job's detail
+with its batches, failed recipients, error log and sends-over-time chart, the
+retry and cancel actions, and CSV downloads of its recipients and errors.
+
+Every read goes through ``dashboard.tenancy`` with the user's scope, so
+another company's job is a 404 on every page, JSON endpoint and download.
+"""
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+
+from flask import flash, jsonify, redirect, request, url_for
+from flask_admin import expose
+from sqlalchemy import BigInteger, Integer, cast, extract, func, select
+
+from dashboard.admin.base import SecureBaseView, scope
+from dashboard.csvexport import csv_response
+from dashboard.extensions import db
+from dashboard.jobs import RETRYABLE_STATUSES, JobError, batches_of, iso, job_to_dict, request_cancel, retry_failed
+from dashboard.models import JOB_FINAL, JOB_TYPES, Company, Job, Recipient, utcnow
+from dashboard.tenancy import get_or_404
+
+PAGE_SIZE = 25
+FAILED_PAGE_SIZE = 50
+JOB_STATUSES = ("pending", "queued", "processing", "paused", "completed", "partial_failure", "failed", "cancelled")
+FAILED_STATUSES = ("failed", "bounced", "uncertain")
+BADGES = {"pending": "secondary", "queued": "secondary", "processing": "primary", "paused": "info",
+          "completed": "success", "partial_failure": "warning", "failed": "danger", "cancelled": "dark"}
+#: chart bucket sizes (seconds); the smallest that gives at most CHART_BUCKETS bars wins
+BUCKET_SIZES = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 86400)
+CHART_BUCKETS = 60
+CSV_COLUMNS = ("id", "email", "status", "error", "attempts", "sent_at", "route", "message_id")
+
+
+def fmt_time(moment: datetime | None) -> str:
+    return "—" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def fmt_duration(job: Job) -> str:
+    """Started to completed (or now, while running), as ``1h 02m 03s``."""
+    if job.started_at is None:
+        return "—"
+    seconds = int(((job.completed_at or utcnow()) - job.started_at).total_seconds())
+    hours, rest = divmod(max(seconds, 0), 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m {secs:02d}s"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def progress(job: Job) -> dict:
+    """Shares of the total (percent) that were sent, failed and skipped."""
+    total = job.email_count or 0
+    sent = job.emails_sent or 0
+    failed = (job.emails_failed or 0) + (job.emails_bounced or 0)
+    skipped = job.emails_suppressed or 0
+    done = min(total, sent + failed + skipped)
+    if job.status in JOB_FINAL or total == 0:
+        percent = 100 if job.status in JOB_FINAL else 0
+    else:
+        percent = math.floor(done * 100 / total)
+    share = (lambda n: round(n * 100 / total, 2)) if total else (lambda n: 0)
+    attempted = sent + failed
+    return {"percent": percent, "done": done, "sent_pct": share(sent), "failed_pct": share(failed),
+            "skipped_pct": share(skipped),
+            "success_rate": None if not attempted else round(sent * 100 / attempted, 1)}
+
+
+def job_row(job: Job, company_names: dict[int, str] | None = None) -> dict:
+    """What the list and the detail page show (and poll) for one job."""
+    row = job_to_dict(job)
+    row.update(progress=progress(job), duration=fmt_duration(job), badge=BADGES.get(job.status, "secondary"),
+               created=fmt_time(job.created_at), started=fmt_time(job.started_at),
+               completed=fmt_time(job.completed_at), is_final=job.status in JOB_FINAL,
+               can_retry=job.status in RETRYABLE_STATUSES and bool(job.emails_failed),
+               can_cancel=job.status not in JOB_FINAL,
+               url=url_for("jobs.details", job_id=job.id))
+    if company_names is not None:
+        row["company"] = company_names.get(job.company_id, "")
+    return row
+
+
+def _epoch_seconds(column):
+    """Whole seconds since 1970 of a naive-UTC timestamp column, per dialect."""
+    if db.engine.dialect.name == "sqlite":
+        return cast(func.strftime("%s", column), Integer)
+    return cast(func.floor(extract("epoch", column)), BigInteger)
+
+
+def sends_over_time(job: Job) -> dict:
+    """Sent recipients per time bucket, first to last send, empty buckets included."""
+    sent = Recipient.scoped(job.company_id).where(Recipient.job_id == job.id, Recipient.sent_at.is_not(None))
+    first, last = db.session.execute(sent.with_only_columns(func.min(Recipient.sent_at),
+                                                            func.max(Recipient.sent_at))).one()
+    if first is None:
+        return {"bucket_s": 60, "buckets": [], "total": 0}
+    span = (last - first).total_seconds()
+    size = next((s for s in BUCKET_SIZES if span / s < CHART_BUCKETS), BUCKET_SIZES[-1])
+    key = _epoch_seconds(Recipient.sent_at) // size
+    counts = dict(db.session.execute(sent.with_only_columns(key, func.count()).group_by(key)).all())
+    start, end = min(counts), max(counts)
+    epoch = datetime(1970, 1, 1)
+    buckets = [{"t": iso(epoch + timedelta(seconds=k * size)), "sent": counts.get(k, 0)}
+               for k in range(start, end + 1)]
+    return {"bucket_s": size, "buckets": buckets, "total": sum(counts.values())}
+
+
+def recipient_rows(company_id: int, job_id: int, statuses: tuple[str, ...] | None = None, chunk: int = 1000):
+    """The job's recipients (never ``data``), by id in keyset pages, for streaming."""
+    cols = [getattr(Recipient, c) for c in CSV_COLUMNS]
+    last = 0
+    while True:
+        stmt = Recipient.scoped(company_id).with_only_columns(*cols).where(
+            Recipient.job_id == job_id, Recipient.id > last)
+        if statuses:
+            stmt = stmt.where(Recipient.status.in_(statuses))
+        rows = db.session.execute(stmt.order_by(Recipient.id).limit(chunk)).all()
+        if not rows:
+            return
+        yield from rows
+        last = rows[-1].id
+
+
+class JobsView(SecureBaseView):
+    """The company's jobs (an admin's: every company's, with a company filter)."""
+
+    def _filters(self) -> dict:
+        args = request.args
+        found = {"status": args.get("status") if args.get("status") in JOB_STATUSES else "",
+                 "type": args.get("type") if args.get("type") in JOB_TYPES else "", "company_id": ""}
+        if scope() is None and args.get("company_id", "").isdigit():
+            found["company_id"] = args["company_id"]
+        return found
+
+    def _page_of_jobs(self) -> tuple[list[Job], int, int, dict]:
+        filters = self._filters()
+        stmt = Job.scoped(scope())
+        if filters["status"]:
+            stmt = stmt.where(Job.status == filters["status"])
+        if filters["type"]:
+            stmt = stmt.where(Job.type == filters["type"])
+        if filters["company_id"]:
+            stmt = stmt.where(Job.company_id == int(filters["company_id"]))
+        total = db.session.execute(select(func.count()).select_from(stmt.subquery())).scalar()
+        pages = max(1, math.ceil(total / PAGE_SIZE))
+        page = min(max(request.args.get("page", 1, type=int) or 1, 1), pages)
+        jobs = db.session.execute(stmt.order_by(Job.created_at.desc(), Job.id.desc())
+                                  .limit(PAGE_SIZE).offset((page - 1) * PAGE_SIZE)).scalars().all()
+        return jobs, total, page, filters
+
+    @staticmethod
+    def _company_names() -> dict[int, str] | None:
+        if scope() is not None:
+            return None
+        return dict(db.session.execute(select(Company.id, Company.name).order_by(Company.name)).all())
+
+    @expose("/")
+    def index(self):
+        jobs, total, page, filters = self._page_of_jobs()
+        names = self._company_names()
+        return self.render("admin/jobs/list.html", jobs=[job_row(j, names) for j in jobs], total=total, page=page,
+                           pages=max(1, math.ceil(total / PAGE_SIZE)), filters=filters, statuses=JOB_STATUSES,
+                           types=JOB_TYPES, companies=names)
+
+    @expose("/data.json")
+    def list_data(self):
+        jobs, total, page, _ = self._page_of_jobs()
+        names = self._company_names()
+        return _no_store(jsonify({"jobs": [job_row(j, names) for j in jobs], "total": total, "page": page,
+                                  "per_page": PAGE_SIZE, "now": iso(utcnow())}))
+
+    @expose("/<int:job_id>/")
+    def details(self, job_id: int):
+        job = get_or_404(Job, job_id, scope())
+        failed_total = db.session.execute(Recipient.scoped(job.company_id).with_only_columns(func.count()).where(
+            Recipient.job_id == job.id, Recipient.status.in_(FAILED_STATUSES))).scalar()
+        pages = max(1, math.ceil(failed_total / FAILED_PAGE_SIZE))
+        fpage = min(max(request.args.get("fpage", 1, type=int) or 1, 1), pages)
+        failed = db.session.execute(
+            Recipient.scoped(job.company_id)
+            .with_only_columns(Recipient.id, Recipient.email, Recipient.status, Recipient.error,
+                               Recipient.attempts, Recipient.route)
+            .where(Recipient.job_id == job.id, Recipient.status.in_(FAILED_STATUSES))
+            .order_by(Recipient.id).limit(FAILED_PAGE_SIZE).offset((fpage - 1) * FAILED_PAGE_SIZE)).all()
+        company = db.session.get(Company, job.company_id)
+        return self.render("admin/jobs/details.html", job=job, row=job_row(job), batches=batches_of(job),
+                           failed=failed, failed_total=failed_total, fpage=fpage, fpages=pages,
+                           company=company, show_company=scope() is None, fmt_time=fmt_time)
+
+    @expose("/<int:job_id>/data.json")
+    def details_data(self, job_id: int):
+        job = get_or_404(Job, job_id, scope())
+        batches = [{"number": b.batch_number, "status": b.status, "route": b.route, "count": b.recipient_count,
+                    "sent": b.sent_count, "failed": b.failed_count, "attempts": b.attempts}
+                   for b in batches_of(job)]
+        return _no_store(jsonify({**job_row(job), "batches": batches}))
+
+    @expose("/<int:job_id>/chart.json")
+    def chart_data(self, job_id: int):
+        job = get_or_404(Job, job_id, scope())
+        return _no_store(jsonify(sends_over_time(job)))
+
+    @expose("/<int:job_id>/recipients.csv")
+    def recipients_csv(self, job_id: int):
+        job = get_or_404(Job, job_id, scope())
+        return csv_response(f"job-{job.id}-recipients.csv", list(CSV_COLUMNS),
+                            recipient_rows(job.company_id, job.id))
+
+    @expose("/<int:job_id>/errors.csv")
+    def errors_csv(self, job_id: int):
+        job = get_or_404(Job, job_id, scope())
+        return csv_response(f"job-{job.id}-errors.csv", list(CSV_COLUMNS),
+                            recipient_rows(job.company_id, job.id, FAILED_STATUSES))
+
+    @expose("/<int:job_id>/retry", methods=("POST",))
+    def retry(self, job_id: int):
+        job = get_or_404(Job, job_id, scope())
+        try:
+            count = retry_failed(job)
+        except JobError as exc:
+            flash(exc.message, "error")
+        else:
+            if count:
+                flash(f"{count} failed recipient(s) queued again.", "success")
+            else:
+                flash("No failed recipient can be retried (invalid addresses and duplicates are final).", "info")
+        return redirect(url_for("jobs.details", job_id=job_id))
+
+    @expose("/<int:job_id>/cancel", methods=("POST",))
+    def cancel(self, job_id: int):
+        job = get_or_404(Job, job_id, scope())
+        if request_cancel(job):
+            flash("Cancel requested: recipients not yet sent will be cancelled.", "success")
+        else:
+            flash(f"The job is already {job.status}.", "info")
+        return redirect(url_for("jobs.details", job_id=job_id))
+
+
+def _no_store(response):
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def register(admin) -> None:
+    admin.add_view(JobsView(name="Jobs", endpoint="jobs", url="/admin/jobs"))

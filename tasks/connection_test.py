@@ -1,0 +1,215 @@
+"""RQ jobs behind the settings page's "Test connection" and "Send test email".
+
+The web side calls ``start_connection_test`` / ``start_test_email``; each
+writes a ``pending`` marker under a random check id and enqueues a job whose
+only arguments are the company id and that check id. What the job needs
+beyond that (the address to write to, a template id, sample data) waits in
+Redis under the check id with a TTL, never in the job's arguments. The job
+stores a secret-free result under the check id; the page polls it with
+``read_result``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+import time
+
+from dashboard.extensions import db
+from dashboard.models import Company, Template
+from dashboard.queue import HIGH, connection, get_queue
+from dashboard.rendering import CompiledTemplate, RenderError
+from providers import Message, ProviderError, get_provider
+
+log = logging.getLogger(__name__)
+
+RESULT_TTL_S = 15 * 60
+CHECK_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+PROVIDER_NAMES = {"aws": "Amazon SES", "cloudflare": "Cloudflare", "smtp": "SMTP"}
+TRANSPORT_NAMES = {"aws": "Amazon SQS queue", "cloudflare": "Cloudflare Queue"}
+SECRET_KEYS = ("aws_access_key", "aws_secret_key", "cloudflare_api_token", "smtp_password", "moodle_db_url")
+_TAGS = re.compile(r"<[^>]*>")
+_SPACES = re.compile(r"\s+")
+JOB_KW = {"result_ttl": 60, "failure_ttl": 24 * 3600}
+
+
+def result_key(company_id: int, check_id: str) -> str:
+    return f"offload:check:{company_id}:{check_id}"
+
+
+def request_key(company_id: int, check_id: str) -> str:
+    return f"offload:check-request:{company_id}:{check_id}"
+
+
+# -- web side ------------------------------------------------------------------
+
+def _begin(company_id: int, kind: str) -> str:
+    check_id = secrets.token_urlsafe(18)
+    connection().set(result_key(company_id, check_id), json.dumps({"status": "pending", "kind": kind}),
+                     ex=RESULT_TTL_S)
+    return check_id
+
+
+def start_connection_test(company_id: int) -> str:
+    """Queue a connection test of the company's settings; returns its check id."""
+    check_id = _begin(company_id, "connection")
+    get_queue(HIGH).enqueue("tasks.connection_test.run_connection_test", company_id, check_id,
+                            job_id=f"check-{check_id}", **JOB_KW)
+    return check_id
+
+
+def start_test_email(company_id: int, to: str, template_id: int | None = None,
+                     sample: dict | None = None) -> str:
+    """Queue one test message to ``to`` (kept in Redis, not in the job's arguments)."""
+    check_id = _begin(company_id, "email")
+    payload = {"to": to, "template_id": template_id, "sample": sample or {}}
+    connection().set(request_key(company_id, check_id), json.dumps(payload), ex=RESULT_TTL_S)
+    get_queue(HIGH).enqueue("tasks.connection_test.send_test_email", company_id, check_id,
+                            job_id=f"check-{check_id}", **JOB_KW)
+    return check_id
+
+
+def read_result(company_id: int, check_id: str) -> dict | None:
+    """The stored state of a check of ``company_id``, or ``None`` (unknown, expired, other company)."""
+    if not CHECK_ID.match(check_id or ""):
+        return None
+    raw = connection().get(result_key(company_id, check_id))
+    return None if raw is None else json.loads(raw)
+
+
+# -- worker side ----------------------------------------------------------------
+
+def provider_config(company: Company) -> dict:
+    """The company's settings as provider config.
+
+    An ``aws_endpoint_url`` names one endpoint for every AWS service the
+    company uses (SES and SQS, e.g. LocalStack or moto), so STS is asked
+    there too; a note explains it when that endpoint does not answer STS.
+    """
+    config = company.settings.provider_config() if company.settings else {}
+    if config.get("aws_endpoint_url"):
+        config.setdefault("aws_sts_endpoint_url", config["aws_endpoint_url"])
+    return config
+
+
+def clean_reason(text) -> str:
+    """A short one-line reason: HTML tags (error pages) removed, whitespace collapsed."""
+    return _SPACES.sub(" ", _TAGS.sub(" ", str(text))).strip()[:300]
+
+
+def redact(payload: dict, config: dict) -> dict:
+    """``payload`` with every secret value of ``config`` replaced (belt and braces)."""
+    text = json.dumps(payload)
+    for key in SECRET_KEYS:
+        value = config.get(key)
+        if value and len(str(value)) >= 4:
+            text = text.replace(json.dumps(str(value))[1:-1], "[redacted]")
+    return json.loads(text)
+
+
+def _store(company_id: int, check_id: str, payload: dict, config: dict) -> None:
+    payload = redact(payload, config)
+    connection().set(result_key(company_id, check_id), json.dumps(payload), ex=RESULT_TTL_S)
+
+
+def _check(name: str, run) -> dict:
+    """Run one ``test_connection``; a provider error is the check's answer, not a job failure."""
+    started = time.monotonic()
+    try:
+        facts = run()
+    except ProviderError as exc:
+        return {"name": name, "ok": False, "error": clean_reason(exc.reason), "facts": {}, "notes": [],
+                "seconds": round(time.monotonic() - started, 2)}
+    notes = [clean_reason(n) for n in facts.pop("notes", [])] + [clean_reason(w) for w in facts.pop("warnings", [])]
+    return {"name": name, "ok": True, "error": None, "facts": facts, "notes": notes,
+            "seconds": round(time.monotonic() - started, 2)}
+
+
+def _provider_test(name: str, config: dict):
+    def run():
+        with get_provider(name, config) as provider:
+            return provider.test_connection()
+    return run
+
+
+def _transport_test(name: str, config: dict):
+    def run():
+        from providers.offload import get_transport
+
+        with get_transport(name, config) as transport:
+            return transport.test_connection()
+    return run
+
+
+def planned_checks(config: dict) -> list[tuple[str, object]]:
+    """Which checks the settings call for: the provider, the offload queue, the SMTP fallback."""
+    provider = config.get("provider") or "smtp"
+    checks = [(PROVIDER_NAMES.get(provider, provider), _provider_test(provider, config))]
+    queue_set = (provider == "aws" and config.get("sqs_queue_url")) or \
+        (provider == "cloudflare" and config.get("cloudflare_queue_id"))
+    if config.get("mode") == "offload" or queue_set:
+        checks.append((TRANSPORT_NAMES.get(provider, provider), _transport_test(provider, config)))
+    if provider != "smtp" and config.get("smtp_host"):
+        checks.append(("SMTP fallback", _provider_test("smtp", config)))
+    return checks
+
+
+def run_connection_test(company_id: int, check_id: str) -> None:
+    """RQ job: test the company's delivery settings and store the result."""
+    company = db.session.get(Company, company_id)
+    if company is None:
+        return
+    config = provider_config(company)
+    results = [_check(name, run) for name, run in planned_checks(config)]
+    ok = all(r["ok"] for r in results)
+    log.info("Company %s: connection test %s: %s", company_id, check_id[:6], "ok" if ok else "problems")
+    _store(company_id, check_id, {"status": "done", "kind": "connection", "ok": ok, "checks": results,
+                                  "provider": config.get("provider"), "mode": config.get("mode")}, config)
+
+
+def _test_content(company_id: int, request: dict) -> tuple[str, str | None, str | None]:
+    """Subject, text and HTML of the test message (a stored template, or a fixed note)."""
+    if request.get("template_id"):
+        tpl = db.session.execute(Template.scoped(company_id).where(Template.id == int(request["template_id"])))\
+            .scalar_one_or_none()
+        if tpl is None:
+            raise RenderError("template", "the template no longer exists")
+        rendered = CompiledTemplate(tpl.subject, tpl.body_text, tpl.body_html).render(request.get("sample") or {})
+        return "[TEST] " + rendered.subject, rendered.text, rendered.html
+    return ("Test email from ManiReports Cloud Offload",
+            "This is a test message sent from the Cloud Offload dashboard to check the delivery settings.",
+            None)
+
+
+def send_test_email(company_id: int, check_id: str) -> None:
+    """RQ job: send one test message with the company's provider and store the outcome."""
+    company = db.session.get(Company, company_id)
+    conn = connection()
+    raw = conn.get(request_key(company_id, check_id))
+    conn.delete(request_key(company_id, check_id))
+    if company is None:
+        return
+    config = provider_config(company)
+    payload = {"status": "done", "kind": "email", "ok": False, "provider": config.get("provider")}
+    if raw is None:
+        _store(company_id, check_id, {**payload, "error": "the request expired; try again"}, config)
+        return
+    request = json.loads(raw)
+    sender = config.get("sender")
+    if not sender:
+        _store(company_id, check_id, {**payload, "error": "no sender address is configured"}, config)
+        return
+    try:
+        subject, text, html = _test_content(company_id, request)
+        message = Message(key=0, to=request["to"], subject=subject, text=text, html=html)
+        with get_provider(config.get("provider") or "smtp", config) as provider:
+            result = provider.send(sender, [message])[0]
+    except (ProviderError, RenderError) as exc:
+        reason = exc.reason if isinstance(exc, ProviderError) else str(exc)
+        _store(company_id, check_id, {**payload, "error": clean_reason(reason)}, config)
+        return
+    ok = result.status == "sent"
+    log.info("Company %s: test email %s: %s", company_id, check_id[:6], result.status)
+    _store(company_id, check_id, {**payload, "ok": ok, "message_id": result.message_id,
+                                  "error": None if ok else clean_reason(result.error or result.status)}, config)
