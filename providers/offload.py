@@ -240,18 +240,17 @@ class SqsTransport(OffloadTransport):
         return self._client
 
     def _build_client(self) -> Any:
-        import boto3
         from botocore.config import Config
 
         match = _SQS_REGION.match(self.queue_url)
         region = self.config.get("aws_region") or (match.group(1) if match else None)
         try:
-            return boto3.session.Session().client(
+            from providers.aws import aws_session
+
+            return aws_session(self.config, region).client(
                 "sqs",
                 region_name=region,
                 endpoint_url=self.config.get("aws_endpoint_url") or None,
-                aws_access_key_id=self.config.get("aws_access_key") or None,
-                aws_secret_access_key=self.config.get("aws_secret_key") or None,
                 config=Config(retries={"mode": "standard", "total_max_attempts": 1},
                               connect_timeout=5, read_timeout=15),
             )

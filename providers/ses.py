@@ -277,11 +277,9 @@ class SesProvider(Provider):
         """A cached boto3 client; creating one is slow, so each is made once."""
         if service not in self._clients:
             if self._session is None:
-                self._session = boto3.session.Session(
-                    aws_access_key_id=self.config.get("aws_access_key") or None,
-                    aws_secret_access_key=self.config.get("aws_secret_key") or None,
-                    region_name=self.region,
-                )
+                from providers.aws import aws_session
+
+                self._session = aws_session(self.config, self.region)
             config = Config(connect_timeout=min(self.timeout, 5.0), read_timeout=self.timeout,
                             retries={"mode": "standard", "total_max_attempts": 1})
             self._clients[service] = self._session.client(service, endpoint_url=endpoint_url, config=config)

@@ -31,7 +31,6 @@ from contextlib import contextmanager
 from typing import Any, ClassVar, Self
 from urllib.parse import quote, urlsplit
 
-import boto3
 import urllib3
 from botocore import exceptions as boto_errors
 from botocore.config import Config as BotoConfig
@@ -204,11 +203,9 @@ class S3Storage(Storage):
             request_checksum_calculation="when_required" if custom else "when_supported",
             response_checksum_validation="when_required" if custom else "when_supported",
         )
-        session = boto3.session.Session(
-            aws_access_key_id=config.get("aws_access_key") or None,
-            aws_secret_access_key=config.get("aws_secret_key") or None,
-            region_name=self._region(config),
-        )
+        from providers.aws import aws_session
+
+        session = aws_session(dict(config), self._region(config))
         return session.client("s3", endpoint_url=self.endpoint_url, config=boto_config)
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
