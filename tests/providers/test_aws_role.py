@@ -52,5 +52,6 @@ def test_sqs_transport_sends_with_the_role(moto_server, monkeypatch):
 
 
 def test_access_keys_win_over_a_role(moto_server):
-    session = aws_session({"aws_access_key": "AKIAKEYS", "aws_secret_key": "s", "aws_role_arn": "arn:aws:iam::1:role/x"})
+    session = aws_session({"aws_access_key": "AKIAKEYS", "aws_secret_key": "s",
+                           "aws_role_arn": "arn:aws:iam::1:role/x"})
     assert session.get_credentials().get_frozen_credentials().access_key == "AKIAKEYS"
