@@ -6,19 +6,19 @@ order.
 """
 from __future__ import annotations
 
-import importlib
-
 from flask_admin import Admin, expose
 from flask_admin.theme import Bootstrap4Theme
 from flask_login import current_user
 from sqlalchemy import func, select
 
+from dashboard.admin import (audit, campaigns, certificates, companies, company_settings, jobs, suppressions,
+                             templates)
 from dashboard.admin.base import SecureIndexView, scope
+from dashboard.bounces import rates
 from dashboard.extensions import db
 from dashboard.models import Job
 
-FEATURES = ("jobs", "campaigns", "templates", "certificates", "suppressions", "company_settings", "audit",
-            "companies")
+FEATURES = (jobs, campaigns, templates, certificates, suppressions, company_settings, audit, companies)
 
 
 class HomeView(SecureIndexView):
@@ -32,18 +32,11 @@ class HomeView(SecureIndexView):
         if scope() is not None:
             stmt = stmt.where(Job.company_id == scope())
         counts = dict(db.session.execute(stmt).all())
-        return self.render("admin/home.html", counts=counts)
+        return self.render("admin/home.html", counts=counts, rates=rates(scope()))
 
 
 def init_app(app) -> None:
     admin = Admin(app, name="Cloud Offload", url="/admin", index_view=HomeView(url="/admin"),
                   theme=Bootstrap4Theme(swatch="default"))
     for feature in FEATURES:
-        name = f"dashboard.admin.{feature}"
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue  # feature not built yet
-        module.register(admin)
+        feature.register(admin)

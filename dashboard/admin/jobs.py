@@ -184,9 +184,12 @@ class JobsView(SecureBaseView):
             .where(Recipient.job_id == job.id, Recipient.status.in_(FAILED_STATUSES))
             .order_by(Recipient.id).limit(FAILED_PAGE_SIZE).offset((fpage - 1) * FAILED_PAGE_SIZE)).all()
         company = db.session.get(Company, job.company_id)
+        from dashboard.bounces import rates
+
         return self.render("admin/jobs/details.html", job=job, row=job_row(job), batches=batches_of(job),
                            failed=failed, failed_total=failed_total, fpage=fpage, fpages=pages,
-                           company=company, show_company=scope() is None, fmt_time=fmt_time)
+                           company=company, show_company=scope() is None, fmt_time=fmt_time,
+                           rates=rates(job.company_id, job.id))
 
     @expose("/<int:job_id>/data.json")
     def details_data(self, job_id: int):

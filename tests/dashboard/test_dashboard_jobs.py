@@ -193,3 +193,21 @@ def test_admin_sees_every_company_and_filters_by_company(client, auth, make_comp
     only = client.get(f"/admin/jobs/data.json?company_id={other.id}").get_json()
     assert [j["id"] for j in only["jobs"]] == [theirs]
     assert client.get(f"/admin/jobs/{theirs}/").status_code == 200
+
+
+def test_job_detail_and_overview_show_bounce_and_complaint_rates(client, manager, acme):
+    from dashboard.campaign_models import BounceEvent
+
+    job_id = create_job(client, acme, people(40))
+    job = db.session.get(Job, job_id)
+    job.emails_sent, job.emails_bounced, job.status = 37, 3, "completed"
+    db.session.add_all([BounceEvent(company_id=acme.id, event_key=f"k{i}", source="ses", kind="hard",
+                                    email=f"user{i}@acme.test", job_id=job_id) for i in range(3)]
+                       + [BounceEvent(company_id=acme.id, event_key="c1", source="ses", kind="complaint",
+                                      email="user9@acme.test", job_id=job_id)])
+    db.session.commit()
+    page = client.get(f"/admin/jobs/{job_id}/").get_data(as_text=True)
+    assert "7.50%" in page and "Bounce rate above 2%" in page  # 3 of 40
+    assert "2.50%" in page and "Complaint rate above 0.1%" in page  # 1 of 40
+    overview = client.get("/admin/").get_data(as_text=True)
+    assert "Bounces" in overview and "complaints" in overview
