@@ -38,7 +38,7 @@ from providers import ConnectionFailure, PermanentError, ProviderError
 from providers.offload import get_transport
 from tasks import dispatch, limits, store
 from tasks.routing import fallback_route, primary_route
-from tasks.sending import BatchRun, LostLease, finish_job, worker_name
+from tasks.sending import BatchRun, finish_job, run_claimed, worker_name
 
 log = logging.getLogger(__name__)
 
@@ -414,23 +414,7 @@ class FallbackRun(BatchRun):
 
 def send_fallback(batch_id: int) -> str:
     """RQ job: send one offload batch through the SMTP fallback (route ``fallback:smtp``)."""
-    claim = store.claim_batch(batch_id, worker_name(), current_app.config["OFFLOAD_LEASE_S"])
-    if claim is None:
-        return "skipped"
-    try:
-        return FallbackRun(claim).run()
-    except LostLease:
-        db.session.rollback()
-        log.warning("Batch %s: lease lost; another worker has it", batch_id)
-        return "lost"
-    except Exception:
-        db.session.rollback()
-        try:  # let a retry have it soon; the exception still reaches RQ
-            store.release_batch(claim, B_RETRY, next_attempt_at=utcnow() + timedelta(seconds=5),
-                                error="worker error; retrying")
-        except Exception:  # the database may be what failed; the lease then expires
-            db.session.rollback()
-        raise
+    return run_claimed(batch_id, FallbackRun)
 
 
 # --------------------------------------------------------------------------- callbacks

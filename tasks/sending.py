@@ -287,11 +287,17 @@ class LostLease(Exception):
 
 def send_batch(batch_id: int) -> str:
     """RQ job: send one batch. Safe to run twice: the claim decides who sends."""
+    return run_claimed(batch_id, BatchRun)
+
+
+def run_claimed(batch_id: int, run_class: type[BatchRun]) -> str:
+    """Claim the batch and run ``run_class`` over it; a lost lease stops quietly,
+    any other error releases the batch for a retry and reaches RQ."""
     claim = store.claim_batch(batch_id, worker_name(), current_app.config["OFFLOAD_LEASE_S"])
     if claim is None:
         return "skipped"
     try:
-        return BatchRun(claim).run()
+        return run_class(claim).run()
     except LostLease:
         db.session.rollback()
         log.warning("Batch %s: lease lost; another worker has it", batch_id)
