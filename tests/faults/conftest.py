@@ -157,12 +157,10 @@ def ses(ses_local):
 @pytest.fixture
 def smtp_sink():
     """An aiosmtpd server (in this process) that keeps what it accepts: the fallback."""
-    from tests.tasks.conftest import SmtpSink
+    from tests.support.servers import SmtpSink
 
-    sink = SmtpSink()
-    sink.controller.start()
-    yield sink
-    sink.controller.stop()
+    with SmtpSink() as sink:
+        yield sink
 
 
 # -- the app -------------------------------------------------------------------

@@ -261,6 +261,14 @@ class SmtpSink:
             asyncio.get_running_loop().call_soon(server.transport.close)
         return "250 Message accepted"
 
+    def recipients(self) -> list[str]:
+        """Every accepted recipient address, one entry per delivery."""
+        return [rcpt for mail in self.messages for rcpt in mail.rcpt_tos]
+
+    def config(self) -> dict:
+        """Plain SMTP settings (no TLS, no auth) pointing at this sink."""
+        return {"smtp_host": "127.0.0.1", "smtp_port": self.port, "smtp_tls": "none"}
+
     def start(self) -> SmtpSink:
         from aiosmtpd.controller import Controller
 
