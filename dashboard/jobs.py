@@ -277,7 +277,7 @@ def resume(job: Job) -> bool:
         return False
     status = PROCESSING if job.started_at else "queued"
     db.session.execute(update(Job).where(Job.id == job.id, Job.status == "paused")
-                       .values(status=status, paused_reason=None))
+                       .values(status=status, paused_reason=None, paused_at=None))
     audit.record("job_resumed", company_id=job.company_id, object_type="job", object_id=job.id)
     db.session.commit()
     from tasks.dispatch import requeue_open_batches

@@ -231,6 +231,7 @@ class Job(TenantMixin, db.Model):
     send_at = db.Column(db.DateTime)
     cancel_requested_at = db.Column(db.DateTime)
     paused_reason = db.Column(db.String(255))
+    paused_at = db.Column(db.DateTime)
     data_purged_at = db.Column(db.DateTime)
     error_log = db.Column(db.Text)
     idempotency_key = db.Column(db.String(255))

@@ -138,6 +138,7 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
         "OFFLOAD_MAX_RECIPIENTS": (50_000, 1, None),
         "OFFLOAD_LOGIN_MAX_FAILURES": (5, 1, None),
         "OFFLOAD_SWEEP_S": (15, 1, None),
+        "OFFLOAD_QUOTA_RESUME_S": (3600, 1, None),
     }
     for name, (default, lo, hi) in ints.items():
         raw = env.get(name)

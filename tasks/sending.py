@@ -30,6 +30,7 @@ from tasks.routing import Route, fallback_route, primary_route, provider_for
 
 log = logging.getLogger(__name__)
 redis_errors = (RedisError, OSError)
+QUOTA_PAUSE = "sending quota exhausted"  # the sweep resumes such jobs later (tasks.sweep)
 MAX_THROTTLE_WAITS = 30  # per batch run, before the batch is rescheduled
 #: ``ProviderError.code`` of a read timeout on a single API call (SES, Cloudflare):
 #: the request went out and no answer came, so the whole chunk may have been sent
@@ -217,7 +218,7 @@ class BatchRun:
             return "fallback"
         except QuotaExceededError as exc:
             store.unmark_sending(ids, refund_attempt=True, error=exc.reason)
-            store.pause_job(claim.job_id, f"sending quota exhausted: {exc.reason}")
+            store.pause_job(claim.job_id, f"{QUOTA_PAUSE}: {exc.reason}")
             return self.stop(B_QUEUED)
         except PermanentError as exc:
             results = [Result(m.key, "failed", error=exc.reason) for m in messages]

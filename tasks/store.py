@@ -234,7 +234,7 @@ def log_job_error(job_id: int, line: str) -> None:
 
 def pause_job(job_id: int, reason: str) -> None:
     db.session.execute(update(Job).where(Job.id == job_id, Job.status.notin_(JOB_FINAL))
-                       .values(status="paused", paused_reason=reason[:255]))
+                       .values(status="paused", paused_reason=reason[:255], paused_at=utcnow()))
     db.session.commit()
     log_job_error(job_id, f"paused: {reason}")
 

@@ -76,11 +76,28 @@ def sweep() -> dict:
     reconciled = _reconcile_offload()
     purged = _purge_if_due()
     windows = _recover_event_windows()
+    resumed = resume_quota_paused()
     report = {"expired": len(expired), "requeued": len(lost), "replanned": replanned, "reconciled": reconciled,
-              "purged": purged, "event_windows": windows}
+              "purged": purged, "event_windows": windows, "resumed": resumed}
     if any(report.values()):
         log.info("sweep: %s", report)
     return report
+
+
+def resume_quota_paused() -> int:
+    """Jobs paused because the provider's quota was spent resume by themselves
+    after OFFLOAD_QUOTA_RESUME_S (SES's daily quota rolls over); if the quota is
+    still spent, the first call pauses them again."""
+    from flask import current_app
+
+    from dashboard.jobs import resume
+    from dashboard.models import Job
+    from tasks.sending import QUOTA_PAUSE
+
+    due = utcnow() - timedelta(seconds=current_app.config["OFFLOAD_QUOTA_RESUME_S"])
+    jobs = db.session.execute(db.select(Job).where(
+        Job.status == "paused", Job.paused_reason.like(QUOTA_PAUSE + "%"), Job.paused_at < due)).scalars().all()
+    return sum(1 for job in jobs if resume(job))
 
 
 def _recover_event_windows() -> int:

@@ -249,3 +249,26 @@ def test_a_paused_job_resumes_and_completes(app, client, make_company, ses):
     done = job(job_id)
     assert done.status == "completed" and done.paused_reason is None and len(ses.store()) == 250
     assert client.post(f"/api/v1/jobs/{job_id}/resume", headers=company.auth).status_code == 409
+
+
+def test_a_quota_pause_resumes_by_itself_later(app, client, make_company, ses):
+    from datetime import timedelta
+
+    from dashboard.models import utcnow
+    from tasks.sending import QUOTA_PAUSE
+    from tasks.store import pause_job
+    from tasks.sweep import resume_quota_paused
+
+    company = make_company(**aws_settings(ses.url))
+    job_id = submit(client, company, people(30))
+    other_id = submit(client, company, people(5, prefix="other"))
+    run_worker_burst(app, max_jobs=2)  # both planned
+    pause_job(job_id, f"{QUOTA_PAUSE}: Daily message quota exceeded.")
+    pause_job(other_id, "no sender address is configured for the company")  # needs a person
+    assert resume_quota_paused() == 0  # not yet: the quota has not rolled over
+    db.session.execute(Job.__table__.update().values(paused_at=utcnow() - timedelta(hours=2)))
+    db.session.commit()
+    assert resume_quota_paused() == 1
+    run_worker_burst(app)
+    assert job(job_id).status == "completed" and len(ses.store()) == 30
+    assert job(other_id).status == "paused"
