@@ -11,9 +11,10 @@ def create_app(config: dict | None = None) -> Flask:
     """Build the app: settings from the environment, then ``config`` overrides."""
     from dashboard import settings
 
-    app = Flask(__name__, instance_path=os.path.join(ROOT, "instance"), static_folder="../static",
-                static_url_path="/static")
-    app.config.update(settings.load())
+    loaded = settings.load()
+    app = Flask(__name__, instance_path=loaded["OFFLOAD_INSTANCE_PATH"] or os.path.join(ROOT, "instance"),
+                static_folder="../static", static_url_path="/static")
+    app.config.update(loaded)
     if config:
         app.config.update(config)
     app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)

@@ -165,5 +165,9 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
     if urlsplit(public).scheme not in ("http", "https"):
         raise SettingsError(f"OFFLOAD_PUBLIC_URL: expected an http(s) URL, got {public!r}")
     cfg["OFFLOAD_PUBLIC_URL"] = public
+    instance = env.get("OFFLOAD_INSTANCE_PATH")
+    if instance and not os.path.isabs(instance):
+        raise SettingsError(f"OFFLOAD_INSTANCE_PATH: expected an absolute path, got {instance!r}")
+    cfg["OFFLOAD_INSTANCE_PATH"] = instance or None
     cfg["OFFLOAD_EMBEDDED_REDIS"] = parse_boolean("OFFLOAD_EMBEDDED_REDIS", env.get("OFFLOAD_EMBEDDED_REDIS", "1"))
     return cfg
