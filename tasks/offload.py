@@ -441,6 +441,8 @@ def record_callback(batch: Batch, webhook_id: str, results: list[dict]) -> dict[
     except IntegrityError:
         db.session.rollback()
         return None
+    if counts["resubmit_in"] is not None:  # only the unsent ones go out again (after the commit)
+        dispatch.enqueue_submit([batch.id], delay=counts["resubmit_in"])
     finish_job(job_id)
     return counts
 
@@ -455,17 +457,22 @@ def _apply_results(batch: Batch, results: list[dict]) -> dict[str, int]:
     for rid, email in open_rows:
         by_email[email].append(rid)
     now, route = utcnow(), batch.route or "offload"
-    sent, failed, ignored = [], [], 0
+    give_up = batch.attempts >= current_app.config["OFFLOAD_MAX_ATTEMPTS"]
+    sent, failed, retry, ignored = [], [], [], 0
     for result in results:
         ids = by_email.get(result["email"])
         if not ids or result["status"] not in ("sent", "failed"):
             ignored += 1
             continue
         rid = ids.pop(0)
+        error = (result.get("error") or "failed")[:2000]
         if result["status"] == "sent":
             sent.append({"rid": rid, "mid": (result.get("message_id") or None), "now": now, "route": route})
+        elif result.get("retryable") is True and not give_up:
+            retry.append({"rid": rid, "err": error})  # not sent: the worker hands it back
         else:
-            failed.append({"rid": rid, "err": (result.get("error") or "failed")[:2000]})
+            failed.append({"rid": rid, "err": error if not result.get("retryable") else
+                           f"gave up after {batch.attempts} attempts: {error}"})
     table = Recipient.__table__
     open_ = or_(*(table.c.status == status for status in OPEN_RECIPIENT))  # no IN: executemany
     n_sent = n_failed = 0
@@ -478,6 +485,9 @@ def _apply_results(batch: Batch, results: list[dict]) -> dict[str, int]:
         n_failed = db.session.execute(
             table.update().where(table.c.id == bindparam("rid"), open_).values(
                 status="failed", error=bindparam("err"), lease_until=None), failed).rowcount
+    if retry:  # known unsent: pending again (never uncertain), re-submitted alone below
+        db.session.execute(table.update().where(table.c.id == bindparam("rid"), open_).values(
+            status="pending", error=bindparam("err"), lease_until=None), retry)
     db.session.execute(update(Job).where(Job.id == batch.job_id).values(
         emails_sent=Job.emails_sent + n_sent, emails_failed=Job.emails_failed + n_failed))
     left = db.session.execute(text(
@@ -492,7 +502,15 @@ def _apply_results(batch: Batch, results: list[dict]) -> dict[str, int]:
         db.session.execute(update(Batch).where(
             Batch.id == batch.id, Batch.status.notin_((*BATCH_FINAL, B_SENDING))).values(
             status=B_DONE, completed_at=now, lease_until=None, leased_by=None))
-    return {"sent": n_sent, "failed": n_failed, "ignored": ignored + len(sent) + len(failed) - n_sent - n_failed}
+    resubmit_in = None
+    if left and retry:
+        delay = limits.backoff(batch.attempts)
+        moved = db.session.execute(update(Batch).where(Batch.id == batch.id, Batch.status == B_SUBMITTED).values(
+            status=B_RETRY, next_attempt_at=now + timedelta(seconds=delay), lease_until=None, leased_by=None,
+            error="the cloud worker handed back unsent recipients")).rowcount
+        resubmit_in = delay if moved else None
+    return {"sent": n_sent, "failed": n_failed, "retry": len(retry), "resubmit_in": resubmit_in,
+            "ignored": ignored + len(sent) + len(failed) - n_sent - n_failed}
 
 
 # --------------------------------------------------------------------------- reconcile

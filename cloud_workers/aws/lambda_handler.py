@@ -15,15 +15,17 @@ SES gets the already-rendered parts through a pass-through inline template
 (``{{{subject}}}`` etc.), so SES's own Handlebars never sees user data as a
 template.
 
-Retries (``batchItemFailures``): a record is retried when SES is throttled
-or transiently unavailable, or when the callback cannot be delivered (5xx,
-timeout, unreachable); malformed messages are also "retried", which sends
-them to the dead-letter queue after ``maxReceiveCount``. Recipients SES
-rejects permanently are reported ``failed`` in the callback and never cause
-a retry; a callback answered 4xx (wrong secret, unknown batch) is logged and
-not retried, as a retry would only send the emails again. Delivery is
-at-least-once: a record retried after some of its emails went out sends
-those again (the service ignores results for recipients already final).
+Retries: when SES is throttled or transiently unavailable before anything
+of a batch was sent, the record is retried (``batchItemFailures``). When
+some emails already went out, the callback reports them and returns the
+rest as ``failed`` with ``"retryable": true``; the service re-submits only
+those, so nobody is emailed twice, and the record is done. A callback that
+cannot be delivered (5xx, timeout, unreachable) retries the record; that
+is the one case that can send again to recipients already emailed (the
+service ignores results for recipients already final). Malformed messages
+are "retried" into the dead-letter queue after ``maxReceiveCount``.
+Recipients SES rejects permanently are reported ``failed``; a callback
+answered 4xx (wrong secret, unknown batch) is logged and not retried.
 
 Runtime: Python 3.12, boto3 and the standard library only; ``webhooks.py``
 beside this file is an exact copy of the service's ``dashboard/webhooks.py``.
@@ -173,6 +175,8 @@ class Outcome:
     total: int
     results: list[dict] = field(default_factory=list)
     retry: bool = False
+    left: list[str] = field(default_factory=list)  # not sent yet when a transient failure stopped us
+    reason: str = "transient failure"
 
     @property
     def status(self) -> str:
@@ -248,13 +252,15 @@ def send_batch(message: dict) -> Outcome:
             results = send_chunk(message, rendered[start:start + SES_BULK_LIMIT])
         except RetryLater as exc:
             log.warning("Batch %s/%s: %s; will retry", message["job_id"], message["batch_number"], exc)
-            outcome.retry = True
+            outcome.retry, outcome.reason = True, str(exc)
             break
         final = [r for r in results if r["status"] != "retry"]
         outcome.results.extend(final)
         if len(final) < len(results):
-            outcome.retry = True
+            outcome.retry, outcome.reason = True, "SES transient failure"
             break
+    done = {r["email"] for r in outcome.results}
+    outcome.left = [email for email, _ in rendered if email not in done] if outcome.retry else []
     return outcome
 
 
@@ -311,18 +317,22 @@ def process_record(record: dict, secret: str) -> bool:
     sent = sum(1 for r in outcome.results if r["status"] == "sent")
     log.info("Batch %s/%s: %d sent, %d failed, %d left to retry", job, batch, sent,
              len(outcome.results) - sent, outcome.total - len(outcome.results))
-    if outcome.results or not outcome.retry:
-        payload = {"job_id": job, "batch_number": batch, "status": outcome.status,
-                   "results": outcome.results}
-        try:
-            post_callback(message["callback_url"], payload, secret)
-        except CallbackRejected as exc:
-            log.error("Batch %s/%s: callback refused (%s); not retrying, emails were sent",
-                      job, batch, exc)
-        except RetryLater as exc:
-            log.warning("Batch %s/%s: %s; will retry", job, batch, exc)
-            return True
-    return outcome.retry
+    if not outcome.results and outcome.retry:
+        return True  # nothing was sent: deliver the whole record again
+    # Some were sent: report them, and hand what is left back to the service as
+    # retryable failures; it re-submits only those, so nobody gets a second email.
+    results = outcome.results + [{"email": email, "status": "failed", "error": outcome.reason,
+                                  "retryable": True} for email in outcome.left]
+    payload = {"job_id": job, "batch_number": batch, "status": outcome.status, "results": results}
+    try:
+        post_callback(message["callback_url"], payload, secret)
+    except CallbackRejected as exc:
+        log.error("Batch %s/%s: callback refused (%s); not retrying, emails were sent",
+                  job, batch, exc)
+    except RetryLater as exc:
+        log.warning("Batch %s/%s: %s; will retry", job, batch, exc)
+        return True
+    return False
 
 
 def _time_is_short(context: Any) -> bool:

@@ -15,13 +15,14 @@
  * and CR/LF become spaces in the subject. Anything else is left as written.
  *
  * Retries: a transient send failure (rate limit, daily limit, internal error)
- * stops the batch and retries the message; a callback that cannot be
- * delivered (5xx, timeout, unreachable) retries the message; a malformed
- * message is retried until it lands in the dead-letter queue. Recipients the
- * Email Service refuses permanently are reported `failed` and never retried;
- * a callback answered 3xx/4xx is logged and not retried (a retry would only
- * send the emails again). Delivery is at-least-once: a retried message sends
- * again to recipients whose emails already went out.
+ * stops the batch. If nothing was sent, the message is retried; otherwise the
+ * callback reports what was sent and returns the rest as `failed` with
+ * `retryable: true`, which the service re-submits alone (nobody is emailed
+ * twice), and the message is acked. A callback that cannot be delivered
+ * (5xx, timeout, unreachable) retries the message: the one case that can
+ * email someone twice. A malformed message is retried until it lands in the
+ * dead-letter queue. Recipients the Email Service refuses permanently are
+ * reported `failed`; a callback answered 3xx/4xx is logged and not retried.
  *
  * fetch(): /certificates/* is handled by certificates.js (R2 gateway);
  * everything else is 404.
@@ -179,7 +180,9 @@ async function sendBatch(message, env) {
   const lanes = Math.min(SEND_CONCURRENCY, recipients.length);
   await Promise.all(Array.from({ length: lanes }, lane));
   const final = results.filter((result) => result && result.status !== "retry");
-  return { total: recipients.length, results: final, retry };
+  const done = new Set(final.map((result) => result.email));
+  const left = retry ? recipients.map((r) => r.email).filter((email) => !done.has(email)) : [];
+  return { total: recipients.length, results: final, retry, left };
 }
 
 function batchStatus(outcome) {
@@ -271,22 +274,28 @@ async function handleMessage(queueMessage, env) {
   const sent = outcome.results.filter((result) => result.status === "sent").length;
   console.log(`${tag}: ${sent} sent, ${outcome.results.length - sent} failed, `
     + `${outcome.total - outcome.results.length} left to retry`);
-  if (outcome.results.length || !outcome.retry) {
-    const payload = {
-      job_id: message.job_id, batch_number: message.batch_number,
-      status: batchStatus(outcome), results: outcome.results,
-    };
-    try {
-      await postCallback(message.callback_url, payload, env);
-    } catch (err) {
-      if (!(err instanceof CallbackRejected)) {
-        console.warn(`${tag}: ${err.message}; will retry`);
-        retry();
-        return;
-      }
-      console.error(`${tag}: callback refused (${err.message}); not retrying, emails were sent`);
-    }
+  if (!outcome.results.length && outcome.retry) {
+    retry(); // nothing was sent: deliver the whole message again
+    return;
   }
-  if (outcome.retry) retry();
-  else queueMessage.ack();
+  // Some were sent: report them, and hand what is left back to the service as
+  // retryable failures; it re-submits only those, so nobody gets a second email.
+  const leftOver = outcome.left.map((email) => ({
+    email, status: "failed", error: "transient failure", retryable: true,
+  }));
+  const payload = {
+    job_id: message.job_id, batch_number: message.batch_number,
+    status: batchStatus(outcome), results: outcome.results.concat(leftOver),
+  };
+  try {
+    await postCallback(message.callback_url, payload, env);
+  } catch (err) {
+    if (!(err instanceof CallbackRejected)) {
+      console.warn(`${tag}: ${err.message}; will retry`);
+      retry();
+      return;
+    }
+    console.error(`${tag}: callback refused (${err.message}); not retrying, emails were sent`);
+  }
+  queueMessage.ack();
 }

@@ -516,3 +516,48 @@ def test_cloudflare_queue_worker_and_callbacks(app, client, make_company, minifl
     sent = Counter(e["to"] for e in miniflare.sent_emails() if e["to"].startswith(f"cf{company.id}-"))
     assert set(sent) == {r["email"] for r in recipients} and set(sent.values()) == {1}
     assert all(b.status == "done" for b in batches(job_id))
+
+
+class ThrottleBurst(FaultyProxy):
+    """SES throttles calls ``nth`` to ``nth + burst - 1`` (longer than the Lambda's
+    own boto3 retries); every other call goes through."""
+
+    def __init__(self, target: str, nth: int, burst: int = 4):
+        super().__init__(target)
+        self.nth, self.burst = nth, burst
+
+    def _decide(self) -> str:
+        with self.lock:
+            self.calls += 1
+            if self.nth <= self.calls < self.nth + self.burst:
+                self.throttled += 1
+                return "throttle"
+        return "forward"
+
+
+def test_a_worker_stopped_midway_hands_back_only_the_unsent(app, client, offload_company, aws_lambda, ses,
+                                                            live_url, monkeypatch):
+    """SES throttles the Lambda after 50 of a batch's 200 emails went out: the
+    callback reports those 50 and hands back the other 150 as retryable; the
+    service re-submits those alone; nobody gets a second email."""
+    with ThrottleBurst(ses.url, nth=2) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_SESV2", proxy.url)
+        aws_lambda.module.ses_client.cache_clear()
+        job_id = submit(client, offload_company, people(200))
+        run_worker_burst(app)
+        messages = aws_lambda.receive()
+        assert len(messages) == 1 and len(json.loads(messages[0]["Body"])["recipients"]) == 200
+        assert aws_lambda.invoke(messages) == []  # not redelivered: the record is done
+        assert proxy.throttled == 4  # the first call and its three boto3 retries
+        assert recipient_statuses(job_id) == Counter({"sent": 50, "pending": 150})
+        (batch,) = batches(job_id)
+        assert batch.status == "retry" and job(job_id).status == "processing"
+        run_scheduled_now()
+        run_worker_burst(app)  # the re-submission: the 150 unsent only
+        again = aws_lambda.receive()
+        assert len(again) == 1 and len(json.loads(again[0]["Body"])["recipients"]) == 150
+        assert aws_lambda.invoke(again) == []
+    done = job(job_id)
+    assert (done.status, done.emails_sent, done.emails_failed, done.emails_uncertain) == ("completed", 200, 0, 0)
+    counts = ses_count(ses)
+    assert len(counts) == 200 and set(counts.values()) == {1}
