@@ -22,6 +22,11 @@ def create_app(config: dict | None = None) -> Flask:
                       SESSION_COOKIE_SECURE=app.config["OFFLOAD_PRODUCTION"],
                       SQLALCHEMY_ENGINE_OPTIONS=_engine_options(app.config["SQLALCHEMY_DATABASE_URI"]))
     _ensure_sqlite_folder(app)
+    if app.config["OFFLOAD_PROXY_HOPS"]:  # behind N trusted proxies: their X-Forwarded-* headers count
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        hops = app.config["OFFLOAD_PROXY_HOPS"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):  # their DEBUG logs carry auth headers

@@ -17,7 +17,9 @@ def record(action: str, *, company_id: int | None = None, object_type: str | Non
     """
     ip = None
     if has_request_context():
-        ip = request.headers.get("X-Forwarded-For", request.remote_addr or "")[:64].split(",")[0].strip()
+        # remote_addr only: behind a proxy, OFFLOAD_PROXY_HOPS makes ProxyFix set it from
+        # X-Forwarded-For; a header read here directly could be forged by anyone
+        ip = (request.remote_addr or "")[:64]
         if actor is None and current_user and getattr(current_user, "is_authenticated", False):
             actor, user_id = current_user.email, current_user.id
     entry = AuditLog(action=action, company_id=company_id, object_type=object_type,

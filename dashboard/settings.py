@@ -139,6 +139,7 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
         "OFFLOAD_LOGIN_MAX_FAILURES": (5, 1, None),
         "OFFLOAD_SWEEP_S": (15, 1, None),
         "OFFLOAD_QUOTA_RESUME_S": (3600, 1, None),
+        "OFFLOAD_PROXY_HOPS": (0, 0, 10),
     }
     for name, (default, lo, hi) in ints.items():
         raw = env.get(name)

@@ -65,3 +65,27 @@ def test_open_redirect_after_login_is_ignored(client, company, make_user):
     resp = client.post("/login?next=//evil.example/x", data={
         "email": "ann@acme.test", "password": "correct horse battery", "csrf_token": token})
     assert resp.status_code == 302 and "evil.example" not in resp.headers["Location"]
+
+
+def test_audit_ip_is_not_taken_from_a_forged_header(client, company, make_user):
+    make_user("ann@acme.test", company_id=company.id)
+    token = csrf_from(client.get("/login").get_data(as_text=True))
+    client.post("/login", data={"email": "ann@acme.test", "password": "correct horse battery", "csrf_token": token},
+                headers={"X-Forwarded-For": "6.6.6.6"}, environ_base={"REMOTE_ADDR": "10.1.2.3"})
+    entry = db.session.execute(select(AuditLog).where(AuditLog.action == "login")).scalar_one()
+    assert entry.ip == "10.1.2.3"
+
+
+def test_behind_a_trusted_proxy_the_forwarded_ip_is_used(app, company, make_user):
+    from dashboard import create_app
+
+    make_user("ann@acme.test", company_id=company.id)
+    proxied = create_app({"SQLALCHEMY_DATABASE_URI": app.config["SQLALCHEMY_DATABASE_URI"],
+                          "REDIS_URL": app.config["REDIS_URL"], "TESTING": True, "OFFLOAD_PROXY_HOPS": 1})
+    client = proxied.test_client()
+    token = csrf_from(client.get("/login").get_data(as_text=True))
+    client.post("/login", data={"email": "ann@acme.test", "password": "correct horse battery", "csrf_token": token},
+                headers={"X-Forwarded-For": "203.0.113.9"}, environ_base={"REMOTE_ADDR": "10.1.2.3"})
+    db.session.expire_all()
+    entry = db.session.execute(select(AuditLog).where(AuditLog.action == "login")).scalar_one()
+    assert entry.ip == "203.0.113.9"
