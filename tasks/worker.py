@@ -21,8 +21,12 @@ from rq import SimpleWorker
 from rq.job import JobStatus
 
 from dashboard.queue import HIGH, QUEUE_NAMES, connection, get_queue, warn_if_evicting
+from providers.cloudflare import DEFAULT_TIMEOUT as CLOUDFLARE_TIMEOUT_S
+from providers.ses import DEFAULT_TIMEOUT as SES_TIMEOUT_S
 
 log = logging.getLogger(__name__)
+#: the longest read timeout of a provider call
+PROVIDER_TIMEOUT_S = max(SES_TIMEOUT_S, CLOUDFLARE_TIMEOUT_S)
 
 
 class AppWorker(SimpleWorker):
@@ -109,6 +113,10 @@ def _sweeper(app: Flask, interval: float, stop: threading.Event) -> None:
 
 def run_worker(app: Flask, *, burst: bool = False, name: str | None = None) -> None:
     """Work the service's queues (high, default, low) until stopped."""
+    if app.config["OFFLOAD_LEASE_S"] < PROVIDER_TIMEOUT_S * 2:
+        log.warning("OFFLOAD_LEASE_S=%s is shorter than twice a provider call's timeout (%s s): a slow call "
+                    "can lose its batch to another worker and send its chunk twice",
+                    app.config["OFFLOAD_LEASE_S"], PROVIDER_TIMEOUT_S)
     with app.app_context():
         conn = connection()
         warn_if_evicting(conn)

@@ -143,3 +143,19 @@ def test_rq_arguments_carry_ids_only(app, client, company):
         job = RQJob.fetch(key.decode().split(":", 2)[2], connection=conn)
         assert all(isinstance(a, (int, list)) for a in job.args), job.args
         assert not job.kwargs
+
+
+def test_a_lease_shorter_than_a_provider_call_is_warned_about(app, caplog):
+    import logging
+
+    from tasks.worker import PROVIDER_TIMEOUT_S, run_worker
+
+    app.config["OFFLOAD_LEASE_S"] = 5
+    with caplog.at_level(logging.WARNING, logger="tasks.worker"):
+        run_worker(app, burst=True)
+    assert PROVIDER_TIMEOUT_S >= 10 and "OFFLOAD_LEASE_S=5 is shorter" in caplog.text
+    caplog.clear()
+    app.config["OFFLOAD_LEASE_S"] = 120
+    with caplog.at_level(logging.WARNING, logger="tasks.worker"):
+        run_worker(app, burst=True)
+    assert "OFFLOAD_LEASE_S" not in caplog.text
