@@ -192,3 +192,15 @@ def results_after_error(exc: ProviderError, done: list[Result], rest: list[Messa
     if not any(result.status == "sent" for result in done):
         raise exc
     return [Result(message.key, "retry", error=exc.reason) for message in rest]
+
+
+def send_each(messages: list[Message], send_one) -> list[Result]:
+    """Send ``messages`` one call each with ``send_one(message) -> Result``; a call
+    that raises settles the rest through ``results_after_error``."""
+    results: list[Result] = []
+    for position, message in enumerate(messages):
+        try:
+            results.append(send_one(message))
+        except ProviderError as exc:
+            return results + results_after_error(exc, results, messages[position:])
+    return results

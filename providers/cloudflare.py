@@ -31,7 +31,7 @@ from providers.base import (
     ThrottledError,
     header_problem,
     register,
-    results_after_error,
+    send_each,
 )
 
 log = logging.getLogger(__name__)
@@ -185,13 +185,7 @@ class CloudflareEmailProvider(Provider):
         """Send each message; one Result per message, in order."""
         if not self.account_id:
             raise PermanentError("cloudflare_account_id is not set", code="config")
-        results: list[Result] = []
-        for position, message in enumerate(messages):
-            try:
-                results.append(self._send_one(sender, message))
-            except ProviderError as exc:
-                return results + results_after_error(exc, results, messages[position:])
-        return results
+        return send_each(messages, lambda message: self._send_one(sender, message))
 
     def _send_one(self, sender: str, message: Message) -> Result:
         problem = header_problem(sender, message)

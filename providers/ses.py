@@ -48,6 +48,7 @@ from providers.base import (
     header_problem,
     register,
     results_after_error,
+    send_each,
 )
 
 log = logging.getLogger(__name__)
@@ -358,13 +359,7 @@ class SesProvider(Provider):
 
     def _send_each(self, sender: str, messages: list[Message]) -> list[Result]:
         """SendEmail per message, settling a whole-call error part-way."""
-        results: list[Result] = []
-        for position, message in enumerate(messages):
-            try:
-                results.append(self._send_single(sender, message))
-            except ProviderError as exc:
-                return results + results_after_error(exc, results, messages[position:])
-        return results
+        return send_each(messages, lambda message: self._send_single(sender, message))
 
     def _bulk_call(self, sender: str, messages: list[Message]) -> list[Result]:
         params: dict[str, Any] = {

@@ -28,7 +28,7 @@ from providers.base import (
     ThrottledError,
     header_problem,
     register,
-    results_after_error,
+    send_each,
 )
 
 log = logging.getLogger(__name__)
@@ -331,13 +331,7 @@ class SmtpProvider(Provider):
 
     def send(self, sender: str, messages: list[Message]) -> list[Result]:
         """Send each message over the shared session; one Result per message, in order."""
-        results: list[Result] = []
-        for position, message in enumerate(messages):
-            try:
-                results.append(self._send_one(sender, message))
-            except ProviderError as exc:
-                return results + results_after_error(exc, results, messages[position:])
-        return results
+        return send_each(messages, lambda message: self._send_one(sender, message))
 
     def _send_one(self, sender: str, message: Message) -> Result:
         refusal = _refusal(sender, message)
