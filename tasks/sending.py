@@ -263,12 +263,15 @@ class BatchRun:
         raise LostLease()
 
     def reschedule(self, reason: str, count_attempt: bool = True, delay: float | None = None) -> str:
-        """Come back later for what is left, with exponential back-off and jitter."""
+        """Come back later for what is left, with exponential back-off (growing with
+        the batch's runs when ``count_attempt``) and jitter.
+
+        The batch never gives up here: each recipient's own attempts bound the
+        retries of what a provider refused, and an unreachable provider is an
+        outage to wait out (capped back-off), not a reason to fail recipients.
+        """
         if delay is None:
             delay = limits.backoff(self.claim.attempts if count_attempt else 1)
-        if count_attempt and self.claim.attempts >= self.max_attempts + 2:
-            store.fail_remaining(self.claim, f"gave up: {reason}")
-            return self.stop(B_FAILED, error=reason)
         store.release_batch(self.claim, B_RETRY, next_attempt_at=utcnow() + timedelta(seconds=delay),
                             error=reason)
         dispatch.enqueue_batches([(self.claim.batch_id, self.claim.attempts)], delay=delay)

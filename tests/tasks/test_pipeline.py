@@ -272,3 +272,28 @@ def test_a_quota_pause_resumes_by_itself_later(app, client, make_company, ses):
     run_worker_burst(app)
     assert job(job_id).status == "completed" and len(ses.store()) == 30
     assert job(other_id).status == "paused"
+
+
+def test_a_long_provider_outage_fails_nobody_and_the_job_finishes_after(app, client, make_company, ses):
+    from dashboard.companies import configure
+    from dashboard.models import Company
+    from tests.support.servers import free_port
+
+    app.config["OFFLOAD_MAX_ATTEMPTS"] = 2
+    company = make_company(**aws_settings(f"http://127.0.0.1:{free_port()}"))  # SES down, no fallback
+    job_id = submit(client, company, people(60))
+    for _ in range(8):  # many more rounds than attempts allowed
+        run_worker_burst(app)
+        connection().delete(f"offload:cb:{company.id}:aws:open")  # time passing: the circuit half-opens
+        _run_scheduled_now(app)
+    assert statuses(job_id) == Counter({"pending": 60}) and job(job_id).status == "processing"
+    assert min(db.session.execute(select(Batch.attempts)).scalars()) > 2 + 2  # well past any give-up
+    configure(db.session.get(Company, company.id), {"aws_endpoint_url": ses.url})  # SES is back
+    db.session.commit()
+    for _ in range(3):
+        run_worker_burst(app)
+        _run_scheduled_now(app)
+        if job(job_id).is_final:
+            break
+    done = job(job_id)
+    assert done.status == "completed" and done.emails_failed == 0 and len(ses.store()) == 60
