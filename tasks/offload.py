@@ -401,11 +401,8 @@ class FallbackRun(BatchRun):
         return fallback_route(self.config, self.global_fallback)
 
     def reschedule(self, reason: str, count_attempt: bool = True, delay: float | None = None) -> str:
-        if delay is None:
+        if delay is None:  # no give-up here either: see BatchRun.reschedule
             delay = limits.backoff(self.claim.attempts if count_attempt else 1)
-        if count_attempt and self.claim.attempts >= self.max_attempts + 2:
-            store.fail_remaining(self.claim, f"gave up: {reason}")
-            return self.stop(B_FAILED, error=reason)
         store.release_batch(self.claim, B_RETRY, next_attempt_at=utcnow() + timedelta(seconds=delay),
                             error=reason)
         dispatch.enqueue_submit([self.claim.batch_id], delay=delay)
