@@ -37,20 +37,11 @@ from dashboard.queue import DEFAULT, connection, get_queue
 from tests.conftest import run_worker_burst
 from tests.support.faulty_proxy import FaultyProxy
 from tests.support.servers import ROOT, Miniflare, StubHttpServer, free_port
+from tests.tasks.conftest import BODY, people, run_scheduled_now
 
 AWS_DIR = ROOT / "cloud_workers" / "aws"
 REGION = "us-east-1"
 WAIT_S = 60
-BODY = {"type": "csv_import", "subject": "Welcome {{ firstname }}",
-        "body_text": "Hi {{ firstname }}, your password is {{ password }}",
-        "body_html": "<p>Hi {{ firstname }}, your password is <b>{{ password }}</b></p>"}
-
-
-def people(n: int, prefix: str = "user") -> list[dict]:
-    return [{"email": f"{prefix}{i}@acme.test", "data": {"firstname": f"Name{i}", "password": f"Pw-{i}-secret"}}
-            for i in range(n)]
-
-
 # --------------------------------------------------------------------------- fixtures
 
 @pytest.fixture
@@ -189,22 +180,6 @@ def recipient_statuses(job_id: int) -> Counter:
 
 def ses_count(ses) -> Counter:
     return Counter(addr for mail in ses.store() for addr in mail["destination"]["to"])
-
-
-def run_scheduled_now() -> None:
-    """Move every scheduled RQ job to its queue and make retries due (what time would do)."""
-    from rq.registry import ScheduledJobRegistry
-
-    from dashboard.queue import QUEUE_NAMES
-
-    for name in QUEUE_NAMES:
-        queue = get_queue(name)
-        registry = ScheduledJobRegistry(queue=queue)
-        for rq_id in registry.get_job_ids():
-            registry.remove(rq_id)
-            queue.enqueue_job(queue.fetch_job(rq_id))
-    db.session.execute(update(Batch).values(next_attempt_at=None))
-    db.session.commit()
 
 
 def wait_final(job_id: int, timeout: float = WAIT_S) -> Job:

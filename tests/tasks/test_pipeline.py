@@ -11,17 +11,7 @@ from dashboard.models import Batch, Job, Recipient
 from dashboard.queue import connection
 from tests.conftest import run_worker_burst
 from tests.support.faulty_proxy import FaultyProxy
-from tests.tasks.conftest import aws_settings
-
-BODY = {"type": "csv_import", "subject": "Welcome {{ firstname }}",
-        "body_text": "Hi {{ firstname }}, your password is {{ password }}",
-        "body_html": "<p>Hi {{ firstname }}, your password is <b>{{ password }}</b></p>"}
-
-
-def people(n: int, prefix: str = "user") -> list[dict]:
-    return [{"email": f"{prefix}{i}@acme.test", "data": {"firstname": f"Name{i}", "password": f"Pw-{i}-secret"}}
-            for i in range(n)]
-
+from tests.tasks.conftest import BODY, aws_settings, people, run_scheduled_now
 
 def submit(client, company, recipients, **extra) -> int:
     resp = client.post("/api/v1/jobs", json={**BODY, "recipients": recipients, **extra}, headers=company.auth)
@@ -144,7 +134,7 @@ def test_retryable_failures_give_up_then_retry_failed_recipients(app, client, ma
         # each retry is scheduled with back-off; run the due ones without waiting
         for _ in range(6):
             run_worker_burst(app)
-            _run_scheduled_now(app)
+            run_scheduled_now()
         failed = job(job_id)
         assert failed.status == "failed" and failed.emails_failed == 30
         assert ses.store() == []
@@ -219,22 +209,6 @@ def _maybe_inflate(zlib, chunk: bytes) -> bytes:
         return b""
 
 
-def _run_scheduled_now(app) -> None:
-    """Move every scheduled RQ job to its queue now (what RQ's scheduler does when due)."""
-    from rq.registry import ScheduledJobRegistry
-
-    from dashboard.queue import QUEUE_NAMES, get_queue
-
-    for name in QUEUE_NAMES:
-        q = get_queue(name)
-        registry = ScheduledJobRegistry(queue=q)
-        for job_id in registry.get_job_ids():
-            registry.remove(job_id)
-            q.enqueue_job(q.fetch_job(job_id))
-    db.session.execute(Batch.__table__.update().values(next_attempt_at=None))
-    db.session.commit()
-
-
 def test_a_paused_job_resumes_and_completes(app, client, make_company, ses):
     company = make_company(**aws_settings(ses.url))
     job_id = submit(client, company, people(250))
@@ -285,14 +259,14 @@ def test_a_long_provider_outage_fails_nobody_and_the_job_finishes_after(app, cli
     for _ in range(8):  # many more rounds than attempts allowed
         run_worker_burst(app)
         connection().delete(f"offload:cb:{company.id}:aws:open")  # time passing: the circuit half-opens
-        _run_scheduled_now(app)
+        run_scheduled_now()
     assert statuses(job_id) == Counter({"pending": 60}) and job(job_id).status == "processing"
     assert min(db.session.execute(select(Batch.attempts)).scalars()) > 2 + 2  # well past any give-up
     configure(db.session.get(Company, company.id), {"aws_endpoint_url": ses.url})  # SES is back
     db.session.commit()
     for _ in range(3):
         run_worker_burst(app)
-        _run_scheduled_now(app)
+        run_scheduled_now()
         if job(job_id).is_final:
             break
     done = job(job_id)
