@@ -21,12 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from PIL import Image, ImageDraw  # noqa: E402
 
-from tasks.certificate_render import (  # noqa: E402
-    DEFAULT_TEMPLATE_CSS,
-    DEFAULT_TEMPLATE_HTML,
-    new_verification_code,
-    render_certificate_pdf,
-)
+from core.certificate_render import (DEFAULT_TEMPLATE_CSS, DEFAULT_TEMPLATE_HTML, new_verification_code,
+                                     render_certificate_pdf)
 
 
 def make_logo() -> bytes:

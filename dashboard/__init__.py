@@ -1,16 +1,30 @@
-"""ManiReports Cloud Offload: the web side (dashboard, LMS API, callbacks)."""
+"""ManiReports Cloud Offload: the web side (dashboard, LMS API, callbacks).
+
+``create_app`` is the one composition root: it reads the settings, binds the
+extensions, registers the web parts and the worker command, and nothing runs
+at import time. Logging is the process's business (``core.logs``): the worker
+and the dev server configure it when they start, gunicorn with its own flags.
+"""
 from __future__ import annotations
 
-import logging
 import os
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from core import crypto, settings
+from core.db import db
+from dashboard import admin, api, auth, bounces, callbacks, cli, errors
+from dashboard.extensions import csrf, login_manager, migrate
+from dashboard.public import unsubscribe, verify
+from providers import guard
+from tasks.cli import worker_command  # the composition root may register the worker (docs/ARCHITECTURE.md)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def create_app(config: dict | None = None) -> Flask:
     """Build the app: settings from the environment, then ``config`` overrides."""
-    from dashboard import settings
-
     loaded = settings.load()
     app = Flask(__name__, instance_path=loaded["OFFLOAD_INSTANCE_PATH"] or os.path.join(ROOT, "instance"),
                 static_folder="../static", static_url_path="/static")
@@ -23,29 +37,21 @@ def create_app(config: dict | None = None) -> Flask:
                       SQLALCHEMY_ENGINE_OPTIONS=_engine_options(app.config["SQLALCHEMY_DATABASE_URI"]))
     _ensure_sqlite_folder(app)
     if app.config["OFFLOAD_PROXY_HOPS"]:  # behind N trusted proxies: their X-Forwarded-* headers count
-        from werkzeug.middleware.proxy_fix import ProxyFix
-
         hops = app.config["OFFLOAD_PROXY_HOPS"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):  # their DEBUG logs carry auth headers
-        logging.getLogger(noisy).setLevel(logging.INFO)
-
-    from dashboard import crypto
-    from dashboard.extensions import csrf, db, login_manager, migrate
 
     crypto.configure(app.config["OFFLOAD_ENCRYPTION_KEYS"])
+    guard.configure(allow_private=app.config.get("OFFLOAD_ALLOW_PRIVATE_ENDPOINTS", False),
+                    production=app.config["OFFLOAD_PRODUCTION"],
+                    allowed_hosts=app.config.get("OFFLOAD_ALLOWED_ENDPOINT_HOSTS", ()))
     db.init_app(app)
     migrate.init_app(app, db, directory=os.path.join(ROOT, "migrations"), render_as_batch=True,
                      compare_type=True)
     csrf.init_app(app)
     login_manager.init_app(app)
-
-    from dashboard import admin, api, auth, bounces, callbacks, cli, errors, unsubscribe, verify
-
     for part in (auth, admin, api, callbacks, bounces, unsubscribe, verify, errors, cli):
         part.init_app(app)
+    app.cli.add_command(worker_command)
     return app
 
 
@@ -53,9 +59,6 @@ def _engine_options(url: str) -> dict:
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": 30}}
     return {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10}
-
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _ensure_sqlite_folder(app: Flask) -> None:

@@ -12,9 +12,10 @@ from sqlalchemy import func, select
 from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired, Length
 
-from dashboard import audit
-from dashboard.extensions import db, login_manager
-from dashboard.models import User, utcnow
+from core import audit
+from core.db import db
+from dashboard.extensions import login_manager
+from core.models import User, utcnow
 
 bp = Blueprint("auth", __name__, template_folder="templates")
 LOCK_MINUTES = 15

@@ -25,11 +25,15 @@ import logging
 
 from flask import Blueprint, jsonify, request
 
-from dashboard import webhooks
+from core import webhooks
 from dashboard.errors import json_error
-from dashboard.extensions import db
-from dashboard.models import Batch, Company, Job
-from dashboard.tenancy import get_scoped
+from core.db import db
+from core.models import Batch, Company, Job
+from core.tenancy import get_scoped
+from core import crypto
+from core.models import utcnow
+from core.callbacks import record_callback
+from dashboard.extensions import csrf
 
 log = logging.getLogger(__name__)
 bp = Blueprint("callbacks", __name__, url_prefix="/callbacks/v1")
@@ -101,8 +105,6 @@ _plaintexts: dict[str, str] = {}  # ciphertext -> secret: decrypt each stored se
 def _all_company_secrets() -> list[tuple[int, list[str]]]:
     """Every company's live callback secrets (current, and previous while its
     overlap lasts), read fresh; decryption is cached by ciphertext."""
-    from dashboard import crypto
-    from dashboard.models import utcnow
 
     rows = db.session.execute(db.text(
         "SELECT id, callback_secret, callback_secret_previous, callback_secret_previous_until "
@@ -158,7 +160,6 @@ def parse_callback(body: bytes) -> dict:
 @bp.post("/batches")
 def batches():
     """A cloud worker's report on one batch: verify, then apply once."""
-    from tasks.offload import record_callback
 
     request.max_content_length = MAX_BODY_BYTES  # a larger body is a 413 before it is read
     body = request.get_data(cache=False)
@@ -189,7 +190,5 @@ def batches():
 
 
 def init_app(app) -> None:
-    from dashboard.extensions import csrf
-
     csrf.exempt(bp)
     app.register_blueprint(bp)

@@ -1,5 +1,6 @@
 """The Flask CLI of CONTRACT §1: db upgrade (Flask-Migrate), company, user,
-worker, keys rotate, and run-demo (the ``make run`` quick start)."""
+keys rotate, and run-demo (the ``make run`` quick start). ``worker`` is
+``tasks.cli``, registered by the app factory."""
 from __future__ import annotations
 
 import click
@@ -7,9 +8,11 @@ from flask import current_app
 from flask.cli import AppGroup
 from sqlalchemy import select
 
-from dashboard import audit, companies
-from dashboard.extensions import db
-from dashboard.models import ROLES, Company, User
+from core import audit, companies, logs
+from core.db import db
+from core.models import ROLES, Company, User
+from core.rotation import reencrypt_all
+from dashboard.devserver import serve
 
 company_cli = AppGroup("company", help="Create and configure companies.")
 user_cli = AppGroup("user", help="Create logins.")
@@ -70,21 +73,10 @@ def user_create(email: str, password: str, role: str, company_id: int | None) ->
 @keys_cli.command("rotate")
 def keys_rotate() -> None:
     """Re-encrypt every stored secret and recipient datum under the newest key."""
-    from dashboard.rotation import reencrypt_all
 
     counts = reencrypt_all()
     for table, n in counts.items():
         click.echo(f"{table}: {n}")
-
-
-@click.command("worker")
-@click.option("--burst", is_flag=True, help="Exit when the queues are empty.")
-@click.option("--name", default=None, help="Worker name (default: host and pid).")
-def worker_command(burst: bool, name: str | None) -> None:
-    """Run an RQ worker on the service's queues, with the scheduler."""
-    from tasks.worker import run_worker
-
-    run_worker(current_app._get_current_object(), burst=burst, name=name)
 
 
 @click.command("run-demo")
@@ -92,13 +84,13 @@ def worker_command(burst: bool, name: str | None) -> None:
 @click.option("--port", default=5000, type=int)
 def run_demo(host: str, port: int) -> None:
     """Seed the demo once, start one worker and serve the web app (``make run``)."""
-    from dashboard.devserver import serve
 
+    logs.configure()
     serve(current_app._get_current_object(), host, port)
 
 
 def init_app(app) -> None:
-    for command in (company_cli, user_cli, keys_cli, worker_command, run_demo):
+    for command in (company_cli, user_cli, keys_cli, run_demo):
         app.cli.add_command(command)
 
 

@@ -11,10 +11,10 @@ from urllib.parse import urlsplit
 from flask import Flask
 from sqlalchemy import select
 
-from dashboard import audit, companies
-from dashboard.extensions import db
-from dashboard.models import Company, User
-from dashboard.queue import redis_answers, start_embedded_redis
+from core import audit, companies
+from core.db import db
+from core.models import Company, User
+from core.queue import redis_answers, start_embedded_redis
 
 DEMO_COMPANY = "Demo Company"
 DEMO_ADMIN = "admin@example.com"

@@ -8,7 +8,7 @@ from flask import jsonify, request
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
-from dashboard.extensions import db
+from core.db import db
 
 log = logging.getLogger(__name__)
 

@@ -29,6 +29,7 @@ from providers.base import (
     RetryableError,
     ThrottledError,
 )
+from providers.aws import aws_session
 
 log = logging.getLogger(__name__)
 
@@ -245,8 +246,6 @@ class SqsTransport(OffloadTransport):
         match = _SQS_REGION.match(self.queue_url)
         region = self.config.get("aws_region") or (match.group(1) if match else None)
         try:
-            from providers.aws import aws_session
-
             return aws_session(self.config, region).client(
                 "sqs",
                 region_name=region,

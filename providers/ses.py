@@ -50,6 +50,7 @@ from providers.base import (
     results_after_error,
     send_each,
 )
+from providers.aws import aws_session
 
 log = logging.getLogger(__name__)
 
@@ -278,8 +279,6 @@ class SesProvider(Provider):
         """A cached boto3 client; creating one is slow, so each is made once."""
         if service not in self._clients:
             if self._session is None:
-                from providers.aws import aws_session
-
                 self._session = aws_session(self.config, self.region)
             config = Config(connect_timeout=min(self.timeout, 5.0), read_timeout=self.timeout,
                             retries={"mode": "standard", "total_max_attempts": 1})

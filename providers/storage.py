@@ -3,7 +3,6 @@
 A storage is built from a plain config dict, like a mail provider, and
 raises the ``providers.base`` errors so callers can tell a retry from a
 misconfiguration:
-
 - ``S3Storage`` (kind ``s3``): AWS S3, or any S3-compatible endpoint
   (moto, MinIO, Cloudflare R2's ``https://<account>.r2.cloudflarestorage.com``
   with region ``auto``).
@@ -42,6 +41,7 @@ from providers.base import (
     RetryableError,
     ThrottledError,
 )
+from providers.aws import aws_session
 
 KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 MAX_KEY_LENGTH = 512
@@ -203,7 +203,6 @@ class S3Storage(Storage):
             request_checksum_calculation="when_required" if custom else "when_supported",
             response_checksum_validation="when_required" if custom else "when_supported",
         )
-        from providers.aws import aws_session
 
         session = aws_session(dict(config), self._region(config))
         return session.client("s3", endpoint_url=self.endpoint_url, config=boto_config)

@@ -28,21 +28,19 @@ import logging
 from datetime import UTC, date, datetime, time
 from typing import Any
 
-from redis import RedisError
 from redis.exceptions import LockError
 from sqlalchemy import select
 
-from dashboard.certificates import download_url, object_key, open_storage, verify_url
-from dashboard.extensions import db
-from dashboard.models import (PAUSED, Certificate, CertificateTemplate, Company, Job, Recipient, R_FAILED,
-                              utcnow)
-from dashboard.queue import DEFAULT, connection, get_queue
-from dashboard.rendering import RenderError
+from core.certificates import download_url, object_key, open_storage, verify_url
+from core.db import db
+from core.models import PAUSED, Certificate, CertificateTemplate, Company, Job, Recipient, R_FAILED, utcnow
+from core.queue import connection
+from core.rendering import RenderError
 from providers.base import Attachment, PermanentError
 from providers.storage import ObjectNotFound, Storage
-from tasks import dispatch, store
-from tasks.certificate_render import (DEFAULT_TEMPLATE_CSS, DEFAULT_TEMPLATE_HTML, CertificateError, checksum,
-                                      new_verification_code, render_certificate_pdf)
+from core import queue, batches
+from core.certificate_render import (DEFAULT_TEMPLATE_CSS, DEFAULT_TEMPLATE_HTML, CertificateError, checksum,
+                                     new_verification_code, render_certificate_pdf)
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +54,6 @@ LINK_HTML = ('<p>Your certificate: <a href="{{ certificate_url }}">download it h
              'Verify it at: <a href="{{ verify_url }}">{{ verify_url }}</a></p>')
 
 
-def issue_rq_id(job_id: int) -> str:
-    return f"certs-{job_id}"
-
-
 # --------------------------------------------------------------------------- planning hook
 
 
@@ -68,7 +62,7 @@ def awaiting_issue(job: Job) -> bool:
     certificates (the issuing job is then queued, once)."""
     if job.type != "certificate" or not unissued_ids(job.id):
         return False
-    enqueue_issue(job.id)
+    queue.enqueue_issue(job.id)
     return True
 
 
@@ -83,18 +77,6 @@ def unissued_ids(job_id: int) -> list[int]:
     ids = db.session.execute(select(Recipient.id).where(
         Recipient.job_id == job_id, Recipient.status.in_(SENDABLE)).order_by(Recipient.id)).scalars()
     return [rid for rid in ids if rid not in certified]
-
-
-def enqueue_issue(job_id: int) -> None:
-    """Queue :func:`issue_certificates` unless it is already queued or running."""
-    rq_id = issue_rq_id(job_id)
-    try:
-        if not dispatch.is_live(rq_id):
-            get_queue(DEFAULT).enqueue("tasks.certificates.issue_certificates", job_id, job_id=rq_id,
-                                       retry=dispatch.JOB_RETRY, **dispatch.JOB_KW)
-    except (RedisError, OSError) as exc:
-        log.warning("Job %s: could not queue certificate issuing (%s); the sweep will retry",
-                    job_id, type(exc).__name__)
 
 
 # --------------------------------------------------------------------------- issuing
@@ -122,30 +104,30 @@ def issue_certificates(job_id: int) -> int:
         except LockError:
             pass
     if issued is not None:
-        dispatch.enqueue_plan(job_id)
+        queue.enqueue_plan(job_id)
     return issued or 0
 
 
 def _issue_all(job: Job, lock) -> int | None:
     """Issue chunk by chunk; ``None`` when the job was paused."""
-    store.mark_started(job.id)
+    batches.mark_started(job.id)
     company = db.session.get(Company, job.company_id)
     try:
         issuer = Issuer(job, company)
     except PermanentError as exc:
-        store.pause_job(job.id, f"certificates: {exc.reason}")
+        batches.pause_job(job.id, f"certificates: {exc.reason}")
         return None
     add_link_to_body(job)
     todo, issued = unissued_ids(job.id), 0
     with issuer:
         for start in range(0, len(todo), ISSUE_CHUNK):
-            if store.job_state(job.id)[1] is not None:  # cancel requested: planning finishes the job
+            if batches.job_state(job.id)[1] is not None:  # cancel requested: planning finishes the job
                 break
             try:
                 issued += sum(issuer.issue(recipient) for recipient in _load(todo[start:start + ISSUE_CHUNK]))
             except PermanentError as exc:
                 db.session.rollback()
-                store.pause_job(job.id, f"certificates: {exc.reason}")
+                batches.pause_job(job.id, f"certificates: {exc.reason}")
                 return None
             db.session.commit()
             lock.extend(LOCK_S, replace_ttl=True)

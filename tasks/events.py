@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import timedelta
 
 from flask import current_app
-from redis import RedisError
 
-from dashboard import events
-from dashboard.queue import HIGH, connection, get_queue
-from tasks.dispatch import JOB_KW, JOB_RETRY, enqueue_job, is_live
+from core import events, queue
+from core.queue import connection, enqueue_job
 
 log = logging.getLogger(__name__)
 RECOVER_GRACE_S = 30  # a window this much past its latest possible end has lost its closer
@@ -24,19 +21,6 @@ def max_hold_s(config) -> float:
     """Longest a window stays open however busy it is (default: 6 windows)."""
     window = float(config["OFFLOAD_BULK_WINDOW_S"])
     return float(config.get("OFFLOAD_BULK_MAX_HOLD_S") or 6 * window)
-
-
-def schedule_close(company_id: int, job_type: str, window_id: str, delay_s: float) -> None:
-    """Queue ``close_window`` to run in ``delay_s`` seconds (the RQ scheduler moves it)."""
-    due_ms = int((time.time() + delay_s) * 1000)
-    try:
-        get_queue(HIGH).enqueue_in(timedelta(seconds=max(delay_s, 0)), "tasks.events.close_window",
-                                   company_id, job_type, window_id,
-                                   job_id=f"events-close-{company_id}-{job_type}-{window_id}-{due_ms}",
-                                   retry=JOB_RETRY, **JOB_KW)
-    except (RedisError, OSError) as exc:  # the recovery sweep closes it later
-        log.warning("Window %s: closer not scheduled (%s); recovery will close it", window_id,
-                    type(exc).__name__)
 
 
 def close_window(company_id: int, job_type: str, window_id: str) -> dict:
@@ -51,7 +35,7 @@ def close_window(company_id: int, job_type: str, window_id: str) -> dict:
     if state.window_id == window_id:
         wait = state.due_at(cfg["OFFLOAD_BULK_WINDOW_S"], max_hold_s(cfg)) - time.time()
         if wait > 0.05:
-            schedule_close(company_id, job_type, window_id, wait)
+            queue.schedule_close(company_id, job_type, window_id, wait)
             return {"window": window_id, "rescheduled_in_s": round(wait, 3)}
         events.take_window(conn, company_id, job_type, window_id)
     return flush_window(company_id, job_type, window_id)
@@ -86,17 +70,7 @@ def recover() -> dict:
     for company_id, job_type, _opened in overdue:
         window_id = events.window_state(conn, company_id, job_type).window_id
         if window_id:
-            queued += _enqueue_recovery(company_id, job_type, window_id)
+            queued += queue.enqueue_close_recovery(company_id, job_type, window_id)
     for company_id, job_type, window_id in events.closed_windows(conn, now_ms - RECOVER_GRACE_S * 1000):
-        queued += _enqueue_recovery(company_id, job_type, window_id)
+        queued += queue.enqueue_close_recovery(company_id, job_type, window_id)
     return {"events_windows_recovered": queued}
-
-
-def _enqueue_recovery(company_id: int, job_type: str, window_id: str) -> int:
-    rq_id = f"events-recover-{company_id}-{job_type}-{window_id}"
-    if is_live(rq_id):
-        return 0
-    get_queue(HIGH).enqueue("tasks.events.close_window", company_id, job_type, window_id, job_id=rq_id,
-                            retry=JOB_RETRY, **JOB_KW)
-    log.warning("Window %s: closer lost; recovering", window_id)
-    return 1

@@ -1,7 +1,7 @@
 """Extra headers per message (List-Unsubscribe for campaign mail)."""
 from __future__ import annotations
 
-from dashboard.unsubscribe import CAMPAIGN_TYPES, unsubscribe_url
+from core.unsubscribe import CAMPAIGN_TYPES, unsubscribe_url
 
 
 def extra_headers(company, job_type: str, recipient_id: int, email: str) -> dict[str, str]:

@@ -124,8 +124,3 @@ def breaker_success(conn: redis.Redis, company_id: int, provider: str) -> None:
         conn.delete(breaker_key(company_id, provider) + ":fails")
     except redis.RedisError:
         pass
-
-
-def backoff(attempt: int, base: float = 5.0, cap: float = 600.0) -> float:
-    """Exponential back-off with full jitter for retry ``attempt`` (1-based)."""
-    return random.uniform(base / 2, min(cap, base * (2 ** max(0, attempt - 1))))

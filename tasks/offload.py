@@ -26,17 +26,16 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from flask import current_app
-from redis import RedisError
-from sqlalchemy import bindparam, delete, or_, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import delete, select, text, update
 
-from dashboard.extensions import db
-from dashboard.models import (B_CANCELLED, B_DONE, B_FAILED, B_QUEUED, B_RETRY, B_SENDING, B_SUBMITTED,
-                              BATCH_FINAL, PAUSED, Batch, Company, Job, Recipient, WebhookReceipt, utcnow)
-from dashboard.queue import DEFAULT, connection, get_queue
+from core import batches, queue
+from core.db import db
+from core.models import (B_CANCELLED, B_DONE, B_FAILED, B_QUEUED, B_RETRY, B_SUBMITTED, BATCH_FINAL,
+                         PAUSED, Batch, Company, Job, WebhookReceipt, utcnow)
+from core.queue import connection
 from providers import ConnectionFailure, PermanentError, ProviderError
 from providers.offload import get_transport
-from tasks import dispatch, limits, store
+from tasks import limits
 from tasks.routing import fallback_route, primary_route
 from tasks.sending import BatchRun, finish_job, run_claimed, worker_name
 
@@ -58,7 +57,7 @@ _TEMPLATE_SYNTAX = re.compile(r"\{\{|\{%|\{#")
 
 # --------------------------------------------------------------------------- submit
 
-def claim_for_submit(batch_id: int, worker: str, lease_s: int, timeout_s: int) -> store.Claim | None:
+def claim_for_submit(batch_id: int, worker: str, lease_s: int, timeout_s: int) -> batches.Claim | None:
     """Take a waiting batch straight into ``submitted``, leased to ``worker``.
 
     The deadline covers the lease too: if this worker dies before recording
@@ -79,11 +78,11 @@ def claim_for_submit(batch_id: int, worker: str, lease_s: int, timeout_s: int) -
         return None
     b = db.session.execute(select(Batch.job_id, Batch.company_id, Batch.first_recipient_id,
                                   Batch.last_recipient_id, Batch.attempts).where(Batch.id == batch_id)).one()
-    return store.Claim(batch_id, b.job_id, b.company_id, b.first_recipient_id, b.last_recipient_id, b.attempts,
+    return batches.Claim(batch_id, b.job_id, b.company_id, b.first_recipient_id, b.last_recipient_id, b.attempts,
                        worker)
 
 
-def _release(claim: store.Claim, status: str, **values) -> bool:
+def _release(claim: batches.Claim, status: str, **values) -> bool:
     """Give a claimed batch up in ``status``, unless someone else changed it meanwhile
     (a cancel, or a callback that already settled it)."""
     values = {"status": status, "lease_until": None, "leased_by": None, **values}
@@ -115,7 +114,7 @@ def unsupported_template(*parts: str | None) -> bool:
 class Item:
     """One claimed batch on its way to the queue."""
 
-    claim: store.Claim
+    claim: batches.Claim
     batch_number: int
 
     @property
@@ -127,7 +126,7 @@ class Item:
 class Submission:
     """The claimed batches of one company, submitted in one transport call."""
 
-    def __init__(self, company_id: int, claims: list[store.Claim]):
+    def __init__(self, company_id: int, claims: list[batches.Claim]):
         cfg = current_app.config
         self.company = db.session.get(Company, company_id)
         settings = self.company.settings
@@ -152,7 +151,7 @@ class Submission:
             # switched to direct since planning: the direct path sends it
             for item in items:
                 _release(item.claim, B_QUEUED)
-            dispatch.enqueue_batches([(i.claim.batch_id, i.claim.attempts) for i in items])
+            queue.enqueue_batches([(i.claim.batch_id, i.claim.attempts) for i in items])
             self.outcome["direct"] += len(items)
             return self.outcome
         if primary_route(self.config) is None:
@@ -168,11 +167,11 @@ class Submission:
         """Drop batches of cancelled or paused jobs (released accordingly)."""
         live = []
         for item in self.items:
-            status, cancelled = store.job_state(item.claim.job_id)
+            status, cancelled = batches.job_state(item.claim.job_id)
             if cancelled is not None:
                 _release(item.claim, B_CANCELLED)
                 if finish_job(item.claim.job_id) is None:
-                    dispatch.enqueue_finish(item.claim.job_id)
+                    queue.enqueue_finish(item.claim.job_id)
                 self.outcome["cancelled"] += 1
             elif status == PAUSED:
                 _release(item.claim, B_QUEUED)
@@ -183,7 +182,7 @@ class Submission:
 
     def pause(self, items: list[Item], reason: str) -> dict[str, int]:
         for item in items:
-            store.pause_job(item.claim.job_id, reason)
+            batches.pause_job(item.claim.job_id, reason)
             _release(item.claim, B_QUEUED)
         self.outcome["paused"] += len(items)
         return self.outcome
@@ -195,7 +194,7 @@ class Submission:
         for item in items:
             claim = item.claim
             job = db.session.get(Job, claim.job_id)
-            rows = store.load_sendable(claim)
+            rows = batches.load_sendable(claim)
             if not rows:
                 self.finish(item, B_DONE)
                 continue
@@ -279,7 +278,7 @@ class Submission:
                 "AND status IN ('pending', 'uncertain')"), {"j": c.job_id, "a": c.first_id, "b": c.last_id})
         db.session.commit()
         for job_id in {i.claim.job_id for i in items}:
-            store.mark_started(job_id)
+            batches.mark_started(job_id)
         log.info("Company %s: %s batches submitted to %s", self.company.id, len(items), route)
         self.outcome["submitted"] += len(items)
 
@@ -288,7 +287,7 @@ class Submission:
         again could send twice, so wait for the callbacks; ``reconcile`` settles
         what never comes by the company's uncertain policy."""
         for item in items:
-            store.log_job_error(item.claim.job_id, f"batch {item.batch_number}: {reason}; the queue may have it, "
+            batches.log_job_error(item.claim.job_id, f"batch {item.batch_number}: {reason}; the queue may have it, "
                                                    "waiting for its callback")
         self.accepted(items)
 
@@ -300,18 +299,18 @@ class Submission:
         again = [i for i in items if i.claim.attempts < self.max_attempts]
         if not again:
             return
-        delay = limits.backoff(max(i.claim.attempts for i in again))
+        delay = batches.backoff(max(i.claim.attempts for i in again))
         when = utcnow() + timedelta(seconds=delay)
         for item in again:
             _release(item.claim, B_RETRY, next_attempt_at=when, error=reason)
             log.warning("Batch %s: submission failed (%s); retrying in %.0f s", item.claim.batch_id, reason, delay)
-        dispatch.enqueue_submit([i.claim.batch_id for i in again], delay=delay)
+        queue.enqueue_submit([i.claim.batch_id for i in again], delay=delay)
         self.outcome["retry"] += len(again)
 
     def fail(self, items: list[Item], reason: str) -> None:
         for item in items:
-            store.fail_remaining(item.claim, reason)
-            store.log_job_error(item.claim.job_id, f"batch {item.batch_number}: {reason}")
+            batches.fail_remaining(item.claim, reason)
+            batches.log_job_error(item.claim.job_id, f"batch {item.batch_number}: {reason}")
             self.finish(item, B_FAILED, error=reason)
 
     def finish(self, item: Item, status: str, error: str | None = None) -> None:
@@ -328,9 +327,9 @@ class Submission:
             self.retry(items, reason)
             return self.outcome
         for item in items:
-            store.log_job_error(item.claim.job_id, f"batch {item.batch_number}: {reason}; using {fallback.label}")
+            batches.log_job_error(item.claim.job_id, f"batch {item.batch_number}: {reason}; using {fallback.label}")
             _release(item.claim, B_QUEUED, route=fallback.label)
-            enqueue_fallback(item.claim.batch_id, item.claim.attempts)
+            queue.enqueue_fallback(item.claim.batch_id, item.claim.attempts)
         self.outcome["fallback"] += len(items)
         return self.outcome
 
@@ -344,7 +343,7 @@ def submit_batches(batch_ids: list[int]) -> dict[str, int]:
     worker = worker_name()
     claims = [c for c in (claim_for_submit(int(bid), worker, cfg["OFFLOAD_LEASE_S"],
                                            cfg["OFFLOAD_CALLBACK_TIMEOUT_S"]) for bid in batch_ids) if c]
-    by_company: dict[int, list[store.Claim]] = defaultdict(list)
+    by_company: dict[int, list[batches.Claim]] = defaultdict(list)
     for claim in claims:
         by_company[claim.company_id].append(claim)
     outcome: dict[str, int] = defaultdict(int)
@@ -371,28 +370,6 @@ def submit_batches(batch_ids: list[int]) -> dict[str, int]:
 
 # --------------------------------------------------------------------------- SMTP fallback
 
-def _enqueue(rq_id: str, func: str, arg, delay: float = 0) -> None:
-    """Queue one offload job under a predictable id (the sweep can tell it is live);
-    a Redis outage is logged, and ``requeue_lost`` rebuilds the work later."""
-    queue = get_queue(DEFAULT)
-    try:
-        if delay > 0:
-            queue.enqueue_in(timedelta(seconds=delay), func, arg, job_id=rq_id, retry=dispatch.JOB_RETRY,
-                             **dispatch.JOB_KW)
-        else:
-            queue.enqueue(func, arg, job_id=rq_id, retry=dispatch.JOB_RETRY, **dispatch.JOB_KW)
-    except (RedisError, OSError) as exc:
-        log.warning("could not enqueue %s: %s; the sweep will pick it up", rq_id, type(exc).__name__)
-
-
-def enqueue_resubmit(batch_id: int, attempts: int) -> None:
-    _enqueue(f"submit-{batch_id}-{attempts}", "tasks.offload.submit_batches", [batch_id])
-
-
-def enqueue_fallback(batch_id: int, attempts: int) -> None:
-    _enqueue(f"fallback-{batch_id}-{attempts}", "tasks.offload.send_fallback", batch_id)
-
-
 class FallbackRun(BatchRun):
     """``tasks.sending.BatchRun`` on the SMTP fallback route only; a retry goes
     back through ``submit_batches``, which tries the cloud queue first again."""
@@ -402,112 +379,16 @@ class FallbackRun(BatchRun):
 
     def reschedule(self, reason: str, count_attempt: bool = True, delay: float | None = None) -> str:
         if delay is None:  # no give-up here either: see BatchRun.reschedule
-            delay = limits.backoff(self.claim.attempts if count_attempt else 1)
-        store.release_batch(self.claim, B_RETRY, next_attempt_at=utcnow() + timedelta(seconds=delay),
+            delay = batches.backoff(self.claim.attempts if count_attempt else 1)
+        batches.release_batch(self.claim, B_RETRY, next_attempt_at=utcnow() + timedelta(seconds=delay),
                             error=reason)
-        dispatch.enqueue_submit([self.claim.batch_id], delay=delay)
+        queue.enqueue_submit([self.claim.batch_id], delay=delay)
         return B_RETRY
 
 
 def send_fallback(batch_id: int) -> str:
     """RQ job: send one offload batch through the SMTP fallback (route ``fallback:smtp``)."""
     return run_claimed(batch_id, FallbackRun)
-
-
-# --------------------------------------------------------------------------- callbacks
-
-def record_callback(batch: Batch, webhook_id: str, results: list[dict]) -> dict[str, int] | None:
-    """Apply one verified callback's results; ``None`` when ``webhook_id`` was already applied.
-
-    The receipt is written in the same transaction as the results, first, so
-    a concurrent duplicate waits on it and then fails the unique constraint.
-    Only recipients not yet final change; results for others are ignored.
-    """
-    company_id, job_id = batch.company_id, batch.job_id
-    seen = db.session.execute(WebhookReceipt.scoped(company_id).where(
-        WebhookReceipt.webhook_id == webhook_id)).scalar_one_or_none()
-    if seen is not None:
-        return None
-    try:
-        db.session.add(WebhookReceipt(company_id=company_id, webhook_id=webhook_id))
-        db.session.flush()
-        # one callback at a time per batch (a no-op on SQLite, which serialises writers)
-        db.session.execute(select(Batch.id).where(Batch.id == batch.id).with_for_update())
-        counts = _apply_results(batch, results)
-        db.session.commit()
-    except IntegrityError:
-        db.session.rollback()
-        return None
-    if counts["resubmit_in"] is not None:  # only the unsent ones go out again (after the commit)
-        dispatch.enqueue_submit([batch.id], delay=counts["resubmit_in"])
-    finish_job(job_id)
-    return counts
-
-
-def _apply_results(batch: Batch, results: list[dict]) -> dict[str, int]:
-    open_rows = db.session.execute(
-        select(Recipient.id, Recipient.email).where(
-            Recipient.job_id == batch.job_id,
-            Recipient.id.between(batch.first_recipient_id, batch.last_recipient_id),
-            Recipient.status.in_(OPEN_RECIPIENT)).order_by(Recipient.id)).all()
-    by_email: dict[str, list[int]] = defaultdict(list)
-    for rid, email in open_rows:
-        by_email[email].append(rid)
-    now, route = utcnow(), batch.route or "offload"
-    give_up = batch.attempts >= current_app.config["OFFLOAD_MAX_ATTEMPTS"]
-    sent, failed, retry, ignored = [], [], [], 0
-    for result in results:
-        ids = by_email.get(result["email"])
-        if not ids or result["status"] not in ("sent", "failed"):
-            ignored += 1
-            continue
-        rid = ids.pop(0)
-        error = (result.get("error") or "failed")[:2000]
-        if result["status"] == "sent":
-            sent.append({"rid": rid, "mid": (result.get("message_id") or None), "now": now, "route": route})
-        elif result.get("retryable") is True and not give_up:
-            retry.append({"rid": rid, "err": error})  # not sent: the worker hands it back
-        else:
-            failed.append({"rid": rid, "err": error if not result.get("retryable") else
-                           f"gave up after {batch.attempts} attempts: {error}"})
-    table = Recipient.__table__
-    open_ = or_(*(table.c.status == status for status in OPEN_RECIPIENT))  # no IN: executemany
-    n_sent = n_failed = 0
-    if sent:
-        n_sent = db.session.execute(
-            table.update().where(table.c.id == bindparam("rid"), open_).values(
-                status="sent", message_id=bindparam("mid"), sent_at=bindparam("now"), route=bindparam("route"),
-                error=None, lease_until=None), sent).rowcount
-    if failed:
-        n_failed = db.session.execute(
-            table.update().where(table.c.id == bindparam("rid"), open_).values(
-                status="failed", error=bindparam("err"), lease_until=None), failed).rowcount
-    if retry:  # known unsent: pending again (never uncertain), re-submitted alone below
-        db.session.execute(table.update().where(table.c.id == bindparam("rid"), open_).values(
-            status="pending", error=bindparam("err"), lease_until=None), retry)
-    db.session.execute(update(Job).where(Job.id == batch.job_id).values(
-        emails_sent=Job.emails_sent + n_sent, emails_failed=Job.emails_failed + n_failed))
-    left = db.session.execute(text(
-        "SELECT count(*) FROM recipients WHERE job_id = :j AND id BETWEEN :a AND :b "
-        "AND status IN ('pending', 'uncertain', 'sending')"),
-        {"j": batch.job_id, "a": batch.first_recipient_id, "b": batch.last_recipient_id}).scalar()
-    values = {"callback_received_at": now, "sent_count": Batch.sent_count + n_sent,
-              "failed_count": Batch.failed_count + n_failed}
-    db.session.execute(update(Batch).where(Batch.id == batch.id).values(**values))
-    if not left:
-        # a batch a worker holds (SMTP fallback in progress) is closed by that worker
-        db.session.execute(update(Batch).where(
-            Batch.id == batch.id, Batch.status.notin_((*BATCH_FINAL, B_SENDING))).values(
-            status=B_DONE, completed_at=now, lease_until=None, leased_by=None))
-    resubmit_in = None
-    if left and retry:
-        delay = limits.backoff(batch.attempts)
-        moved = db.session.execute(update(Batch).where(Batch.id == batch.id, Batch.status == B_SUBMITTED).values(
-            status=B_RETRY, next_attempt_at=now + timedelta(seconds=delay), lease_until=None, leased_by=None,
-            error="the cloud worker handed back unsent recipients")).rowcount
-        resubmit_in = delay if moved else None
-    return {"sent": n_sent, "failed": n_failed, "retry": len(retry), "resubmit_in": resubmit_in,
-            "ignored": ignored + len(sent) + len(failed) - n_sent - n_failed}
 
 
 # --------------------------------------------------------------------------- reconcile
@@ -565,7 +446,7 @@ def settle_overdue() -> int:
         db.session.commit()
         log.warning("Job %s: %s", row.job_id, line)
         if not give_up:
-            enqueue_resubmit(row.id, row.attempts)
+            queue.enqueue_resubmit(row.id, row.attempts)
         acted += 1
     for job_id in finished_jobs:
         finish_job(job_id)
@@ -587,9 +468,9 @@ def requeue_lost() -> int:
         "AND (b.next_attempt_at IS NULL OR b.next_attempt_at < :old)"), {"old": old}).all()
     lost = 0
     for row in rows:
-        if dispatch.is_live(f"submit-{row.id}-{row.attempts}") or dispatch.is_live(f"fallback-{row.id}-{row.attempts}"):
+        if queue.is_live(f"submit-{row.id}-{row.attempts}") or queue.is_live(f"fallback-{row.id}-{row.attempts}"):
             continue
-        enqueue_resubmit(row.id, row.attempts)
+        queue.enqueue_resubmit(row.id, row.attempts)
         lost += 1
     return lost
 

@@ -8,8 +8,8 @@ from datetime import timedelta
 
 from sqlalchemy import select, text, update
 
-from dashboard.extensions import db
-from dashboard.models import JOB_FINAL, Company, Job, utcnow
+from core.db import db
+from core.models import JOB_FINAL, Company, Job, utcnow
 
 log = logging.getLogger(__name__)
 

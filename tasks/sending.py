@@ -19,14 +19,16 @@ from types import SimpleNamespace
 from flask import current_app
 from redis import RedisError
 
-from dashboard.extensions import db
-from dashboard.models import (B_CANCELLED, B_DONE, B_FAILED, B_QUEUED, B_RETRY, Company, Job, PAUSED, utcnow)
-from dashboard.queue import connection
-from dashboard.rendering import CompiledTemplate, RenderError
+from core.db import db
+from core.models import B_CANCELLED, B_DONE, B_FAILED, B_QUEUED, B_RETRY, Company, Job, PAUSED, utcnow
+from core.queue import connection
+from core.rendering import CompiledTemplate, RenderError
 from providers import (ConnectionFailure, Message, PermanentError, ProviderError, QuotaExceededError, Result,
                        ThrottledError)
-from tasks import certificates, dispatch, limits, store
+from tasks import certificates, limits
+from core import queue, batches
 from tasks.routing import Route, fallback_route, primary_route, provider_for
+from tasks.headers import extra_headers
 
 log = logging.getLogger(__name__)
 redis_errors = (RedisError, OSError)
@@ -47,26 +49,26 @@ def plan_job(job_id: int) -> int:
     if job is None or job.is_final or job.status == PAUSED:
         return 0
     if job.cancel_requested_at is not None:
-        dispatch.enqueue_finish(job_id)
+        queue.enqueue_finish(job_id)
         return 0
     if certificates.awaiting_issue(job):  # certificate jobs: PDFs first (tasks.certificates)
         return 0
-    batch_ids = store.create_batches(job_id, current_app.config["OFFLOAD_BATCH_SIZE"])
+    batch_ids = batches.create_batches(job_id, current_app.config["OFFLOAD_BATCH_SIZE"])
     if not batch_ids:
         finish_job(job_id)
         return 0
     settings = db.session.get(Company, job.company_id).settings
     if settings is not None and settings.enabled and settings.mode == "offload":
-        dispatch.enqueue_submit(batch_ids)
+        queue.enqueue_submit(batch_ids)
     else:
-        dispatch.enqueue_batches([(bid, 0) for bid in batch_ids])
+        queue.enqueue_batches([(bid, 0) for bid in batch_ids])
     log.info("Job %s: planned %s batches", job_id, len(batch_ids))
     return len(batch_ids)
 
 
 def finish_job(job_id: int) -> str | None:
     """Set the final status once every batch is done (safe to call any time)."""
-    status = store.finish_job(job_id)
+    status = batches.finish_job(job_id)
     if status:
         log.info("Job %s: %s", job_id, status)
     return status
@@ -75,7 +77,7 @@ def finish_job(job_id: int) -> str | None:
 class BatchRun:
     """One worker's run over one claimed batch."""
 
-    def __init__(self, claim: store.Claim):
+    def __init__(self, claim: batches.Claim):
         cfg = current_app.config
         self.claim = claim
         self.lease_s = cfg["OFFLOAD_LEASE_S"]
@@ -105,13 +107,12 @@ class BatchRun:
         return route
 
     def keepalive(self) -> None:
-        if not store.renew_lease(self.claim, self.lease_s):
+        if not batches.renew_lease(self.claim, self.lease_s):
             raise LostLease()
 
     # -- messages -------------------------------------------------------------
     def build(self, rows) -> tuple[list[Message], list[Result]]:
         """Render each recipient; a render failure fails only that recipient."""
-        from tasks.headers import extra_headers
 
         messages, failures = [], []
         for rid, email, data, _attempts in rows:
@@ -129,26 +130,26 @@ class BatchRun:
     # -- the loop -------------------------------------------------------------
     def run(self) -> str:
         claim = self.claim
-        status, cancelled = store.job_state(claim.job_id)
+        status, cancelled = batches.job_state(claim.job_id)
         if cancelled is not None:
             return self.stop(B_CANCELLED)
         if status == PAUSED:
             return self.stop(B_QUEUED)
-        store.mark_started(claim.job_id)
-        store.recover_in_flight(claim, self.company.uncertain_policy)
+        batches.mark_started(claim.job_id)
+        batches.recover_in_flight(claim, self.company.uncertain_policy)
         route = self.first_route()
         if route is None and primary_route(self.config) is not None:
             # the provider's circuit is open and there is no fallback: wait for it to close
             return self.reschedule("provider unavailable (circuit open), no fallback", count_attempt=False,
                                    delay=limits.BREAKER_OPEN_S * random.uniform(0.25, 0.5))
         if route is None:
-            store.pause_job(claim.job_id, "delivery is disabled and no SMTP fallback is configured")
+            batches.pause_job(claim.job_id, "delivery is disabled and no SMTP fallback is configured")
             return self.stop(B_QUEUED)
         sender = self.config.get("sender")
         if not sender:
-            store.pause_job(claim.job_id, "no sender address is configured for the company")
+            batches.pause_job(claim.job_id, "no sender address is configured for the company")
             return self.stop(B_QUEUED)
-        rows = store.load_sendable(claim)
+        rows = batches.load_sendable(claim)
         attempts = {r[0]: r[3] + 1 for r in rows}
         i = 0
         while i < len(rows):
@@ -165,16 +166,16 @@ class BatchRun:
                 fb = fallback_route(self.config, self.global_fallback)
                 if fb is None or route.kind == "fallback":
                     return self.reschedule("provider unreachable and no fallback available")
-                store.log_job_error(claim.job_id, f"batch {claim.batch_id}: {route.label} unreachable, "
+                batches.log_job_error(claim.job_id, f"batch {claim.batch_id}: {route.label} unreachable, "
                                                   f"using {fb.label}")
                 route = fb
-                rows = store.load_sendable(claim)  # what is left, timed-out chunks included
+                rows = batches.load_sendable(claim)  # what is left, timed-out chunks included
                 attempts = {r[0]: r[3] + 1 for r in rows}
                 i = 0
             else:
                 return outcome
         provider_for(self.company.id, route, self.version).close()
-        if store.pending_left(claim):
+        if batches.pending_left(claim):
             return self.reschedule("some recipients will be retried")
         return self.stop(B_DONE, route=route.label)
 
@@ -205,20 +206,20 @@ class BatchRun:
         limits.acquire(self.redis, claim.company_id, len(chunk), rate, keepalive=self.keepalive)
         messages, render_failures = self.build(chunk)
         ids = [r[0] for r in chunk]
-        if not store.mark_sending(claim, ids, self.lease_s):
+        if not batches.mark_sending(claim, ids, self.lease_s):
             return self.stop_after_cancel()
         try:
             results = provider.send(sender, messages) if messages else []
         except ThrottledError as exc:
-            store.unmark_sending(ids, refund_attempt=True)
+            batches.unmark_sending(ids, refund_attempt=True)
             return self.throttled(exc)
         except ConnectionFailure as exc:
-            store.unmark_sending(ids, refund_attempt=True, error=exc.reason)
+            batches.unmark_sending(ids, refund_attempt=True, error=exc.reason)
             limits.breaker_failure(self.redis, claim.company_id, route.provider)
             return "fallback"
         except QuotaExceededError as exc:
-            store.unmark_sending(ids, refund_attempt=True, error=exc.reason)
-            store.pause_job(claim.job_id, f"{QUOTA_PAUSE}: {exc.reason}")
+            batches.unmark_sending(ids, refund_attempt=True, error=exc.reason)
+            batches.pause_job(claim.job_id, f"{QUOTA_PAUSE}: {exc.reason}")
             return self.stop(B_QUEUED)
         except PermanentError as exc:
             results = [Result(m.key, "failed", error=exc.reason) for m in messages]
@@ -229,7 +230,7 @@ class BatchRun:
         self.throttle_streak = 0
         limits.breaker_success(self.redis, claim.company_id, route.provider)
         # (mark_sending renewed the lease for this chunk; the next one renews it again)
-        store.record_results(claim, results + render_failures, route.label, self.max_attempts, attempts)
+        batches.record_results(claim, results + render_failures, route.label, self.max_attempts, attempts)
         return "next"
 
     def timed_out(self, route: Route) -> str:
@@ -237,7 +238,7 @@ class BatchRun:
         chunk, so its recipients are uncertain (counted; resent or failed per
         the company's policy), and the provider counts as unavailable."""
         self.keepalive()  # still ours? (a lease shorter than the provider's timeout is not)
-        store.recover_in_flight(self.claim, self.company.uncertain_policy)
+        batches.recover_in_flight(self.claim, self.company.uncertain_policy)
         limits.breaker_failure(self.redis, self.claim.company_id, route.provider)
         return "fallback"
 
@@ -257,7 +258,7 @@ class BatchRun:
         return "again"
 
     def stop_after_cancel(self) -> str:
-        _, cancelled = store.job_state(self.claim.job_id)
+        _, cancelled = batches.job_state(self.claim.job_id)
         if cancelled is not None:
             return self.stop(B_CANCELLED)
         raise LostLease()
@@ -271,17 +272,17 @@ class BatchRun:
         outage to wait out (capped back-off), not a reason to fail recipients.
         """
         if delay is None:
-            delay = limits.backoff(self.claim.attempts if count_attempt else 1)
-        store.release_batch(self.claim, B_RETRY, next_attempt_at=utcnow() + timedelta(seconds=delay),
+            delay = batches.backoff(self.claim.attempts if count_attempt else 1)
+        batches.release_batch(self.claim, B_RETRY, next_attempt_at=utcnow() + timedelta(seconds=delay),
                             error=reason)
-        dispatch.enqueue_batches([(self.claim.batch_id, self.claim.attempts)], delay=delay)
+        queue.enqueue_batches([(self.claim.batch_id, self.claim.attempts)], delay=delay)
         return B_RETRY
 
     def stop(self, status: str, route: str | None = None, error: str | None = None) -> str:
-        store.release_batch(self.claim, status, route=route, error=error)
+        batches.release_batch(self.claim, status, route=route, error=error)
         if status in (B_DONE, B_FAILED, B_CANCELLED):
             if finish_job(self.claim.job_id) is None and status == B_CANCELLED:
-                dispatch.enqueue_finish(self.claim.job_id)
+                queue.enqueue_finish(self.claim.job_id)
         return status
 
 
@@ -297,7 +298,7 @@ def send_batch(batch_id: int) -> str:
 def run_claimed(batch_id: int, run_class: type[BatchRun]) -> str:
     """Claim the batch and run ``run_class`` over it; a lost lease stops quietly,
     any other error releases the batch for a retry and reaches RQ."""
-    claim = store.claim_batch(batch_id, worker_name(), current_app.config["OFFLOAD_LEASE_S"])
+    claim = batches.claim_batch(batch_id, worker_name(), current_app.config["OFFLOAD_LEASE_S"])
     if claim is None:
         return "skipped"
     try:
@@ -312,11 +313,11 @@ def run_claimed(batch_id: int, run_class: type[BatchRun]) -> str:
         raise
 
 
-def _release_after_error(claim: store.Claim) -> None:
+def _release_after_error(claim: batches.Claim) -> None:
     """Best effort: let the batch be retried soon after an unexpected error
     (the exception still reaches RQ, which records and retries the job)."""
     try:
-        store.release_batch(claim, B_RETRY, next_attempt_at=utcnow() + timedelta(seconds=5),
+        batches.release_batch(claim, B_RETRY, next_attempt_at=utcnow() + timedelta(seconds=5),
                             error="worker error; retrying")
     except Exception:  # the database may be the thing that failed; the lease then expires
         db.session.rollback()

@@ -13,10 +13,18 @@ from datetime import timedelta
 
 from sqlalchemy import text
 
-from dashboard.extensions import db
-from dashboard.models import utcnow
-from tasks import dispatch
-from tasks.offload import enqueue_fallback, reconcile
+from core.db import db
+from core.models import utcnow
+from core import queue
+from core.queue import enqueue_fallback
+from tasks.offload import reconcile
+from tasks.sending import finish_job
+from core.jobs import resume
+from core.models import Job
+from tasks.sending import QUOTA_PAUSE
+from tasks.events import recover
+from core.queue import connection
+from tasks.purge import purge_recipient_data
 
 log = logging.getLogger(__name__)
 GRACE_S = 10  # a queued batch younger than this is left alone
@@ -42,7 +50,7 @@ def waiting_batches() -> list[tuple[int, int]]:
         "WHERE b.status IN ('queued', 'retry') AND (b.next_attempt_at IS NULL OR b.next_attempt_at < :due)"),
         {"due": due}).all()
     return [(r.id, r.attempts) for r in rows
-            if r.settings_mode != "offload" and not dispatch.is_live(dispatch.send_id(r.id, r.attempts))]
+            if r.settings_mode != "offload" and not queue.is_live(queue.send_id(r.id, r.attempts))]
 
 
 def unplanned_jobs() -> list[int]:
@@ -53,25 +61,24 @@ def unplanned_jobs() -> list[int]:
         "AND created_at < :old AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.job_id = jobs.id "
         "  AND b.status NOT IN ('done', 'failed', 'cancelled'))"),
         {"now": now, "old": now - timedelta(seconds=GRACE_S)}).scalars().all()
-    return [jid for jid in rows if not dispatch.is_live(f"plan-{jid}")]
+    return [jid for jid in rows if not queue.is_live(f"plan-{jid}")]
 
 
 def sweep() -> dict:
     """One pass; returns what it did (counts only)."""
-    from tasks.sending import finish_job
 
     expired = expired_leases()
     for bid, attempts, mode in expired:  # the claim takes over the expired lease
         if mode == "offload":  # a fallback run that died: it goes on by the fallback
             enqueue_fallback(bid, attempts)
         else:
-            dispatch.enqueue_batches([(bid, attempts)])
+            queue.enqueue_batches([(bid, attempts)])
     lost = waiting_batches()
-    dispatch.enqueue_batches(lost)
+    queue.enqueue_batches(lost)
     replanned = 0
     for job_id in unplanned_jobs():
         if finish_job(job_id) is None:
-            dispatch.enqueue_plan(job_id)
+            queue.enqueue_plan(job_id)
             replanned += 1
     reconciled = _reconcile_offload()
     purged = _purge_if_due()
@@ -90,9 +97,6 @@ def resume_quota_paused() -> int:
     still spent, the first call pauses them again."""
     from flask import current_app
 
-    from dashboard.jobs import resume
-    from dashboard.models import Job
-    from tasks.sending import QUOTA_PAUSE
 
     due = utcnow() - timedelta(seconds=current_app.config["OFFLOAD_QUOTA_RESUME_S"])
     jobs = db.session.execute(db.select(Job).where(
@@ -104,7 +108,6 @@ def _recover_event_windows() -> int:
     """Event windows whose closer was lost (tasks.events)."""
     from redis import RedisError
 
-    from tasks.events import recover
 
     try:
         return sum(recover().values())
@@ -117,8 +120,6 @@ def _purge_if_due() -> int:
     from flask import current_app
     from redis import RedisError
 
-    from dashboard.queue import connection
-    from tasks.purge import purge_recipient_data
 
     try:
         if not connection().set("offload:purge-lock", 1, nx=True, ex=600):

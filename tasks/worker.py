@@ -20,9 +20,11 @@ from redis import RedisError
 from rq import SimpleWorker
 from rq.job import JobStatus
 
-from dashboard.queue import HIGH, QUEUE_NAMES, connection, get_queue, warn_if_evicting
+from core import queue
+from core.queue import QUEUE_NAMES, connection, get_queue, warn_if_evicting
 from providers.cloudflare import DEFAULT_TIMEOUT as CLOUDFLARE_TIMEOUT_S
 from providers.ses import DEFAULT_TIMEOUT as SES_TIMEOUT_S
+from core.db import db
 
 log = logging.getLogger(__name__)
 #: the longest read timeout of a provider call
@@ -52,8 +54,6 @@ class AppWorker(SimpleWorker):
         super().request_force_stop(signum, frame)
 
     def perform_job(self, job, queue, *args, **kwargs):
-        from dashboard.extensions import db
-
         with self.app.app_context():
             try:
                 return super().perform_job(job, queue, *args, **kwargs)
@@ -71,7 +71,6 @@ class AppWorker(SimpleWorker):
         from sqlalchemy import text
         from sqlalchemy.exc import DBAPIError
 
-        from dashboard.extensions import db
 
         delay = 1.0
         while not AppWorker.stop_requested:
@@ -91,22 +90,11 @@ class AppWorker(SimpleWorker):
                 pass
 
 
-def schedule_sweep(interval: float) -> None:
-    """Queue one sweep per ``interval`` slot (the predictable id dedupes across workers)."""
-    slot = int(time.time() // interval)
-    rq_id = f"sweep-{slot}"
-    from rq.job import Job as RQJob
-
-    if not RQJob.exists(rq_id, connection=connection()):  # kept after it ran: once per slot
-        get_queue(HIGH).enqueue("tasks.sweep.sweep", job_id=rq_id, result_ttl=int(interval * 2),
-                                failure_ttl=3600)
-
-
 def _sweeper(app: Flask, interval: float, stop: threading.Event) -> None:
     while not stop.wait(interval / 2):
         with app.app_context():
             try:
-                schedule_sweep(interval)
+                queue.schedule_sweep(interval)
             except (RedisError, OSError) as exc:
                 log.warning("sweep not scheduled: %s", type(exc).__name__)
 

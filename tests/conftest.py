@@ -59,7 +59,7 @@ def redis_server():
         with RedisServer() as server:
             yield server.url
     else:  # no redis-server binary: the embedded Redis-compatible server
-        from dashboard.queue import start_embedded_redis
+        from core.queue import start_embedded_redis
 
         yield start_embedded_redis(port=free_port())
 
@@ -84,8 +84,8 @@ TEST_CONFIG = {
 def app(migrated, redis_server):
     """An app on the run's database and Redis, emptied before the test."""
     from dashboard import create_app
-    from dashboard.extensions import db
-    from dashboard.queue import connection
+    from core.db import db
+    from core.queue import connection
 
     app = create_app({"SQLALCHEMY_DATABASE_URI": migrated, "REDIS_URL": redis_server, **TEST_CONFIG})
 
@@ -138,8 +138,8 @@ class CompanyFixture:
 
 @pytest.fixture
 def make_company(app):
-    from dashboard import companies
-    from dashboard.extensions import db
+    from core import companies
+    from core.db import db
 
     def make(name: str | None = None, **settings) -> CompanyFixture:
         company, token, secret = companies.create_company(name or f"Company {uuid.uuid4().hex[:6]}")
@@ -158,8 +158,8 @@ def company(make_company):
 
 @pytest.fixture
 def make_user(app):
-    from dashboard import companies
-    from dashboard.extensions import db
+    from core import companies
+    from core.db import db
 
     def make(email: str, role: str = "manager", company_id: int | None = None,
              password: str = "correct horse battery") -> tuple:
@@ -199,7 +199,7 @@ def auth(client):
 
 def run_worker_burst(app, max_jobs: int | None = None) -> None:
     """Process every queued RQ job in this process (burst mode, scheduler on)."""
-    from dashboard.queue import QUEUE_NAMES, connection, get_queue
+    from core.queue import QUEUE_NAMES, connection, get_queue
     from tasks.worker import AppWorker
 
     AppWorker.app = app

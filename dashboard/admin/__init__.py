@@ -14,9 +14,9 @@ from sqlalchemy import func, select
 from dashboard.admin import (audit, campaigns, certificates, companies, company_settings, jobs, suppressions,
                              templates)
 from dashboard.admin.base import SecureIndexView, scope
-from dashboard.bounces import rates
-from dashboard.extensions import db
-from dashboard.models import Job
+from core.suppressions import rates
+from core.db import db
+from core.models import Job
 
 FEATURES = (jobs, campaigns, templates, certificates, suppressions, company_settings, audit, companies)
 

@@ -6,8 +6,8 @@ from flask import abort
 from markupsafe import Markup, escape
 
 from dashboard.admin.base import TenantModelView
-from dashboard.extensions import db
-from dashboard.models import AuditLog, Company
+from core.db import db
+from core.models import AuditLog, Company
 
 
 def details_text(details) -> str:

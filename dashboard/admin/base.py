@@ -18,7 +18,7 @@ from flask_admin.form import BaseForm
 from flask_login import current_user
 
 from dashboard.csvexport import neutralise
-from dashboard.tenancy import get_scoped
+from core.tenancy import get_scoped
 
 
 def scope() -> int | None:

@@ -21,16 +21,18 @@ from sqlalchemy import select
 from werkzeug.formparser import FormDataParser
 from wtforms.validators import ValidationError
 
-from dashboard import audience
+from core import audiences
 from dashboard.admin.base import SecureBaseView, scope
 from dashboard.admin.suppressions import company_or_404
-from dashboard.campaign_models import CampaignSettings  # noqa: F401  (tables in the metadata)
-from dashboard.extensions import csrf, db
-from dashboard.jobs import JobError, create_job
-from dashboard.models import Company, Job, Template, utcnow
-from dashboard.queue import connection
-from dashboard.rendering import CompiledTemplate, RenderError
-from dashboard.tenancy import get_or_404
+from core.models import CampaignSettings  # noqa: F401  (tables in the metadata)
+from dashboard.extensions import csrf
+from core.db import db
+from core.jobs import JobError, create_job
+from core.models import Company, Job, Template, utcnow
+from core.queue import connection
+from core.rendering import CompiledTemplate, RenderError
+from core.tenancy import get_or_404
+from core.queue import enqueue_job
 
 PREVIEW_COUNT = 3
 
@@ -45,7 +47,7 @@ class InMemoryFormDataParser(FormDataParser):
 
 def read_upload_form() -> None:
     """Parse this request's multipart body in memory, then check its CSRF token."""
-    request.max_content_length = audience.MAX_UPLOAD_BYTES + 256 * 1024
+    request.max_content_length = audiences.MAX_UPLOAD_BYTES + 256 * 1024
     request.form_data_parser_class = InMemoryFormDataParser
     try:
         validate_csrf(request.form.get("csrf_token"))
@@ -68,8 +70,8 @@ def render_preview(tpl: Template, recipients: list[dict], secret_fields=()) -> l
     compiled = CompiledTemplate(tpl.subject, tpl.body_text, tpl.body_html)
     shown = []
     for rcpt in recipients[:PREVIEW_COUNT]:
-        data = audience.masked(rcpt["data"])
-        data.update({k: audience.MASK for k in secret_fields if data.get(k) not in (None, "")})
+        data = audiences.masked(rcpt["data"])
+        data.update({k: audiences.MASK for k in secret_fields if data.get(k) not in (None, "")})
         msg = compiled.render(data)
         shown.append({"to": rcpt["email"], "subject": msg.subject, "text": msg.text, "html": msg.html})
     return shown
@@ -82,11 +84,11 @@ def parse_send_at(raw: str | None) -> datetime | None:
     try:
         moment = datetime.fromisoformat(raw)
     except ValueError:
-        raise audience.AudienceError("the send time is not a date and time") from None
+        raise audiences.AudienceError("the send time is not a date and time") from None
     if moment.tzinfo is not None:
-        raise audience.AudienceError("give the send time in UTC without a zone")
+        raise audiences.AudienceError("give the send time in UTC without a zone")
     if moment <= utcnow():
-        raise audience.AudienceError("the send time must be in the future (UTC)")
+        raise audiences.AudienceError("the send time must be in the future (UTC)")
     return moment
 
 
@@ -97,7 +99,6 @@ def queue_job(company_id: int, jtype: str, tpl: Template, recipients: list[dict]
                "send_at": send_at.isoformat() if send_at else None}
     job, _ = create_job(company_id, payload, source="dashboard", user_id=current_user.id,
                         max_recipients=current_app.config["OFFLOAD_MAX_RECIPIENTS"])
-    from tasks.dispatch import enqueue_job
 
     enqueue_job(job)
     return job
@@ -106,10 +107,10 @@ def queue_job(company_id: int, jtype: str, tpl: Template, recipients: list[dict]
 class CampaignsView(SecureBaseView):
     """CSV imports and re-engagement campaigns."""
 
-    def store(self) -> audience.UploadStore:
-        return audience.UploadStore(connection())
+    def store(self) -> audiences.UploadStore:
+        return audiences.UploadStore(connection())
 
-    def load_upload(self, upload_id: str) -> audience.Upload:
+    def load_upload(self, upload_id: str) -> audiences.Upload:
         upload = self.store().load(upload_id, current_user.id)
         if upload is None or scope() not in (None, upload.company_id):
             abort(404)
@@ -122,7 +123,7 @@ class CampaignsView(SecureBaseView):
         jobs = list(db.session.execute(stmt).scalars())
         companies = list(db.session.execute(select(Company).order_by(Company.name)).scalars()) \
             if scope() is None else []
-        settings = audience.lms_settings(scope()) if scope() is not None else None
+        settings = audiences.lms_settings(scope()) if scope() is not None else None
         return self.render("campaigns/index.html", jobs=jobs, companies=companies, lms=settings,
                            error=request.args.get("error"))
 
@@ -132,9 +133,9 @@ class CampaignsView(SecureBaseView):
         if company_id is None:
             company_id = company_or_404(request.form.get("company_id")).id
         try:
-            audience.save_lms_settings(company_id, request.form.get("iomad_company_id", ""),
+            audiences.save_lms_settings(company_id, request.form.get("iomad_company_id", ""),
                                        request.form.get("moodle_prefix", "mdl_"))
-        except audience.AudienceError as exc:
+        except audiences.AudienceError as exc:
             return self.render("campaigns/message.html", title="LMS settings not saved", message=str(exc)), 400
         return redirect(url_for(".index"))
 
@@ -148,11 +149,11 @@ class CampaignsView(SecureBaseView):
         file = request.files.get("file")
         try:
             if file is None or not file.filename:
-                raise audience.AudienceError("choose a CSV file")
-            upload = audience.parse_csv(file.read(), company_id=tpl.company_id, user_id=current_user.id,
+                raise audiences.AudienceError("choose a CSV file")
+            upload = audiences.parse_csv(file.read(), company_id=tpl.company_id, user_id=current_user.id,
                                         filename=file.filename,
                                         max_rows=current_app.config["OFFLOAD_MAX_RECIPIENTS"])
-        except audience.AudienceError as exc:
+        except audiences.AudienceError as exc:
             return self.render("campaigns/import.html", templates=visible_templates(), error=str(exc)), 400
         upload_id = self.store().save(upload)
         return redirect(url_for(".import_review", upload_id=upload_id, template_id=tpl.id))
@@ -163,26 +164,26 @@ class CampaignsView(SecureBaseView):
         tpl = chosen_template(request.values.get("template_id"))
         if tpl.company_id != upload.company_id:
             abort(404)
-        fields = audience.template_fields(tpl.subject, tpl.body_text, tpl.body_html)
+        fields = audiences.template_fields(tpl.subject, tpl.body_text, tpl.body_html)
         mapping = self.mapping(upload, fields)
         try:
-            built = audience.build_audience(upload, mapping)
-        except audience.AudienceError as exc:
+            built = audiences.build_audience(upload, mapping)
+        except audiences.AudienceError as exc:
             return self.review(upload, tpl, fields, mapping, None, str(exc)), 400
         if request.method == "POST":
             return self.import_confirm(upload, tpl, built)
         return self.review(upload, tpl, fields, mapping, built, None)
 
     @staticmethod
-    def mapping(upload: audience.Upload, fields: list[str]) -> dict:
-        guess = audience.default_mapping(upload.columns, fields)
+    def mapping(upload: audiences.Upload, fields: list[str]) -> dict:
+        guess = audiences.default_mapping(upload.columns, fields)
         if "email_column" not in request.values:
             return guess
         return {"email": request.values.get("email_column"),
                 "fields": {f: request.values.get(f"field_{f}", "") for f in fields}}
 
     def review(self, upload, tpl, fields, mapping, built, error):
-        secret = [f for f, c in mapping["fields"].items() if audience.SECRET_FIELD.search(c or "")]
+        secret = [f for f, c in mapping["fields"].items() if audiences.SECRET_FIELD.search(c or "")]
         preview = []
         if built is not None:
             try:
@@ -214,7 +215,7 @@ class CampaignsView(SecureBaseView):
             send_at = parse_send_at(request.form.get("send_at"))
             choice, recipients, bad_rows, upload_id = self.reengagement_audience(tpl)
             preview = render_preview(tpl, recipients)
-        except (audience.AudienceError, RenderError) as exc:
+        except (audiences.AudienceError, RenderError) as exc:
             return self.reengagement_form(str(exc)), 400
         return self.render("campaigns/reengagement_preview.html", tpl=tpl, choice=choice, count=len(recipients),
                            bad_rows=bad_rows, preview=preview, upload_id=upload_id, send_at=send_at,
@@ -229,28 +230,28 @@ class CampaignsView(SecureBaseView):
         choice = request.form.get("audience")
         if choice == "inactive":
             company = db.session.get(Company, tpl.company_id)
-            return choice, audience.inactive_users(company, self.days()), [], None
+            return choice, audiences.inactive_users(company, self.days()), [], None
         if choice != "upload":
-            raise audience.AudienceError("choose an audience")
+            raise audiences.AudienceError("choose an audience")
         file = request.files.get("file")
         if file is None or not file.filename:
-            raise audience.AudienceError("choose a CSV file with the list")
-        upload = audience.parse_csv(file.read(), company_id=tpl.company_id, user_id=current_user.id,
+            raise audiences.AudienceError("choose a CSV file with the list")
+        upload = audiences.parse_csv(file.read(), company_id=tpl.company_id, user_id=current_user.id,
                                     filename=file.filename, max_rows=current_app.config["OFFLOAD_MAX_RECIPIENTS"])
-        built = audience.build_audience(upload, self.list_mapping(upload))
+        built = audiences.build_audience(upload, self.list_mapping(upload))
         return choice, built.recipients, built.bad_rows, self.store().save(upload)
 
     @staticmethod
-    def list_mapping(upload: audience.Upload) -> dict:
+    def list_mapping(upload: audiences.Upload) -> dict:
         """An uploaded list: every column is a template field of its own name."""
-        return {"email": audience.default_mapping(upload.columns, [])["email"],
+        return {"email": audiences.default_mapping(upload.columns, [])["email"],
                 "fields": {c: c for c in upload.columns}}
 
     @staticmethod
     def days() -> int:
         raw = (request.form.get("days") or "").strip()
         if not raw.isdigit():
-            raise audience.AudienceError("inactive days must be a whole number from 1 to 3650")
+            raise audiences.AudienceError("inactive days must be a whole number from 1 to 3650")
         return int(raw)
 
     @expose("/reengagement/confirm", methods=["POST"])
@@ -259,18 +260,18 @@ class CampaignsView(SecureBaseView):
         try:
             send_at = parse_send_at(request.form.get("send_at"))
             if request.form.get("audience") == "inactive":
-                recipients = audience.inactive_users(db.session.get(Company, tpl.company_id), self.days())
+                recipients = audiences.inactive_users(db.session.get(Company, tpl.company_id), self.days())
                 bad_rows, upload = [], None
             else:
                 upload = self.load_upload(request.form.get("upload_id", ""))
                 if upload.company_id != tpl.company_id:
                     abort(404)
-                built = audience.build_audience(upload, self.list_mapping(upload))
+                built = audiences.build_audience(upload, self.list_mapping(upload))
                 recipients, bad_rows = built.recipients, built.bad_rows
             if not recipients:
-                raise audience.AudienceError("the audience is empty: nobody to send to")
+                raise audiences.AudienceError("the audience is empty: nobody to send to")
             job = queue_job(tpl.company_id, "reengagement", tpl, recipients, send_at)
-        except audience.AudienceError as exc:
+        except audiences.AudienceError as exc:
             return self.render("campaigns/message.html", title="The campaign was not created", message=str(exc)), 400
         except JobError as exc:
             return self.render("campaigns/message.html", title="The campaign was not created",

@@ -22,16 +22,16 @@ from sqlalchemy import func, or_, select
 from wtforms import BooleanField, SelectField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length, Optional
 
-from dashboard import audit
-from dashboard import certificates as service
+from core import audit
+from core import certificates as service
 from dashboard.admin.base import SecureBaseView, scope
-from dashboard.extensions import db
-from dashboard.models import Certificate, CertificateTemplate, Company, Job, utcnow
-from dashboard.tenancy import get_or_404, get_scoped
+from core.db import db
+from core.models import Certificate, CertificateTemplate, Company, Job, utcnow
+from core.tenancy import get_or_404, get_scoped
 from providers.base import ProviderError
-from tasks.certificate_render import (DEFAULT_TEMPLATE_CSS, DEFAULT_TEMPLATE_HTML, CertificateError,
-                                      PreviewUnavailable, logo_data_uri, new_verification_code,
-                                      render_certificate_pdf, render_preview_png)
+from core.certificate_render import (DEFAULT_TEMPLATE_CSS, DEFAULT_TEMPLATE_HTML, CertificateError,
+                                     PreviewUnavailable, logo_data_uri, new_verification_code,
+                                     render_certificate_pdf, render_preview_png)
 
 PAGE_SIZE = 50
 MAX_LOGO_BYTES = 512 * 1024

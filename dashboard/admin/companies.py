@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from dashboard.admin.base import AdminModelView
-from dashboard.extensions import db
-from dashboard.models import Company, User
+from core.db import db
+from core.models import Company, User
 
 
 class CompanyView(AdminModelView):

@@ -20,13 +20,16 @@ from flask_admin import expose
 from redis import RedisError
 from sqlalchemy import select
 
-from dashboard import audit
+from core import audit
 from dashboard.admin.base import SecureBaseView, scope
-from dashboard.companies import configure, rotate_callback_secret
-from dashboard.extensions import db
-from dashboard.models import MODES, PROVIDERS, SECRET_SETTINGS, SMTP_TLS, ApiToken, Company, DeliverySettings, utcnow
-from dashboard.rendering import valid_email
-from dashboard.tenancy import get_or_404
+from core.companies import configure, rotate_callback_secret
+from core.db import db
+from core.models import MODES, PROVIDERS, SECRET_SETTINGS, SMTP_TLS, ApiToken, Company, DeliverySettings, utcnow
+from core.rendering import valid_email
+from core.tenancy import get_or_404
+from core.checks import start_connection_test
+from core.checks import start_test_email
+from core.checks import read_result
 
 #: write-only settings: the four secrets, and the Moodle database URL (it holds a password)
 WRITE_ONLY = (*SECRET_SETTINGS, "moodle_db_url")
@@ -208,8 +211,6 @@ class CompanySettingsView(SecureBaseView):
 
     @expose("/<int:company_id>/test-connection", methods=("POST",))
     def test_connection(self, company_id: int):
-        from tasks.connection_test import start_connection_test
-
         company = self._company(company_id)
         try:
             check_id = start_connection_test(company.id)
@@ -222,8 +223,6 @@ class CompanySettingsView(SecureBaseView):
 
     @expose("/<int:company_id>/test-email", methods=("POST",))
     def test_email(self, company_id: int):
-        from tasks.connection_test import start_test_email
-
         company = self._company(company_id)
         to = request.form.get("to", "").strip()
         if not valid_email(to):
@@ -240,8 +239,6 @@ class CompanySettingsView(SecureBaseView):
 
     @expose("/<int:company_id>/checks/<check_id>.json")
     def check_result(self, company_id: int, check_id: str):
-        from tasks.connection_test import read_result
-
         company = self._company(company_id)
         result = read_result(company.id, check_id)
         if result is None:

@@ -16,10 +16,11 @@ from sqlalchemy import BigInteger, Integer, cast, extract, func, select
 
 from dashboard.admin.base import SecureBaseView, scope
 from dashboard.csvexport import csv_response
-from dashboard.extensions import db
-from dashboard.jobs import RETRYABLE_STATUSES, JobError, batches_of, iso, job_to_dict, request_cancel, retry_failed
-from dashboard.models import JOB_FINAL, JOB_TYPES, Company, Job, Recipient, utcnow
-from dashboard.tenancy import get_or_404
+from core.db import db
+from core.jobs import RETRYABLE_STATUSES, JobError, batches_of, iso, job_to_dict, request_cancel, retry_failed
+from core.models import JOB_FINAL, JOB_TYPES, Company, Job, Recipient, utcnow
+from core.tenancy import get_or_404
+from core.suppressions import rates
 
 PAGE_SIZE = 25
 FAILED_PAGE_SIZE = 50
@@ -184,7 +185,6 @@ class JobsView(SecureBaseView):
             .where(Recipient.job_id == job.id, Recipient.status.in_(FAILED_STATUSES))
             .order_by(Recipient.id).limit(FAILED_PAGE_SIZE).offset((fpage - 1) * FAILED_PAGE_SIZE)).all()
         company = db.session.get(Company, job.company_id)
-        from dashboard.bounces import rates
 
         return self.render("admin/jobs/details.html", job=job, row=job_row(job), batches=batches_of(job),
                            failed=failed, failed_total=failed_total, fpage=fpage, fpages=pages,

@@ -6,14 +6,14 @@ from flask import abort, redirect, request, url_for
 from flask_admin import expose
 from sqlalchemy import func, select
 
-from dashboard import audit
+from core import audit
 from dashboard.admin.base import SecureBaseView, scope
-from dashboard.bounces import normalize_email, rates, suppress
+from core.suppressions import normalize_email, rates, suppress
 from dashboard.csvexport import csv_response
-from dashboard.extensions import db
-from dashboard.models import Company, Suppression
-from dashboard.rendering import valid_email
-from dashboard.tenancy import get_or_404
+from core.db import db
+from core.models import Company, Suppression
+from core.rendering import valid_email
+from core.tenancy import get_or_404
 
 PAGE_SIZE = 100
 

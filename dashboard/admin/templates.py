@@ -15,12 +15,13 @@ from redis import RedisError
 from sqlalchemy import func, select
 from wtforms import SelectField
 
-from dashboard import audit
+from core import audit
 from dashboard.admin.base import TenantModelView, scope
-from dashboard.extensions import db
-from dashboard.models import JOB_TYPES, Company, Template
-from dashboard.rendering import CompiledTemplate, RenderError, valid_email
-from dashboard.tenancy import get_or_404
+from core.db import db
+from core.models import JOB_TYPES, Company, Template
+from core.rendering import CompiledTemplate, RenderError, valid_email
+from core.tenancy import get_or_404
+from core.checks import start_test_email
 
 PARTS = ("subject", "body_text", "body_html")
 SAMPLE_VALUES = {"email": "learner@example.com", "firstname": "Ann", "lastname": "Example",
@@ -166,8 +167,6 @@ class TemplateView(TenantModelView):
 
     @expose("/send-test/<int:template_id>/", methods=("POST",))
     def send_test(self, template_id: int):
-        from tasks.connection_test import start_test_email
-
         tpl = get_or_404(Template, template_id, scope())
         wants_json = request.accept_mimetypes.best == "application/json"
         to = request.form.get("to", "").strip()

@@ -4,10 +4,10 @@ from __future__ import annotations
 from flask import current_app, g, jsonify, request
 from redis import RedisError
 
-from dashboard import events
-from dashboard.api import bp, token_required
+from core import events
+from dashboard.api.base import bp, token_required
 from dashboard.errors import json_error
-from dashboard.queue import connection
+from core.queue import connection
 
 MAX_BODY_BYTES = 128 * 1024
 

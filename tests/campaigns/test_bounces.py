@@ -15,11 +15,11 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 from sqlalchemy import select
 
-from dashboard import bounces
-from dashboard.campaign_models import BounceEvent
-from dashboard.extensions import db
-from dashboard.models import Job, Recipient, Suppression
-from dashboard.webhooks import sign_headers
+from core import bounce_reports, suppressions
+from core.models import BounceEvent
+from core.db import db
+from core.models import Job, Recipient, Suppression
+from core.webhooks import sign_headers
 from tests.conftest import csrf_from, run_worker_burst
 from tests.events.support import ses_settings
 from tests.support.servers import StubHttpServer
@@ -126,7 +126,7 @@ def test_a_genuine_hard_bounce_suppresses_and_marks_the_recipient_bounced(client
     assert (sent, bounced) == (2, 1)
     assert statuses == {"r0@example.com": "sent", "r1@example.com": "bounced", "r2@example.com": "sent"}
     assert suppressed == {"r1@example.com": "bounce"}
-    assert bounces.rates(company.id, job_id)["bounces"] == 1
+    assert suppressions.rates(company.id, job_id)["bounces"] == 1
 
 
 def test_forged_wrong_topic_and_untrusted_certificates_are_refused(client, app, sns, sent_job):
@@ -155,11 +155,11 @@ def test_forged_wrong_topic_and_untrusted_certificates_are_refused(client, app, 
     # the default pattern only trusts https://sns.<region>.amazonaws.com
     app.config.pop("OFFLOAD_SNS_URL_PATTERN")
     with app.test_request_context():
-        assert bounces.allowed_sns_url("https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-1.pem")
-        assert not bounces.allowed_sns_url("http://sns.eu-west-1.amazonaws.com/x.pem")
-        assert not bounces.allowed_sns_url("https://sns.eu-west-1.amazonaws.com.evil.test/x.pem")
-        assert not bounces.allowed_sns_url("https://sns.eu-west-1.amazonaws.com@evil.test/x.pem")
-        assert not bounces.allowed_sns_url(sns.cert_url)
+        assert bounce_reports.allowed_sns_url("https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-1.pem")
+        assert not bounce_reports.allowed_sns_url("http://sns.eu-west-1.amazonaws.com/x.pem")
+        assert not bounce_reports.allowed_sns_url("https://sns.eu-west-1.amazonaws.com.evil.test/x.pem")
+        assert not bounce_reports.allowed_sns_url("https://sns.eu-west-1.amazonaws.com@evil.test/x.pem")
+        assert not bounce_reports.allowed_sns_url(sns.cert_url)
 
 
 def test_the_certificate_is_fetched_once_and_redelivery_applies_once(client, sns, sent_job):
@@ -187,7 +187,7 @@ def test_a_complaint_suppresses_without_bouncing(client, sns, sent_job):
     sent, bounced, statuses, suppressed = state(job_id)
     assert (sent, bounced, statuses["r0@example.com"]) == (3, 0, "sent")
     assert suppressed == {"r0@example.com": "complaint"}
-    assert bounces.rates(company.id, job_id)["complaints"] == 1
+    assert suppressions.rates(company.id, job_id)["complaints"] == 1
 
 
 def test_a_bounce_without_message_id_matches_the_latest_recipient_by_address(client, sns, sent_job):
@@ -241,18 +241,18 @@ def test_cloudflare_reports_are_verified_then_applied_once(client, sent_job, mak
 def test_rates_warn_past_two_percent_bounces_and_show_on_the_suppression_page(client, sns, sent_job, make_user,
                                                                             auth, make_company):
     company, job_id, mids = sent_job
-    assert bounces.rates(company.id)["bounce_warning"] is False
+    assert suppressions.rates(company.id)["bounce_warning"] is False
     post_sns(client, company.id, sns.message(ses_bounce("r1@example.com", mids["r1@example.com"])))
-    job_rates = bounces.rates(company.id, job_id)
+    job_rates = suppressions.rates(company.id, job_id)
     assert (job_rates["sent"], job_rates["bounces"], job_rates["bounce_warning"]) == (3, 1, True)
     assert job_rates["bounce_rate"] == pytest.approx(1 / 3) and job_rates["period_days"] is None
-    assert bounces.rates(company.id)["bounce_warning"] is True
+    assert suppressions.rates(company.id)["bounce_warning"] is True
     other = make_company("Quiet Co")
-    assert bounces.rates(other.id) == {"sent": 0, "bounces": 0, "soft_bounces": 0, "complaints": 0,
+    assert suppressions.rates(other.id) == {"sent": 0, "bounces": 0, "soft_bounces": 0, "complaints": 0,
                                        "bounce_rate": 0.0, "complaint_rate": 0.0, "bounce_warning": False,
                                        "complaint_warning": False, "period_days": 30}
     with pytest.raises(LookupError):
-        bounces.rates(other.id, job_id)  # another company's job
+        suppressions.rates(other.id, job_id)  # another company's job
 
     user, password = make_user("boss@bounce.test", "manager", company.id)
     auth.login(user.email, password)

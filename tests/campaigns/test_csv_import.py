@@ -7,9 +7,9 @@ import re
 import pytest
 from sqlalchemy import select
 
-from dashboard.extensions import db
-from dashboard.models import Job, Recipient
-from dashboard.queue import connection
+from core.db import db
+from core.models import Job, Recipient
+from core.queue import connection
 from tests.conftest import csrf_from, run_worker_burst
 from tests.events.support import make_template
 from tests.support.servers import SmtpSink
@@ -94,7 +94,7 @@ def test_1000_rows_with_7_bad_make_a_job_of_993_and_a_report_of_7(client, manage
 def test_the_real_values_are_sent_and_mapping_renames_columns(client, manager, app):
     company, tpl = manager
     with SmtpSink() as sink:
-        from dashboard import companies
+        from core import companies
 
         companies.configure(company.company, {"smtp_host": "127.0.0.1", "smtp_port": str(sink.port),
                                               "smtp_tls": "none"})

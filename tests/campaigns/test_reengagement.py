@@ -12,10 +12,10 @@ import pytest
 from rq.registry import ScheduledJobRegistry
 from sqlalchemy import select
 
-from dashboard import audience, companies
-from dashboard.extensions import db
-from dashboard.models import Job, Recipient, utcnow
-from dashboard.queue import DEFAULT, get_queue
+from core import audiences, companies
+from core.db import db
+from core.models import Job, Recipient, utcnow
+from core.queue import DEFAULT, get_queue
 from tests.conftest import PG_ADMIN_URL, _pg_create, _pg_drop, csrf_from
 from tests.events.support import make_template
 
@@ -68,16 +68,16 @@ def acme(make_company, moodle_db):
     company = make_company("Acme Learning", sender="noreply@acme.test", provider="smtp")
     companies.configure(company.company, {"moodle_db_url": moodle_db})
     db.session.commit()
-    audience.save_lms_settings(company.id, ACME_IOMAD, "mdl_")
+    audiences.save_lms_settings(company.id, ACME_IOMAD, "mdl_")
     return company
 
 
 def test_inactive_audience_is_that_companys_inactive_users_only(acme):
-    found = audience.inactive_users(acme.company, 30)
+    found = audiences.inactive_users(acme.company, 30)
     assert sorted(r["email"] for r in found) == ["both@lms.test", "idle100@lms.test", "idle40@lms.test",
                                                  "never@lms.test"]
-    assert audience.count_inactive(acme.company, 30) == 4
-    assert sorted(r["email"] for r in audience.inactive_users(acme.company, 90)) == ["idle100@lms.test",
+    assert audiences.count_inactive(acme.company, 30) == 4
+    assert sorted(r["email"] for r in audiences.inactive_users(acme.company, 90)) == ["idle100@lms.test",
                                                                                     "never@lms.test"]
     idle = next(r for r in found if r["email"] == "idle40@lms.test")
     assert idle["data"]["firstname"] == "Idle40" and idle["data"]["days_inactive"] == 40
@@ -87,7 +87,7 @@ def test_the_lms_database_is_read_only(acme):
     from sqlalchemy import text
     from sqlalchemy.exc import DBAPIError
 
-    engine = audience.lms_engine(acme.company.moodle_db_url)
+    engine = audiences.lms_engine(acme.company.moodle_db_url)
     with pytest.raises(DBAPIError, match="read-only"), engine.connect() as conn:
         conn.execute(text("DELETE FROM mdl_user"))
     engine.dispose()
@@ -95,18 +95,18 @@ def test_the_lms_database_is_read_only(acme):
 
 def test_lms_errors_are_clear_and_hide_the_url(make_company):
     company = make_company("No LMS Co")
-    with pytest.raises(audience.AudienceError, match="no LMS database"):
-        audience.inactive_users(company.company, 30)
+    with pytest.raises(audiences.AudienceError, match="no LMS database"):
+        audiences.inactive_users(company.company, 30)
     companies.configure(company.company, {"moodle_db_url": "postgresql://lms:S3cretPw@127.0.0.1:1/moodle"})
     db.session.commit()
-    with pytest.raises(audience.AudienceError, match="IOMAD company id"):
-        audience.inactive_users(company.company, 30)
-    audience.save_lms_settings(company.id, 3, "mdl_")
-    with pytest.raises(audience.AudienceError) as err:
-        audience.inactive_users(company.company, 30)
+    with pytest.raises(audiences.AudienceError, match="IOMAD company id"):
+        audiences.inactive_users(company.company, 30)
+    audiences.save_lms_settings(company.id, 3, "mdl_")
+    with pytest.raises(audiences.AudienceError) as err:
+        audiences.inactive_users(company.company, 30)
     assert "could not be read" in str(err.value) and "S3cretPw" not in str(err.value)
-    with pytest.raises(audience.AudienceError, match="prefix"):
-        audience.save_lms_settings(company.id, 3, "mdl_; DROP TABLE x")
+    with pytest.raises(audiences.AudienceError, match="prefix"):
+        audiences.save_lms_settings(company.id, 3, "mdl_; DROP TABLE x")
 
 
 @pytest.fixture
@@ -187,7 +187,7 @@ def test_lms_settings_form_saves_for_the_managers_company_only(client, manager):
                                                      "moodle_prefix": "m_", "company_id": "999"})
     assert resp.status_code == 302
     db.session.expire_all()
-    saved = audience.lms_settings(company.id)
+    saved = audiences.lms_settings(company.id)
     assert (saved.iomad_company_id, saved.moodle_prefix) == (42, "m_")
     bad = client.post("/admin/campaigns/lms", data={"csrf_token": token, "iomad_company_id": "x"})
     assert bad.status_code == 400 and "whole number" in bad.get_data(as_text=True)
@@ -204,4 +204,4 @@ def test_an_admin_sets_lms_settings_for_a_chosen_company(client, acme, make_user
                                                      "iomad_company_id": "7", "moodle_prefix": "mdl_"})
     assert resp.status_code == 302
     db.session.expire_all()
-    assert audience.lms_settings(acme.id).iomad_company_id == 7
+    assert audiences.lms_settings(acme.id).iomad_company_id == 7

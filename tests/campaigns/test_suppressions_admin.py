@@ -7,9 +7,9 @@ import io
 import pytest
 from sqlalchemy import select
 
-from dashboard.bounces import suppress
-from dashboard.extensions import db
-from dashboard.models import Suppression
+from core.suppressions import suppress
+from core.db import db
+from core.models import Suppression
 from tests.conftest import csrf_from
 
 PAGE = "/admin/suppressions/"

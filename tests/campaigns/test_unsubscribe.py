@@ -7,10 +7,10 @@ import re
 import pytest
 from sqlalchemy import select
 
-from dashboard import companies
-from dashboard.extensions import db
-from dashboard.models import Recipient, Suppression
-from dashboard.unsubscribe import make_token, read_token
+from core import companies
+from core.db import db
+from core.models import Recipient, Suppression
+from core.unsubscribe import make_token, read_token
 from tasks.headers import extra_headers
 from tests.conftest import run_worker_burst
 from tests.support.servers import SmtpSink

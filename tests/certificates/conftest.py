@@ -14,8 +14,8 @@ import boto3
 import pytest
 from PIL import Image, ImageDraw
 
-from dashboard import companies
-from dashboard.extensions import db
+from core import companies
+from core.db import db
 from tests.support.servers import CertificateGateway
 
 DOWNLOAD_LINK = re.compile(r"/certificates/([0-9A-Z]{20})/download")

@@ -7,8 +7,8 @@ import re
 import pytest
 from sqlalchemy import select
 
-from dashboard.extensions import db
-from dashboard.models import CertificateTemplate
+from core.db import db
+from core.models import CertificateTemplate
 from tests.e2e.conftest import ARTIFACTS, browser, live_server  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.browser]
@@ -43,8 +43,8 @@ def test_live_preview_follows_the_html(live_server, browser, company, make_user)
 
 
 def test_the_verification_page_runs_no_script(live_server, browser, company):  # noqa: F811
-    from dashboard.models import Certificate, utcnow
-    from tasks.certificate_render import new_verification_code
+    from core.models import Certificate, utcnow
+    from core.certificate_render import new_verification_code
 
     cert = Certificate(company_id=company.id, code=new_verification_code(), course_name="Fire Safety",
                        learner_name="<img src=x onerror=\"document.title='pwned'\"><script>document.title='pwned'"

@@ -6,8 +6,8 @@ from collections import Counter
 
 from sqlalchemy import select
 
-from dashboard.extensions import db
-from dashboard.models import Certificate, Job
+from core.db import db
+from core.models import Certificate, Job
 from tests.certificates.conftest import DOWNLOAD_LINK, ses_settings
 from tests.events.support import drain, make_template
 

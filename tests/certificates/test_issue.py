@@ -9,8 +9,8 @@ import pytest
 from pypdf import PdfReader
 from sqlalchemy import select
 
-from dashboard.extensions import db
-from dashboard.models import Certificate, Job, Recipient
+from core.db import db
+from core.models import Certificate, Job, Recipient
 from tests.certificates.conftest import DOWNLOAD_LINK, http_get, learners, ses_settings, sha256, submit
 from tests.conftest import run_worker_burst
 
@@ -124,7 +124,7 @@ def test_a_learner_without_a_course_fails_alone(app, client, make_company, ses, 
 
 
 def test_the_company_template_and_logo_are_used(app, client, make_company, ses, s3_bucket):
-    from dashboard.models import CertificateTemplate
+    from core.models import CertificateTemplate
     from tests.certificates.conftest import png
 
     company = make_company(**ses_settings(ses.url), s3_bucket=s3_bucket)
@@ -155,7 +155,7 @@ def test_no_storage_pauses_the_job_and_sends_nothing(app, client, make_company, 
 
 def test_issuing_twice_issues_once_and_a_revoked_certificate_is_not_mailed(
         app, client, make_company, ses, s3_bucket):
-    from dashboard.certificates import revoke
+    from core.certificates import revoke
     from tasks.certificates import issue_certificates
 
     company = make_company(**ses_settings(ses.url), s3_bucket=s3_bucket)
@@ -176,8 +176,8 @@ def test_issuing_twice_issues_once_and_a_revoked_certificate_is_not_mailed(
 def test_rq_gets_ids_only(app, client, make_company, ses, s3_bucket):
     from rq.job import Job as RQJob
 
-    from dashboard.queue import connection
-    from tasks.certificates import enqueue_issue, issue_rq_id
+    from core.queue import connection
+    from core.queue import enqueue_issue, issue_rq_id
 
     company = make_company(**ses_settings(ses.url), s3_bucket=s3_bucket)
     job_id = submit(client, company, learners(1))
@@ -189,8 +189,8 @@ def test_rq_gets_ids_only(app, client, make_company, ses, s3_bucket):
 def test_a_job_paused_for_storage_resumes_once_a_bucket_is_set(app, client, make_company, ses, s3_bucket):
     from datetime import timedelta
 
-    from dashboard import companies
-    from dashboard.models import utcnow
+    from core import companies
+    from core.models import utcnow
     from tasks.sweep import sweep
 
     company = make_company(**ses_settings(ses.url))

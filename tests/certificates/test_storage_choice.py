@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from dashboard.certificates import StorageNotConfigured, storage_config, storage_kind
+from core.certificates import StorageNotConfigured, storage_config, storage_kind
 from tasks.certificates import delivery_of, learner_fields, parse_date
-from tasks.certificate_render import CertificateError
+from core.certificate_render import CertificateError
 
 WORKER = "https://certs.acme.workers.dev"
 

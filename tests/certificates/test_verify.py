@@ -5,10 +5,10 @@ from datetime import timedelta
 
 import pytest
 
-from dashboard.certificates import find_by_code, revoke
-from dashboard.extensions import db
-from dashboard.models import Certificate, utcnow
-from tasks.certificate_render import new_verification_code
+from core.certificates import find_by_code, revoke
+from core.db import db
+from core.models import Certificate, utcnow
+from core.certificate_render import new_verification_code
 
 
 @pytest.fixture

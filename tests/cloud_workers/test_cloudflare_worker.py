@@ -18,7 +18,7 @@ import urllib.request
 
 import pytest
 
-from dashboard import webhooks
+from core import webhooks
 from tests.support.servers import ROOT, CallbackReceiver, Miniflare, free_port
 
 CF_DIR = ROOT / "cloud_workers" / "cloudflare"

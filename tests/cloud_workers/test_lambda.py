@@ -19,7 +19,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from dashboard import webhooks
+from core import webhooks
 from tests.support.servers import ROOT, CallbackReceiver, MotoServer, SesLocal, StubHttpServer, free_port
 
 AWS_DIR = ROOT / "cloud_workers" / "aws"

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from dashboard.extensions import db
-from dashboard.models import ApiToken, Job, Recipient, Template, utcnow
-from dashboard.queue import connection
+from core.db import db
+from core.models import ApiToken, Job, Recipient, Template, utcnow
+from core.queue import connection
 
 JOB = {"type": "csv_import", "subject": "Welcome {{ firstname }}",
        "body_text": "Hi {{ firstname }}, your password is {{ password }}", "body_html": "<p>Hi {{ firstname }}</p>"}

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from dashboard.extensions import db
-from dashboard.models import AuditLog, User
+from core.db import db
+from core.models import AuditLog, User
 from tests.conftest import csrf_from
 
 

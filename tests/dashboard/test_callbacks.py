@@ -10,11 +10,11 @@ import pytest
 from sqlalchemy import func, select, text, update
 from standardwebhooks import Webhook
 
-from dashboard import companies, webhooks
-from dashboard.extensions import db
-from dashboard.jobs import create_job
-from dashboard.models import Batch, Job, Recipient, WebhookReceipt, utcnow
-from tasks import store
+from core import companies, webhooks
+from core.db import db
+from core.jobs import create_job
+from core.models import Batch, Job, Recipient, WebhookReceipt, utcnow
+from core import batches
 from tests.dashboard.test_webhooks import VECTOR_BODY, VECTOR_ID, VECTOR_SECRET, VECTOR_SIGNATURE, VECTOR_TS
 
 PATH = "/callbacks/v1/batches"
@@ -31,14 +31,14 @@ def submitted_job(company, n: int = 4, batch_size: int = 2, prefix: str = "user"
     people = [{"email": f"{prefix}{i}@acme.test", "data": {"firstname": f"N{i}", "password": f"pw-{i}"}}
               for i in range(n)]
     job, _ = create_job(company.id, {**TEMPLATE, "recipients": people})
-    store.create_batches(job.id, batch_size)
+    batches.create_batches(job.id, batch_size)
     db.session.execute(update(Batch).where(Batch.job_id == job.id).values(
         status="submitted", route="offload:sqs", submitted_at=utcnow(),
         callback_deadline=utcnow() + timedelta(minutes=15), attempts=1))
     db.session.execute(update(Job).where(Job.id == job.id).values(status="processing"))
     db.session.commit()
-    batches = db.session.execute(select(Batch).where(Batch.job_id == job.id).order_by(Batch.batch_number)).scalars()
-    return job, list(batches)
+    rows = db.session.execute(select(Batch).where(Batch.job_id == job.id).order_by(Batch.batch_number)).scalars()
+    return job, list(rows)
 
 
 def payload(job: Job, number: int, results: list[dict]) -> bytes:
@@ -318,7 +318,7 @@ def test_a_concurrent_duplicate_loses_on_the_unique_receipt(app, acme):
     meets the unique (company, webhook-id) constraint and changes nothing."""
     from sqlalchemy import event
 
-    from tasks.offload import record_callback
+    from core.callbacks import record_callback
 
     job, batches = submitted_job(acme)
     session = db.session()

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from dashboard.extensions import db
-from dashboard.models import Company, User
+from core.db import db
+from core.models import Company, User
 
 
 def parse(output: str) -> dict:

@@ -4,10 +4,10 @@ from __future__ import annotations
 from cryptography.fernet import Fernet
 from sqlalchemy import text
 
-from dashboard import crypto
-from dashboard.extensions import db
-from dashboard.models import Company, Recipient
-from dashboard.rotation import reencrypt_all
+from core import crypto
+from core.db import db
+from core.models import Company, Recipient
+from core.rotation import reencrypt_all
 
 CANARY_PASSWORD = "Canary-Pa55word-7f3a"
 CANARY_SECRET = "canary-aws-secret-91c2"
@@ -24,7 +24,7 @@ def raw_dump() -> str:
 
 def make_job_with_secret(client, company):
     company_row = db.session.get(Company, company.id)
-    from dashboard.companies import configure
+    from core.companies import configure
 
     configure(company_row, {"aws_secret_key": CANARY_SECRET, "smtp_password": CANARY_SECRET + "-smtp"})
     db.session.commit()

@@ -14,9 +14,8 @@ import re
 import pytest
 from sqlalchemy import select
 
-from dashboard.extensions import db
-from dashboard.models import (ApiToken, AuditLog, Certificate, CertificateTemplate, Company, Job, Suppression,
-                              Template)
+from core.db import db
+from core.models import ApiToken, AuditLog, Certificate, CertificateTemplate, Company, Job, Suppression, Template
 from tests.conftest import csrf_from, run_worker_burst
 from tests.support.servers import SmtpSink
 
@@ -54,7 +53,7 @@ def world(app, client, auth, make_company, make_user):
         w.suppression = _row(Suppression(company_id=a.id, email="alpha-suppressed@example.com")).id
         w.cert = _row(Certificate(company_id=a.id, code="ALPHA-CERT-0001", job_id=w.job,
                                   learner_name="Alpha Learner", course_name="Alpha course")).id
-        from tasks.connection_test import start_connection_test
+        from core.checks import start_connection_test
 
         w.check = start_connection_test(a.id)
         w.upload = _upload(a.id, a_manager.id)
@@ -79,8 +78,8 @@ def _row(obj):
 
 
 def _upload(company_id: int, user_id: int) -> str:
-    from dashboard.audience import Upload, UploadStore
-    from dashboard.queue import connection
+    from core.audiences import Upload, UploadStore
+    from core.queue import connection
 
     return UploadStore(connection()).save(Upload(company_id, user_id, "alpha.csv", ["email"],
                                                  [(2, ["alpha-upload@example.com"])]))

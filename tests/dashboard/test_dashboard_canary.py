@@ -17,9 +17,9 @@ import zlib
 import pytest
 from sqlalchemy import select
 
-from dashboard.extensions import db
-from dashboard.models import AuditLog, Company
-from dashboard.queue import connection
+from core.db import db
+from core.models import AuditLog, Company
+from core.queue import connection
 from tests.conftest import csrf_from, run_worker_burst
 from tests.support.servers import SmtpSink, StubHttpServer
 

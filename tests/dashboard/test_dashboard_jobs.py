@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import select
 
 from dashboard.csvexport import csv_lines, neutralise
-from dashboard.extensions import db
-from dashboard.models import AuditLog, Job
+from core.db import db
+from core.models import AuditLog, Job
 from tests.conftest import csrf_from, run_worker_burst
 from tests.support.servers import SmtpSink
 
@@ -196,7 +196,7 @@ def test_admin_sees_every_company_and_filters_by_company(client, auth, make_comp
 
 
 def test_job_detail_and_overview_show_bounce_and_complaint_rates(client, manager, acme):
-    from dashboard.campaign_models import BounceEvent
+    from core.models import BounceEvent
 
     job_id = create_job(client, acme, people(40))
     job = db.session.get(Job, job_id)

@@ -9,9 +9,9 @@ import json
 import pytest
 from sqlalchemy import select
 
-from dashboard.extensions import db
-from dashboard.models import ApiToken, AuditLog, Company
-from dashboard.queue import HIGH, connection, get_queue
+from core.db import db
+from core.models import ApiToken, AuditLog, Company
+from core.queue import HIGH, connection, get_queue
 from tests.conftest import csrf_from, run_worker_burst
 from tests.support.servers import SmtpSink
 
@@ -246,7 +246,7 @@ def test_unknown_or_malformed_check_ids_are_404(client, manager):
 
 def test_audit_log_lists_the_company_entries(client, manager, make_company):
     other = make_company("Other Co")
-    from dashboard import audit
+    from core import audit
 
     audit.record("settings_changed", company_id=other.id, details={"fields": ["smtp_host"]}, actor="x@other.test")
     db.session.commit()
@@ -259,7 +259,7 @@ def test_audit_log_lists_the_company_entries(client, manager, make_company):
 
 
 def test_audit_export_neutralises_formula_cells(client, manager):
-    from dashboard import audit
+    from core import audit
 
     audit.record("login_failed", company_id=manager.id, actor="=HYPERLINK(\"http://evil\")", object_type="user")
     db.session.commit()

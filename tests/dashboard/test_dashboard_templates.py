@@ -9,8 +9,8 @@ import re
 import pytest
 from sqlalchemy import select
 
-from dashboard.extensions import db
-from dashboard.models import AuditLog, Template
+from core.db import db
+from core.models import AuditLog, Template
 from tests.conftest import csrf_from, run_worker_burst
 from tests.support.servers import SmtpSink
 

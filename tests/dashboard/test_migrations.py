@@ -35,7 +35,7 @@ def upgrade(url: str) -> None:
 
 def assert_matches_models(url: str) -> None:
     from dashboard import create_app
-    from dashboard.extensions import db
+    from core.db import db
 
     app = create_app({"SQLALCHEMY_DATABASE_URI": url})
     with app.app_context():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from cryptography.fernet import Fernet
 
-from dashboard.settings import SettingsError, load
+from core.settings import SettingsError, load
 
 
 def test_defaults_match_the_contract():

@@ -8,13 +8,8 @@ from datetime import UTC, datetime
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from dashboard import webhooks
-from dashboard.webhooks import (
-    BadSignature,
-    MissingHeaders,
-    TimestampOutOfRange,
-    WebhookError,
-)
+from core import webhooks
+from core.webhooks import BadSignature, MissingHeaders, TimestampOutOfRange, WebhookError
 
 # The published test vector (standard-webhooks reference libraries, Svix's tests).
 VECTOR_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

@@ -12,8 +12,8 @@ WELCOME = {"subject": "Welcome {{ firstname }}",
 
 def make_template(company_id: int, job_type: str, name: str | None = None, **fields):
     """Store a template of ``job_type`` for the company."""
-    from dashboard.extensions import db
-    from dashboard.models import Template
+    from core.db import db
+    from core.models import Template
 
     tpl = Template(company_id=company_id, name=name or f"{job_type} template", job_type=job_type,
                    **{**WELCOME, **fields})
@@ -30,7 +30,7 @@ def ses_settings(ses_local) -> dict:
 
 def worker_pass(app) -> None:
     """One burst of the real worker, its scheduler first moving every due job."""
-    from dashboard.queue import QUEUE_NAMES, connection, get_queue
+    from core.queue import QUEUE_NAMES, connection, get_queue
     from tasks.worker import AppWorker
 
     AppWorker.app = app
@@ -42,8 +42,8 @@ def busy(app) -> bool:
     """True while an event window is open/closing or RQ holds queued or scheduled work."""
     from rq.registry import ScheduledJobRegistry
 
-    from dashboard import events
-    from dashboard.queue import QUEUE_NAMES, connection, get_queue
+    from core import events
+    from core.queue import QUEUE_NAMES, connection, get_queue
 
     conn = connection()
     if conn.zcard(events.OPEN) or conn.zcard(events.CLOSED):

@@ -6,10 +6,10 @@ import pytest
 from rq.registry import ScheduledJobRegistry
 from sqlalchemy import select
 
-from dashboard import events
-from dashboard.extensions import db
-from dashboard.models import Job, Recipient
-from dashboard.queue import HIGH, connection, get_queue
+from core import events
+from core.db import db
+from core.models import Job, Recipient
+from core.queue import HIGH, connection, get_queue
 from tests.events.support import by_recipient, drain, make_template, ses_settings
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import requests
 from sqlalchemy import func, select
 
-from dashboard.events import EVENT_TYPES
-from dashboard.extensions import db
-from dashboard.models import Job, Recipient
+from core.events import EVENT_TYPES
+from core.db import db
+from core.models import Job, Recipient
 from tests.events.support import busy, by_recipient, make_template, ses_settings
 from tests.support.servers import free_port, wait_for_port
 

@@ -169,7 +169,7 @@ def smtp_sink():
 def app(pg, redis):
     """An app on the cluster and the test's Redis, emptied before the test (overrides the suite's)."""
     from dashboard import create_app
-    from dashboard.extensions import db
+    from core.db import db
     from tests.conftest import _empty_tables
 
     if not pg.running():  # a failed test may have left it stopped
@@ -314,7 +314,7 @@ def submit(client, company, n: int, prefix: str = "user") -> int:
 
 
 def recipient_counts(job_id: int) -> Counter:
-    from dashboard.extensions import db
+    from core.db import db
 
     rows = db.session.execute(text("SELECT status, count(*) FROM recipients WHERE job_id = :j GROUP BY status"),
                               {"j": job_id}).all()
@@ -323,8 +323,8 @@ def recipient_counts(job_id: int) -> Counter:
 
 
 def load_job(job_id: int):
-    from dashboard.extensions import db
-    from dashboard.models import Job
+    from core.db import db
+    from core.models import Job
 
     db.session.expire_all()
     job = db.session.execute(select(Job).where(Job.id == job_id)).scalar_one()
@@ -334,8 +334,8 @@ def load_job(job_id: int):
 
 def wait_final(job_id: int, timeout: float, fleet: WorkerFleet | None = None, poll: float = 0.25):
     """Wait until the job has a final status; fail with the evidence when it has not within ``timeout``."""
-    from dashboard.extensions import db
-    from dashboard.models import JOB_FINAL
+    from core.db import db
+    from core.models import JOB_FINAL
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -12,7 +12,7 @@ import boto3
 import pytest
 from sqlalchemy import text
 
-from dashboard.extensions import db
+from core.db import db
 from tests.faults.conftest import submit, wait_final
 
 REGION = "us-east-1"

@@ -106,9 +106,9 @@ def test_open_circuit_without_fallback_backs_off_instead_of_pausing(app, client,
     the batch waits for it to close (retry), and the job is not paused."""
     from sqlalchemy import select
 
-    from dashboard.extensions import db
-    from dashboard.models import Batch
-    from dashboard.queue import connection
+    from core.db import db
+    from core.models import Batch
+    from core.queue import connection
     from tasks import limits
     from tests.conftest import run_worker_burst
 

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import redis as redis_py
 
-from dashboard.queue import warn_if_evicting
+from core.queue import warn_if_evicting
 from tests.support.servers import ManagedProcess, free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
@@ -28,7 +28,7 @@ def evicting_redis():
 
 @pytest.mark.timeout(30)
 def test_warns_when_redis_may_evict(evicting_redis, caplog):
-    with caplog.at_level(logging.WARNING, logger="dashboard.queue"):
+    with caplog.at_level(logging.WARNING, logger="core.queue"):
         warn_if_evicting(redis_py.Redis.from_url(evicting_redis))
     assert any("allkeys-lru" in r.getMessage() and "noeviction" in r.getMessage() for r in caplog.records)
 
@@ -37,10 +37,10 @@ def test_warns_when_redis_may_evict(evicting_redis, caplog):
 def test_quiet_when_redis_is_configured_for_rq(caplog):
     from tests.support.servers import RedisServer
 
-    with RedisServer() as server, caplog.at_level(logging.WARNING, logger="dashboard.queue"):
+    with RedisServer() as server, caplog.at_level(logging.WARNING, logger="core.queue"):
         warn_if_evicting(redis_py.Redis.from_url(server.url))
     server.log_path.unlink(missing_ok=True)
-    assert not [r for r in caplog.records if r.name == "dashboard.queue"]
+    assert not [r for r in caplog.records if r.name == "core.queue"]
 
 
 @pytest.mark.timeout(60)
@@ -50,6 +50,6 @@ def test_worker_start_up_warns(evicting_redis, caplog, tmp_path):
 
     app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path}/x.db", "REDIS_URL": evicting_redis,
                       "TESTING": True})
-    with caplog.at_level(logging.WARNING, logger="dashboard.queue"):
+    with caplog.at_level(logging.WARNING, logger="core.queue"):
         run_worker(app, burst=True)  # empty queues: starts, checks, exits
     assert any("maxmemory-policy" in r.getMessage() for r in caplog.records)

@@ -8,7 +8,7 @@ import time
 import pytest
 from sqlalchemy import text
 
-from dashboard.extensions import db
+from core.db import db
 from tests.faults.conftest import (CHUNK, delivered, lost_and_duplicated, people, recipient_counts, submit,
                                    wait_final, wait_progress)
 from tests.tasks.conftest import aws_settings

@@ -30,13 +30,8 @@ from providers.storage import (
     get_storage,
     sign,
 )
-from tasks.certificate_render import (
-    DEFAULT_TEMPLATE_CSS,
-    DEFAULT_TEMPLATE_HTML,
-    checksum,
-    new_verification_code,
-    render_certificate_pdf,
-)
+from core.certificate_render import (DEFAULT_TEMPLATE_CSS, DEFAULT_TEMPLATE_HTML, checksum, new_verification_code,
+                                     render_certificate_pdf)
 from tests.support.servers import CertificateGateway, MotoServer, free_port
 
 SECRET = "cert-signing-secret-for-tests"

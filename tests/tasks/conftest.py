@@ -40,9 +40,9 @@ def run_scheduled_now() -> None:
     """Move every scheduled RQ job to its queue and make retries due (what time would do)."""
     from rq.registry import ScheduledJobRegistry
 
-    from dashboard.extensions import db
-    from dashboard.models import Batch
-    from dashboard.queue import QUEUE_NAMES, get_queue
+    from core.db import db
+    from core.models import Batch
+    from core.queue import QUEUE_NAMES, get_queue
 
     for name in QUEUE_NAMES:
         queue = get_queue(name)

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pypdf import PdfReader
 from xhtml2pdf import pisa
 
-from tasks import certificate_render as cr
+from core import certificate_render as cr
 from tests.support.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

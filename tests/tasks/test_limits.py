@@ -7,9 +7,9 @@ from collections import Counter
 
 from sqlalchemy import select
 
-from dashboard.extensions import db
-from dashboard.models import Job
-from dashboard.queue import connection
+from core.db import db
+from core.models import Job
+from core.queue import connection
 from tasks import limits
 from tests.conftest import run_worker_burst
 from tests.support.faulty_proxy import FaultyProxy
@@ -75,7 +75,7 @@ def test_circuit_breaker_opens_after_repeated_connection_failures(app):
 
 
 def test_open_circuit_routes_batches_straight_to_fallback(app, client, make_company, smtp_sink, ses):
-    from dashboard.models import Batch
+    from core.models import Batch
 
     app.config["OFFLOAD_FALLBACK_SMTP"] = smtp_sink.config()
     company = make_company(**aws_settings(ses.url))

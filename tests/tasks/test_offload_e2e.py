@@ -30,10 +30,10 @@ import pytest
 from sqlalchemy import select, update
 from werkzeug.serving import make_server
 
-from dashboard import webhooks
-from dashboard.extensions import db
-from dashboard.models import Batch, Company, Job, Recipient, utcnow
-from dashboard.queue import DEFAULT, connection, get_queue
+from core import webhooks
+from core.db import db
+from core.models import Batch, Company, Job, Recipient, utcnow
+from core.queue import DEFAULT, connection, get_queue
 from tests.conftest import run_worker_burst
 from tests.support.faulty_proxy import FaultyProxy
 from tests.support.servers import ROOT, Miniflare, StubHttpServer, free_port

@@ -6,9 +6,9 @@ from collections import Counter
 
 from sqlalchemy import select
 
-from dashboard.extensions import db
-from dashboard.models import Batch, Job, Recipient
-from dashboard.queue import connection
+from core.db import db
+from core.models import Batch, Job, Recipient
+from core.queue import connection
 from tests.conftest import run_worker_burst
 from tests.support.faulty_proxy import FaultyProxy
 from tests.tasks.conftest import BODY, aws_settings, people, run_scheduled_now
@@ -212,7 +212,7 @@ def _maybe_inflate(zlib, chunk: bytes) -> bytes:
 def test_a_paused_job_resumes_and_completes(app, client, make_company, ses):
     company = make_company(**aws_settings(ses.url))
     job_id = submit(client, company, people(250))
-    from tasks.store import pause_job
+    from core.batches import pause_job
 
     run_worker_burst(app, max_jobs=1)  # planned: two batches queued
     pause_job(job_id, "sending quota exhausted: test")
@@ -228,9 +228,9 @@ def test_a_paused_job_resumes_and_completes(app, client, make_company, ses):
 def test_a_quota_pause_resumes_by_itself_later(app, client, make_company, ses):
     from datetime import timedelta
 
-    from dashboard.models import utcnow
+    from core.models import utcnow
     from tasks.sending import QUOTA_PAUSE
-    from tasks.store import pause_job
+    from core.batches import pause_job
     from tasks.sweep import resume_quota_paused
 
     company = make_company(**aws_settings(ses.url))
@@ -249,8 +249,8 @@ def test_a_quota_pause_resumes_by_itself_later(app, client, make_company, ses):
 
 
 def test_a_long_provider_outage_fails_nobody_and_the_job_finishes_after(app, client, make_company, ses):
-    from dashboard.companies import configure
-    from dashboard.models import Company
+    from core.companies import configure
+    from core.models import Company
     from tests.support.servers import free_port
 
     app.config["OFFLOAD_MAX_ATTEMPTS"] = 2

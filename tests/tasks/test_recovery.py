@@ -7,10 +7,10 @@ from datetime import timedelta
 
 from sqlalchemy import select, text, update
 
-from dashboard.extensions import db
-from dashboard.models import Batch, Company, Job, Recipient, utcnow
-from dashboard.queue import connection
-from tasks import store
+from core.db import db
+from core.models import Batch, Company, Job, Recipient, utcnow
+from core.queue import connection
+from core import batches
 from tasks.sending import plan_job, send_batch
 from tasks.sweep import sweep
 from tests.conftest import run_worker_burst
@@ -29,14 +29,14 @@ def test_one_batch_is_held_by_one_worker(app, client, company):
     connection().flushdb()
     plan_job(job_id)
     batch_id = db.session.execute(select(Batch.id)).scalar_one()
-    first = store.claim_batch(batch_id, "worker-a", 60)
+    first = batches.claim_batch(batch_id, "worker-a", 60)
     assert first is not None and first.attempts == 1
-    assert store.claim_batch(batch_id, "worker-b", 60) is None  # the lease decides, not RQ
+    assert batches.claim_batch(batch_id, "worker-b", 60) is None  # the lease decides, not RQ
     db.session.execute(update(Batch).values(lease_until=utcnow() - timedelta(seconds=1)))
     db.session.commit()
-    taken = store.claim_batch(batch_id, "worker-b", 60)
+    taken = batches.claim_batch(batch_id, "worker-b", 60)
     assert taken is not None and taken.attempts == 2
-    assert not store.renew_lease(first, 60)  # the old holder finds out and stops
+    assert not batches.renew_lease(first, 60)  # the old holder finds out and stops
 
 
 def crash_mid_chunk(job_id: int, n_in_flight: int) -> None:

@@ -5,16 +5,17 @@ matters (who holds a batch, what was handed to a provider) is made here.
 """
 from __future__ import annotations
 
+import random
+
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, select, text, update
 
-from dashboard.bulk import execute_for_ids, is_postgres
-from dashboard.extensions import db
-from dashboard.models import (B_CANCELLED, B_QUEUED, B_RETRY, B_SENDING, BATCH_FINAL,
-                              CANCELLED, COMPLETED, FAILED, JOB_FINAL, PARTIAL, PROCESSING, QUEUED,
-                              Batch, Job, Recipient, utcnow)
+from core.bulk import execute_for_ids, is_postgres
+from core.db import db
+from core.models import (B_CANCELLED, B_QUEUED, B_RETRY, B_SENDING, BATCH_FINAL, CANCELLED, COMPLETED, FAILED,
+                         JOB_FINAL, PARTIAL, PROCESSING, QUEUED, Batch, Job, Recipient, utcnow)
 
 
 @dataclass
@@ -317,3 +318,7 @@ def create_batches(job_id: int, batch_size: int) -> list[int]:
         "SELECT id FROM batches WHERE job_id = :j AND status = 'queued' ORDER BY batch_number"),
         {"j": job_id}).scalars())
 
+
+def backoff(attempt: int, base: float = 5.0, cap: float = 600.0) -> float:
+    """Exponential back-off with full jitter for retry ``attempt`` (1-based)."""
+    return random.uniform(base / 2, min(cap, base * (2 ** max(0, attempt - 1))))

@@ -22,12 +22,12 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from dashboard import crypto
-from dashboard.campaign_models import CampaignSettings
-from dashboard.extensions import db
-from dashboard.models import Company
-from dashboard.rendering import valid_email
-from dashboard.settings import normalize_database_url
+from core import crypto
+from core.models import CampaignSettings
+from core.db import db
+from core.models import Company
+from core.rendering import valid_email
+from core.settings import normalize_database_url
 
 UPLOAD_TTL_S = 3600
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024

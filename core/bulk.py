@@ -7,9 +7,9 @@ from collections.abc import Iterable, Sequence
 
 from sqlalchemy import bindparam, insert, text
 
-from dashboard import crypto
-from dashboard.extensions import db
-from dashboard.models import Recipient
+from core import crypto
+from core.db import db
+from core.models import Recipient
 
 COPY_MIN_ROWS = 100  # below this, COPY's extra round trips cost more than a plain INSERT
 RECIPIENT_COLUMNS = ("company_id", "job_id", "email", "data", "status", "error", "attempts")

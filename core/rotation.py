@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-from dashboard import crypto
-from dashboard.extensions import db
+from core import crypto
+from core.db import db
 
 CHUNK = 1000
 

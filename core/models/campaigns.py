@@ -1,15 +1,11 @@
-"""Tables of the campaigns feature (issue 6): per-company campaign settings
-(the IOMAD company id for LMS audiences) and bounce/complaint events.
-
-Both are tenant-owned and read through ``TenantMixin.scoped``. Migration:
-``migrations/versions/0002_campaigns.py``.
-"""
+"""Campaign settings (where a company's learners live in the LMS), the suppression list and
+bounce/complaint events."""
 from __future__ import annotations
 
 from sqlalchemy import Index, UniqueConstraint
 
-from dashboard.extensions import db
-from dashboard.models import TenantMixin, utcnow
+from core.db import db
+from core.models.base import TenantMixin, utcnow
 
 #: bounce event kinds: hard bounces and complaints suppress, soft ones only count
 HARD, SOFT, COMPLAINT = "hard", "soft", "complaint"
@@ -27,6 +23,15 @@ class CampaignSettings(TenantMixin, db.Model):
     #: Moodle's table prefix (``$CFG->prefix``)
     moodle_prefix = db.Column(db.String(20), nullable=False, default="mdl_")
     updated_at = db.Column(db.DateTime, nullable=False, default=utcnow, onupdate=utcnow)
+
+
+class Suppression(TenantMixin, db.Model):
+    __tablename__ = "suppressions"
+    __table_args__ = (UniqueConstraint("company_id", "email"),)
+    id = db.Column(db.Integer, primary_key=True)
+    email = db.Column(db.String(320), nullable=False)
+    reason = db.Column(db.String(32), nullable=False, default="manual")  # manual|unsubscribe|bounce|complaint
+    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
 
 
 class BounceEvent(TenantMixin, db.Model):

@@ -8,10 +8,10 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
-from dashboard.extensions import db
-from dashboard.rendering import valid_email
-from dashboard.models import (MODES, PROVIDERS, ROLES, SMTP_TLS, ApiToken, Company, DeliverySettings, User,
-                              utcnow)
+from core.db import db
+from core.rendering import valid_email
+from core.models import MODES, PROVIDERS, ROLES, SMTP_TLS, ApiToken, Company, DeliverySettings, User, utcnow
+from core.models import sha256_hex
 
 #: every key `company configure` and the settings form accept
 SETTING_KEYS = ("provider", "mode", "enabled", "sender", "aws_access_key", "aws_secret_key", "aws_region",
@@ -139,7 +139,6 @@ def create_user(email: str, password: str, role: str, company_id: int | None) ->
 
 def authenticate_token(token: str) -> ApiToken | None:
     """The live API token row for a bearer token, or ``None``."""
-    from dashboard.models import sha256_hex
 
     if not token or len(token) > 200:
         return None

@@ -20,8 +20,8 @@ from flask import Blueprint, abort, current_app, jsonify, redirect, render_templ
 from redis import RedisError
 from werkzeug.exceptions import TooManyRequests
 
-from dashboard import certificates as service
-from dashboard.queue import connection
+from core import certificates as service
+from core.queue import connection
 from providers.base import ProviderError
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,6 @@ events become one bulk job (more than the threshold) or one job each.
 
 Why nothing is lost or sent twice, with any number of web processes and
 workers:
-
 * an event is pushed in one MULTI/EXEC with the ``SET NX`` of the window
   id, so it belongs to exactly the window whose id is set after that
   transaction, and exactly one event per window sees the id created;
@@ -35,11 +34,12 @@ from dataclasses import dataclass
 
 from redis import Redis, WatchError
 
-from dashboard import audit, crypto
-from dashboard.extensions import db
-from dashboard.jobs import JobError, compile_checked, create_job, parse_time
-from dashboard.models import Company, Job, Template
-from dashboard.rendering import valid_email
+from core import audit, crypto
+from core.db import db
+from core.jobs import JobError, compile_checked, create_job, parse_time
+from core.models import Company, Job, Template
+from core.rendering import valid_email
+from core.queue import schedule_close
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +182,6 @@ def accept(conn: Redis, company_id: int, event: Event, *, threshold: int, window
     count, created, window_id, _, _ = pipe.execute()
     window_id = window_id.decode()
     if created:
-        from tasks.events import schedule_close
-
         schedule_close(company_id, event.job_type, window_id, window_s)
     return Accepted(window_id, count, "bulk" if count > threshold else "single")
 

@@ -20,12 +20,12 @@ from datetime import datetime
 from flask import current_app
 from sqlalchemy import select
 
-from dashboard import audit
-from dashboard.extensions import db
-from dashboard.models import Certificate, Company, Job, utcnow
+from core import audit
+from core.db import db
+from core.models import Certificate, Company, Job, utcnow
 from providers.base import PermanentError
 from providers.storage import ObjectNotFound, Storage, get_storage
-from tasks.certificate_render import CODE_ALPHABET, CODE_LENGTH
+from core.certificate_render import CODE_ALPHABET, CODE_LENGTH
 
 log = logging.getLogger(__name__)
 

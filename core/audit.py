@@ -4,8 +4,8 @@ from __future__ import annotations
 from flask import has_request_context, request
 from flask_login import current_user
 
-from dashboard.extensions import db
-from dashboard.models import AuditLog
+from core.db import db
+from core.models import AuditLog
 
 
 def record(action: str, *, company_id: int | None = None, object_type: str | None = None,

@@ -12,9 +12,11 @@ import os
 import re
 import secrets
 from collections.abc import Mapping
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
+
+from providers.smtp import parse_smtp_url
 
 
 class SettingsError(ValueError):
@@ -68,27 +70,13 @@ def parse_fernet_keys(name: str, raw: str) -> list[bytes]:
     return keys
 
 
-def parse_smtp_url(name: str, raw: str) -> dict:
-    """``smtp://[user:pass@]host:port[?tls=starttls|tls]`` → provider config."""
-    from urllib.parse import unquote
-
-    parts = urlsplit(raw.strip())
-    if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
-        raise SettingsError(f"{name}: expected smtp://[user:pass@]host:port[?tls=starttls|tls]")
+def parse_smtp_setting(name: str, raw: str) -> dict:
+    """``smtp://[user:pass@]host:port[?tls=starttls|tls]`` → provider config
+    (the SMTP provider's own parser, with its error naming the variable)."""
     try:
-        port = parts.port or (465 if parts.scheme == "smtps" else 25)
-    except ValueError:
-        raise SettingsError(f"{name}: invalid port") from None
-    tls = parse_qs(parts.query).get("tls", ["tls" if parts.scheme == "smtps" else "none"])[0]
-    if tls not in ("none", "starttls", "tls"):
-        raise SettingsError(f"{name}: tls must be none, starttls or tls, got {tls!r}")
-    return {
-        "smtp_host": parts.hostname,
-        "smtp_port": port,
-        "smtp_username": unquote(parts.username) if parts.username else None,
-        "smtp_password": unquote(parts.password) if parts.password else None,
-        "smtp_tls": tls,
-    }
+        return parse_smtp_url(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {exc}") from None
 
 
 def normalize_database_url(url: str) -> str:
@@ -160,7 +148,7 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
     cfg["OFFLOAD_SNS_CA_BUNDLE"] = env.get("OFFLOAD_SNS_CA_BUNDLE") or None
 
     raw = env.get("OFFLOAD_FALLBACK_SMTP")
-    cfg["OFFLOAD_FALLBACK_SMTP"] = parse_smtp_url("OFFLOAD_FALLBACK_SMTP", raw) if raw else None
+    cfg["OFFLOAD_FALLBACK_SMTP"] = parse_smtp_setting("OFFLOAD_FALLBACK_SMTP", raw) if raw else None
 
     public = (env.get("OFFLOAD_PUBLIC_URL") or "http://127.0.0.1:5000").rstrip("/")
     if urlsplit(public).scheme not in ("http", "https"):
@@ -170,5 +158,9 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
     if instance and not os.path.isabs(instance):
         raise SettingsError(f"OFFLOAD_INSTANCE_PATH: expected an absolute path, got {instance!r}")
     cfg["OFFLOAD_INSTANCE_PATH"] = instance or None
+    cfg["OFFLOAD_ALLOW_PRIVATE_ENDPOINTS"] = parse_boolean(
+        "OFFLOAD_ALLOW_PRIVATE_ENDPOINTS", env.get("OFFLOAD_ALLOW_PRIVATE_ENDPOINTS", "0"))
+    cfg["OFFLOAD_ALLOWED_ENDPOINT_HOSTS"] = tuple(
+        h.strip().lower() for h in env.get("OFFLOAD_ALLOWED_ENDPOINT_HOSTS", "").split(",") if h.strip())
     cfg["OFFLOAD_EMBEDDED_REDIS"] = parse_boolean("OFFLOAD_EMBEDDED_REDIS", env.get("OFFLOAD_EMBEDDED_REDIS", "1"))
     return cfg

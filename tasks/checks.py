@@ -1,84 +1,32 @@
 """RQ jobs behind the settings page's "Test connection" and "Send test email".
 
-The web side calls ``start_connection_test`` / ``start_test_email``; each
-writes a ``pending`` marker under a random check id and enqueues a job whose
-only arguments are the company id and that check id. What the job needs
-beyond that (the address to write to, a template id, sample data) waits in
-Redis under the check id with a TTL, never in the job's arguments. The job
-stores a secret-free result under the check id; the page polls it with
-``read_result``.
+The web side queues them through ``core.checks`` with the company id and a
+check id only; what else a job needs waits in Redis under the check id. Each
+job stores a secret-free result there for the page to poll.
 """
 from __future__ import annotations
 
 import json
 import logging
 import re
-import secrets
 import time
 
-from dashboard.extensions import db
-from dashboard.models import Company, Template
-from dashboard.queue import HIGH, connection, get_queue
-from dashboard.rendering import CompiledTemplate, RenderError
+from core.db import db
+from core.models import Company, Template
+from core.checks import RESULT_TTL_S, request_key, result_key
+from core.queue import connection
+from core.rendering import CompiledTemplate, RenderError
 from providers import Message, ProviderError, get_provider
+from providers.offload import get_transport
 
 log = logging.getLogger(__name__)
 
-RESULT_TTL_S = 15 * 60
-CHECK_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 PROVIDER_NAMES = {"aws": "Amazon SES", "cloudflare": "Cloudflare", "smtp": "SMTP"}
 TRANSPORT_NAMES = {"aws": "Amazon SQS queue", "cloudflare": "Cloudflare Queue"}
 SECRET_KEYS = ("aws_access_key", "aws_secret_key", "cloudflare_api_token", "smtp_password", "moodle_db_url")
 _TAGS = re.compile(r"<[^>]*>")
 _SPACES = re.compile(r"\s+")
-JOB_KW = {"result_ttl": 60, "failure_ttl": 24 * 3600}
 
-
-def result_key(company_id: int, check_id: str) -> str:
-    return f"offload:check:{company_id}:{check_id}"
-
-
-def request_key(company_id: int, check_id: str) -> str:
-    return f"offload:check-request:{company_id}:{check_id}"
-
-
-# -- web side ------------------------------------------------------------------
-
-def _begin(company_id: int, kind: str) -> str:
-    check_id = secrets.token_urlsafe(18)
-    connection().set(result_key(company_id, check_id), json.dumps({"status": "pending", "kind": kind}),
-                     ex=RESULT_TTL_S)
-    return check_id
-
-
-def start_connection_test(company_id: int) -> str:
-    """Queue a connection test of the company's settings; returns its check id."""
-    check_id = _begin(company_id, "connection")
-    get_queue(HIGH).enqueue("tasks.connection_test.run_connection_test", company_id, check_id,
-                            job_id=f"check-{check_id}", **JOB_KW)
-    return check_id
-
-
-def start_test_email(company_id: int, to: str, template_id: int | None = None,
-                     sample: dict | None = None) -> str:
-    """Queue one test message to ``to`` (kept in Redis, not in the job's arguments)."""
-    check_id = _begin(company_id, "email")
-    payload = {"to": to, "template_id": template_id, "sample": sample or {}}
-    connection().set(request_key(company_id, check_id), json.dumps(payload), ex=RESULT_TTL_S)
-    get_queue(HIGH).enqueue("tasks.connection_test.send_test_email", company_id, check_id,
-                            job_id=f"check-{check_id}", **JOB_KW)
-    return check_id
-
-
-def read_result(company_id: int, check_id: str) -> dict | None:
-    """The stored state of a check of ``company_id``, or ``None`` (unknown, expired, other company)."""
-    if not CHECK_ID.match(check_id or ""):
-        return None
-    raw = connection().get(result_key(company_id, check_id))
-    return None if raw is None else json.loads(raw)
-
-
-# -- worker side ----------------------------------------------------------------
 
 def provider_config(company: Company) -> dict:
     """The company's settings as provider config.
@@ -135,8 +83,6 @@ def _provider_test(name: str, config: dict):
 
 def _transport_test(name: str, config: dict):
     def run():
-        from providers.offload import get_transport
-
         with get_transport(name, config) as transport:
             return transport.test_connection()
     return run

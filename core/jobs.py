@@ -11,12 +11,16 @@ from datetime import datetime, timedelta, UTC
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from dashboard import audit
-from dashboard.bulk import insert_recipients
-from dashboard.extensions import db
-from dashboard.models import (COMPLETED, FAILED, JOB_TYPES, PARTIAL, PROCESSING, QUEUED, R_FAILED, R_PENDING,
-                              R_SUPPRESSED, Batch, Job, Suppression, Template, utcnow)
-from dashboard.rendering import CompiledTemplate, RenderError, valid_email
+from core import audit
+from core.bulk import insert_recipients
+from core.db import db
+from core.models import (COMPLETED, FAILED, JOB_TYPES, PARTIAL, PROCESSING, QUEUED, R_FAILED, R_PENDING,
+                         R_SUPPRESSED, Batch, Job, Suppression, Template, utcnow)
+from core.rendering import CompiledTemplate, RenderError, valid_email
+from core.queue import enqueue_finish
+from core.bulk import execute_for_ids
+from core.queue import enqueue_plan
+from core.queue import requeue_open_batches
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 RETRYABLE_STATUSES = (COMPLETED, PARTIAL, FAILED)
@@ -232,7 +236,6 @@ def request_cancel(job: Job) -> bool:
     db.session.execute(update(Job).where(Job.id == job.id).values(cancel_requested_at=now))
     audit.record("job_cancelled", company_id=job.company_id, object_type="job", object_id=job.id)
     db.session.commit()
-    from tasks.dispatch import enqueue_finish
 
     enqueue_finish(job.id)
     return True
@@ -248,7 +251,6 @@ def retry_failed(job: Job) -> int:
         "ORDER BY id"), {"j": job.id}).scalars())
     if not ids:
         return 0
-    from dashboard.bulk import execute_for_ids
 
     for start in range(0, len(ids), 5000):
         execute_for_ids("UPDATE recipients SET status = 'pending', attempts = 0, lease_until = NULL "
@@ -259,7 +261,6 @@ def retry_failed(job: Job) -> int:
     audit.record("job_retried", company_id=job.company_id, object_type="job", object_id=job.id,
                  details={"recipients": len(ids)})
     db.session.commit()
-    from tasks.dispatch import enqueue_plan
 
     enqueue_plan(job.id)
     return len(ids)
@@ -280,7 +281,6 @@ def resume(job: Job) -> bool:
                        .values(status=status, paused_reason=None, paused_at=None))
     audit.record("job_resumed", company_id=job.company_id, object_type="job", object_id=job.id)
     db.session.commit()
-    from tasks.dispatch import requeue_open_batches
 
     requeue_open_batches(job.id)
     return True

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flask import abort
 
-from dashboard.extensions import db
+from core.db import db
 
 
 def scoped(model, company_id: int | None):

@@ -1,0 +1,1 @@
+"""The domain: everything that is neither HTTP nor RQ. Imports neither ``dashboard`` nor ``tasks``."""

@@ -1,0 +1,24 @@
+"""The data model, split by aggregate; import from here.
+
+- ``base``: naive UTC time and ``TenantMixin`` (every tenant-owned table
+  carries ``company_id`` and is read through ``TenantMixin.scoped`` /
+  ``core.tenancy.get_or_404``);
+- ``statuses``: job, batch and recipient statuses as ``StrEnum``s;
+- ``companies``: companies, delivery settings, users, API tokens, templates;
+- ``jobs``: jobs, batches, recipients, callback receipts;
+- ``campaigns``: LMS audience settings, suppressions, bounce events;
+- ``certificates`` and ``audit``.
+
+Secrets and recipient data are encrypted at rest (``core.crypto``).
+"""
+from core.models.audit import AuditLog  # noqa: F401
+from core.models.base import TenantMixin, sha256_hex, utcnow  # noqa: F401
+from core.models.campaigns import (BOUNCE_KINDS, COMPLAINT, HARD, SOFT, BounceEvent, CampaignSettings,  # noqa: F401
+                                   Suppression)
+from core.models.certificates import Certificate, CertificateTemplate  # noqa: F401
+from core.models.companies import (MODES, PROVIDERS, ROLES, SECRET_SETTINGS, SMTP_TLS, ApiToken, Company,  # noqa: F401
+                                   DeliverySettings, Template, User)
+from core.models.jobs import Batch, Job, Recipient, WebhookReceipt  # noqa: F401
+from core.models.statuses import *  # noqa: F401,F403
+from core.models.statuses import (BATCH_FINAL, JOB_FINAL, JOB_TYPES, RECIPIENT_FINAL, BatchStatus,  # noqa: F401
+                                  JobStatus, JobType, RecipientStatus)

@@ -1,0 +1,164 @@
+"""Companies, their delivery settings, logins, API tokens and email templates."""
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+
+from flask_login import UserMixin
+from sqlalchemy import UniqueConstraint
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from core.crypto import EncryptedText
+from core.db import db
+from core.models.base import TenantMixin, sha256_hex, utcnow
+
+
+class Company(db.Model):
+    __tablename__ = "companies"
+    id = db.Column(db.Integer, primary_key=True)
+    name = db.Column(db.String(200), nullable=False, unique=True)
+    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    callback_secret = db.Column(EncryptedText, nullable=False)
+    callback_secret_previous = db.Column(EncryptedText)
+    callback_secret_previous_until = db.Column(db.DateTime)
+    # what to do with recipients whose delivery is uncertain after a crash: resend | fail
+    uncertain_policy = db.Column(db.String(16), nullable=False, default="resend")
+    data_retention_days = db.Column(db.Integer)
+    moodle_db_url = db.Column(EncryptedText)
+    sns_topic_arn = db.Column(db.String(255))
+
+    settings = db.relationship("DeliverySettings", uselist=False, back_populates="company",
+                               cascade="all, delete-orphan")
+
+    def callback_secrets(self, now: datetime | None = None) -> list[str]:
+        """The secrets a callback may be signed with: the current one, and the
+        previous one while its overlap lasts."""
+        now = now or utcnow()
+        found = [self.callback_secret]
+        if self.callback_secret_previous and self.callback_secret_previous_until \
+                and self.callback_secret_previous_until > now:
+            found.append(self.callback_secret_previous)
+        return found
+
+    def __str__(self):
+        return self.name
+
+
+# delivery settings keys of CONTRACT §1 `company configure`
+SECRET_SETTINGS = ("aws_access_key", "aws_secret_key", "cloudflare_api_token", "smtp_password")
+PROVIDERS = ("aws", "cloudflare", "smtp")
+MODES = ("direct", "offload")
+ROLES = ("admin", "manager")
+SMTP_TLS = ("none", "starttls", "tls")
+
+
+class DeliverySettings(TenantMixin, db.Model):
+    __tablename__ = "delivery_settings"
+    __table_args__ = (UniqueConstraint("company_id"),)
+    id = db.Column(db.Integer, primary_key=True)
+    provider = db.Column(db.String(16), nullable=False, default="smtp")
+    mode = db.Column(db.String(16), nullable=False, default="direct")
+    enabled = db.Column(db.Boolean, nullable=False, default=True)
+    sender = db.Column(db.String(320))
+    aws_access_key = db.Column(EncryptedText)
+    aws_secret_key = db.Column(EncryptedText)
+    aws_region = db.Column(db.String(32))
+    aws_endpoint_url = db.Column(db.String(500))
+    aws_role_arn = db.Column(db.String(300))
+    aws_external_id = db.Column(db.String(100))
+    sqs_queue_url = db.Column(db.String(500))
+    s3_bucket = db.Column(db.String(255))
+    s3_endpoint_url = db.Column(db.String(500))  # S3/R2 endpoint, when not the AWS default
+    cloudflare_api_token = db.Column(EncryptedText)
+    cloudflare_account_id = db.Column(db.String(64))
+    cloudflare_queue_id = db.Column(db.String(64))
+    cloudflare_api_base = db.Column(db.String(500))
+    cloudflare_worker_url = db.Column(db.String(500))
+    smtp_host = db.Column(db.String(255))
+    smtp_port = db.Column(db.Integer)
+    smtp_username = db.Column(db.String(255))
+    smtp_password = db.Column(EncryptedText)
+    smtp_tls = db.Column(db.String(16), nullable=False, default="starttls")
+    max_send_rate = db.Column(db.Float)
+    updated_at = db.Column(db.DateTime, nullable=False, default=utcnow, onupdate=utcnow)
+
+    company = db.relationship("Company", back_populates="settings")
+
+    def provider_config(self) -> dict:
+        """Plain dict of every setting, secrets decrypted, for ``providers``."""
+        cols = [c.name for c in self.__table__.columns if c.name not in ("id", "company_id", "updated_at")]
+        return {name: getattr(self, name) for name in cols}
+
+    def has_smtp(self) -> bool:
+        return bool(self.smtp_host)
+
+
+class User(UserMixin, db.Model):
+    __tablename__ = "users"
+    id = db.Column(db.Integer, primary_key=True)
+    email = db.Column(db.String(320), nullable=False, unique=True)
+    password_hash = db.Column(db.String(255), nullable=False)
+    role = db.Column(db.String(16), nullable=False)  # admin | manager
+    company_id = db.Column(db.Integer, db.ForeignKey("companies.id", ondelete="CASCADE"), index=True)
+    active = db.Column(db.Boolean, nullable=False, default=True)
+    failed_logins = db.Column(db.Integer, nullable=False, default=0)
+    locked_until = db.Column(db.DateTime)
+    last_login_at = db.Column(db.DateTime)
+    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    # changes when the password changes, so old sessions stop working
+    session_token = db.Column(db.String(64), nullable=False, default=lambda: secrets.token_hex(16))
+
+    company = db.relationship("Company")
+
+    def set_password(self, password: str) -> None:
+        self.password_hash = generate_password_hash(password)
+        self.session_token = secrets.token_hex(16)
+
+    def check_password(self, password: str) -> bool:
+        return check_password_hash(self.password_hash, password)
+
+    def get_id(self) -> str:
+        return f"{self.id}:{self.session_token}"
+
+    @property
+    def is_active(self) -> bool:
+        return bool(self.active)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    @property
+    def scope(self) -> int | None:
+        """The company this user may see, ``None`` for admins (all)."""
+        return None if self.is_admin else self.company_id
+
+
+class ApiToken(TenantMixin, db.Model):
+    __tablename__ = "api_tokens"
+    id = db.Column(db.Integer, primary_key=True)
+    name = db.Column(db.String(100), nullable=False, default="LMS")
+    prefix = db.Column(db.String(16), nullable=False, index=True)
+    token_hash = db.Column(db.String(64), nullable=False, unique=True)
+    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    last_used_at = db.Column(db.DateTime)
+    revoked_at = db.Column(db.DateTime)
+
+    @classmethod
+    def issue(cls, company_id: int, name: str = "LMS") -> tuple[ApiToken, str]:
+        """A new token row and the plaintext token (shown once, stored hashed)."""
+        plain = "mro_" + secrets.token_urlsafe(32)
+        return cls(company_id=company_id, name=name, prefix=plain[:12], token_hash=sha256_hex(plain)), plain
+
+
+class Template(TenantMixin, db.Model):
+    __tablename__ = "templates"
+    __table_args__ = (UniqueConstraint("company_id", "name"),)
+    id = db.Column(db.Integer, primary_key=True)
+    name = db.Column(db.String(100), nullable=False)
+    job_type = db.Column(db.String(32))
+    subject = db.Column(db.Text, nullable=False)
+    body_text = db.Column(db.Text)
+    body_html = db.Column(db.Text)
+    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    updated_at = db.Column(db.DateTime, nullable=False, default=utcnow, onupdate=utcnow)

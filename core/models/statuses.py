@@ -1,0 +1,70 @@
+"""Job, batch and recipient statuses, and the job types.
+
+Each is a ``StrEnum``: a member *is* its string, so it compares, stores and
+serialises as the word the API and the database use. The ``*_FINAL`` sets
+are the statuses nothing moves out of.
+"""
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobType(StrEnum):
+    CSV_IMPORT = "csv_import"
+    LICENSE_ALLOCATION = "license_allocation"
+    REENGAGEMENT = "reengagement"
+    NOTIFICATION = "notification"
+    CERTIFICATE = "certificate"
+
+
+class JobStatus(StrEnum):
+    PENDING = "pending"
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    PARTIAL = "partial_failure"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    PAUSED = "paused"
+
+
+class RecipientStatus(StrEnum):
+    PENDING = "pending"
+    #: claimed and handed (or about to be handed) to a provider
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    BOUNCED = "bounced"
+    SUPPRESSED = "suppressed"
+    #: in flight when a worker died: sent or not, nobody knows
+    UNCERTAIN = "uncertain"
+    CANCELLED = "cancelled"
+
+
+class BatchStatus(StrEnum):
+    PENDING = "pending"
+    QUEUED = "queued"
+    SENDING = "sending"
+    RETRY = "retry"
+    SUBMITTED = "submitted"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+JOB_TYPES = tuple(JobType)
+JOB_FINAL = frozenset({JobStatus.COMPLETED, JobStatus.PARTIAL, JobStatus.FAILED, JobStatus.CANCELLED})
+RECIPIENT_FINAL = frozenset({RecipientStatus.SENT, RecipientStatus.FAILED, RecipientStatus.BOUNCED,
+                             RecipientStatus.SUPPRESSED, RecipientStatus.CANCELLED})
+BATCH_FINAL = frozenset({BatchStatus.DONE, BatchStatus.FAILED, BatchStatus.CANCELLED})
+#: recipients a batch run or a callback may still settle
+RECIPIENT_OPEN = frozenset({RecipientStatus.PENDING, RecipientStatus.SENDING, RecipientStatus.UNCERTAIN})
+#: batches waiting for a worker (or for their next attempt)
+BATCH_WAITING = frozenset({BatchStatus.PENDING, BatchStatus.QUEUED, BatchStatus.RETRY})
+
+# Short names the sending code reads best with.
+PENDING, QUEUED, PROCESSING, COMPLETED, PARTIAL, FAILED, CANCELLED, PAUSED = (
+    JobStatus.PENDING, JobStatus.QUEUED, JobStatus.PROCESSING, JobStatus.COMPLETED, JobStatus.PARTIAL,
+    JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.PAUSED)
+R_PENDING, R_SENDING, R_SENT, R_FAILED, R_BOUNCED, R_SUPPRESSED, R_UNCERTAIN, R_CANCELLED = tuple(RecipientStatus)
+B_PENDING, B_QUEUED, B_SENDING, B_RETRY, B_SUBMITTED, B_DONE, B_FAILED, B_CANCELLED = tuple(BatchStatus)

@@ -1,0 +1,52 @@
+"""Unsubscribe tokens for campaign mail (RFC 8058).
+
+The token is an itsdangerous signature of ``[company_id, email]`` keyed by
+a key derived from each OFFLOAD_ENCRYPTION_KEYS key, so it needs no
+database row, cannot be guessed, survives restarts and keeps working
+through a key rotation while the old key is listed.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from flask import current_app
+from itsdangerous import BadSignature, URLSafeSerializer
+
+SALT = "offload-unsubscribe"
+#: job types whose mail carries an unsubscribe link (not passwords, licenses, certificates)
+CAMPAIGN_TYPES = ("reengagement", "notification")
+_serializers: dict[tuple, URLSafeSerializer] = {}
+
+
+def _serializer() -> URLSafeSerializer:
+    keys = tuple(current_app.config["OFFLOAD_ENCRYPTION_KEYS"])  # newest first
+    found = _serializers.get(keys)
+    if found is None:
+        # itsdangerous wants oldest to newest; it signs with the last one
+        secrets = [hmac.new(k, SALT.encode(), hashlib.sha256).hexdigest() for k in reversed(keys)]
+        found = _serializers[keys] = URLSafeSerializer(secrets, salt=SALT,
+                                                         signer_kwargs={"digest_method": hashlib.sha256})
+    return found
+
+
+def make_token(company_id: int, email: str) -> str:
+    return _serializer().dumps([int(company_id), email.strip().lower()])
+
+
+def read_token(token: str) -> tuple[int, str] | None:
+    """(company id, email) of a genuine token, else ``None``."""
+    if len(token) > 1000:
+        return None
+    try:
+        value = _serializer().loads(token)
+    except BadSignature:
+        return None
+    if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], int)
+            and isinstance(value[1], str)):
+        return None
+    return value[0], value[1]
+
+
+def unsubscribe_url(company_id: int, email: str) -> str:
+    return f"{current_app.config['OFFLOAD_PUBLIC_URL']}/u/{make_token(company_id, email)}"

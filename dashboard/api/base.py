@@ -1,0 +1,31 @@
+"""The LMS API's blueprint and its bearer-token authentication (CONTRACT §3)."""
+from __future__ import annotations
+
+from functools import wraps
+
+from flask import Blueprint, g, request
+
+from core.companies import authenticate_token
+from core.db import db
+from core.models import utcnow
+from dashboard.errors import json_error
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+
+def token_required(view):
+    """Resolve ``Authorization: Bearer <token>`` to ``g.company_id`` or answer 401."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        row = authenticate_token(token.strip()) if scheme.lower() == "bearer" else None
+        if row is None:
+            return json_error(401, "unauthorized", "a valid bearer token is required")
+        g.company_id = row.company_id
+        if row.last_used_at is None or (utcnow() - row.last_used_at).total_seconds() > 60:
+            row.last_used_at = utcnow()
+            db.session.commit()
+        return view(*args, **kwargs)
+
+    return wrapper

@@ -1,0 +1,1 @@
+"""Pages for learners and the public: one-click unsubscribe and certificate verification."""
