@@ -165,7 +165,7 @@ def create_job(company_id: int, payload, *, idempotency_key: str | None = None, 
     """Validate and store a job with its recipients; returns (job, created).
 
     The caller commits nothing: this commits, then the job is enqueued by
-    ``tasks.dispatch.enqueue_job``.
+    ``core.queue.enqueue_job``.
     """
     if idempotency_key is not None:
         if not 0 < len(idempotency_key) <= 255:

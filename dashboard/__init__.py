@@ -12,7 +12,7 @@ import os
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from core import crypto, settings
+from core import crypto, logs, settings
 from core.db import db
 from dashboard import admin, api, auth, bounces, callbacks, cli, errors
 from dashboard.extensions import csrf, login_manager, migrate
@@ -40,6 +40,7 @@ def create_app(config: dict | None = None) -> Flask:
         hops = app.config["OFFLOAD_PROXY_HOPS"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
 
+    logs.silence_credential_loggers()
     crypto.configure(app.config["OFFLOAD_ENCRYPTION_KEYS"])
     guard.configure(allow_private=app.config.get("OFFLOAD_ALLOW_PRIVATE_ENDPOINTS", False),
                     production=app.config["OFFLOAD_PRODUCTION"],

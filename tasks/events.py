@@ -1,6 +1,6 @@
 """RQ jobs that close LMS event windows and turn their events into jobs.
 
-The buffer itself is ``dashboard.events``; these functions take ids only
+The buffer itself is ``core.events``; these functions take ids only
 (company id, job type, window id) — the events stay encrypted in Redis.
 """
 from __future__ import annotations

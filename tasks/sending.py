@@ -1,6 +1,6 @@
 """The send jobs: plan a job into batches, send a batch, finish the job.
 
-Crash safety comes from the database (``tasks.store``): a batch is claimed
+Crash safety comes from the database (``core.batches``): a batch is claimed
 with a lease before any work, each chunk of recipients is marked
 ``sending`` right before its provider call and recorded right after, so a
 worker killed in between leaves ``sending`` rows that the next holder

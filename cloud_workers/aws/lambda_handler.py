@@ -28,7 +28,7 @@ Recipients SES rejects permanently are reported ``failed``; a callback
 answered 4xx (wrong secret, unknown batch) is logged and not retried.
 
 Runtime: Python 3.12, boto3 and the standard library only; ``webhooks.py``
-beside this file is an exact copy of the service's ``dashboard/webhooks.py``.
+beside this file is an exact copy of the service's ``core/webhooks.py``.
 Environment: ``CALLBACK_SECRET`` (required, ``whsec_...``), optional
 ``ALLOWED_CALLBACK_PREFIX`` (callback URLs must start with it),
 ``CALLBACK_TIMEOUT_S`` (10), ``CALLBACK_ATTEMPTS`` (3),

@@ -5,7 +5,7 @@
 - Issued certificates: list and details, revocation with a reason (audited),
   one PDF's download, and a job's PDFs as a ZIP streamed from storage.
 
-Every read goes through ``dashboard.tenancy`` with the user's scope, so
+Every read goes through ``core.tenancy`` with the user's scope, so
 another company's template, certificate or job is a 404. Forms are
 Flask-WTF forms: the app-wide ``CSRFProtect`` checks every POST.
 """

@@ -1,14 +1,14 @@
 """A company's delivery settings, API tokens and callback secret.
 
 One form per provider (plus general and advanced settings), applied and
-validated by ``dashboard.companies.configure``. Secrets are write-only: the
+validated by ``core.companies.configure``. Secrets are write-only: the
 page says whether one is set, a blank field keeps it, a "clear" box removes
 it, and no value is ever rendered back, logged or audited (the audit entry
 lists field names). A new API token or callback secret is shown once, in the
 response to the POST that made it, and never again.
 
 "Test connection" and "Send test email" run as RQ jobs
-(``tasks.connection_test``) whose arguments are the company id and a random
+(``tasks.checks``) whose arguments are the company id and a random
 check id; the page polls ``check_result`` for the outcome.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 with its batches, failed recipients, error log and sends-over-time chart, the
 retry and cancel actions, and CSV downloads of its recipients and errors.
 
-Every read goes through ``dashboard.tenancy`` with the user's scope, so
+Every read goes through ``core.tenancy`` with the user's scope, so
 another company's job is a 404 on every page, JSON endpoint and download.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Email templates per company and job type: list, create, edit, delete
 (Flask-Admin, scoped by ``TenantModelView``), a preview rendered with
 sample data (the HTML in a sandboxed iframe), and a test send through the
-company's provider (``tasks.connection_test``)."""
+company's provider (``tasks.checks``)."""
 from __future__ import annotations
 
 import json

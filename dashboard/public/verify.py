@@ -7,7 +7,7 @@
   learner; redirects to a presigned URL of the PDF that expires in minutes.
 
 An unknown code is a plain 404; every lookup runs the same query and a
-constant-time comparison (``dashboard.certificates.find_by_code``). Each
+constant-time comparison (``core.certificates.find_by_code``). Each
 client IP gets ``OFFLOAD_VERIFY_RATE_PER_MIN`` lookups a minute (default
 60) while Redis answers.
 """

@@ -140,7 +140,7 @@ def test_idempotency_key_expires_after_24_hours(client, company):
 
 
 def test_cancel_before_sending_cancels_everything(app, client, company):
-    from tests.conftest import run_worker_burst
+    from tests.support.app import run_worker_burst
 
     job_id = post_job(client, company).json["id"]
     resp = client.post(f"/api/v1/jobs/{job_id}/cancel", headers=company.auth)

@@ -5,7 +5,7 @@ from sqlalchemy import select
 
 from core.db import db
 from core.models import AuditLog, User
-from tests.conftest import csrf_from
+from tests.support.app import csrf_from
 
 
 def session_cookie(client) -> str | None:

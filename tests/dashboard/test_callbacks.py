@@ -15,7 +15,7 @@ from core.db import db
 from core.jobs import create_job
 from core.models import Batch, Job, Recipient, WebhookReceipt, utcnow
 from core import batches
-from tests.dashboard.test_webhooks import VECTOR_BODY, VECTOR_ID, VECTOR_SECRET, VECTOR_SIGNATURE, VECTOR_TS
+from tests.support.webhooks import VECTOR_BODY, VECTOR_ID, VECTOR_SECRET, VECTOR_SIGNATURE, VECTOR_TS
 
 PATH = "/callbacks/v1/batches"
 TEMPLATE = {"type": "csv_import", "subject": "Hi {{ firstname }}", "body_text": "Password {{ password }}"}
@@ -141,14 +141,16 @@ def _cases(secret: str, body: bytes) -> dict[str, tuple[bytes, dict]]:
         "wrong secret": (body, signed(webhooks.generate_secret(), body)),
         "garbage signature": (body, good | {"webhook-signature": "v1,AAAA"}),
         "one byte changed": (body.replace(b'"sent"', b'"senT"', 1), good),
-        "301 s old": (body, signed(secret, body, timestamp=now - 301)),
-        "301 s ahead": (body, signed(secret, body, timestamp=now + 301)),
+        # well past the 300 s tolerance: the edge itself is tested against a fixed clock in
+        # tests/core/test_webhooks.py (int(time.time()) here is up to a second behind the check's clock)
+        "stale": (body, signed(secret, body, timestamp=now - 360)),
+        "from the future": (body, signed(secret, body, timestamp=now + 360)),
     }
 
 
 @pytest.mark.parametrize("case", ["no webhook-id", "no webhook-timestamp", "no webhook-signature", "no headers",
-                                  "wrong secret", "garbage signature", "one byte changed", "301 s old",
-                                  "301 s ahead"])
+                                  "wrong secret", "garbage signature", "one byte changed", "stale",
+                                  "from the future"])
 @pytest.mark.parametrize("hint", [True, False], ids=["company-in-url", "bare-path"])
 def test_bad_signatures_are_401_and_change_nothing(client, acme, case, hint):
     job, _ = submitted_job(acme)

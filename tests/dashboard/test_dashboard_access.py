@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from core.db import db
 from core.models import ApiToken, AuditLog, Certificate, CertificateTemplate, Company, Job, Suppression, Template
-from tests.conftest import csrf_from, run_worker_burst
+from tests.support.app import csrf_from, run_worker_burst
 from tests.support.servers import SmtpSink
 
 A_NAME = "Alpha Learning Ltd"

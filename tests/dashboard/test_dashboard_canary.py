@@ -20,7 +20,7 @@ from sqlalchemy import select
 from core.db import db
 from core.models import AuditLog, Company
 from core.queue import connection
-from tests.conftest import csrf_from, run_worker_burst
+from tests.support.app import csrf_from, run_worker_burst
 from tests.support.servers import SmtpSink, StubHttpServer
 
 AWS_KEY_ID = "AKIAcanaryKEYID00042"

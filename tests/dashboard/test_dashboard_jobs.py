@@ -12,7 +12,7 @@ from sqlalchemy import select
 from dashboard.csvexport import csv_lines, neutralise
 from core.db import db
 from core.models import AuditLog, Job
-from tests.conftest import csrf_from, run_worker_burst
+from tests.support.app import csrf_from, run_worker_burst
 from tests.support.servers import SmtpSink
 
 REFUSED = "refused-1@example.com"

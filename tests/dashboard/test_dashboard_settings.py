@@ -12,7 +12,7 @@ from sqlalchemy import select
 from core.db import db
 from core.models import ApiToken, AuditLog, Company
 from core.queue import HIGH, connection, get_queue
-from tests.conftest import csrf_from, run_worker_burst
+from tests.support.app import csrf_from, run_worker_burst
 from tests.support.servers import SmtpSink
 
 SECRET = "canary-secret-XYZ-0123456789"

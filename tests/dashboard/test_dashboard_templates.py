@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from core.db import db
 from core.models import AuditLog, Template
-from tests.conftest import csrf_from, run_worker_burst
+from tests.support.app import csrf_from, run_worker_burst
 from tests.support.servers import SmtpSink
 
 

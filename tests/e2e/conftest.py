@@ -2,20 +2,13 @@
 a real RQ worker in a child process (same database and Redis), and headless
 Debian Chromium driven by Playwright."""
 from __future__ import annotations
-
 import os
 import signal
 import subprocess
 import threading
 from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-ARTIFACTS = ROOT / "tests" / "artifacts"
+from tests.support.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import text
 
 from core.db import db
-from tests.faults.conftest import submit, wait_final
+from tests.support.faults import submit, wait_final
 
 REGION = "us-east-1"
 RECIPIENTS = 400   # two batches per job; SQS under moto is kept to hundreds of messages

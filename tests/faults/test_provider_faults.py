@@ -8,10 +8,10 @@ from collections import Counter
 
 import pytest
 
-from tests.faults.conftest import (CHUNK, delivered, load_job, lost_and_duplicated, people, recipient_counts,
+from tests.support.faults import (CHUNK, delivered, load_job, lost_and_duplicated, people, recipient_counts,
                                    submit, wait_final, wait_progress)
 from tests.support.faulty_proxy import FaultyProxy
-from tests.tasks.conftest import aws_settings
+from tests.support.jobs import aws_settings
 
 THROTTLED_RECIPIENTS = 3_000
 
@@ -110,7 +110,7 @@ def test_open_circuit_without_fallback_backs_off_instead_of_pausing(app, client,
     from core.models import Batch
     from core.queue import connection
     from tasks import limits
-    from tests.conftest import run_worker_burst
+    from tests.support.app import run_worker_burst
 
     company = make_company(**aws_settings(ses.url))
     for _ in range(limits.BREAKER_THRESHOLD):

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from tests.faults.conftest import (CHUNK, delivered, lost_and_duplicated, people, recipient_counts, submit,
+from tests.support.faults import (CHUNK, delivered, lost_and_duplicated, people, recipient_counts, submit,
                                    wait_final, wait_progress)
-from tests.tasks.conftest import aws_settings
+from tests.support.jobs import aws_settings
 
 RECIPIENTS = 5_000
 

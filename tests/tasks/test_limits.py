@@ -11,10 +11,10 @@ from core.db import db
 from core.models import Job
 from core.queue import connection
 from tasks import limits
-from tests.conftest import run_worker_burst
+from tests.support.app import run_worker_burst
 from tests.support.faulty_proxy import FaultyProxy
 from tests.support.servers import SesLocal
-from tests.tasks.conftest import aws_settings
+from tests.support.jobs import aws_settings
 
 
 def test_rate_holds_across_concurrent_workers(app, redis_server):

@@ -34,10 +34,10 @@ from core import webhooks
 from core.db import db
 from core.models import Batch, Company, Job, Recipient, utcnow
 from core.queue import DEFAULT, connection, get_queue
-from tests.conftest import run_worker_burst
+from tests.support.app import run_worker_burst
 from tests.support.faulty_proxy import FaultyProxy
 from tests.support.servers import ROOT, Miniflare, StubHttpServer, free_port
-from tests.tasks.conftest import BODY, people, run_scheduled_now
+from tests.support.jobs import BODY, people, run_scheduled_now
 
 AWS_DIR = ROOT / "cloud_workers" / "aws"
 REGION = "us-east-1"

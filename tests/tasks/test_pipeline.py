@@ -9,9 +9,9 @@ from sqlalchemy import select
 from core.db import db
 from core.models import Batch, Job, Recipient
 from core.queue import connection
-from tests.conftest import run_worker_burst
+from tests.support.app import run_worker_burst
 from tests.support.faulty_proxy import FaultyProxy
-from tests.tasks.conftest import BODY, aws_settings, people, run_scheduled_now
+from tests.support.jobs import BODY, aws_settings, people, run_scheduled_now
 
 def submit(client, company, recipients, **extra) -> int:
     resp = client.post("/api/v1/jobs", json={**BODY, "recipients": recipients, **extra}, headers=company.auth)

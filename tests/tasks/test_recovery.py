@@ -13,8 +13,8 @@ from core.queue import connection
 from core import batches
 from tasks.sending import plan_job, send_batch
 from tasks.sweep import sweep
-from tests.conftest import run_worker_burst
-from tests.tasks.conftest import aws_settings
+from tests.support.app import run_worker_burst
+from tests.support.jobs import aws_settings
 
 
 def make_job(client, company, n=10) -> int:

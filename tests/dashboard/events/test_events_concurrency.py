@@ -19,10 +19,10 @@ from sqlalchemy import func, select
 from core.events import EVENT_TYPES
 from core.db import db
 from core.models import Job, Recipient
-from tests.events.support import busy, by_recipient, make_template, ses_settings
+from tests.support.events import busy, by_recipient, make_template, ses_settings
 from tests.support.servers import free_port, wait_for_port
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CONFIG = {"OFFLOAD_BULK_WINDOW_S": 0.3, "OFFLOAD_BULK_THRESHOLD": 5, "OFFLOAD_BULK_MAX_HOLD_S": 0.8,
           "OFFLOAD_SWEEP_S": 2}
 POSTERS, PER_POSTER = 20, 15
@@ -33,7 +33,7 @@ def child(args: list[str], config: dict, name: str):
     """A child process of this test (its own session), stopped at the end."""
     log = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"offload-test-events-{name}.log"), "wb")
     env = {**os.environ, "OFFLOAD_TEST_CONFIG": json.dumps(config), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "tests.events.serve", *args], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.events_serve", *args], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         yield proc

@@ -10,8 +10,8 @@ from sqlalchemy import select
 from core.db import db
 from core.models import Job, Recipient
 from core.queue import connection
-from tests.conftest import csrf_from, run_worker_burst
-from tests.events.support import make_template
+from tests.support.app import csrf_from, run_worker_burst
+from tests.support.events import make_template
 from tests.support.servers import SmtpSink
 
 BAD_LINES = {  # line number in the file (header = line 1) → (row text, reason shown)

@@ -1,4 +1,4 @@
-"""course_completed events become certificate jobs (dashboard.events), which issue and
+"""course_completed events become certificate jobs (core.events), which issue and
 mail certificates exactly like API jobs."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from sqlalchemy import select
 
 from core.db import db
 from core.models import Certificate, Job
-from tests.certificates.conftest import DOWNLOAD_LINK, ses_settings
-from tests.events.support import drain, make_template
+from tests.support.certificates import DOWNLOAD_LINK, ses_settings
+from tests.support.events import drain, make_template
 
 
 def completion(i: int) -> dict:

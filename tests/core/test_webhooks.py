@@ -1,4 +1,4 @@
-"""dashboard.webhooks against the Standard Webhooks spec and its reference library."""
+"""core.webhooks against the Standard Webhooks spec and its reference library."""
 from __future__ import annotations
 
 import base64
@@ -10,13 +10,8 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from core import webhooks
 from core.webhooks import BadSignature, MissingHeaders, TimestampOutOfRange, WebhookError
+from tests.support.webhooks import VECTOR_BODY, VECTOR_ID, VECTOR_SECRET, VECTOR_SIGNATURE, VECTOR_TS
 
-# The published test vector (standard-webhooks reference libraries, Svix's tests).
-VECTOR_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-VECTOR_ID = "msg_p5jXN8AQM9LWM0D4loKWxJek"
-VECTOR_TS = 1614265330
-VECTOR_BODY = b'{"test": 2432232314}'
-VECTOR_SIGNATURE = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
 
 BODY = b'{"job_id": 1, "batch_number": 1, "status": "sent", "results": []}'
 

@@ -12,7 +12,7 @@ from core.db import db
 from core.models import Recipient, Suppression
 from core.unsubscribe import make_token, read_token
 from tasks.headers import extra_headers
-from tests.conftest import run_worker_burst
+from tests.support.app import run_worker_burst
 from tests.support.servers import SmtpSink
 
 CAMPAIGN = {"type": "reengagement", "subject": "We miss you {{ firstname }}", "body_text": "Come back!"}

@@ -20,8 +20,8 @@ from core.models import BounceEvent
 from core.db import db
 from core.models import Job, Recipient, Suppression
 from core.webhooks import sign_headers
-from tests.conftest import csrf_from, run_worker_burst
-from tests.events.support import ses_settings
+from tests.support.app import csrf_from, run_worker_burst
+from tests.support.events import ses_settings
 from tests.support.servers import StubHttpServer
 
 TOPIC = "arn:aws:sns:us-east-1:123456789012:ses-bounces"

@@ -11,8 +11,8 @@ from sqlalchemy import select
 
 from core.db import db
 from core.models import Certificate, Job, Recipient
-from tests.certificates.conftest import DOWNLOAD_LINK, http_get, learners, ses_settings, sha256, submit
-from tests.conftest import run_worker_burst
+from tests.support.certificates import DOWNLOAD_LINK, http_get, learners, ses_settings, sha256, submit
+from tests.support.app import run_worker_burst
 
 
 def job(job_id: int) -> Job:
@@ -52,6 +52,7 @@ def check_job(client, ses, job_id: int, company_id: int, kind: str, count: int) 
         assert cert.learner_name in text and cert.code in text
 
 
+@pytest.mark.slow
 def test_hundred_certificates_to_s3_and_hundred_to_r2_each_link_downloads_its_pdf(
         app, client, make_company, ses, s3_bucket, gateway_for):
     aws = make_company(**ses_settings(ses.url), s3_bucket=s3_bucket)
@@ -125,7 +126,7 @@ def test_a_learner_without_a_course_fails_alone(app, client, make_company, ses, 
 
 def test_the_company_template_and_logo_are_used(app, client, make_company, ses, s3_bucket):
     from core.models import CertificateTemplate
-    from tests.certificates.conftest import png
+    from tests.support.certificates import png
 
     company = make_company(**ses_settings(ses.url), s3_bucket=s3_bucket)
     db.session.add(CertificateTemplate(

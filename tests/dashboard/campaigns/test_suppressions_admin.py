@@ -10,7 +10,7 @@ from sqlalchemy import select
 from core.suppressions import suppress
 from core.db import db
 from core.models import Suppression
-from tests.conftest import csrf_from
+from tests.support.app import csrf_from
 
 PAGE = "/admin/suppressions/"
 

@@ -1,45 +1,19 @@
-"""Fixtures for certificates: companies wired to real storage (moto's S3, R2 behind
-certificates.js in miniflare) and to the SES emulator, and certificate jobs via the API."""
+"""Certificate jobs, learners, storage clients and downloads for the certificate tests."""
 from __future__ import annotations
-
 import hashlib
 import io
 import re
 import urllib.error
 import urllib.request
-import uuid
-from collections.abc import Callable, Iterator
-
 import boto3
-import pytest
 from PIL import Image, ImageDraw
 
-from core import companies
-from core.db import db
-from tests.support.servers import CertificateGateway
-
 DOWNLOAD_LINK = re.compile(r"/certificates/([0-9A-Z]{20})/download")
-
-
-@pytest.fixture
-def ses(ses_local):
-    """The run's SES emulator with an empty store."""
-    ses_local.clear()
-    return ses_local
 
 
 def ses_settings(ses_url: str) -> dict:
     return {"provider": "aws", "aws_endpoint_url": ses_url, "aws_region": "us-east-1",
             "aws_access_key": "AKIATESTTESTTEST", "aws_secret_key": "test-secret", "sender": "noreply@acme.test"}
-
-
-@pytest.fixture
-def s3_bucket(moto_server, monkeypatch) -> str:
-    """A fresh bucket in moto's S3; boto3's ``AWS_ENDPOINT_URL_S3`` points the storage at moto."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server.url)
-    name = f"certs-{uuid.uuid4().hex[:10]}"
-    client().create_bucket(Bucket=name)
-    return name
 
 
 def client():
@@ -48,30 +22,6 @@ def client():
 
     return boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL_S3"], region_name="us-east-1",
                         aws_access_key_id="AKIATESTTESTTEST", aws_secret_access_key="test-secret")
-
-
-@pytest.fixture
-def gateway_for() -> Iterator[Callable]:
-    """Start certificates.js in miniflare signed with a company's callback secret, and
-    point the company's ``cloudflare_worker_url`` at it."""
-    started: list[CertificateGateway] = []
-
-    def start(company) -> CertificateGateway:
-        gateway = CertificateGateway(company.secret).start()
-        started.append(gateway)
-        companies.configure(company.company, {"cloudflare_worker_url": gateway.url})
-        db.session.commit()
-        return gateway
-
-    yield start
-    for gateway in started:
-        gateway.stop()
-
-
-@pytest.fixture(autouse=True)
-def generous_rate_limit(app):
-    """Tests follow many links from one IP; the rate-limit test lowers this itself."""
-    app.config["OFFLOAD_VERIFY_RATE_PER_MIN"] = 100_000
 
 
 def learners(n: int, prefix: str = "learner", **extra) -> list[dict]:

@@ -10,7 +10,7 @@ from core import events
 from core.db import db
 from core.models import Job, Recipient
 from core.queue import HIGH, connection, get_queue
-from tests.events.support import by_recipient, drain, make_template, ses_settings
+from tests.support.events import by_recipient, drain, make_template, ses_settings
 
 
 @pytest.fixture

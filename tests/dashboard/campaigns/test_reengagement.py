@@ -16,8 +16,8 @@ from core import audiences, companies
 from core.db import db
 from core.models import Job, Recipient, utcnow
 from core.queue import DEFAULT, get_queue
-from tests.conftest import PG_ADMIN_URL, _pg_create, _pg_drop, csrf_from
-from tests.events.support import make_template
+from tests.support.app import PG_ADMIN_URL, pg_create, pg_drop, csrf_from
+from tests.support.events import make_template
 
 DAY = 86400
 ACME_IOMAD, OTHER_IOMAD = 5, 6
@@ -32,7 +32,7 @@ def moodle_db():
     except psycopg.OperationalError:
         pytest.skip("no PostgreSQL at 127.0.0.1:5432")
     name = f"moodle_test_{uuid.uuid4().hex[:8]}"
-    url = _pg_create(name)
+    url = pg_create(name)
     now = int(time.time())
     users = [  # id, username, email, lastaccess, deleted, suspended, companies
         (2, "active", "active@lms.test", now - 2 * DAY, 0, 0, [ACME_IOMAD]),
@@ -60,7 +60,7 @@ def moodle_db():
                 conn.execute("INSERT INTO mdl_company_users (companyid, userid, departmentid) VALUES (%s, %s, %s)",
                              (cid, uid, dept))
     yield url
-    _pg_drop(name)
+    pg_drop(name)
 
 
 @pytest.fixture

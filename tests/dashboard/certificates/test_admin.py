@@ -13,12 +13,12 @@ from sqlalchemy import select
 
 from core.db import db
 from core.models import AuditLog, Certificate, CertificateTemplate
-from tests.certificates.conftest import http_get, learners, png, ses_settings, sha256, submit
-from tests.conftest import csrf_from, run_worker_burst
+from tests.support.certificates import http_get, learners, png, ses_settings, sha256, submit
+from tests.support.app import csrf_from, run_worker_burst
 from tests.support.servers import StubHttpServer
 from core.certificate_render import DEFAULT_TEMPLATE_CSS, DEFAULT_TEMPLATE_HTML
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 DEFAULT_WITH_MARKER = DEFAULT_TEMPLATE_HTML.replace("This is to certify that", "This is to certify (custom) that")
 
 
@@ -227,7 +227,7 @@ def test_live_preview_fetches_nothing_from_files_or_the_web(client, company, man
 
 
 def test_zip_names_what_storage_lost(app, client, two_companies, manager):
-    from tests.certificates.conftest import client as s3_client
+    from tests.support.certificates import client as s3_client
 
     acme, globex = two_companies
     acme_job, _ = issued_jobs(app, client, acme, globex, n=2)

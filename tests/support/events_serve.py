@@ -1,7 +1,7 @@
 """Run the app as a separate OS process for the multi-process tests.
 
-``python -m tests.events.serve web PORT`` serves the web app (threaded
-werkzeug); ``python -m tests.events.serve worker`` runs an RQ worker with
+``python -m tests.support.events_serve web PORT`` serves the web app (threaded
+werkzeug); ``python -m tests.support.events_serve worker`` runs an RQ worker with
 its scheduler. Config overrides come as JSON in ``OFFLOAD_TEST_CONFIG``.
 """
 from __future__ import annotations

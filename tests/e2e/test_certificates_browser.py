@@ -9,13 +9,13 @@ from sqlalchemy import select
 
 from core.db import db
 from core.models import CertificateTemplate
-from tests.e2e.conftest import ARTIFACTS, browser, live_server  # noqa: F401  (fixtures)
+from tests.support.browser import ARTIFACTS
 
 pytestmark = [pytest.mark.browser]
 PASSWORD = "correct horse battery"
 
 
-def test_live_preview_follows_the_html(live_server, browser, company, make_user):  # noqa: F811
+def test_live_preview_follows_the_html(live_server, browser, company, make_user):
     make_user("designer@acme.test", company_id=company.id)
     page = browser.new_page(viewport={"width": 1366, "height": 900})
     page.goto(f"{live_server}/login")
@@ -42,7 +42,7 @@ def test_live_preview_follows_the_html(live_server, browser, company, make_user)
     page.close()
 
 
-def test_the_verification_page_runs_no_script(live_server, browser, company):  # noqa: F811
+def test_the_verification_page_runs_no_script(live_server, browser, company):
     from core.models import Certificate, utcnow
     from core.certificate_render import new_verification_code
 

@@ -1,0 +1,85 @@
+"""The app under test: databases, logins, CSRF tokens, running the queue in-process."""
+from __future__ import annotations
+import os
+import re
+from sqlalchemy import text
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+PG_ADMIN_URL = os.environ.get("OFFLOAD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def pg_create(name: str) -> str:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+def pg_drop(name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+TEST_CONFIG = {
+    "TESTING": True,
+    "OFFLOAD_LEASE_S": 30,
+    "OFFLOAD_SWEEP_S": 2,
+}
+
+
+def empty_tables(db) -> None:
+    tables = [t.name for t in reversed(db.metadata.sorted_tables)]
+    if db.engine.dialect.name == "postgresql":
+        db.session.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+    else:
+        for name in tables:
+            db.session.execute(text(f"DELETE FROM {name}"))
+    db.session.commit()
+
+
+class CompanyFixture:
+    """A company with its plaintext API token and callback secret."""
+
+    def __init__(self, company, token: str, secret: str):
+        self.company, self.id, self.token, self.secret = company, company.id, token, secret
+
+    @property
+    def auth(self) -> dict:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def csrf_from(html: str) -> str:
+    """The CSRF token of the first form in ``html``."""
+    match = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', html) or \
+        re.search(r'value="([^"]+)"[^>]*name="csrf_token"', html)
+    assert match, "no csrf_token in the page"
+    return match.group(1)
+
+
+class AuthActions:
+    def __init__(self, client):
+        self.client = client
+
+    def login(self, email: str, password: str):
+        page = self.client.get("/login")
+        token = csrf_from(page.get_data(as_text=True))
+        return self.client.post("/login", data={"email": email, "password": password, "csrf_token": token})
+
+    def logout(self):
+        page = self.client.get("/admin/")
+        return self.client.post("/logout", data={"csrf_token": csrf_from(page.get_data(as_text=True))})
+
+
+def run_worker_burst(app, max_jobs: int | None = None) -> None:
+    """Process every queued RQ job in this process (burst mode, scheduler on)."""
+    from core.queue import QUEUE_NAMES, connection, get_queue
+    from tasks.worker import AppWorker
+
+    AppWorker.app = app
+    worker = AppWorker([get_queue(n) for n in QUEUE_NAMES], connection=connection())
+    worker.work(burst=True, max_jobs=max_jobs, with_scheduler=False, logging_level="WARNING")
