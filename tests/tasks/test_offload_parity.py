@@ -12,7 +12,8 @@
 - HTTPS offload: the service POSTs signed batches to the Lambda (as an API
   Gateway payload-v2 event) and to the Worker's /batches; forged or stale
   requests are refused before parsing;
-- Cloudflare bounces: a bounce report the Worker receives suppresses the address.
+- Cloudflare bounces: a bounce report the Worker receives suppresses the address;
+- certificates: attached when the message can hold them, else the link alone.
 
 The fixtures come from test_offload_e2e (SQS queue, marker bucket, Lambda,
 miniflare, the Queues REST stand-in, the live app).
@@ -26,14 +27,18 @@ import urllib.error
 import urllib.request
 from collections import Counter
 
+import boto3
 import pytest
 from sqlalchemy import select, update
 
-from dashboard import webhooks
+from dashboard import companies, webhooks
 from dashboard.extensions import db
 from dashboard.models import Company, Suppression
 from dashboard.unsubscribe import unsubscribe_url
 from providers import guard
+from providers.offload import SqsTransport
+from tests.certificates.conftest import CERT_JOB
+from tests.certificates.conftest import learners as cert_learners
 from tests.conftest import run_worker_burst
 from tests.support.faulty_proxy import FaultyProxy
 from tests.support.servers import Miniflare, StubHttpServer, StubRequest
@@ -401,3 +406,33 @@ def test_a_bounce_reported_by_the_worker_suppresses_the_address(app, make_compan
                 break
             time.sleep(0.1)
     assert row is not None and row.reason == "bounce"
+
+
+# --------------------------------------------------------------------------- certificates
+
+@pytest.mark.parametrize("room", ["enough", "too little"])
+def test_offloaded_certificates_go_as_attachments_when_they_fit_else_as_links(
+        app, client, make_company, offload_company, aws_lambda, ses, moto_server, live_url, monkeypatch, room):
+    bucket = f"certs-{offload_company.id}-{room.replace(' ', '-')}"
+    boto3.client("s3", region_name=REGION, endpoint_url=moto_server.url, aws_access_key_id="testing",
+                 aws_secret_access_key="testing").create_bucket(Bucket=bucket)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server.url)
+    companies.configure(offload_company.company, {"s3_bucket": bucket})
+    db.session.commit()
+    if room == "too little":  # a queue whose messages cannot hold a PDF
+        monkeypatch.setattr(SqsTransport, "max_message_bytes", 6000)
+    job_id = submit(client, offload_company, cert_learners(2, certificate_delivery="attachment"), CERT_JOB)
+    run_worker_burst(app)  # issue the PDFs, plan, submit
+    run_worker_burst(app)
+    aws_lambda.drain()
+    assert job(job_id).status == "completed"
+    store = ses.store()
+    assert len(store) == 2
+    for mail in store:
+        assert "/certificates/" in mail["body"]["text"]  # the link is always in the body
+        if room == "enough":
+            (attachment,) = mail["attachments"]
+            assert attachment["contentType"] == "application/pdf"
+            assert base64.b64decode(attachment["content"]).startswith(b"%PDF")
+        else:
+            assert mail["attachments"] == []
