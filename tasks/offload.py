@@ -1,8 +1,8 @@
 """Offload mode: batches go to the company's own cloud queue (CONTRACT §5),
 its cloud worker sends them and reports back with a signed callback (§4).
 
-- ``submit_batches`` (RQ job, ids only) claims up to ten batches, builds one
-  message per batch and hands them to the company's queue in one
+- ``submit_batches`` (RQ job, ids only) claims up to ten batches, builds
+  their messages and hands them to the company's queue in one
   ``providers.offload`` submit call. A claimed batch is ``submitted`` from
   the moment it is claimed, with a callback deadline past its lease: a worker
   that dies mid-submit leaves a batch that ``reconcile`` settles by the
@@ -13,6 +13,13 @@ its cloud worker sends them and reports back with a signed callback (§4).
   came, re-queues submissions the queue lost and purges old receipts.
 - ``send_fallback`` (RQ job) sends a batch through the SMTP fallback when
   the cloud queue cannot be reached.
+
+Each recipient is rendered here (``dashboard.rendering``, the sandbox of
+direct mode) with direct mode's extra headers; a batch goes as as many
+messages as its size needs (``providers.offload.split_recipients``), each
+keyed by a ``delivery_id`` the cloud workers record what they sent under.
+With ``offload_url`` set, the ``https`` transport POSTs them instead of
+queueing them (route ``offload:https``).
 
 Messages carry recipient data (passwords): they exist only in memory on
 their way to the queue and are never logged; RQ arguments are batch ids.

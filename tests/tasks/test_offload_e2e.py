@@ -428,7 +428,8 @@ def test_messages_follow_the_contract_and_rq_holds_only_ids(app, client, offload
         "template": {"subject": BODY["subject"], "text": BODY["body_text"], "html": BODY["body_html"]},
         "delivery_id": delivery_id(batches(job_id)[0].id, first_ids),
         "recipients": [{"email": f"user{i}@acme.test", "data": {"firstname": f"Name{i}", "password": f"Pw-{i}-secret"},
-                        "rendered": {"subject": f"Welcome Name{i}", "text": f"Hi Name{i}, your password is Pw-{i}-secret",
+                        "rendered": {"subject": f"Welcome Name{i}",
+                                     "text": f"Hi Name{i}, your password is Pw-{i}-secret",
                                      "html": f"<p>Hi Name{i}, your password is <b>Pw-{i}-secret</b></p>"}}
                        for i in range(2)],
     }
