@@ -14,7 +14,7 @@ its cloud worker sends them and reports back with a signed callback (§4).
 - ``send_fallback`` (RQ job) sends a batch through the SMTP fallback when
   the cloud queue cannot be reached.
 
-Each recipient is rendered here (``dashboard.rendering``, the sandbox of
+Each recipient is rendered here (``core.rendering``, the sandbox of
 direct mode) with direct mode's extra headers; a batch goes as as many
 messages as its size needs (``providers.offload.split_recipients``), each
 keyed by a ``delivery_id`` the cloud workers record what they sent under.

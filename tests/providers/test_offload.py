@@ -12,7 +12,7 @@ from providers.base import (
     RetryableError,
     ThrottledError,
 )
-from dashboard import webhooks
+from core import webhooks
 from providers.offload import (
     CloudflareQueueTransport,
     EndpointRejected,

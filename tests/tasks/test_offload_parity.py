@@ -31,10 +31,10 @@ import boto3
 import pytest
 from sqlalchemy import select, update
 
-from dashboard import companies, webhooks
-from dashboard.extensions import db
-from dashboard.models import Company, Suppression
-from dashboard.unsubscribe import unsubscribe_url
+from core import companies, webhooks
+from core.db import db
+from core.models import Company, Suppression
+from core.unsubscribe import unsubscribe_url
 from providers import guard
 from providers.offload import SqsTransport
 from tests.certificates.conftest import CERT_JOB
