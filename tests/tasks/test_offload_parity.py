@@ -37,12 +37,12 @@ from core.models import Company, Suppression
 from core.unsubscribe import unsubscribe_url
 from providers import guard
 from providers.offload import SqsTransport
-from tests.certificates.conftest import CERT_JOB
-from tests.certificates.conftest import learners as cert_learners
-from tests.conftest import run_worker_burst
+from tests.support.app import run_worker_burst
+from tests.support.certificates import CERT_JOB
+from tests.support.certificates import learners as cert_learners
 from tests.support.faulty_proxy import FaultyProxy
+from tests.support.jobs import aws_settings, run_scheduled_now
 from tests.support.servers import Miniflare, StubHttpServer, StubRequest
-from tests.tasks.conftest import aws_settings, run_scheduled_now
 from tests.tasks.test_offload_e2e import (  # noqa: F401 - fixtures
     CF_SECRET,
     CF_TOKEN,
