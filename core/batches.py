@@ -226,6 +226,21 @@ def fail_remaining(claim: Claim, reason: str) -> int:
     return res.rowcount
 
 
+def fail_recipients(claim: Claim, failures: list[tuple[int, str]]) -> int:
+    """Fail single unsent recipients of the batch, each with its own reason
+    (a render error in offload mode); counts them on the job and the batch."""
+    table = Recipient.__table__
+    n = 0
+    for rid, reason in failures:
+        n += db.session.execute(table.update().where(
+            table.c.id == rid, table.c.job_id == claim.job_id, table.c.status.in_(("pending", "uncertain"))).values(
+            status="failed", error=reason[:2000], lease_until=None)).rowcount
+    db.session.execute(update(Job).where(Job.id == claim.job_id).values(emails_failed=Job.emails_failed + n))
+    db.session.execute(update(Batch).where(Batch.id == claim.batch_id).values(failed_count=Batch.failed_count + n))
+    db.session.commit()
+    return n
+
+
 def log_job_error(job_id: int, line: str) -> None:
     job = db.session.get(Job, job_id)
     if job is not None:

@@ -18,6 +18,7 @@ SETTING_KEYS = ("provider", "mode", "enabled", "sender", "aws_access_key", "aws_
                 "aws_endpoint_url", "aws_role_arn", "sqs_queue_url", "s3_bucket", "s3_endpoint_url",
                 "cloudflare_api_token",
                 "cloudflare_account_id", "cloudflare_queue_id", "cloudflare_api_base", "cloudflare_worker_url",
+                "offload_url", "offload_auth_token",
                 "smtp_host", "smtp_port", "smtp_username", "smtp_password", "smtp_tls", "max_send_rate",
                 "uncertain_policy", "data_retention_days", "moodle_db_url", "sns_topic_arn")
 COMPANY_KEYS = ("uncertain_policy", "data_retention_days", "moodle_db_url", "sns_topic_arn")

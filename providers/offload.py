@@ -15,13 +15,16 @@ never re-submits messages that were already accepted.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from providers import guard
 from providers.base import (
     ConnectionFailure,
     PermanentError,
@@ -52,6 +55,13 @@ class SubmitResult:
     error: str | None = None
     retryable: bool = False
     message_id: str | None = None
+    #: the endpoint refused the message for good (HTTPS 4xx): pause, do not fail
+    pause: bool = False
+
+
+class EndpointRejected(PermanentError):
+    """The company's HTTPS endpoint refused a batch (4xx) or its URL is not allowed:
+    the job pauses with ``reason`` until the company fixes its endpoint."""
 
 
 def encode_message(message: dict) -> bytes:
@@ -61,6 +71,47 @@ def encode_message(message: dict) -> bytes:
     (U+FFFE, U+FFFF) and lone surrogates, and escaped JSON always passes.
     """
     return json.dumps(message, separators=(",", ":")).encode("ascii")
+
+
+def delivery_id(batch_id: int, recipient_ids: list[int]) -> str:
+    """The key of one batch message: the batch and the exact recipients it carries.
+
+    A cloud worker records what it sent under this key. Sending the same
+    recipients of the same batch again (a retry after a timeout, a re-submit
+    after a lost callback) gives the same key, so the worker re-posts what it
+    already sent instead of sending twice; a re-submit of the unsent rest of a
+    batch carries other recipients, hence another key.
+    """
+    digest = hashlib.sha256(",".join(map(str, recipient_ids)).encode()).hexdigest()[:24]
+    return f"b{batch_id}-{digest}"
+
+
+def split_recipients(envelope: dict, entries: list[dict], limit: int) -> tuple[list[list[int]], list[int]]:
+    """Pack recipient entries into as few messages as fit in ``limit`` encoded bytes.
+
+    ``envelope`` is the message without its recipients (with a ``delivery_id``
+    of the final length). Returns the parts as lists of indexes into
+    ``entries``, in order, and the indexes of entries too large for any message.
+    """
+    base = len(encode_message({**envelope, "recipients": []}))
+    parts: list[list[int]] = []
+    too_large: list[int] = []
+    current: list[int] = []
+    size = base
+    for index, entry in enumerate(entries):
+        length = len(encode_message(entry))
+        if base + length > limit:
+            too_large.append(index)
+            continue
+        extra = length + (1 if current else 0)  # the comma between entries
+        if current and size + extra > limit:
+            parts.append(current)
+            current, size, extra = [], base, length
+        current.append(index)
+        size += extra
+    if current:
+        parts.append(current)
+    return parts, too_large
 
 
 class OffloadTransport:
@@ -109,9 +160,10 @@ class OffloadTransport:
     def _fail_rest(calls: list[list[tuple[int, str, bytes]]], exc: ProviderError,
                    results: dict[int, SubmitResult]) -> None:
         retryable = isinstance(exc, RetryableError)
+        pause = isinstance(exc, EndpointRejected)
         for call in calls:
             for index, key, _ in call:
-                results[index] = SubmitResult(key, False, error=exc.reason, retryable=retryable)
+                results[index] = SubmitResult(key, False, error=exc.reason, retryable=retryable, pause=pause)
 
     def _calls(self, encoded: list[tuple[int, str, bytes]]) -> Iterator[list[tuple[int, str, bytes]]]:
         """Group messages into calls of at most ``max_batch`` messages and ``max_call_bytes``."""
@@ -158,8 +210,14 @@ def register_transport(cls: type[OffloadTransport]) -> type[OffloadTransport]:
     return cls
 
 
+def transport_name(config: dict) -> str:
+    """Which transport a company's offload settings use: ``https`` when an
+    ``offload_url`` is set, else the provider's queue (``aws``, ``cloudflare``)."""
+    return "https" if config.get("offload_url") else (config.get("provider") or "")
+
+
 def get_transport(name: str, config: dict) -> OffloadTransport:
-    """Build the transport for provider ``name`` (``aws`` or ``cloudflare``) from ``config``."""
+    """Build the transport ``name`` (``aws``, ``cloudflare`` or ``https``) from ``config``."""
     try:
         cls = _registry[name]
     except KeyError:
@@ -446,6 +504,113 @@ class CloudflareQueueTransport(OffloadTransport):
             "consumers": len(queue.get("consumers") or []),
             "warnings": [] if queue.get("consumers") else ["the queue has no consumer worker"],
         }
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+
+# --------------------------------------------------------------------------- HTTPS (API Gateway, Worker fetch)
+
+def sign_request(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """``v1,<base64 HMAC-SHA256("{id}.{timestamp}.{body}")>`` keyed by a ``whsec_`` secret (Standard Webhooks)."""
+    import base64
+    import hmac
+
+    raw = secret.removeprefix("whsec_")
+    key = base64.b64decode(raw + "=" * (-len(raw) % 4))
+    digest = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+@register_transport
+class HttpsTransport(OffloadTransport):
+    """POST each batch message to the company's HTTPS endpoint.
+
+    The endpoint is an API Gateway HTTP API in front of the company's Lambda,
+    or the Cloudflare Worker's ``POST /batches``. Each request is signed per
+    Standard Webhooks with the company's callback secret (``webhook-id`` is
+    the message's ``delivery_id``, so a retried POST keeps its id) and
+    carries ``Authorization: Bearer <offload_auth_token>`` when one is set.
+
+    A 2xx means accepted; a 5xx, 408, 429 or timeout is retryable (the
+    endpoint records what it sends per ``delivery_id``, so the same message
+    again never sends twice); any other 4xx raises ``EndpointRejected``
+    (``HTTP <status>`` and a fixed phrase: the remote body is never kept).
+    The URL passes ``providers.guard.check_url`` first.
+
+    Config keys: ``offload_url`` (required), ``callback_secret`` (required),
+    ``offload_auth_token``, ``provider`` (the cloud the URL belongs to).
+    """
+
+    name = "https"
+    max_batch = 1
+    #: as SQS: well under API Gateway's 10 MB and Lambda's 6 MB, and what the workers expect
+    max_message_bytes = MAX_BATCH_BYTES
+    #: (connect, read) seconds: the endpoint sends the batch before it answers
+    timeout = (5, 60)
+
+    def __init__(self, config: dict):
+        super().__init__(config)
+        _require(config, "offload_url", "callback_secret")
+        self._session: Any = None
+
+    @property
+    def url(self) -> str:
+        try:
+            return guard.check_url(self.config["offload_url"], self.config.get("provider") or "")
+        except guard.EndpointRefused as exc:
+            raise EndpointRejected(f"offload_url refused: {exc}", code="endpoint_refused") from None
+
+    @property
+    def session(self) -> Any:
+        if self._session is None:
+            import requests
+
+            self._session = requests.Session()
+            self._session.headers["User-Agent"] = "manireports-offload"
+            if self.config.get("offload_auth_token"):
+                self._session.headers["Authorization"] = f"Bearer {self.config['offload_auth_token']}"
+        return self._session
+
+    def _headers(self, key: str, body: bytes) -> dict[str, str]:
+        import time
+
+        timestamp = int(time.time())
+        msg_id = f"msg_{key}" if key else f"msg_{uuid.uuid4().hex}"
+        return {"Content-Type": "application/json", "webhook-id": msg_id, "webhook-timestamp": str(timestamp),
+                "webhook-signature": sign_request(self.config["callback_secret"], msg_id, timestamp, body)}
+
+    def _send_call(self, batch: list[tuple[str, bytes]]) -> list[SubmitResult]:
+        import requests
+
+        [(key, body)] = batch
+        url = self.url
+        try:
+            response = self.session.post(url, data=body, headers=self._headers(key, body), timeout=self.timeout,
+                                         allow_redirects=False)
+        except requests.exceptions.ConnectTimeout:
+            raise ConnectionFailure("cannot reach the offload endpoint: connect timeout", code="connection") from None
+        except requests.ConnectionError as exc:
+            raise ConnectionFailure(f"cannot reach the offload endpoint: {type(exc).__name__}",
+                                    code="connection") from None
+        except requests.Timeout:
+            raise RetryableError("the offload endpoint did not answer in time", code="https_timeout") from None
+        except requests.RequestException as exc:
+            raise RetryableError(f"offload endpoint request failed: {type(exc).__name__}", code="request") from None
+        status = response.status_code
+        response.close()  # the body is never read: nothing of it reaches the tenant
+        if 200 <= status < 300:
+            return [SubmitResult(key, True)]
+        if status >= 500 or status in (408, 429):
+            raise RetryableError(f"HTTP {status}: the offload endpoint is unavailable", code=str(status))
+        raise EndpointRejected(f"HTTP {status}: the offload endpoint refused the batch", code=str(status))
+
+    def test_connection(self) -> dict:
+        """Check the URL against the endpoint guard (no request is sent: a batch is the only call)."""
+        return {"offload_url": self.url, "authentication_token": bool(self.config.get("offload_auth_token")),
+                "warnings": []}
 
     def close(self) -> None:
         if self._session is not None:

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 PROVIDER_NAMES = {"aws": "Amazon SES", "cloudflare": "Cloudflare", "smtp": "SMTP"}
 TRANSPORT_NAMES = {"aws": "Amazon SQS queue", "cloudflare": "Cloudflare Queue"}
-SECRET_KEYS = ("aws_access_key", "aws_secret_key", "cloudflare_api_token", "smtp_password", "moodle_db_url")
+SECRET_KEYS = ("aws_access_key", "aws_secret_key", "cloudflare_api_token", "smtp_password", "moodle_db_url",
+               "offload_auth_token")
 _TAGS = re.compile(r"<[^>]*>")
 _SPACES = re.compile(r"\s+")
 

@@ -1,8 +1,8 @@
 """Offload mode: batches go to the company's own cloud queue (CONTRACT §5),
 its cloud worker sends them and reports back with a signed callback (§4).
 
-- ``submit_batches`` (RQ job, ids only) claims up to ten batches, builds one
-  message per batch and hands them to the company's queue in one
+- ``submit_batches`` (RQ job, ids only) claims up to ten batches, builds
+  their messages and hands them to the company's queue in one
   ``providers.offload`` submit call. A claimed batch is ``submitted`` from
   the moment it is claimed, with a callback deadline past its lease: a worker
   that dies mid-submit leaves a batch that ``reconcile`` settles by the
@@ -14,13 +14,20 @@ its cloud worker sends them and reports back with a signed callback (§4).
 - ``send_fallback`` (RQ job) sends a batch through the SMTP fallback when
   the cloud queue cannot be reached.
 
+Each recipient is rendered here (``core.rendering``, the sandbox of
+direct mode) with direct mode's extra headers; a batch goes as as many
+messages as its size needs (``providers.offload.split_recipients``), each
+keyed by a ``delivery_id`` the cloud workers record what they sent under.
+With ``offload_url`` set, the ``https`` transport POSTs them instead of
+queueing them (route ``offload:https``).
+
 Messages carry recipient data (passwords): they exist only in memory on
 their way to the queue and are never logged; RQ arguments are batch ids.
 """
 from __future__ import annotations
 
+import base64
 import logging
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import timedelta
@@ -34,8 +41,10 @@ from core.models import (B_CANCELLED, B_DONE, B_FAILED, B_QUEUED, B_RETRY, B_SUB
                          PAUSED, Batch, Company, Job, WebhookReceipt, utcnow)
 from core.queue import connection
 from providers import ConnectionFailure, PermanentError, ProviderError
-from providers.offload import get_transport
-from tasks import limits
+from core.rendering import CompiledTemplate, RenderError
+from providers.offload import EndpointRejected, delivery_id, get_transport, split_recipients, transport_name
+from tasks import certificates, limits
+from tasks.headers import extra_headers
 from tasks.routing import fallback_route, primary_route
 from tasks.sending import BatchRun, finish_job, run_claimed, worker_name
 
@@ -43,6 +52,7 @@ log = logging.getLogger(__name__)
 
 #: the batch route for each offload provider
 ROUTES = {"aws": "offload:sqs", "cloudflare": "offload:cloudflare"}
+HTTPS_ROUTE = "offload:https"
 CALLBACK_PATH = "/callbacks/v1/batches"
 #: webhook-ids are kept longer than any worker retries a callback
 RECEIPT_TTL = timedelta(days=7)
@@ -50,9 +60,6 @@ RECEIPT_TTL = timedelta(days=7)
 LOST_GRACE_S = 60
 #: recipients a callback may still settle
 OPEN_RECIPIENT = ("pending", "uncertain", "sending")
-#: what the cloud workers render: ``{{ name }}`` and nothing else
-_SIMPLE = re.compile(r"\{\{\s*[A-Za-z_][A-Za-z0-9_]*\s*\}\}")
-_TEMPLATE_SYNTAX = re.compile(r"\{\{|\{%|\{#")
 
 
 # --------------------------------------------------------------------------- submit
@@ -102,25 +109,12 @@ def callback_url(company_id: int) -> str:
     return f"{current_app.config['OFFLOAD_PUBLIC_URL']}{CALLBACK_PATH}?company={company_id}"
 
 
-def unsupported_template(*parts: str | None) -> bool:
-    """True when a template uses more than ``{{ name }}`` (the cloud workers render nothing else)."""
-    for part in parts:
-        if part and _TEMPLATE_SYNTAX.search(_SIMPLE.sub("", part)):
-            return True
-    return False
-
-
 @dataclass
 class Item:
     """One claimed batch on its way to the queue."""
 
     claim: batches.Claim
     batch_number: int
-
-    @property
-    def key(self) -> str:
-        # unique per attempt: a FIFO queue dedupes a repeated key for five minutes
-        return f"batch-{self.claim.batch_id}-{self.claim.attempts}"
 
 
 class Submission:
@@ -132,6 +126,11 @@ class Submission:
         settings = self.company.settings
         self.config = settings.provider_config() if settings else {"enabled": False}
         self.provider = self.config.get("provider")
+        # the HTTPS transport signs with the company's callback secret
+        self.config["callback_secret"] = self.company.callback_secret
+        self.transport = transport_name(self.config)
+        self.route = HTTPS_ROUTE if self.transport == "https" else ROUTES.get(self.provider)
+        self._jobs: dict[int, Job] = {}
         self.global_fallback = cfg["OFFLOAD_FALLBACK_SMTP"]
         self.max_attempts = cfg["OFFLOAD_MAX_ATTEMPTS"]
         self.timeout_s = cfg["OFFLOAD_CALLBACK_TIMEOUT_S"]
@@ -188,84 +187,163 @@ class Submission:
         return self.outcome
 
     # -- the queue call ---------------------------------------------------------
-    def build(self, items: list[Item]) -> list[tuple[Item, dict]]:
-        """One CONTRACT §5 message per batch; batches with nothing left are done."""
+    def build(self, items: list[Item], limit: int) -> list[tuple[Item, list[tuple[str, dict]]]]:
+        """CONTRACT §5 messages for each batch, each within ``limit`` encoded bytes.
+
+        Every recipient is rendered here, with the same sandbox and headers as
+        direct mode (``BatchRun.build``), so the cloud workers send exactly
+        what direct mode would. A recipient that cannot be rendered fails
+        alone (``render_error``); a certificate attachment too large for one
+        message is dropped (the body carries the certificate link anyway); a
+        recipient still too large fails with ``message_too_large``. A batch
+        with nothing left to send is done.
+        """
         built = []
         for item in items:
             claim = item.claim
-            job = db.session.get(Job, claim.job_id)
             rows = batches.load_sendable(claim)
-            if not rows:
+            entries, ids, failures = self.render(claim, rows)
+            envelope = self.envelope(claim, item.batch_number)
+            parts, too_large = split_recipients(envelope, entries, limit)
+            for index in too_large:  # a certificate too large to attach: the link in the body stays
+                entries[index].pop("attachments", None)
+            if too_large:
+                retried, still = split_recipients(envelope, [entries[i] for i in too_large], limit)
+                parts.extend([[too_large[i] for i in part] for part in retried])
+                failures.extend((ids[too_large[i]], f"message_too_large: more than {limit} bytes for one "
+                                                    "recipient") for i in still)
+            if failures:
+                batches.fail_recipients(claim, failures)
+            if not parts:
                 self.finish(item, B_DONE)
                 continue
-            built.append((item, {
-                "job_id": job.id, "batch_number": item.batch_number, "company_id": claim.company_id,
-                "callback_url": callback_url(claim.company_id), "sender": self.config["sender"],
-                "template": {"subject": job.subject, "text": job.body_text or "", "html": job.body_html or ""},
-                "recipients": [{"email": email, "data": data or {}} for _rid, email, data, _n in rows],
-            }))
+            messages = []
+            for part in parts:
+                key = delivery_id(claim.batch_id, [ids[i] for i in part])
+                messages.append((key, {**envelope, "delivery_id": key, "recipients": [entries[i] for i in part]}))
+            built.append((item, messages))
         return built
 
+    def envelope(self, claim: batches.Claim, batch_number: int) -> dict:
+        """A batch message without its recipients; ``delivery_id`` at its final length."""
+        job = self.job(claim.job_id)
+        message = {"job_id": job.id, "batch_number": batch_number, "company_id": claim.company_id,
+                   "callback_url": callback_url(claim.company_id), "sender": self.config["sender"],
+                   "template": {"subject": job.subject, "text": job.body_text or "", "html": job.body_html or ""},
+                   "delivery_id": delivery_id(claim.batch_id, [])}
+        if self.config.get("configuration_set"):
+            message["configuration_set"] = self.config["configuration_set"]
+        return message
+
+    def job(self, job_id: int) -> Job:
+        if job_id not in self._jobs:
+            self._jobs[job_id] = db.session.get(Job, job_id)
+        return self._jobs[job_id]
+
+    def render(self, claim: batches.Claim, rows) -> tuple[list[dict], list[int], list[tuple[int, str]]]:
+        """Each sendable recipient's entry (``email``, ``data``, ``rendered``, and
+        ``headers`` / ``attachments`` when there are any), their ids, and failures."""
+        job = self.job(claim.job_id)
+        template = CompiledTemplate(job.subject, job.body_text, job.body_html)
+        certs = certificates.mail_for(job)
+        entries, ids, failures = [], [], []
+        for rid, email, data, _attempts in rows:
+            try:
+                attachments = certs.attachments(rid, data) if certs else []
+                rendered = template.render(data)
+            except RenderError as exc:
+                failures.append((rid, f"render_error: {exc}"))
+                continue
+            entry = {"email": email, "data": data or {},
+                     "rendered": {"subject": rendered.subject, "text": rendered.text, "html": rendered.html}}
+            headers = extra_headers(self.company, job.type, rid, email)
+            if headers:
+                entry["headers"] = headers
+            if attachments:
+                entry["attachments"] = [{"filename": a.filename, "content_type": a.content_type,
+                                         "content": base64.b64encode(a.content).decode("ascii")}
+                                        for a in attachments]
+            entries.append(entry)
+            ids.append(rid)
+        return entries, ids, failures
+
     def submit(self, items: list[Item]) -> None:
-        jobs = {i.claim.job_id: db.session.get(Job, i.claim.job_id) for i in items}
-        broken = {jid for jid, job in jobs.items() if unsupported_template(job.subject, job.body_text, job.body_html)}
-        if broken:
-            self.pause([i for i in items if i.claim.job_id in broken],
-                       "the template uses more than {{ name }} placeholders, which cloud workers cannot render")
-            items = [i for i in items if i.claim.job_id not in broken]
-        built = self.build(items)
+        try:
+            transport = get_transport(self.transport, self.config)
+        except PermanentError as exc:
+            self.fail(items, exc.reason)
+            return
+        try:
+            self.submit_with(transport, items)
+        finally:
+            transport.close()
+
+    def submit_with(self, transport, items: list[Item]) -> None:
+        built = self.build(items, transport.max_message_bytes)
         if not built:
             return
+        handed = [item for item, _ in built]
+        self.handing_over(handed)
         try:
-            transport = get_transport(self.provider, self.config)
-        except PermanentError as exc:
-            self.fail([item for item, _ in built], exc.reason)
-            return
-        self.handing_over([item for item, _ in built])
-        try:
-            results = transport.submit([(item.key, message) for item, message in built])
+            results = transport.submit([message for _, messages in built for message in messages])
         except ConnectionFailure as exc:
             limits.breaker_failure(self.redis, self.company.id, self.provider)
-            self.to_fallback([item for item, _ in built], exc.reason)
+            self.to_fallback(handed, exc.reason)
+            return
+        except EndpointRejected as exc:
+            self.pause(handed, exc.reason)
             return
         except PermanentError as exc:
-            self.fail([item for item, _ in built], exc.reason)
+            self.fail(handed, exc.reason)
             return
         except ProviderError as exc:
             if exc.code == "timeout":
-                self.maybe_accepted([item for item, _ in built], exc.reason)
-            else:  # throttled, 5xx: the same call may work later
-                self.retry([item for item, _ in built], exc.reason)
+                self.maybe_accepted(handed, exc.reason)
+            else:  # throttled, 5xx, an HTTPS timeout: the same messages may go later
+                self.retry(handed, exc.reason)
             return
-        finally:
-            transport.close()
         limits.breaker_success(self.redis, self.company.id, self.provider)
-        self.settle([(item, result) for (item, _), result in zip(built, results, strict=True)])
+        outcomes, position = [], 0
+        for item, messages in built:
+            outcomes.append((item, results[position:position + len(messages)]))
+            position += len(messages)
+        self.settle(outcomes)
 
-    def settle(self, outcomes) -> None:
-        accepted = [item for item, r in outcomes if r.ok]
+    def settle(self, outcomes: list[tuple[Item, list]]) -> None:
+        """A batch is accepted when any of its messages is: its other messages'
+        recipients wait for ``reconcile`` (they may not be sent twice)."""
+        accepted, retry = [], []
+        for item, results in outcomes:
+            refused = [r for r in results if not r.ok]
+            if len(refused) < len(results):
+                accepted.append(item)
+                if refused:
+                    batches.log_job_error(item.claim.job_id, f"batch {item.batch_number}: {len(refused)} of "
+                                                           f"{len(results)} messages refused ({refused[0].error}); "
+                                                           "their recipients are settled when the batch is reconciled")
+            elif any(r.pause for r in refused):
+                self.pause([item], refused[0].error or "the endpoint refused the batch")
+            elif all(r.retryable for r in refused):
+                retry.append((item, refused[0]))
+            else:
+                self.fail([item], next(r.error for r in refused if not r.retryable) or "queue refused the message")
         if accepted:
             self.accepted(accepted)
-        retry = [(item, r) for item, r in outcomes if not r.ok and r.retryable]
         if retry:
             self.retry([item for item, _ in retry], retry[0][1].error or "queue refused the message")
-        for item, r in outcomes:
-            if not r.ok and not r.retryable:
-                self.fail([item], r.error or "queue refused the message")
 
     def handing_over(self, items: list[Item]) -> None:
         """Record the route before the queue call: a fast worker's callback may
         arrive before the call returns, and settles the batch on that route."""
         ids = [i.claim.batch_id for i in items]
-        db.session.execute(update(Batch).where(Batch.id.in_(ids)).values(route=ROUTES[self.provider],
-                                                                         submitted_at=utcnow()))
+        db.session.execute(update(Batch).where(Batch.id.in_(ids)).values(route=self.route, submitted_at=utcnow()))
         db.session.commit()
         self.handed.update(ids)
 
     # -- outcomes ---------------------------------------------------------------
     def accepted(self, items: list[Item]) -> None:
         now = utcnow()
-        route = ROUTES[self.provider]
+        route = self.route
         for item in items:
             c = item.claim
             # no change when a callback already settled the batch (done)

@@ -1,44 +1,59 @@
-"""SQS-triggered Lambda: send each offloaded batch through SES and report back.
+"""The company's Lambda: send each offloaded batch through SES and report back.
 
-Each SQS record is one batch message (CONTRACT §5). For every record the
-handler renders each recipient's subject, text and HTML from the message's
-template and the recipient's ``data``, sends them with SES v2
-``SendBulkEmail`` (at most 50 destinations per call), then POSTs a callback
-signed per Standard Webhooks (CONTRACT §4) to the message's
-``callback_url``, keyed by the ``CALLBACK_SECRET`` environment variable.
+Two ways in, one handling: an SQS event (each record one batch message,
+CONTRACT §5) and an API Gateway HTTP API event (payload format 2.0,
+``POST /batches`` with the batch message as the body, signed per Standard
+Webhooks with ``CALLBACK_SECRET`` and verified before the body is parsed;
+``Authorization: Bearer <AUTH_TOKEN>`` too when ``AUTH_TOKEN`` is set).
 
-Offload templates support ``{{ name }}`` substitution only: no filters,
-conditions, loops or dotted names (anything else is left as written). A
-missing or null variable renders empty; values are HTML-escaped in the HTML
-part, used as-is in the text part, and CR/LF become spaces in the subject.
-SES gets the already-rendered parts through a pass-through inline template
-(``{{{subject}}}`` etc.), so SES's own Handlebars never sees user data as a
-template.
+Content: the service renders every recipient (the same Jinja2 sandbox as
+direct mode) and the message carries each recipient's ``rendered``
+subject, text and HTML, their extra ``headers`` (List-Unsubscribe for
+campaign mail) and certificate ``attachments`` (base64); this worker sends
+exactly that. A message without ``rendered`` (queued by an older service)
+is rendered here with ``{{ name }}`` substitution only. SES gets finished
+parts through a pass-through inline template (``{{{subject}}}`` etc.), so
+SES's own Handlebars never sees user data as a template; recipients with
+attachments go one by one through ``SendEmail``. The configuration set is
+the message's ``configuration_set``, else ``SES_CONFIGURATION_SET``.
 
-Retries: when SES is throttled or transiently unavailable before anything
-of a batch was sent, the record is retried (``batchItemFailures``). When
-some emails already went out, the callback reports them and returns the
-rest as ``failed`` with ``"retryable": true``; the service re-submits only
-those, so nobody is emailed twice, and the record is done. A callback that
-cannot be delivered (5xx, timeout, unreachable) retries the record; that
-is the one case that can send again to recipients already emailed (the
-service ignores results for recipients already final). Malformed messages
-are "retried" into the dead-letter queue after ``maxReceiveCount``.
-Recipients SES rejects permanently are reported ``failed``; a callback
-answered 4xx (wrong secret, unknown batch) is logged and not retried.
+Exactly once: before sending, the worker writes a marker
+``deliveries/<company>/<job>/<delivery_id>.json`` (``state: sending``) to
+``MARKER_BUCKET`` in S3, created only if absent; after sending, it stores
+the callback (``state: sent``, webhook id and payload) there, then posts
+it. A batch delivered again (the callback failed, a retried POST) whose
+results are stored re-posts them under the same webhook id instead of
+sending; one whose marker says ``sending`` without results (a worker died
+mid-send, or another delivery is sending right now) is not sent blind: the
+record is retried later, and ends in the dead-letter queue if that never
+resolves, where the service's reconcile settles it by the company's policy.
+A batch of which nothing could be sent (SES throttled at once) removes its
+marker and is retried whole.
+
+Retries: when SES stops part-way (throttled, transient), the callback
+reports what went out and hands the rest back as ``failed`` with
+``"retryable": true``; the service re-submits only those (another
+``delivery_id``). Malformed messages are "retried" into the dead-letter
+queue (SQS) or answered 400 (HTTPS). A callback answered 4xx is logged and
+not retried. Over HTTPS the answer is 200 once the callback is posted, 503
+(with ``Retry-After``) when the batch must come again later, 401 for a bad
+signature or token, 400 for a malformed message.
 
 Runtime: Python 3.12, boto3 and the standard library only; ``webhooks.py``
 beside this file is an exact copy of the service's ``core/webhooks.py``.
-Environment: ``CALLBACK_SECRET`` (required, ``whsec_...``), optional
-``ALLOWED_CALLBACK_PREFIX`` (callback URLs must start with it),
-``CALLBACK_TIMEOUT_S`` (10), ``CALLBACK_ATTEMPTS`` (3),
-``CALLBACK_RETRY_DELAY_S`` (1), ``RECORD_TIME_BUDGET_S`` (40: a record is
-only started with this much of the invocation left), ``SES_CONFIGURATION_SET``
-(the IAM role then also needs that configuration set); boto3 honours
-``AWS_ENDPOINT_URL_SESV2``. Recipient addresses and data are never logged.
+Environment: ``CALLBACK_SECRET`` (required, ``whsec_...``),
+``ALLOWED_CALLBACK_PREFIX`` (required: the service's public URL; callback
+URLs must start with it), ``MARKER_BUCKET`` (required), ``AUTH_TOKEN``
+(optional, HTTPS only), ``CALLBACK_TIMEOUT_S`` (10), ``CALLBACK_ATTEMPTS``
+(3), ``CALLBACK_RETRY_DELAY_S`` (1), ``RECORD_TIME_BUDGET_S`` (40: a record
+is only started with this much of the invocation left),
+``SES_CONFIGURATION_SET``; boto3 honours ``AWS_ENDPOINT_URL_SESV2`` and
+``AWS_ENDPOINT_URL_S3``. Recipient addresses and data are never logged.
 """
 from __future__ import annotations
 
+import base64
+import hmac
 import html
 import json
 import logging
@@ -55,7 +70,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
-from webhooks import sign_headers
+from webhooks import WebhookError, sign_headers, verify
 
 log = logging.getLogger("offload.lambda")
 log.setLevel(os.environ.get("LOG_LEVEL", "INFO"))
@@ -127,8 +142,8 @@ def render_recipient(template: dict, data: dict) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- the message
 
-def parse_message(body: str) -> dict:
-    """Parse and check one SQS body as a CONTRACT §5 batch message."""
+def parse_message(body: str | bytes) -> dict:
+    """Parse and check one body as a CONTRACT §5 batch message."""
     try:
         message = json.loads(body)
     except ValueError:
@@ -143,20 +158,53 @@ def parse_message(body: str) -> dict:
     if not isinstance(template.get("subject"), str) or not (template.get("text") or template.get("html")):
         raise InvalidMessage("template needs a subject and a text or html body")
     for recipient in message["recipients"]:
-        if not isinstance(recipient, dict) or not isinstance(recipient.get("email"), str):
-            raise InvalidMessage("every recipient needs an email")
-        if not isinstance(recipient.get("data", {}) or {}, dict):
-            raise InvalidMessage("recipient data must be an object")
+        _check_recipient(recipient)
+    if not isinstance(message.get("delivery_id", ""), str):
+        raise InvalidMessage("delivery_id must be a string")
     _check_callback_url(message["callback_url"])
     return message
+
+
+def _check_recipient(recipient: Any) -> None:
+    if not isinstance(recipient, dict) or not isinstance(recipient.get("email"), str):
+        raise InvalidMessage("every recipient needs an email")
+    if not isinstance(recipient.get("data", {}) or {}, dict):
+        raise InvalidMessage("recipient data must be an object")
+    rendered = recipient.get("rendered")
+    if rendered is not None and (not isinstance(rendered, dict) or not isinstance(rendered.get("subject"), str)):
+        raise InvalidMessage("rendered needs a subject")
+    headers = recipient.get("headers") or {}
+    if not isinstance(headers, dict) or any(not isinstance(v, str) or re.search(r"[\r\n\x00]", v)
+                                            for v in headers.values()):
+        raise InvalidMessage("headers must be single-line strings")
+    for attachment in recipient.get("attachments") or []:
+        if not isinstance(attachment, dict) or not all(isinstance(attachment.get(k), str)
+                                                       for k in ("filename", "content_type", "content")):
+            raise InvalidMessage("attachments need filename, content_type and content")
 
 
 def _check_callback_url(url: str) -> None:
     if not url.startswith(("https://", "http://")):
         raise InvalidMessage("callback_url must be http(s)")
-    prefix = os.environ.get("ALLOWED_CALLBACK_PREFIX", "")
-    if prefix and not url.startswith(prefix):
+    if not url.startswith(allowed_prefix()):
         raise InvalidMessage("callback_url is not under ALLOWED_CALLBACK_PREFIX")
+
+
+def allowed_prefix() -> str:
+    """The service's public URL; required (an empty prefix would allow any callback URL)."""
+    prefix = os.environ.get("ALLOWED_CALLBACK_PREFIX", "")
+    if not prefix.startswith(("https://", "http://")):
+        raise RuntimeError("ALLOWED_CALLBACK_PREFIX is not set to the service's public URL")
+    return prefix
+
+
+def content_of(message: dict, recipient: dict) -> dict[str, str | None]:
+    """What to send this recipient: the service's rendering, else the legacy ``{{ name }}`` one."""
+    rendered = recipient.get("rendered")
+    if rendered is None:
+        return render_recipient(message["template"], recipient.get("data") or {})
+    return {"subject": re.sub(r"[\r\n]+", " ", rendered["subject"]).strip(),
+            "text": rendered.get("text"), "html": rendered.get("html")}
 
 
 # --------------------------------------------------------------------------- SES
@@ -166,6 +214,13 @@ def ses_client() -> Any:
     """The SES v2 client, made once per container (AWS_ENDPOINT_URL_SESV2 honoured)."""
     return boto3.client("sesv2", config=Config(
         retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=20))
+
+
+@lru_cache(maxsize=1)
+def s3_client() -> Any:
+    """The S3 client for the markers (AWS_ENDPOINT_URL_S3 honoured)."""
+    return boto3.client("s3", config=Config(
+        retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=10))
 
 
 @dataclass
@@ -186,48 +241,93 @@ class Outcome:
         return "failed" if sent == 0 else "partial"
 
 
-def _bulk_request(message: dict, chunk: list[tuple[str, dict]]) -> dict:
-    template = message["template"]
-    parts = ["subject", *(part for part in ("text", "html") if template.get(part))]
-    content = {part.capitalize(): PASS_THROUGH[part] for part in parts}
-    request = {
-        "FromEmailAddress": message["sender"],
-        "DefaultContent": {"Template": {
-            "TemplateContent": content,
-            "TemplateData": json.dumps(dict.fromkeys(parts, "")),
-        }},
-        "BulkEmailEntries": [{
-            "Destination": {"ToAddresses": [email]},
-            "ReplacementEmailContent": {"ReplacementTemplate": {
-                "ReplacementTemplateData": json.dumps({part: rendered[part] for part in parts}),
-            }},
-        } for email, rendered in chunk],
-    }
-    if os.environ.get("SES_CONFIGURATION_SET"):
-        request["ConfigurationSetName"] = os.environ["SES_CONFIGURATION_SET"]
+@dataclass
+class Mail:
+    """One recipient's finished email."""
+
+    email: str
+    content: dict
+    headers: dict = field(default_factory=dict)
+    attachments: list = field(default_factory=list)
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return ("subject", *(part for part in ("text", "html") if self.content.get(part) is not None))
+
+
+def _header_list(headers: dict) -> list[dict]:
+    return [{"Name": name, "Value": value} for name, value in headers.items() if value]
+
+
+def _configuration_set(message: dict, request: dict) -> dict:
+    name = message.get("configuration_set") or os.environ.get("SES_CONFIGURATION_SET")
+    if name:
+        request["ConfigurationSetName"] = name
     return request
 
 
-def send_chunk(message: dict, chunk: list[tuple[str, dict]]) -> list[dict]:
-    """One ``SendBulkEmail`` call; per-entry results, or a whole-call error as results.
+def _bulk_request(message: dict, chunk: list[Mail]) -> dict:
+    parts = chunk[0].parts
+    content = {part.capitalize(): PASS_THROUGH[part] for part in parts}
+    entries = []
+    for mail in chunk:
+        entry = {"Destination": {"ToAddresses": [mail.email]},
+                 "ReplacementEmailContent": {"ReplacementTemplate": {
+                     "ReplacementTemplateData": json.dumps({part: mail.content[part] for part in parts}),
+                 }}}
+        if mail.headers:
+            entry["ReplacementHeaders"] = _header_list(mail.headers)
+        entries.append(entry)
+    return _configuration_set(message, {
+        "FromEmailAddress": message["sender"],
+        "DefaultContent": {"Template": {"TemplateContent": content,
+                                        "TemplateData": json.dumps(dict.fromkeys(parts, ""))}},
+        "BulkEmailEntries": entries,
+    })
+
+
+def _single_request(message: dict, mail: Mail) -> dict:
+    body = {part.capitalize(): {"Data": mail.content[part], "Charset": "UTF-8"}
+            for part in ("text", "html") if mail.content.get(part) is not None}
+    simple: dict[str, Any] = {"Subject": {"Data": mail.content["subject"], "Charset": "UTF-8"}, "Body": body}
+    if mail.headers:
+        simple["Headers"] = _header_list(mail.headers)
+    if mail.attachments:
+        simple["Attachments"] = [{"FileName": a["filename"], "ContentType": a["content_type"],
+                                  "RawContent": base64.b64decode(a["content"]), "ContentDisposition": "ATTACHMENT",
+                                  "ContentTransferEncoding": "BASE64"} for a in mail.attachments]
+    return _configuration_set(message, {"FromEmailAddress": message["sender"],
+                                        "Destination": {"ToAddresses": [mail.email]},
+                                        "Content": {"Simple": simple}})
+
+
+def _call_error(exc: ClientError, chunk: list[Mail]) -> list[dict]:
+    """A whole-call SES error as per-recipient results, or RetryLater when it is transient."""
+    code = exc.response.get("Error", {}).get("Code", "Unknown")
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    if code in RETRYABLE_CALL_ERRORS or status >= 500:
+        raise RetryLater(f"SES {code}") from None
+    error = f"{code}: {exc.response.get('Error', {}).get('Message', '')}".strip()
+    return [{"email": mail.email, "status": "failed", "error": error} for mail in chunk]
+
+
+def send_chunk(message: dict, chunk: list[Mail]) -> list[dict]:
+    """One ``SendBulkEmail`` call (or one ``SendEmail`` for a mail with attachments).
 
     Raises:
         RetryLater: SES throttled or was unavailable; nothing in this chunk was sent.
     """
     try:
+        if len(chunk) == 1 and chunk[0].attachments:
+            response = ses_client().send_email(**_single_request(message, chunk[0]))
+            return [{"email": chunk[0].email, "status": "sent", "message_id": response.get("MessageId")}]
         response = ses_client().send_bulk_email(**_bulk_request(message, chunk))
     except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "Unknown")
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        if code in RETRYABLE_CALL_ERRORS or status >= 500:
-            raise RetryLater(f"SES {code}") from None
-        error = f"{code}: {exc.response.get('Error', {}).get('Message', '')}".strip()
-        return [{"email": email, "status": "failed", "error": error} for email, _ in chunk]
+        return _call_error(exc, chunk)
     except BotoCoreError as exc:
         raise RetryLater(f"SES unreachable: {type(exc).__name__}") from None
     entries = response.get("BulkEmailEntryResults", [])
-    return [_entry_result(email, entries[i] if i < len(entries) else None)
-            for i, (email, _) in enumerate(chunk)]
+    return [_entry_result(mail.email, entries[i] if i < len(entries) else None) for i, mail in enumerate(chunk)]
 
 
 def _entry_result(email: str, entry: dict | None) -> dict:
@@ -241,15 +341,27 @@ def _entry_result(email: str, entry: dict | None) -> dict:
     return {"email": email, "status": "failed", "error": f"{status}: {entry.get('Error', '')}".strip()}
 
 
+def chunks(mails: list[Mail]) -> list[list[Mail]]:
+    """Bulk calls of up to 50 mails in a row with the same parts; a mail with attachments alone."""
+    out: list[list[Mail]] = []
+    for mail in mails:
+        last = out[-1] if out else None
+        if mail.attachments or last is None or last[0].attachments or last[0].parts != mail.parts \
+                or len(last) == SES_BULK_LIMIT:
+            out.append([mail])
+        else:
+            last.append(mail)
+    return out
+
+
 def send_batch(message: dict) -> Outcome:
-    """Render and send every recipient; stop at the first transient failure."""
-    template = message["template"]
-    rendered = [(r["email"], render_recipient(template, r.get("data") or {}))
-                for r in message["recipients"]]
-    outcome = Outcome(total=len(rendered))
-    for start in range(0, len(rendered), SES_BULK_LIMIT):
+    """Send every recipient what the message carries; stop at the first transient failure."""
+    mails = [Mail(r["email"], content_of(message, r), r.get("headers") or {}, r.get("attachments") or [])
+             for r in message["recipients"]]
+    outcome = Outcome(total=len(mails))
+    for chunk in chunks(mails):
         try:
-            results = send_chunk(message, rendered[start:start + SES_BULK_LIMIT])
+            results = send_chunk(message, chunk)
         except RetryLater as exc:
             log.warning("Batch %s/%s: %s; will retry", message["job_id"], message["batch_number"], exc)
             outcome.retry, outcome.reason = True, str(exc)
@@ -260,8 +372,52 @@ def send_batch(message: dict) -> Outcome:
             outcome.retry, outcome.reason = True, "SES transient failure"
             break
     done = {r["email"] for r in outcome.results}
-    outcome.left = [email for email, _ in rendered if email not in done] if outcome.retry else []
+    outcome.left = [mail.email for mail in mails if mail.email not in done] if outcome.retry else []
     return outcome
+
+
+# --------------------------------------------------------------------------- markers (exactly once)
+
+class Markers:
+    """What this worker sent, per batch delivery, in the company's S3 bucket (``MARKER_BUCKET``)."""
+
+    def __init__(self, bucket: str):
+        if not bucket:
+            raise RuntimeError("MARKER_BUCKET is not set")
+        self.bucket = bucket
+
+    @staticmethod
+    def key(message: dict, fallback: str) -> str:
+        delivery = re.sub(r"[^A-Za-z0-9._-]", "_", message.get("delivery_id") or fallback)[:200]
+        return f"deliveries/{int(message.get('company_id') or 0)}/{message['job_id']}/{delivery}.json"
+
+    def read(self, key: str) -> dict | None:
+        try:
+            body = s3_client().get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise
+        return json.loads(body)
+
+    def claim(self, key: str) -> bool:
+        """Create the ``sending`` marker; False when a marker appeared meanwhile."""
+        body = json.dumps({"state": "sending", "at": int(time.time())}).encode()
+        try:
+            s3_client().put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*",
+                                   ContentType="application/json")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise
+        return True
+
+    def store(self, key: str, record: dict) -> None:
+        s3_client().put_object(Bucket=self.bucket, Key=key, Body=json.dumps(record).encode(),
+                               ContentType="application/json")
+
+    def release(self, key: str) -> None:
+        s3_client().delete_object(Bucket=self.bucket, Key=key)
 
 
 # --------------------------------------------------------------------------- callback
@@ -276,15 +432,14 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 _opener = urllib.request.build_opener(_NoRedirect)
 
 
-def post_callback(url: str, payload: dict, secret: str) -> None:
-    """POST the signed callback; retry transient failures a few times in place.
+def post_callback(url: str, payload: dict, secret: str, msg_id: str) -> None:
+    """POST the signed callback under ``msg_id``; retry transient failures a few times in place.
 
     Raises:
         CallbackRejected: 3xx or 4xx (other than 408/429): do not retry the record.
         RetryLater: still failing after the attempts.
     """
     body = json.dumps(payload, separators=(",", ":")).encode()
-    msg_id = f"msg_{uuid.uuid4().hex}"  # the same id on every attempt (Standard Webhooks)
     attempts = int(os.environ.get("CALLBACK_ATTEMPTS", "3"))
     delay = float(os.environ.get("CALLBACK_RETRY_DELAY_S", "1"))
     timeout = float(os.environ.get("CALLBACK_TIMEOUT_S", "10"))
@@ -309,30 +464,53 @@ def post_callback(url: str, payload: dict, secret: str) -> None:
 
 # --------------------------------------------------------------------------- handler
 
-def process_record(record: dict, secret: str) -> bool:
-    """Handle one SQS record; return True when it must be delivered again."""
-    message = parse_message(record["body"])
+def process_message(message: dict, secret: str, fallback_key: str) -> bool:
+    """Send one batch message exactly once and call back; True when it must come again later."""
     job, batch = message["job_id"], message["batch_number"]
+    markers = Markers(os.environ.get("MARKER_BUCKET", ""))
+    key = markers.key(message, fallback_key)
+    record = markers.read(key)
+    if record is None and not markers.claim(key):
+        record = markers.read(key) or {"state": "sending"}
+    if record is not None:
+        if record.get("state") != "sent":
+            log.warning("Batch %s/%s: a delivery of it is being sent or died mid-send; not sending blind, "
+                        "will retry", job, batch)
+            return True
+        log.info("Batch %s/%s: already sent; posting its stored results again", job, batch)
+        return _report(message, record["payload"], record["webhook_id"], secret)
     outcome = send_batch(message)
     sent = sum(1 for r in outcome.results if r["status"] == "sent")
     log.info("Batch %s/%s: %d sent, %d failed, %d left to retry", job, batch, sent,
              len(outcome.results) - sent, outcome.total - len(outcome.results))
     if not outcome.results and outcome.retry:
-        return True  # nothing was sent: deliver the whole record again
+        markers.release(key)  # nothing was sent: the whole message may go again
+        return True
     # Some were sent: report them, and hand what is left back to the service as
     # retryable failures; it re-submits only those, so nobody gets a second email.
     results = outcome.results + [{"email": email, "status": "failed", "error": outcome.reason,
                                   "retryable": True} for email in outcome.left]
     payload = {"job_id": job, "batch_number": batch, "status": outcome.status, "results": results}
+    webhook_id = f"msg_{uuid.uuid4().hex}"  # the same id on every attempt and every re-post
+    markers.store(key, {"state": "sent", "webhook_id": webhook_id, "payload": payload})
+    return _report(message, payload, webhook_id, secret)
+
+
+def _report(message: dict, payload: dict, webhook_id: str, secret: str) -> bool:
+    job, batch = message["job_id"], message["batch_number"]
     try:
-        post_callback(message["callback_url"], payload, secret)
+        post_callback(message["callback_url"], payload, secret, webhook_id)
     except CallbackRejected as exc:
-        log.error("Batch %s/%s: callback refused (%s); not retrying, emails were sent",
-                  job, batch, exc)
+        log.error("Batch %s/%s: callback refused (%s); not retrying, emails were sent", job, batch, exc)
     except RetryLater as exc:
-        log.warning("Batch %s/%s: %s; will retry", job, batch, exc)
+        log.warning("Batch %s/%s: %s; will retry (results are stored, nothing is sent again)", job, batch, exc)
         return True
     return False
+
+
+def process_record(record: dict, secret: str) -> bool:
+    """Handle one SQS record; return True when it must be delivered again."""
+    return process_message(parse_message(record["body"]), secret, record.get("messageId", "record"))
 
 
 def _time_is_short(context: Any) -> bool:
@@ -342,11 +520,20 @@ def _time_is_short(context: Any) -> bool:
     return remaining is not None and remaining() < budget_ms
 
 
-def handler(event: dict, context: Any) -> dict:
-    """Lambda entry point for an SQS event source mapping with ReportBatchItemFailures."""
+def _secret() -> str:
     secret = os.environ.get("CALLBACK_SECRET", "")
     if not secret:
         raise RuntimeError("CALLBACK_SECRET is not set")  # the whole batch is retried
+    allowed_prefix()
+    return secret
+
+
+def handler(event: dict, context: Any) -> dict:
+    """Lambda entry point: an API Gateway HTTP API (payload 2.0) request, or an SQS
+    event from an event source mapping with ReportBatchItemFailures."""
+    if event.get("version") == "2.0" and "requestContext" in event:
+        return http_handler(event, _secret())
+    secret = _secret()
     failures = []
     for record in event.get("Records", []):
         message_id = record.get("messageId", "?")
@@ -369,3 +556,43 @@ def handler(event: dict, context: Any) -> dict:
         if retry:
             failures.append({"itemIdentifier": message_id})
     return {"batchItemFailures": failures}
+
+
+# --------------------------------------------------------------------------- HTTPS (API Gateway)
+
+def _response(status: int, body: dict, headers: dict | None = None) -> dict:
+    return {"statusCode": status, "headers": {"Content-Type": "application/json", **(headers or {})},
+            "body": json.dumps(body)}
+
+
+def _authorized(headers: dict) -> bool:
+    token = os.environ.get("AUTH_TOKEN", "")
+    if not token:
+        return True
+    offered = headers.get("authorization", "")
+    return hmac.compare_digest(offered.encode(), f"Bearer {token}".encode())
+
+
+def http_handler(event: dict, secret: str) -> dict:
+    """``POST /batches``: verify the token and the signature of the raw body, then
+    parse it and handle it like an SQS record (200 done, 503 come again later)."""
+    http = event.get("requestContext", {}).get("http", {})
+    if http.get("method") != "POST" or not (event.get("rawPath") or "").endswith("/batches"):
+        return _response(404, {"error": "not_found"})
+    headers = {name.lower(): value for name, value in (event.get("headers") or {}).items()}
+    raw = event.get("body") or ""
+    body = base64.b64decode(raw) if event.get("isBase64Encoded") else raw.encode()
+    if not _authorized(headers):
+        return _response(401, {"error": "unauthorized"})
+    try:
+        verify([secret], headers, body)
+    except (WebhookError, ValueError):
+        return _response(401, {"error": "bad_signature"})
+    try:
+        message = parse_message(body)
+    except InvalidMessage as exc:
+        log.error("Request %s: invalid batch message (%s)", headers.get("webhook-id", "?"), exc)
+        return _response(400, {"error": "invalid_message"})
+    if process_message(message, secret, headers.get("webhook-id", "request")):
+        return _response(503, {"error": "retry_later"}, {"Retry-After": "30"})
+    return _response(200, {"ok": True})

@@ -1,34 +1,51 @@
 /**
  * ManiReports Cloud Offload — Cloudflare Worker.
  *
- * queue(): each Queue message is one batch (CONTRACT §5). Every recipient's
- * subject, text and HTML are rendered from the message's template and the
- * recipient's `data`, then sent with the Email Service binding
- * (`env.EMAIL.send({from, to, subject, text, html})`). A callback signed per
- * Standard Webhooks (CONTRACT §4, HMAC-SHA256 with env.CALLBACK_SECRET,
- * `whsec_...`) is POSTed to the message's `callback_url`; then the message is
- * acked, or retried with a growing delay.
+ * Batches come in two ways, handled alike: queue() (each Queue message is one
+ * batch, CONTRACT §5) and fetch() `POST /batches` (the HTTPS offload mode: the
+ * batch message as the body, signed per Standard Webhooks with
+ * env.CALLBACK_SECRET and verified before the body is parsed;
+ * `Authorization: Bearer <AUTH_TOKEN>` too when AUTH_TOKEN is set).
  *
- * Templates: `{{ name }}` substitution only, exactly as the AWS Lambda does
- * (cloud_workers/aws/lambda_handler.py): a missing or null value renders
- * empty, values are HTML-escaped in the HTML part, used as-is in the text,
- * and CR/LF become spaces in the subject. Anything else is left as written.
+ * Content: the service renders every recipient (the same Jinja2 sandbox as
+ * direct mode); each recipient carries its `rendered` subject, text and HTML,
+ * its extra `headers` (List-Unsubscribe for campaign mail) and certificate
+ * `attachments` (base64). The Worker sends exactly that, as a MIME message
+ * (base64 bodies, so every byte arrives as rendered) through the Email Service
+ * binding (`env.EMAIL.send(new EmailMessage(from, to, raw))`). A message
+ * without `rendered` (queued by an older service) is rendered here with
+ * `{{ name }}` substitution only, as the AWS Lambda does.
  *
- * Retries: a transient send failure (rate limit, daily limit, internal error)
- * stops the batch. If nothing was sent, the message is retried; otherwise the
- * callback reports what was sent and returns the rest as `failed` with
- * `retryable: true`, which the service re-submits alone (nobody is emailed
- * twice), and the message is acked. A callback that cannot be delivered
- * (5xx, timeout, unreachable) retries the message: the one case that can
- * email someone twice. A malformed message is retried until it lands in the
- * dead-letter queue. Recipients the Email Service refuses permanently are
- * reported `failed`; a callback answered 3xx/4xx is logged and not retried.
+ * Exactly once: before sending, the Worker writes a marker
+ * `deliveries/<company>/<job>/<delivery_id>.json` (`state: sending`, created
+ * only if absent) to the R2 bucket bound as MARKERS; after sending it stores
+ * the callback there (`state: sent`, webhook id, payload), then posts it. A
+ * batch delivered again whose results are stored re-posts them under the same
+ * webhook id instead of sending; one whose marker says `sending` without
+ * results (a run died mid-send, or another delivery is sending) is not sent
+ * blind but retried later, ending in the dead-letter queue if it never
+ * resolves (the service's reconcile then settles it by the company's policy).
+ * A batch of which nothing could be sent removes its marker and is retried.
+ *
+ * Retries: a transient send failure stops the batch; what was sent is
+ * reported and the rest handed back as `failed` with `retryable: true` (the
+ * service re-submits those alone, under another delivery_id). A malformed
+ * message is retried into the dead-letter queue (HTTPS: 400). A callback
+ * answered 3xx/4xx is logged and not retried. Over HTTPS the answer is 200
+ * once the callback is posted, 503 when the batch must come again later.
+ *
+ * email(): bounce (RFC 3464 delivery status) and complaint (RFC 5965 ARF)
+ * reports that Email Routing delivers to this Worker are posted, signed, to
+ * the service's `/callbacks/v1/bounces/cloudflare/<COMPANY_ID>` under
+ * ALLOWED_CALLBACK_PREFIX, where a hard bounce or complaint suppresses the
+ * address.
  *
  * fetch(): /certificates/* is handled by certificates.js (R2 gateway);
- * everything else is 404.
+ * `POST /batches` as above; everything else is 404.
  *
  * Recipient addresses and data are never logged.
  */
+import { EmailMessage } from "cloudflare:email";
 import { handleCertificates } from "./certificates.js";
 
 const PLACEHOLDER = /\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}/g;
@@ -37,25 +54,30 @@ const HTML_ESCAPES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'
 const RETRYABLE_EMAIL_CODE = /RATE_LIMIT|LIMIT_EXCEEDED|INTERNAL|UNAVAILABLE|TIMEOUT|TEMPORARY/i;
 const SEND_CONCURRENCY = 6;
 const MAX_RETRY_DELAY_S = 43200; // Cloudflare Queues' ceiling (12 h)
+const SIGNATURE_TOLERANCE_S = 300;
+const MAX_REPORT_BYTES = 256 * 1024;
 const encoder = new TextEncoder();
 
 class InvalidMessage extends Error {}
 class CallbackRejected extends Error {}
 
 export default {
-  /** Route /certificates/* to the R2 gateway; nothing else is served. */
+  /** /certificates/* to the R2 gateway, `POST /batches` (HTTPS offload); nothing else. */
   async fetch(request, env, ctx) {
     const { pathname } = new URL(request.url);
     if (pathname.startsWith("/certificates/")) {
       return handleCertificates(request, env, ctx);
+    }
+    if (pathname === "/batches" && request.method === "POST") {
+      return handleBatchRequest(request, env);
     }
     return new Response("Not found", { status: 404 });
   },
 
   /** Queue consumer: one batch message at a time. */
   async queue(batch, env) {
-    if (!env.CALLBACK_SECRET) {
-      console.error("CALLBACK_SECRET is not set; retrying the whole batch");
+    if (!env.CALLBACK_SECRET || !validPrefix(env)) {
+      console.error("CALLBACK_SECRET or ALLOWED_CALLBACK_PREFIX is not set; retrying the whole batch");
       batch.retryAll({ delaySeconds: retryDelay(1, env) });
       return;
     }
@@ -63,9 +85,14 @@ export default {
       await handleMessage(message, env);
     }
   },
+
+  /** Bounce and complaint reports routed to this Worker: posted to the service, signed. */
+  async email(message, env) {
+    await handleReport(message, env);
+  },
 };
 
-// ---------------------------------------------------------------- rendering
+// ---------------------------------------------------------------- legacy rendering
 
 /** A data value as text, the same way the Lambda renders it. */
 function textValue(value) {
@@ -90,8 +117,19 @@ function render(template, data, escape) {
 function renderRecipient(template, data) {
   return {
     subject: render(template.subject, data, false).replace(/[\r\n]+/g, " ").trim(),
-    text: render(template.text, data, false),
-    html: render(template.html, data, true),
+    text: template.text ? render(template.text, data, false) : null,
+    html: template.html ? render(template.html, data, true) : null,
+  };
+}
+
+/** What to send this recipient: the service's rendering, else the legacy one. */
+function contentOf(message, recipient) {
+  const rendered = recipient.rendered;
+  if (!rendered) return renderRecipient(message.template, recipient.data || {});
+  return {
+    subject: rendered.subject.replace(/[\r\n]+/g, " ").trim(),
+    text: typeof rendered.text === "string" ? rendered.text : null,
+    html: typeof rendered.html === "string" ? rendered.html : null,
   };
 }
 
@@ -101,7 +139,7 @@ function isObject(value) {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
-/** Check a Queue message body as a CONTRACT §5 batch message. */
+/** Check a body as a CONTRACT §5 batch message. */
 function parseMessage(body, env) {
   let message = body;
   if (typeof body === "string") {
@@ -123,37 +161,123 @@ function parseMessage(body, env) {
     throw new InvalidMessage("template needs a subject and a text or html body");
   }
   if (!Array.isArray(message.recipients)) throw new InvalidMessage("recipients is not a list");
-  for (const recipient of message.recipients) {
-    if (!isObject(recipient) || typeof recipient.email !== "string") {
-      throw new InvalidMessage("every recipient needs an email");
-    }
-    if (recipient.data !== undefined && recipient.data !== null && !isObject(recipient.data)) {
-      throw new InvalidMessage("recipient data must be an object");
-    }
+  for (const recipient of message.recipients) checkRecipient(recipient);
+  if (message.delivery_id !== undefined && typeof message.delivery_id !== "string") {
+    throw new InvalidMessage("delivery_id must be a string");
   }
   checkCallbackUrl(message.callback_url, env);
   return message;
 }
 
+function checkRecipient(recipient) {
+  if (!isObject(recipient) || typeof recipient.email !== "string" || /[\r\n<>,]/.test(recipient.email)) {
+    throw new InvalidMessage("every recipient needs an email");
+  }
+  if (recipient.data !== undefined && recipient.data !== null && !isObject(recipient.data)) {
+    throw new InvalidMessage("recipient data must be an object");
+  }
+  if (recipient.rendered !== undefined && (!isObject(recipient.rendered)
+      || typeof recipient.rendered.subject !== "string")) {
+    throw new InvalidMessage("rendered needs a subject");
+  }
+  const headers = recipient.headers ?? {};
+  if (!isObject(headers) || Object.entries(headers).some(([name, value]) =>
+    !/^[A-Za-z0-9-]+$/.test(name) || typeof value !== "string" || /[\r\n\0]/.test(value))) {
+    throw new InvalidMessage("headers must be single-line strings");
+  }
+  for (const attachment of recipient.attachments ?? []) {
+    if (!isObject(attachment) || !["filename", "content_type", "content"].every(
+      (key) => typeof attachment[key] === "string" && !/[\r\n"]/.test(attachment[key]))) {
+      throw new InvalidMessage("attachments need filename, content_type and content");
+    }
+  }
+}
+
+/** ALLOWED_CALLBACK_PREFIX is required: the service's public URL. */
+function validPrefix(env) {
+  return /^https?:\/\/./.test(env.ALLOWED_CALLBACK_PREFIX || "");
+}
+
 function checkCallbackUrl(url, env) {
   if (!/^https?:\/\//.test(url)) throw new InvalidMessage("callback_url must be http(s)");
-  const prefix = env.ALLOWED_CALLBACK_PREFIX || "";
-  if (prefix && !url.startsWith(prefix)) {
+  if (!url.startsWith(env.ALLOWED_CALLBACK_PREFIX)) {
     throw new InvalidMessage("callback_url is not under ALLOWED_CALLBACK_PREFIX");
   }
+}
+
+// ---------------------------------------------------------------- MIME
+
+function bytesToBase64(bytes) {
+  let binary = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(binary);
+}
+
+function wrap76(base64) {
+  return base64.replace(/.{1,76}/g, "$&\r\n");
+}
+
+/** RFC 2047 encoded words (UTF-8, base64) of at most 45 bytes each, folded. */
+function encodeWords(text) {
+  const words = [];
+  let chunk = "";
+  for (const ch of text) {
+    if (encoder.encode(chunk + ch).length > 45) {
+      words.push(chunk);
+      chunk = "";
+    }
+    chunk += ch;
+  }
+  if (chunk || !words.length) words.push(chunk);
+  return words.map((word) => `=?UTF-8?B?${bytesToBase64(encoder.encode(word))}?=`).join("\r\n ");
+}
+
+function textPart(type, body) {
+  return `Content-Type: ${type}; charset=UTF-8\r\nContent-Transfer-Encoding: base64\r\n\r\n`
+    + wrap76(bytesToBase64(encoder.encode(body)));
+}
+
+function multipart(type, parts) {
+  const boundary = `=_${crypto.randomUUID().replaceAll("-", "")}`;
+  return `Content-Type: multipart/${type}; boundary="${boundary}"\r\n\r\n`
+    + parts.map((part) => `--${boundary}\r\n${part}\r\n`).join("") + `--${boundary}--\r\n`;
+}
+
+/** The raw MIME message for one recipient; returns `{raw, messageId}`. */
+function buildMime(sender, to, content, headers, attachments) {
+  const domain = sender.slice(sender.lastIndexOf("@") + 1);
+  const messageId = `<${crypto.randomUUID()}@${domain}>`;
+  const bodies = [];
+  if (content.text !== null || content.html === null) bodies.push(textPart("text/plain", content.text ?? ""));
+  if (content.html !== null) bodies.push(textPart("text/html", content.html));
+  let body = bodies.length > 1 ? multipart("alternative", bodies) : bodies[0];
+  if (attachments.length) {
+    body = multipart("mixed", [body, ...attachments.map((a) =>
+      `Content-Type: ${a.content_type}; name="${a.filename}"\r\nContent-Transfer-Encoding: base64\r\n`
+      + `Content-Disposition: attachment; filename="${a.filename}"\r\n\r\n`
+      + wrap76(a.content.replace(/\s+/g, "")))]);
+  }
+  const lines = [
+    `From: ${sender}`, `To: ${to}`, `Subject: ${encodeWords(content.subject)}`,
+    `Date: ${new Date().toUTCString()}`, `Message-ID: ${messageId}`, "MIME-Version: 1.0",
+    ...Object.entries(headers).filter(([, value]) => value).map(([name, value]) => `${name}: ${value}`),
+  ];
+  return { raw: `${lines.join("\r\n")}\r\n${body}`, messageId };
 }
 
 // ---------------------------------------------------------------- sending
 
 /** Send one recipient; a result in the callback's shape, or status "retry". */
 async function sendOne(message, recipient, env) {
-  const parts = renderRecipient(message.template, recipient.data || {});
-  const email = { from: message.sender, to: recipient.email, subject: parts.subject };
-  if (message.template.text) email.text = parts.text;
-  if (message.template.html) email.html = parts.html;
+  const content = contentOf(message, recipient);
+  const { raw, messageId } = buildMime(message.sender, recipient.email, content, recipient.headers ?? {},
+    recipient.attachments ?? []);
   try {
-    const sent = await env.EMAIL.send(email);
-    return { email: recipient.email, status: "sent", message_id: sent?.messageId ?? null };
+    const sent = await env.EMAIL.send(new EmailMessage(message.sender, recipient.email, raw));
+    // our own Message-ID: the one bounce reports quote back
+    return { email: recipient.email, status: "sent", message_id: messageId ?? sent?.messageId ?? null };
   } catch (err) {
     const code = err && err.code ? String(err.code) : "";
     if (code && RETRYABLE_EMAIL_CODE.test(code)) {
@@ -191,7 +315,7 @@ function batchStatus(outcome) {
   return sent === 0 ? "failed" : "partial";
 }
 
-// ---------------------------------------------------------------- callback
+// ---------------------------------------------------------------- signatures
 
 function decodeSecret(secret) {
   const raw = secret.startsWith("whsec_") ? secret.slice("whsec_".length) : secret;
@@ -200,16 +324,17 @@ function decodeSecret(secret) {
 }
 
 function toBase64(buffer) {
-  let binary = "";
-  for (const byte of new Uint8Array(buffer)) binary += String.fromCharCode(byte);
-  return btoa(binary);
+  return bytesToBase64(new Uint8Array(buffer));
+}
+
+async function hmacKey(secret, usage) {
+  return crypto.subtle.importKey("raw", decodeSecret(secret), { name: "HMAC", hash: "SHA-256" }, false, [usage]);
 }
 
 /** The Standard Webhooks headers for `body`, timestamped now. */
 async function signHeaders(secret, msgId, body) {
   const timestamp = Math.floor(Date.now() / 1000);
-  const key = await crypto.subtle.importKey(
-    "raw", decodeSecret(secret), { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
+  const key = await hmacKey(secret, "sign");
   const signature = await crypto.subtle.sign("HMAC", key, encoder.encode(`${msgId}.${timestamp}.${body}`));
   return {
     "webhook-id": msgId,
@@ -218,10 +343,46 @@ async function signHeaders(secret, msgId, body) {
   };
 }
 
-/** POST the signed callback, a few attempts in place; throws CallbackRejected or Error. */
-async function postCallback(url, payload, env) {
+/** True when `bytes` carry a valid, fresh Standard Webhooks signature (constant-time verify). */
+async function verifySignature(secret, headers, bytes) {
+  const msgId = headers.get("webhook-id");
+  const timestamp = headers.get("webhook-timestamp");
+  const offered = headers.get("webhook-signature");
+  if (!msgId || !timestamp || !offered || !/^\d+$/.test(timestamp)) return false;
+  if (Math.abs(Date.now() / 1000 - Number(timestamp)) > SIGNATURE_TOLERANCE_S) return false;
+  const key = await hmacKey(secret, "verify");
+  const prefix = encoder.encode(`${msgId}.${timestamp}.`);
+  const signed = new Uint8Array(prefix.length + bytes.length);
+  signed.set(prefix);
+  signed.set(bytes, prefix.length);
+  for (const part of offered.split(" ")) {
+    const [version, value] = part.split(",", 2);
+    if (version !== "v1" || !value) continue;
+    let signature;
+    try {
+      signature = Uint8Array.from(atob(value), (ch) => ch.charCodeAt(0));
+    } catch {
+      continue;
+    }
+    if (await crypto.subtle.verify("HMAC", key, signature, signed)) return true;
+  }
+  return false;
+}
+
+/** Constant-time comparison of the bearer token, when AUTH_TOKEN is set. */
+async function authorized(request, env) {
+  if (!env.AUTH_TOKEN) return true;
+  const offered = encoder.encode(request.headers.get("authorization") || "");
+  const wanted = encoder.encode(`Bearer ${env.AUTH_TOKEN}`);
+  const [a, b] = await Promise.all([offered, wanted].map((v) => crypto.subtle.digest("SHA-256", v)));
+  return crypto.subtle.timingSafeEqual(a, b);
+}
+
+// ---------------------------------------------------------------- callbacks
+
+/** POST a signed JSON body, a few attempts in place; throws CallbackRejected or Error. */
+async function postSigned(url, payload, msgId, env) {
   const body = JSON.stringify(payload);
-  const msgId = `msg_${crypto.randomUUID().replaceAll("-", "")}`; // same id on every attempt
   const attempts = Number(env.CALLBACK_ATTEMPTS || 3);
   const timeoutMs = Number(env.CALLBACK_TIMEOUT_S || 10) * 1000;
   let last = "no attempt";
@@ -251,6 +412,82 @@ async function postCallback(url, payload, env) {
   throw new Error(`callback failed after ${attempts} attempts: ${last}`);
 }
 
+// ---------------------------------------------------------------- markers (exactly once)
+
+function markerKey(message, fallback) {
+  const delivery = String(message.delivery_id || fallback).replace(/[^A-Za-z0-9._-]/g, "_").slice(0, 200);
+  return `deliveries/${Number(message.company_id) || 0}/${message.job_id}/${delivery}.json`;
+}
+
+async function readMarker(env, key) {
+  const object = await env.MARKERS.get(key);
+  return object ? object.json() : null;
+}
+
+/** Create the `sending` marker; false when one appeared meanwhile. */
+async function claimMarker(env, key) {
+  const written = await env.MARKERS.put(key, JSON.stringify({ state: "sending", at: Date.now() }), {
+    onlyIf: new Headers({ "If-None-Match": "*" }),
+  });
+  return written !== null;
+}
+
+/**
+ * Send one batch message exactly once and call back.
+ * @returns {Promise<"done"|"retry">}
+ */
+async function processMessage(message, env, fallbackKey) {
+  const tag = `Batch ${message.job_id}/${message.batch_number}`;
+  if (!env.MARKERS) throw new Error("the MARKERS R2 binding is missing");
+  const key = markerKey(message, fallbackKey);
+  let record = await readMarker(env, key);
+  if (record === null && !(await claimMarker(env, key))) {
+    record = (await readMarker(env, key)) ?? { state: "sending" };
+  }
+  if (record !== null) {
+    if (record.state !== "sent") {
+      console.warn(`${tag}: a delivery of it is being sent or died mid-send; not sending blind, will retry`);
+      return "retry";
+    }
+    console.log(`${tag}: already sent; posting its stored results again`);
+    return report(message, record.payload, record.webhook_id, env);
+  }
+  const outcome = await sendBatch(message, env);
+  const sent = outcome.results.filter((result) => result.status === "sent").length;
+  console.log(`${tag}: ${sent} sent, ${outcome.results.length - sent} failed, `
+    + `${outcome.total - outcome.results.length} left to retry`);
+  if (!outcome.results.length && outcome.retry) {
+    await env.MARKERS.delete(key); // nothing was sent: the whole message may go again
+    return "retry";
+  }
+  // Some were sent: report them, and hand what is left back to the service as
+  // retryable failures; it re-submits only those, so nobody gets a second email.
+  const leftOver = outcome.left.map((email) => ({
+    email, status: "failed", error: "transient failure", retryable: true,
+  }));
+  const payload = {
+    job_id: message.job_id, batch_number: message.batch_number,
+    status: batchStatus(outcome), results: outcome.results.concat(leftOver),
+  };
+  const webhookId = `msg_${crypto.randomUUID().replaceAll("-", "")}`; // the same on every post
+  await env.MARKERS.put(key, JSON.stringify({ state: "sent", webhook_id: webhookId, payload }));
+  return report(message, payload, webhookId, env);
+}
+
+async function report(message, payload, webhookId, env) {
+  const tag = `Batch ${message.job_id}/${message.batch_number}`;
+  try {
+    await postSigned(message.callback_url, payload, webhookId, env);
+  } catch (err) {
+    if (!(err instanceof CallbackRejected)) {
+      console.warn(`${tag}: ${err.message}; will retry (results are stored, nothing is sent again)`);
+      return "retry";
+    }
+    console.error(`${tag}: callback refused (${err.message}); not retrying, emails were sent`);
+  }
+  return "done";
+}
+
 // ---------------------------------------------------------------- one queue message
 
 function retryDelay(attempts, env) {
@@ -269,33 +506,116 @@ async function handleMessage(queueMessage, env) {
     retry();
     return;
   }
-  const tag = `Batch ${message.job_id}/${message.batch_number}`;
-  const outcome = await sendBatch(message, env);
-  const sent = outcome.results.filter((result) => result.status === "sent").length;
-  console.log(`${tag}: ${sent} sent, ${outcome.results.length - sent} failed, `
-    + `${outcome.total - outcome.results.length} left to retry`);
-  if (!outcome.results.length && outcome.retry) {
-    retry(); // nothing was sent: deliver the whole message again
+  let outcome;
+  try {
+    outcome = await processMessage(message, env, queueMessage.id);
+  } catch (err) {
+    // only the type: a message could quote recipient data
+    console.error(`Queue message ${queueMessage.id}: unexpected ${err?.name || "error"}; will retry`);
+    outcome = "retry";
+  }
+  if (outcome === "retry") retry();
+  else queueMessage.ack();
+}
+
+// ---------------------------------------------------------------- POST /batches
+
+function jsonResponse(status, body, headers = {}) {
+  return new Response(JSON.stringify(body), { status, headers: { "content-type": "application/json", ...headers } });
+}
+
+async function handleBatchRequest(request, env) {
+  if (!env.CALLBACK_SECRET || !validPrefix(env)) return jsonResponse(503, { error: "not_configured" });
+  if (!(await authorized(request, env))) return jsonResponse(401, { error: "unauthorized" });
+  const bytes = new Uint8Array(await request.arrayBuffer());
+  if (!(await verifySignature(env.CALLBACK_SECRET, request.headers, bytes))) {
+    return jsonResponse(401, { error: "bad_signature" });
+  }
+  let message;
+  try {
+    message = parseMessage(new TextDecoder().decode(bytes), env);
+  } catch (err) {
+    console.error(`Request ${request.headers.get("webhook-id")}: invalid batch message (${err.message})`);
+    return jsonResponse(400, { error: "invalid_message" });
+  }
+  const outcome = await processMessage(message, env, request.headers.get("webhook-id"));
+  if (outcome === "retry") return jsonResponse(503, { error: "retry_later" }, { "retry-after": "30" });
+  return jsonResponse(200, { ok: true });
+}
+
+// ---------------------------------------------------------------- bounce reports
+
+/** The header block of a MIME part: `{name: value}`, lower-case names, unfolded. */
+function headerBlock(text) {
+  const fields = {};
+  for (const line of text.replace(/\r\n/g, "\n").replace(/\n[ \t]+/g, " ").split("\n")) {
+    const colon = line.indexOf(":");
+    if (colon > 0) fields[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
+  }
+  return fields;
+}
+
+function address(value) {
+  const match = /(?:rfc822;)?\s*<?([^\s<>;]+@[^\s<>;]+)>?/i.exec(value || "");
+  return match ? match[1] : null;
+}
+
+/**
+ * Bounce and complaint events in a report: RFC 3464 `message/delivery-status`
+ * (Action: failed → hard for 5.x.x, soft otherwise; delayed → soft) and RFC 5965
+ * `message/feedback-report` (a complaint).
+ */
+export function parseReport(raw) {
+  const text = raw.replace(/\r\n/g, "\n");
+  const messageId = /^Message-ID:\s*(\S+)/im.exec(text.split(/\n\n/).slice(1).join("\n\n"))?.[1] ?? null;
+  const events = [];
+  const feedback = /Content-Type:\s*message\/feedback-report[^\n]*\n(?:[^\n]+\n)*\n([\s\S]*?)(?:\n--|$)/i.exec(text);
+  if (feedback) {
+    const fields = headerBlock(feedback[1]);
+    const email = address(fields["original-rcpt-to"]);
+    if (email) events.push({ type: "complaint", email, message_id: messageId, reason: fields["feedback-type"] });
+    return events;
+  }
+  const status = /Content-Type:\s*message\/delivery-status[^\n]*\n(?:[^\n]+\n)*\n([\s\S]*?)(?:\n--|$)/i.exec(text);
+  if (!status) return events;
+  for (const block of status[1].split(/\n\s*\n/)) {
+    const fields = headerBlock(block);
+    const email = address(fields["final-recipient"] || fields["original-recipient"]);
+    const action = (fields.action || "").toLowerCase();
+    if (!email || !["failed", "delayed"].includes(action)) continue;
+    const hard = action === "failed" && /^5\./.test(fields.status || "");
+    events.push({
+      type: "bounce", bounce_type: hard ? "hard" : "soft", email, message_id: messageId,
+      reason: [fields.status, fields["diagnostic-code"]].filter(Boolean).join(" "),
+    });
+  }
+  return events;
+}
+
+async function handleReport(message, env) {
+  if (!env.CALLBACK_SECRET || !validPrefix(env) || !env.COMPANY_ID) {
+    console.error("CALLBACK_SECRET, ALLOWED_CALLBACK_PREFIX or COMPANY_ID is not set; report refused");
+    message.setReject("not configured");
     return;
   }
-  // Some were sent: report them, and hand what is left back to the service as
-  // retryable failures; it re-submits only those, so nobody gets a second email.
-  const leftOver = outcome.left.map((email) => ({
-    email, status: "failed", error: "transient failure", retryable: true,
-  }));
-  const payload = {
-    job_id: message.job_id, batch_number: message.batch_number,
-    status: batchStatus(outcome), results: outcome.results.concat(leftOver),
-  };
-  try {
-    await postCallback(message.callback_url, payload, env);
-  } catch (err) {
-    if (!(err instanceof CallbackRejected)) {
-      console.warn(`${tag}: ${err.message}; will retry`);
-      retry();
-      return;
-    }
-    console.error(`${tag}: callback refused (${err.message}); not retrying, emails were sent`);
+  if (message.rawSize > MAX_REPORT_BYTES) {
+    message.setReject("report too large");
+    return;
   }
-  queueMessage.ack();
+  const events = parseReport(await new Response(message.raw).text());
+  if (!events.length) {
+    console.log("Inbound mail: not a bounce or complaint report; ignored");
+    return;
+  }
+  const url = `${env.ALLOWED_CALLBACK_PREFIX.replace(/\/+$/, "")}/callbacks/v1/bounces/cloudflare/`
+    + encodeURIComponent(env.COMPANY_ID);
+  const msgId = `msg_${crypto.randomUUID().replaceAll("-", "")}`;
+  try {
+    await postSigned(url, { events }, msgId, env);
+    console.log(`Inbound mail: ${events.length} report(s) posted`);
+  } catch (err) {
+    // a temporary rejection makes the sending server deliver the report again later
+    console.warn(`Inbound mail: reports not delivered (${err.message})`);
+    message.setReject("temporarily unable to process the report");
+  }
 }

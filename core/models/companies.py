@@ -45,7 +45,8 @@ class Company(db.Model):
 
 
 # delivery settings keys of CONTRACT §1 `company configure`
-SECRET_SETTINGS = ("aws_access_key", "aws_secret_key", "cloudflare_api_token", "smtp_password")
+SECRET_SETTINGS = ("aws_access_key", "aws_secret_key", "cloudflare_api_token", "smtp_password",
+                   "offload_auth_token")
 PROVIDERS = ("aws", "cloudflare", "smtp")
 MODES = ("direct", "offload")
 ROLES = ("admin", "manager")
@@ -74,6 +75,9 @@ class DeliverySettings(TenantMixin, db.Model):
     cloudflare_queue_id = db.Column(db.String(64))
     cloudflare_api_base = db.Column(db.String(500))
     cloudflare_worker_url = db.Column(db.String(500))
+    # HTTPS offload: batches are POSTed here (API Gateway or the Worker's /batches) instead of a queue
+    offload_url = db.Column(db.String(500))
+    offload_auth_token = db.Column(EncryptedText)
     smtp_host = db.Column(db.String(255))
     smtp_port = db.Column(db.Integer)
     smtp_username = db.Column(db.String(255))

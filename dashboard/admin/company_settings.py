@@ -82,6 +82,14 @@ SECTIONS = (
                 Field("cloudflare_api_base", "API base URL", "url", placeholder="https://api.cloudflare.com/client/v4"),
                 Field("cloudflare_worker_url", "Worker URL", "url"),
             )),
+    Section("offload", "HTTPS offload", "Offload mode without a queue: each batch is POSTed, signed with the "
+            "callback secret, to the company's endpoint (an API Gateway in front of its Lambda, or its Worker's "
+            "/batches). Blank: batches go to the SQS queue or Cloudflare Queue above.", (
+                Field("offload_url", "Endpoint URL", "url",
+                      placeholder="https://abc123.execute-api.eu-west-1.amazonaws.com/batches"),
+                Field("offload_auth_token", "Authentication token", "secret",
+                      help="optional; sent as Authorization: Bearer <token>"),
+            )),
     Section("smtp", "SMTP", "A mail server of the company's own; with another provider it is the fallback.", (
                 Field("smtp_host", "Host", placeholder="smtp.example.com"),
                 Field("smtp_port", "Port", "number", placeholder="587"),

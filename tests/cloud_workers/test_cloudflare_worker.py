@@ -63,7 +63,8 @@ def callbacks():
 @pytest.fixture(scope="module")
 def worker():
     with Miniflare(secrets={"CALLBACK_SECRET": SECRET},
-                   overrides={"RETRY_BASE_DELAY_S": "0", "CALLBACK_ATTEMPTS": "1"},
+                   overrides={"RETRY_BASE_DELAY_S": "0", "CALLBACK_ATTEMPTS": "1",
+                              "ALLOWED_CALLBACK_PREFIX": "http://127.0.0.1:"},
                    allowed_destinations=ALLOWED, max_retries=1) as mf:
         yield mf
 
@@ -108,9 +109,9 @@ def test_undeliverable_callback_retries_then_dead_letters(worker, callbacks):
     dead = wait_until(lambda: [d for d in worker.dead_letters() if d["body"].get("job_id") == 22],
                       what="dead letter")
     assert [d["body"] for d in dead] == [message]
-    # max_retries=1: two deliveries, each sent the emails again (at-least-once).
+    # max_retries=1: two deliveries; the second found the stored results (R2) and sent nothing.
     sent = [e["to"] for e in worker.sent_emails()]
-    assert sorted(t for t in sent if t in emails) == sorted(emails * 2)
+    assert sorted(t for t in sent if t in emails) == sorted(emails)
     assert not [p for p in callbacks.payloads if p["job_id"] == 22]
 
 
@@ -129,9 +130,10 @@ def fetch_status(url: str) -> int:
         return exc.code
 
 
-def test_fetch_serves_only_certificates(worker):
+def test_fetch_serves_only_certificates_and_batches(worker):
     assert fetch_status(f"{worker.url}/") == 404
     assert fetch_status(f"{worker.url}/callbacks/v1/batches") == 404
+    assert fetch_status(f"{worker.url}/batches") == 404  # GET: only POST is served
     # /certificates/ is certificates.js's: an unsigned request is refused there, not 404.
     assert fetch_status(f"{worker.url}/certificates/c/1.pdf") == 403
 
@@ -145,5 +147,6 @@ def test_wrangler_toml_declares_the_bindings():
     assert consumer["dead_letter_queue"] and consumer["dead_letter_queue"] != consumer["queue"]
     assert consumer["max_retries"] >= 1 and consumer["max_batch_size"] >= 1
     assert [b["name"] for b in config["send_email"]] == ["EMAIL"]
-    assert [b["binding"] for b in config["r2_buckets"]] == ["CERTIFICATES"]
+    assert [b["binding"] for b in config["r2_buckets"]] == ["CERTIFICATES", "MARKERS"]
+    assert config["vars"]["ALLOWED_CALLBACK_PREFIX"].startswith("https://")  # required, no empty default
     assert "CALLBACK_SECRET" not in config.get("vars", {})  # a secret: wrangler secret put

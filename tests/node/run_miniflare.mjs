@@ -57,6 +57,8 @@ const mf = new Miniflare({
   host: "127.0.0.1",
   port: config.port,
   defaultProjectTmpPath: config.emailDir,
+  // POST /cdn-cgi/handler/email?from=&to= (with MF-Route-Override: offload) runs the worker's email()
+  unsafeTriggerHandlers: true,
   workers: [
     {
       name: "harness",

@@ -12,16 +12,22 @@ from providers.base import (
     RetryableError,
     ThrottledError,
 )
+from core import webhooks
 from providers.offload import (
     CloudflareQueueTransport,
+    EndpointRejected,
     SqsTransport,
     SubmitResult,
+    delivery_id,
+    encode_message,
     get_transport,
+    split_recipients,
 )
-from tests.support.servers import MotoServer, StubHttpServer, free_port
+from tests.support.servers import MotoServer, SilentServer, StubHttpServer, free_port
 
 REGION = "us-east-1"
 TOKEN = "cf-test-token-123"
+SECRET = webhooks.generate_secret()
 
 
 def batch_message(n: int, recipients: int = 2, pad: int = 0) -> dict:
@@ -299,3 +305,76 @@ def test_cloudflare_test_connection(cloudflare):
 
     with pytest.raises(PermanentError, match="Invalid API Token"):
         CloudflareQueueTransport(cf_config(cloudflare, token="wrong")).test_connection()
+
+
+# --------------------------------------------------------------------------- size splitting and HTTPS
+
+def test_split_recipients_fills_messages_up_to_the_limit_and_no_further():
+    envelope = {"job_id": 1, "batch_number": 1, "delivery_id": delivery_id(1, [])}
+    entries = [{"email": f"u{i}@example.com", "rendered": {"html": "x" * (100 + i * 37 % 400)}} for i in range(300)]
+    entries.append({"email": "huge@example.com", "rendered": {"html": "y" * 20_000}})
+    limit = 10_000
+    parts, too_large = split_recipients(envelope, entries, limit)
+    assert too_large == [300]
+    assert sorted(i for part in parts for i in part) == list(range(300))  # each once, in order
+    for number, part in enumerate(parts):
+        size = len(encode_message({**envelope, "recipients": [entries[i] for i in part]}))
+        assert size <= limit
+        if number < len(parts) - 1:  # a part closes only when the next entry would not fit
+            with_next = {**envelope, "recipients": [entries[i] for i in part] + [entries[parts[number + 1][0]]]}
+            assert len(encode_message(with_next)) > limit
+
+
+def test_delivery_id_names_the_batch_and_exactly_its_recipients():
+    assert delivery_id(7, [1, 2, 3]) == delivery_id(7, [1, 2, 3])
+    assert delivery_id(7, [1, 2, 3]) != delivery_id(7, [1, 2])
+    assert delivery_id(7, [1, 2]) != delivery_id(8, [1, 2])
+    assert len(delivery_id(7, [])) == len(delivery_id(7, list(range(500))))
+
+
+@pytest.fixture
+def open_guard():
+    from providers import guard
+
+    before = guard.policy()
+    guard.configure(allow_private=True, production=False)
+    yield guard
+    guard.configure(allow_private=before.allow_private, production=before.production,
+                    allowed_hosts=before.allowed_hosts)
+
+
+@pytest.mark.parametrize(("status", "error"), [(503, RetryableError), (429, RetryableError),
+                                              (404, EndpointRejected), (401, EndpointRejected)])
+def test_https_errors_are_sorted_and_never_echo_the_body(open_guard, status, error):
+    with StubHttpServer(lambda request: (status, {}, {"message": "internal detail"})) as endpoint:
+        transport = get_transport("https", {"offload_url": f"{endpoint.url}/batches", "callback_secret": SECRET,
+                                            "offload_auth_token": "tok"})
+        with pytest.raises(error) as caught:
+            transport.submit([("b1-abc", batch_message(1))])
+    assert caught.value.reason.startswith(f"HTTP {status}: ") and "detail" not in caught.value.reason
+    [request] = endpoint.requests
+    assert request.headers["Authorization"] == "Bearer tok" and request.headers["webhook-id"] == "msg_b1-abc"
+    webhooks.verify([SECRET], request.headers, request.body)  # signed per Standard Webhooks
+    assert json.loads(request.body) == batch_message(1)
+
+
+def test_https_2xx_is_accepted_and_a_timeout_is_retryable(open_guard):
+    with StubHttpServer(lambda request: (202, {}, "")) as endpoint:
+        transport = get_transport("https", {"offload_url": f"{endpoint.url}/batches", "callback_secret": SECRET})
+        assert transport.submit([("k1", batch_message(1)), ("k2", batch_message(2))]) == [
+            SubmitResult("k1", True), SubmitResult("k2", True)]
+        assert "Authorization" not in endpoint.requests[0].headers
+    with SilentServer() as silent:
+        transport = get_transport("https", {"offload_url": f"{silent.url}/batches", "callback_secret": SECRET})
+        transport.timeout = (2, 0.5)
+        with pytest.raises(RetryableError) as caught:
+            transport.submit([("k1", batch_message(1))])
+    assert caught.value.code in ("https_timeout", "connection")
+
+
+def test_https_url_goes_through_the_endpoint_guard(open_guard):
+    open_guard.configure(allow_private=False, production=False)
+    transport = get_transport("https", {"offload_url": "http://127.0.0.1:9/batches", "callback_secret": SECRET})
+    with pytest.raises(EndpointRejected) as caught:
+        transport.submit([("k1", batch_message(1))])
+    assert caught.value.reason.startswith("offload_url refused")

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -447,6 +448,7 @@ class Miniflare(ManagedProcess):
     miniflare deletes the files when it shuts down.
     """
 
+    RAW = r"send_email binding called with the following message:\nEmail: (?P<eml>.*)\n"
     SENT = (r"send_email binding called with MessageBuilder:\n"
             r"From: (?P<sender>.*)\nTo: (?P<to>.*)\nSubject: (?P<subject>.*)\n\n"
             r"(?:Text: (?P<text>.*)\n)?(?:HTML: (?P<html>.*)\n)?")
@@ -505,11 +507,12 @@ class Miniflare(ManagedProcess):
             return json.load(resp)
 
     def sent_emails(self) -> list[dict]:
-        """Every email the send_email binding accepted: from, to, subject, text, html."""
+        """Every email the send_email binding accepted: from, to, subject, text, html
+        (and, for raw MIME messages, ``headers`` and ``attachments``), in log order."""
         import re
 
         log = re.sub(self.ANSI, "", self.log_path.read_text(errors="replace"))
-        emails = []
+        emails = [self._parse_eml(Path(match["eml"]).read_bytes()) for match in re.finditer(self.RAW, log)]
         for match in re.finditer(self.SENT, log):
             emails.append({
                 "from": match["sender"], "to": match["to"], "subject": match["subject"],
@@ -518,6 +521,35 @@ class Miniflare(ManagedProcess):
                 "html": Path(match["html"]).read_bytes().decode() if match["html"] else None,
             })
         return emails
+
+    @staticmethod
+    def _parse_eml(raw: bytes) -> dict:
+        import email
+        from email import policy
+
+        message = email.message_from_bytes(raw, policy=policy.default)
+        text = message.get_body(("plain",))
+        html = message.get_body(("html",))
+        return {
+            "from": str(message["From"]), "to": str(message["To"]), "subject": str(message["Subject"]),
+            "text": text.get_content() if text is not None else None,
+            "html": html.get_content() if html is not None else None,
+            "headers": {name: str(value) for name, value in message.items()},
+            "attachments": [(part.get_filename(), part.get_content_type(), part.get_content())
+                            for part in message.iter_attachments()],
+        }
+
+    def trigger_email(self, sender: str, to: str, raw: bytes) -> int:
+        """Deliver ``raw`` to the worker's email() handler, as Email Routing does; the HTTP status."""
+        from urllib.parse import urlencode
+
+        req = urllib.request.Request(f"{self.url}/cdn-cgi/handler/email?{urlencode({'from': sender, 'to': to})}",
+                                     data=raw, method="POST", headers={"MF-Route-Override": "offload"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         super().stop(sig)

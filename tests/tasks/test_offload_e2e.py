@@ -37,6 +37,7 @@ from core.queue import DEFAULT, connection, get_queue
 from tests.support.app import run_worker_burst
 from tests.support.faulty_proxy import FaultyProxy
 from tests.support.servers import ROOT, Miniflare, StubHttpServer, free_port
+from providers.offload import delivery_id
 from tests.support.jobs import BODY, people, run_scheduled_now
 
 AWS_DIR = ROOT / "cloud_workers" / "aws"
@@ -133,15 +134,28 @@ class FakeContext:
 
 
 @pytest.fixture
-def aws_lambda(lambda_module, sqs, queue_url, ses, monkeypatch):
+def marker_bucket(moto_server):
+    """The company's S3 bucket where its Lambda records what it sent."""
+    name = f"markers-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", region_name=REGION, endpoint_url=moto_server.url, aws_access_key_id="testing",
+                 aws_secret_access_key="testing").create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def aws_lambda(lambda_module, sqs, queue_url, ses, moto_server, marker_bucket, monkeypatch):
     for name, value in {"AWS_ENDPOINT_URL_SESV2": ses.url, "AWS_ACCESS_KEY_ID": "testing",
+                        "AWS_ENDPOINT_URL_S3": moto_server.url, "MARKER_BUCKET": marker_bucket,
+                        "ALLOWED_CALLBACK_PREFIX": "http://127.0.0.1:",
                         "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION,
                         "CALLBACK_RETRY_DELAY_S": "0.01", "CALLBACK_TIMEOUT_S": "10"}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     lambda_module.ses_client.cache_clear()
+    lambda_module.s3_client.cache_clear()
     yield Lambda(lambda_module, sqs, queue_url)
     lambda_module.ses_client.cache_clear()
+    lambda_module.s3_client.cache_clear()
 
 
 @pytest.fixture
@@ -297,8 +311,9 @@ def test_resend_gives_up_after_max_attempts(app, client, offload_company, aws_la
 def test_an_unreachable_callback_url_is_resolved_by_reconcile(app, client, offload_company, aws_lambda, ses,
                                                               live_url, monkeypatch):
     """The worker sends but cannot report: the batch is resubmitted (policy
-    resend) and the job completes; those recipients were sent twice, which
-    is what ``uncertain`` means (at-least-once)."""
+    resend); the Lambda finds what it sent recorded in S3 and posts those
+    results instead of sending again, so the job completes with everyone
+    emailed once."""
     from tasks.offload import reconcile
 
     monkeypatch.setenv("CALLBACK_ATTEMPTS", "1")
@@ -316,7 +331,7 @@ def test_an_unreachable_callback_url_is_resolved_by_reconcile(app, client, offlo
     aws_lambda.drain()
     done = job(job_id)
     assert (done.status, done.emails_sent, done.emails_uncertain) == ("completed", 5, 5)
-    assert set(ses_count(ses).values()) == {2}
+    assert set(ses_count(ses).values()) == {1} and len(ses_count(ses)) == 5
 
 
 def test_unreachable_queue_falls_back_to_smtp(app, client, make_company, smtp_sink):
@@ -404,12 +419,18 @@ def test_messages_follow_the_contract_and_rq_holds_only_ids(app, client, offload
     run_worker_burst(app)
     bodies = sorted((json.loads(m["Body"]) for m in aws_lambda.receive()), key=lambda b: b["batch_number"])
     assert [b["batch_number"] for b in bodies] == [1, 2]
+    first_ids = db.session.execute(select(Recipient.id).where(Recipient.job_id == job_id)
+                                   .order_by(Recipient.id).limit(2)).scalars().all()
     assert bodies[0] == {
         "job_id": job_id, "batch_number": 1, "company_id": offload_company.id,
         "callback_url": f"{live_url}/callbacks/v1/batches?company={offload_company.id}",
         "sender": "noreply@acme.test",
         "template": {"subject": BODY["subject"], "text": BODY["body_text"], "html": BODY["body_html"]},
-        "recipients": [{"email": f"user{i}@acme.test", "data": {"firstname": f"Name{i}", "password": f"Pw-{i}-secret"}}
+        "delivery_id": delivery_id(batches(job_id)[0].id, first_ids),
+        "recipients": [{"email": f"user{i}@acme.test", "data": {"firstname": f"Name{i}", "password": f"Pw-{i}-secret"},
+                        "rendered": {"subject": f"Welcome Name{i}",
+                                     "text": f"Hi Name{i}, your password is Pw-{i}-secret",
+                                     "html": f"<p>Hi Name{i}, your password is <b>Pw-{i}-secret</b></p>"}}
                        for i in range(2)],
     }
     dump = b"".join(v for key in connection().scan_iter() if connection().type(key) == b"hash"
@@ -417,13 +438,20 @@ def test_messages_follow_the_contract_and_rq_holds_only_ids(app, client, offload
     assert b"Pw-" not in dump and b"@acme.test" not in dump
 
 
-def test_a_template_the_workers_cannot_render_pauses_the_job(app, client, offload_company):
-    resp = client.post("/api/v1/jobs", json={**BODY, "subject": "Hi {{ firstname | upper }}",
-                                             "recipients": people(2)}, headers=offload_company.auth)
+def test_a_recipient_that_cannot_render_fails_alone(app, client, offload_company, aws_lambda, ses, live_url):
+    """Rendering happens in the service now: a runtime template error fails that
+    recipient (as in direct mode) and the others are offloaded."""
+    recipients = people(2) + [{"email": "odd@acme.test", "data": {"firstname": "Odd", "password": "x", "n": 0}}]
+    resp = client.post("/api/v1/jobs", json={**BODY, "body_text": "{{ firstname }} {{ 10 // (n | default(1)) }}",
+                                             "recipients": recipients}, headers=offload_company.auth)
+    assert resp.status_code == 202
     run_worker_burst(app)
-    paused = job(resp.json["id"])
-    assert paused.status == "paused" and "{{ name }}" in paused.paused_reason
-    assert [b.status for b in batches(paused.id)] == ["queued"]
+    aws_lambda.drain()
+    done = job(resp.json["id"])
+    assert (done.status, done.emails_sent, done.emails_failed) == ("partial_failure", 2, 1)
+    error = db.session.execute(select(Recipient.error).where(Recipient.email == "odd@acme.test")).scalar()
+    assert error.startswith("render_error:")
+    assert sorted(ses_count(ses)) == ["user0@acme.test", "user1@acme.test"]
 
 
 def test_lost_submissions_are_queued_again(app, client, offload_company):
@@ -450,7 +478,8 @@ CF_TOKEN = "cf-test-token"
 @pytest.fixture(scope="module")
 def miniflare():
     with Miniflare(secrets={"CALLBACK_SECRET": CF_SECRET},
-                   overrides={"RETRY_BASE_DELAY_S": "0", "CALLBACK_ATTEMPTS": "2"}) as mf:
+                   overrides={"RETRY_BASE_DELAY_S": "0", "CALLBACK_ATTEMPTS": "2",
+                              "ALLOWED_CALLBACK_PREFIX": "http://127.0.0.1:"}) as mf:
         yield mf
 
 
