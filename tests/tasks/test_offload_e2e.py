@@ -15,197 +15,66 @@ send_email binding and calls back to the live app.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import logging
-import sys
-import threading
-import time
-import uuid
 from collections import Counter
 from datetime import timedelta
 
-import boto3
 import pytest
 from sqlalchemy import select, update
-from werkzeug.serving import make_server
 
-from core import webhooks
 from core.db import db
-from core.models import Batch, Company, Job, Recipient, utcnow
+from core.models import Company, Job, Recipient, utcnow
 from core.queue import DEFAULT, connection, get_queue
+from providers.offload import delivery_id
 from tests.support.app import run_worker_burst
 from tests.support.faulty_proxy import FaultyProxy
-from tests.support.servers import ROOT, Miniflare, StubHttpServer, free_port
-from providers.offload import delivery_id
 from tests.support.jobs import BODY, people, run_scheduled_now
+from tests.support.offload import (
+    CF_SECRET,
+    CF_TOKEN,
+    REGION,
+    batches,
+    job,
+    recipient_statuses,
+    ses_count,
+    submit,
+    wait_final,
+)
+from tests.support.servers import free_port
 
-AWS_DIR = ROOT / "cloud_workers" / "aws"
-REGION = "us-east-1"
-WAIT_S = 60
 # --------------------------------------------------------------------------- fixtures
 
-@pytest.fixture
-def live_url(app):
-    """The app served over real HTTP in a thread; callbacks in the messages point here."""
-    server = make_server("127.0.0.1", free_port(), app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_port}"
-    app.config["OFFLOAD_PUBLIC_URL"] = url
-    yield url
-    server.shutdown()
-    thread.join(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def lambda_module():
-    """lambda_handler imported as the Lambda runtime does: its folder on sys.path."""
-    sys.path.insert(0, str(AWS_DIR))
-    try:
-        yield importlib.import_module("lambda_handler")
-    finally:
-        sys.path.remove(str(AWS_DIR))
-        sys.modules.pop("lambda_handler", None)
-        sys.modules.pop("webhooks", None)
 
 
-@pytest.fixture
-def sqs(moto_server):
-    return boto3.client("sqs", region_name=REGION, endpoint_url=moto_server.url,
-                        aws_access_key_id="testing", aws_secret_access_key="testing")
 
 
-@pytest.fixture
-def queue_url(sqs):
-    return sqs.create_queue(QueueName=f"offload-{uuid.uuid4().hex[:8]}",
-                            Attributes={"VisibilityTimeout": "300"})["QueueUrl"]
 
 
-class Lambda:
-    """The Lambda function with its environment, fed from the SQS queue."""
-
-    def __init__(self, module, sqs, queue_url: str):
-        self.module, self.sqs, self.queue_url = module, sqs, queue_url
-
-    def receive(self) -> list[dict]:
-        messages = []
-        while True:
-            got = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10,
-                                           WaitTimeSeconds=0).get("Messages", [])
-            if not got:
-                return messages
-            messages.extend(got)
-
-    def invoke(self, messages: list[dict]) -> list[str]:
-        """One invocation over ``messages`` (the SQS event); deletes what succeeded."""
-        event = {"Records": [{"messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"], "body": m["Body"],
-                              "attributes": {}, "messageAttributes": {}, "eventSource": "aws:sqs",
-                              "awsRegion": REGION} for m in messages]}
-        db.session.rollback()  # hold no database transaction while the live app takes callbacks
-        failed = [f["itemIdentifier"] for f in self.module.handler(event, FakeContext())["batchItemFailures"]]
-        for m in messages:
-            if m["MessageId"] not in failed:
-                self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=m["ReceiptHandle"])
-        return failed
-
-    def drain(self) -> int:
-        """Run the queue empty, 10 records per invocation; returns how many records ran."""
-        count = 0
-        messages = self.receive()
-        while messages:
-            for start in range(0, len(messages), 10):
-                assert self.invoke(messages[start:start + 10]) == []
-            count += len(messages)
-            messages = self.receive()
-        return count
-
-    def drop(self, message: dict) -> None:
-        """The message is lost: never delivered to the function."""
-        self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
 
 
-class FakeContext:
-    function_name = "offload-sender"
-
-    @staticmethod
-    def get_remaining_time_in_millis() -> int:
-        return 600_000
 
 
-@pytest.fixture
-def marker_bucket(moto_server):
-    """The company's S3 bucket where its Lambda records what it sent."""
-    name = f"markers-{uuid.uuid4().hex[:8]}"
-    boto3.client("s3", region_name=REGION, endpoint_url=moto_server.url, aws_access_key_id="testing",
-                 aws_secret_access_key="testing").create_bucket(Bucket=name)
-    return name
 
 
-@pytest.fixture
-def aws_lambda(lambda_module, sqs, queue_url, ses, moto_server, marker_bucket, monkeypatch):
-    for name, value in {"AWS_ENDPOINT_URL_SESV2": ses.url, "AWS_ACCESS_KEY_ID": "testing",
-                        "AWS_ENDPOINT_URL_S3": moto_server.url, "MARKER_BUCKET": marker_bucket,
-                        "ALLOWED_CALLBACK_PREFIX": "http://127.0.0.1:",
-                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION,
-                        "CALLBACK_RETRY_DELAY_S": "0.01", "CALLBACK_TIMEOUT_S": "10"}.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    lambda_module.ses_client.cache_clear()
-    lambda_module.s3_client.cache_clear()
-    yield Lambda(lambda_module, sqs, queue_url)
-    lambda_module.ses_client.cache_clear()
-    lambda_module.s3_client.cache_clear()
 
 
-@pytest.fixture
-def offload_company(make_company, moto_server, queue_url, aws_lambda, monkeypatch):
-    """A company in offload mode on the moto queue; the Lambda holds its callback secret."""
-    company = make_company(provider="aws", mode="offload", sender="noreply@acme.test", aws_region=REGION,
-                           aws_endpoint_url=moto_server.url, aws_access_key="testing", aws_secret_key="testing",
-                           sqs_queue_url=queue_url)
-    monkeypatch.setenv("CALLBACK_SECRET", company.secret)
-    return company
 
 
 # --------------------------------------------------------------------------- helpers
 
-def submit(client, company, recipients) -> int:
-    resp = client.post("/api/v1/jobs", json={**BODY, "recipients": recipients}, headers=company.auth)
-    assert resp.status_code == 202, resp.json
-    return resp.json["id"]
 
 
-def job(job_id: int) -> Job:
-    db.session.expire_all()
-    return db.session.get(Job, job_id)
 
 
-def batches(job_id: int) -> list[Batch]:
-    db.session.expire_all()
-    return list(db.session.execute(select(Batch).where(Batch.job_id == job_id).order_by(Batch.batch_number))
-                .scalars())
 
 
-def recipient_statuses(job_id: int) -> Counter:
-    db.session.expire_all()
-    return Counter(db.session.execute(select(Recipient.status).where(Recipient.job_id == job_id)).scalars())
 
 
-def ses_count(ses) -> Counter:
-    return Counter(addr for mail in ses.store() for addr in mail["destination"]["to"])
 
 
-def wait_final(job_id: int, timeout: float = WAIT_S) -> Job:
-    deadline = time.monotonic() + timeout
-    while True:
-        current = job(job_id)
-        db.session.rollback()
-        if current.is_final:
-            return current
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"job {job_id} still {current.status} after {timeout}s")
-        time.sleep(0.1)
 
 
 # --------------------------------------------------------------------------- AWS
@@ -471,35 +340,10 @@ def test_lost_submissions_are_queued_again(app, client, offload_company):
 
 # --------------------------------------------------------------------------- Cloudflare
 
-CF_SECRET = webhooks.generate_secret()
-CF_TOKEN = "cf-test-token"
 
 
-@pytest.fixture(scope="module")
-def miniflare():
-    with Miniflare(secrets={"CALLBACK_SECRET": CF_SECRET},
-                   overrides={"RETRY_BASE_DELAY_S": "0", "CALLBACK_ATTEMPTS": "2",
-                              "ALLOWED_CALLBACK_PREFIX": "http://127.0.0.1:"}) as mf:
-        yield mf
 
 
-@pytest.fixture
-def cloudflare_api(miniflare):
-    """The Queues REST API's batch-send call, forwarding into miniflare's queue."""
-
-    def respond(request):
-        expected = "/client/v4/accounts/acct-1/queues/queue-1/messages/batch"
-        if request.method != "POST" or request.path != expected:
-            return 404, {}, {"success": False, "errors": [{"code": 7003, "message": "No route"}]}
-        if request.headers.get("Authorization") != f"Bearer {CF_TOKEN}":
-            return 401, {}, {"success": False, "errors": [{"code": 10000, "message": "Authentication error"}]}
-        for message in request.json()["messages"]:
-            assert message["content_type"] == "json"
-            miniflare.enqueue(message["body"])
-        return 200, {}, {"success": True, "errors": [], "messages": [], "result": {}}
-
-    with StubHttpServer(respond) as api:
-        yield api
 
 
 def test_cloudflare_queue_worker_and_callbacks(app, client, make_company, miniflare, cloudflare_api, live_url):

@@ -42,26 +42,8 @@ from tests.support.certificates import CERT_JOB
 from tests.support.certificates import learners as cert_learners
 from tests.support.faulty_proxy import FaultyProxy
 from tests.support.jobs import aws_settings, run_scheduled_now
+from tests.support.offload import CF_SECRET, CF_TOKEN, REGION, FakeContext, batches, job, ses_count, wait_final
 from tests.support.servers import Miniflare, StubHttpServer, StubRequest
-from tests.tasks.test_offload_e2e import (  # noqa: F401 - fixtures
-    CF_SECRET,
-    CF_TOKEN,
-    REGION,
-    FakeContext,
-    aws_lambda,
-    batches,
-    cloudflare_api,
-    job,
-    lambda_module,
-    live_url,
-    marker_bucket,
-    miniflare,
-    offload_company,
-    queue_url,
-    ses_count,
-    sqs,
-    wait_final,
-)
 
 pytestmark = pytest.mark.slow
 
