@@ -1,4 +1,4 @@
-"""The provider interface, its error hierarchy and the registry.
+"""The provider interface, its error hierarchy and its registration (``providers.registry``).
 
 Modelled on listmonk's ``Messenger``: a provider is built from a plain
 config dict, sends a list of already-rendered messages and reports one
@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import ClassVar
+
+from providers import registry
 
 
 class ProviderError(Exception):
@@ -92,9 +94,15 @@ class Result:
 
 
 class Provider:
-    """Base class: subclasses set ``name`` and implement ``send``."""
+    """Base class: subclasses set ``name`` and implement ``send``.
+
+    ``label`` names the provider in the connection test; ``settings`` is the
+    group of settings it reads (``providers.registry``).
+    """
 
     name: ClassVar[str] = ""
+    label: ClassVar[str] = ""
+    settings: ClassVar[registry.SettingsGroup | None] = None
     #: messages per provider call the caller should group (SES bulk: 50)
     chunk_size: ClassVar[int] = 50
 
@@ -119,34 +127,17 @@ class Provider:
         self.close()
 
 
-_registry: dict[str, type[Provider]] = {}
-
-
 def register(cls: type[Provider]) -> type[Provider]:
-    """Class decorator: make ``cls`` available under ``cls.name``."""
-    _registry[cls.name] = cls
-    return cls
+    """Class decorator: make ``cls`` available under ``cls.name`` (``registry``, kind ``sender``)."""
+    return registry.add(registry.SENDER, cls.name, cls)
 
 
 def get_provider(name: str, config: dict) -> Provider:
     """Build the provider registered as ``name`` from ``config``."""
-    _load_builtin()
     try:
-        cls = _registry[name]
-    except KeyError:
+        return registry.create(registry.SENDER, name, config)
+    except registry.UnknownBackend:
         raise PermanentError(f"unknown provider {name!r}") from None
-    return cls(config)
-
-
-def _load_builtin() -> None:
-    import importlib
-
-    for module in ("providers.ses", "providers.smtp", "providers.cloudflare"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
 
 
 # -- helpers shared by the built-in providers ---------------------------------

@@ -29,7 +29,9 @@ from providers.base import (
     RetryableError,
     ThrottledError,
 )
-from providers.aws import aws_session
+from providers import registry
+from providers.aws import AWS_SETTINGS, aws_session
+from providers.cloudflare import CLOUDFLARE_SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +66,17 @@ def encode_message(message: dict) -> bytes:
 
 
 class OffloadTransport:
-    """Base class: subclasses set ``name`` and implement ``_send_call``."""
+    """Base class: subclasses set ``name`` and implement ``_send_call``.
+
+    ``label`` names the queue in the connection test; ``queue_setting`` is
+    the setting whose presence asks for that test outside offload mode;
+    ``settings`` is the group of settings it reads (``providers.registry``).
+    """
 
     name: ClassVar[str] = ""
+    label: ClassVar[str] = ""
+    queue_setting: ClassVar[str] = ""
+    settings: ClassVar[registry.SettingsGroup | None] = None
     #: messages per queue API call
     max_batch: ClassVar[int] = 10
     #: bytes per message, and per call in total
@@ -149,22 +159,17 @@ class OffloadTransport:
         self.close()
 
 
-_registry: dict[str, type[OffloadTransport]] = {}
-
-
 def register_transport(cls: type[OffloadTransport]) -> type[OffloadTransport]:
-    """Class decorator: make ``cls`` available under ``cls.name``."""
-    _registry[cls.name] = cls
-    return cls
+    """Class decorator: make ``cls`` available under ``cls.name`` (``registry``, kind ``transport``)."""
+    return registry.add(registry.TRANSPORT, cls.name, cls)
 
 
 def get_transport(name: str, config: dict) -> OffloadTransport:
     """Build the transport for provider ``name`` (``aws`` or ``cloudflare``) from ``config``."""
     try:
-        cls = _registry[name]
-    except KeyError:
+        return registry.create(registry.TRANSPORT, name, config)
+    except registry.UnknownBackend:
         raise PermanentError(f"no offload transport for provider {name!r}") from None
-    return cls(config)
 
 
 def _require(config: dict, *keys: str) -> None:
@@ -224,6 +229,9 @@ class SqsTransport(OffloadTransport):
     """
 
     name = "aws"
+    label = "Amazon SQS queue"
+    queue_setting = "sqs_queue_url"
+    settings = AWS_SETTINGS
     max_batch = 10
 
     def __init__(self, config: dict):
@@ -363,6 +371,9 @@ class CloudflareQueueTransport(OffloadTransport):
     """
 
     name = "cloudflare"
+    label = "Cloudflare Queue"
+    queue_setting = "cloudflare_queue_id"
+    settings = CLOUDFLARE_SETTINGS
     max_batch = 100
     # Cloudflare counts decimal kilobytes (as miniflare's queue broker does).
     max_message_bytes = 128_000
