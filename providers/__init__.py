@@ -8,6 +8,7 @@ Senders, offload transports and storage share one registry
 from providers import registry  # noqa: F401
 from providers.base import (  # noqa: F401
     Attachment,
+    BounceReport,
     ConnectionFailure,
     Message,
     PermanentError,
@@ -17,6 +18,7 @@ from providers.base import (  # noqa: F401
     Result,
     RetryableError,
     ThrottledError,
+    WebhookRefused,
     get_provider,
     register,
 )

@@ -79,6 +79,25 @@ class Message:
     attachments: list[Attachment] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class BounceReport:
+    """One bounce or complaint a provider's webhook reported.
+
+    ``kind`` is ``hard``, ``soft`` or ``complaint``; ``event_id`` is the
+    provider's id of the event (what makes a redelivery apply once).
+    """
+
+    kind: str
+    email: str
+    message_id: str | None
+    detail: str
+    event_id: str
+
+
+class WebhookRefused(Exception):
+    """A provider webhook failed verification (signature, key, timestamp); nothing was parsed."""
+
+
 @dataclass
 class Result:
     """The outcome for one message.
@@ -103,6 +122,8 @@ class Provider:
     name: ClassVar[str] = ""
     label: ClassVar[str] = ""
     settings: ClassVar[registry.SettingsGroup | None] = None
+    #: a bounce webhook's body limit; 0 when the provider has no webhook
+    webhook_max_bytes: ClassVar[int] = 0
     #: messages per provider call the caller should group (SES bulk: 50)
     chunk_size: ClassVar[int] = 50
 
@@ -115,6 +136,16 @@ class Provider:
 
     def test_connection(self) -> dict:
         """Check credentials and reachability; return facts to show (quota, identity)."""
+        raise NotImplementedError
+
+    @classmethod
+    def read_webhook(cls, config: dict, headers, body: bytes, now: float) -> list[BounceReport]:
+        """Verify a bounce webhook with ``config``'s key, then parse it.
+
+        Raises ``WebhookRefused`` before parsing when the request is not
+        authentic (no key configured, bad signature, stale timestamp), and
+        ``ValueError`` when an authentic body cannot be read.
+        """
         raise NotImplementedError
 
     def close(self) -> None:
