@@ -8,20 +8,14 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
+from core import delivery_settings
 from core.db import db
 from core.rendering import valid_email
-from core.models import MODES, PROVIDERS, ROLES, SMTP_TLS, ApiToken, Company, DeliverySettings, User, utcnow
+from core.models import ROLES, ApiToken, Company, DeliverySettings, User, utcnow
 from core.models import sha256_hex
 
-#: every key `company configure` and the settings form accept
-SETTING_KEYS = ("provider", "mode", "enabled", "sender", "aws_access_key", "aws_secret_key", "aws_region",
-                "aws_endpoint_url", "aws_role_arn", "sqs_queue_url", "s3_bucket", "s3_endpoint_url",
-                "cloudflare_api_token",
-                "cloudflare_account_id", "cloudflare_queue_id", "cloudflare_api_base", "cloudflare_worker_url",
-                "offload_url", "offload_auth_token",
-                "smtp_host", "smtp_port", "smtp_username", "smtp_password", "smtp_tls", "max_send_rate",
-                "uncertain_policy", "data_retention_days", "moodle_db_url", "sns_topic_arn")
-COMPANY_KEYS = ("uncertain_policy", "data_retention_days", "moodle_db_url", "sns_topic_arn")
+#: the service's own company-level settings (the rest: ``core.delivery_settings``)
+COMPANY_KEYS = delivery_settings.COMPANY_KEYS
 
 
 def new_callback_secret() -> str:
@@ -54,62 +48,30 @@ def rotate_callback_secret(company: Company, overlap: timedelta = timedelta(hour
     return new
 
 
-def _parse_setting(key: str, raw):
-    """Turn a raw string (CLI/form) into the stored value; raise ValueError naming the key."""
-    if isinstance(raw, str):
-        raw = raw.strip()
-    if raw in ("", None):
-        return None
-    if key == "provider" and raw not in PROVIDERS:
-        raise ValueError(f"provider: must be one of {', '.join(PROVIDERS)}")
-    if key == "mode" and raw not in MODES:
-        raise ValueError(f"mode: must be one of {', '.join(MODES)}")
-    if key == "smtp_tls" and raw not in SMTP_TLS:
-        raise ValueError(f"smtp_tls: must be one of {', '.join(SMTP_TLS)}")
-    if key == "uncertain_policy" and raw not in ("resend", "fail"):
-        raise ValueError("uncertain_policy: must be resend or fail")
-    if key == "enabled":
-        if str(raw).lower() not in ("0", "1", "true", "false"):
-            raise ValueError("enabled: must be 0 or 1")
-        return str(raw).lower() in ("1", "true")
-    if key in ("smtp_port", "data_retention_days"):
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ValueError(f"{key}: expected a whole number") from None
-        if value < 0 or (key == "smtp_port" and not 0 < value < 65536):
-            raise ValueError(f"{key}: out of range")
-        return value
-    if key == "max_send_rate":
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ValueError("max_send_rate: expected a number of emails per second") from None
-        if value <= 0:
-            raise ValueError("max_send_rate: must be above 0")
-        return value
-    if key == "sender":
-        if not valid_email(raw):
-            raise ValueError("sender: not a valid email address")
-    if key.endswith("_url") and key != "moodle_db_url" and not str(raw).startswith(("http://", "https://")):
-        raise ValueError(f"{key}: expected an http(s) URL")
-    return raw
+def setting_keys() -> tuple[str, ...]:
+    """Every key `company configure` and the settings form accept."""
+    return tuple(delivery_settings.by_key())
 
 
 def configure(company: Company, values: dict) -> list[str]:
-    """Apply settings; returns the names of the fields that changed (never values)."""
-    unknown = sorted(set(values) - set(SETTING_KEYS))
+    """Apply settings; returns the names of the fields that changed (never values).
+
+    Each value is validated by its declaration (``core.delivery_settings``);
+    a ``ValueError`` names the key (``"smtp_port: out of range"``).
+    """
+    known = delivery_settings.by_key()
+    unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
-    parsed = {key: _parse_setting(key, raw) for key, raw in values.items()}
-    settings = company.settings or DeliverySettings(company=company)
+    parsed = {key: known[key].clean(raw) for key, raw in values.items()}
+    if company.settings is None:
+        company.settings = DeliverySettings(company=company)
     changed = []
     for key, value in parsed.items():
-        target = company if key in COMPANY_KEYS else settings
-        if key in ("provider", "mode", "smtp_tls", "uncertain_policy", "enabled") and value is None:
+        if known[key].required and value is None:
             raise ValueError(f"{key}: a value is required")
-        if getattr(target, key) != value:
-            setattr(target, key, value)
+        if delivery_settings.read(company, key) != value:
+            delivery_settings.write(company, key, value)
             changed.append(key)
     return changed
 

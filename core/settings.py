@@ -163,4 +163,20 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
     cfg["OFFLOAD_ALLOWED_ENDPOINT_HOSTS"] = tuple(
         h.strip().lower() for h in env.get("OFFLOAD_ALLOWED_ENDPOINT_HOSTS", "").split(",") if h.strip())
     cfg["OFFLOAD_EMBEDDED_REDIS"] = parse_boolean("OFFLOAD_EMBEDDED_REDIS", env.get("OFFLOAD_EMBEDDED_REDIS", "1"))
+    cfg["OFFLOAD_PROVIDER_API_BASES"] = parse_api_bases(
+        "OFFLOAD_PROVIDER_API_BASES", env.get("OFFLOAD_PROVIDER_API_BASES", ""))
     return cfg
+
+
+def parse_api_bases(name: str, raw: str) -> dict[str, str]:
+    """``sendgrid=http://127.0.0.1:8025,mailgun=...``: the operator's API base per provider (tests, relays)."""
+    found = {}
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        provider, sep, url = item.partition("=")
+        if not sep or not re.fullmatch(r"[a-z0-9_-]+", provider.strip()) or \
+                urlsplit(url.strip()).scheme not in ("http", "https"):
+            raise SettingsError(f"{name}: expected provider=http(s)://host[:port], comma-separated; got {item!r}")
+        found[provider.strip()] = url.strip()
+    return found

@@ -17,7 +17,7 @@ from core.db import db
 from dashboard import admin, api, auth, bounces, callbacks, cli, errors
 from dashboard.extensions import csrf, login_manager, migrate
 from dashboard.public import unsubscribe, verify
-from providers import guard
+from providers import guard, registry
 from tasks.cli import worker_command  # the composition root may register the worker (docs/ARCHITECTURE.md)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,6 +45,7 @@ def create_app(config: dict | None = None) -> Flask:
     guard.configure(allow_private=app.config.get("OFFLOAD_ALLOW_PRIVATE_ENDPOINTS", False),
                     production=app.config["OFFLOAD_PRODUCTION"],
                     allowed_hosts=app.config.get("OFFLOAD_ALLOWED_ENDPOINT_HOSTS", ()))
+    registry.configure(api_bases=app.config.get("OFFLOAD_PROVIDER_API_BASES") or {})
     db.init_app(app)
     migrate.init_app(app, db, directory=os.path.join(ROOT, "migrations"), render_as_batch=True,
                      compare_type=True)

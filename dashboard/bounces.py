@@ -10,6 +10,10 @@
                    "message_id": "...", "reason": "550 5.1.1 no such user"}]}
 
   ``type`` is ``bounce`` or ``complaint``; ``bounce_type`` ``hard`` or ``soft``.
+* ``<provider>/<company_id>``: the webhook of a provider that has one
+  (``sendgrid``: the Signed Event Webhook; ``mailgun``: its HMAC-signed
+  webhooks), verified by the provider (``Provider.read_webhook``) with the
+  key in the company's settings before anything of the body is used.
 
 Verification and parsing live in ``core.bounce_reports``, their effect in
 ``core.suppressions``.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 from flask import Blueprint, jsonify, request
 
@@ -30,6 +35,7 @@ from core.suppressions import event_key, normalize_email, record_event
 from core.webhooks import WebhookError, verify
 from dashboard.errors import json_error
 from dashboard.extensions import csrf
+from providers import WebhookRefused, registry
 
 log = logging.getLogger(__name__)
 bp = Blueprint("bounces", __name__, url_prefix="/callbacks/v1/bounces")
@@ -111,6 +117,34 @@ def cloudflare(company_id: int):
         key = event_key("cf", webhook_id, normalize_email(email), kind)
         applied += record_event(company_id, source="cloudflare", key=key, kind=kind, email=email,
                                 message_id=message_id, detail=detail)
+    return jsonify({"ok": True, "applied": applied})
+
+
+@bp.post("/<provider>/<int:company_id>")
+def provider_webhook(provider: str, company_id: int):
+    """Bounces and complaints from a provider's own webhook (SendGrid, Mailgun)."""
+    cls = registry.find(registry.SENDER, provider)
+    if cls is None or not cls.webhook_max_bytes:
+        return json_error(404, "not_found", "no such webhook")
+    if (request.content_length or 0) > cls.webhook_max_bytes:
+        return json_error(413, "body_too_large", "the report is too large")
+    body = request.stream.read(cls.webhook_max_bytes + 1)
+    if len(body) > cls.webhook_max_bytes:
+        return json_error(413, "body_too_large", "the report is too large")
+    company = db.session.get(Company, company_id)
+    config = company.settings.provider_config() if company is not None and company.settings else {}
+    try:
+        reports = cls.read_webhook(config, request.headers, body, time.time())
+    except WebhookRefused as exc:
+        log.warning("Company %s: %s webhook refused: %s", company_id, provider, exc)
+        return json_error(401, "unauthorized", "a valid webhook signature is required")
+    except ValueError as exc:
+        return json_error(400, "invalid_report", str(exc))
+    applied = 0
+    for report in reports:
+        key = event_key(provider, report.event_id, normalize_email(report.email), report.kind)
+        applied += record_event(company_id, source=provider, key=key, kind=report.kind, email=report.email,
+                                message_id=report.message_id, detail=report.detail)
     return jsonify({"ok": True, "applied": applied})
 
 

@@ -2,9 +2,13 @@
 
 A provider gets plain data (rendered messages, credentials in a dict) and
 returns plain results. Nothing in this package imports from ``dashboard``.
+Senders, offload transports and storage share one registry
+(``providers.registry``), where each declares the settings it reads.
 """
+from providers import registry  # noqa: F401
 from providers.base import (  # noqa: F401
     Attachment,
+    BounceReport,
     ConnectionFailure,
     Message,
     PermanentError,
@@ -14,6 +18,7 @@ from providers.base import (  # noqa: F401
     Result,
     RetryableError,
     ThrottledError,
+    WebhookRefused,
     get_provider,
     register,
 )

@@ -15,7 +15,25 @@ import botocore.session
 from botocore.config import Config
 from botocore.credentials import RefreshableCredentials
 
+from providers.registry import Setting, SettingsGroup
+
 SESSION_NAME = "manireports-offload"
+
+#: what SES, SQS and S3 read: one form section
+AWS_SETTINGS = SettingsGroup(
+    "aws", "Amazon Web Services (SES, SQS)", "Access keys, or a role the service assumes with the external id below.",
+    (
+        Setting("aws_access_key", "Access key id", "secret"),
+        Setting("aws_secret_key", "Secret access key", "secret"),
+        Setting("aws_role_arn", "Role ARN", placeholder="arn:aws:iam::123456789012:role/offload"),
+        Setting("aws_region", "Region", placeholder="us-east-1"),
+        Setting("aws_endpoint_url", "Endpoint URL", "url",
+                help="only for LocalStack/moto or a private endpoint; blank: AWS"),
+        Setting("sqs_queue_url", "SQS queue URL", "url", help="offload mode: the company's batch queue"),
+        Setting("s3_bucket", "S3 bucket", help="certificates"),
+        Setting("s3_endpoint_url", "S3 endpoint URL", "url",
+                help="certificates on R2/MinIO or a private endpoint; blank: the endpoint URL above, else AWS"),
+    ))
 
 
 def aws_session(config: dict, region: str | None = None) -> boto3.session.Session:

@@ -1,4 +1,4 @@
-"""The provider interface, its error hierarchy and the registry.
+"""The provider interface, its error hierarchy and its registration (``providers.registry``).
 
 Modelled on listmonk's ``Messenger``: a provider is built from a plain
 config dict, sends a list of already-rendered messages and reports one
@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import ClassVar
+
+from providers import registry
 
 
 class ProviderError(Exception):
@@ -77,6 +79,25 @@ class Message:
     attachments: list[Attachment] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class BounceReport:
+    """One bounce or complaint a provider's webhook reported.
+
+    ``kind`` is ``hard``, ``soft`` or ``complaint``; ``event_id`` is the
+    provider's id of the event (what makes a redelivery apply once).
+    """
+
+    kind: str
+    email: str
+    message_id: str | None
+    detail: str
+    event_id: str
+
+
+class WebhookRefused(Exception):
+    """A provider webhook failed verification (signature, key, timestamp); nothing was parsed."""
+
+
 @dataclass
 class Result:
     """The outcome for one message.
@@ -92,9 +113,17 @@ class Result:
 
 
 class Provider:
-    """Base class: subclasses set ``name`` and implement ``send``."""
+    """Base class: subclasses set ``name`` and implement ``send``.
+
+    ``label`` names the provider in the connection test; ``settings`` is the
+    group of settings it reads (``providers.registry``).
+    """
 
     name: ClassVar[str] = ""
+    label: ClassVar[str] = ""
+    settings: ClassVar[registry.SettingsGroup | None] = None
+    #: a bounce webhook's body limit; 0 when the provider has no webhook
+    webhook_max_bytes: ClassVar[int] = 0
     #: messages per provider call the caller should group (SES bulk: 50)
     chunk_size: ClassVar[int] = 50
 
@@ -109,6 +138,16 @@ class Provider:
         """Check credentials and reachability; return facts to show (quota, identity)."""
         raise NotImplementedError
 
+    @classmethod
+    def read_webhook(cls, config: dict, headers, body: bytes, now: float) -> list[BounceReport]:
+        """Verify a bounce webhook with ``config``'s key, then parse it.
+
+        Raises ``WebhookRefused`` before parsing when the request is not
+        authentic (no key configured, bad signature, stale timestamp), and
+        ``ValueError`` when an authentic body cannot be read.
+        """
+        raise NotImplementedError
+
     def close(self) -> None:
         """Release connections; safe to call twice."""
 
@@ -119,34 +158,17 @@ class Provider:
         self.close()
 
 
-_registry: dict[str, type[Provider]] = {}
-
-
 def register(cls: type[Provider]) -> type[Provider]:
-    """Class decorator: make ``cls`` available under ``cls.name``."""
-    _registry[cls.name] = cls
-    return cls
+    """Class decorator: make ``cls`` available under ``cls.name`` (``registry``, kind ``sender``)."""
+    return registry.add(registry.SENDER, cls.name, cls)
 
 
 def get_provider(name: str, config: dict) -> Provider:
     """Build the provider registered as ``name`` from ``config``."""
-    _load_builtin()
     try:
-        cls = _registry[name]
-    except KeyError:
+        return registry.create(registry.SENDER, name, config)
+    except registry.UnknownBackend:
         raise PermanentError(f"unknown provider {name!r}") from None
-    return cls(config)
-
-
-def _load_builtin() -> None:
-    import importlib
-
-    for module in ("providers.ses", "providers.smtp", "providers.cloudflare"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
 
 
 # -- helpers shared by the built-in providers ---------------------------------

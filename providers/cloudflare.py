@@ -33,8 +33,20 @@ from providers.base import (
     register,
     send_each,
 )
+from providers.registry import Setting, SettingsGroup
 
 log = logging.getLogger(__name__)
+
+#: what the Cloudflare email provider, queue transport and R2 storage read: one form section
+CLOUDFLARE_SETTINGS = SettingsGroup(
+    "cloudflare", "Cloudflare", "API token with Email Sending (direct) or Queues Write (offload).",
+    (
+        Setting("cloudflare_api_token", "API token", "secret"),
+        Setting("cloudflare_account_id", "Account id"),
+        Setting("cloudflare_queue_id", "Queue id", help="offload mode: the queue's id, not its name"),
+        Setting("cloudflare_api_base", "API base URL", "url", placeholder="https://api.cloudflare.com/client/v4"),
+        Setting("cloudflare_worker_url", "Worker URL", "url"),
+    ))
 
 DEFAULT_API_BASE = "https://api.cloudflare.com/client/v4"
 SEND_PATH = "/accounts/{account_id}/email/sending/send"
@@ -144,6 +156,8 @@ class CloudflareEmailProvider(Provider):
     """
 
     name = "cloudflare"
+    label = "Cloudflare"
+    settings = CLOUDFLARE_SETTINGS
     chunk_size = 50
 
     def __init__(self, config: dict):

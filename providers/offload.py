@@ -32,7 +32,9 @@ from providers.base import (
     RetryableError,
     ThrottledError,
 )
-from providers.aws import aws_session
+from providers import registry
+from providers.aws import AWS_SETTINGS, aws_session
+from providers.cloudflare import CLOUDFLARE_SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +117,17 @@ def split_recipients(envelope: dict, entries: list[dict], limit: int) -> tuple[l
 
 
 class OffloadTransport:
-    """Base class: subclasses set ``name`` and implement ``_send_call``."""
+    """Base class: subclasses set ``name`` and implement ``_send_call``.
+
+    ``label`` names the queue in the connection test; ``queue_setting`` is
+    the setting whose presence asks for that test outside offload mode;
+    ``settings`` is the group of settings it reads (``providers.registry``).
+    """
 
     name: ClassVar[str] = ""
+    label: ClassVar[str] = ""
+    queue_setting: ClassVar[str] = ""
+    settings: ClassVar[registry.SettingsGroup | None] = None
     #: messages per queue API call
     max_batch: ClassVar[int] = 10
     #: bytes per message, and per call in total
@@ -201,13 +211,9 @@ class OffloadTransport:
         self.close()
 
 
-_registry: dict[str, type[OffloadTransport]] = {}
-
-
 def register_transport(cls: type[OffloadTransport]) -> type[OffloadTransport]:
-    """Class decorator: make ``cls`` available under ``cls.name``."""
-    _registry[cls.name] = cls
-    return cls
+    """Class decorator: make ``cls`` available under ``cls.name`` (``registry``, kind ``transport``)."""
+    return registry.add(registry.TRANSPORT, cls.name, cls)
 
 
 def transport_name(config: dict) -> str:
@@ -219,10 +225,9 @@ def transport_name(config: dict) -> str:
 def get_transport(name: str, config: dict) -> OffloadTransport:
     """Build the transport ``name`` (``aws``, ``cloudflare`` or ``https``) from ``config``."""
     try:
-        cls = _registry[name]
-    except KeyError:
+        return registry.create(registry.TRANSPORT, name, config)
+    except registry.UnknownBackend:
         raise PermanentError(f"no offload transport for provider {name!r}") from None
-    return cls(config)
 
 
 def _require(config: dict, *keys: str) -> None:
@@ -282,6 +287,9 @@ class SqsTransport(OffloadTransport):
     """
 
     name = "aws"
+    label = "Amazon SQS queue"
+    queue_setting = "sqs_queue_url"
+    settings = AWS_SETTINGS
     max_batch = 10
 
     def __init__(self, config: dict):
@@ -421,6 +429,9 @@ class CloudflareQueueTransport(OffloadTransport):
     """
 
     name = "cloudflare"
+    label = "Cloudflare Queue"
+    queue_setting = "cloudflare_queue_id"
+    settings = CLOUDFLARE_SETTINGS
     max_batch = 100
     # Cloudflare counts decimal kilobytes (as miniflare's queue broker does).
     max_message_bytes = 128_000
@@ -524,6 +535,18 @@ def sign_request(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
+HTTPS_SETTINGS = registry.SettingsGroup(
+    "offload", "HTTPS offload",
+    "Offload mode without a queue: each batch is POSTed, signed with the callback secret, to the company's "
+    "endpoint (an API Gateway in front of its Lambda, or its Worker's /batches). Blank: batches go to the SQS "
+    "queue or Cloudflare Queue above.", (
+        registry.Setting("offload_url", "Endpoint URL", "url",
+                         placeholder="https://abc123.execute-api.eu-west-1.amazonaws.com/batches"),
+        registry.Setting("offload_auth_token", "Authentication token", "secret",
+                         help="optional; sent as Authorization: Bearer <token>"),
+    ))
+
+
 @register_transport
 class HttpsTransport(OffloadTransport):
     """POST each batch message to the company's HTTPS endpoint.
@@ -545,6 +568,9 @@ class HttpsTransport(OffloadTransport):
     """
 
     name = "https"
+    label = "HTTPS offload endpoint"
+    queue_setting = "offload_url"
+    settings = HTTPS_SETTINGS
     max_batch = 1
     #: as SQS: well under API Gateway's 10 MB and Lambda's 6 MB, and what the workers expect
     max_message_bytes = MAX_BATCH_BYTES

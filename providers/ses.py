@@ -50,7 +50,7 @@ from providers.base import (
     results_after_error,
     send_each,
 )
-from providers.aws import aws_session
+from providers.aws import AWS_SETTINGS, aws_session
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +263,8 @@ class SesProvider(Provider):
     """
 
     name = "aws"
+    label = "Amazon SES"
+    settings = AWS_SETTINGS
     chunk_size = 50
 
     def __init__(self, config: dict):

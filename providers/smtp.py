@@ -30,10 +30,20 @@ from providers.base import (
     register,
     send_each,
 )
+from providers.registry import Setting, SettingsGroup, whole_number
 
 log = logging.getLogger(__name__)
 
 TLS_MODES = ("none", "starttls", "tls")
+SMTP_SETTINGS = SettingsGroup(
+    "smtp", "SMTP", "A mail server of the company's own; with another provider it is the fallback.",
+    (
+        Setting("smtp_host", "Host", placeholder="smtp.example.com"),
+        Setting("smtp_port", "Port", "number", placeholder="587", parse=whole_number(1, 65535)),
+        Setting("smtp_username", "User"),
+        Setting("smtp_password", "Password", "secret"),
+        Setting("smtp_tls", "TLS", "select", choices=TLS_MODES, required=True),
+    ))
 DEFAULT_PORTS = {"none": 25, "starttls": 587, "tls": 465}
 DEFAULT_TIMEOUT = 20.0
 #: headers the provider writes itself; an extra header may not set them
@@ -244,6 +254,8 @@ class SmtpProvider(Provider):
     """
 
     name = "smtp"
+    label = "SMTP"
+    settings = SMTP_SETTINGS
     chunk_size = 100
 
     def __init__(self, config: dict):

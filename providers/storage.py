@@ -41,7 +41,9 @@ from providers.base import (
     RetryableError,
     ThrottledError,
 )
-from providers.aws import aws_session
+from providers import registry
+from providers.aws import AWS_SETTINGS, aws_session
+from providers.cloudflare import CLOUDFLARE_SETTINGS
 
 KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 MAX_KEY_LENGTH = 512
@@ -96,6 +98,7 @@ class Storage:
     """Base class: subclasses set ``kind`` and implement the six operations."""
 
     kind: ClassVar[str] = ""
+    settings: ClassVar[registry.SettingsGroup | None] = None
 
     def __init__(self, config: Mapping[str, Any]):
         self.config = config
@@ -134,22 +137,18 @@ class Storage:
         self.close()
 
 
-_registry: dict[str, type[Storage]] = {}
-
-
 def register_storage(cls: type[Storage]) -> type[Storage]:
-    """Class decorator: make ``cls`` available to :func:`get_storage` under ``cls.kind``."""
-    _registry[cls.kind] = cls
-    return cls
+    """Class decorator: make ``cls`` available to :func:`get_storage` under ``cls.kind``
+    (``registry``, kind ``storage``)."""
+    return registry.add(registry.STORAGE, cls.kind, cls)
 
 
 def get_storage(kind: str, config: Mapping[str, Any]) -> Storage:
     """Build the storage registered as ``kind`` (``s3``, ``r2``, ``worker_r2``) from ``config``."""
     try:
-        cls = _registry[kind]
-    except KeyError:
+        return registry.create(registry.STORAGE, kind, config)
+    except registry.UnknownBackend:
         raise PermanentError(f"unknown storage kind {kind!r}", code="unknown_storage") from None
-    return cls(config)
 
 
 def _required(config: Mapping[str, Any], name: str) -> str:
@@ -173,6 +172,7 @@ class S3Storage(Storage):
     """
 
     kind = "s3"
+    settings = AWS_SETTINGS
 
     def __init__(self, config: Mapping[str, Any], *, client: Any = None):
         super().__init__(config)
@@ -269,6 +269,7 @@ class R2Storage(S3Storage):
     """
 
     kind = "r2"
+    settings = CLOUDFLARE_SETTINGS
 
     def _endpoint_url(self, config: Mapping[str, Any]) -> str | None:
         """``aws_endpoint_url``, else the account's R2 endpoint."""
@@ -349,6 +350,7 @@ class WorkerR2Storage(Storage):
     """
 
     kind = "worker_r2"
+    settings = CLOUDFLARE_SETTINGS
     #: lifetime of the signature on our own PUT/GET/DELETE requests
     request_ttl: ClassVar[int] = 300
     probe_key: ClassVar[str] = "offload-connection-test/probe"

@@ -11,20 +11,17 @@ import logging
 import re
 import time
 
+from core import delivery_settings
 from core.db import db
 from core.models import Company, Template
 from core.checks import RESULT_TTL_S, request_key, result_key
 from core.queue import connection
 from core.rendering import CompiledTemplate, RenderError
-from providers import Message, ProviderError, get_provider
+from providers import Message, ProviderError, get_provider, registry
 from providers.offload import get_transport
 
 log = logging.getLogger(__name__)
 
-PROVIDER_NAMES = {"aws": "Amazon SES", "cloudflare": "Cloudflare", "smtp": "SMTP"}
-TRANSPORT_NAMES = {"aws": "Amazon SQS queue", "cloudflare": "Cloudflare Queue"}
-SECRET_KEYS = ("aws_access_key", "aws_secret_key", "cloudflare_api_token", "smtp_password", "moodle_db_url",
-               "offload_auth_token")
 _TAGS = re.compile(r"<[^>]*>")
 _SPACES = re.compile(r"\s+")
 
@@ -39,6 +36,8 @@ def provider_config(company: Company) -> dict:
     config = company.settings.provider_config() if company.settings else {}
     if config.get("aws_endpoint_url"):
         config.setdefault("aws_sts_endpoint_url", config["aws_endpoint_url"])
+    if config.get("offload_url"):  # the HTTPS transport signs with it (never part of a result)
+        config["callback_secret"] = company.callback_secret
     return config
 
 
@@ -50,7 +49,7 @@ def clean_reason(text) -> str:
 def redact(payload: dict, config: dict) -> dict:
     """``payload`` with every secret value of ``config`` replaced (belt and braces)."""
     text = json.dumps(payload)
-    for key in SECRET_KEYS:
+    for key in delivery_settings.secret_keys():
         value = config.get(key)
         if value and len(str(value)) >= 4:
             text = text.replace(json.dumps(str(value))[1:-1], "[redacted]")
@@ -92,11 +91,12 @@ def _transport_test(name: str, config: dict):
 def planned_checks(config: dict) -> list[tuple[str, object]]:
     """Which checks the settings call for: the provider, the offload queue, the SMTP fallback."""
     provider = config.get("provider") or "smtp"
-    checks = [(PROVIDER_NAMES.get(provider, provider), _provider_test(provider, config))]
-    queue_set = (provider == "aws" and config.get("sqs_queue_url")) or \
-        (provider == "cloudflare" and config.get("cloudflare_queue_id"))
+    checks = [(registry.label(registry.SENDER, provider), _provider_test(provider, config))]
+    way = "https" if config.get("offload_url") else provider  # as tasks.offload routes a batch
+    transport = registry.find(registry.TRANSPORT, way)
+    queue_set = transport is not None and transport.queue_setting and config.get(transport.queue_setting)
     if config.get("mode") == "offload" or queue_set:
-        checks.append((TRANSPORT_NAMES.get(provider, provider), _transport_test(provider, config)))
+        checks.append((registry.label(registry.TRANSPORT, way), _transport_test(way, config)))
     if provider != "smtp" and config.get("smtp_host"):
         checks.append(("SMTP fallback", _provider_test("smtp", config)))
     return checks

@@ -16,8 +16,8 @@ from core.models.base import TenantMixin, sha256_hex, utcnow  # noqa: F401
 from core.models.campaigns import (BOUNCE_KINDS, COMPLAINT, HARD, SOFT, BounceEvent, CampaignSettings,  # noqa: F401
                                    Suppression)
 from core.models.certificates import Certificate, CertificateTemplate  # noqa: F401
-from core.models.companies import (MODES, PROVIDERS, ROLES, SECRET_SETTINGS, SMTP_TLS, ApiToken, Company,  # noqa: F401
-                                   DeliverySettings, Template, User)
+from core.models.companies import (MODES, ROLES, ApiToken, Company, DeliverySettings, Template,  # noqa: F401
+                                   User)
 from core.models.jobs import Batch, Job, Recipient, WebhookReceipt  # noqa: F401
 from core.models.statuses import *  # noqa: F401,F403
 from core.models.statuses import (BATCH_FINAL, JOB_FINAL, JOB_TYPES, RECIPIENT_FINAL, BatchStatus,  # noqa: F401

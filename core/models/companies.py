@@ -8,7 +8,7 @@ from flask_login import UserMixin
 from sqlalchemy import UniqueConstraint
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from core.crypto import EncryptedText
+from core.crypto import EncryptedJSON, EncryptedText
 from core.db import db
 from core.models.base import TenantMixin, sha256_hex, utcnow
 
@@ -44,13 +44,10 @@ class Company(db.Model):
         return self.name
 
 
-# delivery settings keys of CONTRACT §1 `company configure`
-SECRET_SETTINGS = ("aws_access_key", "aws_secret_key", "cloudflare_api_token", "smtp_password",
-                   "offload_auth_token")
-PROVIDERS = ("aws", "cloudflare", "smtp")
+# The delivery settings' keys, validation and which are secret are declared by the
+# providers (providers.registry) and the service (core.delivery_settings).
 MODES = ("direct", "offload")
 ROLES = ("admin", "manager")
-SMTP_TLS = ("none", "starttls", "tls")
 
 
 class DeliverySettings(TenantMixin, db.Model):
@@ -75,8 +72,7 @@ class DeliverySettings(TenantMixin, db.Model):
     cloudflare_queue_id = db.Column(db.String(64))
     cloudflare_api_base = db.Column(db.String(500))
     cloudflare_worker_url = db.Column(db.String(500))
-    # HTTPS offload: batches are POSTed here (API Gateway or the Worker's /batches) instead of a queue
-    offload_url = db.Column(db.String(500))
+    offload_url = db.Column(db.String(500))  # HTTPS offload endpoint (providers.offload.HttpsTransport)
     offload_auth_token = db.Column(EncryptedText)
     smtp_host = db.Column(db.String(255))
     smtp_port = db.Column(db.Integer)
@@ -84,14 +80,36 @@ class DeliverySettings(TenantMixin, db.Model):
     smtp_password = db.Column(EncryptedText)
     smtp_tls = db.Column(db.String(16), nullable=False, default="starttls")
     max_send_rate = db.Column(db.Float)
+    # every setting a provider declares that has no column above, encrypted as one document;
+    # a provider added later stores its settings here, so it needs no migration
+    provider_settings = db.Column(EncryptedJSON)
     updated_at = db.Column(db.DateTime, nullable=False, default=utcnow, onupdate=utcnow)
 
     company = db.relationship("Company", back_populates="settings")
 
     def provider_config(self) -> dict:
         """Plain dict of every setting, secrets decrypted, for ``providers``."""
-        cols = [c.name for c in self.__table__.columns if c.name not in ("id", "company_id", "updated_at")]
-        return {name: getattr(self, name) for name in cols}
+        cols = [c.name for c in self.__table__.columns
+                if c.name not in ("id", "company_id", "updated_at", "provider_settings")]
+        return {**(self.provider_settings or {}), **{name: getattr(self, name) for name in cols}}
+
+    def get_setting(self, key: str):
+        """One setting: its column, else its entry in ``provider_settings``."""
+        if key in self.__table__.columns and key != "provider_settings":
+            return getattr(self, key)
+        return (self.provider_settings or {}).get(key)
+
+    def set_setting(self, key: str, value) -> None:
+        """Store one setting in its column, else in ``provider_settings`` (blank removes it)."""
+        if key in self.__table__.columns and key != "provider_settings":
+            setattr(self, key, value)
+            return
+        stored = dict(self.provider_settings or {})  # a new dict: the column sees the change
+        if value is None:
+            stored.pop(key, None)
+        else:
+            stored[key] = value
+        self.provider_settings = stored or None
 
     def has_smtp(self) -> bool:
         return bool(self.smtp_host)

@@ -1,7 +1,8 @@
 """A company's delivery settings, API tokens and callback secret.
 
-One form per provider (plus general and advanced settings), applied and
-validated by ``core.companies.configure``. Secrets are write-only: the
+One form per settings group (``core.delivery_settings``: general, each
+provider's declared group, advanced), applied and validated by
+``core.companies.configure``. Secrets are write-only: the
 page says whether one is set, a blank field keeps it, a "clear" box removes
 it, and no value is ever rendered back, logged or audited (the audit entry
 lists field names). A new API token or callback secret is shown once, in the
@@ -13,8 +14,6 @@ check id; the page polls ``check_result`` for the outcome.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from flask import abort, flash, jsonify, make_response, redirect, request, url_for
 from flask_admin import expose
 from redis import RedisError
@@ -22,102 +21,34 @@ from sqlalchemy import select
 
 from core import audit
 from dashboard.admin.base import SecureBaseView, scope
+from core import delivery_settings
 from core.companies import configure, rotate_callback_secret
 from core.db import db
-from core.models import MODES, PROVIDERS, SECRET_SETTINGS, SMTP_TLS, ApiToken, Company, DeliverySettings, utcnow
+from core.models import ApiToken, Company, utcnow
 from core.rendering import valid_email
 from core.tenancy import get_or_404
 from core.checks import start_connection_test
 from core.checks import start_test_email
 from core.checks import read_result
-
-#: write-only settings: the four secrets, and the Moodle database URL (it holds a password)
-WRITE_ONLY = (*SECRET_SETTINGS, "moodle_db_url")
+from providers.registry import SettingsGroup
 
 
-@dataclass(frozen=True)
-class Field:
-    key: str
-    label: str
-    kind: str = "text"  # text | email | number | url | select | checkbox | secret
-    help: str = ""
-    choices: tuple = ()
-    placeholder: str = ""
+def sections() -> tuple[SettingsGroup, ...]:
+    """The form's sections: the settings groups of ``core.delivery_settings``."""
+    return delivery_settings.groups()
 
 
-@dataclass(frozen=True)
-class Section:
-    name: str
-    title: str
-    intro: str
-    fields: tuple[Field, ...] = field(default_factory=tuple)
-
-
-SECTIONS = (
-    Section("general", "Delivery", "How this company's email leaves: which provider, sent by the service's workers "
-            "(direct) or by the company's own cloud worker (offload).", (
-                Field("provider", "Provider", "select", choices=PROVIDERS),
-                Field("mode", "Mode", "select", choices=MODES,
-                      help="direct: the service sends; offload: batches go to the company's queue"),
-                Field("enabled", "Delivery enabled", "checkbox"),
-                Field("sender", "Sender address", "email", placeholder="noreply@example.com",
-                      help="From address; for SES it must be a verified identity"),
-                Field("max_send_rate", "Max send rate", "number", help="emails per second; blank: no limit"),
-            )),
-    Section("aws", "Amazon Web Services (SES, SQS)", "Access keys, or a role the service assumes with the "
-            "external id below.", (
-                Field("aws_access_key", "Access key id", "secret"),
-                Field("aws_secret_key", "Secret access key", "secret"),
-                Field("aws_role_arn", "Role ARN", placeholder="arn:aws:iam::123456789012:role/offload"),
-                Field("aws_region", "Region", placeholder="us-east-1"),
-                Field("aws_endpoint_url", "Endpoint URL", "url",
-                      help="only for LocalStack/moto or a private endpoint; blank: AWS"),
-                Field("sqs_queue_url", "SQS queue URL", "url", help="offload mode: the company's batch queue"),
-                Field("s3_bucket", "S3 bucket", help="certificates"),
-            )),
-    Section("cloudflare", "Cloudflare", "API token with Email Sending (direct) or Queues Write (offload).", (
-                Field("cloudflare_api_token", "API token", "secret"),
-                Field("cloudflare_account_id", "Account id"),
-                Field("cloudflare_queue_id", "Queue id", help="offload mode: the queue's id, not its name"),
-                Field("cloudflare_api_base", "API base URL", "url", placeholder="https://api.cloudflare.com/client/v4"),
-                Field("cloudflare_worker_url", "Worker URL", "url"),
-            )),
-    Section("offload", "HTTPS offload", "Offload mode without a queue: each batch is POSTed, signed with the "
-            "callback secret, to the company's endpoint (an API Gateway in front of its Lambda, or its Worker's "
-            "/batches). Blank: batches go to the SQS queue or Cloudflare Queue above.", (
-                Field("offload_url", "Endpoint URL", "url",
-                      placeholder="https://abc123.execute-api.eu-west-1.amazonaws.com/batches"),
-                Field("offload_auth_token", "Authentication token", "secret",
-                      help="optional; sent as Authorization: Bearer <token>"),
-            )),
-    Section("smtp", "SMTP", "A mail server of the company's own; with another provider it is the fallback.", (
-                Field("smtp_host", "Host", placeholder="smtp.example.com"),
-                Field("smtp_port", "Port", "number", placeholder="587"),
-                Field("smtp_username", "User"),
-                Field("smtp_password", "Password", "secret"),
-                Field("smtp_tls", "TLS", "select", choices=SMTP_TLS),
-            )),
-    Section("advanced", "Advanced", "Recovery policy, data retention and integrations.", (
-                Field("uncertain_policy", "After a crash, uncertain recipients", "select", choices=("resend", "fail")),
-                Field("data_retention_days", "Keep recipient data (days)", "number",
-                      help="blank: the service default"),
-                Field("sns_topic_arn", "SNS topic ARN (bounces)"),
-                Field("moodle_db_url", "Moodle database URL", "secret", help="write-only; it holds a password"),
-            )),
-)
-SECTION_BY_NAME = {s.name: s for s in SECTIONS}
+def section_named(name: str) -> SettingsGroup | None:
+    return next((s for s in sections() if s.name == name), None)
 
 
 def current_values(company: Company) -> dict:
     """Every non-secret setting as a string for the form; secrets only as set / not set."""
-    settings = company.settings or DeliverySettings()
     values: dict = {}
-    for section in SECTIONS:
+    for section in sections():
         for f in section.fields:
-            owner = company if f.key in ("uncertain_policy", "data_retention_days", "moodle_db_url",
-                                         "sns_topic_arn") else settings
-            value = getattr(owner, f.key, None)
-            if f.kind == "secret":
+            value = delivery_settings.read(company, f.key)
+            if f.secret:
                 values[f.key] = bool(value)
             elif f.kind == "checkbox":
                 values[f.key] = value is None or bool(value)
@@ -126,11 +57,11 @@ def current_values(company: Company) -> dict:
     return values
 
 
-def submitted_values(section: Section, form) -> dict:
+def submitted_values(section: SettingsGroup, form) -> dict:
     """The ``configure`` input of one section's form: blank secrets keep, "clear" removes."""
     values = {}
     for f in section.fields:
-        if f.kind == "secret":
+        if f.secret:
             if form.get(f"clear_{f.key}"):
                 values[f.key] = ""
             elif form.get(f.key, ""):
@@ -145,7 +76,7 @@ def submitted_values(section: Section, form) -> dict:
 def error_field(message: str) -> str | None:
     """The setting a ``configure`` error names (``"smtp_port: ..."``)."""
     key = message.partition(":")[0].strip()
-    return key if any(f.key == key for s in SECTIONS for f in s.fields) else None
+    return key if key in delivery_settings.by_key() else None
 
 
 class CompanySettingsView(SecureBaseView):
@@ -162,7 +93,7 @@ class CompanySettingsView(SecureBaseView):
     def _page(self, company: Company, status: int = 200, **extra):
         tokens = db.session.execute(ApiToken.scoped(company.id)
                                     .order_by(ApiToken.revoked_at.is_not(None), ApiToken.created_at.desc())).scalars()
-        context = {"company": company, "sections": SECTIONS, "values": current_values(company),
+        context = {"company": company, "sections": sections(), "values": current_values(company),
                    "settings": company.settings, "tokens": list(tokens), "errors": {}, "failed_section": None,
                    "submitted": {}, "check_id": request.args.get("check", ""), "now": utcnow(), **extra}
         response = make_response(self.render("admin/settings/company.html", **context), status)
@@ -183,7 +114,7 @@ class CompanySettingsView(SecureBaseView):
     @expose("/<int:company_id>/save", methods=("POST",))
     def save(self, company_id: int):
         company = self._company(company_id)
-        section = SECTION_BY_NAME.get(request.form.get("section", ""))
+        section = section_named(request.form.get("section", ""))
         if section is None:
             abort(400)
         try:
@@ -192,7 +123,7 @@ class CompanySettingsView(SecureBaseView):
             db.session.rollback()
             message = str(exc)
             key = error_field(message) or "_form"
-            submitted = {f.key: request.form.get(f.key, "") for f in section.fields if f.kind != "secret"}
+            submitted = {f.key: request.form.get(f.key, "") for f in section.fields if not f.secret}
             return self._page(company, 400, errors={key: message}, failed_section=section.name,
                               submitted=submitted)
         if changed:
