@@ -30,7 +30,8 @@ def progress() -> int:
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_sigkill_workers_mid_takeover_loses_nothing_and_takes_each_row_once(app, make_company, ses, fleet, fault_report):
+def test_sigkill_workers_mid_takeover_loses_nothing_and_takes_each_row_once(app, make_company, ses, fleet,
+                                                                             fault_report):
     moodle = MoodleDb("mysql", "mdl_")
     try:
         moodle.add_company(IOMAD, "Acme IOMAD")
