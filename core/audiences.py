@@ -1,5 +1,6 @@
 """Who a campaign goes to: an uploaded CSV list, or the LMS users inactive for
-N days read (read-only) from the company's Moodle/IOMAD database.
+N days read (read-only) from the company's Moodle/IOMAD database
+(PostgreSQL or MySQL/MariaDB, ``core.lms.connection``).
 
 Uploaded lists may hold passwords: they stay in memory and, between the
 upload and the confirm step, encrypted in Redis for an hour
@@ -18,23 +19,21 @@ from dataclasses import dataclass, field
 from jinja2 import meta
 from jinja2.sandbox import SandboxedEnvironment
 from redis import Redis
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.pool import NullPool
 
 from core import crypto
-from core.models import CampaignSettings
 from core.db import db
-from core.models import Company
+from core.lms import connection as lms_connection
+from core.models import CampaignSettings, Company
 from core.rendering import valid_email
-from core.settings import normalize_database_url
 
 UPLOAD_TTL_S = 3600
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MASK = "••••"
 #: fields whose values the preview never shows (passwords, licence codes, tokens)
 SECRET_FIELD = re.compile(r"pass|pwd|secret|token|licen[cs]e|code|key", re.IGNORECASE)
-PREFIX_RE = re.compile(r"^[a-z][a-z0-9_]{0,19}$")
+PREFIX_RE = lms_connection.PREFIX_RE
 
 
 class AudienceError(ValueError):
@@ -183,11 +182,11 @@ class UploadStore:
 
 # -- the LMS database -------------------------------------------------------------
 def lms_settings(company_id: int) -> CampaignSettings | None:
-    return db.session.execute(CampaignSettings.scoped(company_id)).scalar_one_or_none()
+    return lms_connection.settings_row(company_id)
 
 
 def save_lms_settings(company_id: int, iomad_company_id, prefix: str) -> CampaignSettings:
-    """Store the IOMAD company id and table prefix; raise ``AudienceError`` on bad values."""
+    """Store the IOMAD company id and table prefix (admins); raise ``AudienceError`` on bad values."""
     try:
         iomad_id = int(str(iomad_company_id).strip())
     except ValueError:
@@ -204,43 +203,41 @@ def save_lms_settings(company_id: int, iomad_company_id, prefix: str) -> Campaig
     return row
 
 
-def _inactive_sql(prefix: str, count: bool) -> str:
+def _inactive_sql(cfg: lms_connection.LmsConfig, count: bool) -> str:
+    """Portable SQL (PostgreSQL and MySQL/MariaDB) over Moodle's ``user`` and IOMAD's ``company_users``."""
     cols = "count(*)" if count else "u.email, u.firstname, u.lastname, u.username, u.lastaccess"
     order = "" if count else " ORDER BY u.id"
-    return (f"SELECT {cols} FROM {prefix}user u WHERE u.deleted = 0 AND u.suspended = 0 AND u.email <> '' "
-            f"AND u.lastaccess < :cutoff AND EXISTS (SELECT 1 FROM {prefix}company_users cu "
+    return (f"SELECT {cols} FROM {cfg.table('user')} u WHERE u.deleted = 0 AND u.suspended = 0 AND u.email <> '' "
+            f"AND u.lastaccess < :cutoff AND EXISTS (SELECT 1 FROM {cfg.table('company_users')} cu "
             f"WHERE cu.userid = u.id AND cu.companyid = :company){order}")
 
 
 def lms_engine(url: str):
-    """An engine on the LMS database; on PostgreSQL every transaction is read-only."""
-    url = normalize_database_url(url)
-    args = {"connect_timeout": 10, "options": "-c default_transaction_read_only=on -c statement_timeout=60000"} \
-        if url.startswith("postgresql") else {}
+    """A read-only engine on the LMS database (PostgreSQL or MySQL/MariaDB), through the endpoint guard."""
     try:
-        return create_engine(url, poolclass=NullPool, connect_args=args)
-    except (SQLAlchemyError, ValueError, ImportError) as exc:  # never the URL: it holds the LMS password
-        raise AudienceError(f"the LMS database URL cannot be used ({type(exc).__name__})") from None
+        return lms_connection.open_engine(url, read_only=True)
+    except lms_connection.LmsError as exc:
+        raise AudienceError(str(exc)) from None
 
 
 def _lms_query(company: Company, days: int, count: bool):
-    if not company.moodle_db_url:
-        raise AudienceError("no LMS database is configured for the company (moodle_db_url)")
-    settings = lms_settings(company.id)
-    if settings is None or not settings.iomad_company_id:
+    cfg = lms_connection.config_for(company)
+    if not cfg.url:
+        raise AudienceError("no LMS database is configured for the company (lms_url)")
+    if not cfg.iomad_company_id:
         raise AudienceError("set the company's IOMAD company id first")
     if not isinstance(days, int) or not 1 <= days <= 3650:
         raise AudienceError("inactive days must be a whole number from 1 to 3650")
-    if not PREFIX_RE.match(settings.moodle_prefix or ""):
+    if not PREFIX_RE.match(cfg.prefix or ""):
         raise AudienceError("the stored table prefix is invalid")
-    params = {"cutoff": int(time.time()) - days * 86400, "company": settings.iomad_company_id}
-    engine = lms_engine(company.moodle_db_url)
+    params = {"cutoff": int(time.time()) - days * 86400, "company": cfg.iomad_company_id}
+    engine = lms_engine(cfg.url)
     try:
         with engine.connect() as conn:
-            result = conn.execute(text(_inactive_sql(settings.moodle_prefix, count)), params)
+            result = conn.execute(text(_inactive_sql(cfg, count)), params)
             return result.scalar() if count else [dict(r._mapping) for r in result]
     except SQLAlchemyError as exc:  # never the URL: it holds the LMS password
-        raise AudienceError(f"the LMS database could not be read ({type(exc).__name__})") from None
+        raise AudienceError(str(lms_connection.failure("could not be read", exc))) from None
     finally:
         engine.dispose()
 

@@ -60,6 +60,7 @@ def configure(company: Company, values: dict) -> list[str]:
     a ``ValueError`` names the key (``"smtp_port: out of range"``).
     """
     known = delivery_settings.by_key()
+    values = {delivery_settings.ALIASES.get(key, key): raw for key, raw in values.items()}
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(f"unknown setting(s): {', '.join(unknown)}")

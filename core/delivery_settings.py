@@ -17,11 +17,24 @@ from __future__ import annotations
 from providers import registry
 from providers.registry import Setting, SettingsGroup, whole_number
 
-from core.models import MODES, Company, DeliverySettings
+import os
+
+from core.db import db
+from core.lms import connection as lms_connection
+from core.models import MODES, CampaignSettings, Company, DeliverySettings
 from core.rendering import valid_email
 
 #: settings stored on the company itself
-COMPANY_KEYS = ("uncertain_policy", "data_retention_days", "moodle_db_url", "sns_topic_arn")
+COMPANY_KEYS = ("uncertain_policy", "data_retention_days", "sns_topic_arn")
+#: the LMS connection (CONTRACT §7): key → (owner, attribute); the URL is ``companies.moodle_db_url``
+#: (encrypted), the rest ``campaign_settings``. Admins and the operator CLI only, never a manager.
+LMS_COLUMNS = {"lms_url": ("company", "moodle_db_url"), "lms_prefix": ("lms", "moodle_prefix"),
+               "iomad_company_id": ("lms", "iomad_company_id"), "iomad_email_queue": ("lms", "iomad_email_queue"),
+               "lms_completions": ("lms", "lms_completions"), "lms_dataroot": ("lms", "lms_dataroot")}
+#: old names ``configure`` still accepts
+ALIASES = {"moodle_db_url": "lms_url"}
+#: form sections only admins see and save
+ADMIN_ONLY = ("lms",)
 
 
 def _sender(raw: str) -> str:
@@ -68,13 +81,53 @@ ADVANCED = SettingsGroup("advanced", "Advanced", "Recovery policy, data retentio
     Setting("data_retention_days", "Keep recipient data (days)", "number", parse=whole_number(0),
             help="blank: the service default"),
     Setting("sns_topic_arn", "SNS topic ARN (bounces)"),
-    Setting("moodle_db_url", "Moodle database URL", "secret", help="write-only; it holds a password"),
 ))
+
+
+def _lms_url(raw: str) -> str:
+    try:
+        lms_connection.parse_url(raw)
+    except lms_connection.LmsError as exc:
+        raise ValueError(str(exc).removeprefix("lms_url: ")) from None
+    return raw
+
+
+def _lms_prefix(raw: str) -> str:
+    try:
+        return lms_connection.check_prefix(raw)
+    except lms_connection.LmsError as exc:
+        raise ValueError(str(exc).removeprefix("lms_prefix: ")) from None
+
+
+def _iomad_company_id(raw: str) -> int:
+    if not str(raw).isdigit() or int(raw) < 1:
+        raise ValueError("expected a whole number above 0 (IOMAD's company id)")
+    return int(raw)
+
+
+def _dataroot(raw: str) -> str:
+    if not os.path.isabs(raw) or "\x00" in raw:
+        raise ValueError("expected an absolute path (Moodle's dataroot as the workers see it)")
+    return os.path.normpath(raw)
+
+
+LMS = SettingsGroup("lms", "LMS connection (Moodle/IOMAD)", "The company's Moodle/IOMAD database: learners for "
+                    "re-engagement, IOMAD's email queue, course completions. Admins only.", (
+                        Setting("lms_url", "Database URL", "secret", parse=_lms_url,
+                                help="mysql://user:pass@host:3306/moodle or postgresql://...; write-only"),
+                        Setting("lms_prefix", "Table prefix", placeholder="mdl_", parse=_lms_prefix),
+                        Setting("iomad_company_id", "IOMAD company id", "number", parse=_iomad_company_id),
+                        Setting("iomad_email_queue", "Take over IOMAD's email queue", "checkbox",
+                                help="disable IOMAD's email_cron_task first"),
+                        Setting("lms_completions", "Course completions become certificates", "checkbox"),
+                        Setting("lms_dataroot", "Moodle dataroot (attachments)", placeholder="/var/moodledata",
+                                parse=_dataroot, help="as mounted on the workers; blank: rows with attachments fail"),
+                    ))
 
 
 def groups() -> tuple[SettingsGroup, ...]:
     """The form's sections, in order: general, each provider group, advanced."""
-    return (general(), *registry.settings_groups(), ADVANCED)
+    return (general(), *registry.settings_groups(), ADVANCED, LMS)
 
 
 def by_key() -> dict[str, Setting]:
@@ -87,10 +140,25 @@ def secret_keys() -> tuple[str, ...]:
     return tuple(key for key, setting in by_key().items() if setting.secret)
 
 
+def _lms_owner(company: Company, key: str, create: bool):
+    owner, attr = LMS_COLUMNS[key]
+    if owner == "company":
+        return company, attr
+    row = lms_connection.settings_row(company.id)
+    if row is None and create:
+        row = CampaignSettings(company_id=company.id)
+        db.session.add(row)
+    return row, attr
+
+
 def read(company: Company, key: str):
     """The stored value of setting ``key`` (``None`` when unset)."""
     if key in COMPANY_KEYS:
         return getattr(company, key)
+    if key in LMS_COLUMNS:
+        row, attr = _lms_owner(company, key, create=False)
+        value = getattr(row, attr) if row is not None else None
+        return bool(value) if key in ("iomad_email_queue", "lms_completions") else value
     return company.settings.get_setting(key) if company.settings else None
 
 
@@ -98,6 +166,14 @@ def write(company: Company, key: str, value) -> None:
     """Store setting ``key``."""
     if key in COMPANY_KEYS:
         setattr(company, key, value)
+        return
+    if key in LMS_COLUMNS:
+        row, attr = _lms_owner(company, key, create=True)
+        if key == "lms_prefix" and value is None:
+            value = "mdl_"
+        elif key in ("iomad_email_queue", "lms_completions"):
+            value = bool(value)
+        setattr(row, attr, value)
         return
     if company.settings is None:
         company.settings = DeliverySettings(company=company)

@@ -161,8 +161,12 @@ def find_idempotent(company_id: int, key: str) -> Job | None:
 
 
 def create_job(company_id: int, payload, *, idempotency_key: str | None = None, source: str = "api",
-               user_id: int | None = None, max_recipients: int = 50_000) -> tuple[Job, bool]:
+               user_id: int | None = None, max_recipients: int = 50_000,
+               before_commit=None) -> tuple[Job, bool]:
     """Validate and store a job with its recipients; returns (job, created).
+
+    ``before_commit(job)`` runs after the recipients are inserted, in the same
+    transaction (the LMS connector records which IOMAD rows the job took).
 
     The caller commits nothing: this commits, then the job is enqueued by
     ``core.queue.enqueue_job``.
@@ -195,6 +199,8 @@ def create_job(company_id: int, payload, *, idempotency_key: str | None = None, 
     job.email_count = len(rows)
     job.emails_failed = counts[R_FAILED]
     job.emails_suppressed = counts[R_SUPPRESSED]
+    if before_commit is not None:
+        before_commit(job)
     audit.record("job_created", company_id=company_id, object_type="job", object_id=job.id,
                  details={"type": job.type, "recipients": len(rows), "source": source})
     commit_keeping(job)

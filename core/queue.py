@@ -185,7 +185,8 @@ def requeue_open_batches(job_id: int) -> None:
     """Queue every waiting batch of a job again (after a resume); planning too,
     for a job paused before it was planned. The claims decide who sends."""
     rows = db.session.execute(text(
-        "SELECT b.id, b.attempts, coalesce(ds.mode, 'direct') AS mode FROM batches b "
+        "SELECT b.id, b.attempts, CASE WHEN jb.source = 'lms' THEN 'direct' ELSE coalesce(ds.mode, 'direct') END "
+        "AS mode FROM batches b JOIN jobs jb ON jb.id = b.job_id "
         "LEFT JOIN delivery_settings ds ON ds.company_id = b.company_id "
         "WHERE b.job_id = :j AND b.status IN ('pending', 'queued', 'retry')"), {"j": job_id}).all()
     offload = [r.id for r in rows if r.mode == "offload"]
@@ -271,3 +272,51 @@ def schedule_sweep(interval: float) -> None:
     if not RQJob.exists(rq_id, connection=connection()):  # kept after it ran: once per slot
         get_queue(HIGH).enqueue("tasks.sweep.sweep", job_id=rq_id, result_ttl=int(interval * 2),
                                 failure_ttl=3600)
+
+
+# -- the LMS connector (core.lms, tasks.lms) ----------------------------------------
+LMS_MARK_DELAY_S = 1.0
+
+
+def enqueue_lms_mark(company_id: int) -> None:
+    """Queue the marking of a company's finished IOMAD rows, unless one is already waiting."""
+    rq_id = f"lms-mark-{company_id}"
+    try:
+        if _waiting(rq_id):
+            return
+    except (RedisError, OSError):
+        return  # the next poll marks them
+    # a second later: the batches ending meanwhile share one marking (one LMS connection, few UPDATEs)
+    _safe(f"lms mark {company_id}", get_queue(HIGH).enqueue_in, timedelta(seconds=LMS_MARK_DELAY_S),
+          "tasks.lms.mark_rows", company_id, job_id=rq_id, retry=JOB_RETRY, **JOB_KW)
+
+
+def _waiting(rq_id: str) -> bool:
+    """True when RQ holds ``rq_id`` queued or scheduled (not yet started)."""
+    try:
+        status = RQJob.fetch(rq_id, connection=connection()).get_status(refresh=False)
+    except NoSuchJobError:
+        return False
+    return str(getattr(status, "value", status)) in ("queued", "scheduled", "deferred")
+
+
+def enqueue_lms_polls(company_ids: list[int]) -> None:
+    """Queue a poll of each company unless one is already waiting, so polls never pile up
+    behind a long one. A running one does not count: its worker may have died (a second
+    poll meanwhile finds the company's lock taken, or the rows already taken)."""
+    for company_id in company_ids:
+        rq_id = f"lms-poll-{company_id}"
+        try:
+            if _waiting(rq_id):
+                continue
+        except (RedisError, OSError):
+            return
+        _safe(f"lms poll {company_id}", get_queue(DEFAULT).enqueue, "tasks.lms.poll_company", company_id,
+              job_id=rq_id, result_ttl=0, failure_ttl=24 * 3600)
+
+
+def schedule_lms_polls(interval: float) -> None:
+    """Queue one ``tasks.lms.poll_all`` per ``interval`` slot (deduplicated across workers)."""
+    rq_id = f"lms-polls-{int(time.time() // interval)}"
+    if not RQJob.exists(rq_id, connection=connection()):
+        get_queue(HIGH).enqueue("tasks.lms.poll_all", job_id=rq_id, result_ttl=int(interval * 2), failure_ttl=3600)

@@ -128,6 +128,9 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
         "OFFLOAD_SWEEP_S": (15, 1, None),
         "OFFLOAD_QUOTA_RESUME_S": (3600, 1, None),
         "OFFLOAD_PROXY_HOPS": (0, 0, 10),
+        "OFFLOAD_LMS_POLL_S": (30, 1, None),
+        "OFFLOAD_LMS_CHUNK": (500, 1, 10_000),
+        "OFFLOAD_LMS_MAX_ROWS": (10_000, 1, None),
     }
     for name, (default, lo, hi) in ints.items():
         raw = env.get(name)
@@ -165,6 +168,7 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
     cfg["OFFLOAD_EMBEDDED_REDIS"] = parse_boolean("OFFLOAD_EMBEDDED_REDIS", env.get("OFFLOAD_EMBEDDED_REDIS", "1"))
     cfg["OFFLOAD_PROVIDER_API_BASES"] = parse_api_bases(
         "OFFLOAD_PROVIDER_API_BASES", env.get("OFFLOAD_PROVIDER_API_BASES", ""))
+    cfg["OFFLOAD_LMS_FORCE"] = parse_boolean("OFFLOAD_LMS_FORCE", env.get("OFFLOAD_LMS_FORCE", "0"))
     return cfg
 
 

@@ -1,6 +1,6 @@
-"""The Flask CLI of CONTRACT §1: db upgrade (Flask-Migrate), company, user,
-keys rotate, and run-demo (the ``make run`` quick start). ``worker`` is
-``tasks.cli``, registered by the app factory."""
+"""The Flask CLI of CONTRACT §1 and §7: db upgrade (Flask-Migrate), company, user,
+keys rotate, lms poll / lms test, and run-demo (the ``make run`` quick start).
+``worker`` is ``tasks.cli``, registered by the app factory."""
 from __future__ import annotations
 
 import click
@@ -10,9 +10,13 @@ from sqlalchemy import select
 
 from core import audit, companies, logs
 from core.db import db
+from core.lms.connection import LmsError, describe_connection
+from core.lms.poller import poll_once
 from core.models import ROLES, Company, User
 from core.rotation import reencrypt_all
 from dashboard.devserver import serve
+
+lms_cli = AppGroup("lms", help="The Moodle/IOMAD connector.")
 
 company_cli = AppGroup("company", help="Create and configure companies.")
 user_cli = AppGroup("user", help="Create logins.")
@@ -54,6 +58,35 @@ def company_configure(company_id: int, pairs: tuple[str, ...]) -> None:
     click.echo(f"updated: {', '.join(sorted(changed)) or 'nothing'}")
 
 
+@lms_cli.command("poll")
+@click.argument("company_id", type=int)
+def lms_poll(company_id: int) -> None:
+    """Poll company ID's LMS now: IOMAD's email queue and course completions."""
+    try:
+        found = poll_once(company_id)
+    except LmsError as exc:
+        raise click.ClickException(str(exc)) from None
+    for key, value in found.items():
+        click.echo(f"{key}: {value}")
+    if any(key.endswith("_error") for key in found):
+        raise SystemExit(1)
+
+
+@lms_cli.command("test")
+@click.argument("company_id", type=int)
+def lms_test(company_id: int) -> None:
+    """Connect to company ID's LMS database and print what it sees."""
+    company = db.session.get(Company, company_id)
+    if company is None:
+        raise click.ClickException(f"no company with id {company_id}")
+    try:
+        found = describe_connection(company)
+    except LmsError as exc:
+        raise click.ClickException(str(exc)) from None
+    for key, value in found.items():
+        click.echo(f"{key}: {value}")
+
+
 @user_cli.command("create")
 @click.argument("email")
 @click.option("--password", required=True, help="The login password.")
@@ -90,7 +123,7 @@ def run_demo(host: str, port: int) -> None:
 
 
 def init_app(app) -> None:
-    for command in (company_cli, user_cli, keys_cli, run_demo):
+    for command in (company_cli, user_cli, keys_cli, lms_cli, run_demo):
         app.cli.add_command(command)
 
 

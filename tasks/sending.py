@@ -25,8 +25,9 @@ from core.queue import connection
 from core.rendering import CompiledTemplate, RenderError
 from providers import (ConnectionFailure, Message, PermanentError, ProviderError, QuotaExceededError, Result,
                        ThrottledError)
+from core import batches, queue
+from core.lms import email_queue
 from tasks import certificates, limits
-from core import queue, batches
 from tasks.routing import Route, fallback_route, primary_route, provider_for
 from tasks.headers import extra_headers
 
@@ -58,7 +59,9 @@ def plan_job(job_id: int) -> int:
         finish_job(job_id)
         return 0
     settings = db.session.get(Company, job.company_id).settings
-    if settings is not None and settings.enabled and settings.mode == "offload":
+    # jobs taken from IOMAD's queue are sent here (the LMS hook: Reply-To, attachments, marking rows),
+    # on the company's SMTP route in offload mode
+    if settings is not None and settings.enabled and settings.mode == "offload" and job.source != "lms":
         queue.enqueue_submit(batch_ids)
     else:
         queue.enqueue_batches([(bid, 0) for bid in batch_ids])
@@ -94,6 +97,7 @@ class BatchRun:
         self.job_type = job.type
         self.template = CompiledTemplate(job.subject, job.body_text, job.body_html)
         self.certificates = certificates.mail_for(job)  # None unless a certificate job
+        self.lms = email_queue.mail_for(job)  # None unless a job taken from IOMAD's email queue
         self.throttle_waits = 0
         self.throttle_streak = 0  # throttled calls since the last one that went through
 
@@ -119,10 +123,15 @@ class BatchRun:
             try:
                 attachments = self.certificates.attachments(rid, data) if self.certificates else []
                 r = self.template.render(data)
+                if self.lms:
+                    attachments = attachments + self.lms.attachments(data)
+                    r = self.lms.adjust(r)
             except RenderError as exc:
                 failures.append(Result(rid, "failed", error=f"render_error: {exc}"))
                 continue
             headers = extra_headers(self.company, self.job_type, rid, email)
+            if self.lms:
+                headers.update(self.lms.headers(data))
             messages.append(Message(key=rid, to=email, subject=r.subject, text=r.text, html=r.html, headers=headers,
                                     attachments=attachments))
         return messages, failures
@@ -280,6 +289,8 @@ class BatchRun:
 
     def stop(self, status: str, route: str | None = None, error: str | None = None) -> str:
         batches.release_batch(self.claim, status, route=route, error=error)
+        if self.lms:  # the provider has answered for this batch: mark its IOMAD rows
+            queue.enqueue_lms_mark(self.company.id)
         if status in (B_DONE, B_FAILED, B_CANCELLED):
             if finish_job(self.claim.job_id) is None and status == B_CANCELLED:
                 queue.enqueue_finish(self.claim.job_id)

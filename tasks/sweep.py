@@ -33,7 +33,8 @@ GRACE_S = 10  # a queued batch younger than this is left alone
 def expired_leases() -> list[tuple[int, int, str]]:
     """(batch id, attempts, company mode) of batches whose holder's lease ran out."""
     rows = db.session.execute(text(
-        "SELECT b.id, b.attempts, coalesce(ds.mode, 'direct') AS mode FROM batches b "
+        "SELECT b.id, b.attempts, CASE WHEN jb.source = 'lms' THEN 'direct' ELSE coalesce(ds.mode, 'direct') END "
+        "AS mode FROM batches b JOIN jobs jb ON jb.id = b.job_id "
         "LEFT JOIN delivery_settings ds ON ds.company_id = b.company_id "
         "WHERE b.status = 'sending' AND b.lease_until < :now"), {"now": utcnow()}).all()
     return [(r.id, r.attempts, r.mode) for r in rows]
@@ -44,7 +45,8 @@ def waiting_batches() -> list[tuple[int, int]]:
     due = utcnow() - timedelta(seconds=GRACE_S)
     rows = db.session.execute(text(
         "SELECT b.id, b.attempts, j.settings_mode FROM batches b JOIN ("
-        "  SELECT jobs.id AS jid, coalesce(ds.mode, 'direct') AS settings_mode FROM jobs "
+        "  SELECT jobs.id AS jid, CASE WHEN jobs.source = 'lms' THEN 'direct' "  # LMS jobs: sent here (sending.py)
+        "  ELSE coalesce(ds.mode, 'direct') END AS settings_mode FROM jobs "
         "  LEFT JOIN delivery_settings ds ON ds.company_id = jobs.company_id "
         "  WHERE jobs.status IN ('queued', 'processing')) j ON j.jid = b.job_id "
         "WHERE b.status IN ('queued', 'retry') AND (b.next_attempt_at IS NULL OR b.next_attempt_at < :due)"),

@@ -91,10 +91,12 @@ class AppWorker(SimpleWorker):
 
 
 def _sweeper(app: Flask, interval: float, stop: threading.Event) -> None:
-    while not stop.wait(interval / 2):
+    lms_interval = float(app.config.get("OFFLOAD_LMS_POLL_S", 30))
+    while not stop.wait(min(interval, lms_interval) / 2):
         with app.app_context():
             try:
                 queue.schedule_sweep(interval)
+                queue.schedule_lms_polls(lms_interval)  # the LMS connector's pollers (tasks.lms)
             except (RedisError, OSError) as exc:
                 log.warning("sweep not scheduled: %s", type(exc).__name__)
 

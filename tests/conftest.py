@@ -13,8 +13,12 @@ import subprocess
 import tempfile
 import uuid
 import pytest
+from tests.support.openapi import CheckedClient
 from tests.support.servers import MotoServer, RedisServer, SesLocal, free_port
 from tests.support.app import AuthActions, CompanyFixture, ROOT, TEST_CONFIG, empty_tables, pg_create, pg_drop
+
+# CONTRACT §2: the suite's emulators, sinks and LMS databases listen on loopback (workers inherit it)
+os.environ.setdefault("OFFLOAD_ALLOW_PRIVATE_ENDPOINTS", "1")
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +63,7 @@ def app(migrated, redis_server):
     from core.queue import connection
 
     app = create_app({"SQLALCHEMY_DATABASE_URI": migrated, "REDIS_URL": redis_server, **TEST_CONFIG})
+    app.test_client_class = CheckedClient  # every API response is checked against the OpenAPI document
 
     @app.before_request
     def fresh_g():

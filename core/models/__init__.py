@@ -7,6 +7,7 @@
 - ``companies``: companies, delivery settings, users, API tokens, templates;
 - ``jobs``: jobs, batches, recipients, callback receipts;
 - ``campaigns``: LMS audience settings, suppressions, bounce events;
+- ``lms``: what the LMS connector took (IOMAD email rows, completions);
 - ``certificates`` and ``audit``.
 
 Secrets and recipient data are encrypted at rest (``core.crypto``).
@@ -19,6 +20,7 @@ from core.models.certificates import Certificate, CertificateTemplate  # noqa: F
 from core.models.companies import (MODES, ROLES, ApiToken, Company, DeliverySettings, Template,  # noqa: F401
                                    User)
 from core.models.jobs import Batch, Job, Recipient, WebhookReceipt  # noqa: F401
+from core.models.lms import LmsCompletion, LmsEmailRow  # noqa: F401
 from core.models.statuses import *  # noqa: F401,F403
 from core.models.statuses import (BATCH_FINAL, JOB_FINAL, JOB_TYPES, RECIPIENT_FINAL, BatchStatus,  # noqa: F401
                                   JobStatus, JobType, RecipientStatus)

@@ -13,7 +13,8 @@ BOUNCE_KINDS = (HARD, SOFT, COMPLAINT)
 
 
 class CampaignSettings(TenantMixin, db.Model):
-    """Where a company's users live in the LMS database (read-only audiences)."""
+    """Where a company's users live in the LMS database, and what the LMS
+    connector (``core.lms``) does with it. Set by admins and the CLI only."""
 
     __tablename__ = "campaign_settings"
     __table_args__ = (UniqueConstraint("company_id"),)
@@ -22,6 +23,15 @@ class CampaignSettings(TenantMixin, db.Model):
     iomad_company_id = db.Column(db.Integer)
     #: Moodle's table prefix (``$CFG->prefix``)
     moodle_prefix = db.Column(db.String(20), nullable=False, default="mdl_")
+    #: take over IOMAD's email queue (``email`` table) for that IOMAD company
+    iomad_email_queue = db.Column(db.Boolean, nullable=False, default=False)
+    #: new ``course_completions`` become certificate jobs
+    lms_completions = db.Column(db.Boolean, nullable=False, default=False)
+    #: Moodle's ``$CFG->dataroot`` as mounted on the workers (attachments named in IOMAD's headers)
+    lms_dataroot = db.Column(db.String(500))
+    #: the completions poller's keyset watermark: (timecompleted, course_completions.id) last taken
+    completions_after_time = db.Column(db.BigInteger)
+    completions_after_id = db.Column(db.BigInteger)
     updated_at = db.Column(db.DateTime, nullable=False, default=utcnow, onupdate=utcnow)
 
 

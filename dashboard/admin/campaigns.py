@@ -129,9 +129,9 @@ class CampaignsView(SecureBaseView):
 
     @expose("/lms", methods=["POST"])
     def lms_settings(self):
-        company_id = scope()
-        if company_id is None:
-            company_id = company_or_404(request.form.get("company_id")).id
+        if scope() is not None:  # the LMS connection is the admins' (CONTRACT §7), never a manager's
+            abort(403)
+        company_id = company_or_404(request.form.get("company_id")).id
         try:
             audiences.save_lms_settings(company_id, request.form.get("iomad_company_id", ""),
                                        request.form.get("moodle_prefix", "mdl_"))

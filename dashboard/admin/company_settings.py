@@ -31,11 +31,14 @@ from core.checks import start_connection_test
 from core.checks import start_test_email
 from core.checks import read_result
 from providers.registry import SettingsGroup
+from core.lms.connection import LmsError, describe_connection
 
 
 def sections() -> tuple[SettingsGroup, ...]:
-    """The form's sections: the settings groups of ``core.delivery_settings``."""
-    return delivery_settings.groups()
+    """The form's sections the signed-in user may edit: the settings groups of
+    ``core.delivery_settings``, less the admins' own (the LMS connection) for a manager."""
+    return tuple(s for s in delivery_settings.groups()
+                 if scope() is None or s.name not in delivery_settings.ADMIN_ONLY)
 
 
 def section_named(name: str) -> SettingsGroup | None:
@@ -51,7 +54,7 @@ def current_values(company: Company) -> dict:
             if f.secret:
                 values[f.key] = bool(value)
             elif f.kind == "checkbox":
-                values[f.key] = value is None or bool(value)
+                values[f.key] = bool(value) if f.key in delivery_settings.LMS_COLUMNS else value is None or bool(value)
             else:
                 values[f.key] = "" if value is None else (f"{value:g}" if isinstance(value, float) else str(value))
     return values
@@ -114,7 +117,10 @@ class CompanySettingsView(SecureBaseView):
     @expose("/<int:company_id>/save", methods=("POST",))
     def save(self, company_id: int):
         company = self._company(company_id)
-        section = section_named(request.form.get("section", ""))
+        name = request.form.get("section", "")
+        if name in delivery_settings.ADMIN_ONLY and scope() is not None:
+            abort(403)
+        section = section_named(name)
         if section is None:
             abort(400)
         try:
@@ -159,6 +165,23 @@ class CompanySettingsView(SecureBaseView):
                      object_id=company.id)
         db.session.commit()
         return self._started(company, check_id, None)
+
+    @expose("/<int:company_id>/test-lms", methods=("POST",))
+    def test_lms(self, company_id: int):
+        """Admins: connect to the company's LMS database now and show what it sees."""
+        if scope() is not None:
+            abort(403)
+        company = self._company(company_id)
+        try:
+            found = describe_connection(company)
+        except LmsError as exc:
+            flash(f"LMS connection: {exc}", "error")
+        else:
+            flash("LMS connection works: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in found.items()),
+                  "success")
+        audit.record("lms_connection_tested", company_id=company.id, object_type="company", object_id=company.id)
+        db.session.commit()
+        return redirect(url_for("settings.company", company_id=company.id) + "#section-lms")
 
     @expose("/<int:company_id>/test-email", methods=("POST",))
     def test_email(self, company_id: int):

@@ -17,6 +17,7 @@ import zlib
 import pytest
 from sqlalchemy import select
 
+from core import companies
 from core.db import db
 from core.models import AuditLog, Company
 from core.queue import connection
@@ -109,8 +110,11 @@ def test_canary_secrets_never_leave_the_settings_form(app, client, auth, company
         assert seen.form(page, save, section="cloudflare", cloudflare_api_token=CF_TOKEN,
                          cloudflare_account_id="acc-1", cloudflare_queue_id="q-1",
                          cloudflare_api_base=cloudflare.url).status_code == 302
-        assert seen.form(page, save, section="advanced", uncertain_policy="resend",
-                         moodle_db_url=MOODLE_URL).status_code == 302
+        assert seen.form(page, save, section="advanced", uncertain_policy="resend").status_code == 302
+        # the LMS connection is the admins' (and the CLI's): a manager's save is refused
+        assert seen.form(page, save, section="lms", lms_url=MOODLE_URL).status_code == 403
+        companies.configure(db.session.get(Company, company.id), {"lms_url": MOODLE_URL})
+        db.session.commit()
         # a rejected save re-renders the page with the other values: still nothing secret
         assert seen.form(page, save, section="smtp", smtp_host="127.0.0.1", smtp_port="nope",
                          smtp_password="", smtp_tls="none").status_code == 400

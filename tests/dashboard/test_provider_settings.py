@@ -45,7 +45,7 @@ def test_every_declared_secret_with_a_column_is_encrypted_and_the_rest_live_in_t
             assert isinstance(columns[key].type, EncryptedText), key
     declared = delivery_settings.by_key()
     assert {"sendgrid_api_key", "mailgun_api_key", "mailgun_webhook_signing_key", "aws_secret_key",
-            "smtp_password", "cloudflare_api_token", "moodle_db_url"} <= set(delivery_settings.secret_keys())
+            "smtp_password", "cloudflare_api_token", "lms_url"} <= set(delivery_settings.secret_keys())
     # every column the form edits is declared, and keys without a column are the new providers' ones
     stored = {c.name for c in columns} - {"id", "company_id", "updated_at", "provider_settings", "aws_external_id"}
     assert stored <= set(declared)

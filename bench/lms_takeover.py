@@ -1,0 +1,143 @@
+"""Bench: IOMAD's email queue taken over from MariaDB and sent end to end.
+
+Starts what it needs (a fresh Moodle/IOMAD database on the machine's MariaDB
+at 127.0.0.1:3306, a fresh PostgreSQL database for the service, a private
+redis-server, aws-ses-v2-local, N RQ workers polling every second), queues
+``--rows`` rendered IOMAD email rows, switches the company's
+``iomad_email_queue`` on and prints:
+- the wall time until every row is marked sent in Moodle, and rows/s,
+- a bare script doing the same work with no queue or service database (read
+  the due rows joined to their users, the same SendBulkEmail calls of 50,
+  the same UPDATE of ``sent``), and the bare SES calls alone,
+- the ratio (the service's overhead).
+
+Usage: .venv/bin/python bench/lms_takeover.py [--rows 20000] [--workers 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from sqlalchemy import bindparam, text  # noqa: E402
+
+from bench.bulk_send import BIN, create_database, flask  # noqa: E402
+from tests.lms.moodle import MoodleDb  # noqa: E402
+from tests.support.servers import RedisServer, SesLocal  # noqa: E402
+
+IOMAD = 5
+
+
+def fill(moodle: MoodleDb, rows: int, tag: str) -> None:
+    users = [{"id": 1000 + i, "email": f"{tag}{i}@bench.test", "firstname": f"N{i}"} for i in range(rows)]
+    for start in range(0, rows, 5000):
+        part = users[start:start + 5000]
+        moodle.add_users(part, IOMAD)
+        moodle.queue_emails([{"userid": u["id"], "companyid": IOMAD, "templatename": "user_create",
+                              "subject": f"Welcome {u['firstname']}",
+                              "body": f"<p>Hi {u['firstname']}, your password is <b>Pw{u['id']}!</b></p>"}
+                             for u in part])
+
+
+def bare(moodle: MoodleDb, ses_url: str, with_db: bool) -> float:
+    """The same SES calls, pre-rendered, from a plain loop (and, ``with_db``, the same reads and updates)."""
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.client("sesv2", endpoint_url=ses_url, region_name="us-east-1", aws_access_key_id="x",
+                          aws_secret_access_key="y", config=Config(retries={"total_max_attempts": 1}))
+    template = {"Subject": "{{{s}}}", "Text": "{{{t}}}", "Html": "{{{h}}}"}
+    start = time.perf_counter()
+    with moodle.engine.connect() as conn:  # one connection, as a plain script would hold
+        rows = conn.execute(text(
+            f"SELECT e.id, e.subject, e.body, u.email FROM {moodle.t('email')} e JOIN {moodle.t('user')} u "
+            "ON u.id = e.userid WHERE e.companyid = :c AND e.sent IS NULL AND e.due <= :now ORDER BY e.id"),
+            {"c": IOMAD, "now": int(time.time())}).all()
+        conn.commit()
+        update = text(f"UPDATE {moodle.t('email')} SET sent = :t, modifiedtime = :t WHERE id IN :ids") \
+            .bindparams(bindparam("ids", expanding=True))
+        for i in range(0, len(rows), 50):
+            chunk = rows[i:i + 50]
+            entries = [{"Destination": {"ToAddresses": [r.email]}, "ReplacementEmailContent": {
+                "ReplacementTemplate": {"ReplacementTemplateData": json.dumps({"s": r.subject, "t": r.body,
+                                                                                "h": r.body})}}} for r in chunk]
+            client.send_bulk_email(FromEmailAddress="noreply@bench.test", BulkEmailEntries=entries,
+                                   DefaultContent={"Template": {"TemplateContent": template, "TemplateData": "{}"}})
+            if with_db:
+                conn.execute(update, {"t": int(time.time()), "ids": [r.id for r in chunk]})
+                conn.commit()
+    assert len(rows) > 0
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+
+    moodle = MoodleDb("mysql", "mdl_")
+    db_url, drop = create_database(sqlite=False)
+    procs: list[subprocess.Popen] = []
+    try:
+        moodle.add_company(IOMAD, "Bench IOMAD")
+        fill(moodle, args.rows, "user")
+        with RedisServer() as redis_server, SesLocal() as ses:
+            env = {**os.environ, "DATABASE_URL": db_url, "REDIS_URL": redis_server.url, "SECRET_KEY": "bench",
+                   "OFFLOAD_ALLOW_PRIVATE_ENDPOINTS": "1", "OFFLOAD_LMS_POLL_S": "1"}
+            flask(env, "db", "upgrade")
+            company = dict(line.split(": ", 1) for line in flask(env, "company", "create", "Bench").splitlines())
+            flask(env, "company", "configure", company["id"], "provider=aws", f"aws_endpoint_url={ses.url}",
+                  "aws_region=us-east-1", "aws_access_key=AKIABENCH", "aws_secret_key=bench",
+                  "sender=noreply@bench.test", f"lms_url={moodle.url}", f"iomad_company_id={IOMAD}")
+            for i in range(args.workers):
+                procs.append(subprocess.Popen([os.path.join(BIN, "flask"), "--app", "wsgi", "worker",
+                                               "--name", f"bench-lms-{i}"], cwd=ROOT, env=env,
+                                              stdout=open(f"/tmp/bench-lms-worker-{i}.log", "w"),
+                                              stderr=subprocess.STDOUT))
+            time.sleep(3)  # workers up
+            t0 = time.perf_counter()
+            flask(env, "company", "configure", company["id"], "iomad_email_queue=1")
+            while True:
+                left = moodle.all(f"SELECT count(*) FROM {moodle.t('email')} WHERE sent IS NULL")[0][0]
+                if not left:
+                    break
+                if time.perf_counter() - t0 > 1800:
+                    raise SystemExit(f"{left} rows still unsent after 30 minutes")
+                time.sleep(0.2)
+            wall = time.perf_counter() - t0
+            store = ses.store()
+            dupes = len(store) - len({m["destination"]["to"][0] for m in store})
+            for p in procs:
+                p.terminate()
+            ses.clear()
+            moodle.execute(f"UPDATE {moodle.t('email')} SET sent = NULL")
+            bare_db = bare(moodle, ses.url, with_db=True)
+            ses.clear()
+            moodle.execute(f"UPDATE {moodle.t('email')} SET sent = NULL")
+            bare_ses = bare(moodle, ses.url, with_db=False)
+    finally:
+        for p in procs:
+            p.kill()
+        drop()
+        moodle.drop()
+
+    n = args.rows
+    print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(f"IOMAD rows: {n} on MariaDB; service database: postgresql; workers: {args.workers}; "
+          f"poll every 1 s, chunks of 500")
+    print(f"in SES store {len(store)}, duplicates {dupes}")
+    print(f"switch on -> every row sent and marked in Moodle: {wall:.1f} s ({n / wall:,.0f} rows/s)")
+    print(f"bare script, read + same SES calls + UPDATE sent: {bare_db:.1f} s ({n / bare_db:,.0f} rows/s)")
+    print(f"bare script, the SES calls alone: {bare_ses:.1f} s ({n / bare_ses:,.0f} rows/s)")
+    print(f"service overhead: {wall / bare_db:.2f}x the bare read-send-update script")
+
+
+if __name__ == "__main__":
+    main()

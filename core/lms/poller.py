@@ -1,0 +1,76 @@
+"""One poll of a company's LMS: IOMAD's email queue, then course completions.
+
+Used by the RQ job ``tasks.lms.poll_company`` and ``flask --app wsgi lms poll ID``.
+A Redis lock keeps two pollers off one company at once; the unique
+``lms_email_rows`` / ``lms_completions`` rows keep a row from being taken
+twice even without it.
+"""
+from __future__ import annotations
+
+import logging
+
+from flask import current_app
+from redis.exceptions import LockError
+
+from core.db import db
+from core.lms import completions, email_queue
+from core.lms.connection import LmsError, config_for
+from core.models import Company
+from core.queue import connection
+
+log = logging.getLogger(__name__)
+
+
+def lock_for(company_id: int, poll_s: float):
+    """The company's poll lock. It expires after four poll intervals (at least 10 s) so a
+    killed poller does not stall the company for long; a longer poll overlapping the next
+    one is safe (the unique rows stop the second), only wasted work."""
+    return connection().lock(f"offload:lms-poll:{company_id}", timeout=max(10.0, 4 * poll_s), blocking_timeout=0)
+
+
+def poll_once(company_id: int) -> dict:
+    """One poll of the company's email queue and completions; ``key: value`` facts.
+
+    Errors of one part (a refusal, an unreachable database) are reported in
+    ``email_error`` / ``completions_error`` and do not stop the other part.
+    """
+    company = db.session.get(Company, company_id)
+    if company is None:
+        raise LmsError(f"no company with id {company_id}")
+    cfg = config_for(company)
+    app = current_app.config
+    found: dict = {"taken": 0, "jobs": 0}
+    lock = lock_for(company_id, app["OFFLOAD_LMS_POLL_S"])
+    if not lock.acquire():
+        found["busy"] = "another poll of this company is running"
+        return found
+    try:
+        if cfg.email_queue:
+            try:
+                res = email_queue.poll(company, force=app["OFFLOAD_LMS_FORCE"], chunk=app["OFFLOAD_LMS_CHUNK"],
+                                       max_rows=app["OFFLOAD_LMS_MAX_ROWS"])
+                found.update(res.lines())
+            except LmsError as exc:
+                db.session.rollback()
+                found["email_error"] = str(exc)
+        else:
+            found["email_queue"] = "off"
+        if cfg.completions:
+            try:
+                res = completions.poll(company, chunk=app["OFFLOAD_LMS_CHUNK"], max_rows=app["OFFLOAD_LMS_MAX_ROWS"])
+                found.update(res.lines())
+                found["jobs"] += res.jobs
+            except LmsError as exc:
+                db.session.rollback()
+                found["completions_error"] = str(exc)
+        else:
+            found["completions"] = "off"
+    finally:
+        try:
+            lock.release()
+        except LockError:
+            pass
+    for key in ("email_error", "completions_error"):
+        if key in found:
+            log.warning("Company %s: LMS poll: %s", company_id, found[key])
+    return found

@@ -1,0 +1,174 @@
+"""The OpenAPI 3.1 document of the LMS API (``GET /api/v1/openapi.json``) and
+a readable page made from it on the server (``GET /api/v1/docs``; no
+scripts, no CDN). The test suite validates every API response it gets
+against this document (``tests/support/openapi.py``), so it stays true."""
+from __future__ import annotations
+
+from flask import jsonify, render_template
+
+from core.models import JOB_TYPES, JobStatus, RecipientStatus
+from dashboard.api.base import bp
+
+JSON = "application/json"
+
+
+def ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def body(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def error(description: str) -> dict:
+    return body(ref("Error"), description)
+
+
+STAMP = {"type": ["string", "null"], "format": "date-time"}
+ERRORS = {"401": error("missing or wrong bearer token"), "default": error("an error (JSON, 4xx/5xx)")}
+JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+TEMPLATE_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 100},
+                 "description": "the template's name (letters, digits, spaces, `_`, `.`, `-`)"}
+PAGE = {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 1}}
+
+SCHEMAS = {
+    "Error": {"type": "object", "required": ["error", "message"], "properties": {
+        "error": {"type": "string", "description": "a stable error code, e.g. `template_error`"},
+        "message": {"type": "string", "description": "what is wrong, for a person"},
+        "details": {"description": "more about it (which part, which field)"}}},
+    "Job": {"type": "object", "required": ["id", "type", "status", "company_id", "email_count", "emails_sent",
+                                           "emails_failed", "created_at", "started_at", "completed_at"],
+            "properties": {
+                "id": {"type": "integer"}, "type": {"enum": list(JOB_TYPES)},
+                "status": {"enum": [s.value for s in JobStatus]}, "company_id": {"type": "integer"},
+                "email_count": {"type": "integer"}, "emails_sent": {"type": "integer"},
+                "emails_failed": {"type": "integer"}, "emails_suppressed": {"type": "integer"},
+                "emails_bounced": {"type": "integer"}, "emails_uncertain": {"type": "integer"},
+                "created_at": STAMP, "started_at": STAMP, "completed_at": STAMP, "send_at": STAMP,
+                "paused_reason": {"type": ["string", "null"]}}},
+    "JobList": {"type": "object", "required": ["jobs", "page", "per_page", "total"], "properties": {
+        "jobs": {"type": "array", "items": ref("Job")}, "page": {"type": "integer"},
+        "per_page": {"type": "integer"}, "total": {"type": "integer"}}},
+    "Recipient": {"type": "object", "required": ["email", "status", "error", "sent_at"], "properties": {
+        "id": {"type": "integer"}, "email": {"type": "string"},
+        "status": {"enum": [s.value for s in RecipientStatus]}, "error": {"type": ["string", "null"]},
+        "sent_at": STAMP}, "description": "never the recipient's data"},
+    "RecipientList": {"type": "object", "required": ["recipients", "page", "per_page"], "properties": {
+        "recipients": {"type": "array", "items": ref("Recipient")}, "page": {"type": "integer"},
+        "per_page": {"type": "integer"}}},
+    "NewJob": {"type": "object", "required": ["type", "recipients"], "properties": {
+        "type": {"enum": list(JOB_TYPES)},
+        "subject": {"type": "string"}, "body_text": {"type": "string"}, "body_html": {"type": "string"},
+        "template": {"type": "string", "description": "a stored template's name, instead of subject/body_*"},
+        "recipients": {"type": "array", "minItems": 1, "items": {"type": "object", "properties": {
+            "email": {"type": "string"}, "data": {"type": "object"}}}},
+        "send_at": STAMP, "certificate_delivery": {"enum": ["link", "attachment"]}}},
+    "Event": {"type": "object", "required": ["event", "email"], "properties": {
+        "event": {"enum": ["user_created", "license_allocated", "reengagement_campaign_triggered",
+                           "course_completed"]},
+        "email": {"type": "string"}, "data": {"type": "object"}, "occurred_at": STAMP}},
+    "EventAccepted": {"type": "object", "required": ["accepted", "mode", "job_id"], "properties": {
+        "accepted": {"const": True}, "mode": {"enum": ["bulk", "single"]},
+        "job_id": {"type": ["integer", "null"]}}},
+    "Template": {"type": "object", "required": ["name", "type", "subject", "body_text", "body_html"], "properties": {
+        "name": {"type": "string"}, "type": {"enum": [*JOB_TYPES, None]}, "subject": {"type": "string"},
+        "body_text": {"type": ["string", "null"]}, "body_html": {"type": ["string", "null"]},
+        "created_at": STAMP, "updated_at": STAMP}},
+    "TemplateInput": {"type": "object", "required": ["subject"], "additionalProperties": False, "properties": {
+        "type": {"enum": [*JOB_TYPES, None]}, "subject": {"type": "string"},
+        "body_text": {"type": ["string", "null"]}, "body_html": {"type": ["string", "null"]},
+        "name": {"type": "string", "description": "ignored: the name is the path's"}},
+        "description": "Jinja2 (sandboxed) in every part; body_text or body_html is required"},
+    "TemplateList": {"type": "object", "required": ["templates"], "properties": {
+        "templates": {"type": "array", "items": ref("Template")}}},
+    "Verification": {"type": "object", "required": ["code", "status", "valid", "holder", "course", "issued_on"],
+                     "properties": {
+                         "code": {"type": "string"}, "status": {"type": "string"}, "valid": {"type": "boolean"},
+                         "holder": {"type": "string"}, "course": {"type": "string"},
+                         "issued_on": {"type": ["string", "null"], "format": "date"},
+                         "expires_on": {"type": ["string", "null"], "format": "date"},
+                         "revoked_on": {"type": ["string", "null"], "format": "date"}}},
+}
+
+
+def op(summary: str, responses: dict, *, params=(), request=None, public: bool = False, op_id: str) -> dict:
+    found = {"summary": summary, "operationId": op_id, "responses": {**responses, **ERRORS}}
+    if params:
+        found["parameters"] = list(params)
+    if request:
+        found["requestBody"] = {"required": True, "content": {JSON: {"schema": request}}}
+    if public:
+        found["security"] = []
+        found["responses"].pop("401")
+    return found
+
+
+DOCUMENT = {
+    "openapi": "3.1.0",
+    "info": {"title": "ManiReports Cloud Offload — LMS API", "version": "1",
+             "description": "Bulk email and certificates for a Moodle/IOMAD site. JSON over HTTP; every call but "
+                            "`/verify` and this document takes `Authorization: Bearer <company api_token>`. "
+                            "Another company's object is a 404."},
+    "servers": [{"url": "/api/v1"}],
+    "security": [{"bearer": []}],
+    "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}, "schemas": SCHEMAS},
+    "paths": {
+        "/jobs": {
+            "post": op("Create a job and queue it", {"202": body(ref("Job"), "the job (the first one again for a "
+                                                                             "repeated Idempotency-Key)")},
+                       params=[{"name": "Idempotency-Key", "in": "header", "schema": {"type": "string",
+                                                                                     "maxLength": 255}}],
+                       request=ref("NewJob"), op_id="createJob"),
+            "get": op("The company's jobs, newest first", {"200": body(ref("JobList"), "a page of jobs")},
+                      params=[{"name": "status", "in": "query", "schema": {"type": "string"}},
+                              {"name": "type", "in": "query", "schema": {"enum": list(JOB_TYPES)}}, PAGE],
+                      op_id="listJobs")},
+        "/jobs/{job_id}": {"get": op("A job", {"200": body(ref("Job"), "the job")}, params=[JOB_ID],
+                                     op_id="getJob")},
+        "/jobs/{job_id}/recipients": {"get": op(
+            "A job's recipients", {"200": body(ref("RecipientList"), "a page of 500 recipients")},
+            params=[JOB_ID, {"name": "status", "in": "query", "schema": {"enum": [s.value for s in RecipientStatus]}},
+                    PAGE], op_id="listRecipients")},
+        "/jobs/{job_id}/retry": {"post": op(
+            "Re-queue the failed recipients of a finished job",
+            {"202": body({"allOf": [ref("Job"), {"type": "object", "required": ["retried"],
+                                                 "properties": {"retried": {"type": "integer"}}}]},
+                         "the job and how many recipients were re-queued")},
+            params=[JOB_ID], op_id="retryJob")},
+        "/jobs/{job_id}/cancel": {"post": op("Stop a job", {"202": body(ref("Job"), "the job")}, params=[JOB_ID],
+                                             op_id="cancelJob")},
+        "/jobs/{job_id}/resume": {"post": op("Resume a paused job", {"202": body(ref("Job"), "the job")},
+                                             params=[JOB_ID], op_id="resumeJob")},
+        "/events": {"post": op("One LMS event (held in its window, then one bulk job or one job each)",
+                               {"202": body(ref("EventAccepted"), "accepted")}, request=ref("Event"),
+                               op_id="postEvent")},
+        "/templates": {"get": op("The company's stored email templates",
+                                 {"200": body(ref("TemplateList"), "every template, by name")},
+                                 op_id="listTemplates")},
+        "/templates/{name}": {
+            "get": op("A stored template", {"200": body(ref("Template"), "the template")}, params=[TEMPLATE_NAME],
+                      op_id="getTemplate"),
+            "put": op("Create or replace a template (template errors are a 400 with the reason)",
+                      {"200": body(ref("Template"), "replaced"), "201": body(ref("Template"), "created")},
+                      params=[TEMPLATE_NAME], request=ref("TemplateInput"), op_id="putTemplate"),
+            "delete": op("Delete a template", {"204": {"description": "deleted"}}, params=[TEMPLATE_NAME],
+                         op_id="deleteTemplate")},
+        "/verify/{code}": {"get": op("Verify a certificate by its code",
+                                     {"200": body(ref("Verification"), "what the code certifies")},
+                                     params=[{"name": "code", "in": "path", "required": True,
+                                              "schema": {"type": "string"}}], public=True, op_id="verify")},
+        "/openapi.json": {"get": op("This document", {"200": body({"type": "object"}, "OpenAPI 3.1")},
+                                    public=True, op_id="openapi")},
+    },
+}
+
+
+@bp.get("/openapi.json")
+def openapi_json():
+    return jsonify(DOCUMENT)
+
+
+@bp.get("/docs")
+def docs():
+    """The document as a page: every path and method, parameters, bodies and responses."""
+    return render_template("api/docs.html", doc=DOCUMENT, schemas=SCHEMAS)
