@@ -19,7 +19,8 @@ from jinja2 import meta
 from jinja2.sandbox import SandboxedEnvironment
 from redis import Redis
 from sqlalchemy import create_engine, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from core import crypto
@@ -28,6 +29,7 @@ from core.db import db
 from core.models import Company
 from core.rendering import valid_email
 from core.settings import normalize_database_url
+from providers import guard
 
 UPLOAD_TTL_S = 3600
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -147,10 +149,32 @@ def masked(data: dict) -> dict:
 
 
 class UploadStore:
-    """Uploads between the upload and confirm steps: encrypted in Redis, one hour."""
+    """Uploads between the upload and confirm steps: encrypted in Redis, one hour.
 
-    def __init__(self, conn: Redis):
+    Redis runs ``noeviction``: pending uploads are capped per user and per
+    company (``OFFLOAD_MAX_UPLOADS_PER_USER`` / ``_PER_COMPANY``); a confirmed
+    or expired upload frees its place."""
+
+    def __init__(self, conn: Redis, max_per_user: int = 5, max_per_company: int = 20):
         self.conn = conn
+        self.max_per_user, self.max_per_company = max_per_user, max_per_company
+
+    @staticmethod
+    def _pending_keys(upload: Upload) -> tuple[str, str]:
+        return f"offload:uploads:user:{upload.user_id}", f"offload:uploads:company:{upload.company_id}"
+
+    def _reserve(self, upload: Upload) -> None:
+        """Count this upload against both caps; ``AudienceError`` when either is full."""
+        now = time.time()
+        for key, cap, who in zip(self._pending_keys(upload), (self.max_per_user, self.max_per_company),
+                                 ("you have", "the company has"), strict=True):
+            self.conn.zremrangebyscore(key, "-inf", now)
+            if self.conn.zcard(key) >= cap:
+                raise AudienceError(f"{who} {cap} uploads waiting for review: confirm or cancel one, "
+                                    "or wait for them to expire (an hour)")
+        for key in self._pending_keys(upload):
+            self.conn.zadd(key, {upload.id: now + UPLOAD_TTL_S})
+            self.conn.expire(key, UPLOAD_TTL_S)
 
     @staticmethod
     def key(upload_id: str) -> str:
@@ -158,6 +182,7 @@ class UploadStore:
 
     def save(self, upload: Upload) -> str:
         upload.id = secrets.token_urlsafe(18)
+        self._reserve(upload)
         doc = {"company_id": upload.company_id, "user_id": upload.user_id, "filename": upload.filename,
                "columns": upload.columns, "rows": upload.rows, "problems": upload.problems}
         self.conn.set(self.key(upload.id), crypto.encrypt(json.dumps(doc)), ex=UPLOAD_TTL_S)
@@ -178,6 +203,11 @@ class UploadStore:
                       [(line, reason) for line, reason in doc["problems"]], upload_id)
 
     def delete(self, upload_id: str) -> None:
+        raw = self.conn.get(self.key(upload_id))
+        if raw is not None:
+            doc = json.loads(crypto.decrypt(raw.decode()))
+            self.conn.zrem(f"offload:uploads:user:{doc['user_id']}", upload_id)
+            self.conn.zrem(f"offload:uploads:company:{doc['company_id']}", upload_id)
         self.conn.delete(self.key(upload_id))
 
 
@@ -212,13 +242,55 @@ def _inactive_sql(prefix: str, count: bool) -> str:
             f"WHERE cu.userid = u.id AND cu.companyid = :company){order}")
 
 
-def lms_engine(url: str):
-    """An engine on the LMS database; on PostgreSQL every transaction is read-only."""
-    url = normalize_database_url(url)
-    args = {"connect_timeout": 10, "options": "-c default_transaction_read_only=on -c statement_timeout=60000"} \
-        if url.startswith("postgresql") else {}
+#: the LMS database kinds, and the one driver each is reached with
+LMS_BACKENDS = {"postgresql": ("postgresql+psycopg", 5432), "mysql": ("mysql+pymysql", 3306),
+                "mariadb": ("mysql+pymysql", 3306)}
+
+
+def check_lms_url(raw: str, *, saving: bool = False) -> URL:
+    """The LMS database URL, checked: PostgreSQL or MySQL/MariaDB over TCP, to a host the
+    endpoint guard allows. No SQLite, no unix socket, no driver query parameters (they
+    can name a socket, a file or a command). Errors never echo the URL (it holds a password)."""
     try:
-        return create_engine(url, poolclass=NullPool, connect_args=args)
+        url = make_url(normalize_database_url((raw or "").strip()))
+    except (ArgumentError, ValueError):
+        raise AudienceError("the LMS database URL is malformed") from None
+    backend = url.get_backend_name()
+    if backend not in LMS_BACKENDS:
+        raise AudienceError("the LMS database must be PostgreSQL or MySQL/MariaDB "
+                            "(postgresql://… or mysql://…)")
+    if url.query:
+        raise AudienceError("the LMS database URL may not carry query parameters")
+    host = url.host or ""
+    if not host or host.startswith("/") or any(c in host for c in ",/%@ ") or not url.database:
+        raise AudienceError("the LMS database URL needs a host name (no unix socket) and a database")
+    driver, default_port = LMS_BACKENDS[backend]
+    try:
+        guard.resolve(host, url.port or default_port)
+    except guard.EndpointRefused as exc:
+        if saving and exc.rule == "unresolvable":  # checked again at every connection
+            return url.set(drivername=driver, port=url.port or default_port)
+        raise AudienceError(f"the LMS database host is refused ({exc.rule}): {exc}") from None
+    return url.set(drivername=driver, port=url.port or default_port)
+
+
+def lms_engine(url: str):
+    """An engine on the LMS database, at the address the guard checked; on PostgreSQL
+    every transaction is read-only."""
+    checked = check_lms_url(url)
+    try:
+        address = guard.resolve(checked.host, checked.port)[0]
+    except guard.EndpointRefused as exc:
+        raise AudienceError(f"the LMS database host is refused ({exc.rule}): {exc}") from None
+    if checked.get_backend_name() == "postgresql":
+        # hostaddr: connect to the checked address; host stays the name (TLS, .pgpass)
+        args = {"connect_timeout": 10, "hostaddr": address,
+                "options": "-c default_transaction_read_only=on -c statement_timeout=60000"}
+    else:
+        checked = checked.set(host=address)
+        args = {"connect_timeout": 10, "read_timeout": 60}
+    try:
+        return create_engine(checked, poolclass=NullPool, connect_args=args)
     except (SQLAlchemyError, ValueError, ImportError) as exc:  # never the URL: it holds the LMS password
         raise AudienceError(f"the LMS database URL cannot be used ({type(exc).__name__})") from None
 

@@ -14,14 +14,21 @@ JSON document, so a new provider needs no migration.
 """
 from __future__ import annotations
 
+import re
+
 from providers import registry
 from providers.registry import Setting, SettingsGroup, whole_number
 
+from core.audiences import AudienceError, check_lms_url
 from core.models import MODES, Company, DeliverySettings
 from core.rendering import valid_email
 
 #: settings stored on the company itself
-COMPANY_KEYS = ("uncertain_policy", "data_retention_days", "moodle_db_url", "sns_topic_arn")
+COMPANY_KEYS = ("uncertain_policy", "data_retention_days", "moodle_db_url", "sns_topic_arn",
+                "fallback_relay", "fallback_sender_domains")
+#: settings only an administrator (or the CLI) may set: they reach shared or operator resources
+ADMIN_ONLY_KEYS = ("moodle_db_url", "fallback_relay", "fallback_sender_domains")
+_DOMAIN = re.compile(r"(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
 
 
 def _sender(raw: str) -> str:
@@ -38,6 +45,23 @@ def _send_rate(raw: str) -> float:
     if value <= 0:
         raise ValueError("must be above 0")
     return value
+
+
+def _lms_url(raw: str) -> str:
+    """PostgreSQL or MySQL/MariaDB over TCP to a host the guard allows (``core.audiences``)."""
+    try:
+        check_lms_url(raw, saving=True)
+    except AudienceError as exc:
+        raise ValueError(str(exc)) from None
+    return raw
+
+
+def _domains(raw: str) -> str | None:
+    domains = [d.strip().lower().lstrip("@") for d in str(raw).split(",") if d.strip()]
+    bad = [d for d in domains if not _DOMAIN.fullmatch(d)]
+    if bad:
+        raise ValueError(f"not a domain: {bad[0]}")
+    return ",".join(dict.fromkeys(domains)) or None
 
 
 def _uncertain_policy(raw: str) -> str:
@@ -68,7 +92,13 @@ ADVANCED = SettingsGroup("advanced", "Advanced", "Recovery policy, data retentio
     Setting("data_retention_days", "Keep recipient data (days)", "number", parse=whole_number(0),
             help="blank: the service default"),
     Setting("sns_topic_arn", "SNS topic ARN (bounces)"),
-    Setting("moodle_db_url", "Moodle database URL", "secret", help="write-only; it holds a password"),
+    Setting("moodle_db_url", "Moodle database URL", "secret", parse=_lms_url,
+            help="admins only; write-only (it holds a password); PostgreSQL or MySQL/MariaDB"),
+    Setting("fallback_relay", "Use the service's SMTP relay as fallback", "checkbox", required=True,
+            help="admins only: OFFLOAD_FALLBACK_SMTP serves this company when its provider is down"),
+    Setting("fallback_sender_domains", "Sender domains approved on the relay", parse=_domains,
+            help="admins only: comma-separated; other senders go out From the service's address, with the "
+                 "company's sender as Reply-To"),
 ))
 
 

@@ -13,8 +13,17 @@ import subprocess
 import tempfile
 import uuid
 import pytest
+
+from providers import guard
 from tests.support.servers import MotoServer, RedisServer, SesLocal, free_port
 from tests.support.app import AuthActions, CompanyFixture, ROOT, TEST_CONFIG, empty_tables, pg_create, pg_drop
+
+# The suite is development: the local emulators and sinks listen on 127.0.0.1, and the public dev
+# key is fine. Set in the environment so the workers and servers the tests start inherit it.
+os.environ.setdefault("OFFLOAD_ALLOW_PRIVATE_ENDPOINTS", "1")
+os.environ.setdefault("OFFLOAD_DEV", "1")
+# providers tested without an app see the same policy the app fixture installs
+guard.configure(allow_private=True, production=False)
 
 
 @pytest.fixture(scope="session")

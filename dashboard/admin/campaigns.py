@@ -108,7 +108,9 @@ class CampaignsView(SecureBaseView):
     """CSV imports and re-engagement campaigns."""
 
     def store(self) -> audiences.UploadStore:
-        return audiences.UploadStore(connection())
+        cfg = current_app.config
+        return audiences.UploadStore(connection(), cfg["OFFLOAD_MAX_UPLOADS_PER_USER"],
+                                     cfg["OFFLOAD_MAX_UPLOADS_PER_COMPANY"])
 
     def load_upload(self, upload_id: str) -> audiences.Upload:
         upload = self.store().load(upload_id, current_user.id)
@@ -125,13 +127,13 @@ class CampaignsView(SecureBaseView):
             if scope() is None else []
         settings = audiences.lms_settings(scope()) if scope() is not None else None
         return self.render("campaigns/index.html", jobs=jobs, companies=companies, lms=settings,
-                           error=request.args.get("error"))
+                           lms_editable=scope() is None, error=request.args.get("error"))
 
     @expose("/lms", methods=["POST"])
     def lms_settings(self):
-        company_id = scope()
-        if company_id is None:
-            company_id = company_or_404(request.form.get("company_id")).id
+        if scope() is not None:  # the IOMAD company id picks whose learners are read: admins only
+            abort(403)
+        company_id = company_or_404(request.form.get("company_id")).id
         try:
             audiences.save_lms_settings(company_id, request.form.get("iomad_company_id", ""),
                                        request.form.get("moodle_prefix", "mdl_"))
@@ -153,9 +155,9 @@ class CampaignsView(SecureBaseView):
             upload = audiences.parse_csv(file.read(), company_id=tpl.company_id, user_id=current_user.id,
                                         filename=file.filename,
                                         max_rows=current_app.config["OFFLOAD_MAX_RECIPIENTS"])
+            upload_id = self.store().save(upload)
         except audiences.AudienceError as exc:
             return self.render("campaigns/import.html", templates=visible_templates(), error=str(exc)), 400
-        upload_id = self.store().save(upload)
         return redirect(url_for(".import_review", upload_id=upload_id, template_id=tpl.id))
 
     @expose("/import/<upload_id>", methods=["GET", "POST"])

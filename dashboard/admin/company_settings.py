@@ -22,7 +22,7 @@ from sqlalchemy import select
 from core import audit
 from dashboard.admin.base import SecureBaseView, scope
 from core import delivery_settings
-from core.companies import configure, rotate_callback_secret
+from core.companies import ADMIN_ONLY_KEYS, configure, rotate_callback_secret
 from core.db import db
 from core.models import ApiToken, Company, utcnow
 from core.rendering import valid_email
@@ -51,7 +51,7 @@ def current_values(company: Company) -> dict:
             if f.secret:
                 values[f.key] = bool(value)
             elif f.kind == "checkbox":
-                values[f.key] = value is None or bool(value)
+                values[f.key] = bool(value) if f.key == "fallback_relay" else (value is None or bool(value))
             else:
                 values[f.key] = "" if value is None else (f"{value:g}" if isinstance(value, float) else str(value))
     return values
@@ -71,6 +71,14 @@ def submitted_values(section: SettingsGroup, form) -> dict:
         else:
             values[f.key] = form.get(f.key, "")
     return values
+
+
+def visible_section(section: SettingsGroup) -> SettingsGroup:
+    """``section`` as the current user may see it: admin-only settings only for admins."""
+    if scope() is None:
+        return section
+    return SettingsGroup(section.name, section.title, section.intro,
+                         tuple(f for f in section.fields if f.key not in ADMIN_ONLY_KEYS))
 
 
 def error_field(message: str) -> str | None:
@@ -93,7 +101,8 @@ class CompanySettingsView(SecureBaseView):
     def _page(self, company: Company, status: int = 200, **extra):
         tokens = db.session.execute(ApiToken.scoped(company.id)
                                     .order_by(ApiToken.revoked_at.is_not(None), ApiToken.created_at.desc())).scalars()
-        context = {"company": company, "sections": sections(), "values": current_values(company),
+        context = {"company": company, "sections": [visible_section(s) for s in sections()],
+                   "values": current_values(company),
                    "settings": company.settings, "tokens": list(tokens), "errors": {}, "failed_section": None,
                    "submitted": {}, "check_id": request.args.get("check", ""), "now": utcnow(), **extra}
         response = make_response(self.render("admin/settings/company.html", **context), status)
@@ -118,7 +127,8 @@ class CompanySettingsView(SecureBaseView):
         if section is None:
             abort(400)
         try:
-            changed = configure(company, submitted_values(section, request.form))
+            changed = configure(company, submitted_values(visible_section(section), request.form),
+                                admin=scope() is None)
         except ValueError as exc:
             db.session.rollback()
             message = str(exc)
@@ -131,6 +141,9 @@ class CompanySettingsView(SecureBaseView):
                          details={"section": section.name, "fields": changed})
             db.session.commit()
             flash(f"{section.title}: saved ({', '.join(changed)}).", "success")
+            if getattr(company, "role_check_note", None):
+                flash(f"Role ARN saved, but {company.role_check_note}: make sure its trust policy requires "
+                      "the external id.", "warning")
         else:
             flash(f"{section.title}: nothing changed.", "info")
         return redirect(url_for("settings.company", company_id=company.id) + f"#section-{section.name}")
