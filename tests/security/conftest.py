@@ -1,29 +1,13 @@
-"""The attacker's tools for the tenant-boundary tests: fake internal services on
-127.0.0.1 that answer with secret-looking text, an SSH-style banner server, the
-guard policy of production (no private endpoints), and a job submitter."""
+"""Fixtures of the tenant-boundary tests: fake internal services on 127.0.0.1 that answer
+with secret-looking text, an SSH-style banner server, the guard policy of production (no
+private endpoints), an SMTP sink. The helpers live in ``tests.support.attack``."""
 from __future__ import annotations
-
-import socket
-import threading
 
 import pytest
 
 from providers import guard
-from tests.conftest import run_worker_burst  # noqa: F401  (re-exported for the tests)
+from tests.support.attack import SECRET_BODY, BannerServer
 from tests.support.servers import SmtpSink, StubHttpServer
-
-#: what an internal admin page, or the metadata service, would give away
-SECRET_BODY = "INTERNAL-ADMIN root:s3cr3t AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMIK7MDENGbPxRfiCYINTERNAL"
-SECRET_MARKERS = ("INTERNAL-ADMIN", "s3cr3t", "wJalrXUtnFEMIK7MDENG")
-SSH_BANNER = "SSH-2.0-OpenSSH_9.6p1 Ubuntu-3ubuntu13 internal-bastion-7"
-
-
-def leaks(text) -> list[str]:
-    """The secret markers present in ``text`` (any str/bytes/JSON-able value)."""
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    text = str(text)
-    return [m for m in (*SECRET_MARKERS, "OpenSSH", "internal-bastion") if m in text]
 
 
 @pytest.fixture
@@ -48,41 +32,6 @@ def internal_page():
         yield server
 
 
-class BannerServer:
-    """A TCP server that greets every connection with an SSH banner, like sshd."""
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            try:
-                conn.sendall((SSH_BANNER + "\r\n").encode())
-                conn.settimeout(2)
-                conn.recv(1024)
-            except OSError:
-                pass
-            finally:
-                conn.close()
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.sock.close()
-
-
 @pytest.fixture
 def ssh_banner():
     with BannerServer() as server:
@@ -105,28 +54,3 @@ def smtp_sink():
         yield sink
 
 
-def submit(client, company, recipients, **extra) -> int:
-    body = {"type": "csv_import", "subject": "Hello", "body_text": "Hi {{ firstname }}", **extra,
-            "recipients": recipients}
-    resp = client.post("/api/v1/jobs", headers=company.auth, json=body)
-    assert resp.status_code == 202, resp.get_json()
-    return resp.get_json()["id"]
-
-
-def people(n: int) -> list[dict]:
-    return [{"email": f"user{i}@acme.test", "data": {"firstname": f"Name{i}", "password": f"Pw-{i}-S3cret"}}
-            for i in range(n)]
-
-
-def login_as(client, make_user, email: str, role: str = "manager", company_id=None) -> None:
-    from tests.conftest import AuthActions
-
-    make_user(email, role=role, company_id=company_id)
-    assert AuthActions(client).login(email, "correct horse battery").status_code == 302
-
-
-def tenant_view(client, company, job_id: int) -> str:
-    """Everything the tenant can read about a job: API job and recipients, as one string."""
-    job = client.get(f"/api/v1/jobs/{job_id}", headers=company.auth).get_data(as_text=True)
-    recipients = client.get(f"/api/v1/jobs/{job_id}/recipients", headers=company.auth)
-    return job + recipients.get_data(as_text=True)

@@ -15,7 +15,8 @@ from core.db import db
 from core.models import Company, Job
 from providers import aws
 from providers.aws import NoTenantCredentials, aws_session
-from tests.security.conftest import login_as, people, run_worker_burst, submit
+from tests.support.attack import login_as, people, submit
+from tests.support.app import csrf_from, run_worker_burst
 from tests.support.servers import StubHttpServer
 
 SERVICE_KEY = "AKIASERVICEIDENTITY1"
@@ -83,8 +84,6 @@ def test_a_role_that_trusts_the_service_without_the_external_id_is_refused(app, 
     try:
         login_as(client, make_user, "mgr@acme.test", company_id=company.id)
         page = client.get(f"/admin/settings/{company.id}/").get_data(as_text=True)
-        from tests.conftest import csrf_from
-
         resp = client.post(f"/admin/settings/{company.id}/save", data={
             "csrf_token": csrf_from(page), "section": "aws", "aws_role_arn": "arn:aws:iam::222233334444:role/victim",
             "aws_region": "us-east-1"})
@@ -103,8 +102,6 @@ def test_when_the_check_cannot_be_made_the_page_says_so(app, client, company, ma
         aws.configure(sts_endpoint_url=sts_down.url)
         try:
             login_as(client, make_user, "mgr@acme.test", company_id=company.id)
-            from tests.conftest import csrf_from
-
             page = client.get(f"/admin/settings/{company.id}/").get_data(as_text=True)
             resp = client.post(f"/admin/settings/{company.id}/save", follow_redirects=True, data={
                 "csrf_token": csrf_from(page), "section": "aws",

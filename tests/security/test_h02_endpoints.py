@@ -12,12 +12,12 @@ import os
 
 import pytest
 
-from core import companies
+from core import audiences, companies
 from core.db import db
 from core.models import Company, Job
-from tests.conftest import csrf_from
-from tests.security.conftest import (SECRET_BODY, leaks, login_as, people, run_worker_burst, submit,
-                                     tenant_view)
+from tests.support.app import csrf_from
+from tests.support.app import run_worker_burst
+from tests.support.attack import SECRET_BODY, leaks, login_as, people, submit, tenant_view
 
 
 def save(client, company_id: int, **fields):
@@ -131,8 +131,6 @@ def test_the_lms_database_url_is_postgres_or_mysql_over_tcp_to_a_public_host(app
 
 
 def test_a_stored_loopback_lms_url_is_refused_when_used(app, company, production_guard):
-    from core import audiences
-
     db.session.get(Company, company.id).moodle_db_url = "postgresql://postgres@127.0.0.1/postgres"
     db.session.commit()
     audiences.save_lms_settings(company.id, 3, "mdl_")

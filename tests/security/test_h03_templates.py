@@ -10,8 +10,9 @@ import pytest
 
 from core.db import db
 from core.models import Job
-from tests.conftest import csrf_from
-from tests.security.conftest import login_as, people, run_worker_burst
+from tests.support.app import csrf_from
+from tests.support.attack import login_as, people
+from tests.support.app import run_worker_burst
 
 ATTACKS = [
     ("subject", "{{ 9**(9**7) }}", "exponent"),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import csrf_from
+from tests.support.app import csrf_from
 
 
 def login(client, next_value: str):

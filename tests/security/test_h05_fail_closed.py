@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from core.db import db
 from core.models import User
-from tests.conftest import AuthActions, csrf_from
-from tests.security.conftest import login_as
+from tests.support.app import AuthActions, csrf_from
+from tests.support.attack import login_as
 
 
 def test_a_manager_with_a_blank_company_cannot_sign_in_or_see_any_company(client, make_company, make_user):

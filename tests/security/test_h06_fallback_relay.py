@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from email import message_from_bytes
 
+from core import companies
 from core.db import db
 from core.models import Job
-from tests.security.conftest import people, run_worker_burst, submit
+from tests.support.attack import people, submit
+from tests.support.app import run_worker_burst
 from tests.support.servers import free_port
 
 
@@ -51,8 +53,6 @@ def test_an_approved_domain_keeps_its_from(app, client, make_company, smtp_sink)
 
 
 def test_only_an_admin_may_turn_the_relay_on(app, client, company, make_user):
-    from core import companies
-
     try:
         companies.configure(company.company, {"fallback_relay": "1"}, admin=False)
     except ValueError as exc:

@@ -6,8 +6,8 @@ import json
 
 from core.db import db
 from core.models import Job
-from tests.conftest import AuthActions
-from tests.security.conftest import run_worker_burst
+from tests.support.app import AuthActions
+from tests.support.app import run_worker_burst
 
 
 def test_a_data_value_never_becomes_the_stored_error(app, client, make_company, make_user, smtp_sink):

@@ -7,8 +7,8 @@ import hashlib
 
 from core.db import db
 from core.models import User
-from tests.conftest import AuthActions, csrf_from
-from tests.security.conftest import login_as
+from tests.support.app import AuthActions, csrf_from
+from tests.support.attack import login_as
 
 
 def attempt(client, email, password, ip="203.0.113.7"):

@@ -4,8 +4,8 @@ from __future__ import annotations
 from core import audiences
 from core.db import db
 from core.models import Company
-from tests.conftest import csrf_from
-from tests.security.conftest import login_as
+from tests.support.app import csrf_from
+from tests.support.attack import login_as
 
 
 def test_a_manager_cannot_choose_the_iomad_company_id(client, company, make_user):

@@ -11,7 +11,7 @@ import subprocess
 from itsdangerous import URLSafeSerializer
 
 from core import settings
-from core.unsubscribe import SALT
+from core.unsubscribe import SALT, make_token, read_token
 from dashboard import DEV_KEY_WARNING
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -43,8 +43,6 @@ def test_a_token_forged_with_the_public_dev_key_is_refused(app, client, company)
         [company.id, "victim@acme.test"])
     assert client.get(f"/u/{forged}").status_code in (400, 404)
     with app.test_request_context():
-        from core.unsubscribe import make_token, read_token
-
         genuine = make_token(company.id, "learner@acme.test")
         assert genuine != forged and read_token(genuine) == (company.id, "learner@acme.test")
         assert read_token(forged) is None

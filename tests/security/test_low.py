@@ -8,9 +8,10 @@ from datetime import timedelta
 
 from core.certificate_render import new_verification_code
 from core.db import db
-from core.models import Certificate, Company, utcnow
-from tests.conftest import csrf_from
-from tests.security.conftest import SECRET_BODY, leaks, login_as, run_worker_burst
+from core.models import Certificate, Company, Template, utcnow
+from tests.support.app import csrf_from
+from tests.support.attack import SECRET_BODY, leaks, login_as
+from tests.support.app import run_worker_burst
 
 
 def test_a_garbled_aws_answer_ends_the_connection_test_with_a_clear_result(app, client, make_company, make_user,
@@ -47,8 +48,6 @@ def test_the_certificate_download_redirects_only_to_an_allowed_storage_host(app,
 
 
 def make_template(company_id: int):
-    from core.models import Template
-
     tpl = Template(company_id=company_id, name="Welcome", job_type="csv_import", subject="Hi {{ firstname }}",
                    body_text="Hello {{ firstname }}")
     db.session.add(tpl)
