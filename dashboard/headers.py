@@ -5,7 +5,7 @@ from __future__ import annotations
 #: the dashboard and public pages: own scripts and styles (Flask-Admin writes inline ones), images
 #: from here or data: URIs (logos, QR codes, previews), no framing, forms post only here
 CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-       "img-src 'self' data:; font-src 'self' data:; connect-src 'self'; object-src 'none'; "
+       "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; object-src 'none'; "
        "base-uri 'self'; form-action 'self'; frame-ancestors 'none'")
 
 
