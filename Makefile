@@ -19,6 +19,9 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/python
 	touch $@ $(VENV)/.runtime
 
 ## run: install, migrate, seed the demo, serve on http://127.0.0.1:5000 with one worker
+## (development: the public dev key, and private endpoints allowed for local emulators)
+run: export OFFLOAD_DEV ?= 1
+run: export OFFLOAD_ALLOW_PRIVATE_ENDPOINTS ?= 1
 run: $(VENV)/.runtime
 	$(BIN)/flask --app wsgi db upgrade
 	$(BIN)/flask --app wsgi run-demo
@@ -41,6 +44,8 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
+bench: export OFFLOAD_DEV ?= 1
+bench: export OFFLOAD_ALLOW_PRIVATE_ENDPOINTS ?= 1
 bench: $(VENV)/.dev
 	bash scripts/test-setup.sh
 	$(BIN)/python bench/bulk_send.py

@@ -126,7 +126,8 @@ def main() -> None:
     procs: list = []
     try:
         with RedisServer() as redis_server, SesLocal() as ses:
-            env = {**os.environ, "DATABASE_URL": db_url, "REDIS_URL": redis_server.url,
+            env = {**os.environ, "OFFLOAD_DEV": "1", "OFFLOAD_ALLOW_PRIVATE_ENDPOINTS": "1",
+                   "DATABASE_URL": db_url, "REDIS_URL": redis_server.url,
                    "OFFLOAD_MAX_RECIPIENTS": str(max(50_000, args.recipients)), "SECRET_KEY": "bench"}
             flask(env, "db", "upgrade")
             company = dict(line.split(": ", 1) for line in flask(env, "company", "create", "Bench").splitlines())

@@ -146,10 +146,32 @@ def masked(data: dict) -> dict:
 
 
 class UploadStore:
-    """Uploads between the upload and confirm steps: encrypted in Redis, one hour."""
+    """Uploads between the upload and confirm steps: encrypted in Redis, one hour.
 
-    def __init__(self, conn: Redis):
+    Redis runs ``noeviction``: pending uploads are capped per user and per
+    company (``OFFLOAD_MAX_UPLOADS_PER_USER`` / ``_PER_COMPANY``); a confirmed
+    or expired upload frees its place."""
+
+    def __init__(self, conn: Redis, max_per_user: int = 5, max_per_company: int = 20):
         self.conn = conn
+        self.max_per_user, self.max_per_company = max_per_user, max_per_company
+
+    @staticmethod
+    def _pending_keys(upload: Upload) -> tuple[str, str]:
+        return f"offload:uploads:user:{upload.user_id}", f"offload:uploads:company:{upload.company_id}"
+
+    def _reserve(self, upload: Upload) -> None:
+        """Count this upload against both caps; ``AudienceError`` when either is full."""
+        now = time.time()
+        for key, cap, who in zip(self._pending_keys(upload), (self.max_per_user, self.max_per_company),
+                                 ("you have", "the company has"), strict=True):
+            self.conn.zremrangebyscore(key, "-inf", now)
+            if self.conn.zcard(key) >= cap:
+                raise AudienceError(f"{who} {cap} uploads waiting for review: confirm or cancel one, "
+                                    "or wait for them to expire (an hour)")
+        for key in self._pending_keys(upload):
+            self.conn.zadd(key, {upload.id: now + UPLOAD_TTL_S})
+            self.conn.expire(key, UPLOAD_TTL_S)
 
     @staticmethod
     def key(upload_id: str) -> str:
@@ -157,6 +179,7 @@ class UploadStore:
 
     def save(self, upload: Upload) -> str:
         upload.id = secrets.token_urlsafe(18)
+        self._reserve(upload)
         doc = {"company_id": upload.company_id, "user_id": upload.user_id, "filename": upload.filename,
                "columns": upload.columns, "rows": upload.rows, "problems": upload.problems}
         self.conn.set(self.key(upload.id), crypto.encrypt(json.dumps(doc)), ex=UPLOAD_TTL_S)
@@ -177,6 +200,11 @@ class UploadStore:
                       [(line, reason) for line, reason in doc["problems"]], upload_id)
 
     def delete(self, upload_id: str) -> None:
+        raw = self.conn.get(self.key(upload_id))
+        if raw is not None:
+            doc = json.loads(crypto.decrypt(raw.decode()))
+            self.conn.zrem(f"offload:uploads:user:{doc['user_id']}", upload_id)
+            self.conn.zrem(f"offload:uploads:company:{doc['company_id']}", upload_id)
         self.conn.delete(self.key(upload_id))
 
 

@@ -37,7 +37,8 @@ from urllib.parse import unquote, urlsplit
 
 import segno
 from jinja2 import Template, TemplateError
-from jinja2.sandbox import SandboxedEnvironment, SecurityError
+
+from core.rendering import MAX_SOURCE, MAX_VALUE, RENDER_BUDGET_S, BoundedSandbox, describe_error, render_bounded
 from reportlab.pdfbase.ttfonts import TTFError
 from xhtml2pdf import pisa
 from xhtml2pdf.config.resources import RenderLimitError, ResourceAccessPolicy
@@ -64,35 +65,20 @@ _LOGO_TYPES = (
     (b"GIF89a", "image/gif"),
 )
 
-#: Longest string or sequence a template expression may build with ``*``.
-MAX_TEMPLATE_VALUE = 100_000
+#: Longest string or sequence a template expression may build (the shared sandbox's limit).
+MAX_TEMPLATE_VALUE = MAX_VALUE
 
 
-class CertificateSandbox(SandboxedEnvironment):
-    """Jinja2's sandbox, autoescaping, with ``*`` and ``**`` bounded so a
-    template cannot build a gigabyte string or a huge number."""
-
-    intercepted_binops = frozenset({"*", "**"})
+class CertificateSandbox(BoundedSandbox):
+    """The bounded sandbox of ``core.rendering`` (arithmetic, repetition, loops, output and
+    time all limited), autoescaping."""
 
     def __init__(self) -> None:
         super().__init__(autoescape=True)
 
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        """Refuse ``*`` results longer than ``MAX_TEMPLATE_VALUE`` and exponents above 64."""
-        if operator == "**" and isinstance(right, (int, float)) and abs(right) > 64:
-            raise SecurityError("exponent too large in template")
-        if operator == "*":
-            for seq, times in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple)) and isinstance(times, int) \
-                        and len(seq) * times > MAX_TEMPLATE_VALUE:
-                    raise SecurityError("value too large in template")
-        return super().call_binop(context, operator, left, right)
-
 
 _jinja = CertificateSandbox()
 
-#: What a template's expressions may raise while rendering, besides TemplateError.
-_RENDER_ERRORS = (TemplateError, ArithmeticError, LookupError, TypeError, ValueError)
 
 
 class CertificateError(ValueError):
@@ -237,17 +223,24 @@ def _compile(template_html: str) -> Template:
     try:
         return _jinja.from_string(template_html)
     except TemplateError as exc:
-        raise CertificateTemplateError(f"template does not compile: {exc}") from exc
+        raise CertificateTemplateError(f"template does not compile: {describe_error(exc, template_html)}") from None
 
 
-def render_certificate_html(template_html: str, template_css: str, context: Mapping[str, Any]) -> str:
-    """Render the Jinja2 template in the sandbox and put ``template_css`` in its head."""
+def render_certificate_html(template_html: str, template_css: str, context: Mapping[str, Any],
+                            budget_s: float = RENDER_BUDGET_S) -> str:
+    """Render the Jinja2 template in the bounded sandbox and put ``template_css`` in its head.
+
+    An error names the template line and the undefined name or exception type, never a value."""
     if "</style" in template_css.lower():
         raise CertificateTemplateError("template CSS must not contain </style>")
+    if len(template_css) > MAX_SOURCE:
+        raise CertificateTemplateError(f"template CSS is longer than {MAX_SOURCE} characters")
     try:
-        html = _compile(template_html).render(**context)
-    except _RENDER_ERRORS as exc:  # TemplateError includes the sandbox's SecurityError
-        raise CertificateTemplateError(f"template does not render: {exc}") from exc
+        html = render_bounded(_compile(template_html), dict(context), budget_s)
+    except CertificateTemplateError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever a user template raises is a template error
+        raise CertificateTemplateError(f"template does not render: {describe_error(exc, template_html)}") from None
     style = f"<style>\n{template_css}\n</style>\n"
     head_end = html.lower().find("</head>")
     if head_end < 0:
@@ -275,7 +268,7 @@ def html_to_pdf(html: str, *, asset_dir: Path | None = None) -> bytes:
 
 def render_certificate_pdf(template_html: str, template_css: str, fields: dict, *,
                            logo: bytes | None, verify_url: str, code: str,
-                           asset_dir: Path | None = None) -> bytes:
+                           asset_dir: Path | None = None, budget_s: float = RENDER_BUDGET_S) -> bytes:
     """Render one certificate as PDF bytes.
 
     Args:
@@ -295,7 +288,7 @@ def render_certificate_pdf(template_html: str, template_css: str, fields: dict, 
         CertificateError: the logo is not an image we accept.
     """
     context = template_context(fields, logo=logo, verify_url=verify_url, code=code)
-    return html_to_pdf(render_certificate_html(template_html, template_css, context), asset_dir=asset_dir)
+    return html_to_pdf(render_certificate_html(template_html, template_css, context, budget_s), asset_dir=asset_dir)
 
 
 # --------------------------------------------------------------------------- preview

@@ -24,6 +24,7 @@ from core import audit
 from core.db import db
 from core.models import Certificate, Company, Job, utcnow
 from providers.base import PermanentError
+from providers.base import OPERATOR_ENDPOINT, guarded_url
 from providers.storage import ObjectNotFound, Storage, get_storage
 from core.certificate_render import CODE_ALPHABET, CODE_LENGTH
 
@@ -79,6 +80,8 @@ def storage_config(company: Company, kind: str) -> dict:
     s3_endpoint = config.get("s3_endpoint_url") or os.environ.get("AWS_ENDPOINT_URL_S3")
     if kind == "s3" and s3_endpoint:
         config["aws_endpoint_url"] = s3_endpoint
+        if not config.get("s3_endpoint_url"):  # the operator's variable, not the tenant's choice
+            config[OPERATOR_ENDPOINT] = True
     return config
 
 
@@ -112,10 +115,16 @@ def download_url(code: str) -> str:
 
 
 def presigned_link(cert: Certificate, expires_in: int = LINK_TTL_S) -> str:
-    """A short-lived link straight to the PDF in the company's storage."""
+    """A short-lived link straight to the PDF in the company's storage.
+
+    The link is a redirect target on a public page: it must name a host the
+    endpoint guard allows for that storage's cloud (AWS for S3, Cloudflare
+    for R2 and the Worker, or the operator's list), else ``EndpointRefused``."""
     company = db.session.get(Company, cert.company_id)
     with open_storage(company, cert.storage) as storage:
-        return storage.presigned_url(cert.object_key, expires_in)
+        url = storage.presigned_url(cert.object_key, expires_in)
+    config = storage_config(company, cert.storage)
+    return guarded_url(config, url, "aws" if cert.storage == "s3" else "cloudflare")
 
 
 # --------------------------------------------------------------------------- lookup and status

@@ -3,19 +3,62 @@ the CLI, the dashboard and the tests share."""
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 from sqlalchemy import func, select
 
-from core import delivery_settings
+from core import delivery_settings, login_throttle
 from core.db import db
 from core.rendering import valid_email
 from core.models import ROLES, ApiToken, Company, DeliverySettings, User, utcnow
 from core.models import sha256_hex
+from core.lms import connection as lms_connection
+from providers import aws, guard
 
 #: the service's own company-level settings (the rest: ``core.delivery_settings``)
 COMPANY_KEYS = delivery_settings.COMPANY_KEYS
+#: endpoint URLs a tenant names, and the cloud whose hosts they must be (in production)
+ENDPOINT_URL_KEYS = {"aws_endpoint_url": "aws", "sqs_queue_url": "aws", "s3_endpoint_url": "aws",
+                     "cloudflare_api_base": "cloudflare", "cloudflare_worker_url": "cloudflare"}
+ROLE_ARN = re.compile(r"arn:aws(?:-[a-z]+)*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
+
+
+class RoleTrustError(ValueError):
+    """The role ARN can be assumed without the external id (the confused-deputy check)."""
+
+
+def _guard_setting(key: str, check) -> None:
+    """Run a guard check for ``key``; a name that does not resolve now is checked again at
+    every connection, anything else the guard refuses is a ValueError naming the key."""
+    try:
+        check()
+    except guard.EndpointRefused as exc:
+        if exc.rule != "unresolvable":
+            raise ValueError(f"{key}: refused by the endpoint guard ({exc.rule}): {exc}") from None
+
+
+def _check_reach(key: str, value) -> None:
+    """The tenant-boundary checks on top of a setting's own validation: endpoints pass the guard."""
+    if value is None:
+        return
+    if key in ENDPOINT_URL_KEYS:
+        _guard_setting(key, lambda: guard.check_url(value, ENDPOINT_URL_KEYS[key]))
+    elif isinstance(value, str) and key.endswith("_url") and value.startswith(("http://", "https://")):
+        # another backend's URL (its own connection checks the cloud's hosts): the address rules now
+        parts = urlsplit(value)
+        _guard_setting(key, lambda: guard.resolve(parts.hostname or "", parts.port or 443))
+    if key == "smtp_host":
+        if any(c in value for c in "/:@ ") and not guard.is_ip_literal(value):
+            raise ValueError("smtp_host: expected a host name or address")
+        _guard_setting(key, lambda: guard.resolve(value, 25))
+    if key == "lms_url":  # parsed by its declaration; its host is checked again at every connection
+        target = lms_connection.parse_url(value)
+        _guard_setting(key, lambda: guard.resolve(target.host, target.port))
+    if key == "aws_role_arn" and not ROLE_ARN.fullmatch(value):
+        raise ValueError("aws_role_arn: expected arn:aws:iam::<account>:role/<name>")
 
 
 def new_callback_secret() -> str:
@@ -53,18 +96,36 @@ def setting_keys() -> tuple[str, ...]:
     return tuple(delivery_settings.by_key())
 
 
-def configure(company: Company, values: dict) -> list[str]:
+def configure(company: Company, values: dict, *, admin: bool = True, check_role: bool = True) -> list[str]:
     """Apply settings; returns the names of the fields that changed (never values).
 
     Each value is validated by its declaration (``core.delivery_settings``);
-    a ``ValueError`` names the key (``"smtp_port: out of range"``).
+    a ``ValueError`` names the key (``"smtp_port: out of range"``). Endpoints
+    pass the endpoint guard. ``admin`` is False for a manager: the admin-only
+    keys are then refused. A new role ARN passes the confused-deputy check
+    (``check_role``) first.
     """
     known = delivery_settings.by_key()
     values = {delivery_settings.ALIASES.get(key, key): raw for key, raw in values.items()}
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
+    if not admin:
+        for key in delivery_settings.admin_only_keys():
+            if key in values:
+                raise ValueError(f"{key}: only an administrator can change this setting")
     parsed = {key: known[key].clean(raw) for key, raw in values.items()}
+    for key, value in parsed.items():
+        _check_reach(key, value)
+    new_role = parsed.get("aws_role_arn")
+    current = company.settings
+    if check_role and new_role and (current is None or current.aws_role_arn != new_role):
+        outcome, note = aws.check_role_trust(new_role, parsed.get("aws_region") or
+                                             (current.aws_region if current else None))
+        if outcome == aws.ROLE_OPEN:
+            raise RoleTrustError(f"aws_role_arn: {note}")
+        # the settings page says plainly when the check could not be made
+        company.role_check_note = note if outcome == aws.ROLE_UNCHECKED else None
     if company.settings is None:
         company.settings = DeliverySettings(company=company)
     changed = []
@@ -99,6 +160,28 @@ def create_user(email: str, password: str, role: str, company_id: int | None) ->
     db.session.add(user)
     db.session.flush()
     return user
+
+
+def check_user_fields(role: str, company_id: int | None) -> None:
+    """The rules a login's role and company follow (CLI and the Users form alike)."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    if role == "manager" and company_id is None:
+        raise ValueError("a manager needs a company")
+
+
+def set_password(user: User, password: str) -> None:
+    """A new password (which also ends the user's sessions) and no pending back-off."""
+    if len(password) < 8:
+        raise ValueError("password must have at least 8 characters")
+    user.set_password(password)
+    unlock_user(user)
+
+
+def unlock_user(user: User) -> None:
+    """Clear the user's login back-off and failure count (an admin's action)."""
+    user.failed_logins, user.locked_until = 0, None
+    login_throttle.unlock(user.email)
 
 
 def authenticate_token(token: str) -> ApiToken | None:

@@ -14,6 +14,8 @@ JSON document, so a new provider needs no migration.
 """
 from __future__ import annotations
 
+import re
+
 from providers import registry
 from providers.registry import Setting, SettingsGroup, whole_number
 
@@ -25,7 +27,8 @@ from core.models import MODES, CampaignSettings, Company, DeliverySettings
 from core.rendering import valid_email
 
 #: settings stored on the company itself
-COMPANY_KEYS = ("uncertain_policy", "data_retention_days", "sns_topic_arn")
+COMPANY_KEYS = ("uncertain_policy", "data_retention_days", "sns_topic_arn", "fallback_relay",
+                "fallback_sender_domains")
 #: the LMS connection (CONTRACT §7): key → (owner, attribute); the URL is ``companies.moodle_db_url``
 #: (encrypted), the rest ``campaign_settings``. Admins and the operator CLI only, never a manager.
 LMS_COLUMNS = {"lms_url": ("company", "moodle_db_url"), "lms_prefix": ("lms", "moodle_prefix"),
@@ -33,8 +36,9 @@ LMS_COLUMNS = {"lms_url": ("company", "moodle_db_url"), "lms_prefix": ("lms", "m
                "lms_completions": ("lms", "lms_completions"), "lms_dataroot": ("lms", "lms_dataroot")}
 #: old names ``configure`` still accepts
 ALIASES = {"moodle_db_url": "lms_url"}
-#: form sections only admins see and save
-ADMIN_ONLY = ("lms",)
+#: form sections only admins see and save: they reach shared or operator resources
+ADMIN_ONLY = ("lms", "relay")
+_DOMAIN = re.compile(r"(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
 
 
 def _sender(raw: str) -> str:
@@ -51,6 +55,14 @@ def _send_rate(raw: str) -> float:
     if value <= 0:
         raise ValueError("must be above 0")
     return value
+
+
+def _domains(raw: str) -> str | None:
+    domains = [d.strip().lower().lstrip("@") for d in str(raw).split(",") if d.strip()]
+    bad = [d for d in domains if not _DOMAIN.fullmatch(d)]
+    if bad:
+        raise ValueError(f"not a domain: {bad[0]}")
+    return ",".join(dict.fromkeys(domains)) or None
 
 
 def _uncertain_policy(raw: str) -> str:
@@ -125,9 +137,26 @@ LMS = SettingsGroup("lms", "LMS connection (Moodle/IOMAD)", "The company's Moodl
                     ))
 
 
+RELAY = SettingsGroup("relay", "Fallback relay (operator)", "Whether the service's own SMTP relay "
+                      "(OFFLOAD_FALLBACK_SMTP) may carry this company's mail when its provider is down, and "
+                      "which of its sender domains the relay may send as. Admins only.", (
+                          Setting("fallback_relay", "Use the service's SMTP relay as fallback", "checkbox",
+                                  required=True,
+                                  help="OFFLOAD_FALLBACK_SMTP serves this company when its provider is down"),
+                          Setting("fallback_sender_domains", "Sender domains approved on the relay", parse=_domains,
+                                  help="comma-separated; other senders go out From the service's address, with "
+                                       "the company's sender as Reply-To"),
+                      ))
+
+
 def groups() -> tuple[SettingsGroup, ...]:
-    """The form's sections, in order: general, each provider group, advanced."""
-    return (general(), *registry.settings_groups(), ADVANCED, LMS)
+    """The form's sections, in order: general, each provider group, advanced, then the admins' ones."""
+    return (general(), *registry.settings_groups(), ADVANCED, LMS, RELAY)
+
+
+def admin_only_keys() -> tuple[str, ...]:
+    """Keys only an administrator (or the CLI) may set."""
+    return tuple(s.key for g in groups() if g.name in ADMIN_ONLY for s in g.fields) + tuple(ALIASES)
 
 
 def by_key() -> dict[str, Setting]:

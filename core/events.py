@@ -166,8 +166,19 @@ def check_template(company_id: int, event: Event) -> Template:
     return tpl
 
 
-def accept(conn: Redis, company_id: int, event: Event, *, threshold: int, window_s: float) -> Accepted:
-    """Add the event to its open window (opening one if needed) in one transaction."""
+#: events one company may hold in its open windows (Redis runs ``noeviction``)
+MAX_BUFFERED_PER_COMPANY = 50_000
+
+
+def accept(conn: Redis, company_id: int, event: Event, *, threshold: int, window_s: float,
+           max_buffered: int = MAX_BUFFERED_PER_COMPANY) -> Accepted:
+    """Add the event to its open window (opening one if needed) in one transaction.
+
+    Raises ``EventError`` (``too_many_events``) when the company already holds
+    ``max_buffered`` events in that window."""
+    if conn.llen(buf_key(company_id, event.job_type)) >= max_buffered:
+        raise EventError("too_many_events", f"the company already has {max_buffered} events waiting in this "
+                                            "window; retry after it closes")
     token = crypto.encrypt(json.dumps({"email": event.email, "data": event.data, "event": event.event,
                                        "occurred_at": event.occurred_at}, separators=(",", ":")))
     new_id = uuid.uuid4().hex

@@ -16,7 +16,7 @@ from core.bulk import insert_recipients
 from core.db import db
 from core.models import (COMPLETED, FAILED, JOB_TYPES, PARTIAL, PROCESSING, QUEUED, R_FAILED, R_PENDING,
                          R_SUPPRESSED, Batch, Job, Suppression, Template, utcnow)
-from core.rendering import CompiledTemplate, RenderError, valid_email
+from core.rendering import PREVIEW_BUDGET_S, CompiledTemplate, RenderError, valid_email
 from core.queue import enqueue_finish
 from core.bulk import execute_for_ids
 from core.queue import enqueue_plan
@@ -110,7 +110,7 @@ def compile_checked(subject, text_body, html_body, sample: dict | None) -> Compi
     """Compile and test-render once, so template errors are a 400 now, not failures later."""
     try:
         compiled = CompiledTemplate(subject, text_body, html_body)
-        compiled.render(sample)
+        compiled.render(sample, budget_s=PREVIEW_BUDGET_S)
     except RenderError as exc:
         raise JobError("template_error", str(exc), {"part": exc.part}) from None
     return compiled

@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
 
+from providers import aws, guard
+from providers.base import OPERATOR_ENDPOINT
 from providers.smtp import parse_smtp_url
 
 
@@ -73,8 +75,8 @@ def parse_fernet_keys(name: str, raw: str) -> list[bytes]:
 def parse_smtp_setting(name: str, raw: str) -> dict:
     """``smtp://[user:pass@]host:port[?tls=starttls|tls]`` → provider config
     (the SMTP provider's own parser, with its error naming the variable)."""
-    try:
-        return parse_smtp_url(raw)
+    try:  # the operator's own relay: the endpoint guard does not apply to it
+        return {**parse_smtp_url(raw), OPERATOR_ENDPOINT: True}
     except ValueError as exc:
         raise SettingsError(f"{name}: {exc}") from None
 
@@ -96,8 +98,11 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
     """Read every setting from ``environ`` (default ``os.environ``) into Flask config keys."""
     env = os.environ if environ is None else environ
     production = any(env.get(v, "").strip().lower() == "production" for v in ("FLASK_ENV", "OFFLOAD_ENV"))
+    development = not production and (env.get("OFFLOAD_ENV", "").strip().lower() == "development"
+                                      or parse_boolean("OFFLOAD_DEV", env.get("OFFLOAD_DEV", "0")))
 
-    cfg: dict = {"OFFLOAD_PRODUCTION": production}
+    cfg: dict = {"OFFLOAD_PRODUCTION": production, "OFFLOAD_DEVELOPMENT": development,
+                 "OFFLOAD_DEV_KEY_IN_USE": False}
     cfg["SQLALCHEMY_DATABASE_URI"] = normalize_database_url(env.get("DATABASE_URL") or "sqlite:///instance/offload.db")
     cfg["REDIS_URL"] = env.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 
@@ -113,8 +118,17 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
         cfg["OFFLOAD_ENCRYPTION_KEYS"] = parse_fernet_keys("OFFLOAD_ENCRYPTION_KEYS", raw_keys)
     elif production:
         raise SettingsError("OFFLOAD_ENCRYPTION_KEYS: required in production")
+    elif not development:
+        raise SettingsError("OFFLOAD_ENCRYPTION_KEYS: required (the public development key is used only "
+                            "when development is explicitly on: OFFLOAD_ENV=development or OFFLOAD_DEV=1)")
     else:
         cfg["OFFLOAD_ENCRYPTION_KEYS"] = [dev_encryption_key()]
+        cfg["OFFLOAD_DEV_KEY_IN_USE"] = True
+    raw_keys = env.get("OFFLOAD_UNSUBSCRIBE_KEYS")
+    cfg["OFFLOAD_UNSUBSCRIBE_KEYS"] = [k.strip().encode() for k in raw_keys.split(",") if k.strip()] \
+        if raw_keys else None
+    if raw_keys and (not cfg["OFFLOAD_UNSUBSCRIBE_KEYS"] or any(len(k) < 32 for k in cfg["OFFLOAD_UNSUBSCRIBE_KEYS"])):
+        raise SettingsError("OFFLOAD_UNSUBSCRIBE_KEYS: each key needs at least 32 characters")
 
     ints = {  # name: (default, minimum, maximum)
         "OFFLOAD_BATCH_SIZE": (200, 1, 10_000),
@@ -131,6 +145,11 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
         "OFFLOAD_LMS_POLL_S": (30, 1, None),
         "OFFLOAD_LMS_CHUNK": (500, 1, 10_000),
         "OFFLOAD_LMS_MAX_ROWS": (10_000, 1, None),
+        "OFFLOAD_MAX_CONTENT_LENGTH": (64 * 1024 * 1024, 1024, None),
+        "OFFLOAD_LOGIN_BACKOFF_MAX_S": (900, 1, None),
+        "OFFLOAD_MAX_UPLOADS_PER_USER": (5, 1, None),
+        "OFFLOAD_MAX_UPLOADS_PER_COMPANY": (20, 1, None),
+        "OFFLOAD_MAX_BUFFERED_EVENTS": (50_000, 1, None),
     }
     for name, (default, lo, hi) in ints.items():
         raw = env.get(name)
@@ -165,6 +184,14 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
         "OFFLOAD_ALLOW_PRIVATE_ENDPOINTS", env.get("OFFLOAD_ALLOW_PRIVATE_ENDPOINTS", "0"))
     cfg["OFFLOAD_ALLOWED_ENDPOINT_HOSTS"] = tuple(
         h.strip().lower() for h in env.get("OFFLOAD_ALLOWED_ENDPOINT_HOSTS", "").split(",") if h.strip())
+    sts = env.get("OFFLOAD_STS_ENDPOINT_URL") or None
+    if sts and urlsplit(sts).scheme not in ("http", "https"):
+        raise SettingsError(f"OFFLOAD_STS_ENDPOINT_URL: expected an http(s) URL, got {sts!r}")
+    cfg["OFFLOAD_STS_ENDPOINT_URL"] = sts
+    sender = (env.get("OFFLOAD_FALLBACK_FROM") or "").strip()
+    if sender and ("@" not in sender or any(c in sender for c in "\r\n\0 <>")):
+        raise SettingsError(f"OFFLOAD_FALLBACK_FROM: expected an email address, got {sender!r}")
+    cfg["OFFLOAD_FALLBACK_FROM"] = sender or "no-reply@" + (urlsplit(public).hostname or "localhost")
     cfg["OFFLOAD_EMBEDDED_REDIS"] = parse_boolean("OFFLOAD_EMBEDDED_REDIS", env.get("OFFLOAD_EMBEDDED_REDIS", "1"))
     cfg["OFFLOAD_PROVIDER_API_BASES"] = parse_api_bases(
         "OFFLOAD_PROVIDER_API_BASES", env.get("OFFLOAD_PROVIDER_API_BASES", ""))
@@ -184,3 +211,12 @@ def parse_api_bases(name: str, raw: str) -> dict[str, str]:
             raise SettingsError(f"{name}: expected provider=http(s)://host[:port], comma-separated; got {item!r}")
         found[provider.strip()] = url.strip()
     return found
+
+
+def configure_outbound(config: Mapping) -> None:
+    """Install the process-wide outbound policy: the endpoint guard and the operator's STS
+    endpoint. The app factory calls it, and the worker again from the app it is given."""
+    guard.configure(allow_private=config.get("OFFLOAD_ALLOW_PRIVATE_ENDPOINTS", False),
+                    production=config.get("OFFLOAD_PRODUCTION", False),
+                    allowed_hosts=config.get("OFFLOAD_ALLOWED_ENDPOINT_HOSTS", ()))
+    aws.configure(sts_endpoint_url=config.get("OFFLOAD_STS_ENDPOINT_URL"))

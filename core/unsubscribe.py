@@ -1,9 +1,11 @@
 """Unsubscribe tokens for campaign mail (RFC 8058).
 
 The token is an itsdangerous signature of ``[company_id, email]`` keyed by
-a key derived from each OFFLOAD_ENCRYPTION_KEYS key, so it needs no
-database row, cannot be guessed, survives restarts and keeps working
-through a key rotation while the old key is listed.
+its own signing keys, ``OFFLOAD_UNSUBSCRIBE_KEYS`` (newest first); when the
+operator sets none, a key derived from each OFFLOAD_ENCRYPTION_KEYS key
+(with its own salt) is used, which is secret wherever the encryption keys
+are. It needs no database row, cannot be guessed, survives restarts and
+keeps working through a key rotation while the old key is listed.
 """
 from __future__ import annotations
 
@@ -20,11 +22,13 @@ _serializers: dict[tuple, URLSafeSerializer] = {}
 
 
 def _serializer() -> URLSafeSerializer:
-    keys = tuple(current_app.config["OFFLOAD_ENCRYPTION_KEYS"])  # newest first
+    own = current_app.config.get("OFFLOAD_UNSUBSCRIBE_KEYS")
+    keys = tuple(own or current_app.config["OFFLOAD_ENCRYPTION_KEYS"])  # newest first
     found = _serializers.get(keys)
     if found is None:
         # itsdangerous wants oldest to newest; it signs with the last one
-        secrets = [hmac.new(k, SALT.encode(), hashlib.sha256).hexdigest() for k in reversed(keys)]
+        secrets = [k.decode() if own else hmac.new(k, SALT.encode(), hashlib.sha256).hexdigest()
+                   for k in reversed(keys)]
         found = _serializers[keys] = URLSafeSerializer(secrets, salt=SALT,
                                                          signer_kwargs={"digest_method": hashlib.sha256})
     return found

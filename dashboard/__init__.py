@@ -7,6 +7,7 @@ and the dev server configure it when they start, gunicorn with its own flags.
 """
 from __future__ import annotations
 
+import logging
 import os
 
 from flask import Flask
@@ -14,13 +15,17 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from core import crypto, logs, settings
 from core.db import db
-from dashboard import admin, api, auth, bounces, callbacks, cli, errors
+from dashboard import admin, api, auth, bounces, callbacks, cli, errors, headers
+from dashboard.bodies import BoundedJSONProvider
 from dashboard.extensions import csrf, login_manager, migrate
 from dashboard.public import unsubscribe, verify
-from providers import guard, registry
+from providers import registry
 from tasks.cli import worker_command  # the composition root may register the worker (docs/ARCHITECTURE.md)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+log = logging.getLogger(__name__)
+DEV_KEY_WARNING = ("OFFLOAD_ENCRYPTION_KEYS is not set: secrets and recipient data are encrypted with the PUBLIC "
+                   "development key, which anyone can derive from the source. Never use this outside development.")
 
 
 def create_app(config: dict | None = None) -> Flask:
@@ -28,6 +33,7 @@ def create_app(config: dict | None = None) -> Flask:
     loaded = settings.load()
     app = Flask(__name__, instance_path=loaded["OFFLOAD_INSTANCE_PATH"] or os.path.join(ROOT, "instance"),
                 static_folder="../static", static_url_path="/static")
+    app.json = BoundedJSONProvider(app)  # nesting deeper than bodies.MAX_JSON_DEPTH is a 400
     app.config.update(loaded)
     if config:
         app.config.update(config)
@@ -40,18 +46,20 @@ def create_app(config: dict | None = None) -> Flask:
         hops = app.config["OFFLOAD_PROXY_HOPS"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
 
+    if app.config.get("MAX_CONTENT_LENGTH") is None:  # Flask's default is None: no limit at all
+        app.config["MAX_CONTENT_LENGTH"] = app.config["OFFLOAD_MAX_CONTENT_LENGTH"]
     logs.silence_credential_loggers()
     crypto.configure(app.config["OFFLOAD_ENCRYPTION_KEYS"])
-    guard.configure(allow_private=app.config.get("OFFLOAD_ALLOW_PRIVATE_ENDPOINTS", False),
-                    production=app.config["OFFLOAD_PRODUCTION"],
-                    allowed_hosts=app.config.get("OFFLOAD_ALLOWED_ENDPOINT_HOSTS", ()))
+    if app.config.get("OFFLOAD_DEV_KEY_IN_USE"):
+        log.warning(DEV_KEY_WARNING)
+    settings.configure_outbound(app.config)
     registry.configure(api_bases=app.config.get("OFFLOAD_PROVIDER_API_BASES") or {})
     db.init_app(app)
     migrate.init_app(app, db, directory=os.path.join(ROOT, "migrations"), render_as_batch=True,
                      compare_type=True)
     csrf.init_app(app)
     login_manager.init_app(app)
-    for part in (auth, admin, api, callbacks, bounces, unsubscribe, verify, errors, cli):
+    for part in (auth, admin, api, callbacks, bounces, unsubscribe, verify, errors, cli, headers):
         part.init_app(app)
     app.cli.add_command(worker_command)
     return app

@@ -1,25 +1,31 @@
-"""Logins: Flask-Login with a fresh session at login, lockout after repeated
-failures, and logout. Every login and failure is audited."""
+"""Logins: Flask-Login with a fresh session at login, back-off after repeated
+failures (``core.login_throttle``: per IP and per account, no lock anyone can
+set), and logout, which ends the session everywhere. Every login and failure
+is audited. An unknown account costs the same password-hash work as a real one."""
 from __future__ import annotations
 
+import re
 import secrets
-from datetime import timedelta
+import unicodedata
+from urllib.parse import urlsplit
 
 from flask import Blueprint, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 from flask_wtf import FlaskForm
 from sqlalchemy import func, select
+from werkzeug.security import check_password_hash, generate_password_hash
 from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired, Length
 
-from core import audit
+from core import audit, login_throttle
 from core.db import db
 from dashboard.extensions import login_manager
 from core.models import User, utcnow
 
 bp = Blueprint("auth", __name__, template_folder="templates")
-LOCK_MINUTES = 15
-GENERIC_ERROR = "Invalid email or password, or the account is temporarily locked."
+GENERIC_ERROR = "Invalid email or password."
+_dummy_hash: list[str] = []  # computed once: the hash an unknown account is checked against
+_ENCODED_UNSAFE = re.compile(r"%(?:[01][0-9a-f]|7f|5c|20)", re.IGNORECASE)
 
 
 class LoginForm(FlaskForm):
@@ -34,21 +40,30 @@ def load_user(user_id: str):
     if not uid.isdigit():
         return None
     user = db.session.get(User, int(uid))
-    if user is None or not secrets.compare_digest(user.session_token, token):
+    if user is None or not secrets.compare_digest(user.session_token, token) or not may_sign_in(user):
         return None
     return user
 
 
-def _is_locked(user: User) -> bool:
-    return user.locked_until is not None and user.locked_until > utcnow()
+def may_sign_in(user: User) -> bool:
+    """Fail closed: an active admin, or an active non-admin of a company; no one else."""
+    return bool(user.is_active and (user.is_admin or user.company_id is not None))
 
 
-def _register_failure(user: User | None, email: str, max_failures: int) -> None:
+def _password_ok(user: User | None, password: str) -> bool:
+    """Check the password; an unknown account is checked against a dummy hash (same work)."""
+    if user is None:
+        if not _dummy_hash:
+            _dummy_hash.append(generate_password_hash(secrets.token_urlsafe(16)))
+        check_password_hash(_dummy_hash[0], password)
+        return False
+    return user.check_password(password)
+
+
+def _register_failure(user: User | None, email: str) -> None:
+    login_throttle.record_failure(email, request.remote_addr or "-")
     if user is not None:
         user.failed_logins += 1
-        if user.failed_logins >= max_failures:
-            # each further failure while over the limit extends the lock
-            user.locked_until = utcnow() + timedelta(minutes=LOCK_MINUTES)
     # the actor is the account's own address, never the typed text (a password typed there by mistake)
     audit.record("login_failed", company_id=user.company_id if user else None,
                  object_type="user", object_id=user.id if user else None,
@@ -63,11 +78,19 @@ def login():
         return redirect(url_for("admin.index"))
     form = LoginForm()
     error = None
+    status = 200
     if form.validate_on_submit():
         email = form.email.data.strip().lower()
+        ip = request.remote_addr or "-"
+        wait = login_throttle.wait_seconds(email, ip)
+        if wait > 0:  # before any lookup or hash: known and unknown accounts answer alike
+            error = f"Too many failed sign-ins from here. Try again in {int(wait) + 1} seconds."
+            return render_template("auth/login.html", form=form, error=error), 429
         user = db.session.execute(select(User).where(func.lower(User.email) == email)).scalar_one_or_none()
-        ok = user is not None and user.is_active and not _is_locked(user) and user.check_password(form.password.data)
+        password_ok = _password_ok(user, form.password.data)
+        ok = password_ok and user is not None and may_sign_in(user)
         if ok:
+            login_throttle.record_success(email, ip)
             user.failed_logins, user.locked_until, user.last_login_at = 0, None, utcnow()
             session.clear()  # no pre-login state survives: prevents session fixation
             session["sid"] = secrets.token_urlsafe(16)
@@ -76,31 +99,45 @@ def login():
                          actor=user.email, user_id=user.id)
             db.session.commit()
             return redirect(_safe_next(request.args.get("next")))
-        _register_failure(user, email, _max_failures())
+        _register_failure(user, email)
         error = GENERIC_ERROR
     elif request.method == "POST":
         error = "Please fill in both fields."
-    status = 401 if error and request.method == "POST" else 200
+    if error and request.method == "POST":
+        status = 401
     return render_template("auth/login.html", form=form, error=error), status
 
 
-def _max_failures() -> int:
-    from flask import current_app
+def safe_next(target: str | None) -> str | None:
+    """``target`` when it is a plain local path, else ``None``.
 
-    return current_app.config["OFFLOAD_LOGIN_MAX_FAILURES"]
+    A plain local path starts with one ``/``, holds no control or whitespace
+    character (browsers drop a tab or newline, turning ``/\t/evil`` into
+    ``//evil``), no backslash, and parses with neither a scheme nor a host.
+    """
+    if not target or len(target) > 2000 or not target.startswith("/") or target.startswith("//"):
+        return None
+    if "\\" in target or any(unicodedata.category(c)[0] in ("C", "Z") for c in target):
+        return None
+    if _ENCODED_UNSAFE.search(target):  # %09, %0d, %5c...: decoded by some hop on the way
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not parts.path.startswith("/") or parts.path.startswith("//"):
+        return None
+    return target
 
 
 def _safe_next(target: str | None) -> str:
-    """Only same-site relative paths are followed after login."""
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return url_for("admin.index")
+    """Only plain local paths are followed after login."""
+    return safe_next(target) or url_for("admin.index")
 
 
 @bp.route("/logout", methods=["POST"])
 @login_required
 def logout():
     audit.record("logout", company_id=current_user.company_id, object_type="user", object_id=current_user.id)
+    # a new session token: a copy of the old session cookie no longer signs anyone in
+    current_user.session_token = secrets.token_hex(16)
     db.session.commit()
     logout_user()
     session.clear()

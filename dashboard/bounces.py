@@ -20,7 +20,6 @@ Verification and parsing live in ``core.bounce_reports``, their effect in
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -33,19 +32,24 @@ from core.db import db
 from core.models import Company
 from core.suppressions import event_key, normalize_email, record_event
 from core.webhooks import WebhookError, verify
+from dashboard.bodies import loads as bounded_loads
+from dashboard.bodies import read_capped
 from dashboard.errors import json_error
 from dashboard.extensions import csrf
 from providers import WebhookRefused, registry
+from werkzeug.exceptions import RequestEntityTooLarge
 
 log = logging.getLogger(__name__)
 bp = Blueprint("bounces", __name__, url_prefix="/callbacks/v1/bounces")
 
 
 def _sns_envelope(company: Company | None) -> dict:
-    if (request.content_length or 0) > MAX_BODY_BYTES:
-        raise SnsError(413, "body_too_large", "the message is too large")
+    try:  # read no further than the cap, chunked bodies too
+        body = read_capped(MAX_BODY_BYTES)
+    except RequestEntityTooLarge:
+        raise SnsError(413, "body_too_large", "the message is too large") from None
     try:
-        message = json.loads(request.get_data())
+        message = bounded_loads(body)
     except ValueError:
         raise SnsError(400, "invalid_json", "the body must be an SNS JSON message") from None
     if not isinstance(message, dict) or message.get("Type") not in SNS_SIGNED_KEYS:
@@ -70,7 +74,7 @@ def sns(company_id: int):
             log.info("Company %s: SNS unsubscribe confirmation for %s", company_id, message["TopicArn"])
             return jsonify({"ok": True})
         try:
-            notification = json.loads(message["Message"])
+            notification = bounded_loads(message["Message"])
         except ValueError:
             raise SnsError(400, "invalid_message", "Message is not an SES notification") from None
     except SnsError as exc:
@@ -100,15 +104,18 @@ def _confirm_subscription(company: Company, message: dict):
 def cloudflare(company_id: int):
     """The Cloudflare worker's bounce and complaint reports (Standard Webhooks)."""
     company = db.session.get(Company, company_id)
-    body = request.get_data()
     if company is None:
         return json_error(401, "unauthorized", "a valid webhook signature is required")
+    try:  # read no further than the cap, chunked bodies too, before any signature work
+        body = read_capped(MAX_BODY_BYTES)
+    except RequestEntityTooLarge:
+        return json_error(413, "body_too_large", f"a report may have at most {MAX_BODY_BYTES} bytes")
     try:
         verify(company.callback_secrets(), request.headers, body)
     except (WebhookError, ValueError):
         return json_error(401, "unauthorized", "a valid webhook signature is required")
     try:
-        reports = cloudflare_reports(json.loads(body))
+        reports = cloudflare_reports(bounded_loads(body))
     except ValueError as exc:
         return json_error(400, "invalid_report", str(exc))
     webhook_id = request.headers.get("webhook-id", "")
@@ -126,10 +133,9 @@ def provider_webhook(provider: str, company_id: int):
     cls = registry.find(registry.SENDER, provider)
     if cls is None or not cls.webhook_max_bytes:
         return json_error(404, "not_found", "no such webhook")
-    if (request.content_length or 0) > cls.webhook_max_bytes:
-        return json_error(413, "body_too_large", "the report is too large")
-    body = request.stream.read(cls.webhook_max_bytes + 1)
-    if len(body) > cls.webhook_max_bytes:
+    try:  # read no further than the cap, chunked bodies too
+        body = read_capped(cls.webhook_max_bytes)
+    except RequestEntityTooLarge:
         return json_error(413, "body_too_large", "the report is too large")
     company = db.session.get(Company, company_id)
     config = company.settings.provider_config() if company is not None and company.settings else {}

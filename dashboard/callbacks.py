@@ -20,7 +20,6 @@ Each ``webhook-id`` applies once (``tasks.offload.record_callback``).
 """
 from __future__ import annotations
 
-import json
 import logging
 
 from flask import Blueprint, jsonify, request
@@ -33,13 +32,18 @@ from core.tenancy import get_scoped
 from core import crypto
 from core.models import utcnow
 from core.callbacks import record_callback
+from dashboard.bodies import loads as bounded_loads
+from dashboard.bodies import read_capped
 from dashboard.extensions import csrf
+from werkzeug.exceptions import RequestEntityTooLarge
 
 log = logging.getLogger(__name__)
 bp = Blueprint("callbacks", __name__, url_prefix="/callbacks/v1")
 
 #: a batch's results, with room to spare (OFFLOAD_BATCH_SIZE is at most 10,000)
 MAX_BODY_BYTES = 8 * 1024 * 1024
+#: the bare path (no ``?company=``) tries every company's secret: only small bodies, before any
+BARE_MAX_BODY_BYTES = 4 * 1024
 RESULT_STATUSES = ("sent", "failed")
 HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 
@@ -64,7 +68,7 @@ def _company_from_body(body: bytes) -> Company | None:
     """The company owning the job the (unverified) body names: only a candidate
     signer, looked up read-only; nothing in the body is used otherwise."""
     try:
-        job_id = json.loads(body).get("job_id")
+        job_id = bounded_loads(body).get("job_id")
     except (ValueError, AttributeError, RecursionError):
         return None
     if _row_id(job_id) is None:
@@ -134,9 +138,9 @@ def _as_datetime(value):
 def parse_callback(body: bytes) -> dict:
     """Check a verified body's shape; raise ``CallbackError``."""
     try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError):
-        raise CallbackError("the body is not JSON") from None
+        payload = bounded_loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise CallbackError("the body is not JSON" if "nested" not in str(exc) else str(exc)) from None
     if not isinstance(payload, dict):
         raise CallbackError("the body must be a JSON object")
     for key in ("job_id", "batch_number"):
@@ -161,8 +165,12 @@ def parse_callback(body: bytes) -> dict:
 def batches():
     """A cloud worker's report on one batch: verify, then apply once."""
 
-    request.max_content_length = MAX_BODY_BYTES  # a larger body is a 413 before it is read
-    body = request.get_data(cache=False)
+    bare = request.args.get("company") is None
+    try:  # a larger body is a 413, read no further than the cap (chunked bodies too)
+        body = read_capped(BARE_MAX_BODY_BYTES if bare else MAX_BODY_BYTES)
+    except RequestEntityTooLarge as exc:
+        hint = " on the bare path: name the company (?company=<id>, CONTRACT §5)" if bare else ""
+        return json_error(413, "body_too_large", f"{exc.description}{hint}")
     try:
         company = verified_company(body)
     except webhooks.WebhookError as exc:

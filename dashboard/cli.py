@@ -19,7 +19,7 @@ from dashboard.devserver import serve
 lms_cli = AppGroup("lms", help="The Moodle/IOMAD connector.")
 
 company_cli = AppGroup("company", help="Create and configure companies.")
-user_cli = AppGroup("user", help="Create logins.")
+user_cli = AppGroup("user", help="Create logins, unlock them, reset their passwords.")
 keys_cli = AppGroup("keys", help="Encryption key maintenance.")
 
 
@@ -101,6 +101,39 @@ def user_create(email: str, password: str, role: str, company_id: int | None) ->
     audit.record("user_created", company_id=user.company_id, object_type="user", object_id=user.id, actor="cli")
     db.session.commit()
     click.echo(f"id: {user.id}\nemail: {user.email}\nrole: {user.role}")
+
+
+def _user_or_fail(email: str) -> User:
+    user = find_user(email.strip())
+    if user is None:
+        raise click.ClickException(f"no user with email {email.strip().lower()}")
+    return user
+
+
+@user_cli.command("unlock")
+@click.argument("email")
+def user_unlock(email: str) -> None:
+    """Clear a login's sign-in back-off."""
+    user = _user_or_fail(email)
+    companies.unlock_user(user)
+    audit.record("user_unlocked", company_id=user.company_id, object_type="user", object_id=user.id, actor="cli")
+    db.session.commit()
+    click.echo(f"unlocked: {user.email}")
+
+
+@user_cli.command("set-password")
+@click.argument("email")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True, help="The new password.")
+def user_set_password(email: str, password: str) -> None:
+    """Set a new password (ends the login's sessions, clears its back-off)."""
+    user = _user_or_fail(email)
+    try:
+        companies.set_password(user, password)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    audit.record("password_set", company_id=user.company_id, object_type="user", object_id=user.id, actor="cli")
+    db.session.commit()
+    click.echo(f"password set: {user.email}")
 
 
 @keys_cli.command("rotate")

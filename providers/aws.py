@@ -4,20 +4,46 @@ A company gives either an access key pair, or a role ARN that trusts this
 service's own AWS identity with the external id the dashboard generated
 (the confused-deputy guard). Role credentials come from STS AssumeRole and
 refresh themselves before they expire.
+
+The service's own identity (boto3's default chain: environment, instance
+role) is used for one thing only, the AssumeRole call, and that call goes
+to AWS STS: never to an endpoint a tenant named. The operator may point it
+at a test endpoint (``OFFLOAD_STS_ENDPOINT_URL``, through ``configure``). A
+company with neither keys nor a role gets ``NoTenantCredentials``, never the
+service's identity.
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import boto3
 import botocore.session
 from botocore.config import Config
 from botocore.credentials import RefreshableCredentials
+from botocore.exceptions import BotoCoreError, ClientError
+from botocore.parsers import ResponseParserError
+
+from providers.base import PermanentError
 
 from providers.registry import Setting, SettingsGroup
 
 SESSION_NAME = "manireports-offload"
+#: the operator's STS endpoint (tests: moto); ``None``: AWS STS as boto3 resolves it
+_sts_endpoint_url: str | None = None
+
+
+class NoTenantCredentials(PermanentError):
+    """A company set neither an access key pair nor a role ARN."""
+
+
+def configure(*, sts_endpoint_url: str | None) -> None:
+    """Set the operator's STS endpoint (from the app factory / worker start)."""
+    global _sts_endpoint_url
+    _sts_endpoint_url = sts_endpoint_url or None
+
+
+def sts_endpoint_url() -> str | None:
+    return _sts_endpoint_url
 
 #: what SES, SQS and S3 read: one form section
 AWS_SETTINGS = SettingsGroup(
@@ -37,12 +63,17 @@ AWS_SETTINGS = SettingsGroup(
 
 
 def aws_session(config: dict, region: str | None = None) -> boto3.session.Session:
-    """A boto3 session for ``config`` (keys, else ``aws_role_arn``, else the default chain)."""
+    """A boto3 session for ``config``: its keys, else its ``aws_role_arn``; nothing else."""
     region = region or config.get("aws_region") or None
-    if config.get("aws_access_key") or config.get("aws_secret_key") or not config.get("aws_role_arn"):
-        return boto3.session.Session(aws_access_key_id=config.get("aws_access_key") or None,
-                                     aws_secret_access_key=config.get("aws_secret_key") or None,
-                                     region_name=region)
+    key, secret = config.get("aws_access_key"), config.get("aws_secret_key")
+    if key or secret:
+        if not (key and secret):
+            raise NoTenantCredentials("AWS credentials incomplete: set both the access key id and the "
+                                      "secret access key", code="no_credentials")
+        return boto3.session.Session(aws_access_key_id=key, aws_secret_access_key=secret, region_name=region)
+    if not config.get("aws_role_arn"):
+        raise NoTenantCredentials("no AWS credentials: set an access key pair or a role ARN in the settings",
+                                  code="no_credentials")
     core = botocore.session.get_session()
     core._credentials = assumed_role_credentials(config, region)
     if region:
@@ -50,21 +81,58 @@ def aws_session(config: dict, region: str | None = None) -> boto3.session.Sessio
     return boto3.session.Session(botocore_session=core)
 
 
+def _sts_client(region: str | None) -> Any:
+    """STS with the service's own identity, at AWS (or the operator's endpoint)."""
+    return boto3.session.Session(region_name=region).client(
+        "sts", endpoint_url=_sts_endpoint_url,
+        config=Config(connect_timeout=5, read_timeout=15, retries={"total_max_attempts": 2}))
+
+
 def assumed_role_credentials(config: dict, region: str | None) -> RefreshableCredentials:
     """Credentials of ``aws_role_arn``, assumed with ``aws_external_id``, auto-refreshed."""
-    endpoint = config.get("aws_sts_endpoint_url") or os.environ.get("AWS_ENDPOINT_URL_STS") \
-        or config.get("aws_endpoint_url") or None
-    sts = boto3.session.Session(region_name=region).client(
-        "sts", endpoint_url=endpoint,
-        config=Config(connect_timeout=5, read_timeout=15, retries={"total_max_attempts": 2}))
+    sts = _sts_client(region)
 
     def fetch() -> dict[str, Any]:
         params = {"RoleArn": config["aws_role_arn"], "RoleSessionName": SESSION_NAME, "DurationSeconds": 3600}
         if config.get("aws_external_id"):
             params["ExternalId"] = config["aws_external_id"]
-        creds = sts.assume_role(**params)["Credentials"]
+        try:
+            creds = sts.assume_role(**params)["Credentials"]
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code") or "Unknown")
+            raise PermanentError(f"{code}: the role could not be assumed (check its trust policy and "
+                                 "the external id)", code=code) from None
+        except (BotoCoreError, ResponseParserError) as exc:  # the type only: a parser error quotes the body
+            raise PermanentError(f"{type(exc).__name__}: the role could not be assumed through AWS STS",
+                                 code=type(exc).__name__) from None
         return {"access_key": creds["AccessKeyId"], "secret_key": creds["SecretAccessKey"],
                 "token": creds["SessionToken"], "expiry_time": creds["Expiration"].isoformat()}
 
     return RefreshableCredentials.create_from_metadata(metadata=fetch(), refresh_using=fetch,
                                                        method="sts-assume-role")
+
+
+#: outcomes of ``check_role_trust``
+ROLE_OK, ROLE_OPEN, ROLE_UNCHECKED = "ok", "open", "unchecked"
+
+
+def check_role_trust(role_arn: str, region: str | None = None) -> tuple[str, str]:
+    """The confused-deputy check: AssumeRole *without* the external id must fail.
+
+    Returns ``(ROLE_OK, note)`` when AWS refused it (the role requires the
+    external id), ``(ROLE_OPEN, note)`` when it succeeded (anyone who knows
+    the ARN could make this service act as that role: refuse it), and
+    ``(ROLE_UNCHECKED, note)`` when the check could not be made.
+    """
+    try:
+        _sts_client(region).assume_role(RoleArn=role_arn, RoleSessionName=SESSION_NAME + "-check",
+                                        DurationSeconds=900)
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code") or "Unknown")
+        if code in ("AccessDenied", "AccessDeniedException"):
+            return ROLE_OK, "the role requires the external id"
+        return ROLE_UNCHECKED, f"the role's trust policy could not be checked ({code})"
+    except (BotoCoreError, ResponseParserError) as exc:
+        return ROLE_UNCHECKED, f"the role's trust policy could not be checked ({type(exc).__name__})"
+    return ROLE_OPEN, ("the role can be assumed without the external id: add the condition "
+                       "sts:ExternalId to its trust policy")

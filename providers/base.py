@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from providers import registry
+from providers import guard, registry
 
 
 class ProviderError(Exception):
@@ -226,3 +226,24 @@ def send_each(messages: list[Message], send_one) -> list[Result]:
         except ProviderError as exc:
             return results + results_after_error(exc, results, messages[position:])
     return results
+
+
+# -- the endpoint guard, as providers use it --------------------------------------
+
+#: config key set only by the service itself on configs built from operator settings
+#: (OFFLOAD_FALLBACK_SMTP, AWS_ENDPOINT_URL_S3): their endpoints are the operator's, not a tenant's
+OPERATOR_ENDPOINT = "_operator_endpoint"
+
+
+class EndpointRefused(PermanentError):
+    """The endpoint guard refused a host a tenant named; the reason names the rule."""
+
+
+def guarded_url(config: dict, url: str | None, cloud: str) -> str | None:
+    """``url`` once ``guard.check_url`` accepts it (``None`` stays ``None``)."""
+    if not url or config.get(OPERATOR_ENDPOINT):
+        return url or None
+    try:
+        return guard.check_url(url, cloud)
+    except guard.EndpointRefused as exc:
+        raise EndpointRefused(f"endpoint refused ({exc.rule}): {exc}", code="endpoint_refused") from None

@@ -29,6 +29,7 @@ from providers.base import (
     Result,
     RetryableError,
     ThrottledError,
+    guarded_url,
     header_problem,
     register,
     send_each,
@@ -92,10 +93,19 @@ def _json(response: requests.Response) -> dict:
 
 
 def _api_errors(body: dict) -> str:
-    """Cloudflare's ``errors`` list as one short ``code: message`` string."""
+    """Cloudflare's ``errors`` list as its error codes (``error 10000, 10001``).
+
+    The messages are left out: a tenant-named API base can answer any text,
+    and no remote text is shown to a tenant."""
     errors = body.get("errors") or []
-    parts = [f"{e.get('code')}: {e.get('message')}" for e in errors if isinstance(e, dict)]
-    return "; ".join(parts)[:_REASON_LIMIT]
+    codes = [str(e.get("code"))[:12] for e in errors if isinstance(e, dict) and str(e.get("code", "")).isdigit()]
+    return ("error " + ", ".join(codes))[:_REASON_LIMIT] if codes else ""
+
+
+def _api_text(body: dict) -> str:
+    """The errors' messages, lower-cased: only matched against, never shown."""
+    errors = body.get("errors") or []
+    return " ".join(str(e.get("message", "")) for e in errors if isinstance(e, dict)).lower()
 
 
 def _retry_after(response: requests.Response) -> float | None:
@@ -108,15 +118,18 @@ def _retry_after(response: requests.Response) -> float | None:
 def classify_response(response: requests.Response) -> ProviderError | None:
     """The whole-call error an HTTP answer means, or None when it concerns one message."""
     status = response.status_code
-    detail = _api_errors(_json(response)) or response.reason or ""
-    reason = f"HTTP {status}: {detail}"[:_REASON_LIMIT]
+    body = _json(response)
+    detail = _api_errors(body) or "the API refused the request"
+    reason = f"Cloudflare HTTP {status}: {detail}"[:_REASON_LIMIT]
     if status == 429:
         return ThrottledError(reason, code="429", retry_after=_retry_after(response))
     if status >= 500:
         return RetryableError(reason, code=str(status))
     if status in (401, 403, 404):  # bad token, or no such account / endpoint
         return PermanentError(reason, code=str(status))
-    if 400 <= status < 500 and "quota" in detail.lower():
+    if 300 <= status < 400:  # redirects are not followed: a Location may name any host
+        return PermanentError(f"Cloudflare HTTP {status}: redirect not followed", code=str(status))
+    if 400 <= status < 500 and "quota" in _api_text(body):
         return QuotaExceededError(reason, code=str(status))
     return None
 
@@ -188,8 +201,10 @@ class CloudflareEmailProvider(Provider):
 
     def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         """One API call; transport failures become ProviderErrors."""
-        try:
-            return self.session.request(method, self.api_base + path, timeout=self.timeouts, **kwargs)
+        guarded_url(self.config, self.api_base, "cloudflare")
+        try:  # no redirects: a Location could name a host the guard never saw
+            return self.session.request(method, self.api_base + path, timeout=self.timeouts,
+                                        allow_redirects=False, **kwargs)
         except requests.RequestException as exc:
             error = classify_exception(exc)
             log.warning("Cloudflare %s %s failed: %s", method, path.split("/")[-1], error.reason)
@@ -227,6 +242,7 @@ class CloudflareEmailProvider(Provider):
         result = body.get("result") or {}
         status = result.get("status")
         if status != "active":
-            raise PermanentError(f"Cloudflare API token is {status or 'not active'}", code="token_status")
+            shown = status if status in ("disabled", "expired") else "not active"
+            raise PermanentError(f"Cloudflare API token is {shown}", code="token_status")
         return {"provider": self.name, "api_base": self.api_base, "account_id": self.account_id,
                 "token_id": result.get("id"), "token_status": status}

@@ -86,6 +86,11 @@ def _literal(host: str):
         return None
 
 
+def is_ip_literal(host: str) -> bool:
+    """True when ``host`` is an IPv4 or IPv6 address (optionally in brackets)."""
+    return _literal((host or "").strip()) is not None
+
+
 def resolve(host: str, port: int) -> list[str]:
     """The addresses ``host`` resolves to that the policy allows, in DNS order.
 

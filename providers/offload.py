@@ -31,6 +31,7 @@ from providers.base import (
     ProviderError,
     RetryableError,
     ThrottledError,
+    guarded_url,
 )
 from providers import registry
 from providers.aws import AWS_SETTINGS, aws_session
@@ -254,11 +255,14 @@ def classify_aws_error(exc: Exception) -> ProviderError:
     """Map a botocore exception to the providers.base hierarchy (no secrets in the reason)."""
     from botocore import exceptions as bce
 
+    if isinstance(exc, ProviderError):  # no credentials, a refused endpoint: already ours
+        return exc
     if isinstance(exc, bce.ClientError):
         error = exc.response.get("Error", {})
         code = str(error.get("Code", "Unknown"))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        reason = f"{code}: {error.get('Message', '')}".strip()
+        reason = f"{code} (HTTP {status}): the queue refused the request" if status else \
+            f"{code}: the queue refused the request"
         if code in _SQS_THROTTLING or status == 429:
             return ThrottledError(reason, code=code)
         if code in _SQS_TRANSIENT or status >= 500:
@@ -271,8 +275,9 @@ def classify_aws_error(exc: Exception) -> ProviderError:
         return RetryableError("queue did not answer in time", code="timeout")
     if isinstance(exc, (bce.NoCredentialsError, bce.PartialCredentialsError, bce.NoRegionError,
                         bce.ParamValidationError)):
-        return PermanentError(f"{type(exc).__name__}: {exc}", code="config")
-    return RetryableError(f"{type(exc).__name__}: {exc}", code="unknown")
+        return PermanentError(f"{type(exc).__name__}: the queue settings are incomplete or invalid", code="config")
+    # anything else (ResponseParserError quotes the raw body): the exception type only
+    return RetryableError(f"{type(exc).__name__}: unexpected error talking to the queue", code="unknown")
 
 
 @register_transport
@@ -311,14 +316,18 @@ class SqsTransport(OffloadTransport):
 
         match = _SQS_REGION.match(self.queue_url)
         region = self.config.get("aws_region") or (match.group(1) if match else None)
+        guarded_url(self.config, self.queue_url, "aws")
+        endpoint_url = guarded_url(self.config, self.config.get("aws_endpoint_url"), "aws")
         try:
             return aws_session(self.config, region).client(
                 "sqs",
                 region_name=region,
-                endpoint_url=self.config.get("aws_endpoint_url") or None,
+                endpoint_url=endpoint_url,
                 config=Config(retries={"mode": "standard", "total_max_attempts": 1},
                               connect_timeout=5, read_timeout=15),
             )
+        except ProviderError:
+            raise
         except Exception as exc:  # botocore raises NoRegionError etc. here
             raise classify_aws_error(exc) from exc
 
@@ -352,7 +361,7 @@ class SqsTransport(OffloadTransport):
                 continue
             failure = failed.get(entry_id, {"Code": "Missing", "SenderFault": False,
                                              "Message": "no result for this entry"})
-            error = f"{failure.get('Code')}: {failure.get('Message', '')}".strip()
+            error = f"{failure.get('Code')}: the queue refused this message"
             results.append(SubmitResult(key, False, error=error,
                                         retryable=not failure.get("SenderFault", False)))
         return results
@@ -399,10 +408,10 @@ def _cloudflare_reason(response: Any) -> tuple[str, str]:
         errors = response.json().get("errors") or []
     except ValueError:
         errors = []
-    if errors and isinstance(errors[0], dict):
-        code = str(errors[0].get("code", response.status_code))
-        return code, f"Cloudflare {response.status_code} ({code}): {errors[0].get('message', '')}"
-    return str(response.status_code), f"Cloudflare HTTP {response.status_code}"
+    if errors and isinstance(errors[0], dict) and str(errors[0].get("code", "")).isdigit():
+        code = str(errors[0]["code"])[:12]  # the code only: the message is the remote's text
+        return code, f"Cloudflare HTTP {response.status_code} (error {code}): the API refused the request"
+    return str(response.status_code), f"Cloudflare HTTP {response.status_code}: the API refused the request"
 
 
 def classify_cloudflare_response(response: Any) -> ProviderError:
@@ -471,8 +480,9 @@ class CloudflareQueueTransport(OffloadTransport):
         """One API call; the parsed envelope on success, else a ``ProviderError``."""
         import requests
 
-        try:
-            response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+        guarded_url(self.config, self.api_base, "cloudflare")
+        try:  # no redirects: a Location could name a host the guard never saw
+            response = self.session.request(method, url, timeout=self.timeout, allow_redirects=False, **kwargs)
         except (requests.exceptions.ConnectTimeout, requests.ConnectionError) as exc:
             raise ConnectionFailure(f"cannot reach Cloudflare: {type(exc).__name__}",
                                     code="connection") from None
@@ -482,7 +492,7 @@ class CloudflareQueueTransport(OffloadTransport):
         except requests.RequestException as exc:
             raise RetryableError(f"Cloudflare request failed: {type(exc).__name__}",
                                  code="request") from None
-        if response.status_code >= 400:
+        if response.status_code >= 300:
             raise classify_cloudflare_response(response)
         try:
             envelope = response.json()
@@ -505,7 +515,8 @@ class CloudflareQueueTransport(OffloadTransport):
         """Verify the token (``GET /user/tokens/verify``), then read the queue's details."""
         token = self._request("GET", f"{self.api_base}/user/tokens/verify").get("result") or {}
         if token.get("status") not in (None, "active"):
-            raise PermanentError(f"Cloudflare API token is {token.get('status')}", code="token")
+            status = token.get("status") if token.get("status") in ("disabled", "expired") else "not active"
+            raise PermanentError(f"Cloudflare API token is {status}", code="token")
         queue = self._request("GET", self.queue_path).get("result") or {}
         return {
             "token_status": token.get("status", "active"),

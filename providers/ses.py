@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from email.header import Header
 from typing import Any
 
@@ -34,6 +33,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.parsers import ResponseParserError
 
 from providers.base import (
     ConnectionFailure,
@@ -45,6 +45,7 @@ from providers.base import (
     Result,
     RetryableError,
     ThrottledError,
+    guarded_url,
     header_problem,
     register,
     results_after_error,
@@ -104,12 +105,40 @@ class CredentialsRejected(PermanentError):
     """AWS refused or never got the credentials; a PermanentError to callers."""
 
 
-def _reason(code: str, message: str) -> str:
-    """A short, storable reason; SES messages name identities, never bodies."""
-    if not message:
-        return code
-    message = " ".join(re.sub(r"<[^>]*>", " ", message).split())  # an HTML error page: its text, one line
-    return f"{code}: {message}"[:_REASON_LIMIT]
+#: fixed phrases for the codes a tenant meets most; a remote message is never shown (it may be
+#: any body an endpoint chose to answer)
+_PHRASES = {
+    "MessageRejected": "SES rejected the message (is the sender a verified identity?)",
+    "MailFromDomainNotVerifiedException": "the MAIL FROM domain is not verified",
+    "MAIL_FROM_DOMAIN_NOT_VERIFIED": "the MAIL FROM domain is not verified",
+    "MESSAGE_REJECTED": "SES rejected the message",
+    "AccountSuspendedException": "the SES account is suspended",
+    "ACCOUNT_SUSPENDED": "the SES account is suspended",
+    "NotFoundException": "a named SES resource does not exist",
+    "BadRequestException": "SES refused the request as malformed",
+    "LimitExceededException": "an SES limit was exceeded",
+    "TooManyRequestsException": "SES is throttling the account",
+    "ACCOUNT_THROTTLED": "SES is throttling the account",
+    "ACCOUNT_DAILY_QUOTA_EXCEEDED": "the daily sending quota is spent",
+    "SendingPausedException": "sending is paused for the account",
+    "ACCOUNT_SENDING_PAUSED": "sending is paused for the account",
+    "CONFIGURATION_SET_NOT_FOUND": "the configuration set does not exist",
+    "CONFIGURATION_SET_SENDING_PAUSED": "sending is paused for the configuration set",
+    "TRANSIENT_FAILURE": "a transient SES failure",
+}
+
+
+def _reason(code: str, status: int | str | None = None) -> str:
+    """A short, storable reason: the error code, the HTTP status and a fixed phrase.
+
+    The remote message is left out on purpose: a tenant-named endpoint can
+    answer anything (an internal page's text), and it must not come back.
+    """
+    phrase = _PHRASES.get(code)
+    if phrase is None:
+        phrase = "credentials refused" if code in _AUTH_CODES else "SES refused the request"
+    where = f" (HTTP {status})" if status else ""
+    return f"{code}{where}: {phrase}"[:_REASON_LIMIT]
 
 
 def _client_error(exc: ClientError) -> ProviderError:
@@ -117,9 +146,9 @@ def _client_error(exc: ClientError) -> ProviderError:
     error = exc.response.get("Error", {})
     meta = exc.response.get("ResponseMetadata", {})
     code = str(error.get("Code") or "Unknown")
-    message = str(error.get("Message") or "")
+    message = str(error.get("Message") or "")  # only matched against, never shown
     status = int(meta.get("HTTPStatusCode") or 0)
-    reason = _reason(code, message)
+    reason = _reason(code, status)
     lowered = message.lower()
     if "daily message quota" in lowered or code in _QUOTA_CODES:
         return QuotaExceededError(reason, code=code)
@@ -153,15 +182,17 @@ def classify(exc: Exception) -> ProviderError:
         return _client_error(exc)
     name = type(exc).__name__
     if isinstance(exc, ConnectTimeoutError):
-        return ConnectionFailure(f"SES connect timeout ({exc})", code=name)
+        return ConnectionFailure(f"SES connect timeout ({name})", code=name)
     if isinstance(exc, ReadTimeoutError):
-        return RetryableError(f"SES read timeout ({exc})", code=name)
+        return RetryableError(f"SES read timeout ({name})", code=name)
     if isinstance(exc, (BotoConnectionError, ConnectionClosedError)):
-        return ConnectionFailure(f"SES unreachable ({exc})", code=name)
+        return ConnectionFailure(f"SES unreachable ({name})", code=name)
     if isinstance(exc, HTTPClientError):
         return RetryableError(f"SES HTTP error ({name})", code=name)
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return CredentialsRejected("AWS credentials missing or incomplete", code=name)
+    if isinstance(exc, ResponseParserError):  # its text quotes the raw body: never shown
+        return RetryableError("SES answered with a body botocore could not parse", code="ResponseParserError")
     if isinstance(exc, ParamValidationError):
         # botocore's report may quote parameter values (message content): keep it out.
         return PermanentError("request rejected by botocore parameter validation", code="ParamValidation")
@@ -237,7 +268,7 @@ def _entry_result(key: int, entry: dict) -> Result:
     status = entry.get("Status", "")
     if status == "SUCCESS":
         return Result(key, "sent", message_id=entry.get("MessageId"))
-    error = _reason(status or "UNKNOWN", entry.get("Error") or "")
+    error = _reason(status or "UNKNOWN")
     return Result(key, "failed" if status in _ENTRY_FAILED else "retry", error=error)
 
 
@@ -250,7 +281,7 @@ def _account_error(entries: list[dict]) -> ProviderError | None:
     cls = _ENTRY_ACCOUNT_ERRORS.get(status or "")
     if cls is None:
         return None
-    return cls(_reason(status, entries[0].get("Error") or ""), code=status)
+    return cls(_reason(status), code=status)
 
 
 @register
@@ -282,6 +313,7 @@ class SesProvider(Provider):
         if service not in self._clients:
             if self._session is None:
                 self._session = aws_session(self.config, self.region)
+            endpoint_url = guarded_url(self.config, endpoint_url, "aws")
             config = Config(connect_timeout=min(self.timeout, 5.0), read_timeout=self.timeout,
                             retries={"mode": "standard", "total_max_attempts": 1})
             self._clients[service] = self._session.client(service, endpoint_url=endpoint_url, config=config)
@@ -296,10 +328,15 @@ class SesProvider(Provider):
         """Run one SES operation, translating every botocore failure."""
         try:
             return getattr(self.ses, operation)(**params)
-        except (ClientError, BotoCoreError) as exc:
+        except (ClientError, BotoCoreError, ResponseParserError) as exc:
             error = classify(exc)
             log.warning("SES %s failed: %s", operation, error.reason)
             raise error from exc
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # botocore choking on a non-AWS answer
+            error = RetryableError(f"SES answered with something botocore could not read ({type(exc).__name__})",
+                                   code="unreadable_answer")
+            log.warning("SES %s failed: %s", operation, error.reason)
+            raise error from None
 
     def close(self) -> None:
         """Drop the clients' pooled connections; the clients stay usable (they reconnect)."""
@@ -435,11 +472,15 @@ class SesProvider(Provider):
             return
         try:
             identity = self._client("sts", endpoint).get_caller_identity()
-        except (ClientError, BotoCoreError) as exc:
+        except (ClientError, BotoCoreError, ResponseParserError) as exc:
             error = classify(exc)
             if isinstance(error, CredentialsRejected):
                 raise error from exc
             facts["notes"].append(f"STS GetCallerIdentity unavailable: {error.reason}")
+            return
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # not an STS answer at all
+            facts["notes"].append(f"STS GetCallerIdentity unavailable: botocore could not read the answer "
+                                  f"({type(exc).__name__})")
             return
         facts["account_id"] = identity.get("Account")
         facts["arn"] = identity.get("Arn")

@@ -9,6 +9,7 @@ is never emitted: such a message gets a failed result instead.
 from __future__ import annotations
 
 import logging
+import re
 import smtplib
 import socket
 import ssl
@@ -17,7 +18,9 @@ from email.message import EmailMessage
 from email.utils import formatdate, getaddresses, make_msgid, parseaddr
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from providers import guard
 from providers.base import (
+    OPERATOR_ENDPOINT,
     ConnectionFailure,
     Message,
     PermanentError,
@@ -61,6 +64,39 @@ class SmtpReply(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+class EndpointRefusedOSError(OSError):
+    """The endpoint guard refused the SMTP host (an OSError, as smtplib's own failures are)."""
+
+
+def _guarded_socket(host: str, port: int, timeout: float, operator: bool) -> socket.socket:
+    """A TCP connection to an address the guard checked (the operator's own relay: as given)."""
+    if operator:
+        return socket.create_connection((host, port), timeout)
+    try:
+        return guard.connect(host, port, timeout)
+    except guard.EndpointRefused as exc:
+        raise EndpointRefusedOSError(0, f"endpoint refused ({exc.rule}): {exc}") from None
+
+
+class GuardedSMTP(smtplib.SMTP):
+    """``smtplib.SMTP`` connecting through the endpoint guard; STARTTLS still checks the name."""
+
+    operator = False
+
+    def _get_socket(self, host, port, timeout):
+        return _guarded_socket(host, port, timeout, self.operator)
+
+
+class GuardedSMTP_SSL(smtplib.SMTP_SSL):  # noqa: N801 - mirrors smtplib's name
+    """``smtplib.SMTP_SSL`` through the guard; the TLS server_hostname stays the configured name."""
+
+    operator = False
+
+    def _get_socket(self, host, port, timeout):
+        sock = _guarded_socket(host, port, timeout, self.operator)
+        return self.context.wrap_socket(sock, server_hostname=self._host)
 
 
 # -- URL setting ---------------------------------------------------------------
@@ -167,8 +203,31 @@ def _text(reply: bytes | str) -> str:
     return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
 
 
+_ENHANCED = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\b")
+#: fixed phrases per reply code: the server's own text is never shown (it may be any banner)
+_PHRASES = {
+    421: "service not available, closing the session", 450: "mailbox unavailable (try later)",
+    451: "local error in processing", 452: "insufficient storage or too many recipients",
+    454: "temporary authentication failure", 500: "command not recognised", 501: "syntax error in parameters",
+    502: "command not implemented", 503: "bad sequence of commands", 504: "parameter not implemented",
+    530: "authentication required", 534: "authentication mechanism too weak", 535: "authentication failed",
+    550: "mailbox unavailable or message refused", 551: "user not local", 552: "message too large or storage "
+    "exceeded", 553: "mailbox name not allowed", 554: "transaction failed",
+}
+
+
 def _reply_reason(code: int, reply: bytes | str) -> str:
-    return f"{code} {_text(reply)}".strip()[:_REASON_LIMIT]
+    """The reply code, its enhanced status code when given, and a fixed phrase."""
+    match = _ENHANCED.match(_text(reply))
+    enhanced = f" {match.group(1)}" if match else ""
+    try:
+        number = int(code)
+    except (TypeError, ValueError):
+        number = -1
+    if number < 200 or number > 599:
+        return "the server did not answer as an SMTP server"
+    phrase = _PHRASES.get(number) or ("temporary failure" if number < 500 else "permanent failure")
+    return f"{number}{enhanced} {phrase}"[:_REASON_LIMIT]
 
 
 def _throttling(code: int, reply: bytes | str) -> bool:
@@ -187,19 +246,27 @@ def classify(exc: BaseException, *, connecting: bool = False) -> ProviderError:
             return RetryableError(f"SMTP authentication temporarily failed: {reason}", code="auth_temporary")
         return PermanentError(f"SMTP authentication failed: {reason}", code="auth_failed")
     if isinstance(exc, smtplib.SMTPNotSupportedError):
-        return PermanentError(f"SMTP server lacks a needed extension: {exc}", code="not_supported")
-    if isinstance(exc, (smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError)):
-        return ConnectionFailure(f"SMTP connection lost: {exc}"[:_REASON_LIMIT], code="disconnected")
+        return PermanentError("SMTP server lacks a needed extension (STARTTLS, AUTH or SMTPUTF8)",
+                              code="not_supported")
+    if isinstance(exc, smtplib.SMTPConnectError):  # its text is the server's greeting (any banner)
+        return ConnectionFailure(f"SMTP server refused the session: {_reply_reason(exc.smtp_code, exc.smtp_error)}",
+                                 code="disconnected")
+    if isinstance(exc, smtplib.SMTPServerDisconnected):  # smtplib's own words, never the server's
+        return ConnectionFailure("SMTP connection lost" + (" (timed out)" if "timed out" in str(exc) else ""),
+                                 code="disconnected")
     if isinstance(exc, smtplib.SMTPResponseException):
         return _response_error(exc.smtp_code, exc.smtp_error)
     if isinstance(exc, (ssl.SSLError, ssl.CertificateError)):
-        return ConnectionFailure(f"SMTP TLS failure: {exc}"[:_REASON_LIMIT], code="tls")
+        return ConnectionFailure(f"SMTP TLS failure ({getattr(exc, 'reason', None) or type(exc).__name__})"
+                                 [:_REASON_LIMIT], code="tls")
     if isinstance(exc, (socket.timeout, TimeoutError)):
         if connecting:
             return ConnectionFailure("SMTP connect timed out", code="timeout")
         return RetryableError("SMTP server timed out", code="timeout")
     if isinstance(exc, OSError):
-        return ConnectionFailure(f"SMTP server unreachable: {exc}"[:_REASON_LIMIT], code="unreachable")
+        # errno and its local text (refused, unreachable); the guard's refusal names its rule
+        detail = (exc.strerror or type(exc).__name__) if exc.errno is not None else type(exc).__name__
+        return ConnectionFailure(f"SMTP server unreachable: {detail}"[:_REASON_LIMIT], code="unreachable")
     return RetryableError(f"SMTP error: {type(exc).__name__}", code="smtp")
 
 
@@ -298,10 +365,16 @@ class SmtpProvider(Provider):
             raise PermanentError(self.config_error.reason, code="config")
         conn: smtplib.SMTP | None = None
         try:
+            operator = bool(self.config.get(OPERATOR_ENDPOINT))
             if self.tls == "tls":
-                conn = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=self._tls_context())
+                conn = GuardedSMTP_SSL(timeout=self.timeout, context=self._tls_context())
             else:
-                conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+                conn = GuardedSMTP(timeout=self.timeout)
+            conn.operator = operator
+            conn._host = self.host
+            code, reply = conn.connect(self.host, self.port)
+            if code != 220:
+                raise smtplib.SMTPConnectError(code, reply)
             conn.ehlo()
             if self.tls == "starttls":
                 conn.starttls(context=self._tls_context())

@@ -33,6 +33,7 @@ from urllib.parse import quote, urlsplit
 import urllib3
 from botocore import exceptions as boto_errors
 from botocore.config import Config as BotoConfig
+from botocore.parsers import ResponseParserError
 
 from providers.base import (
     ConnectionFailure,
@@ -40,6 +41,7 @@ from providers.base import (
     ProviderError,
     RetryableError,
     ThrottledError,
+    guarded_url,
 )
 from providers import registry
 from providers.aws import AWS_SETTINGS, aws_session
@@ -205,7 +207,10 @@ class S3Storage(Storage):
         )
 
         session = aws_session(dict(config), self._region(config))
-        return session.client("s3", endpoint_url=self.endpoint_url, config=boto_config)
+        # a tenant-named endpoint passes the guard; R2's own (from a checked account id) is Cloudflare's
+        cloud = "cloudflare" if self.kind == "r2" else "aws"
+        endpoint = guarded_url(dict(config), config.get("aws_endpoint_url"), cloud) or self.endpoint_url
+        return session.client("s3", endpoint_url=endpoint, config=boto_config)
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
         """Upload ``data`` with its content type."""
@@ -305,7 +310,8 @@ def s3_error(exc: Exception, what: str) -> ProviderError | None:
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        reason = f"{what}: {code or status} {error.get('Message', '')}".strip()
+        # the code and status only: the message is the remote's text
+        reason = f"{what}: {code or 'error'} (HTTP {status})" if status else f"{what}: {code or 'error'}"
         if code in _S3_NOT_FOUND:
             return ObjectNotFound(reason, code="not_found")
         if code in _S3_THROTTLED or status == 429:
@@ -317,9 +323,11 @@ def s3_error(exc: Exception, what: str) -> ProviderError | None:
         return PermanentError(f"{what}: no usable credentials", code="credentials")
     if isinstance(exc, (boto_errors.ReadTimeoutError, boto_errors.ConnectionClosedError,
                         boto_errors.ResponseStreamingError)):
-        return RetryableError(f"{what}: {exc}", code="network")
+        return RetryableError(f"{what}: {type(exc).__name__}", code="network")
     if isinstance(exc, (boto_errors.ConnectionError, boto_errors.HTTPClientError)):
-        return ConnectionFailure(f"{what}: {exc}", code="unreachable")
+        return ConnectionFailure(f"{what}: {type(exc).__name__}", code="unreachable")
+    if isinstance(exc, (boto_errors.BotoCoreError, ResponseParserError)):  # its text may quote the body
+        return RetryableError(f"{what}: {type(exc).__name__}", code="unexpected")
     return None
 
 
@@ -361,6 +369,7 @@ class WorkerR2Storage(Storage):
         self.worker_url = _required(config, "worker_url").rstrip("/")
         if urlsplit(self.worker_url).scheme not in ("http", "https"):
             raise PermanentError("worker_url must be an http(s) URL", code="misconfigured")
+        self._config = dict(config)
         self.secret = config.get("signing_secret") or config.get("callback_secret") or ""
         if not isinstance(self.secret, str) or not self.secret:
             raise PermanentError("storage setting signing_secret is not set", code="misconfigured")
@@ -427,8 +436,9 @@ class WorkerR2Storage(Storage):
     def _request(self, method: str, url: str, key: str, **kwargs: Any) -> urllib3.BaseHTTPResponse:
         """Send one request; map network errors and non-2xx answers to provider errors."""
         what = f"Worker {method} {key}"
+        guarded_url(self._config, self.worker_url, "cloudflare")
         with _worker_errors(what):
-            response = self.http.request(method, url, **kwargs)
+            response = self.http.request(method, url, redirect=False, **kwargs)
         if 200 <= response.status < 300:
             return response
         body = response.data if kwargs.get("preload_content", True) else response.read(2048)
@@ -480,13 +490,18 @@ def worker_http_error(status: int, body: bytes, retry_after: str | None, what: s
     return PermanentError(reason, code=code or f"http_{status}")
 
 
+#: the codes certificates.js answers; any other body text is the remote's and is never shown
+WORKER_ERROR_CODES = frozenset({"method_not_allowed", "not_configured", "bad_key", "unsigned", "bad_signature",
+                                "expired", "expiry_too_far", "too_large", "content_sha256_mismatch", "not_found"})
+
+
 def _error_code(body: bytes) -> str:
-    """The ``error`` field of the Worker's JSON error body, or ""."""
+    """The ``error`` field of the Worker's JSON error body when it is one of its codes, or ""."""
     try:
         value = json.loads(body or b"{}").get("error", "")
     except (ValueError, AttributeError):
         return ""
-    return value if isinstance(value, str) and value.isidentifier() else ""
+    return value if value in WORKER_ERROR_CODES else ""
 
 
 def _seconds(value: str | None) -> float | None:

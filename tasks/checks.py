@@ -16,7 +16,7 @@ from core.db import db
 from core.models import Company, Template
 from core.checks import RESULT_TTL_S, request_key, result_key
 from core.queue import connection
-from core.rendering import CompiledTemplate, RenderError
+from core.rendering import PREVIEW_BUDGET_S, CompiledTemplate, RenderError
 from providers import Message, ProviderError, get_provider, registry
 from providers.offload import get_transport
 
@@ -69,6 +69,11 @@ def _check(name: str, run) -> dict:
     except ProviderError as exc:
         return {"name": name, "ok": False, "error": clean_reason(exc.reason), "facts": {}, "notes": [],
                 "seconds": round(time.monotonic() - started, 2)}
+    except Exception as exc:  # noqa: BLE001 - a check always ends with a result, never "pending"
+        # the type only: botocore's ResponseParserError (and others) quote the remote body
+        log.warning("%s check failed unexpectedly: %s", name, type(exc).__name__)
+        return {"name": name, "ok": False, "error": f"unexpected error ({type(exc).__name__})", "facts": {},
+                "notes": [], "seconds": round(time.monotonic() - started, 2)}
     notes = [clean_reason(n) for n in facts.pop("notes", [])] + [clean_reason(w) for w in facts.pop("warnings", [])]
     return {"name": name, "ok": True, "error": None, "facts": facts, "notes": notes,
             "seconds": round(time.monotonic() - started, 2)}
@@ -122,7 +127,8 @@ def _test_content(company_id: int, request: dict) -> tuple[str, str | None, str 
             .scalar_one_or_none()
         if tpl is None:
             raise RenderError("template", "the template no longer exists")
-        rendered = CompiledTemplate(tpl.subject, tpl.body_text, tpl.body_html).render(request.get("sample") or {})
+        rendered = CompiledTemplate(tpl.subject, tpl.body_text, tpl.body_html).render(
+            request.get("sample") or {}, budget_s=PREVIEW_BUDGET_S)
         return "[TEST] " + rendered.subject, rendered.text, rendered.html
     return ("Test email from ManiReports Cloud Offload",
             "This is a test message sent from the Cloud Offload dashboard to check the delivery settings.",
@@ -155,6 +161,10 @@ def send_test_email(company_id: int, check_id: str) -> None:
     except (ProviderError, RenderError) as exc:
         reason = exc.reason if isinstance(exc, ProviderError) else str(exc)
         _store(company_id, check_id, {**payload, "error": clean_reason(reason)}, config)
+        return
+    except Exception as exc:  # noqa: BLE001 - the page gets a result, the log no remote text
+        log.warning("Company %s: test email failed unexpectedly: %s", company_id, type(exc).__name__)
+        _store(company_id, check_id, {**payload, "error": f"unexpected error ({type(exc).__name__})"}, config)
         return
     ok = result.status == "sent"
     log.info("Company %s: test email %s: %s", company_id, check_id[:6], result.status)

@@ -398,7 +398,7 @@ class Submission:
 
     def to_fallback(self, items: list[Item], reason: str) -> dict[str, int]:
         """The queue is unreachable (or delivery disabled): SMTP fallback, else retry later."""
-        fallback = fallback_route(self.config, self.global_fallback)
+        fallback = fallback_route(self.config, self.global_fallback, bool(self.company.fallback_relay))
         if fallback is None:
             if primary_route(self.config) is None:
                 return self.pause(items, "delivery is disabled and no SMTP fallback is configured")
@@ -453,7 +453,7 @@ class FallbackRun(BatchRun):
     back through ``submit_batches``, which tries the cloud queue first again."""
 
     def first_route(self):
-        return fallback_route(self.config, self.global_fallback)
+        return self.fallback()
 
     def reschedule(self, reason: str, count_attempt: bool = True, delay: float | None = None) -> str:
         if delay is None:  # no give-up here either: see BatchRun.reschedule

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from providers import Provider, get_provider
+from providers.base import OPERATOR_ENDPOINT
 
 #: provider instances per worker process; boto3 clients are slow to build
 _cache: dict[tuple, Provider] = {}
@@ -15,17 +16,23 @@ class Route:
     kind: str            # direct | fallback | offload
     provider: str        # aws | cloudflare | smtp
     config: dict
+    #: the operator's relay (OFFLOAD_FALLBACK_SMTP): From is the service's, unless the domain is approved
+    relay: bool = False
 
     @property
     def label(self) -> str:
         return f"{self.kind}:{self.provider}"
 
 
-def fallback_config(settings_config: dict, global_fallback: dict | None) -> dict | None:
-    """The company's own SMTP settings first, then OFFLOAD_FALLBACK_SMTP."""
+def fallback_config(settings_config: dict, global_fallback: dict | None,
+                    relay_enabled: bool = False) -> dict | None:
+    """The company's own SMTP settings first, then OFFLOAD_FALLBACK_SMTP when the
+    operator enabled it for the company (``relay_enabled``)."""
     if settings_config.get("provider") != "smtp" and settings_config.get("smtp_host"):
         return settings_config
-    return global_fallback
+    if global_fallback is None or not relay_enabled:
+        return None
+    return {**global_fallback, OPERATOR_ENDPOINT: True}
 
 
 def primary_route(settings_config: dict) -> Route | None:
@@ -36,9 +43,18 @@ def primary_route(settings_config: dict) -> Route | None:
     return Route(kind, settings_config.get("provider") or "smtp", settings_config)
 
 
-def fallback_route(settings_config: dict, global_fallback: dict | None) -> Route | None:
-    cfg = fallback_config(settings_config, global_fallback)
-    return None if cfg is None else Route("fallback", "smtp", cfg)
+def fallback_route(settings_config: dict, global_fallback: dict | None, relay_enabled: bool = False) -> Route | None:
+    cfg = fallback_config(settings_config, global_fallback, relay_enabled)
+    return None if cfg is None else Route("fallback", "smtp", cfg, relay=cfg is not settings_config)
+
+
+def relay_sender(sender: str, service_from: str, approved: set[str]) -> tuple[str, str | None]:
+    """(From, Reply-To) on the operator's relay: the tenant's sender when its domain is
+    approved for the company, else the service's address with the sender as Reply-To."""
+    domain = sender.rpartition("@")[2].strip(" >").lower()
+    if domain and domain in approved:
+        return sender, None
+    return service_from, sender
 
 
 def provider_for(company_id: int, route: Route, version) -> Provider:

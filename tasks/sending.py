@@ -28,7 +28,7 @@ from providers import (ConnectionFailure, Message, PermanentError, ProviderError
 from core import batches, queue
 from core.lms import email_queue
 from tasks import certificates, limits
-from tasks.routing import Route, fallback_route, primary_route, provider_for
+from tasks.routing import Route, fallback_route, primary_route, provider_for, relay_sender
 from tasks.headers import extra_headers
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,10 @@ class BatchRun:
         self.redis = connection()
         company = db.session.get(Company, claim.company_id)
         # plain values, not ORM objects: every commit would expire them and cost a reload
-        self.company = SimpleNamespace(id=company.id, uncertain_policy=company.uncertain_policy)
+        self.company = SimpleNamespace(id=company.id, uncertain_policy=company.uncertain_policy,
+                                       fallback_relay=bool(company.fallback_relay),
+                                       approved_domains=company.approved_sender_domains())
+        self.service_from = cfg["OFFLOAD_FALLBACK_FROM"]
         self.settings = company.settings
         self.config = self.settings.provider_config() if self.settings else {"enabled": False}
         self.version = self.settings.updated_at if self.settings else None
@@ -107,8 +110,12 @@ class BatchRun:
         # an offload company's batch is only ever sent here on the SMTP fallback
         if route is None or route.kind == "offload" or \
                 limits.breaker_is_open(self.redis, self.company.id, route.provider):
-            return fallback_route(self.config, self.global_fallback)
+            return self.fallback()
         return route
+
+    def fallback(self) -> Route | None:
+        """The company's own SMTP, else the operator's relay when it is enabled for the company."""
+        return fallback_route(self.config, self.global_fallback, self.company.fallback_relay)
 
     def keepalive(self) -> None:
         if not batches.renew_lease(self.claim, self.lease_s):
@@ -172,7 +179,7 @@ class BatchRun:
             elif outcome == "again":
                 continue
             elif outcome == "fallback":
-                fb = fallback_route(self.config, self.global_fallback)
+                fb = self.fallback()
                 if fb is None or route.kind == "fallback":
                     return self.reschedule("provider unreachable and no fallback available")
                 batches.log_job_error(claim.job_id, f"batch {claim.batch_id}: {route.label} unreachable, "
@@ -217,6 +224,11 @@ class BatchRun:
         ids = [r[0] for r in chunk]
         if not batches.mark_sending(claim, ids, self.lease_s):
             return self.stop_after_cancel()
+        if route.relay:  # the operator's relay never sends as an unapproved tenant domain
+            sender, reply_to = relay_sender(sender, self.service_from, self.company.approved_domains)
+            for message in messages:
+                if reply_to:
+                    message.headers["Reply-To"] = reply_to
         try:
             results = provider.send(sender, messages) if messages else []
         except ThrottledError as exc:

@@ -20,7 +20,7 @@ from redis import RedisError
 from rq import SimpleWorker
 from rq.job import JobStatus
 
-from core import queue
+from core import queue, settings
 from core.queue import QUEUE_NAMES, connection, get_queue, warn_if_evicting
 from providers.cloudflare import DEFAULT_TIMEOUT as CLOUDFLARE_TIMEOUT_S
 from providers.ses import DEFAULT_TIMEOUT as SES_TIMEOUT_S
@@ -107,6 +107,7 @@ def run_worker(app: Flask, *, burst: bool = False, name: str | None = None) -> N
         log.warning("OFFLOAD_LEASE_S=%s is shorter than twice a provider call's timeout (%s s): a slow call "
                     "can lose its batch to another worker and send its chunk twice",
                     app.config["OFFLOAD_LEASE_S"], PROVIDER_TIMEOUT_S)
+    settings.configure_outbound(app.config)  # the endpoint guard and STS endpoint hold in this process too
     with app.app_context():
         conn = connection()
         warn_if_evicting(conn)

@@ -13,12 +13,18 @@ import subprocess
 import tempfile
 import uuid
 import pytest
+
+from providers import guard
 from tests.support.openapi import CheckedClient
 from tests.support.servers import MotoServer, RedisServer, SesLocal, free_port
 from tests.support.app import AuthActions, CompanyFixture, ROOT, TEST_CONFIG, empty_tables, pg_create, pg_drop
 
-# CONTRACT §2: the suite's emulators, sinks and LMS databases listen on loopback (workers inherit it)
+# The suite is development (CONTRACT §2): the emulators, sinks and LMS databases listen on loopback, and
+# the public dev key is fine. Set in the environment so the workers and servers the tests start inherit it.
 os.environ.setdefault("OFFLOAD_ALLOW_PRIVATE_ENDPOINTS", "1")
+os.environ.setdefault("OFFLOAD_DEV", "1")
+# providers tested without an app see the same policy the app fixture installs
+guard.configure(allow_private=True, production=False)
 
 
 @pytest.fixture(scope="session")

@@ -26,9 +26,16 @@ class Company(db.Model):
     data_retention_days = db.Column(db.Integer)
     moodle_db_url = db.Column(EncryptedText)
     sns_topic_arn = db.Column(db.String(255))
+    # the operator's SMTP relay (OFFLOAD_FALLBACK_SMTP) serves this company only when an admin turns it on;
+    # From stays the service's address unless the sender's domain is listed here (comma-separated)
+    fallback_relay = db.Column(db.Boolean, nullable=False, default=False, server_default=db.false())
+    fallback_sender_domains = db.Column(db.String(1000))
 
     settings = db.relationship("DeliverySettings", uselist=False, back_populates="company",
                                cascade="all, delete-orphan")
+
+    def approved_sender_domains(self) -> set[str]:
+        return {d.strip().lower().lstrip("@") for d in (self.fallback_sender_domains or "").split(",") if d.strip()}
 
     def callback_secrets(self, now: datetime | None = None) -> list[str]:
         """The secrets a callback may be signed with: the current one, and the
@@ -152,8 +159,13 @@ class User(UserMixin, db.Model):
 
     @property
     def scope(self) -> int | None:
-        """The company this user may see, ``None`` for admins (all)."""
-        return None if self.is_admin else self.company_id
+        """The company this user may see, ``None`` for admins (all).
+
+        Fails closed: a non-admin without a company sees company 0, which does
+        not exist (such a user cannot sign in either: ``dashboard.auth``)."""
+        if self.is_admin:
+            return None
+        return self.company_id if self.company_id is not None else 0
 
 
 class ApiToken(TenantMixin, db.Model):

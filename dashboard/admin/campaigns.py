@@ -108,7 +108,9 @@ class CampaignsView(SecureBaseView):
     """CSV imports and re-engagement campaigns."""
 
     def store(self) -> audiences.UploadStore:
-        return audiences.UploadStore(connection())
+        cfg = current_app.config
+        return audiences.UploadStore(connection(), cfg["OFFLOAD_MAX_UPLOADS_PER_USER"],
+                                     cfg["OFFLOAD_MAX_UPLOADS_PER_COMPANY"])
 
     def load_upload(self, upload_id: str) -> audiences.Upload:
         upload = self.store().load(upload_id, current_user.id)
@@ -153,9 +155,9 @@ class CampaignsView(SecureBaseView):
             upload = audiences.parse_csv(file.read(), company_id=tpl.company_id, user_id=current_user.id,
                                         filename=file.filename,
                                         max_rows=current_app.config["OFFLOAD_MAX_RECIPIENTS"])
+            upload_id = self.store().save(upload)
         except audiences.AudienceError as exc:
             return self.render("campaigns/import.html", templates=visible_templates(), error=str(exc)), 400
-        upload_id = self.store().save(upload)
         return redirect(url_for(".import_review", upload_id=upload_id, template_id=tpl.id))
 
     @expose("/import/<upload_id>", methods=["GET", "POST"])

@@ -28,6 +28,7 @@ from dashboard.admin.base import SecureBaseView, scope
 from core.db import db
 from core.models import Certificate, CertificateTemplate, Company, Job, utcnow
 from core.tenancy import get_or_404, get_scoped
+from core.rendering import PREVIEW_BUDGET_S
 from providers.base import ProviderError
 from core.certificate_render import (DEFAULT_TEMPLATE_CSS, DEFAULT_TEMPLATE_HTML, CertificateError,
                                      PreviewUnavailable, logo_data_uri, new_verification_code,
@@ -68,7 +69,8 @@ def sample_pdf(html: str, css: str, logo: bytes | None, issuer: str) -> bytes:
     fields = {"learner_name": "Ada Lovelace", "course_name": "Sample Course: Analytical Engines",
               "completion_date": today, "grade": "96%", "expiry_date": today + timedelta(days=730),
               "issuer": issuer}
-    return render_certificate_pdf(html, css, fields, logo=logo, verify_url=service.verify_url(code), code=code)
+    return render_certificate_pdf(html, css, fields, logo=logo, verify_url=service.verify_url(code), code=code,
+                                  budget_s=PREVIEW_BUDGET_S)
 
 
 def _png(data: bytes) -> Response:
@@ -109,7 +111,9 @@ class CertificateTemplatesView(SecureBaseView):
             del form.company_id
         if form.validate_on_submit() and self._save(form, tpl):
             return redirect(url_for(".index"))
-        return self.render("certificates/admin_template_form.html", form=form, tpl=tpl)
+        # a template that does not compile or render is a 400 with the reason on the form
+        status = 400 if request.method == "POST" else 200
+        return self.render("certificates/admin_template_form.html", form=form, tpl=tpl), status
 
     def _save(self, form: TemplateForm, tpl: CertificateTemplate | None) -> bool:
         """Check the template renders, then store it (audited); False with form errors otherwise."""

@@ -54,7 +54,8 @@ def current_values(company: Company) -> dict:
             if f.secret:
                 values[f.key] = bool(value)
             elif f.kind == "checkbox":
-                values[f.key] = bool(value) if f.key in delivery_settings.LMS_COLUMNS else value is None or bool(value)
+                values[f.key] = bool(value) if f.key in delivery_settings.LMS_COLUMNS or f.key == "fallback_relay" \
+                    else (value is None or bool(value))
             else:
                 values[f.key] = "" if value is None else (f"{value:g}" if isinstance(value, float) else str(value))
     return values
@@ -74,6 +75,14 @@ def submitted_values(section: SettingsGroup, form) -> dict:
         else:
             values[f.key] = form.get(f.key, "")
     return values
+
+
+def visible_section(section: SettingsGroup) -> SettingsGroup:
+    """``section`` as the current user may see it: admin-only settings only for admins."""
+    if scope() is None:
+        return section
+    return SettingsGroup(section.name, section.title, section.intro,
+                         tuple(f for f in section.fields if f.key not in delivery_settings.admin_only_keys()))
 
 
 def error_field(message: str) -> str | None:
@@ -96,7 +105,8 @@ class CompanySettingsView(SecureBaseView):
     def _page(self, company: Company, status: int = 200, **extra):
         tokens = db.session.execute(ApiToken.scoped(company.id)
                                     .order_by(ApiToken.revoked_at.is_not(None), ApiToken.created_at.desc())).scalars()
-        context = {"company": company, "sections": sections(), "values": current_values(company),
+        context = {"company": company, "sections": [visible_section(s) for s in sections()],
+                   "values": current_values(company),
                    "settings": company.settings, "tokens": list(tokens), "errors": {}, "failed_section": None,
                    "submitted": {}, "check_id": request.args.get("check", ""), "now": utcnow(), **extra}
         response = make_response(self.render("admin/settings/company.html", **context), status)
@@ -124,7 +134,8 @@ class CompanySettingsView(SecureBaseView):
         if section is None:
             abort(400)
         try:
-            changed = configure(company, submitted_values(section, request.form))
+            changed = configure(company, submitted_values(visible_section(section), request.form),
+                                admin=scope() is None)
         except ValueError as exc:
             db.session.rollback()
             message = str(exc)
@@ -137,6 +148,9 @@ class CompanySettingsView(SecureBaseView):
                          details={"section": section.name, "fields": changed})
             db.session.commit()
             flash(f"{section.title}: saved ({', '.join(changed)}).", "success")
+            if getattr(company, "role_check_note", None):
+                flash(f"Role ARN saved, but {company.role_check_note}: make sure its trust policy requires "
+                      "the external id.", "warning")
         else:
             flash(f"{section.title}: nothing changed.", "info")
         return redirect(url_for("settings.company", company_id=company.id) + f"#section-{section.name}")

@@ -19,7 +19,7 @@ from core import audit
 from dashboard.admin.base import TenantModelView, scope
 from core.db import db
 from core.models import JOB_TYPES, Company, Template
-from core.rendering import CompiledTemplate, RenderError, valid_email
+from core.rendering import PREVIEW_BUDGET_S, CompiledTemplate, RenderError, valid_email
 from core.tenancy import get_or_404
 from core.checks import start_test_email
 
@@ -158,7 +158,8 @@ class TemplateView(TenantModelView):
         rendered = None
         if error is None:
             try:
-                rendered = CompiledTemplate(tpl.subject, tpl.body_text, tpl.body_html).render(sample)
+                rendered = CompiledTemplate(tpl.subject, tpl.body_text, tpl.body_html).render(
+                    sample, budget_s=PREVIEW_BUDGET_S)
             except RenderError as exc:
                 error = str(exc)
         return self.render("admin/email_templates/preview.html", tpl=tpl, sample_json=raw, rendered=rendered,

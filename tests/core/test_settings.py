@@ -4,7 +4,16 @@ from __future__ import annotations
 import pytest
 from cryptography.fernet import Fernet
 
-from core.settings import SettingsError, load
+from core.settings import SettingsError
+from core.settings import load as load_settings
+from providers.base import OPERATOR_ENDPOINT
+
+DEV = {"OFFLOAD_DEV": "1"}
+
+
+def load(env: dict) -> dict:
+    """``core.settings.load`` with development on (the suite is development)."""
+    return load_settings({**DEV, **env})
 
 
 def test_defaults_match_the_contract():
@@ -45,7 +54,7 @@ def test_fallback_smtp_url_is_parsed():
     cfg = load({"OFFLOAD_FALLBACK_SMTP": "smtp://user%40x:p%3Ass@mail.example:2525?tls=starttls"})
     assert cfg["OFFLOAD_FALLBACK_SMTP"] == {"smtp_host": "mail.example", "smtp_port": 2525,
                                              "smtp_username": "user@x", "smtp_password": "p:ss",
-                                             "smtp_tls": "starttls"}
+                                             "smtp_tls": "starttls", OPERATOR_ENDPOINT: True}
 
 
 def test_postgres_urls_use_psycopg3():
@@ -58,3 +67,13 @@ def test_create_app_refuses_bad_settings(monkeypatch):
     monkeypatch.setenv("OFFLOAD_BATCH_SIZE", "many")
     with pytest.raises(SettingsError, match="OFFLOAD_BATCH_SIZE"):
         create_app()
+
+
+def test_without_keys_the_service_refuses_to_start_unless_development_is_on():
+    with pytest.raises(SettingsError, match="OFFLOAD_ENCRYPTION_KEYS"):
+        load_settings({})
+    for env in ({"OFFLOAD_DEV": "1"}, {"OFFLOAD_ENV": "development"}):
+        cfg = load_settings(env)
+        assert cfg["OFFLOAD_DEV_KEY_IN_USE"] and cfg["OFFLOAD_DEVELOPMENT"]
+    key = Fernet.generate_key().decode()
+    assert not load_settings({"OFFLOAD_ENCRYPTION_KEYS": key})["OFFLOAD_DEV_KEY_IN_USE"]

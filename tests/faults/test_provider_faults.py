@@ -49,7 +49,7 @@ def test_hung_provider_times_out_and_falls_back_to_smtp(app, client, make_compan
     goes on through OFFLOAD_FALLBACK_SMTP, and the circuit breaker sends the
     next batches there directly."""
     with FaultyProxy(ses.url) as proxy:
-        company = make_company(**aws_settings(proxy.url))
+        company = make_company(**aws_settings(proxy.url), fallback_relay="1")
         workers = fleet(2, OFFLOAD_LEASE_S=HANG_LEASE_S,
                         OFFLOAD_FALLBACK_SMTP=f"smtp://127.0.0.1:{smtp_sink.port}?tls=none")
         started = time.monotonic()

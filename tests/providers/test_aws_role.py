@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import boto3
+import pytest
 
+from providers import aws
 from providers.aws import SESSION_NAME, aws_session
 from providers.offload import get_transport
 
@@ -21,6 +23,14 @@ def make_role(moto_server) -> str:
         return iam.create_role(RoleName="offload-sender", AssumeRolePolicyDocument=ROLE_POLICY)["Role"]["Arn"]
     except iam.exceptions.EntityAlreadyExistsException:
         return iam.get_role(RoleName="offload-sender")["Role"]["Arn"]
+
+
+@pytest.fixture(autouse=True)
+def operator_sts(moto_server):
+    """STS AssumeRole goes to the operator's endpoint (OFFLOAD_STS_ENDPOINT_URL), never a tenant's."""
+    aws.configure(sts_endpoint_url=moto_server.url)
+    yield
+    aws.configure(sts_endpoint_url=None)
 
 
 def test_role_arn_is_assumed_with_the_external_id(moto_server, monkeypatch):

@@ -262,7 +262,7 @@ def test_entry_statuses_map_to_results(stub_http, make_ses):
 
     assert [(r.status, r.message_id) for r in results] == [
         ("sent", "m-0"), ("failed", None), ("retry", None), ("retry", None), ("failed", None)]
-    assert results[1].error == "MESSAGE_REJECTED: detail"
+    assert results[1].error == "MESSAGE_REJECTED: SES rejected the message"  # not the remote text
 
 
 @pytest.mark.parametrize(("status", "expected"), [
@@ -306,7 +306,8 @@ def test_message_rejected_bulk_falls_back_to_one_by_one(stub_http, make_ses):
 
     assert [(r.status, r.message_id) for r in results] == [("sent", "single-1"), ("failed", None),
                                                           ("sent", "single-1")]
-    assert results[1].error == "MessageRejected: Email address is not verified."
+    assert results[1].error == ("MessageRejected (HTTP 400): SES rejected the message "
+                                "(is the sender a verified identity?)")
     assert [r.path.rsplit("/", 1)[-1] for r in stub.requests] == ["outbound-bulk-emails"] + ["outbound-emails"] * 3
 
 

@@ -78,7 +78,7 @@ def test_open_circuit_routes_batches_straight_to_fallback(app, client, make_comp
     from core.models import Batch
 
     app.config["OFFLOAD_FALLBACK_SMTP"] = smtp_sink.config()
-    company = make_company(**aws_settings(ses.url))
+    company = make_company(**aws_settings(ses.url), fallback_relay="1")
     for _ in range(limits.BREAKER_THRESHOLD):
         limits.breaker_failure(connection(), company.id, "aws")
     resp = client.post("/api/v1/jobs", headers=company.auth, json={

@@ -208,7 +208,7 @@ def test_unreachable_queue_falls_back_to_smtp(app, client, make_company, smtp_si
     dead = f"http://127.0.0.1:{free_port()}"
     company = make_company(provider="aws", mode="offload", sender="noreply@acme.test", aws_region=REGION,
                            aws_endpoint_url=dead, aws_access_key="testing", aws_secret_key="testing",
-                           sqs_queue_url=f"{dead}/123456789012/offload")
+                           sqs_queue_url=f"{dead}/123456789012/offload", fallback_relay="1")
     job_id = submit(client, company, people(450))
     run_worker_burst(app)
     done = job(job_id)
@@ -224,7 +224,7 @@ def test_unreachable_queue_and_fallback_go_back_to_the_queue_later(app, client, 
     app.config["OFFLOAD_FALLBACK_SMTP"] = {"smtp_host": "127.0.0.1", "smtp_port": free_port(), "smtp_tls": "none"}
     company = make_company(provider="aws", mode="offload", sender="noreply@acme.test", aws_region=REGION,
                            aws_endpoint_url=dead, aws_access_key="testing", aws_secret_key="testing",
-                           sqs_queue_url=f"{dead}/123456789012/offload")
+                           sqs_queue_url=f"{dead}/123456789012/offload", fallback_relay="1")
     job_id = submit(client, company, people(5))
     run_worker_burst(app)  # plan, submit (queue unreachable), SMTP fallback (unreachable too)
     [batch] = batches(job_id)
@@ -238,7 +238,7 @@ def test_unreachable_queue_without_fallback_retries(app, client, make_company):
     dead = f"http://127.0.0.1:{free_port()}"
     company = make_company(provider="aws", mode="offload", sender="noreply@acme.test", aws_region=REGION,
                            aws_endpoint_url=dead, aws_access_key="testing", aws_secret_key="testing",
-                           sqs_queue_url=f"{dead}/123456789012/offload")
+                           sqs_queue_url=f"{dead}/123456789012/offload", fallback_relay="1")
     job_id = submit(client, company, people(5))
     run_worker_burst(app)
     [batch] = batches(job_id)

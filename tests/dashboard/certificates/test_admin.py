@@ -186,7 +186,7 @@ def test_a_template_that_does_not_render_is_refused(client, company, manager):
     token = page_token(client, "/admin/certificate-templates/new")
     resp = client.post("/admin/certificate-templates/new", data={
         "csrf_token": token, "name": "Broken", "html": "<p>{{ learner_name </p>"})
-    assert resp.status_code == 200 and "template does not compile" in resp.get_data(as_text=True)
+    assert resp.status_code == 400 and "template does not compile" in resp.get_data(as_text=True)
     resp = client.post("/admin/certificate-templates/new", content_type="multipart/form-data", data={
         "csrf_token": token, "name": "Bad logo", "html": "<p>x</p>",
         "logo": (io.BytesIO(b"<svg onload=alert(1)>"), "logo.svg")})
