@@ -269,6 +269,8 @@ class BatchRun:
         except redis_errors as exc:  # the sweep re-adds a waiting batch that has no entry
             log.warning("Batch %s: not put back in the ready set (%s)", claim.batch_id, type(exc).__name__)
         queue.kick(delay=wait)
+        log.debug("Batch %s: %s left wait %.2f s for the company's rate; other work goes first", claim.batch_id,
+                 left, wait)
         return DEFERRED
 
     def timed_out(self, route: Route) -> str:
