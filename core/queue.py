@@ -210,16 +210,23 @@ def wake_count() -> int:
 
 
 def kick(n: int = 1, delay: float = 0) -> None:
-    """Queue ``n`` wake-ups (``tasks.scheduling.work_ready``), now or in ``delay``
-    seconds (one per second slot: a deferred lane does not pile them up)."""
+    """Have ``n`` wake-ups (``tasks.scheduling.work_ready``) queued now, or one in
+    ``delay`` seconds (one per second slot: a deferred lane does not pile them up)."""
     if delay > 0:
         slot = int(time.time() + delay)
         _safe("wake-up", get_queue(SEND).enqueue_in, timedelta(seconds=delay), WORK_READY,
               job_id=f"wake-at-{slot}", job_timeout=WAKE_TIMEOUT_S, **WAKE_KW)
         return
+    _safe("wake-up", _wake_now, max(1, n))
+
+
+def _wake_now(n: int) -> None:
+    """Top the queued wake-ups up to ``n`` (a queued one sees every entry added before
+    it runs, so more would only cost RQ round trips that find nothing)."""
     q = get_queue(SEND)
-    _safe("wake-up", q.enqueue_many, [Queue.prepare_data(WORK_READY, timeout=WAKE_TIMEOUT_S, **WAKE_KW)
-                                       for _ in range(max(1, n))])
+    missing = n - connection().llen(f"rq:queue:{SEND}")
+    if missing > 0:
+        q.enqueue_many([Queue.prepare_data(WORK_READY, timeout=WAKE_TIMEOUT_S, **WAKE_KW) for _ in range(missing)])
 
 
 def urgent_waiting() -> bool:

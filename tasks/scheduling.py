@@ -47,11 +47,10 @@ def work_ready() -> dict:
     end = time.monotonic() + LOOP_S
     runs = 0
     while True:
-        if queue.urgent_waiting():
-            queue.kick()  # come back after RQ ran the urgent job
-            break
-        if time.monotonic() > end or (MAX_RUNS is not None and runs >= MAX_RUNS):
-            queue.kick()
+        if queue.urgent_waiting() or time.monotonic() > end or (MAX_RUNS is not None and runs >= MAX_RUNS):
+            # let RQ run the urgent job (or a fresh wake-up) first; one wake-up queued per worker, so
+            # every worker comes back to the ready set afterwards
+            queue.kick(queue.wake_count())
             break
         picked = scheduler.pop(conn)
         if picked is None:
