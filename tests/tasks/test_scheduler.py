@@ -17,8 +17,8 @@ from core.db import db
 from core.models import Batch, Job, Recipient
 from core.queue import connection
 from tasks import limits
-from tests.conftest import run_worker_burst
-from tests.tasks.conftest import BODY, aws_settings, people
+from tests.support.app import run_worker_burst
+from tests.support.jobs import BODY, aws_settings, people
 
 
 def submit(client, company, n: int, prefix: str, **extra) -> int:

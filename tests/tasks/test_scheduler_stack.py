@@ -18,7 +18,7 @@ from sqlalchemy import select
 from core.db import db
 from core.models import Job, Recipient
 from tests.support.servers import RedisServer
-from tests.tasks.conftest import BODY, aws_settings, people
+from tests.support.jobs import BODY, aws_settings, people
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FLASK = os.path.join(ROOT, ".venv", "bin", "flask")
