@@ -61,9 +61,12 @@ def renew_lease(claim: Claim, lease_s: int) -> bool:
 
 
 def release_batch(claim: Claim, status: str, *, next_attempt_at: datetime | None = None,
-                  error: str | None = None, route: str | None = None) -> bool:
-    """Give the batch up in ``status`` (done, retry, failed, cancelled, queued)."""
+                  error: str | None = None, route: str | None = None, refund_attempt: bool = False) -> bool:
+    """Give the batch up in ``status`` (done, retry, failed, cancelled, queued);
+    ``refund_attempt``: the run was no attempt (it only waited for tokens)."""
     values = {"status": status, "lease_until": None, "next_attempt_at": next_attempt_at}
+    if refund_attempt:
+        values["attempts"] = Batch.attempts - 1
     if error is not None:
         values["error"] = error[:2000]
     if route is not None:

@@ -14,8 +14,8 @@ from sqlalchemy.exc import IntegrityError
 from core import audit
 from core.bulk import insert_recipients
 from core.db import db
-from core.models import (COMPLETED, FAILED, JOB_TYPES, PARTIAL, PROCESSING, QUEUED, R_FAILED, R_PENDING,
-                         R_SUPPRESSED, Batch, Job, Suppression, Template, utcnow)
+from core.models import (COMPLETED, DEFAULT_PRIORITY, FAILED, JOB_TYPES, PARTIAL, PRIORITIES, PROCESSING, QUEUED,
+                         R_FAILED, R_PENDING, R_SUPPRESSED, Batch, Job, Suppression, Template, utcnow)
 from core.rendering import PREVIEW_BUDGET_S, CompiledTemplate, RenderError, valid_email
 from core.queue import enqueue_finish
 from core.bulk import execute_for_ids
@@ -44,6 +44,7 @@ class JobRequest:
     template: str | None = None
     send_at: datetime | None = None
     options: dict | None = None
+    priority: str = "transactional"
 
 
 def parse_request(payload) -> JobRequest:
@@ -59,10 +60,16 @@ def parse_request(payload) -> JobRequest:
     for key in ("subject", "body_text", "body_html", "template"):
         if payload.get(key) is not None and not isinstance(payload[key], str):
             raise JobError("invalid_field", f"{key} must be a string")
+    priority = payload.get("priority")
+    if priority is None:
+        priority = DEFAULT_PRIORITY[jtype]
+    elif priority not in PRIORITIES:
+        raise JobError("invalid_priority", f"priority must be one of {', '.join(PRIORITIES)}",
+                       {"priority": priority})
     return JobRequest(type=jtype, recipients=recipients, subject=payload.get("subject"),
                       body_text=payload.get("body_text"), body_html=payload.get("body_html"),
                       template=payload.get("template"), send_at=parse_time(payload.get("send_at"), "send_at"),
-                      options=parse_options(payload))
+                      options=parse_options(payload), priority=str(priority))
 
 
 JOB_OPTIONS = {"certificate_delivery": ("link", "attachment")}
@@ -187,7 +194,8 @@ def create_job(company_id: int, payload, *, idempotency_key: str | None = None, 
 
     job = Job(company_id=company_id, type=req.type, status=QUEUED, source=source, subject=subject,
               body_text=text_body, body_html=html_body, template_name=req.template, send_at=req.send_at,
-              idempotency_key=idempotency_key, created_by_user_id=user_id, options=req.options)
+              idempotency_key=idempotency_key, created_by_user_id=user_id, options=req.options,
+              priority=req.priority)
     db.session.add(job)
     try:
         db.session.flush()
@@ -224,7 +232,8 @@ def iso(moment: datetime | None) -> str | None:
 def job_to_dict(job: Job) -> dict:
     """The job object of CONTRACT §3 (plus a few extra counters)."""
     return {
-        "id": job.id, "type": job.type, "status": job.status, "company_id": job.company_id,
+        "id": job.id, "type": job.type, "priority": job.priority, "status": job.status,
+        "company_id": job.company_id,
         "email_count": job.email_count, "emails_sent": job.emails_sent, "emails_failed": job.emails_failed,
         "emails_suppressed": job.emails_suppressed, "emails_bounced": job.emails_bounced,
         "emails_uncertain": job.emails_uncertain,

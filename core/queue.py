@@ -26,16 +26,25 @@ from redis import RedisError
 from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 
+from core import scheduler
 from core.db import db
 from core.models import Job, utcnow
 
 log = logging.getLogger(__name__)
 
-#: queue names, highest priority first (workers listen in this order)
-QUEUE_NAMES = ("offload-high", "offload-default", "offload-low")
-HIGH, DEFAULT, LOW = QUEUE_NAMES
+#: queue names, highest priority first (workers listen in this order). ``offload-send``
+#: holds only wake-ups (``tasks.scheduling.work_ready``): which batch is sent next is
+#: the ready set's choice (``core.scheduler``), not the order of a FIFO queue.
+QUEUE_NAMES = ("offload-high", "offload-default", "offload-send", "offload-low")
+HIGH, DEFAULT, SEND, LOW = QUEUE_NAMES
+#: the queues whose jobs a worker busy with the ready set makes room for
+URGENT_QUEUES = (HIGH, DEFAULT)
+WORK_READY = "tasks.scheduling.work_ready"
+#: wake-ups run a loop of batches for up to ``tasks.scheduling.LOOP_S``
+WAKE_KW = {"result_ttl": 0, "failure_ttl": 24 * 3600}
+WAKE_TIMEOUT_S = 900
 
 _connections: dict[str, redis.Redis] = {}
 
@@ -150,19 +159,33 @@ def enqueue_plan(job_id: int) -> None:
           job_id=f"plan-{job_id}", retry=JOB_RETRY, **JOB_KW)
 
 
+def ready_entries(batch_ids: list[int], kind: str, delay: float = 0) -> list[scheduler.Entry]:
+    """Ready-set entries for batches: each job's class, and what is left to send as the cost."""
+    if not batch_ids:
+        return []
+    rows = db.session.execute(text(
+        "SELECT b.id, b.company_id, b.recipient_count - b.sent_count - b.failed_count AS left_, j.priority "
+        "FROM batches b JOIN jobs j ON j.id = b.job_id WHERE b.id IN :ids")
+        .bindparams(bindparam("ids", expanding=True)), {"ids": list(batch_ids)}).all()
+    due = time.time() + delay if delay > 0 else 0.0
+    return [scheduler.Entry(scheduler.klass_of(r.priority), r.company_id, r.id, max(1, r.left_ or 0), kind, due)
+            for r in rows]
+
+
+def _add_ready(entries: list[scheduler.Entry], delay: float) -> None:
+    if not entries:
+        return
+    scheduler.add(connection(), entries)
+    kick(min(len(entries), wake_count()), delay=delay)
+
+
 def enqueue_batches(batches: list[tuple[int, int]], delay: float = 0) -> None:
-    """Queue ``send_batch`` for each ``(batch_id, attempts)``, in one Redis pipeline."""
+    """Put each ``(batch_id, attempts)`` in the ready set (due now, or in ``delay``
+    seconds) and wake workers to send; the claims decide who sends."""
     if not batches:
         return
-    q = get_queue(DEFAULT)
-    if delay > 0:
-        for bid, attempt in batches:
-            _safe(f"batch {bid}", q.enqueue_in, timedelta(seconds=delay), "tasks.sending.send_batch", bid,
-                  job_id=send_id(bid, attempt), retry=JOB_RETRY, **JOB_KW)
-        return
-    datas = [Queue.prepare_data("tasks.sending.send_batch", args=(bid,), job_id=send_id(bid, attempt),
-                                retry=JOB_RETRY, **JOB_KW) for bid, attempt in batches]
-    _safe(f"{len(batches)} batches", q.enqueue_many, datas)
+    entries = ready_entries([bid for bid, _ in batches], scheduler.DIRECT, delay)
+    _safe(f"{len(batches)} batches", _add_ready, entries, delay)
 
 
 def enqueue_finish(job_id: int) -> None:
@@ -170,15 +193,48 @@ def enqueue_finish(job_id: int) -> None:
 
 
 def enqueue_submit(batch_ids: list[int], delay: float = 0) -> None:
-    """Queue offload submissions, grouped 10 batches to a job (SQS batch size)."""
-    q = get_queue(DEFAULT)
-    for start in range(0, len(batch_ids), 10):
-        group = batch_ids[start:start + 10]
-        if delay > 0:
-            _safe("submit", q.enqueue_in, timedelta(seconds=delay), "tasks.offload.submit_batches", group,
-                  retry=JOB_RETRY, **JOB_KW)
-        else:
-            _safe("submit", q.enqueue, "tasks.offload.submit_batches", group, retry=JOB_RETRY, **JOB_KW)
+    """Put offload batches in the ready set for submission (the same order as
+    direct sending; a wake-up submits up to 10 of one company per queue call)."""
+    if not batch_ids:
+        return
+    entries = ready_entries(batch_ids, scheduler.SUBMIT, delay)
+    _safe(f"submit {len(batch_ids)} batches", _add_ready, entries, delay)
+
+
+def wake_count() -> int:
+    """Wake-ups worth queuing at once: one per registered worker (at least two)."""
+    try:
+        return max(2, int(connection().scard("rq:workers")))
+    except (RedisError, OSError):
+        return 2
+
+
+def kick(n: int = 1, delay: float = 0) -> None:
+    """Have ``n`` wake-ups (``tasks.scheduling.work_ready``) queued now, or one in
+    ``delay`` seconds (one per second slot: a deferred lane does not pile them up)."""
+    if delay > 0:
+        slot = int(time.time() + delay)
+        _safe("wake-up", get_queue(SEND).enqueue_in, timedelta(seconds=delay), WORK_READY,
+              job_id=f"wake-at-{slot}", job_timeout=WAKE_TIMEOUT_S, **WAKE_KW)
+        return
+    _safe("wake-up", _wake_now, max(1, n))
+
+
+def _wake_now(n: int) -> None:
+    """Top the queued wake-ups up to ``n`` (a queued one sees every entry added before
+    it runs, so more would only cost RQ round trips that find nothing)."""
+    q = get_queue(SEND)
+    missing = n - connection().llen(f"rq:queue:{SEND}")
+    if missing > 0:
+        q.enqueue_many([Queue.prepare_data(WORK_READY, timeout=WAKE_TIMEOUT_S, **WAKE_KW) for _ in range(missing)])
+
+
+def urgent_waiting() -> bool:
+    """True when a job waits on the high or default queue (plans, checks, finishes...)."""
+    pipe = connection().pipeline(transaction=False)
+    for name in URGENT_QUEUES:
+        pipe.llen(f"rq:queue:{name}")
+    return any(pipe.execute())
 
 
 def requeue_open_batches(job_id: int) -> None:

@@ -38,7 +38,7 @@
 
   function fill(scope, row) {
     ["type", "company", "emails_sent", "emails_failed", "email_count", "emails_suppressed", "created",
-      "started", "completed", "duration"].forEach(function (name) {
+      "started", "completed", "duration", "waiting_text", "eta"].forEach(function (name) {
       var el = scope.querySelector('[data-field="' + name + '"]');
       if (el && row[name] !== undefined) {
         text(el, name === "type" ? human(row[name]) : (name === "created" && scope.id === "job-detail" ? row[name] + " UTC" : row[name]));
@@ -46,6 +46,11 @@
     });
     setBadge(scope.querySelector('[data-field="status"]'), row);
     setProgress(scope.querySelector('[data-field="progress"]'), row.progress);
+    if (scope.id !== "job-detail") {  /* the list: the ETA line shows while there is one */
+      scope.querySelectorAll("[data-show-if]").forEach(function (el) {
+        el.hidden = !row[el.getAttribute("data-show-if")];
+      });
+    }
   }
 
   function poll(url, interval, onData, shouldStop) {

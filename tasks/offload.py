@@ -35,7 +35,7 @@ from datetime import timedelta
 from flask import current_app
 from sqlalchemy import delete, select, text, update
 
-from core import batches, queue
+from core import batches, queue, scheduler
 from core.db import db
 from core.models import (B_CANCELLED, B_DONE, B_FAILED, B_QUEUED, B_RETRY, B_SUBMITTED, BATCH_FINAL,
                          PAUSED, Batch, Company, Job, WebhookReceipt, utcnow)
@@ -539,14 +539,15 @@ def requeue_lost() -> int:
     """
     old = utcnow() - timedelta(seconds=LOST_GRACE_S)
     rows = db.session.execute(text(
-        "SELECT b.id, b.attempts FROM batches b JOIN jobs j ON j.id = b.job_id "
+        "SELECT b.id, b.attempts, b.company_id, j.priority FROM batches b JOIN jobs j ON j.id = b.job_id "
         "JOIN delivery_settings ds ON ds.company_id = b.company_id "
         "WHERE b.status IN ('queued', 'retry') AND ds.mode = 'offload' "
         "AND j.status IN ('queued', 'processing') AND j.created_at < :old "
         "AND (b.next_attempt_at IS NULL OR b.next_attempt_at < :old)"), {"old": old}).all()
     lost = 0
     for row in rows:
-        if queue.is_live(f"submit-{row.id}-{row.attempts}") or queue.is_live(f"fallback-{row.id}-{row.attempts}"):
+        if queue.is_live(f"submit-{row.id}-{row.attempts}") or queue.is_live(f"fallback-{row.id}-{row.attempts}") \
+                or scheduler.contains(connection(), scheduler.klass_of(row.priority), row.company_id, row.id):
             continue
         queue.enqueue_resubmit(row.id, row.attempts)
         lost += 1

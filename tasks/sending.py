@@ -25,7 +25,7 @@ from core.queue import connection
 from core.rendering import CompiledTemplate, RenderError
 from providers import (ConnectionFailure, Message, PermanentError, ProviderError, QuotaExceededError, Result,
                        ThrottledError)
-from core import batches, queue
+from core import batches, queue, scheduler
 from core.lms import email_queue
 from tasks import certificates, limits
 from tasks.routing import Route, fallback_route, primary_route, provider_for, relay_sender
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 redis_errors = (RedisError, OSError)
 QUOTA_PAUSE = "sending quota exhausted"  # the sweep resumes such jobs later (tasks.sweep)
 MAX_THROTTLE_WAITS = 30  # per batch run, before the batch is rescheduled
+DEFERRED = "deferred"  # a batch run's word when the rest went back to the ready set to wait for tokens
 #: ``ProviderError.code`` of a read timeout on a single API call (SES, Cloudflare):
 #: the request went out and no answer came, so the whole chunk may have been sent
 READ_TIMEOUTS = frozenset({"ReadTimeoutError", "ReadTimeout"})
@@ -98,6 +99,9 @@ class BatchRun:
         self.global_fallback = cfg["OFFLOAD_FALLBACK_SMTP"]
         job = db.session.get(Job, claim.job_id)
         self.job_type = job.type
+        self.klass = scheduler.klass_of(job.priority)
+        self.defer_s = 0.0        # how long the rest of the batch waits for tokens when it goes back
+        self.renewed = time.monotonic()
         self.template = CompiledTemplate(job.subject, job.body_text, job.body_html)
         self.certificates = certificates.mail_for(job)  # None unless a certificate job
         self.lms = email_queue.mail_for(job)  # None unless a job taken from IOMAD's email queue
@@ -174,6 +178,8 @@ class BatchRun:
             size = limits.chunk_limit(rate, provider.chunk_size)
             chunk = rows[i:i + size]
             outcome = self.send_chunk(route, provider, sender, chunk, rate, attempts)
+            if outcome == "defer":
+                return self.defer(len(rows) - i)
             if outcome == "next":
                 i += size
             elif outcome == "again":
@@ -219,7 +225,8 @@ class BatchRun:
     def send_chunk(self, route: Route, provider, sender: str, chunk, rate, attempts) -> str:
         """Send one chunk. Returns next | again | fallback | <final word of the batch>."""
         claim = self.claim
-        limits.acquire(self.redis, claim.company_id, len(chunk), rate, keepalive=self.keepalive)
+        if not self.tokens(len(chunk), rate):
+            return "defer"
         messages, render_failures = self.build(chunk)
         ids = [r[0] for r in chunk]
         if not batches.mark_sending(claim, ids, self.lease_s):
@@ -254,6 +261,39 @@ class BatchRun:
         batches.record_results(claim, results + render_failures, route.label, self.max_attempts, attempts)
         return "next"
 
+    def tokens(self, n: int, rate: float | None) -> bool:
+        """Take the chunk's sends from the company's shared bucket. Naps (short
+        slices) only while nothing else is runnable and the tokens come soon;
+        False: the rest of the batch goes back to the ready set (``defer``)."""
+        while True:
+            granted, wait, why = limits.take(self.redis, self.company.id, n, rate, self.klass)
+            if granted:
+                return True
+            self.defer_s = wait
+            if why == "yield" or wait > limits.HOLD_S or limits.other_work_waiting(self.company.id):
+                return False
+            limits.nap(min(wait, limits.NAP_S))
+            if time.monotonic() - self.renewed > self.lease_s / 4:
+                self.keepalive()
+                self.renewed = time.monotonic()
+
+    def defer(self, left: int) -> str:
+        """Give the batch back, due when the company's tokens are: the worker
+        takes other runnable work meanwhile (the claim's attempt is refunded)."""
+        wait = max(self.defer_s, 0.01)
+        claim = self.claim
+        batches.release_batch(claim, B_QUEUED, next_attempt_at=utcnow() + timedelta(seconds=wait),
+                              refund_attempt=True)
+        try:
+            scheduler.add(self.redis, [scheduler.Entry(self.klass, claim.company_id, claim.batch_id, left,
+                                                       scheduler.DIRECT, time.time() + wait)])
+        except redis_errors as exc:  # the sweep re-adds a waiting batch that has no entry
+            log.warning("Batch %s: not put back in the ready set (%s)", claim.batch_id, type(exc).__name__)
+        queue.kick(delay=wait)
+        log.debug("Batch %s: %s left wait %.2f s for the company's rate; other work goes first", claim.batch_id,
+                 left, wait)
+        return DEFERRED
+
     def timed_out(self, route: Route) -> str:
         """The provider took the call and never answered: it may have sent the
         chunk, so its recipients are uncertain (counted; resent or failed per
@@ -272,6 +312,8 @@ class BatchRun:
         # the shared level grows while any worker is throttled; a call that went
         # through resets this run's streak, so scattered throttles cost short waits
         delay = limits.throttle_delay(min(level, self.throttle_streak), exc.retry_after)
+        if limits.other_work_waiting(self.company.id):  # no sleeping while others could be served
+            return self.reschedule("throttled by the provider", count_attempt=False, delay=delay)
         end = time.monotonic() + delay
         while time.monotonic() < end:
             time.sleep(min(1.0, max(0.0, end - time.monotonic())))

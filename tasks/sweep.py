@@ -1,8 +1,9 @@
 """The recovery sweep: the database is the truth, the queue is rebuilt from it.
 
 Run every few seconds (``tasks.worker`` schedules it through RQ). It
-re-queues batches whose holder's lease expired, batches the queue lost
-(Redis restart), jobs whose planning was lost, and finishes jobs whose
+re-queues batches whose holder's lease expired, batches the ready set lost
+(Redis restart), wakes a worker when runnable entries have none queued,
+re-plans jobs whose planning was lost, and finishes jobs whose
 work is all done; offload batches whose callback is overdue are
 reconciled by ``tasks.offload``.
 """
@@ -15,7 +16,7 @@ from sqlalchemy import text
 
 from core.db import db
 from core.models import utcnow
-from core import queue
+from core import queue, scheduler
 from core.queue import enqueue_fallback
 from tasks.offload import reconcile
 from tasks.sending import finish_job
@@ -41,18 +42,28 @@ def expired_leases() -> list[tuple[int, int, str]]:
 
 
 def waiting_batches() -> list[tuple[int, int]]:
-    """Queued/retry batches that are due, whose RQ job is not live."""
+    """Queued/retry batches that are due and have no ready-set entry (Redis lost it)."""
     due = utcnow() - timedelta(seconds=GRACE_S)
     rows = db.session.execute(text(
-        "SELECT b.id, b.attempts, j.settings_mode FROM batches b JOIN ("
-        "  SELECT jobs.id AS jid, CASE WHEN jobs.source = 'lms' THEN 'direct' "  # LMS jobs: sent here (sending.py)
+        "SELECT b.id, b.attempts, b.company_id, j.priority, j.settings_mode FROM batches b JOIN ("
+        "  SELECT jobs.id AS jid, jobs.priority, CASE WHEN jobs.source = 'lms' THEN 'direct' "  # LMS jobs: sent here
         "  ELSE coalesce(ds.mode, 'direct') END AS settings_mode FROM jobs "
         "  LEFT JOIN delivery_settings ds ON ds.company_id = jobs.company_id "
         "  WHERE jobs.status IN ('queued', 'processing')) j ON j.jid = b.job_id "
         "WHERE b.status IN ('queued', 'retry') AND (b.next_attempt_at IS NULL OR b.next_attempt_at < :due)"),
         {"due": due}).all()
-    return [(r.id, r.attempts) for r in rows
-            if r.settings_mode != "offload" and not queue.is_live(queue.send_id(r.id, r.attempts))]
+    conn = connection()
+    return [(r.id, r.attempts) for r in rows if r.settings_mode != "offload"
+            and not scheduler.contains(conn, scheduler.klass_of(r.priority), r.company_id, r.id)]
+
+
+def wake_if_idle() -> int:
+    """Runnable ready-set entries and no wake-up queued: queue one (1), else 0."""
+    conn = connection()
+    if scheduler.runnable(conn) and not conn.llen(f"rq:queue:{queue.SEND}"):
+        queue.kick()
+        return 1
+    return 0
 
 
 def unplanned_jobs() -> list[int]:
@@ -82,12 +93,13 @@ def sweep() -> dict:
         if finish_job(job_id) is None:
             queue.enqueue_plan(job_id)
             replanned += 1
+    woken = wake_if_idle()
     reconciled = _reconcile_offload()
     purged = _purge_if_due()
     windows = _recover_event_windows()
     resumed = resume_quota_paused()
     report = {"expired": len(expired), "requeued": len(lost), "replanned": replanned, "reconciled": reconciled,
-              "purged": purged, "event_windows": windows, "resumed": resumed}
+              "purged": purged, "event_windows": windows, "resumed": resumed, "woken": woken}
     if any(report.values()):
         log.info("sweep: %s", report)
     return report

@@ -22,5 +22,5 @@ from core.models.companies import (MODES, ROLES, ApiToken, Company, DeliverySett
 from core.models.jobs import Batch, Job, Recipient, WebhookReceipt  # noqa: F401
 from core.models.lms import LmsCompletion, LmsEmailRow  # noqa: F401
 from core.models.statuses import *  # noqa: F401,F403
-from core.models.statuses import (BATCH_FINAL, JOB_FINAL, JOB_TYPES, RECIPIENT_FINAL, BatchStatus,  # noqa: F401
-                                  JobStatus, JobType, RecipientStatus)
+from core.models.statuses import (BATCH_FINAL, DEFAULT_PRIORITY, JOB_FINAL, JOB_TYPES, PRIORITIES,  # noqa: F401
+                                  RECIPIENT_FINAL, BatchStatus, JobStatus, JobType, Priority, RecipientStatus)

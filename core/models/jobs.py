@@ -20,6 +20,8 @@ class Job(TenantMixin, db.Model):
     type = db.Column(db.String(32), nullable=False)
     status = db.Column(db.String(32), nullable=False, default=PENDING)
     source = db.Column(db.String(16), nullable=False, default="api")  # api | event | dashboard
+    #: service class (CONTRACT §6): transactional | bulk; the type's default unless the request set it
+    priority = db.Column(db.String(16), nullable=False, default="transactional", server_default="transactional")
     email_count = db.Column(db.Integer, nullable=False, default=0)
     emails_sent = db.Column(db.Integer, nullable=False, default=0)
     emails_failed = db.Column(db.Integer, nullable=False, default=0)

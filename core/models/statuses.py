@@ -17,6 +17,25 @@ class JobType(StrEnum):
     CERTIFICATE = "certificate"
 
 
+class Priority(StrEnum):
+    """A job's service class (CONTRACT §6): transactional work of any company
+    is sent before bulk work; within a class companies share fairly."""
+
+    TRANSACTIONAL = "transactional"
+    BULK = "bulk"
+
+
+#: each job type's default class (``POST /api/v1/jobs`` may set ``"priority"``)
+DEFAULT_PRIORITY = {
+    JobType.CSV_IMPORT: Priority.TRANSACTIONAL,
+    JobType.LICENSE_ALLOCATION: Priority.TRANSACTIONAL,
+    JobType.NOTIFICATION: Priority.TRANSACTIONAL,
+    JobType.CERTIFICATE: Priority.TRANSACTIONAL,
+    JobType.REENGAGEMENT: Priority.BULK,
+}
+PRIORITIES = tuple(Priority)
+
+
 class JobStatus(StrEnum):
     PENDING = "pending"
     QUEUED = "queued"

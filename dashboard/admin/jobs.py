@@ -16,6 +16,7 @@ from sqlalchemy import BigInteger, Integer, cast, extract, func, select
 
 from dashboard.admin.base import SecureBaseView, scope
 from dashboard.csvexport import csv_response
+from core import waiting
 from core.db import db
 from core.jobs import RETRYABLE_STATUSES, JobError, batches_of, iso, job_to_dict, request_cancel, retry_failed
 from core.models import JOB_FINAL, JOB_TYPES, Company, Job, Recipient, utcnow
@@ -68,9 +69,11 @@ def progress(job: Job) -> dict:
             "success_rate": None if not attempted else round(sent * 100 / attempted, 1)}
 
 
-def job_row(job: Job, company_names: dict[int, str] | None = None) -> dict:
-    """What the list and the detail page show (and poll) for one job."""
+def job_row(job: Job, company_names: dict[int, str] | None = None, waits: dict[int, dict] | None = None) -> dict:
+    """What the list and the detail page show (and poll) for one job (with why it
+    waits and its ETA: ``core.waiting``; pass ``waits`` to describe a page in one go)."""
     row = job_to_dict(job)
+    row.update((waits if waits is not None else waiting.describe([job]))[job.id])
     row.update(progress=progress(job), duration=fmt_duration(job), badge=BADGES.get(job.status, "secondary"),
                created=fmt_time(job.created_at), started=fmt_time(job.started_at),
                completed=fmt_time(job.completed_at), is_final=job.status in JOB_FINAL,
@@ -160,7 +163,9 @@ class JobsView(SecureBaseView):
     def index(self):
         jobs, total, page, filters = self._page_of_jobs()
         names = self._company_names()
-        return self.render("admin/jobs/list.html", jobs=[job_row(j, names) for j in jobs], total=total, page=page,
+        waits = waiting.describe(jobs)
+        return self.render("admin/jobs/list.html", jobs=[job_row(j, names, waits) for j in jobs], total=total,
+                           page=page,
                            pages=max(1, math.ceil(total / PAGE_SIZE)), filters=filters, statuses=JOB_STATUSES,
                            types=JOB_TYPES, companies=names)
 
@@ -168,7 +173,8 @@ class JobsView(SecureBaseView):
     def list_data(self):
         jobs, total, page, _ = self._page_of_jobs()
         names = self._company_names()
-        return _no_store(jsonify({"jobs": [job_row(j, names) for j in jobs], "total": total, "page": page,
+        waits = waiting.describe(jobs)
+        return _no_store(jsonify({"jobs": [job_row(j, names, waits) for j in jobs], "total": total, "page": page,
                                   "per_page": PAGE_SIZE, "now": iso(utcnow())}))
 
     @expose("/<int:job_id>/")

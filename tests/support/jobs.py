@@ -33,3 +33,18 @@ def run_scheduled_now() -> None:
             queue.enqueue_job(queue.fetch_job(rq_id))
     db.session.execute(Batch.__table__.update().values(next_attempt_at=None))
     db.session.commit()
+    make_ready_due()
+
+
+def make_ready_due() -> None:
+    """Every ready-set entry due now, no company blocked on its rate (what time would do)."""
+    from core import scheduler
+    from core.queue import connection, kick
+
+    conn = connection()
+    for key in conn.scan_iter(f"{scheduler.PREFIX}:lane:*"):
+        conn.zadd(key, {m: 0 for m in conn.zrange(key, 0, -1)})
+    for pattern in ("block", "txwait", "bucket"):
+        for key in conn.scan_iter(f"{scheduler.PREFIX}:{pattern}:*"):
+            conn.delete(key)
+    kick()

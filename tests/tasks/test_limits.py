@@ -3,10 +3,11 @@ the circuit breaker opens after repeated connection failures."""
 from __future__ import annotations
 
 import threading
-from collections import Counter
+import time
 
 from sqlalchemy import select
 
+from core import scheduler
 from core.db import db
 from core.models import Job
 from core.queue import connection
@@ -20,30 +21,59 @@ from tests.support.jobs import aws_settings
 def test_rate_holds_across_concurrent_workers(app, redis_server):
     import redis
 
-    per_slot: Counter = Counter()
+    stamps: list[tuple[float, int]] = []
     lock = threading.Lock()
 
     def worker():
         conn = redis.Redis.from_url(redis_server)  # each worker its own connection
         for _ in range(12):
-            slot = limits.acquire(conn, 99, 5, 40)
+            while True:
+                granted, wait, why = limits.take(conn, 99, 5, 40)
+                if granted:
+                    break
+                assert why == "rate" and 0 < wait <= 5 / 40 + 0.01
+                time.sleep(wait)
             with lock:
-                per_slot[slot] += 5
+                stamps.append((time.monotonic(), 5))
 
     threads = [threading.Thread(target=worker) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=60)
-    assert sum(per_slot.values()) == 4 * 12 * 5
-    assert max(per_slot.values()) <= 40  # never more than the rate in any one-second window
-    assert len(per_slot) >= 6  # 240 sends at 40/s need at least six windows
+    assert sum(n for _, n in stamps) == 4 * 12 * 5
+    stamps.sort()
+    # a token bucket of one second's sends: in any window of T seconds, at most 40 + 40 * T
+    for i, (start, _) in enumerate(stamps):
+        in_window = sum(n for t, n in stamps[i:] if t - start <= 1.0)
+        assert in_window <= 40 + 40 * 1.0 + 5
+    assert stamps[-1][0] - stamps[0][0] >= (240 - 40) / 40 * 0.9  # the rate, not a burst, set the pace
 
 
-def test_fractional_rates_use_longer_windows():
-    assert limits._window(0.5) == (2, 1)
-    assert limits._window(14) == (1, 14)
+def test_bucket_size_and_chunks():
+    assert limits.capacity(0.5) == 1 and limits.capacity(14) == 14
     assert limits.chunk_limit(14, 50) == 14 and limits.chunk_limit(None, 50) == 50
+
+
+def test_a_company_out_of_tokens_is_blocked_in_the_ready_set(app):
+    conn = connection()
+    assert limits.take(conn, 5, 10, 10) == (True, 0.0, "ok")
+    granted, wait, why = limits.take(conn, 5, 10, 10)
+    assert not granted and why == "rate" and 0.5 < wait <= 1.0
+    assert scheduler.blocked_until(conn, 5) is not None and scheduler.blocked_until(conn, 6) is None
+    scheduler.add(conn, [scheduler.Entry("bulk", 5, 1, 200)])
+    assert not scheduler.runnable(conn)  # its only entry needs the tokens it does not have
+    assert isinstance(scheduler.pop(conn), float)
+
+
+def test_bulk_yields_the_tokens_to_its_own_companys_transactional_mail(app):
+    conn = connection()
+    scheduler.add(conn, [scheduler.Entry("transactional", 8, 1, 5)])
+    granted, wait, why = limits.take(conn, 8, 5, 50, "bulk")
+    assert (granted, why) == (False, "yield") and wait == limits.YIELD_S
+    assert limits.take(conn, 9, 5, 50, "bulk")[0]  # another company's bulk mail is not held
+    assert scheduler.pop(conn).batch_ids == [1]
+    assert limits.take(conn, 8, 5, 50, "bulk")[0]  # nothing transactional left: bulk goes on
 
 
 def test_ses_account_max_send_rate_is_honoured(app, client, make_company):

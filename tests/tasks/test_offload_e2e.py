@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import Counter
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import select, update
 
+from core import scheduler
 from core.db import db
 from core.models import Company, Job, Recipient, utcnow
-from core.queue import DEFAULT, connection, get_queue
+from core.queue import DEFAULT, SEND, connection, get_queue
 from providers.offload import delivery_id
 from tests.support.app import run_worker_burst
 from tests.support.faulty_proxy import FaultyProxy
@@ -230,8 +232,11 @@ def test_unreachable_queue_and_fallback_go_back_to_the_queue_later(app, client, 
     [batch] = batches(job_id)
     assert batch.status == "retry" and batch.next_attempt_at is not None
     assert recipient_statuses(job_id) == Counter({"pending": 5})
-    [scheduled] = get_queue(DEFAULT).scheduled_job_registry.get_job_ids()
-    assert get_queue(DEFAULT).fetch_job(scheduled).func_name == "tasks.offload.submit_batches"
+    # back in the ready set as a submission, due later, with a wake-up scheduled for then
+    lane = connection().zrange(scheduler.lane_key("transactional", company.id), 0, -1, withscores=True)
+    assert [(m, s > time.time() * 1000) for m, s in lane] == [(scheduler.member("s", batch.id).encode(), True)]
+    [scheduled] = get_queue(SEND).scheduled_job_registry.get_job_ids()
+    assert get_queue(SEND).fetch_job(scheduled).func_name == "tasks.scheduling.work_ready"
 
 
 def test_unreachable_queue_without_fallback_retries(app, client, make_company):
@@ -282,9 +287,10 @@ def test_messages_follow_the_contract_and_rq_holds_only_ids(app, client, offload
     app.config["OFFLOAD_BATCH_SIZE"] = 2
     job_id = submit(client, offload_company, people(3))
     run_worker_burst(app, max_jobs=1)  # the plan only
-    [rq_job] = get_queue(DEFAULT).get_jobs()
-    assert rq_job.func_name == "tasks.offload.submit_batches"
-    assert rq_job.args == ([b.id for b in batches(job_id)],)
+    lane = connection().zrange(scheduler.lane_key("transactional", offload_company.id), 0, -1)
+    assert lane == [scheduler.member("s", b.id).encode() for b in batches(job_id)]
+    assert get_queue(DEFAULT).get_jobs() == []
+    assert {(j.func_name, j.args) for j in get_queue(SEND).get_jobs()} == {("tasks.scheduling.work_ready", ())}
     run_worker_burst(app)
     bodies = sorted((json.loads(m["Body"]) for m in aws_lambda.receive()), key=lambda b: b["batch_number"])
     assert [b["batch_number"] for b in bodies] == [1, 2]

@@ -9,6 +9,7 @@ from sqlalchemy import select
 from core.db import db
 from core.models import Batch, Job, Recipient
 from core.queue import connection
+from tasks import scheduling
 from tests.support.app import run_worker_burst
 from tests.support.faulty_proxy import FaultyProxy
 from tests.support.jobs import BODY, aws_settings, people, run_scheduled_now
@@ -113,10 +114,11 @@ def test_unreachable_provider_falls_back_to_smtp(app, client, make_company, smtp
     assert "unreachable" in (done.error_log or "")
 
 
-def test_cancel_mid_job_sends_nothing_after_the_cancel(app, client, make_company, ses):
+def test_cancel_mid_job_sends_nothing_after_the_cancel(app, client, make_company, ses, monkeypatch):
+    monkeypatch.setattr(scheduling, "MAX_RUNS", 1)  # one batch per wake-up
     company = make_company(**aws_settings(ses.url))
     job_id = submit(client, company, people(1000))
-    run_worker_burst(app, max_jobs=3)  # plan + two batches of 200
+    run_worker_burst(app, max_jobs=3)  # plan + two wake-ups of one batch of 200
     sent_before = len(ses.store())
     assert sent_before == 400
     assert client.post(f"/api/v1/jobs/{job_id}/cancel", headers=company.auth).status_code == 202

@@ -1,0 +1,71 @@
+"""The job list and detail say why a live job waits, and show its ETA
+(recipients left ÷ the rate it gets)."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import update
+
+from core import scheduler
+from core.db import db
+from core.models import Batch, Job, utcnow
+from core.queue import connection
+from core.waiting import describe, fmt_eta
+from tasks.sending import plan_job
+
+
+def post(client, company, n: int, **extra) -> int:
+    resp = client.post("/api/v1/jobs", headers=company.auth, json={
+        "type": "csv_import", "subject": "Hi", "body_text": "Hello",
+        "recipients": [{"email": f"u{i}@acme.test"} for i in range(n)], **extra})
+    assert resp.status_code == 202, resp.json
+    return resp.json["id"]
+
+
+def test_reasons_and_eta(app, client, make_company):
+    app.config["OFFLOAD_BATCH_SIZE"] = 50
+    company = make_company(provider="smtp", sender="noreply@acme.test", smtp_host="127.0.0.1", smtp_port=1,
+                           max_send_rate=10)
+    waits = post(client, company, 100)
+    assert describe([db.session.get(Job, waits)])[waits]["waiting"] == "worker"  # not planned yet
+    plan_job(waits)
+    job = db.session.get(Job, waits)
+    info = describe([job])[waits]
+    assert (info["waiting"], info["waiting_text"]) == ("worker", "waiting for a worker")
+    assert info["rate"] == 10 and info["eta"] == "~10s"  # 100 left at the company's 10/s
+
+    connection().set(scheduler.block_key(company.id), scheduler.now_ms() + 5000, px=5000)
+    assert describe([job])[waits]["waiting_text"] == "waiting for its send rate"
+    connection().delete(scheduler.block_key(company.id))
+
+    soon = utcnow() + timedelta(seconds=60)
+    db.session.execute(update(Batch).where(Batch.job_id == waits).values(status="retry", next_attempt_at=soon))
+    db.session.commit()
+    assert describe([job])[waits]["waiting"] == "backoff"
+
+    job.status, job.paused_reason = "paused", "no sender address is configured for the company"
+    db.session.commit()
+    assert describe([job])[waits]["waiting_text"] == "paused: no sender address is configured for the company"
+
+    job.status = "completed"
+    db.session.commit()
+    assert describe([job])[waits] == {"waiting": None, "waiting_text": "", "rate": None, "eta_s": None, "eta": "—"}
+
+
+def test_eta_formats():
+    assert [fmt_eta(s) for s in (None, 0.2, 42, 125, 7300)] == ["—", "~1s", "~42s", "~2m 05s", "~2h 01m"]
+
+
+def test_list_and_detail_show_the_reason_and_eta(client, make_company, make_user, auth):
+    company = make_company(provider="smtp", sender="noreply@acme.test", smtp_host="127.0.0.1", smtp_port=1,
+                           max_send_rate=5)
+    make_user("boss@acme.test", company_id=company.id)
+    auth.login("boss@acme.test", "correct horse battery")
+    job_id = post(client, company, 20, send_at=(utcnow() + timedelta(hours=1)).isoformat())
+    row = client.get("/admin/jobs/data.json").get_json()["jobs"][0]
+    assert (row["id"], row["waiting"], row["waiting_text"], row["eta"]) == (job_id, "scheduled", "scheduled", "~4s")
+    page = client.get("/admin/jobs/").get_data(as_text=True)
+    assert 'data-field="waiting_text">scheduled</small>' in page and "~4s" in page
+    detail = client.get(f"/admin/jobs/{job_id}/").get_data(as_text=True)
+    assert "scheduled" in detail and "~4s" in detail
+    assert client.get(f"/admin/jobs/{job_id}/data.json").get_json()["waiting"] == "scheduled"
