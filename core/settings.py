@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import os
 import re
 import secrets
@@ -77,6 +78,19 @@ def parse_smtp_setting(name: str, raw: str) -> dict:
         return parse_smtp_url(raw)
     except ValueError as exc:
         raise SettingsError(f"{name}: {exc}") from None
+
+
+def parse_networks(name: str, raw: str) -> tuple:
+    """Comma-separated networks (``10.0.0.0/8,127.0.0.1``) → ``ip_network`` objects."""
+    found = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        try:
+            found.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise SettingsError(f"{name}: {part!r} is not a network (expected e.g. 10.0.0.0/8)") from None
+    return tuple(found)
 
 
 def normalize_database_url(url: str) -> str:
@@ -162,6 +176,10 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
         "OFFLOAD_ALLOW_PRIVATE_ENDPOINTS", env.get("OFFLOAD_ALLOW_PRIVATE_ENDPOINTS", "0"))
     cfg["OFFLOAD_ALLOWED_ENDPOINT_HOSTS"] = tuple(
         h.strip().lower() for h in env.get("OFFLOAD_ALLOWED_ENDPOINT_HOSTS", "").split(",") if h.strip())
+    cfg["OFFLOAD_METRICS_TOKEN"] = env.get("OFFLOAD_METRICS_TOKEN") or None
+    cfg["OFFLOAD_METRICS_NETWORKS"] = parse_networks(
+        "OFFLOAD_METRICS_NETWORKS", env.get("OFFLOAD_METRICS_NETWORKS") or "127.0.0.1/32,::1/128")
+    cfg["OFFLOAD_LOCAL_STORAGE"] = parse_boolean("OFFLOAD_LOCAL_STORAGE", env.get("OFFLOAD_LOCAL_STORAGE", "0"))
     cfg["OFFLOAD_EMBEDDED_REDIS"] = parse_boolean("OFFLOAD_EMBEDDED_REDIS", env.get("OFFLOAD_EMBEDDED_REDIS", "1"))
     cfg["OFFLOAD_PROVIDER_API_BASES"] = parse_api_bases(
         "OFFLOAD_PROVIDER_API_BASES", env.get("OFFLOAD_PROVIDER_API_BASES", ""))

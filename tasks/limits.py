@@ -13,6 +13,8 @@ import time
 
 import redis
 
+from core import metrics
+
 log = logging.getLogger(__name__)
 BREAKER_THRESHOLD = 3      # consecutive connection failures that open the circuit
 BREAKER_WINDOW_S = 60      # failures older than this are forgotten
@@ -63,6 +65,7 @@ def acquire(conn: redis.Redis, company_id: int, n: int, rate: float | None, *,
             return None
         if time.monotonic() > deadline:
             return None
+        metrics.count(conn, metrics.RATE_LIMIT_WAITS, str(company_id))
         time.sleep((slot + 1) * window - now + random.uniform(0, 0.02))
         if keepalive:
             keepalive()

@@ -26,7 +26,7 @@ from core.rendering import CompiledTemplate, RenderError
 from providers import (ConnectionFailure, Message, PermanentError, ProviderError, QuotaExceededError, Result,
                        ThrottledError)
 from tasks import certificates, limits
-from core import queue, batches
+from core import batches, metrics, queue
 from tasks.routing import Route, fallback_route, primary_route, provider_for
 from tasks.headers import extra_headers
 
@@ -209,7 +209,11 @@ class BatchRun:
         if not batches.mark_sending(claim, ids, self.lease_s):
             return self.stop_after_cancel()
         try:
-            results = provider.send(sender, messages) if messages else []
+            if messages:
+                with metrics.Timer(self.redis, route.provider):
+                    results = provider.send(sender, messages)
+            else:
+                results = []
         except ThrottledError as exc:
             batches.unmark_sending(ids, refund_attempt=True)
             return self.throttled(exc)

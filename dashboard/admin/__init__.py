@@ -11,14 +11,14 @@ from flask_admin.theme import Bootstrap4Theme
 from flask_login import current_user
 from sqlalchemy import func, select
 
-from dashboard.admin import (audit, campaigns, certificates, companies, company_settings, jobs, suppressions,
-                             templates)
+from dashboard.admin import (audit, campaigns, certificates, companies, company_settings, jobs, outbox,
+                             suppressions, templates)
 from dashboard.admin.base import SecureIndexView, scope
 from core.suppressions import rates
 from core.db import db
 from core.models import Job
 
-FEATURES = (jobs, campaigns, templates, certificates, suppressions, company_settings, audit, companies)
+FEATURES = (jobs, campaigns, templates, certificates, suppressions, company_settings, audit, companies, outbox)
 
 
 class HomeView(SecureIndexView):

@@ -33,7 +33,7 @@ class World:
 
 @pytest.fixture
 def world(app, client, auth, make_company, make_user):
-    with SmtpSink(refuse={"refused@example.com": "550 no such user"}) as sink:
+    with SmtpSink(refuse={"refused@example.com": "554 refused"}) as sink:
         a = make_company(A_NAME, provider="smtp", sender="noreply@alpha.test", smtp_host="127.0.0.1",
                          smtp_port=sink.port, smtp_tls="none")
         b = make_company("Bravo Training", provider="smtp", sender="noreply@bravo.test", smtp_host="127.0.0.1",
