@@ -212,8 +212,9 @@ def _set_outcomes(rows: list[dict], status: str, now, route: str) -> None:
             "route = CASE WHEN :final THEN :route ELSE r.route END "
             "FROM unnest(CAST(:ids AS integer[]), CAST(:mids AS text[]), CAST(:errs AS text[])) AS v(id, mid, err) "
             "WHERE r.id = v.id AND r.status = 'sending'"),
-            {"status": status, "sent": sent, "final": final, "now": now, "route": route, "ids": [r["rid"] for r in rows],
-             "mids": [r.get("mid") for r in rows], "errs": [r.get("err") for r in rows]})
+            {"status": status, "sent": sent, "final": final, "now": now, "route": route,
+             "ids": [r["rid"] for r in rows], "mids": [r.get("mid") for r in rows],
+             "errs": [r.get("err") for r in rows]})
         return
     table = Recipient.__table__
     values = {"status": status, "lease_until": None, "error": bindparam("err")}

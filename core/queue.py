@@ -165,6 +165,16 @@ def enqueue_batches(batches: list[tuple[int, int]], delay: float = 0) -> None:
     _safe(f"{len(batches)} batches", q.enqueue_many, datas)
 
 
+def enqueue_batch_now(batch_id: int, offload: bool) -> None:
+    """Run a waiting batch now ("retry now"): a fresh RQ id, so the delayed
+    attempt still scheduled under ``send_id`` stays harmless (the claim decides)."""
+    stamp = int(time.time() * 1000)
+    if offload:
+        _enqueue_once(f"submit-{batch_id}-now-{stamp}", DEFAULT, "tasks.offload.submit_batches", [batch_id])
+    else:
+        _enqueue_once(f"send-{batch_id}-now-{stamp}", DEFAULT, "tasks.sending.send_batch", batch_id)
+
+
 def enqueue_finish(job_id: int) -> None:
     _safe(f"finish {job_id}", get_queue(HIGH).enqueue, "tasks.sending.finish_job", job_id, **JOB_KW)
 

@@ -14,6 +14,7 @@ import time
 import redis
 
 from core import metrics
+from core.routing import breaker_key
 
 log = logging.getLogger(__name__)
 BREAKER_THRESHOLD = 3      # consecutive connection failures that open the circuit
@@ -91,10 +92,6 @@ def throttle_delay(level: int, retry_after: float | None = None) -> float:
     if retry_after:
         base = max(base, min(retry_after, 60.0))
     return base * random.uniform(0.5, 1.0)
-
-
-def breaker_key(company_id: int, provider: str) -> str:
-    return f"offload:cb:{company_id}:{provider}"
 
 
 def breaker_is_open(conn: redis.Redis, company_id: int, provider: str) -> bool:

@@ -1,44 +1,13 @@
-"""Which way a batch goes: the company's provider, the SMTP fallback, or
-its cloud queue (offload), and the provider objects to use for it."""
+"""The provider objects for a route (the route itself: ``core.routing``)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from core.routing import Route, fallback_config, fallback_route, primary_route
 from providers import Provider, get_provider
+
+__all__ = ["Route", "fallback_config", "fallback_route", "primary_route", "provider_for"]
 
 #: provider instances per worker process; boto3 clients are slow to build
 _cache: dict[tuple, Provider] = {}
-
-
-@dataclass(frozen=True)
-class Route:
-    kind: str            # direct | fallback | offload
-    provider: str        # aws | cloudflare | smtp
-    config: dict
-
-    @property
-    def label(self) -> str:
-        return f"{self.kind}:{self.provider}"
-
-
-def fallback_config(settings_config: dict, global_fallback: dict | None) -> dict | None:
-    """The company's own SMTP settings first, then OFFLOAD_FALLBACK_SMTP."""
-    if settings_config.get("provider") != "smtp" and settings_config.get("smtp_host"):
-        return settings_config
-    return global_fallback
-
-
-def primary_route(settings_config: dict) -> Route | None:
-    """The company's configured way to send, or ``None`` when delivery is disabled."""
-    if not settings_config.get("enabled", True):
-        return None
-    kind = "offload" if settings_config.get("mode") == "offload" else "direct"
-    return Route(kind, settings_config.get("provider") or "smtp", settings_config)
-
-
-def fallback_route(settings_config: dict, global_fallback: dict | None) -> Route | None:
-    cfg = fallback_config(settings_config, global_fallback)
-    return None if cfg is None else Route("fallback", "smtp", cfg)
 
 
 def provider_for(company_id: int, route: Route, version) -> Provider:

@@ -7,7 +7,7 @@ data: images) and shown in an ``<iframe sandbox>``: mail HTML is untrusted.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from flask import abort, current_app, flash, redirect, url_for
 from flask_admin import expose
@@ -15,11 +15,12 @@ from flask_admin import expose
 from dashboard import outbox
 from dashboard.admin.base import SecureBaseView
 
-PREVIEW_CSP = "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
+PREVIEW_CSP = ("sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; "
+               "form-action 'none'")
 
 
 def received(moment: float) -> str:
-    return datetime.fromtimestamp(moment, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 class OutboxView(SecureBaseView):

@@ -49,7 +49,7 @@ def test_metrics_after_a_real_job(app, client, make_company):
         resp = client.post("/api/v1/jobs", json=body, headers=acme.auth)
         assert resp.status_code == 202
         run_worker_burst(app)
-    refused = client.post("/callbacks/v1/batches?company=%d" % acme.id, data=b"{}", headers={
+    refused = client.post(f"/callbacks/v1/batches?company={acme.id}", data=b"{}", headers={
         "webhook-id": "msg_1", "webhook-timestamp": str(int(time.time())), "webhook-signature": "v1,AAAA"})
     assert refused.status_code == 401
 
