@@ -179,7 +179,14 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
     cfg["OFFLOAD_METRICS_TOKEN"] = env.get("OFFLOAD_METRICS_TOKEN") or None
     cfg["OFFLOAD_METRICS_NETWORKS"] = parse_networks(
         "OFFLOAD_METRICS_NETWORKS", env.get("OFFLOAD_METRICS_NETWORKS") or "127.0.0.1/32,::1/128")
-    cfg["OFFLOAD_LOCAL_STORAGE"] = parse_boolean("OFFLOAD_LOCAL_STORAGE", env.get("OFFLOAD_LOCAL_STORAGE", "0"))
+    # certificates on this machine's disk: the development default; production only when asked (one machine)
+    raw = env.get("OFFLOAD_LOCAL_STORAGE", "")
+    cfg["OFFLOAD_LOCAL_STORAGE"] = (not production) if raw.strip() == "" else parse_boolean(
+        "OFFLOAD_LOCAL_STORAGE", raw)
+    local_path = env.get("OFFLOAD_LOCAL_STORAGE_PATH")
+    if local_path and not os.path.isabs(local_path):
+        raise SettingsError(f"OFFLOAD_LOCAL_STORAGE_PATH: expected an absolute path, got {local_path!r}")
+    cfg["OFFLOAD_LOCAL_STORAGE_PATH"] = local_path or None
     cfg["OFFLOAD_EMBEDDED_REDIS"] = parse_boolean("OFFLOAD_EMBEDDED_REDIS", env.get("OFFLOAD_EMBEDDED_REDIS", "1"))
     cfg["OFFLOAD_PROVIDER_API_BASES"] = parse_api_bases(
         "OFFLOAD_PROVIDER_API_BASES", env.get("OFFLOAD_PROVIDER_API_BASES", ""))
