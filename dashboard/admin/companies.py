@@ -19,11 +19,12 @@ from flask_wtf.csrf import generate_csrf
 from markupsafe import Markup
 from sqlalchemy import func, select
 from wtforms import BooleanField, PasswordField, SelectField, StringField
-from wtforms.validators import DataRequired, Email, Length, Optional
+from wtforms.validators import DataRequired, Length, Optional
 
 from core import audit, companies
 from core.db import db
 from core.models import ROLES, Company, User, utcnow
+from core.rendering import valid_email
 from dashboard.admin.base import AdminModelView
 
 NO_STORE = {"Cache-Control": "no-store"}
@@ -67,7 +68,7 @@ def _company_field():
 
 
 class UserEditForm(BaseForm):
-    email = StringField("Email", validators=[DataRequired(), Email(), Length(max=320)])
+    email = StringField("Email", validators=[DataRequired(), Length(max=320)])
     role = SelectField("Role", choices=[(r, r.capitalize()) for r in ROLES], validators=[DataRequired()],
                        description="An admin sees every company; a manager sees one company.")
     company = _company_field()
@@ -75,6 +76,9 @@ class UserEditForm(BaseForm):
 
     def validate(self, extra_validators=None):
         ok = super().validate(extra_validators)
+        if self.email.data and not valid_email(self.email.data.strip()):
+            self.email.errors = [*self.email.errors, "Not a valid email address."]
+            ok = False
         if self.role.data == "manager" and self.company.data is None:
             self.company.errors = [*self.company.errors, "A manager needs a company."]
             ok = False
