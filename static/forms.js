@@ -18,9 +18,10 @@
       group.querySelector("input:not([type=hidden]), select, textarea");
     if (input) { input.focus({preventScroll: true}); }
   }
-  if (document.readyState === "loading") {
-    document.addEventListener("DOMContentLoaded", focusFirstError);
-  } else {
+  // after the load, so the browser's own jump to the URL's #fragment does not undo the centring
+  if (document.readyState === "complete") {
     focusFirstError();
+  } else {
+    window.addEventListener("load", function () { window.requestAnimationFrame(focusFirstError); });
   }
 }());

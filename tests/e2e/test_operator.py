@@ -236,7 +236,8 @@ def test_resume_a_paused_job_from_its_page(app, live_server, live_worker, admin_
         page = admin_page
         page.goto(f"{live_server}/admin/jobs/{job['id']}/")
         page.wait_for_selector("#resume-job:visible", timeout=WAIT_MS)
-        assert "no sender address" in page.content()
+        page.reload()
+        assert "no sender address" in page.locator(".alert-info").inner_text()
         companies.configure(acme.company, {"sender": "ops@acme.test"})
         db.session.commit()
         page.click("#resume-job")
@@ -296,8 +297,9 @@ def test_a_bad_port_lands_on_the_error_focused(app, live_server, admin_page, mak
     page.click("#save-smtp")
     page.wait_for_url(re.compile(r".*#f-smtp_port$"))
     assert page.evaluate("document.activeElement.id") == "f-smtp_port"
-    box = page.locator("#f-smtp_port").bounding_box()
-    assert 0 <= box["y"] <= 600 - box["height"]  # scrolled into view
+    for selector in ("#f-smtp_port", "label[for=f-smtp_port]"):  # the field and its label are in view
+        box = page.locator(selector).bounding_box()
+        assert 0 <= box["y"] <= 600 - box["height"], selector
     assert "Port: out of range" in page.locator('[data-error-for="smtp_port"]').inner_text()
     page.reload()  # POST-redirect-GET: a reload neither re-posts nor shows the old error
     assert page.locator('[data-error-for="smtp_port"]').count() == 0
@@ -305,6 +307,7 @@ def test_a_bad_port_lands_on_the_error_focused(app, live_server, admin_page, mak
 
 def test_a_certificate_job_with_local_storage_and_its_verify_page(app, live_server, live_worker, browser,
                                                                    make_company, tmp_path):
+    app.config["OFFLOAD_PUBLIC_URL"] = live_server  # download links point at this server
     with SmtpSink() as sink:
         acme = make_company("Acme Certs", provider="smtp", sender="ops@acme.test", smtp_host="127.0.0.1",
                             smtp_port=str(sink.port), smtp_tls="none")
