@@ -91,7 +91,7 @@ def path_values(w: World, endpoint: str) -> dict:
     blueprint = endpoint.split(".")[0]
     return {"job_id": w.job, "company_id": w.a.id, "token_id": w.token, "check_id": w.check, "cert_id": w.cert,
             "upload_id": w.upload, "suppression_id": w.suppression, "export_type": "csv",
-            "user_id": w.a_manager, "message_id": "1700000000000-0123abcd.eml",
+            "user_id": w.a_manager, "message_id": "1700000000000-0123abcd.eml", "batch_number": 1,
             "template_id": w.cert_template if blueprint == "certificate_templates" else w.template}
 
 
