@@ -14,7 +14,7 @@ from sqlalchemy import select
 from core.db import db
 from core.models import ApiToken, AuditLog, Company, User, utcnow
 from dashboard.outbox import OutboxSink
-from tests.conftest import csrf_from
+from tests.support.app import csrf_from
 from tests.support.servers import free_port
 
 PASSWORD = "correct horse battery"

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from core.db import db
 from core.models import Job, Suppression
-from tests.conftest import run_worker_burst
+from tests.support.app import run_worker_burst
 from tests.support.servers import RedisServer, SmtpSink
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
