@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 export FLASK_APP := wsgi
+PORT ?= 5000
+HOST ?= 127.0.0.1
 
 .PHONY: run test lint bench clean
 
@@ -18,13 +20,13 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@ $(VENV)/.runtime
 
-## run: install, migrate, seed the demo, serve on http://127.0.0.1:5000 with one worker
-## (development: the public dev key, and private endpoints allowed for local emulators)
+## run: install, migrate, seed the demo, serve on http://$(HOST):$(PORT) with one worker (make run PORT=8080 HOST=0.0.0.0)
+## (development: the public dev key, and private endpoints allowed for the local sinks and emulators)
 run: export OFFLOAD_DEV ?= 1
 run: export OFFLOAD_ALLOW_PRIVATE_ENDPOINTS ?= 1
 run: $(VENV)/.runtime
 	$(BIN)/flask --app wsgi db upgrade
-	$(BIN)/flask --app wsgi run-demo
+	$(BIN)/flask --app wsgi run-demo --host $(HOST) --port $(PORT)
 
 # The second pass runs on PostgreSQL what touches the database through the app (jobs, batches, callbacks,
 # bulk SQL); tests where the database plays no part (providers, cloud workers, rendering, the browser, the

@@ -14,6 +14,7 @@ from sqlalchemy import bindparam, select, text, update
 
 from core.bulk import execute_for_ids, is_postgres
 from core.db import db
+from core.suppressions import suppress
 from core.models import (B_CANCELLED, B_QUEUED, B_RETRY, B_SENDING, BATCH_FINAL, CANCELLED, COMPLETED, FAILED,
                          JOB_FINAL, PARTIAL, PROCESSING, QUEUED, Batch, Job, Recipient, utcnow)
 
@@ -166,9 +167,11 @@ def record_results(claim: Claim, results, route: str, max_attempts: int, attempt
     """
     now = utcnow()
     sent = [{"rid": r.key, "mid": r.message_id} for r in results if r.status == "sent"]
-    failed, retry = [], []
+    failed, retry, bounced = [], [], []
     for r in results:
-        if r.status == "failed":
+        if r.status == "bounced":
+            bounced.append({"rid": r.key, "err": f"bounce: {r.error or 'hard'}"[:2000]})
+        elif r.status == "failed":
             failed.append({"rid": r.key, "err": (r.error or "failed")[:2000]})
         elif r.status == "retry":
             if attempts.get(r.key, 0) >= max_attempts:
@@ -178,12 +181,24 @@ def record_results(claim: Claim, results, route: str, max_attempts: int, attempt
     _set_outcomes(sent, "sent", now, route)
     _set_outcomes(failed, "failed", now, route)
     _set_outcomes(retry, "pending", now, route)
+    _set_outcomes(bounced, "bounced", now, route)
     db.session.execute(update(Job).where(Job.id == claim.job_id).values(
-        emails_sent=Job.emails_sent + len(sent), emails_failed=Job.emails_failed + len(failed)))
+        emails_sent=Job.emails_sent + len(sent), emails_failed=Job.emails_failed + len(failed),
+        emails_bounced=Job.emails_bounced + len(bounced)))
     db.session.execute(update(Batch).where(Batch.id == claim.batch_id).values(
-        sent_count=Batch.sent_count + len(sent), failed_count=Batch.failed_count + len(failed)))
+        sent_count=Batch.sent_count + len(sent), failed_count=Batch.failed_count + len(failed) + len(bounced)))
     db.session.commit()
-    return {"sent": len(sent), "failed": len(failed), "retry": len(retry)}
+    if bounced:
+        suppress_bounced(claim.company_id, [b["rid"] for b in bounced])
+    return {"sent": len(sent), "failed": len(failed), "retry": len(retry), "bounced": len(bounced)}
+
+
+def suppress_bounced(company_id: int, recipient_ids: list[int]) -> None:
+    """Hard bounces at send time suppress their addresses, like a bounce report does."""
+    emails = db.session.execute(Recipient.scoped(company_id).with_only_columns(Recipient.email)
+                                .where(Recipient.id.in_(recipient_ids))).scalars().all()
+    for email in emails:
+        suppress(company_id, email, "bounce")
 
 
 def _set_outcomes(rows: list[dict], status: str, now, route: str) -> None:
@@ -192,20 +207,24 @@ def _set_outcomes(rows: list[dict], status: str, now, route: str) -> None:
     if not rows:
         return
     sent = status == "sent"
+    final = status in ("sent", "failed", "bounced")  # the route that settled it is kept
     if is_postgres():
         db.session.execute(text(
             "UPDATE recipients AS r SET status = :status, message_id = coalesce(v.mid, r.message_id), "
             "error = v.err, lease_until = NULL, sent_at = CASE WHEN :sent THEN :now ELSE r.sent_at END, "
-            "route = CASE WHEN :sent THEN :route ELSE r.route END "
+            "route = CASE WHEN :final THEN :route ELSE r.route END "
             "FROM unnest(CAST(:ids AS integer[]), CAST(:mids AS text[]), CAST(:errs AS text[])) AS v(id, mid, err) "
             "WHERE r.id = v.id AND r.status = 'sending'"),
-            {"status": status, "sent": sent, "now": now, "route": route, "ids": [r["rid"] for r in rows],
-             "mids": [r.get("mid") for r in rows], "errs": [r.get("err") for r in rows]})
+            {"status": status, "sent": sent, "final": final, "now": now, "route": route,
+             "ids": [r["rid"] for r in rows], "mids": [r.get("mid") for r in rows],
+             "errs": [r.get("err") for r in rows]})
         return
     table = Recipient.__table__
     values = {"status": status, "lease_until": None, "error": bindparam("err")}
     if sent:
-        values.update(message_id=bindparam("mid"), sent_at=now, route=route)
+        values.update(message_id=bindparam("mid"), sent_at=now)
+    if final:
+        values.update(route=route)
     db.session.execute(table.update().where(table.c.id == bindparam("rid"), table.c.status == "sending")
                        .values(**values), [{"rid": r["rid"], "mid": r.get("mid"), "err": r.get("err")} for r in rows])
 

@@ -46,12 +46,14 @@ class StorageNotConfigured(PermanentError):
 # --------------------------------------------------------------------------- storage
 
 
-def storage_kind(config: dict) -> str:
+def storage_kind(config: dict, local: bool = False) -> str:
     """The ``providers.storage`` kind for a company's delivery settings.
 
     provider ``cloudflare``: its Worker (``cloudflare_worker_url``, signed
     with the callback secret), else R2's S3 API (``s3_bucket``). Any other
     provider: S3 (``s3_bucket``), else a Worker when one is configured.
+    Nothing configured: this machine's disk when ``local``
+    (``OFFLOAD_LOCAL_STORAGE``, the development default).
     """
     worker, bucket = config.get("cloudflare_worker_url"), config.get("s3_bucket")
     if config.get("provider") == "cloudflare":
@@ -63,6 +65,8 @@ def storage_kind(config: dict) -> str:
         return "s3"
     elif worker:
         return "worker_r2"
+    if local:
+        return "local"
     raise StorageNotConfigured("no certificate storage: set s3_bucket or cloudflare_worker_url",
                                code="misconfigured")
 
@@ -75,6 +79,8 @@ def storage_config(company: Company, kind: str) -> dict:
     its SES/SQS endpoint.
     """
     config = company.settings.provider_config() if company.settings else {}
+    if kind == "local":
+        return local_storage_config()
     if kind == "worker_r2":
         return {"worker_url": config.get("cloudflare_worker_url"), "callback_secret": company.callback_secret}
     s3_endpoint = config.get("s3_endpoint_url") or os.environ.get("AWS_ENDPOINT_URL_S3")
@@ -85,10 +91,29 @@ def storage_config(company: Company, kind: str) -> dict:
     return config
 
 
+def local_storage_config() -> dict:
+    """``LocalStorage``'s config: ``instance/certificates`` (or OFFLOAD_LOCAL_STORAGE_PATH), links on the
+    public URL signed with a key derived from SECRET_KEY (web and workers share it)."""
+    cfg = current_app.config
+    if not cfg["OFFLOAD_LOCAL_STORAGE"]:
+        raise StorageNotConfigured("local certificate storage is off (OFFLOAD_LOCAL_STORAGE=1 enables it on a "
+                                   "single-machine install)", code="misconfigured")
+    secret = hmac.new(str(cfg["SECRET_KEY"]).encode(), b"offload-local-storage", "sha256").hexdigest()
+    return {"local_path": cfg.get("OFFLOAD_LOCAL_STORAGE_PATH") or os.path.join(current_app.instance_path,
+                                                                                "certificates"),
+            "base_url": cfg["OFFLOAD_PUBLIC_URL"], "signing_secret": secret}
+
+
+def configured_kind(company: Company) -> str:
+    """The storage kind the company's settings choose now (raises ``StorageNotConfigured``)."""
+    config = company.settings.provider_config() if company.settings else {}
+    return storage_kind(config, local=current_app.config["OFFLOAD_LOCAL_STORAGE"])
+
+
 def open_storage(company: Company, kind: str | None = None) -> Storage:
     """The company's certificate storage: ``kind`` (as recorded on a certificate) or the configured one."""
     if kind is None:
-        kind = storage_kind(company.settings.provider_config() if company.settings else {})
+        kind = configured_kind(company)
     return get_storage(kind, storage_config(company, kind))
 
 

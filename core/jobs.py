@@ -17,7 +17,7 @@ from core.db import db
 from core.models import (COMPLETED, DEFAULT_PRIORITY, FAILED, JOB_TYPES, PARTIAL, PRIORITIES, PROCESSING, QUEUED,
                          R_FAILED, R_PENDING, R_SUPPRESSED, Batch, Job, Suppression, Template, utcnow)
 from core.rendering import PREVIEW_BUDGET_S, CompiledTemplate, RenderError, valid_email
-from core.queue import enqueue_finish
+from core.queue import enqueue_batch_now, enqueue_finish
 from core.bulk import execute_for_ids
 from core.queue import enqueue_plan
 from core.queue import requeue_open_batches
@@ -279,6 +279,27 @@ def retry_failed(job: Job) -> int:
 
     enqueue_plan(job.id)
     return len(ids)
+
+
+WAITING_BATCH = ("pending", "queued", "retry")
+
+
+def retry_batch_now(job: Job, batch: Batch) -> bool:
+    """Bring a backing-off batch's next attempt forward to now; False when it is not waiting."""
+    if job.status == "paused" or job.is_final:
+        return False
+    res = db.session.execute(update(Batch).where(Batch.id == batch.id, Batch.status.in_(WAITING_BATCH))
+                             .values(next_attempt_at=utcnow()))
+    if res.rowcount != 1:
+        db.session.rollback()
+        return False
+    audit.record("batch_retried_now", company_id=job.company_id, object_type="job", object_id=job.id,
+                 details={"batch": batch.batch_number})
+    db.session.commit()
+    offload = db.session.execute(text("SELECT mode FROM delivery_settings WHERE company_id = :c"),
+                                 {"c": batch.company_id}).scalar() == "offload"
+    enqueue_batch_now(batch.id, offload)
+    return True
 
 
 def batches_of(job: Job) -> list[Batch]:

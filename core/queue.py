@@ -188,6 +188,15 @@ def enqueue_batches(batches: list[tuple[int, int]], delay: float = 0) -> None:
     _safe(f"{len(batches)} batches", _add_ready, entries, delay)
 
 
+def enqueue_batch_now(batch_id: int, offload: bool) -> None:
+    """Run a waiting batch now ("retry now"): its ready-set entry becomes due now, in its
+    class and company's turn like any other (the claim decides who sends)."""
+    if offload:
+        enqueue_submit([batch_id])
+    else:
+        enqueue_batches([(batch_id, 0)])
+
+
 def enqueue_finish(job_id: int) -> None:
     _safe(f"finish {job_id}", get_queue(HIGH).enqueue, "tasks.sending.finish_job", job_id, **JOB_KW)
 

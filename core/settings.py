@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import os
 import re
 import secrets
@@ -79,6 +80,19 @@ def parse_smtp_setting(name: str, raw: str) -> dict:
         return {**parse_smtp_url(raw), OPERATOR_ENDPOINT: True}
     except ValueError as exc:
         raise SettingsError(f"{name}: {exc}") from None
+
+
+def parse_networks(name: str, raw: str) -> tuple:
+    """Comma-separated networks (``10.0.0.0/8,127.0.0.1``) → ``ip_network`` objects."""
+    found = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        try:
+            found.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise SettingsError(f"{name}: {part!r} is not a network (expected e.g. 10.0.0.0/8)") from None
+    return tuple(found)
 
 
 def normalize_database_url(url: str) -> str:
@@ -192,6 +206,17 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
     if sender and ("@" not in sender or any(c in sender for c in "\r\n\0 <>")):
         raise SettingsError(f"OFFLOAD_FALLBACK_FROM: expected an email address, got {sender!r}")
     cfg["OFFLOAD_FALLBACK_FROM"] = sender or "no-reply@" + (urlsplit(public).hostname or "localhost")
+    cfg["OFFLOAD_METRICS_TOKEN"] = env.get("OFFLOAD_METRICS_TOKEN") or None
+    cfg["OFFLOAD_METRICS_NETWORKS"] = parse_networks(
+        "OFFLOAD_METRICS_NETWORKS", env.get("OFFLOAD_METRICS_NETWORKS") or "127.0.0.1/32,::1/128")
+    # certificates on this machine's disk: the development default; production only when asked (one machine)
+    raw = env.get("OFFLOAD_LOCAL_STORAGE", "")
+    cfg["OFFLOAD_LOCAL_STORAGE"] = (not production) if raw.strip() == "" else parse_boolean(
+        "OFFLOAD_LOCAL_STORAGE", raw)
+    local_path = env.get("OFFLOAD_LOCAL_STORAGE_PATH")
+    if local_path and not os.path.isabs(local_path):
+        raise SettingsError(f"OFFLOAD_LOCAL_STORAGE_PATH: expected an absolute path, got {local_path!r}")
+    cfg["OFFLOAD_LOCAL_STORAGE_PATH"] = local_path or None
     cfg["OFFLOAD_EMBEDDED_REDIS"] = parse_boolean("OFFLOAD_EMBEDDED_REDIS", env.get("OFFLOAD_EMBEDDED_REDIS", "1"))
     cfg["OFFLOAD_PROVIDER_API_BASES"] = parse_api_bases(
         "OFFLOAD_PROVIDER_API_BASES", env.get("OFFLOAD_PROVIDER_API_BASES", ""))

@@ -15,7 +15,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from core import crypto, logs, settings
 from core.db import db
-from dashboard import admin, api, auth, bounces, callbacks, cli, errors, headers
+from dashboard import admin, api, auth, bounces, callbacks, cli, errors, headers, ops
 from dashboard.bodies import BoundedJSONProvider
 from dashboard.extensions import csrf, login_manager, migrate
 from dashboard.public import unsubscribe, verify
@@ -59,7 +59,7 @@ def create_app(config: dict | None = None) -> Flask:
                      compare_type=True)
     csrf.init_app(app)
     login_manager.init_app(app)
-    for part in (auth, admin, api, callbacks, bounces, unsubscribe, verify, errors, cli, headers):
+    for part in (auth, admin, api, callbacks, bounces, unsubscribe, verify, ops, errors, cli, headers):
         part.init_app(app)
     app.cli.add_command(worker_command)
     return app

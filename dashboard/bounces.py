@@ -25,11 +25,12 @@ import time
 
 from flask import Blueprint, jsonify, request
 
-from core import audit
+from core import audit, metrics
 from core.bounce_reports import (MAX_BODY_BYTES, SNS_SIGNED_KEYS, SnsError, allowed_sns_url, cloudflare_reports,
                                  fetch, ses_reports, verify_sns)
 from core.db import db
 from core.models import Company
+from core.queue import connection
 from core.suppressions import event_key, normalize_email, record_event
 from core.webhooks import WebhookError, verify
 from dashboard.bodies import loads as bounded_loads
@@ -113,6 +114,7 @@ def cloudflare(company_id: int):
     try:
         verify(company.callback_secrets(), request.headers, body)
     except (WebhookError, ValueError):
+        metrics.count(connection(), metrics.CALLBACK_VERIFY_FAILURES, "bounces")
         return json_error(401, "unauthorized", "a valid webhook signature is required")
     try:
         reports = cloudflare_reports(bounded_loads(body))

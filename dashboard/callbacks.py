@@ -24,7 +24,8 @@ import logging
 
 from flask import Blueprint, jsonify, request
 
-from core import webhooks
+from core import metrics, webhooks
+from core.queue import connection
 from dashboard.errors import json_error
 from core.db import db
 from core.models import Batch, Company, Job
@@ -176,6 +177,7 @@ def batches():
     except webhooks.WebhookError as exc:
         db.session.rollback()
         log.warning("Callback refused: %s", exc)
+        metrics.count(connection(), metrics.CALLBACK_VERIFY_FAILURES, "batches")
         return json_error(401, "invalid_signature", str(exc))
     try:
         payload = parse_callback(body)

@@ -1,5 +1,13 @@
 """``make run``: seed the demo once, make sure a Redis answers (embedded if
-none), start one worker process with the scheduler, serve the web app."""
+none), start the demo's SMTP sink (the Outbox) and one worker process with
+the scheduler, serve the web app.
+
+What the demo keeps in ``instance/`` (each file mode 0600): ``demo-login.txt``
+(the admin's password, printed at every start), ``secret-key`` (so a restart
+keeps everyone signed in) and the captured mail (``outbox/``). The demo
+company's API token is printed once, when it is seeded (only its hash is
+stored); Settings › API tokens issues another.
+"""
 from __future__ import annotations
 
 import os
@@ -10,37 +18,107 @@ from urllib.parse import urlsplit
 
 from flask import Flask
 from sqlalchemy import select
+from werkzeug.serving import run_simple
 
 from core import audit, companies
 from core.db import db
-from core.models import Company, User
+from core.models import JOB_TYPES, Company, Template, User
 from core.queue import redis_answers, start_embedded_redis
+from dashboard.outbox import OutboxSink
+from providers import guard
 
 DEMO_COMPANY = "Demo Company"
 DEMO_ADMIN = "admin@example.com"
+DEMO_SENDER = "noreply@demo.example"
+#: one template per job type, seeded with the demo company
+DEMO_TEMPLATES = {
+    "csv_import": ("welcome", "Welcome to {{ site | default('the academy') }}, {{ firstname }}",
+                   "Hi {{ firstname }},\n\nyour account is ready. Your password is {{ password }}.\n"),
+    "license_allocation": ("license-allocated", "A course license for you, {{ firstname }}",
+                           "Hi {{ firstname }},\n\nyou have been given a license for {{ course }}.\n"),
+    "reengagement": ("come-back", "We miss you, {{ firstname }}",
+                     "Hi {{ firstname }},\n\nyour course {{ course }} is waiting for you.\n"),
+    "notification": ("notice", "{{ subject_line | default('A message from the academy') }}",
+                     "Hi {{ firstname }},\n\n{{ message | default('You have a new notification.') }}\n"),
+    "certificate": ("certificate", "Your certificate for {{ course }}",
+                    "Congratulations {{ firstname }}!\n\nYour certificate: {{ certificate_url }}\n"),
+}
 
 
-def seed_demo(instance_path: str) -> str | None:
-    """Create the demo company and admin once; the demo password is kept in
-    ``instance/demo-login.txt`` (mode 0600) so every ``make run`` can print it."""
+def _write_private(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
+def secret_key(instance_path: str) -> str:
+    """The demo's SECRET_KEY, kept in ``instance/secret-key`` (0600) across restarts."""
+    path = os.path.join(instance_path, "secret-key")
+    if os.path.exists(path):
+        with open(path) as fh:
+            key = fh.read().strip()
+        if key:
+            return key
+    os.makedirs(instance_path, exist_ok=True)
+    key = secrets.token_hex(32)
+    _write_private(path, key)
+    return key
+
+
+def seed_templates(company: Company) -> int:
+    """One template per job type, for a company that has none of that name yet."""
+    made = 0
+    for job_type in JOB_TYPES:
+        name, subject, body = DEMO_TEMPLATES[str(job_type)]
+        if db.session.execute(Template.scoped(company.id).where(Template.name == name)).scalar_one_or_none():
+            continue
+        html = "<p>" + body.strip().replace("\n\n", "</p><p>").replace("\n", "<br>") + "</p>"
+        db.session.add(Template(company_id=company.id, name=name, job_type=str(job_type), subject=subject,
+                                body_text=body, body_html=html))
+        made += 1
+    return made
+
+
+def seed_demo(instance_path: str) -> tuple[str | None, str | None]:
+    """Create the demo company, its templates and the admin once.
+
+    Returns the admin's password (kept in ``instance/demo-login.txt``, mode
+    0600, so every start can print it) and, on the run that seeds, the demo
+    company's API token (else ``None``)."""
     login_file = os.path.join(instance_path, "demo-login.txt")
     if db.session.execute(select(User).where(User.email == DEMO_ADMIN)).scalar_one_or_none():
         if os.path.exists(login_file):
             with open(login_file) as fh:
-                return fh.read().strip()
-        return None
+                return fh.read().strip(), None
+        return None, None
     company = db.session.execute(select(Company).where(Company.name == DEMO_COMPANY)).scalar_one_or_none()
+    token = None
     if company is None:
-        company, _token, _secret = companies.create_company(DEMO_COMPANY)
+        company, token, _secret = companies.create_company(DEMO_COMPANY)
+    seed_templates(company)
     password = secrets.token_urlsafe(12)
     user = companies.create_user(DEMO_ADMIN, password, "admin", None)
     audit.record("demo_seeded", company_id=company.id, object_type="user", object_id=user.id, actor="make run")
     db.session.commit()
     os.makedirs(instance_path, exist_ok=True)
-    fd = os.open(login_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(password)
-    return password
+    _write_private(login_file, password)
+    return password, token
+
+
+def point_demo_at_sink(port: int) -> bool:
+    """Deliver the demo company's mail to the Outbox sink, unless someone gave
+    it other delivery settings (a provider other than SMTP, or another host)."""
+    company = db.session.execute(select(Company).where(Company.name == DEMO_COMPANY)).scalar_one_or_none()
+    if company is None or company.settings is None:
+        return False
+    s = company.settings
+    if s.provider != "smtp" or (s.smtp_host not in (None, "127.0.0.1")) or s.smtp_username:
+        return False
+    companies.configure(company, {"provider": "smtp", "mode": "direct", "smtp_host": "127.0.0.1",
+                                  "smtp_port": str(port), "smtp_tls": "none",
+                                  "sender": s.sender or DEMO_SENDER})
+    db.session.commit()
+    return True
 
 
 def ensure_redis(app: Flask) -> str:
@@ -56,20 +134,43 @@ def ensure_redis(app: Flask) -> str:
     return embedded
 
 
+def development_config(app: Flask, host: str, port: int) -> dict:
+    """What the demo changes in a development app, and hands its worker: a kept
+    secret key, a public URL on the served port, local endpoints and storage allowed."""
+    changes = {"OFFLOAD_ALLOW_PRIVATE_ENDPOINTS": True, "OFFLOAD_LOCAL_STORAGE": True}
+    if not os.environ.get("SECRET_KEY"):
+        changes["SECRET_KEY"] = secret_key(app.instance_path)
+    if not os.environ.get("OFFLOAD_PUBLIC_URL"):
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        changes["OFFLOAD_PUBLIC_URL"] = f"http://{shown}:{port}"
+    return changes
+
+
 def serve(app: Flask, host: str, port: int) -> None:
-    password = seed_demo(app.instance_path)
+    changes = {} if app.config["OFFLOAD_PRODUCTION"] else development_config(app, host, port)
+    app.config.update(changes)
+    guard.configure(allow_private=app.config["OFFLOAD_ALLOW_PRIVATE_ENDPOINTS"],
+                    production=app.config["OFFLOAD_PRODUCTION"],
+                    allowed_hosts=app.config.get("OFFLOAD_ALLOWED_ENDPOINT_HOSTS", ()))
+    password, token = seed_demo(app.instance_path)
+    sink = OutboxSink(app.instance_path).start()
+    point_demo_at_sink(sink.port)
     shown = password or "(see instance/demo-login.txt)"
-    print(f"\n * Demo login: {DEMO_ADMIN} / {shown}\n * Open http://{host}:{port}/login\n", flush=True)
+    token_line = (f" * Demo company API token (shown once): {token}\n" if token else
+                  " * Demo company API token: printed at the first start; Settings › API tokens issues another\n")
+    print(f"\n * Demo login: {DEMO_ADMIN} / {shown}\n{token_line}"
+          f" * Open http://{host}:{port}/login\n * Demo mail goes to the Outbox (Admin › Outbox), "
+          f"SMTP sink on 127.0.0.1:{sink.port}\n", flush=True)
     redis_url = ensure_redis(app)
     app.config["REDIS_URL"] = redis_url
-    env = {**os.environ, "REDIS_URL": redis_url}
-    if "SECRET_KEY" not in env:
-        env["SECRET_KEY"] = app.config["SECRET_KEY"]
+    env = {**os.environ, "REDIS_URL": redis_url, "SECRET_KEY": app.config["SECRET_KEY"],
+           "OFFLOAD_PUBLIC_URL": app.config["OFFLOAD_PUBLIC_URL"]}
+    for name in ("OFFLOAD_ALLOW_PRIVATE_ENDPOINTS", "OFFLOAD_LOCAL_STORAGE"):
+        env[name] = "1" if app.config[name] else "0"
     worker = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "worker"], env=env)
-    from werkzeug.serving import run_simple
-
     try:
         run_simple(host, port, app, use_reloader=False, use_debugger=False, threaded=True)
     finally:
         worker.terminate()
         worker.wait(timeout=10)
+        sink.stop()

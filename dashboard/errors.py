@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import jsonify, request
+from flask import jsonify, render_template, request
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
@@ -24,13 +24,34 @@ def json_error(status: int, code: str, message: str, details=None):
     return jsonify(body), status
 
 
+#: what a person reads for the common statuses (others: the exception's own description)
+MESSAGES = {
+    403: "You may not open this page with this account.",
+    404: "There is nothing here. The link may be mistyped, or what it pointed at is gone.",
+    410: "This is no longer available.",
+    500: "Something went wrong on our side. It has been logged; try again in a moment.",
+    503: "The service is briefly unavailable; try again in a moment.",
+}
+
+
+def error_page(status: int, title: str, description: str | None, headers=None):
+    """A styled HTML error page; the dashboard's links back to it for signed-in paths."""
+    message = MESSAGES.get(status) or description or title
+    home = "/admin/" if request.path.startswith("/admin") else None
+    return render_template("errors/http.html", code=status, title=title, message=message, home=home), status, \
+        headers or {}
+
+
 def init_app(app) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         if wants_json():
             code = (exc.name or "error").lower().replace(" ", "_")
             return json_error(exc.code or 500, code, exc.description or exc.name)
-        return exc
+        if exc.code is None or exc.code < 400:
+            return exc
+        headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]
+        return error_page(exc.code, exc.name, exc.description, headers)
 
     @app.errorhandler(OperationalError)
     @app.errorhandler(DBAPIError)
@@ -41,4 +62,4 @@ def init_app(app) -> None:
         log.warning("database unavailable: %s", type(exc.orig).__name__ if exc.orig else type(exc).__name__)
         if wants_json():
             return json_error(503, "database_unavailable", "The database is unavailable; retry shortly.")
-        return "The service is temporarily unavailable; retry shortly.", 503, {"Retry-After": "5"}
+        return error_page(503, "Service Unavailable", None, {"Retry-After": "5"})

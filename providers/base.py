@@ -102,8 +102,10 @@ class WebhookRefused(Exception):
 class Result:
     """The outcome for one message.
 
-    ``status`` is ``sent``, ``failed`` (permanent, with ``error``) or
-    ``retry`` (transient for this message only, with ``error``).
+    ``status`` is ``sent``, ``failed`` (permanent, with ``error``),
+    ``bounced`` (a hard bounce at send time: the mailbox does not exist; the
+    address is suppressed) or ``retry`` (transient for this message only, with
+    ``error``).
     """
 
     key: int

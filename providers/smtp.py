@@ -290,8 +290,19 @@ def _message_reply(code: int, reply: bytes | str) -> SmtpReply:
     """
     if code == 421 or _throttling(code, reply):
         raise _response_error(code, reply)
-    status = "failed" if code >= 500 else "retry"
+    status = "bounced" if hard_bounce(code, reply) else "failed" if code >= 500 else "retry"
     return SmtpReply(status, _reply_reason(code, reply))
+
+
+#: RFC 3463 enhanced codes (5.1.x: bad address) and phrases of a mailbox that does not exist
+_NO_MAILBOX = re.compile(r"\b5\.1\.[0-9]\b|mailbox (is )?unavailable|user unknown|no such (user|mailbox)|"
+                         r"mailbox not found|does not exist|recipient rejected", re.IGNORECASE)
+
+
+def hard_bounce(code: int, reply: bytes | str) -> bool:
+    """A permanent refusal of the mailbox itself (550/551/553 saying it does not
+    exist): a hard bounce, which suppresses the address, not a plain failure."""
+    return code in (550, 551, 553) and bool(_NO_MAILBOX.search(_text(reply)))
 
 
 def _reply_code(exc: OSError) -> int | None:

@@ -13,6 +13,10 @@ misconfiguration:
   holds the bucket binding. Every request, and every download link, carries
   ``expires`` and an HMAC-SHA256 ``sig`` over the method, key and expiry
   (see :func:`signing_string`); the Worker refuses anything else.
+- ``LocalStorage`` (kind ``local``): files under a folder of this machine,
+  for development and single-machine installs. Download links are the web
+  app's own ``<base_url>/certificates/files/<key>``, signed like the
+  Worker's (``LocalStorage.check_link`` verifies them).
 
 Keys are ``/``-separated segments of ``[A-Za-z0-9._-]`` that each start with
 a letter or digit, so no key can hold ``..``, an absolute path or ``//``.
@@ -23,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -158,6 +163,90 @@ def _required(config: Mapping[str, Any], name: str) -> str:
     if not value or not isinstance(value, str):
         raise PermanentError(f"storage setting {name} is not set", code="misconfigured")
     return value
+
+
+# --------------------------------------------------------------------------- local files
+
+
+@register_storage
+class LocalStorage(Storage):
+    """Files under ``path`` (config ``local_path``), one per key.
+
+    Config: ``local_path`` (the folder, created when missing), ``base_url``
+    (the web app's public URL) and ``signing_secret`` (signs download links).
+    Writes go to a temporary file renamed into place, so a reader never sees
+    half a PDF.
+    """
+
+    kind = "local"
+    link_path: ClassVar[str] = "/certificates/files/"
+
+    def __init__(self, config: Mapping[str, Any], *, clock: Callable[[], float] = time.time):
+        super().__init__(config)
+        self.root = os.path.abspath(_required(config, "local_path"))
+        self.base_url = _required(config, "base_url").rstrip("/")
+        self.secret = _required(config, "signing_secret")
+        self.clock = clock
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.root, *check_key(key).split("/"))
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        check_content_type(content_type)
+        path = self._path(key)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise PermanentError(f"cannot write {key}: {exc.strerror}", code="local_write") from None
+
+    def get(self, key: str) -> bytes:
+        return b"".join(self.iter_chunks(key))
+
+    def iter_chunks(self, key: str, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+        path = self._path(key)
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 - closed by the generator below
+        except FileNotFoundError:
+            raise ObjectNotFound(f"no object {key}", code="not_found") from None
+        with fh:
+            while chunk := fh.read(chunk_size):
+                yield chunk
+
+    def presigned_url(self, key: str, expires_in: int) -> str:
+        check_key(key)
+        expires = int(self.clock()) + check_expiry(expires_in)
+        sig = sign(self.secret, "GET", key, expires)
+        return f"{self.base_url}{self.link_path}{quote(key, safe='/')}?expires={expires}&sig={sig}"
+
+    def check_link(self, key: str, expires: str, sig: str) -> bool:
+        """True when ``sig`` is this storage's signature of a GET of ``key`` still in date."""
+        try:
+            check_key(key)
+            when = int(expires)
+        except (PermanentError, ValueError):
+            return False
+        if when < self.clock():
+            return False
+        return hmac.compare_digest(sign(self.secret, "GET", key, when), sig or "")
+
+    def delete(self, key: str) -> None:
+        try:
+            os.remove(self._path(key))
+        except FileNotFoundError:
+            return
+
+    def test_connection(self) -> dict:
+        """Write, read back and remove a probe file."""
+        probe = "offload-connection-test/probe"
+        self.put(probe, b"probe", "application/octet-stream")
+        if self.get(probe) != b"probe":
+            raise PermanentError("the probe file read back differently", code="local_read")
+        self.delete(probe)
+        return {"kind": self.kind, "path": self.root}
 
 
 # --------------------------------------------------------------------------- S3

@@ -171,7 +171,7 @@
         if (stale) { stale.hidden = false; }
       }
       text(document.getElementById("job-updated"), job.is_final ? "Finished" : "Updated " + clock());
-      if (window.OffloadChart) { window.OffloadChart.reload(); }
+      if (window.OffloadChart) { window.OffloadChart.reload(job.is_final); }  // the last one always redraws
     }
 
     if (!wasFinal) {

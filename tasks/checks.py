@@ -12,6 +12,7 @@ import re
 import time
 
 from core import delivery_settings
+from core.certificates import StorageNotConfigured, configured_kind, open_storage
 from core.db import db
 from core.models import Company, Template
 from core.checks import RESULT_TTL_S, request_key, result_key
@@ -22,6 +23,8 @@ from providers.offload import get_transport
 
 log = logging.getLogger(__name__)
 
+STORAGE_NAMES = {"s3": "S3 bucket", "r2": "R2 bucket", "worker_r2": "Cloudflare Worker (R2)",
+                 "local": "this machine's disk"}
 _TAGS = re.compile(r"<[^>]*>")
 _SPACES = re.compile(r"\s+")
 
@@ -107,6 +110,19 @@ def planned_checks(config: dict) -> list[tuple[str, object]]:
     return checks
 
 
+def _storage_check(company: Company) -> dict | None:
+    """Whichever certificate storage the settings choose (a bucket must exist), or ``None``."""
+    try:
+        kind = configured_kind(company)
+    except StorageNotConfigured:
+        return None
+
+    def run():
+        with open_storage(company, kind) as storage:
+            return storage.test_connection()
+    return _check(f"Certificate storage: {STORAGE_NAMES.get(kind, kind)}", run)
+
+
 def run_connection_test(company_id: int, check_id: str) -> None:
     """RQ job: test the company's delivery settings and store the result."""
     company = db.session.get(Company, company_id)
@@ -114,6 +130,9 @@ def run_connection_test(company_id: int, check_id: str) -> None:
         return
     config = provider_config(company)
     results = [_check(name, run) for name, run in planned_checks(config)]
+    storage = _storage_check(company)
+    if storage is not None:
+        results.append(storage)
     ok = all(r["ok"] for r in results)
     log.info("Company %s: connection test %s: %s", company_id, check_id[:6], "ok" if ok else "problems")
     _store(company_id, check_id, {"status": "done", "kind": "connection", "ok": ok, "checks": results,

@@ -14,7 +14,8 @@ import time
 
 import redis
 
-from core import queue, scheduler
+from core import metrics, queue, scheduler
+from core.routing import breaker_key
 
 log = logging.getLogger(__name__)
 BREAKER_THRESHOLD = 3      # consecutive connection failures that open the circuit
@@ -107,6 +108,8 @@ def take(conn: redis.Redis, company_id: int, n: int, rate: float | None,
                     type(exc).__name__)
         return True, 0.0, "unavailable"
     why = why.decode() if isinstance(why, bytes) else str(why)
+    if not granted:  # /metrics: offload_rate_limit_waits_total
+        metrics.count(conn, metrics.RATE_LIMIT_WAITS, str(company_id))
     return bool(granted), int(wait_ms) / 1000, why
 
 
@@ -145,10 +148,6 @@ def throttle_delay(level: int, retry_after: float | None = None) -> float:
     if retry_after:
         base = max(base, min(retry_after, 60.0))
     return base * random.uniform(0.5, 1.0)
-
-
-def breaker_key(company_id: int, provider: str) -> str:
-    return f"offload:cb:{company_id}:{provider}"
 
 
 def breaker_is_open(conn: redis.Redis, company_id: int, provider: str) -> bool:

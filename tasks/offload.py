@@ -35,7 +35,7 @@ from datetime import timedelta
 from flask import current_app
 from sqlalchemy import delete, select, text, update
 
-from core import batches, queue, scheduler
+from core import batches, metrics, queue, scheduler
 from core.db import db
 from core.models import (B_CANCELLED, B_DONE, B_FAILED, B_QUEUED, B_RETRY, B_SUBMITTED, BATCH_FINAL,
                          PAUSED, Batch, Company, Job, WebhookReceipt, utcnow)
@@ -285,7 +285,8 @@ class Submission:
         handed = [item for item, _ in built]
         self.handing_over(handed)
         try:
-            results = transport.submit([message for _, messages in built for message in messages])
+            with metrics.Timer(self.redis, f"{self.provider}-queue"):
+                results = transport.submit([message for _, messages in built for message in messages])
         except ConnectionFailure as exc:
             limits.breaker_failure(self.redis, self.company.id, self.provider)
             self.to_fallback(handed, exc.reason)

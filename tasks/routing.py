@@ -1,60 +1,13 @@
-"""Which way a batch goes: the company's provider, the SMTP fallback, or
-its cloud queue (offload), and the provider objects to use for it."""
+"""The provider objects for a route (the route itself: ``core.routing``)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from core.routing import Route, fallback_config, fallback_route, primary_route, relay_sender
 from providers import Provider, get_provider
-from providers.base import OPERATOR_ENDPOINT
+
+__all__ = ["Route", "fallback_config", "fallback_route", "primary_route", "provider_for", "relay_sender"]
 
 #: provider instances per worker process; boto3 clients are slow to build
 _cache: dict[tuple, Provider] = {}
-
-
-@dataclass(frozen=True)
-class Route:
-    kind: str            # direct | fallback | offload
-    provider: str        # aws | cloudflare | smtp
-    config: dict
-    #: the operator's relay (OFFLOAD_FALLBACK_SMTP): From is the service's, unless the domain is approved
-    relay: bool = False
-
-    @property
-    def label(self) -> str:
-        return f"{self.kind}:{self.provider}"
-
-
-def fallback_config(settings_config: dict, global_fallback: dict | None,
-                    relay_enabled: bool = False) -> dict | None:
-    """The company's own SMTP settings first, then OFFLOAD_FALLBACK_SMTP when the
-    operator enabled it for the company (``relay_enabled``)."""
-    if settings_config.get("provider") != "smtp" and settings_config.get("smtp_host"):
-        return settings_config
-    if global_fallback is None or not relay_enabled:
-        return None
-    return {**global_fallback, OPERATOR_ENDPOINT: True}
-
-
-def primary_route(settings_config: dict) -> Route | None:
-    """The company's configured way to send, or ``None`` when delivery is disabled."""
-    if not settings_config.get("enabled", True):
-        return None
-    kind = "offload" if settings_config.get("mode") == "offload" else "direct"
-    return Route(kind, settings_config.get("provider") or "smtp", settings_config)
-
-
-def fallback_route(settings_config: dict, global_fallback: dict | None, relay_enabled: bool = False) -> Route | None:
-    cfg = fallback_config(settings_config, global_fallback, relay_enabled)
-    return None if cfg is None else Route("fallback", "smtp", cfg, relay=cfg is not settings_config)
-
-
-def relay_sender(sender: str, service_from: str, approved: set[str]) -> tuple[str, str | None]:
-    """(From, Reply-To) on the operator's relay: the tenant's sender when its domain is
-    approved for the company, else the service's address with the sender as Reply-To."""
-    domain = sender.rpartition("@")[2].strip(" >").lower()
-    if domain and domain in approved:
-        return sender, None
-    return service_from, sender
 
 
 def provider_for(company_id: int, route: Route, version) -> Provider:

@@ -25,7 +25,7 @@ from core.queue import connection
 from core.rendering import CompiledTemplate, RenderError
 from providers import (ConnectionFailure, Message, PermanentError, ProviderError, QuotaExceededError, Result,
                        ThrottledError)
-from core import batches, queue, scheduler
+from core import batches, metrics, queue, scheduler
 from core.lms import email_queue
 from tasks import certificates, limits
 from tasks.routing import Route, fallback_route, primary_route, provider_for, relay_sender
@@ -237,7 +237,11 @@ class BatchRun:
                 if reply_to:
                     message.headers["Reply-To"] = reply_to
         try:
-            results = provider.send(sender, messages) if messages else []
+            if messages:
+                with metrics.Timer(self.redis, route.provider):
+                    results = provider.send(sender, messages)
+            else:
+                results = []
         except ThrottledError as exc:
             batches.unmark_sending(ids, refund_attempt=True)
             return self.throttled(exc)

@@ -11,7 +11,9 @@ starts a fresh worker, until it is asked to stop (SIGTERM/SIGINT).
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
 import time
 
@@ -20,7 +22,7 @@ from redis import RedisError
 from rq import SimpleWorker
 from rq.job import JobStatus
 
-from core import queue, settings
+from core import metrics, queue, settings
 from core.queue import QUEUE_NAMES, connection, get_queue, warn_if_evicting
 from providers.cloudflare import DEFAULT_TIMEOUT as CLOUDFLARE_TIMEOUT_S
 from providers.ses import DEFAULT_TIMEOUT as SES_TIMEOUT_S
@@ -90,10 +92,14 @@ class AppWorker(SimpleWorker):
                 pass
 
 
-def _sweeper(app: Flask, interval: float, stop: threading.Event) -> None:
+def _sweeper(app: Flask, interval: float, stop: threading.Event, name: str) -> None:
+    """Keep the sweep and the LMS polls scheduled, and say this worker is alive (``/readyz``)."""
     lms_interval = float(app.config.get("OFFLOAD_LMS_POLL_S", 30))
-    while not stop.wait(min(interval, lms_interval) / 2):
+    with app.app_context():
+        metrics.beat(connection(), name)
+    while not stop.wait(min(interval / 2, lms_interval / 2, metrics.WORKER_FRESH_S / 4)):
         with app.app_context():
+            metrics.beat(connection(), name)
             try:
                 queue.schedule_sweep(interval)
                 queue.schedule_lms_polls(lms_interval)  # the LMS connector's pollers (tasks.lms)
@@ -117,7 +123,8 @@ def run_worker(app: Flask, *, burst: bool = False, name: str | None = None) -> N
     stop = threading.Event()
     interval = float(app.config.get("OFFLOAD_SWEEP_S", 15))
     if not burst:
-        threading.Thread(target=_sweeper, args=(app, interval, stop), daemon=True, name="sweeper").start()
+        beat_name = name or f"{socket.gethostname()}:{os.getpid()}"
+        threading.Thread(target=_sweeper, args=(app, interval, stop, beat_name), daemon=True, name="sweeper").start()
     run = restarts = 0
     try:
         while True:

@@ -196,3 +196,5 @@ class Template(TenantMixin, db.Model):
     body_html = db.Column(db.Text)
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
     updated_at = db.Column(db.DateTime, nullable=False, default=utcnow, onupdate=utcnow)
+
+    company = db.relationship("Company", viewonly=True)  # pickers name the company, not its id

@@ -6,19 +6,20 @@ order.
 """
 from __future__ import annotations
 
+from flask import url_for
 from flask_admin import Admin, expose
 from flask_admin.theme import Bootstrap4Theme
 from flask_login import current_user
 from sqlalchemy import func, select
 
-from dashboard.admin import (audit, campaigns, certificates, companies, company_settings, jobs, suppressions,
-                             templates)
+from dashboard.admin import (audit, campaigns, certificates, companies, company_settings, jobs, outbox,
+                             suppressions, templates)
 from dashboard.admin.base import SecureIndexView, scope
 from core.suppressions import rates
 from core.db import db
-from core.models import Job
+from core.models import ApiToken, Company, Job, Template
 
-FEATURES = (jobs, campaigns, templates, certificates, suppressions, company_settings, audit, companies)
+FEATURES = (jobs, campaigns, templates, certificates, suppressions, company_settings, audit, companies, outbox)
 
 
 class HomeView(SecureIndexView):
@@ -32,7 +33,53 @@ class HomeView(SecureIndexView):
         if scope() is not None:
             stmt = stmt.where(Job.company_id == scope())
         counts = dict(db.session.execute(stmt).all())
-        return self.render("admin/home.html", counts=counts, rates=rates(scope()))
+        return self.render("admin/home.html", counts=counts, rates=rates(scope()), checklists=checklists())
+
+
+def delivery_configured(company: Company) -> bool:
+    """The company's provider has what it needs to send."""
+    s = company.settings
+    if s is None or not s.enabled:
+        return False
+    if s.provider == "aws":
+        return bool((s.aws_access_key and s.aws_secret_key) or s.aws_role_arn)
+    if s.provider == "cloudflare":
+        return bool(s.cloudflare_api_token and s.cloudflare_account_id)
+    return bool(s.smtp_host)
+
+
+def _exists(stmt) -> bool:
+    return db.session.execute(stmt.limit(1)).first() is not None
+
+
+def checklist(company: Company) -> list[dict]:
+    """The first-run steps for one company, each with whether it is done and where to do it."""
+    settings_url = url_for("settings.company", company_id=company.id)
+    return [
+        {"label": "Delivery configured", "done": delivery_configured(company),
+         "url": settings_url + "#section-general", "hint": "a provider with its credentials, delivery enabled"},
+        {"label": "A sender address", "done": bool(company.settings and company.settings.sender),
+         "url": settings_url + "#f-sender", "hint": "the From address of every email"},
+        {"label": "A template", "done": _exists(Template.scoped(company.id)),
+         "url": url_for("templates.create_view"), "hint": "subject and bodies the LMS names in a job"},
+        {"label": "An API token", "done": _exists(ApiToken.scoped(company.id).where(ApiToken.revoked_at.is_(None))),
+         "url": settings_url + "#tokens", "hint": "what the LMS sends as Authorization: Bearer …"},
+        {"label": "A first job", "done": _exists(Job.scoped(company.id)),
+         "url": url_for("jobs.index"), "hint": "POST /api/v1/jobs with the token"},
+    ]
+
+
+def checklists(limit: int = 10) -> list[tuple[Company, list[dict]]]:
+    """Checklists of the companies in scope that still have a step to do."""
+    stmt = select(Company).order_by(Company.id).limit(limit)
+    if scope() is not None:
+        stmt = stmt.where(Company.id == scope())
+    found = []
+    for company in db.session.execute(stmt).scalars():
+        steps = checklist(company)
+        if not all(step["done"] for step in steps):
+            found.append((company, steps))
+    return found
 
 
 def init_app(app) -> None:

@@ -11,10 +11,13 @@ a browser's POST of both failed one check or the other.
 """
 from __future__ import annotations
 
+from datetime import datetime
+
 from flask import abort, redirect, request, url_for
 from flask_admin import AdminIndexView, BaseView
 from flask_admin.contrib.sqla import ModelView
 from flask_admin.form import BaseForm
+from flask_admin.model import typefmt
 from flask_login import current_user
 
 from dashboard.csvexport import neutralise
@@ -44,6 +47,15 @@ class SecureMixin:
             return redirect(url_for("auth.login", next=request.full_path))
         abort(404)
 
+
+def _datetime(view, value: datetime, name: str) -> str:
+    """Timestamps to the second (UTC), never with microseconds."""
+    return value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+#: list and detail cells of every model view
+TYPE_FORMATTERS = {**typefmt.BASE_FORMATTERS, datetime: _datetime}
+DETAIL_TYPE_FORMATTERS = {**typefmt.DETAIL_FORMATTERS, datetime: _datetime}
 
 #: Flask-Admin model views and the flag that turns each on
 VIEW_FLAGS = {"create_view": "can_create", "edit_view": "can_edit", "delete_view": "can_delete",
@@ -75,6 +87,8 @@ class TenantModelView(SecureMixin, DisabledIs404Mixin, ModelView):
     """A ModelView over a tenant-owned model, limited to the user's company."""
 
     form_base_class = BaseForm
+    column_type_formatters = TYPE_FORMATTERS
+    column_type_formatters_detail = DETAIL_TYPE_FORMATTERS
     page_size = 50
     can_set_page_size = True
     form_excluded_columns = ("company_id",)
@@ -125,3 +139,5 @@ class AdminModelView(SecureMixin, DisabledIs404Mixin, ModelView):
 
     admin_only = True
     form_base_class = BaseForm
+    column_type_formatters = TYPE_FORMATTERS
+    column_type_formatters_detail = DETAIL_TYPE_FORMATTERS

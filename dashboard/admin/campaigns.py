@@ -77,6 +77,11 @@ def render_preview(tpl: Template, recipients: list[dict], secret_fields=()) -> l
     return shown
 
 
+def unmapped_fields(mapping: dict) -> list[str]:
+    """Template fields no CSV column fills (they would render blank)."""
+    return sorted(f for f, column in mapping["fields"].items() if not column)
+
+
 def parse_send_at(raw: str | None) -> datetime | None:
     """A ``datetime-local`` value (UTC) in the future, or ``None``."""
     if not raw:
@@ -173,6 +178,11 @@ class CampaignsView(SecureBaseView):
         except audiences.AudienceError as exc:
             return self.review(upload, tpl, fields, mapping, None, str(exc)), 400
         if request.method == "POST":
+            unmapped = unmapped_fields(mapping)
+            if unmapped and not request.form.get("allow_blank"):
+                return self.review(upload, tpl, fields, mapping, built,
+                                   f"Not sent: the template uses {', '.join(unmapped)}, which no CSV column fills. "
+                                   "Map a column, or tick “send with these blank”."), 400
             return self.import_confirm(upload, tpl, built)
         return self.review(upload, tpl, fields, mapping, built, None)
 
@@ -193,7 +203,8 @@ class CampaignsView(SecureBaseView):
             except RenderError as exc:
                 error = f"the template cannot render: {exc}"
         return self.render("campaigns/import_review.html", upload=upload, tpl=tpl, fields=fields,
-                           mapping=mapping, built=built, preview=preview, error=error)
+                           mapping=mapping, built=built, preview=preview, error=error,
+                           unmapped=unmapped_fields(mapping))
 
     def import_confirm(self, upload, tpl, built):
         if not built.recipients:

@@ -14,7 +14,7 @@ check id; the page polls ``check_result`` for the outcome.
 """
 from __future__ import annotations
 
-from flask import abort, flash, jsonify, make_response, redirect, request, url_for
+from flask import abort, flash, jsonify, make_response, redirect, request, session, url_for
 from flask_admin import expose
 from redis import RedisError
 from sqlalchemy import select
@@ -91,6 +91,22 @@ def error_field(message: str) -> str | None:
     return key if key in delivery_settings.by_key() else None
 
 
+def labels() -> dict[str, str]:
+    """Each setting's form label, by key."""
+    return {f.key: f.label for s in sections() for f in s.fields}
+
+
+def labelled(message: str) -> str:
+    """``"smtp_port: out of range"`` as the form shows it: ``"Port: out of range"``."""
+    key, sep, rest = message.partition(":")
+    found = labels()
+    return f"{found[key.strip()]}:{rest}" if sep and key.strip() in found else message
+
+
+#: the session key a failed save is kept under between its POST and the GET it redirects to
+FAILED_SAVE = "settings_failed_save"
+
+
 class CompanySettingsView(SecureBaseView):
     """Managers: their own company; admins: any company, picked from a list."""
 
@@ -122,7 +138,12 @@ class CompanySettingsView(SecureBaseView):
 
     @expose("/<int:company_id>/")
     def company(self, company_id: int):
-        return self._page(self._company(company_id))
+        company = self._company(company_id)
+        failed = session.pop(FAILED_SAVE, None)
+        if failed and failed.get("company_id") == company.id:  # the GET after a failed save (PRG)
+            return self._page(company, errors=failed["errors"], failed_section=failed["section"],
+                              submitted=failed["submitted"])
+        return self._page(company)
 
     @expose("/<int:company_id>/save", methods=("POST",))
     def save(self, company_id: int):
@@ -140,9 +161,12 @@ class CompanySettingsView(SecureBaseView):
             db.session.rollback()
             message = str(exc)
             key = error_field(message) or "_form"
-            submitted = {f.key: request.form.get(f.key, "") for f in section.fields if not f.secret}
-            return self._page(company, 400, errors={key: message}, failed_section=section.name,
-                              submitted=submitted)
+            # never a secret: those fields are not kept, the others go back into the form
+            submitted = {f.key: request.form.get(f.key, "")[:500] for f in section.fields if not f.secret}
+            session[FAILED_SAVE] = {"company_id": company.id, "section": section.name,
+                                    "errors": {key: labelled(message)}, "submitted": submitted}
+            anchor = f"f-{key}" if key != "_form" else f"section-{section.name}"
+            return redirect(url_for("settings.company", company_id=company.id) + f"#{anchor}", 303)
         if changed:
             audit.record("settings_changed", company_id=company.id, object_type="company", object_id=company.id,
                          details={"section": section.name, "fields": changed})

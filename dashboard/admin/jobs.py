@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from datetime import datetime, timedelta
 
-from flask import flash, jsonify, redirect, request, url_for
+from flask import abort, current_app, flash, jsonify, redirect, request, url_for
 from flask_admin import expose
 from sqlalchemy import BigInteger, Integer, cast, extract, func, select
 
@@ -18,8 +18,11 @@ from dashboard.admin.base import SecureBaseView, scope
 from dashboard.csvexport import csv_response
 from core import waiting
 from core.db import db
-from core.jobs import RETRYABLE_STATUSES, JobError, batches_of, iso, job_to_dict, request_cancel, retry_failed
-from core.models import JOB_FINAL, JOB_TYPES, Company, Job, Recipient, utcnow
+from core.jobs import (RETRYABLE_STATUSES, WAITING_BATCH, JobError, batches_of, iso, job_to_dict, request_cancel,
+                       resume, retry_batch_now, retry_failed)
+from core.models import JOB_FINAL, JOB_TYPES, Batch, Company, Job, Recipient, utcnow
+from core.queue import connection
+from core.routing import planned_route
 from core.tenancy import get_or_404
 from core.suppressions import rates
 
@@ -78,11 +81,30 @@ def job_row(job: Job, company_names: dict[int, str] | None = None, waits: dict[i
                created=fmt_time(job.created_at), started=fmt_time(job.started_at),
                completed=fmt_time(job.completed_at), is_final=job.status in JOB_FINAL,
                can_retry=job.status in RETRYABLE_STATUSES and bool(job.emails_failed),
-               can_cancel=job.status not in JOB_FINAL,
+               can_cancel=job.status not in JOB_FINAL, can_resume=job.status == "paused",
                url=url_for("jobs.details", job_id=job.id))
     if company_names is not None:
         row["company"] = company_names.get(job.company_id, "")
     return row
+
+
+def waiting_batches(job: Job, batches: list[Batch], company: Company) -> list[dict]:
+    """Why each waiting batch waits: its last error, when it is tried next, and the route it will take."""
+    waiting = [b for b in batches if b.status in WAITING_BATCH]
+    if not waiting:
+        return []
+    config = company.settings.provider_config() if company.settings else {"enabled": False}
+    route = planned_route(config, current_app.config["OFFLOAD_FALLBACK_SMTP"], connection(), company.id,
+                          bool(company.fallback_relay))
+    now = utcnow()
+    rows = []
+    for b in waiting:
+        due = b.next_attempt_at
+        rows.append({"number": b.batch_number, "id": b.id, "status": b.status, "error": b.error or "—",
+                     "next": fmt_time(due) if due else "as soon as a worker is free",
+                     "in_s": max(0, int((due - now).total_seconds())) if due else 0, "route": route,
+                     "attempts": b.attempts, "can_retry_now": b.status == "retry" and job.status != "paused"})
+    return rows
 
 
 def _epoch_seconds(column):
@@ -191,8 +213,9 @@ class JobsView(SecureBaseView):
             .where(Recipient.job_id == job.id, Recipient.status.in_(FAILED_STATUSES))
             .order_by(Recipient.id).limit(FAILED_PAGE_SIZE).offset((fpage - 1) * FAILED_PAGE_SIZE)).all()
         company = db.session.get(Company, job.company_id)
-
-        return self.render("admin/jobs/details.html", job=job, row=job_row(job), batches=batches_of(job),
+        batches = batches_of(job)
+        return self.render("admin/jobs/details.html", job=job, row=job_row(job), batches=batches,
+                           waiting=waiting_batches(job, batches, company),
                            failed=failed, failed_total=failed_total, fpage=fpage, fpages=pages,
                            company=company, show_company=scope() is None, fmt_time=fmt_time,
                            rates=rates(job.company_id, job.id))
@@ -235,6 +258,28 @@ class JobsView(SecureBaseView):
             else:
                 flash("No failed recipient can be retried (invalid addresses and duplicates are final).", "info")
         return redirect(url_for("jobs.details", job_id=job_id))
+
+    @expose("/<int:job_id>/resume", methods=("POST",))
+    def resume(self, job_id: int):
+        job = get_or_404(Job, job_id, scope())
+        if resume(job):
+            flash("Job resumed: its waiting batches are queued again.", "success")
+        else:
+            flash(f"The job is {job.status}, not paused.", "info")
+        return redirect(url_for("jobs.details", job_id=job_id))
+
+    @expose("/<int:job_id>/batches/<int:batch_number>/retry-now", methods=("POST",))
+    def retry_now(self, job_id: int, batch_number: int):
+        job = get_or_404(Job, job_id, scope())
+        batch = db.session.execute(Batch.scoped(job.company_id).where(
+            Batch.job_id == job.id, Batch.batch_number == batch_number)).scalar_one_or_none()
+        if batch is None:
+            abort(404)
+        if retry_batch_now(job, batch):
+            flash(f"Batch {batch_number}: trying again now.", "success")
+        else:
+            flash(f"Batch {batch_number} is not waiting.", "info")
+        return redirect(url_for("jobs.details", job_id=job_id) + "#waiting")
 
     @expose("/<int:job_id>/cancel", methods=("POST",))
     def cancel(self, job_id: int):

@@ -75,7 +75,9 @@ class TemplateView(TenantModelView):
     form_extra_fields = {"owner_company": SelectField("Company", coerce=int, choices=[])}
     form_widget_args = {"body_text": {"rows": 10}, "body_html": {"rows": 12, "spellcheck": "false"},
                         "subject": {"spellcheck": "false"}}
-    form_args = {"name": {"description": "The LMS names it in a job: {\"template\": \"<name>\"}"},
+    # Flask-Admin renders descriptions as HTML: the angle brackets are written as entities
+    form_args = {"name": {"description": "The LMS names it in a job: "
+                                         "<code>{&quot;template&quot;: &quot;&lt;name&gt;&quot;}</code>"},
                  "subject": {"description": "Jinja syntax: {{ firstname }}"}}
     list_template = "admin/email_templates/list.html"
     details_template = "admin/email_templates/details.html"

@@ -23,6 +23,7 @@ def token_required(view):
         if row is None:
             return json_error(401, "unauthorized", "a valid bearer token is required")
         g.company_id = row.company_id
+        g.audit_actor = f"API token {row.name} ({row.prefix}…)"  # the audit log names the token
         if row.last_used_at is None or (utcnow() - row.last_used_at).total_seconds() > 60:
             row.last_used_at = utcnow()
             db.session.commit()

@@ -5,6 +5,8 @@
 - ``GET /api/v1/verify/<code>``: the same facts as JSON.
 - ``GET /certificates/<code>/download``: the stable link mailed to the
   learner; redirects to a presigned URL of the PDF that expires in minutes.
+- ``GET /certificates/files/<key>?expires=&sig=``: that presigned URL when the
+  PDFs are on this machine's disk (``local`` storage).
 
 An unknown code is a plain 404; every lookup runs the same query and a
 constant-time comparison (``core.certificates.find_by_code``). Each
@@ -16,13 +18,14 @@ from __future__ import annotations
 import logging
 import time
 
-from flask import Blueprint, abort, current_app, jsonify, redirect, render_template, request
+from flask import Blueprint, Response, abort, current_app, jsonify, redirect, render_template, request
 from redis import RedisError
 from werkzeug.exceptions import TooManyRequests
 
 from core import certificates as service
 from core.queue import connection
 from providers.base import ProviderError
+from providers.storage import LocalStorage, ObjectNotFound, content_disposition
 
 log = logging.getLogger(__name__)
 bp = Blueprint("verify", __name__)
@@ -89,6 +92,29 @@ def download(code: str):
         log.warning("Certificate %s: no download link: %s", cert.id, exc.reason)
         abort(503)
     return redirect(url, code=302)
+
+
+@bp.get("/certificates/files/<path:key>")
+def local_file(key: str):
+    """A PDF kept by ``local`` storage, for a signed, unexpired link."""
+    try:
+        storage = LocalStorage(service.local_storage_config())
+    except ProviderError:
+        abort(404)
+    if not storage.check_link(key, request.args.get("expires", ""), request.args.get("sig", "")):
+        abort(404)
+    try:
+        chunks = storage.iter_chunks(key)
+        first = next(chunks, b"")
+    except ObjectNotFound:
+        abort(404)
+    return Response(_chain(first, chunks), mimetype="application/pdf",
+                    headers={"Content-Disposition": content_disposition(key)})
+
+
+def _chain(first: bytes, rest):
+    yield first
+    yield from rest
 
 
 def init_app(app) -> None:

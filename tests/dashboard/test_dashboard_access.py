@@ -33,7 +33,7 @@ class World:
 
 @pytest.fixture
 def world(app, client, auth, make_company, make_user):
-    with SmtpSink(refuse={"refused@example.com": "550 no such user"}) as sink:
+    with SmtpSink(refuse={"refused@example.com": "554 refused"}) as sink:
         a = make_company(A_NAME, provider="smtp", sender="noreply@alpha.test", smtp_host="127.0.0.1",
                          smtp_port=sink.port, smtp_tls="none")
         b = make_company("Bravo Training", provider="smtp", sender="noreply@bravo.test", smtp_host="127.0.0.1",
@@ -42,6 +42,7 @@ def world(app, client, auth, make_company, make_user):
         make_user("bravo-manager@bravo.test", company_id=b.id)
         w = World()
         w.a, w.b = a, b
+        w.a_manager = a_manager.id
         w.job = _job(client, a, [{"email": "alpha-1@example.com"}, {"email": "refused@example.com"}])
         w.b_job = _job(client, b, [{"email": "bravo-1@example.com"}])
         run_worker_burst(app)
@@ -90,6 +91,7 @@ def path_values(w: World, endpoint: str) -> dict:
     blueprint = endpoint.split(".")[0]
     return {"job_id": w.job, "company_id": w.a.id, "token_id": w.token, "check_id": w.check, "cert_id": w.cert,
             "upload_id": w.upload, "suppression_id": w.suppression, "export_type": "csv",
+            "user_id": w.a_manager, "message_id": "1700000000000-0123abcd.eml", "batch_number": 1,
             "template_id": w.cert_template if blueprint == "certificate_templates" else w.template}
 
 

@@ -115,9 +115,11 @@ def test_canary_secrets_never_leave_the_settings_form(app, client, auth, company
         assert seen.form(page, save, section="lms", lms_url=MOODLE_URL).status_code == 403
         companies.configure(db.session.get(Company, company.id), {"lms_url": MOODLE_URL})
         db.session.commit()
-        # a rejected save re-renders the page with the other values: still nothing secret
-        assert seen.form(page, save, section="smtp", smtp_host="127.0.0.1", smtp_port="nope",
-                         smtp_password="", smtp_tls="none").status_code == 400
+        # a rejected save redirects to the page, which shows the other values: still nothing secret
+        rejected = seen.form(page, save, section="smtp", smtp_host="127.0.0.1", smtp_port="nope",
+                             smtp_password="", smtp_tls="none")
+        assert rejected.status_code == 303
+        assert "Not saved" in seen.get(rejected.headers["Location"]).get_data(as_text=True)
         settings = db.session.get(Company, company.id).settings
         assert settings.aws_secret_key == AWS_SECRET and settings.smtp_password == SMTP_PASSWORD
 
@@ -152,7 +154,8 @@ def test_canary_secrets_never_leave_the_settings_form(app, client, auth, company
     assert ses["facts"]["account_id"] == "123456789012"  # STS GetCallerIdentity answered by moto
     assert any("GetAccount" in note for note in ses["notes"])  # moto has no SES GetAccount: a clear note
     assert aws["checks"][1]["name"] == "SMTP fallback" and aws["checks"][1]["ok"] is True
-    assert [c["name"] for c in cf["checks"]] == ["Cloudflare", "Cloudflare Queue", "SMTP fallback"]
+    assert [c["name"] for c in cf["checks"]] == ["Cloudflare", "Cloudflare Queue", "SMTP fallback",
+                                            "Certificate storage: this machine's disk"]
     assert cf["ok"] is True
     assert cloudflare.requests[0].headers["Authorization"] == f"Bearer {CF_TOKEN}"  # really used
 

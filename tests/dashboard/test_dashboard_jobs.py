@@ -20,7 +20,7 @@ REFUSED = "refused-1@example.com"
 
 @pytest.fixture
 def smtp():
-    with SmtpSink(refuse={REFUSED: "550 5.1.1 mailbox unavailable"}) as sink:
+    with SmtpSink(refuse={REFUSED: "554 5.7.1 message refused"}) as sink:
         yield sink
 
 
@@ -95,7 +95,7 @@ def test_job_list_json_and_detail_follow_a_real_send(client, manager, smtp):
     detail = client.get(f"/admin/jobs/{job_id}/")
     html = detail.get_data(as_text=True)
     assert detail.status_code == 200
-    assert "direct:smtp" in html and "invalid_email" in html and "550 5.1.1 mailbox unavailable" in html
+    assert "direct:smtp" in html and "invalid_email" in html and "554 5.7.1 transaction failed" in html
     assert "pw-secret" not in html  # recipient data never reaches the page
     data = client.get(f"/admin/jobs/{job_id}/data.json").get_json()
     assert data["batches"][0]["route"] == "direct:smtp" and data["batches"][0]["status"] == "done"

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from core.db import db
 from core.models import ApiToken, AuditLog, Company
 from core.queue import HIGH, connection, get_queue
+from dashboard.admin.company_settings import labels
 from tests.support.app import csrf_from, run_worker_burst
 from tests.support.servers import SmtpSink
 
@@ -99,10 +100,13 @@ def test_secrets_are_write_only_blank_keeps_and_clear_removes(client, manager):
 def test_invalid_values_show_the_field_error_and_change_nothing(client, manager, section, fields, key):
     before = fresh(manager.id).settings.provider_config()
     resp = save(client, manager, section, **fields)
-    assert resp.status_code == 400
-    html = resp.get_data(as_text=True)
-    assert f'data-error-for="{key}"' in html and f"{key}:" in html
+    assert resp.status_code == 303  # POST-redirect-GET: a reload does not post again
+    assert resp.headers["Location"].endswith(f"#f-{key}")
+    html = client.get(resp.headers["Location"]).get_data(as_text=True)
+    label = labels()[key]
+    assert f'data-error-for="{key}"' in html and f"{label}:" in html  # the field's label, not its key
     assert "Not saved" in html
+    assert "Not saved" not in client.get(settings_url(manager)).get_data(as_text=True)  # shown once
     assert SECRET not in html
     assert fresh(manager.id).settings.provider_config() == before
     assert db.session.execute(select(AuditLog).where(AuditLog.action == "settings_changed")).first() is None

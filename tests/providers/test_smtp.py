@@ -207,13 +207,17 @@ def test_more_than_one_recipient_in_to_is_refused(smtp_sink, make_smtp):
 
 def test_rejected_recipient_fails_only_that_message(smtp_sink, make_smtp):
     sink = smtp_sink(refuse={"user2@example.com": "550 5.1.1 No such user",
-                             "user3@example.com": "450 4.2.1 Mailbox busy"})
+                             "user3@example.com": "450 4.2.1 Mailbox busy",
+                             "user5@example.com": "554 5.7.1 Message refused by policy"})
 
-    results = make_smtp(sink.port).send(SENDER, [message(i) for i in range(1, 5)])
+    results = make_smtp(sink.port).send(SENDER, [message(i) for i in range(1, 6)])
 
-    assert [(r.key, r.status) for r in results] == [(1, "sent"), (2, "failed"), (3, "retry"), (4, "sent")]
+    # a mailbox that does not exist is a hard bounce; other permanent refusals are failures
+    assert [(r.key, r.status) for r in results] == [(1, "sent"), (2, "bounced"), (3, "retry"), (4, "sent"),
+                                                    (5, "failed")]
     assert results[1].error == "550 5.1.1 mailbox unavailable or message refused"  # no server text
     assert results[2].error == "450 4.2.1 mailbox unavailable (try later)"
+    assert results[4].error == "554 5.7.1 transaction failed"
     assert [m.rcpt_tos for m in sink.messages] == [["user1@example.com"], ["user4@example.com"]]
     assert sink.sessions == 1
 

@@ -48,7 +48,7 @@ def test_ses_bulk_each_recipient_gets_exactly_their_own_message(app, client, mak
 
 
 def test_smtp_delivers_each_recipient_once_and_records_refusals(app, client, make_company, smtp_sink):
-    smtp_sink.refuse = {f"refuse{i}@acme.test": "550 5.1.1 mailbox unavailable" for i in range(3)}
+    smtp_sink.refuse = {f"refuse{i}@acme.test": "554 5.7.1 message refused" for i in range(3)}
     company = make_company(provider="smtp", sender="noreply@acme.test", **smtp_sink.config())
     job_id = submit(client, company, people(250) + people(3, prefix="refuse") + [{"email": "broken@"}])
     run_worker_burst(app)
@@ -59,7 +59,7 @@ def test_smtp_delivers_each_recipient_once_and_records_refusals(app, client, mak
     failed = dict(db.session.execute(select(Recipient.email, Recipient.error)
                                      .where(Recipient.status == "failed")).all())
     assert failed["broken@"] == "invalid_email"
-    assert all("550" in failed[f"refuse{i}@acme.test"] for i in range(3))
+    assert all("554" in failed[f"refuse{i}@acme.test"] for i in range(3))
 
 
 def test_html_is_escaped_and_headers_cannot_be_injected(app, client, make_company, ses):

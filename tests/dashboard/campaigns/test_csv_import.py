@@ -168,3 +168,18 @@ def test_campaign_pages_render_with_csrf_tokens(client, company, make_user, auth
         resp = client.get(path)
         assert resp.status_code == 200, path
         assert csrf_from(resp.get_data(as_text=True))
+
+
+def test_a_template_field_no_column_fills_is_named_and_not_sent_blank_silently(client, manager):
+    company, tpl = manager
+    review_url = upload(client, tpl.id, b"email,firstname\nann@example.com,Ann\n").headers["Location"]
+    html = client.get(review_url).get_data(as_text=True)
+    assert 'id="unmapped-fields"' in html and "<code>password</code>" in html
+    form = {"csrf_token": csrf_from(html), "template_id": str(tpl.id), "email_column": "email",
+            "field_firstname": "firstname", "field_password": ""}
+    refused = client.post(review_url, data=form)
+    assert refused.status_code == 400 and "which no CSV column fills" in refused.get_data(as_text=True)
+    assert db.session.execute(select(Job).where(Job.company_id == company.id)).first() is None
+    sent = client.post(review_url, data={**form, "allow_blank": "1"})
+    assert sent.status_code == 200
+    assert db.session.execute(select(Job).where(Job.company_id == company.id)).scalar_one().email_count == 1

@@ -145,6 +145,7 @@ def test_the_company_template_and_logo_are_used(app, client, make_company, ses, 
 
 
 def test_no_storage_pauses_the_job_and_sends_nothing(app, client, make_company, ses):
+    app.config["OFFLOAD_LOCAL_STORAGE"] = False  # as in production: no disk storage unless enabled
     company = make_company(**ses_settings(ses.url))
     job_id = submit(client, company, learners(2))
     run_worker_burst(app)
@@ -194,6 +195,7 @@ def test_a_job_paused_for_storage_resumes_once_a_bucket_is_set(app, client, make
     from core.models import utcnow
     from tasks.sweep import sweep
 
+    app.config["OFFLOAD_LOCAL_STORAGE"] = False  # as in production: no disk storage unless enabled
     company = make_company(**ses_settings(ses.url))
     job_id = submit(client, company, learners(2))
     run_worker_burst(app)

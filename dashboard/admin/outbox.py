@@ -1,0 +1,63 @@
+"""The demo Outbox (admins, development only): what the demo's local SMTP
+sink captured, with headers and a sandboxed preview, like Mailpit.
+
+The HTML preview is served on its own URL with ``Content-Security-Policy:
+sandbox`` (no scripts, no same origin, nothing fetched but inline styles and
+data: images) and shown in an ``<iframe sandbox>``: mail HTML is untrusted.
+"""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from flask import abort, current_app, flash, redirect, url_for
+from flask_admin import expose
+
+from dashboard import outbox
+from dashboard.admin.base import SecureBaseView
+
+#: framed by the Outbox page only (the app's own pages may not be framed at all: dashboard.headers)
+PREVIEW_CSP = ("sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; "
+               "form-action 'none'; frame-ancestors 'self'")
+
+
+def received(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+class OutboxView(SecureBaseView):
+    admin_only = True
+
+    def is_accessible(self):
+        return super().is_accessible() and not current_app.config["OFFLOAD_PRODUCTION"]
+
+    @expose("/")
+    def index(self):
+        messages, total = outbox.listing(current_app.instance_path)
+        return self.render("admin/outbox/list.html", messages=messages, total=total, received=received,
+                           limit=outbox.LIST_LIMIT)
+
+    @expose("/<message_id>/")
+    def details(self, message_id: str):
+        found = outbox.read(current_app.instance_path, message_id) or abort(404)
+        return self.render("admin/outbox/details.html", m=found, received=received,
+                           text=found.part("plain"), has_html=found.part("html") is not None)
+
+    @expose("/<message_id>/preview")
+    def preview(self, message_id: str):
+        found = outbox.read(current_app.instance_path, message_id) or abort(404)
+        html = found.part("html")
+        if html is None:
+            abort(404)
+        return html, 200, {"Content-Type": "text/html; charset=utf-8", "Content-Security-Policy": PREVIEW_CSP,
+                           "X-Frame-Options": "SAMEORIGIN", "X-Content-Type-Options": "nosniff",
+                           "Cache-Control": "no-store"}
+
+    @expose("/clear", methods=("POST",))
+    def clear(self):
+        n = outbox.clear(current_app.instance_path)
+        flash(f"{n} message(s) removed from the outbox.", "success")
+        return redirect(url_for("outbox.index"))
+
+
+def register(admin) -> None:
+    admin.add_view(OutboxView(name="Outbox", endpoint="outbox", url="/admin/outbox", category="Admin"))

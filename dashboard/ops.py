@@ -1,0 +1,169 @@
+"""Operations endpoints (CONTRACT §8): ``/healthz`` (the process serves),
+``/readyz`` (database, Redis and a live worker; 503 naming what fails) and
+``/metrics`` (Prometheus text format).
+
+``/metrics`` is computed at scrape time: job and recipient figures from the
+database (the truth), queue depths from Redis, and what the workers counted
+(rate-limit waits, callback verification failures, provider call latency)
+from ``core.metrics``. In production it answers only a bearer token
+(``OFFLOAD_METRICS_TOKEN``) or a client in ``OFFLOAD_METRICS_NETWORKS``
+(default: loopback).
+"""
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from redis import RedisError
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from core import metrics
+from core.db import db
+from core.models import Job, Recipient
+from core.queue import QUEUE_NAMES, connection, get_queue
+from dashboard.errors import json_error
+
+log = logging.getLogger(__name__)
+bp = Blueprint("ops", __name__)
+redis_errors = (RedisError, OSError)
+#: recipient statuses counted as sent, and as failed, in ``offload_recipients_total``
+RECIPIENT_OUTCOMES = {"sent": "sent", "failed": "failed", "bounced": "failed"}
+
+
+@bp.get("/healthz")
+def healthz():
+    """Liveness: the process answers."""
+    return jsonify({"status": "ok"})
+
+
+def readiness() -> dict[str, str]:
+    """Each part's state: ``ok`` or a short reason (never a remote message)."""
+    checks = {}
+    try:
+        db.session.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except SQLAlchemyError as exc:
+        db.session.rollback()
+        checks["database"] = f"unavailable ({type(getattr(exc, 'orig', None) or exc).__name__})"
+    try:
+        connection().ping()
+        checks["redis"] = "ok"
+        alive = metrics.live_workers(connection())
+        checks["worker"] = "ok" if alive else f"no worker seen in the last {metrics.WORKER_FRESH_S} s"
+    except redis_errors as exc:
+        checks["redis"] = f"unavailable ({type(exc).__name__})"
+        checks["worker"] = "unknown (Redis unavailable)"
+    return checks
+
+
+@bp.get("/readyz")
+def readyz():
+    """Ready when the database, Redis and at least one worker are fine; else 503 naming the part."""
+    checks = readiness()
+    failing = [part for part, state in checks.items() if state != "ok"]
+    body = {"status": "ok" if not failing else "unavailable", "checks": checks}
+    if failing:
+        body["failing"] = failing
+        return jsonify(body), 503
+    return jsonify(body)
+
+
+def metrics_allowed() -> bool:
+    """Outside production always; in production a matching token or an allowed client address."""
+    cfg = current_app.config
+    if not cfg["OFFLOAD_PRODUCTION"]:
+        return True
+    token = cfg.get("OFFLOAD_METRICS_TOKEN")
+    given = request.headers.get("Authorization", "")
+    if token and hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        return True
+    try:
+        client = ipaddress.ip_address(request.remote_addr or "")
+    except ValueError:
+        return False
+    return any(client in net for net in cfg.get("OFFLOAD_METRICS_NETWORKS", ()))
+
+
+class OffloadCollector:
+    """Collects every family at scrape time (a fresh registry per scrape)."""
+
+    def collect(self):
+        yield from self.database_families()
+        try:
+            conn = connection()
+            families = list(self.redis_families(conn))
+        except redis_errors as exc:
+            log.warning("metrics: Redis unavailable (%s)", type(exc).__name__)
+            families = []
+        up = GaugeMetricFamily("offload_redis_up", "1 when Redis answered this scrape")
+        up.add_metric([], 1 if families else 0)
+        yield up
+        yield from families
+
+    @staticmethod
+    def database_families():
+        jobs = GaugeMetricFamily("offload_jobs", "Jobs by status", labels=["status"])
+        for status, n in db.session.execute(select(Job.status, func.count()).group_by(Job.status)).all():
+            jobs.add_metric([status], n)
+        yield jobs
+        recipients = CounterMetricFamily("offload_recipients", "Recipients sent and failed, per provider and route",
+                                         labels=["provider", "route", "outcome"])
+        totals: dict[tuple, int] = {}
+        rows = db.session.execute(select(Recipient.route, Recipient.status, func.count())
+                                  .where(Recipient.status.in_(tuple(RECIPIENT_OUTCOMES)))
+                                  .group_by(Recipient.route, Recipient.status)).all()
+        for route, status, n in rows:
+            kind, _, provider = (route or "none:none").partition(":")
+            key = (provider or "none", kind, RECIPIENT_OUTCOMES[status])
+            totals[key] = totals.get(key, 0) + n
+        for labels, n in sorted(totals.items()):
+            recipients.add_metric(list(labels), n)
+        yield recipients
+
+    @staticmethod
+    def redis_families(conn):
+        depth = GaugeMetricFamily("offload_queue_depth", "Work waiting per service class (RQ queue), "
+                                  "scheduled included", labels=["queue", "state"])
+        for name in QUEUE_NAMES:
+            q = get_queue(name)
+            depth.add_metric([name, "queued"], q.count)
+            depth.add_metric([name, "scheduled"], q.scheduled_job_registry.count)
+        yield depth
+        workers = GaugeMetricFamily("offload_workers_alive", "Workers that beat within the freshness window")
+        workers.add_metric([], metrics.live_workers(conn))
+        yield workers
+        counted = metrics.counters(conn)
+        waits = CounterMetricFamily("offload_rate_limit_waits", "Waits for a company's send rate",
+                                    labels=["company_id"])
+        for label, n in sorted(counted.get(metrics.RATE_LIMIT_WAITS, {}).items()):
+            waits.add_metric([label], n)
+        yield waits
+        refused = CounterMetricFamily("offload_callback_verification_failures",
+                                      "Signed callbacks refused (bad or missing signature)", labels=["endpoint"])
+        for label, n in sorted(counted.get(metrics.CALLBACK_VERIFY_FAILURES, {}).items()):
+            refused.add_metric([label], n)
+        yield refused
+        hist = HistogramMetricFamily("offload_provider_call_seconds", "Provider send call latency",
+                                     labels=["provider"])
+        for provider, figures in sorted(metrics.latency(conn).items()):
+            buckets = [(str(bound), n) for bound, n in figures["buckets"]] + [("+Inf", figures["count"])]
+            hist.add_metric([provider], buckets, figures["sum"])
+        yield hist
+
+
+@bp.get("/metrics")
+def metrics_endpoint():
+    if not metrics_allowed():
+        return json_error(403, "forbidden", "metrics need the metrics token or an allowed network")
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(OffloadCollector())
+    return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4; charset=utf-8")
+
+
+def init_app(app) -> None:
+    app.register_blueprint(bp)
