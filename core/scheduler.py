@@ -206,6 +206,18 @@ def lane_sizes(conn: redis.Redis, company_id: int) -> dict[str, int]:
     return dict(zip(CLASSES, pipe.execute(), strict=True))
 
 
+def class_depths(conn: redis.Redis) -> dict[str, int]:
+    """Entries waiting in the ready set per service class, every company summed (``/metrics``)."""
+    depths = {}
+    for klass in CLASSES:
+        keys = list(conn.scan_iter(match=lane_key(klass, "*"), count=500))
+        pipe = conn.pipeline(transaction=False)
+        for key in keys:
+            pipe.zcard(key)
+        depths[klass] = sum(pipe.execute()) if keys else 0
+    return depths
+
+
 def blocked_until(conn: redis.Redis, company_id: int) -> float | None:
     """When the company's shared rate has tokens again (unix s), if it is out of them now."""
     raw = conn.get(block_key(company_id))

@@ -22,7 +22,7 @@ from redis import RedisError
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from core import metrics
+from core import metrics, scheduler
 from core.db import db
 from core.models import Job, Recipient
 from core.queue import QUEUE_NAMES, connection, get_queue
@@ -134,6 +134,11 @@ class OffloadCollector:
             depth.add_metric([name, "queued"], q.count)
             depth.add_metric([name, "scheduled"], q.scheduled_job_registry.count)
         yield depth
+        ready = GaugeMetricFamily("offload_ready_batches", "Batches waiting to be sent or submitted, per service "
+                                  "class (transactional before bulk)", labels=["class"])
+        for klass, n in scheduler.class_depths(conn).items():
+            ready.add_metric([klass], n)
+        yield ready
         workers = GaugeMetricFamily("offload_workers_alive", "Workers that beat within the freshness window")
         workers.add_metric([], metrics.live_workers(conn))
         yield workers

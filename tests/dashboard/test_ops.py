@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from core.db import db
 from core.models import Job, Suppression
+from tasks.sending import plan_job
 from tests.support.app import run_worker_burst
 from tests.support.servers import RedisServer, SmtpSink
 
@@ -68,6 +69,26 @@ def test_metrics_after_a_real_job(app, client, make_company):
     assert m[("offload_provider_call_seconds_sum", (("provider", "smtp"),))] > 0
     for name in ("offload-high", "offload-default", "offload-low"):
         assert m[("offload_queue_depth", (("queue", name), ("state", "queued")))] == 0
+    assert m[("offload_ready_batches", (("class", "transactional"),))] == 0  # all sent: nothing waits
+    assert m[("offload_ready_batches", (("class", "bulk"),))] == 0
+
+
+def test_ready_batches_are_counted_per_service_class(app, client, make_company):
+    """Work waiting in the scheduler's ready set shows per class before any worker runs."""
+    acme = make_company("Acme Depth", provider="smtp", sender="noreply@acme.test", smtp_host="127.0.0.1",
+                        smtp_port="2525", smtp_tls="none")
+    job_ids = []
+    for kind, n in (("csv_import", 3), ("reengagement", 2)):
+        resp = client.post("/api/v1/jobs", json={"type": kind, "subject": "Hi", "body_text": "Hello",
+                                                 "recipients": [{"email": f"{kind}{i}@example.com"}
+                                                                for i in range(n)]}, headers=acme.auth)
+        assert resp.status_code == 202
+        job_ids.append(resp.get_json()["id"])
+    for job_id in job_ids:  # what the planning RQ job does; no worker sends meanwhile
+        plan_job(job_id)
+    m = scrape(client)
+    assert m[("offload_ready_batches", (("class", "transactional"),))] == 1
+    assert m[("offload_ready_batches", (("class", "bulk"),))] == 1
     assert m[("offload_redis_up", ())] == 1
 
 
