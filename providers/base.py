@@ -230,6 +230,32 @@ def send_each(messages: list[Message], send_one) -> list[Result]:
     return results
 
 
+def send_grouped(sender: str, messages: list[Message], plan, send_group) -> list[Result]:
+    """Send ``messages`` in the calls ``plan(messages, pending)`` groups them into (lists of
+    indices), each with ``send_group(sender, group) -> [Result]``. A message whose headers
+    cannot be sent fails alone; a call that raises settles it and every later call's
+    messages through ``results_after_error``. One Result per message, in order."""
+    outcome: dict[int, Result] = {}
+    pending = []
+    for index, message in enumerate(messages):
+        problem = header_problem(sender, message)
+        if problem:
+            outcome[index] = Result(message.key, "failed", error=problem)
+        else:
+            pending.append(index)
+    units = plan(messages, pending)
+    for position, indices in enumerate(units):
+        try:
+            results = send_group(sender, [messages[i] for i in indices])
+        except ProviderError as exc:
+            rest = [i for later in units[position:] for i in later]
+            settled = results_after_error(exc, list(outcome.values()), [messages[i] for i in rest])
+            outcome.update(zip(rest, settled, strict=True))
+            break
+        outcome.update(zip(indices, results, strict=True))
+    return [outcome[i] for i in range(len(messages))]
+
+
 # -- the endpoint guard, as providers use it --------------------------------------
 
 #: config key set only by the service itself on configs built from operator settings

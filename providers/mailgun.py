@@ -45,9 +45,9 @@ from providers.base import (
     ProviderError,
     Result,
     WebhookRefused,
-    header_problem,
     register,
     results_after_error,
+    send_grouped,
 )
 from providers.http_api import ApiSession, call_error, json_body
 from providers.registry import Setting, SettingsGroup
@@ -201,26 +201,7 @@ class MailgunProvider(Provider):
     def send(self, sender: str, messages: list[Message]) -> list[Result]:
         """Send ``messages``; one Result per message, in order."""
         self._require()
-        outcome: dict[int, Result] = {}
-        pending = []
-        for index, message in enumerate(messages):
-            problem = header_problem(sender, message)
-            if problem:
-                outcome[index] = Result(message.key, "failed", error=problem)
-            else:
-                pending.append(index)
-        units = self._plan(messages, pending)
-        for position, indices in enumerate(units):
-            group = [messages[i] for i in indices]
-            try:
-                results = self._send_unit(sender, group)
-            except ProviderError as exc:
-                rest = [i for later in units[position:] for i in later]
-                settled = results_after_error(exc, list(outcome.values()), [messages[i] for i in rest])
-                outcome.update(zip(rest, settled, strict=True))
-                break
-            outcome.update(zip(indices, results, strict=True))
-        return [outcome[i] for i in range(len(messages))]
+        return send_grouped(sender, messages, self._plan, self._send_unit)
 
     @staticmethod
     def _plan(messages: list[Message], pending: list[int]) -> list[list[int]]:
