@@ -34,13 +34,17 @@ run: $(VENV)/.runtime
 PG_TESTS := tests/core/test_migrations.py tests/core/lms tests/dashboard tests/tasks
 PG_SKIP := --ignore=tests/dashboard/certificates --ignore=tests/dashboard/events/test_events_concurrency.py
 
+# Two test processes: most tests wait on servers (SES, moto, miniflare, SMTP, the browser), not on the CPU.
+# Each process has its own database, Redis, emulators and instance folder; a file's tests stay together.
+XDIST := -n 2 --dist loadfile
+
 ## test: install what the tests need and run the whole suite (SQLite, then PostgreSQL)
 test: $(VENV)/.dev
 	bash scripts/test-setup.sh
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/pytest
-	OFFLOAD_TEST_DB=postgresql $(BIN)/pytest -m "not browser and not slow" $(PG_TESTS) $(PG_SKIP)
+	$(BIN)/pytest $(XDIST)
+	OFFLOAD_TEST_DB=postgresql $(BIN)/pytest $(XDIST) -m "not browser and not slow" $(PG_TESTS) $(PG_SKIP)
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

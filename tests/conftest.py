@@ -23,6 +23,9 @@ from tests.support.app import AuthActions, CompanyFixture, ROOT, TEST_CONFIG, em
 # the public dev key is fine. Set in the environment so the workers and servers the tests start inherit it.
 os.environ.setdefault("OFFLOAD_ALLOW_PRIVATE_ENDPOINTS", "1")
 os.environ.setdefault("OFFLOAD_DEV", "1")
+# each test process (xdist runs two) keeps its instance folder (Outbox, local certificates) to itself, away
+# from the demo's instance/
+os.environ.setdefault("OFFLOAD_INSTANCE_PATH", tempfile.mkdtemp(prefix="offload-test-instance-"))
 # providers tested without an app see the same policy the app fixture installs
 guard.configure(allow_private=True, production=False)
 
