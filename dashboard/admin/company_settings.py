@@ -92,8 +92,8 @@ def error_field(message: str) -> str | None:
 
 
 def labels() -> dict[str, str]:
-    """Each setting's form label, by key."""
-    return {f.key: f.label for s in sections() for f in s.fields}
+    """Each setting's form label, by key (every section's: labels are no secret)."""
+    return {f.key: f.label for s in delivery_settings.groups() for f in s.fields}
 
 
 def labelled(message: str) -> str:

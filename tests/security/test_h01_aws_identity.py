@@ -89,8 +89,8 @@ def test_a_role_that_trusts_the_service_without_the_external_id_is_refused(app, 
             "aws_region": "us-east-1"})
     finally:
         aws.configure(sts_endpoint_url=None)
-    assert resp.status_code == 400
-    assert "without the external id" in resp.get_data(as_text=True)
+    assert resp.status_code == 303  # refused: back to the form (POST-redirect-GET) with the reason
+    assert "without the external id" in client.get(resp.headers["Location"]).get_data(as_text=True)
     db.session.expire_all()
     assert db.session.get(Company, company.id).settings.aws_role_arn is None
 
