@@ -54,6 +54,7 @@ class Stack:
                  name: str = "fairness"):
         self.ses, self.procs, self.name = ses, [], name
         self.env = {**os.environ, "DATABASE_URL": db_url, "REDIS_URL": redis_url, "SECRET_KEY": "bench",
+                    "OFFLOAD_DEV": "1", "OFFLOAD_ALLOW_PRIVATE_ENDPOINTS": "1",  # local emulators, dev key
                     "OFFLOAD_MAX_RECIPIENTS": str(max(50_000, max_recipients))}
         self.workers = workers
 

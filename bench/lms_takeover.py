@@ -90,7 +90,7 @@ def main() -> None:
         fill(moodle, args.rows, "user")
         with RedisServer() as redis_server, SesLocal() as ses:
             env = {**os.environ, "DATABASE_URL": db_url, "REDIS_URL": redis_server.url, "SECRET_KEY": "bench",
-                   "OFFLOAD_ALLOW_PRIVATE_ENDPOINTS": "1", "OFFLOAD_LMS_POLL_S": "1"}
+                   "OFFLOAD_DEV": "1", "OFFLOAD_ALLOW_PRIVATE_ENDPOINTS": "1", "OFFLOAD_LMS_POLL_S": "1"}
             flask(env, "db", "upgrade")
             company = dict(line.split(": ", 1) for line in flask(env, "company", "create", "Bench").splitlines())
             flask(env, "company", "configure", company["id"], "provider=aws", f"aws_endpoint_url={ses.url}",
