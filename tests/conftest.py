@@ -16,7 +16,8 @@ import pytest
 
 from providers import guard
 from tests.support.openapi import CheckedClient
-from tests.support.servers import MotoServer, RedisServer, SesLocal, free_port
+from tests.support.certificates import client as s3_client
+from tests.support.servers import MotoServer, RedisServer, SesLocal, SmtpSink, free_port
 from tests.support.app import AuthActions, CompanyFixture, ROOT, TEST_CONFIG, empty_tables, pg_create, pg_drop
 
 # The suite is development (CONTRACT §2): the emulators, sinks and LMS databases listen on loopback, and
@@ -151,3 +152,26 @@ def moto_server():
     """moto in server mode (SQS, S3, STS) for the run."""
     with MotoServer() as server:
         yield server
+
+
+@pytest.fixture
+def ses(ses_local):
+    """The run's SES emulator with an empty store."""
+    ses_local.clear()
+    return ses_local
+
+
+@pytest.fixture
+def smtp_sink():
+    """A real SMTP server (aiosmtpd, in this process) that keeps every message."""
+    with SmtpSink() as sink:
+        yield sink
+
+
+@pytest.fixture
+def s3_bucket(moto_server, monkeypatch) -> str:
+    """A fresh bucket in moto's S3; boto3's ``AWS_ENDPOINT_URL_S3`` points the storage at moto."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server.url)
+    name = f"certs-{uuid.uuid4().hex[:10]}"
+    s3_client().create_bucket(Bucket=name)
+    return name

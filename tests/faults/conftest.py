@@ -43,22 +43,6 @@ def redis():
 
 
 @pytest.fixture
-def ses(ses_local):
-    """The run's SES emulator with an empty store."""
-    ses_local.clear()
-    return ses_local
-
-
-@pytest.fixture
-def smtp_sink():
-    """An aiosmtpd server (in this process) that keeps what it accepts: the fallback."""
-    from tests.support.servers import SmtpSink
-
-    with SmtpSink() as sink:
-        yield sink
-
-
-@pytest.fixture
 def app(pg, redis):
     """An app on the cluster and the test's Redis, emptied before the test (overrides the suite's)."""
     from dashboard import create_app

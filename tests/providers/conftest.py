@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from providers.ses import SesProvider
-from tests.support.servers import SesLocal, StubHttpServer
+from tests.support.servers import StubHttpServer
 
 AWS_CREDS = {"aws_access_key": "AKIDTESTKEY", "aws_secret_key": "test-secret-do-not-log",
              "aws_region": "us-east-1"}
@@ -62,13 +62,6 @@ def _self_signed(directory: Path) -> TlsFiles:
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     """A throw-away certificate the SMTP servers present and the clients trust."""
     return _self_signed(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture
-def ses(ses_local: SesLocal) -> SesLocal:
-    """The run's SES emulator (tests/conftest.py) with an empty store; GetAccount not configured."""
-    ses_local.clear()
-    return ses_local
 
 
 @pytest.fixture

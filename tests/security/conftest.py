@@ -7,7 +7,7 @@ import pytest
 
 from providers import guard
 from tests.support.attack import SECRET_BODY, BannerServer
-from tests.support.servers import SmtpSink, StubHttpServer
+from tests.support.servers import StubHttpServer
 
 
 @pytest.fixture
@@ -46,11 +46,3 @@ def production_guard(app):
     yield
     guard.configure(allow_private=before.allow_private, production=before.production,
                     allowed_hosts=before.allowed_hosts)
-
-
-@pytest.fixture
-def smtp_sink():
-    with SmtpSink() as sink:
-        yield sink
-
-

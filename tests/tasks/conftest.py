@@ -17,21 +17,7 @@ from tests.support.offload import (
     REGION,
     Lambda,
 )
-from tests.support.servers import Miniflare, SmtpSink, StubHttpServer, free_port
-
-
-@pytest.fixture
-def smtp_sink():
-    """A real SMTP server (aiosmtpd) that keeps every message."""
-    with SmtpSink() as sink:
-        yield sink
-
-
-@pytest.fixture
-def ses(ses_local):
-    """The SES emulator with an empty store."""
-    ses_local.clear()
-    return ses_local
+from tests.support.servers import Miniflare, StubHttpServer, free_port
 
 
 @pytest.fixture

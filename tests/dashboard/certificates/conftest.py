@@ -1,29 +1,11 @@
 """Fixtures for certificates: companies wired to real storage (moto's S3, R2 behind
 certificates.js in miniflare) and to the SES emulator, and certificate jobs via the API."""
 from __future__ import annotations
-import uuid
 from collections.abc import Callable, Iterator
 import pytest
 from core import companies
 from core.db import db
 from tests.support.servers import CertificateGateway
-from tests.support.certificates import client
-
-
-@pytest.fixture
-def ses(ses_local):
-    """The run's SES emulator with an empty store."""
-    ses_local.clear()
-    return ses_local
-
-
-@pytest.fixture
-def s3_bucket(moto_server, monkeypatch) -> str:
-    """A fresh bucket in moto's S3; boto3's ``AWS_ENDPOINT_URL_S3`` points the storage at moto."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server.url)
-    name = f"certs-{uuid.uuid4().hex[:10]}"
-    client().create_bucket(Bucket=name)
-    return name
 
 
 @pytest.fixture
