@@ -17,7 +17,7 @@ from core.db import db
 from core.models import Company, Job
 from tests.support.app import csrf_from
 from tests.support.app import run_worker_burst
-from tests.support.attack import SECRET_BODY, leaks, login_as, people, submit, tenant_view
+from tests.support.attack import SECRET_BODY, connection_test, leaks, login_as, people, submit, tenant_view
 
 
 def save(client, company_id: int, **fields):
@@ -88,11 +88,7 @@ def test_cloudflare_and_html_pages_are_not_reflected_by_a_connection_test(app, c
                            cloudflare_api_base=internal_service.url,
                            cloudflare_worker_url=internal_page.url)
     login_as(client, make_user, "mgr@acme.test", company_id=company.id)
-    page = client.get(f"/admin/settings/{company.id}/").get_data(as_text=True)
-    started = client.post(f"/admin/settings/{company.id}/test-connection", data={"csrf_token": csrf_from(page)},
-                          headers={"Accept": "application/json"}).get_json()
-    run_worker_burst(app)
-    result = client.get(started["result_url"]).get_json()
+    result = connection_test(app, client, company.id)
     assert result["status"] == "done" and result["ok"] is False
     assert "Cloudflare HTTP 500" in json.dumps(result)
     assert not leaks(json.dumps(result))
@@ -102,11 +98,7 @@ def test_an_ssh_banner_is_not_shown_by_the_smtp_connection_test(app, client, mak
     company = make_company(provider="smtp", sender="noreply@acme.test", smtp_host="127.0.0.1",
                            smtp_port=str(ssh_banner.port), smtp_tls="none")
     login_as(client, make_user, "mgr@acme.test", company_id=company.id)
-    page = client.get(f"/admin/settings/{company.id}/").get_data(as_text=True)
-    started = client.post(f"/admin/settings/{company.id}/test-connection", data={"csrf_token": csrf_from(page)},
-                          headers={"Accept": "application/json"}).get_json()
-    run_worker_burst(app)
-    result = client.get(started["result_url"]).get_json()
+    result = connection_test(app, client, company.id)
     assert ssh_banner.connections >= 1
     assert result["ok"] is False and "did not answer as an SMTP server" in json.dumps(result)
     assert not leaks(json.dumps(result))

@@ -10,8 +10,7 @@ from core.certificate_render import new_verification_code
 from core.db import db
 from core.models import Certificate, Company, Template, utcnow
 from tests.support.app import csrf_from
-from tests.support.attack import SECRET_BODY, leaks, login_as
-from tests.support.app import run_worker_burst
+from tests.support.attack import SECRET_BODY, connection_test, leaks, login_as
 
 
 def test_a_garbled_aws_answer_ends_the_connection_test_with_a_clear_result(app, client, make_company, make_user,
@@ -22,11 +21,7 @@ def test_a_garbled_aws_answer_ends_the_connection_test_with_a_clear_result(app, 
                            aws_access_key="AKIATENANT0000000001", aws_secret_key="tenant-secret",
                            aws_endpoint_url=internal_page.url)
     login_as(client, make_user, "mgr@acme.test", company_id=company.id)
-    page = client.get(f"/admin/settings/{company.id}/").get_data(as_text=True)
-    started = client.post(f"/admin/settings/{company.id}/test-connection", data={"csrf_token": csrf_from(page)},
-                          headers={"Accept": "application/json"}).get_json()
-    run_worker_burst(app)
-    result = client.get(started["result_url"]).get_json()
+    result = connection_test(app, client, company.id)
     assert result["status"] == "done" and internal_page.requests
     text = json.dumps(result)
     assert "could not read" in text or "could not parse" in text

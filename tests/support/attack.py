@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from tests.support.app import AuthActions
+from tests.support.app import AuthActions, csrf_from, run_worker_burst
 
 #: what an internal admin page, or the metadata service, would give away
 SECRET_BODY = "INTERNAL-ADMIN root:s3cr3t AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMIK7MDENGbPxRfiCYINTERNAL"
@@ -80,3 +80,12 @@ def tenant_view(client, company, job_id: int) -> str:
     job = client.get(f"/api/v1/jobs/{job_id}", headers=company.auth).get_data(as_text=True)
     recipients = client.get(f"/api/v1/jobs/{job_id}/recipients", headers=company.auth)
     return job + recipients.get_data(as_text=True)
+
+
+def connection_test(app, client, company_id: int) -> dict:
+    """Run the settings page's "Test connection" as the signed-in user; the stored result."""
+    page = client.get(f"/admin/settings/{company_id}/").get_data(as_text=True)
+    started = client.post(f"/admin/settings/{company_id}/test-connection", data={"csrf_token": csrf_from(page)},
+                          headers={"Accept": "application/json"}).get_json()
+    run_worker_burst(app)
+    return client.get(started["result_url"]).get_json()
