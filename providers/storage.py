@@ -527,12 +527,25 @@ class WorkerR2Storage(Storage):
         what = f"Worker {method} {key}"
         guarded_url(self._config, self.worker_url, "cloudflare")
         with _worker_errors(what):
-            response = self.http.request(method, url, redirect=False, **kwargs)
+            response = self._send(method, url, **kwargs)
         if 200 <= response.status < 300:
             return response
         body = response.data if kwargs.get("preload_content", True) else response.read(2048)
         response.release_conn()
         raise worker_http_error(response.status, body, response.headers.get("retry-after"), what)
+
+    def _send(self, method: str, url: str, **kwargs: Any) -> urllib3.BaseHTTPResponse:
+        """One request, sent again once if a kept-alive connection turns out to be closed.
+
+        The Worker may close a connection after refusing a request whose body it did not read
+        (a PUT with a bad signature); when that close races our next request on the same pooled
+        connection, the request fails with ``ProtocolError`` before the Worker saw it. PUT, GET
+        and DELETE of one key are idempotent, so the one retry, on a new connection, is safe.
+        """
+        try:
+            return self.http.request(method, url, redirect=False, **kwargs)
+        except urllib3.exceptions.ProtocolError:
+            return self.http.request(method, url, redirect=False, **kwargs)
 
 
 @contextmanager

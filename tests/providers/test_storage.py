@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import socketserver
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -285,6 +287,48 @@ def test_worker_r2_missing_delete_and_connection(r2: WorkerR2Storage) -> None:
     with pytest.raises(ObjectNotFound):
         r2.get("company-1/temp.pdf")
     assert r2.test_connection() == {"kind": "worker_r2", "worker_url": r2.worker_url, "signature": "accepted"}
+
+
+class _DropsKeptAliveRequests(socketserver.ThreadingTCPServer):
+    """Answers the first request on a connection with a 404 and keep-alive, then closes the connection
+    on the next request without answering: the race a Worker's close after a refused PUT can cause."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+        super().__init__(("127.0.0.1", 0), self._Handler)
+
+    class _Handler(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            for served in range(2):
+                line = self.rfile.readline().decode()
+                while self.rfile.readline() not in (b"\r\n", b""):
+                    pass
+                self.server.requests.append(line.split(" ")[0])
+                if served:
+                    return  # close without an answer
+                body = b'{"error": "not_found"}'
+                self.wfile.write(b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\n"
+                                 b"content-length: %d\r\n\r\n%s" % (len(body), body))
+                self.wfile.flush()
+
+
+def test_worker_r2_sends_again_when_a_kept_alive_connection_was_closed() -> None:
+    with _DropsKeptAliveRequests() as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        storage = WorkerR2Storage({"worker_url": f"http://127.0.0.1:{server.server_address[1]}",
+                                   "signing_secret": SECRET})
+        try:
+            with pytest.raises(ObjectNotFound):
+                storage.get("company-1/a.pdf")
+            # the pooled connection is dropped under this request; it goes again on a new one
+            assert storage.test_connection()["signature"] == "accepted"
+        finally:
+            storage.close()
+            server.shutdown()
+    assert server.requests == ["GET", "GET", "GET"]
 
 
 def test_worker_r2_rejects_keys_that_escape(gateway: CertificateGateway) -> None:
