@@ -16,6 +16,7 @@ from providers.base import (  # noqa: F401
     ProviderError,
     QuotaExceededError,
     Result,
+    ResultStatus,
     RetryableError,
     ThrottledError,
     WebhookRefused,

@@ -15,6 +15,7 @@ config dict, sends a list of already-rendered messages and reports one
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import ClassVar
 
 from providers import guard, registry
@@ -98,18 +99,34 @@ class WebhookRefused(Exception):
     """A provider webhook failed verification (signature, key, timestamp); nothing was parsed."""
 
 
+class ResultStatus(StrEnum):
+    """A ``Result``'s status: what the provider did with one message.
+
+    The providers' own vocabulary (this package imports nothing of ours); the
+    caller maps it onto its recipient statuses.
+    """
+
+    SENT = "sent"
+    #: permanent, with ``error``
+    FAILED = "failed"
+    #: a hard bounce at send time: the mailbox does not exist; the address is suppressed
+    BOUNCED = "bounced"
+    #: transient for this message only, with ``error``
+    RETRY = "retry"
+
+
 @dataclass
 class Result:
     """The outcome for one message.
 
-    ``status`` is ``sent``, ``failed`` (permanent, with ``error``),
-    ``bounced`` (a hard bounce at send time: the mailbox does not exist; the
-    address is suppressed) or ``retry`` (transient for this message only, with
-    ``error``).
+    ``status`` is a ``ResultStatus``: ``sent``, ``failed`` (permanent, with
+    ``error``), ``bounced`` (a hard bounce at send time: the mailbox does not
+    exist; the address is suppressed) or ``retry`` (transient for this message
+    only, with ``error``).
     """
 
     key: int
-    status: str
+    status: ResultStatus
     message_id: str | None = None
     error: str | None = None
 
@@ -213,9 +230,9 @@ def results_after_error(exc: ProviderError, done: list[Result], rest: list[Messa
     sent, raising would lose those results, so ``rest`` is marked ``retry``
     with the error's reason instead; the next call meets the error again.
     """
-    if not any(result.status == "sent" for result in done):
+    if not any(result.status == ResultStatus.SENT for result in done):
         raise exc
-    return [Result(message.key, "retry", error=exc.reason) for message in rest]
+    return [Result(message.key, ResultStatus.RETRY, error=exc.reason) for message in rest]
 
 
 def send_each(messages: list[Message], send_one) -> list[Result]:
@@ -240,7 +257,7 @@ def send_grouped(sender: str, messages: list[Message], plan, send_group) -> list
     for index, message in enumerate(messages):
         problem = header_problem(sender, message)
         if problem:
-            outcome[index] = Result(message.key, "failed", error=problem)
+            outcome[index] = Result(message.key, ResultStatus.FAILED, error=problem)
         else:
             pending.append(index)
     units = plan(messages, pending)

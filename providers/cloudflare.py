@@ -27,6 +27,7 @@ from providers.base import (
     ProviderError,
     QuotaExceededError,
     Result,
+    ResultStatus,
     RetryableError,
     ThrottledError,
     guarded_url,
@@ -151,12 +152,12 @@ def _message_result(key: int, recipient: str, response: requests.Response) -> Re
     body = _json(response)
     if not response.ok or body.get("success") is False:
         detail = _api_errors(body) or f"HTTP {response.status_code}"
-        return Result(key, "failed", error=detail)
+        return Result(key, ResultStatus.FAILED, error=detail)
     result = body.get("result") or {}
     bounced = [a.lower() for a in result.get("permanent_bounces") or [] if isinstance(a, str)]
     if recipient.lower() in bounced:
-        return Result(key, "failed", error="permanent_bounce")
-    return Result(key, "sent", message_id=result.get("message_id") or result.get("id"))
+        return Result(key, ResultStatus.FAILED, error="permanent_bounce")
+    return Result(key, ResultStatus.SENT, message_id=result.get("message_id") or result.get("id"))
 
 
 @register
@@ -219,7 +220,7 @@ class CloudflareEmailProvider(Provider):
     def _send_one(self, sender: str, message: Message) -> Result:
         problem = header_problem(sender, message)
         if problem:
-            return Result(message.key, "failed", error=problem)
+            return Result(message.key, ResultStatus.FAILED, error=problem)
         path = SEND_PATH.format(account_id=self.account_id)
         response = self._request("POST", path, json=email_payload(sender, message))
         error = classify_response(response)

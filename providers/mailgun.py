@@ -44,6 +44,7 @@ from providers.base import (
     Provider,
     ProviderError,
     Result,
+    ResultStatus,
     WebhookRefused,
     register,
     results_after_error,
@@ -276,7 +277,7 @@ class MailgunProvider(Provider):
             raise error
         if response.status_code == 200:
             message_id = _message_id(response)
-            return [Result(m.key, "sent", message_id=message_id) for m in group]
+            return [Result(m.key, ResultStatus.SENT, message_id=message_id) for m in group]
         if len(group) > 1 and response.status_code == 400:
             # which recipient was refused is not said: send each on its own
             results: list[Result] = []
@@ -288,7 +289,7 @@ class MailgunProvider(Provider):
             return results
         reason = "Mailgun 413: message too large" if response.status_code == 413 else \
             f"Mailgun HTTP {response.status_code}: message refused"
-        return [Result(m.key, "failed", error=reason) for m in group]
+        return [Result(m.key, ResultStatus.FAILED, error=reason) for m in group]
 
     # -- checks and webhooks -------------------------------------------------
 

@@ -45,6 +45,7 @@ from providers.base import (
     PermanentError,
     Provider,
     Result,
+    ResultStatus,
     WebhookRefused,
     register,
     send_grouped,
@@ -297,21 +298,22 @@ class SendgridProvider(Provider):
                 raise error
             if response.status_code in (200, 202):
                 message_id = response.headers.get("X-Message-Id")
-                outcome.update({i: Result(group[i].key, "sent", message_id=message_id) for i in remaining})
+                outcome.update({i: Result(group[i].key, ResultStatus.SENT, message_id=message_id) for i in remaining})
                 return [outcome[i] for i in range(len(group))]
             refused = self._refused(response, members)
             if not refused:
                 reason = self._request_reason(response)
-                outcome.update({i: Result(group[i].key, "failed", error=reason) for i in remaining})
+                outcome.update({i: Result(group[i].key, ResultStatus.FAILED, error=reason) for i in remaining})
                 return [outcome[i] for i in range(len(group))]
             for position, reason in refused.items():
                 index = remaining[position]
-                outcome[index] = Result(group[index].key, "failed", error=reason)
+                outcome[index] = Result(group[index].key, ResultStatus.FAILED, error=reason)
             remaining = [i for n, i in enumerate(remaining) if n not in refused]
             if not remaining:
                 break
         for index in remaining:  # refused twice: do not loop on SendGrid's answers
-            outcome.setdefault(index, Result(group[index].key, "failed", error="SendGrid 400: request refused"))
+            outcome.setdefault(index, Result(group[index].key, ResultStatus.FAILED,
+                                             error="SendGrid 400: request refused"))
         return [outcome[i] for i in range(len(group))]
 
     @staticmethod

@@ -43,6 +43,7 @@ from providers.base import (
     ProviderError,
     QuotaExceededError,
     Result,
+    ResultStatus,
     RetryableError,
     ThrottledError,
     guarded_url,
@@ -267,9 +268,9 @@ def _entry_result(key: int, entry: dict) -> Result:
     """One BulkEmailEntryResult as our Result."""
     status = entry.get("Status", "")
     if status == "SUCCESS":
-        return Result(key, "sent", message_id=entry.get("MessageId"))
+        return Result(key, ResultStatus.SENT, message_id=entry.get("MessageId"))
     error = _reason(status or "UNKNOWN")
-    return Result(key, "failed" if status in _ENTRY_FAILED else "retry", error=error)
+    return Result(key, ResultStatus.FAILED if status in _ENTRY_FAILED else ResultStatus.RETRY, error=error)
 
 
 def _account_error(entries: list[dict]) -> ProviderError | None:
@@ -352,7 +353,7 @@ class SesProvider(Provider):
         for index, message in enumerate(messages):
             problem = header_problem(sender, message)
             if problem:
-                outcome[index] = Result(message.key, "failed", error=problem)
+                outcome[index] = Result(message.key, ResultStatus.FAILED, error=problem)
             else:
                 pending.append(index)
         units = self._plan(messages, pending)
@@ -391,7 +392,7 @@ class SesProvider(Provider):
             if exc.code not in _MESSAGE_CODES:
                 raise
             if len(messages) == 1:
-                return [Result(messages[0].key, "failed", error=exc.reason)]
+                return [Result(messages[0].key, ResultStatus.FAILED, error=exc.reason)]
             log.info("SES bulk call rejected (%s); sending %d messages one by one", exc.code, len(messages))
             return self._send_each(sender, messages)
 
@@ -429,8 +430,8 @@ class SesProvider(Provider):
         except PermanentError as exc:
             if exc.code not in _MESSAGE_CODES:
                 raise
-            return Result(message.key, "failed", error=exc.reason)
-        return Result(message.key, "sent", message_id=response.get("MessageId"))
+            return Result(message.key, ResultStatus.FAILED, error=exc.reason)
+        return Result(message.key, ResultStatus.SENT, message_id=response.get("MessageId"))
 
     def _add_configuration_set(self, params: dict[str, Any]) -> None:
         if self.config.get("configuration_set"):

@@ -27,6 +27,7 @@ from providers.base import (
     Provider,
     ProviderError,
     Result,
+    ResultStatus,
     RetryableError,
     ThrottledError,
     header_problem,
@@ -60,7 +61,7 @@ _REASON_LIMIT = 300
 class SmtpReply(Exception):
     """Internal: one message got a final answer (failed or retry) from the server."""
 
-    def __init__(self, status: str, reason: str):
+    def __init__(self, status: ResultStatus, reason: str):
         super().__init__(reason)
         self.status = status
         self.reason = reason
@@ -290,7 +291,8 @@ def _message_reply(code: int, reply: bytes | str) -> SmtpReply:
     """
     if code == 421 or _throttling(code, reply):
         raise _response_error(code, reply)
-    status = "bounced" if hard_bounce(code, reply) else "failed" if code >= 500 else "retry"
+    status = (ResultStatus.BOUNCED if hard_bounce(code, reply) else ResultStatus.FAILED if code >= 500
+              else ResultStatus.RETRY)
     return SmtpReply(status, _reply_reason(code, reply))
 
 
@@ -432,17 +434,17 @@ class SmtpProvider(Provider):
     def _send_one(self, sender: str, message: Message) -> Result:
         refusal = _refusal(sender, message)
         if refusal:
-            return Result(message.key, "failed", error=refusal)
+            return Result(message.key, ResultStatus.FAILED, error=refusal)
         envelope_from = parseaddr(sender)[1] or sender
         try:
             msg = build_message(sender, message, envelope_from.rpartition("@")[2] or None)
         except (ValueError, TypeError):
-            return Result(message.key, "failed", error="invalid_header")
+            return Result(message.key, ResultStatus.FAILED, error="invalid_header")
         try:
             self._deliver(msg, envelope_from, single_address(message.to) or message.to)
         except SmtpReply as reply:
             return Result(message.key, reply.status, error=reply.reason)
-        return Result(message.key, "sent", message_id=msg["Message-ID"])
+        return Result(message.key, ResultStatus.SENT, message_id=msg["Message-ID"])
 
     def _deliver(self, msg: EmailMessage, envelope_from: str, to_addr: str) -> None:
         """MAIL/RCPT/DATA for one message, reopening the session once if it was lost."""
@@ -468,10 +470,10 @@ class SmtpProvider(Provider):
             raise _message_reply(exc.smtp_code, exc.smtp_error) from exc
         if isinstance(exc, smtplib.SMTPSenderRefused):
             if exc.smtp_code == 552:  # SIZE refused at MAIL FROM: this message is too big
-                raise SmtpReply("failed", _reply_reason(exc.smtp_code, exc.smtp_error)) from exc
+                raise SmtpReply(ResultStatus.FAILED, _reply_reason(exc.smtp_code, exc.smtp_error)) from exc
             raise _response_error(exc.smtp_code, exc.smtp_error) from exc
         if isinstance(exc, smtplib.SMTPNotSupportedError):  # SMTPUTF8 needed, not offered
-            raise SmtpReply("failed", "smtputf8_unsupported") from exc
+            raise SmtpReply(ResultStatus.FAILED, "smtputf8_unsupported") from exc
         error = classify(exc)
         if isinstance(error, ConnectionFailure) or error.code == "timeout":
             self._drop()
