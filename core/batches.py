@@ -15,8 +15,11 @@ from sqlalchemy import bindparam, select, text, update
 from core.bulk import execute_for_ids, is_postgres
 from core.db import db
 from core.suppressions import suppress
-from core.models import (B_CANCELLED, B_QUEUED, B_RETRY, B_SENDING, BATCH_FINAL, CANCELLED, COMPLETED, FAILED,
-                         JOB_FINAL, PARTIAL, PROCESSING, QUEUED, Batch, Job, Recipient, utcnow)
+from core.models import (B_CANCELLED, B_QUEUED, B_SENDING, B_SUBMITTED, BATCH_FINAL, BATCH_WAITING,
+                         CANCELLED, COMPLETED, FAILED, JOB_FINAL, PARTIAL, PAUSED, PROCESSING, QUEUED, R_BOUNCED,
+                         R_CANCELLED, R_FAILED, R_PENDING, R_SENDING, R_SENT, R_SUPPRESSED, R_UNCERTAIN,
+                         RECIPIENT_CLAIMABLE, RECIPIENT_OPEN, Batch, Job, Recipient, sql_in, utcnow)
+from providers import ResultStatus
 
 
 @dataclass
@@ -38,7 +41,7 @@ def claim_batch(batch_id: int, worker: str, lease_s: int) -> Claim | None:
     res = db.session.execute(text(
         "UPDATE batches SET status = :sending, lease_until = :lease, leased_by = :worker, "
         "attempts = attempts + 1, next_attempt_at = NULL "
-        "WHERE id = :id AND ((status IN ('pending', 'queued', 'retry') "
+        f"WHERE id = :id AND ((status IN {sql_in(BATCH_WAITING)} "
         "AND (next_attempt_at IS NULL OR next_attempt_at <= :soon)) "
         "OR (status = :sending AND lease_until < :now))"),
         {"sending": B_SENDING, "lease": now + timedelta(seconds=lease_s), "worker": worker, "id": batch_id,
@@ -97,17 +100,17 @@ def recover_in_flight(claim: Claim, policy: str) -> int:
     provider got them. They become ``uncertain`` and are counted on the job;
     policy ``fail`` fails them for review, ``resend`` lets this run send them."""
     ids = list(db.session.execute(text(
-        "SELECT id FROM recipients WHERE job_id = :j AND id BETWEEN :a AND :b AND status = 'sending'"),
+        f"SELECT id FROM recipients WHERE job_id = :j AND id BETWEEN :a AND :b AND status = '{R_SENDING}'"),
         {"j": claim.job_id, "a": claim.first_id, "b": claim.last_id}).scalars())
     if not ids:
         return 0
     if policy == "fail":
-        execute_for_ids("UPDATE recipients SET status = 'failed', error = 'uncertain_delivery', "
+        execute_for_ids(f"UPDATE recipients SET status = '{R_FAILED}', error = 'uncertain_delivery', "
                         "lease_until = NULL WHERE {ids}", ids)
         db.session.execute(update(Job).where(Job.id == claim.job_id).values(
             emails_uncertain=Job.emails_uncertain + len(ids), emails_failed=Job.emails_failed + len(ids)))
     else:
-        execute_for_ids("UPDATE recipients SET status = 'uncertain', lease_until = NULL WHERE {ids}", ids)
+        execute_for_ids(f"UPDATE recipients SET status = '{R_UNCERTAIN}', lease_until = NULL WHERE {{ids}}", ids)
         db.session.execute(update(Job).where(Job.id == claim.job_id).values(
             emails_uncertain=Job.emails_uncertain + len(ids)))
     db.session.commit()
@@ -119,7 +122,7 @@ def load_sendable(claim: Claim) -> list:
     return db.session.execute(
         select(Recipient.id, Recipient.email, Recipient.data, Recipient.attempts)
         .where(Recipient.job_id == claim.job_id, Recipient.id.between(claim.first_id, claim.last_id),
-               Recipient.status.in_(("pending", "uncertain")))
+               Recipient.status.in_(RECIPIENT_CLAIMABLE))
         .order_by(Recipient.id)).all()
 
 
@@ -130,11 +133,11 @@ def mark_sending(claim: Claim, ids: list[int], lease_s: int) -> bool:
     params = {"j": claim.job_id, "lease": utcnow() + timedelta(seconds=lease_s), "b": claim.batch_id,
               "w": claim.worker}
     res = execute_for_ids(
-        "UPDATE recipients SET status = 'sending', attempts = attempts + 1, lease_until = :lease "
-        "WHERE {ids} AND status IN ('pending', 'uncertain') "
+        f"UPDATE recipients SET status = '{R_SENDING}', attempts = attempts + 1, lease_until = :lease "
+        f"WHERE {{ids}} AND status IN {sql_in(RECIPIENT_CLAIMABLE)} "
         "AND EXISTS (SELECT 1 FROM jobs WHERE jobs.id = :j AND jobs.cancel_requested_at IS NULL) "
         "AND EXISTS (SELECT 1 FROM batches WHERE batches.id = :b AND batches.leased_by = :w "
-        "AND batches.status = 'sending')", ids, params)
+        f"AND batches.status = '{B_SENDING}')", ids, params)
     if res.rowcount == len(ids):  # recipients first, then the batch: record_results' lock order
         res = db.session.execute(
             update(Batch).where(Batch.id == claim.batch_id, Batch.leased_by == claim.worker,
@@ -148,14 +151,14 @@ def mark_sending(claim: Claim, ids: list[int], lease_s: int) -> bool:
 
 def unmark_sending(ids: list[int], *, refund_attempt: bool, error: str | None = None) -> None:
     """Put a chunk back to pending when the provider call certainly did not happen."""
-    sets = "status = 'pending', lease_until = NULL"
+    sets = f"status = '{R_PENDING}', lease_until = NULL"
     if refund_attempt:
         sets += ", attempts = attempts - 1"
     params = {}
     if error is not None:
         sets += ", error = :err"
         params["err"] = error[:2000]
-    execute_for_ids(f"UPDATE recipients SET {sets} WHERE {{ids}} AND status = 'sending'", ids, params)
+    execute_for_ids(f"UPDATE recipients SET {sets} WHERE {{ids}} AND status = '{R_SENDING}'", ids, params)
     db.session.commit()
 
 
@@ -166,22 +169,22 @@ def record_results(claim: Claim, results, route: str, max_attempts: int, attempt
     or fail with their last reason once ``max_attempts`` is reached.
     """
     now = utcnow()
-    sent = [{"rid": r.key, "mid": r.message_id} for r in results if r.status == "sent"]
+    sent = [{"rid": r.key, "mid": r.message_id} for r in results if r.status == ResultStatus.SENT]
     failed, retry, bounced = [], [], []
     for r in results:
-        if r.status == "bounced":
+        if r.status == ResultStatus.BOUNCED:
             bounced.append({"rid": r.key, "err": f"bounce: {r.error or 'hard'}"[:2000]})
-        elif r.status == "failed":
+        elif r.status == ResultStatus.FAILED:
             failed.append({"rid": r.key, "err": (r.error or "failed")[:2000]})
-        elif r.status == "retry":
+        elif r.status == ResultStatus.RETRY:
             if attempts.get(r.key, 0) >= max_attempts:
                 failed.append({"rid": r.key, "err": f"gave up after {max_attempts} attempts: {r.error}"[:2000]})
             else:
                 retry.append({"rid": r.key, "err": (r.error or "retry")[:2000]})
-    _set_outcomes(sent, "sent", now, route)
-    _set_outcomes(failed, "failed", now, route)
-    _set_outcomes(retry, "pending", now, route)
-    _set_outcomes(bounced, "bounced", now, route)
+    _set_outcomes(sent, R_SENT, now, route)
+    _set_outcomes(failed, R_FAILED, now, route)
+    _set_outcomes(retry, R_PENDING, now, route)
+    _set_outcomes(bounced, R_BOUNCED, now, route)
     db.session.execute(update(Job).where(Job.id == claim.job_id).values(
         emails_sent=Job.emails_sent + len(sent), emails_failed=Job.emails_failed + len(failed),
         emails_bounced=Job.emails_bounced + len(bounced)))
@@ -206,15 +209,15 @@ def _set_outcomes(rows: list[dict], status: str, now, route: str) -> None:
     on PostgreSQL (``unnest`` of id/message-id/error arrays), executemany elsewhere."""
     if not rows:
         return
-    sent = status == "sent"
-    final = status in ("sent", "failed", "bounced")  # the route that settled it is kept
+    sent = status == R_SENT
+    final = status in (R_SENT, R_FAILED, R_BOUNCED)  # the route that settled it is kept
     if is_postgres():
         db.session.execute(text(
             "UPDATE recipients AS r SET status = :status, message_id = coalesce(v.mid, r.message_id), "
             "error = v.err, lease_until = NULL, sent_at = CASE WHEN :sent THEN :now ELSE r.sent_at END, "
             "route = CASE WHEN :final THEN :route ELSE r.route END "
             "FROM unnest(CAST(:ids AS integer[]), CAST(:mids AS text[]), CAST(:errs AS text[])) AS v(id, mid, err) "
-            "WHERE r.id = v.id AND r.status = 'sending'"),
+            f"WHERE r.id = v.id AND r.status = '{R_SENDING}'"),
             {"status": status, "sent": sent, "final": final, "now": now, "route": route,
              "ids": [r["rid"] for r in rows], "mids": [r.get("mid") for r in rows],
              "errs": [r.get("err") for r in rows]})
@@ -225,22 +228,22 @@ def _set_outcomes(rows: list[dict], status: str, now, route: str) -> None:
         values.update(message_id=bindparam("mid"), sent_at=now)
     if final:
         values.update(route=route)
-    db.session.execute(table.update().where(table.c.id == bindparam("rid"), table.c.status == "sending")
+    db.session.execute(table.update().where(table.c.id == bindparam("rid"), table.c.status == R_SENDING)
                        .values(**values), [{"rid": r["rid"], "mid": r.get("mid"), "err": r.get("err")} for r in rows])
 
 
 def pending_left(claim: Claim) -> int:
     return db.session.execute(text(
         "SELECT count(*) FROM recipients WHERE job_id = :j AND id BETWEEN :a AND :b "
-        "AND status IN ('pending', 'uncertain', 'sending')"),
+        f"AND status IN {sql_in(RECIPIENT_OPEN)}"),
         {"j": claim.job_id, "a": claim.first_id, "b": claim.last_id}).scalar()
 
 
 def fail_remaining(claim: Claim, reason: str) -> int:
     """Fail the batch's unsent recipients with ``reason`` (a permanent batch error)."""
     res = db.session.execute(text(
-        "UPDATE recipients SET status = 'failed', error = :err, lease_until = NULL "
-        "WHERE job_id = :j AND id BETWEEN :a AND :b AND status IN ('pending', 'uncertain')"),
+        f"UPDATE recipients SET status = '{R_FAILED}', error = :err, lease_until = NULL "
+        f"WHERE job_id = :j AND id BETWEEN :a AND :b AND status IN {sql_in(RECIPIENT_CLAIMABLE)}"),
         {"err": reason[:2000], "j": claim.job_id, "a": claim.first_id, "b": claim.last_id})
     db.session.execute(update(Job).where(Job.id == claim.job_id)
                        .values(emails_failed=Job.emails_failed + res.rowcount))
@@ -255,8 +258,8 @@ def fail_recipients(claim: Claim, failures: list[tuple[int, str]]) -> int:
     n = 0
     for rid, reason in failures:
         n += db.session.execute(table.update().where(
-            table.c.id == rid, table.c.job_id == claim.job_id, table.c.status.in_(("pending", "uncertain"))).values(
-            status="failed", error=reason[:2000], lease_until=None)).rowcount
+            table.c.id == rid, table.c.job_id == claim.job_id, table.c.status.in_(RECIPIENT_CLAIMABLE)).values(
+            status=R_FAILED, error=reason[:2000], lease_until=None)).rowcount
     db.session.execute(update(Job).where(Job.id == claim.job_id).values(emails_failed=Job.emails_failed + n))
     db.session.execute(update(Batch).where(Batch.id == claim.batch_id).values(failed_count=Batch.failed_count + n))
     db.session.commit()
@@ -272,7 +275,7 @@ def log_job_error(job_id: int, line: str) -> None:
 
 def pause_job(job_id: int, reason: str) -> None:
     db.session.execute(update(Job).where(Job.id == job_id, Job.status.notin_(JOB_FINAL))
-                       .values(status="paused", paused_reason=reason[:255], paused_at=utcnow()))
+                       .values(status=PAUSED, paused_reason=reason[:255], paused_at=utcnow()))
     db.session.commit()
     log_job_error(job_id, f"paused: {reason}")
 
@@ -280,10 +283,10 @@ def pause_job(job_id: int, reason: str) -> None:
 def cancel_unsent(job_id: int) -> None:
     """A cancelled job: unsent recipients end ``cancelled``, idle batches too."""
     db.session.execute(text(
-        "UPDATE recipients SET status = 'cancelled', error = 'cancelled', lease_until = NULL "
-        "WHERE job_id = :j AND status IN ('pending', 'uncertain')"), {"j": job_id})
+        f"UPDATE recipients SET status = '{R_CANCELLED}', error = 'cancelled', lease_until = NULL "
+        f"WHERE job_id = :j AND status IN {sql_in(RECIPIENT_CLAIMABLE)}"), {"j": job_id})
     db.session.execute(update(Batch).where(
-        Batch.job_id == job_id, Batch.status.in_(("pending", B_QUEUED, B_RETRY, "submitted")))
+        Batch.job_id == job_id, Batch.status.in_((*BATCH_WAITING, B_SUBMITTED)))
         .values(status=B_CANCELLED, completed_at=utcnow(), lease_until=None))
     db.session.commit()
 
@@ -299,17 +302,17 @@ def finish_job(job_id: int) -> str | None:
     if job.cancel_requested_at is not None:
         cancel_unsent(job_id)
     open_batches = db.session.execute(text(
-        "SELECT count(*) FROM batches WHERE job_id = :j AND status NOT IN ('done', 'failed', 'cancelled')"),
+        f"SELECT count(*) FROM batches WHERE job_id = :j AND status NOT IN {sql_in(BATCH_FINAL)}"),
         {"j": job_id}).scalar()
     if open_batches:  # the cheap check first: every batch's end calls this
         db.session.rollback()
         return None
     counts = dict(db.session.execute(text(
         "SELECT status, count(*) FROM recipients WHERE job_id = :j GROUP BY status"), {"j": job_id}).all())
-    if sum(counts.get(s, 0) for s in ("pending", "sending", "uncertain")):
+    if sum(counts.get(s, 0) for s in RECIPIENT_OPEN):
         db.session.rollback()
         return None
-    sent, bad = counts.get("sent", 0), counts.get("failed", 0) + counts.get("bounced", 0)
+    sent, bad = counts.get(R_SENT, 0), counts.get(R_FAILED, 0) + counts.get(R_BOUNCED, 0)
     if job.cancel_requested_at is not None:
         status = CANCELLED
     elif bad and not sent:
@@ -319,8 +322,8 @@ def finish_job(job_id: int) -> str | None:
     else:
         status = COMPLETED
     res = db.session.execute(update(Job).where(Job.id == job_id, Job.status.notin_(JOB_FINAL)).values(
-        status=status, completed_at=utcnow(), emails_sent=sent, emails_failed=counts.get("failed", 0),
-        emails_bounced=counts.get("bounced", 0), emails_suppressed=counts.get("suppressed", 0)))
+        status=status, completed_at=utcnow(), emails_sent=sent, emails_failed=counts.get(R_FAILED, 0),
+        emails_bounced=counts.get(R_BOUNCED, 0), emails_suppressed=counts.get(R_SUPPRESSED, 0)))
     db.session.commit()
     return status if res.rowcount else db.session.get(Job, job_id).status
 
@@ -332,12 +335,12 @@ def create_batches(job_id: int, batch_size: int) -> list[int]:
     """
     job = db.session.get(Job, job_id)
     open_batches = db.session.execute(text(
-        "SELECT id FROM batches WHERE job_id = :j AND status NOT IN ('done', 'failed', 'cancelled') ORDER BY id"),
+        f"SELECT id FROM batches WHERE job_id = :j AND status NOT IN {sql_in(BATCH_FINAL)} ORDER BY id"),
         {"j": job_id}).scalars().all()
     if open_batches:
         return []
     ids = db.session.execute(text(
-        "SELECT id FROM recipients WHERE job_id = :j AND status IN ('pending', 'uncertain') ORDER BY id"),
+        f"SELECT id FROM recipients WHERE job_id = :j AND status IN {sql_in(RECIPIENT_CLAIMABLE)} ORDER BY id"),
         {"j": job_id}).scalars().all()
     number = db.session.execute(text("SELECT coalesce(max(batch_number), 0) FROM batches WHERE job_id = :j"),
                                 {"j": job_id}).scalar()
@@ -352,7 +355,7 @@ def create_batches(job_id: int, batch_size: int) -> list[int]:
         db.session.execute(Batch.__table__.insert(), rows)
     db.session.commit()
     return list(db.session.execute(text(
-        "SELECT id FROM batches WHERE job_id = :j AND status = 'queued' ORDER BY batch_number"),
+        f"SELECT id FROM batches WHERE job_id = :j AND status = '{B_QUEUED}' ORDER BY batch_number"),
         {"j": job_id}).scalars())
 
 
