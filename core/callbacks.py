@@ -17,11 +17,13 @@ from sqlalchemy.exc import IntegrityError
 
 from core import batches, queue
 from core.db import db
-from core.models import (B_DONE, B_RETRY, B_SENDING, B_SUBMITTED, BATCH_FINAL, RECIPIENT_OPEN, Batch, Job, Recipient,
-                         WebhookReceipt, utcnow)
+from core.models import (B_DONE, B_RETRY, B_SENDING, B_SUBMITTED, BATCH_FINAL, R_FAILED, R_PENDING, R_SENT,
+                         RECIPIENT_OPEN, Batch, Job, Recipient, WebhookReceipt, sql_in, utcnow)
 
 #: recipients a callback may still settle
 OPEN_RECIPIENT = tuple(sorted(RECIPIENT_OPEN))
+#: the statuses a callback result may report (CONTRACT §4): the recipient's outcome, in its own words
+RESULT_STATUSES = (R_SENT, R_FAILED)
 
 
 def record_callback(batch: Batch, webhook_id: str, results: list[dict]) -> dict[str, int] | None:
@@ -66,12 +68,12 @@ def _apply_results(batch: Batch, results: list[dict]) -> dict[str, int]:
     sent, failed, retry, ignored = [], [], [], 0
     for result in results:
         ids = by_email.get(result["email"])
-        if not ids or result["status"] not in ("sent", "failed"):
+        if not ids or result["status"] not in RESULT_STATUSES:
             ignored += 1
             continue
         rid = ids.pop(0)
         error = (result.get("error") or "failed")[:2000]
-        if result["status"] == "sent":
+        if result["status"] == R_SENT:
             sent.append({"rid": rid, "mid": (result.get("message_id") or None), "now": now, "route": route})
         elif result.get("retryable") is True and not give_up:
             retry.append({"rid": rid, "err": error})  # not sent: the worker hands it back
@@ -84,20 +86,20 @@ def _apply_results(batch: Batch, results: list[dict]) -> dict[str, int]:
     if sent:
         n_sent = db.session.execute(
             table.update().where(table.c.id == bindparam("rid"), open_).values(
-                status="sent", message_id=bindparam("mid"), sent_at=bindparam("now"), route=bindparam("route"),
+                status=R_SENT, message_id=bindparam("mid"), sent_at=bindparam("now"), route=bindparam("route"),
                 error=None, lease_until=None), sent).rowcount
     if failed:
         n_failed = db.session.execute(
             table.update().where(table.c.id == bindparam("rid"), open_).values(
-                status="failed", error=bindparam("err"), lease_until=None), failed).rowcount
+                status=R_FAILED, error=bindparam("err"), lease_until=None), failed).rowcount
     if retry:  # known unsent: pending again (never uncertain), re-submitted alone below
         db.session.execute(table.update().where(table.c.id == bindparam("rid"), open_).values(
-            status="pending", error=bindparam("err"), lease_until=None), retry)
+            status=R_PENDING, error=bindparam("err"), lease_until=None), retry)
     db.session.execute(update(Job).where(Job.id == batch.job_id).values(
         emails_sent=Job.emails_sent + n_sent, emails_failed=Job.emails_failed + n_failed))
     left = db.session.execute(text(
         "SELECT count(*) FROM recipients WHERE job_id = :j AND id BETWEEN :a AND :b "
-        "AND status IN ('pending', 'uncertain', 'sending')"),
+        f"AND status IN {sql_in(RECIPIENT_OPEN)}"),
         {"j": batch.job_id, "a": batch.first_recipient_id, "b": batch.last_recipient_id}).scalar()
     values = {"callback_received_at": now, "sent_count": Batch.sent_count + n_sent,
               "failed_count": Batch.failed_count + n_failed}

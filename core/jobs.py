@@ -14,8 +14,9 @@ from sqlalchemy.exc import IntegrityError
 from core import audit
 from core.bulk import insert_recipients
 from core.db import db
-from core.models import (COMPLETED, DEFAULT_PRIORITY, FAILED, JOB_TYPES, PARTIAL, PRIORITIES, PROCESSING, QUEUED,
-                         R_FAILED, R_PENDING, R_SUPPRESSED, Batch, Job, Suppression, Template, utcnow)
+from core.models import (BATCH_WAITING, COMPLETED, DEFAULT_PRIORITY, FAILED, JOB_TYPES, PARTIAL, PAUSED, PRIORITIES,
+                         PROCESSING, QUEUED, R_FAILED, R_PENDING, R_SUPPRESSED, Batch, Job, Suppression, Template,
+                         utcnow)
 from core.rendering import PREVIEW_BUDGET_S, CompiledTemplate, RenderError, valid_email
 from core.queue import enqueue_batch_now, enqueue_finish
 from core.bulk import execute_for_ids
@@ -261,14 +262,14 @@ def retry_failed(job: Job) -> int:
     if job.status not in RETRYABLE_STATUSES:
         raise JobError("job_not_final", "only a finished job's failed recipients can be retried")
     ids = list(db.session.execute(text(
-        "SELECT id FROM recipients WHERE job_id = :j AND status = 'failed' "
+        f"SELECT id FROM recipients WHERE job_id = :j AND status = '{R_FAILED}' "
         "AND (error IS NULL OR error NOT IN ('invalid_email', 'invalid_recipient', 'invalid_data', 'duplicate')) "
         "ORDER BY id"), {"j": job.id}).scalars())
     if not ids:
         return 0
 
     for start in range(0, len(ids), 5000):
-        execute_for_ids("UPDATE recipients SET status = 'pending', attempts = 0, lease_until = NULL "
+        execute_for_ids(f"UPDATE recipients SET status = '{R_PENDING}', attempts = 0, lease_until = NULL "
                         "WHERE {ids}", ids[start:start + 5000])
     db.session.execute(update(Job).where(Job.id == job.id).values(
         status=PROCESSING, completed_at=None, cancel_requested_at=None, paused_reason=None,
@@ -281,14 +282,11 @@ def retry_failed(job: Job) -> int:
     return len(ids)
 
 
-WAITING_BATCH = ("pending", "queued", "retry")
-
-
 def retry_batch_now(job: Job, batch: Batch) -> bool:
     """Bring a backing-off batch's next attempt forward to now; False when it is not waiting."""
-    if job.status == "paused" or job.is_final:
+    if job.status == PAUSED or job.is_final:
         return False
-    res = db.session.execute(update(Batch).where(Batch.id == batch.id, Batch.status.in_(WAITING_BATCH))
+    res = db.session.execute(update(Batch).where(Batch.id == batch.id, Batch.status.in_(BATCH_WAITING))
                              .values(next_attempt_at=utcnow()))
     if res.rowcount != 1:
         db.session.rollback()
@@ -310,10 +308,10 @@ def batches_of(job: Job) -> list[Batch]:
 def resume(job: Job) -> bool:
     """Resume a paused job (quota spent, no sender, delivery disabled): its
     waiting batches go back on the queue. False when the job is not paused."""
-    if job.status != "paused":
+    if job.status != PAUSED:
         return False
-    status = PROCESSING if job.started_at else "queued"
-    db.session.execute(update(Job).where(Job.id == job.id, Job.status == "paused")
+    status = PROCESSING if job.started_at else QUEUED
+    db.session.execute(update(Job).where(Job.id == job.id, Job.status == PAUSED)
                        .values(status=status, paused_reason=None, paused_at=None))
     audit.record("job_resumed", company_id=job.company_id, object_type="job", object_id=job.id)
     db.session.commit()

@@ -30,7 +30,7 @@ from sqlalchemy import bindparam, text
 
 from core import scheduler
 from core.db import db
-from core.models import Job, utcnow
+from core.models import BATCH_WAITING, Job, sql_in, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ def requeue_open_batches(job_id: int) -> None:
         "SELECT b.id, b.attempts, CASE WHEN jb.source = 'lms' THEN 'direct' ELSE coalesce(ds.mode, 'direct') END "
         "AS mode FROM batches b JOIN jobs jb ON jb.id = b.job_id "
         "LEFT JOIN delivery_settings ds ON ds.company_id = b.company_id "
-        "WHERE b.job_id = :j AND b.status IN ('pending', 'queued', 'retry')"), {"j": job_id}).all()
+        f"WHERE b.job_id = :j AND b.status IN {sql_in(BATCH_WAITING)}"), {"j": job_id}).all()
     offload = [r.id for r in rows if r.mode == "offload"]
     enqueue_batches([(r.id, r.attempts) for r in rows if r.mode != "offload"])
     enqueue_submit(offload)

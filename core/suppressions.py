@@ -17,9 +17,12 @@ from sqlalchemy import func, update
 from sqlalchemy.exc import IntegrityError
 
 from core.db import db
-from core.models import COMPLAINT, HARD, SOFT, BounceEvent, Job, Recipient, Suppression, utcnow
+from core.models import (COMPLAINT, HARD, R_BOUNCED, R_SENT, SOFT, BounceEvent, Job, Recipient, Suppression,
+                         utcnow)
 from core.rendering import valid_email
 
+#: recipients a bounce report may be about: handed to the provider (and maybe already bounced)
+DELIVERED = (R_SENT, R_BOUNCED)
 BOUNCE_WARN = 0.02      # warn past 2 % hard bounces
 COMPLAINT_WARN = 0.001  # warn past 0.1 % complaints
 
@@ -63,7 +66,7 @@ def match_recipient(company_id: int, email: str, message_id: str | None):
             if len(rows) == 1 or normalize_email(row.email) == email:
                 return row
     return db.session.execute(
-        base.where(func.lower(Recipient.email) == email, Recipient.status.in_(("sent", "bounced")))
+        base.where(func.lower(Recipient.email) == email, Recipient.status.in_(DELIVERED))
         .order_by(Recipient.id.desc()).limit(1)).first()
 
 
@@ -93,8 +96,8 @@ def _apply(company_id, source, key, kind, email, message_id, detail) -> bool:
                                job_id=found.job_id if found else None, recipient_id=found.id if found else None,
                                detail=(detail or "")[:255] or None))
     if kind == HARD and found is not None:
-        res = db.session.execute(update(Recipient).where(Recipient.id == found.id, Recipient.status == "sent")
-                                 .values(status="bounced", error=f"bounce: {detail or 'hard'}"[:2000]))
+        res = db.session.execute(update(Recipient).where(Recipient.id == found.id, Recipient.status == R_SENT)
+                                 .values(status=R_BOUNCED, error=f"bounce: {detail or 'hard'}"[:2000]))
         if res.rowcount:
             db.session.execute(update(Job).where(Job.id == found.job_id).values(
                 emails_bounced=Job.emails_bounced + 1, emails_sent=Job.emails_sent - 1))
@@ -128,7 +131,7 @@ def rates(company_id: int | None, job_id: int | None = None, *, days: int = 30) 
         since = utcnow() - timedelta(days=days)
         counts = dict(db.session.execute(events.where(BounceEvent.created_at >= since)).all())
         stmt = Recipient.scoped(company_id).with_only_columns(func.count()) \
-            .where(Recipient.status.in_(("sent", "bounced")), Recipient.sent_at >= since)
+            .where(Recipient.status.in_(DELIVERED), Recipient.sent_at >= since)
         sent, bounces, period = db.session.execute(stmt).scalar(), counts.get(HARD, 0), days
     complaints = counts.get(COMPLAINT, 0)
     bounce_rate = bounces / sent if sent else 0.0

@@ -23,11 +23,11 @@ from sqlalchemy import bindparam, func, select, text
 
 from core import scheduler
 from core.db import db
-from core.models import JOB_FINAL, PAUSED, Batch, DeliverySettings, Job, utcnow
+from core.models import (B_PENDING, B_QUEUED, B_RETRY, B_SENDING, B_SUBMITTED, BATCH_OPEN, JOB_FINAL, PAUSED, R_SENT,
+                         Batch, DeliverySettings, Job, utcnow)
 from core.queue import connection
 
 WINDOW_S = 30
-OPEN_BATCH = ("pending", "queued", "retry", "sending", "submitted")
 TEXTS = {"paused": "paused", "scheduled": "scheduled", "rate": "waiting for its send rate",
          "backoff": "backing off after errors", "worker": "waiting for a worker"}
 
@@ -56,10 +56,10 @@ def describe(jobs: list[Job]) -> dict[int, dict]:
     states: dict[int, dict[str, tuple[int, object]]] = defaultdict(dict)
     for row in db.session.execute(
             select(Batch.job_id, Batch.status, func.count().label("n"), func.min(Batch.next_attempt_at).label("at"))
-            .where(Batch.job_id.in_(ids), Batch.status.in_(OPEN_BATCH)).group_by(Batch.job_id, Batch.status)):
+            .where(Batch.job_id.in_(ids), Batch.status.in_(BATCH_OPEN)).group_by(Batch.job_id, Batch.status)):
         states[row.job_id][row.status] = (row.n, row.at)
     recent = dict(db.session.execute(text(
-        "SELECT job_id, count(*) FROM recipients WHERE job_id IN :ids AND status = 'sent' AND sent_at >= :since "
+        f"SELECT job_id, count(*) FROM recipients WHERE job_id IN :ids AND status = '{R_SENT}' AND sent_at >= :since "
         "GROUP BY job_id").bindparams(bindparam("ids", expanding=True)),
         {"ids": ids, "since": now - timedelta(seconds=WINDOW_S)}).all())
     companies = {j.company_id for j in live}
@@ -90,13 +90,13 @@ def _reason(job: Job, states: dict, blocked: bool, now) -> str | None:
         return "paused"
     if job.send_at and job.send_at > now and not states:
         return "scheduled"
-    if "sending" in states or "submitted" in states:
+    if B_SENDING in states or B_SUBMITTED in states:
         return "rate" if blocked else None
-    queued_n, queued_at = states.get("queued", (0, None))
-    retry_n, retry_at = states.get("retry", (0, None))
+    queued_n, queued_at = states.get(B_QUEUED, (0, None))
+    retry_n, retry_at = states.get(B_RETRY, (0, None))
     if queued_n and (blocked or (queued_at is not None and queued_at > now)):
         return "rate"
-    if queued_n or states.get("pending"):
+    if queued_n or states.get(B_PENDING):
         return "worker"
     if retry_n:
         return "backoff" if retry_at is not None and retry_at > now else "worker"

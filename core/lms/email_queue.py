@@ -56,7 +56,7 @@ from core.lms.connection import (DISABLE_HINT, LmsConfig, LmsError, config_for, 
                                       open_engine)
 from core.models.lms import ROW_FAILED, ROW_QUEUED, ROW_SENT, LmsEmailRow
 from core.lms.phpserial import PhpSerialError, loads
-from core.models import Company, Job, Recipient, utcnow
+from core.models import R_SENT, RECIPIENT_FINAL, Company, Job, Recipient, utcnow
 from core.rendering import RenderError, single_line, valid_email
 from providers.base import Attachment
 from core.queue import enqueue_job
@@ -75,7 +75,8 @@ DEFAULT_KIND = "notification"
 SUBJECT, BODY_TEXT, BODY_HTML = "{{ lms_subject }}", "{{ lms_text }}", "{{ lms_html | safe }}"
 ATTACHMENT_PATH = re.compile(r"filedir/[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{40}$")
 MAX_ATTACHMENT_BYTES = 10 * 1024 * 1024
-FINAL_FAILED = ("failed", "bounced", "suppressed", "cancelled")
+#: our recipient statuses that mark the Moodle row failed (every final one but sent)
+FINAL_FAILED = RECIPIENT_FINAL - {R_SENT}
 MARK_CHUNK = 2000
 _HAS_TAG = re.compile(r"<\s*[a-zA-Z][^>]*>")
 
@@ -415,7 +416,7 @@ def mark_finished(company_id: int, cfg: LmsConfig, engine=None) -> int:
                     done.append((r.id, r.lms_row_id, ROW_FAILED, r.error, stamp))
                 elif r.recipient_id is None:
                     done.append((r.id, r.lms_row_id, ROW_FAILED, "the job was deleted before sending", stamp))
-                elif r.rstatus == "sent":
+                elif r.rstatus == R_SENT:
                     sent = int(_utc_timestamp(r.sent_at)) if r.sent_at else stamp
                     done.append((r.id, r.lms_row_id, ROW_SENT, None, sent))
                 elif r.rstatus in FINAL_FAILED:

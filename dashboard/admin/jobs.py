@@ -18,9 +18,9 @@ from dashboard.admin.base import SecureBaseView, scope
 from dashboard.csvexport import csv_response
 from core import waiting
 from core.db import db
-from core.jobs import (RETRYABLE_STATUSES, WAITING_BATCH, JobError, batches_of, iso, job_to_dict, request_cancel,
-                       resume, retry_batch_now, retry_failed)
-from core.models import JOB_FINAL, JOB_TYPES, Batch, Company, Job, Recipient, utcnow
+from core.jobs import (RETRYABLE_STATUSES, JobError, batches_of, iso, job_to_dict, request_cancel, resume,
+                       retry_batch_now, retry_failed)
+from core.models import BATCH_WAITING, JOB_FINAL, JOB_TYPES, Batch, Company, Job, Recipient, utcnow
 from core.queue import connection
 from core.routing import planned_route
 from core.tenancy import get_or_404
@@ -90,7 +90,7 @@ def job_row(job: Job, company_names: dict[int, str] | None = None, waits: dict[i
 
 def waiting_batches(job: Job, batches: list[Batch], company: Company) -> list[dict]:
     """Why each waiting batch waits: its last error, when it is tried next, and the route it will take."""
-    waiting = [b for b in batches if b.status in WAITING_BATCH]
+    waiting = [b for b in batches if b.status in BATCH_WAITING]
     if not waiting:
         return []
     config = company.settings.provider_config() if company.settings else {"enabled": False}
