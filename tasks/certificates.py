@@ -33,7 +33,8 @@ from sqlalchemy import select
 
 from core.certificates import download_url, object_key, open_storage, verify_url
 from core.db import db
-from core.models import PAUSED, Certificate, CertificateTemplate, Company, Job, Recipient, R_FAILED, utcnow
+from core.models import (PAUSED, R_FAILED, RECIPIENT_CLAIMABLE, Certificate, CertificateTemplate, Company, Job,
+                         Recipient, utcnow)
 from core.queue import connection
 from core.rendering import RenderError
 from providers.base import Attachment, PermanentError
@@ -48,7 +49,6 @@ ISSUE_CHUNK = 25
 LOCK_S = 300
 DELIVERIES = ("link", "attachment")
 PDF_TYPE = "application/pdf"
-SENDABLE = ("pending", "uncertain")
 LINK_TEXT = "\n\nYour certificate: {{ certificate_url }}\nVerify it at: {{ verify_url }}\n"
 LINK_HTML = ('<p>Your certificate: <a href="{{ certificate_url }}">download it here</a>.<br>'
              'Verify it at: <a href="{{ verify_url }}">{{ verify_url }}</a></p>')
@@ -75,7 +75,7 @@ def unissued_ids(job_id: int) -> list[int]:
     certified = set(db.session.execute(select(Certificate.recipient_id).where(
         Certificate.job_id == job_id, Certificate.recipient_id.isnot(None))).scalars())
     ids = db.session.execute(select(Recipient.id).where(
-        Recipient.job_id == job_id, Recipient.status.in_(SENDABLE)).order_by(Recipient.id)).scalars()
+        Recipient.job_id == job_id, Recipient.status.in_(RECIPIENT_CLAIMABLE)).order_by(Recipient.id)).scalars()
     return [rid for rid in ids if rid not in certified]
 
 
@@ -137,7 +137,8 @@ def _issue_all(job: Job, lock) -> int | None:
 
 def _load(ids: list[int]) -> list[Recipient]:
     """These recipients, if still sendable, by id."""
-    return list(db.session.execute(select(Recipient).where(Recipient.id.in_(ids), Recipient.status.in_(SENDABLE))
+    return list(db.session.execute(select(Recipient).where(Recipient.id.in_(ids),
+                                                           Recipient.status.in_(RECIPIENT_CLAIMABLE))
                                    .order_by(Recipient.id)).scalars())
 
 

@@ -18,7 +18,7 @@ from core.models import Company, Template
 from core.checks import RESULT_TTL_S, request_key, result_key
 from core.queue import connection
 from core.rendering import PREVIEW_BUDGET_S, CompiledTemplate, RenderError
-from providers import Message, ProviderError, get_provider, registry
+from providers import Message, ProviderError, ResultStatus, get_provider, registry
 from providers.offload import get_transport
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ def send_test_email(company_id: int, check_id: str) -> None:
         log.warning("Company %s: test email failed unexpectedly: %s", company_id, type(exc).__name__)
         _store(company_id, check_id, {**payload, "error": f"unexpected error ({type(exc).__name__})"}, config)
         return
-    ok = result.status == "sent"
+    ok = result.status == ResultStatus.SENT
     log.info("Company %s: test email %s: %s", company_id, check_id[:6], result.status)
     _store(company_id, check_id, {**payload, "ok": ok, "message_id": result.message_id,
                                   "error": None if ok else clean_reason(result.error or result.status)}, config)

@@ -38,7 +38,8 @@ from sqlalchemy import delete, select, text, update
 from core import batches, metrics, queue, scheduler
 from core.db import db
 from core.models import (B_CANCELLED, B_DONE, B_FAILED, B_QUEUED, B_RETRY, B_SUBMITTED, BATCH_FINAL,
-                         PAUSED, Batch, Company, Job, WebhookReceipt, utcnow)
+                         BATCH_REQUEUABLE, BATCH_WAITING, JOB_RUNNING, PAUSED, R_FAILED, R_PENDING, R_UNCERTAIN,
+                         RECIPIENT_CLAIMABLE, Batch, Company, Job, WebhookReceipt, sql_in, utcnow)
 from core.queue import connection
 from providers import ConnectionFailure, PermanentError, ProviderError
 from core.rendering import CompiledTemplate, RenderError
@@ -58,8 +59,6 @@ CALLBACK_PATH = "/callbacks/v1/batches"
 RECEIPT_TTL = timedelta(days=7)
 #: a queued offload batch due for this long with no live RQ job was lost by the queue
 LOST_GRACE_S = 60
-#: recipients a callback may still settle
-OPEN_RECIPIENT = ("pending", "uncertain", "sending")
 
 
 # --------------------------------------------------------------------------- submit
@@ -76,7 +75,7 @@ def claim_for_submit(batch_id: int, worker: str, lease_s: int, timeout_s: int) -
         "UPDATE batches SET status = :submitted, lease_until = :lease, leased_by = :worker, "
         "attempts = attempts + 1, next_attempt_at = NULL, callback_deadline = :deadline, "
         "callback_received_at = NULL "
-        "WHERE id = :id AND status IN ('pending', 'queued', 'retry') "
+        f"WHERE id = :id AND status IN {sql_in(BATCH_WAITING)} "
         "AND (next_attempt_at IS NULL OR next_attempt_at <= :soon)"),
         {"submitted": B_SUBMITTED, "lease": now + timedelta(seconds=lease_s), "worker": worker, "id": batch_id,
          "deadline": now + timedelta(seconds=lease_s + timeout_s), "soon": now + timedelta(seconds=2)})
@@ -354,7 +353,7 @@ class Submission:
                 error=None))
             db.session.execute(text(
                 "UPDATE recipients SET attempts = attempts + 1 WHERE job_id = :j AND id BETWEEN :a AND :b "
-                "AND status IN ('pending', 'uncertain')"), {"j": c.job_id, "a": c.first_id, "b": c.last_id})
+                f"AND status IN {sql_in(RECIPIENT_CLAIMABLE)}"), {"j": c.job_id, "a": c.first_id, "b": c.last_id})
         db.session.commit()
         for job_id in {i.claim.job_id for i in items}:
             batches.mark_started(job_id)
@@ -489,7 +488,7 @@ def settle_overdue() -> int:
         "SELECT b.id, b.job_id, b.batch_number, b.attempts, b.first_recipient_id AS a, "
         "b.last_recipient_id AS b_, c.uncertain_policy AS policy FROM batches b "
         "JOIN companies c ON c.id = b.company_id "
-        "WHERE b.status = 'submitted' AND b.callback_deadline < :now "
+        f"WHERE b.status = '{B_SUBMITTED}' AND b.callback_deadline < :now "
         "AND (b.lease_until IS NULL OR b.lease_until < :now) ORDER BY b.id"), {"now": now}).all()
     acted, finished_jobs = 0, set()
     for row in rows:
@@ -507,8 +506,8 @@ def settle_overdue() -> int:
         line = f"batch {row.batch_number}: no callback within {cfg['OFFLOAD_CALLBACK_TIMEOUT_S']} s of submission"
         if give_up:
             n = db.session.execute(text(
-                "UPDATE recipients SET status = 'failed', error = 'no_callback', lease_until = NULL "
-                "WHERE job_id = :j AND id BETWEEN :a AND :b AND status IN ('pending', 'uncertain')"),
+                f"UPDATE recipients SET status = '{R_FAILED}', error = 'no_callback', lease_until = NULL "
+                f"WHERE job_id = :j AND id BETWEEN :a AND :b AND status IN {sql_in(RECIPIENT_CLAIMABLE)}"),
                 params).rowcount
             db.session.execute(update(Job).where(Job.id == row.job_id).values(emails_failed=Job.emails_failed + n))
             line += f"; {n} recipients failed (no_callback)"
@@ -516,8 +515,8 @@ def settle_overdue() -> int:
         else:
             # the worker may have sent some before it went quiet: uncertain, and sent again
             n = db.session.execute(text(
-                "UPDATE recipients SET status = 'uncertain' "
-                "WHERE job_id = :j AND id BETWEEN :a AND :b AND status = 'pending'"), params).rowcount
+                f"UPDATE recipients SET status = '{R_UNCERTAIN}' "
+                f"WHERE job_id = :j AND id BETWEEN :a AND :b AND status = '{R_PENDING}'"), params).rowcount
             db.session.execute(update(Job).where(Job.id == row.job_id).values(
                 emails_uncertain=Job.emails_uncertain + n))
             line += f"; resubmitting (attempt {row.attempts + 1} of {cfg['OFFLOAD_MAX_ATTEMPTS']})"
@@ -542,8 +541,8 @@ def requeue_lost() -> int:
     rows = db.session.execute(text(
         "SELECT b.id, b.attempts, b.company_id, j.priority FROM batches b JOIN jobs j ON j.id = b.job_id "
         "JOIN delivery_settings ds ON ds.company_id = b.company_id "
-        "WHERE b.status IN ('queued', 'retry') AND ds.mode = 'offload' "
-        "AND j.status IN ('queued', 'processing') AND j.created_at < :old "
+        f"WHERE b.status IN {sql_in(BATCH_REQUEUABLE)} AND ds.mode = 'offload' "
+        f"AND j.status IN {sql_in(JOB_RUNNING)} AND j.created_at < :old "
         "AND (b.next_attempt_at IS NULL OR b.next_attempt_at < :old)"), {"old": old}).all()
     lost = 0
     for row in rows:

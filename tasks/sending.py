@@ -24,7 +24,7 @@ from core.models import B_CANCELLED, B_DONE, B_FAILED, B_QUEUED, B_RETRY, Compan
 from core.queue import connection
 from core.rendering import CompiledTemplate, RenderError
 from providers import (ConnectionFailure, Message, PermanentError, ProviderError, QuotaExceededError, Result,
-                       ThrottledError)
+                       ResultStatus, ThrottledError)
 from core import batches, metrics, queue, scheduler
 from core.lms import email_queue
 from tasks import certificates, limits
@@ -138,7 +138,7 @@ class BatchRun:
                     attachments = attachments + self.lms.attachments(data)
                     r = self.lms.adjust(r)
             except RenderError as exc:
-                failures.append(Result(rid, "failed", error=f"render_error: {exc}"))
+                failures.append(Result(rid, ResultStatus.FAILED, error=f"render_error: {exc}"))
                 continue
             headers = extra_headers(self.company, self.job_type, rid, email)
             if self.lms:
@@ -254,11 +254,11 @@ class BatchRun:
             batches.pause_job(claim.job_id, f"{QUOTA_PAUSE}: {exc.reason}")
             return self.stop(B_QUEUED)
         except PermanentError as exc:
-            results = [Result(m.key, "failed", error=exc.reason) for m in messages]
+            results = [Result(m.key, ResultStatus.FAILED, error=exc.reason) for m in messages]
         except ProviderError as exc:  # retryable: these recipients come back later
             if exc.code in READ_TIMEOUTS:
                 return self.timed_out(route)
-            results = [Result(m.key, "retry", error=exc.reason) for m in messages]
+            results = [Result(m.key, ResultStatus.RETRY, error=exc.reason) for m in messages]
         self.throttle_streak = 0
         limits.breaker_success(self.redis, claim.company_id, route.provider)
         # (mark_sending renewed the lease for this chunk; the next one renews it again)

@@ -15,7 +15,7 @@ from datetime import timedelta
 from sqlalchemy import text
 
 from core.db import db
-from core.models import utcnow
+from core.models import B_SENDING, BATCH_FINAL, BATCH_REQUEUABLE, JOB_RUNNING, PAUSED, sql_in, utcnow
 from core import queue, scheduler
 from core.queue import enqueue_fallback
 from tasks.offload import reconcile
@@ -37,7 +37,7 @@ def expired_leases() -> list[tuple[int, int, str]]:
         "SELECT b.id, b.attempts, CASE WHEN jb.source = 'lms' THEN 'direct' ELSE coalesce(ds.mode, 'direct') END "
         "AS mode FROM batches b JOIN jobs jb ON jb.id = b.job_id "
         "LEFT JOIN delivery_settings ds ON ds.company_id = b.company_id "
-        "WHERE b.status = 'sending' AND b.lease_until < :now"), {"now": utcnow()}).all()
+        f"WHERE b.status = '{B_SENDING}' AND b.lease_until < :now"), {"now": utcnow()}).all()
     return [(r.id, r.attempts, r.mode) for r in rows]
 
 
@@ -49,8 +49,8 @@ def waiting_batches() -> list[tuple[int, int]]:
         "  SELECT jobs.id AS jid, jobs.priority, CASE WHEN jobs.source = 'lms' THEN 'direct' "  # LMS jobs: sent here
         "  ELSE coalesce(ds.mode, 'direct') END AS settings_mode FROM jobs "
         "  LEFT JOIN delivery_settings ds ON ds.company_id = jobs.company_id "
-        "  WHERE jobs.status IN ('queued', 'processing')) j ON j.jid = b.job_id "
-        "WHERE b.status IN ('queued', 'retry') AND (b.next_attempt_at IS NULL OR b.next_attempt_at < :due)"),
+        f"  WHERE jobs.status IN {sql_in(JOB_RUNNING)}) j ON j.jid = b.job_id "
+        f"WHERE b.status IN {sql_in(BATCH_REQUEUABLE)} AND (b.next_attempt_at IS NULL OR b.next_attempt_at < :due)"),
         {"due": due}).all()
     conn = connection()
     return [(r.id, r.attempts) for r in rows if r.settings_mode != "offload"
@@ -70,9 +70,9 @@ def unplanned_jobs() -> list[int]:
     """Jobs with pending recipients, no open batch and no live plan job."""
     now = utcnow()
     rows = db.session.execute(text(
-        "SELECT id FROM jobs WHERE status IN ('queued', 'processing') AND (send_at IS NULL OR send_at <= :now) "
+        f"SELECT id FROM jobs WHERE status IN {sql_in(JOB_RUNNING)} AND (send_at IS NULL OR send_at <= :now) "
         "AND created_at < :old AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.job_id = jobs.id "
-        "  AND b.status NOT IN ('done', 'failed', 'cancelled'))"),
+        f"  AND b.status NOT IN {sql_in(BATCH_FINAL)})"),
         {"now": now, "old": now - timedelta(seconds=GRACE_S)}).scalars().all()
     return [jid for jid in rows if not queue.is_live(f"plan-{jid}")]
 
@@ -114,7 +114,7 @@ def resume_quota_paused() -> int:
 
     due = utcnow() - timedelta(seconds=current_app.config["OFFLOAD_QUOTA_RESUME_S"])
     jobs = db.session.execute(db.select(Job).where(
-        Job.status == "paused", Job.paused_reason.like(QUOTA_PAUSE + "%"), Job.paused_at < due)).scalars().all()
+        Job.status == PAUSED, Job.paused_reason.like(QUOTA_PAUSE + "%"), Job.paused_at < due)).scalars().all()
     return sum(1 for job in jobs if resume(job))
 
 
