@@ -45,7 +45,6 @@ bp = Blueprint("callbacks", __name__, url_prefix="/callbacks/v1")
 MAX_BODY_BYTES = 8 * 1024 * 1024
 #: the bare path (no ``?company=``) tries every company's secret: only small bodies, before any
 BARE_MAX_BODY_BYTES = 4 * 1024
-RESULT_STATUSES = ("sent", "failed")
 HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 
 

@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from core import metrics, scheduler
 from core.db import db
-from core.models import Job, Recipient
+from core.models import R_BOUNCED, R_FAILED, R_SENT, Job, Recipient
 from core.queue import QUEUE_NAMES, connection, get_queue
 from dashboard.errors import json_error
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 bp = Blueprint("ops", __name__)
 redis_errors = (RedisError, OSError)
 #: recipient statuses counted as sent, and as failed, in ``offload_recipients_total``
-RECIPIENT_OUTCOMES = {"sent": "sent", "failed": "failed", "bounced": "failed"}
+RECIPIENT_OUTCOMES = {R_SENT: "sent", R_FAILED: "failed", R_BOUNCED: "failed"}
 
 
 @bp.get("/healthz")

@@ -20,7 +20,9 @@ from core import waiting
 from core.db import db
 from core.jobs import (RETRYABLE_STATUSES, JobError, batches_of, iso, job_to_dict, request_cancel, resume,
                        retry_batch_now, retry_failed)
-from core.models import BATCH_WAITING, JOB_FINAL, JOB_TYPES, Batch, Company, Job, Recipient, utcnow
+from core.models import (B_RETRY, BATCH_WAITING, CANCELLED, COMPLETED, FAILED, JOB_FINAL, JOB_TYPES, PARTIAL, PAUSED,
+                         PENDING, PROCESSING, QUEUED, R_BOUNCED, R_FAILED, R_UNCERTAIN, Batch, Company, Job, Recipient,
+                         utcnow)
 from core.queue import connection
 from core.routing import planned_route
 from core.tenancy import get_or_404
@@ -28,10 +30,12 @@ from core.suppressions import rates
 
 PAGE_SIZE = 25
 FAILED_PAGE_SIZE = 50
-JOB_STATUSES = ("pending", "queued", "processing", "paused", "completed", "partial_failure", "failed", "cancelled")
-FAILED_STATUSES = ("failed", "bounced", "uncertain")
-BADGES = {"pending": "secondary", "queued": "secondary", "processing": "primary", "paused": "info",
-          "completed": "success", "partial_failure": "warning", "failed": "danger", "cancelled": "dark"}
+#: the list's status filter, in a job's order of life
+JOB_STATUSES = (PENDING, QUEUED, PROCESSING, PAUSED, COMPLETED, PARTIAL, FAILED, CANCELLED)
+#: the recipients the detail page and errors.csv list as failed
+FAILED_STATUSES = (R_FAILED, R_BOUNCED, R_UNCERTAIN)
+BADGES = {PENDING: "secondary", QUEUED: "secondary", PROCESSING: "primary", PAUSED: "info",
+          COMPLETED: "success", PARTIAL: "warning", FAILED: "danger", CANCELLED: "dark"}
 #: chart bucket sizes (seconds); the smallest that gives at most CHART_BUCKETS bars wins
 BUCKET_SIZES = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 86400)
 CHART_BUCKETS = 60
@@ -81,7 +85,7 @@ def job_row(job: Job, company_names: dict[int, str] | None = None, waits: dict[i
                created=fmt_time(job.created_at), started=fmt_time(job.started_at),
                completed=fmt_time(job.completed_at), is_final=job.status in JOB_FINAL,
                can_retry=job.status in RETRYABLE_STATUSES and bool(job.emails_failed),
-               can_cancel=job.status not in JOB_FINAL, can_resume=job.status == "paused",
+               can_cancel=job.status not in JOB_FINAL, can_resume=job.status == PAUSED,
                url=url_for("jobs.details", job_id=job.id))
     if company_names is not None:
         row["company"] = company_names.get(job.company_id, "")
@@ -103,7 +107,7 @@ def waiting_batches(job: Job, batches: list[Batch], company: Company) -> list[di
         rows.append({"number": b.batch_number, "id": b.id, "status": b.status, "error": b.error or "—",
                      "next": fmt_time(due) if due else "as soon as a worker is free",
                      "in_s": max(0, int((due - now).total_seconds())) if due else 0, "route": route,
-                     "attempts": b.attempts, "can_retry_now": b.status == "retry" and job.status != "paused"})
+                     "attempts": b.attempts, "can_retry_now": b.status == B_RETRY and job.status != PAUSED})
     return rows
 
 
