@@ -21,6 +21,17 @@ KILLS = 6
 IOMAD = 5
 
 
+def stuck() -> str:
+    """Where the unmarked rows' recipients and their batches stand (for a failure's message)."""
+    recipients = db.session.execute(text(
+        "SELECT r.status, count(*) FROM lms_email_rows l LEFT JOIN recipients r ON r.id = l.recipient_id "
+        "WHERE l.marked_at IS NULL GROUP BY r.status")).all()
+    batches = db.session.execute(text("SELECT status, count(*) FROM batches GROUP BY status")).all()
+    jobs = db.session.execute(text("SELECT status, count(*) FROM jobs GROUP BY status")).all()
+    db.session.commit()
+    return f"unmarked rows' recipients {dict(recipients)}; batches {dict(batches)}; jobs {dict(jobs)}"
+
+
 def progress() -> int:
     """Rows taken plus rows marked: 0 … 2 × ROWS."""
     n = db.session.execute(text("SELECT count(*) + count(marked_at) FROM lms_email_rows")).scalar()
@@ -56,7 +67,7 @@ def test_sigkill_workers_mid_takeover_loses_nothing_and_takes_each_row_once(app,
                 workers.kill(random.choice(live))
         deadline = time.monotonic() + 240
         while sum(1 for r in moodle.emails(IOMAD) if r.sent is not None) < ROWS:
-            assert time.monotonic() < deadline, f"rows left unmarked: {progress()}\n{workers.log_tail()}"
+            assert time.monotonic() < deadline, f"rows left unmarked: {progress()}; {stuck()}\n{workers.log_tail()}"
             time.sleep(0.5)
         wall = time.monotonic() - started
 
