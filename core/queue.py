@@ -330,11 +330,22 @@ def enqueue_check(kind: str, company_id: int, check_id: str) -> None:
     get_queue(HIGH).enqueue(CHECK_FUNCS[kind], company_id, check_id, job_id=f"check-{check_id}", **CHECK_KW)
 
 
+def claim_slot(rq_id: str, interval: float) -> bool:
+    """True for the one caller, across every worker, that may queue the periodic job ``rq_id``.
+
+    Each worker's scheduler thread ticks on the same clock slots; checking that the job
+    exists and then queueing it lets two workers queue one id twice (RQ then runs it
+    twice and the second clean-up fails). ``SET NX`` makes the claim one atomic step; the
+    key outlives the slot.
+    """
+    return bool(connection().set(f"offload:slot:{rq_id}", 1, nx=True, ex=max(2, int(interval * 2) + 1)))
+
+
 def schedule_sweep(interval: float) -> None:
     """Queue one recovery sweep per ``interval`` slot (the predictable id dedupes across workers)."""
     slot = int(time.time() // interval)
     rq_id = f"sweep-{slot}"
-    if not RQJob.exists(rq_id, connection=connection()):  # kept after it ran: once per slot
+    if claim_slot(rq_id, interval):
         get_queue(HIGH).enqueue("tasks.sweep.sweep", job_id=rq_id, result_ttl=int(interval * 2),
                                 failure_ttl=3600)
 
@@ -383,5 +394,5 @@ def enqueue_lms_polls(company_ids: list[int]) -> None:
 def schedule_lms_polls(interval: float) -> None:
     """Queue one ``tasks.lms.poll_all`` per ``interval`` slot (deduplicated across workers)."""
     rq_id = f"lms-polls-{int(time.time() // interval)}"
-    if not RQJob.exists(rq_id, connection=connection()):
+    if claim_slot(rq_id, interval):
         get_queue(HIGH).enqueue("tasks.lms.poll_all", job_id=rq_id, result_ttl=int(interval * 2), failure_ttl=3600)

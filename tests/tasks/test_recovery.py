@@ -159,3 +159,27 @@ def test_a_lease_shorter_than_a_provider_call_is_warned_about(app, caplog):
     with caplog.at_level(logging.WARNING, logger="tasks.worker"):
         run_worker(app, burst=True)
     assert "OFFLOAD_LEASE_S" not in caplog.text
+
+
+def test_workers_ticking_on_one_slot_queue_its_periodic_jobs_once(app):
+    """Every worker's scheduler thread ticks on the same clock slots: eight at once queue one
+    sweep and one LMS poll round, not eight (RQ would run a twice-queued id twice)."""
+    import threading
+
+    from core.queue import HIGH, get_queue, schedule_lms_polls, schedule_sweep
+
+    start = threading.Barrier(8)
+
+    def tick() -> None:
+        with app.app_context():
+            start.wait()
+            schedule_sweep(3600)
+            schedule_lms_polls(3600)
+
+    threads = [threading.Thread(target=tick) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    queued = Counter(job_id.rsplit("-", 1)[0] for job_id in get_queue(HIGH).get_job_ids())
+    assert queued == {"sweep": 1, "lms-polls": 1}
