@@ -171,6 +171,13 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
     raw = env.get("OFFLOAD_BULK_WINDOW_S")
     cfg["OFFLOAD_BULK_WINDOW_S"] = 10.0 if raw in (None, "") else parse_float("OFFLOAD_BULK_WINDOW_S", raw, minimum=0.1)
 
+    raw = env.get("OFFLOAD_PROVIDER_TIMEOUT_S")
+    cfg["OFFLOAD_PROVIDER_TIMEOUT_S"] = None if raw in (None, "") else parse_float(
+        "OFFLOAD_PROVIDER_TIMEOUT_S", raw, minimum=0.5)
+    if (cfg["OFFLOAD_PROVIDER_TIMEOUT_S"] or 0) >= cfg["OFFLOAD_LEASE_S"]:
+        raise SettingsError("OFFLOAD_PROVIDER_TIMEOUT_S: must be shorter than OFFLOAD_LEASE_S (a worker waiting "
+                            "on a provider would lose its batch to another)")
+
     raw = env.get("OFFLOAD_BULK_MAX_HOLD_S")
     cfg["OFFLOAD_BULK_MAX_HOLD_S"] = None if raw in (None, "") else parse_float(
         "OFFLOAD_BULK_MAX_HOLD_S", raw, minimum=0.1)

@@ -1,6 +1,8 @@
 """The provider objects for a route (the route itself: ``core.routing``)."""
 from __future__ import annotations
 
+from flask import current_app
+
 from core.routing import Route, fallback_config, fallback_route, primary_route, relay_sender
 from providers import Provider, get_provider
 
@@ -17,5 +19,9 @@ def provider_for(company_id: int, route: Route, version) -> Provider:
     if provider is None:
         for old in [k for k in _cache if k[:3] == key[:3]]:
             _cache.pop(old).close()
-        provider = _cache[key] = get_provider(route.provider, route.config)
+        config = route.config
+        timeout = current_app.config.get("OFFLOAD_PROVIDER_TIMEOUT_S")
+        if timeout:  # the operator's read timeout of one call, over each provider's own default
+            config = {**config, "timeout": timeout}
+        provider = _cache[key] = get_provider(route.provider, config)
     return provider

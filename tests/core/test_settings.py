@@ -77,3 +77,12 @@ def test_without_keys_the_service_refuses_to_start_unless_development_is_on():
         assert cfg["OFFLOAD_DEV_KEY_IN_USE"] and cfg["OFFLOAD_DEVELOPMENT"]
     key = Fernet.generate_key().decode()
     assert not load_settings({"OFFLOAD_ENCRYPTION_KEYS": key})["OFFLOAD_DEV_KEY_IN_USE"]
+
+
+def test_provider_timeout_is_each_providers_own_unless_set_and_stays_inside_the_lease():
+    assert load({})["OFFLOAD_PROVIDER_TIMEOUT_S"] is None
+    assert load({"OFFLOAD_PROVIDER_TIMEOUT_S": "2.5"})["OFFLOAD_PROVIDER_TIMEOUT_S"] == 2.5
+    with pytest.raises(SettingsError, match="OFFLOAD_PROVIDER_TIMEOUT_S: must be shorter than OFFLOAD_LEASE_S"):
+        load({"OFFLOAD_PROVIDER_TIMEOUT_S": "30", "OFFLOAD_LEASE_S": "30"})
+    with pytest.raises(SettingsError, match="OFFLOAD_PROVIDER_TIMEOUT_S"):
+        load({"OFFLOAD_PROVIDER_TIMEOUT_S": "0"})

@@ -37,7 +37,9 @@ def test_throttling_30_percent_of_calls(app, client, make_company, ses, fleet, f
 
 
 HUNG_RECIPIENTS = 3_000
-HANG_LEASE_S = 20  # longer than the SES client's 10 s read timeout, as in production (120 s)
+#: a hung call times out after HANG_TIMEOUT_S, well inside the lease, as in production (10 s against 120 s)
+HANG_TIMEOUT_S = 3
+HANG_LEASE_S = 8
 
 
 @pytest.mark.slow
@@ -50,7 +52,7 @@ def test_hung_provider_times_out_and_falls_back_to_smtp(app, client, make_compan
     next batches there directly."""
     with FaultyProxy(ses.url) as proxy:
         company = make_company(**aws_settings(proxy.url), fallback_relay="1")
-        workers = fleet(2, OFFLOAD_LEASE_S=HANG_LEASE_S,
+        workers = fleet(2, OFFLOAD_LEASE_S=HANG_LEASE_S, OFFLOAD_PROVIDER_TIMEOUT_S=HANG_TIMEOUT_S,
                         OFFLOAD_FALLBACK_SMTP=f"smtp://127.0.0.1:{smtp_sink.port}?tls=none")
         started = time.monotonic()
         job_id = submit(client, company, HUNG_RECIPIENTS)
@@ -79,7 +81,7 @@ def test_hung_provider_without_fallback_resumes_when_the_hang_ends(app, client, 
     recipients = 1_000
     with FaultyProxy(ses.url) as proxy:
         company = make_company(**aws_settings(proxy.url))
-        workers = fleet(2, OFFLOAD_LEASE_S=HANG_LEASE_S)
+        workers = fleet(2, OFFLOAD_LEASE_S=HANG_LEASE_S, OFFLOAD_PROVIDER_TIMEOUT_S=HANG_TIMEOUT_S)
         started = time.monotonic()
         proxy.hang = True
         job_id = submit(client, company, recipients)

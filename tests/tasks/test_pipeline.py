@@ -274,3 +274,13 @@ def test_a_long_provider_outage_fails_nobody_and_the_job_finishes_after(app, cli
             break
     done = job(job_id)
     assert done.status == "completed" and done.emails_failed == 0 and len(ses.store()) == 60
+
+
+def test_the_operators_provider_timeout_reaches_the_providers(app, company):
+    from core.routing import Route
+    from tasks.routing import provider_for
+
+    config = {"provider": "smtp", "smtp_host": "127.0.0.1", "smtp_port": "2525", "sender": "noreply@acme.test"}
+    assert provider_for(company.id, Route("direct", "smtp", config), "v1").timeout == 20.0  # SMTP's own
+    app.config["OFFLOAD_PROVIDER_TIMEOUT_S"] = 2.5
+    assert provider_for(company.id, Route("direct", "smtp", config), "v2").timeout == 2.5
