@@ -135,10 +135,29 @@ def _safe(action: str, fn, *args, **kwargs):
 def is_live(rq_id: str) -> bool:
     """True when RQ holds ``rq_id`` queued, scheduled or running."""
     try:
-        status = RQJob.fetch(rq_id, connection=connection()).get_status(refresh=False)
+        job = RQJob.fetch(rq_id, connection=connection())
     except NoSuchJobError:
         return False
-    return str(getattr(status, "value", status)) in LIVE
+    status = str(getattr(job.get_status(refresh=False), "value", job.get_status(refresh=False)))
+    if status == "started":
+        return still_running(job)
+    return status in LIVE
+
+
+def still_running(job: RQJob) -> bool:
+    """True while a worker runs ``job``: one of its executions is in the started registry and not expired.
+
+    A SIGKILLed worker leaves its job ``started`` until RQ's maintenance (every ten minutes)
+    notices; the execution's entry expires when the worker's heartbeat lapses (about 90 s),
+    and then the job is dead, not running.
+    """
+    started = job.started_job_registry.key
+    now_ts = time.time()
+    for execution in job.get_executions():
+        score = job.connection.zscore(started, execution.composite_key)
+        if score is not None and score > now_ts:
+            return True
+    return False
 
 
 def send_id(batch_id: int, attempt: int) -> str:

@@ -183,3 +183,28 @@ def test_workers_ticking_on_one_slot_queue_its_periodic_jobs_once(app):
         t.join()
     queued = Counter(job_id.rsplit("-", 1)[0] for job_id in get_queue(HIGH).get_job_ids())
     assert queued == {"sweep": 1, "lms-polls": 1}
+
+
+def test_a_plan_whose_worker_died_is_planned_again(app, client, company):
+    """A worker SIGKILLed while planning leaves the RQ job ``started`` for RQ's ten-minute maintenance;
+    once its heartbeat lapses the sweep no longer counts it as running and plans the job again."""
+    from rq import SimpleWorker
+    from rq.job import Job as RQJob
+
+    from core.queue import DEFAULT, get_queue, is_live
+    from tasks.sweep import unplanned_jobs
+
+    job_id = make_job(client, company)
+    db.session.execute(update(Job).where(Job.id == job_id).values(created_at=utcnow() - timedelta(minutes=5)))
+    db.session.commit()
+    rq_job = RQJob.fetch(f"plan-{job_id}", connection=connection())
+    worker = SimpleWorker([get_queue(DEFAULT)], connection=connection())
+    worker.prepare_job_execution(rq_job)
+    execution = worker.prepare_execution(rq_job)  # what a worker does before it runs the job, then dies
+    assert rq_job.get_status() == "started" and is_live(rq_job.id)
+    assert job_id not in unplanned_jobs()  # a planner is at work
+
+    # the heartbeat lapses: the started registry's entry for the execution expires
+    connection().zadd(rq_job.started_job_registry.key, {execution.composite_key: 1})
+    assert rq_job.get_status() == "started" and not is_live(rq_job.id)
+    assert unplanned_jobs() == [job_id]
