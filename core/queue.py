@@ -26,6 +26,7 @@ from redis import RedisError
 from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
+from rq.registry import ScheduledJobRegistry
 from sqlalchemy import bindparam, text
 
 from core import scheduler
@@ -120,6 +121,7 @@ def start_embedded_redis(host: str = "127.0.0.1", port: int = 6379) -> str:
 JOB_RETRY = Retry(max=3, interval=[10, 30, 60])
 JOB_KW = {"failure_ttl": 7 * 24 * 3600, "result_ttl": 300}
 LIVE = ("queued", "scheduled", "started", "deferred")
+RQ_QUEUE_PREFIX = Queue.redis_queue_namespace_prefix
 
 
 def _safe(action: str, fn, *args, **kwargs):
@@ -141,7 +143,33 @@ def is_live(rq_id: str) -> bool:
     status = str(getattr(job.get_status(refresh=False), "value", job.get_status(refresh=False)))
     if status == "started":
         return still_running(job)
+    if status == "queued":  # a worker killed mid-dequeue leaves the status while no worker will run it
+        conn = job.connection
+        key = f"{RQ_QUEUE_PREFIX}{job.origin}"
+        if conn.lpos(key, job.id) is not None:
+            return True
+        return conn.lpos(f"{key}:intermediate", job.id) is not None and not _stuck_after_pop(conn, job.id)
+    if status == "scheduled":
+        return job.connection.zscore(ScheduledJobRegistry(job.origin, connection=job.connection).key,
+                                     job.id) is not None
     return status in LIVE
+
+
+#: a popped job a worker has not started after this long was popped by a worker that died
+POPPED_GRACE_S = 10
+
+
+def _stuck_after_pop(conn: redis.Redis, rq_id: str) -> bool:
+    """True when ``rq_id`` has sat in its queue's intermediate list (popped, not started) for longer
+    than ``POPPED_GRACE_S``: a live worker starts a popped job within milliseconds. RQ's own check
+    of that list runs with its maintenance, every ten minutes."""
+    key = f"offload:popped:{rq_id}"
+    if conn.set(key, time.time(), nx=True, ex=POPPED_GRACE_S * 30):
+        return False
+    if time.time() - float(conn.get(key) or time.time()) <= POPPED_GRACE_S:
+        return False
+    conn.delete(key)  # the next pop of this id is timed afresh
+    return True
 
 
 def still_running(job: RQJob) -> bool:

@@ -109,10 +109,11 @@ def _sweeper(app: Flask, interval: float, stop: threading.Event, name: str) -> N
 
 def run_worker(app: Flask, *, burst: bool = False, name: str | None = None) -> None:
     """Work the service's queues (high, default, low) until stopped."""
-    if app.config["OFFLOAD_LEASE_S"] < PROVIDER_TIMEOUT_S * 2:
+    provider_timeout = app.config.get("OFFLOAD_PROVIDER_TIMEOUT_S") or PROVIDER_TIMEOUT_S
+    if app.config["OFFLOAD_LEASE_S"] < provider_timeout * 2:
         log.warning("OFFLOAD_LEASE_S=%s is shorter than twice a provider call's timeout (%s s): a slow call "
                     "can lose its batch to another worker and send its chunk twice",
-                    app.config["OFFLOAD_LEASE_S"], PROVIDER_TIMEOUT_S)
+                    app.config["OFFLOAD_LEASE_S"], provider_timeout)
     settings.configure_outbound(app.config)  # the endpoint guard and STS endpoint hold in this process too
     with app.app_context():
         conn = connection()

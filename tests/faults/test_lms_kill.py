@@ -12,6 +12,10 @@ from sqlalchemy import text
 
 from core import companies
 from core.db import db
+from core.queue import connection
+from rq.exceptions import NoSuchJobError
+from rq.job import Job as RQJob
+from tasks.sweep import unplanned_jobs
 from tests.support.faults import delivered, lost_and_duplicated
 from tests.support.jobs import aws_settings
 from tests.support.moodle import MoodleDb
@@ -28,8 +32,19 @@ def stuck() -> str:
         "WHERE l.marked_at IS NULL GROUP BY r.status")).all()
     batches = db.session.execute(text("SELECT status, count(*) FROM batches GROUP BY status")).all()
     jobs = db.session.execute(text("SELECT status, count(*) FROM jobs GROUP BY status")).all()
+    waiting = db.session.execute(text("SELECT id FROM jobs WHERE status = 'queued'")).scalars().all()
     db.session.commit()
-    return f"unmarked rows' recipients {dict(recipients)}; batches {dict(batches)}; jobs {dict(jobs)}"
+    plans = {}
+    for job_id in waiting:  # what RQ holds of each waiting job's planning
+        try:
+            rq_job = RQJob.fetch(f"plan-{job_id}", connection=connection())
+            plans[job_id] = (rq_job.get_status(), [e.composite_key for e in rq_job.get_executions()],
+                             connection().lpos(f"rq:queue:{rq_job.origin}", rq_job.id),
+                             connection().lpos(f"rq:queue:{rq_job.origin}:intermediate", rq_job.id))
+        except NoSuchJobError:
+            plans[job_id] = None
+    return (f"unmarked rows' recipients {dict(recipients)}; batches {dict(batches)}; jobs {dict(jobs)}; "
+            f"plans {plans}; unplanned {unplanned_jobs()}; poll lock ttl {connection().pttl('offload:lms-poll:1')} ms")
 
 
 def progress() -> int:
@@ -66,7 +81,11 @@ def test_sigkill_workers_mid_takeover_loses_nothing_and_takes_each_row_once(app,
             if live:
                 workers.kill(random.choice(live))
         deadline = time.monotonic() + 240
+        reported = time.monotonic() + 60
         while sum(1 for r in moodle.emails(IOMAD) if r.sent is not None) < ROWS:
+            if time.monotonic() > reported:
+                print(f"after 60 s: {progress()}; {stuck()}", flush=True)
+                reported = deadline
             assert time.monotonic() < deadline, f"rows left unmarked: {progress()}; {stuck()}\n{workers.log_tail()}"
             time.sleep(0.5)
         wall = time.monotonic() - started

@@ -2,6 +2,7 @@
 (the fault tests in tests/faults break real processes)."""
 from __future__ import annotations
 
+import time
 from collections import Counter
 from datetime import timedelta
 
@@ -208,3 +209,28 @@ def test_a_plan_whose_worker_died_is_planned_again(app, client, company):
     connection().zadd(rq_job.started_job_registry.key, {execution.composite_key: 1})
     assert rq_job.get_status() == "started" and not is_live(rq_job.id)
     assert unplanned_jobs() == [job_id]
+
+
+def test_a_plan_queued_in_no_list_is_planned_again(app, client, company):
+    """The states a SIGKILL mid-dequeue left in the LMS kill test: RQ says ``queued`` while the id sits
+    popped and never started, or is in no list at all; no worker will ever run it."""
+    from rq.job import Job as RQJob
+
+    from core.queue import DEFAULT, POPPED_GRACE_S, get_queue, is_live
+    from tasks.sweep import unplanned_jobs
+
+    job_id = make_job(client, company)
+    db.session.execute(update(Job).where(Job.id == job_id).values(created_at=utcnow() - timedelta(minutes=5)))
+    db.session.commit()
+    rq_id = f"plan-{job_id}"
+    queue = get_queue(DEFAULT)
+    assert is_live(rq_id) and job_id not in unplanned_jobs()
+    connection().lmove(queue.key, f"{queue.key}:intermediate")  # popped by a worker …
+    assert is_live(rq_id) and job_id not in unplanned_jobs()
+    popped = f"offload:popped:{rq_id}"  # … which never started it: seen popped beyond the grace
+    connection().set(popped, time.time() - POPPED_GRACE_S - 1)
+    assert unplanned_jobs() == [job_id]
+    assert is_live(rq_id)  # a later pop of the id is timed afresh
+    connection().delete(f"{queue.key}:intermediate")  # RQ's maintenance dropped it from the list
+    assert RQJob.fetch(rq_id, connection=connection()).get_status() == "queued"
+    assert not is_live(rq_id) and unplanned_jobs() == [job_id]
