@@ -26,6 +26,7 @@ from redis import RedisError
 from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
+from rq.job import JobStatus as RQStatus
 from rq.registry import ScheduledJobRegistry
 from sqlalchemy import bindparam, text
 
@@ -141,15 +142,15 @@ def is_live(rq_id: str) -> bool:
     except NoSuchJobError:
         return False
     status = str(getattr(job.get_status(refresh=False), "value", job.get_status(refresh=False)))
-    if status == "started":
+    if status == RQStatus.STARTED:
         return still_running(job)
-    if status == "queued":  # a worker killed mid-dequeue leaves the status while no worker will run it
+    if status == RQStatus.QUEUED:  # a worker killed mid-dequeue leaves the status while no worker will run it
         conn = job.connection
         key = f"{RQ_QUEUE_PREFIX}{job.origin}"
         if conn.lpos(key, job.id) is not None:
             return True
         return conn.lpos(f"{key}:intermediate", job.id) is not None and not _stuck_after_pop(conn, job.id)
-    if status == "scheduled":
+    if status == RQStatus.SCHEDULED:
         return job.connection.zscore(ScheduledJobRegistry(job.origin, connection=job.connection).key,
                                      job.id) is not None
     return status in LIVE
