@@ -27,7 +27,6 @@ from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from rq.job import JobStatus as RQStatus
-from rq.registry import ScheduledJobRegistry
 from sqlalchemy import bindparam, text
 
 from core import scheduler
@@ -122,7 +121,6 @@ def start_embedded_redis(host: str = "127.0.0.1", port: int = 6379) -> str:
 JOB_RETRY = Retry(max=3, interval=[10, 30, 60])
 JOB_KW = {"failure_ttl": 7 * 24 * 3600, "result_ttl": 300}
 LIVE = ("queued", "scheduled", "started", "deferred")
-RQ_QUEUE_PREFIX = Queue.redis_queue_namespace_prefix
 
 
 def _safe(action: str, fn, *args, **kwargs):
@@ -137,23 +135,27 @@ def _safe(action: str, fn, *args, **kwargs):
 
 def is_live(rq_id: str) -> bool:
     """True when RQ holds ``rq_id`` queued, scheduled or running."""
+    return live_status(rq_id) is not None
+
+
+def live_status(rq_id: str) -> RQStatus | None:
+    """RQ's status of ``rq_id`` while a worker will still run it (or runs it now), else ``None``."""
     try:
         job = RQJob.fetch(rq_id, connection=connection())
     except NoSuchJobError:
-        return False
-    status = str(getattr(job.get_status(refresh=False), "value", job.get_status(refresh=False)))
+        return None
+    status = job.get_status(refresh=False)
+    conn, queue = job.connection, Queue(job.origin, connection=job.connection)
     if status == RQStatus.STARTED:
-        return still_running(job)
-    if status == RQStatus.QUEUED:  # a worker killed mid-dequeue leaves the status while no worker will run it
-        conn = job.connection
-        key = f"{RQ_QUEUE_PREFIX}{job.origin}"
-        if conn.lpos(key, job.id) is not None:
-            return True
-        return conn.lpos(f"{key}:intermediate", job.id) is not None and not _stuck_after_pop(conn, job.id)
-    if status == RQStatus.SCHEDULED:
-        return job.connection.zscore(ScheduledJobRegistry(job.origin, connection=job.connection).key,
-                                     job.id) is not None
-    return status in LIVE
+        live = still_running(job)
+    elif status == RQStatus.QUEUED:  # a worker killed mid-dequeue leaves the status while no worker will run it
+        live = conn.lpos(queue.key, job.id) is not None or (
+            conn.lpos(queue.intermediate_queue_key, job.id) is not None and not _stuck_after_pop(conn, job.id))
+    elif status == RQStatus.SCHEDULED:
+        live = conn.zscore(queue.scheduled_job_registry.key, job.id) is not None
+    else:
+        live = status in LIVE
+    return status if live else None
 
 
 #: a popped job a worker has not started after this long was popped by a worker that died
@@ -417,11 +419,7 @@ def enqueue_lms_mark(company_id: int) -> None:
 
 def _waiting(rq_id: str) -> bool:
     """True when RQ holds ``rq_id`` queued or scheduled (not yet started)."""
-    try:
-        status = RQJob.fetch(rq_id, connection=connection()).get_status(refresh=False)
-    except NoSuchJobError:
-        return False
-    return str(getattr(status, "value", status)) in ("queued", "scheduled", "deferred")
+    return live_status(rq_id) in (RQStatus.QUEUED, RQStatus.SCHEDULED, RQStatus.DEFERRED)
 
 
 def enqueue_lms_polls(company_ids: list[int]) -> None:

@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from core import companies
 from core.db import db
-from core.queue import connection
+from core.queue import connection, get_queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from tasks.sweep import unplanned_jobs
@@ -38,9 +38,10 @@ def stuck() -> str:
     for job_id in waiting:  # what RQ holds of each waiting job's planning
         try:
             rq_job = RQJob.fetch(f"plan-{job_id}", connection=connection())
+            queue = get_queue(rq_job.origin)
             plans[job_id] = (rq_job.get_status(), [e.composite_key for e in rq_job.get_executions()],
-                             connection().lpos(f"rq:queue:{rq_job.origin}", rq_job.id),
-                             connection().lpos(f"rq:queue:{rq_job.origin}:intermediate", rq_job.id))
+                             connection().lpos(queue.key, rq_job.id),
+                             connection().lpos(queue.intermediate_queue_key, rq_job.id))
         except NoSuchJobError:
             plans[job_id] = None
     return (f"unmarked rows' recipients {dict(recipients)}; batches {dict(batches)}; jobs {dict(jobs)}; "

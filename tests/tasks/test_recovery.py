@@ -225,12 +225,12 @@ def test_a_plan_queued_in_no_list_is_planned_again(app, client, company):
     rq_id = f"plan-{job_id}"
     queue = get_queue(DEFAULT)
     assert is_live(rq_id) and job_id not in unplanned_jobs()
-    connection().lmove(queue.key, f"{queue.key}:intermediate")  # popped by a worker …
+    connection().lmove(queue.key, queue.intermediate_queue_key)  # popped by a worker …
     assert is_live(rq_id) and job_id not in unplanned_jobs()
     popped = f"offload:popped:{rq_id}"  # … which never started it: seen popped beyond the grace
     connection().set(popped, time.time() - POPPED_GRACE_S - 1)
     assert unplanned_jobs() == [job_id]
     assert is_live(rq_id)  # a later pop of the id is timed afresh
-    connection().delete(f"{queue.key}:intermediate")  # RQ's maintenance dropped it from the list
+    connection().delete(queue.intermediate_queue_key)  # RQ's maintenance dropped it from the list
     assert RQJob.fetch(rq_id, connection=connection()).get_status() == "queued"
     assert not is_live(rq_id) and unplanned_jobs() == [job_id]
