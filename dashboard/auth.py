@@ -13,7 +13,6 @@ from flask import Blueprint, redirect, render_template, request, session, url_fo
 from flask_login import current_user, login_required, login_user, logout_user
 from flask_wtf import FlaskForm
 from sqlalchemy import func, select
-from werkzeug.security import check_password_hash, generate_password_hash
 from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired, Length
 
@@ -21,10 +20,10 @@ from core import audit, login_throttle
 from core.db import db
 from dashboard.extensions import login_manager
 from core.models import User, utcnow
+from core.models.companies import check_dummy_password
 
 bp = Blueprint("auth", __name__, template_folder="templates")
 GENERIC_ERROR = "Invalid email or password."
-_dummy_hash: list[str] = []  # computed once: the hash an unknown account is checked against
 _ENCODED_UNSAFE = re.compile(r"%(?:[01][0-9a-f]|7f|5c|20)", re.IGNORECASE)
 
 
@@ -53,10 +52,7 @@ def may_sign_in(user: User) -> bool:
 def _password_ok(user: User | None, password: str) -> bool:
     """Check the password; an unknown account is checked against a dummy hash (same work)."""
     if user is None:
-        if not _dummy_hash:
-            _dummy_hash.append(generate_password_hash(secrets.token_urlsafe(16)))
-        check_password_hash(_dummy_hash[0], password)
-        return False
+        return check_dummy_password(password)
     return user.check_password(password)
 
 

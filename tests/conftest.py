@@ -18,7 +18,8 @@ from providers import guard
 from tests.support.openapi import CheckedClient
 from tests.support.certificates import client as s3_client
 from tests.support.servers import MotoServer, RedisServer, SesLocal, SmtpSink, free_port
-from tests.support.app import AuthActions, CompanyFixture, ROOT, TEST_CONFIG, empty_tables, pg_create, pg_drop
+from tests.support.app import (AuthActions, CompanyFixture, JINJA_BYTECODE, ROOT, TEST_CONFIG, empty_tables, pg_create,
+                               pg_drop)
 
 # The suite is development (CONTRACT §2): the emulators, sinks and LMS databases listen on loopback, and
 # the public dev key is fine. Set in the environment so the workers and servers the tests start inherit it.
@@ -80,6 +81,7 @@ def app(migrated, redis_server):
 
     app = create_app({"SQLALCHEMY_DATABASE_URI": migrated, "REDIS_URL": redis_server, **TEST_CONFIG})
     app.test_client_class = CheckedClient  # every API response is checked against the OpenAPI document
+    app.jinja_env.bytecode_cache = JINJA_BYTECODE
 
     @app.before_request
     def fresh_g():

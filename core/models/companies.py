@@ -4,6 +4,7 @@ from __future__ import annotations
 import secrets
 from datetime import datetime
 
+from flask import current_app, has_app_context
 from flask_login import UserMixin
 from sqlalchemy import UniqueConstraint
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -11,6 +12,27 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from core.crypto import EncryptedJSON, EncryptedText
 from core.db import db
 from core.models.base import TenantMixin, sha256_hex, utcnow
+
+
+# New passwords get werkzeug's scrypt (n=2**15, r=8, p=1). ``PASSWORD_HASH_METHOD`` in the app's config
+# names another werkzeug method; only the test suite sets it (a cheap one: it signs in thousands of times), and
+# it is not read from the environment. A stored hash names its own method, so checking is unaffected.
+PASSWORD_HASH_METHOD = "scrypt"
+_dummy_hashes: dict[str, str] = {}  # per method, made once: what an unknown account's password is checked against
+
+
+def password_hash_method() -> str:
+    return current_app.config.get("PASSWORD_HASH_METHOD", PASSWORD_HASH_METHOD) if has_app_context() \
+        else PASSWORD_HASH_METHOD
+
+
+def check_dummy_password(password: str) -> bool:
+    """The same hash work as checking a real account's password; always False."""
+    method = password_hash_method()
+    if method not in _dummy_hashes:
+        _dummy_hashes[method] = generate_password_hash(secrets.token_urlsafe(16), method=method)
+    check_password_hash(_dummy_hashes[method], password)
+    return False
 
 
 class Company(db.Model):
@@ -140,7 +162,7 @@ class User(UserMixin, db.Model):
     company = db.relationship("Company")
 
     def set_password(self, password: str) -> None:
-        self.password_hash = generate_password_hash(password)
+        self.password_hash = generate_password_hash(password, method=password_hash_method())
         self.session_token = secrets.token_hex(16)
 
     def check_password(self, password: str) -> bool:

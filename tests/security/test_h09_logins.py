@@ -27,6 +27,7 @@ def test_an_attacker_cannot_lock_the_admin_out(app, client, make_user):
 
 
 def test_unknown_and_real_accounts_cost_the_same_work_and_answer_alike(app, client, make_user, monkeypatch):
+    monkeypatch.delitem(app.config, "PASSWORD_HASH_METHOD")  # production's scrypt, not the suite's cheap hash
     make_user("ann@acme.test", role="admin")
     attempt(client, "warmup@nowhere.test", "x", ip="192.0.2.50")  # the dummy hash is made once
     calls = []
@@ -89,3 +90,12 @@ def test_logout_invalidates_the_session_cookie(app, client, company, make_user):
     replay.set_cookie("session", stolen)
     assert replay.get("/admin/jobs/").status_code == 302  # the copied cookie signs no one in
     assert db.session.get(User, 1) is not None
+
+
+def test_passwords_are_stored_with_scrypt_unless_the_config_names_another_method(app, make_user, monkeypatch):
+    cheap, _ = make_user("suite@acme.test", role="admin")  # the suite's TEST_CONFIG names a cheap method
+    assert cheap.password_hash.startswith("pbkdf2:sha256:1$")
+    monkeypatch.delitem(app.config, "PASSWORD_HASH_METHOD")
+    user, password = make_user("ann@acme.test", role="admin")
+    assert user.password_hash.startswith("scrypt:32768:8:1$") and user.check_password(password)
+    assert cheap.check_password("correct horse battery")  # a stored hash keeps its own method

@@ -2,6 +2,7 @@
 from __future__ import annotations
 import os
 import re
+from jinja2 import BytecodeCache
 from sqlalchemy import text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -30,9 +31,30 @@ def pg_drop(name: str) -> None:
 
 TEST_CONFIG = {
     "TESTING": True,
+    # a test signs in thousands of times: PBKDF2 with one round instead of scrypt's 70 ms of CPU each. The
+    # method is recorded in each hash; test_h09_logins and the live servers run scrypt, as production does.
+    "PASSWORD_HASH_METHOD": "pbkdf2:sha256:1",
     "OFFLOAD_LEASE_S": 30,
     "OFFLOAD_SWEEP_S": 2,
 }
+
+
+class SharedBytecodeCache(BytecodeCache):
+    """Compiled templates shared by the apps of one test process (each test builds its own app, and each app
+    would parse and compile the same templates again). Jinja checks the source's checksum on every load."""
+
+    def __init__(self):
+        self.code: dict[str, bytes] = {}
+
+    def load_bytecode(self, bucket):
+        if bucket.key in self.code:
+            bucket.bytecode_from_string(self.code[bucket.key])
+
+    def dump_bytecode(self, bucket):
+        self.code[bucket.key] = bucket.bytecode_to_string()
+
+
+JINJA_BYTECODE = SharedBytecodeCache()
 
 
 def empty_tables(db) -> None:
