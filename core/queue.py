@@ -179,13 +179,15 @@ def still_running(job: RQJob) -> bool:
     """True while a worker runs ``job``: one of its executions is in the started registry and not expired.
 
     A SIGKILLed worker leaves its job ``started`` until RQ's maintenance (every ten minutes)
-    notices; the execution's entry expires when the worker's heartbeat lapses (about 90 s),
-    and then the job is dead, not running.
+    notices; the execution's entry expires when the worker stops beating it (``tasks.worker``
+    beats every 5 s with a 30 s TTL), and then the job is dead, not running.
     """
     started = job.started_job_registry.key
     now_ts = time.time()
-    for execution in job.get_executions():
-        score = job.connection.zscore(started, execution.composite_key)
+    # the ids, not rq's get_executions(): that reads each execution's hash, which expires 60 s before
+    # its entry in the job's execution registry does (and raises for the missing hash meanwhile)
+    for execution_id in job.execution_registry.get_execution_ids():
+        score = job.connection.zscore(started, f"{job.id}:{execution_id}")
         if score is not None and score > now_ts:
             return True
     return False

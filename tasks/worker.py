@@ -3,6 +3,14 @@ this machine), each job in a fresh app context, with RQ's scheduler, and a
 small thread that keeps the recovery sweep scheduled even after Redis
 lost its data.
 
+RQ's ``SimpleWorker`` runs a job in the thread that would beat, so it gives
+each execution the job's timeout plus 60 s to live (four minutes by default):
+a worker SIGKILLed while planning a job would leave that plan looking alive,
+and the sweep waiting, for that long. ``AppWorker`` beats a running job's
+execution from a thread instead, every ``EXECUTION_BEAT_S``, with a TTL of
+``EXECUTION_TTL_S``; a dead worker's execution lapses within that TTL
+(``core.queue.still_running``).
+
 RQ's work loop quits on a Redis error met outside its dequeue (say, while
 recording a job's end) and RQ cannot start while Redis is down. ``run_worker``
 rides such outages out: it waits, with back-off, for Redis to answer and
@@ -31,6 +39,9 @@ from core.db import db
 log = logging.getLogger(__name__)
 #: the longest read timeout of a provider call
 PROVIDER_TIMEOUT_S = max(SES_TIMEOUT_S, CLOUDFLARE_TIMEOUT_S)
+#: how often a running job's execution is refreshed, and how long it lives without a refresh
+EXECUTION_BEAT_S = 5
+EXECUTION_TTL_S = 30
 
 
 class AppWorker(SimpleWorker):
@@ -55,6 +66,35 @@ class AppWorker(SimpleWorker):
         AppWorker.stop_requested = True
         super().request_force_stop(signum, frame)
 
+    def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
+        """The TTL of a running job's execution (and of the worker meanwhile): ``_beat`` refreshes it."""
+        return EXECUTION_TTL_S
+
+    def prepare_execution(self, job):
+        execution = super().prepare_execution(job)
+        stop = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(job, execution, stop), daemon=True, name="execution-beat")
+        beat.start()
+        self._beating = (stop, beat)
+        return execution
+
+    def _beat(self, job, execution, stop: threading.Event) -> None:
+        """While ``job`` runs: keep its execution in the started registry, and this worker registered."""
+        while not stop.wait(EXECUTION_BEAT_S):
+            try:
+                with self.connection.pipeline() as pipe:
+                    self.heartbeat(EXECUTION_TTL_S, pipeline=pipe)
+                    execution.heartbeat(job.started_job_registry, EXECUTION_TTL_S, pipeline=pipe)
+                    pipe.execute()
+            except (RedisError, OSError) as exc:  # Redis away: the job goes on; the next beat tries again
+                log.debug("execution beat missed: %s", type(exc).__name__)
+
+    def _stop_beat(self) -> None:
+        beating, self._beating = getattr(self, "_beating", None), None
+        if beating is not None:
+            beating[0].set()
+            beating[1].join(timeout=EXECUTION_BEAT_S)
+
     def perform_job(self, job, queue, *args, **kwargs):
         with self.app.app_context():
             try:
@@ -63,7 +103,10 @@ class AppWorker(SimpleWorker):
                 db.session.remove()
 
     def execute_job(self, job, queue):
-        super().execute_job(job, queue)
+        try:
+            super().execute_job(job, queue)
+        finally:
+            self._stop_beat()
         if job.get_status(refresh=False) != JobStatus.FINISHED:
             self.wait_for_database()
 

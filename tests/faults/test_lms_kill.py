@@ -39,7 +39,7 @@ def stuck() -> str:
         try:
             rq_job = RQJob.fetch(f"plan-{job_id}", connection=connection())
             queue = get_queue(rq_job.origin)
-            plans[job_id] = (rq_job.get_status(), [e.composite_key for e in rq_job.get_executions()],
+            plans[job_id] = (rq_job.get_status(), rq_job.execution_registry.get_execution_ids(),
                              connection().lpos(queue.key, rq_job.id),
                              connection().lpos(queue.intermediate_queue_key, rq_job.id))
         except NoSuchJobError:

@@ -234,3 +234,46 @@ def test_a_plan_queued_in_no_list_is_planned_again(app, client, company):
     connection().delete(queue.intermediate_queue_key)  # RQ's maintenance dropped it from the list
     assert RQJob.fetch(rq_id, connection=connection()).get_status() == "queued"
     assert not is_live(rq_id) and unplanned_jobs() == [job_id]
+
+
+def test_a_running_jobs_execution_is_beaten_and_a_dead_workers_lapses(app, monkeypatch):
+    """RQ's SimpleWorker gives a running job's execution the job's timeout plus 60 s to live; AppWorker
+    beats it from a thread, so a long job stays running and a worker that died is seen dead within the TTL."""
+    import threading
+
+    import redis
+    from rq.job import Job as RQJob
+
+    from core.queue import DEFAULT, get_queue, is_live, still_running
+    from tasks import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "EXECUTION_BEAT_S", 0.2)
+    monkeypatch.setattr(worker_module, "EXECUTION_TTL_S", 1)
+    get_queue(DEFAULT).enqueue("time.sleep", 2.5, job_id="sleeper")  # runs for 2.5 TTLs
+    seen = []
+
+    def probe():
+        conn = redis.Redis.from_url(app.config["REDIS_URL"])
+        job = RQJob.fetch("sleeper", connection=conn)
+        deadline = time.monotonic() + 10
+        while job.get_status() != "started" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.8)  # past the TTL the execution was created with
+        seen.append((job.get_status(), still_running(job)))
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    run_worker_burst(app)
+    thread.join()
+    assert seen == [("started", True)]
+    assert RQJob.fetch("sleeper", connection=connection()).get_status() == "finished"
+
+    # a worker that dies after taking a job stops beating: its execution lapses within the TTL
+    rq_job = get_queue(DEFAULT).enqueue("time.sleep", 0, job_id="orphan")
+    dying = worker_module.AppWorker([get_queue(DEFAULT)], connection=connection())
+    dying.prepare_job_execution(rq_job)
+    dying.prepare_execution(rq_job)
+    assert is_live(rq_job.id)
+    dying._stop_beat()  # what SIGKILL does to the beating thread
+    time.sleep(1.3)
+    assert rq_job.get_status() == "started" and not is_live(rq_job.id)
