@@ -91,6 +91,12 @@ def app(migrated, redis_server):
 
         g.__dict__.clear()
 
+    @app.teardown_request
+    def end_session(exc):
+        # and the session ends with the request, as production's does: what the request loaded is not kept
+        # for the next one (a worker may change those rows meanwhile); the test's own objects reload on use
+        db.session.rollback()
+
     with app.app_context():
         empty_tables(db)
         connection().flushdb()
