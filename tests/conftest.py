@@ -14,6 +14,10 @@ import tempfile
 import uuid
 import pytest
 
+from core import companies
+from core.db import db
+from core.queue import connection, start_embedded_redis
+from dashboard import create_app
 from providers import guard
 from tests.support.openapi import CheckedClient
 from tests.support.certificates import client as s3_client
@@ -58,8 +62,6 @@ def redis_server():
         with RedisServer() as server:
             yield server.url
     else:  # no redis-server binary: the embedded Redis-compatible server
-        from core.queue import start_embedded_redis
-
         yield start_embedded_redis(port=free_port())
 
 
@@ -75,10 +77,6 @@ def migrated(database_url, redis_server):
 @pytest.fixture
 def app(migrated, redis_server):
     """An app on the run's database and Redis, emptied before the test."""
-    from dashboard import create_app
-    from core.db import db
-    from core.queue import connection
-
     app = create_app({"SQLALCHEMY_DATABASE_URI": migrated, "REDIS_URL": redis_server, **TEST_CONFIG})
     app.test_client_class = CheckedClient  # every API response is checked against the OpenAPI document
     app.jinja_env.bytecode_cache = JINJA_BYTECODE
@@ -117,9 +115,6 @@ def runner(app):
 
 @pytest.fixture
 def make_company(app):
-    from core import companies
-    from core.db import db
-
     def make(name: str | None = None, **settings) -> CompanyFixture:
         company, token, secret = companies.create_company(name or f"Company {uuid.uuid4().hex[:6]}")
         if settings:
@@ -137,9 +132,6 @@ def company(make_company):
 
 @pytest.fixture
 def make_user(app):
-    from core import companies
-    from core.db import db
-
     def make(email: str, role: str = "manager", company_id: int | None = None,
              password: str = "correct horse battery") -> tuple:
         user = companies.create_user(email, password, role, company_id)

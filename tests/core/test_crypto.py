@@ -5,6 +5,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy import text
 
 from core import crypto
+from core.companies import configure
 from core.db import db
 from core.models import Company, Recipient
 from core.rotation import reencrypt_all
@@ -24,8 +25,6 @@ def raw_dump() -> str:
 
 def make_job_with_secret(client, company):
     company_row = db.session.get(Company, company.id)
-    from core.companies import configure
-
     configure(company_row, {"aws_secret_key": CANARY_SECRET, "smtp_password": CANARY_SECRET + "-smtp"})
     db.session.commit()
     resp = client.post("/api/v1/jobs", headers=company.auth, json={

@@ -12,6 +12,9 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect
 
+from core.db import db
+from dashboard import create_app
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FLASK = os.path.join(ROOT, ".venv", "bin", "flask")
 
@@ -34,9 +37,6 @@ def upgrade(url: str) -> None:
 
 
 def assert_matches_models(url: str) -> None:
-    from dashboard import create_app
-    from core.db import db
-
     app = create_app({"SQLALCHEMY_DATABASE_URI": url})
     with app.app_context():
         with db.engine.connect() as conn:

@@ -6,6 +6,7 @@ from cryptography.fernet import Fernet
 
 from core.settings import SettingsError
 from core.settings import load as load_settings
+from dashboard import create_app
 from providers.base import OPERATOR_ENDPOINT
 
 DEV = {"OFFLOAD_DEV": "1"}
@@ -62,8 +63,6 @@ def test_postgres_urls_use_psycopg3():
 
 
 def test_create_app_refuses_bad_settings(monkeypatch):
-    from dashboard import create_app
-
     monkeypatch.setenv("OFFLOAD_BATCH_SIZE", "many")
     with pytest.raises(SettingsError, match="OFFLOAD_BATCH_SIZE"):
         create_app()

@@ -5,6 +5,7 @@ from sqlalchemy import select
 
 from core.db import db
 from core.models import AuditLog, User
+from dashboard import create_app
 from tests.support.app import csrf_from
 
 
@@ -82,8 +83,6 @@ def test_audit_ip_is_not_taken_from_a_forged_header(client, company, make_user):
 
 
 def test_behind_a_trusted_proxy_the_forwarded_ip_is_used(app, company, make_user):
-    from dashboard import create_app
-
     make_user("ann@acme.test", company_id=company.id)
     proxied = create_app({"SQLALCHEMY_DATABASE_URI": app.config["SQLALCHEMY_DATABASE_URI"],
                           "REDIS_URL": app.config["REDIS_URL"], "TESTING": True, "OFFLOAD_PROXY_HOPS": 1})

@@ -7,14 +7,16 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select, text, update
+from sqlalchemy import event, func, select, text, update
 from standardwebhooks import Webhook
 
 from core import companies, webhooks
+from core.callbacks import record_callback
 from core.db import db
 from core.jobs import create_job
 from core.models import Batch, Job, Recipient, WebhookReceipt, utcnow
 from core import batches
+from tasks.offload import purge_receipts
 from tests.support.webhooks import VECTOR_BODY, VECTOR_ID, VECTOR_SECRET, VECTOR_SIGNATURE, VECTOR_TS
 
 PATH = "/callbacks/v1/batches"
@@ -303,8 +305,6 @@ def test_reference_library_signature_is_accepted(client, acme):
 
 
 def test_purge_keeps_receipts_for_seven_days(app, client, acme):
-    from tasks.offload import purge_receipts
-
     job, _ = submitted_job(acme)
     for n in range(2):
         body = payload(job, 1, sent(f"user{n}@acme.test"))
@@ -321,10 +321,6 @@ def test_purge_keeps_receipts_for_seven_days(app, client, acme):
 def test_a_concurrent_duplicate_loses_on_the_unique_receipt(app, acme):
     """Two deliveries of one webhook-id at once: the one that commits second
     meets the unique (company, webhook-id) constraint and changes nothing."""
-    from sqlalchemy import event
-
-    from core.callbacks import record_callback
-
     job, batches = submitted_job(acme)
     session = db.session()
 

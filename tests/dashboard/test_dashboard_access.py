@@ -14,8 +14,11 @@ import re
 import pytest
 from sqlalchemy import select
 
+from core.audiences import Upload, UploadStore
+from core.checks import start_connection_test
 from core.db import db
 from core.models import ApiToken, AuditLog, Certificate, CertificateTemplate, Company, Job, Suppression, Template
+from core.queue import connection
 from tests.support.app import csrf_from, run_worker_burst
 from tests.support.servers import SmtpSink
 
@@ -54,8 +57,6 @@ def world(app, client, auth, make_company, make_user):
         w.suppression = _row(Suppression(company_id=a.id, email="alpha-suppressed@example.com")).id
         w.cert = _row(Certificate(company_id=a.id, code="ALPHA-CERT-0001", job_id=w.job,
                                   learner_name="Alpha Learner", course_name="Alpha course")).id
-        from core.checks import start_connection_test
-
         w.check = start_connection_test(a.id)
         w.upload = _upload(a.id, a_manager.id)
         w.secret = db.session.get(Company, a.id).callback_secret
@@ -79,9 +80,6 @@ def _row(obj):
 
 
 def _upload(company_id: int, user_id: int) -> str:
-    from core.audiences import Upload, UploadStore
-    from core.queue import connection
-
     return UploadStore(connection()).save(Upload(company_id, user_id, "alpha.csv", ["email"],
                                                  [(2, ["alpha-upload@example.com"])]))
 

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from dashboard.csvexport import csv_lines, neutralise
 from core.db import db
-from core.models import AuditLog, Job
+from core.models import AuditLog, BounceEvent, Job
 from tests.support.app import csrf_from, run_worker_burst
 from tests.support.servers import SmtpSink
 
@@ -196,8 +196,6 @@ def test_admin_sees_every_company_and_filters_by_company(client, auth, make_comp
 
 
 def test_job_detail_and_overview_show_bounce_and_complaint_rates(client, manager, acme):
-    from core.models import BounceEvent
-
     job_id = create_job(client, acme, people(40))
     job = db.session.get(Job, job_id)
     job.emails_sent, job.emails_bounced, job.status = 37, 3, "completed"

@@ -9,6 +9,7 @@ import json
 import pytest
 from sqlalchemy import select
 
+from core import audit
 from core.db import db
 from core.models import ApiToken, AuditLog, Company
 from core.queue import HIGH, connection, get_queue
@@ -250,8 +251,6 @@ def test_unknown_or_malformed_check_ids_are_404(client, manager):
 
 def test_audit_log_lists_the_company_entries(client, manager, make_company):
     other = make_company("Other Co")
-    from core import audit
-
     audit.record("settings_changed", company_id=other.id, details={"fields": ["smtp_host"]}, actor="x@other.test")
     db.session.commit()
     save(client, manager, "smtp", smtp_host="mail.acme.test", smtp_port="25", smtp_tls="none")
@@ -263,8 +262,6 @@ def test_audit_log_lists_the_company_entries(client, manager, make_company):
 
 
 def test_audit_export_neutralises_formula_cells(client, manager):
-    from core import audit
-
     audit.record("login_failed", company_id=manager.id, actor="=HYPERLINK(\"http://evil\")", object_type="user")
     db.session.commit()
     export = client.get("/admin/audit/export/csv/")

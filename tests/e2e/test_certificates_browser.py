@@ -8,8 +8,9 @@ import pytest
 from playwright.sync_api import expect
 from sqlalchemy import select
 
+from core.certificate_render import new_verification_code
 from core.db import db
-from core.models import CertificateTemplate
+from core.models import Certificate, CertificateTemplate, utcnow
 from tests.support.browser import ARTIFACTS
 
 pytestmark = [pytest.mark.browser]
@@ -45,9 +46,6 @@ def test_live_preview_follows_the_html(live_server, browser, company, make_user)
 
 
 def test_the_verification_page_runs_no_script(live_server, browser, company):
-    from core.models import Certificate, utcnow
-    from core.certificate_render import new_verification_code
-
     cert = Certificate(company_id=company.id, code=new_verification_code(), course_name="Fire Safety",
                        learner_name="<img src=x onerror=\"document.title='pwned'\"><script>document.title='pwned'"
                                     "</script>Ann", issued_at=utcnow())

@@ -17,6 +17,9 @@ from __future__ import annotations
 import os
 import subprocess
 import pytest
+from core.db import db
+from dashboard import create_app
+from tests.support.app import empty_tables
 from tests.support.faults import (FAULT_LINES, FLASK, LEASE_S, RESULTS, ROOT, SWEEP_S, PgCluster, RestartableRedis,
                                   WorkerFleet)
 
@@ -45,10 +48,6 @@ def redis():
 @pytest.fixture
 def app(pg, redis):
     """An app on the cluster and the test's Redis, emptied before the test (overrides the suite's)."""
-    from dashboard import create_app
-    from core.db import db
-    from tests.support.app import empty_tables
-
     if not pg.running():  # a failed test may have left it stopped
         pg.start()
     app = create_app({"SQLALCHEMY_DATABASE_URI": pg.url(), "REDIS_URL": redis.url, "TESTING": True,

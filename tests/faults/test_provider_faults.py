@@ -7,7 +7,13 @@ import time
 from collections import Counter
 
 import pytest
+from sqlalchemy import select
 
+from core.db import db
+from core.models import Batch
+from core.queue import connection
+from tasks import limits
+from tests.support.app import run_worker_burst
 from tests.support.faults import (CHUNK, delivered, load_job, lost_and_duplicated, people, recipient_counts,
                                    submit, wait_final, wait_progress)
 from tests.support.faulty_proxy import FaultyProxy
@@ -106,14 +112,6 @@ def test_hung_provider_without_fallback_resumes_when_the_hang_ends(app, client, 
 def test_open_circuit_without_fallback_backs_off_instead_of_pausing(app, client, make_company, ses):
     """Three connection failures open the provider's circuit; with no fallback
     the batch waits for it to close (retry), and the job is not paused."""
-    from sqlalchemy import select
-
-    from core.db import db
-    from core.models import Batch
-    from core.queue import connection
-    from tasks import limits
-    from tests.support.app import run_worker_burst
-
     company = make_company(**aws_settings(ses.url))
     for _ in range(limits.BREAKER_THRESHOLD):
         limits.breaker_failure(connection(), company.id, "aws")

@@ -9,7 +9,9 @@ import pytest
 import redis as redis_py
 
 from core.queue import warn_if_evicting
-from tests.support.servers import ManagedProcess, free_port
+from dashboard import create_app
+from tasks.worker import run_worker
+from tests.support.servers import ManagedProcess, RedisServer, free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
 
@@ -35,8 +37,6 @@ def test_warns_when_redis_may_evict(evicting_redis, caplog):
 
 @pytest.mark.timeout(30)
 def test_quiet_when_redis_is_configured_for_rq(caplog):
-    from tests.support.servers import RedisServer
-
     with RedisServer() as server, caplog.at_level(logging.WARNING, logger="core.queue"):
         warn_if_evicting(redis_py.Redis.from_url(server.url))
     server.log_path.unlink(missing_ok=True)
@@ -45,9 +45,6 @@ def test_quiet_when_redis_is_configured_for_rq(caplog):
 
 @pytest.mark.timeout(60)
 def test_worker_start_up_warns(evicting_redis, caplog, tmp_path):
-    from dashboard import create_app
-    from tasks.worker import run_worker
-
     app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path}/x.db", "REDIS_URL": evicting_redis,
                       "TESTING": True})
     with caplog.at_level(logging.WARNING, logger="core.queue"):

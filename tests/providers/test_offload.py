@@ -6,6 +6,7 @@ import json
 import boto3
 import pytest
 
+from providers import guard
 from providers.base import (
     ConnectionFailure,
     PermanentError,
@@ -334,8 +335,6 @@ def test_delivery_id_names_the_batch_and_exactly_its_recipients():
 
 @pytest.fixture
 def open_guard():
-    from providers import guard
-
     before = guard.policy()
     guard.configure(allow_private=True, production=False)
     yield guard

@@ -4,6 +4,8 @@ import os
 import re
 from jinja2 import BytecodeCache
 from sqlalchemy import text
+from core.queue import QUEUE_NAMES, connection, get_queue
+from tasks.worker import AppWorker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -102,9 +104,6 @@ class AuthActions:
 
 def run_worker_burst(app, max_jobs: int | None = None) -> None:
     """Process every queued RQ job in this process (burst mode, scheduler on)."""
-    from core.queue import QUEUE_NAMES, connection, get_queue
-    from tasks.worker import AppWorker
-
     AppWorker.app = app
     worker = AppWorker([get_queue(n) for n in QUEUE_NAMES], connection=connection())
     worker.work(burst=True, max_jobs=max_jobs, with_scheduler=False, logging_level="WARNING")

@@ -5,6 +5,14 @@ from __future__ import annotations
 
 import time
 
+from rq.registry import ScheduledJobRegistry
+
+from core import events
+from core.db import db
+from core.models import Template
+from core.queue import QUEUE_NAMES, connection, get_queue
+from tasks.worker import AppWorker
+
 WELCOME = {"subject": "Welcome {{ firstname }}",
            "body_text": "Hi {{ firstname }}, your password is {{ password }}",
            "body_html": "<p>Hi {{ firstname }}</p>"}
@@ -12,9 +20,6 @@ WELCOME = {"subject": "Welcome {{ firstname }}",
 
 def make_template(company_id: int, job_type: str, name: str | None = None, **fields):
     """Store a template of ``job_type`` for the company."""
-    from core.db import db
-    from core.models import Template
-
     tpl = Template(company_id=company_id, name=name or f"{job_type} template", job_type=job_type,
                    **{**WELCOME, **fields})
     db.session.add(tpl)
@@ -30,9 +35,6 @@ def ses_settings(ses_local) -> dict:
 
 def worker_pass(app) -> None:
     """One burst of the real worker, its scheduler first moving every due job."""
-    from core.queue import QUEUE_NAMES, connection, get_queue
-    from tasks.worker import AppWorker
-
     AppWorker.app = app
     worker = AppWorker([get_queue(n) for n in QUEUE_NAMES], connection=connection())
     worker.work(burst=True, with_scheduler=True, logging_level="WARNING")
@@ -40,11 +42,6 @@ def worker_pass(app) -> None:
 
 def busy(app) -> bool:
     """True while an event window is open/closing or RQ holds queued or scheduled work."""
-    from rq.registry import ScheduledJobRegistry
-
-    from core import events
-    from core.queue import QUEUE_NAMES, connection, get_queue
-
     conn = connection()
     if conn.zcard(events.OPEN) or conn.zcard(events.CLOSED):
         return True

@@ -10,18 +10,17 @@ import json
 import os
 import sys
 
+from dashboard import create_app
+from tasks.worker import run_worker
+
 
 def main(argv: list[str]) -> None:
-    from dashboard import create_app
-
     app = create_app(json.loads(os.environ.get("OFFLOAD_TEST_CONFIG", "{}")))
     if argv[0] == "web":
         from werkzeug.serving import make_server
 
         make_server("127.0.0.1", int(argv[1]), app, threaded=True).serve_forever()
     elif argv[0] == "worker":
-        from tasks.worker import run_worker
-
         run_worker(app)
     else:
         raise SystemExit(f"unknown mode {argv[0]!r}")

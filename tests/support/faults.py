@@ -12,6 +12,8 @@ from collections import Counter
 from pathlib import Path
 import pytest
 from sqlalchemy import select, text
+from core.db import db
+from core.models import JOB_FINAL, Job
 from tests.support.servers import RedisServer, free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -229,8 +231,6 @@ def submit(client, company, n: int, prefix: str = "user") -> int:
 
 
 def recipient_counts(job_id: int) -> Counter:
-    from core.db import db
-
     rows = db.session.execute(text("SELECT status, count(*) FROM recipients WHERE job_id = :j GROUP BY status"),
                               {"j": job_id}).all()
     db.session.commit()
@@ -238,9 +238,6 @@ def recipient_counts(job_id: int) -> Counter:
 
 
 def load_job(job_id: int):
-    from core.db import db
-    from core.models import Job
-
     db.session.expire_all()
     job = db.session.execute(select(Job).where(Job.id == job_id)).scalar_one()
     db.session.commit()
@@ -249,9 +246,6 @@ def load_job(job_id: int):
 
 def wait_final(job_id: int, timeout: float, fleet: WorkerFleet | None = None, poll: float = 0.25):
     """Wait until the job has a final status; fail with the evidence when it has not within ``timeout``."""
-    from core.db import db
-    from core.models import JOB_FINAL
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

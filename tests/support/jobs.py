@@ -1,6 +1,14 @@
 """Job bodies, recipients and settings for the sending tests; making scheduled work due."""
 from __future__ import annotations
 
+from rq.registry import ScheduledJobRegistry
+
+from core import scheduler
+from core.db import db
+from core.models import Batch
+from core.queue import QUEUE_NAMES, connection, get_queue, kick
+
+
 def aws_settings(endpoint: str) -> dict:
     return {"provider": "aws", "aws_endpoint_url": endpoint, "aws_region": "us-east-1",
             "aws_access_key": "AKIATESTTESTTEST", "aws_secret_key": "test-secret", "sender": "noreply@acme.test"}
@@ -19,12 +27,6 @@ def people(n: int, prefix: str = "user") -> list[dict]:
 
 def run_scheduled_now() -> None:
     """Move every scheduled RQ job to its queue and make retries due (what time would do)."""
-    from rq.registry import ScheduledJobRegistry
-
-    from core.db import db
-    from core.models import Batch
-    from core.queue import QUEUE_NAMES, get_queue
-
     for name in QUEUE_NAMES:
         queue = get_queue(name)
         registry = ScheduledJobRegistry(queue=queue)
@@ -38,9 +40,6 @@ def run_scheduled_now() -> None:
 
 def make_ready_due() -> None:
     """Every ready-set entry due now, no company blocked on its rate (what time would do)."""
-    from core import scheduler
-    from core.queue import connection, kick
-
     conn = connection()
     for key in conn.scan_iter(f"{scheduler.PREFIX}:lane:*"):
         conn.zadd(key, {m: 0 for m in conn.zrange(key, 0, -1)})

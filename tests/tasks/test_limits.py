@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from core import scheduler
 from core.db import db
-from core.models import Job
+from core.models import Batch, Job
 from core.queue import connection
 from tasks import limits
 from tests.support.app import run_worker_burst
@@ -105,8 +105,6 @@ def test_circuit_breaker_opens_after_repeated_connection_failures(app):
 
 
 def test_open_circuit_routes_batches_straight_to_fallback(app, client, make_company, smtp_sink, ses):
-    from core.models import Batch
-
     app.config["OFFLOAD_FALLBACK_SMTP"] = smtp_sink.config()
     company = make_company(**aws_settings(ses.url), fallback_relay="1")
     for _ in range(limits.BREAKER_THRESHOLD):

@@ -29,6 +29,8 @@ from core.db import db
 from core.models import Company, Job, Recipient, utcnow
 from core.queue import DEFAULT, SEND, connection, get_queue
 from providers.offload import delivery_id
+from tasks.offload import reconcile, requeue_lost
+from tasks.sweep import sweep
 from tests.support.app import run_worker_burst
 from tests.support.faulty_proxy import FaultyProxy
 from tests.support.jobs import BODY, people, run_scheduled_now
@@ -129,8 +131,6 @@ def test_a_rejected_recipient_fails_while_the_others_complete(app, client, offlo
 @pytest.mark.parametrize("policy", ["fail", "resend"])
 def test_a_lost_message_is_flagged_and_settled_by_reconcile(app, client, make_company, offload_company,
                                                             aws_lambda, ses, live_url, policy):
-    from tasks.offload import reconcile
-
     app.config.update(OFFLOAD_BATCH_SIZE=10, OFFLOAD_CALLBACK_TIMEOUT_S=0)
     offload_company.company.uncertain_policy = policy
     db.session.commit()
@@ -164,8 +164,6 @@ def test_a_lost_message_is_flagged_and_settled_by_reconcile(app, client, make_co
 
 
 def test_resend_gives_up_after_max_attempts(app, client, offload_company, aws_lambda, live_url):
-    from tasks.sweep import sweep
-
     app.config.update(OFFLOAD_CALLBACK_TIMEOUT_S=0, OFFLOAD_MAX_ATTEMPTS=2)
     job_id = submit(client, offload_company, people(3))
     for _ in range(2):
@@ -185,8 +183,6 @@ def test_an_unreachable_callback_url_is_resolved_by_reconcile(app, client, offlo
     resend); the Lambda finds what it sent recorded in S3 and posts those
     results instead of sending again, so the job completes with everyone
     emailed once."""
-    from tasks.offload import reconcile
-
     monkeypatch.setenv("CALLBACK_ATTEMPTS", "1")
     app.config.update(OFFLOAD_CALLBACK_TIMEOUT_S=0, OFFLOAD_PUBLIC_URL=f"http://127.0.0.1:{free_port()}")
     job_id = submit(client, offload_company, people(5))
@@ -330,8 +326,6 @@ def test_a_recipient_that_cannot_render_fails_alone(app, client, offload_company
 
 
 def test_lost_submissions_are_queued_again(app, client, offload_company):
-    from tasks.offload import requeue_lost
-
     job_id = submit(client, offload_company, people(3))
     run_worker_burst(app, max_jobs=1)  # plan
     connection().flushdb()  # Redis lost the submit job

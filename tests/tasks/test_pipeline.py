@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 from collections import Counter
+from datetime import timedelta
 
 from sqlalchemy import select
 
+from core.batches import pause_job
+from core.companies import configure
 from core.db import db
-from core.models import Batch, Job, Recipient
+from core.models import Batch, Company, Job, Recipient, utcnow
 from core.queue import connection
+from core.routing import Route
 from tasks import scheduling
+from tasks.routing import provider_for
+from tasks.sending import QUOTA_PAUSE
+from tasks.sweep import resume_quota_paused
 from tests.support.app import run_worker_burst
 from tests.support.faulty_proxy import FaultyProxy
 from tests.support.jobs import BODY, aws_settings, people, run_scheduled_now
+from tests.support.servers import free_port
 
 def submit(client, company, recipients, **extra) -> int:
     resp = client.post("/api/v1/jobs", json={**BODY, "recipients": recipients, **extra}, headers=company.auth)
@@ -99,8 +107,6 @@ def test_permanent_rejections_fail_only_those_recipients(app, client, make_compa
 
 
 def test_unreachable_provider_falls_back_to_smtp(app, client, make_company, smtp_sink):
-    from tests.support.servers import free_port
-
     app.config["OFFLOAD_FALLBACK_SMTP"] = smtp_sink.config()
     # nothing listens there; the operator enabled its relay for the company
     company = make_company(**aws_settings(f"http://127.0.0.1:{free_port()}"), fallback_relay="1")
@@ -151,9 +157,7 @@ def test_retryable_failures_give_up_then_retry_failed_recipients(app, client, ma
 
 
 def test_quota_exhaustion_pauses_the_job(app, client, make_company, ses):
-    from tests.support.faulty_proxy import FaultyProxy as Proxy
-
-    class QuotaProxy(Proxy):
+    class QuotaProxy(FaultyProxy):
         def _decide(self):
             return "quota"
 
@@ -215,8 +219,6 @@ def _maybe_inflate(zlib, chunk: bytes) -> bytes:
 def test_a_paused_job_resumes_and_completes(app, client, make_company, ses):
     company = make_company(**aws_settings(ses.url))
     job_id = submit(client, company, people(250))
-    from core.batches import pause_job
-
     run_worker_burst(app, max_jobs=1)  # planned: two batches queued
     pause_job(job_id, "sending quota exhausted: test")
     run_worker_burst(app)  # the batches see the pause and wait
@@ -229,13 +231,6 @@ def test_a_paused_job_resumes_and_completes(app, client, make_company, ses):
 
 
 def test_a_quota_pause_resumes_by_itself_later(app, client, make_company, ses):
-    from datetime import timedelta
-
-    from core.models import utcnow
-    from tasks.sending import QUOTA_PAUSE
-    from core.batches import pause_job
-    from tasks.sweep import resume_quota_paused
-
     company = make_company(**aws_settings(ses.url))
     job_id = submit(client, company, people(30))
     other_id = submit(client, company, people(5, prefix="other"))
@@ -252,10 +247,6 @@ def test_a_quota_pause_resumes_by_itself_later(app, client, make_company, ses):
 
 
 def test_a_long_provider_outage_fails_nobody_and_the_job_finishes_after(app, client, make_company, ses):
-    from core.companies import configure
-    from core.models import Company
-    from tests.support.servers import free_port
-
     app.config["OFFLOAD_MAX_ATTEMPTS"] = 2
     company = make_company(**aws_settings(f"http://127.0.0.1:{free_port()}"))  # SES down, no fallback
     job_id = submit(client, company, people(60))
@@ -277,9 +268,6 @@ def test_a_long_provider_outage_fails_nobody_and_the_job_finishes_after(app, cli
 
 
 def test_the_operators_provider_timeout_reaches_the_providers(app, company):
-    from core.routing import Route
-    from tasks.routing import provider_for
-
     config = {"provider": "smtp", "smtp_host": "127.0.0.1", "smtp_port": "2525", "sender": "noreply@acme.test"}
     assert provider_for(company.id, Route("direct", "smtp", config), "v1").timeout == 20.0  # SMTP's own
     app.config["OFFLOAD_PROVIDER_TIMEOUT_S"] = 2.5

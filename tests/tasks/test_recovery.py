@@ -2,18 +2,28 @@
 (the fault tests in tests/faults break real processes)."""
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections import Counter
 from datetime import timedelta
 
+import redis
+from rq import SimpleWorker
+from rq.job import Job as RQJob
 from sqlalchemy import select, text, update
 
+import tasks.sweep as sweep_module
 from core.db import db
 from core.models import Batch, Company, Job, Recipient, utcnow
-from core.queue import connection
+from core.queue import (DEFAULT, HIGH, POPPED_GRACE_S, connection, get_queue, is_live, schedule_lms_polls,
+                        schedule_sweep, still_running)
 from core import batches
+from tasks import worker as worker_module
+from tasks.purge import purge_recipient_data
 from tasks.sending import plan_job, send_batch
-from tasks.sweep import sweep
+from tasks.sweep import sweep, unplanned_jobs
+from tasks.worker import PROVIDER_TIMEOUT_S, run_worker
 from tests.support.app import run_worker_burst
 from tests.support.jobs import aws_settings
 
@@ -86,8 +96,6 @@ def test_sweep_rebuilds_the_queue_after_redis_lost_it(app, client, make_company,
     connection().flushdb()  # Redis restarted with its data dropped
     db.session.execute(text("UPDATE batches SET status = 'queued'"))  # (already; made explicit)
     db.session.commit()
-    import tasks.sweep as sweep_module
-
     sweep_module.GRACE_S = 0
     try:
         report = sweep()
@@ -115,8 +123,6 @@ def test_sweep_requeues_expired_leases(app, client, make_company, ses):
 
 
 def test_recipient_data_is_purged_after_retention(app, client, company):
-    from tasks.purge import purge_recipient_data
-
     old_job, new_job = make_job(client, company), make_job(client, company)
     db.session.execute(update(Job).values(status="completed"))
     db.session.execute(update(Job).where(Job.id == old_job).values(completed_at=utcnow() - timedelta(days=8)))
@@ -134,8 +140,6 @@ def test_recipient_data_is_purged_after_retention(app, client, company):
 
 
 def test_rq_arguments_carry_ids_only(app, client, company):
-    from rq.job import Job as RQJob
-
     make_job(client, company)
     conn = connection()
     for key in conn.scan_iter("rq:job:*"):
@@ -147,10 +151,6 @@ def test_rq_arguments_carry_ids_only(app, client, company):
 
 
 def test_a_lease_shorter_than_a_provider_call_is_warned_about(app, caplog):
-    import logging
-
-    from tasks.worker import PROVIDER_TIMEOUT_S, run_worker
-
     app.config["OFFLOAD_LEASE_S"] = 5
     with caplog.at_level(logging.WARNING, logger="tasks.worker"):
         run_worker(app, burst=True)
@@ -165,10 +165,6 @@ def test_a_lease_shorter_than_a_provider_call_is_warned_about(app, caplog):
 def test_workers_ticking_on_one_slot_queue_its_periodic_jobs_once(app):
     """Every worker's scheduler thread ticks on the same clock slots: eight at once queue one
     sweep and one LMS poll round, not eight (RQ would run a twice-queued id twice)."""
-    import threading
-
-    from core.queue import HIGH, get_queue, schedule_lms_polls, schedule_sweep
-
     start = threading.Barrier(8)
 
     def tick() -> None:
@@ -189,12 +185,6 @@ def test_workers_ticking_on_one_slot_queue_its_periodic_jobs_once(app):
 def test_a_plan_whose_worker_died_is_planned_again(app, client, company):
     """A worker SIGKILLed while planning leaves the RQ job ``started`` for RQ's ten-minute maintenance;
     once its heartbeat lapses the sweep no longer counts it as running and plans the job again."""
-    from rq import SimpleWorker
-    from rq.job import Job as RQJob
-
-    from core.queue import DEFAULT, get_queue, is_live
-    from tasks.sweep import unplanned_jobs
-
     job_id = make_job(client, company)
     db.session.execute(update(Job).where(Job.id == job_id).values(created_at=utcnow() - timedelta(minutes=5)))
     db.session.commit()
@@ -214,11 +204,6 @@ def test_a_plan_whose_worker_died_is_planned_again(app, client, company):
 def test_a_plan_queued_in_no_list_is_planned_again(app, client, company):
     """The states a SIGKILL mid-dequeue left in the LMS kill test: RQ says ``queued`` while the id sits
     popped and never started, or is in no list at all; no worker will ever run it."""
-    from rq.job import Job as RQJob
-
-    from core.queue import DEFAULT, POPPED_GRACE_S, get_queue, is_live
-    from tasks.sweep import unplanned_jobs
-
     job_id = make_job(client, company)
     db.session.execute(update(Job).where(Job.id == job_id).values(created_at=utcnow() - timedelta(minutes=5)))
     db.session.commit()
@@ -239,14 +224,6 @@ def test_a_plan_queued_in_no_list_is_planned_again(app, client, company):
 def test_a_running_jobs_execution_is_beaten_and_a_dead_workers_lapses(app, monkeypatch):
     """RQ's SimpleWorker gives a running job's execution the job's timeout plus 60 s to live; AppWorker
     beats it from a thread, so a long job stays running and a worker that died is seen dead within the TTL."""
-    import threading
-
-    import redis
-    from rq.job import Job as RQJob
-
-    from core.queue import DEFAULT, get_queue, is_live, still_running
-    from tasks import worker as worker_module
-
     monkeypatch.setattr(worker_module, "EXECUTION_BEAT_S", 0.2)
     monkeypatch.setattr(worker_module, "EXECUTION_TTL_S", 1)
     get_queue(DEFAULT).enqueue("time.sleep", 2.5, job_id="sleeper")  # runs for 2.5 TTLs

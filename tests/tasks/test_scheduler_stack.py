@@ -15,8 +15,10 @@ from collections import Counter
 import pytest
 from sqlalchemy import select
 
+from core import companies
 from core.db import db
 from core.models import Job, Recipient
+from dashboard import create_app
 from tests.support.servers import RedisServer
 from tests.support.jobs import BODY, aws_settings, people
 
@@ -42,8 +44,6 @@ def stack(ses_local):
         env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": redis_server.url, "OFFLOAD_BATCH_SIZE": "50",
                "OFFLOAD_SWEEP_S": "5", "SECRET_KEY": "test"}
         subprocess.run([FLASK, "--app", "wsgi", "db", "upgrade"], cwd=ROOT, env=env, check=True, capture_output=True)
-        from dashboard import create_app
-
         app = create_app({"SQLALCHEMY_DATABASE_URI": url, "REDIS_URL": redis_server.url, "TESTING": True,
                           "OFFLOAD_BATCH_SIZE": 50})
 
@@ -113,8 +113,6 @@ def test_transactional_mail_takes_its_companys_rate_ahead_of_its_running_campaig
 
 @pytest.fixture
 def make_stack_company(stack, ses_local):
-    from core import companies
-
     def make(**settings):
         company, token, _secret = companies.create_company(f"Company {uuid.uuid4().hex[:6]}")
         companies.configure(company, {k: str(v) for k, v in {**aws_settings(ses_local.url), **settings}.items()})

@@ -6,10 +6,14 @@ import re
 
 import pytest
 from sqlalchemy import select
+from werkzeug.test import EnvironBuilder
+from werkzeug.wrappers import Request
 
+from core import companies
 from core.db import db
 from core.models import Job, Recipient
 from core.queue import connection
+from dashboard.admin.campaigns import InMemoryFormDataParser
 from tests.support.app import csrf_from, run_worker_burst
 from tests.support.events import make_template
 from tests.support.servers import SmtpSink
@@ -94,8 +98,6 @@ def test_1000_rows_with_7_bad_make_a_job_of_993_and_a_report_of_7(client, manage
 def test_the_real_values_are_sent_and_mapping_renames_columns(client, manager, app):
     company, tpl = manager
     with SmtpSink() as sink:
-        from core import companies
-
         companies.configure(company.company, {"smtp_host": "127.0.0.1", "smtp_port": str(sink.port),
                                               "smtp_tls": "none"})
         db.session.commit()
@@ -145,11 +147,6 @@ def test_another_company_cannot_use_the_upload_or_the_template(client, manager, 
 
 
 def test_uploads_are_parsed_in_memory_never_spooled_to_disk():
-    from werkzeug.test import EnvironBuilder
-    from werkzeug.wrappers import Request
-
-    from dashboard.admin.campaigns import InMemoryFormDataParser
-
     big = b"email,password\n" + b"".join(b"u%d@example.com,secret-%d\n" % (i, i) for i in range(40_000))
     assert len(big) > 1024 * 1024  # werkzeug spools anything over 500 KB to a temporary file
     env = EnvironBuilder(method="POST", data={"file": (io.BytesIO(big), "big.csv")}).get_environ()

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import base64
 import io
+from datetime import timedelta
 
 import pytest
 from pypdf import PdfReader
+from rq.job import Job as RQJob
 from sqlalchemy import select
 
+from core import companies
+from core.certificates import revoke
 from core.db import db
-from core.models import Certificate, Job, Recipient
-from tests.support.certificates import DOWNLOAD_LINK, http_get, learners, ses_settings, sha256, submit
+from core.models import Certificate, CertificateTemplate, Job, Recipient, utcnow
+from core.queue import connection, enqueue_issue, issue_rq_id
+from tasks.certificates import issue_certificates
+from tasks.sweep import sweep
+from tests.support.certificates import DOWNLOAD_LINK, http_get, learners, png, ses_settings, sha256, submit
 from tests.support.app import run_worker_burst
 
 
@@ -125,9 +132,6 @@ def test_a_learner_without_a_course_fails_alone(app, client, make_company, ses, 
 
 
 def test_the_company_template_and_logo_are_used(app, client, make_company, ses, s3_bucket):
-    from core.models import CertificateTemplate
-    from tests.support.certificates import png
-
     company = make_company(**ses_settings(ses.url), s3_bucket=s3_bucket)
     db.session.add(CertificateTemplate(
         company_id=company.id, name="House style", logo=png("navy"), css="p { font-size: 18pt; }",
@@ -157,9 +161,6 @@ def test_no_storage_pauses_the_job_and_sends_nothing(app, client, make_company, 
 
 def test_issuing_twice_issues_once_and_a_revoked_certificate_is_not_mailed(
         app, client, make_company, ses, s3_bucket):
-    from core.certificates import revoke
-    from tasks.certificates import issue_certificates
-
     company = make_company(**ses_settings(ses.url), s3_bucket=s3_bucket)
     job_id = submit(client, company, learners(3))
     assert issue_certificates(job_id) == 3
@@ -176,11 +177,6 @@ def test_issuing_twice_issues_once_and_a_revoked_certificate_is_not_mailed(
 
 
 def test_rq_gets_ids_only(app, client, make_company, ses, s3_bucket):
-    from rq.job import Job as RQJob
-
-    from core.queue import connection
-    from core.queue import enqueue_issue, issue_rq_id
-
     company = make_company(**ses_settings(ses.url), s3_bucket=s3_bucket)
     job_id = submit(client, company, learners(1))
     enqueue_issue(job_id)
@@ -189,12 +185,6 @@ def test_rq_gets_ids_only(app, client, make_company, ses, s3_bucket):
 
 
 def test_a_job_paused_for_storage_resumes_once_a_bucket_is_set(app, client, make_company, ses, s3_bucket):
-    from datetime import timedelta
-
-    from core import companies
-    from core.models import utcnow
-    from tasks.sweep import sweep
-
     app.config["OFFLOAD_LOCAL_STORAGE"] = False  # as in production: no disk storage unless enabled
     company = make_company(**ses_settings(ses.url))
     job_id = submit(client, company, learners(2))

@@ -10,6 +10,7 @@ from core import events
 from core.db import db
 from core.models import Job, Recipient
 from core.queue import HIGH, connection, get_queue
+from tasks.events import close_window, flush_window, recover
 from tests.support.events import by_recipient, drain, make_template, ses_settings
 
 
@@ -116,8 +117,6 @@ def test_an_event_the_template_cannot_render_is_refused(client, ses_company):
 
 
 def test_a_closer_run_twice_makes_no_second_job(client, app, ses_company):
-    from tasks.events import close_window, flush_window
-
     for i in range(12):
         client.post("/api/v1/events", json=event(i), headers=ses_company.auth)
     conn = connection()
@@ -149,8 +148,6 @@ def test_an_event_after_the_window_closed_opens_a_new_window(client, app, ses_co
 
 
 def test_recovery_closes_a_window_whose_closer_was_lost(client, app, ses_company, ses_local):
-    from tasks.events import recover
-
     app.config["OFFLOAD_BULK_MAX_HOLD_S"] = 0.1
     client.post("/api/v1/events", json=event(7), headers=ses_company.auth)
     registry = ScheduledJobRegistry(queue=get_queue(HIGH))
