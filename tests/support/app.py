@@ -103,7 +103,7 @@ class AuthActions:
 
 
 def run_worker_burst(app, max_jobs: int | None = None) -> None:
-    """Process every queued RQ job in this process (burst mode, scheduler on)."""
+    """Process every queued RQ job in this process (burst mode; jobs scheduled for later stay scheduled)."""
     AppWorker.app = app
     worker = AppWorker([get_queue(n) for n in QUEUE_NAMES], connection=connection())
     worker.work(burst=True, max_jobs=max_jobs, with_scheduler=False, logging_level="WARNING")
