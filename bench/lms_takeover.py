@@ -28,7 +28,7 @@ sys.path.insert(0, ROOT)
 from sqlalchemy import bindparam, text  # noqa: E402
 
 from bench.bulk_send import BIN, create_database, flask  # noqa: E402
-from tests.lms.moodle import MoodleDb  # noqa: E402
+from tests.support.moodle import MoodleDb  # noqa: E402
 from tests.support.servers import RedisServer, SesLocal  # noqa: E402
 
 IOMAD = 5
