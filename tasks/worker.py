@@ -89,6 +89,12 @@ class AppWorker(SimpleWorker):
             except (RedisError, OSError) as exc:  # Redis away: the job goes on; the next beat tries again
                 log.debug("execution beat missed: %s", type(exc).__name__)
 
+    def cleanup_execution(self, job, pipeline, execution=None):
+        """RQ's end of every execution (success, failure, retry): the beat stops first, so no beat
+        writes the execution's hash back after RQ deleted it, nor shortens the idle worker's TTL."""
+        self._stop_beat()
+        super().cleanup_execution(job, pipeline, execution)
+
     def _stop_beat(self) -> None:
         beating, self._beating = getattr(self, "_beating", None), None
         if beating is not None:
@@ -106,7 +112,7 @@ class AppWorker(SimpleWorker):
         try:
             super().execute_job(job, queue)
         finally:
-            self._stop_beat()
+            self._stop_beat()  # normally stopped by cleanup_execution; this covers an end RQ did not reach
         if job.get_status(refresh=False) != JobStatus.FINISHED:
             self.wait_for_database()
 

@@ -15,8 +15,8 @@ from core.models.base import TenantMixin, sha256_hex, utcnow
 
 
 # New passwords get werkzeug's scrypt (n=2**15, r=8, p=1). ``PASSWORD_HASH_METHOD`` in the app's config
-# names another werkzeug method; only the test suite sets it (a cheap one: it signs in thousands of times), and
-# it is not read from the environment. A stored hash names its own method, so checking is unaffected.
+# names another werkzeug method; only the test suite sets it (a cheap one: it hashes and checks hundreds of
+# passwords), and it is not read from the environment. A stored hash names its own method, so checking is unaffected.
 PASSWORD_HASH_METHOD = "scrypt"
 _dummy_hashes: dict[str, str] = {}  # per method, made once: what an unknown account's password is checked against
 

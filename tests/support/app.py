@@ -33,8 +33,9 @@ def pg_drop(name: str) -> None:
 
 TEST_CONFIG = {
     "TESTING": True,
-    # a test signs in thousands of times: PBKDF2 with one round instead of scrypt's 70 ms of CPU each. The
-    # method is recorded in each hash; test_h09_logins and the live servers run scrypt, as production does.
+    # the suite hashes and checks hundreds of passwords: PBKDF2 with one round instead of scrypt's 70 ms of
+    # CPU each. The method is recorded in each hash; test_h09_logins and the live servers run scrypt, as
+    # production does.
     "PASSWORD_HASH_METHOD": "pbkdf2:sha256:1",
     "OFFLOAD_LEASE_S": 30,
     "OFFLOAD_SWEEP_S": 2,
