@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the non-Python parts the tests start: npm packages (SES v2 emulator,
-# miniflare) and, when missing, Debian's Chromium and poppler (pdftoppm).
+# miniflare) and, when missing, Debian's Chromium, poppler (pdftoppm) and php-cli (real PHP serialize()
+# output for the IOMAD headers reader's tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x tests/node/node_modules/.bin/aws-ses-v2-local ] || [ ! -x tests/node/node_modules/.bin/miniflare ]; then
@@ -9,6 +10,7 @@ fi
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v pdftoppm >/dev/null 2>&1 || missing+=(poppler-utils)
+command -v php >/dev/null 2>&1 || missing+=(php-cli)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null

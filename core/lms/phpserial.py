@@ -2,8 +2,10 @@
 
 Supports what IOMAD writes: ``N;``, ``b:``, ``i:``, ``d:``, ``s:`` (length
 in bytes), ``a:`` (arrays → dict) and ``O:`` (objects → dict of their
-properties). No references, no custom serialisation; nothing is executed.
-Anything else, or trailing bytes, is ``PhpSerialError``.
+properties; a private or protected property keeps PHP's ``\0*\0name`` key).
+No references, no custom serialisation; nothing is executed. Anything
+else, or trailing bytes, is ``PhpSerialError``. Held to real PHP's
+``serialize()`` output by ``tests/core/lms/test_phpserial.py``.
 """
 from __future__ import annotations
 
@@ -103,21 +105,3 @@ def _items(data: bytes, pos: int, count: int, depth: int) -> tuple[dict, int]:
         raise PhpSerialError("bad array end")
     return found, pos + 1
 
-
-def dumps(value) -> str:
-    """PHP ``serialize()`` of dicts, lists, strings, ints, bools and None (tests, fixtures)."""
-    if value is None:
-        return "N;"
-    if isinstance(value, bool):
-        return f"b:{int(value)};"
-    if isinstance(value, int):
-        return f"i:{value};"
-    if isinstance(value, float):
-        return f"d:{value!r};"
-    if isinstance(value, str):
-        return f's:{len(value.encode("utf-8"))}:"{value}";'
-    if isinstance(value, (list, tuple)):
-        value = dict(enumerate(value))
-    if isinstance(value, dict):
-        return f"a:{len(value)}:{{" + "".join(dumps(k) + dumps(v) for k, v in value.items()) + "}"
-    raise TypeError(f"cannot serialise {type(value).__name__}")

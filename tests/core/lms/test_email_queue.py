@@ -129,9 +129,9 @@ def test_bad_rows_fail_alone_with_a_reason(app, runner, make_company, smtp_sink,
         {"userid": 52, "companyid": ACME_IOMAD},                         # suspended
         {"userid": 53, "companyid": ACME_IOMAD},                         # invalid address
         {"userid": 103, "companyid": ACME_IOMAD, "varsreplaced": 0},     # not rendered by IOMAD
-        {"userid": 103, "companyid": ACME_IOMAD, "headers": {"attachment": {
-            "filepath": "/var/moodledata/filedir/ab/cd/" + "a" * 40, "filename": "logo.png"}}},  # no dataroot
-        {"userid": 103, "companyid": ACME_IOMAD, "headers": ["reply-to:help@acme.test", "Cc:x@acme.test"],
+        {"userid": 103, "companyid": ACME_IOMAD, "attachment": {
+            "filepath": "/var/moodledata/filedir/ab/cd/" + "a" * 40, "filename": "logo.png"}},  # no dataroot
+        {"userid": 103, "companyid": ACME_IOMAD, "template": {"emailreplytoother": "help@acme.test"},
          "subject": "With headers"},
     ])
     found = poll(runner, company)
@@ -170,12 +170,12 @@ def test_attachments_come_from_the_configured_dataroot(app, runner, make_company
     (tmp_path / "filedir" / digest[:2] / digest[2:4] / digest).write_bytes(content)
     moodle.add_users(learners(2), ACME_IOMAD)
     moodle.queue_emails([
-        {"userid": 100, "companyid": ACME_IOMAD, "headers": {"attachment": {
-            "filepath": f"/srv/moodledata/filedir/{digest[:2]}/{digest[2:4]}/{digest}", "filename": "cert.pdf"}}},
-        {"userid": 101, "companyid": ACME_IOMAD, "headers": {"attachment": {
-            "filepath": "/srv/moodledata/filedir/00/11/" + "0" * 40, "filename": "gone.pdf"}}},
-        {"userid": 101, "companyid": ACME_IOMAD, "headers": {"attachment": {
-            "filepath": "/etc/passwd", "filename": "passwd"}}},
+        {"userid": 100, "companyid": ACME_IOMAD, "attachment": {
+            "filepath": f"/srv/moodledata/filedir/{digest[:2]}/{digest[2:4]}/{digest}", "filename": "cert.pdf"}},
+        {"userid": 101, "companyid": ACME_IOMAD, "attachment": {
+            "filepath": "/srv/moodledata/filedir/00/11/" + "0" * 40, "filename": "gone.pdf"}},
+        {"userid": 101, "companyid": ACME_IOMAD, "attachment": {
+            "filepath": "/etc/passwd", "filename": "passwd"}},
     ])
     assert poll(runner, company)["failed"] == "2"
     send_all(app)
