@@ -28,6 +28,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import unicodedata
 from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from functools import lru_cache
@@ -38,6 +39,7 @@ from urllib.parse import unquote, urlsplit
 import segno
 from jinja2 import Template, TemplateError
 
+from core import certificate_fonts
 from core.rendering import MAX_SOURCE, MAX_VALUE, RENDER_BUDGET_S, BoundedSandbox, describe_error, render_bounded
 from reportlab.pdfbase.ttfonts import TTFError
 from xhtml2pdf import pisa
@@ -200,6 +202,8 @@ def _display(value: Any) -> Any:
     """Format one field for print: dates as "22 November 2026", ``None`` as ""."""
     if value is None:
         return ""
+    if isinstance(value, str):  # composed, so "e" + two combining accents prints as the one letter "ễ"
+        return unicodedata.normalize("NFC", value)
     if isinstance(value, datetime):
         value = value.date()
     if isinstance(value, date):
@@ -249,7 +253,8 @@ def render_certificate_html(template_html: str, template_css: str, context: Mapp
 
 
 def html_to_pdf(html: str, *, asset_dir: Path | None = None) -> bytes:
-    """Lay ``html`` out with xhtml2pdf under the certificate resource rules."""
+    """Lay ``html`` out with xhtml2pdf under the certificate resource rules, in the certificate fonts."""
+    certificate_fonts.register()
     out = io.BytesIO()
     try:
         status = pisa.CreatePDF(
@@ -330,7 +335,8 @@ DEFAULT_TEMPLATE_HTML = """\
   <p class="title">Certificate of Completion</p>
   <table class="rule" align="center"><tr><td>&nbsp;</td></tr></table>
   <p class="lead">This is to certify that</p>
-  <p class="learner{% if learner_name|string|length > 30 %} learner-long{% endif %}">{{ learner_name }}</p>
+  <p class="learner{% if learner_name|string|length > 45 %} learner-longer{% elif learner_name|string|length > 30 %}
+    learner-long{% endif %}">{{ learner_name }}</p>
   <p class="lead lead-close">has successfully completed</p>
   <p class="course{% if course_name|string|length > 55 %} course-long{% endif %}">{{ course_name }}</p>
   <table class="facts" align="center"><tr>
@@ -371,6 +377,7 @@ p.lead-close { margin-top: 1mm; }
 p.learner { font-family: Times-Roman; font-weight: bold; font-size: 38pt; color: #b8912f;
             margin-top: 3mm; }
 p.learner-long { font-size: 26pt; }
+p.learner-longer { font-size: 20pt; }
 p.course { font-size: 20pt; font-weight: bold; margin-top: 3mm; }
 p.course-long { font-size: 15pt; }
 table.facts { width: 72%; margin-top: 10mm; }
