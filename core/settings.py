@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
 
+from core import certificate_fonts
 from providers import aws, guard
 from providers.base import OPERATOR_ENDPOINT
 from providers.smtp import parse_smtp_url
@@ -224,11 +225,22 @@ def load(environ: Mapping[str, str] | None = None) -> dict:
     if local_path and not os.path.isabs(local_path):
         raise SettingsError(f"OFFLOAD_LOCAL_STORAGE_PATH: expected an absolute path, got {local_path!r}")
     cfg["OFFLOAD_LOCAL_STORAGE_PATH"] = local_path or None
+    cfg["OFFLOAD_CERTIFICATE_FONT_DIRS"] = parse_dirs(
+        "OFFLOAD_CERTIFICATE_FONT_DIRS", env.get("OFFLOAD_CERTIFICATE_FONT_DIRS", ""))
     cfg["OFFLOAD_EMBEDDED_REDIS"] = parse_boolean("OFFLOAD_EMBEDDED_REDIS", env.get("OFFLOAD_EMBEDDED_REDIS", "1"))
     cfg["OFFLOAD_PROVIDER_API_BASES"] = parse_api_bases(
         "OFFLOAD_PROVIDER_API_BASES", env.get("OFFLOAD_PROVIDER_API_BASES", ""))
     cfg["OFFLOAD_LMS_FORCE"] = parse_boolean("OFFLOAD_LMS_FORCE", env.get("OFFLOAD_LMS_FORCE", "0"))
     return cfg
+
+
+def parse_dirs(name: str, raw: str) -> tuple[str, ...]:
+    """Absolute folder paths separated by ``:``; empty: none (the code's defaults)."""
+    dirs = tuple(part.strip() for part in raw.split(os.pathsep) if part.strip())
+    for folder in dirs:
+        if not os.path.isabs(folder):
+            raise SettingsError(f"{name}: expected absolute paths separated by '{os.pathsep}', got {folder!r}")
+    return dirs
 
 
 def parse_api_bases(name: str, raw: str) -> dict[str, str]:
@@ -247,8 +259,10 @@ def parse_api_bases(name: str, raw: str) -> dict[str, str]:
 
 def configure_outbound(config: Mapping) -> None:
     """Install the process-wide outbound policy: the endpoint guard and the operator's STS
-    endpoint. The app factory calls it, and the worker again from the app it is given."""
+    endpoint (and where the certificate fonts are). The app factory calls it, and the worker
+    again from the app it is given."""
     guard.configure(allow_private=config.get("OFFLOAD_ALLOW_PRIVATE_ENDPOINTS", False),
                     production=config.get("OFFLOAD_PRODUCTION", False),
                     allowed_hosts=config.get("OFFLOAD_ALLOWED_ENDPOINT_HOSTS", ()))
     aws.configure(sts_endpoint_url=config.get("OFFLOAD_STS_ENDPOINT_URL"))
+    certificate_fonts.configure(config.get("OFFLOAD_CERTIFICATE_FONT_DIRS") or None)
