@@ -63,7 +63,7 @@ def describe(jobs: list[Job]) -> dict[int, dict]:
         "GROUP BY job_id").bindparams(bindparam("ids", expanding=True)),
         {"ids": ids, "since": now - timedelta(seconds=WINDOW_S)}).all())
     companies = {j.company_id for j in live}
-    limits = dict(db.session.execute(db.select(DeliverySettings.company_id, DeliverySettings.max_send_rate)
+    limits = dict(db.session.execute(select(DeliverySettings.company_id, DeliverySettings.max_send_rate)
                                      .where(DeliverySettings.company_id.in_(companies))).all())
     blocked = _blocked(companies)
     for job in live:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import os
 
-from flask import Flask
+from flask import Flask, current_app, has_app_context
+from flask.globals import app_ctx
+from sqlalchemy import Engine
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from core import crypto, logs, settings
@@ -39,8 +41,7 @@ def create_app(config: dict | None = None) -> Flask:
         app.config.update(config)
     app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)
     app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
-                      SESSION_COOKIE_SECURE=app.config["OFFLOAD_PRODUCTION"],
-                      SQLALCHEMY_ENGINE_OPTIONS=_engine_options(app.config["SQLALCHEMY_DATABASE_URI"]))
+                      SESSION_COOKIE_SECURE=app.config["OFFLOAD_PRODUCTION"])
     _ensure_sqlite_folder(app)
     if app.config["OFFLOAD_PROXY_HOPS"]:  # behind N trusted proxies: their X-Forwarded-* headers count
         hops = app.config["OFFLOAD_PROXY_HOPS"]
@@ -54,7 +55,7 @@ def create_app(config: dict | None = None) -> Flask:
         log.warning(DEV_KEY_WARNING)
     settings.configure_outbound(app.config)
     registry.configure(api_bases=app.config.get("OFFLOAD_PROVIDER_API_BASES") or {})
-    db.init_app(app)
+    _init_database(app)
     migrate.init_app(app, db, directory=os.path.join(ROOT, "migrations"), render_as_batch=True,
                      compare_type=True)
     csrf.init_app(app)
@@ -65,10 +66,24 @@ def create_app(config: dict | None = None) -> Flask:
     return app
 
 
-def _engine_options(url: str) -> dict:
-    if url.startswith("sqlite"):
-        return {"connect_args": {"timeout": 30}}
-    return {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10}
+def _init_database(app: Flask) -> None:
+    """Core's database handle, as Flask-SQLAlchemy kept it: each app context has its own
+    session, bound to its app's engine, and removed when the context tears down."""
+    app.extensions["core.db"] = db.configure(app.config["SQLALCHEMY_DATABASE_URI"])
+    db.install_scope(_app_context_scope, engine=_app_engine)
+    app.teardown_appcontext(_remove_session)
+
+
+def _app_context_scope() -> int | None:
+    return id(app_ctx._get_current_object()) if has_app_context() else None
+
+
+def _app_engine() -> Engine | None:
+    return current_app.extensions.get("core.db") if has_app_context() else None
+
+
+def _remove_session(exc: BaseException | None) -> None:
+    db.remove()
 
 
 def _ensure_sqlite_folder(app: Flask) -> None:

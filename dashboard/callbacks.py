@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 
 from flask import Blueprint, jsonify, request
+from sqlalchemy import text
 
 from core import metrics, webhooks
 from core.queue import connection
@@ -110,7 +111,7 @@ def _all_company_secrets() -> list[tuple[int, list[str]]]:
     """Every company's live callback secrets (current, and previous while its
     overlap lasts), read fresh; decryption is cached by ciphertext."""
 
-    rows = db.session.execute(db.text(
+    rows = db.session.execute(text(
         "SELECT id, callback_secret, callback_secret_previous, callback_secret_previous_until "
         "FROM companies ORDER BY id")).all()
     now, found = utcnow(), []

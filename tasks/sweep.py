@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from core.db import db
 from core.models import B_SENDING, BATCH_FINAL, BATCH_REQUEUABLE, JOB_RUNNING, PAUSED, sql_in, utcnow
@@ -113,7 +113,7 @@ def resume_quota_paused() -> int:
 
 
     due = utcnow() - timedelta(seconds=current_app.config["OFFLOAD_QUOTA_RESUME_S"])
-    jobs = db.session.execute(db.select(Job).where(
+    jobs = db.session.execute(select(Job).where(
         Job.status == PAUSED, Job.paused_reason.like(QUOTA_PAUSE + "%"), Job.paused_at < due)).scalars().all()
     return sum(1 for job in jobs if resume(job))
 

@@ -29,12 +29,14 @@ from flask import Flask
 from redis import RedisError
 from rq import SimpleWorker
 from rq.job import JobStatus
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from core import metrics, queue, settings
+from core.db import db
 from core.queue import QUEUE_NAMES, connection, get_queue, warn_if_evicting
 from providers.cloudflare import DEFAULT_TIMEOUT as CLOUDFLARE_TIMEOUT_S
 from providers.ses import DEFAULT_TIMEOUT as SES_TIMEOUT_S
-from core.db import db
 
 log = logging.getLogger(__name__)
 #: the longest read timeout of a provider call
@@ -106,7 +108,7 @@ class AppWorker(SimpleWorker):
             try:
                 return super().perform_job(job, queue, *args, **kwargs)
             finally:
-                db.session.remove()
+                db.remove()
 
     def execute_job(self, job, queue):
         try:
@@ -119,10 +121,6 @@ class AppWorker(SimpleWorker):
     def wait_for_database(self) -> None:
         """After a failed job: while the database is unreachable, take no more
         jobs (each would fail and spend a retry); probe it with back-off."""
-        from sqlalchemy import text
-        from sqlalchemy.exc import DBAPIError
-
-
         delay = 1.0
         while not AppWorker.stop_requested:
             with self.app.app_context():
@@ -132,7 +130,7 @@ class AppWorker(SimpleWorker):
                 except DBAPIError as exc:
                     log.warning("database unavailable (%s); next job in %.0f s", type(exc.orig).__name__, delay)
                 finally:
-                    db.session.remove()
+                    db.remove()
             time.sleep(delay)  # SIGTERM here raises StopRequested: the work loop ends cleanly
             delay = min(30.0, delay * 2)
             try:

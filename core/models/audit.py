@@ -1,25 +1,25 @@
 """The audit log."""
 from __future__ import annotations
 
-from sqlalchemy import Index
+from sqlalchemy import Column, DateTime, ForeignKey, Index, Integer, JSON, String
 
-from core.db import db
+from core.db import Model
 from core.models.base import utcnow
 
 
-class AuditLog(db.Model):
+class AuditLog(Model):
     """Who did what, to which object, when and from where. ``details`` holds
     field names and counts, never values of secrets or recipient data."""
 
     __tablename__ = "audit_log"
     __table_args__ = (Index("ix_audit_company_created", "company_id", "created_at"),)
-    id = db.Column(db.Integer, primary_key=True)
-    company_id = db.Column(db.Integer, db.ForeignKey("companies.id", ondelete="CASCADE"))
-    user_id = db.Column(db.Integer, db.ForeignKey("users.id", ondelete="SET NULL"))
-    actor = db.Column(db.String(320), nullable=False)
-    action = db.Column(db.String(64), nullable=False)
-    object_type = db.Column(db.String(32))
-    object_id = db.Column(db.String(64))
-    details = db.Column(db.JSON)
-    ip = db.Column(db.String(64))
-    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    id = Column(Integer, primary_key=True)
+    company_id = Column(Integer, ForeignKey("companies.id", ondelete="CASCADE"))
+    user_id = Column(Integer, ForeignKey("users.id", ondelete="SET NULL"))
+    actor = Column(String(320), nullable=False)
+    action = Column(String(64), nullable=False)
+    object_type = Column(String(32))
+    object_id = Column(String(64))
+    details = Column(JSON)
+    ip = Column(String(64))
+    created_at = Column(DateTime, nullable=False, default=utcnow)

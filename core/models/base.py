@@ -4,9 +4,8 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import Column, ForeignKey, Integer, select
 
-from core.db import db
 
 
 def utcnow() -> datetime:
@@ -21,7 +20,7 @@ def sha256_hex(value: str) -> str:
 class TenantMixin:
     """Rows owned by one company; read them only through ``scoped``."""
 
-    company_id = db.Column(db.Integer, db.ForeignKey("companies.id", ondelete="CASCADE"),
+    company_id = Column(Integer, ForeignKey("companies.id", ondelete="CASCADE"),
                            nullable=False, index=True)
 
     @classmethod

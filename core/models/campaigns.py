@@ -2,9 +2,9 @@
 bounce/complaint events."""
 from __future__ import annotations
 
-from sqlalchemy import Index, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, Column, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint
 
-from core.db import db
+from core.db import Model
 from core.models.base import TenantMixin, utcnow
 
 #: bounce event kinds: hard bounces and complaints suppress, soft ones only count
@@ -12,39 +12,39 @@ HARD, SOFT, COMPLAINT = "hard", "soft", "complaint"
 BOUNCE_KINDS = (HARD, SOFT, COMPLAINT)
 
 
-class CampaignSettings(TenantMixin, db.Model):
+class CampaignSettings(TenantMixin, Model):
     """Where a company's users live in the LMS database, and what the LMS
     connector (``core.lms``) does with it. Set by admins and the CLI only."""
 
     __tablename__ = "campaign_settings"
     __table_args__ = (UniqueConstraint("company_id"),)
-    id = db.Column(db.Integer, primary_key=True)
+    id = Column(Integer, primary_key=True)
     #: IOMAD's ``mdl_company.id`` of this company (``mdl_company_users.companyid``)
-    iomad_company_id = db.Column(db.Integer)
+    iomad_company_id = Column(Integer)
     #: Moodle's table prefix (``$CFG->prefix``)
-    moodle_prefix = db.Column(db.String(20), nullable=False, default="mdl_")
+    moodle_prefix = Column(String(20), nullable=False, default="mdl_")
     #: take over IOMAD's email queue (``email`` table) for that IOMAD company
-    iomad_email_queue = db.Column(db.Boolean, nullable=False, default=False)
+    iomad_email_queue = Column(Boolean, nullable=False, default=False)
     #: new ``course_completions`` become certificate jobs
-    lms_completions = db.Column(db.Boolean, nullable=False, default=False)
+    lms_completions = Column(Boolean, nullable=False, default=False)
     #: Moodle's ``$CFG->dataroot`` as mounted on the workers (attachments named in IOMAD's headers)
-    lms_dataroot = db.Column(db.String(500))
+    lms_dataroot = Column(String(500))
     #: the completions poller's keyset watermark: (timecompleted, course_completions.id) last taken
-    completions_after_time = db.Column(db.BigInteger)
-    completions_after_id = db.Column(db.BigInteger)
-    updated_at = db.Column(db.DateTime, nullable=False, default=utcnow, onupdate=utcnow)
+    completions_after_time = Column(BigInteger)
+    completions_after_id = Column(BigInteger)
+    updated_at = Column(DateTime, nullable=False, default=utcnow, onupdate=utcnow)
 
 
-class Suppression(TenantMixin, db.Model):
+class Suppression(TenantMixin, Model):
     __tablename__ = "suppressions"
     __table_args__ = (UniqueConstraint("company_id", "email"),)
-    id = db.Column(db.Integer, primary_key=True)
-    email = db.Column(db.String(320), nullable=False)
-    reason = db.Column(db.String(32), nullable=False, default="manual")  # manual|unsubscribe|bounce|complaint
-    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    id = Column(Integer, primary_key=True)
+    email = Column(String(320), nullable=False)
+    reason = Column(String(32), nullable=False, default="manual")  # manual|unsubscribe|bounce|complaint
+    created_at = Column(DateTime, nullable=False, default=utcnow)
 
 
-class BounceEvent(TenantMixin, db.Model):
+class BounceEvent(TenantMixin, Model):
     """One bounce or complaint report for one address, applied once (``event_key``)."""
 
     __tablename__ = "bounce_events"
@@ -52,13 +52,13 @@ class BounceEvent(TenantMixin, db.Model):
         UniqueConstraint("company_id", "event_key"),
         Index("ix_bounce_events_company_created", "company_id", "created_at"),
     )
-    id = db.Column(db.Integer, primary_key=True)
-    event_key = db.Column(db.String(255), nullable=False)
-    source = db.Column(db.String(16), nullable=False)  # ses | cloudflare
-    kind = db.Column(db.String(16), nullable=False)  # hard | soft | complaint
-    email = db.Column(db.String(320), nullable=False)
-    message_id = db.Column(db.String(255))
-    job_id = db.Column(db.Integer, db.ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
-    recipient_id = db.Column(db.Integer, db.ForeignKey("recipients.id", ondelete="SET NULL"))
-    detail = db.Column(db.String(255))
-    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    id = Column(Integer, primary_key=True)
+    event_key = Column(String(255), nullable=False)
+    source = Column(String(16), nullable=False)  # ses | cloudflare
+    kind = Column(String(16), nullable=False)  # hard | soft | complaint
+    email = Column(String(320), nullable=False)
+    message_id = Column(String(255))
+    job_id = Column(Integer, ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
+    recipient_id = Column(Integer, ForeignKey("recipients.id", ondelete="SET NULL"))
+    detail = Column(String(255))
+    created_at = Column(DateTime, nullable=False, default=utcnow)

@@ -6,11 +6,12 @@ from datetime import datetime
 
 from flask import current_app, has_app_context
 from flask_login import UserMixin
-from sqlalchemy import UniqueConstraint
+from sqlalchemy import Boolean, Column, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, false
+from sqlalchemy.orm import relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from core.crypto import EncryptedJSON, EncryptedText
-from core.db import db
+from core.db import Model
 from core.models.base import TenantMixin, sha256_hex, utcnow
 
 
@@ -35,25 +36,25 @@ def check_dummy_password(password: str) -> bool:
     return False
 
 
-class Company(db.Model):
+class Company(Model):
     __tablename__ = "companies"
-    id = db.Column(db.Integer, primary_key=True)
-    name = db.Column(db.String(200), nullable=False, unique=True)
-    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
-    callback_secret = db.Column(EncryptedText, nullable=False)
-    callback_secret_previous = db.Column(EncryptedText)
-    callback_secret_previous_until = db.Column(db.DateTime)
+    id = Column(Integer, primary_key=True)
+    name = Column(String(200), nullable=False, unique=True)
+    created_at = Column(DateTime, nullable=False, default=utcnow)
+    callback_secret = Column(EncryptedText, nullable=False)
+    callback_secret_previous = Column(EncryptedText)
+    callback_secret_previous_until = Column(DateTime)
     # what to do with recipients whose delivery is uncertain after a crash: resend | fail
-    uncertain_policy = db.Column(db.String(16), nullable=False, default="resend")
-    data_retention_days = db.Column(db.Integer)
-    moodle_db_url = db.Column(EncryptedText)
-    sns_topic_arn = db.Column(db.String(255))
+    uncertain_policy = Column(String(16), nullable=False, default="resend")
+    data_retention_days = Column(Integer)
+    moodle_db_url = Column(EncryptedText)
+    sns_topic_arn = Column(String(255))
     # the operator's SMTP relay (OFFLOAD_FALLBACK_SMTP) serves this company only when an admin turns it on;
     # From stays the service's address unless the sender's domain is listed here (comma-separated)
-    fallback_relay = db.Column(db.Boolean, nullable=False, default=False, server_default=db.false())
-    fallback_sender_domains = db.Column(db.String(1000))
+    fallback_relay = Column(Boolean, nullable=False, default=False, server_default=false())
+    fallback_sender_domains = Column(String(1000))
 
-    settings = db.relationship("DeliverySettings", uselist=False, back_populates="company",
+    settings = relationship("DeliverySettings", uselist=False, back_populates="company",
                                cascade="all, delete-orphan")
 
     def approved_sender_domains(self) -> set[str]:
@@ -79,42 +80,42 @@ MODES = ("direct", "offload")
 ROLES = ("admin", "manager")
 
 
-class DeliverySettings(TenantMixin, db.Model):
+class DeliverySettings(TenantMixin, Model):
     __tablename__ = "delivery_settings"
     __table_args__ = (UniqueConstraint("company_id"),)
-    id = db.Column(db.Integer, primary_key=True)
-    provider = db.Column(db.String(16), nullable=False, default="smtp")
-    mode = db.Column(db.String(16), nullable=False, default="direct")
-    enabled = db.Column(db.Boolean, nullable=False, default=True)
-    sender = db.Column(db.String(320))
-    aws_access_key = db.Column(EncryptedText)
-    aws_secret_key = db.Column(EncryptedText)
-    aws_region = db.Column(db.String(32))
-    aws_endpoint_url = db.Column(db.String(500))
-    aws_role_arn = db.Column(db.String(300))
-    aws_external_id = db.Column(db.String(100))
-    sqs_queue_url = db.Column(db.String(500))
-    s3_bucket = db.Column(db.String(255))
-    s3_endpoint_url = db.Column(db.String(500))  # S3/R2 endpoint, when not the AWS default
-    cloudflare_api_token = db.Column(EncryptedText)
-    cloudflare_account_id = db.Column(db.String(64))
-    cloudflare_queue_id = db.Column(db.String(64))
-    cloudflare_api_base = db.Column(db.String(500))
-    cloudflare_worker_url = db.Column(db.String(500))
-    offload_url = db.Column(db.String(500))  # HTTPS offload endpoint (providers.offload.HttpsTransport)
-    offload_auth_token = db.Column(EncryptedText)
-    smtp_host = db.Column(db.String(255))
-    smtp_port = db.Column(db.Integer)
-    smtp_username = db.Column(db.String(255))
-    smtp_password = db.Column(EncryptedText)
-    smtp_tls = db.Column(db.String(16), nullable=False, default="starttls")
-    max_send_rate = db.Column(db.Float)
+    id = Column(Integer, primary_key=True)
+    provider = Column(String(16), nullable=False, default="smtp")
+    mode = Column(String(16), nullable=False, default="direct")
+    enabled = Column(Boolean, nullable=False, default=True)
+    sender = Column(String(320))
+    aws_access_key = Column(EncryptedText)
+    aws_secret_key = Column(EncryptedText)
+    aws_region = Column(String(32))
+    aws_endpoint_url = Column(String(500))
+    aws_role_arn = Column(String(300))
+    aws_external_id = Column(String(100))
+    sqs_queue_url = Column(String(500))
+    s3_bucket = Column(String(255))
+    s3_endpoint_url = Column(String(500))  # S3/R2 endpoint, when not the AWS default
+    cloudflare_api_token = Column(EncryptedText)
+    cloudflare_account_id = Column(String(64))
+    cloudflare_queue_id = Column(String(64))
+    cloudflare_api_base = Column(String(500))
+    cloudflare_worker_url = Column(String(500))
+    offload_url = Column(String(500))  # HTTPS offload endpoint (providers.offload.HttpsTransport)
+    offload_auth_token = Column(EncryptedText)
+    smtp_host = Column(String(255))
+    smtp_port = Column(Integer)
+    smtp_username = Column(String(255))
+    smtp_password = Column(EncryptedText)
+    smtp_tls = Column(String(16), nullable=False, default="starttls")
+    max_send_rate = Column(Float)
     # every setting a provider declares that has no column above, encrypted as one document;
     # a provider added later stores its settings here, so it needs no migration
-    provider_settings = db.Column(EncryptedJSON)
-    updated_at = db.Column(db.DateTime, nullable=False, default=utcnow, onupdate=utcnow)
+    provider_settings = Column(EncryptedJSON)
+    updated_at = Column(DateTime, nullable=False, default=utcnow, onupdate=utcnow)
 
-    company = db.relationship("Company", back_populates="settings")
+    company = relationship("Company", back_populates="settings")
 
     def provider_config(self) -> dict:
         """Plain dict of every setting, secrets decrypted, for ``providers``."""
@@ -144,22 +145,22 @@ class DeliverySettings(TenantMixin, db.Model):
         return bool(self.smtp_host)
 
 
-class User(UserMixin, db.Model):
+class User(UserMixin, Model):
     __tablename__ = "users"
-    id = db.Column(db.Integer, primary_key=True)
-    email = db.Column(db.String(320), nullable=False, unique=True)
-    password_hash = db.Column(db.String(255), nullable=False)
-    role = db.Column(db.String(16), nullable=False)  # admin | manager
-    company_id = db.Column(db.Integer, db.ForeignKey("companies.id", ondelete="CASCADE"), index=True)
-    active = db.Column(db.Boolean, nullable=False, default=True)
-    failed_logins = db.Column(db.Integer, nullable=False, default=0)
-    locked_until = db.Column(db.DateTime)
-    last_login_at = db.Column(db.DateTime)
-    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    id = Column(Integer, primary_key=True)
+    email = Column(String(320), nullable=False, unique=True)
+    password_hash = Column(String(255), nullable=False)
+    role = Column(String(16), nullable=False)  # admin | manager
+    company_id = Column(Integer, ForeignKey("companies.id", ondelete="CASCADE"), index=True)
+    active = Column(Boolean, nullable=False, default=True)
+    failed_logins = Column(Integer, nullable=False, default=0)
+    locked_until = Column(DateTime)
+    last_login_at = Column(DateTime)
+    created_at = Column(DateTime, nullable=False, default=utcnow)
     # changes when the password changes, so old sessions stop working
-    session_token = db.Column(db.String(64), nullable=False, default=lambda: secrets.token_hex(16))
+    session_token = Column(String(64), nullable=False, default=lambda: secrets.token_hex(16))
 
-    company = db.relationship("Company")
+    company = relationship("Company")
 
     def set_password(self, password: str) -> None:
         self.password_hash = generate_password_hash(password, method=password_hash_method())
@@ -190,15 +191,15 @@ class User(UserMixin, db.Model):
         return self.company_id if self.company_id is not None else 0
 
 
-class ApiToken(TenantMixin, db.Model):
+class ApiToken(TenantMixin, Model):
     __tablename__ = "api_tokens"
-    id = db.Column(db.Integer, primary_key=True)
-    name = db.Column(db.String(100), nullable=False, default="LMS")
-    prefix = db.Column(db.String(16), nullable=False, index=True)
-    token_hash = db.Column(db.String(64), nullable=False, unique=True)
-    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
-    last_used_at = db.Column(db.DateTime)
-    revoked_at = db.Column(db.DateTime)
+    id = Column(Integer, primary_key=True)
+    name = Column(String(100), nullable=False, default="LMS")
+    prefix = Column(String(16), nullable=False, index=True)
+    token_hash = Column(String(64), nullable=False, unique=True)
+    created_at = Column(DateTime, nullable=False, default=utcnow)
+    last_used_at = Column(DateTime)
+    revoked_at = Column(DateTime)
 
     @classmethod
     def issue(cls, company_id: int, name: str = "LMS") -> tuple[ApiToken, str]:
@@ -207,16 +208,16 @@ class ApiToken(TenantMixin, db.Model):
         return cls(company_id=company_id, name=name, prefix=plain[:12], token_hash=sha256_hex(plain)), plain
 
 
-class Template(TenantMixin, db.Model):
+class Template(TenantMixin, Model):
     __tablename__ = "templates"
     __table_args__ = (UniqueConstraint("company_id", "name"),)
-    id = db.Column(db.Integer, primary_key=True)
-    name = db.Column(db.String(100), nullable=False)
-    job_type = db.Column(db.String(32))
-    subject = db.Column(db.Text, nullable=False)
-    body_text = db.Column(db.Text)
-    body_html = db.Column(db.Text)
-    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
-    updated_at = db.Column(db.DateTime, nullable=False, default=utcnow, onupdate=utcnow)
+    id = Column(Integer, primary_key=True)
+    name = Column(String(100), nullable=False)
+    job_type = Column(String(32))
+    subject = Column(Text, nullable=False)
+    body_text = Column(Text)
+    body_html = Column(Text)
+    created_at = Column(DateTime, nullable=False, default=utcnow)
+    updated_at = Column(DateTime, nullable=False, default=utcnow, onupdate=utcnow)
 
-    company = db.relationship("Company", viewonly=True)  # pickers name the company, not its id
+    company = relationship("Company", viewonly=True)  # pickers name the company, not its id

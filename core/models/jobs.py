@@ -1,50 +1,50 @@
 """Jobs, their batches and recipients, and callback receipts."""
 from __future__ import annotations
 
-from sqlalchemy import Index, UniqueConstraint
+from sqlalchemy import Column, DateTime, ForeignKey, Index, Integer, JSON, String, Text, UniqueConstraint
 
 from core.crypto import EncryptedJSON
-from core.db import db
+from core.db import Model
 from core.models.base import TenantMixin, utcnow
 from core.models.statuses import B_PENDING, JOB_FINAL, PENDING, R_PENDING
 
 
-class Job(TenantMixin, db.Model):
+class Job(TenantMixin, Model):
     __tablename__ = "jobs"
     __table_args__ = (
         Index("ix_jobs_company_created", "company_id", "created_at"),
         Index("ix_jobs_status", "status"),
         UniqueConstraint("company_id", "idempotency_key"),
     )
-    id = db.Column(db.Integer, primary_key=True)
-    type = db.Column(db.String(32), nullable=False)
-    status = db.Column(db.String(32), nullable=False, default=PENDING)
-    source = db.Column(db.String(16), nullable=False, default="api")  # api | event | dashboard
+    id = Column(Integer, primary_key=True)
+    type = Column(String(32), nullable=False)
+    status = Column(String(32), nullable=False, default=PENDING)
+    source = Column(String(16), nullable=False, default="api")  # api | event | dashboard
     #: service class (CONTRACT §6): transactional | bulk; the type's default unless the request set it
-    priority = db.Column(db.String(16), nullable=False, default="transactional", server_default="transactional")
-    email_count = db.Column(db.Integer, nullable=False, default=0)
-    emails_sent = db.Column(db.Integer, nullable=False, default=0)
-    emails_failed = db.Column(db.Integer, nullable=False, default=0)
-    emails_suppressed = db.Column(db.Integer, nullable=False, default=0)
-    emails_bounced = db.Column(db.Integer, nullable=False, default=0)
-    emails_uncertain = db.Column(db.Integer, nullable=False, default=0)
-    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
-    started_at = db.Column(db.DateTime)
-    completed_at = db.Column(db.DateTime)
-    send_at = db.Column(db.DateTime)
-    cancel_requested_at = db.Column(db.DateTime)
-    paused_reason = db.Column(db.String(255))
-    paused_at = db.Column(db.DateTime)
-    data_purged_at = db.Column(db.DateTime)
-    error_log = db.Column(db.Text)
-    idempotency_key = db.Column(db.String(255))
-    template_name = db.Column(db.String(100))
-    subject = db.Column(db.Text, nullable=False, default="")
-    body_text = db.Column(db.Text)
-    body_html = db.Column(db.Text)
-    created_by_user_id = db.Column(db.Integer, db.ForeignKey("users.id", ondelete="SET NULL"))
+    priority = Column(String(16), nullable=False, default="transactional", server_default="transactional")
+    email_count = Column(Integer, nullable=False, default=0)
+    emails_sent = Column(Integer, nullable=False, default=0)
+    emails_failed = Column(Integer, nullable=False, default=0)
+    emails_suppressed = Column(Integer, nullable=False, default=0)
+    emails_bounced = Column(Integer, nullable=False, default=0)
+    emails_uncertain = Column(Integer, nullable=False, default=0)
+    created_at = Column(DateTime, nullable=False, default=utcnow)
+    started_at = Column(DateTime)
+    completed_at = Column(DateTime)
+    send_at = Column(DateTime)
+    cancel_requested_at = Column(DateTime)
+    paused_reason = Column(String(255))
+    paused_at = Column(DateTime)
+    data_purged_at = Column(DateTime)
+    error_log = Column(Text)
+    idempotency_key = Column(String(255))
+    template_name = Column(String(100))
+    subject = Column(Text, nullable=False, default="")
+    body_text = Column(Text)
+    body_html = Column(Text)
+    created_by_user_id = Column(Integer, ForeignKey("users.id", ondelete="SET NULL"))
     #: job-level options from the request, e.g. {"certificate_delivery": "attachment"}
-    options = db.Column(db.JSON)
+    options = Column(JSON)
 
     @property
     def is_final(self) -> bool:
@@ -56,57 +56,57 @@ class Job(TenantMixin, db.Model):
         self.error_log = ((self.error_log or "") + f"{stamp} {line}\n")[-20000:]
 
 
-class Batch(TenantMixin, db.Model):
+class Batch(TenantMixin, Model):
     __tablename__ = "batches"
     __table_args__ = (
         UniqueConstraint("job_id", "batch_number"),
         Index("ix_batches_status_lease", "status", "lease_until"),
     )
-    id = db.Column(db.Integer, primary_key=True)
-    job_id = db.Column(db.Integer, db.ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False, index=True)
-    batch_number = db.Column(db.Integer, nullable=False)
-    status = db.Column(db.String(16), nullable=False, default=B_PENDING)
-    route = db.Column(db.String(32))  # e.g. direct:aws, fallback:smtp, offload:sqs
-    first_recipient_id = db.Column(db.Integer, nullable=False)
-    last_recipient_id = db.Column(db.Integer, nullable=False)
-    recipient_count = db.Column(db.Integer, nullable=False)
-    attempts = db.Column(db.Integer, nullable=False, default=0)
-    lease_until = db.Column(db.DateTime)
-    leased_by = db.Column(db.String(100))
-    next_attempt_at = db.Column(db.DateTime)
-    submitted_at = db.Column(db.DateTime)
-    callback_deadline = db.Column(db.DateTime)
-    callback_received_at = db.Column(db.DateTime)
-    completed_at = db.Column(db.DateTime)
-    sent_count = db.Column(db.Integer, nullable=False, default=0)
-    failed_count = db.Column(db.Integer, nullable=False, default=0)
-    error = db.Column(db.Text)
+    id = Column(Integer, primary_key=True)
+    job_id = Column(Integer, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False, index=True)
+    batch_number = Column(Integer, nullable=False)
+    status = Column(String(16), nullable=False, default=B_PENDING)
+    route = Column(String(32))  # e.g. direct:aws, fallback:smtp, offload:sqs
+    first_recipient_id = Column(Integer, nullable=False)
+    last_recipient_id = Column(Integer, nullable=False)
+    recipient_count = Column(Integer, nullable=False)
+    attempts = Column(Integer, nullable=False, default=0)
+    lease_until = Column(DateTime)
+    leased_by = Column(String(100))
+    next_attempt_at = Column(DateTime)
+    submitted_at = Column(DateTime)
+    callback_deadline = Column(DateTime)
+    callback_received_at = Column(DateTime)
+    completed_at = Column(DateTime)
+    sent_count = Column(Integer, nullable=False, default=0)
+    failed_count = Column(Integer, nullable=False, default=0)
+    error = Column(Text)
 
 
-class Recipient(TenantMixin, db.Model):
+class Recipient(TenantMixin, Model):
     __tablename__ = "recipients"
     __table_args__ = (
         Index("ix_recipients_job_status", "job_id", "status"),
         Index("ix_recipients_job_id_id", "job_id", "id"),
     )
-    id = db.Column(db.Integer, primary_key=True)
-    job_id = db.Column(db.Integer, db.ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False)
-    email = db.Column(db.String(320), nullable=False)
-    data = db.Column(EncryptedJSON)
-    status = db.Column(db.String(16), nullable=False, default=R_PENDING)
-    error = db.Column(db.Text)
-    attempts = db.Column(db.Integer, nullable=False, default=0)
-    lease_until = db.Column(db.DateTime)
-    sent_at = db.Column(db.DateTime)
-    message_id = db.Column(db.String(255))
-    route = db.Column(db.String(32))
+    id = Column(Integer, primary_key=True)
+    job_id = Column(Integer, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False)
+    email = Column(String(320), nullable=False)
+    data = Column(EncryptedJSON)
+    status = Column(String(16), nullable=False, default=R_PENDING)
+    error = Column(Text)
+    attempts = Column(Integer, nullable=False, default=0)
+    lease_until = Column(DateTime)
+    sent_at = Column(DateTime)
+    message_id = Column(String(255))
+    route = Column(String(32))
 
 
-class WebhookReceipt(TenantMixin, db.Model):
+class WebhookReceipt(TenantMixin, Model):
     """A callback's ``webhook-id``, kept so the same delivery applies once."""
 
     __tablename__ = "webhook_receipts"
     __table_args__ = (UniqueConstraint("company_id", "webhook_id"),)
-    id = db.Column(db.Integer, primary_key=True)
-    webhook_id = db.Column(db.String(255), nullable=False)
-    received_at = db.Column(db.DateTime, nullable=False, default=utcnow, index=True)
+    id = Column(Integer, primary_key=True)
+    webhook_id = Column(String(255), nullable=False)
+    received_at = Column(DateTime, nullable=False, default=utcnow, index=True)

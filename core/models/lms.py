@@ -10,42 +10,42 @@ refused as) a certificate; unique, so a completion makes one certificate.
 """
 from __future__ import annotations
 
-from sqlalchemy import Index, UniqueConstraint
+from sqlalchemy import BigInteger, Column, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint
 
-from core.db import db
+from core.db import Model
 from core.models.base import TenantMixin, utcnow
 
 #: LmsEmailRow statuses: queued (a recipient of ours), failed (refused at take-over), sent / failed once marked
 ROW_QUEUED, ROW_SENT, ROW_FAILED = "queued", "sent", "failed"
 
 
-class LmsEmailRow(TenantMixin, db.Model):
+class LmsEmailRow(TenantMixin, Model):
     __tablename__ = "lms_email_rows"
     __table_args__ = (
         UniqueConstraint("company_id", "lms_row_id"),
         Index("ix_lms_email_rows_unmarked", "company_id", "marked_at"),
     )
-    id = db.Column(db.Integer, primary_key=True)
-    lms_row_id = db.Column(db.BigInteger, nullable=False)
-    templatename = db.Column(db.String(100))
-    job_id = db.Column(db.Integer, db.ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
-    recipient_id = db.Column(db.Integer, db.ForeignKey("recipients.id", ondelete="SET NULL"))
-    status = db.Column(db.String(16), nullable=False, default=ROW_QUEUED)
-    error = db.Column(db.String(500))
-    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    id = Column(Integer, primary_key=True)
+    lms_row_id = Column(BigInteger, nullable=False)
+    templatename = Column(String(100))
+    job_id = Column(Integer, ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
+    recipient_id = Column(Integer, ForeignKey("recipients.id", ondelete="SET NULL"))
+    status = Column(String(16), nullable=False, default=ROW_QUEUED)
+    error = Column(String(500))
+    created_at = Column(DateTime, nullable=False, default=utcnow)
     #: when the Moodle row's ``sent`` was set (``sent_time`` is the value written, unix seconds)
-    marked_at = db.Column(db.DateTime)
-    sent_time = db.Column(db.BigInteger)
+    marked_at = Column(DateTime)
+    sent_time = Column(BigInteger)
 
 
-class LmsCompletion(TenantMixin, db.Model):
+class LmsCompletion(TenantMixin, Model):
     __tablename__ = "lms_completions"
     __table_args__ = (UniqueConstraint("company_id", "lms_user_id", "lms_course_id"),)
-    id = db.Column(db.Integer, primary_key=True)
-    lms_user_id = db.Column(db.BigInteger, nullable=False)
-    lms_course_id = db.Column(db.BigInteger, nullable=False)
-    timecompleted = db.Column(db.BigInteger)
-    job_id = db.Column(db.Integer, db.ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
+    id = Column(Integer, primary_key=True)
+    lms_user_id = Column(BigInteger, nullable=False)
+    lms_course_id = Column(BigInteger, nullable=False)
+    timecompleted = Column(BigInteger)
+    job_id = Column(Integer, ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
     #: None when a certificate job was made; else why not (deleted user, no address...)
-    skipped = db.Column(db.String(255))
-    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    skipped = Column(String(255))
+    created_at = Column(DateTime, nullable=False, default=utcnow)

@@ -24,6 +24,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
 from core import companies
 from core.db import db
@@ -267,7 +268,7 @@ def test_retry_now_sends_a_backing_off_batch_at_once(app, live_server, live_work
     # "Retry now" can send it within the test
     deadline = time.monotonic() + 30
     while True:
-        pushed = db.session.execute(db.update(Batch).where(Batch.job_id == job["id"], Batch.status == "retry")
+        pushed = db.session.execute(update(Batch).where(Batch.job_id == job["id"], Batch.status == "retry")
                                     .values(next_attempt_at=utcnow() + timedelta(hours=1))).rowcount
         db.session.commit()
         if pushed or time.monotonic() > deadline:
