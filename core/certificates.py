@@ -23,6 +23,7 @@ from sqlalchemy import select
 from core import audit
 from core.db import db
 from core.models import Certificate, Company, Job, utcnow
+from providers import registry
 from providers.base import PermanentError
 from providers.base import OPERATOR_ENDPOINT, guarded_url
 from providers.storage import ObjectNotFound, Storage, get_storage
@@ -47,26 +48,17 @@ class StorageNotConfigured(PermanentError):
 
 
 def storage_kind(config: dict, local: bool = False) -> str:
-    """The ``providers.storage`` kind for a company's delivery settings.
+    """The ``providers.storage`` kind for a company's delivery settings (``registry.choose_storage``).
 
-    provider ``cloudflare``: its Worker (``cloudflare_worker_url``, signed
-    with the callback secret), else R2's S3 API (``s3_bucket``). Any other
-    provider: S3 (``s3_bucket``), else a Worker when one is configured.
+    A Cloudflare sender: its Worker (``cloudflare_worker_url``, signed with
+    the callback secret), else R2's S3 API (``s3_bucket``). Any other
+    sender: S3 (``s3_bucket``), else a Worker when one is configured.
     Nothing configured: this machine's disk when ``local``
     (``OFFLOAD_LOCAL_STORAGE``, the development default).
     """
-    worker, bucket = config.get("cloudflare_worker_url"), config.get("s3_bucket")
-    if config.get("provider") == "cloudflare":
-        if worker:
-            return "worker_r2"
-        if bucket:
-            return "r2"
-    elif bucket:
-        return "s3"
-    elif worker:
-        return "worker_r2"
-    if local:
-        return "local"
+    kind = registry.choose_storage(config, last_resort=local)
+    if kind is not None:
+        return kind
     raise StorageNotConfigured("no certificate storage: set s3_bucket or cloudflare_worker_url",
                                code="misconfigured")
 
@@ -79,7 +71,7 @@ def storage_config(company: Company, kind: str) -> dict:
     its SES/SQS endpoint.
     """
     config = company.settings.provider_config() if company.settings else {}
-    if kind == "local":
+    if registry.backend(registry.STORAGE, kind).last_resort:  # this machine's disk: the service's own settings
         return local_storage_config()
     if kind == "worker_r2":
         return {"worker_url": config.get("cloudflare_worker_url"), "callback_secret": company.callback_secret}
@@ -149,7 +141,7 @@ def presigned_link(cert: Certificate, expires_in: int = LINK_TTL_S) -> str:
     with open_storage(company, cert.storage) as storage:
         url = storage.presigned_url(cert.object_key, expires_in)
     config = storage_config(company, cert.storage)
-    return guarded_url(config, url, "aws" if cert.storage == "s3" else "cloudflare")
+    return guarded_url(config, url, registry.cloud(registry.STORAGE, cert.storage))
 
 
 # --------------------------------------------------------------------------- lookup and status

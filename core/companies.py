@@ -16,13 +16,10 @@ from core.rendering import valid_email
 from core.models import ROLES, ApiToken, Company, DeliverySettings, User, utcnow
 from core.models import sha256_hex
 from core.lms import connection as lms_connection
-from providers import aws, guard
+from providers import aws, guard, registry
 
 #: the service's own company-level settings (the rest: ``core.delivery_settings``)
 COMPANY_KEYS = delivery_settings.COMPANY_KEYS
-#: endpoint URLs a tenant names, and the cloud whose hosts they must be (in production)
-ENDPOINT_URL_KEYS = {"aws_endpoint_url": "aws", "sqs_queue_url": "aws", "s3_endpoint_url": "aws",
-                     "cloudflare_api_base": "cloudflare", "cloudflare_worker_url": "cloudflare"}
 ROLE_ARN = re.compile(r"arn:aws(?:-[a-z]+)*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
 
 
@@ -41,11 +38,13 @@ def _guard_setting(key: str, check) -> None:
 
 
 def _check_reach(key: str, value) -> None:
-    """The tenant-boundary checks on top of a setting's own validation: endpoints pass the guard."""
+    """The tenant-boundary checks on top of a setting's own validation: endpoints pass the guard
+    (in production, an endpoint URL a provider declares for a cloud names one of its hosts)."""
     if value is None:
         return
-    if key in ENDPOINT_URL_KEYS:
-        _guard_setting(key, lambda: guard.check_url(value, ENDPOINT_URL_KEYS[key]))
+    clouds = registry.endpoint_clouds()
+    if key in clouds:
+        _guard_setting(key, lambda: guard.check_url(value, clouds[key]))
     elif isinstance(value, str) and key.endswith("_url") and value.startswith(("http://", "https://")):
         # another backend's URL (its own connection checks the cloud's hosts): the address rules now
         parts = urlsplit(value)

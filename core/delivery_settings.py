@@ -87,12 +87,11 @@ def general() -> SettingsGroup:
                          ))
 
 
-ADVANCED = SettingsGroup("advanced", "Advanced", "Recovery policy, data retention and integrations.", (
+ADVANCED = SettingsGroup("advanced", "Advanced", "Recovery policy and data retention.", (
     Setting("uncertain_policy", "After a crash, uncertain recipients", "select", choices=("resend", "fail"),
             parse=_uncertain_policy, required=True),
     Setting("data_retention_days", "Keep recipient data (days)", "number", parse=whole_number(0),
             help="blank: the service default"),
-    Setting("sns_topic_arn", "SNS topic ARN (bounces)"),
 ))
 
 
@@ -167,6 +166,15 @@ def by_key() -> dict[str, Setting]:
 def secret_keys() -> tuple[str, ...]:
     """The keys of every secret setting."""
     return tuple(key for key, setting in by_key().items() if setting.secret)
+
+
+def provider_config(company: Company) -> dict:
+    """Every setting the providers read, secrets decrypted: the delivery settings, and the
+    provider settings kept on the company itself (``sns_topic_arn``)."""
+    config = company.settings.provider_config() if company.settings else {}
+    declared = registry.settings()
+    config.update({key: getattr(company, key) for key in COMPANY_KEYS if key in declared})
+    return config
 
 
 def _lms_owner(company: Company, key: str, create: bool):

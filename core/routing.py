@@ -8,13 +8,14 @@ from dataclasses import dataclass
 
 import redis
 
+from providers import registry
 from providers.base import OPERATOR_ENDPOINT
 
 
 @dataclass(frozen=True)
 class Route:
     kind: str            # direct | fallback | offload
-    provider: str        # aws | cloudflare | smtp
+    provider: str        # the backend's registry name: a sender (direct, fallback) or a transport (offload)
     config: dict
     #: the operator's relay (OFFLOAD_FALLBACK_SMTP): From is the service's, unless the domain is approved
     relay: bool = False
@@ -28,7 +29,9 @@ def fallback_config(settings_config: dict, global_fallback: dict | None,
                     relay_enabled: bool = False) -> dict | None:
     """The company's own SMTP settings first, then OFFLOAD_FALLBACK_SMTP when the
     operator enabled it for the company (``relay_enabled``)."""
-    if settings_config.get("provider") != "smtp" and settings_config.get("smtp_host"):
+    fallback = registry.fallback_sender()
+    if settings_config.get("provider") != fallback and registry.configured(registry.SENDER, fallback,
+                                                                            settings_config):
         return settings_config
     if global_fallback is None or not relay_enabled:
         return None
@@ -40,12 +43,13 @@ def primary_route(settings_config: dict) -> Route | None:
     if not settings_config.get("enabled", True):
         return None
     kind = "offload" if settings_config.get("mode") == "offload" else "direct"
-    return Route(kind, settings_config.get("provider") or "smtp", settings_config)
+    return Route(kind, settings_config.get("provider") or registry.fallback_sender(), settings_config)
 
 
 def fallback_route(settings_config: dict, global_fallback: dict | None, relay_enabled: bool = False) -> Route | None:
     cfg = fallback_config(settings_config, global_fallback, relay_enabled)
-    return None if cfg is None else Route("fallback", "smtp", cfg, relay=cfg is not settings_config)
+    return None if cfg is None else Route("fallback", registry.fallback_sender(), cfg,
+                                          relay=cfg is not settings_config)
 
 
 def relay_sender(sender: str, service_from: str, approved: set[str]) -> tuple[str, str | None]:

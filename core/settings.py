@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from cryptography.fernet import Fernet
 
 from core import certificate_fonts
-from providers import aws, guard
+from providers import aws, guard, sns
 from providers.base import OPERATOR_ENDPOINT
 from providers.smtp import parse_smtp_url
 
@@ -258,11 +258,12 @@ def parse_api_bases(name: str, raw: str) -> dict[str, str]:
 
 
 def configure_outbound(config: Mapping) -> None:
-    """Install the process-wide outbound policy: the endpoint guard and the operator's STS
-    endpoint (and where the certificate fonts are). The app factory calls it, and the worker
-    again from the app it is given."""
+    """Install the process-wide outbound policy: the endpoint guard, the operator's STS
+    endpoint and SNS URL pattern (and where the certificate fonts are). The app factory calls
+    it, and the worker again from the app it is given."""
     guard.configure(allow_private=config.get("OFFLOAD_ALLOW_PRIVATE_ENDPOINTS", False),
                     production=config.get("OFFLOAD_PRODUCTION", False),
                     allowed_hosts=config.get("OFFLOAD_ALLOWED_ENDPOINT_HOSTS", ()))
     aws.configure(sts_endpoint_url=config.get("OFFLOAD_STS_ENDPOINT_URL"))
+    sns.configure(url_pattern=config.get("OFFLOAD_SNS_URL_PATTERN"), ca_bundle=config.get("OFFLOAD_SNS_CA_BUNDLE"))
     certificate_fonts.configure(config.get("OFFLOAD_CERTIFICATE_FONT_DIRS") or None)

@@ -25,7 +25,7 @@ import logging
 from flask import Blueprint, jsonify, request
 from sqlalchemy import text
 
-from core import metrics, webhooks
+from core import metrics
 from core.queue import connection
 from dashboard.errors import json_error
 from core.db import db
@@ -34,6 +34,7 @@ from core.tenancy import get_scoped
 from core import crypto
 from core.models import utcnow
 from core.callbacks import record_callback
+from providers import webhooks
 from dashboard.bodies import loads as bounded_loads
 from dashboard.bodies import read_capped
 from dashboard.extensions import csrf

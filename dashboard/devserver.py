@@ -26,6 +26,7 @@ from core.models import JOB_TYPES, Company, Template, User
 from core.queue import redis_answers, start_embedded_redis
 from dashboard.outbox import OutboxSink
 from providers import guard
+from providers.smtp import SmtpProvider
 
 DEMO_COMPANY = "Demo Company"
 DEMO_ADMIN = "admin@example.com"
@@ -112,9 +113,9 @@ def point_demo_at_sink(port: int) -> bool:
     if company is None or company.settings is None:
         return False
     s = company.settings
-    if s.provider != "smtp" or (s.smtp_host not in (None, "127.0.0.1")) or s.smtp_username:
+    if s.provider != SmtpProvider.name or (s.smtp_host not in (None, "127.0.0.1")) or s.smtp_username:
         return False
-    companies.configure(company, {"provider": "smtp", "mode": "direct", "smtp_host": "127.0.0.1",
+    companies.configure(company, {"provider": SmtpProvider.name, "mode": "direct", "smtp_host": "127.0.0.1",
                                   "smtp_port": str(port), "smtp_tls": "none",
                                   "sender": s.sender or DEMO_SENDER})
     db.session.commit()

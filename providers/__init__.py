@@ -20,6 +20,8 @@ from providers.base import (  # noqa: F401
     RetryableError,
     ThrottledError,
     WebhookRefused,
+    WebhookReply,
+    WebhookUnavailable,
     get_provider,
     register,
 )

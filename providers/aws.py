@@ -53,13 +53,20 @@ AWS_SETTINGS = SettingsGroup(
         Setting("aws_secret_key", "Secret access key", "secret"),
         Setting("aws_role_arn", "Role ARN", placeholder="arn:aws:iam::123456789012:role/offload"),
         Setting("aws_region", "Region", placeholder="us-east-1"),
-        Setting("aws_endpoint_url", "Endpoint URL", "url",
+        Setting("aws_endpoint_url", "Endpoint URL", "url", cloud="aws",
                 help="only for LocalStack/moto or a private endpoint; blank: AWS"),
-        Setting("sqs_queue_url", "SQS queue URL", "url", help="offload mode: the company's batch queue"),
+        Setting("sqs_queue_url", "SQS queue URL", "url", cloud="aws", help="offload mode: the company's batch queue"),
         Setting("s3_bucket", "S3 bucket", help="certificates"),
-        Setting("s3_endpoint_url", "S3 endpoint URL", "url",
+        Setting("s3_endpoint_url", "S3 endpoint URL", "url", cloud="aws",
                 help="certificates on R2/MinIO or a private endpoint; blank: the endpoint URL above, else AWS"),
+        Setting("sns_topic_arn", "SNS topic ARN (bounces)",
+                help="SES bounces and complaints: subscribe /callbacks/v1/bounces/sns/<company id> to this topic"),
     ))
+
+
+def has_credentials(config: dict) -> bool:
+    """An access key pair or a role ARN: what every AWS backend needs."""
+    return bool((config.get("aws_access_key") and config.get("aws_secret_key")) or config.get("aws_role_arn"))
 
 
 def aws_session(config: dict, region: str | None = None) -> boto3.session.Session:

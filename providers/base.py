@@ -99,6 +99,25 @@ class WebhookRefused(Exception):
     """A provider webhook failed verification (signature, key, timestamp); nothing was parsed."""
 
 
+class WebhookUnavailable(Exception):
+    """A webhook could not be verified now (say, its signing certificate could not be
+    fetched): the sender should deliver it again later."""
+
+
+@dataclass(frozen=True)
+class WebhookReply:
+    """What a verified webhook request asks of the service, when it is more than reports.
+
+    ``answer``: more fields of the JSON reply (an SNS subscription handshake:
+    ``{"confirmed": True}``); ``audit``: an event for the audit log, as
+    ``(action, details)``.
+    """
+
+    reports: list[BounceReport] = field(default_factory=list)
+    answer: dict = field(default_factory=dict)
+    audit: tuple[str, dict] | None = None
+
+
 class ResultStatus(StrEnum):
     """A ``Result``'s status: what the provider did with one message.
 
@@ -135,19 +154,35 @@ class Provider:
     """Base class: subclasses set ``name`` and implement ``send``.
 
     ``label`` names the provider in the connection test; ``settings`` is the
-    group of settings it reads (``providers.registry``).
+    group of settings it reads (``providers.registry``); ``cloud`` is the
+    endpoint guard's name for the hosts its endpoints live on (default: its
+    name, under which its ``api_hosts`` are allowed).
     """
 
     name: ClassVar[str] = ""
     label: ClassVar[str] = ""
     settings: ClassVar[registry.SettingsGroup | None] = None
+    cloud: ClassVar[str] = ""
+    #: the read timeout of one call, in seconds (``config["timeout"]`` overrides it)
+    timeout_s: ClassVar[float] = 15.0
     #: a bounce webhook's body limit; 0 when the provider has no webhook
     webhook_max_bytes: ClassVar[int] = 0
+    #: the webhook's path segment, ``/callbacks/v1/bounces/<path>/<company id>`` (default: ``name``)
+    webhook_path: ClassVar[str] = ""
     #: messages per provider call the caller should group (SES bulk: 50)
     chunk_size: ClassVar[int] = 50
+    #: the sender batches fall back to when a company's own is unavailable (one only: SMTP)
+    fallback: ClassVar[bool] = False
 
     def __init__(self, config: dict):
         self.config = config
+
+    @classmethod
+    def configured(cls, config: dict) -> bool:
+        """Whether ``config`` holds what sending needs (the onboarding checklist asks):
+        by default every secret and every required setting of its group."""
+        fields = cls.settings.fields if cls.settings else ()
+        return all(config.get(s.key) for s in fields if s.secret or s.required)
 
     def send(self, sender: str, messages: list[Message]) -> list[Result]:
         """Send ``messages`` from ``sender``; one ``Result`` per message, same order."""
@@ -158,12 +193,16 @@ class Provider:
         raise NotImplementedError
 
     @classmethod
-    def read_webhook(cls, config: dict, headers, body: bytes, now: float) -> list[BounceReport]:
+    def read_webhook(cls, config: dict, headers, body: bytes, now: float) -> list[BounceReport] | WebhookReply:
         """Verify a bounce webhook with ``config``'s key, then parse it.
 
-        Raises ``WebhookRefused`` before parsing when the request is not
-        authentic (no key configured, bad signature, stale timestamp), and
-        ``ValueError`` when an authentic body cannot be read.
+        ``config`` is the company's settings, with ``callback_secrets`` (the
+        secrets its callbacks may be signed with) added. Raises
+        ``WebhookRefused`` before parsing when the request is not authentic
+        (no key configured, bad signature, stale timestamp),
+        ``WebhookUnavailable`` when it cannot be verified now, and
+        ``ValueError`` when an authentic body cannot be read. Returns the
+        reports, or a ``WebhookReply`` when there is more to it.
         """
         raise NotImplementedError
 

@@ -9,17 +9,29 @@ disposition}``). The answer is Cloudflare's usual envelope
 ``{success, errors, messages, result}`` whose ``result`` lists
 ``delivered``, ``queued`` and ``permanent_bounces`` addresses.
 One request per message; the session is reused for the whole batch.
+
+Bounces and complaints come from the company's Worker (the DSNs and ARF
+reports Email Routing hands its ``email()`` handler), signed with the
+company's callback secret (Standard Webhooks, ``providers.webhooks``)::
+
+    {"events": [{"type": "bounce", "bounce_type": "hard", "email": "a@example.com",
+                 "message_id": "...", "reason": "550 5.1.1 no such user"}]}
+
+``type`` is ``bounce`` or ``complaint``; ``bounce_type`` ``hard`` or ``soft``.
 """
 from __future__ import annotations
 
 import base64
+import json
 import logging
 from email.utils import parseaddr
 from typing import Any
 
 import requests
 
+from providers import webhooks
 from providers.base import (
+    BounceReport,
     ConnectionFailure,
     Message,
     PermanentError,
@@ -30,12 +42,13 @@ from providers.base import (
     ResultStatus,
     RetryableError,
     ThrottledError,
+    WebhookRefused,
     guarded_url,
     header_problem,
     register,
     send_each,
 )
-from providers.registry import Setting, SettingsGroup
+from providers.registry import Setting, SettingsGroup, plausible_email
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +59,9 @@ CLOUDFLARE_SETTINGS = SettingsGroup(
         Setting("cloudflare_api_token", "API token", "secret"),
         Setting("cloudflare_account_id", "Account id"),
         Setting("cloudflare_queue_id", "Queue id", help="offload mode: the queue's id, not its name"),
-        Setting("cloudflare_api_base", "API base URL", "url", placeholder="https://api.cloudflare.com/client/v4"),
-        Setting("cloudflare_worker_url", "Worker URL", "url"),
+        Setting("cloudflare_api_base", "API base URL", "url", cloud="cloudflare",
+                placeholder="https://api.cloudflare.com/client/v4"),
+        Setting("cloudflare_worker_url", "Worker URL", "url", cloud="cloudflare"),
     ))
 
 DEFAULT_API_BASE = "https://api.cloudflare.com/client/v4"
@@ -56,6 +70,8 @@ USER_VERIFY_PATH = "/user/tokens/verify"
 ACCOUNT_VERIFY_PATH = "/accounts/{account_id}/tokens/verify"
 DEFAULT_TIMEOUT = 15.0
 _REASON_LIMIT = 300
+#: a bounce report's body limit
+MAX_REPORT_BYTES = 256 * 1024
 
 
 def _address(value: str) -> str | dict[str, str]:
@@ -160,6 +176,29 @@ def _message_result(key: int, recipient: str, response: requests.Response) -> Re
     return Result(key, ResultStatus.SENT, message_id=result.get("message_id") or result.get("id"))
 
 
+def bounce_reports(payload: Any, event_id: str) -> list[BounceReport]:
+    """The reports of a Worker's body (``{"events": [...]}``, or one event); ``ValueError`` names what is wrong."""
+    items = payload.get("events") if isinstance(payload, dict) and "events" in payload else [payload]
+    if not isinstance(items, list) or not items:
+        raise ValueError("events must be a non-empty list")
+    found = []
+    for n, item in enumerate(items):
+        if not isinstance(item, dict) or item.get("type") not in ("bounce", "complaint"):
+            raise ValueError(f"events[{n}].type must be bounce or complaint")
+        email = item.get("email")
+        if not isinstance(email, str) or not plausible_email(parseaddr(email)[1].strip().lower()):
+            raise ValueError(f"events[{n}].email is not a valid address")
+        if item["type"] == "complaint":
+            kind = "complaint"
+        elif item.get("bounce_type", "hard") in ("hard", "soft"):
+            kind = item.get("bounce_type", "hard")
+        else:
+            raise ValueError(f"events[{n}].bounce_type must be hard or soft")
+        message_id = item.get("message_id") if isinstance(item.get("message_id"), str) else None
+        found.append(BounceReport(kind, email, message_id, str(item.get("reason") or item["type"]), event_id))
+    return found
+
+
 @register
 class CloudflareEmailProvider(Provider):
     """Send through Cloudflare's Email Sending REST API, one request per message.
@@ -172,15 +211,35 @@ class CloudflareEmailProvider(Provider):
     name = "cloudflare"
     label = "Cloudflare"
     settings = CLOUDFLARE_SETTINGS
+    cloud = "cloudflare"
+    timeout_s = DEFAULT_TIMEOUT
     chunk_size = 50
+    webhook_max_bytes = MAX_REPORT_BYTES
 
     def __init__(self, config: dict):
         super().__init__(config)
         self.account_id = config.get("cloudflare_account_id") or ""
         self.api_base = (config.get("cloudflare_api_base") or DEFAULT_API_BASE).rstrip("/")
-        timeout = float(config.get("timeout") or DEFAULT_TIMEOUT)
+        timeout = float(config.get("timeout") or self.timeout_s)
         self.timeouts = (min(timeout, 5.0), timeout)
         self._session: requests.Session | None = None
+
+    @classmethod
+    def configured(cls, config: dict) -> bool:
+        return bool(config.get("cloudflare_api_token") and config.get("cloudflare_account_id"))
+
+    @classmethod
+    def read_webhook(cls, config: dict, headers, body: bytes, now: float) -> list[BounceReport]:
+        """The Worker's reports, signed with one of the company's callback secrets."""
+        try:
+            webhooks.verify(config.get("callback_secrets") or (), headers, body, now=now)
+        except (webhooks.WebhookError, ValueError):
+            raise WebhookRefused("a valid webhook signature is required") from None
+        try:
+            payload = json.loads(body)
+        except (ValueError, RecursionError):
+            raise ValueError("the body must be a JSON report") from None
+        return bounce_reports(payload, headers.get("webhook-id", ""))
 
     @property
     def session(self) -> requests.Session:

@@ -185,8 +185,12 @@ class MailgunProvider(Provider):
         self.region = str(config.get("mailgun_region") or "us").lower()
         base = registry.api_base(f"{self.name}-{self.region}", registry.api_base(
             self.name, API_BASES.get(self.region, API_BASES["us"])))
-        self.api = ApiSession(self.label, self.name, base, timeout=float(config.get("timeout") or 15.0),
+        self.api = ApiSession(self.label, self.name, base, timeout=float(config.get("timeout") or self.timeout_s),
                               auth=("api", config.get("mailgun_api_key") or ""))
+
+    @classmethod
+    def configured(cls, config: dict) -> bool:
+        return bool(config.get("mailgun_api_key") and config.get("mailgun_domain"))
 
     def close(self) -> None:
         self.api.close()

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from providers import guard
+from providers import guard, webhooks
 from providers.base import (
     ConnectionFailure,
     PermanentError,
@@ -34,7 +34,7 @@ from providers.base import (
     guarded_url,
 )
 from providers import registry
-from providers.aws import AWS_SETTINGS, aws_session
+from providers.aws import AWS_SETTINGS, aws_session, has_credentials
 from providers.cloudflare import CLOUDFLARE_SETTINGS
 
 log = logging.getLogger(__name__)
@@ -122,11 +122,13 @@ class OffloadTransport:
 
     ``label`` names the queue in the connection test; ``queue_setting`` is
     the setting whose presence asks for that test outside offload mode;
-    ``settings`` is the group of settings it reads (``providers.registry``).
+    ``settings`` is the group of settings it reads (``providers.registry``);
+    ``cloud`` is the endpoint guard's name for the hosts it calls.
     """
 
     name: ClassVar[str] = ""
     label: ClassVar[str] = ""
+    cloud: ClassVar[str] = ""
     queue_setting: ClassVar[str] = ""
     settings: ClassVar[registry.SettingsGroup | None] = None
     #: messages per queue API call
@@ -137,6 +139,11 @@ class OffloadTransport:
 
     def __init__(self, config: dict):
         self.config = config
+
+    @classmethod
+    def configured(cls, config: dict) -> bool:
+        """Whether ``config`` holds what submitting needs (the onboarding checklist asks)."""
+        return bool(config.get(cls.queue_setting))
 
     def submit(self, messages: list[tuple[str, dict]]) -> list[SubmitResult]:
         """Put ``messages`` on the queue; one ``SubmitResult`` per message, same order."""
@@ -217,12 +224,6 @@ def register_transport(cls: type[OffloadTransport]) -> type[OffloadTransport]:
     return registry.add(registry.TRANSPORT, cls.name, cls)
 
 
-def transport_name(config: dict) -> str:
-    """Which transport a company's offload settings use: ``https`` when an
-    ``offload_url`` is set, else the provider's queue (``aws``, ``cloudflare``)."""
-    return "https" if config.get("offload_url") else (config.get("provider") or "")
-
-
 def get_transport(name: str, config: dict) -> OffloadTransport:
     """Build the transport ``name`` (``aws``, ``cloudflare`` or ``https``) from ``config``."""
     try:
@@ -293,9 +294,14 @@ class SqsTransport(OffloadTransport):
 
     name = "aws"
     label = "Amazon SQS queue"
+    cloud = "aws"
     queue_setting = "sqs_queue_url"
     settings = AWS_SETTINGS
     max_batch = 10
+
+    @classmethod
+    def configured(cls, config: dict) -> bool:
+        return bool(config.get(cls.queue_setting)) and has_credentials(config)
 
     def __init__(self, config: dict):
         super().__init__(config)
@@ -439,6 +445,7 @@ class CloudflareQueueTransport(OffloadTransport):
 
     name = "cloudflare"
     label = "Cloudflare Queue"
+    cloud = "cloudflare"
     queue_setting = "cloudflare_queue_id"
     settings = CLOUDFLARE_SETTINGS
     max_batch = 100
@@ -447,6 +454,10 @@ class CloudflareQueueTransport(OffloadTransport):
     max_call_bytes = 256_000
     #: (connect, read) seconds
     timeout = (5, 30)
+
+    @classmethod
+    def configured(cls, config: dict) -> bool:
+        return all(config.get(key) for key in ("cloudflare_api_token", "cloudflare_account_id", cls.queue_setting))
 
     def __init__(self, config: dict):
         super().__init__(config)
@@ -535,17 +546,6 @@ class CloudflareQueueTransport(OffloadTransport):
 
 # --------------------------------------------------------------------------- HTTPS (API Gateway, Worker fetch)
 
-def sign_request(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    """``v1,<base64 HMAC-SHA256("{id}.{timestamp}.{body}")>`` keyed by a ``whsec_`` secret (Standard Webhooks)."""
-    import base64
-    import hmac
-
-    raw = secret.removeprefix("whsec_")
-    key = base64.b64decode(raw + "=" * (-len(raw) % 4))
-    digest = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
-
-
 HTTPS_SETTINGS = registry.SettingsGroup(
     "offload", "HTTPS offload",
     "Offload mode without a queue: each batch is POSTed, signed with the callback secret, to the company's "
@@ -575,7 +575,7 @@ class HttpsTransport(OffloadTransport):
     The URL passes ``providers.guard.check_url`` first.
 
     Config keys: ``offload_url`` (required), ``callback_secret`` (required),
-    ``offload_auth_token``, ``provider`` (the cloud the URL belongs to).
+    ``offload_auth_token``, ``provider`` (the sender, whose cloud the URL must belong to).
     """
 
     name = "https"
@@ -595,8 +595,10 @@ class HttpsTransport(OffloadTransport):
 
     @property
     def url(self) -> str:
+        """``offload_url``, once the guard accepts it as a host of the company's sender's cloud."""
         try:
-            return guard.check_url(self.config["offload_url"], self.config.get("provider") or "")
+            cloud = registry.cloud(registry.SENDER, str(self.config.get("provider") or ""))
+            return guard.check_url(self.config["offload_url"], cloud)
         except guard.EndpointRefused as exc:
             raise EndpointRejected(f"offload_url refused: {exc}", code="endpoint_refused") from None
 
@@ -617,7 +619,7 @@ class HttpsTransport(OffloadTransport):
         timestamp = int(time.time())
         msg_id = f"msg_{key}" if key else f"msg_{uuid.uuid4().hex}"
         return {"Content-Type": "application/json", "webhook-id": msg_id, "webhook-timestamp": str(timestamp),
-                "webhook-signature": sign_request(self.config["callback_secret"], msg_id, timestamp, body)}
+                "webhook-signature": webhooks.sign(self.config["callback_secret"], msg_id, timestamp, body)}
 
     def _send_call(self, batch: list[tuple[str, bytes]]) -> list[SubmitResult]:
         import requests

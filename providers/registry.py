@@ -65,6 +65,8 @@ class Setting:
     and raises ``ValueError`` with a reason; without it the ``kind`` decides
     (``select``: one of ``choices``; ``checkbox``: 0/1; ``url``: http(s);
     ``email``: an address). ``required``: a blank value is refused.
+    ``cloud``: for an endpoint URL, the cloud whose hosts it must name in
+    production (``providers.guard``), checked when the setting is saved.
     """
 
     key: str
@@ -75,6 +77,7 @@ class Setting:
     placeholder: str = ""
     parse: Callable[[str], Any] | None = None
     required: bool = False
+    cloud: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in FIELD_KINDS:
@@ -105,7 +108,7 @@ class Setting:
             return boolean(raw)
         if self.kind == "url":
             return http_url(raw)
-        if self.kind == "email" and not _EMAIL.match(str(raw)):
+        if self.kind == "email" and not plausible_email(str(raw)):
             raise ValueError("not a valid email address")
         return raw
 
@@ -127,6 +130,11 @@ def boolean(raw: Any) -> bool:
     if str(raw).lower() not in ("0", "1", "true", "false"):
         raise ValueError("must be 0 or 1")
     return str(raw).lower() in ("1", "true")
+
+
+def plausible_email(raw: Any) -> bool:
+    """True for a string that looks like one address (what ``email`` settings accept)."""
+    return isinstance(raw, str) and len(raw) <= 254 and bool(_EMAIL.match(raw))
 
 
 def http_url(raw: Any) -> str:
@@ -238,6 +246,84 @@ def label(kind: str, name: str) -> str:
     """What to call the backend (``label``, else its name)."""
     cls = find(kind, name)
     return (getattr(cls, "label", "") or name) if cls is not None else name
+
+
+def cloud(kind: str, name: str) -> str:
+    """The cloud (``providers.guard``) the backend's endpoints belong to: its ``cloud``, else its name."""
+    cls = find(kind, name)
+    return (getattr(cls, "cloud", "") or name) if cls is not None else name
+
+
+def configured(kind: str, name: str, config: dict) -> bool:
+    """Whether ``config`` gives backend ``name`` what it needs to work (its ``configured``)."""
+    cls = find(kind, name)
+    return cls is not None and bool(cls.configured(config))
+
+
+def offload_transport(config: dict) -> str | None:
+    """The transport a company's offload batches take: one serving every cloud (``cloud``
+    blank: HTTPS) when its ``queue_setting`` is set, else the queue of its sender's cloud;
+    ``None`` when that cloud has no queue (no cloud worker sends for that sender)."""
+    load_builtin()
+    sender = find(SENDER, str(config.get("provider") or ""))
+    if sender is None:
+        return None
+    home = cloud(SENDER, sender.name)
+    transports = _backends[TRANSPORT]
+    queues = [name for name, cls in transports.items() if cls.cloud == home]
+    if not queues:
+        return None
+    chosen = [name for name, cls in transports.items()
+              if not cls.cloud and cls.queue_setting and config.get(cls.queue_setting)]
+    return (chosen or queues)[0]
+
+
+def fallback_sender() -> str:
+    """The sender a batch falls back to when its company's provider is unavailable, and the
+    one a company without a provider has (SMTP: the sender marked ``fallback``)."""
+    return next(cls.name for cls in _senders() if getattr(cls, "fallback", False))
+
+
+def call_timeout() -> float:
+    """The longest read timeout of one sender call (each declares its ``timeout_s``)."""
+    return max(float(cls.timeout_s) for cls in _senders())
+
+
+def webhook(path: str) -> type | None:
+    """The sender whose bounce webhook is served at ``/callbacks/v1/bounces/<path>/...``, or ``None``."""
+    for cls in _senders():
+        if cls.webhook_max_bytes and (cls.webhook_path or cls.name) == path:
+            return cls
+    return None
+
+
+def endpoint_clouds() -> dict[str, str]:
+    """The endpoint URL settings that must name a host of a cloud, and that cloud, by key."""
+    return {key: s.cloud for key, s in settings().items() if s.cloud}
+
+
+def choose_storage(config: dict, *, last_resort: bool = False) -> str | None:
+    """The storage a company's settings ask for: of those ``configured``, one of its sender's
+    cloud first (the highest ``preference`` of them first), else in registration order; a
+    ``last_resort`` one (this machine's disk) only when none is and ``last_resort`` allows it."""
+    load_builtin()
+    home = cloud(SENDER, str(config.get("provider") or ""))
+    asked = [(name, cls) for name, cls in _backends[STORAGE].items()
+             if not cls.last_resort and cls.configured(config)]
+    def rank(item: tuple[str, type]) -> tuple[bool, int]:
+        mine = cloud(STORAGE, item[0]) == home
+        return (not mine, -item[1].preference if mine else 0)
+    asked.sort(key=rank)
+    if asked:
+        return asked[0][0]
+    if last_resort:
+        return next((name for name, cls in _backends[STORAGE].items() if cls.last_resort), None)
+    return None
+
+
+def _senders() -> tuple[type, ...]:
+    load_builtin()
+    return tuple(_backends[SENDER].values())
 
 
 # --------------------------------------------------------------------------- fixed API endpoints

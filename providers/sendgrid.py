@@ -216,7 +216,7 @@ class SendgridProvider(Provider):
     def __init__(self, config: dict):
         super().__init__(config)
         self.api = ApiSession(self.label, self.name, registry.api_base(self.name, DEFAULT_API_BASE),
-                              timeout=float(config.get("timeout") or 15.0),
+                              timeout=float(config.get("timeout") or self.timeout_s),
                               headers={"Authorization": f"Bearer {config.get('sendgrid_api_key') or ''}"})
 
     def close(self) -> None:

@@ -35,6 +35,7 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.parsers import ResponseParserError
 
+from providers import sns
 from providers.base import (
     ConnectionFailure,
     Message,
@@ -46,13 +47,14 @@ from providers.base import (
     ResultStatus,
     RetryableError,
     ThrottledError,
+    WebhookReply,
     guarded_url,
     header_problem,
     register,
     results_after_error,
     send_each,
 )
-from providers.aws import AWS_SETTINGS, aws_session
+from providers.aws import AWS_SETTINGS, aws_session, has_credentials
 
 log = logging.getLogger(__name__)
 
@@ -291,21 +293,35 @@ class SesProvider(Provider):
 
     Config keys: ``aws_access_key``, ``aws_secret_key``, ``aws_region``,
     optional ``aws_endpoint_url``, ``aws_sts_endpoint_url``,
-    ``configuration_set`` and ``timeout`` (seconds).
+    ``configuration_set`` and ``timeout`` (seconds). Bounces and complaints
+    come through SNS (``providers.sns``), from the topic ``sns_topic_arn``.
     """
 
     name = "aws"
     label = "Amazon SES"
     settings = AWS_SETTINGS
+    cloud = "aws"
+    timeout_s = DEFAULT_TIMEOUT
     chunk_size = 50
+    webhook_path = "sns"
+    webhook_max_bytes = sns.MAX_BODY_BYTES
 
     def __init__(self, config: dict):
         super().__init__(config)
         self.region = config.get("aws_region") or DEFAULT_REGION
         self.endpoint_url = config.get("aws_endpoint_url") or None
-        self.timeout = float(config.get("timeout") or DEFAULT_TIMEOUT)
+        self.timeout = float(config.get("timeout") or self.timeout_s)
         self._session: boto3.session.Session | None = None
         self._clients: dict[str, Any] = {}
+
+    @classmethod
+    def configured(cls, config: dict) -> bool:
+        return has_credentials(config)
+
+    @classmethod
+    def read_webhook(cls, config: dict, headers, body: bytes, now: float) -> WebhookReply:
+        """An SNS delivery from the company's topic: verified, then read (``providers.sns``)."""
+        return sns.read(config.get("sns_topic_arn"), body)
 
     # -- clients -------------------------------------------------------------
 

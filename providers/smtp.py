@@ -336,14 +336,20 @@ class SmtpProvider(Provider):
     name = "smtp"
     label = "SMTP"
     settings = SMTP_SETTINGS
+    timeout_s = DEFAULT_TIMEOUT
     chunk_size = 100
+    fallback = True
+
+    @classmethod
+    def configured(cls, config: dict) -> bool:
+        return bool(config.get("smtp_host"))
 
     def __init__(self, config: dict):
         super().__init__(config)
         self.host = config.get("smtp_host") or ""
         self.tls = str(config.get("smtp_tls") or "none").lower()
         self.port = 0
-        self.timeout = float(config.get("timeout") or DEFAULT_TIMEOUT)
+        self.timeout = float(config.get("timeout") or self.timeout_s)
         self.username = config.get("smtp_username") or ""
         #: a settings problem, raised (as PermanentError) on first use rather than here
         self.config_error = self._check_settings()

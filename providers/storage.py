@@ -102,10 +102,27 @@ def content_disposition(key: str) -> str:
 
 
 class Storage:
-    """Base class: subclasses set ``kind`` and implement the six operations."""
+    """Base class: subclasses set ``kind`` and implement the six operations.
+
+    ``label`` names it in the connection test; ``cloud`` is the endpoint
+    guard's name for the hosts its links point at; ``configured`` says
+    whether a company's settings ask for it. Of the storages a company's
+    settings ask for, one of its sender's cloud comes first, the highest
+    ``preference`` first; a ``last_resort`` storage only serves when none
+    is asked for and the operator allows it (``registry.choose_storage``).
+    """
 
     kind: ClassVar[str] = ""
+    label: ClassVar[str] = ""
+    cloud: ClassVar[str] = ""
     settings: ClassVar[registry.SettingsGroup | None] = None
+    preference: ClassVar[int] = 0
+    last_resort: ClassVar[bool] = False
+
+    @classmethod
+    def configured(cls, config: Mapping[str, Any]) -> bool:
+        """Whether a company's settings ask for this storage."""
+        return False
 
     def __init__(self, config: Mapping[str, Any]):
         self.config = config
@@ -179,6 +196,8 @@ class LocalStorage(Storage):
     """
 
     kind = "local"
+    label = "this machine's disk"
+    last_resort = True
     link_path: ClassVar[str] = "/certificates/files/"
 
     def __init__(self, config: Mapping[str, Any], *, clock: Callable[[], float] = time.time):
@@ -263,7 +282,13 @@ class S3Storage(Storage):
     """
 
     kind = "s3"
+    label = "S3 bucket"
+    cloud = "aws"
     settings = AWS_SETTINGS
+
+    @classmethod
+    def configured(cls, config: Mapping[str, Any]) -> bool:
+        return bool(config.get("s3_bucket"))
 
     def __init__(self, config: Mapping[str, Any], *, client: Any = None):
         super().__init__(config)
@@ -297,8 +322,7 @@ class S3Storage(Storage):
 
         session = aws_session(dict(config), self._region(config))
         # a tenant-named endpoint passes the guard; R2's own (from a checked account id) is Cloudflare's
-        cloud = "cloudflare" if self.kind == "r2" else "aws"
-        endpoint = guarded_url(dict(config), config.get("aws_endpoint_url"), cloud) or self.endpoint_url
+        endpoint = guarded_url(dict(config), config.get("aws_endpoint_url"), self.cloud) or self.endpoint_url
         return session.client("s3", endpoint_url=endpoint, config=boto_config)
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
@@ -363,6 +387,8 @@ class R2Storage(S3Storage):
     """
 
     kind = "r2"
+    label = "R2 bucket"
+    cloud = "cloudflare"
     settings = CLOUDFLARE_SETTINGS
 
     def _endpoint_url(self, config: Mapping[str, Any]) -> str | None:
@@ -447,10 +473,18 @@ class WorkerR2Storage(Storage):
     """
 
     kind = "worker_r2"
+    label = "Cloudflare Worker (R2)"
+    cloud = "cloudflare"
     settings = CLOUDFLARE_SETTINGS
+    #: the Worker holds the bucket binding itself: before R2's S3 API when both are set
+    preference = 1
     #: lifetime of the signature on our own PUT/GET/DELETE requests
     request_ttl: ClassVar[int] = 300
     probe_key: ClassVar[str] = "offload-connection-test/probe"
+
+    @classmethod
+    def configured(cls, config: Mapping[str, Any]) -> bool:
+        return bool(config.get("cloudflare_worker_url"))
 
     def __init__(self, config: Mapping[str, Any], *, clock: Callable[[], float] = time.time,
                  http: urllib3.PoolManager | None = None):

@@ -23,8 +23,6 @@ from providers.offload import get_transport
 
 log = logging.getLogger(__name__)
 
-STORAGE_NAMES = {"s3": "S3 bucket", "r2": "R2 bucket", "worker_r2": "Cloudflare Worker (R2)",
-                 "local": "this machine's disk"}
 _TAGS = re.compile(r"<[^>]*>")
 _SPACES = re.compile(r"\s+")
 
@@ -98,15 +96,15 @@ def _transport_test(name: str, config: dict):
 
 def planned_checks(config: dict) -> list[tuple[str, object]]:
     """Which checks the settings call for: the provider, the offload queue, the SMTP fallback."""
-    provider = config.get("provider") or "smtp"
+    fallback = registry.fallback_sender()
+    provider = config.get("provider") or fallback
     checks = [(registry.label(registry.SENDER, provider), _provider_test(provider, config))]
-    way = "https" if config.get("offload_url") else provider  # as tasks.offload routes a batch
-    transport = registry.find(registry.TRANSPORT, way)
-    queue_set = transport is not None and transport.queue_setting and config.get(transport.queue_setting)
-    if config.get("mode") == "offload" or queue_set:
+    way = registry.offload_transport(config)  # as tasks.offload routes a batch
+    transport = registry.find(registry.TRANSPORT, way) if way else None
+    if transport is not None and (config.get("mode") == "offload" or config.get(transport.queue_setting)):
         checks.append((registry.label(registry.TRANSPORT, way), _transport_test(way, config)))
-    if provider != "smtp" and config.get("smtp_host"):
-        checks.append(("SMTP fallback", _provider_test("smtp", config)))
+    if provider != fallback and registry.configured(registry.SENDER, fallback, config):
+        checks.append((f"{registry.label(registry.SENDER, fallback)} fallback", _provider_test(fallback, config)))
     return checks
 
 
@@ -120,7 +118,7 @@ def _storage_check(company: Company) -> dict | None:
     def run():
         with open_storage(company, kind) as storage:
             return storage.test_connection()
-    return _check(f"Certificate storage: {STORAGE_NAMES.get(kind, kind)}", run)
+    return _check(f"Certificate storage: {registry.label(registry.STORAGE, kind)}", run)
 
 
 def run_connection_test(company_id: int, check_id: str) -> None:
@@ -175,7 +173,7 @@ def send_test_email(company_id: int, check_id: str) -> None:
     try:
         subject, text, html = _test_content(company_id, request)
         message = Message(key=0, to=request["to"], subject=subject, text=text, html=html)
-        with get_provider(config.get("provider") or "smtp", config) as provider:
+        with get_provider(config.get("provider") or registry.fallback_sender(), config) as provider:
             result = provider.send(sender, [message])[0]
     except (ProviderError, RenderError) as exc:
         reason = exc.reason if isinstance(exc, ProviderError) else str(exc)

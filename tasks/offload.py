@@ -43,7 +43,8 @@ from core.models import (B_CANCELLED, B_DONE, B_FAILED, B_QUEUED, B_RETRY, B_SUB
 from core.queue import connection
 from providers import ConnectionFailure, PermanentError, ProviderError
 from core.rendering import CompiledTemplate, RenderError
-from providers.offload import EndpointRejected, delivery_id, get_transport, split_recipients, transport_name
+from providers import registry
+from providers.offload import EndpointRejected, delivery_id, get_transport, split_recipients
 from tasks import certificates, limits
 from tasks.headers import extra_headers
 from tasks.routing import fallback_route, primary_route
@@ -127,7 +128,7 @@ class Submission:
         self.provider = self.config.get("provider")
         # the HTTPS transport signs with the company's callback secret
         self.config["callback_secret"] = self.company.callback_secret
-        self.transport = transport_name(self.config)
+        self.transport = registry.offload_transport(self.config)
         self.route = HTTPS_ROUTE if self.transport == "https" else ROUTES.get(self.provider)
         self._jobs: dict[int, Job] = {}
         self.global_fallback = cfg["OFFLOAD_FALLBACK_SMTP"]

@@ -35,12 +35,9 @@ from sqlalchemy.exc import DBAPIError
 from core import metrics, queue, settings
 from core.db import db
 from core.queue import QUEUE_NAMES, connection, get_queue, warn_if_evicting
-from providers.cloudflare import DEFAULT_TIMEOUT as CLOUDFLARE_TIMEOUT_S
-from providers.ses import DEFAULT_TIMEOUT as SES_TIMEOUT_S
+from providers import registry
 
 log = logging.getLogger(__name__)
-#: the longest read timeout of a provider call
-PROVIDER_TIMEOUT_S = max(SES_TIMEOUT_S, CLOUDFLARE_TIMEOUT_S)
 #: how often a running job's execution is refreshed, and how long it lives without a refresh
 EXECUTION_BEAT_S = 5
 EXECUTION_TTL_S = 30
@@ -156,7 +153,8 @@ def _sweeper(app: Flask, interval: float, stop: threading.Event, name: str) -> N
 
 def run_worker(app: Flask, *, burst: bool = False, name: str | None = None) -> None:
     """Work the service's queues (high, default, low) until stopped."""
-    provider_timeout = app.config.get("OFFLOAD_PROVIDER_TIMEOUT_S") or PROVIDER_TIMEOUT_S
+    # the operator's timeout of one provider call, else the longest any sender declares
+    provider_timeout = app.config.get("OFFLOAD_PROVIDER_TIMEOUT_S") or registry.call_timeout()
     if app.config["OFFLOAD_LEASE_S"] < provider_timeout * 2:
         log.warning("OFFLOAD_LEASE_S=%s is shorter than twice a provider call's timeout (%s s): a slow call "
                     "can lose its batch to another worker and send its chunk twice",

@@ -40,7 +40,7 @@ not retried. Over HTTPS the answer is 200 once the callback is posted, 503
 signature or token, 400 for a malformed message.
 
 Runtime: Python 3.12, boto3 and the standard library only; ``webhooks.py``
-beside this file is an exact copy of the service's ``core/webhooks.py``.
+beside this file is an exact copy of the service's ``providers/webhooks.py``.
 Environment: ``CALLBACK_SECRET`` (required, ``whsec_...``),
 ``ALLOWED_CALLBACK_PREFIX`` (required: the service's public URL; callback
 URLs must start with it), ``MARKER_BUCKET`` (required), ``AUTH_TOKEN``

@@ -13,6 +13,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from core.crypto import EncryptedJSON, EncryptedText
 from core.db import Model
 from core.models.base import TenantMixin, sha256_hex, utcnow
+from providers import registry
 
 
 # New passwords get werkzeug's scrypt (n=2**15, r=8, p=1). ``PASSWORD_HASH_METHOD`` in the app's config
@@ -84,7 +85,7 @@ class DeliverySettings(TenantMixin, Model):
     __tablename__ = "delivery_settings"
     __table_args__ = (UniqueConstraint("company_id"),)
     id = Column(Integer, primary_key=True)
-    provider = Column(String(16), nullable=False, default="smtp")
+    provider = Column(String(16), nullable=False, default=registry.fallback_sender)
     mode = Column(String(16), nullable=False, default="direct")
     enabled = Column(Boolean, nullable=False, default=True)
     sender = Column(String(320))

@@ -18,6 +18,7 @@ from dashboard.admin.base import SecureIndexView, scope
 from core.suppressions import rates
 from core.db import db
 from core.models import ApiToken, Company, Job, Template
+from providers import registry
 
 FEATURES = (jobs, campaigns, templates, certificates, suppressions, company_settings, audit, companies, outbox)
 
@@ -37,15 +38,16 @@ class HomeView(SecureIndexView):
 
 
 def delivery_configured(company: Company) -> bool:
-    """The company's provider has what it needs to send."""
+    """Delivery is enabled and the company's provider has what it needs to send (each provider
+    says, ``registry.configured``); in offload mode, so has the transport its batches take."""
     s = company.settings
     if s is None or not s.enabled:
         return False
-    if s.provider == "aws":
-        return bool((s.aws_access_key and s.aws_secret_key) or s.aws_role_arn)
-    if s.provider == "cloudflare":
-        return bool(s.cloudflare_api_token and s.cloudflare_account_id)
-    return bool(s.smtp_host)
+    config = s.provider_config()
+    if not registry.configured(registry.SENDER, s.provider, config):
+        return False
+    transport = registry.offload_transport(config) if s.mode == "offload" else None
+    return transport is None or registry.configured(registry.TRANSPORT, transport, config)
 
 
 def _exists(stmt) -> bool:

@@ -4,7 +4,7 @@ Miniflare (workerd) runs worker.js with the queue consumer, send_email, R2
 and vars of its wrangler.toml (tests/support/servers.py ``Miniflare``). A
 harness worker in the same instance enqueues batch messages and collects the
 dead-letter queue; callbacks go to a local server that verifies them with
-the service's ``core.webhooks``. Rendered content is compared with the
+the service's ``providers.webhooks``. Rendered content is compared with the
 AWS Lambda's renderer: both workers must produce the same email.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import urllib.request
 
 import pytest
 
-from core import webhooks
+from providers import webhooks
 from tests.support.servers import ROOT, CallbackReceiver, Miniflare, free_port
 
 CF_DIR = ROOT / "cloud_workers" / "cloudflare"

@@ -4,7 +4,7 @@ The test plays the Lambda event source mapping itself: ReceiveMessage, build
 the SQS event, call the handler, DeleteMessage every record not named in
 ``batchItemFailures`` and make the named ones visible again at once (what
 the visibility timeout does, minus the wait). Callbacks land on a local HTTP
-server that verifies them with the service's own ``core.webhooks``.
+server that verifies them with the service's own ``providers.webhooks``.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from core import webhooks
+from providers import webhooks
 from tests.support.servers import ROOT, CallbackReceiver, MotoServer, SesLocal, StubHttpServer, free_port
 
 AWS_DIR = ROOT / "cloud_workers" / "aws"
@@ -324,7 +324,7 @@ def test_vendored_webhooks_signs_exactly_like_the_service(handler_module):
         for ts in (0, 1614265330, 2_000_000_000):
             secret = webhooks.generate_secret()
             assert vendored.sign(secret, "msg_x", ts, body) == webhooks.sign(secret, "msg_x", ts, body)
-    assert (AWS_DIR / "webhooks.py").read_bytes() == (ROOT / "core" / "webhooks.py").read_bytes()
+    assert (AWS_DIR / "webhooks.py").read_bytes() == (ROOT / "providers" / "webhooks.py").read_bytes()
 
 
 def test_cloudformation_template_passes_cfn_lint():

@@ -10,12 +10,13 @@ import pytest
 from sqlalchemy import event, func, select, text, update
 from standardwebhooks import Webhook
 
-from core import companies, webhooks
+from core import companies
 from core.callbacks import record_callback
 from core.db import db
 from core.jobs import create_job
 from core.models import Batch, Job, Recipient, WebhookReceipt, utcnow
 from core import batches
+from providers import webhooks
 from tasks.offload import purge_receipts
 from tests.support.webhooks import VECTOR_BODY, VECTOR_ID, VECTOR_SECRET, VECTOR_SIGNATURE, VECTOR_TS
 
@@ -144,7 +145,7 @@ def _cases(secret: str, body: bytes) -> dict[str, tuple[bytes, dict]]:
         "garbage signature": (body, good | {"webhook-signature": "v1,AAAA"}),
         "one byte changed": (body.replace(b'"sent"', b'"senT"', 1), good),
         # well past the 300 s tolerance: the edge itself is tested against a fixed clock in
-        # tests/core/test_webhooks.py (int(time.time()) here is up to a second behind the check's clock)
+        # tests/providers/test_webhooks.py (int(time.time()) here is up to a second behind the check's clock)
         "stale": (body, signed(secret, body, timestamp=now - 360)),
         "from the future": (body, signed(secret, body, timestamp=now + 360)),
     }

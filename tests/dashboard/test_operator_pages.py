@@ -12,6 +12,7 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from core.db import db
+from dashboard.admin import delivery_configured
 from core.models import ApiToken, AuditLog, Company, User, utcnow
 from dashboard.outbox import OutboxSink
 from tests.support.app import csrf_from
@@ -80,6 +81,42 @@ def test_checklist_follows_the_first_steps(client, auth, make_user, make_company
     html = client.get("/admin/").get_data(as_text=True)
     assert html.count('data-step-done="0"') == 4 and html.count('data-step-done="1"') == 1  # only the token
     assert f'/admin/settings/{acme.id}/#section-general' in html
+
+
+def test_delivery_configured_is_each_providers_own_answer(app, client, auth, make_user, make_company):
+    """Every registered sender says when it can send (SendGrid and Mailgun too); offload mode
+    also needs the queue its batches take."""
+    done = {
+        "sendgrid": make_company(provider="sendgrid", sendgrid_api_key="SG.key"),
+        "mailgun": make_company(provider="mailgun", mailgun_api_key="key-1", mailgun_domain="mg.acme.test"),
+        "aws": make_company(provider="aws", aws_access_key="AKIA1", aws_secret_key="s"),
+        "aws role": make_company(provider="aws", aws_role_arn="arn:aws:iam::123456789012:role/x"),
+        "cloudflare": make_company(provider="cloudflare", cloudflare_api_token="t", cloudflare_account_id="a"),
+        "smtp": make_company(provider="smtp", smtp_host="mail.acme.test"),
+        "cloudflare queue": make_company(provider="cloudflare", mode="offload", cloudflare_api_token="t",
+                                         cloudflare_account_id="a", cloudflare_queue_id="q"),
+        "https offload": make_company(provider="aws", mode="offload", aws_access_key="AKIA1", aws_secret_key="s",
+                                      offload_url="https://abc.execute-api.eu-west-1.amazonaws.com/batches"),
+    }
+    not_done = {
+        "sendgrid without key": make_company(provider="sendgrid"),
+        "mailgun without domain": make_company(provider="mailgun", mailgun_api_key="key-1"),
+        "aws half a key pair": make_company(provider="aws", aws_access_key="AKIA1"),
+        "cloudflare without account": make_company(provider="cloudflare", cloudflare_api_token="t"),
+        "smtp without host": make_company(provider="smtp"),
+        "offload without a queue": make_company(provider="aws", mode="offload", aws_access_key="AKIA1",
+                                                aws_secret_key="s"),
+        "disabled": make_company(provider="sendgrid", sendgrid_api_key="SG.key", enabled="0"),
+    }
+    with app.test_request_context():
+        assert {name: delivery_configured(c.company) for name, c in done.items()} == dict.fromkeys(done, True)
+        assert {name: delivery_configured(c.company) for name, c in not_done.items()} == \
+            dict.fromkeys(not_done, False)
+    make_user("boss@sendgrid.test", company_id=done["sendgrid"].id)
+    auth.login("boss@sendgrid.test", PASSWORD)
+    html = client.get("/admin/").get_data(as_text=True)
+    step = re.search(r'data-step-done="(\d)">\s*<span class="mark"[^>]*>.</span><strong>Delivery configured', html)
+    assert step is not None and step.group(1) == "1"
 
 
 def test_the_outbox_lists_captured_mail_with_a_sandboxed_preview(app, client, auth, make_user, tmp_path):

@@ -6,14 +6,13 @@ import json
 import boto3
 import pytest
 
-from providers import guard
+from providers import guard, webhooks
 from providers.base import (
     ConnectionFailure,
     PermanentError,
     RetryableError,
     ThrottledError,
 )
-from core import webhooks
 from providers.offload import (
     CloudflareQueueTransport,
     EndpointRejected,

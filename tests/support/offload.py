@@ -6,7 +6,7 @@ from collections import Counter
 
 from sqlalchemy import select
 
-from core import webhooks
+from providers import webhooks
 from core.db import db
 from core.models import Batch, Job, Recipient
 from tests.support.jobs import BODY

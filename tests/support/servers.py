@@ -398,7 +398,7 @@ class CallbackReceiver(StubHttpServer):
 
     ``verify(headers, body)`` returns to accept (200, payload kept in
     ``payloads``) or raises to refuse (401, counted in ``rejected``), as the
-    service does. Pass ``core.webhooks.verify`` bound to the secret.
+    service does. Pass ``providers.webhooks.verify`` bound to the secret.
     """
 
     def __init__(self, verify):

@@ -31,11 +31,11 @@ import boto3
 import pytest
 from sqlalchemy import select, update
 
-from core import companies, webhooks
+from core import companies
 from core.db import db
 from core.models import Company, Suppression
 from core.unsubscribe import unsubscribe_url
-from providers import guard
+from providers import guard, webhooks
 from providers.offload import SqsTransport
 from tests.support.app import run_worker_burst
 from tests.support.certificates import CERT_JOB

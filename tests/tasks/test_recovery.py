@@ -23,7 +23,8 @@ from tasks import worker as worker_module
 from tasks.purge import purge_recipient_data
 from tasks.sending import plan_job, send_batch
 from tasks.sweep import sweep, unplanned_jobs
-from tasks.worker import PROVIDER_TIMEOUT_S, run_worker
+from providers import registry
+from tasks.worker import run_worker
 from tests.support.app import run_worker_burst
 from tests.support.jobs import aws_settings
 
@@ -154,7 +155,7 @@ def test_a_lease_shorter_than_a_provider_call_is_warned_about(app, caplog):
     app.config["OFFLOAD_LEASE_S"] = 5
     with caplog.at_level(logging.WARNING, logger="tasks.worker"):
         run_worker(app, burst=True)
-    assert PROVIDER_TIMEOUT_S >= 10 and "OFFLOAD_LEASE_S=5 is shorter" in caplog.text
+    assert registry.call_timeout() >= 10 and "OFFLOAD_LEASE_S=5 is shorter" in caplog.text
     caplog.clear()
     app.config["OFFLOAD_LEASE_S"] = 120
     with caplog.at_level(logging.WARNING, logger="tasks.worker"):

@@ -15,11 +15,12 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 from sqlalchemy import select
 
-from core import bounce_reports, suppressions
+from core import suppressions
 from core.models import BounceEvent
 from core.db import db
 from core.models import Job, Recipient, Suppression
-from core.webhooks import sign_headers
+from providers import sns as sns_module
+from providers.webhooks import sign_headers
 from tests.support.app import csrf_from, run_worker_burst
 from tests.support.events import ses_settings
 from tests.support.servers import StubHttpServer
@@ -72,8 +73,12 @@ class FakeSns:
 def sns(app):
     fake = FakeSns()
     with fake.server:
-        app.config["OFFLOAD_SNS_URL_PATTERN"] = rf"^http://127\.0\.0\.1:{fake.server._server.server_address[1]}/"
-        yield fake
+        sns_module.configure(url_pattern=rf"^http://127\.0\.0\.1:{fake.server._server.server_address[1]}/")
+        try:
+            yield fake
+        finally:
+            sns_module.configure(url_pattern=app.config.get("OFFLOAD_SNS_URL_PATTERN"),
+                                 ca_bundle=app.config.get("OFFLOAD_SNS_CA_BUNDLE"))
 
 
 @pytest.fixture
@@ -147,19 +152,18 @@ def test_forged_wrong_topic_and_untrusted_certificates_are_refused(client, app, 
     }
     for name, message in cases.items():
         resp = post_sns(client, company.id, message)
-        assert resp.status_code == 403, name
-    assert post_sns(client, company.id + 1000, genuine).status_code == 403  # no such company / topic
+        assert resp.status_code == 401, name
+    assert post_sns(client, company.id + 1000, genuine).status_code == 401  # no such company / topic
     assert client.post(f"/callbacks/v1/bounces/sns/{company.id}", data="{not json").status_code == 400
     assert state(job_id) == before
     assert all("127.0.0.2" not in r.path for r in sns.server.requests)
     # the default pattern only trusts https://sns.<region>.amazonaws.com
-    app.config.pop("OFFLOAD_SNS_URL_PATTERN")
-    with app.test_request_context():
-        assert bounce_reports.allowed_sns_url("https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-1.pem")
-        assert not bounce_reports.allowed_sns_url("http://sns.eu-west-1.amazonaws.com/x.pem")
-        assert not bounce_reports.allowed_sns_url("https://sns.eu-west-1.amazonaws.com.evil.test/x.pem")
-        assert not bounce_reports.allowed_sns_url("https://sns.eu-west-1.amazonaws.com@evil.test/x.pem")
-        assert not bounce_reports.allowed_sns_url(sns.cert_url)
+    sns_module.configure(url_pattern=None)
+    assert sns_module.allowed_url("https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-1.pem")
+    assert not sns_module.allowed_url("http://sns.eu-west-1.amazonaws.com/x.pem")
+    assert not sns_module.allowed_url("https://sns.eu-west-1.amazonaws.com.evil.test/x.pem")
+    assert not sns_module.allowed_url("https://sns.eu-west-1.amazonaws.com@evil.test/x.pem")
+    assert not sns_module.allowed_url(sns.cert_url)
 
 
 def test_the_certificate_is_fetched_once_and_redelivery_applies_once(client, sns, sent_job):
@@ -207,7 +211,7 @@ def test_subscription_confirmation_fetches_the_subscribe_url(client, sns, sent_j
     assert [r.path for r in sns.server.requests] == [CERT_PATH, "/confirm?Action=ConfirmSubscription&TopicArn=x"
                                                                 "&Token=abc"]
     evil = sns.message("x", kind="SubscriptionConfirmation", SubscribeURL="http://127.0.0.2:9/confirm", Token="t")
-    assert post_sns(client, company.id, evil).status_code == 403
+    assert post_sns(client, company.id, evil).status_code == 401
     assert len(sns.server.requests) == 2
 
 

@@ -1,4 +1,4 @@
-"""core.webhooks against the Standard Webhooks spec and its reference library."""
+"""providers.webhooks against the Standard Webhooks spec and its reference library."""
 from __future__ import annotations
 
 import base64
@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from core import webhooks
-from core.webhooks import BadSignature, MissingHeaders, TimestampOutOfRange, WebhookError
+from providers import webhooks
+from providers.webhooks import BadSignature, MissingHeaders, TimestampOutOfRange, WebhookError
 from tests.support.webhooks import VECTOR_BODY, VECTOR_ID, VECTOR_SECRET, VECTOR_SIGNATURE, VECTOR_TS
 
 
