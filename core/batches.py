@@ -18,7 +18,7 @@ from core.suppressions import suppress
 from core.models import (B_CANCELLED, B_QUEUED, B_SENDING, B_SUBMITTED, BATCH_FINAL, BATCH_WAITING,
                          CANCELLED, COMPLETED, FAILED, JOB_FINAL, PARTIAL, PAUSED, PROCESSING, QUEUED, R_BOUNCED,
                          R_CANCELLED, R_FAILED, R_PENDING, R_SENDING, R_SENT, R_SUPPRESSED, R_UNCERTAIN,
-                         RECIPIENT_CLAIMABLE, RECIPIENT_OPEN, Batch, Job, Recipient, sql_in, utcnow)
+                         RECIPIENT_CLAIMABLE, RECIPIENT_OPEN, LIST_BOUNCE, Batch, Job, Recipient, sql_in, utcnow)
 from providers import ResultStatus
 
 
@@ -201,7 +201,7 @@ def suppress_bounced(company_id: int, recipient_ids: list[int]) -> None:
     emails = db.session.execute(Recipient.scoped(company_id).with_only_columns(Recipient.email)
                                 .where(Recipient.id.in_(recipient_ids))).scalars().all()
     for email in emails:
-        suppress(company_id, email, "bounce")
+        suppress(company_id, email, LIST_BOUNCE)
 
 
 def _set_outcomes(rows: list[dict], status: str, now, route: str) -> None:

@@ -8,14 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta, UTC
 
-from sqlalchemy import select, text, update
+from sqlalchemy import text, update
 from sqlalchemy.exc import IntegrityError
 
-from core import audit
+from core import audit, suppressions
 from core.bulk import insert_recipients
 from core.db import db
 from core.models import (BATCH_WAITING, COMPLETED, DEFAULT_PRIORITY, FAILED, JOB_TYPES, PARTIAL, PAUSED, PRIORITIES,
-                         PROCESSING, QUEUED, R_FAILED, R_PENDING, R_SUPPRESSED, Batch, Job, Suppression, Template,
+                         PROCESSING, QUEUED, R_FAILED, R_PENDING, R_SUPPRESSED, Batch, Job, Template, is_bulk,
                          utcnow)
 from core.rendering import PREVIEW_BUDGET_S, CompiledTemplate, RenderError, valid_email
 from core.queue import enqueue_batch_now, enqueue_finish
@@ -124,11 +124,13 @@ def compile_checked(subject, text_body, html_body, sample: dict | None) -> Compi
     return compiled
 
 
-def classify_recipients(company_id: int, job_id: int, items: list) -> tuple[list[tuple], dict]:
+def classify_recipients(company_id: int, job_id: int, items: list, *, bulk: bool,
+                        distinct: bool = True) -> tuple[list[tuple], dict]:
     """Rows for ``insert_recipients`` and counts by status. Bad entries are kept
-    as failed recipients with a reason; duplicates and suppressed addresses too."""
-    suppressed = set(db.session.execute(
-        select(Suppression.email).where(Suppression.company_id == company_id)).scalars())
+    as failed recipients with a reason; duplicates (when ``distinct``) and
+    suppressed addresses too, naming the suppression list that stopped them
+    (the lists that apply to ``bulk`` mail or to transactional mail)."""
+    suppressed = suppressions.suppressed_addresses(company_id, bulk)
     seen: set[str] = set()
     rows, counts = [], {R_PENDING: 0, R_FAILED: 0, R_SUPPRESSED: 0}
     for item in items:
@@ -136,8 +138,8 @@ def classify_recipients(company_id: int, job_id: int, items: list) -> tuple[list
         if status == R_PENDING:
             key = email.lower()
             if key in suppressed:
-                status, error = R_SUPPRESSED, "suppressed"
-            elif key in seen:
+                status, error = R_SUPPRESSED, suppressions.suppressed_error(suppressed[key])
+            elif distinct and key in seen:
                 status, error = R_FAILED, "duplicate"
             seen.add(key)
         counts[status] += 1
@@ -170,11 +172,13 @@ def find_idempotent(company_id: int, key: str) -> Job | None:
 
 def create_job(company_id: int, payload, *, idempotency_key: str | None = None, source: str = "api",
                user_id: int | None = None, max_recipients: int = 50_000,
-               before_commit=None) -> tuple[Job, bool]:
+               before_commit=None, distinct: bool = True) -> tuple[Job, bool]:
     """Validate and store a job with its recipients; returns (job, created).
 
     ``before_commit(job)`` runs after the recipients are inserted, in the same
     transaction (the LMS connector records which IOMAD rows the job took).
+    ``distinct=False`` keeps recipients that share an address (the LMS
+    connector's jobs: one message per IOMAD row, several rows to one manager).
 
     The caller commits nothing: this commits, then the job is enqueued by
     ``core.queue.enqueue_job``.
@@ -203,7 +207,8 @@ def create_job(company_id: int, payload, *, idempotency_key: str | None = None, 
     except IntegrityError:  # a concurrent request with the same key won
         db.session.rollback()
         return find_idempotent(company_id, idempotency_key), False
-    rows, counts = classify_recipients(company_id, job.id, req.recipients)
+    rows, counts = classify_recipients(company_id, job.id, req.recipients, bulk=is_bulk(job.type, job.priority),
+                                       distinct=distinct)
     insert_recipients(rows)
     job.email_count = len(rows)
     job.emails_failed = counts[R_FAILED]

@@ -1,7 +1,14 @@
-"""The suppression list, bounce and complaint reports, and their rates.
+"""The suppression lists, bounce and complaint reports, and their rates.
 
-A hard bounce or a complaint suppresses the address (reason ``bounce`` /
-``complaint``); a soft bounce is only counted. The matching recipient (by
+A company has four lists (``Suppression.reason``): ``bounce`` and
+``complaint`` (from reports and send-time bounces), ``unsubscribe`` (the
+one-click link of bulk mail) and ``manual`` (added by hand). An address may
+be on several. Bulk and re-engagement mail is stopped by any list;
+transactional mail (passwords, accounts, licences, IOMAD's mail) only by
+``bounce``, ``complaint`` and ``manual``, never by an unsubscribe
+(``lists_for``). A suppressed recipient's error names the list that stopped
+it. A hard bounce or a complaint suppresses the address; a soft bounce is
+only counted. The matching recipient (by
 message id, else the latest one sent to the address) becomes ``bounced`` on a
 hard bounce and its job's counters move. Each report applies once
 (``BounceEvent.event_key``). ``rates`` gives the bounce and complaint rates
@@ -17,8 +24,8 @@ from sqlalchemy import func, update
 from sqlalchemy.exc import IntegrityError
 
 from core.db import db
-from core.models import (COMPLAINT, HARD, R_BOUNCED, R_SENT, SOFT, BounceEvent, Job, Recipient, Suppression,
-                         utcnow)
+from core.models import (COMPLAINT, HARD, LIST_BOUNCE, LIST_COMPLAINT, R_BOUNCED, R_SENT, SOFT,
+                         SUPPRESSION_LISTS, TRANSACTIONAL_LISTS, BounceEvent, Job, Recipient, Suppression, utcnow)
 from core.rendering import valid_email
 
 #: recipients a bounce report may be about: handed to the provider (and maybe already bounced)
@@ -32,15 +39,41 @@ def normalize_email(address: str) -> str:
     return parseaddr(address or "")[1].strip().lower()
 
 
-def is_suppressed(company_id: int, email: str) -> bool:
+def lists_for(bulk: bool) -> tuple[str, ...]:
+    """The lists that stop a message: every list for bulk mail, never the unsubscribe list otherwise."""
+    return SUPPRESSION_LISTS if bulk else TRANSACTIONAL_LISTS
+
+
+def suppressed_error(lists) -> str:
+    """A suppressed recipient's error: the list that stopped it, in words."""
+    first = next(name for name in SUPPRESSION_LISTS if name in lists)
+    return f"suppressed ({first} list)"
+
+
+def suppressed_addresses(company_id: int, bulk: bool) -> dict[str, set[str]]:
+    """Address → the lists it is on, of the lists that stop this kind of mail."""
+    found: dict[str, set[str]] = {}
+    rows = db.session.execute(Suppression.scoped(company_id).with_only_columns(Suppression.email, Suppression.reason)
+                              .where(Suppression.reason.in_(lists_for(bulk))))
+    for email, reason in rows:
+        found.setdefault(email, set()).add(reason)
+    return found
+
+
+def is_suppressed(company_id: int, email: str, reason: str | None = None) -> bool:
+    """On any of the company's lists (or on list ``reason``)."""
     stmt = Suppression.scoped(company_id).where(Suppression.email == normalize_email(email))
+    if reason is not None:
+        stmt = stmt.where(Suppression.reason == reason)
     return db.session.execute(stmt).first() is not None
 
 
 def suppress(company_id: int, email: str, reason: str) -> bool:
-    """Add the address to the company's suppression list and commit; False if it was there."""
+    """Add the address to the company's list ``reason`` and commit; False if it was on it."""
+    if reason not in SUPPRESSION_LISTS:
+        raise ValueError(f"no suppression list {reason!r}")
     email = normalize_email(email)
-    if is_suppressed(company_id, email):
+    if is_suppressed(company_id, email, reason):
         return False
     db.session.add(Suppression(company_id=company_id, email=email, reason=reason))
     try:
@@ -101,9 +134,9 @@ def _apply(company_id, source, key, kind, email, message_id, detail) -> bool:
         if res.rowcount:
             db.session.execute(update(Job).where(Job.id == found.job_id).values(
                 emails_bounced=Job.emails_bounced + 1, emails_sent=Job.emails_sent - 1))
-    if kind in (HARD, COMPLAINT) and not is_suppressed(company_id, email):
-        db.session.add(Suppression(company_id=company_id, email=email,
-                                   reason="bounce" if kind == HARD else "complaint"))
+    listed = LIST_BOUNCE if kind == HARD else LIST_COMPLAINT
+    if kind in (HARD, COMPLAINT) and not is_suppressed(company_id, email, listed):
+        db.session.add(Suppression(company_id=company_id, email=email, reason=listed))
     db.session.flush()
     return True
 

@@ -1,4 +1,9 @@
-"""Unsubscribe tokens for campaign mail (RFC 8058).
+"""Unsubscribe tokens for bulk and re-engagement mail (RFC 8058).
+
+Only that mail carries one (``core.models.is_bulk``), and an unsubscribe
+puts the address on the company's ``unsubscribe`` list, which stops bulk
+mail only: password, account, licence and IOMAD's mail is transactional
+and is never unsubscribed (``core.suppressions.lists_for``).
 
 The token is an itsdangerous signature of ``[company_id, email]`` keyed by
 its own signing keys, ``OFFLOAD_UNSUBSCRIBE_KEYS`` (newest first); when the
@@ -16,8 +21,6 @@ from flask import current_app
 from itsdangerous import BadSignature, URLSafeSerializer
 
 SALT = "offload-unsubscribe"
-#: job types whose mail carries an unsubscribe link (not passwords, licenses, certificates)
-CAMPAIGN_TYPES = ("reengagement", "notification")
 _serializers: dict[tuple, URLSafeSerializer] = {}
 
 

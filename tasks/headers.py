@@ -1,17 +1,18 @@
-"""Extra headers per message (List-Unsubscribe for campaign mail)."""
+"""Extra headers per message (List-Unsubscribe for bulk and re-engagement mail)."""
 from __future__ import annotations
 
-from core.unsubscribe import CAMPAIGN_TYPES, unsubscribe_url
+from core.models import is_bulk
+from core.unsubscribe import unsubscribe_url
 
 
-def extra_headers(company, job_type: str, recipient_id: int, email: str) -> dict[str, str]:
+def extra_headers(company, job_type: str, priority: str | None, recipient_id: int, email: str) -> dict[str, str]:
     """Headers to add to one recipient's message; none for transactional mail.
 
-    Campaign mail (re-engagement, notifications) carries a one-click
-    unsubscribe link (RFC 2369 + RFC 8058); password, license and
-    certificate mail does not.
+    Bulk and re-engagement mail carries a one-click unsubscribe link (RFC 2369
+    + RFC 8058); transactional mail (passwords, accounts, licences,
+    certificates, notifications, IOMAD's queue) never does.
     """
-    if job_type not in CAMPAIGN_TYPES:
+    if not is_bulk(job_type, priority):
         return {}
     return {"List-Unsubscribe": f"<{unsubscribe_url(company.id, email)}>",
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}

@@ -256,7 +256,7 @@ class Submission:
                 continue
             entry = {"email": email, "data": data or {},
                      "rendered": {"subject": rendered.subject, "text": rendered.text, "html": rendered.html}}
-            headers = extra_headers(self.company, job.type, rid, email)
+            headers = extra_headers(self.company, job.type, job.priority, rid, email)
             if headers:
                 entry["headers"] = headers
             if attachments:

@@ -98,7 +98,7 @@ class BatchRun:
         self.version = self.settings.updated_at if self.settings else None
         self.global_fallback = cfg["OFFLOAD_FALLBACK_SMTP"]
         job = db.session.get(Job, claim.job_id)
-        self.job_type = job.type
+        self.job_type, self.priority = job.type, job.priority
         self.klass = scheduler.klass_of(job.priority)
         self.defer_s = 0.0        # how long the rest of the batch waits for tokens when it goes back
         self.renewed = time.monotonic()
@@ -140,7 +140,7 @@ class BatchRun:
             except RenderError as exc:
                 failures.append(Result(rid, ResultStatus.FAILED, error=f"render_error: {exc}"))
                 continue
-            headers = extra_headers(self.company, self.job_type, rid, email)
+            headers = extra_headers(self.company, self.job_type, self.priority, rid, email)
             if self.lms:
                 headers.update(self.lms.headers(data))
             messages.append(Message(key=rid, to=email, subject=r.subject, text=r.text, html=r.html, headers=headers,

@@ -10,6 +10,12 @@ from core.models.base import TenantMixin, utcnow
 #: bounce event kinds: hard bounces and complaints suppress, soft ones only count
 HARD, SOFT, COMPLAINT = "hard", "soft", "complaint"
 BOUNCE_KINDS = (HARD, SOFT, COMPLAINT)
+#: the suppression lists (``Suppression.reason``): an address is on each list at most once
+LIST_UNSUBSCRIBE, LIST_BOUNCE, LIST_COMPLAINT, LIST_MANUAL = "unsubscribe", "bounce", "complaint", "manual"
+SUPPRESSION_LISTS = (LIST_BOUNCE, LIST_COMPLAINT, LIST_MANUAL, LIST_UNSUBSCRIBE)  # the order a recipient names them
+#: the lists that stop transactional mail (passwords, accounts, licences, IOMAD's mail): an unsubscribe
+#: from bulk mail never does
+TRANSACTIONAL_LISTS = (LIST_BOUNCE, LIST_COMPLAINT, LIST_MANUAL)
 
 
 class CampaignSettings(TenantMixin, Model):
@@ -36,11 +42,16 @@ class CampaignSettings(TenantMixin, Model):
 
 
 class Suppression(TenantMixin, Model):
+    """An address on one of a company's suppression lists (``reason``: ``SUPPRESSION_LISTS``).
+
+    One row per list: an address that unsubscribed and later hard-bounced is on both, and
+    removing it from one list leaves the other."""
+
     __tablename__ = "suppressions"
-    __table_args__ = (UniqueConstraint("company_id", "email"),)
+    __table_args__ = (UniqueConstraint("company_id", "email", "reason"),)
     id = Column(Integer, primary_key=True)
     email = Column(String(320), nullable=False)
-    reason = Column(String(32), nullable=False, default="manual")  # manual|unsubscribe|bounce|complaint
+    reason = Column(String(32), nullable=False, default=LIST_MANUAL)
     created_at = Column(DateTime, nullable=False, default=utcnow)
 
 

@@ -40,6 +40,13 @@ DEFAULT_PRIORITY = {
 PRIORITIES = tuple(Priority)
 
 
+def is_bulk(job_type: str, priority: str | None) -> bool:
+    """Bulk and re-engagement mail: the only mail that carries a one-click unsubscribe and that an
+    unsubscribe stops. Everything else is transactional (passwords, accounts, licences, certificates,
+    notifications, IOMAD's mail): never unsubscribed; only bounces, complaints and manual entries stop it."""
+    return priority == Priority.BULK or job_type == JobType.REENGAGEMENT
+
+
 class JobStatus(StrEnum):
     PENDING = "pending"
     QUEUED = "queued"

@@ -21,8 +21,8 @@ from core.db import db
 from core.jobs import (RETRYABLE_STATUSES, JobError, batches_of, iso, job_to_dict, request_cancel, resume,
                        retry_batch_now, retry_failed)
 from core.models import (B_RETRY, BATCH_WAITING, CANCELLED, COMPLETED, FAILED, JOB_FINAL, JOB_TYPES, PARTIAL, PAUSED,
-                         PENDING, PROCESSING, QUEUED, R_BOUNCED, R_FAILED, R_UNCERTAIN, Batch, Company, Job, Recipient,
-                         utcnow)
+                         PENDING, PROCESSING, QUEUED, R_BOUNCED, R_FAILED, R_SUPPRESSED, R_UNCERTAIN, Batch, Company,
+                         Job, Recipient, utcnow)
 from core.queue import connection
 from core.routing import planned_route
 from core.tenancy import get_or_404
@@ -216,10 +216,14 @@ class JobsView(SecureBaseView):
                                Recipient.attempts, Recipient.route)
             .where(Recipient.job_id == job.id, Recipient.status.in_(FAILED_STATUSES))
             .order_by(Recipient.id).limit(FAILED_PAGE_SIZE).offset((fpage - 1) * FAILED_PAGE_SIZE)).all()
+        suppressed = db.session.execute(  # which suppression list stopped each (the first ones)
+            Recipient.scoped(job.company_id).with_only_columns(Recipient.email, Recipient.error)
+            .where(Recipient.job_id == job.id, Recipient.status == R_SUPPRESSED)
+            .order_by(Recipient.id).limit(FAILED_PAGE_SIZE)).all() if job.emails_suppressed else []
         company = db.session.get(Company, job.company_id)
         batches = batches_of(job)
         return self.render("admin/jobs/details.html", job=job, row=job_row(job), batches=batches,
-                           waiting=waiting_batches(job, batches, company),
+                           waiting=waiting_batches(job, batches, company), suppressed=suppressed,
                            failed=failed, failed_total=failed_total, fpage=fpage, fpages=pages,
                            company=company, show_company=scope() is None, fmt_time=fmt_time,
                            rates=rates(job.company_id, job.id))

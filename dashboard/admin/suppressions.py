@@ -1,5 +1,6 @@
-"""The suppression list per company: search, add, remove, export (CSV), with
-the company's bounce and complaint rates (``dashboard.bounces.rates``)."""
+"""The suppression lists per company: search, add, remove, export (CSV), with
+the company's bounce and complaint rates (``dashboard.bounces.rates``). Each
+entry says which list it is on and what that list stops."""
 from __future__ import annotations
 
 from flask import abort, redirect, request, url_for
@@ -11,11 +12,15 @@ from dashboard.admin.base import SecureBaseView, scope
 from core.suppressions import normalize_email, rates, suppress
 from dashboard.csvexport import csv_response
 from core.db import db
-from core.models import Company, Suppression
+from core.models import LIST_BOUNCE, LIST_COMPLAINT, LIST_MANUAL, LIST_UNSUBSCRIBE, Company, Suppression
 from core.rendering import valid_email
 from core.tenancy import get_or_404
 
 PAGE_SIZE = 100
+#: each list in words: what put an address there and what it stops
+LIST_WORDS = {LIST_BOUNCE: "Hard bounce: stops all mail", LIST_COMPLAINT: "Complaint: stops all mail",
+              LIST_MANUAL: "Added by hand: stops all mail",
+              LIST_UNSUBSCRIBE: "Unsubscribed: stops bulk and re-engagement mail only"}
 
 
 def company_or_404(raw) -> Company:
@@ -61,7 +66,7 @@ class SuppressionsView(SecureBaseView):
         companies = dict(db.session.execute(select(Company.id, Company.name)).all()) if scope() is None else {}
         html = self.render("campaigns/suppressions.html", rows=rows, total=total, q=q, page=page,
                            pages=max(1, -(-total // PAGE_SIZE)), company_id=company_id, companies=companies,
-                           rates=rates(company_id), error=error, typed=typed)
+                           rates=rates(company_id), error=error, typed=typed, list_words=LIST_WORDS)
         return html, status
 
     @expose("/add", methods=["POST"])
@@ -72,9 +77,9 @@ class SuppressionsView(SecureBaseView):
             return self.page("choose a company", email, 400)
         if not valid_email(email):
             return self.page("that is not a valid email address", request.form.get("email", "")[:320], 400)
-        if suppress(company_id, email, "manual"):
+        if suppress(company_id, email, LIST_MANUAL):
             audit.record("suppression_added", company_id=company_id, object_type="suppression",
-                         details={"reason": "manual"})
+                         details={"reason": LIST_MANUAL})
             db.session.commit()
         return redirect(url_for(".index", company_id=company_id if scope() is None else None))
 

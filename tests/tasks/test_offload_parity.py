@@ -49,7 +49,7 @@ pytestmark = pytest.mark.slow
 
 #: a condition, a loop and filters in every part; HTML escaping and non-ASCII text
 TEMPLATE = {
-    "type": "notification",
+    "type": "notification", "priority": "bulk",  # bulk: its mail carries the one-click unsubscribe
     "subject": "{% if vip %}VIP: {% endif %}Hello {{ firstname | title }} – {{ courses | length }} course(s)",
     "body_text": "Hi {{ firstname }},\r\n{% for c in courses %}- {{ c.name | upper }}: {{ c.score | round(1) }}\n"
                  "{% else %}No courses yet.\n{% endfor %}Password: {{ password }}\n",
@@ -137,7 +137,7 @@ def test_the_same_mail_in_direct_mode_lambda_offload_and_worker_offload(
         w = worker_mail[f"w{cf.id}-{i}@acme.test"]
         assert (la["subject"], la["text"], la["html"]) == (d["subject"], d["text"], d["html"])
         assert (w["subject"], w["text"], w["html"]) == (d["subject"], d["text"], d["html"])
-        # one-click unsubscribe (RFC 8058) for campaign mail, in every mode
+        # one-click unsubscribe (RFC 8058) for bulk mail, in every mode
         for mail, company, email in ((d, direct, f"d{i}@acme.test"), (la, offload_company, f"l{i}@acme.test"),
                                      (w, cf, f"w{cf.id}-{i}@acme.test")):
             assert mail["headers"]["List-Unsubscribe"] == f"<{unsubscribe_url(company.id, email)}>"

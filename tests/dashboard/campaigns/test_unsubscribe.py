@@ -1,5 +1,6 @@
-"""One-click unsubscribe (RFC 8058) for campaign mail, end to end through the
-real worker and an aiosmtpd server."""
+"""One-click unsubscribe (RFC 8058) for bulk and re-engagement mail, end to end
+through the real worker and an aiosmtpd server; transactional mail carries
+none and an unsubscribe never stops it (bounces and complaints do)."""
 from __future__ import annotations
 
 import re
@@ -10,6 +11,7 @@ from sqlalchemy import select
 from core import companies
 from core.db import db
 from core.models import Recipient, Suppression
+from core.suppressions import record_event
 from core.unsubscribe import make_token, read_token
 from tasks.headers import extra_headers
 from tests.support.app import run_worker_burst
@@ -27,19 +29,21 @@ def sink(company):
         yield server
 
 
-def send(client, app, company, emails, jtype="reengagement"):
-    body = {**CAMPAIGN, "type": jtype, "recipients": [{"email": e, "data": {"firstname": "A"}} for e in emails]}
+def send(client, app, company, emails, jtype="reengagement", **extra):
+    body = {**CAMPAIGN, "type": jtype, "recipients": [{"email": e, "data": {"firstname": "A"}} for e in emails],
+            **extra}
     resp = client.post("/api/v1/jobs", json=body, headers=company.auth)
     assert resp.status_code == 202
     run_worker_burst(app)
     return resp.get_json()["id"]
 
 
-@pytest.mark.parametrize("jtype, carries", [("reengagement", True), ("notification", True),
-                                            ("csv_import", False), ("license_allocation", False),
-                                            ("certificate", False)])
-def test_only_campaign_mail_carries_list_unsubscribe(app, company, jtype, carries):
-    headers = extra_headers(company.company, jtype, 1, "Ann@Example.com")
+@pytest.mark.parametrize("jtype, priority, carries", [
+    ("reengagement", "bulk", True), ("reengagement", "transactional", True), ("notification", "bulk", True),
+    ("notification", "transactional", False), ("csv_import", "transactional", False),
+    ("license_allocation", "transactional", False), ("certificate", "transactional", False)])
+def test_only_bulk_mail_carries_list_unsubscribe(app, company, jtype, priority, carries):
+    headers = extra_headers(company.company, jtype, priority, 1, "Ann@Example.com")
     if not carries:
         assert headers == {}
         return
@@ -76,8 +80,41 @@ def test_one_click_post_without_cookies_suppresses_and_the_next_job_skips(client
 
 def test_transactional_mail_has_no_unsubscribe_header(client, app, company, sink):
     send(client, app, company, ["ann@example.com"], jtype="csv_import")
-    (mail,) = sink.messages
-    assert mail.message["List-Unsubscribe"] is None and mail.message["List-Unsubscribe-Post"] is None
+    send(client, app, company, ["bob@example.com"], jtype="notification")
+    for mail in sink.messages:
+        assert mail.message["List-Unsubscribe"] is None and mail.message["List-Unsubscribe-Post"] is None
+
+
+def test_an_unsubscribe_stops_bulk_mail_only_and_a_bounce_stops_everything(client, app, company, auth,
+                                                                            make_user, sink):
+    token = make_token(company.id, "ann@example.com")
+    assert client.post(f"/u/{token}").status_code == 200
+    bulk = send(client, app, company, ["ann@example.com"])
+    notice = send(client, app, company, ["ann@example.com"], jtype="notification", priority="bulk")
+    password = send(client, app, company, ["Ann@Example.com"], jtype="csv_import")
+    status = {job: db.session.execute(select(Recipient.status, Recipient.error).where(Recipient.job_id == job))
+              .one() for job in (bulk, notice, password)}
+    assert status[bulk] == status[notice] == ("suppressed", "suppressed (unsubscribe list)")
+    assert status[password] == ("sent", None)
+    assert [m.rcpt_tos for m in sink.messages] == [["Ann@Example.com"]]
+
+    # a hard bounce goes on the bounce list too, and that list stops the password mail
+    assert record_event(company.id, source="ses", key="b1", kind="hard", email="ann@example.com")
+    lists = set(db.session.execute(select(Suppression.reason).where(Suppression.company_id == company.id)).scalars())
+    assert lists == {"unsubscribe", "bounce"}
+    again = send(client, app, company, ["ann@example.com"], jtype="csv_import")
+    assert db.session.execute(select(Recipient.status, Recipient.error).where(Recipient.job_id == again)).one() == \
+        ("suppressed", "suppressed (bounce list)")
+    assert len(sink.messages) == 1
+
+    # the dashboard says which list stopped the recipient, and what each list stops
+    admin, password_ = make_user("root@offload.test", "admin")
+    auth.login(admin.email, password_)
+    page = client.get(f"/admin/jobs/{again}/").get_data(as_text=True)
+    assert "suppressed (bounce list)" in page
+    lists_page = client.get(f"/admin/suppressions/?company_id={company.id}").get_data(as_text=True)
+    assert "Hard bounce: stops all mail" in lists_page
+    assert "Unsubscribed: stops bulk and re-engagement mail only" in lists_page
 
 
 def test_get_shows_a_confirm_page_and_changes_nothing(client, company):
