@@ -32,14 +32,17 @@ then print as blanks; Vera, shipped inside ReportLab, is always there.
 """
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import re
 import threading
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import groupby
 from pathlib import Path
 
 import reportlab
@@ -156,6 +159,16 @@ _COMPLEX = re.compile(
 _PRESENTATION_FORM = re.compile("[\ufb50-\ufdff\ufe70-\ufeff]")
 _RTL = re.compile("[\u0590-\u08ff\ufb1d-\ufdff\ufe70-\ufeff]")
 
+#: Zero-width characters that mark where a field's text starts (``MARK_BASE + slot``) and ends
+#: (:data:`MARK_END`) while a layout is being planned (``core.certificate_layout``); plane 15's
+#: private use area, which no font here draws.
+MARK_BASE = 0xF0000
+MARK_END = "\U000FFFFD"
+MARKS = re.compile("[\U000F0000-\U000FFFFD]")
+
+#: While a layout is planned: the callable that formats text carrying marks (see :func:`recording`).
+_recorder: contextvars.ContextVar[Callable | None] = contextvars.ContextVar("certificate_recorder", default=None)
+
 _lock = threading.RLock()
 _font_dirs: tuple[str, ...] = DEFAULT_FONT_DIRS
 _stacks: dict[str, FontStack] = {}
@@ -214,7 +227,7 @@ class _Member:
 
     def __init__(self, path: str):
         self.path = path
-        self.ttf = TTFont(f"cert:{Path(path).stem}", path, asciiReadable=1, shapable=False)
+        self.ttf = TTFont(f"cert:{Path(path).stem}", path, asciiReadable=0, shapable=False)
         pdfmetrics.registerFont(self.ttf)
         face = self.ttf.face
         self.char_to_glyph: dict[int, int] = face.charToGlyph
@@ -346,12 +359,14 @@ class FontStack:
     def coverage_map(self) -> dict[int, int]:
         """Character -> member index for every character of every member, Arabic presentation forms
         left out: xhtml2pdf joins Arabic letters into those forms only where the font has them, and
-        HarfBuzz joins them better from the letters themselves."""
+        HarfBuzz joins them better from the letters themselves. The planning marks are in: they
+        draw nothing, and on purpose."""
         if self._coverage is None:
             found: dict[int, int] = {}
             for index in reversed(range(len(self.paths))):
                 found.update(dict.fromkeys(self.member(index).char_to_glyph, index))
             self._coverage = {c: i for c, i in found.items() if not _PRESENTATION_FORM.match(chr(c))}
+            self._coverage.update(dict.fromkeys((*range(MARK_BASE, MARK_BASE + 256), ord(MARK_END)), 0))
         return self._coverage
 
     def covers(self, text: str) -> bool:
@@ -359,15 +374,19 @@ class FontStack:
         return all(self.member(self.member_for(ord(c))).has(ord(c)) for c in text if not c.isspace())
 
     def runs(self, text: str) -> list[Run]:
-        """``text`` split into runs by font; a space or joiner stays with the run it is in."""
+        """``text`` split into runs by font. A space is the first font's, as when xhtml2pdf
+        measures the words of a line one by one and the spaces between them on their own; a
+        combining mark or a joiner stays with the letter before it."""
         runs: list[Run] = []
         start, current = 0, -1
         for i, char in enumerate(text):
-            code = ord(char)
-            if current >= 0 and (char in " \u00a0\u200c\u200d" or unicodedata.combining(char)
-                                 or self.member(current).has(code)):
-                continue  # neutral, or the current font has it: the run goes on
-            index = self.member_for(code)
+            if char in " \u00a0":
+                index = 0
+            elif current >= 0 and (char in "\u200c\u200d" or unicodedata.combining(char)
+                                   or self.member(current).has(ord(char))):
+                continue  # the current font has it: the run goes on
+            else:
+                index = self.member_for(ord(char))
             if index != current:
                 if current >= 0:
                     runs.append(self._run(current, text[start:i]))
@@ -386,6 +405,8 @@ class FontStack:
         """The advance of ``text`` (logical order) at ``size`` points, shaped where it must be."""
         if isinstance(text, bytes):
             text = text.decode(encoding)
+        if not text.isascii() and MARKS.search(text):
+            text = MARKS.sub("", text)
         total = 0.0
         for run in self.runs(text):
             if run.shaped:
@@ -445,26 +466,30 @@ class FontStack:
 
     def format_text(self, tx: PDFTextObject, text: str) -> str:
         """The PDF operators that show ``text`` (display order) in text object ``tx``."""
-        doc = tx._canvas._doc
+        recorder = _recorder.get()
+        if recorder is not None and not text.isascii() and MARKS.search(text):
+            return recorder(self, tx, text)
+        return self.format_runs(tx, text)
+
+    def format_runs(self, tx: PDFTextObject, text: str) -> str:
+        """:meth:`format_text` without the planning marks."""
         escape = tx._canvas._escape
         size, out = tx._fontsize, []
         tail = f"{fp_str(size)} Tf {fp_str(tx._leading)} TL"
         for run in self.runs(text):
             member = self.member(run.member)
             if not run.shaped:
-                for subset, chunk in member.ttf.splitString(run.text, doc):
-                    self._select(tx, out, member, (run.member, subset), subset, doc, tail)
+                for key, name, chunk in self._encode(tx, run.member, member, run.text):
+                    self._select(tx, out, key, name, tail)
                     out.append(f"({escape(chunk)}) Tj")
                 continue
             glyphs = self.shape(run.member, run.text, visual=True)
             out.append(f"/Span <</ActualText {_pdf_text_string(run.text)}>> BDC")
-            rise, items = tx._rise, []
-            chars = "".join(g.code for g in glyphs)
-            position = 0
-            for subset, chunk in member.ttf.splitString(chars, doc):
-                if (run.member, subset) != tx._curSubset:
+            rise, items, position = tx._rise, [], 0
+            for key, name, chunk in self._encode(tx, run.member, member, "".join(g.code for g in glyphs)):
+                if key != tx._curSubset:
                     _flush_tj(out, items, escape)
-                    self._select(tx, out, member, (run.member, subset), subset, doc, tail)
+                    self._select(tx, out, key, name, tail)
                 for byte in chunk:
                     glyph = glyphs[position]
                     position += 1
@@ -484,11 +509,30 @@ class FontStack:
             out.append("EMC")
         return " ".join(out)
 
+    def _encode(self, tx: PDFTextObject, index: int, member: _Member, chars: str) -> Iterator[tuple]:
+        """(subset key, font resource name, bytes) for ``chars`` in member ``index``.
+
+        A text object may carry ``frozen_fonts`` (path -> (resource name per subset, character ->
+        code)): subsets already written, which a planned layout's fields use when they have every
+        character; otherwise the characters go into the document's own subsets."""
+        frozen = getattr(tx, "frozen_fonts", None)
+        table = frozen.get(member.path) if frozen else None
+        if table is not None:
+            names, assignments = table
+            codes = [assignments.get(32 if c == "\u00a0" else ord(c), -1) for c in chars]
+            if -1 not in codes:
+                for subset, group in groupby(codes, key=lambda n: n >> 8):
+                    yield ("frozen", index, subset), names[subset], bytes(n & 0xFF for n in group)
+                return
+        doc = tx._canvas._doc
+        for subset, chunk in member.ttf.splitString(chars, doc):
+            yield (index, subset), lambda subset=subset: member.ttf.getSubsetInternalName(subset, doc), chunk
+
     @staticmethod
-    def _select(tx: PDFTextObject, out: list[str], member: _Member, key, subset: int, doc, tail: str) -> None:
+    def _select(tx: PDFTextObject, out: list[str], key, name, tail: str) -> None:
         """Emit the font change when the run's subset is not the current one."""
         if key != tx._curSubset:
-            out.append(f"{member.ttf.getSubsetInternalName(subset, doc)} {tail}")
+            out.append(f"{name() if callable(name) else name} {tail}")
             tx._curSubset = key
 
 
@@ -526,6 +570,17 @@ def _direction_pieces(text: str) -> list[tuple[str, bool]]:
 def _pdf_text_string(text: str) -> str:
     """``text`` as a PDF text string (UTF-16BE with a byte-order mark, hex)."""
     return "<FEFF" + text.encode("utf-16-be").hex().upper() + ">"
+
+
+@contextmanager
+def recording(recorder: Callable[[FontStack, PDFTextObject, str], str]) -> Iterator[None]:
+    """While planning a layout: text carrying :data:`MARKS` is formatted by ``recorder``
+    (stack, text object, text) instead; the marks themselves are zero-width meanwhile."""
+    token = _recorder.set(recorder)
+    try:
+        yield
+    finally:
+        _recorder.reset(token)
 
 
 def visual(text: str, base_dir: str = "L") -> str:

@@ -21,6 +21,7 @@ names. Two independent gates stop that:
 from __future__ import annotations
 
 import base64
+import calendar
 import hashlib
 import io
 import logging
@@ -36,10 +37,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import segno
 from jinja2 import Template, TemplateError
 
-from core import certificate_fonts
+from core import certificate_fonts, certificate_layout
 from core.rendering import MAX_SOURCE, MAX_VALUE, RENDER_BUDGET_S, BoundedSandbox, describe_error, render_bounded
 from reportlab.pdfbase.ttfonts import TTFError
 from xhtml2pdf import pisa
@@ -188,9 +188,9 @@ def logo_data_uri(logo: bytes | None) -> str:
 
 
 def qr_data_uri(text: str) -> str:
-    """Return a QR code of ``text`` as a PNG ``data:`` URI."""
-    qr = segno.make(text, error="m", micro=False)
-    return qr.png_data_uri(scale=8, border=2, dark="#1f2a44")
+    """Return a QR code of ``text`` as a PNG ``data:`` URI (mask 0: a planned certificate
+    draws the same modules)."""
+    return certificate_layout.qr_png_data_uri(text)
 
 
 def _data_uri(mime: str, data: bytes) -> str:
@@ -212,12 +212,13 @@ def _display(value: Any) -> Any:
 
 
 def template_context(fields: Mapping[str, Any], *, logo: bytes | None,
-                     verify_url: str, code: str) -> dict[str, Any]:
-    """Build the variables a template sees from the learner's ``fields``."""
+                     verify_url: str, code: str, qr: bool = True) -> dict[str, Any]:
+    """Build the variables a template sees from the learner's ``fields`` (``qr``: with the
+    QR code's PNG, which a planned certificate draws itself)."""
     context: dict[str, Any] = {name: "" for name in FIELD_NAMES}
     context.update({k: _display(v) for k, v in fields.items() if isinstance(k, str) and k.isidentifier()})
     context.update(code=code, verify_url=verify_url,
-                   logo_src=logo_data_uri(logo), qr_src=qr_data_uri(verify_url))
+                   logo_src=logo_data_uri(logo), qr_src=qr_data_uri(verify_url) if qr else "")
     return context
 
 
@@ -273,7 +274,8 @@ def html_to_pdf(html: str, *, asset_dir: Path | None = None) -> bytes:
 
 def render_certificate_pdf(template_html: str, template_css: str, fields: dict, *,
                            logo: bytes | None, verify_url: str, code: str,
-                           asset_dir: Path | None = None, budget_s: float = RENDER_BUDGET_S) -> bytes:
+                           asset_dir: Path | None = None, budget_s: float = RENDER_BUDGET_S,
+                           planned: bool = False) -> bytes:
     """Render one certificate as PDF bytes.
 
     Args:
@@ -287,13 +289,45 @@ def render_certificate_pdf(template_html: str, template_css: str, fields: dict, 
         verify_url: the public verification link, also encoded as a QR code.
         code: the certificate's verification code.
         asset_dir: the one directory relative links may read from.
+        planned: lay the template out once per shape and set only this learner's values into
+            it (``core.certificate_layout``), as a bulk job does; a template or a value a plan
+            cannot follow is laid out in full all the same.
 
     Raises:
         CertificateTemplateError: the template does not compile or render.
         CertificateError: the logo is not an image we accept.
     """
-    context = template_context(fields, logo=logo, verify_url=verify_url, code=code)
+    context = template_context(fields, logo=logo, verify_url=verify_url, code=code, qr=not planned)
+    if planned:
+        pdf = _render_planned(template_html, template_css, context, asset_dir, budget_s)
+        if pdf is not None:
+            return pdf
+        context["qr_src"] = qr_data_uri(verify_url)
     return html_to_pdf(render_certificate_html(template_html, template_css, context, budget_s), asset_dir=asset_dir)
+
+
+#: The characters a planned layout's fonts carry for these fields, beyond ASCII's.
+_DATE_CHARACTERS = "".join(sorted(set("".join(calendar.month_name[1:])) | set("0123456789 ")))
+
+
+def _render_planned(template_html: str, template_css: str, context: dict[str, Any], asset_dir: Path | None,
+                    budget_s: float) -> bytes | None:
+    """The certificate from its template's plan, or ``None`` when it needs the full layout."""
+    verify = context["verify_url"]
+    per_learner = {name for name in context if name != "logo_src"}
+    wrapped, book = certificate_layout.wrap_values(context, per_learner)
+    skeleton = certificate_layout.skeleton(render_certificate_html(template_html, template_css, wrapped, budget_s),
+                                           book)
+    if not skeleton.plannable:
+        return None
+    charsets = {"code": CODE_ALPHABET, "verify_url": "".join(sorted(set(verify) | set(CODE_ALPHABET))),
+                "completion_date": _DATE_CHARACTERS, "expiry_date": _DATE_CHARACTERS}
+    key = (template_html, template_css, context["logo_src"], str(asset_dir), len(verify))
+    plan = certificate_layout.planner.plan(key, skeleton, lambda: certificate_layout.build_plan(
+        skeleton, lambda html: html_to_pdf(html, asset_dir=asset_dir), charsets, verify))
+    if plan is None:
+        return None
+    return plan.render({name: str(context[name]) for name in skeleton.fields}, verify)
 
 
 # --------------------------------------------------------------------------- preview

@@ -190,7 +190,8 @@ class Issuer:
         try:
             fields = learner_fields(data, issuer=self.company.name)
             html, css, logo = self.template(_text(data.get("certificate_template")) or None)
-            pdf = render_certificate_pdf(html, css, fields, logo=logo, verify_url=verify_url(code), code=code)
+            pdf = render_certificate_pdf(html, css, fields, logo=logo, verify_url=verify_url(code), code=code,
+                                         planned=True)
         except CertificateError as exc:
             recipient.status, recipient.error = R_FAILED, f"certificate_error: {exc.reason}"[:1000]
             return False

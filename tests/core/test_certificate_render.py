@@ -162,7 +162,7 @@ def test_qr_code_in_the_pdf_encodes_the_verify_url() -> None:
     url = "https://lms.example.com/verify/TESTCODE0123456789AB"
     images = [im.image for im in PdfReader(io.BytesIO(render())).pages[0].images]
     [qr_image] = [im for im in images if im.width == im.height]
-    expected = segno.make(url, error="m", micro=False).matrix
+    expected = segno.make(url, error="m", micro=False, mask=0).matrix  # the renderer fixes the mask
     scale = qr_image.width // (len(expected) + 4)  # 2 modules of quiet zone each side
     gray = qr_image.convert("L")
     seen = [[gray.getpixel(((col + 2) * scale + scale // 2, (row + 2) * scale + scale // 2)) < 128
