@@ -64,7 +64,8 @@ log = logging.getLogger(__name__)
 CACHE_SIZE = 64
 #: Skeletons one template may make before it is laid out in full: a template that prints a
 #: value changed (``|upper``, ``~``) makes one per learner, and planning each would cost more.
-MAX_SKELETONS = 24
+#: The default template has up to twelve (three name sizes, grade and expiry or not).
+MAX_SKELETONS = 16
 #: How many times a probe is shortened when it wrapped.
 PROBE_TRIES = 4
 #: The QR image's modules per side of a PNG module, and its quiet zone (as ``qr_data_uri``).
@@ -119,12 +120,13 @@ class Skeleton:
     html: str                # "\x00T<n>\x00" per text hole, "\x00QR\x00" for the QR image's src
     fields: tuple[str, ...]  # the field each text hole prints
     qr: bool
-    plannable: bool = True   # False: the QR code's data is used some other way
+    plannable: bool = True   # False: a value is printed somewhere a hole cannot be (an attribute, the head)
 
 
 def skeleton(html: str, book: list[tuple[str, str]]) -> Skeleton:
     """Cut the marked values out of ``html``: text in the body becomes a hole, the QR code's
-    ``src`` the QR hole; a value anywhere else (an attribute, the head) is put back as text."""
+    ``src`` the QR hole; a value anywhere else (an attribute, the head) is put back as text, and
+    the skeleton is not plannable."""
     body = html.lower().find("<body")
     raw = [m.span() for m in _RAW_ELEMENTS.finditer(html)]
     out, fields, qr, last, plannable = [], [], False, 0, True
@@ -142,8 +144,8 @@ def skeleton(html: str, book: list[tuple[str, str]]) -> Skeleton:
         elif not tag_open and not in_raw and start > body and name != "qr_src":
             out.append(f"\x00T{len(fields)}\x00")
             fields.append(name)
-        else:
-            plannable = plannable and name != "qr_src"
+        else:  # each learner's page would differ here: laid out in full
+            plannable = False
             out.append(escaped)
     out.append(html[last:])
     return Skeleton("".join(out), tuple(fields), qr, plannable)
@@ -700,6 +702,9 @@ class Planner:
             plan: Plan | None = make()
         except Unplannable as exc:
             log.info("Certificate template laid out in full for every learner: %s", exc)
+            plan = None
+        except Exception:  # noqa: BLE001 - a plan is an optimisation: the full layout stays right
+            log.exception("Certificate template could not be planned; laid out in full")
             plan = None
         with self._lock:
             self._plans[key] = plan

@@ -327,7 +327,11 @@ def _render_planned(template_html: str, template_css: str, context: dict[str, An
         skeleton, lambda html: html_to_pdf(html, asset_dir=asset_dir), charsets, verify))
     if plan is None:
         return None
-    return plan.render({name: str(context[name]) for name in skeleton.fields}, verify)
+    try:
+        return plan.render({name: str(context[name]) for name in skeleton.fields}, verify)
+    except Exception:  # noqa: BLE001 - a plan is an optimisation: the full layout stays right
+        log.exception("Planned certificate failed; laid out in full")
+        return None
 
 
 # --------------------------------------------------------------------------- preview

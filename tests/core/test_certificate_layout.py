@@ -117,15 +117,18 @@ def test_a_value_the_plan_cannot_hold_gets_the_full_layout() -> None:
 
 
 def test_escaping_and_values_outside_the_text() -> None:
-    """A value in an attribute is put back as text (and makes its own skeleton); markup in a value
-    stays text."""
+    """A value in an attribute is put back as text (and the page is laid out in full); markup in a
+    value stays text."""
     context, book = cl.wrap_values({"learner_name": "<b>Ann</b>", "qr_src": "", "logo_src": ""},
                                    {"learner_name", "qr_src"})
     html = cr.render_certificate_html('<body><p title="{{ learner_name }}">{{ learner_name }}</p>'
                                       '<img src="{{ qr_src }}"></body>', "", context)
     sk = cl.skeleton(html, book)
-    assert sk.fields == ("learner_name",) and sk.qr and sk.plannable
+    assert sk.fields == ("learner_name",) and sk.qr and not sk.plannable
     assert 'title="&lt;b&gt;Ann&lt;/b&gt;"' in sk.html and "<b>" not in sk.html
+    context, book = cl.wrap_values({"learner_name": "<b>Ann</b>", "qr_src": ""}, {"learner_name", "qr_src"})
+    html = cr.render_certificate_html('<body><p>{{ learner_name }}</p><img src="{{ qr_src }}"></body>', "", context)
+    assert cl.skeleton(html, book).plannable
 
 
 @needs_poppler
