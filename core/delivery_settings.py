@@ -71,11 +71,21 @@ def _uncertain_policy(raw: str) -> str:
     return raw
 
 
+def _provider(raw: str) -> str:
+    """A registered sender's name; an older name (``aws``: SES) is taken as its new one."""
+    name = registry.canonical(registry.SENDER, raw)
+    if name not in registry.names(registry.SENDER):
+        raise ValueError(f"must be one of {', '.join(registry.names(registry.SENDER))}")
+    return name
+
+
 def general() -> SettingsGroup:
     """The general section; its provider choices are the registered senders."""
+    senders = registry.names(registry.SENDER)
     return SettingsGroup("general", "Delivery", "How this company's email leaves: which provider, sent by the "
                          "service's workers (direct) or by the company's own cloud worker (offload).", (
-                             Setting("provider", "Provider", "select", choices=registry.names(registry.SENDER),
+                             Setting("provider", "Provider", "select", choices=senders, parse=_provider,
+                                     choice_labels=tuple(registry.label(registry.SENDER, n) for n in senders),
                                      required=True),
                              Setting("mode", "Mode", "select", choices=MODES, required=True,
                                      help="direct: the service sends; offload: batches go to the company's queue"),

@@ -39,11 +39,16 @@ def fallback_config(settings_config: dict, global_fallback: dict | None,
 
 
 def primary_route(settings_config: dict) -> Route | None:
-    """The company's configured way to send, or ``None`` when delivery is disabled."""
+    """The company's configured way to send, or ``None`` when delivery is disabled: its
+    sender (direct), or in offload mode the transport its batches take (``offload:sqs``);
+    a sender with no cloud worker to offload to sends direct."""
     if not settings_config.get("enabled", True):
         return None
-    kind = "offload" if settings_config.get("mode") == "offload" else "direct"
-    return Route(kind, settings_config.get("provider") or registry.fallback_sender(), settings_config)
+    sender = registry.canonical(registry.SENDER, settings_config.get("provider") or registry.fallback_sender())
+    transport = registry.offload_transport(settings_config) if settings_config.get("mode") == "offload" else None
+    if transport is not None:
+        return Route("offload", transport, settings_config)
+    return Route("direct", sender, settings_config)
 
 
 def fallback_route(settings_config: dict, global_fallback: dict | None, relay_enabled: bool = False) -> Route | None:

@@ -160,6 +160,8 @@ class Provider:
     """
 
     name: ClassVar[str] = ""
+    #: older names it still answers to (``registry.canonical``)
+    aliases: ClassVar[tuple[str, ...]] = ()
     label: ClassVar[str] = ""
     settings: ClassVar[registry.SettingsGroup | None] = None
     cloud: ClassVar[str] = ""

@@ -127,6 +127,8 @@ class OffloadTransport:
     """
 
     name: ClassVar[str] = ""
+    #: older names it still answers to (``registry.canonical``)
+    aliases: ClassVar[tuple[str, ...]] = ()
     label: ClassVar[str] = ""
     cloud: ClassVar[str] = ""
     queue_setting: ClassVar[str] = ""
@@ -225,7 +227,7 @@ def register_transport(cls: type[OffloadTransport]) -> type[OffloadTransport]:
 
 
 def get_transport(name: str, config: dict) -> OffloadTransport:
-    """Build the transport ``name`` (``aws``, ``cloudflare`` or ``https``) from ``config``."""
+    """Build the transport ``name`` (``sqs``, ``cloudflare_queue`` or ``https``) from ``config``."""
     try:
         return registry.create(registry.TRANSPORT, name, config)
     except registry.UnknownBackend:
@@ -292,7 +294,9 @@ class SqsTransport(OffloadTransport):
     own retries are off: the caller's retry policy is the only one.
     """
 
-    name = "aws"
+    name = "sqs"
+    #: SES and SQS were both "aws" before each had a name of its own
+    aliases = ("aws",)
     label = "Amazon SQS queue"
     cloud = "aws"
     queue_setting = "sqs_queue_url"
@@ -443,7 +447,9 @@ class CloudflareQueueTransport(OffloadTransport):
     call: 100 messages and 256 KB in total; 128 KB per message.
     """
 
-    name = "cloudflare"
+    name = "cloudflare_queue"
+    #: the Cloudflare sender's name, which the queue shared before it had its own
+    aliases = ("cloudflare",)
     label = "Cloudflare Queue"
     cloud = "cloudflare"
     queue_setting = "cloudflare_queue_id"

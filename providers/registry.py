@@ -1,6 +1,10 @@
 """One registry for every pluggable backend: senders, offload transports, storage.
 
-A backend is a class registered under a *kind* and a name::
+A backend is a class registered under a *kind* and a name, unique within its
+kind (senders ``ses``, ``cloudflare``, ``smtp``, ``sendgrid``, ``mailgun``;
+transports ``sqs``, ``cloudflare_queue``, ``https``; storage ``s3``, ``r2``,
+``worker_r2``, ``local``); ``aliases`` lists older names it still answers to
+(``aws``, the name SES and SQS once shared)::
 
     @register_backend(SENDER)          # or providers.base.register, the same thing
     class SendgridProvider(Provider):
@@ -78,10 +82,19 @@ class Setting:
     parse: Callable[[str], Any] | None = None
     required: bool = False
     cloud: str = ""
+    #: what the form shows for each of ``choices`` (default: the choice itself)
+    choice_labels: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in FIELD_KINDS:
             raise ValueError(f"setting {self.key}: unknown kind {self.kind!r}")
+        if self.choice_labels and len(self.choice_labels) != len(self.choices):
+            raise ValueError(f"setting {self.key}: one label per choice")
+
+    def choice_label(self, choice: str) -> str:
+        """What the form shows for ``choice``."""
+        labels = dict(zip(self.choices, self.choice_labels, strict=True)) if self.choice_labels else {}
+        return labels.get(choice, choice)
 
     @property
     def secret(self) -> bool:
@@ -159,6 +172,8 @@ def whole_number(low: int, high: int | None = None) -> Callable[[Any], int]:
 # --------------------------------------------------------------------------- the registry
 
 _backends: dict[str, dict[str, type]] = {kind: {} for kind in KINDS}
+#: older names of backends, per kind: alias → name
+_aliases: dict[str, dict[str, str]] = {kind: {} for kind in KINDS}
 _groups: dict[str, SettingsGroup] = {}
 #: operator-only API base URLs per backend name (tests, private relays); never a tenant setting
 _api_bases: dict[str, str] = {}
@@ -180,6 +195,10 @@ def add(kind: str, name: str, cls: type) -> type:
     hosts = getattr(cls, "api_hosts", ())
     if hosts:  # the fixed API hosts of a cloud the backend calls: what the guard allows for it
         guard.CLOUD_SUFFIXES.setdefault(name, tuple(hosts))
+    for alias in getattr(cls, "aliases", ()):
+        known_as = _aliases[kind].setdefault(alias, name)
+        if known_as != name or alias in _backends[kind]:
+            raise ValueError(f"{kind} alias {alias!r} is taken")
     _backends[kind][name] = cls
     return cls
 
@@ -205,19 +224,23 @@ def load_builtin() -> None:
                 raise
 
 
-def backend(kind: str, name: str) -> type:
-    """The class registered as ``kind`` ``name``; ``UnknownBackend`` if none is."""
+def canonical(kind: str, name: str) -> str:
+    """The registered name of ``name``: itself, or the backend it is an alias of."""
     load_builtin()
+    return _aliases[kind].get(name, name)
+
+
+def backend(kind: str, name: str) -> type:
+    """The class registered as ``kind`` ``name`` (or an alias of it); ``UnknownBackend`` if none is."""
     try:
-        return _backends[kind][name]
+        return _backends[kind][canonical(kind, name)]
     except KeyError:
         raise UnknownBackend(f"no {kind} backend named {name!r}") from None
 
 
 def find(kind: str, name: str) -> type | None:
-    """The class registered as ``kind`` ``name``, or ``None``."""
-    load_builtin()
-    return _backends[kind].get(name)
+    """The class registered as ``kind`` ``name`` (or an alias of it), or ``None``."""
+    return _backends[kind].get(canonical(kind, name))
 
 
 def create(kind: str, name: str, config: Any) -> Any:
@@ -229,6 +252,12 @@ def names(kind: str) -> tuple[str, ...]:
     """The names registered under ``kind``, in registration order."""
     load_builtin()
     return tuple(_backends[kind])
+
+
+def aliases(kind: str) -> dict[str, str]:
+    """The older names backends of ``kind`` still answer to: alias → name."""
+    load_builtin()
+    return dict(_aliases[kind])
 
 
 def settings_groups() -> tuple[SettingsGroup, ...]:

@@ -297,7 +297,9 @@ class SesProvider(Provider):
     come through SNS (``providers.sns``), from the topic ``sns_topic_arn``.
     """
 
-    name = "aws"
+    name = "ses"
+    #: SES and SQS were both "aws" before each had a name of its own
+    aliases = ("aws",)
     label = "Amazon SES"
     settings = AWS_SETTINGS
     cloud = "aws"

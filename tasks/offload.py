@@ -47,14 +47,11 @@ from providers import registry
 from providers.offload import EndpointRejected, delivery_id, get_transport, split_recipients
 from tasks import certificates, limits
 from tasks.headers import extra_headers
-from tasks.routing import fallback_route, primary_route
+from tasks.routing import Route, fallback_route, primary_route
 from tasks.sending import BatchRun, finish_job, run_claimed, worker_name
 
 log = logging.getLogger(__name__)
 
-#: the batch route for each offload provider
-ROUTES = {"aws": "offload:sqs", "cloudflare": "offload:cloudflare"}
-HTTPS_ROUTE = "offload:https"
 CALLBACK_PATH = "/callbacks/v1/batches"
 #: webhook-ids are kept longer than any worker retries a callback
 RECEIPT_TTL = timedelta(days=7)
@@ -125,11 +122,11 @@ class Submission:
         self.company = db.session.get(Company, company_id)
         settings = self.company.settings
         self.config = settings.provider_config() if settings else {"enabled": False}
-        self.provider = self.config.get("provider")
         # the HTTPS transport signs with the company's callback secret
         self.config["callback_secret"] = self.company.callback_secret
+        #: the transport the batches take (``sqs``, ``cloudflare_queue``, ``https``); None: none for this sender
         self.transport = registry.offload_transport(self.config)
-        self.route = HTTPS_ROUTE if self.transport == "https" else ROUTES.get(self.provider)
+        self.route = Route("offload", self.transport, self.config).label if self.transport else None
         self._jobs: dict[int, Job] = {}
         self.global_fallback = cfg["OFFLOAD_FALLBACK_SMTP"]
         self.max_attempts = cfg["OFFLOAD_MAX_ATTEMPTS"]
@@ -146,7 +143,7 @@ class Submission:
         items = self.live_items()
         if not items:
             return self.outcome
-        if self.config.get("mode") != "offload" or self.provider not in ROUTES:
+        if self.config.get("mode") != "offload" or self.transport is None:
             # switched to direct since planning: the direct path sends it
             for item in items:
                 _release(item.claim, B_QUEUED)
@@ -155,8 +152,8 @@ class Submission:
             return self.outcome
         if primary_route(self.config) is None:
             return self.to_fallback(items, "delivery is disabled")
-        if limits.breaker_is_open(self.redis, self.company.id, self.provider):
-            return self.to_fallback(items, f"the circuit for {self.provider} is open")
+        if limits.breaker_is_open(self.redis, self.company.id, self.transport):
+            return self.to_fallback(items, f"the circuit for {self.transport} is open")
         if not self.config.get("sender"):
             return self.pause(items, "no sender address is configured for the company")
         self.submit(items)
@@ -285,10 +282,10 @@ class Submission:
         handed = [item for item, _ in built]
         self.handing_over(handed)
         try:
-            with metrics.Timer(self.redis, f"{self.provider}-queue"):
+            with metrics.Timer(self.redis, self.transport):
                 results = transport.submit([message for _, messages in built for message in messages])
         except ConnectionFailure as exc:
-            limits.breaker_failure(self.redis, self.company.id, self.provider)
+            limits.breaker_failure(self.redis, self.company.id, self.transport)
             self.to_fallback(handed, exc.reason)
             return
         except EndpointRejected as exc:
@@ -303,7 +300,7 @@ class Submission:
             else:  # throttled, 5xx, an HTTPS timeout: the same messages may go later
                 self.retry(handed, exc.reason)
             return
-        limits.breaker_success(self.redis, self.company.id, self.provider)
+        limits.breaker_success(self.redis, self.company.id, self.transport)
         outcomes, position = [], 0
         for item, messages in built:
             outcomes.append((item, results[position:position + len(messages)]))

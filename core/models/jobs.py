@@ -66,7 +66,7 @@ class Batch(TenantMixin, Model):
     job_id = Column(Integer, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False, index=True)
     batch_number = Column(Integer, nullable=False)
     status = Column(String(16), nullable=False, default=B_PENDING)
-    route = Column(String(32))  # e.g. direct:aws, fallback:smtp, offload:sqs
+    route = Column(String(32))  # e.g. direct:ses, fallback:smtp, offload:sqs
     first_recipient_id = Column(Integer, nullable=False)
     last_recipient_id = Column(Integer, nullable=False)
     recipient_count = Column(Integer, nullable=False)

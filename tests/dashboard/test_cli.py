@@ -31,7 +31,7 @@ def test_company_configure_sets_and_validates(runner):
     assert "s3cr3t" not in result.output
     settings = db.session.get(Company, int(cid)).settings
     assert (settings.provider, settings.mode, settings.max_send_rate, settings.aws_secret_key) == \
-        ("aws", "offload", 14.0, "s3cr3t")
+        ("ses", "offload", 14.0, "s3cr3t")  # aws: SES's old name, still taken
     bad = runner.invoke(args=["company", "configure", cid, "provider=carrier-pigeon"])
     assert bad.exit_code != 0 and "provider" in bad.output
     unknown = runner.invoke(args=["company", "configure", cid, "colour=blue"])

@@ -118,7 +118,7 @@ def test_general_section_and_checkbox(client, manager):
                 max_send_rate="12.5").status_code == 302  # enabled unticked → off
     settings = fresh(manager.id).settings
     assert (settings.provider, settings.mode, settings.enabled, settings.max_send_rate) == \
-        ("aws", "offload", False, 12.5)
+        ("ses", "offload", False, 12.5)  # aws: SES's old name, still taken
     html = client.get(settings_url(manager)).get_data(as_text=True)
     assert 'value="12.5"' in html and 'value="ops@acme.test"' in html
 

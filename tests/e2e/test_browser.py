@@ -161,7 +161,7 @@ def test_manager_follows_a_job_retries_it_and_tests_aws(app, live_server, live_w
     page.fill("#f-aws_endpoint_url", moto_server.url)
     page.click("#save-aws")
     page.wait_for_selector("text=saved (aws_access_key, aws_secret_key, aws_region, aws_endpoint_url)")
-    page.select_option("#f-provider", "aws")
+    page.select_option("#f-provider", label="Amazon SES")
     page.click("#save-general")
     page.wait_for_selector("text=saved (provider)")
     assert page.locator('[data-secret-state="aws_secret_key"]').inner_text() == "set ••••"

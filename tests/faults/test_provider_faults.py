@@ -114,7 +114,7 @@ def test_open_circuit_without_fallback_backs_off_instead_of_pausing(app, client,
     the batch waits for it to close (retry), and the job is not paused."""
     company = make_company(**aws_settings(ses.url))
     for _ in range(limits.BREAKER_THRESHOLD):
-        limits.breaker_failure(connection(), company.id, "aws")
+        limits.breaker_failure(connection(), company.id, "ses")
     job_id = submit(client, company, 10)
     run_worker_burst(app)
     job = load_job(job_id)

@@ -53,7 +53,7 @@ def test_sqs_transport_sends_with_the_role(moto_server, monkeypatch):
     sqs = boto3.client("sqs", endpoint_url=moto_server.url, region_name="us-east-1",
                        aws_access_key_id="testing", aws_secret_access_key="testing")
     url = sqs.create_queue(QueueName="role-queue")["QueueUrl"]
-    transport = get_transport("aws", {"aws_role_arn": role, "aws_external_id": "ext-42", "aws_region": "us-east-1",
+    transport = get_transport("sqs", {"aws_role_arn": role, "aws_external_id": "ext-42", "aws_region": "us-east-1",
                                       "aws_endpoint_url": moto_server.url, "sqs_queue_url": url})
     results = transport.submit([("b1", {"job_id": 1, "batch_number": 1})])
     assert [r.ok for r in results] == [True]

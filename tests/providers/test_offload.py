@@ -85,7 +85,7 @@ def receive_all(sqs, queue_url: str) -> list[dict]:
 def test_sqs_25_messages_in_3_calls_all_receivable(moto, sqs):
     queue_url = sqs.create_queue(QueueName="offload")["QueueUrl"]
     messages = [(f"100-{n}", batch_message(n)) for n in range(25)]
-    with get_transport("aws", sqs_config(moto, queue_url)) as transport:
+    with get_transport("sqs", sqs_config(moto, queue_url)) as transport:
         assert isinstance(transport, SqsTransport)
         calls = count_calls(transport)
         results = transport.submit(messages)
@@ -181,9 +181,11 @@ def test_sqs_test_connection_reports_queue_facts(moto, sqs):
 
 def test_missing_settings_and_unknown_provider():
     with pytest.raises(PermanentError, match="sqs_queue_url"):
-        get_transport("aws", {})
+        get_transport("sqs", {})
+    with pytest.raises(PermanentError, match="sqs_queue_url"):
+        get_transport("aws", {})  # the old name SES and SQS shared
     with pytest.raises(PermanentError, match="cloudflare_api_token"):
-        get_transport("cloudflare", {"cloudflare_account_id": "a", "cloudflare_queue_id": "q"})
+        get_transport("cloudflare_queue", {"cloudflare_account_id": "a", "cloudflare_queue_id": "q"})
     with pytest.raises(PermanentError):
         get_transport("smtp", {})
 
@@ -238,7 +240,7 @@ def cf_config(fake: FakeCloudflare, token: str = TOKEN) -> dict:
 
 def test_cloudflare_150_messages_in_2_calls(cloudflare):
     messages = [(f"100-{n}", batch_message(n)) for n in range(150)]
-    with get_transport("cloudflare", cf_config(cloudflare)) as transport:
+    with get_transport("cloudflare_queue", cf_config(cloudflare)) as transport:
         assert isinstance(transport, CloudflareQueueTransport)
         results = transport.submit(messages)
     assert all(r.ok for r in results) and [r.key for r in results] == [k for k, _ in messages]

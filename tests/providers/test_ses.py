@@ -48,7 +48,8 @@ def count_calls(provider: SesProvider, operation: str) -> list[int]:
 
 
 def test_registry_builds_ses_provider():
-    assert isinstance(get_provider("aws", {"aws_region": "eu-west-1"}), SesProvider)
+    assert isinstance(get_provider("ses", {"aws_region": "eu-west-1"}), SesProvider)
+    assert isinstance(get_provider("aws", {"aws_region": "eu-west-1"}), SesProvider)  # its old name
 
 
 def test_120_messages_go_out_in_three_bulk_calls_each_recipient_once(ses: SesLocal, make_ses):

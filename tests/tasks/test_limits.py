@@ -93,7 +93,7 @@ def test_ses_account_max_send_rate_is_honoured(app, client, make_company):
         assert len(ses.store()) == 100
         bulk_calls = proxy.calls
     assert bulk_calls == 4  # 100 recipients in chunks of 25 (the account's MaxSendRate), not 2 of 50
-    assert connection().get(f"offload:account-rate:{company.id}:aws") == b"25.0"
+    assert connection().get(f"offload:account-rate:{company.id}:ses") == b"25.0"
 
 
 def test_circuit_breaker_opens_after_repeated_connection_failures(app):
@@ -108,7 +108,7 @@ def test_open_circuit_routes_batches_straight_to_fallback(app, client, make_comp
     app.config["OFFLOAD_FALLBACK_SMTP"] = smtp_sink.config()
     company = make_company(**aws_settings(ses.url), fallback_relay="1")
     for _ in range(limits.BREAKER_THRESHOLD):
-        limits.breaker_failure(connection(), company.id, "aws")
+        limits.breaker_failure(connection(), company.id, "ses")
     resp = client.post("/api/v1/jobs", headers=company.auth, json={
         "type": "notification", "subject": "Hi", "body_text": "Hello",
         "recipients": [{"email": f"u{i}@acme.test"} for i in range(20)]})

@@ -214,7 +214,7 @@ def test_unreachable_queue_falls_back_to_smtp(app, client, make_company, smtp_si
     assert sorted(smtp_sink.recipients()) == sorted(p["email"] for p in people(450))
     assert {b.route for b in batches(job_id)} == {"fallback:smtp"}
     assert "using fallback:smtp" in done.error_log
-    assert connection().get(f"offload:cb:{company.id}:aws:fails") == b"1"
+    assert connection().get(f"offload:cb:{company.id}:sqs:fails") == b"1"
 
 
 def test_unreachable_queue_and_fallback_go_back_to_the_queue_later(app, client, make_company):
@@ -357,7 +357,7 @@ def test_cloudflare_queue_worker_and_callbacks(app, client, make_company, minifl
     job_id = submit(client, company, recipients)
     run_worker_burst(app)
     assert len(cloudflare_api.requests) == 1  # three batches, one API call
-    assert {b.route for b in batches(job_id)} == {"offload:cloudflare"}
+    assert {b.route for b in batches(job_id)} == {"offload:cloudflare_queue"}
 
     done = wait_final(job_id)
     assert (done.status, done.emails_sent) == ("completed", 25)

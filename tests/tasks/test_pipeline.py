@@ -51,7 +51,7 @@ def test_ses_bulk_each_recipient_gets_exactly_their_own_message(app, client, mak
         assert mail["subject"] == f"Welcome Name{i}"
         assert f"your password is Pw-{i}-secret" in mail["body"]["text"]
         assert f"<b>Pw-{i}-secret</b>" in mail["body"]["html"]
-    assert db.session.execute(select(Batch.route).distinct()).scalars().all() == ["direct:aws"]
+    assert db.session.execute(select(Batch.route).distinct()).scalars().all() == ["direct:ses"]
     assert done.emails_sent == len(store)
 
 
@@ -252,7 +252,7 @@ def test_a_long_provider_outage_fails_nobody_and_the_job_finishes_after(app, cli
     job_id = submit(client, company, people(60))
     for _ in range(8):  # many more rounds than attempts allowed
         run_worker_burst(app)
-        connection().delete(f"offload:cb:{company.id}:aws:open")  # time passing: the circuit half-opens
+        connection().delete(f"offload:cb:{company.id}:ses:open")  # time passing: the circuit half-opens
         run_scheduled_now()
     assert statuses(job_id) == Counter({"pending": 60}) and job(job_id).status == "processing"
     assert min(db.session.execute(select(Batch.attempts)).scalars()) > 2 + 2  # well past any give-up
