@@ -11,11 +11,10 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import timedelta
 
-from flask import current_app
 from sqlalchemy import bindparam, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from core import batches, queue
+from core import batches, queue, settings
 from core.db import db
 from core.models import (B_DONE, B_RETRY, B_SENDING, B_SUBMITTED, BATCH_FINAL, R_FAILED, R_PENDING, R_SENT,
                          RECIPIENT_OPEN, Batch, Job, Recipient, WebhookReceipt, sql_in, utcnow)
@@ -64,7 +63,7 @@ def _apply_results(batch: Batch, results: list[dict]) -> dict[str, int]:
     for rid, email in open_rows:
         by_email[email].append(rid)
     now, route = utcnow(), batch.route or "offload"
-    give_up = batch.attempts >= current_app.config["OFFLOAD_MAX_ATTEMPTS"]
+    give_up = batch.attempts >= settings.current().max_attempts
     sent, failed, retry, ignored = [], [], [], 0
     for result in results:
         ids = by_email.get(result["email"])

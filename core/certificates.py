@@ -17,10 +17,9 @@ import zipfile
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 
-from flask import current_app
 from sqlalchemy import select
 
-from core import audit
+from core import audit, settings
 from core.db import db
 from core.models import Certificate, Company, Job, utcnow
 from providers import registry
@@ -75,7 +74,7 @@ def storage_config(company: Company, kind: str) -> dict:
         return local_storage_config()
     if kind == "worker_r2":
         return {"worker_url": config.get("cloudflare_worker_url"), "callback_secret": company.callback_secret}
-    s3_endpoint = config.get("s3_endpoint_url") or os.environ.get("AWS_ENDPOINT_URL_S3")
+    s3_endpoint = config.get("s3_endpoint_url") or settings.current().aws_endpoint_url_s3
     if kind == "s3" and s3_endpoint:
         config["aws_endpoint_url"] = s3_endpoint
         if not config.get("s3_endpoint_url"):  # the operator's variable, not the tenant's choice
@@ -86,20 +85,19 @@ def storage_config(company: Company, kind: str) -> dict:
 def local_storage_config() -> dict:
     """``LocalStorage``'s config: ``instance/certificates`` (or OFFLOAD_LOCAL_STORAGE_PATH), links on the
     public URL signed with a key derived from SECRET_KEY (web and workers share it)."""
-    cfg = current_app.config
-    if not cfg["OFFLOAD_LOCAL_STORAGE"]:
+    s = settings.current()
+    if not s.local_storage:
         raise StorageNotConfigured("local certificate storage is off (OFFLOAD_LOCAL_STORAGE=1 enables it on a "
                                    "single-machine install)", code="misconfigured")
-    secret = hmac.new(str(cfg["SECRET_KEY"]).encode(), b"offload-local-storage", "sha256").hexdigest()
-    return {"local_path": cfg.get("OFFLOAD_LOCAL_STORAGE_PATH") or os.path.join(current_app.instance_path,
-                                                                                "certificates"),
-            "base_url": cfg["OFFLOAD_PUBLIC_URL"], "signing_secret": secret}
+    secret = hmac.new(s.secret_key.encode(), b"offload-local-storage", "sha256").hexdigest()
+    return {"local_path": s.local_storage_path or os.path.join(s.instance_path or "instance", "certificates"),
+            "base_url": s.public_url, "signing_secret": secret}
 
 
 def configured_kind(company: Company) -> str:
     """The storage kind the company's settings choose now (raises ``StorageNotConfigured``)."""
     config = company.settings.provider_config() if company.settings else {}
-    return storage_kind(config, local=current_app.config["OFFLOAD_LOCAL_STORAGE"])
+    return storage_kind(config, local=settings.current().local_storage)
 
 
 def open_storage(company: Company, kind: str | None = None) -> Storage:
@@ -118,7 +116,7 @@ def object_key(company_id: int, job_id: int, code: str) -> str:
 
 
 def public_url(path: str) -> str:
-    return current_app.config["OFFLOAD_PUBLIC_URL"].rstrip("/") + path
+    return settings.current().public_url.rstrip("/") + path
 
 
 def verify_url(code: str) -> str:

@@ -17,9 +17,9 @@ from __future__ import annotations
 import hashlib
 import time
 
-from flask import current_app
 from redis import RedisError
 
+from core import settings
 from core.queue import connection
 
 WINDOW_S = 3600
@@ -34,8 +34,8 @@ def _account(email: str) -> str:
 
 def _keys(email: str, ip: str) -> list[tuple[str, int, float]]:
     """(key, threshold, cap) for each back-off that applies to this attempt."""
-    threshold = current_app.config["OFFLOAD_LOGIN_MAX_FAILURES"]
-    cap = float(current_app.config["OFFLOAD_LOGIN_BACKOFF_MAX_S"])
+    threshold = settings.current().login_max_failures
+    cap = float(settings.current().login_backoff_max_s)
     account = _account(email)
     return [(f"offload:login:ip:{ip}", threshold * 2, cap),
             (f"offload:login:acct:{account}:{ip}", threshold, cap),

@@ -21,7 +21,6 @@ import time
 from datetime import timedelta
 
 import redis
-from flask import current_app
 from redis import RedisError
 from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
@@ -29,7 +28,7 @@ from rq.job import Job as RQJob
 from rq.job import JobStatus as RQStatus
 from sqlalchemy import bindparam, text
 
-from core import scheduler
+from core import scheduler, settings
 from core.db import db
 from core.models import BATCH_WAITING, Job, sql_in, utcnow
 
@@ -52,7 +51,7 @@ _connections: dict[str, redis.Redis] = {}
 
 def connection(url: str | None = None) -> redis.Redis:
     """A shared Redis client for ``url`` (default: the app's REDIS_URL)."""
-    url = url or current_app.config["REDIS_URL"]
+    url = url or settings.current().redis_url
     conn = _connections.get(url)
     if conn is None:
         conn = _connections[url] = redis.Redis.from_url(url, socket_connect_timeout=2,

@@ -1,18 +1,42 @@
-"""Settings, read once from the environment and parsed strictly.
+"""Settings: every environment variable the service reads, declared once and parsed strictly.
 
-Every variable of CONTRACT §2 is read here and nowhere else. A bad value
-raises ``SettingsError`` naming the variable, so start-up stops with a
-message an operator can act on.
+``Settings`` is a frozen dataclass. Each field read from the environment is one
+declaration, ``var(NAME, default, parser, doc)``: the variable's name, its default
+(used when it is unset or blank), the parser that checks its type and bounds, and a
+one-line doc; the annotation is its type. A bad value raises ``SettingsError``
+naming the variable, so start-up stops with a message an operator can act on. A few
+fields are ``derived``: worked out from others at load (``production``), or set by
+code only (``password_hash_method``); no variable names them.
+
+The composition root reads the environment once per process and installs the result
+(``install(load())``); everything else reads ``current()``: ``settings.current().batch_size``.
+Nothing outside this module reads ``os.environ`` (``tests/core/test_settings.py`` checks,
+and that the README's settings table and these declarations agree).
+
+Adding a variable is one line here and its row in the README's settings table::
+
+    smtp_port: int = var("OFFLOAD_SMTP_PORT", 2525, integer(1, 65535), "port of the SMTP submission server")
+
+A parser takes ``(name, raw)`` and returns the value or raises ``SettingsError`` naming
+``name``; ``integer``, ``number``, ``boolean``, ``text``, ``http_url``, ``absolute_path`` and
+the others below cover most needs. A default that depends on other settings is worked
+out in ``_derive``.
+
+Tests change settings by field name: ``create_app({"batch_size": 10})``, or for one test
+the ``set_settings`` fixture (``set_settings(batch_size=10)``), which installs a copy.
 """
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import ipaddress
 import os
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
@@ -28,6 +52,10 @@ class SettingsError(ValueError):
 
 
 DEV_KEY_SEED = b"manireports-offload-dev-key"
+Parser = Callable[[str, str], Any]
+
+
+# --------------------------------------------------------------------------- parsers
 
 
 def parse_int(name: str, raw: str, *, minimum: int = 0, maximum: int | None = None) -> int:
@@ -60,9 +88,59 @@ def parse_boolean(name: str, raw: str) -> bool:
     raise SettingsError(f"{name}: invalid boolean value {raw!r}")
 
 
-def parse_fernet_keys(name: str, raw: str) -> list[bytes]:
+def integer(minimum: int = 0, maximum: int | None = None) -> Parser:
+    """A whole number in ``minimum..maximum``."""
+    return lambda name, raw: parse_int(name, raw, minimum=minimum, maximum=maximum)
+
+
+def number(minimum: float = 0.0) -> Parser:
+    """A number of at least ``minimum``."""
+    return lambda name, raw: parse_float(name, raw, minimum=minimum)
+
+
+boolean: Parser = parse_boolean
+
+
+def text(name: str, raw: str) -> str:
+    return raw
+
+
+def lowered(name: str, raw: str) -> str:
+    return raw.strip().lower()
+
+
+def http_url(name: str, raw: str) -> str:
+    """An http(s) URL, without a trailing slash."""
+    url = raw.strip().rstrip("/")
+    if urlsplit(url).scheme not in ("http", "https"):
+        raise SettingsError(f"{name}: expected an http(s) URL, got {raw!r}")
+    return url
+
+
+def absolute_path(name: str, raw: str) -> str:
+    if not os.path.isabs(raw):
+        raise SettingsError(f"{name}: expected an absolute path, got {raw!r}")
+    return raw
+
+
+def regex(name: str, raw: str) -> str:
+    try:
+        re.compile(raw)
+    except re.error as exc:
+        raise SettingsError(f"{name}: not a regular expression ({exc})") from None
+    return raw
+
+
+def email_address(name: str, raw: str) -> str:
+    sender = raw.strip()
+    if "@" not in sender or any(c in sender for c in "\r\n\0 <>"):
+        raise SettingsError(f"{name}: expected an email address, got {sender!r}")
+    return sender
+
+
+def parse_fernet_keys(name: str, raw: str) -> tuple[bytes, ...]:
     """Comma-separated Fernet keys, newest first."""
-    keys = [k.strip().encode() for k in raw.split(",") if k.strip()]
+    keys = tuple(k.strip().encode() for k in raw.split(",") if k.strip())
     if not keys:
         raise SettingsError(f"{name}: no key given")
     for i, key in enumerate(keys, 1):
@@ -71,6 +149,14 @@ def parse_fernet_keys(name: str, raw: str) -> list[bytes]:
         except (ValueError, TypeError):
             raise SettingsError(f"{name}: key #{i} is not a valid Fernet key "
                                 "(32 url-safe base64-encoded bytes)") from None
+    return keys
+
+
+def signing_keys(name: str, raw: str) -> tuple[bytes, ...]:
+    """Comma-separated signing keys of at least 32 characters, newest first."""
+    keys = tuple(k.strip().encode() for k in raw.split(",") if k.strip())
+    if not keys or any(len(k) < 32 for k in keys):
+        raise SettingsError(f"{name}: each key needs at least 32 characters")
     return keys
 
 
@@ -96,142 +182,8 @@ def parse_networks(name: str, raw: str) -> tuple:
     return tuple(found)
 
 
-def normalize_database_url(url: str) -> str:
-    """``postgres://`` and ``postgresql://`` use the installed psycopg (v3) driver."""
-    for prefix in ("postgres://", "postgresql://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
-    return url
-
-
-def dev_encryption_key() -> bytes:
-    """The derived key used when OFFLOAD_ENCRYPTION_KEYS is unset outside production."""
-    return base64.urlsafe_b64encode(hashlib.sha256(DEV_KEY_SEED).digest())
-
-
-def load(environ: Mapping[str, str] | None = None) -> dict:
-    """Read every setting from ``environ`` (default ``os.environ``) into Flask config keys."""
-    env = os.environ if environ is None else environ
-    production = any(env.get(v, "").strip().lower() == "production" for v in ("FLASK_ENV", "OFFLOAD_ENV"))
-    development = not production and (env.get("OFFLOAD_ENV", "").strip().lower() == "development"
-                                      or parse_boolean("OFFLOAD_DEV", env.get("OFFLOAD_DEV", "0")))
-
-    cfg: dict = {"OFFLOAD_PRODUCTION": production, "OFFLOAD_DEVELOPMENT": development,
-                 "OFFLOAD_DEV_KEY_IN_USE": False}
-    cfg["SQLALCHEMY_DATABASE_URI"] = normalize_database_url(env.get("DATABASE_URL") or "sqlite:///instance/offload.db")
-    cfg["REDIS_URL"] = env.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
-
-    secret = env.get("SECRET_KEY")
-    if not secret:
-        if production:
-            raise SettingsError("SECRET_KEY: required in production")
-        secret = secrets.token_hex(32)
-    cfg["SECRET_KEY"] = secret
-
-    raw_keys = env.get("OFFLOAD_ENCRYPTION_KEYS")
-    if raw_keys:
-        cfg["OFFLOAD_ENCRYPTION_KEYS"] = parse_fernet_keys("OFFLOAD_ENCRYPTION_KEYS", raw_keys)
-    elif production:
-        raise SettingsError("OFFLOAD_ENCRYPTION_KEYS: required in production")
-    elif not development:
-        raise SettingsError("OFFLOAD_ENCRYPTION_KEYS: required (the public development key is used only "
-                            "when development is explicitly on: OFFLOAD_ENV=development or OFFLOAD_DEV=1)")
-    else:
-        cfg["OFFLOAD_ENCRYPTION_KEYS"] = [dev_encryption_key()]
-        cfg["OFFLOAD_DEV_KEY_IN_USE"] = True
-    raw_keys = env.get("OFFLOAD_UNSUBSCRIBE_KEYS")
-    cfg["OFFLOAD_UNSUBSCRIBE_KEYS"] = [k.strip().encode() for k in raw_keys.split(",") if k.strip()] \
-        if raw_keys else None
-    if raw_keys and (not cfg["OFFLOAD_UNSUBSCRIBE_KEYS"] or any(len(k) < 32 for k in cfg["OFFLOAD_UNSUBSCRIBE_KEYS"])):
-        raise SettingsError("OFFLOAD_UNSUBSCRIBE_KEYS: each key needs at least 32 characters")
-
-    ints = {  # name: (default, minimum, maximum)
-        "OFFLOAD_BATCH_SIZE": (200, 1, 10_000),
-        "OFFLOAD_BULK_THRESHOLD": (10, 1, None),
-        "OFFLOAD_MAX_ATTEMPTS": (5, 1, 50),
-        "OFFLOAD_LEASE_S": (120, 5, None),
-        "OFFLOAD_CALLBACK_TIMEOUT_S": (900, 5, None),
-        "OFFLOAD_DATA_RETENTION_DAYS": (7, 0, None),
-        "OFFLOAD_MAX_RECIPIENTS": (50_000, 1, None),
-        "OFFLOAD_LOGIN_MAX_FAILURES": (5, 1, None),
-        "OFFLOAD_SWEEP_S": (15, 1, None),
-        "OFFLOAD_QUOTA_RESUME_S": (3600, 1, None),
-        "OFFLOAD_PROXY_HOPS": (0, 0, 10),
-        "OFFLOAD_LMS_POLL_S": (30, 1, None),
-        "OFFLOAD_LMS_CHUNK": (500, 1, 10_000),
-        "OFFLOAD_LMS_MAX_ROWS": (10_000, 1, None),
-        "OFFLOAD_MAX_CONTENT_LENGTH": (64 * 1024 * 1024, 1024, None),
-        "OFFLOAD_LOGIN_BACKOFF_MAX_S": (900, 1, None),
-        "OFFLOAD_MAX_UPLOADS_PER_USER": (5, 1, None),
-        "OFFLOAD_MAX_UPLOADS_PER_COMPANY": (20, 1, None),
-        "OFFLOAD_MAX_BUFFERED_EVENTS": (50_000, 1, None),
-    }
-    for name, (default, lo, hi) in ints.items():
-        raw = env.get(name)
-        cfg[name] = default if raw in (None, "") else parse_int(name, raw, minimum=lo, maximum=hi)
-    raw = env.get("OFFLOAD_BULK_WINDOW_S")
-    cfg["OFFLOAD_BULK_WINDOW_S"] = 10.0 if raw in (None, "") else parse_float("OFFLOAD_BULK_WINDOW_S", raw, minimum=0.1)
-
-    raw = env.get("OFFLOAD_PROVIDER_TIMEOUT_S")
-    cfg["OFFLOAD_PROVIDER_TIMEOUT_S"] = None if raw in (None, "") else parse_float(
-        "OFFLOAD_PROVIDER_TIMEOUT_S", raw, minimum=0.5)
-    if (cfg["OFFLOAD_PROVIDER_TIMEOUT_S"] or 0) >= cfg["OFFLOAD_LEASE_S"]:
-        raise SettingsError("OFFLOAD_PROVIDER_TIMEOUT_S: must be shorter than OFFLOAD_LEASE_S (a worker waiting "
-                            "on a provider would lose its batch to another)")
-
-    raw = env.get("OFFLOAD_BULK_MAX_HOLD_S")
-    cfg["OFFLOAD_BULK_MAX_HOLD_S"] = None if raw in (None, "") else parse_float(
-        "OFFLOAD_BULK_MAX_HOLD_S", raw, minimum=0.1)
-    pattern = env.get("OFFLOAD_SNS_URL_PATTERN")
-    if pattern:
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise SettingsError(f"OFFLOAD_SNS_URL_PATTERN: not a regular expression ({exc})") from None
-    cfg["OFFLOAD_SNS_URL_PATTERN"] = pattern or None
-    cfg["OFFLOAD_SNS_CA_BUNDLE"] = env.get("OFFLOAD_SNS_CA_BUNDLE") or None
-
-    raw = env.get("OFFLOAD_FALLBACK_SMTP")
-    cfg["OFFLOAD_FALLBACK_SMTP"] = parse_smtp_setting("OFFLOAD_FALLBACK_SMTP", raw) if raw else None
-
-    public = (env.get("OFFLOAD_PUBLIC_URL") or "http://127.0.0.1:5000").rstrip("/")
-    if urlsplit(public).scheme not in ("http", "https"):
-        raise SettingsError(f"OFFLOAD_PUBLIC_URL: expected an http(s) URL, got {public!r}")
-    cfg["OFFLOAD_PUBLIC_URL"] = public
-    instance = env.get("OFFLOAD_INSTANCE_PATH")
-    if instance and not os.path.isabs(instance):
-        raise SettingsError(f"OFFLOAD_INSTANCE_PATH: expected an absolute path, got {instance!r}")
-    cfg["OFFLOAD_INSTANCE_PATH"] = instance or None
-    cfg["OFFLOAD_ALLOW_PRIVATE_ENDPOINTS"] = parse_boolean(
-        "OFFLOAD_ALLOW_PRIVATE_ENDPOINTS", env.get("OFFLOAD_ALLOW_PRIVATE_ENDPOINTS", "0"))
-    cfg["OFFLOAD_ALLOWED_ENDPOINT_HOSTS"] = tuple(
-        h.strip().lower() for h in env.get("OFFLOAD_ALLOWED_ENDPOINT_HOSTS", "").split(",") if h.strip())
-    sts = env.get("OFFLOAD_STS_ENDPOINT_URL") or None
-    if sts and urlsplit(sts).scheme not in ("http", "https"):
-        raise SettingsError(f"OFFLOAD_STS_ENDPOINT_URL: expected an http(s) URL, got {sts!r}")
-    cfg["OFFLOAD_STS_ENDPOINT_URL"] = sts
-    sender = (env.get("OFFLOAD_FALLBACK_FROM") or "").strip()
-    if sender and ("@" not in sender or any(c in sender for c in "\r\n\0 <>")):
-        raise SettingsError(f"OFFLOAD_FALLBACK_FROM: expected an email address, got {sender!r}")
-    cfg["OFFLOAD_FALLBACK_FROM"] = sender or "no-reply@" + (urlsplit(public).hostname or "localhost")
-    cfg["OFFLOAD_METRICS_TOKEN"] = env.get("OFFLOAD_METRICS_TOKEN") or None
-    cfg["OFFLOAD_METRICS_NETWORKS"] = parse_networks(
-        "OFFLOAD_METRICS_NETWORKS", env.get("OFFLOAD_METRICS_NETWORKS") or "127.0.0.1/32,::1/128")
-    # certificates on this machine's disk: the development default; production only when asked (one machine)
-    raw = env.get("OFFLOAD_LOCAL_STORAGE", "")
-    cfg["OFFLOAD_LOCAL_STORAGE"] = (not production) if raw.strip() == "" else parse_boolean(
-        "OFFLOAD_LOCAL_STORAGE", raw)
-    local_path = env.get("OFFLOAD_LOCAL_STORAGE_PATH")
-    if local_path and not os.path.isabs(local_path):
-        raise SettingsError(f"OFFLOAD_LOCAL_STORAGE_PATH: expected an absolute path, got {local_path!r}")
-    cfg["OFFLOAD_LOCAL_STORAGE_PATH"] = local_path or None
-    cfg["OFFLOAD_CERTIFICATE_FONT_DIRS"] = parse_dirs(
-        "OFFLOAD_CERTIFICATE_FONT_DIRS", env.get("OFFLOAD_CERTIFICATE_FONT_DIRS", ""))
-    cfg["OFFLOAD_EMBEDDED_REDIS"] = parse_boolean("OFFLOAD_EMBEDDED_REDIS", env.get("OFFLOAD_EMBEDDED_REDIS", "1"))
-    cfg["OFFLOAD_PROVIDER_API_BASES"] = parse_api_bases(
-        "OFFLOAD_PROVIDER_API_BASES", env.get("OFFLOAD_PROVIDER_API_BASES", ""))
-    cfg["OFFLOAD_LMS_FORCE"] = parse_boolean("OFFLOAD_LMS_FORCE", env.get("OFFLOAD_LMS_FORCE", "0"))
-    return cfg
+def parse_hosts(name: str, raw: str) -> tuple[str, ...]:
+    return tuple(h.strip().lower() for h in raw.split(",") if h.strip())
 
 
 def parse_dirs(name: str, raw: str) -> tuple[str, ...]:
@@ -257,13 +209,218 @@ def parse_api_bases(name: str, raw: str) -> dict[str, str]:
     return found
 
 
-def configure_outbound(config: Mapping) -> None:
+def normalize_database_url(url: str) -> str:
+    """``postgres://`` and ``postgresql://`` use the installed psycopg (v3) driver."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def database_url(name: str, raw: str) -> str:
+    return normalize_database_url(raw)
+
+
+def dev_encryption_key() -> bytes:
+    """The derived key used when OFFLOAD_ENCRYPTION_KEYS is unset outside production."""
+    return base64.urlsafe_b64encode(hashlib.sha256(DEV_KEY_SEED).digest())
+
+
+# --------------------------------------------------------------------------- declarations
+
+
+def var(env: str, default: Any, parse: Parser, doc: str) -> Any:
+    """A field read from the environment variable ``env``; ``default`` when it is unset or blank."""
+    meta = {"env": env, "parse": parse, "doc": doc}
+    if isinstance(default, dict | list | set):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def derived(default: Any, doc: str) -> Any:
+    """A field no variable names: worked out at load, or set by code."""
+    if isinstance(default, dict | list | set):
+        return field(default_factory=lambda: type(default)(default), metadata={"env": None, "doc": doc})
+    return field(default=default, metadata={"env": None, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's settings (CONTRACT §2); see the module docstring for how to add one."""
+
+    # -- the environment it runs in
+    env: str = var("OFFLOAD_ENV", "", lowered, "production (production checks, secure cookies) or development")
+    flask_env: str = var("FLASK_ENV", "", lowered, "production: as OFFLOAD_ENV=production (older deployments)")
+    dev: bool = var("OFFLOAD_DEV", False, boolean, "development on: the public dev key without encryption keys")
+    production: bool = derived(False, "OFFLOAD_ENV or FLASK_ENV is production")
+    development: bool = derived(False, "not production, and OFFLOAD_ENV=development or OFFLOAD_DEV")
+    dev_key_in_use: bool = derived(False, "no OFFLOAD_ENCRYPTION_KEYS: the public development key is in use")
+    given: frozenset[str] = derived(frozenset(), "the variables the environment set (non-blank)")
+    password_hash_method: str = derived("scrypt", "werkzeug-format method of new password hashes (tests: cheaper)")
+
+    # -- state and secrets
+    database_url: str = var("DATABASE_URL", "sqlite:///instance/offload.db", database_url, "any SQLAlchemy URL")
+    redis_url: str = var("REDIS_URL", "redis://127.0.0.1:6379/0", text, "RQ's Redis")
+    embedded_redis: bool = var("OFFLOAD_EMBEDDED_REDIS", True, boolean,
+                               "make run serves an embedded Redis when none answers at REDIS_URL")
+    secret_key: str = var("SECRET_KEY", "", text, "sessions, CSRF; random per start outside production")
+    encryption_keys: tuple[bytes, ...] = var("OFFLOAD_ENCRYPTION_KEYS", (), parse_fernet_keys,
+                                             "Fernet keys, newest first")
+    unsubscribe_keys: tuple[bytes, ...] | None = var("OFFLOAD_UNSUBSCRIBE_KEYS", None, signing_keys,
+                                                     "unsubscribe link signing keys, newest first")
+    instance_path: str | None = var("OFFLOAD_INSTANCE_PATH", None, absolute_path, "the instance folder")
+    public_url: str = var("OFFLOAD_PUBLIC_URL", "http://127.0.0.1:5000", http_url, "callbacks' and links' base")
+
+    # -- outbound connections
+    allow_private_endpoints: bool = var("OFFLOAD_ALLOW_PRIVATE_ENDPOINTS", False, boolean,
+                                        "tenant endpoints may reach loopback and private addresses")
+    allowed_endpoint_hosts: tuple[str, ...] = var("OFFLOAD_ALLOWED_ENDPOINT_HOSTS", (), parse_hosts,
+                                                  "production: tenant endpoint hosts beside AWS and Cloudflare")
+    sts_endpoint_url: str | None = var("OFFLOAD_STS_ENDPOINT_URL", None, http_url, "the service's AssumeRole STS")
+    aws_endpoint_url: str | None = var("AWS_ENDPOINT_URL", None, text, "boto3's endpoint for every AWS service")
+    aws_endpoint_url_sts: str | None = var("AWS_ENDPOINT_URL_STS", None, text, "boto3's STS endpoint")
+    aws_endpoint_url_s3: str | None = var("AWS_ENDPOINT_URL_S3", None, text, "boto3's S3 endpoint (certificates)")
+    provider_api_bases: dict[str, str] = var("OFFLOAD_PROVIDER_API_BASES", {}, parse_api_bases,
+                                             "operator-only API bases of the providers with fixed ones")
+    provider_timeout_s: float | None = var("OFFLOAD_PROVIDER_TIMEOUT_S", None, number(0.5),
+                                           "read timeout of one provider call (default: each provider's)")
+    fallback_smtp: dict | None = var("OFFLOAD_FALLBACK_SMTP", None, parse_smtp_setting, "the operator's relay")
+    fallback_from: str = var("OFFLOAD_FALLBACK_FROM", "", email_address, "From of mail through the relay")
+    sns_url_pattern: str | None = var("OFFLOAD_SNS_URL_PATTERN", None, regex,
+                                      "SNS certificate and subscribe URLs the service fetches")
+    sns_ca_bundle: str | None = var("OFFLOAD_SNS_CA_BUNDLE", None, text, "CA bundle for those fetches")
+
+    # -- jobs and batches
+    batch_size: int = var("OFFLOAD_BATCH_SIZE", 200, integer(1, 10_000), "recipients per batch")
+    max_recipients: int = var("OFFLOAD_MAX_RECIPIENTS", 50_000, integer(1), "recipients per job")
+    max_attempts: int = var("OFFLOAD_MAX_ATTEMPTS", 5, integer(1, 50), "provider attempts per recipient")
+    lease_s: int = var("OFFLOAD_LEASE_S", 120, integer(5), "how long a worker holds a batch without renewing")
+    callback_timeout_s: int = var("OFFLOAD_CALLBACK_TIMEOUT_S", 900, integer(5),
+                                  "offload batches without a callback after this are reconciled")
+    sweep_s: int = var("OFFLOAD_SWEEP_S", 15, integer(1), "how often the recovery sweep runs")
+    quota_resume_s: int = var("OFFLOAD_QUOTA_RESUME_S", 3600, integer(1), "quota-paused jobs resume after this")
+    data_retention_days: int = var("OFFLOAD_DATA_RETENTION_DAYS", 7, integer(0),
+                                   "recipient data of finished jobs is purged after this")
+
+    # -- LMS events and the connector
+    bulk_threshold: int = var("OFFLOAD_BULK_THRESHOLD", 10, integer(1), "events in a window that make a bulk job")
+    bulk_window_s: float = var("OFFLOAD_BULK_WINDOW_S", 10.0, number(0.1), "that window, in seconds")
+    bulk_max_hold_s: float | None = var("OFFLOAD_BULK_MAX_HOLD_S", None, number(0.1),
+                                        "longest a busy window stays open (default: six windows)")
+    max_buffered_events: int = var("OFFLOAD_MAX_BUFFERED_EVENTS", 50_000, integer(1),
+                                   "events one company may hold in an open window")
+    lms_poll_s: int = var("OFFLOAD_LMS_POLL_S", 30, integer(1), "how often each LMS database is polled")
+    lms_chunk: int = var("OFFLOAD_LMS_CHUNK", 500, integer(1, 10_000), "LMS rows read per query")
+    lms_max_rows: int = var("OFFLOAD_LMS_MAX_ROWS", 10_000, integer(1), "LMS rows one poll takes at most")
+    lms_force: bool = var("OFFLOAD_LMS_FORCE", False, boolean, "take IOMAD's queue while its email task is on")
+
+    # -- the web side
+    max_content_length: int = var("OFFLOAD_MAX_CONTENT_LENGTH", 64 * 1024 * 1024, integer(1024),
+                                  "largest request body")
+    proxy_hops: int = var("OFFLOAD_PROXY_HOPS", 0, integer(0, 10), "trusted reverse proxies in front of the app")
+    login_max_failures: int = var("OFFLOAD_LOGIN_MAX_FAILURES", 5, integer(1),
+                                  "failed sign-ins before an address backs off")
+    login_backoff_max_s: int = var("OFFLOAD_LOGIN_BACKOFF_MAX_S", 900, integer(1), "longest sign-in back-off")
+    max_uploads_per_user: int = var("OFFLOAD_MAX_UPLOADS_PER_USER", 5, integer(1), "CSV uploads awaiting review")
+    max_uploads_per_company: int = var("OFFLOAD_MAX_UPLOADS_PER_COMPANY", 20, integer(1),
+                                       "CSV uploads awaiting review, per company")
+    verify_rate_per_min: int = var("OFFLOAD_VERIFY_RATE_PER_MIN", 60, integer(1),
+                                   "certificate lookups per client address and minute")
+    metrics_token: str | None = var("OFFLOAD_METRICS_TOKEN", None, text, "production: /metrics bearer token")
+    metrics_networks: tuple = var("OFFLOAD_METRICS_NETWORKS", parse_networks("", "127.0.0.1/32,::1/128"),
+                                  parse_networks, "production: networks that read /metrics without the token")
+
+    # -- certificates
+    local_storage: bool = var("OFFLOAD_LOCAL_STORAGE", False, boolean,
+                              "certificate PDFs on this machine's disk (default: outside production)")
+    local_storage_path: str | None = var("OFFLOAD_LOCAL_STORAGE_PATH", None, absolute_path,
+                                         "where they are kept (default: instance/certificates)")
+    certificate_font_dirs: tuple[str, ...] = var(
+        "OFFLOAD_CERTIFICATE_FONT_DIRS", certificate_fonts.DEFAULT_FONT_DIRS, parse_dirs,
+        "folders (':'-separated) with the certificate fonts, searched in order")
+
+
+def declared() -> list[dataclasses.Field]:
+    """The fields read from the environment, in declaration order."""
+    return [f for f in fields(Settings) if f.metadata.get("env")]
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read every declared variable from ``environ`` (default ``os.environ``), strictly."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    given = set()
+    for f in declared():
+        name = f.metadata["env"]
+        raw = env.get(name)
+        if raw is not None and raw.strip():
+            values[f.name] = f.metadata["parse"](name, raw)
+            given.add(name)
+    return _derive(Settings(**values, given=frozenset(given)))
+
+
+def _derive(s: Settings) -> Settings:
+    """Defaults that depend on other settings, and the checks across settings."""
+    production = "production" in (s.env, s.flask_env)
+    development = not production and (s.env == "development" or s.dev)
+    changes: dict[str, Any] = {"production": production, "development": development}
+    if not s.secret_key:
+        if production:
+            raise SettingsError("SECRET_KEY: required in production")
+        changes["secret_key"] = secrets.token_hex(32)
+    if not s.encryption_keys:
+        if production:
+            raise SettingsError("OFFLOAD_ENCRYPTION_KEYS: required in production")
+        if not development:
+            raise SettingsError("OFFLOAD_ENCRYPTION_KEYS: required (the public development key is used only "
+                                "when development is explicitly on: OFFLOAD_ENV=development or OFFLOAD_DEV=1)")
+        changes.update(encryption_keys=(dev_encryption_key(),), dev_key_in_use=True)
+    if (s.provider_timeout_s or 0) >= s.lease_s:
+        raise SettingsError("OFFLOAD_PROVIDER_TIMEOUT_S: must be shorter than OFFLOAD_LEASE_S (a worker waiting "
+                            "on a provider would lose its batch to another)")
+    if not s.fallback_from:
+        changes["fallback_from"] = "no-reply@" + (urlsplit(s.public_url).hostname or "localhost")
+    if "OFFLOAD_LOCAL_STORAGE" not in s.given:  # the development default; production only when asked
+        changes["local_storage"] = not production
+    return replace(s, **changes)
+
+
+# --------------------------------------------------------------------------- the process's settings
+
+_current: Settings | None = None
+
+
+def install(value: Settings) -> Settings:
+    """Make ``value`` this process's settings (the composition root, once; tests, per test)."""
+    global _current
+    _current = value
+    return value
+
+
+def current() -> Settings:
+    """This process's settings."""
+    if _current is None:
+        raise RuntimeError("settings are not loaded: the composition root installs them (core.settings.install)")
+    return _current
+
+
+def override(**changes: Any) -> Settings:
+    """Install a copy of the current settings with ``changes`` (field names; a typo is a TypeError)."""
+    return install(replace(current(), **changes))
+
+
+def environment(changes: Mapping[str, str]) -> dict[str, str]:
+    """This process's environment with ``changes``: what a child process of the service starts with."""
+    return {**os.environ, **changes}
+
+
+def configure_outbound(s: Settings) -> None:
     """Install the process-wide outbound policy: the endpoint guard, the operator's STS
-    endpoint and SNS URL pattern (and where the certificate fonts are). The app factory calls
-    it, and the worker again from the app it is given."""
-    guard.configure(allow_private=config.get("OFFLOAD_ALLOW_PRIVATE_ENDPOINTS", False),
-                    production=config.get("OFFLOAD_PRODUCTION", False),
-                    allowed_hosts=config.get("OFFLOAD_ALLOWED_ENDPOINT_HOSTS", ()))
-    aws.configure(sts_endpoint_url=config.get("OFFLOAD_STS_ENDPOINT_URL"))
-    sns.configure(url_pattern=config.get("OFFLOAD_SNS_URL_PATTERN"), ca_bundle=config.get("OFFLOAD_SNS_CA_BUNDLE"))
-    certificate_fonts.configure(config.get("OFFLOAD_CERTIFICATE_FONT_DIRS") or None)
+    endpoints and SNS URL pattern (and where the certificate fonts are). The app factory calls
+    it, and the worker again when it starts."""
+    guard.configure(allow_private=s.allow_private_endpoints, production=s.production,
+                    allowed_hosts=s.allowed_endpoint_hosts)
+    aws.configure(sts_endpoint_url=s.sts_endpoint_url,
+                  boto_sts_endpoint=bool(s.aws_endpoint_url_sts or s.aws_endpoint_url))
+    sns.configure(url_pattern=s.sns_url_pattern, ca_bundle=s.sns_ca_bundle)
+    certificate_fonts.configure(s.certificate_font_dirs or None)

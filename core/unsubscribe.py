@@ -17,16 +17,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from flask import current_app
 from itsdangerous import BadSignature, URLSafeSerializer
+
+from core import settings
 
 SALT = "offload-unsubscribe"
 _serializers: dict[tuple, URLSafeSerializer] = {}
 
 
 def _serializer() -> URLSafeSerializer:
-    own = current_app.config.get("OFFLOAD_UNSUBSCRIBE_KEYS")
-    keys = tuple(own or current_app.config["OFFLOAD_ENCRYPTION_KEYS"])  # newest first
+    own = settings.current().unsubscribe_keys
+    keys = tuple(own or settings.current().encryption_keys)  # newest first
     found = _serializers.get(keys)
     if found is None:
         # itsdangerous wants oldest to newest; it signs with the last one
@@ -56,4 +57,4 @@ def read_token(token: str) -> tuple[int, str] | None:
 
 
 def unsubscribe_url(company_id: int, email: str) -> str:
-    return f"{current_app.config['OFFLOAD_PUBLIC_URL']}/u/{make_token(company_id, email)}"
+    return f"{settings.current().public_url}/u/{make_token(company_id, email)}"

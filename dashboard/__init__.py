@@ -1,6 +1,7 @@
 """ManiReports Cloud Offload: the web side (dashboard, LMS API, callbacks).
 
-``create_app`` is the one composition root: it reads the settings, binds the
+``create_app`` is the one composition root: it reads the settings (once, installed as
+``core.settings.current()``; Flask's own keys are derived from them), binds the
 extensions, registers the web parts and the worker command, and nothing runs
 at import time. Logging is the process's business (``core.logs``): the worker
 and the dev server configure it when they start, gunicorn with its own flags.
@@ -9,6 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
 
 from flask import Flask, current_app, has_app_context
 from flask.globals import app_ctx
@@ -30,32 +34,25 @@ DEV_KEY_WARNING = ("OFFLOAD_ENCRYPTION_KEYS is not set: secrets and recipient da
                    "development key, which anyone can derive from the source. Never use this outside development.")
 
 
-def create_app(config: dict | None = None) -> Flask:
-    """Build the app: settings from the environment, then ``config`` overrides."""
-    loaded = settings.load()
-    app = Flask(__name__, instance_path=loaded["OFFLOAD_INSTANCE_PATH"] or os.path.join(ROOT, "instance"),
+def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app: settings from the environment, then ``overrides`` (``Settings`` field names)."""
+    loaded = replace(settings.load(), **(overrides or {}))
+    app = Flask(__name__, instance_path=loaded.instance_path or os.path.join(ROOT, "instance"),
                 static_folder="../static", static_url_path="/static")
     app.json = BoundedJSONProvider(app)  # nesting deeper than bodies.MAX_JSON_DEPTH is a 400
-    app.config.update(loaded)
-    if config:
-        app.config.update(config)
-    app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)
-    app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
-                      SESSION_COOKIE_SECURE=app.config["OFFLOAD_PRODUCTION"])
-    _ensure_sqlite_folder(app)
-    if app.config["OFFLOAD_PROXY_HOPS"]:  # behind N trusted proxies: their X-Forwarded-* headers count
-        hops = app.config["OFFLOAD_PROXY_HOPS"]
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
+    s = settings.install(replace(loaded, instance_path=app.instance_path,
+                                 database_url=_sqlite_folder(loaded.database_url)))
+    app.config.update(flask_config(s))
+    if s.proxy_hops:  # behind N trusted proxies: their X-Forwarded-* headers count
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=s.proxy_hops, x_proto=s.proxy_hops, x_host=s.proxy_hops)
 
-    if app.config.get("MAX_CONTENT_LENGTH") is None:  # Flask's default is None: no limit at all
-        app.config["MAX_CONTENT_LENGTH"] = app.config["OFFLOAD_MAX_CONTENT_LENGTH"]
     logs.silence_credential_loggers()
-    crypto.configure(app.config["OFFLOAD_ENCRYPTION_KEYS"])
-    if app.config.get("OFFLOAD_DEV_KEY_IN_USE"):
+    crypto.configure(s.encryption_keys)
+    if s.dev_key_in_use:
         log.warning(DEV_KEY_WARNING)
-    settings.configure_outbound(app.config)
-    registry.configure(api_bases=app.config.get("OFFLOAD_PROVIDER_API_BASES") or {})
-    _init_database(app)
+    settings.configure_outbound(s)
+    registry.configure(api_bases=s.provider_api_bases)
+    _init_database(app, s.database_url)
     migrate.init_app(app, db, directory=os.path.join(ROOT, "migrations"), render_as_batch=True,
                      compare_type=True)
     csrf.init_app(app)
@@ -66,10 +63,16 @@ def create_app(config: dict | None = None) -> Flask:
     return app
 
 
-def _init_database(app: Flask) -> None:
+def flask_config(s: settings.Settings) -> dict[str, Any]:
+    """Flask's and its extensions' own keys, from the settings."""
+    return {"SECRET_KEY": s.secret_key, "MAX_CONTENT_LENGTH": s.max_content_length, "WTF_CSRF_TIME_LIMIT": None,
+            "SESSION_COOKIE_HTTPONLY": True, "SESSION_COOKIE_SAMESITE": "Lax", "SESSION_COOKIE_SECURE": s.production}
+
+
+def _init_database(app: Flask, url: str) -> None:
     """Core's database handle, as Flask-SQLAlchemy kept it: each app context has its own
     session, bound to its app's engine, and removed when the context tears down."""
-    app.extensions["core.db"] = db.configure(app.config["SQLALCHEMY_DATABASE_URI"])
+    app.extensions["core.db"] = db.configure(url)
     db.install_scope(_app_context_scope, engine=_app_engine)
     app.teardown_appcontext(_remove_session)
 
@@ -86,12 +89,12 @@ def _remove_session(exc: BaseException | None) -> None:
     db.remove()
 
 
-def _ensure_sqlite_folder(app: Flask) -> None:
+def _sqlite_folder(url: str) -> str:
     """Relative SQLite paths are relative to the project folder; create their folder."""
-    url = app.config["SQLALCHEMY_DATABASE_URI"]
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         path = url[len("sqlite:///"):]
         if not os.path.isabs(path):
             path = os.path.join(ROOT, path)
-            app.config["SQLALCHEMY_DATABASE_URI"] = "sqlite:///" + path
+            url = "sqlite:///" + path
         os.makedirs(os.path.dirname(path), exist_ok=True)
+    return url

@@ -20,12 +20,11 @@ from flask import Flask
 from sqlalchemy import select
 from werkzeug.serving import run_simple
 
-from core import audit, companies
+from core import audit, companies, settings
 from core.db import db
 from core.models import JOB_TYPES, Company, Template, User
 from core.queue import redis_answers, start_embedded_redis
 from dashboard.outbox import OutboxSink
-from providers import guard
 from providers.smtp import SmtpProvider
 
 DEMO_COMPANY = "Demo Company"
@@ -122,12 +121,12 @@ def point_demo_at_sink(port: int) -> bool:
     return True
 
 
-def ensure_redis(app: Flask) -> str:
+def ensure_redis(s: settings.Settings) -> str:
     """The REDIS_URL if it answers, else an embedded Redis-compatible server."""
-    url = app.config["REDIS_URL"]
+    url = s.redis_url
     if redis_answers(url):
         return url
-    if not app.config["OFFLOAD_EMBEDDED_REDIS"]:
+    if not s.embedded_redis:
         raise SystemExit(f"REDIS_URL: no Redis answers at {url}")
     parts = urlsplit(url)
     embedded = start_embedded_redis(parts.hostname or "127.0.0.1", parts.port or 6379)
@@ -136,23 +135,23 @@ def ensure_redis(app: Flask) -> str:
 
 
 def development_config(app: Flask, host: str, port: int) -> dict:
-    """What the demo changes in a development app, and hands its worker: a kept
+    """What the demo changes in a development app's settings, and hands its worker: a kept
     secret key, a public URL on the served port, local endpoints and storage allowed."""
-    changes = {"OFFLOAD_ALLOW_PRIVATE_ENDPOINTS": True, "OFFLOAD_LOCAL_STORAGE": True}
-    if not os.environ.get("SECRET_KEY"):
-        changes["SECRET_KEY"] = secret_key(app.instance_path)
-    if not os.environ.get("OFFLOAD_PUBLIC_URL"):
+    changes: dict = {"allow_private_endpoints": True, "local_storage": True}
+    given = settings.current().given
+    if "SECRET_KEY" not in given:
+        changes["secret_key"] = secret_key(app.instance_path)
+    if "OFFLOAD_PUBLIC_URL" not in given:
         shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-        changes["OFFLOAD_PUBLIC_URL"] = f"http://{shown}:{port}"
+        changes["public_url"] = f"http://{shown}:{port}"
     return changes
 
 
 def serve(app: Flask, host: str, port: int) -> None:
-    changes = {} if app.config["OFFLOAD_PRODUCTION"] else development_config(app, host, port)
-    app.config.update(changes)
-    guard.configure(allow_private=app.config["OFFLOAD_ALLOW_PRIVATE_ENDPOINTS"],
-                    production=app.config["OFFLOAD_PRODUCTION"],
-                    allowed_hosts=app.config.get("OFFLOAD_ALLOWED_ENDPOINT_HOSTS", ()))
+    if not settings.current().production:
+        s = settings.override(**development_config(app, host, port))
+        app.config["SECRET_KEY"] = s.secret_key
+    settings.configure_outbound(settings.current())
     password, token = seed_demo(app.instance_path)
     sink = OutboxSink(app.instance_path).start()
     point_demo_at_sink(sink.port)
@@ -162,12 +161,11 @@ def serve(app: Flask, host: str, port: int) -> None:
     print(f"\n * Demo login: {DEMO_ADMIN} / {shown}\n{token_line}"
           f" * Open http://{host}:{port}/login\n * Demo mail goes to the Outbox (Admin › Outbox), "
           f"SMTP sink on 127.0.0.1:{sink.port}\n", flush=True)
-    redis_url = ensure_redis(app)
-    app.config["REDIS_URL"] = redis_url
-    env = {**os.environ, "REDIS_URL": redis_url, "SECRET_KEY": app.config["SECRET_KEY"],
-           "OFFLOAD_PUBLIC_URL": app.config["OFFLOAD_PUBLIC_URL"]}
-    for name in ("OFFLOAD_ALLOW_PRIVATE_ENDPOINTS", "OFFLOAD_LOCAL_STORAGE"):
-        env[name] = "1" if app.config[name] else "0"
+    s = settings.override(redis_url=ensure_redis(settings.current()))
+    env = settings.environment({"REDIS_URL": s.redis_url, "SECRET_KEY": s.secret_key,
+                                "OFFLOAD_PUBLIC_URL": s.public_url,
+                                "OFFLOAD_ALLOW_PRIVATE_ENDPOINTS": "1" if s.allow_private_endpoints else "0",
+                                "OFFLOAD_LOCAL_STORAGE": "1" if s.local_storage else "0"})
     worker = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "worker"], env=env)
     try:
         run_simple(host, port, app, use_reloader=False, use_debugger=False, threaded=True)

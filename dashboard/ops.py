@@ -15,14 +15,14 @@ import hmac
 import ipaddress
 import logging
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from redis import RedisError
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from core import metrics, scheduler
+from core import metrics, scheduler, settings
 from core.db import db
 from core.models import R_BOUNCED, R_FAILED, R_SENT, Job, Recipient
 from core.queue import QUEUE_NAMES, connection, get_queue
@@ -75,10 +75,10 @@ def readyz():
 
 def metrics_allowed() -> bool:
     """Outside production always; in production a matching token or an allowed client address."""
-    cfg = current_app.config
-    if not cfg["OFFLOAD_PRODUCTION"]:
+    cfg = settings.current()
+    if not cfg.production:
         return True
-    token = cfg.get("OFFLOAD_METRICS_TOKEN")
+    token = cfg.metrics_token
     given = request.headers.get("Authorization", "")
     if token and hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
         return True
@@ -86,7 +86,7 @@ def metrics_allowed() -> bool:
         client = ipaddress.ip_address(request.remote_addr or "")
     except ValueError:
         return False
-    return any(client in net for net in cfg.get("OFFLOAD_METRICS_NETWORKS", ()))
+    return any(client in net for net in cfg.metrics_networks)
 
 
 class OffloadCollector:

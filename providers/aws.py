@@ -30,20 +30,29 @@ from providers.registry import Setting, SettingsGroup
 SESSION_NAME = "manireports-offload"
 #: the operator's STS endpoint (tests: moto); ``None``: AWS STS as boto3 resolves it
 _sts_endpoint_url: str | None = None
+#: boto3's own STS variables (``AWS_ENDPOINT_URL_STS``, ``AWS_ENDPOINT_URL``) are set in this process
+_boto_sts_endpoint = False
 
 
 class NoTenantCredentials(PermanentError):
     """A company set neither an access key pair nor a role ARN."""
 
 
-def configure(*, sts_endpoint_url: str | None) -> None:
-    """Set the operator's STS endpoint (from the app factory / worker start)."""
-    global _sts_endpoint_url
+def configure(*, sts_endpoint_url: str | None, boto_sts_endpoint: bool = False) -> None:
+    """Set the operator's STS endpoint, and whether boto3's own STS variables are set
+    (from the app factory / worker start; the settings are read there, not here)."""
+    global _sts_endpoint_url, _boto_sts_endpoint
     _sts_endpoint_url = sts_endpoint_url or None
+    _boto_sts_endpoint = bool(boto_sts_endpoint)
 
 
 def sts_endpoint_url() -> str | None:
     return _sts_endpoint_url
+
+
+def boto_sts_endpoint() -> bool:
+    """True when the operator pointed boto3's STS elsewhere (``AWS_ENDPOINT_URL_STS``/``AWS_ENDPOINT_URL``)."""
+    return _boto_sts_endpoint
 
 #: what SES, SQS and S3 read: one form section
 AWS_SETTINGS = SettingsGroup(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from email.header import Header
 from typing import Any
 
@@ -54,7 +53,7 @@ from providers.base import (
     results_after_error,
     send_each,
 )
-from providers.aws import AWS_SETTINGS, aws_session, has_credentials
+from providers.aws import AWS_SETTINGS, aws_session, boto_sts_endpoint, has_credentials
 
 log = logging.getLogger(__name__)
 
@@ -479,7 +478,7 @@ class SesProvider(Provider):
         """
         if self.config.get("aws_sts_endpoint_url"):
             return True, self.config["aws_sts_endpoint_url"]
-        if os.environ.get("AWS_ENDPOINT_URL_STS") or os.environ.get("AWS_ENDPOINT_URL"):
+        if boto_sts_endpoint():
             return True, None
         return self.endpoint_url is None, None
 

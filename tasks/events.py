@@ -8,19 +8,16 @@ from __future__ import annotations
 import logging
 import time
 
-from flask import current_app
-
-from core import events, queue
+from core import events, queue, settings
 from core.queue import connection, enqueue_job
 
 log = logging.getLogger(__name__)
 RECOVER_GRACE_S = 30  # a window this much past its latest possible end has lost its closer
 
 
-def max_hold_s(config) -> float:
+def max_hold_s(s: settings.Settings) -> float:
     """Longest a window stays open however busy it is (default: 6 windows)."""
-    window = float(config["OFFLOAD_BULK_WINDOW_S"])
-    return float(config.get("OFFLOAD_BULK_MAX_HOLD_S") or 6 * window)
+    return float(s.bulk_max_hold_s or 6 * s.bulk_window_s)
 
 
 def close_window(company_id: int, job_type: str, window_id: str) -> dict:
@@ -29,11 +26,11 @@ def close_window(company_id: int, job_type: str, window_id: str) -> dict:
     Safe to run more than once for a window: only one run takes it, and the
     jobs are made with idempotency keys.
     """
-    cfg = current_app.config
+    cfg = settings.current()
     conn = connection()
     state = events.window_state(conn, company_id, job_type)
     if state.window_id == window_id:
-        wait = state.due_at(cfg["OFFLOAD_BULK_WINDOW_S"], max_hold_s(cfg)) - time.time()
+        wait = state.due_at(cfg.bulk_window_s, max_hold_s(cfg)) - time.time()
         if wait > 0.05:
             queue.schedule_close(company_id, job_type, window_id, wait)
             return {"window": window_id, "rescheduled_in_s": round(wait, 3)}
@@ -43,11 +40,11 @@ def close_window(company_id: int, job_type: str, window_id: str) -> dict:
 
 def flush_window(company_id: int, job_type: str, window_id: str) -> dict:
     """Make the jobs of a taken window, delete its events, queue the new jobs."""
-    cfg = current_app.config
+    cfg = settings.current()
     conn = connection()
     taken = events.taken_events(conn, window_id)
-    made = events.make_jobs(company_id, job_type, window_id, taken, threshold=cfg["OFFLOAD_BULK_THRESHOLD"],
-                            max_recipients=cfg["OFFLOAD_MAX_RECIPIENTS"])
+    made = events.make_jobs(company_id, job_type, window_id, taken, threshold=cfg.bulk_threshold,
+                            max_recipients=cfg.max_recipients)
     events.forget_taken(conn, company_id, job_type, window_id)
     for job, created in made:
         if created:
@@ -62,7 +59,7 @@ def recover() -> dict:
     """For the recovery sweep: close windows whose closer was lost (a web process
     died between accepting the first event and scheduling), and finish taken
     windows whose jobs were never made (a worker died mid-way)."""
-    cfg = current_app.config
+    cfg = settings.current()
     conn = connection()
     now_ms = int(time.time() * 1000)
     overdue = events.open_windows(conn, now_ms - int((max_hold_s(cfg) + RECOVER_GRACE_S) * 1000))

@@ -32,10 +32,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import timedelta
 
-from flask import current_app
 from sqlalchemy import delete, select, text, update
 
-from core import batches, metrics, queue, scheduler
+from core import batches, metrics, queue, scheduler, settings
 from core.db import db
 from core.models import (B_CANCELLED, B_DONE, B_FAILED, B_QUEUED, B_RETRY, B_SUBMITTED, BATCH_FINAL,
                          BATCH_REQUEUABLE, BATCH_WAITING, JOB_RUNNING, PAUSED, R_FAILED, R_PENDING, R_UNCERTAIN,
@@ -103,7 +102,7 @@ def _release(claim: batches.Claim, status: str, **values) -> bool:
 def callback_url(company_id: int) -> str:
     """Where the cloud worker posts its callback. The company id in the query
     names whose secret signs it, so the service verifies before it parses."""
-    return f"{current_app.config['OFFLOAD_PUBLIC_URL']}{CALLBACK_PATH}?company={company_id}"
+    return f"{settings.current().public_url}{CALLBACK_PATH}?company={company_id}"
 
 
 @dataclass
@@ -118,19 +117,19 @@ class Submission:
     """The claimed batches of one company, submitted in one transport call."""
 
     def __init__(self, company_id: int, claims: list[batches.Claim]):
-        cfg = current_app.config
+        cfg = settings.current()
         self.company = db.session.get(Company, company_id)
-        settings = self.company.settings
-        self.config = settings.provider_config() if settings else {"enabled": False}
+        delivery = self.company.settings
+        self.config = delivery.provider_config() if delivery else {"enabled": False}
         # the HTTPS transport signs with the company's callback secret
         self.config["callback_secret"] = self.company.callback_secret
         #: the transport the batches take (``sqs``, ``cloudflare_queue``, ``https``); None: none for this sender
         self.transport = registry.offload_transport(self.config)
         self.route = Route("offload", self.transport, self.config).label if self.transport else None
         self._jobs: dict[int, Job] = {}
-        self.global_fallback = cfg["OFFLOAD_FALLBACK_SMTP"]
-        self.max_attempts = cfg["OFFLOAD_MAX_ATTEMPTS"]
-        self.timeout_s = cfg["OFFLOAD_CALLBACK_TIMEOUT_S"]
+        self.global_fallback = cfg.fallback_smtp
+        self.max_attempts = cfg.max_attempts
+        self.timeout_s = cfg.callback_timeout_s
         self.redis = connection()
         numbers = dict(db.session.execute(select(Batch.id, Batch.batch_number)
                                           .where(Batch.id.in_([c.batch_id for c in claims]))).all())
@@ -415,10 +414,10 @@ def submit_batches(batch_ids: list[int]) -> dict[str, int]:
 
     Safe to run twice: the claim decides who submits. Returns counts only.
     """
-    cfg = current_app.config
+    cfg = settings.current()
     worker = worker_name()
-    claims = [c for c in (claim_for_submit(int(bid), worker, cfg["OFFLOAD_LEASE_S"],
-                                           cfg["OFFLOAD_CALLBACK_TIMEOUT_S"]) for bid in batch_ids) if c]
+    claims = [c for c in (claim_for_submit(int(bid), worker, cfg.lease_s, cfg.callback_timeout_s)
+                          for bid in batch_ids) if c]
     by_company: dict[int, list[batches.Claim]] = defaultdict(list)
     for claim in claims:
         by_company[claim.company_id].append(claim)
@@ -480,7 +479,7 @@ def settle_overdue() -> int:
     """Submitted batches past their callback deadline: flag them on the job, then
     re-submit (policy ``resend``, up to OFFLOAD_MAX_ATTEMPTS) or fail what is
     left of them with ``no_callback``."""
-    cfg = current_app.config
+    cfg = settings.current()
     now = utcnow()
     rows = db.session.execute(text(
         "SELECT b.id, b.job_id, b.batch_number, b.attempts, b.first_recipient_id AS a, "
@@ -490,7 +489,7 @@ def settle_overdue() -> int:
         "AND (b.lease_until IS NULL OR b.lease_until < :now) ORDER BY b.id"), {"now": now}).all()
     acted, finished_jobs = 0, set()
     for row in rows:
-        give_up = row.policy == "fail" or row.attempts >= cfg["OFFLOAD_MAX_ATTEMPTS"]
+        give_up = row.policy == "fail" or row.attempts >= cfg.max_attempts
         values = {"status": B_FAILED if give_up else B_RETRY, "lease_until": None, "leased_by": None,
                   "next_attempt_at": None, "error": "no callback before the deadline"}
         if give_up:
@@ -501,7 +500,7 @@ def settle_overdue() -> int:
             db.session.rollback()
             continue
         params = {"j": row.job_id, "a": row.a, "b": row.b_}
-        line = f"batch {row.batch_number}: no callback within {cfg['OFFLOAD_CALLBACK_TIMEOUT_S']} s of submission"
+        line = f"batch {row.batch_number}: no callback within {cfg.callback_timeout_s} s of submission"
         if give_up:
             n = db.session.execute(text(
                 f"UPDATE recipients SET status = '{R_FAILED}', error = 'no_callback', lease_until = NULL "
@@ -517,7 +516,7 @@ def settle_overdue() -> int:
                 f"WHERE job_id = :j AND id BETWEEN :a AND :b AND status = '{R_PENDING}'"), params).rowcount
             db.session.execute(update(Job).where(Job.id == row.job_id).values(
                 emails_uncertain=Job.emails_uncertain + n))
-            line += f"; resubmitting (attempt {row.attempts + 1} of {cfg['OFFLOAD_MAX_ATTEMPTS']})"
+            line += f"; resubmitting (attempt {row.attempts + 1} of {cfg.max_attempts})"
         db.session.get(Job, row.job_id).log_error(line)
         db.session.commit()
         log.warning("Job %s: %s", row.job_id, line)

@@ -1,8 +1,7 @@
 """The provider objects for a route (the route itself: ``core.routing``)."""
 from __future__ import annotations
 
-from flask import current_app
-
+from core import settings
 from core.routing import Route, fallback_config, fallback_route, primary_route, relay_sender
 from providers import Provider, get_provider
 
@@ -20,7 +19,7 @@ def provider_for(company_id: int, route: Route, version) -> Provider:
         for old in [k for k in _cache if k[:3] == key[:3]]:
             _cache.pop(old).close()
         config = route.config
-        timeout = current_app.config.get("OFFLOAD_PROVIDER_TIMEOUT_S")
+        timeout = settings.current().provider_timeout_s
         if timeout:  # the operator's read timeout of one call, over each provider's own default
             config = {**config, "timeout": timeout}
         provider = _cache[key] = get_provider(route.provider, config)

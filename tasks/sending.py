@@ -16,7 +16,6 @@ import time
 from datetime import timedelta
 from types import SimpleNamespace
 
-from flask import current_app
 from redis import RedisError
 
 from core.db import db
@@ -25,7 +24,7 @@ from core.queue import connection
 from core.rendering import CompiledTemplate, RenderError
 from providers import (ConnectionFailure, Message, PermanentError, ProviderError, QuotaExceededError, Result,
                        ResultStatus, ThrottledError)
-from core import batches, metrics, queue, scheduler
+from core import batches, metrics, queue, scheduler, settings
 from core.lms import email_queue
 from tasks import certificates, limits
 from tasks.routing import Route, fallback_route, primary_route, provider_for, relay_sender
@@ -55,14 +54,14 @@ def plan_job(job_id: int) -> int:
         return 0
     if certificates.awaiting_issue(job):  # certificate jobs: PDFs first (tasks.certificates)
         return 0
-    batch_ids = batches.create_batches(job_id, current_app.config["OFFLOAD_BATCH_SIZE"])
+    batch_ids = batches.create_batches(job_id, settings.current().batch_size)
     if not batch_ids:
         finish_job(job_id)
         return 0
-    settings = db.session.get(Company, job.company_id).settings
+    delivery = db.session.get(Company, job.company_id).settings
     # jobs taken from IOMAD's queue are sent here (the LMS hook: Reply-To, attachments, marking rows),
     # on the company's SMTP route in offload mode
-    if settings is not None and settings.enabled and settings.mode == "offload" and job.source != "lms":
+    if delivery is not None and delivery.enabled and delivery.mode == "offload" and job.source != "lms":
         queue.enqueue_submit(batch_ids)
     else:
         queue.enqueue_batches([(bid, 0) for bid in batch_ids])
@@ -82,21 +81,21 @@ class BatchRun:
     """One worker's run over one claimed batch."""
 
     def __init__(self, claim: batches.Claim):
-        cfg = current_app.config
+        cfg = settings.current()
         self.claim = claim
-        self.lease_s = cfg["OFFLOAD_LEASE_S"]
-        self.max_attempts = cfg["OFFLOAD_MAX_ATTEMPTS"]
+        self.lease_s = cfg.lease_s
+        self.max_attempts = cfg.max_attempts
         self.redis = connection()
         company = db.session.get(Company, claim.company_id)
         # plain values, not ORM objects: every commit would expire them and cost a reload
         self.company = SimpleNamespace(id=company.id, uncertain_policy=company.uncertain_policy,
                                        fallback_relay=bool(company.fallback_relay),
                                        approved_domains=company.approved_sender_domains())
-        self.service_from = cfg["OFFLOAD_FALLBACK_FROM"]
+        self.service_from = cfg.fallback_from
         self.settings = company.settings
         self.config = self.settings.provider_config() if self.settings else {"enabled": False}
         self.version = self.settings.updated_at if self.settings else None
-        self.global_fallback = cfg["OFFLOAD_FALLBACK_SMTP"]
+        self.global_fallback = cfg.fallback_smtp
         job = db.session.get(Job, claim.job_id)
         self.job_type, self.priority = job.type, job.priority
         self.klass = scheduler.klass_of(job.priority)
@@ -367,7 +366,7 @@ def send_batch(batch_id: int) -> str:
 def run_claimed(batch_id: int, run_class: type[BatchRun]) -> str:
     """Claim the batch and run ``run_class`` over it; a lost lease stops quietly,
     any other error releases the batch for a retry and reaches RQ."""
-    claim = batches.claim_batch(batch_id, worker_name(), current_app.config["OFFLOAD_LEASE_S"])
+    claim = batches.claim_batch(batch_id, worker_name(), settings.current().lease_s)
     if claim is None:
         return "skipped"
     try:

@@ -16,7 +16,7 @@ from sqlalchemy import select, text
 
 from core.db import db
 from core.models import B_SENDING, BATCH_FINAL, BATCH_REQUEUABLE, JOB_RUNNING, PAUSED, sql_in, utcnow
-from core import queue, scheduler
+from core import queue, scheduler, settings
 from core.queue import enqueue_fallback
 from tasks.offload import reconcile
 from tasks.sending import finish_job
@@ -109,10 +109,7 @@ def resume_quota_paused() -> int:
     """Jobs paused because the provider's quota was spent resume by themselves
     after OFFLOAD_QUOTA_RESUME_S (SES's daily quota rolls over); if the quota is
     still spent, the first call pauses them again."""
-    from flask import current_app
-
-
-    due = utcnow() - timedelta(seconds=current_app.config["OFFLOAD_QUOTA_RESUME_S"])
+    due = utcnow() - timedelta(seconds=settings.current().quota_resume_s)
     jobs = db.session.execute(select(Job).where(
         Job.status == PAUSED, Job.paused_reason.like(QUOTA_PAUSE + "%"), Job.paused_at < due)).scalars().all()
     return sum(1 for job in jobs if resume(job))
@@ -131,7 +128,6 @@ def _recover_event_windows() -> int:
 
 def _purge_if_due() -> int:
     """Purge expired recipient data at most every ten minutes (across workers)."""
-    from flask import current_app
     from redis import RedisError
 
 
@@ -140,7 +136,7 @@ def _purge_if_due() -> int:
             return 0
     except RedisError:
         return 0
-    return purge_recipient_data(current_app.config["OFFLOAD_DATA_RETENTION_DAYS"])
+    return purge_recipient_data(settings.current().data_retention_days)
 
 
 def _reconcile_offload() -> int:

@@ -138,7 +138,7 @@ class AppWorker(SimpleWorker):
 
 def _sweeper(app: Flask, interval: float, stop: threading.Event, name: str) -> None:
     """Keep the sweep and the LMS polls scheduled, and say this worker is alive (``/readyz``)."""
-    lms_interval = float(app.config.get("OFFLOAD_LMS_POLL_S", 30))
+    lms_interval = float(settings.current().lms_poll_s)
     with app.app_context():
         metrics.beat(connection(), name)
     while not stop.wait(min(interval / 2, lms_interval / 2, metrics.WORKER_FRESH_S / 4)):
@@ -154,12 +154,13 @@ def _sweeper(app: Flask, interval: float, stop: threading.Event, name: str) -> N
 def run_worker(app: Flask, *, burst: bool = False, name: str | None = None) -> None:
     """Work the service's queues (high, default, low) until stopped."""
     # the operator's timeout of one provider call, else the longest any sender declares
-    provider_timeout = app.config.get("OFFLOAD_PROVIDER_TIMEOUT_S") or registry.call_timeout()
-    if app.config["OFFLOAD_LEASE_S"] < provider_timeout * 2:
+    s = settings.current()
+    provider_timeout = s.provider_timeout_s or registry.call_timeout()
+    if s.lease_s < provider_timeout * 2:
         log.warning("OFFLOAD_LEASE_S=%s is shorter than twice a provider call's timeout (%s s): a slow call "
                     "can lose its batch to another worker and send its chunk twice",
-                    app.config["OFFLOAD_LEASE_S"], provider_timeout)
-    settings.configure_outbound(app.config)  # the endpoint guard and STS endpoint hold in this process too
+                    s.lease_s, provider_timeout)
+    settings.configure_outbound(s)  # the endpoint guard and STS endpoint hold in this process too
     with app.app_context():
         conn = connection()
         warn_if_evicting(conn)
@@ -167,7 +168,7 @@ def run_worker(app: Flask, *, burst: bool = False, name: str | None = None) -> N
     AppWorker.app = app
     AppWorker.stop_requested = False
     stop = threading.Event()
-    interval = float(app.config.get("OFFLOAD_SWEEP_S", 15))
+    interval = float(s.sweep_s)
     if not burst:
         beat_name = name or f"{socket.gethostname()}:{os.getpid()}"
         threading.Thread(target=_sweeper, args=(app, interval, stop, beat_name), daemon=True, name="sweeper").start()

@@ -14,7 +14,7 @@ import tempfile
 import uuid
 import pytest
 
-from core import companies
+from core import companies, settings
 from core.db import db
 from core.queue import connection, start_embedded_redis
 from dashboard import create_app
@@ -22,8 +22,8 @@ from providers import guard
 from tests.support.openapi import CheckedClient
 from tests.support.certificates import client as s3_client
 from tests.support.servers import MotoServer, RedisServer, SesLocal, SmtpSink, free_port
-from tests.support.app import (AuthActions, CompanyFixture, JINJA_BYTECODE, ROOT, TEST_CONFIG, empty_tables, pg_create,
-                               pg_drop)
+from tests.support.app import (AuthActions, CompanyFixture, JINJA_BYTECODE, ROOT, TEST_SETTINGS, empty_tables,
+                               pg_create, pg_drop)
 
 # The suite is development (CONTRACT §2): the emulators, sinks and LMS databases listen on loopback, and
 # the public dev key is fine. Set in the environment so the workers and servers the tests start inherit it.
@@ -77,7 +77,8 @@ def migrated(database_url, redis_server):
 @pytest.fixture
 def app(migrated, redis_server):
     """An app on the run's database and Redis, emptied before the test."""
-    app = create_app({"SQLALCHEMY_DATABASE_URI": migrated, "REDIS_URL": redis_server, **TEST_CONFIG})
+    app = create_app({"database_url": migrated, "redis_url": redis_server, **TEST_SETTINGS})
+    app.testing = True
     app.test_client_class = CheckedClient  # every API response is checked against the OpenAPI document
     app.jinja_env.bytecode_cache = JINJA_BYTECODE
 
@@ -101,6 +102,18 @@ def app(migrated, redis_server):
         yield app
         db.session.remove()
         db.engine.dispose()
+
+
+@pytest.fixture
+def set_settings(app):
+    """Change settings for one test by field name: ``set_settings(batch_size=10)`` installs a copy of
+    ``core.settings.current()`` with the changes (the names of ``core.settings.Settings``; a typo is a
+    TypeError); the test's settings come back at its end. What ``create_app`` derived from them stays as it
+    was: Flask's own keys (``SECRET_KEY``, ...) and what it installed in modules (the endpoint guard, the STS
+    and SNS endpoints, the fonts, the encryption key ring)."""
+    before = settings.current()
+    yield settings.override
+    settings.install(before)
 
 
 @pytest.fixture
@@ -175,8 +188,10 @@ def smtp_sink():
 
 
 @pytest.fixture
-def s3_bucket(moto_server, monkeypatch) -> str:
-    """A fresh bucket in moto's S3; boto3's ``AWS_ENDPOINT_URL_S3`` points the storage at moto."""
+def s3_bucket(moto_server, monkeypatch, set_settings) -> str:
+    """A fresh bucket in moto's S3; boto3's ``AWS_ENDPOINT_URL_S3`` points the storage at moto (the service's
+    setting, and the environment of the cloud workers the tests run)."""
+    set_settings(aws_endpoint_url_s3=moto_server.url)
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server.url)
     name = f"certs-{uuid.uuid4().hex[:10]}"
     s3_client().create_bucket(Bucket=name)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 
-from flask import current_app
 from redis.exceptions import LockError
 
+from core import settings
 from core.db import db
 from core.lms import completions, email_queue
 from core.lms.connection import LmsError, config_for
@@ -38,17 +38,16 @@ def poll_once(company_id: int) -> dict:
     if company is None:
         raise LmsError(f"no company with id {company_id}")
     cfg = config_for(company)
-    app = current_app.config
+    s = settings.current()
     found: dict = {"taken": 0, "jobs": 0}
-    lock = lock_for(company_id, app["OFFLOAD_LMS_POLL_S"])
+    lock = lock_for(company_id, s.lms_poll_s)
     if not lock.acquire():
         found["busy"] = "another poll of this company is running"
         return found
     try:
         if cfg.email_queue:
             try:
-                res = email_queue.poll(company, force=app["OFFLOAD_LMS_FORCE"], chunk=app["OFFLOAD_LMS_CHUNK"],
-                                       max_rows=app["OFFLOAD_LMS_MAX_ROWS"])
+                res = email_queue.poll(company, force=s.lms_force, chunk=s.lms_chunk, max_rows=s.lms_max_rows)
                 found.update(res.lines())
             except LmsError as exc:
                 db.session.rollback()
@@ -57,7 +56,7 @@ def poll_once(company_id: int) -> dict:
             found["email_queue"] = "off"
         if cfg.completions:
             try:
-                res = completions.poll(company, chunk=app["OFFLOAD_LMS_CHUNK"], max_rows=app["OFFLOAD_LMS_MAX_ROWS"])
+                res = completions.poll(company, chunk=s.lms_chunk, max_rows=s.lms_max_rows)
                 found.update(res.lines())
                 found["jobs"] += res.jobs
             except LmsError as exc:

@@ -4,28 +4,26 @@ from __future__ import annotations
 import secrets
 from datetime import datetime
 
-from flask import current_app, has_app_context
 from flask_login import UserMixin
 from sqlalchemy import Boolean, Column, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from core import settings
 from core.crypto import EncryptedJSON, EncryptedText
 from core.db import Model
 from core.models.base import TenantMixin, sha256_hex, utcnow
 from providers import registry
 
 
-# New passwords get werkzeug's scrypt (n=2**15, r=8, p=1). ``PASSWORD_HASH_METHOD`` in the app's config
-# names another werkzeug method; only the test suite sets it (a cheap one: it hashes and checks hundreds of
-# passwords), and it is not read from the environment. A stored hash names its own method, so checking is unaffected.
-PASSWORD_HASH_METHOD = "scrypt"
+# New passwords get werkzeug's scrypt (n=2**15, r=8, p=1). The settings' ``password_hash_method`` names another
+# werkzeug method; only the test suite sets it (a cheap one: it hashes and checks hundreds of passwords), and it
+# is not read from the environment. A stored hash names its own method, so checking is unaffected.
 _dummy_hashes: dict[str, str] = {}  # per method, made once: what an unknown account's password is checked against
 
 
 def password_hash_method() -> str:
-    return current_app.config.get("PASSWORD_HASH_METHOD", PASSWORD_HASH_METHOD) if has_app_context() \
-        else PASSWORD_HASH_METHOD
+    return settings.current().password_hash_method
 
 
 def check_dummy_password(password: str) -> bool:

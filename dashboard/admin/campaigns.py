@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 from datetime import datetime
 
-from flask import abort, current_app, redirect, request, url_for
+from flask import abort, redirect, request, url_for
 from flask_admin import expose
 from flask_login import current_user
 from flask_wtf.csrf import validate_csrf
@@ -21,7 +21,7 @@ from sqlalchemy import select
 from werkzeug.formparser import FormDataParser
 from wtforms.validators import ValidationError
 
-from core import audiences
+from core import audiences, settings
 from dashboard.admin.base import SecureBaseView, scope
 from dashboard.admin.suppressions import company_or_404
 from core.models import CampaignSettings  # noqa: F401  (tables in the metadata)
@@ -103,7 +103,7 @@ def queue_job(company_id: int, jtype: str, tpl: Template, recipients: list[dict]
     payload = {"type": jtype, "template": tpl.name, "recipients": recipients,
                "send_at": send_at.isoformat() if send_at else None}
     job, _ = create_job(company_id, payload, source="dashboard", user_id=current_user.id,
-                        max_recipients=current_app.config["OFFLOAD_MAX_RECIPIENTS"])
+                        max_recipients=settings.current().max_recipients)
 
     enqueue_job(job)
     return job
@@ -113,9 +113,8 @@ class CampaignsView(SecureBaseView):
     """CSV imports and re-engagement campaigns."""
 
     def store(self) -> audiences.UploadStore:
-        cfg = current_app.config
-        return audiences.UploadStore(connection(), cfg["OFFLOAD_MAX_UPLOADS_PER_USER"],
-                                     cfg["OFFLOAD_MAX_UPLOADS_PER_COMPANY"])
+        s = settings.current()
+        return audiences.UploadStore(connection(), s.max_uploads_per_user, s.max_uploads_per_company)
 
     def load_upload(self, upload_id: str) -> audiences.Upload:
         upload = self.store().load(upload_id, current_user.id)
@@ -159,7 +158,7 @@ class CampaignsView(SecureBaseView):
                 raise audiences.AudienceError("choose a CSV file")
             upload = audiences.parse_csv(file.read(), company_id=tpl.company_id, user_id=current_user.id,
                                         filename=file.filename,
-                                        max_rows=current_app.config["OFFLOAD_MAX_RECIPIENTS"])
+                                        max_rows=settings.current().max_recipients)
             upload_id = self.store().save(upload)
         except audiences.AudienceError as exc:
             return self.render("campaigns/import.html", templates=visible_templates(), error=str(exc)), 400
@@ -250,7 +249,7 @@ class CampaignsView(SecureBaseView):
         if file is None or not file.filename:
             raise audiences.AudienceError("choose a CSV file with the list")
         upload = audiences.parse_csv(file.read(), company_id=tpl.company_id, user_id=current_user.id,
-                                    filename=file.filename, max_rows=current_app.config["OFFLOAD_MAX_RECIPIENTS"])
+                                    filename=file.filename, max_rows=settings.current().max_recipients)
         built = audiences.build_audience(upload, self.list_mapping(upload))
         return choice, built.recipients, built.bad_rows, self.store().save(upload)
 

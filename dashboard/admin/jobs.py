@@ -10,13 +10,13 @@ from __future__ import annotations
 import math
 from datetime import datetime, timedelta
 
-from flask import abort, current_app, flash, jsonify, redirect, request, url_for
+from flask import abort, flash, jsonify, redirect, request, url_for
 from flask_admin import expose
 from sqlalchemy import BigInteger, Integer, cast, extract, func, select
 
 from dashboard.admin.base import SecureBaseView, scope
 from dashboard.csvexport import csv_response
-from core import waiting
+from core import settings, waiting
 from core.db import db
 from core.jobs import (RETRYABLE_STATUSES, JobError, batches_of, iso, job_to_dict, request_cancel, resume,
                        retry_batch_now, retry_failed)
@@ -98,7 +98,7 @@ def waiting_batches(job: Job, batches: list[Batch], company: Company) -> list[di
     if not waiting:
         return []
     config = company.settings.provider_config() if company.settings else {"enabled": False}
-    route = planned_route(config, current_app.config["OFFLOAD_FALLBACK_SMTP"], connection(), company.id,
+    route = planned_route(config, settings.current().fallback_smtp, connection(), company.id,
                           bool(company.fallback_relay))
     now = utcnow()
     rows = []

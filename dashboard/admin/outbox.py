@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from flask import abort, current_app, flash, redirect, url_for
 from flask_admin import expose
 
+from core import settings
 from dashboard import outbox
 from dashboard.admin.base import SecureBaseView
 
@@ -28,7 +29,7 @@ class OutboxView(SecureBaseView):
     admin_only = True
 
     def is_accessible(self):
-        return super().is_accessible() and not current_app.config["OFFLOAD_PRODUCTION"]
+        return super().is_accessible() and not settings.current().production
 
     @expose("/")
     def index(self):

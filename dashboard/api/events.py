@@ -1,10 +1,10 @@
 """``POST /api/v1/events``: one LMS event into its company's window (CONTRACT §3)."""
 from __future__ import annotations
 
-from flask import current_app, g, jsonify, request
+from flask import g, jsonify, request
 from redis import RedisError
 
-from core import events
+from core import events, settings
 from dashboard.api.base import bp, token_required
 from dashboard.bodies import loads as bounded_loads
 from dashboard.bodies import read_capped
@@ -29,13 +29,12 @@ def post_event():
         return json_error(400, "invalid_json", str(exc) if "nested" in str(exc) else "the body is not JSON")
     if payload is None:
         return json_error(400, "invalid_json", "the body must be JSON (Content-Type: application/json)")
-    cfg = current_app.config
+    cfg = settings.current()
     try:
         event = events.parse_event(payload)
         events.check_template(g.company_id, event)
-        accepted = events.accept(connection(), g.company_id, event, threshold=cfg["OFFLOAD_BULK_THRESHOLD"],
-                                 window_s=cfg["OFFLOAD_BULK_WINDOW_S"],
-                                 max_buffered=cfg["OFFLOAD_MAX_BUFFERED_EVENTS"])
+        accepted = events.accept(connection(), g.company_id, event, threshold=cfg.bulk_threshold,
+                                 window_s=cfg.bulk_window_s, max_buffered=cfg.max_buffered_events)
     except events.EventError as exc:
         if exc.code == "too_many_events":
             return json_error(429, exc.code, exc.message)

@@ -1,10 +1,11 @@
 """The jobs API (CONTRACT §3): create, list, read, retry, cancel and resume jobs."""
 from __future__ import annotations
 
-from flask import abort, current_app, g, jsonify, request
+from flask import abort, g, jsonify, request
 from sqlalchemy import func, select
 
 from dashboard.errors import json_error
+from core import settings
 from core.db import db
 from core.jobs import JobError, create_job, iso, job_to_dict, request_cancel, resume, retry_failed
 from core.models import JOB_TYPES, Job, Recipient, RecipientStatus
@@ -24,7 +25,7 @@ def create():
         return json_error(400, "invalid_json", "the body must be JSON (Content-Type: application/json)")
     try:
         job, created = create_job(g.company_id, payload, idempotency_key=request.headers.get("Idempotency-Key"),
-                                  max_recipients=current_app.config["OFFLOAD_MAX_RECIPIENTS"])
+                                  max_recipients=settings.current().max_recipients)
     except JobError as exc:
         return json_error(400, exc.code, exc.message, exc.details)
     if created:

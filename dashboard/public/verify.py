@@ -18,18 +18,18 @@ from __future__ import annotations
 import logging
 import time
 
-from flask import Blueprint, Response, abort, current_app, jsonify, redirect, render_template, request
+from flask import Blueprint, Response, abort, jsonify, redirect, render_template, request
 from redis import RedisError
 from werkzeug.exceptions import TooManyRequests
 
 from core import certificates as service
+from core import settings
 from core.queue import connection
 from providers.base import ProviderError
 from providers.storage import LocalStorage, ObjectNotFound, content_disposition
 
 log = logging.getLogger(__name__)
 bp = Blueprint("verify", __name__)
-RATE_PER_MIN = 60
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; "
@@ -43,7 +43,7 @@ SECURITY_HEADERS = {
 @bp.before_request
 def rate_limit():
     """429 once this client made more lookups this minute than allowed."""
-    limit = current_app.config.get("OFFLOAD_VERIFY_RATE_PER_MIN", RATE_PER_MIN)
+    limit = settings.current().verify_rate_per_min
     key = f"offload:verify-rate:{request.remote_addr or '-'}:{int(time.time() // 60)}"
     try:
         pipe = connection().pipeline()

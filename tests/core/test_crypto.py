@@ -4,7 +4,7 @@ from __future__ import annotations
 from cryptography.fernet import Fernet
 from sqlalchemy import text
 
-from core import crypto
+from core import crypto, settings
 from core.companies import configure
 from core.db import db
 from core.models import Company, Recipient
@@ -47,7 +47,7 @@ def test_raw_database_shows_no_plaintext_secret(client, company):
 
 def test_rotation_reencrypts_and_old_ciphertext_reads_before(app, client, company):
     make_job_with_secret(client, company)
-    old_key = app.config["OFFLOAD_ENCRYPTION_KEYS"][0]
+    old_key = settings.current().encryption_keys[0]
     new_key = Fernet.generate_key()
     before = db.session.execute(text("SELECT data FROM recipients")).scalar()
     try:
@@ -64,7 +64,7 @@ def test_rotation_reencrypts_and_old_ciphertext_reads_before(app, client, compan
         assert db.session.get(Company, company.id).settings.aws_secret_key == CANARY_SECRET
         assert Fernet(new_key).decrypt(after.encode())
     finally:
-        crypto.configure(app.config["OFFLOAD_ENCRYPTION_KEYS"])
+        crypto.configure(settings.current().encryption_keys)
 
 
 def test_keys_rotate_cli(app, runner, client, company):

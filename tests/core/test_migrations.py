@@ -40,7 +40,7 @@ def upgrade(url: str, revision: str = "head", *, down: bool = False) -> None:
 
 
 def assert_matches_models(url: str) -> None:
-    app = create_app({"SQLALCHEMY_DATABASE_URI": url})
+    app = create_app({"database_url": url})
     with app.app_context():
         with db.engine.connect() as conn:
             ctx = MigrationContext.configure(conn, opts={"compare_type": False})

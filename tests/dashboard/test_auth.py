@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
+from core import settings
 from core.db import db
 from core.models import AuditLog, User
 from dashboard import create_app
@@ -84,8 +85,9 @@ def test_audit_ip_is_not_taken_from_a_forged_header(client, company, make_user):
 
 def test_behind_a_trusted_proxy_the_forwarded_ip_is_used(app, company, make_user):
     make_user("ann@acme.test", company_id=company.id)
-    proxied = create_app({"SQLALCHEMY_DATABASE_URI": app.config["SQLALCHEMY_DATABASE_URI"],
-                          "REDIS_URL": app.config["REDIS_URL"], "TESTING": True, "OFFLOAD_PROXY_HOPS": 1})
+    proxied = create_app({"database_url": settings.current().database_url, "redis_url": settings.current().redis_url,
+                          "proxy_hops": 1})
+    proxied.testing = True
     client = proxied.test_client()
     token = csrf_from(client.get("/login").get_data(as_text=True))
     client.post("/login", data={"email": "ann@acme.test", "password": "correct horse battery", "csrf_token": token},

@@ -22,8 +22,8 @@ def post(client, company, n: int, **extra) -> int:
     return resp.json["id"]
 
 
-def test_reasons_and_eta(app, client, make_company):
-    app.config["OFFLOAD_BATCH_SIZE"] = 50
+def test_reasons_and_eta(app, client, make_company, set_settings):
+    set_settings(batch_size=50)
     company = make_company(provider="smtp", sender="noreply@acme.test", smtp_host="127.0.0.1", smtp_port=1,
                            max_send_rate=10)
     waits = post(client, company, 100)

@@ -119,7 +119,7 @@ def test_delivery_configured_is_each_providers_own_answer(app, client, auth, mak
     assert step is not None and step.group(1) == "1"
 
 
-def test_the_outbox_lists_captured_mail_with_a_sandboxed_preview(app, client, auth, make_user, tmp_path):
+def test_the_outbox_lists_captured_mail_with_a_sandboxed_preview(app, client, auth, make_user, tmp_path, set_settings):
     app.instance_path = str(tmp_path)
     sink = OutboxSink(str(tmp_path), port=free_port()).start()
     try:
@@ -138,7 +138,7 @@ def test_the_outbox_lists_captured_mail_with_a_sandboxed_preview(app, client, au
     preview = client.get(f"/admin/outbox/{message_id}/preview")
     assert preview.headers["Content-Security-Policy"].startswith("sandbox;")
     assert client.get("/admin/outbox/..%2Fsecret-key/").status_code == 404
-    app.config["OFFLOAD_PRODUCTION"] = True
+    set_settings(production=True)
     assert client.get("/admin/outbox/").status_code == 404  # development only
 
 

@@ -14,6 +14,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from core import settings
 from core.db import db
 from core.models import Job, Suppression
 from tasks.sending import plan_job
@@ -92,18 +93,18 @@ def test_ready_batches_are_counted_per_service_class(app, client, make_company):
     assert m[("offload_redis_up", ())] == 1
 
 
-def test_metrics_need_a_token_or_an_allowed_network_in_production(app, client):
-    app.config.update(OFFLOAD_PRODUCTION=True, OFFLOAD_METRICS_TOKEN="s3cret-metrics", OFFLOAD_METRICS_NETWORKS=())
+def test_metrics_need_a_token_or_an_allowed_network_in_production(app, client, set_settings):
+    set_settings(production=True, metrics_token="s3cret-metrics", metrics_networks=())
     assert client.get("/metrics").status_code == 403
     assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 403
     assert client.get("/metrics", headers={"Authorization": "Bearer s3cret-metrics"}).status_code == 200
-    app.config.update(OFFLOAD_METRICS_TOKEN=None, OFFLOAD_METRICS_NETWORKS=(ipaddress.ip_network("127.0.0.0/8"),))
+    set_settings(metrics_token=None, metrics_networks=(ipaddress.ip_network("127.0.0.0/8"),))
     assert client.get("/metrics").status_code == 200  # the test client's address is 127.0.0.1
 
 
 def start_worker(app, redis_url: str, log_path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("OFFLOAD_ENCRYPTION_KEYS", "FLASK_ENV", "OFFLOAD_ENV")}
-    env.update(DATABASE_URL=app.config["SQLALCHEMY_DATABASE_URI"], REDIS_URL=redis_url, OFFLOAD_SWEEP_S="2")
+    env.update(DATABASE_URL=settings.current().database_url, REDIS_URL=redis_url, OFFLOAD_SWEEP_S="2")
     with open(log_path, "wb") as log:
         return subprocess.Popen([os.path.join(ROOT, ".venv", "bin", "flask"), "--app", "wsgi", "worker"], cwd=ROOT,
                                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -121,9 +122,9 @@ def wait_ready(client, want: int, timeout: float = 60.0) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_readyz_follows_redis_and_the_worker(app, client, tmp_path):
+def test_readyz_follows_redis_and_the_worker(app, client, tmp_path, set_settings):
     redis = RedisServer().start()
-    app.config["REDIS_URL"] = redis.url
+    set_settings(redis_url=redis.url)
     worker = None
     try:
         body = wait_ready(client, 503)

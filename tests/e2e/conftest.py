@@ -8,6 +8,7 @@ import subprocess
 import threading
 from pathlib import Path
 import pytest
+from core import settings
 from tests.support.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT
 
 
@@ -28,7 +29,7 @@ def live_server(app):
 def live_worker(app, tmp_path):
     """``flask --app wsgi worker`` (RQ, with scheduler) on the test's database and Redis."""
     env = {k: v for k, v in os.environ.items() if k not in ("OFFLOAD_ENCRYPTION_KEYS", "FLASK_ENV", "OFFLOAD_ENV")}
-    env.update(DATABASE_URL=app.config["SQLALCHEMY_DATABASE_URI"], REDIS_URL=app.config["REDIS_URL"],
+    env.update(DATABASE_URL=settings.current().database_url, REDIS_URL=settings.current().redis_url,
                OFFLOAD_BATCH_SIZE="100", OFFLOAD_SWEEP_S="2", OFFLOAD_LEASE_S="30")
     log_path = tmp_path / "worker.log"
     with open(log_path, "wb") as log:

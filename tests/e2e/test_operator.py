@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from core import companies
+from core import companies, settings
 from core.db import db
 from core.models import Batch, Job, User, utcnow
 from tests.support.servers import SmtpSink, free_port, wait_for_port
@@ -208,12 +208,12 @@ def test_an_admin_unlocks_a_locked_account(app, live_server, browser, admin_page
     user, _ = make_user("locked@acme.test", company_id=acme.id)
     context = browser.new_context()
     page = context.new_page()
-    for _ in range(app.config["OFFLOAD_LOGIN_MAX_FAILURES"]):
+    for _ in range(settings.current().login_max_failures):
         page.goto(f"{live_server}/login")
         page.fill("input[name=email]", "locked@acme.test")
         page.fill("input[name=password]", "wrong guess")
         page.click("button[type=submit]")
-    assert fresh(User, user.id).failed_logins >= app.config["OFFLOAD_LOGIN_MAX_FAILURES"]
+    assert fresh(User, user.id).failed_logins >= settings.current().login_max_failures
     page.goto(f"{live_server}/login")  # the right password does not open a backed-off account
     page.fill("input[name=email]", "locked@acme.test")
     page.fill("input[name=password]", PASSWORD)
@@ -307,8 +307,8 @@ def test_a_bad_port_lands_on_the_error_focused(app, live_server, admin_page, mak
 
 
 def test_a_certificate_job_with_local_storage_and_its_verify_page(app, live_server, live_worker, browser,
-                                                                   make_company, tmp_path):
-    app.config["OFFLOAD_PUBLIC_URL"] = live_server  # download links point at this server
+                                                                   make_company, tmp_path, set_settings):
+    set_settings(public_url=live_server)  # download links point at this server
     with SmtpSink() as sink:
         acme = make_company("Acme Certs", provider="smtp", sender="ops@acme.test", smtp_host="127.0.0.1",
                             smtp_port=str(sink.port), smtp_tls="none")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import subprocess
 import pytest
+from core import settings
 from core.db import db
 from dashboard import create_app
 from tests.support.app import empty_tables
@@ -50,8 +51,8 @@ def app(pg, redis):
     """An app on the cluster and the test's Redis, emptied before the test (overrides the suite's)."""
     if not pg.running():  # a failed test may have left it stopped
         pg.start()
-    app = create_app({"SQLALCHEMY_DATABASE_URI": pg.url(), "REDIS_URL": redis.url, "TESTING": True,
-                      "OFFLOAD_LEASE_S": LEASE_S, "OFFLOAD_SWEEP_S": SWEEP_S})
+    app = create_app({"database_url": pg.url(), "redis_url": redis.url, "lease_s": LEASE_S, "sweep_s": SWEEP_S})
+    app.testing = True
     with app.app_context():
         empty_tables(db)
         yield app
@@ -65,8 +66,8 @@ def fleet(app):
     fleets: list[WorkerFleet] = []
 
     def start(size: int = 2, **env) -> WorkerFleet:
-        base = {"DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"], "REDIS_URL": app.config["REDIS_URL"],
-                "OFFLOAD_LEASE_S": str(app.config["OFFLOAD_LEASE_S"]), "OFFLOAD_SWEEP_S": str(SWEEP_S)}
+        base = {"DATABASE_URL": settings.current().database_url, "REDIS_URL": settings.current().redis_url,
+                "OFFLOAD_LEASE_S": str(settings.current().lease_s), "OFFLOAD_SWEEP_S": str(SWEEP_S)}
         f = WorkerFleet({**base, **{k: str(v) for k, v in env.items()}}, size=size).start()
         fleets.append(f)
         return f

@@ -45,8 +45,8 @@ def test_quiet_when_redis_is_configured_for_rq(caplog):
 
 @pytest.mark.timeout(60)
 def test_worker_start_up_warns(evicting_redis, caplog, tmp_path):
-    app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path}/x.db", "REDIS_URL": evicting_redis,
-                      "TESTING": True})
+    app = create_app({"database_url": f"sqlite:///{tmp_path}/x.db", "redis_url": evicting_redis})
+    app.testing = True
     with caplog.at_level(logging.WARNING, logger="core.queue"):
         run_worker(app, burst=True)  # empty queues: starts, checks, exits
     assert any("maxmemory-policy" in r.getMessage() for r in caplog.records)

@@ -18,8 +18,9 @@ def dead_aws(**extra) -> dict:
             "aws_access_key": "AKIATESTTESTTEST", "aws_secret_key": "test-secret", **extra}
 
 
-def test_the_relay_is_off_for_a_company_the_operator_did_not_enable(app, client, make_company, smtp_sink):
-    app.config["OFFLOAD_FALLBACK_SMTP"] = smtp_sink.config()
+def test_the_relay_is_off_for_a_company_the_operator_did_not_enable(app, client, make_company, smtp_sink,
+                                                                    set_settings):
+    set_settings(fallback_smtp=smtp_sink.config())
     company = make_company(**dead_aws(sender="ceo@beta.example"))
     job_id = submit(client, company, people(3))
     run_worker_burst(app)
@@ -28,9 +29,8 @@ def test_the_relay_is_off_for_a_company_the_operator_did_not_enable(app, client,
 
 
 def test_on_the_relay_from_is_the_services_address_and_the_sender_is_reply_to(app, client, make_company,
-                                                                              smtp_sink):
-    app.config["OFFLOAD_FALLBACK_SMTP"] = smtp_sink.config()
-    app.config["OFFLOAD_FALLBACK_FROM"] = "relay@offload.example"
+                                                                              smtp_sink, set_settings):
+    set_settings(fallback_smtp=smtp_sink.config(), fallback_from="relay@offload.example")
     company = make_company(**dead_aws(sender="ceo@beta.example", fallback_relay="1"))
     submit(client, company, people(2))
     run_worker_burst(app)
@@ -42,8 +42,8 @@ def test_on_the_relay_from_is_the_services_address_and_the_sender_is_reply_to(ap
         assert "beta.example" not in parsed["Message-ID"]
 
 
-def test_an_approved_domain_keeps_its_from(app, client, make_company, smtp_sink):
-    app.config["OFFLOAD_FALLBACK_SMTP"] = smtp_sink.config()
+def test_an_approved_domain_keeps_its_from(app, client, make_company, smtp_sink, set_settings):
+    set_settings(fallback_smtp=smtp_sink.config())
     company = make_company(**dead_aws(sender="news@acme.test", fallback_relay="1",
                                       fallback_sender_domains="acme.test"))
     submit(client, company, people(1))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 
 from core.db import db
+from core.settings import Settings
 from core.models import User
 from tests.support.app import AuthActions, csrf_from
 from tests.support.attack import login_as
@@ -26,8 +27,9 @@ def test_an_attacker_cannot_lock_the_admin_out(app, client, make_user):
     assert owner.get("/admin/", environ_base={"REMOTE_ADDR": "198.51.100.2"}).status_code == 200
 
 
-def test_unknown_and_real_accounts_cost_the_same_work_and_answer_alike(app, client, make_user, monkeypatch):
-    monkeypatch.delitem(app.config, "PASSWORD_HASH_METHOD")  # production's scrypt, not the suite's cheap hash
+def test_unknown_and_real_accounts_cost_the_same_work_and_answer_alike(app, client, make_user, monkeypatch,
+                                                                       set_settings):
+    set_settings(password_hash_method=Settings.password_hash_method)  # production's scrypt, not the suite's
     make_user("ann@acme.test", role="admin")
     attempt(client, "warmup@nowhere.test", "x", ip="192.0.2.50")  # the dummy hash is made once
     calls = []
@@ -92,10 +94,11 @@ def test_logout_invalidates_the_session_cookie(app, client, company, make_user):
     assert db.session.get(User, 1) is not None
 
 
-def test_passwords_are_stored_with_scrypt_unless_the_config_names_another_method(app, make_user, monkeypatch):
-    cheap, _ = make_user("suite@acme.test", role="admin")  # the suite's TEST_CONFIG names a cheap method
+def test_passwords_are_stored_with_scrypt_unless_the_settings_name_another_method(app, make_user, set_settings):
+    cheap, _ = make_user("suite@acme.test", role="admin")  # the suite's TEST_SETTINGS name a cheap method
     assert cheap.password_hash.startswith("pbkdf2:sha256:1$")
-    monkeypatch.delitem(app.config, "PASSWORD_HASH_METHOD")
+    assert Settings.password_hash_method == "scrypt"  # the default
+    set_settings(password_hash_method=Settings.password_hash_method)
     user, password = make_user("ann@acme.test", role="admin")
     assert user.password_hash.startswith("scrypt:32768:8:1$") and user.check_password(password)
     assert cheap.check_password("correct horse battery")  # a stored hash keeps its own method

@@ -36,8 +36,8 @@ def test_with_development_on_it_starts_and_warns_loudly():
     assert "PUBLIC development key" in done.stderr and "PUBLIC" in DEV_KEY_WARNING
 
 
-def test_a_token_forged_with_the_public_dev_key_is_refused(app, client, company):
-    app.config["OFFLOAD_UNSUBSCRIBE_KEYS"] = [b"operator-unsubscribe-key-0123456789abcdef"]
+def test_a_token_forged_with_the_public_dev_key_is_refused(app, client, company, set_settings):
+    set_settings(unsubscribe_keys=(b"operator-unsubscribe-key-0123456789abcdef",))
     dev = hmac.new(settings.dev_encryption_key(), SALT.encode(), hashlib.sha256).hexdigest()
     forged = URLSafeSerializer([dev], salt=SALT, signer_kwargs={"digest_method": hashlib.sha256}).dumps(
         [company.id, "victim@acme.test"])

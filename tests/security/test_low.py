@@ -50,9 +50,8 @@ def make_template(company_id: int):
     return tpl
 
 
-def test_pending_csv_uploads_are_capped_per_user_and_per_company(app, client, company, make_user):
-    app.config["OFFLOAD_MAX_UPLOADS_PER_USER"] = 2
-    app.config["OFFLOAD_MAX_UPLOADS_PER_COMPANY"] = 3
+def test_pending_csv_uploads_are_capped_per_user_and_per_company(app, client, company, make_user, set_settings):
+    set_settings(max_uploads_per_user=2, max_uploads_per_company=3)
     tpl = make_template(company.id)
     csv = b"email,firstname\na@acme.test,Ann\n"
 
@@ -69,10 +68,9 @@ def test_pending_csv_uploads_are_capped_per_user_and_per_company(app, client, co
     assert [upload(other).status_code for _ in range(2)] == [302, 400]  # the company's cap
 
 
-def test_buffered_events_are_capped_per_company(app, client, company):
+def test_buffered_events_are_capped_per_company(app, client, company, set_settings):
     make_template(company.id)
-    app.config["OFFLOAD_MAX_BUFFERED_EVENTS"] = 3
-    app.config["OFFLOAD_BULK_WINDOW_S"] = 600
+    set_settings(max_buffered_events=3, bulk_window_s=600)
     codes = [client.post("/api/v1/events", headers=company.auth, json={
         "event": "user_created", "email": f"u{i}@acme.test", "data": {"firstname": "U"}}).status_code
         for i in range(5)]

@@ -31,14 +31,14 @@ def pg_drop(name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-TEST_CONFIG = {
-    "TESTING": True,
+#: the suite's settings over the environment's (``core.settings.Settings`` field names)
+TEST_SETTINGS = {
     # the suite hashes and checks hundreds of passwords: PBKDF2 with one round instead of scrypt's 70 ms of
     # CPU each. The method is recorded in each hash; test_h09_logins and the live servers run scrypt, as
     # production does.
-    "PASSWORD_HASH_METHOD": "pbkdf2:sha256:1",
-    "OFFLOAD_LEASE_S": 30,
-    "OFFLOAD_SWEEP_S": 2,
+    "password_hash_method": "pbkdf2:sha256:1",
+    "lease_s": 30,
+    "sweep_s": 2,
 }
 
 

@@ -2,7 +2,8 @@
 
 ``python -m tests.support.events_serve web PORT`` serves the web app (threaded
 werkzeug); ``python -m tests.support.events_serve worker`` runs an RQ worker with
-its scheduler. Config overrides come as JSON in ``OFFLOAD_TEST_CONFIG``.
+its scheduler. Settings overrides (``core.settings.Settings`` field names) come as JSON in
+``OFFLOAD_TEST_SETTINGS``.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from tasks.worker import run_worker
 
 
 def main(argv: list[str]) -> None:
-    app = create_app(json.loads(os.environ.get("OFFLOAD_TEST_CONFIG", "{}")))
+    app = create_app(json.loads(os.environ.get("OFFLOAD_TEST_SETTINGS", "{}")))
     if argv[0] == "web":
         from werkzeug.serving import make_server
 

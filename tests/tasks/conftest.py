@@ -21,13 +21,13 @@ from tests.support.servers import Miniflare, StubHttpServer, free_port
 
 
 @pytest.fixture
-def live_url(app):
+def live_url(app, set_settings):
     """The app served over real HTTP in a thread; callbacks in the messages point here."""
     server = make_server("127.0.0.1", free_port(), app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{server.server_port}"
-    app.config["OFFLOAD_PUBLIC_URL"] = url
+    set_settings(public_url=url)
     yield url
     server.shutdown()
     thread.join(timeout=10)

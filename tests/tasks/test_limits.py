@@ -104,8 +104,8 @@ def test_circuit_breaker_opens_after_repeated_connection_failures(app):
     assert limits.breaker_is_open(conn, 7, "aws") and not limits.breaker_is_open(conn, 7, "smtp")
 
 
-def test_open_circuit_routes_batches_straight_to_fallback(app, client, make_company, smtp_sink, ses):
-    app.config["OFFLOAD_FALLBACK_SMTP"] = smtp_sink.config()
+def test_open_circuit_routes_batches_straight_to_fallback(app, client, make_company, smtp_sink, ses, set_settings):
+    set_settings(fallback_smtp=smtp_sink.config())
     company = make_company(**aws_settings(ses.url), fallback_relay="1")
     for _ in range(limits.BREAKER_THRESHOLD):
         limits.breaker_failure(connection(), company.id, "ses")

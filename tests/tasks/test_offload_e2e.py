@@ -130,8 +130,8 @@ def test_a_rejected_recipient_fails_while_the_others_complete(app, client, offlo
 
 @pytest.mark.parametrize("policy", ["fail", "resend"])
 def test_a_lost_message_is_flagged_and_settled_by_reconcile(app, client, make_company, offload_company,
-                                                            aws_lambda, ses, live_url, policy):
-    app.config.update(OFFLOAD_BATCH_SIZE=10, OFFLOAD_CALLBACK_TIMEOUT_S=0)
+                                                            aws_lambda, ses, live_url, policy, set_settings):
+    set_settings(batch_size=10, callback_timeout_s=0)
     offload_company.company.uncertain_policy = policy
     db.session.commit()
     job_id = submit(client, offload_company, people(20))
@@ -163,8 +163,8 @@ def test_a_lost_message_is_flagged_and_settled_by_reconcile(app, client, make_co
     assert reconcile() == 0
 
 
-def test_resend_gives_up_after_max_attempts(app, client, offload_company, aws_lambda, live_url):
-    app.config.update(OFFLOAD_CALLBACK_TIMEOUT_S=0, OFFLOAD_MAX_ATTEMPTS=2)
+def test_resend_gives_up_after_max_attempts(app, client, offload_company, aws_lambda, live_url, set_settings):
+    set_settings(callback_timeout_s=0, max_attempts=2)
     job_id = submit(client, offload_company, people(3))
     for _ in range(2):
         run_worker_burst(app)
@@ -178,13 +178,13 @@ def test_resend_gives_up_after_max_attempts(app, client, offload_company, aws_la
 
 
 def test_an_unreachable_callback_url_is_resolved_by_reconcile(app, client, offload_company, aws_lambda, ses,
-                                                              live_url, monkeypatch):
+                                                              live_url, monkeypatch, set_settings):
     """The worker sends but cannot report: the batch is resubmitted (policy
     resend); the Lambda finds what it sent recorded in S3 and posts those
     results instead of sending again, so the job completes with everyone
     emailed once."""
     monkeypatch.setenv("CALLBACK_ATTEMPTS", "1")
-    app.config.update(OFFLOAD_CALLBACK_TIMEOUT_S=0, OFFLOAD_PUBLIC_URL=f"http://127.0.0.1:{free_port()}")
+    set_settings(callback_timeout_s=0, public_url=f"http://127.0.0.1:{free_port()}")
     job_id = submit(client, offload_company, people(5))
     run_worker_burst(app)
     messages = aws_lambda.receive()
@@ -192,7 +192,7 @@ def test_an_unreachable_callback_url_is_resolved_by_reconcile(app, client, offlo
     aws_lambda.drop(messages[0])  # ...until its dead-letter queue takes it
     assert job(job_id).status == "processing"
 
-    app.config["OFFLOAD_PUBLIC_URL"] = live_url
+    set_settings(public_url=live_url)
     assert reconcile() == 1
     run_worker_burst(app)
     aws_lambda.drain()
@@ -201,8 +201,8 @@ def test_an_unreachable_callback_url_is_resolved_by_reconcile(app, client, offlo
     assert set(ses_count(ses).values()) == {1} and len(ses_count(ses)) == 5
 
 
-def test_unreachable_queue_falls_back_to_smtp(app, client, make_company, smtp_sink):
-    app.config["OFFLOAD_FALLBACK_SMTP"] = smtp_sink.config()
+def test_unreachable_queue_falls_back_to_smtp(app, client, make_company, smtp_sink, set_settings):
+    set_settings(fallback_smtp=smtp_sink.config())
     dead = f"http://127.0.0.1:{free_port()}"
     company = make_company(provider="aws", mode="offload", sender="noreply@acme.test", aws_region=REGION,
                            aws_endpoint_url=dead, aws_access_key="testing", aws_secret_key="testing",
@@ -217,9 +217,9 @@ def test_unreachable_queue_falls_back_to_smtp(app, client, make_company, smtp_si
     assert connection().get(f"offload:cb:{company.id}:sqs:fails") == b"1"
 
 
-def test_unreachable_queue_and_fallback_go_back_to_the_queue_later(app, client, make_company):
+def test_unreachable_queue_and_fallback_go_back_to_the_queue_later(app, client, make_company, set_settings):
     dead = f"http://127.0.0.1:{free_port()}"
-    app.config["OFFLOAD_FALLBACK_SMTP"] = {"smtp_host": "127.0.0.1", "smtp_port": free_port(), "smtp_tls": "none"}
+    set_settings(fallback_smtp={"smtp_host": "127.0.0.1", "smtp_port": free_port(), "smtp_tls": "none"})
     company = make_company(provider="aws", mode="offload", sender="noreply@acme.test", aws_region=REGION,
                            aws_endpoint_url=dead, aws_access_key="testing", aws_secret_key="testing",
                            sqs_queue_url=f"{dead}/123456789012/offload", fallback_relay="1")
@@ -279,8 +279,9 @@ def test_a_queue_that_does_not_exist_fails_the_batch(app, client, make_company, 
     assert batches(job_id)[0].status == "failed"
 
 
-def test_messages_follow_the_contract_and_rq_holds_only_ids(app, client, offload_company, aws_lambda, live_url):
-    app.config["OFFLOAD_BATCH_SIZE"] = 2
+def test_messages_follow_the_contract_and_rq_holds_only_ids(app, client, offload_company, aws_lambda, live_url,
+                                                            set_settings):
+    set_settings(batch_size=2)
     job_id = submit(client, offload_company, people(3))
     run_worker_burst(app, max_jobs=1)  # the plan only
     lane = connection().zrange(scheduler.lane_key("transactional", offload_company.id), 0, -1)
@@ -346,8 +347,9 @@ def test_lost_submissions_are_queued_again(app, client, offload_company):
 
 
 
-def test_cloudflare_queue_worker_and_callbacks(app, client, make_company, miniflare, cloudflare_api, live_url):
-    app.config["OFFLOAD_BATCH_SIZE"] = 10
+def test_cloudflare_queue_worker_and_callbacks(app, client, make_company, miniflare, cloudflare_api, live_url,
+                                               set_settings):
+    set_settings(batch_size=10)
     company = make_company(provider="cloudflare", mode="offload", sender="noreply@acme.test",
                            cloudflare_api_token=CF_TOKEN, cloudflare_account_id="acct-1",
                            cloudflare_queue_id="queue-1", cloudflare_api_base=f"{cloudflare_api.url}/client/v4")

@@ -152,10 +152,10 @@ def test_the_same_mail_in_direct_mode_lambda_offload_and_worker_offload(
 # --------------------------------------------------------------------------- exactly once on redelivery
 
 def test_lambda_redelivery_after_failed_callbacks_sends_each_recipient_once(
-        app, client, offload_company, aws_lambda, ses, live_url, monkeypatch):
+        app, client, offload_company, aws_lambda, ses, live_url, monkeypatch, set_settings):
     monkeypatch.setenv("CALLBACK_ATTEMPTS", "2")
     with FaultyProxy(live_url, error_rate=1.0) as proxy:
-        app.config["OFFLOAD_PUBLIC_URL"] = proxy.url
+        set_settings(public_url=proxy.url)
         job_id = submit(client, offload_company, learners("x", 30))
         run_worker_burst(app)
         [message] = aws_lambda.receive()
@@ -174,9 +174,9 @@ def test_lambda_redelivery_after_failed_callbacks_sends_each_recipient_once(
 
 
 def test_worker_redelivery_after_failed_callbacks_sends_each_recipient_once(
-        app, client, make_company, miniflare, cloudflare_api, live_url):
+        app, client, make_company, miniflare, cloudflare_api, live_url, set_settings):
     with FaultyProxy(live_url, error_rate=1.0) as proxy:
-        app.config["OFFLOAD_PUBLIC_URL"] = proxy.url
+        set_settings(public_url=proxy.url)
         cf = cloudflare_company(make_company, cloudflare_api.url)
         job_id = submit(client, cf, learners(f"r{cf.id}-", 12))
         run_worker_burst(app)
@@ -262,12 +262,12 @@ def api_gateway(aws_lambda):
 
 
 def test_https_offload_through_api_gateway_and_the_lambda(app, client, make_company, api_gateway, aws_lambda,
-                                                          ses, live_url, monkeypatch, private_endpoints):
+                                                          ses, live_url, monkeypatch, private_endpoints, set_settings):
     company = make_company(provider="aws", mode="offload", sender="noreply@acme.test", aws_region=REGION,
                            offload_url=f"{api_gateway.url}/batches", offload_auth_token="gw-token-1")
     monkeypatch.setenv("CALLBACK_SECRET", company.secret)
     monkeypatch.setenv("AUTH_TOKEN", "gw-token-1")
-    app.config["OFFLOAD_BATCH_SIZE"] = 10
+    set_settings(batch_size=10)
     job_id = submit(client, company, learners("h", 25))
     run_worker_burst(app)
     done = job(job_id)
@@ -394,11 +394,13 @@ def test_a_bounce_reported_by_the_worker_suppresses_the_address(app, make_compan
 
 @pytest.mark.parametrize("room", ["enough", "too little"])
 def test_offloaded_certificates_go_as_attachments_when_they_fit_else_as_links(
-        app, client, make_company, offload_company, aws_lambda, ses, moto_server, live_url, monkeypatch, room):
+        app, client, make_company, offload_company, aws_lambda, ses, moto_server, live_url, monkeypatch, room,
+        set_settings):
     bucket = f"certs-{offload_company.id}-{room.replace(' ', '-')}"
     boto3.client("s3", region_name=REGION, endpoint_url=moto_server.url, aws_access_key_id="testing",
                  aws_secret_access_key="testing").create_bucket(Bucket=bucket)
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server.url)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server.url)  # the Lambda's
+    set_settings(aws_endpoint_url_s3=moto_server.url)  # the service's
     companies.configure(offload_company.company, {"s3_bucket": bucket})
     db.session.commit()
     if room == "too little":  # a queue whose messages cannot hold a PDF

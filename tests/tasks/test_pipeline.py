@@ -106,8 +106,8 @@ def test_permanent_rejections_fail_only_those_recipients(app, client, make_compa
     assert len(errors) == 2 and all("MESSAGE_REJECTED" in e or "rejected" in e.lower() for e in errors)
 
 
-def test_unreachable_provider_falls_back_to_smtp(app, client, make_company, smtp_sink):
-    app.config["OFFLOAD_FALLBACK_SMTP"] = smtp_sink.config()
+def test_unreachable_provider_falls_back_to_smtp(app, client, make_company, smtp_sink, set_settings):
+    set_settings(fallback_smtp=smtp_sink.config())
     # nothing listens there; the operator enabled its relay for the company
     company = make_company(**aws_settings(f"http://127.0.0.1:{free_port()}"), fallback_relay="1")
     job_id = submit(client, company, people(450))
@@ -135,8 +135,8 @@ def test_cancel_mid_job_sends_nothing_after_the_cancel(app, client, make_company
     assert statuses(job_id) == Counter({"sent": 400, "cancelled": 600})
 
 
-def test_retryable_failures_give_up_then_retry_failed_recipients(app, client, make_company, ses):
-    app.config["OFFLOAD_MAX_ATTEMPTS"] = 2
+def test_retryable_failures_give_up_then_retry_failed_recipients(app, client, make_company, ses, set_settings):
+    set_settings(max_attempts=2)
     with FaultyProxy(ses.url, error_rate=1.0) as proxy:
         company = make_company(**aws_settings(proxy.url))
         job_id = submit(client, company, people(30))
@@ -246,8 +246,8 @@ def test_a_quota_pause_resumes_by_itself_later(app, client, make_company, ses):
     assert job(other_id).status == "paused"
 
 
-def test_a_long_provider_outage_fails_nobody_and_the_job_finishes_after(app, client, make_company, ses):
-    app.config["OFFLOAD_MAX_ATTEMPTS"] = 2
+def test_a_long_provider_outage_fails_nobody_and_the_job_finishes_after(app, client, make_company, ses, set_settings):
+    set_settings(max_attempts=2)
     company = make_company(**aws_settings(f"http://127.0.0.1:{free_port()}"))  # SES down, no fallback
     job_id = submit(client, company, people(60))
     for _ in range(8):  # many more rounds than attempts allowed
@@ -267,8 +267,8 @@ def test_a_long_provider_outage_fails_nobody_and_the_job_finishes_after(app, cli
     assert done.status == "completed" and done.emails_failed == 0 and len(ses.store()) == 60
 
 
-def test_the_operators_provider_timeout_reaches_the_providers(app, company):
+def test_the_operators_provider_timeout_reaches_the_providers(app, company, set_settings):
     config = {"provider": "smtp", "smtp_host": "127.0.0.1", "smtp_port": "2525", "sender": "noreply@acme.test"}
     assert provider_for(company.id, Route("direct", "smtp", config), "v1").timeout == 20.0  # SMTP's own
-    app.config["OFFLOAD_PROVIDER_TIMEOUT_S"] = 2.5
+    set_settings(provider_timeout_s=2.5)
     assert provider_for(company.id, Route("direct", "smtp", config), "v2").timeout == 2.5

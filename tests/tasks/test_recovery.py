@@ -18,7 +18,7 @@ from core.db import db
 from core.models import Batch, Company, Job, Recipient, utcnow
 from core.queue import (DEFAULT, HIGH, POPPED_GRACE_S, connection, get_queue, is_live, schedule_lms_polls,
                         schedule_sweep, still_running)
-from core import batches
+from core import batches, settings
 from tasks import worker as worker_module
 from tasks.purge import purge_recipient_data
 from tasks.sending import plan_job, send_batch
@@ -151,13 +151,13 @@ def test_rq_arguments_carry_ids_only(app, client, company):
         assert not job.kwargs
 
 
-def test_a_lease_shorter_than_a_provider_call_is_warned_about(app, caplog):
-    app.config["OFFLOAD_LEASE_S"] = 5
+def test_a_lease_shorter_than_a_provider_call_is_warned_about(app, caplog, set_settings):
+    set_settings(lease_s=5)
     with caplog.at_level(logging.WARNING, logger="tasks.worker"):
         run_worker(app, burst=True)
     assert registry.call_timeout() >= 10 and "OFFLOAD_LEASE_S=5 is shorter" in caplog.text
     caplog.clear()
-    app.config["OFFLOAD_LEASE_S"] = 120
+    set_settings(lease_s=120)
     with caplog.at_level(logging.WARNING, logger="tasks.worker"):
         run_worker(app, burst=True)
     assert "OFFLOAD_LEASE_S" not in caplog.text
@@ -231,7 +231,7 @@ def test_a_running_jobs_execution_is_beaten_and_a_dead_workers_lapses(app, monke
     seen = []
 
     def probe():
-        conn = redis.Redis.from_url(app.config["REDIS_URL"])
+        conn = redis.Redis.from_url(settings.current().redis_url)
         job = RQJob.fetch("sleeper", connection=conn)
         deadline = time.monotonic() + 10
         while job.get_status() != "started" and time.monotonic() < deadline:

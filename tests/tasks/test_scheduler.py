@@ -89,8 +89,8 @@ def sent_order(job_ids: list[int]) -> list[int]:
     return list(rows)
 
 
-def test_transactional_before_bulk_through_the_pipeline(app, client, make_company, ses):
-    app.config["OFFLOAD_BATCH_SIZE"] = 100
+def test_transactional_before_bulk_through_the_pipeline(app, client, make_company, ses, set_settings):
+    set_settings(batch_size=100)
     a = make_company(**aws_settings(ses.url))
     b = make_company(**aws_settings(ses.url))
     campaign = submit(client, a, 600, "camp", type="reengagement")
@@ -102,8 +102,8 @@ def test_transactional_before_bulk_through_the_pipeline(app, client, make_compan
     assert len(order) == 605 and order[:5] == [password] * 5
 
 
-def test_two_equal_campaigns_progress_together(app, client, make_company, ses):
-    app.config["OFFLOAD_BATCH_SIZE"] = 20
+def test_two_equal_campaigns_progress_together(app, client, make_company, ses, set_settings):
+    set_settings(batch_size=20)
     a = make_company(**aws_settings(ses.url))
     b = make_company(**aws_settings(ses.url))
     first = submit(client, a, 400, "a", type="reengagement")
@@ -116,8 +116,8 @@ def test_two_equal_campaigns_progress_together(app, client, make_company, ses):
     assert len(ses.store()) == 800
 
 
-def test_no_worker_naps_on_a_rate_while_other_work_waits(app, client, make_company, ses, monkeypatch):
-    app.config["OFFLOAD_BATCH_SIZE"] = 20
+def test_no_worker_naps_on_a_rate_while_other_work_waits(app, client, make_company, ses, monkeypatch, set_settings):
+    set_settings(batch_size=20)
     slow = make_company(**aws_settings(ses.url), max_send_rate=1)  # six recipients: five seconds at least
     fast = make_company(**aws_settings(ses.url))
     naps = Counter()
@@ -142,8 +142,9 @@ def test_no_worker_naps_on_a_rate_while_other_work_waits(app, client, make_compa
     assert attempts == 1  # given back to wait for tokens several times: no attempt counted for that
 
 
-def test_a_companys_transactional_mail_takes_its_rate_before_its_bulk_mail(app, client, make_company, ses):
-    app.config["OFFLOAD_BATCH_SIZE"] = 20
+def test_a_companys_transactional_mail_takes_its_rate_before_its_bulk_mail(app, client, make_company, ses,
+                                                                           set_settings):
+    set_settings(batch_size=20)
     company = make_company(**aws_settings(ses.url), max_send_rate=10)
     campaign = submit(client, company, 60, "camp", type="reengagement")
     password = submit(client, company, 5, "pw")

@@ -44,8 +44,8 @@ def stack(ses_local):
         env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": redis_server.url, "OFFLOAD_BATCH_SIZE": "50",
                "OFFLOAD_SWEEP_S": "5", "SECRET_KEY": "test"}
         subprocess.run([FLASK, "--app", "wsgi", "db", "upgrade"], cwd=ROOT, env=env, check=True, capture_output=True)
-        app = create_app({"SQLALCHEMY_DATABASE_URI": url, "REDIS_URL": redis_server.url, "TESTING": True,
-                          "OFFLOAD_BATCH_SIZE": 50})
+        app = create_app({"database_url": url, "redis_url": redis_server.url, "batch_size": 50})
+        app.testing = True
 
         def workers(n: int = 2) -> None:
             for i in range(n):

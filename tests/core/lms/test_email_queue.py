@@ -11,7 +11,7 @@ from datetime import UTC
 import pytest
 from sqlalchemy import select, text
 
-from core import companies
+from core import companies, settings
 from core.db import db
 from core.lms import email_queue
 from core.lms.email_queue import html_to_text, job_type_for
@@ -56,7 +56,7 @@ def test_takes_over_2000_rows_each_user_one_email_marked_after_acceptance(app, r
     other_before = moodle.emails(OTHER_IOMAD)
 
     found = poll(runner, company)
-    chunks = -(-2000 // app.config["OFFLOAD_LMS_CHUNK"])
+    chunks = -(-2000 // settings.current().lms_chunk)
     assert (found["taken"], found["jobs"], found["failed"]) == ("2000", str(3 * chunks), "0"), found
     kinds = Counter()
     for jtype, count in db.session.execute(select(Job.type, Job.email_count).where(Job.company_id == company.id)):
@@ -187,7 +187,7 @@ def test_attachments_come_from_the_configured_dataroot(app, runner, make_company
                       "the attachment's file is not in the Moodle dataroot"]
 
 
-def test_refuses_while_iomads_own_task_is_enabled(app, runner, make_company, ses, moodle):
+def test_refuses_while_iomads_own_task_is_enabled(app, runner, make_company, ses, moodle, set_settings):
     company = make_company("Acme Learning", **aws_settings(ses.url))
     connect(company, moodle)
     moodle.add_users(learners(3), ACME_IOMAD)
@@ -199,9 +199,9 @@ def test_refuses_while_iomads_own_task_is_enabled(app, runner, make_company, ses
     assert "Scheduled tasks" in found["email_error"] and "OFFLOAD_LMS_FORCE=1" in found["email_error"]
     assert our_rows(company.id) == [] and all(r.sent is None for r in moodle.emails())
 
-    app.config["OFFLOAD_LMS_FORCE"] = True
+    set_settings(lms_force=True)
     assert poll(runner, company)["taken"] == "3"
-    app.config["OFFLOAD_LMS_FORCE"] = False
+    set_settings(lms_force=False)
     moodle.set_iomad_task(disabled=1)
     assert poll(runner, company)["taken"] == "0"
 

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 from sqlalchemy import select
 
-from core import suppressions
+from core import settings, suppressions
 from core.models import BounceEvent
 from core.db import db
 from core.models import Job, Recipient, Suppression
@@ -77,8 +77,8 @@ def sns(app):
         try:
             yield fake
         finally:
-            sns_module.configure(url_pattern=app.config.get("OFFLOAD_SNS_URL_PATTERN"),
-                                 ca_bundle=app.config.get("OFFLOAD_SNS_CA_BUNDLE"))
+            sns_module.configure(url_pattern=settings.current().sns_url_pattern,
+                                 ca_bundle=settings.current().sns_ca_bundle)
 
 
 @pytest.fixture

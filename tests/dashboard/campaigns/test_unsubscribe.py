@@ -8,7 +8,7 @@ import re
 import pytest
 from sqlalchemy import select
 
-from core import companies
+from core import companies, settings
 from core.db import db
 from core.models import Recipient, Suppression
 from core.suppressions import record_event
@@ -49,7 +49,7 @@ def test_only_bulk_mail_carries_list_unsubscribe(app, company, jtype, priority, 
         return
     assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     url = re.fullmatch(r"<(.+)>", headers["List-Unsubscribe"]).group(1)
-    assert url.startswith(app.config["OFFLOAD_PUBLIC_URL"] + "/u/")
+    assert url.startswith(settings.current().public_url + "/u/")
     assert read_token(url.rsplit("/", 1)[1]) == (company.id, "ann@example.com")
 
 
@@ -58,7 +58,7 @@ def test_one_click_post_without_cookies_suppresses_and_the_next_job_skips(client
     mail = next(m for m in sink.messages if m.rcpt_tos == ["ann@example.com"])
     assert mail.message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     url = re.fullmatch(r"<(.+)>", mail.message["List-Unsubscribe"]).group(1)
-    path = url[len(app.config["OFFLOAD_PUBLIC_URL"]):]
+    path = url[len(settings.current().public_url):]
 
     mail_client = app.test_client(use_cookies=False)  # a mail provider's one-click POST
     resp = mail_client.post(path, data="List-Unsubscribe=One-Click",
@@ -143,12 +143,12 @@ def test_tampered_or_foreign_tokens_are_404(client, company, make_company):
     assert db.session.execute(select(Suppression)).first() is None
 
 
-def test_tokens_survive_a_key_rotation(app, company):
+def test_tokens_survive_a_key_rotation(app, company, set_settings):
     from cryptography.fernet import Fernet
 
     token = make_token(company.id, "ann@example.com")
-    app.config["OFFLOAD_ENCRYPTION_KEYS"] = [Fernet.generate_key(), *app.config["OFFLOAD_ENCRYPTION_KEYS"]]
+    set_settings(encryption_keys=(Fernet.generate_key(), *settings.current().encryption_keys))
     assert read_token(token) == (company.id, "ann@example.com")
     assert make_token(company.id, "ann@example.com") != token  # new links use the new key
-    app.config["OFFLOAD_ENCRYPTION_KEYS"] = app.config["OFFLOAD_ENCRYPTION_KEYS"][:1]
+    set_settings(encryption_keys=settings.current().encryption_keys[:1])
     assert read_token(token) is None

@@ -27,6 +27,6 @@ def gateway_for() -> Iterator[Callable]:
 
 
 @pytest.fixture(autouse=True)
-def generous_rate_limit(app):
+def generous_rate_limit(app, set_settings):
     """Tests follow many links from one IP; the rate-limit test lowers this itself."""
-    app.config["OFFLOAD_VERIFY_RATE_PER_MIN"] = 100_000
+    set_settings(verify_rate_per_min=100_000)

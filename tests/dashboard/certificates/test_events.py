@@ -19,8 +19,8 @@ def completion(i: int) -> dict:
             "occurred_at": "2026-11-22T10:30:00Z"}
 
 
-def test_course_completed_events_issue_and_mail_certificates(app, client, make_company, ses, s3_bucket):
-    app.config.update(OFFLOAD_BULK_WINDOW_S=1.0, OFFLOAD_BULK_THRESHOLD=10)
+def test_course_completed_events_issue_and_mail_certificates(app, client, make_company, ses, s3_bucket, set_settings):
+    set_settings(bulk_window_s=1.0, bulk_threshold=10)
     company = make_company(**ses_settings(ses.url), s3_bucket=s3_bucket)
     make_template(company.id, "certificate", subject="Your {{ course_name }} certificate",
                   body_text="Well done {{ firstname }}!", body_html=None)

@@ -148,8 +148,8 @@ def test_the_company_template_and_logo_are_used(app, client, make_company, ses, 
         assert page.images, "the logo is in the PDF"
 
 
-def test_no_storage_pauses_the_job_and_sends_nothing(app, client, make_company, ses):
-    app.config["OFFLOAD_LOCAL_STORAGE"] = False  # as in production: no disk storage unless enabled
+def test_no_storage_pauses_the_job_and_sends_nothing(app, client, make_company, ses, set_settings):
+    set_settings(local_storage=False)  # as in production: no disk storage unless enabled
     company = make_company(**ses_settings(ses.url))
     job_id = submit(client, company, learners(2))
     run_worker_burst(app)
@@ -184,8 +184,8 @@ def test_rq_gets_ids_only(app, client, make_company, ses, s3_bucket):
     assert queued.args == (job_id,) and queued.kwargs == {}
 
 
-def test_a_job_paused_for_storage_resumes_once_a_bucket_is_set(app, client, make_company, ses, s3_bucket):
-    app.config["OFFLOAD_LOCAL_STORAGE"] = False  # as in production: no disk storage unless enabled
+def test_a_job_paused_for_storage_resumes_once_a_bucket_is_set(app, client, make_company, ses, s3_bucket, set_settings):
+    set_settings(local_storage=False)  # as in production: no disk storage unless enabled
     company = make_company(**ses_settings(ses.url))
     job_id = submit(client, company, learners(2))
     run_worker_burst(app)

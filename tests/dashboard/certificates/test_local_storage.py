@@ -36,17 +36,17 @@ def certificates_of(job_id: int) -> list[Certificate]:
 
 
 def test_local_storage_is_the_development_default_and_opt_in_in_production():
-    assert load({"OFFLOAD_DEV": "1"})["OFFLOAD_LOCAL_STORAGE"] is True
+    assert load({"OFFLOAD_DEV": "1"}).local_storage is True
     prod = {"OFFLOAD_ENV": "production", "SECRET_KEY": "k" * 32,
             "OFFLOAD_ENCRYPTION_KEYS": "ZmDfcTF7_60GrrY167zsiPd67pEvs0aGOv2oasOM1Pg="}
-    assert load(prod)["OFFLOAD_LOCAL_STORAGE"] is False
-    assert load({**prod, "OFFLOAD_LOCAL_STORAGE": "1"})["OFFLOAD_LOCAL_STORAGE"] is True
+    assert load(prod).local_storage is False
+    assert load({**prod, "OFFLOAD_LOCAL_STORAGE": "1"}).local_storage is True
 
 
-def test_production_refuses_local_storage_unless_enabled(app, make_company):
+def test_production_refuses_local_storage_unless_enabled(app, make_company, set_settings):
     company = make_company(provider="smtp", sender="noreply@acme.test")
     assert configured_kind(company.company) == "local"
-    app.config.update(OFFLOAD_PRODUCTION=True, OFFLOAD_LOCAL_STORAGE=False)
+    set_settings(production=True, local_storage=False)
     with pytest.raises(StorageNotConfigured):
         configured_kind(company.company)
 
@@ -72,8 +72,8 @@ def test_local_files_and_signed_links(tmp_path):
     assert storage.test_connection()["kind"] == "local"
 
 
-def test_a_certificate_job_completes_with_local_storage(app, client, make_company, ses, tmp_path):
-    app.config["OFFLOAD_LOCAL_STORAGE_PATH"] = str(tmp_path)
+def test_a_certificate_job_completes_with_local_storage(app, client, make_company, ses, tmp_path, set_settings):
+    set_settings(local_storage_path=str(tmp_path))
     company = make_company(**ses_settings(ses.url))
     job_id = submit(client, company, learners(3))
     run_worker_burst(app)
@@ -109,8 +109,8 @@ def wait_for_check(company_id: int, check_id: str) -> dict:
     raise AssertionError("the connection test did not finish")
 
 
-def test_test_connection_checks_the_configured_storage(app, make_company, moto_server, monkeypatch, smtp_ok):
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server.url)
+def test_test_connection_checks_the_configured_storage(app, make_company, moto_server, smtp_ok, set_settings):
+    set_settings(aws_endpoint_url_s3=moto_server.url)
     company = make_company(provider="smtp", sender="noreply@acme.test", **smtp_ok,
                            s3_bucket="no-such-bucket-here", aws_access_key="AKIATESTTESTTEST",
                            aws_secret_key="test-secret", aws_region="us-east-1")

@@ -101,8 +101,8 @@ def test_download_when_storage_is_not_configured_is_503(client, issue):
     assert client.get(f"/certificates/{cert.code}/download").status_code == 503
 
 
-def test_rate_limited_per_ip(app, client, issue):
-    app.config["OFFLOAD_VERIFY_RATE_PER_MIN"] = 5
+def test_rate_limited_per_ip(app, client, issue, set_settings):
+    set_settings(verify_rate_per_min=5)
     cert = issue()
     statuses = [client.get(f"/verify/{cert.code}").status_code for _ in range(5)]
     assert statuses == [200] * 5

@@ -15,9 +15,9 @@ from tests.support.events import by_recipient, drain, make_template, ses_setting
 
 
 @pytest.fixture
-def ses_company(make_company, ses_local, app):
+def ses_company(make_company, ses_local, app, set_settings):
     ses_local.clear()
-    app.config.update(OFFLOAD_BULK_WINDOW_S=1.0, OFFLOAD_BULK_THRESHOLD=10)
+    set_settings(bulk_window_s=1.0, bulk_threshold=10)
     company = make_company("Events Co", **ses_settings(ses_local))
     make_template(company.id, "csv_import")
     make_template(company.id, "license_allocation", subject="Your licence {{ license }}",
@@ -147,8 +147,8 @@ def test_an_event_after_the_window_closed_opens_a_new_window(client, app, ses_co
     assert len(ScheduledJobRegistry(queue=get_queue(HIGH)).get_job_ids()) == 2  # one closer per window
 
 
-def test_recovery_closes_a_window_whose_closer_was_lost(client, app, ses_company, ses_local):
-    app.config["OFFLOAD_BULK_MAX_HOLD_S"] = 0.1
+def test_recovery_closes_a_window_whose_closer_was_lost(client, app, ses_company, ses_local, set_settings):
+    set_settings(bulk_max_hold_s=0.1)
     client.post("/api/v1/events", json=event(7), headers=ses_company.auth)
     registry = ScheduledJobRegistry(queue=get_queue(HIGH))
     for rq_id in registry.get_job_ids():  # the web process died before scheduling

@@ -23,16 +23,15 @@ from tests.support.events import busy, by_recipient, make_template, ses_settings
 from tests.support.servers import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[3]
-CONFIG = {"OFFLOAD_BULK_WINDOW_S": 0.3, "OFFLOAD_BULK_THRESHOLD": 5, "OFFLOAD_BULK_MAX_HOLD_S": 0.8,
-          "OFFLOAD_SWEEP_S": 2}
+SETTINGS = {"bulk_window_s": 0.3, "bulk_threshold": 5, "bulk_max_hold_s": 0.8, "sweep_s": 2}
 POSTERS, PER_POSTER = 20, 15
 
 
 @contextmanager
-def child(args: list[str], config: dict, name: str):
+def child(args: list[str], overrides: dict, name: str):
     """A child process of this test (its own session), stopped at the end."""
     log = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"offload-test-events-{name}.log"), "wb")
-    env = {**os.environ, "OFFLOAD_TEST_CONFIG": json.dumps(config), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OFFLOAD_TEST_SETTINGS": json.dumps(overrides), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "tests.support.events_serve", *args], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -88,21 +87,21 @@ def poster(base_url: str, token: str, numbers: list[int], errors: list) -> None:
 
 
 def test_20_posters_on_2_processes_lose_and_duplicate_nothing(app, make_company, ses_local, migrated,
-                                                               redis_server):
+                                                               redis_server, set_settings):
     ses_local.clear()
-    app.config.update(CONFIG)
+    set_settings(**SETTINGS)
     company = make_company("Concurrent Co", **ses_settings(ses_local))
     make_template(company.id, "csv_import")
     make_template(company.id, "reengagement", subject="We miss you {{ firstname }}", body_text="Come back")
     make_template(company.id, "license_allocation", subject="Licence {{ license }}", body_text="{{ license }}",
                   body_html=None)
-    child_config = {**CONFIG, "SQLALCHEMY_DATABASE_URI": migrated, "REDIS_URL": redis_server}
+    child_settings = {**SETTINGS, "database_url": migrated, "redis_url": redis_server}
     port_b = free_port()
     total = POSTERS * PER_POSTER
     with ExitStack() as stack:
-        web_b = stack.enter_context(child(["web", str(port_b)], child_config, "web"))
+        web_b = stack.enter_context(child(["web", str(port_b)], child_settings, "web"))
         for n in range(2):
-            stack.enter_context(child(["worker"], child_config, f"worker{n}"))
+            stack.enter_context(child(["worker"], child_settings, f"worker{n}"))
         url_a = stack.enter_context(live_server(app))
         wait_for_port(port_b, 60, web_b)
         urls = [url_a, f"http://127.0.0.1:{port_b}"]
