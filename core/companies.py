@@ -134,7 +134,19 @@ def configure(company: Company, values: dict, *, admin: bool = True, check_role:
         if delivery_settings.read(company, key) != value:
             delivery_settings.write(company, key, value)
             changed.append(key)
+    if set(changed) & set(delivery_settings.LMS_COLUMNS):
+        _check_site_queue(company)
     return changed
+
+
+def _check_site_queue(company: Company) -> None:
+    """One company per Moodle database sends IOMAD's site queue."""
+    db.session.flush()
+    cfg = lms_connection.config_for(company)
+    if cfg.site_queue and cfg.email_queue:
+        holder = lms_connection.site_queue_holder(cfg)
+        if holder is not None:
+            raise ValueError(f"iomad_site_queue: company {holder} already sends this Moodle database's site queue")
 
 
 def create_user(email: str, password: str, role: str, company_id: int | None) -> User:

@@ -33,7 +33,10 @@ COMPANY_KEYS = ("uncertain_policy", "data_retention_days", "sns_topic_arn", "fal
 #: (encrypted), the rest ``campaign_settings``. Admins and the operator CLI only, never a manager.
 LMS_COLUMNS = {"lms_url": ("company", "moodle_db_url"), "lms_prefix": ("lms", "moodle_prefix"),
                "iomad_company_id": ("lms", "iomad_company_id"), "iomad_email_queue": ("lms", "iomad_email_queue"),
-               "lms_completions": ("lms", "lms_completions"), "lms_dataroot": ("lms", "lms_dataroot")}
+               "lms_completions": ("lms", "lms_completions"), "lms_dataroot": ("lms", "lms_dataroot"),
+               "iomad_site_queue": ("lms", "iomad_site_queue"), "iomad_purge": ("lms", "iomad_purge")}
+#: the LMS switches (checkboxes, stored as booleans)
+LMS_FLAGS = ("iomad_email_queue", "lms_completions", "iomad_site_queue", "iomad_purge")
 #: old names ``configure`` still accepts
 ALIASES = {"moodle_db_url": "lms_url"}
 #: form sections only admins see and save: they reach shared or operator resources
@@ -140,6 +143,11 @@ LMS = SettingsGroup("lms", "LMS connection (Moodle/IOMAD)", "The company's Moodl
                         Setting("iomad_company_id", "IOMAD company id", "number", parse=_iomad_company_id),
                         Setting("iomad_email_queue", "Take over IOMAD's email queue", "checkbox",
                                 help="disable IOMAD's email_cron_task first"),
+                        Setting("iomad_site_queue", "Also send IOMAD's site queue", "checkbox",
+                                help="rows of companyid 0 and of IOMAD companies no company takes; one company "
+                                     "per Moodle database"),
+                        Setting("iomad_purge", "Purge old IOMAD email rows", "checkbox",
+                                help="as IOMAD's task did: rows last changed over 180 days ago, hourly"),
                         Setting("lms_completions", "Course completions become certificates", "checkbox"),
                         Setting("lms_dataroot", "Moodle dataroot (attachments)", placeholder="/var/moodledata",
                                 parse=_dataroot, help="as mounted on the workers; blank: rows with attachments fail"),
@@ -205,7 +213,7 @@ def read(company: Company, key: str):
     if key in LMS_COLUMNS:
         row, attr = _lms_owner(company, key, create=False)
         value = getattr(row, attr) if row is not None else None
-        return bool(value) if key in ("iomad_email_queue", "lms_completions") else value
+        return bool(value) if key in LMS_FLAGS else value
     return company.settings.get_setting(key) if company.settings else None
 
 
@@ -218,7 +226,7 @@ def write(company: Company, key: str, value) -> None:
         row, attr = _lms_owner(company, key, create=True)
         if key == "lms_prefix" and value is None:
             value = "mdl_"
-        elif key in ("iomad_email_queue", "lms_completions"):
+        elif key in LMS_FLAGS:
             value = bool(value)
         setattr(row, attr, value)
         return

@@ -13,7 +13,7 @@ import logging
 from sqlalchemy import or_, select
 
 from core.db import db
-from core.lms import email_queue
+from core.lms import marking
 from core.lms.connection import config_for
 from core.lms.poller import poll_once
 from core.models import CampaignSettings, Company
@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 
 
 def poll_company(company_id: int) -> dict:
-    """RQ job: one poll of one company."""
-    found = poll_once(company_id)
+    """RQ job: one poll of one company (reading on from where its last poll stopped)."""
+    found = poll_once(company_id, full=False)
     if found.get("taken") or found.get("jobs"):
         log.info("Company %s: LMS poll took %s rows into %s jobs", company_id, found.get("taken"), found.get("jobs"))
     return found
@@ -46,4 +46,4 @@ def mark_rows(company_id: int) -> int:
     cfg = config_for(company)
     if not cfg.url:
         return 0
-    return email_queue.mark_finished(company_id, cfg)
+    return marking.mark_finished(company_id, cfg)

@@ -25,7 +25,7 @@ from core.rendering import CompiledTemplate, RenderError
 from providers import (ConnectionFailure, Message, PermanentError, ProviderError, QuotaExceededError, Result,
                        ResultStatus, ThrottledError)
 from core import batches, metrics, queue, scheduler, settings
-from core.lms import email_queue
+from core.lms import mail_hook
 from tasks import certificates, limits
 from tasks.routing import Route, fallback_route, primary_route, provider_for, relay_sender
 from tasks.headers import extra_headers
@@ -103,7 +103,7 @@ class BatchRun:
         self.renewed = time.monotonic()
         self.template = CompiledTemplate(job.subject, job.body_text, job.body_html)
         self.certificates = certificates.mail_for(job)  # None unless a certificate job
-        self.lms = email_queue.mail_for(job)  # None unless a job taken from IOMAD's email queue
+        self.lms = mail_hook.mail_for(job)  # None unless a job taken from IOMAD's email queue
         self.throttle_waits = 0
         self.throttle_streak = 0  # throttled calls since the last one that went through
 

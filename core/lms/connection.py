@@ -11,9 +11,12 @@ remote server's text or the URL (it holds the LMS password).
 from __future__ import annotations
 
 import re
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import create_engine, event, select, text
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import QueuePool
@@ -29,6 +32,9 @@ MYSQL_SCHEMES = ("mysql", "mysql+pymysql", "mariadb", "mariadb+pymysql")
 DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
 CONNECT_TIMEOUT_S = 10
 STATEMENT_TIMEOUT_S = 60
+#: how long a process keeps an LMS engine (its pinned address, its pooled connection); at most how many
+ENGINE_TTL_S = 300
+MAX_ENGINES = 8
 #: IOMAD's own sender; its class name as Moodle stores it (with and without the leading backslash)
 IOMAD_EMAIL_TASK = "\\local_iomad\\task\\email_cron_task"
 
@@ -83,10 +89,11 @@ def check_prefix(prefix: str) -> str:
 
 
 def open_engine(raw_url: str, *, read_only: bool) -> Engine:
-    """An engine on the LMS database, connecting to the guard-checked address (dispose of it after use).
+    """An engine on the LMS database, connecting to the guard-checked address (dispose of it after use;
+    the pollers share one per process: ``engine_for``).
 
     ``read_only``: every transaction is read-only (audiences, tests of the
-    connection); the email poller needs writes (``email.sent``).
+    connection, completions); the email poller needs writes (``email.sent``).
     """
     target = parse_url(raw_url)
     try:
@@ -108,8 +115,8 @@ def open_engine(raw_url: str, *, read_only: bool) -> Engine:
     try:
         # a small pool for the engine's life (one poll, one test): its queries share a connection;
         # every caller disposes of the engine when done
-        engine = create_engine(url, poolclass=QueuePool, pool_size=1, max_overflow=2, pool_pre_ping=False,
-                               connect_args=args)
+        engine = create_engine(url, poolclass=QueuePool, pool_size=1, max_overflow=2, pool_pre_ping=True,
+                               pool_recycle=ENGINE_TTL_S, connect_args=args)
     except (SQLAlchemyError, ValueError, ImportError) as exc:
         raise LmsError(f"the LMS database URL cannot be used ({type(exc).__name__})") from None
     if target.kind == "mysql":
@@ -125,6 +132,40 @@ def open_engine(raw_url: str, *, read_only: bool) -> Engine:
     return engine
 
 
+_engines: OrderedDict[tuple[str, bool], tuple[Engine, float]] = OrderedDict()
+_engines_lock = threading.Lock()
+
+
+def engine_for(raw_url: str, *, read_only: bool) -> Engine:
+    """The process's engine on this LMS database: kept for ``ENGINE_TTL_S`` (then the host is resolved and
+    checked again), at most ``MAX_ENGINES`` of them, so the pollers and the marking of rows reuse one
+    connection instead of connecting (and SQLAlchemy's first-connect queries) every time."""
+    key = (raw_url, read_only)
+    now = time.monotonic()
+    with _engines_lock:
+        found = _engines.get(key)
+        if found and now - found[1] < ENGINE_TTL_S:
+            _engines.move_to_end(key)
+            return found[0]
+        stale = [_engines.pop(key)[0]] if found else []
+        engine = open_engine(raw_url, read_only=read_only)
+        _engines[key] = (engine, now)
+        while len(_engines) > MAX_ENGINES:
+            stale.append(_engines.popitem(last=False)[1][0])
+    for old in stale:
+        old.dispose()
+    return engine
+
+
+def dispose_engines() -> None:
+    """Close every kept LMS engine (a worker's shutdown, tests)."""
+    with _engines_lock:
+        engines = [e for e, _ in _engines.values()]
+        _engines.clear()
+    for engine in engines:
+        engine.dispose()
+
+
 @dataclass(frozen=True)
 class LmsConfig:
     """A company's LMS connection settings, as plain values."""
@@ -136,14 +177,27 @@ class LmsConfig:
     email_queue: bool
     completions: bool
     dataroot: str | None
+    site_queue: bool = False
+    purge: bool = False
 
-    def require(self) -> None:
-        """Raise ``LmsError`` unless the connection can be used."""
+    def require(self, *, own_company: bool = True) -> None:
+        """Raise ``LmsError`` unless the connection can be used (``own_company``: an IOMAD company
+        id is needed; the site queue's company may have none)."""
         if not self.url:
             raise LmsError("no LMS database is configured for the company (lms_url)")
-        if not self.iomad_company_id:
+        if own_company and not self.iomad_company_id:
             raise LmsError("set the company's IOMAD company id first (iomad_company_id)")
         check_prefix(self.prefix)
+
+    def same_lms(self, other: LmsConfig) -> bool:
+        """Both name the same Moodle database and table prefix."""
+        if not (self.url and other.url) or self.prefix != other.prefix:
+            return False
+        try:
+            a, b = parse_url(self.url), parse_url(other.url)
+        except LmsError:
+            return False
+        return (a.kind, a.host.lower(), a.port, a.database) == (b.kind, b.host.lower(), b.port, b.database)
 
     def table(self, name: str) -> str:
         """A Moodle table's real name (the prefix was checked: safe in SQL)."""
@@ -155,10 +209,34 @@ def settings_row(company_id: int) -> CampaignSettings | None:
 
 
 def config_for(company: Company) -> LmsConfig:
-    row = settings_row(company.id)
+    return _config(company, settings_row(company.id))
+
+
+def _config(company: Company, row: CampaignSettings | None) -> LmsConfig:
     return LmsConfig(company.id, company.moodle_db_url, (row.moodle_prefix if row else None) or "mdl_",
                      row.iomad_company_id if row else None, bool(row and row.iomad_email_queue),
-                     bool(row and row.lms_completions), row.lms_dataroot if row else None)
+                     bool(row and row.lms_completions), row.lms_dataroot if row else None,
+                     bool(row and row.iomad_site_queue), bool(row and row.iomad_purge))
+
+
+def email_queue_configs() -> list[LmsConfig]:
+    """Every company's LMS settings with IOMAD's queue taken over."""
+    rows = db.session.execute(select(Company, CampaignSettings).join(
+        CampaignSettings, CampaignSettings.company_id == Company.id).where(
+        CampaignSettings.iomad_email_queue.is_(True))).all()
+    return [_config(company, row) for company, row in rows]
+
+
+def mapped_elsewhere(cfg: LmsConfig) -> tuple[int, ...]:
+    """The IOMAD companies other companies take from the same Moodle database."""
+    return tuple(sorted({o.iomad_company_id for o in email_queue_configs()
+                         if o.company_id != cfg.company_id and o.iomad_company_id and cfg.same_lms(o)}))
+
+
+def site_queue_holder(cfg: LmsConfig) -> int | None:
+    """The company (other than ``cfg``'s) that sends this Moodle database's site queue, if any."""
+    return next((o.company_id for o in email_queue_configs()
+                 if o.company_id != cfg.company_id and o.site_queue and cfg.same_lms(o)), None)
 
 
 def failure(action: str, exc: Exception) -> LmsError:

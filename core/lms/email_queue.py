@@ -1,65 +1,62 @@
-"""Taking over IOMAD's email queue (its ``local_email`` plugin's ``email`` table).
+"""Taking over IOMAD's email queue (its ``local_email`` ``email`` table), doing
+what IOMAD's own task would do with each row (``core.lms.iomad``).
 
 IOMAD queues one row per message, already rendered (``varsreplaced = 1``):
-``subject``, ``body`` (HTML), ``userid`` (the recipient), ``senderid``,
-``headers`` (PHP-serialised: ``To:``/``Cc:``/``reply-to:`` lines and an
-``attachment`` object with a dataroot ``filepath``), ``due``, ``sent``.
+``subject``, ``body`` (HTML), ``userid`` (the recipient, or -999 for the shop
+administrator), ``senderid``, ``headers`` (PHP-serialised: the ``template``
+object, an ``attachment`` object, ``To:``/``Cc:``/``reply-to:`` lines),
+``due``, ``sent``, ``companyid`` (``0`` for site mail).
 
 One poll of a company (``poll``):
 
 1. Refuses while IOMAD's own ``\\local_iomad\\task\\email_cron_task`` is
    enabled (both would send the queue), unless forced (``OFFLOAD_LMS_FORCE=1``).
-2. Marks the rows whose outcome we know (``mark_finished``, below).
-3. Reads the IOMAD company's due rows (``sent IS NULL AND due <= now``),
-   oldest (lowest id) first, ``chunk`` at a time, at most ``max_rows``.
-   Rows we already hold (``lms_email_rows``) are skipped: they were taken by
-   an earlier poll whose Moodle update has not happened yet.
-4. Each bad row fails alone with a reason (unknown, deleted or suspended
-   user, no or invalid address, not rendered, headers that do not decode,
-   an attachment without a configured dataroot or missing from it).
-5. The good rows become jobs by kind (``JOB_KINDS``), the per-row subject
-   and bodies in each recipient's encrypted data. A job never holds two
-   rows for the same address (our duplicate check would fail the second),
-   so such rows go to the next job of that kind. The job, its recipients
-   and one ``lms_email_rows`` row per IOMAD row are committed in ONE
-   transaction: the row id is the idempotency key (unique per company), so
-   a crash before the commit takes nothing, and after it the row is never
-   taken again.
-
-Marking (``mark_finished``), after the provider answered: a row whose
-recipient was ``sent`` gets ``sent`` = the time the provider accepted it
-(our ``recipients.sent_at``); a row that failed for good (refused at
-take-over, failed, bounced, suppressed, cancelled) gets ``sent`` = the time
-we gave up, so IOMAD never resends it, and ``lms_email_rows`` keeps the
-reason (``status = failed``, ``error``). The Moodle update is guarded by
-``sent IS NULL`` and ours comes after it, so a crash between them only
-repeats an update that changes nothing. It runs after each batch of an LMS
-job (``tasks.lms.mark_rows``) and at every poll.
+2. Marks the rows whose outcome we know (``core.lms.marking``), and purges
+   old rows as IOMAD did when the company opted in (``iomad_purge``).
+3. Reads the due rows the company takes (its IOMAD company's; with
+   ``iomad_site_queue`` also those of ``companyid = 0`` and of IOMAD
+   companies no company maps), oldest first, ``chunk`` at a time, at most
+   ``max_rows``: ids first, then the rows not taken yet (``lms_email_rows``).
+   A worker's poll reads on from the last row it read and looks at the
+   whole queue again every ``FULL_SCAN_S`` (rows that became due since:
+   a user unsuspended, a ``due`` passed); ``flask lms poll`` looks at all.
+4. A row IOMAD cannot send fails alone with a reason (no or invalid address,
+   not rendered, headers that do not decode, an attachment without a
+   configured dataroot or missing from it), and is marked so IOMAD does
+   not try either.
+5. The good rows become one job per kind (``JOB_KINDS``) and chunk, always
+   transactional (never unsubscribed): each row's recipient and its copies
+   (``core.lms.iomad.Copies``), the per-row subject and bodies in each
+   recipient's encrypted data. The job, its recipients, one
+   ``lms_email_rows`` row per IOMAD row and one ``lms_email_copies`` row
+   per copy are committed in ONE transaction: the row id is the key (unique
+   per company), so a crash before the commit takes nothing, and after it
+   the row and its copies are never taken again.
 """
 from __future__ import annotations
 
 import html as html_lib
 import logging
-import mimetypes
 import os
 import re
+import time
 from dataclasses import dataclass, field
-from datetime import UTC
-from html.parser import HTMLParser
 
-from sqlalchemy import bindparam, insert, select, text, update
+from sqlalchemy import bindparam, insert, select, text
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from core.db import db
 from core.jobs import JobError, create_job
-from core.lms.connection import (DISABLE_HINT, LmsConfig, LmsError, config_for, failure, iomad_task_enabled,
-                                      open_engine)
-from core.models.lms import ROW_FAILED, ROW_QUEUED, ROW_SENT, LmsEmailRow
+from core.lms import iomad, marking
+from core.lms.connection import (DISABLE_HINT, LmsConfig, LmsError, config_for, engine_for, failure,
+                                 iomad_task_enabled, mapped_elsewhere)
+from core.lms.html_text import html_to_text
+from core.lms.mail_hook import ATTACHMENT_PATH, MAX_ATTACHMENT_BYTES
 from core.lms.phpserial import PhpSerialError, loads
-from core.models import R_SENT, RECIPIENT_FINAL, Company, Job, Recipient, utcnow
-from core.rendering import RenderError, single_line, valid_email
-from providers.base import Attachment
-from core.queue import enqueue_job
+from core.models import CampaignSettings, Company, Job, LmsEmailCopy, LmsEmailRow, Recipient, utcnow
+from core.models.lms import ROW_FAILED, ROW_QUEUED
+from core.queue import connection, enqueue_job
+from core.rendering import single_line, valid_email
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +70,9 @@ JOB_KINDS = (
 DEFAULT_KIND = "notification"
 #: the one template of every LMS job: each recipient's data carries its own rendered row
 SUBJECT, BODY_TEXT, BODY_HTML = "{{ lms_subject }}", "{{ lms_text }}", "{{ lms_html | safe }}"
-ATTACHMENT_PATH = re.compile(r"filedir/[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{40}$")
-MAX_ATTACHMENT_BYTES = 10 * 1024 * 1024
-#: our recipient statuses that mark the Moodle row failed (every final one but sent)
-FINAL_FAILED = RECIPIENT_FINAL - {R_SENT}
-MARK_CHUNK = 2000
+#: how often a worker's poll looks at the whole queue again (rows below the last one it read that became due)
+FULL_SCAN_S = 60
+PURGE_EVERY_S = 3600
 _HAS_TAG = re.compile(r"<\s*[a-zA-Z][^>]*>")
 
 
@@ -92,50 +87,6 @@ def job_type_for(templatename: str | None) -> str:
     return DEFAULT_KIND
 
 
-# -- HTML → text -------------------------------------------------------------------
-class _Text(HTMLParser):
-    BLOCK = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "table", "ul", "ol", "hr"}
-
-    def __init__(self):
-        super().__init__(convert_charrefs=True)
-        self.out: list[str] = []
-        self.skip = 0
-        self.href: str | None = None
-
-    def handle_starttag(self, tag, attrs):
-        if tag in ("style", "script", "head"):
-            self.skip += 1
-        elif tag in self.BLOCK:
-            self.out.append("\n")
-        if tag == "li":
-            self.out.append("- ")
-        if tag == "a":
-            self.href = dict(attrs).get("href")
-
-    def handle_endtag(self, tag):
-        if tag in ("style", "script", "head"):
-            self.skip = max(0, self.skip - 1)
-        elif tag in ("p", "div", "tr", "table", "h1", "h2", "h3", "h4", "h5", "h6"):
-            self.out.append("\n")
-        if tag == "a" and self.href:
-            if self.href.startswith(("http://", "https://", "mailto:")):
-                self.out.append(f" ({self.href})")
-            self.href = None
-
-    def handle_data(self, data):
-        if not self.skip:
-            self.out.append(re.sub(r"\s+", " ", data))
-
-
-def html_to_text(body: str) -> str:
-    """A readable text part from an HTML body: blocks become lines, links keep their address."""
-    parser = _Text()
-    parser.feed(body)
-    parser.close()
-    lines = [line.strip() for line in "".join(parser.out).split("\n")]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip() + "\n"
-
-
 # -- one row -------------------------------------------------------------------------
 @dataclass
 class Outcome:
@@ -144,6 +95,8 @@ class Outcome:
     email: str | None = None
     data: dict | None = None
     error: str | None = None
+    wanted: iomad.Wanted | None = None
+    copies: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _headers(raw) -> dict:
@@ -179,33 +132,33 @@ def _attachment(headers: dict, dataroot: str | None) -> dict | None:
     return {"path": relative, "filename": single_line(name)[:200] or "attachment"}
 
 
-def _reply_to(row, headers: dict) -> str | None:
-    """The row's sender user's address, else a ``reply-to:`` line of the headers."""
-    sender = (row.semail or "").strip()
-    if sender and not row.sdeleted and valid_email(sender):
-        return sender
-    for value in headers.values():
-        if isinstance(value, str) and value.lower().startswith("reply-to:"):
-            address = value.split(":", 1)[1].strip()
-            if valid_email(address):
-                return address
-    return None
+def still_due(row, site: iomad.Site) -> bool:
+    """The row is still one IOMAD would send (its user may have changed since the ids were read)."""
+    if int(row.userid) == iomad.SHOP_ADMIN:
+        return site.shop_admin is not None
+    if row.uid is None or int(row.udeleted or 0):
+        return False
+    return not int(row.ususpended or 0) or row.templatename == iomad.COMPANY_SUSPENDED
 
 
-def read_row(row, dataroot: str | None) -> Outcome:
-    """What one IOMAD row becomes: a recipient (email, data) or a failure with its reason."""
+def _address(row, site: iomad.Site) -> tuple[str | None, str | None]:
+    if int(row.userid) == iomad.SHOP_ADMIN:
+        return site.shop_admin, None
+    address = (row.uemail or "").strip()
+    if not address:
+        return None, "the user has no email address"
+    if not valid_email(address):
+        return None, "the user's email address is invalid"
+    return address, None
+
+
+def read_row(row, dataroot: str | None, site: iomad.Site) -> Outcome:
+    """What one IOMAD row becomes: a recipient (email, data, what its copies need) or a failure."""
     out = Outcome(int(row.id), (row.templatename or "")[:100] or None)
-    if row.uid is None:
-        out.error = f"unknown user (userid {row.userid})"
-    elif int(row.udeleted or 0):
-        out.error = "the user is deleted"
-    elif int(row.ususpended or 0):
-        out.error = "the user is suspended"
-    elif not (row.uemail or "").strip():
-        out.error = "the user has no email address"
-    elif not valid_email(row.uemail.strip()):
-        out.error = "the user's email address is invalid"
-    elif int(row.varsreplaced or 0) != 1:
+    address, out.error = _address(row, site)
+    if out.error:
+        return out
+    if int(row.varsreplaced or 0) != 1:
         out.error = "not rendered by IOMAD (varsreplaced is not 1)"
     elif not single_line(row.subject or ""):
         out.error = "the subject is empty"
@@ -215,11 +168,10 @@ def read_row(row, dataroot: str | None) -> Outcome:
         return out
     try:
         headers = _headers(row.headers)
+        attachment = _attachment(headers, dataroot)
     except PhpSerialError as exc:
         out.error = f"the headers could not be decoded ({exc})"
         return out
-    try:
-        attachment = _attachment(headers, dataroot)
     except LmsError as exc:
         out.error = str(exc)
         return out
@@ -228,13 +180,14 @@ def read_row(row, dataroot: str | None) -> Outcome:
         html, plain = body, html_to_text(body)
     else:
         html, plain = "", html_lib.unescape(body)
-    out.email = row.uemail.strip()
+    out.email = address
     out.data = {"lms_row": out.row_id, "lms_subject": single_line(row.subject), "lms_text": plain, "lms_html": html}
-    reply_to = _reply_to(row, headers)
+    reply_to = iomad.reply_to(row, headers, site)
     if reply_to:
         out.data["reply_to"] = reply_to
     if attachment:
         out.data["attachment"] = attachment
+    out.wanted = iomad.wanted(row, headers)
     return out
 
 
@@ -242,81 +195,114 @@ def read_row(row, dataroot: str | None) -> Outcome:
 @dataclass
 class PollResult:
     taken: int = 0
+    copies: int = 0
     jobs: int = 0
     failed: int = 0
     already_taken: int = 0
     marked: int = 0
+    purged: int = 0
     job_ids: list[int] = field(default_factory=list)
 
     def lines(self) -> dict:
-        return {"taken": self.taken, "jobs": self.jobs, "failed": self.failed, "already_taken": self.already_taken,
-                "marked": self.marked, "job_ids": ",".join(map(str, self.job_ids)) or "-"}
+        return {"taken": self.taken, "copies": self.copies, "jobs": self.jobs, "failed": self.failed,
+                "already_taken": self.already_taken, "marked": self.marked, "purged": self.purged,
+                "job_ids": ",".join(map(str, self.job_ids)) or "-"}
 
 
-def _due_ids_sql(cfg: LmsConfig, limit: int) -> str:
-    return (f"SELECT e.id FROM {cfg.table('email')} e WHERE e.companyid = :company AND e.sent IS NULL "
-            f"AND e.due <= :now AND e.id > :after ORDER BY e.id LIMIT {int(limit)}")
+def scope_of(cfg: LmsConfig) -> iomad.Scope:
+    return iomad.Scope(cfg.iomad_company_id, cfg.site_queue, mapped_elsewhere(cfg) if cfg.site_queue else ())
 
 
-def _rows_sql(cfg: LmsConfig) -> str:
-    return (f"SELECT e.id, e.templatename, e.subject, e.body, e.varsreplaced, e.userid, e.headers, "
-            f"u.id AS uid, u.email AS uemail, u.deleted AS udeleted, u.suspended AS ususpended, "
-            f"s.email AS semail, s.deleted AS sdeleted "
-            f"FROM {cfg.table('email')} e LEFT JOIN {cfg.table('user')} u ON u.id = e.userid "
-            f"LEFT JOIN {cfg.table('user')} s ON s.id = e.senderid "
-            f"WHERE e.companyid = :company AND e.sent IS NULL AND e.id IN :ids ORDER BY e.id")
-
-
-def poll(company: Company, *, force: bool, chunk: int, max_rows: int, now: int | None = None) -> PollResult:
-    """One poll of the company's IOMAD email queue (see the module's docstring)."""
+def poll(company: Company, *, force: bool, chunk: int, max_rows: int, now: int | None = None,
+         full: bool = True) -> PollResult:
+    """One poll of the company's IOMAD email queue (see the module's docstring); ``full``: from the
+    first row (else on from the last row the previous poll read, and fully every ``FULL_SCAN_S``)."""
     cfg = config_for(company)
-    cfg.require()
+    cfg.require(own_company=not cfg.site_queue)
     if not cfg.email_queue:
         raise LmsError("taking over IOMAD's email queue is off for the company (iomad_email_queue)")
     result = PollResult()
-    engine = open_engine(cfg.url, read_only=False)
+    moment = int(now if now is not None else time.time())
+    scope = scope_of(cfg)
+    engine = engine_for(cfg.url, read_only=False)
     try:
-        try:
-            with engine.connect() as conn:
-                enabled = iomad_task_enabled(conn, cfg)
-        except SQLAlchemyError as exc:
-            raise failure("could not be read", exc) from None
-        if enabled and not force:
-            raise LmsRefused(f"IOMAD's own email task is enabled and would send the same queue: {DISABLE_HINT}")
-        result.marked += mark_finished(company.id, cfg, engine)
-        moment = int(now if now is not None else utcnow().timestamp())
-        after, scanned = 0, 0
-        ids_sql = text(_due_ids_sql(cfg, chunk))
-        rows_sql = text(_rows_sql(cfg)).bindparams(bindparam("ids", expanding=True))
-        # ids first (cheap): rows taken by an earlier poll and not yet marked are skipped unread
-        while scanned < max_rows:
-            try:
-                with engine.connect() as conn:
-                    ids = list(conn.execute(ids_sql, {"company": cfg.iomad_company_id, "now": moment,
-                                                      "after": after}).scalars())
-                    scanned += len(ids)
-                    fresh = _fresh(company.id, ids, result)
-                    rows = conn.execute(rows_sql, {"company": cfg.iomad_company_id, "ids": fresh}).all() \
-                        if fresh else []
-            except SQLAlchemyError as exc:
-                raise failure("could not be read", exc) from None
-            if not ids:
-                break
-            after = int(ids[-1])
-            if rows:
-                _take(company.id, cfg, rows, result)
-            if len(ids) < chunk:
-                break
-        result.marked += mark_finished(company.id, cfg, engine)
-    finally:
-        engine.dispose()
+        with engine.connect() as conn:
+            if iomad_task_enabled(conn, cfg) and not force:
+                raise LmsRefused(f"IOMAD's own email task is enabled and would send the same queue: {DISABLE_HINT}")
+            result.marked += marking.mark_finished(company.id, cfg, conn)
+            site = iomad.read_site(conn, cfg)
+            result.purged = _purge(company.id, cfg, conn, scope, moment)
+            _scan(company.id, cfg, conn, scope, site, moment, chunk, max_rows, full, result)
+            result.marked += marking.mark_finished(company.id, cfg, conn)
+            conn.rollback()
+    except SQLAlchemyError as exc:
+        raise failure("could not be read", exc) from None
     return result
+
+
+def _scan(company_id, cfg, conn, scope, site, moment, chunk, max_rows, full, result) -> None:
+    cursor = ScanCursor(company_id, full)
+    after, scanned = cursor.start, 0
+    ids_sql = text(iomad.due_ids_sql(cfg, scope, site, chunk))
+    rows_sql = text(iomad.rows_sql(cfg)).bindparams(bindparam("ids", expanding=True))
+    copies = iomad.Copies(conn, cfg, site)
+    # ids first (cheap): rows taken by an earlier poll and not yet marked are skipped unread
+    while scanned < max_rows:
+        ids = list(conn.execute(ids_sql, {"now": moment, "after": after}).scalars())
+        if not ids:
+            break
+        scanned += len(ids)
+        after = int(ids[-1])
+        fresh = _fresh(company_id, ids, result)
+        if fresh:
+            rows = [r for r in conn.execute(rows_sql, {"ids": fresh}).all() if still_due(r, site)
+                    and scope.takes(int(r.companyid))]
+            if rows:
+                _take(company_id, cfg, rows, site, copies, result)
+        if len(ids) < chunk:
+            break
+    cursor.save(after)
+
+
+class ScanCursor:
+    """Where a worker's poll of a company reads on from (Redis; lost, it reads everything again)."""
+
+    def __init__(self, company_id: int, full: bool):
+        self.key = f"offload:lms-scan:{company_id}"
+        self.redis = connection()
+        saved = self.redis.hgetall(self.key)
+        last_full = float(saved.get(b"full_at", 0) or 0)
+        self.full = full or time.time() - last_full >= FULL_SCAN_S
+        self.start = 0 if self.full else int(saved.get(b"after", 0) or 0)
+
+    def save(self, after: int) -> None:
+        values = {"after": after}
+        if self.full:
+            values["full_at"] = time.time()
+        self.redis.hset(self.key, mapping=values)
+        self.redis.expire(self.key, 7 * 86400)
+
+
+def _purge(company_id: int, cfg: LmsConfig, conn, scope: iomad.Scope, moment: int) -> int:
+    """IOMAD's purge of old rows, at most once an hour, for a company that opted in (``iomad_purge``)."""
+    if not cfg.purge:
+        return 0
+    row = db.session.execute(CampaignSettings.scoped(company_id)).scalar_one()
+    last = row.iomad_purged_at
+    if last is not None and (utcnow() - last).total_seconds() < PURGE_EVERY_S:
+        db.session.rollback()
+        return 0
+    res = conn.execute(text(iomad.purge_sql(cfg, scope)), {"before": moment - iomad.PURGE_AGE_S, "now": moment})
+    conn.commit()
+    row.iomad_purged_at = utcnow()
+    db.session.commit()
+    if res.rowcount:
+        log.info("Company %s: purged %s IOMAD email rows older than 180 days", company_id, res.rowcount)
+    return res.rowcount
 
 
 def _fresh(company_id: int, ids: list[int], result: PollResult) -> list[int]:
     """The row ids not taken yet (the others count as ``already_taken``)."""
-    if not ids:
-        return []
     known = set(db.session.execute(select(LmsEmailRow.lms_row_id).where(
         LmsEmailRow.company_id == company_id, LmsEmailRow.lms_row_id.between(min(ids), max(ids)))).scalars())
     db.session.rollback()
@@ -324,8 +310,9 @@ def _fresh(company_id: int, ids: list[int], result: PollResult) -> list[int]:
     return [int(i) for i in ids if i not in known]
 
 
-def _take(company_id: int, cfg: LmsConfig, rows, result: PollResult) -> None:
-    outcomes = [read_row(r, cfg.dataroot) for r in rows]
+def _take(company_id: int, cfg: LmsConfig, rows, site: iomad.Site, copies: iomad.Copies,
+          result: PollResult) -> None:
+    outcomes = [read_row(r, cfg.dataroot, site) for r in rows]
     bad = [o for o in outcomes if o.error]
     if bad:
         now = utcnow()
@@ -334,26 +321,23 @@ def _take(company_id: int, cfg: LmsConfig, rows, result: PollResult) -> None:
              "error": o.error[:500], "created_at": now} for o in bad])
         _commit_rows()
         result.failed += len(bad)
-    groups: dict[str, list[tuple[list[Outcome], set[str]]]] = {}
-    for o in outcomes:
-        if o.error:
-            continue
-        lists = groups.setdefault(job_type_for(o.templatename), [])
-        address = o.email.lower()
-        for members, addresses in lists:  # the first job of the kind without this address
-            if address not in addresses:
-                members.append(o)
-                addresses.add(address)
-                break
-        else:
-            lists.append(([o], {address}))
-    for kind, lists in groups.items():
-        for members, _addresses in lists:
-            job = _make_job(company_id, kind, members)
-            enqueue_job(job)
-            result.jobs += 1
-            result.taken += len(members)
-            result.job_ids.append(job.id)
+    good = [o for o in outcomes if not o.error]
+    found = copies.resolve(o.wanted for o in good)
+    groups: dict[str, list[Outcome]] = {}
+    for o in good:
+        seen = {o.email.lower()}
+        for address, kind in found.get(o.row_id, []):
+            if address.lower() not in seen:  # one message per address and row
+                seen.add(address.lower())
+                o.copies.append((address, kind))
+        groups.setdefault(job_type_for(o.templatename), []).append(o)
+    for kind, members in groups.items():
+        job = _make_job(company_id, kind, members)
+        enqueue_job(job)
+        result.jobs += 1
+        result.taken += len(members)
+        result.copies += sum(len(o.copies) for o in members)
+        result.job_ids.append(job.id)
 
 
 def _commit_rows() -> None:
@@ -365,24 +349,35 @@ def _commit_rows() -> None:
 
 
 def _make_job(company_id: int, kind: str, members: list[Outcome]) -> Job:
-    payload = {"type": kind, "subject": SUBJECT, "body_text": BODY_TEXT, "body_html": BODY_HTML,
-               "recipients": [{"email": o.email, "data": o.data} for o in members]}
+    order = []
+    for o in members:
+        order.append((o, o.email, None))
+        order += [(o, address, copy_kind) for address, copy_kind in o.copies]
+    payload = {"type": kind, "priority": "transactional", "subject": SUBJECT, "body_text": BODY_TEXT,
+               "body_html": BODY_HTML, "recipients": [{"email": email, "data": o.data} for o, email, _ in order]}
 
     def link(job: Job) -> None:
-        """In the job's own transaction: one lms_email_rows row per IOMAD row, tied to its recipient."""
+        """In the job's own transaction: the lms_email_rows and lms_email_copies rows, tied to recipients."""
         found = db.session.execute(select(Recipient.id, Recipient.email).where(Recipient.job_id == job.id)
                                    .order_by(Recipient.id)).all()
-        if len(found) != len(members) or any(f.email != o.email for f, o in zip(found, members, strict=True)):
+        if len(found) != len(order) or any(f.email != email for f, (_, email, _k) in zip(found, order, strict=True)):
             raise RuntimeError(f"job {job.id}: recipients do not line up with the IOMAD rows")
         now = utcnow()
-        pairs = zip(found, members, strict=True)
+        pairs = list(zip(found, order, strict=True))
         db.session.execute(insert(LmsEmailRow.__table__), [
             {"company_id": company_id, "lms_row_id": o.row_id, "templatename": o.templatename, "job_id": job.id,
-             "recipient_id": f.id, "status": ROW_QUEUED, "created_at": now} for f, o in pairs])
+             "recipient_id": f.id, "status": ROW_QUEUED, "created_at": now} for f, (o, _, k) in pairs if k is None])
+        copied = [(f, o, email, k) for f, (o, email, k) in pairs if k is not None]
+        if copied:
+            ours = dict(db.session.execute(select(LmsEmailRow.lms_row_id, LmsEmailRow.id).where(
+                LmsEmailRow.job_id == job.id)).all())
+            db.session.execute(insert(LmsEmailCopy.__table__), [
+                {"company_id": company_id, "row_id": ours[o.row_id], "recipient_id": f.id, "email": email[:320],
+                 "kind": k} for f, o, email, k in copied])
 
     try:
         job, _created = create_job(company_id, payload, source="lms", before_commit=link,
-                                   max_recipients=len(members))
+                                   max_recipients=len(order), distinct=False)
     except IntegrityError:
         db.session.rollback()
         raise LmsError("another poll of this company is taking the same rows; stopped this one") from None
@@ -390,119 +385,3 @@ def _make_job(company_id: int, kind: str, members: list[Outcome]) -> Job:
         db.session.rollback()
         raise LmsError(f"could not make a job ({exc.code})") from None
     return job
-
-
-# -- marking Moodle rows ----------------------------------------------------------------
-def mark_finished(company_id: int, cfg: LmsConfig, engine=None) -> int:
-    """Write ``sent`` on the Moodle rows whose outcome is known; returns how many were marked."""
-    own = engine is None
-    engine = engine or open_engine(cfg.url, read_only=False)
-    total = 0
-    try:
-        while True:
-            r_, rc = LmsEmailRow.__table__, Recipient.__table__
-            rows = db.session.execute(
-                select(r_.c.id, r_.c.lms_row_id, r_.c.status, r_.c.error, r_.c.recipient_id,
-                       rc.c.status.label("rstatus"), rc.c.error.label("rerror"), rc.c.sent_at)
-                .select_from(r_.outerjoin(rc, rc.c.id == r_.c.recipient_id))
-                .where(r_.c.company_id == company_id, r_.c.marked_at.is_(None))
-                .order_by(r_.c.id).limit(MARK_CHUNK)).all()
-            db.session.rollback()
-            now = utcnow()
-            stamp = int(now.timestamp())
-            done = []  # (our id, lms row id, status, error, sent time)
-            for r in rows:
-                if r.status == ROW_FAILED:
-                    done.append((r.id, r.lms_row_id, ROW_FAILED, r.error, stamp))
-                elif r.recipient_id is None:
-                    done.append((r.id, r.lms_row_id, ROW_FAILED, "the job was deleted before sending", stamp))
-                elif r.rstatus == R_SENT:
-                    sent = int(_utc_timestamp(r.sent_at)) if r.sent_at else stamp
-                    done.append((r.id, r.lms_row_id, ROW_SENT, None, sent))
-                elif r.rstatus in FINAL_FAILED:
-                    done.append((r.id, r.lms_row_id, ROW_FAILED, (r.rerror or r.rstatus)[:500], stamp))
-            if done:
-                _mark_moodle(cfg, engine, done, stamp)
-                db.session.execute(update(LmsEmailRow.__table__).where(
-                    LmsEmailRow.__table__.c.id == bindparam("rid")).values(
-                    status=bindparam("st"), error=bindparam("err"), sent_time=bindparam("t"), marked_at=now),
-                    [{"rid": d[0], "st": d[2], "err": d[3], "t": d[4]} for d in done])
-                db.session.commit()
-                total += len(done)
-            if len(rows) < MARK_CHUNK:
-                return total
-            if not done:  # a full page of rows still in flight: the next mark gets them
-                return total
-    finally:
-        if own:
-            engine.dispose()
-
-
-def _utc_timestamp(moment) -> float:
-    return moment.replace(tzinfo=UTC).timestamp()
-
-
-def _mark_moodle(cfg: LmsConfig, engine, done: list[tuple], stamp: int) -> None:
-    """One UPDATE per distinct ``sent`` value (rows accepted in the same second share one)."""
-    by_time: dict[int, list[int]] = {}
-    for _rid, row_id, _status, _error, sent in done:
-        by_time.setdefault(sent, []).append(int(row_id))
-    stmt = text(f"UPDATE {cfg.table('email')} SET sent = :sent, modifiedtime = :now "
-                "WHERE companyid = :company AND sent IS NULL AND id IN :ids").bindparams(
-        bindparam("ids", expanding=True))
-    try:
-        with engine.begin() as conn:
-            for sent, ids in by_time.items():
-                for start in range(0, len(ids), 1000):
-                    conn.execute(stmt, {"sent": sent, "now": stamp, "company": cfg.iomad_company_id,
-                                        "ids": ids[start:start + 1000]})
-    except SQLAlchemyError as exc:
-        raise failure("could not be updated", exc) from None
-
-
-# -- the sending hook ----------------------------------------------------------------------
-class LmsMail:
-    """What ``BatchRun.build`` adds to an LMS job's messages: Reply-To, the attachment,
-    no empty HTML part for rows IOMAD wrote as plain text."""
-
-    def __init__(self, job: Job):
-        row = db.session.execute(select(Company).where(Company.id == job.company_id)).scalar_one()
-        self.dataroot = config_for(row).dataroot
-
-    def headers(self, data: dict | None) -> dict[str, str]:
-        reply_to = (data or {}).get("reply_to")
-        return {"Reply-To": reply_to} if reply_to and valid_email(reply_to) else {}
-
-    def attachments(self, data: dict | None) -> list[Attachment]:
-        found = (data or {}).get("attachment")
-        if not found:
-            return []
-        if not self.dataroot:
-            raise RenderError("attachment", "no Moodle dataroot is configured (lms_dataroot)")
-        relative = str(found.get("path", ""))
-        if not ATTACHMENT_PATH.fullmatch(relative):
-            raise RenderError("attachment", "not a file of Moodle's file store")
-        try:
-            with open(os.path.join(self.dataroot, relative), "rb") as fh:
-                content = fh.read(MAX_ATTACHMENT_BYTES + 1)
-        except OSError as exc:
-            raise RenderError("attachment", f"cannot be read from the Moodle dataroot ({type(exc).__name__})") \
-                from None
-        if len(content) > MAX_ATTACHMENT_BYTES:
-            raise RenderError("attachment", "larger than 10 MiB")
-        return [Attachment(found.get("filename") or "attachment", content, _content_type(found.get("filename")))]
-
-    @staticmethod
-    def adjust(rendered):
-        if rendered.html is not None and not rendered.html.strip():
-            rendered.html = None
-        return rendered
-
-
-def _content_type(name: str | None) -> str:
-    return mimetypes.guess_type(name or "")[0] or "application/octet-stream"
-
-
-def mail_for(job: Job) -> LmsMail | None:
-    """The sending hook of a job made from IOMAD's queue; ``None`` for other jobs."""
-    return LmsMail(job) if job.source == "lms" and job.type != "certificate" else None

@@ -28,8 +28,11 @@ def lock_for(company_id: int, poll_s: float):
     return connection().lock(f"offload:lms-poll:{company_id}", timeout=max(10.0, 4 * poll_s), blocking_timeout=0)
 
 
-def poll_once(company_id: int) -> dict:
+def poll_once(company_id: int, *, full: bool = True) -> dict:
     """One poll of the company's email queue and completions; ``key: value`` facts.
+
+    ``full``: look at IOMAD's whole queue (the CLI); a worker's poll reads on
+    from where the last one stopped (``core.lms.email_queue``).
 
     Errors of one part (a refusal, an unreachable database) are reported in
     ``email_error`` / ``completions_error`` and do not stop the other part.
@@ -47,7 +50,8 @@ def poll_once(company_id: int) -> dict:
     try:
         if cfg.email_queue:
             try:
-                res = email_queue.poll(company, force=s.lms_force, chunk=s.lms_chunk, max_rows=s.lms_max_rows)
+                res = email_queue.poll(company, force=s.lms_force, chunk=s.lms_chunk, max_rows=s.lms_max_rows,
+                                       full=full)
                 found.update(res.lines())
             except LmsError as exc:
                 db.session.rollback()

@@ -21,7 +21,7 @@ from core.models.certificates import Certificate, CertificateTemplate  # noqa: F
 from core.models.companies import (MODES, ROLES, ApiToken, Company, DeliverySettings, Template,  # noqa: F401
                                    User)
 from core.models.jobs import Batch, Job, Recipient, WebhookReceipt  # noqa: F401
-from core.models.lms import LmsCompletion, LmsEmailRow  # noqa: F401
+from core.models.lms import LmsCompletion, LmsEmailCopy, LmsEmailRow  # noqa: F401
 from core.models.statuses import *  # noqa: F401,F403
 from core.models.statuses import (BATCH_FINAL, DEFAULT_PRIORITY, JOB_FINAL, JOB_TYPES, PRIORITIES,  # noqa: F401
                                   RECIPIENT_FINAL, BatchStatus, JobStatus, JobType, Priority, RecipientStatus,

@@ -35,9 +35,17 @@ class CampaignSettings(TenantMixin, Model):
     lms_completions = Column(Boolean, nullable=False, default=False)
     #: Moodle's ``$CFG->dataroot`` as mounted on the workers (attachments named in IOMAD's headers)
     lms_dataroot = Column(String(500))
-    #: the completions poller's keyset watermark: (timecompleted, course_completions.id) last taken
+    #: also send the rows no other company takes (``companyid = 0``, IOMAD companies no company maps)
+    iomad_site_queue = Column(Boolean, nullable=False, default=False)
+    #: delete old rows as IOMAD's task did (``modifiedtime`` over 180 days, due), at most hourly
+    iomad_purge = Column(Boolean, nullable=False, default=False)
+    iomad_purged_at = Column(DateTime)
+    #: the completions poller's watermarks: (timecompleted, course_completions.id) of the newest completion
+    #: read, re-read with a look-back window; and the highest course_completions.id read (new rows whatever
+    #: their timecompleted)
     completions_after_time = Column(BigInteger)
     completions_after_id = Column(BigInteger)
+    completions_scan_id = Column(BigInteger)
     updated_at = Column(DateTime, nullable=False, default=utcnow, onupdate=utcnow)
 
 

@@ -3,7 +3,15 @@
 ``LmsEmailRow``: one per IOMAD ``email`` row taken over. ``(company_id,
 lms_row_id)`` is unique, so a row is taken once whatever crashes or runs
 twice; it is inserted in the same transaction as the job and recipient it
-became. ``marked_at`` is set once the Moodle row's ``sent`` was written.
+became. ``marked_at`` is set once the row is settled: its Moodle ``sent``
+written (sent, or failed for good), or, for a row ``held`` (its recipient
+suppressed, or its job cancelled: no delivery attempt), left unmarked in
+Moodle on purpose.
+
+``LmsEmailCopy``: the copies IOMAD sends of a row (the template's
+``emailto``/``emailcc`` users and addresses, the learner's managers and
+supervisors), one recipient each, inserted with the row's own; unique per
+row and address, so each copy is sent once.
 
 ``LmsCompletion``: one per (user, course) of the LMS that became (or was
 refused as) a certificate; unique, so a completion makes one certificate.
@@ -15,8 +23,11 @@ from sqlalchemy import BigInteger, Column, DateTime, ForeignKey, Index, Integer,
 from core.db import Model
 from core.models.base import TenantMixin, utcnow
 
-#: LmsEmailRow statuses: queued (a recipient of ours), failed (refused at take-over), sent / failed once marked
-ROW_QUEUED, ROW_SENT, ROW_FAILED = "queued", "sent", "failed"
+#: LmsEmailRow statuses: queued (a recipient of ours), failed (refused at take-over, or failed for good), sent;
+#: held: settled without a delivery attempt (suppressed, cancelled), its Moodle row left unmarked
+ROW_QUEUED, ROW_SENT, ROW_FAILED, ROW_HELD = "queued", "sent", "failed", "held"
+#: LmsEmailCopy kinds: whom IOMAD's send_to_user sends a copy to
+COPY_TO, COPY_CC, COPY_MANAGER, COPY_SUPERVISOR = "to", "cc", "manager", "supervisor"
 
 
 class LmsEmailRow(TenantMixin, Model):
@@ -36,6 +47,16 @@ class LmsEmailRow(TenantMixin, Model):
     #: when the Moodle row's ``sent`` was set (``sent_time`` is the value written, unix seconds)
     marked_at = Column(DateTime)
     sent_time = Column(BigInteger)
+
+
+class LmsEmailCopy(TenantMixin, Model):
+    __tablename__ = "lms_email_copies"
+    __table_args__ = (UniqueConstraint("row_id", "email"),)
+    id = Column(Integer, primary_key=True)
+    row_id = Column(Integer, ForeignKey("lms_email_rows.id", ondelete="CASCADE"), nullable=False, index=True)
+    recipient_id = Column(Integer, ForeignKey("recipients.id", ondelete="SET NULL"))
+    email = Column(String(320), nullable=False)
+    kind = Column(String(16), nullable=False)
 
 
 class LmsCompletion(TenantMixin, Model):

@@ -34,12 +34,16 @@ def test_the_lms_keys_of_company_configure(runner, make_company):
     company = make_company()
     out = runner.invoke(args=["company", "configure", str(company.id), "lms_url=mysql://moodle:pw@127.0.0.1:3306/m",
                               "lms_prefix=m2_", "iomad_company_id=7", "iomad_email_queue=1", "lms_completions=1",
-                              "lms_dataroot=/srv/moodledata/"])
+                              "lms_dataroot=/srv/moodledata/", "iomad_site_queue=1", "iomad_purge=1"])
     assert out.exit_code == 0, out.output
     db.session.expire_all()
     cfg = config_for(db.session.get(Company, company.id))
-    assert (cfg.url, cfg.prefix, cfg.iomad_company_id, cfg.email_queue, cfg.completions, cfg.dataroot) == (
-        "mysql://moodle:pw@127.0.0.1:3306/m", "m2_", 7, True, True, "/srv/moodledata")
+    assert (cfg.url, cfg.prefix, cfg.iomad_company_id, cfg.email_queue, cfg.completions, cfg.dataroot,
+            cfg.site_queue, cfg.purge) == ("mysql://moodle:pw@127.0.0.1:3306/m", "m2_", 7, True, True,
+                                           "/srv/moodledata", True, True)
+    # the new switches are an administrator's, like the rest of the LMS settings
+    with pytest.raises(ValueError, match="iomad_site_queue: only an administrator"):
+        companies.configure(db.session.get(Company, company.id), {"iomad_site_queue": "0"}, admin=False)
     # the old key still works
     assert runner.invoke(args=["company", "configure", str(company.id),
                                "moodle_db_url=postgresql://m:pw@127.0.0.1/m"]).exit_code == 0

@@ -1,0 +1,67 @@
+"""The sending hook of jobs made from IOMAD's queue (``BatchRun.build``): each
+recipient's Reply-To and the attachment its row names (read from Moodle's
+dataroot at send time), and no empty HTML part for rows IOMAD wrote as text."""
+from __future__ import annotations
+
+import mimetypes
+import os
+import re
+
+from sqlalchemy import select
+
+from core.db import db
+from core.lms.connection import config_for
+from core.models import Company, Job
+from core.rendering import RenderError, valid_email
+from providers.base import Attachment
+
+#: a file of Moodle's file store: ``filedir/ab/cd/<sha1>``
+ATTACHMENT_PATH = re.compile(r"filedir/[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{40}$")
+MAX_ATTACHMENT_BYTES = 10 * 1024 * 1024
+
+
+class LmsMail:
+    """What ``BatchRun.build`` adds to an LMS job's messages: Reply-To, the attachment,
+    no empty HTML part for rows IOMAD wrote as plain text."""
+
+    def __init__(self, job: Job):
+        row = db.session.execute(select(Company).where(Company.id == job.company_id)).scalar_one()
+        self.dataroot = config_for(row).dataroot
+
+    def headers(self, data: dict | None) -> dict[str, str]:
+        reply_to = (data or {}).get("reply_to")
+        return {"Reply-To": reply_to} if reply_to and valid_email(reply_to) else {}
+
+    def attachments(self, data: dict | None) -> list[Attachment]:
+        found = (data or {}).get("attachment")
+        if not found:
+            return []
+        if not self.dataroot:
+            raise RenderError("attachment", "no Moodle dataroot is configured (lms_dataroot)")
+        relative = str(found.get("path", ""))
+        if not ATTACHMENT_PATH.fullmatch(relative):
+            raise RenderError("attachment", "not a file of Moodle's file store")
+        try:
+            with open(os.path.join(self.dataroot, relative), "rb") as fh:
+                content = fh.read(MAX_ATTACHMENT_BYTES + 1)
+        except OSError as exc:
+            raise RenderError("attachment", f"cannot be read from the Moodle dataroot ({type(exc).__name__})") \
+                from None
+        if len(content) > MAX_ATTACHMENT_BYTES:
+            raise RenderError("attachment", "larger than 10 MiB")
+        return [Attachment(found.get("filename") or "attachment", content, _content_type(found.get("filename")))]
+
+    @staticmethod
+    def adjust(rendered):
+        if rendered.html is not None and not rendered.html.strip():
+            rendered.html = None
+        return rendered
+
+
+def _content_type(name: str | None) -> str:
+    return mimetypes.guess_type(name or "")[0] or "application/octet-stream"
+
+
+def mail_for(job: Job) -> LmsMail | None:
+    """The sending hook of a job made from IOMAD's queue; ``None`` for other jobs."""
+    return LmsMail(job) if job.source == "lms" and job.type != "certificate" else None
