@@ -1,14 +1,14 @@
 """IOMAD's rules: copies of a row (emailto/emailcc, managers, supervisors), the site queue and the purge
 switches, the completions id watermark
 
-Revision ID: 0011
-Revises: 0010
+Revision ID: 0012
+Revises: 0011
 """
 from alembic import op
 import sqlalchemy as sa
 
-revision = "0011"
-down_revision = "0010"
+revision = "0012"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
