@@ -43,11 +43,18 @@ def test_defaults_match_the_contract():
     ("OFFLOAD_FALLBACK_SMTP", "http://mail:25"), ("OFFLOAD_FALLBACK_SMTP", "smtp://mail:25?tls=maybe"),
     ("OFFLOAD_PUBLIC_URL", "ftp://x"), ("OFFLOAD_EMBEDDED_REDIS", "perhaps"), ("OFFLOAD_VERIFY_RATE_PER_MIN", "0"),
     ("OFFLOAD_SNS_URL_PATTERN", "(unclosed"), ("OFFLOAD_UNSUBSCRIBE_KEYS", "short"),
+    ("OFFLOAD_CERTIFICATE_FONT_DIRS", "/usr/share/fonts:fonts"),
 ])
 def test_bad_values_name_the_variable(name, value):
     with pytest.raises(SettingsError) as exc:
         load({name: value})
     assert name in str(exc.value)
+
+
+def test_certificate_font_folders_are_a_path_list():
+    assert load({}).certificate_font_dirs == ("/usr/share/fonts", "/usr/local/share/fonts")
+    assert load({"OFFLOAD_CERTIFICATE_FONT_DIRS": "/opt/fonts:/usr/share/fonts"}).certificate_font_dirs == (
+        "/opt/fonts", "/usr/share/fonts")
 
 
 def test_production_requires_secret_key_and_encryption_keys():
