@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import io
-import re
 import shutil
-import subprocess
 
 import pytest
 from PIL import Image, ImageChops
 
 from core import certificate_fonts as cf
 from core import certificate_render as cr
+from tests.support.certificates import needs_fonts_for, pdf_text
 
 needs_poppler = pytest.mark.skipif(shutil.which("pdftotext") is None or shutil.which("pdftoppm") is None,
                                    reason="poppler-utils (pdftotext, pdftoppm) is not installed")
@@ -34,27 +33,12 @@ NAMES = {
 CODE = "TESTCODE0123456789AB"
 
 
-def needs_fonts_for(text: str) -> None:
-    """Skip, saying so, on a machine without the Debian font packages scripts/test-setup.sh installs."""
-    if not all(cf.stack(name).covers(text) for name in ("CertSans-Bold", "CertSerif-Bold")):
-        pytest.skip("no installed font draws all of " + repr(text) +
-                    " (fonts-noto-core, fonts-droid-fallback, fonts-wqy-microhei)")
-
-
 def certificate(name: str, **fields: str) -> bytes:
     return cr.render_certificate_pdf(
         cr.DEFAULT_TEMPLATE_HTML, cr.DEFAULT_TEMPLATE_CSS,
         {"learner_name": name, "course_name": fields.get("course_name", "Fire Safety"),
          "completion_date": "2026-11-22", "issuer": "Acme"},
         logo=None, verify_url=f"https://lms.example.com/verify/{CODE}", code=CODE)
-
-
-def pdf_text(pdf: bytes) -> str:
-    """The page's text as poppler's pdftotext reads it, one line per line, without the
-    embedding marks (U+202A..U+202E) it puts around a right-to-left line."""
-    done = subprocess.run(["pdftotext", "-", "-"], input=pdf, capture_output=True, check=True, timeout=30)
-    text = re.sub("[\u202a-\u202e]", "", done.stdout.decode("utf-8"))
-    return "\n".join(" ".join(line.split()) for line in text.splitlines())
 
 
 def raster(pdf: bytes) -> Image.Image:

@@ -10,7 +10,7 @@ from PIL import Image, ImageChops
 
 from core import certificate_layout as cl
 from core import certificate_render as cr
-from tests.core.test_certificate_fonts import needs_fonts_for, pdf_text
+from tests.support.certificates import needs_fonts_for, pdf_text
 
 needs_poppler = pytest.mark.skipif(shutil.which("pdftoppm") is None or shutil.which("pdftotext") is None,
                                    reason="poppler-utils (pdftoppm, pdftotext) is not installed")

@@ -3,12 +3,31 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import subprocess
 import urllib.error
 import urllib.request
 import boto3
+import pytest
 from PIL import Image, ImageDraw
 
+from core import certificate_fonts
+
 DOWNLOAD_LINK = re.compile(r"/certificates/([0-9A-Z]{20})/download")
+
+
+def pdf_text(pdf: bytes) -> str:
+    """The page's text as poppler's pdftotext reads it, one line per line, without the
+    embedding marks (U+202A..U+202E) it puts around a right-to-left line."""
+    done = subprocess.run(["pdftotext", "-", "-"], input=pdf, capture_output=True, check=True, timeout=30)
+    text = re.sub("[\u202a-\u202e]", "", done.stdout.decode("utf-8"))
+    return "\n".join(" ".join(line.split()) for line in text.splitlines())
+
+
+def needs_fonts_for(text: str) -> None:
+    """Skip, saying so, on a machine without the Debian font packages scripts/test-setup.sh installs."""
+    if not all(certificate_fonts.stack(name).covers(text) for name in ("CertSans-Bold", "CertSerif-Bold")):
+        pytest.skip("no installed font draws all of " + repr(text) +
+                    " (fonts-noto-core, fonts-droid-fallback, fonts-wqy-microhei)")
 
 
 def ses_settings(ses_url: str) -> dict:
