@@ -174,6 +174,7 @@ _font_dirs: tuple[str, ...] = DEFAULT_FONT_DIRS
 _stacks: dict[str, FontStack] = {}
 _members: dict[str, _Member] = {}
 _registered = False
+_generation = 0
 
 
 # --------------------------------------------------------------------------- configuration
@@ -183,11 +184,12 @@ def configure(font_dirs: Iterable[str] | None) -> None:
     """Look for font files in ``font_dirs`` (searched recursively, in order; ``None``: the defaults).
 
     Stacks already loaded are dropped, so the next certificate uses the new folders."""
-    global _font_dirs
+    global _font_dirs, _generation
     dirs = tuple(font_dirs) if font_dirs else DEFAULT_FONT_DIRS
     with _lock:
         if dirs != _font_dirs:
             _font_dirs = dirs
+            _generation += 1
             _font_index.cache_clear()
             _stacks.clear()
             _members.clear()
@@ -200,6 +202,12 @@ def configure(font_dirs: Iterable[str] | None) -> None:
 def font_dirs() -> tuple[str, ...]:
     """The folders font files are looked for in."""
     return _font_dirs
+
+
+def generation() -> int:
+    """A number that changes whenever :func:`configure` changes the fonts (what was laid out in
+    the old ones, such as a planned layout's subsets, is not to be reused)."""
+    return _generation
 
 
 @lru_cache(maxsize=1)

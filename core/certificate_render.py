@@ -322,7 +322,8 @@ def _render_planned(template_html: str, template_css: str, context: dict[str, An
         return None
     charsets = {"code": CODE_ALPHABET, "verify_url": "".join(sorted(set(verify) | set(CODE_ALPHABET))),
                 "completion_date": _DATE_CHARACTERS, "expiry_date": _DATE_CHARACTERS}
-    key = (template_html, template_css, context["logo_src"], str(asset_dir), len(verify))
+    key = (template_html, template_css, context["logo_src"], str(asset_dir), len(verify),
+           certificate_fonts.generation())
     plan = certificate_layout.planner.plan(key, skeleton, lambda: certificate_layout.build_plan(
         skeleton, lambda html: html_to_pdf(html, asset_dir=asset_dir), charsets, verify))
     if plan is None:
