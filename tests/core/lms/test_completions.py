@@ -45,9 +45,12 @@ def test_completions_become_one_certificate_each(app, runner, make_company, ses,
     moodle.execute(f"UPDATE {moodle.t('course_completions')} SET timecompleted = :t WHERE userid IN (101, 102)",
                    {"t": t + 60})
     again = poll(runner, company)
-    assert (again["completions"], again["completions_already_taken"]) == ("1", "1")
+    # the look-back reads the last hour again: Ann's two, Bob's and the deleted learner's, taken before
+    assert (again["completions"], again["completions_already_taken"], again["completions_rechecked"]) == (
+        "1", "0", "4"), again
     # a watermark reset reads everything again and takes nothing twice
-    db.session.execute(update(CampaignSettings).values(completions_after_time=None, completions_after_id=None))
+    db.session.execute(update(CampaignSettings).values(completions_after_time=None, completions_after_id=None,
+                                                       completions_scan_id=None))
     db.session.commit()
     reset = poll(runner, company)
     assert (reset["completions"], reset["completions_already_taken"]) == ("0", "5")
@@ -69,3 +72,50 @@ def test_no_certificate_template_takes_nothing(app, runner, make_company, moodle
     assert row.completions_after_time is None
     make_template(company.id, "certificate", subject="Cert", body_text="{{ course_name }}", body_html=None)
     assert poll(runner, company)["completions"] == "1"
+
+
+def cert_company(make_company, ses, s3_bucket, moodle, iomad_company_id=ACME_IOMAD, name="Acme Learning"):
+    company = make_company(name, **ses_settings(ses.url), s3_bucket=s3_bucket)
+    connect(company, moodle, iomad_email_queue=0, lms_completions=1, iomad_company_id=iomad_company_id)
+    make_template(company.id, "certificate", subject="Your {{ course_name }} certificate",
+                  body_text="Well done {{ learner_name }}!", body_html=None)
+    return company
+
+
+def test_a_completion_written_later_with_an_earlier_timecompleted_is_taken(app, runner, make_company, ses,
+                                                                           s3_bucket, moodle):
+    company = cert_company(make_company, ses, s3_bucket, moodle)
+    moodle.execute(f"INSERT INTO {moodle.t('course')} (id, fullname, shortname) VALUES (1, 'Fire Safety', 'FS')")
+    moodle.add_users([{"id": 100 + i, "email": f"l{i}@acme.test"} for i in range(3)], ACME_IOMAD)
+    now = int(time.time())
+    add_completions(moodle, [(100, 1, now - 60), (102, 1, None)])  # 102 enrolled, not completed yet
+    assert poll(runner, company)["completions"] == "1"
+    # an import writes a completion from last month; Moodle's completion task completes 102 ten minutes back
+    add_completions(moodle, [(101, 1, now - 30 * 86400)])
+    moodle.execute(f"UPDATE {moodle.t('course_completions')} SET timecompleted = :t WHERE userid = 102",
+                   {"t": now - 600})
+    again = poll(runner, company)
+    assert (again["completions"], again["completions_already_taken"]) == ("2", "0"), again
+    assert poll(runner, company)["completions"] == "0"
+    drain(app)
+    assert sorted(c.learner_email for c in db.session.execute(select(Certificate)).scalars()) == [
+        "l0@acme.test", "l1@acme.test", "l2@acme.test"]
+
+
+def test_a_learner_in_two_companies_gets_one_certificate_per_completion(app, runner, make_company, ses,
+                                                                        s3_bucket, moodle):
+    acme = cert_company(make_company, ses, s3_bucket, moodle)
+    other = cert_company(make_company, ses, s3_bucket, moodle, iomad_company_id=OTHER_IOMAD, name="Other Co")
+    moodle.execute(f"INSERT INTO {moodle.t('course')} (id, fullname, shortname) VALUES "
+                   "(1, 'Other Co Course', 'OC'), (2, 'Shared Course', 'SC')")
+    moodle.execute(f"INSERT INTO {moodle.t('company_course')} (companyid, courseid, departmentid) VALUES "
+                   f"({OTHER_IOMAD}, 1, {moodle.top_department[OTHER_IOMAD]})")
+    moodle.add_users([{"id": 100, "email": "ann@acme.test"}], ACME_IOMAD)  # Ann's first company: Acme
+    moodle.join_company([100], OTHER_IOMAD)
+    t = int(time.time()) - 60
+    add_completions(moodle, [(100, 1, t), (100, 2, t)])
+    assert poll(runner, acme)["completions"] == "1"  # course 2: no company_course, Ann's first company
+    assert poll(runner, other)["completions"] == "1"  # course 1: company_course gives it to Other Co
+    drain(app)
+    certs = {(c.company_id, c.course_name) for c in db.session.execute(select(Certificate)).scalars()}
+    assert certs == {(acme.id, "Shared Course"), (other.id, "Other Co Course")}
