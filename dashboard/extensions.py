@@ -1,11 +1,9 @@
 """The web side's Flask extensions, created unbound and ``init_app``ed by the
-factory (the database handle is the domain's: ``core.db``)."""
+composition root (``service``; the database handle is the domain's: ``core.db``)."""
 from __future__ import annotations
 
 from flask_login import LoginManager
-from flask_migrate import Migrate
 from flask_wtf import CSRFProtect
 
-migrate = Migrate()
 login_manager = LoginManager()
 csrf = CSRFProtect()

@@ -17,7 +17,7 @@ import pytest
 from core import companies, settings
 from core.db import db
 from core.queue import connection, start_embedded_redis
-from dashboard import create_app
+from service import create_app
 from providers import guard
 from tests.support.openapi import CheckedClient
 from tests.support.certificates import client as s3_client

@@ -7,6 +7,7 @@ import subprocess
 import uuid
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -16,7 +17,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Boolean, DateTime, Float, Integer, Numeric, create_engine, inspect, text
 
 from core.db import db
-from dashboard import create_app
+from service import create_app
+from tests.support.imports import STDLIB, outside
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FLASK = os.path.join(ROOT, ".venv", "bin", "flask")
@@ -30,6 +32,21 @@ def script_dir() -> ScriptDirectory:
 
 def test_single_head():
     assert len(script_dir().get_heads()) == 1
+
+
+#: what a migration may import of ours: the database handle and the column types' encryption, never the
+#: domain's logic (a migration must replay the same way after that logic changed)
+MIGRATIONS_MAY_IMPORT = ("core.db", "core.crypto")
+
+
+def test_migrations_import_alembic_sqlalchemy_and_the_database_level_of_core_only():
+    def allowed(module: str, path) -> bool:
+        top = module.split(".")[0]
+        if module in MIGRATIONS_MAY_IMPORT or top in STDLIB or top in ("alembic", "sqlalchemy"):
+            return True
+        return path.name == "env.py" and module == "flask"  # Flask-Migrate's options, from its app context
+
+    assert outside(Path(ROOT) / "migrations", allowed) == []
 
 
 def upgrade(url: str, revision: str = "head", *, down: bool = False) -> None:

@@ -12,7 +12,7 @@ from cryptography.fernet import Fernet
 from core import settings
 from core.settings import Settings, SettingsError, declared
 from core.settings import load as load_settings
-from dashboard import create_app
+from service import create_app
 from providers.base import OPERATOR_ENDPOINT
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ from sqlalchemy import select
 from core import settings
 from core.db import db
 from core.models import AuditLog, User
-from dashboard import create_app
+from service import create_app
 from tests.support.app import csrf_from
 
 

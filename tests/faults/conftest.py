@@ -19,7 +19,7 @@ import subprocess
 import pytest
 from core import settings
 from core.db import db
-from dashboard import create_app
+from service import create_app
 from tests.support.app import empty_tables
 from tests.support.faults import (FAULT_LINES, FLASK, LEASE_S, RESULTS, ROOT, SWEEP_S, PgCluster, RestartableRedis,
                                   WorkerFleet)

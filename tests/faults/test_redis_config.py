@@ -9,7 +9,7 @@ import pytest
 import redis as redis_py
 
 from core.queue import warn_if_evicting
-from dashboard import create_app
+from service import create_app
 from tasks.worker import run_worker
 from tests.support.servers import ManagedProcess, RedisServer, free_port
 

@@ -12,7 +12,7 @@ from itsdangerous import URLSafeSerializer
 
 from core import settings
 from core.unsubscribe import SALT, make_token, read_token
-from dashboard import DEV_KEY_WARNING
+from service import DEV_KEY_WARNING
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-from dashboard import create_app
+from service import create_app
 from tasks.worker import run_worker
 
 

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from core import companies
 from core.db import db
 from core.models import Job, Recipient
-from dashboard import create_app
+from service import create_app
 from tests.support.servers import RedisServer
 from tests.support.jobs import BODY, aws_settings, people
 

@@ -1,6 +1,6 @@
-"""The Flask CLI of CONTRACT §1 and §7: db upgrade (Flask-Migrate), company, user,
-keys rotate, lms poll / lms test, and run-demo (the ``make run`` quick start).
-``worker`` is ``tasks.cli``, registered by the app factory."""
+"""The Flask CLI of CONTRACT §1 and §7, every command of it: worker, db upgrade
+(Flask-Migrate, registered by the web app), company, user, keys rotate, lms poll /
+lms test, and run-demo (the ``make run`` quick start)."""
 from __future__ import annotations
 
 import click
@@ -8,13 +8,15 @@ from flask import current_app
 from flask.cli import AppGroup
 from sqlalchemy import select
 
-from core import audit, companies, logs
+from core import audit, companies, logs, settings
 from core.db import db
 from core.lms.connection import LmsError, describe_connection
 from core.lms.poller import poll_once
 from core.models import ROLES, Company, User
 from core.rotation import reencrypt_all
-from dashboard.devserver import serve
+from service.app import create_worker_app
+from service.devserver import serve
+from tasks.worker import run_worker
 
 lms_cli = AppGroup("lms", help="The Moodle/IOMAD connector.")
 
@@ -155,8 +157,17 @@ def run_demo(host: str, port: int) -> None:
     serve(current_app._get_current_object(), host, port)
 
 
+@click.command("worker")
+@click.option("--burst", is_flag=True, help="Exit when the queues are empty.")
+@click.option("--name", default=None, help="Worker name (default: host and pid).")
+def worker_command(burst: bool, name: str | None) -> None:
+    """Run an RQ worker on the service's queues, with the scheduler."""
+    logs.configure()
+    run_worker(create_worker_app(settings.current()), burst=burst, name=name)
+
+
 def init_app(app) -> None:
-    for command in (company_cli, user_cli, keys_cli, lms_cli, run_demo):
+    for command in (worker_command, company_cli, user_cli, keys_cli, lms_cli, run_demo):
         app.cli.add_command(command)
 
 
