@@ -1,11 +1,44 @@
-"""The audit log: one call records who did what, to what, from where."""
+"""The audit log: one call records who did what, to what, from where.
+
+Who and from where come from the caller (``actor=``, ``user_id=``) or from the
+context's ``Actor``, which the web side sets per request (``act_as``: the client's
+address at the start, the signed-in user or the API token once known; see
+``dashboard.auth`` and ``dashboard.api.base``). Outside a request the actor is
+``system`` and there is no address.
+"""
 from __future__ import annotations
 
-from flask import g, has_request_context, request
-from flask_login import current_user
+import dataclasses
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 from core.db import db
 from core.models import AuditLog
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts in this context (a user's email and id, or an API token's name) and from which address."""
+
+    name: str | None = None
+    user_id: int | None = None
+    ip: str | None = None
+
+
+#: no one: the system, from no address
+NOBODY = Actor()
+_actor: ContextVar[Actor] = ContextVar("core.audit.actor", default=NOBODY)
+
+
+def act_as(actor: Actor | None = None, **changes) -> Actor:
+    """Set this context's actor: ``actor`` (default: none), with ``changes`` (``name``, ``user_id``, ``ip``)."""
+    found = dataclasses.replace(actor or NOBODY, **changes)
+    _actor.set(found)
+    return found
+
+
+def current_actor() -> Actor:
+    return _actor.get()
 
 
 def record(action: str, *, company_id: int | None = None, object_type: str | None = None,
@@ -15,17 +48,12 @@ def record(action: str, *, company_id: int | None = None, object_type: str | Non
 
     ``details`` must hold names and counts only, never secret values.
     """
-    ip = None
-    if has_request_context():
-        # remote_addr only: behind a proxy, OFFLOAD_PROXY_HOPS makes ProxyFix set it from
-        # X-Forwarded-For; a header read here directly could be forged by anyone
-        ip = (request.remote_addr or "")[:64]
-        if actor is None and g.get("audit_actor"):  # an API request: the token's name (dashboard.api)
-            actor = g.audit_actor
-        if actor is None and current_user and getattr(current_user, "is_authenticated", False):
-            actor, user_id = current_user.email, current_user.id
+    who = _actor.get()
+    if actor is None and who.name:  # the signed-in user, or the API token (no user)
+        actor = who.name
+        user_id = who.user_id if who.user_id is not None else user_id
     entry = AuditLog(action=action, company_id=company_id, object_type=object_type,
                      object_id=None if object_id is None else str(object_id), details=details or {},
-                     actor=actor or "system", user_id=user_id, ip=ip)
+                     actor=actor or "system", user_id=user_id, ip=who.ip)
     db.session.add(entry)
     return entry

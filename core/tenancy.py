@@ -2,13 +2,17 @@
 
 ``get_or_404(Model, id, company_id)`` returns the row only when it belongs
 to ``company_id`` (``None`` means an admin, who sees every company); any
-other row is a 404, exactly like a row that does not exist.
+other row raises ``NotFound``, exactly like a row that does not exist. The
+web side answers ``NotFound`` with its 404 (``dashboard.errors``: JSON for the
+API and callbacks, the error page elsewhere).
 """
 from __future__ import annotations
 
-from flask import abort
-
 from core.db import db
+
+
+class NotFound(LookupError):
+    """No such row for this company: another company's row and a missing one look the same."""
 
 
 def scoped(model, company_id: int | None):
@@ -27,8 +31,8 @@ def get_scoped(model, object_id, company_id: int | None):
 
 
 def get_or_404(model, object_id, company_id: int | None):
-    """The row with ``object_id`` if ``company_id`` may see it, else abort 404."""
+    """The row with ``object_id`` if ``company_id`` may see it, else raise ``NotFound``."""
     row = get_scoped(model, object_id, company_id)
     if row is None:
-        abort(404)
+        raise NotFound(f"no {model.__name__} {object_id!r} for this company")
     return row

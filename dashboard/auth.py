@@ -41,7 +41,14 @@ def load_user(user_id: str):
     user = db.session.get(User, int(uid))
     if user is None or not secrets.compare_digest(user.session_token, token) or not may_sign_in(user):
         return None
+    audit_as(user)
     return user
+
+
+def audit_as(user: User) -> None:
+    """The signed-in user acts in this request (``core.audit``), unless an API token already does."""
+    if not audit.current_actor().name:
+        audit.act_as(audit.current_actor(), name=user.email, user_id=user.id)
 
 
 def may_sign_in(user: User) -> bool:
@@ -91,6 +98,7 @@ def login():
             session.clear()  # no pre-login state survives: prevents session fixation
             session["sid"] = secrets.token_urlsafe(16)
             login_user(user)
+            audit_as(user)
             audit.record("login", company_id=user.company_id, object_type="user", object_id=user.id,
                          actor=user.email, user_id=user.id)
             db.session.commit()
@@ -147,5 +155,15 @@ def home():
 
 def init_app(app) -> None:
     app.register_blueprint(bp)
+
+    @app.before_request
+    def audit_from_this_address():
+        # remote_addr only: behind a proxy, OFFLOAD_PROXY_HOPS makes ProxyFix set it from
+        # X-Forwarded-For; a header read here directly could be forged by anyone
+        audit.act_as(ip=(request.remote_addr or "")[:64])
+
+    @app.teardown_request
+    def audit_as_nobody(exc):
+        audit.act_as()  # work after the request (a worker run in this thread) is the system's
     login_manager.login_view = "auth.login"
     login_manager.session_protection = "strong"

@@ -6,8 +6,9 @@ import logging
 
 from flask import jsonify, render_template, request
 from sqlalchemy.exc import DBAPIError, OperationalError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, NotFound
 
+from core import tenancy
 from core.db import db
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,11 @@ def init_app(app) -> None:
             return exc
         headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]
         return error_page(exc.code, exc.name, exc.description, headers)
+
+    @app.errorhandler(tenancy.NotFound)
+    def not_this_companys(exc: tenancy.NotFound):
+        # core's "no such row for this company": the same 404 as any other, JSON or the error page
+        return http_error(NotFound())
 
     @app.errorhandler(OperationalError)
     @app.errorhandler(DBAPIError)

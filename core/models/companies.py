@@ -4,21 +4,21 @@ from __future__ import annotations
 import secrets
 from datetime import datetime
 
-from flask_login import UserMixin
 from sqlalchemy import Boolean, Column, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import relationship
-from werkzeug.security import check_password_hash, generate_password_hash
 
 from core import settings
+from core.passwords import check_password, hash_password
 from core.crypto import EncryptedJSON, EncryptedText
 from core.db import Model
 from core.models.base import TenantMixin, sha256_hex, utcnow
 from providers import registry
 
 
-# New passwords get werkzeug's scrypt (n=2**15, r=8, p=1). The settings' ``password_hash_method`` names another
-# werkzeug method; only the test suite sets it (a cheap one: it hashes and checks hundreds of passwords), and it
-# is not read from the environment. A stored hash names its own method, so checking is unaffected.
+# New passwords get scrypt (n=2**15, r=8, p=1) in werkzeug's format (``core.passwords``). The settings'
+# ``password_hash_method`` names another method; only the test suite sets it (a cheap one: it hashes and checks
+# hundreds of passwords), and it is not read from the environment. A stored hash names its own method, so
+# checking is unaffected.
 _dummy_hashes: dict[str, str] = {}  # per method, made once: what an unknown account's password is checked against
 
 
@@ -30,8 +30,8 @@ def check_dummy_password(password: str) -> bool:
     """The same hash work as checking a real account's password; always False."""
     method = password_hash_method()
     if method not in _dummy_hashes:
-        _dummy_hashes[method] = generate_password_hash(secrets.token_urlsafe(16), method=method)
-    check_password_hash(_dummy_hashes[method], password)
+        _dummy_hashes[method] = hash_password(secrets.token_urlsafe(16), method)
+    check_password(_dummy_hashes[method], password)
     return False
 
 
@@ -144,7 +144,9 @@ class DeliverySettings(TenantMixin, Model):
         return bool(self.smtp_host)
 
 
-class User(UserMixin, Model):
+class User(Model):
+    """A dashboard login; it is also the user object Flask-Login keeps (``is_authenticated``, ``get_id``, ...)."""
+
     __tablename__ = "users"
     id = Column(Integer, primary_key=True)
     email = Column(String(320), nullable=False, unique=True)
@@ -162,11 +164,13 @@ class User(UserMixin, Model):
     company = relationship("Company")
 
     def set_password(self, password: str) -> None:
-        self.password_hash = generate_password_hash(password, method=password_hash_method())
+        self.password_hash = hash_password(password, password_hash_method())
         self.session_token = secrets.token_hex(16)
 
     def check_password(self, password: str) -> bool:
-        return check_password_hash(self.password_hash, password)
+        return check_password(self.password_hash, password)
+
+    # -- what a login manager asks of a user (Flask-Login's protocol, as its UserMixin answered it)
 
     def get_id(self) -> str:
         return f"{self.id}:{self.session_token}"
@@ -174,6 +178,19 @@ class User(UserMixin, Model):
     @property
     def is_active(self) -> bool:
         return bool(self.active)
+
+    @property
+    def is_authenticated(self) -> bool:
+        return self.is_active
+
+    @property
+    def is_anonymous(self) -> bool:
+        return False
+
+    def __eq__(self, other):
+        return self.get_id() == other.get_id() if isinstance(other, User) else NotImplemented
+
+    __hash__ = object.__hash__
 
     @property
     def is_admin(self) -> bool:

@@ -5,6 +5,7 @@ from functools import wraps
 
 from flask import Blueprint, g, request
 
+from core import audit
 from core.companies import authenticate_token
 from core.db import db
 from core.models import utcnow
@@ -23,7 +24,8 @@ def token_required(view):
         if row is None:
             return json_error(401, "unauthorized", "a valid bearer token is required")
         g.company_id = row.company_id
-        g.audit_actor = f"API token {row.name} ({row.prefix}…)"  # the audit log names the token
+        # the audit log names the token (it outranks a dashboard session the client may also carry)
+        audit.act_as(audit.current_actor(), name=f"API token {row.name} ({row.prefix}…)", user_id=None)
         if row.last_used_at is None or (utcnow() - row.last_used_at).total_seconds() > 60:
             row.last_used_at = utcnow()
             db.session.commit()
