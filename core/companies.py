@@ -72,7 +72,9 @@ def create_company(name: str) -> tuple[Company, str, str]:
         raise ValueError("a company needs a name")
     secret = new_callback_secret()
     company = Company(name=name, callback_secret=secret)
-    company.settings = DeliverySettings(aws_external_id=secrets.token_hex(16))
+    company.settings = DeliverySettings()
+    # the external id the company's AWS role must require (shown beside the role ARN; no one sets it)
+    company.settings.set_setting("aws_external_id", secrets.token_hex(16))
     db.session.add(company)
     db.session.flush()
     token_row, token = ApiToken.issue(company.id)
@@ -118,9 +120,9 @@ def configure(company: Company, values: dict, *, admin: bool = True, check_role:
         _check_reach(key, value)
     new_role = parsed.get("aws_role_arn")
     current = company.settings
-    if check_role and new_role and (current is None or current.aws_role_arn != new_role):
+    if check_role and new_role and (current is None or current.get_setting("aws_role_arn") != new_role):
         outcome, note = aws.check_role_trust(new_role, parsed.get("aws_region") or
-                                             (current.aws_region if current else None))
+                                             (current.get_setting("aws_region") if current else None))
         if outcome == aws.ROLE_OPEN:
             raise RoleTrustError(f"aws_role_arn: {note}")
         # the settings page says plainly when the check could not be made

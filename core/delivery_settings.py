@@ -1,16 +1,17 @@
 """Every setting ``company configure`` and the settings form edit, declared once.
 
 The service's own settings (the general section: provider, mode, sender...;
-the advanced one: recovery, retention, integrations) are declared here; each
+the advanced one: recovery, retention; the LMS connection; the relay) are declared here; each
 provider's settings come from its own declaration (``providers.registry``).
 The rest is derived from these groups: the form's sections, the keys
 ``configure`` accepts and how it validates them, and which values are
 secret (write-only, encrypted at rest, redacted from check results).
 
-A setting is stored in its ``DeliverySettings`` column (or ``Company``
-column, for ``COMPANY_KEYS``) when there is one; the settings of providers
-added later live in ``DeliverySettings.provider_settings``, one encrypted
-JSON document, so a new provider needs no migration.
+The service's settings are stored in columns (``DeliverySettings``'s
+general ones, ``Company``'s for ``COMPANY_KEYS``, the LMS connection's in
+``LMS_COLUMNS``); every provider's settings live in
+``DeliverySettings.provider_settings``, one encrypted JSON document, so a new
+provider needs no migration.
 """
 from __future__ import annotations
 
@@ -27,8 +28,7 @@ from core.models import MODES, CampaignSettings, Company, DeliverySettings
 from core.rendering import valid_email
 
 #: settings stored on the company itself
-COMPANY_KEYS = ("uncertain_policy", "data_retention_days", "sns_topic_arn", "fallback_relay",
-                "fallback_sender_domains")
+COMPANY_KEYS = ("uncertain_policy", "data_retention_days", "fallback_relay", "fallback_sender_domains")
 #: the LMS connection (CONTRACT §7): key → (owner, attribute); the URL is ``companies.moodle_db_url``
 #: (encrypted), the rest ``campaign_settings``. Admins and the operator CLI only, never a manager.
 LMS_COLUMNS = {"lms_url": ("company", "moodle_db_url"), "lms_prefix": ("lms", "moodle_prefix"),
@@ -187,12 +187,8 @@ def secret_keys() -> tuple[str, ...]:
 
 
 def provider_config(company: Company) -> dict:
-    """Every setting the providers read, secrets decrypted: the delivery settings, and the
-    provider settings kept on the company itself (``sns_topic_arn``)."""
-    config = company.settings.provider_config() if company.settings else {}
-    declared = registry.settings()
-    config.update({key: getattr(company, key) for key in COMPANY_KEYS if key in declared})
-    return config
+    """Every setting the providers read, secrets decrypted (``DeliverySettings.provider_config``)."""
+    return company.settings.provider_config() if company.settings else registry.defaults()
 
 
 def _lms_owner(company: Company, key: str, create: bool):

@@ -84,6 +84,8 @@ class Setting:
     cloud: str = ""
     #: what the form shows for each of ``choices`` (default: the choice itself)
     choice_labels: tuple[str, ...] = ()
+    #: the value a company that never set it has
+    default: Any = None
 
     def __post_init__(self) -> None:
         if self.kind not in FIELD_KINDS:
@@ -269,6 +271,11 @@ def settings_groups() -> tuple[SettingsGroup, ...]:
 def settings() -> dict[str, Setting]:
     """Every setting a registered backend reads, by key."""
     return {s.key: s for group in settings_groups() for s in group.fields}
+
+
+def defaults() -> dict[str, Any]:
+    """The declared default of every setting that has one, by key."""
+    return {key: s.default for key, s in settings().items() if s.default is not None}
 
 
 def label(kind: str, name: str) -> str:

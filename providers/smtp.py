@@ -46,7 +46,7 @@ SMTP_SETTINGS = SettingsGroup(
         Setting("smtp_port", "Port", "number", placeholder="587", parse=whole_number(1, 65535)),
         Setting("smtp_username", "User"),
         Setting("smtp_password", "Password", "secret"),
-        Setting("smtp_tls", "TLS", "select", choices=TLS_MODES, required=True),
+        Setting("smtp_tls", "TLS", "select", choices=TLS_MODES, required=True, default="starttls"),
     ))
 DEFAULT_PORTS = {"none": 25, "starttls": 587, "tls": 465}
 DEFAULT_TIMEOUT = 20.0

@@ -112,7 +112,8 @@ def point_demo_at_sink(port: int) -> bool:
     if company is None or company.settings is None:
         return False
     s = company.settings
-    if s.provider != SmtpProvider.name or (s.smtp_host not in (None, "127.0.0.1")) or s.smtp_username:
+    if s.provider != SmtpProvider.name or (s.get_setting("smtp_host") not in (None, "127.0.0.1")) or \
+            s.get_setting("smtp_username"):
         return False
     companies.configure(company, {"provider": SmtpProvider.name, "mode": "direct", "smtp_host": "127.0.0.1",
                                   "smtp_port": str(port), "smtp_tls": "none",

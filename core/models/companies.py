@@ -47,7 +47,6 @@ class Company(Model):
     uncertain_policy = Column(String(16), nullable=False, default="resend")
     data_retention_days = Column(Integer)
     moodle_db_url = Column(EncryptedText)
-    sns_topic_arn = Column(String(255))
     # the operator's SMTP relay (OFFLOAD_FALLBACK_SMTP) serves this company only when an admin turns it on;
     # From stays the service's address unless the sender's domain is listed here (comma-separated)
     fallback_relay = Column(Boolean, nullable=False, default=False, server_default=false())
@@ -80,6 +79,11 @@ ROLES = ("admin", "manager")
 
 
 class DeliverySettings(TenantMixin, Model):
+    """A company's delivery settings: the service's own (which sender, which mode, whether
+    delivery is on, the From address, the send rate) in columns, and every setting a provider
+    declares (``providers.registry``) in ``provider_settings``, one encrypted JSON document,
+    so a new provider needs no migration."""
+
     __tablename__ = "delivery_settings"
     __table_args__ = (UniqueConstraint("company_id"),)
     id = Column(Integer, primary_key=True)
@@ -87,50 +91,30 @@ class DeliverySettings(TenantMixin, Model):
     mode = Column(String(16), nullable=False, default="direct")
     enabled = Column(Boolean, nullable=False, default=True)
     sender = Column(String(320))
-    aws_access_key = Column(EncryptedText)
-    aws_secret_key = Column(EncryptedText)
-    aws_region = Column(String(32))
-    aws_endpoint_url = Column(String(500))
-    aws_role_arn = Column(String(300))
-    aws_external_id = Column(String(100))
-    sqs_queue_url = Column(String(500))
-    s3_bucket = Column(String(255))
-    s3_endpoint_url = Column(String(500))  # S3/R2 endpoint, when not the AWS default
-    cloudflare_api_token = Column(EncryptedText)
-    cloudflare_account_id = Column(String(64))
-    cloudflare_queue_id = Column(String(64))
-    cloudflare_api_base = Column(String(500))
-    cloudflare_worker_url = Column(String(500))
-    offload_url = Column(String(500))  # HTTPS offload endpoint (providers.offload.HttpsTransport)
-    offload_auth_token = Column(EncryptedText)
-    smtp_host = Column(String(255))
-    smtp_port = Column(Integer)
-    smtp_username = Column(String(255))
-    smtp_password = Column(EncryptedText)
-    smtp_tls = Column(String(16), nullable=False, default="starttls")
     max_send_rate = Column(Float)
-    # every setting a provider declares that has no column above, encrypted as one document;
-    # a provider added later stores its settings here, so it needs no migration
     provider_settings = Column(EncryptedJSON)
     updated_at = Column(DateTime, nullable=False, default=utcnow, onupdate=utcnow)
 
     company = relationship("Company", back_populates="settings")
 
+    #: the service's own settings, kept in columns
+    SERVICE_SETTINGS = ("provider", "mode", "enabled", "sender", "max_send_rate")
+
     def provider_config(self) -> dict:
-        """Plain dict of every setting, secrets decrypted, for ``providers``."""
-        cols = [c.name for c in self.__table__.columns
-                if c.name not in ("id", "company_id", "updated_at", "provider_settings")]
-        return {**(self.provider_settings or {}), **{name: getattr(self, name) for name in cols}}
+        """Plain dict of every setting, secrets decrypted, for ``providers``: a provider
+        setting not set has its declared default (``Setting.default``)."""
+        return {**registry.defaults(), **(self.provider_settings or {}),
+                **{name: getattr(self, name) for name in self.SERVICE_SETTINGS}}
 
     def get_setting(self, key: str):
-        """One setting: its column, else its entry in ``provider_settings``."""
-        if key in self.__table__.columns and key != "provider_settings":
+        """One setting: its column, else its entry in ``provider_settings``, else its declared default."""
+        if key in self.SERVICE_SETTINGS:
             return getattr(self, key)
-        return (self.provider_settings or {}).get(key)
+        return (self.provider_settings or {}).get(key, registry.defaults().get(key))
 
     def set_setting(self, key: str, value) -> None:
         """Store one setting in its column, else in ``provider_settings`` (blank removes it)."""
-        if key in self.__table__.columns and key != "provider_settings":
+        if key in self.SERVICE_SETTINGS:
             setattr(self, key, value)
             return
         stored = dict(self.provider_settings or {})  # a new dict: the column sees the change
@@ -139,9 +123,6 @@ class DeliverySettings(TenantMixin, Model):
         else:
             stored[key] = value
         self.provider_settings = stored or None
-
-    def has_smtp(self) -> bool:
-        return bool(self.smtp_host)
 
 
 class User(Model):

@@ -42,7 +42,7 @@ def test_raw_database_shows_no_plaintext_secret(client, company):
     # ...while the application reads them back
     row = db.session.query(Recipient).one()
     assert row.data["password"] == CANARY_PASSWORD
-    assert db.session.get(Company, company.id).settings.aws_secret_key == CANARY_SECRET
+    assert db.session.get(Company, company.id).settings.get_setting("aws_secret_key") == CANARY_SECRET
 
 
 def test_rotation_reencrypts_and_old_ciphertext_reads_before(app, client, company):
@@ -61,7 +61,7 @@ def test_rotation_reencrypts_and_old_ciphertext_reads_before(app, client, compan
         crypto.configure([new_key])  # the old key retired: everything still reads
         db.session.expire_all()
         assert db.session.query(Recipient).one().data["password"] == CANARY_PASSWORD
-        assert db.session.get(Company, company.id).settings.aws_secret_key == CANARY_SECRET
+        assert db.session.get(Company, company.id).settings.get_setting("aws_secret_key") == CANARY_SECRET
         assert Fernet(new_key).decrypt(after.encode())
     finally:
         crypto.configure(settings.current().encryption_keys)

@@ -2,6 +2,7 @@
 data of a database at an earlier revision forward."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import uuid
@@ -14,6 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from cryptography.fernet import Fernet
 from sqlalchemy import Boolean, DateTime, Float, Integer, Numeric, create_engine, inspect, text
 
 from core.db import db
@@ -49,8 +51,8 @@ def test_migrations_import_alembic_sqlalchemy_and_the_database_level_of_core_onl
     assert outside(Path(ROOT) / "migrations", allowed) == []
 
 
-def upgrade(url: str, revision: str = "head", *, down: bool = False) -> None:
-    env = {**os.environ, "DATABASE_URL": url}
+def upgrade(url: str, revision: str = "head", *, down: bool = False, keys: str | None = None) -> None:
+    env = {**os.environ, "DATABASE_URL": url, **({"OFFLOAD_ENCRYPTION_KEYS": keys} if keys else {})}
     done = subprocess.run([FLASK, "--app", "wsgi", "db", "downgrade" if down else "upgrade", revision], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -172,4 +174,75 @@ def test_provider_names_move_to_each_backends_own(kind, tmp_path):
                                                            "offload:https"])
         upgrade(url, "0010", down=True)
         assert stored() == before
+        engine.dispose()
+
+
+#: what the older providers kept in columns of delivery_settings, one value each (secrets encrypted)
+OLD_COLUMNS = {
+    "aws_access_key": "AKIAOLDCOLUMN0000001", "aws_secret_key": "old-column-aws-secret", "aws_region": "eu-west-1",
+    "aws_endpoint_url": "https://email.eu-west-1.amazonaws.com", "aws_role_arn": "arn:aws:iam::123456789012:role/x",
+    "aws_external_id": "ext-0123456789", "sqs_queue_url": "https://sqs.eu-west-1.amazonaws.com/1/q",
+    "s3_bucket": "certs", "s3_endpoint_url": "https://s3.eu-west-1.amazonaws.com",
+    "cloudflare_api_token": "old-column-cf-token", "cloudflare_account_id": "acc1", "cloudflare_queue_id": "q1",
+    "cloudflare_api_base": "https://api.cloudflare.com/client/v4",
+    "cloudflare_worker_url": "https://w.acme.workers.dev", "offload_url": "https://abc.execute-api.x/batches",
+    "offload_auth_token": "old-column-offload-token", "smtp_host": "mail.acme.test", "smtp_port": 2525,
+    "smtp_username": "mailer", "smtp_password": "old-column-smtp-password", "smtp_tls": "tls",
+}
+OLD_SECRETS = ("aws_access_key", "aws_secret_key", "cloudflare_api_token", "offload_auth_token", "smtp_password")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_provider_settings_move_from_their_columns_into_the_encrypted_document(kind, tmp_path):
+    """0013: every value of the old columns (and the company's SNS topic) arrives in
+    provider_settings, next to what the newer providers kept there; the columns go; the
+    document is one Fernet token; a downgrade puts everything back."""
+    key = Fernet.generate_key()
+    fernet = Fernet(key)
+    with empty_database(kind, tmp_path) as url:
+        upgrade(url, "0012", keys=key.decode())
+        engine = create_engine(url)
+        with engine.begin() as conn:
+            stored = {k: fernet.encrypt(v.encode()).decode() if k in OLD_SECRETS else v for k, v in OLD_COLUMNS.items()}
+            insert(conn, "companies", id=1, name="Everything", callback_secret="x", sns_topic_arn="arn:aws:sns:x:1:t")
+            insert(conn, "delivery_settings", company_id=1, provider="ses", mode="offload", enabled=True,
+                   sender="noreply@acme.test", max_send_rate=12.5,
+                   provider_settings=fernet.encrypt(b'{"sendgrid_api_key":"SG.kept"}').decode(), **stored)
+            insert(conn, "companies", id=2, name="Defaults", callback_secret="x")
+            insert(conn, "delivery_settings", company_id=2, provider="smtp", mode="direct", enabled=False,
+                   smtp_tls="starttls")
+            insert(conn, "companies", id=3, name="Topic only", callback_secret="x", sns_topic_arn="arn:aws:sns:x:1:u")
+
+        def documents():
+            with engine.connect() as conn:
+                rows = conn.execute(text("SELECT company_id, provider, mode, enabled, sender, max_send_rate, "
+                                         "provider_settings FROM delivery_settings ORDER BY company_id")).all()
+            return {r.company_id: ((r.provider, r.mode, bool(r.enabled), r.sender, r.max_send_rate),
+                                   json.loads(fernet.decrypt(r.provider_settings.encode())))
+                    for r in rows}
+
+        upgrade(url, "0013", keys=key.decode())
+        found = documents()
+        assert found[1] == (("ses", "offload", True, "noreply@acme.test", 12.5),
+                            {**OLD_COLUMNS, "sendgrid_api_key": "SG.kept", "sns_topic_arn": "arn:aws:sns:x:1:t"})
+        assert found[2] == (("smtp", "direct", False, None, None), {"smtp_tls": "starttls"})
+        assert found[3][1] == {"sns_topic_arn": "arn:aws:sns:x:1:u"}
+        schema = inspect(engine)
+        left = {c["name"] for c in schema.get_columns("delivery_settings")}
+        assert left == {"id", "company_id", "provider", "mode", "enabled", "sender", "max_send_rate",
+                        "provider_settings", "updated_at"}
+        assert "sns_topic_arn" not in {c["name"] for c in schema.get_columns("companies")}
+        with engine.connect() as conn:
+            raw = " ".join(conn.execute(text("SELECT provider_settings FROM delivery_settings")).scalars())
+        assert not any(value in raw for value in ("old-column", "AKIAOLD", "SG.kept", "mail.acme.test"))
+
+        upgrade(url, "0012", down=True, keys=key.decode())
+        with engine.connect() as conn:
+            back = conn.execute(text(f"SELECT {', '.join(OLD_COLUMNS)}, provider_settings FROM delivery_settings "
+                                     "WHERE company_id = 1")).mappings().one()
+            topics = dict(conn.execute(text("SELECT id, sns_topic_arn FROM companies")).all())
+        assert {k: fernet.decrypt(back[k].encode()).decode() if k in OLD_SECRETS else back[k] for k in OLD_COLUMNS} \
+            == OLD_COLUMNS
+        assert json.loads(fernet.decrypt(back["provider_settings"].encode())) == {"sendgrid_api_key": "SG.kept"}
+        assert topics == {1: "arn:aws:sns:x:1:t", 2: None, 3: "arn:aws:sns:x:1:u"}
         engine.dispose()

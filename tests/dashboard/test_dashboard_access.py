@@ -155,7 +155,7 @@ def test_every_dashboard_url_for_company_a_objects_is_404_for_company_b(app, cli
     assert db.session.get(Template, world.template) is not None
     assert db.session.get(ApiToken, world.token).revoked_at is None
     company = db.session.get(Company, world.a.id)
-    assert company.callback_secret == world.secret and company.settings.smtp_tls == "none"
+    assert company.callback_secret == world.secret and company.settings.get_setting("smtp_tls") == "none"
     assert db.session.get(Certificate, world.cert).revoked_at is None
     assert db.session.get(Suppression, world.suppression) is not None
     assert not db.session.execute(select(AuditLog).where(AuditLog.company_id == world.a.id,

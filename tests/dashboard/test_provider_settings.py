@@ -50,6 +50,9 @@ def test_every_declared_secret_with_a_column_is_encrypted_and_the_rest_live_in_t
     stored = {c.name for c in columns} - {"id", "company_id", "updated_at", "provider_settings", "aws_external_id"}
     assert stored <= set(declared)
     assert {"sendgrid_api_key", "mailgun_domain"} <= set(declared) - {c.name for c in columns}
+    # every provider's settings, the older ones' too, are in the encrypted document: none has a column
+    assert not set(registry.settings()) & ({c.name for c in columns} | {c.name for c in Company.__table__.columns})
+    assert {"aws_secret_key", "smtp_host", "sns_topic_arn"} <= set(registry.settings())
 
 
 def test_configure_takes_the_new_providers_and_validates_their_settings(runner):

@@ -92,7 +92,7 @@ def test_a_role_that_trusts_the_service_without_the_external_id_is_refused(app, 
     assert resp.status_code == 303  # refused: back to the form (POST-redirect-GET) with the reason
     assert "without the external id" in client.get(resp.headers["Location"]).get_data(as_text=True)
     db.session.expire_all()
-    assert db.session.get(Company, company.id).settings.aws_role_arn is None
+    assert db.session.get(Company, company.id).settings.get_setting("aws_role_arn") is None
 
 
 def test_when_the_check_cannot_be_made_the_page_says_so(app, client, company, make_user, monkeypatch):

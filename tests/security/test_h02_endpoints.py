@@ -57,7 +57,7 @@ def test_a_stored_internal_endpoint_is_refused_when_the_worker_connects(app, cli
     company = make_company(provider="aws", sender="noreply@acme.test", aws_region="us-east-1",
                            aws_access_key="AKIATENANT0000000001", aws_secret_key="tenant-secret")
     # as if saved before the guard existed (or resolving elsewhere then): straight into the row
-    db.session.get(Company, company.id).settings.aws_endpoint_url = internal_service.url
+    db.session.get(Company, company.id).settings.set_setting("aws_endpoint_url", internal_service.url)
     db.session.commit()
     job_id = submit(client, company, people(2))
     run_worker_burst(app)

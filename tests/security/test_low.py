@@ -32,7 +32,7 @@ def test_the_certificate_download_redirects_only_to_an_allowed_storage_host(app,
                                                                           production_guard):
     company = make_company(s3_bucket="certs", aws_region="us-east-1", aws_access_key="AKIATENANT0000000001",
                            aws_secret_key="tenant-secret")
-    db.session.get(Company, company.id).settings.s3_endpoint_url = "https://phish.evil.example"
+    db.session.get(Company, company.id).settings.set_setting("s3_endpoint_url", "https://phish.evil.example")
     cert = Certificate(company_id=company.id, code=new_verification_code(), learner_name="Ann", course_name="C",
                        learner_email="ann@acme.test", issued_at=utcnow() - timedelta(days=1), storage="s3",
                        object_key="certificates/1/1/x.pdf", checksum="0" * 64)

@@ -86,7 +86,7 @@ def sent_job(client, app, make_company, ses_local):
     """A job of three recipients really sent through the SES emulator (message ids recorded)."""
     ses_local.clear()
     company = make_company("Bounce Co", **ses_settings(ses_local))
-    company.company.sns_topic_arn = TOPIC
+    company.company.settings.set_setting("sns_topic_arn", TOPIC)
     db.session.commit()
     body = {"type": "notification", "subject": "Hello", "body_text": "Hi",
             "recipients": [{"email": f"r{i}@example.com"} for i in range(3)]}
