@@ -16,8 +16,6 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-from jinja2 import meta
-from jinja2.sandbox import SandboxedEnvironment
 from redis import Redis
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
@@ -26,7 +24,7 @@ from core import crypto
 from core.db import db
 from core.lms import connection as lms_connection
 from core.models import CampaignSettings, Company
-from core.rendering import valid_email
+from core.rendering import CompiledTemplate, RenderError, valid_email
 
 UPLOAD_TTL_S = 3600
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -110,6 +108,9 @@ def build_audience(upload: Upload, mapping: dict) -> Audience:
     if mapping.get("email") not in columns:
         raise AudienceError("choose the column that holds the email address")
     fields = {f: columns[c] for f, c in (mapping.get("fields") or {}).items() if c in columns}
+    # a field no column fills is sent blank only once the user has said so (the review page asks);
+    # it is an explicit "" here, so the strict render sees a value, not a missing variable
+    blanks = {f: "" for f, c in (mapping.get("fields") or {}).items() if c not in columns}
     bad = list(upload.problems)
     seen: dict[str, int] = {}
     recipients = []
@@ -123,21 +124,16 @@ def build_audience(upload: Upload, mapping: dict) -> Audience:
             bad.append((line, f"duplicate of line {seen[email.lower()]}"))
         else:
             seen[email.lower()] = line
-            recipients.append({"email": email, "data": {f: values[i] for f, i in fields.items()}})
+            recipients.append({"email": email, "data": {**blanks, **{f: values[i] for f, i in fields.items()}}})
     return Audience(recipients, sorted(bad))
 
 
-def template_fields(*sources: str | None) -> list[str]:
-    """The variables a template's subject and bodies use, sorted."""
-    env = SandboxedEnvironment()
-    found: set[str] = set()
-    for source in sources:
-        if source:
-            try:
-                found |= meta.find_undeclared_variables(env.parse(source))
-            except Exception:  # a broken template: create_job reports it properly
-                continue
-    return sorted(found)
+def template_fields(subject: str | None, body_text: str | None, body_html: str | None) -> list[str]:
+    """The variables a template's subject and bodies use, sorted (the renderer compiles it)."""
+    try:
+        return sorted(CompiledTemplate(subject or "", body_text, body_html).variables)
+    except RenderError:  # a broken template: create_job reports it properly
+        return []
 
 
 def masked(data: dict) -> dict:

@@ -75,7 +75,8 @@ QR_DARK = (0x1F / 255, 0x2A / 255, 0x44 / 255)
 #: What a sentinel QR image is painted: no QR code has this colour.
 _SENTINEL_RGB = (1, 2, 3)
 
-_NONCE = secrets.token_hex(8)
+#: the marks' nonce (``core.rendering.render_marked_document`` prints them where the template does)
+NONCE = _NONCE = secrets.token_hex(8)
 _VALUE_MARK = re.compile(f"\x00{_NONCE}:(\\d+)\x00")
 _TEXT_HOLE = re.compile("\x00T(\\d+)\x00")
 _QR_HOLE = "\x00QR\x00"

@@ -32,15 +32,13 @@ import tempfile
 import unicodedata
 from collections.abc import Callable, Mapping
 from datetime import date, datetime
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from jinja2 import Template, TemplateError
-
 from core import certificate_fonts, certificate_layout
-from core.rendering import MAX_SOURCE, MAX_VALUE, RENDER_BUDGET_S, BoundedSandbox, describe_error, render_bounded
+from core.rendering import (MAX_SOURCE, MAX_VALUE, BoundedSandbox, CompileError, RenderError, render_document,
+                            render_marked_document)
 from reportlab.pdfbase.ttfonts import TTFError
 from xhtml2pdf import pisa
 from xhtml2pdf.config.resources import RenderLimitError, ResourceAccessPolicy
@@ -50,8 +48,10 @@ log = logging.getLogger(__name__)
 #: What a refused link becomes: an empty resource, so nothing is fetched or read.
 REFUSED_RESOURCE = "data:,"
 
-#: Fields every template may use; missing ones render as empty strings.
+#: The fields of a certificate. The optional ones are empty when the learner has none; a template
+#: that uses any other name the context lacks fails, naming it (undefined is strict).
 FIELD_NAMES = ("learner_name", "course_name", "completion_date", "grade", "expiry_date", "issuer")
+OPTIONAL_FIELDS = ("grade", "expiry_date", "issuer")
 
 #: Crockford's base32 alphabet: no I, L, O or U to misread.
 CODE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -73,14 +73,11 @@ MAX_TEMPLATE_VALUE = MAX_VALUE
 
 class CertificateSandbox(BoundedSandbox):
     """The bounded sandbox of ``core.rendering`` (arithmetic, repetition, loops, output and
-    time all limited), autoescaping."""
+    time all limited), autoescaping. Templates render through ``core.rendering.render_document``
+    (its "document" environment is this one), which adds the hard time and memory bound."""
 
     def __init__(self) -> None:
         super().__init__(autoescape=True)
-
-
-_jinja = CertificateSandbox()
-
 
 
 class CertificateError(ValueError):
@@ -215,42 +212,45 @@ def template_context(fields: Mapping[str, Any], *, logo: bytes | None,
                      verify_url: str, code: str, qr: bool = True) -> dict[str, Any]:
     """Build the variables a template sees from the learner's ``fields`` (``qr``: with the
     QR code's PNG, which a planned certificate draws itself)."""
-    context: dict[str, Any] = {name: "" for name in FIELD_NAMES}
+    context: dict[str, Any] = {name: "" for name in OPTIONAL_FIELDS}
     context.update({k: _display(v) for k, v in fields.items() if isinstance(k, str) and k.isidentifier()})
     context.update(code=code, verify_url=verify_url,
                    logo_src=logo_data_uri(logo), qr_src=qr_data_uri(verify_url) if qr else "")
     return context
 
 
-@lru_cache(maxsize=32)
-def _compile(template_html: str) -> Template:
-    """Compile a template once per process (bulk jobs render one template many times)."""
-    try:
-        return _jinja.from_string(template_html)
-    except TemplateError as exc:
-        raise CertificateTemplateError(f"template does not compile: {describe_error(exc, template_html)}") from None
-
-
 def render_certificate_html(template_html: str, template_css: str, context: Mapping[str, Any],
-                            budget_s: float = RENDER_BUDGET_S) -> str:
+                            budget_s: float | None = None) -> str:
     """Render the Jinja2 template in the bounded sandbox and put ``template_css`` in its head.
 
     An error names the template line and the undefined name or exception type, never a value."""
+    return _render_html(template_html, template_css, context, budget_s)[0]
+
+
+def _render_html(template_html: str, template_css: str, context: Mapping[str, Any], budget_s: float | None,
+                 marked: set[str] | None = None) -> tuple[str, list[tuple[str, str]]]:
+    """``render_certificate_html``; with ``marked``, those values print as the layout's marks, and
+    the book of what each mark stands for comes back too (``core.certificate_layout.skeleton``)."""
     if "</style" in template_css.lower():
         raise CertificateTemplateError("template CSS must not contain </style>")
     if len(template_css) > MAX_SOURCE:
         raise CertificateTemplateError(f"template CSS is longer than {MAX_SOURCE} characters")
+    book: list[tuple[str, str]] = []
     try:
-        html = render_bounded(_compile(template_html), dict(context), budget_s)
-    except CertificateTemplateError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - whatever a user template raises is a template error
-        raise CertificateTemplateError(f"template does not render: {describe_error(exc, template_html)}") from None
+        if marked is None:
+            html = render_document(template_html, dict(context), budget_s)
+        else:
+            html, book = render_marked_document(template_html, dict(context), marked, certificate_layout.NONCE,
+                                                budget_s)
+    except CompileError as exc:
+        raise CertificateTemplateError(f"template does not compile: {exc.message}") from None
+    except RenderError as exc:
+        raise CertificateTemplateError(f"template does not render: {exc.message}") from None
     style = f"<style>\n{template_css}\n</style>\n"
     head_end = html.lower().find("</head>")
     if head_end < 0:
-        return style + html
-    return html[:head_end] + style + html[head_end:]
+        return style + html, book
+    return html[:head_end] + style + html[head_end:], book
 
 
 def html_to_pdf(html: str, *, asset_dir: Path | None = None) -> bytes:
@@ -274,7 +274,7 @@ def html_to_pdf(html: str, *, asset_dir: Path | None = None) -> bytes:
 
 def render_certificate_pdf(template_html: str, template_css: str, fields: dict, *,
                            logo: bytes | None, verify_url: str, code: str,
-                           asset_dir: Path | None = None, budget_s: float = RENDER_BUDGET_S,
+                           asset_dir: Path | None = None, budget_s: float | None = None,
                            planned: bool = False) -> bytes:
     """Render one certificate as PDF bytes.
 
@@ -311,13 +311,13 @@ _DATE_CHARACTERS = "".join(sorted(set("".join(calendar.month_name[1:])) | set("0
 
 
 def _render_planned(template_html: str, template_css: str, context: dict[str, Any], asset_dir: Path | None,
-                    budget_s: float) -> bytes | None:
+                    budget_s: float | None) -> bytes | None:
     """The certificate from its template's plan, or ``None`` when it needs the full layout."""
     verify = context["verify_url"]
     per_learner = {name for name in context if name != "logo_src"}
-    wrapped, book = certificate_layout.wrap_values(context, per_learner)
-    skeleton = certificate_layout.skeleton(render_certificate_html(template_html, template_css, wrapped, budget_s),
-                                           book)
+    # the renderer prints the learner's values as marks and says which is which (the template runs there)
+    skeleton = certificate_layout.skeleton(*_render_html(template_html, template_css, context, budget_s,
+                                                         per_learner))
     if not skeleton.plannable:
         return None
     charsets = {"code": CODE_ALPHABET, "verify_url": "".join(sorted(set(verify) | set(CODE_ALPHABET))),

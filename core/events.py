@@ -160,7 +160,7 @@ def check_template(company_id: int, event: Event) -> Template:
         raise EventError("no_template", f"no template for {event.job_type}",
                          {"job_type": event.job_type})
     try:
-        compile_checked(tpl.subject, tpl.body_text, tpl.body_html, event.data)
+        compile_checked(tpl.subject, tpl.body_text, tpl.body_html, event.data, event.job_type)
     except JobError as exc:
         raise EventError(exc.code, exc.message, exc.details) from None
     return tpl

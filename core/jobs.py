@@ -114,11 +114,22 @@ def resolve_content(company_id: int, req: JobRequest) -> tuple[str, str | None, 
     return req.subject or "", req.body_text, req.body_html
 
 
-def compile_checked(subject, text_body, html_body, sample: dict | None) -> CompiledTemplate:
+#: variables the service adds to each recipient's data before the mail is rendered, per job type; the
+#: sample render at submit gets these stand-ins (undefined is strict: without them it would fail)
+SERVICE_VARIABLES = {
+    "certificate": {"certificate_code": "SAMPLE0CODE000000000",
+                    "certificate_url": "https://example.invalid/certificates/SAMPLE0CODE000000000/download",
+                    "verify_url": "https://example.invalid/verify/SAMPLE0CODE000000000"},
+}
+
+
+def compile_checked(subject, text_body, html_body, sample: dict | None,
+                    job_type: str | None = None) -> CompiledTemplate:
     """Compile and test-render once, so template errors are a 400 now, not failures later."""
     try:
-        compiled = CompiledTemplate(subject, text_body, html_body)
-        compiled.render(sample, budget_s=PREVIEW_BUDGET_S)
+        if job_type in SERVICE_VARIABLES:
+            sample = {**SERVICE_VARIABLES[job_type], **(sample if isinstance(sample, dict) else {})}
+        compiled, _ = CompiledTemplate.checked(subject, text_body, html_body, sample, PREVIEW_BUDGET_S)
     except RenderError as exc:
         raise JobError("template_error", str(exc), {"part": exc.part}) from None
     return compiled
@@ -195,7 +206,8 @@ def create_job(company_id: int, payload, *, idempotency_key: str | None = None, 
                        {"count": len(req.recipients)})
     subject, text_body, html_body = resolve_content(company_id, req)
     first = req.recipients[0]
-    compile_checked(subject, text_body, html_body, first.get("data") if isinstance(first, dict) else None)
+    compile_checked(subject, text_body, html_body, first.get("data") if isinstance(first, dict) else None,
+                    req.type)
 
     job = Job(company_id=company_id, type=req.type, status=QUEUED, source=source, subject=subject,
               body_text=text_body, body_html=html_body, template_name=req.template, send_at=req.send_at,

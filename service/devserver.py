@@ -40,8 +40,9 @@ DEMO_TEMPLATES = {
                      "Hi {{ firstname }},\n\nyour course {{ course }} is waiting for you.\n"),
     "notification": ("notice", "{{ subject_line | default('A message from the academy') }}",
                      "Hi {{ firstname }},\n\n{{ message | default('You have a new notification.') }}\n"),
-    "certificate": ("certificate", "Your certificate for {{ course }}",
-                    "Congratulations {{ firstname }}!\n\nYour certificate: {{ certificate_url }}\n"),
+    # the certificate's own fields (course_name, learner_name), which the PDF needs anyway
+    "certificate": ("certificate", "Your certificate for {{ course_name }}",
+                    "Congratulations {{ learner_name }}!\n\nYour certificate: {{ certificate_url }}\n"),
 }
 
 

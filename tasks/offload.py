@@ -198,7 +198,12 @@ class Submission:
         for item in items:
             claim = item.claim
             rows = batches.load_sendable(claim)
-            entries, ids, failures = self.render(claim, rows)
+            entries, ids, failures, unrendered = self.render(claim, rows)
+            if unrendered:  # the render budget ran out: settle what failed, the rest waits its turn
+                if failures:
+                    batches.fail_recipients(claim, failures)
+                self.retry([item], f"{unrendered} recipients were not rendered in time; they wait")
+                continue
             envelope = self.envelope(claim, item.batch_number)
             parts, too_large = split_recipients(envelope, entries, limit)
             for index in too_large:  # a certificate too large to attach: the link in the body stays
@@ -236,17 +241,23 @@ class Submission:
             self._jobs[job_id] = db.session.get(Job, job_id)
         return self._jobs[job_id]
 
-    def render(self, claim: batches.Claim, rows) -> tuple[list[dict], list[int], list[tuple[int, str]]]:
+    def render(self, claim: batches.Claim, rows) -> tuple[list[dict], list[int], list[tuple[int, str]], int]:
         """Each sendable recipient's entry (``email``, ``data``, ``rendered``, and
-        ``headers`` / ``attachments`` when there are any), their ids, and failures."""
+        ``headers`` / ``attachments`` when there are any), their ids, failures, and how many
+        the batch's render budget did not reach (one call to the renderer for the batch)."""
         job = self.job(claim.job_id)
         template = CompiledTemplate(job.subject, job.body_text, job.body_html)
         certs = certificates.mail_for(job)
-        entries, ids, failures = [], [], []
-        for rid, email, data, _attempts in rows:
+        entries, ids, failures, unrendered = [], [], [], 0
+        for (rid, email, data, _attempts), rendered in zip(rows, template.render_many([row[2] for row in rows]),
+                                                           strict=True):
+            if rendered is None:
+                unrendered += 1
+                continue
             try:
                 attachments = certs.attachments(rid, data) if certs else []
-                rendered = template.render(data)
+                if isinstance(rendered, RenderError):
+                    raise rendered
             except RenderError as exc:
                 failures.append((rid, f"render_error: {exc}"))
                 continue
@@ -261,7 +272,7 @@ class Submission:
                                         for a in attachments]
             entries.append(entry)
             ids.append(rid)
-        return entries, ids, failures
+        return entries, ids, failures, unrendered
 
     def submit(self, items: list[Item]) -> None:
         try:

@@ -125,14 +125,20 @@ class BatchRun:
             raise LostLease()
 
     # -- messages -------------------------------------------------------------
-    def build(self, rows) -> tuple[list[Message], list[Result]]:
-        """Render each recipient; a render failure fails only that recipient."""
+    def build(self, rows) -> tuple[list[Message], list[Result], set[int]]:
+        """Render the chunk (one call to the renderer, one time budget); a render failure fails only
+        that recipient. Recipients the budget did not reach (returned) stay pending for the next run."""
 
-        messages, failures = [], []
-        for rid, email, data, _attempts in rows:
+        messages, failures, unrendered = [], [], set()
+        for (rid, email, data, _attempts), r in zip(rows, self.template.render_many([row[2] for row in rows]),
+                                                   strict=True):
+            if r is None:
+                unrendered.add(rid)
+                continue
             try:
                 attachments = self.certificates.attachments(rid, data) if self.certificates else []
-                r = self.template.render(data)
+                if isinstance(r, RenderError):
+                    raise r
                 if self.lms:
                     attachments = attachments + self.lms.attachments(data)
                     r = self.lms.adjust(r)
@@ -144,7 +150,7 @@ class BatchRun:
                 headers.update(self.lms.headers(data))
             messages.append(Message(key=rid, to=email, subject=r.subject, text=r.text, html=r.html, headers=headers,
                                     attachments=attachments))
-        return messages, failures
+        return messages, failures, unrendered
 
     # -- the loop -------------------------------------------------------------
     def run(self) -> str:
@@ -226,8 +232,10 @@ class BatchRun:
         claim = self.claim
         if not self.tokens(len(chunk), rate):
             return "defer"
-        messages, render_failures = self.build(chunk)
-        ids = [r[0] for r in chunk]
+        messages, render_failures, unrendered = self.build(chunk)
+        ids = [r[0] for r in chunk if r[0] not in unrendered]
+        if not ids:
+            return "next"
         if not batches.mark_sending(claim, ids, self.lease_s):
             return self.stop_after_cancel()
         if route.relay:  # the operator's relay never sends as an unapproved tenant domain

@@ -30,7 +30,7 @@ from core.db import db
 from core.jobs import JobError, create_job
 from core.models import Company, Job, Template, utcnow
 from core.queue import connection
-from core.rendering import CompiledTemplate, RenderError
+from core.rendering import PREVIEW_BUDGET_S, CompiledTemplate, RenderError
 from core.tenancy import get_or_404
 from core.queue import enqueue_job
 
@@ -66,13 +66,20 @@ def chosen_template(raw) -> Template:
 
 
 def render_preview(tpl: Template, recipients: list[dict], secret_fields=()) -> list[dict]:
-    """The first messages, rendered with password-like fields masked."""
+    """The first messages, rendered with password-like fields masked (one preview budget for them all)."""
     compiled = CompiledTemplate(tpl.subject, tpl.body_text, tpl.body_html)
-    shown = []
-    for rcpt in recipients[:PREVIEW_COUNT]:
+    first = recipients[:PREVIEW_COUNT]
+    datas = []
+    for rcpt in first:
         data = audiences.masked(rcpt["data"])
         data.update({k: audiences.MASK for k in secret_fields if data.get(k) not in (None, "")})
-        msg = compiled.render(data)
+        datas.append(data)
+    shown = []
+    for rcpt, msg in zip(first, compiled.render_many(datas, budget_s=PREVIEW_BUDGET_S), strict=True):
+        if isinstance(msg, RenderError):
+            raise msg
+        if msg is None:  # the budget went to the ones before: the preview shows those
+            break
         shown.append({"to": rcpt["email"], "subject": msg.subject, "text": msg.text, "html": msg.html})
     return shown
 

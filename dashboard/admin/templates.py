@@ -9,8 +9,6 @@ import json
 from flask import flash, jsonify, redirect, request, url_for
 from flask_admin import expose
 from flask_admin.model.template import EndpointLinkRowAction
-from jinja2 import TemplateSyntaxError, meta
-from jinja2.sandbox import SandboxedEnvironment
 from redis import RedisError
 from sqlalchemy import func, select
 from wtforms import SelectField
@@ -29,16 +27,11 @@ SAMPLE_VALUES = {"email": "learner@example.com", "firstname": "Ann", "lastname":
 
 
 def template_variables(tpl: Template) -> list[str]:
-    """The names the template's parts use, sorted."""
-    env = SandboxedEnvironment()
-    names: set[str] = set()
-    for part in PARTS:
-        source = getattr(tpl, part) or ""
-        try:
-            names |= meta.find_undeclared_variables(env.parse(source))
-        except TemplateSyntaxError:
-            continue
-    return sorted(names)
+    """The names the template's parts use, sorted (from the renderer, which compiles them)."""
+    try:
+        return sorted(CompiledTemplate(tpl.subject, tpl.body_text, tpl.body_html).variables)
+    except RenderError:
+        return []
 
 
 def sample_data(tpl: Template) -> dict:
@@ -160,13 +153,15 @@ class TemplateView(TenantModelView):
         rendered = None
         if error is None:
             try:
-                rendered = CompiledTemplate(tpl.subject, tpl.body_text, tpl.body_html).render(
-                    sample, budget_s=PREVIEW_BUDGET_S)
+                _, rendered = CompiledTemplate.checked(tpl.subject, tpl.body_text, tpl.body_html, sample,
+                                                       PREVIEW_BUDGET_S)
             except RenderError as exc:
                 error = str(exc)
-        return self.render("admin/email_templates/preview.html", tpl=tpl, sample_json=raw, rendered=rendered,
+        page = self.render("admin/email_templates/preview.html", tpl=tpl, sample_json=raw, rendered=rendered,
                            error=error, variables=template_variables(tpl), srcdoc=_srcdoc(rendered),
                            check_id=request.args.get("check", ""))
+        # a sample that cannot render (bad JSON, a missing variable, a limit) is the request's fault
+        return (page, 400) if error and request.method == "POST" else page
 
     @expose("/send-test/<int:template_id>/", methods=("POST",))
     def send_test(self, template_id: int):

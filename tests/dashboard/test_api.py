@@ -31,7 +31,8 @@ def test_create_returns_202_with_the_job_and_queues_it(client, company):
 
 
 def test_invalid_addresses_are_kept_as_failed(client, company):
-    body = {**JOB, "recipients": [{"email": "ok@acme.test"}, {"email": "not-an-address"},
+    body = {**JOB, "recipients": [{"email": "ok@acme.test", "data": {"firstname": "Ok", "password": "pw"}},
+                                  {"email": "not-an-address"},
                                   {"email": "evil@acme.test\r\nBcc: x@y.test"}, {"email": 42}, "junk"]}
     resp = post_job(client, company, body)
     assert resp.status_code == 202 and resp.json["email_count"] == 5 and resp.json["emails_failed"] == 4

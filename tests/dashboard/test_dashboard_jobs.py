@@ -77,7 +77,8 @@ def test_csv_lines_streams_in_chunks_and_neutralises_every_cell():
 # -- list, polling and detail -----------------------------------------------------------
 
 def test_job_list_json_and_detail_follow_a_real_send(client, manager, smtp):
-    recipients = people(30) + [{"email": REFUSED, "data": {"firstname": "R"}}, {"email": "not-an-address"}]
+    recipients = people(30) + [{"email": REFUSED, "data": {"firstname": "R", "password": "pw"}},
+                               {"email": "not-an-address"}]
     job_id = create_job(client, manager, recipients)
 
     page = client.get("/admin/jobs/")
@@ -120,9 +121,10 @@ def test_list_filters_and_pagination(client, manager, app):
 
 
 def test_csv_downloads_neutralise_cells_and_never_export_data(client, manager):
-    recipients = [{"email": "=HYPERLINK@example.com", "data": {"password": "data-canary-1"}},
-                  {"email": "+plus@example.com", "data": {"password": "data-canary-2"}},
-                  {"email": "@evil"}, {"email": "\tcmd"}, {"email": REFUSED}]
+    recipients = [{"email": "=HYPERLINK@example.com", "data": {"firstname": "A", "password": "data-canary-1"}},
+                  {"email": "+plus@example.com", "data": {"firstname": "B", "password": "data-canary-2"}},
+                  {"email": "@evil"}, {"email": "\tcmd"},
+                  {"email": REFUSED, "data": {"firstname": "C", "password": "p"}}]
     job_id = create_job(client, manager, recipients)
     run_worker_burst(client.application)
 
@@ -145,7 +147,8 @@ def test_csv_downloads_neutralise_cells_and_never_export_data(client, manager):
 
 
 def test_retry_failed_recipients_through_the_dashboard(client, manager, smtp):
-    job_id = create_job(client, manager, people(5) + [{"email": REFUSED}, {"email": "bad"}])
+    job_id = create_job(client, manager, people(5) + [{"email": REFUSED, "data": {"firstname": "R", "password": "p"}},
+                                                      {"email": "bad"}])
     run_worker_burst(client.application)
     html = client.get(f"/admin/jobs/{job_id}/").get_data(as_text=True)
     assert 'id="retry-failed"' in html

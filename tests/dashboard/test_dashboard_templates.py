@@ -58,7 +58,8 @@ def test_create_list_edit_and_audit(client, manager):
 
     # the LMS can use it by name
     job = client.post("/api/v1/jobs", headers=manager.auth, json={
-        "type": "csv_import", "template": "welcome", "recipients": [{"email": "a@example.com"}]})
+        "type": "csv_import", "template": "welcome", "recipients": [{"email": "a@example.com",
+                                                                     "data": {"firstname": "Ann"}}]})
     assert job.status_code == 202
 
 

@@ -82,7 +82,8 @@ def test_manager_follows_a_job_retries_it_and_tests_aws(app, live_server, live_w
             {subtree: true, childList: true, characterData: true}); }""")
     recipients = [{"email": f"learner{i}@example.com", "data": {"firstname": f"L{i}", "password": f"pw-{i}"}}
                   for i in range(296)]
-    recipients += [{"email": address, "data": {"firstname": "R"}} for address in REFUSED] + [{"email": "not-an-email"}]
+    recipients += [{"email": address, "data": {"firstname": "R", "password": "pw-r"}} for address in REFUSED] + \
+        [{"email": "not-an-email"}]
     job = api_create_job(base, company.token, recipients)
     row = f'tr[data-job-id="{job["id"]}"]'
     page.wait_for_selector(row, timeout=WAIT_MS)  # inserted by the polling script
