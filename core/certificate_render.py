@@ -227,10 +227,17 @@ def render_certificate_html(template_html: str, template_css: str, context: Mapp
     return _render_html(template_html, template_css, context, budget_s)[0]
 
 
+def render_marked_certificate_html(template_html: str, template_css: str, context: Mapping[str, Any],
+                                   marked: set[str], budget_s: float | None = None
+                                   ) -> tuple[str, list[tuple[str, str]]]:
+    """``render_certificate_html`` with the values of ``marked`` printed as the layout's marks, and the
+    book of what each mark stands for (``core.certificate_layout.skeleton`` takes both). The template
+    runs in the renderer process, so the marks are made there, not by objects in ``context``."""
+    return _render_html(template_html, template_css, context, budget_s, marked)
+
+
 def _render_html(template_html: str, template_css: str, context: Mapping[str, Any], budget_s: float | None,
                  marked: set[str] | None = None) -> tuple[str, list[tuple[str, str]]]:
-    """``render_certificate_html``; with ``marked``, those values print as the layout's marks, and
-    the book of what each mark stands for comes back too (``core.certificate_layout.skeleton``)."""
     if "</style" in template_css.lower():
         raise CertificateTemplateError("template CSS must not contain </style>")
     if len(template_css) > MAX_SOURCE:
@@ -316,8 +323,8 @@ def _render_planned(template_html: str, template_css: str, context: dict[str, An
     verify = context["verify_url"]
     per_learner = {name for name in context if name != "logo_src"}
     # the renderer prints the learner's values as marks and says which is which (the template runs there)
-    skeleton = certificate_layout.skeleton(*_render_html(template_html, template_css, context, budget_s,
-                                                         per_learner))
+    skeleton = certificate_layout.skeleton(*render_marked_certificate_html(template_html, template_css, context,
+                                                                           per_learner, budget_s))
     if not skeleton.plannable:
         return None
     charsets = {"code": CODE_ALPHABET, "verify_url": "".join(sorted(set(verify) | set(CODE_ALPHABET))),

@@ -119,23 +119,24 @@ def test_a_value_the_plan_cannot_hold_gets_the_full_layout() -> None:
 def test_escaping_and_values_outside_the_text() -> None:
     """A value in an attribute is put back as text (and the page is laid out in full); markup in a
     value stays text."""
-    context, book = cl.wrap_values({"learner_name": "<b>Ann</b>", "qr_src": "", "logo_src": ""},
-                                   {"learner_name", "qr_src"})
-    html = cr.render_certificate_html('<body><p title="{{ learner_name }}">{{ learner_name }}</p>'
-                                      '<img src="{{ qr_src }}"></body>', "", context)
-    sk = cl.skeleton(html, book)
+    sk = cl.skeleton(*cr.render_marked_certificate_html(
+        '<body><p title="{{ learner_name }}">{{ learner_name }}</p><img src="{{ qr_src }}"></body>', "",
+        {"learner_name": "<b>Ann</b>", "qr_src": "", "logo_src": ""}, {"learner_name", "qr_src"}))
     assert sk.fields == ("learner_name",) and sk.qr and not sk.plannable
     assert 'title="&lt;b&gt;Ann&lt;/b&gt;"' in sk.html and "<b>" not in sk.html
-    context, book = cl.wrap_values({"learner_name": "<b>Ann</b>", "qr_src": ""}, {"learner_name", "qr_src"})
-    html = cr.render_certificate_html('<body><p>{{ learner_name }}</p><img src="{{ qr_src }}"></body>', "", context)
-    assert cl.skeleton(html, book).plannable
+    sk = cl.skeleton(*cr.render_marked_certificate_html(
+        '<body><p>{{ learner_name }}</p><img src="{{ qr_src }}"></body>', "",
+        {"learner_name": "<b>Ann</b>", "qr_src": ""}, {"learner_name", "qr_src"}))
+    assert sk.plannable
 
 
 @needs_poppler
 def test_a_plan_carries_nothing_of_the_learner_it_was_made_for() -> None:
     """A plan is shared by every learner (and company) with the template: it is laid out from
     probes, so the next certificate shows nothing of the first learner's."""
-    render({"learner_name": "Zebedee Quartermaine", "course_name": "Secret Course", "grade": "12%"}, planned=True)
-    text = pdf_text(render({"learner_name": "Ann Lee", "course_name": "Fire Safety", "grade": "99%"}, planned=True))
+    render({"learner_name": "Zebedee Quartermaine", "course_name": "Secret Course", "grade": "12%",
+            "completion_date": "2026-01-05"}, planned=True)
+    text = pdf_text(render({"learner_name": "Ann Lee", "course_name": "Fire Safety", "grade": "99%",
+                            "completion_date": "2026-01-05"}, planned=True))
     assert len(plans()) == 1
     assert "Ann Lee" in text and "Zebedee" not in text and "Secret" not in text and "12%" not in text

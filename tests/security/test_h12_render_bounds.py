@@ -138,7 +138,7 @@ STOPPED_BY_THE_RENDERER = [
     # C code that no alarm interrupts: the parent kills the renderer after the deadline
     ("{{ ([[0]*1000]*100000)|tojson|length }}", (TIME,)),
     # a hundred thousand lists of a thousand: the memory cap
-    ("{{ ([[0]*1000]*100000)|map('list')|list|length }}", (MEMORY,)),
+    ("{{ ([[0]*1000]*100000)|map('list')|list|length }}", (MEMORY, TIME)),
 ]
 
 
