@@ -128,7 +128,7 @@ def post_job(client, company, body_text: str, recipients=None, **extra):
 # --------------------------------------------------------------------------- the API's sample render
 
 TIME = f"takes longer than {BUDGET:g} s to render"
-MEMORY = f"needs more than {rendering.RENDER_MEMORY_MB} MB of memory"
+MEMORY = f"needs more than {getattr(rendering, 'RENDER_MEMORY_MB', 256)} MB of memory"
 STOPPED_BY_THE_RENDERER = [
     # Python code that never reaches the sandbox's checks: the renderer's alarm at the budget
     ("{{ lipsum(400000)|length }}", (TIME,)),
