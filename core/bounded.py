@@ -83,11 +83,10 @@ def dumps(obj: Any) -> bytes:
 
 
 def _child_env() -> dict[str, str]:
-    """The child's whole environment: no database URL, key or credential of the service."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
-    if os.environ.get("PYTHONPATH"):  # where the libraries are, in a deployment that installs them so
-        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-    return env
+    """The child's whole environment: none of the service's variables (no database URL, key or
+    credential); where this interpreter finds its libraries is passed as the import path."""
+    return {"LC_ALL": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p and os.path.isabs(p))}
 
 
 class Child:
