@@ -26,7 +26,7 @@ import pytest
 import requests
 from sqlalchemy import select
 
-from core import rendering
+from core import rendering, settings
 from core.db import db
 from core.models import CertificateTemplate, Job, Recipient, Template
 from tests.support.app import ROOT, csrf_from, run_worker_burst
@@ -183,7 +183,7 @@ def gunicorn(app, tmp_path):
     """The app under a real gunicorn worker with a 10 s timeout (the review's 600 000 paragraphs tripped it)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("OFFLOAD_ENCRYPTION_KEYS", "FLASK_ENV", "OFFLOAD_ENV")}
-    env.update(DATABASE_URL=app.config["SQLALCHEMY_DATABASE_URI"], REDIS_URL=app.config["REDIS_URL"])
+    env.update(DATABASE_URL=settings.current().database_url, REDIS_URL=settings.current().redis_url)
     log = tmp_path / "gunicorn.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([os.path.join(ROOT, ".venv", "bin", "gunicorn"), "-w", "1", "--timeout", "10", "-b",
