@@ -17,6 +17,11 @@ names. Two independent gates stop that:
    the render: no network at all, local reads confined to ``asset_dir`` (none
    without one), and size/time limits, which also covers the library's few
    code paths that do not consult ``link_callback``.
+
+Text prints in :mod:`core.certificate_fonts`' stacks (every script, a fallback per glyph,
+shaping), whatever family the CSS names. A bulk job renders ``planned``: the template is laid
+out once per shape and each learner's values are set into it (:mod:`core.certificate_layout`);
+what a plan cannot follow is laid out in full, as the dashboard's preview always is.
 """
 from __future__ import annotations
 
