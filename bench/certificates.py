@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import logging
 import multiprocessing
 import os
 import sys
@@ -97,6 +98,7 @@ def render_range(args: tuple[range, bytes, str]) -> int:
 
 def warm_up(mode: str) -> float:
     """Render every name once (fonts loaded, plans made); return how long that took."""
+    logging.getLogger("xhtml2pdf").setLevel(logging.ERROR)  # the old fonts' "no glyph for ..." warnings
     if mode == "old":  # this worker process lays out in the built-in fonts, as before
         certificate_render.certificate_fonts = SimpleNamespace(register=lambda: None)
     started = time.perf_counter()
