@@ -1,15 +1,19 @@
 """Bench: IOMAD's email queue taken over from MariaDB and sent end to end.
 
-Starts what it needs (a fresh Moodle/IOMAD database on the machine's MariaDB
-at 127.0.0.1:3306, a fresh PostgreSQL database for the service, a private
-redis-server, aws-ses-v2-local, N RQ workers polling every second), queues
-``--rows`` rendered IOMAD email rows, switches the company's
-``iomad_email_queue`` on and prints:
+Starts what it needs (a fresh Moodle/IOMAD database with IOMAD's and Moodle's
+real tables on the machine's MariaDB at 127.0.0.1:3306, a fresh PostgreSQL
+database for the service, a private redis-server, aws-ses-v2-local, N RQ
+workers polling every second), queues ``--rows`` IOMAD email rows written as
+IOMAD's ``queue_for_cron`` writes them (``user_create``, a template object in
+the headers), switches the company's ``iomad_email_queue`` on and prints:
 - the wall time until every row is marked sent in Moodle, and rows/s,
 - a bare script doing the same work with no queue or service database (read
   the due rows joined to their users, the same SendBulkEmail calls of 50,
   the same UPDATE of ``sent``), and the bare SES calls alone,
-- the ratio (the service's overhead).
+- the ratio (the service's overhead; the goal is at most 2x),
+- the statements the connector sent to the Moodle database per 1,000 rows
+  (every one: a counting proxy sits between the workers and MariaDB; the
+  goal is at most 30), and its connections.
 
 Usage: .venv/bin/python bench/lms_takeover.py [--rows 20000] [--workers 2]
 """
@@ -25,10 +29,12 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from sqlalchemy import bindparam, text  # noqa: E402
+from sqlalchemy import bindparam, create_engine, text  # noqa: E402
+from sqlalchemy.pool import NullPool  # noqa: E402
 
 from bench.bulk_send import BIN, create_database, flask  # noqa: E402
 from tests.support.moodle import MoodleDb  # noqa: E402
+from tests.support.mysql_counter import MysqlCounter  # noqa: E402
 from tests.support.servers import RedisServer, SesLocal  # noqa: E402
 
 IOMAD = 5
@@ -88,30 +94,43 @@ def main() -> None:
     try:
         moodle.add_company(IOMAD, "Bench IOMAD")
         fill(moodle, args.rows, "user")
-        with RedisServer() as redis_server, SesLocal() as ses:
+        with RedisServer() as redis_server, SesLocal() as ses, MysqlCounter() as counter:
+            lms_url = moodle.url.replace("127.0.0.1:3306", f"127.0.0.1:{counter.port}")
             env = {**os.environ, "DATABASE_URL": db_url, "REDIS_URL": redis_server.url, "SECRET_KEY": "bench",
                    "OFFLOAD_DEV": "1", "OFFLOAD_ALLOW_PRIVATE_ENDPOINTS": "1", "OFFLOAD_LMS_POLL_S": "1"}
             flask(env, "db", "upgrade")
             company = dict(line.split(": ", 1) for line in flask(env, "company", "create", "Bench").splitlines())
             flask(env, "company", "configure", company["id"], "provider=aws", f"aws_endpoint_url={ses.url}",
                   "aws_region=us-east-1", "aws_access_key=AKIABENCH", "aws_secret_key=bench",
-                  "sender=noreply@bench.test", f"lms_url={moodle.url}", f"iomad_company_id={IOMAD}")
+                  "sender=noreply@bench.test", f"lms_url={lms_url}", f"iomad_company_id={IOMAD}")
             for i in range(args.workers):
                 procs.append(subprocess.Popen([os.path.join(BIN, "flask"), "--app", "wsgi", "worker",
                                                "--name", f"bench-lms-{i}"], cwd=ROOT, env=env,
                                               stdout=open(f"/tmp/bench-lms-worker-{i}.log", "w"),
                                               stderr=subprocess.STDOUT))
             time.sleep(3)  # workers up
+            counter.reset()
             t0 = time.perf_counter()
             flask(env, "company", "configure", company["id"], "iomad_email_queue=1")
+            ours = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://", 1), poolclass=NullPool)
+            phases: dict[str, float] = {}
             while True:
                 left = moodle.all(f"SELECT count(*) FROM {moodle.t('email')} WHERE sent IS NULL")[0][0]
+                with ours.connect() as conn:
+                    taken, sent = conn.execute(text(
+                        "SELECT (SELECT count(*) FROM lms_email_rows), "
+                        "(SELECT count(*) FROM recipients WHERE status = 'sent')")).one()
+                for name, done in (("taken", taken), ("accepted", sent)):
+                    if done >= args.rows and name not in phases:
+                        phases[name] = time.perf_counter() - t0
                 if not left:
                     break
                 if time.perf_counter() - t0 > 1800:
                     raise SystemExit(f"{left} rows still unsent after 30 minutes")
                 time.sleep(0.2)
             wall = time.perf_counter() - t0
+            ours.dispose()
+            statements, connections, shapes = dict(counter.counts), counter.connections, counter.shapes.most_common(12)
             store = ses.store()
             dupes = len(store) - len({m["destination"]["to"][0] for m in store})
             for p in procs:
@@ -133,10 +152,16 @@ def main() -> None:
     print(f"IOMAD rows: {n} on MariaDB; service database: postgresql; workers: {args.workers}; "
           f"poll every 1 s, chunks of 500")
     print(f"in SES store {len(store)}, duplicates {dupes}")
-    print(f"switch on -> every row sent and marked in Moodle: {wall:.1f} s ({n / wall:,.0f} rows/s)")
+    print(f"switch on -> every row sent and marked in Moodle: {wall:.1f} s ({n / wall:,.0f} rows/s); every row "
+          f"taken at {phases.get('taken', wall):.1f} s, accepted by SES at {phases.get('accepted', wall):.1f} s")
     print(f"bare script, read + same SES calls + UPDATE sent: {bare_db:.1f} s ({n / bare_db:,.0f} rows/s)")
     print(f"bare script, the SES calls alone: {bare_ses:.1f} s ({n / bare_ses:,.0f} rows/s)")
-    print(f"service overhead: {wall / bare_db:.2f}x the bare read-send-update script")
+    print(f"service overhead: {wall / bare_db:.2f}x the bare read-send-update script (goal <= 2x)")
+    queries = statements.get("query", 0)
+    others = ", ".join(f"{k} {v}" for k, v in sorted(statements.items()) if k != "query") or "none"
+    print(f"statements on the Moodle database: {queries} ({queries * 1000 / n:.1f} per 1,000 rows, goal <= 30); "
+          f"other commands: {others}; connections: {connections}")
+    print("  by kind: " + "; ".join(f"{shape} x{count}" for shape, count in shapes))
 
 
 if __name__ == "__main__":

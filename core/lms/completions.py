@@ -153,7 +153,6 @@ def poll(company: Company, *, chunk: int, max_rows: int, now: int | None = None)
                                                             "completions_after_id": after[1]}, recheck=True)
                 if len(rows) < chunk:
                     break
-            conn.rollback()
     except SQLAlchemyError as exc:
         raise failure("could not be read", exc) from None
     return result

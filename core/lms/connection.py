@@ -113,22 +113,17 @@ def open_engine(raw_url: str, *, read_only: bool) -> Engine:
         args = {"connect_timeout": CONNECT_TIMEOUT_S, "read_timeout": STATEMENT_TIMEOUT_S,
                 "write_timeout": STATEMENT_TIMEOUT_S, "charset": "utf8mb4", "local_infile": False}
     try:
-        # a small pool for the engine's life (one poll, one test): its queries share a connection;
-        # every caller disposes of the engine when done
-        engine = create_engine(url, poolclass=QueuePool, pool_size=1, max_overflow=2, pool_pre_ping=True,
-                               pool_recycle=ENGINE_TTL_S, connect_args=args)
+        # a small pool for the engine's life; autocommit: every statement is its own transaction (reads,
+        # the guarded UPDATEs of ``sent``), so no BEGIN/COMMIT/ROLLBACK round trips reach the LMS
+        engine = create_engine(url, poolclass=QueuePool, pool_size=1, max_overflow=2, pool_recycle=ENGINE_TTL_S,
+                               isolation_level="AUTOCOMMIT", skip_autocommit_rollback=True, connect_args=args)
     except (SQLAlchemyError, ValueError, ImportError) as exc:
         raise LmsError(f"the LMS database URL cannot be used ({type(exc).__name__})") from None
-    if target.kind == "mysql":
-        statements = ["SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"]
-        if read_only:
-            statements.append("SET SESSION TRANSACTION READ ONLY")
-
+    if target.kind == "mysql" and read_only:
         @event.listens_for(engine, "connect")
         def _session(dbapi_conn, _record):
             with dbapi_conn.cursor() as cur:
-                for statement in statements:
-                    cur.execute(statement)
+                cur.execute("SET SESSION TRANSACTION READ ONLY")
     return engine
 
 
@@ -252,10 +247,17 @@ def failure(action: str, exc: Exception) -> LmsError:
     return LmsError(f"the LMS database {action} ({type(orig).__name__}{code})")
 
 
+def task_sql(cfg: LmsConfig) -> str:
+    """``disabled`` of IOMAD's own email task in ``task_scheduled`` (binds ``:task_a``, ``:task_b``)."""
+    return f"SELECT disabled FROM {cfg.table('task_scheduled')} WHERE classname IN (:task_a, :task_b)"
+
+
+TASK_NAMES = {"task_a": IOMAD_EMAIL_TASK, "task_b": IOMAD_EMAIL_TASK.lstrip("\\")}
+
+
 def iomad_task_enabled(conn, cfg: LmsConfig) -> bool:
     """True when IOMAD's own email task is enabled in ``task_scheduled`` (it would send the queue too)."""
-    row = conn.execute(text(f"SELECT disabled FROM {cfg.table('task_scheduled')} WHERE classname IN (:a, :b)"),
-                       {"a": IOMAD_EMAIL_TASK, "b": IOMAD_EMAIL_TASK.lstrip("\\")}).first()
+    row = conn.execute(text(task_sql(cfg)), TASK_NAMES).first()
     return row is not None and int(row[0] or 0) == 0
 
 

@@ -49,7 +49,7 @@ from core.db import db
 from core.jobs import JobError, create_job
 from core.lms import iomad, marking
 from core.lms.connection import (DISABLE_HINT, LmsConfig, LmsError, config_for, engine_for, failure,
-                                 iomad_task_enabled, mapped_elsewhere)
+                                 mapped_elsewhere)
 from core.lms.html_text import html_to_text
 from core.lms.mail_hook import ATTACHMENT_PATH, MAX_ATTACHMENT_BYTES
 from core.lms.phpserial import PhpSerialError, loads
@@ -99,14 +99,28 @@ class Outcome:
     copies: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _headers(raw) -> dict:
+def _headers(raw, memo: dict | None = None) -> dict:
+    """The decoded headers (read-only). ``memo``: a poll's decoded headers by their text: IOMAD writes the
+    same headers for every row of a template (its template object, attachment and To/Cc lines), so a
+    poll decodes each once."""
     if raw in (None, ""):
         return {}
-    value = loads(raw)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise PhpSerialError("not an array")
+    if memo is not None and raw in memo:
+        found = memo[raw]
+        if isinstance(found, PhpSerialError):
+            raise found
+        return found
+    try:
+        value = loads(raw)
+        if value is not None and not isinstance(value, dict):
+            raise PhpSerialError("not an array")
+    except PhpSerialError as exc:
+        if memo is not None:
+            memo[raw] = exc
+        raise
+    value = value or {}
+    if memo is not None:
+        memo[raw] = value
     return value
 
 
@@ -152,8 +166,9 @@ def _address(row, site: iomad.Site) -> tuple[str | None, str | None]:
     return address, None
 
 
-def read_row(row, dataroot: str | None, site: iomad.Site) -> Outcome:
-    """What one IOMAD row becomes: a recipient (email, data, what its copies need) or a failure."""
+def read_row(row, dataroot: str | None, site: iomad.Site, memo: dict | None = None) -> Outcome:
+    """What one IOMAD row becomes: a recipient (email, data, what its copies need) or a failure.
+    ``memo``: a poll's decoded headers (``_headers``)."""
     out = Outcome(int(row.id), (row.templatename or "")[:100] or None)
     address, out.error = _address(row, site)
     if out.error:
@@ -167,7 +182,7 @@ def read_row(row, dataroot: str | None, site: iomad.Site) -> Outcome:
     if out.error:
         return out
     try:
-        headers = _headers(row.headers)
+        headers = _headers(row.headers, memo)
         attachment = _attachment(headers, dataroot)
     except PhpSerialError as exc:
         out.error = f"the headers could not be decoded ({exc})"
@@ -227,38 +242,46 @@ def poll(company: Company, *, force: bool, chunk: int, max_rows: int, now: int |
     engine = engine_for(cfg.url, read_only=False)
     try:
         with engine.connect() as conn:
-            if iomad_task_enabled(conn, cfg) and not force:
+            site = iomad.read_site(conn, cfg)
+            if site.task_enabled and not force:
                 raise LmsRefused(f"IOMAD's own email task is enabled and would send the same queue: {DISABLE_HINT}")
             result.marked += marking.mark_finished(company.id, cfg, conn)
-            site = iomad.read_site(conn, cfg)
             result.purged = _purge(company.id, cfg, conn, scope, moment)
             _scan(company.id, cfg, conn, scope, site, moment, chunk, max_rows, full, result)
             result.marked += marking.mark_finished(company.id, cfg, conn)
-            conn.rollback()
     except SQLAlchemyError as exc:
         raise failure("could not be read", exc) from None
     return result
 
 
 def _scan(company_id, cfg, conn, scope, site, moment, chunk, max_rows, full, result) -> None:
+    """Read the due rows from the cursor on and take the fresh ones. A full scan reads ids first (rows
+    taken by an earlier poll and not yet marked are skipped unread); reading on, the rows are new: read
+    whole at once."""
     cursor = ScanCursor(company_id, full)
     after, scanned = cursor.start, 0
     ids_sql = text(iomad.due_ids_sql(cfg, scope, site, chunk))
+    due_rows_sql = text(iomad.due_rows_sql(cfg, scope, site, chunk))
     rows_sql = text(iomad.rows_sql(cfg)).bindparams(bindparam("ids", expanding=True))
     copies = iomad.Copies(conn, cfg, site)
-    # ids first (cheap): rows taken by an earlier poll and not yet marked are skipped unread
     while scanned < max_rows:
-        ids = list(conn.execute(ids_sql, {"now": moment, "after": after}).scalars())
+        params = {"now": moment, "after": after}
+        if cursor.full:
+            ids = list(conn.execute(ids_sql, params).scalars())
+            fresh = _fresh(company_id, ids, result) if ids else []
+            rows = conn.execute(rows_sql, {"ids": fresh}).all() if fresh else []
+        else:
+            rows = conn.execute(due_rows_sql, params).all()
+            ids = [int(r.id) for r in rows]
+            fresh = set(_fresh(company_id, ids, result)) if ids else set()
+            rows = [r for r in rows if int(r.id) in fresh]
         if not ids:
             break
         scanned += len(ids)
         after = int(ids[-1])
-        fresh = _fresh(company_id, ids, result)
-        if fresh:
-            rows = [r for r in conn.execute(rows_sql, {"ids": fresh}).all() if still_due(r, site)
-                    and scope.takes(int(r.companyid))]
-            if rows:
-                _take(company_id, cfg, rows, site, copies, result)
+        rows = [r for r in rows if still_due(r, site) and scope.takes(int(r.companyid))]
+        if rows:
+            _take(company_id, cfg, rows, site, copies, result)
         if len(ids) < chunk:
             break
     cursor.save(after)
@@ -293,7 +316,6 @@ def _purge(company_id: int, cfg: LmsConfig, conn, scope: iomad.Scope, moment: in
         db.session.rollback()
         return 0
     res = conn.execute(text(iomad.purge_sql(cfg, scope)), {"before": moment - iomad.PURGE_AGE_S, "now": moment})
-    conn.commit()
     row.iomad_purged_at = utcnow()
     db.session.commit()
     if res.rowcount:
@@ -312,7 +334,7 @@ def _fresh(company_id: int, ids: list[int], result: PollResult) -> list[int]:
 
 def _take(company_id: int, cfg: LmsConfig, rows, site: iomad.Site, copies: iomad.Copies,
           result: PollResult) -> None:
-    outcomes = [read_row(r, cfg.dataroot, site) for r in rows]
+    outcomes = [read_row(r, cfg.dataroot, site, copies.memo) for r in rows]
     bad = [o for o in outcomes if o.error]
     if bad:
         now = utcnow()

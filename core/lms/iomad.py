@@ -17,8 +17,9 @@ of local_iomad / local_email), so that the take-over does the same.
 - **Copies** (``Copies``): the template object's ``emailto``/``emailcc`` users
   (active ones) and ``emailtoother``/``emailccother`` addresses; for IOMAD's
   user templates (``USER_TEMPLATES``) also the learner's company managers
-  (``company_users.managertype = 1`` in the learner's department or one above
-  it, unless the template has ``disabledmanager``) and supervisors (the
+  (``company_users.managertype = 1`` in the learner's department in the row's
+  company, its first ``company_users`` row there, or one above it, unless the
+  template has ``disabledmanager``) and supervisors (the
   addresses in the profile field ``company.emailprofileid``, else
   ``$CFG->companyemailprofileid``, unless ``disabledsupervisor``). One message
   per address and row: an address already getting the row gets no copy.
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import bindparam, text
 
-from core.lms.connection import LmsConfig
+from core.lms.connection import TASK_NAMES, LmsConfig
 from core.models.lms import COPY_CC, COPY_MANAGER, COPY_SUPERVISOR, COPY_TO
 from core.rendering import valid_email
 
@@ -60,6 +61,8 @@ class Site:
     siteadmins: frozenset[int] = frozenset()
     shop_admin: str | None = None
     supervisor_field: int | None = None
+    #: IOMAD's own email task is enabled (it would send the same queue)
+    task_enabled: bool = False
 
 
 def _int(value) -> int | None:
@@ -68,13 +71,19 @@ def _int(value) -> int | None:
 
 
 def read_site(conn, cfg: LmsConfig) -> Site:
-    """One query: the ``$CFG`` values of ``SITE_KEYS``."""
-    rows = dict(conn.execute(text(f"SELECT name, value FROM {cfg.table('config')} WHERE name IN :names")
-                             .bindparams(bindparam("names", expanding=True)), {"names": list(SITE_KEYS)}).all())
+    """One query: the ``$CFG`` values of ``SITE_KEYS`` and whether IOMAD's own email task is enabled."""
+    stmt = text(f"SELECT t.disabled, c.name, c.value FROM (SELECT 1 AS one) x "
+                f"LEFT JOIN {cfg.table('task_scheduled')} t ON t.classname IN (:task_a, :task_b) "
+                f"LEFT JOIN {cfg.table('config')} c ON c.name IN :names").bindparams(
+        bindparam("names", expanding=True))
+    found = conn.execute(stmt, {"names": list(SITE_KEYS), **TASK_NAMES}).all()
+    rows = {r.name: r.value for r in found if r.name is not None}
     admins = frozenset(i for i in (_int(v) for v in str(rows.get("siteadmins") or "").split(",")) if i)
     shop = (rows.get("commerce_admin_email") or "").strip()
     field_id = _int(rows.get("companyemailprofileid"))
-    return Site(admins, shop if valid_email(shop) else None, field_id if field_id and field_id > 0 else None)
+    enabled = any(r.disabled is not None and int(r.disabled) == 0 for r in found)
+    return Site(admins, shop if valid_email(shop) else None, field_id if field_id and field_id > 0 else None,
+                enabled)
 
 
 @dataclass(frozen=True)
@@ -109,14 +118,25 @@ def due_ids_sql(cfg: LmsConfig, scope: Scope, site: Site, limit: int) -> str:
             f"ORDER BY e.id LIMIT {int(limit)}")
 
 
-def rows_sql(cfg: LmsConfig) -> str:
-    """The rows of ``:ids`` with their user and sender."""
-    return (f"SELECT e.id, e.templatename, e.subject, e.body, e.varsreplaced, e.userid, e.senderid, e.headers, "
+def _row_columns(cfg: LmsConfig) -> str:
+    """A row with its user, its sender, and its user's department in the row's company (IOMAD reads one)."""
+    return (f"e.id, e.templatename, e.subject, e.body, e.varsreplaced, e.userid, e.senderid, e.headers, "
             f"e.companyid, u.id AS uid, u.email AS uemail, u.deleted AS udeleted, u.suspended AS ususpended, "
-            f"s.email AS semail, s.deleted AS sdeleted "
+            f"s.email AS semail, s.deleted AS sdeleted, (SELECT cu.departmentid FROM {cfg.table('company_users')} cu "
+            f"WHERE cu.userid = e.userid AND cu.companyid = e.companyid ORDER BY cu.id LIMIT 1) AS udept "
             f"FROM {cfg.table('email')} e LEFT JOIN {cfg.table('user')} u ON u.id = e.userid "
-            f"LEFT JOIN {cfg.table('user')} s ON s.id = e.senderid "
-            f"WHERE e.sent IS NULL AND e.id IN :ids ORDER BY e.id")
+            f"LEFT JOIN {cfg.table('user')} s ON s.id = e.senderid ")
+
+
+def rows_sql(cfg: LmsConfig) -> str:
+    """The rows of ``:ids``."""
+    return f"SELECT {_row_columns(cfg)} WHERE e.sent IS NULL AND e.id IN :ids ORDER BY e.id"
+
+
+def due_rows_sql(cfg: LmsConfig, scope: Scope, site: Site, limit: int) -> str:
+    """The due rows themselves (``due_ids_sql``'s, whole): for a scan of rows never seen before."""
+    ids = due_ids_sql(cfg, scope, site, limit)
+    return f"SELECT {_row_columns(cfg)}" + ids[ids.index(" WHERE "):]
 
 
 def purge_sql(cfg: LmsConfig, scope: Scope) -> str:
@@ -176,6 +196,7 @@ class Wanted:
     row_id: int
     learner: int
     company: int
+    department: int | None
     to_ids: list[int]
     cc_ids: list[int]
     to_other: list[str]
@@ -187,7 +208,7 @@ class Wanted:
 def wanted(row, headers: dict) -> Wanted:
     tpl = template_of(headers)
     user_template = (row.templatename or "") in USER_TEMPLATES and int(row.userid) > 0
-    return Wanted(int(row.id), int(row.userid), int(row.companyid), _ids(tpl.get("emailto")),
+    return Wanted(int(row.id), int(row.userid), int(row.companyid), _int(row.udept), _ids(tpl.get("emailto")),
                   _ids(tpl.get("emailcc")), _addresses(tpl.get("emailtoother")), _addresses(tpl.get("emailccother")),
                   user_template and not _set(tpl.get("disabledmanager")),
                   user_template and not _set(tpl.get("disabledsupervisor")))
@@ -201,6 +222,8 @@ class Copies:
     cfg: LmsConfig
     site: Site
     queries: int = 0
+    #: the poll's decoded headers, by their text (``core.lms.email_queue._headers``)
+    memo: dict = field(default_factory=dict)
     _parents: dict[int, int] = field(default_factory=dict)  # department -> parent (every company seen)
     _managers: dict[int, list[tuple[int, int, str]]] = field(default_factory=dict)  # company -> (dept, user, email)
     _fields: dict[int, int | None] = field(default_factory=dict)  # company -> its supervisor profile field
@@ -219,7 +242,6 @@ class Copies:
         users = self._users({i for w in wants for i in w.to_ids + w.cc_ids})
         staff = [w for w in wants if w.managers or w.supervisors]
         self._load_companies({w.company for w in staff})
-        homes = self._departments({w.learner for w in staff if w.managers})
         supervisors = self._supervisors([w for w in staff if w.supervisors])
         out = {}
         for w in wants:
@@ -227,7 +249,7 @@ class Copies:
             found += [(users[i], COPY_CC) for i in w.cc_ids if i in users]
             found += [(a, COPY_TO) for a in w.to_other] + [(a, COPY_CC) for a in w.cc_other]
             if w.managers:
-                found += [(a, COPY_MANAGER) for a in self._managers_of(w, homes)]
+                found += [(a, COPY_MANAGER) for a in self._managers_of(w)]
             if w.supervisors:
                 found += [(a, COPY_SUPERVISOR) for a in supervisors.get(w.learner, [])]
             out[w.row_id] = found
@@ -259,24 +281,10 @@ class Copies:
             if valid_email((r.email or "").strip()):
                 self._managers[int(r.companyid)].append((int(r.departmentid), int(r.userid), r.email.strip()))
 
-    def _departments(self, learners: set[int]) -> dict[tuple[int, int], int]:
-        """(learner, company) -> the learner's department there (the first membership, as IOMAD reads one)."""
-        if not learners:
-            return {}
-        found: dict[tuple[int, int], int] = {}
-        for r in self._run(f"SELECT userid, companyid, departmentid FROM {self.cfg.table('company_users')} "
-                           "WHERE userid IN :ids ORDER BY id", ids=sorted(learners)):
-            found.setdefault((int(r.userid), int(r.companyid)), int(r.departmentid))
-        return found
-
-    def _managers_of(self, w: Wanted, homes: dict[tuple[int, int], int]) -> list[str]:
-        dept = homes.get((w.learner, w.company))
-        if dept is None:
-            return []
-        chain, seen = [], set()
+    def _managers_of(self, w: Wanted) -> list[str]:
+        dept, seen = w.department, set()
         while dept and dept not in seen:  # the department and every one above it
             seen.add(dept)
-            chain.append(dept)
             dept = self._parents.get(dept, 0)
         return [email for d, user, email in self._managers.get(w.company, []) if d in seen and user != w.learner]
 

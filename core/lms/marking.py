@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from datetime import UTC
 
-from sqlalchemy import bindparam, select, text, update
+from sqlalchemy import or_, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from core.db import db
@@ -75,11 +75,12 @@ def mark_finished(company_id: int, cfg: LmsConfig, conn=None) -> int:
     total = 0
     r_, rc = LmsEmailRow.__table__, Recipient.__table__
     while True:
-        rows = db.session.execute(
+        rows = db.session.execute(  # the unsettled rows whose own recipient is final (or gone)
             select(r_.c.id, r_.c.lms_row_id, r_.c.status, r_.c.error, r_.c.recipient_id,
                    rc.c.status.label("rstatus"), rc.c.error.label("rerror"), rc.c.sent_at)
             .select_from(r_.outerjoin(rc, rc.c.id == r_.c.recipient_id))
-            .where(r_.c.company_id == company_id, r_.c.marked_at.is_(None))
+            .where(r_.c.company_id == company_id, r_.c.marked_at.is_(None),
+                   or_(r_.c.status == ROW_FAILED, r_.c.recipient_id.is_(None), rc.c.status.in_(RECIPIENT_FINAL)))
             .order_by(r_.c.id).limit(MARK_CHUNK)).all()
         open_copies = _open_copies([r.id for r in rows if r.status != ROW_FAILED and r.rstatus in RECIPIENT_FINAL])
         db.session.rollback()
@@ -92,14 +93,24 @@ def mark_finished(company_id: int, cfg: LmsConfig, conn=None) -> int:
                 done.append((r.id, r.lms_row_id, *settled))
         if done:
             _mark_moodle(cfg, conn, [(row_id, sent) for _i, row_id, _s, _e, sent in done if sent is not None], stamp)
-            db.session.execute(update(LmsEmailRow.__table__).where(
-                LmsEmailRow.__table__.c.id == bindparam("rid")).values(
-                status=bindparam("st"), error=bindparam("err"), sent_time=bindparam("t"), marked_at=now),
-                [{"rid": d[0], "st": d[2], "err": d[3], "t": d[4]} for d in done])
-            db.session.commit()
+            _record(done, now)
             total += len(done)
-        if len(rows) < MARK_CHUNK or not done:  # the rest (if any) is still in flight: the next mark gets it
+        if len(rows) < MARK_CHUNK or not done:  # the rest (if any) waits for its copies: the next mark gets it
             return total
+
+
+def _record(done: list[tuple], now) -> None:
+    """Our side: one UPDATE per (status, error, sent) group and thousand rows (rows sent in the same
+    second share one)."""
+    groups: dict[tuple, list[int]] = {}
+    for our_id, _row, status, error, sent in done:
+        groups.setdefault((status, error, sent), []).append(our_id)
+    table = LmsEmailRow.__table__
+    for (status, error, sent), ids in groups.items():
+        for start in range(0, len(ids), UPDATE_CHUNK):
+            db.session.execute(update(table).where(table.c.id.in_(ids[start:start + UPDATE_CHUNK])).values(
+                status=status, error=error, sent_time=sent, marked_at=now))
+    db.session.commit()
 
 
 def _mark_moodle(cfg: LmsConfig, conn, marks: list[tuple[int, int]], stamp: int) -> None:
@@ -119,8 +130,7 @@ def _mark_moodle(cfg: LmsConfig, conn, marks: list[tuple[int, int]], stamp: int)
                 sent_sql = "CASE id " + " ".join(f"WHEN {int(row)} THEN {int(sent)}" for row, sent in part) + " END"
             ids = ", ".join(str(int(row)) for row, _sent in part)
             conn.execute(text(f"UPDATE {cfg.table('email')} SET sent = {sent_sql}, modifiedtime = :now "
-                              f"WHERE sent IS NULL AND id IN ({ids})"), {"now": stamp})
-        conn.commit()
+                              f"WHERE sent IS NULL AND id IN ({ids})"), {"now": stamp})  # autocommitted
     except SQLAlchemyError as exc:
         raise failure("could not be updated", exc) from None
     finally:
