@@ -20,10 +20,13 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@ $(VENV)/.runtime
 
-## run: install, migrate, seed the demo, serve on http://$(HOST):$(PORT) with one worker (make run PORT=8080 HOST=0.0.0.0)
+## run: install, migrate, seed the demo, serve on http://$(HOST):$(PORT) with one worker and SMTP submission on
+## 127.0.0.1:$(SMTP_PORT) (make run PORT=8080 HOST=0.0.0.0 SMTP_PORT=2526)
 ## (development: the public dev key, and private endpoints allowed for the local sinks and emulators)
+SMTP_PORT ?= 2525
 run: export OFFLOAD_DEV ?= 1
 run: export OFFLOAD_ALLOW_PRIVATE_ENDPOINTS ?= 1
+run: export OFFLOAD_SMTP_LISTEN ?= 127.0.0.1:$(SMTP_PORT)
 run: $(VENV)/.runtime
 	$(BIN)/flask --app wsgi db upgrade
 	$(BIN)/flask --app wsgi run-demo --host $(HOST) --port $(PORT)
@@ -31,7 +34,7 @@ run: $(VENV)/.runtime
 # The second pass runs on PostgreSQL what touches the database through the app (jobs, batches, callbacks,
 # bulk SQL); tests where the database plays no part (providers, cloud workers, rendering, the browser, the
 # long end-to-end runs) run once, in the first pass. The fault tests bring their own PostgreSQL cluster.
-PG_TESTS := tests/core/test_migrations.py tests/core/lms tests/dashboard tests/service tests/tasks
+PG_TESTS := tests/core/test_migrations.py tests/core/lms tests/dashboard tests/service tests/tasks tests/submission
 PG_SKIP := --ignore=tests/dashboard/certificates --ignore=tests/dashboard/events/test_events_concurrency.py
 
 # Two test processes: most tests wait on servers (SES, moto, miniflare, SMTP, the browser), not on the CPU.

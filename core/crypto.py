@@ -35,6 +35,17 @@ def encrypt(plaintext: str) -> str:
     return keyring().encrypt(plaintext.encode()).decode("ascii")
 
 
+def encrypt_bytes(plaintext: bytes) -> str:
+    return keyring().encrypt(plaintext).decode("ascii")
+
+
+def decrypt_bytes(token: str) -> bytes:
+    try:
+        return keyring().decrypt(token.encode("ascii"))
+    except InvalidToken:
+        raise DecryptionError("stored value cannot be decrypted with the configured keys") from None
+
+
 def decrypt(token: str) -> str:
     try:
         return keyring().decrypt(token.encode("ascii")).decode()
@@ -74,3 +85,16 @@ class EncryptedJSON(TypeDecorator):
 
     def process_result_value(self, value, dialect):
         return None if value is None else json.loads(decrypt(value))
+
+
+class EncryptedBytes(TypeDecorator):
+    """Bytes (a MIME message) stored as a Fernet token."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return None if value is None else encrypt_bytes(value)
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else decrypt_bytes(value)

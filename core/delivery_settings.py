@@ -108,6 +108,16 @@ ADVANCED = SettingsGroup("advanced", "Advanced", "Recovery policy and data reten
 ))
 
 
+SUBMISSION = SettingsGroup("submission", "SMTP submission", "Mail the LMS hands to the service's SMTP server "
+                           "(user name: the company id, password: an API token) must come from the sender "
+                           "address's domain or one of these, on the envelope and in From:.", (
+                               Setting("sender_domains", "More sender domains", parse=_domains,
+                                       placeholder="lms.example.com, mail.example.com",
+                                       help="comma-separated; Moodle's noreplyaddress (and maildomain, "
+                                            "with bounce handling on) must be at one of them"),
+                           ))
+
+
 def _lms_url(raw: str) -> str:
     try:
         lms_connection.parse_url(raw)
@@ -167,8 +177,9 @@ RELAY = SettingsGroup("relay", "Fallback relay (operator)", "Whether the service
 
 
 def groups() -> tuple[SettingsGroup, ...]:
-    """The form's sections, in order: general, each provider group, advanced, then the admins' ones."""
-    return (general(), *registry.settings_groups(), ADVANCED, LMS, RELAY)
+    """The form's sections, in order: general, each provider group, SMTP submission, advanced, then the
+    admins' ones."""
+    return (general(), *registry.settings_groups(), SUBMISSION, ADVANCED, LMS, RELAY)
 
 
 def admin_only_keys() -> tuple[str, ...]:

@@ -250,7 +250,7 @@ def iso(moment: datetime | None) -> str | None:
 def job_to_dict(job: Job) -> dict:
     """The job object of CONTRACT §3 (plus a few extra counters)."""
     return {
-        "id": job.id, "type": job.type, "priority": job.priority, "status": job.status,
+        "id": job.id, "type": job.type, "priority": job.priority, "status": job.status, "source": job.source,
         "company_id": job.company_id,
         "email_count": job.email_count, "emails_sent": job.emails_sent, "emails_failed": job.emails_failed,
         "emails_suppressed": job.emails_suppressed, "emails_bounced": job.emails_bounced,

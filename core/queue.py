@@ -443,3 +443,39 @@ def schedule_lms_polls(interval: float) -> None:
     rq_id = f"lms-polls-{int(time.time() // interval)}"
     if claim_slot(rq_id, interval):
         get_queue(HIGH).enqueue("tasks.lms.poll_all", job_id=rq_id, result_ttl=int(interval * 2), failure_ttl=3600)
+
+
+# -- SMTP submission (core.submissions, tasks.submissions) ------------------------------
+SMTP_CLOSE = "tasks.submissions.close_window"
+
+
+def _smtp_closer_key(company_id: int, job_type: str) -> str:
+    return f"offload:smtp:closer:{company_id}:{job_type}"
+
+
+def schedule_smtp_close(company_id: int, job_type: str, delay_s: float, *, again: bool = False) -> None:
+    """Have the closer of a company's SMTP window run in ``delay_s`` seconds: once per window (a key
+    marks the scheduled closer; ``again``: the closer itself, rescheduling). A Redis outage is logged:
+    the recovery sweep closes windows whose closer was lost."""
+    ttl = max(60, int(delay_s * 2) + 60)
+    try:
+        conn = connection()
+        key = _smtp_closer_key(company_id, job_type)
+        if again:
+            conn.set(key, 1, ex=ttl)
+        elif not conn.set(key, 1, nx=True, ex=ttl):
+            return
+        due_ms = int((time.time() + delay_s) * 1000)
+        get_queue(HIGH).enqueue_in(timedelta(seconds=max(delay_s, 0)), SMTP_CLOSE, company_id, job_type,
+                                   job_id=f"smtp-close-{company_id}-{job_type}-{due_ms}", retry=JOB_RETRY, **JOB_KW)
+    except (RedisError, OSError) as exc:
+        log.warning("Company %s: SMTP window closer not scheduled (%s); the sweep will close it", company_id,
+                    type(exc).__name__)
+
+
+def release_smtp_closer(company_id: int, job_type: str) -> None:
+    """The closer runs: a message stored from now on schedules a closer of its own."""
+    try:
+        connection().delete(_smtp_closer_key(company_id, job_type))
+    except (RedisError, OSError):
+        return

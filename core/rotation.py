@@ -12,13 +12,14 @@ from core import crypto
 from core.db import db
 
 CHUNK = 1000
+ENCRYPTED_TYPES = (crypto.EncryptedText, crypto.EncryptedJSON, crypto.EncryptedBytes)
 
 
 def encrypted_columns() -> list[tuple[str, list[str]]]:
     """(table name, [column names]) for every table with encrypted columns."""
     found = []
     for table in db.metadata.sorted_tables:
-        cols = [c.name for c in table.columns if isinstance(c.type, (crypto.EncryptedText, crypto.EncryptedJSON))]
+        cols = [c.name for c in table.columns if isinstance(c.type, ENCRYPTED_TYPES)]
         if cols:
             found.append((table.name, cols))
     return found

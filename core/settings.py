@@ -182,6 +182,15 @@ def parse_networks(name: str, raw: str) -> tuple:
     return tuple(found)
 
 
+def listen_address(name: str, raw: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:2525`` for IPv6) → (host, port)."""
+    host, sep, port = raw.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingsError(f"{name}: expected host:port, got {raw!r}")
+    return host, int(port)
+
+
 def parse_hosts(name: str, raw: str) -> tuple[str, ...]:
     return tuple(h.strip().lower() for h in raw.split(",") if h.strip())
 
@@ -330,6 +339,20 @@ class Settings:
     metrics_networks: tuple = var("OFFLOAD_METRICS_NETWORKS", parse_networks("", "127.0.0.1/32,::1/128"),
                                   parse_networks, "production: networks that read /metrics without the token")
 
+    # -- SMTP submission (``flask --app wsgi smtp``)
+    smtp_listen: tuple[str, int] | None = var("OFFLOAD_SMTP_LISTEN", None, listen_address,
+                                             "host:port the SMTP submission server listens on (unset: off)")
+    smtp_tls_cert: str | None = var("OFFLOAD_SMTP_TLS_CERT", None, absolute_path, "its STARTTLS certificate (PEM)")
+    smtp_tls_key: str | None = var("OFFLOAD_SMTP_TLS_KEY", None, absolute_path, "that certificate's key (PEM)")
+    smtp_allow_plain_auth: bool = var("OFFLOAD_SMTP_ALLOW_PLAIN_AUTH", False, boolean,
+                                      "AUTH without STARTTLS from any address (default: loopback only)")
+    smtp_max_bytes: int = var("OFFLOAD_SMTP_MAX_BYTES", 10 * 1024 * 1024, integer(1024), "largest message")
+    smtp_max_rcpt: int = var("OFFLOAD_SMTP_MAX_RCPT", 100, integer(1, 10_000), "recipients per message")
+    smtp_max_connections: int = var("OFFLOAD_SMTP_MAX_CONNECTIONS", 20, integer(1),
+                                    "signed-in SMTP sessions of one company at once, across processes")
+    smtp_proxy_protocol: bool = var("OFFLOAD_SMTP_PROXY_PROTOCOL", False, boolean,
+                                    "clients come through a balancer speaking the PROXY protocol")
+
     # -- certificates
     local_storage: bool = var("OFFLOAD_LOCAL_STORAGE", False, boolean,
                               "certificate PDFs on this machine's disk (default: outside production)")
@@ -380,6 +403,8 @@ def _derive(s: Settings) -> Settings:
                             "on a provider would lose its batch to another)")
     if not s.fallback_from:
         changes["fallback_from"] = "no-reply@" + (urlsplit(s.public_url).hostname or "localhost")
+    if bool(s.smtp_tls_cert) != bool(s.smtp_tls_key):
+        raise SettingsError("OFFLOAD_SMTP_TLS_CERT and OFFLOAD_SMTP_TLS_KEY: set both or neither")
     if "OFFLOAD_LOCAL_STORAGE" not in s.given:  # the development default; production only when asked
         changes["local_storage"] = not production
     return replace(s, **changes)

@@ -17,6 +17,8 @@ free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1
 PORT="${PORT:-$(free_port)}"
 # an address where no Redis answers, so the demo starts its own (nothing shared with this machine's Redis)
 export REDIS_URL="${NEWCOMER_REDIS_URL:-redis://127.0.0.1:$(free_port)/0}"
+# and SMTP submission on a free port (2525 may be another run's)
+export OFFLOAD_SMTP_LISTEN="127.0.0.1:$(free_port)"
 unset SECRET_KEY OFFLOAD_PUBLIC_URL DATABASE_URL OFFLOAD_INSTANCE_PATH FLASK_ENV OFFLOAD_ENV VIRTUAL_ENV || true
 START=$(date +%s.%N)
 RUN_PID=""

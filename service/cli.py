@@ -1,4 +1,4 @@
-"""The Flask CLI of CONTRACT §1 and §7, every command of it: worker, db upgrade
+"""The Flask CLI of CONTRACT §1, §7 and §9, every command of it: worker, smtp, db upgrade
 (Flask-Migrate, registered by the web app), company, user, keys rotate, lms poll /
 lms test, and run-demo (the ``make run`` quick start)."""
 from __future__ import annotations
@@ -15,6 +15,7 @@ from core.lms.poller import poll_once
 from core.models import ROLES, Company, User
 from core.rotation import reencrypt_all
 from service.app import create_worker_app
+from submission import serve as serve_smtp
 from service.devserver import serve
 from tasks.worker import run_worker
 
@@ -166,8 +167,15 @@ def worker_command(burst: bool, name: str | None) -> None:
     run_worker(create_worker_app(settings.current()), burst=burst, name=name)
 
 
+@click.command("smtp")
+def smtp_command() -> None:
+    """Serve SMTP submission on OFFLOAD_SMTP_LISTEN: any Moodle's mail becomes jobs (CONTRACT §9)."""
+    logs.configure()
+    serve_smtp(settings.current())
+
+
 def init_app(app) -> None:
-    for command in (worker_command, company_cli, user_cli, keys_cli, lms_cli, run_demo):
+    for command in (worker_command, smtp_command, company_cli, user_cli, keys_cli, lms_cli, run_demo):
         app.cli.add_command(command)
 
 

@@ -1,6 +1,8 @@
 """``make run``: seed the demo once, make sure a Redis answers (embedded if
-none), start the demo's SMTP sink (the Outbox) and one worker process with
-the scheduler, serve the web app.
+none), start the demo's SMTP sink (the Outbox), one worker process with the
+scheduler and, when ``OFFLOAD_SMTP_LISTEN`` is set (``make run`` sets
+``127.0.0.1:2525``), the SMTP submission server with the Moodle settings that
+reach it; serve the web app.
 
 What the demo keeps in ``instance/`` (each file mode 0600): ``demo-login.txt``
 (the admin's password, printed at every start), ``secret-key`` (so a restart
@@ -149,6 +151,29 @@ def development_config(app: Flask, host: str, port: int) -> dict:
     return changes
 
 
+def moodle_settings(s: settings.Settings, token: str | None) -> str:
+    """The lines to paste into Moodle's outgoing mail settings for the demo company (``make run``)."""
+    company = db.session.execute(select(Company).where(Company.name == DEMO_COMPANY)).scalar_one_or_none()
+    if company is None or s.smtp_listen is None:
+        return ""
+    host, port = s.smtp_listen
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    secure = "TLS" if s.smtp_tls_cert else "(none: AUTH in the clear is allowed from loopback only)"
+    sender = (company.settings.sender if company.settings else None) or DEMO_SENDER
+    password = token or "an API token of the company (Settings › API tokens)"
+    return ("\n * Moodle by SMTP: Site administration › Server › Email › Outgoing mail configuration\n"
+            f"     smtphosts      {shown}:{port}\n     smtpsecure     {secure}\n     smtpauthtype   LOGIN\n"
+            f"     smtpuser       {company.id}\n     smtppass       {password}\n     smtpmaxbulk    50\n"
+            f"   and Noreply address (noreplyaddress) at {sender.rpartition('@')[2]}, e.g. {sender}\n")
+
+
+def start_smtp(env: dict) -> subprocess.Popen | None:
+    """The SMTP submission server, a process of its own, when OFFLOAD_SMTP_LISTEN is set."""
+    if settings.current().smtp_listen is None:
+        return None
+    return subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "smtp"], env=env)
+
+
 def serve(app: Flask, host: str, port: int) -> None:
     if not settings.current().production:
         s = settings.override(**development_config(app, host, port))
@@ -162,16 +187,19 @@ def serve(app: Flask, host: str, port: int) -> None:
                   " * Demo company API token: printed at the first start; Settings › API tokens issues another\n")
     print(f"\n * Demo login: {DEMO_ADMIN} / {shown}\n{token_line}"
           f" * Open http://{host}:{port}/login\n * Demo mail goes to the Outbox (Admin › Outbox), "
-          f"SMTP sink on 127.0.0.1:{sink.port}\n", flush=True)
+          f"SMTP sink on 127.0.0.1:{sink.port}\n{moodle_settings(settings.current(), token)}", flush=True)
     s = settings.override(redis_url=ensure_redis(settings.current()))
     env = settings.environment({"REDIS_URL": s.redis_url, "SECRET_KEY": s.secret_key,
                                 "OFFLOAD_PUBLIC_URL": s.public_url,
                                 "OFFLOAD_ALLOW_PRIVATE_ENDPOINTS": "1" if s.allow_private_endpoints else "0",
                                 "OFFLOAD_LOCAL_STORAGE": "1" if s.local_storage else "0"})
     worker = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "worker"], env=env)
+    smtp = start_smtp(env)
     try:
         run_simple(host, port, app, use_reloader=False, use_debugger=False, threaded=True)
     finally:
-        worker.terminate()
-        worker.wait(timeout=10)
+        for child in (worker, smtp):
+            if child is not None:
+                child.terminate()
+                child.wait(timeout=10)
         sink.stop()

@@ -1,4 +1,4 @@
-"""Recipient data (passwords, license codes) is deleted once a job is final
+"""Recipient data (passwords, license codes) and the MIME of SMTP messages are deleted once a job is final
 and its company's retention has passed; addresses and statuses stay for the
 record."""
 from __future__ import annotations
@@ -9,6 +9,7 @@ from datetime import timedelta
 from sqlalchemy import select, text, update
 
 from core.db import db
+from core.submissions import purge_raw
 from core.models import JOB_FINAL, Company, Job, utcnow
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ def purge_recipient_data(default_days: int) -> int:
         if completed_at > now - timedelta(days=default_days if days is None else days):
             continue
         db.session.execute(text("UPDATE recipients SET data = NULL WHERE job_id = :j"), {"j": job_id})
+        purge_raw(job_id)  # an SMTP job's messages as the LMS sent them
         db.session.execute(update(Job).where(Job.id == job_id).values(data_purged_at=now))
         db.session.commit()
         purged += 1

@@ -3,8 +3,8 @@
 Run every few seconds (``tasks.worker`` schedules it through RQ). It
 re-queues batches whose holder's lease expired, batches the ready set lost
 (Redis restart), wakes a worker when runnable entries have none queued,
-re-plans jobs whose planning was lost, and finishes jobs whose
-work is all done; offload batches whose callback is overdue are
+re-plans jobs whose planning was lost, closes SMTP windows whose closer
+was lost, and finishes jobs whose work is all done; offload batches whose callback is overdue are
 reconciled by ``tasks.offload``.
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ from tasks.sending import QUOTA_PAUSE
 from tasks.events import recover
 from core.queue import connection
 from tasks.purge import purge_recipient_data
+from tasks import submissions
 
 log = logging.getLogger(__name__)
 GRACE_S = 10  # a queued batch younger than this is left alone
@@ -98,8 +99,10 @@ def sweep() -> dict:
     purged = _purge_if_due()
     windows = _recover_event_windows()
     resumed = resume_quota_paused()
+    smtp_windows = submissions.recover()
     report = {"expired": len(expired), "requeued": len(lost), "replanned": replanned, "reconciled": reconciled,
-              "purged": purged, "event_windows": windows, "resumed": resumed, "woken": woken}
+              "purged": purged, "event_windows": windows, "smtp_windows": smtp_windows, "resumed": resumed,
+              "woken": woken}
     if any(report.values()):
         log.info("sweep: %s", report)
     return report

@@ -8,6 +8,7 @@
 - ``jobs``: jobs, batches, recipients, callback receipts;
 - ``campaigns``: LMS audience settings, suppressions, bounce events;
 - ``lms``: what the LMS connector took (IOMAD email rows, completions);
+- ``submissions``: messages taken by SMTP submission;
 - ``certificates`` and ``audit``.
 
 Secrets and recipient data are encrypted at rest (``core.crypto``).
@@ -22,6 +23,7 @@ from core.models.companies import (MODES, ROLES, ApiToken, Company, DeliverySett
                                    User)
 from core.models.jobs import Batch, Job, Recipient, WebhookReceipt  # noqa: F401
 from core.models.lms import LmsCompletion, LmsEmailCopy, LmsEmailRow  # noqa: F401
+from core.models.submissions import JOBBED, WAITING, SmtpMessage  # noqa: F401
 from core.models.statuses import *  # noqa: F401,F403
 from core.models.statuses import (BATCH_FINAL, DEFAULT_PRIORITY, JOB_FINAL, JOB_TYPES, PRIORITIES,  # noqa: F401
                                   RECIPIENT_FINAL, BatchStatus, JobStatus, JobType, Priority, RecipientStatus,

@@ -19,7 +19,7 @@ class Job(TenantMixin, Model):
     id = Column(Integer, primary_key=True)
     type = Column(String(32), nullable=False)
     status = Column(String(32), nullable=False, default=PENDING)
-    source = Column(String(16), nullable=False, default="api")  # api | event | dashboard
+    source = Column(String(16), nullable=False, default="api")  # api | event | dashboard | lms | smtp
     #: service class (CONTRACT §6): transactional | bulk; the type's default unless the request set it
     priority = Column(String(16), nullable=False, default="transactional", server_default="transactional")
     email_count = Column(Integer, nullable=False, default=0)

@@ -76,6 +76,17 @@ def progress(job: Job) -> dict:
             "success_rate": None if not attempted else round(sent * 100 / attempted, 1)}
 
 
+#: where a job came from, in words
+SOURCE_LABELS = {"api": "LMS API", "event": "LMS events", "dashboard": "dashboard", "lms": "IOMAD's email queue",
+                 "smtp": "SMTP submission"}
+
+
+def source_label(job: Job) -> str:
+    label = SOURCE_LABELS.get(job.source, job.source)
+    messages = (job.options or {}).get("smtp_messages") if job.source == "smtp" else None
+    return f"{label} · {messages} message{'s' if messages != 1 else ''}" if messages else label
+
+
 def job_row(job: Job, company_names: dict[int, str] | None = None, waits: dict[int, dict] | None = None) -> dict:
     """What the list and the detail page show (and poll) for one job (with why it
     waits and its ETA: ``core.waiting``; pass ``waits`` to describe a page in one go)."""
@@ -85,7 +96,7 @@ def job_row(job: Job, company_names: dict[int, str] | None = None, waits: dict[i
                created=fmt_time(job.created_at), started=fmt_time(job.started_at),
                completed=fmt_time(job.completed_at), is_final=job.status in JOB_FINAL,
                can_retry=job.status in RETRYABLE_STATUSES and bool(job.emails_failed),
-               can_cancel=job.status not in JOB_FINAL, can_resume=job.status == PAUSED,
+               can_cancel=job.status not in JOB_FINAL, can_resume=job.status == PAUSED, source_label=source_label(job),
                url=url_for("jobs.details", job_id=job.id))
     if company_names is not None:
         row["company"] = company_names.get(job.company_id, "")

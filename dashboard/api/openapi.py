@@ -41,6 +41,9 @@ SCHEMAS = {
             "properties": {
                 "id": {"type": "integer"}, "type": {"enum": list(JOB_TYPES)},
                 "status": {"enum": [s.value for s in JobStatus]}, "company_id": {"type": "integer"},
+                "source": {"type": "string", "description": "how the job came in: `api`, `event` (LMS events), "
+                           "`dashboard`, `lms` (IOMAD's email queue) or `smtp` (SMTP submission: each message "
+                           "as the LMS sent it)"},
                 "email_count": {"type": "integer"}, "emails_sent": {"type": "integer"},
                 "emails_failed": {"type": "integer"}, "emails_suppressed": {"type": "integer"},
                 "emails_bounced": {"type": "integer"}, "emails_uncertain": {"type": "integer"},

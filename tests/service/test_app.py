@@ -10,7 +10,7 @@ from core.models import Job
 from service import create_worker_app
 from tests.support.servers import SmtpSink
 
-CLI = {"worker", "db", "company", "user", "keys", "lms", "run-demo"}
+CLI = {"worker", "smtp", "db", "company", "user", "keys", "lms", "run-demo"}
 
 
 def test_the_web_app_registers_every_command_of_the_cli(app):

@@ -1,11 +1,13 @@
 """The quick start: `flask run-demo` (what `make run` ends with) seeds the demo,
 starts an embedded Redis when none answers, serves the login page, and the
-printed login works; a second start seeds nothing new."""
+printed login works, and so do the printed Moodle settings of SMTP submission;
+a second start seeds nothing new."""
 from __future__ import annotations
 
 import os
 import re
 import signal
+import smtplib
 import subprocess
 import time
 import urllib.parse
@@ -52,8 +54,9 @@ def login(port: int, email: str, password: str) -> str:
 def test_run_demo_serves_and_the_printed_login_works(tmp_path):
     db_path = tmp_path / "offload.db"
     dead_redis = free_port()  # nothing answers there: the demo brings its own Redis
+    smtp_port = free_port()
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{db_path}", "REDIS_URL": f"redis://127.0.0.1:{dead_redis}/0",
-           "OFFLOAD_INSTANCE_PATH": str(tmp_path / "instance")}
+           "OFFLOAD_INSTANCE_PATH": str(tmp_path / "instance"), "OFFLOAD_SMTP_LISTEN": f"127.0.0.1:{smtp_port}"}
     env.pop("SECRET_KEY", None)
     upgrade = subprocess.run([FLASK, "--app", "wsgi", "db", "upgrade"], cwd=ROOT, env=env, capture_output=True,
                              text=True, timeout=120)
@@ -73,6 +76,14 @@ def test_run_demo_serves_and_the_printed_login_works(tmp_path):
         assert f"Signed in as {email}" in page
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=10) as resp:
             assert resp.status == 200
+        moodle = dict(re.findall(r"^ {5}(smtp\w+) +(.+)$", out, re.M))
+        assert moodle["smtphosts"] == f"127.0.0.1:{smtp_port}" and moodle["smtpauthtype"] == "LOGIN"
+        wait_for_port(smtp_port, timeout=30)
+        with smtplib.SMTP("127.0.0.1", smtp_port, timeout=10) as client:
+            client.login(moodle["smtpuser"], moodle["smtppass"])
+            reply = client.sendmail("noreply@demo.example", ["ann@example.com"],
+                                    b"From: noreply@demo.example\r\nSubject: Hi\r\n\r\nHello\r\n")
+        assert reply == {}
     finally:
         stop(proc)
     # a second start seeds nothing new and prints the same login

@@ -1,0 +1,298 @@
+"""SMTP submission's domain: what a message must be to be taken, how it is stored, how it becomes a job.
+
+The SMTP process (``submission``) asks here whether an envelope sender and a
+message may be taken (``check_sender``, ``take``), stores the taken messages
+many at a time in one transaction (``store``), and only then answers ``250``.
+A stored message waits (``smtp_messages.status = waiting``) in its window:
+the messages of one company and job type, grouped as LMS events are
+(``OFFLOAD_BULK_WINDOW_S``, ``OFFLOAD_BULK_THRESHOLD``, ``OFFLOAD_BULK_MAX_HOLD_S``).
+``close_window`` (run by a worker when the window is due, and by the
+recovery sweep for any window whose closer was lost) turns them into one
+bulk job (more than the threshold) or one job each: each envelope recipient
+is a recipient with ``{"smtp_message_id": id}`` as its data, checked like an
+API job's (invalid addresses fail, suppressed ones are not sent). The
+messages are marked ``jobbed`` in the transaction that creates their jobs,
+by a conditional update, so two closers never make two jobs of one message.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+from sqlalchemy import insert, select, text
+
+from core import audit, settings
+from core.bulk import execute_for_ids, insert_recipients
+from core.db import db
+from core.jobs import classify_recipients
+from core.models import (DEFAULT_PRIORITY, JOB_TYPES, JOBBED, QUEUED, WAITING, Company, Job, R_FAILED,
+                         R_SUPPRESSED, SmtpMessage, is_bulk, utcnow)
+from core.queue import enqueue_job, schedule_smtp_close
+from providers import mime
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TYPE = "notification"
+TYPE_HEADER = "X-Offload-Type"
+#: fields taken out before the message is stored: Bcc is never delivered, the type header is ours
+REMOVED_FIELDS = ("bcc", TYPE_HEADER.lower())
+#: the most messages one close takes (a bigger window is closed again at once for the rest)
+CLOSE_LIMIT = 50_000
+SUBJECT_LIMIT = 998
+
+
+class Refused(Exception):
+    """A message or sender the service does not take; ``reply`` is the SMTP answer."""
+
+    def __init__(self, reply: str):
+        super().__init__(reply)
+        self.reply = reply
+
+
+REFUSED_SENDER = "550 5.7.1 Sender address is not at one of this account's sender domains"
+REFUSED_FROM = "550 5.7.1 From: address is not at one of this account's sender domains"
+REFUSED_NO_FROM = "550 5.7.1 The message has no From: address"
+
+
+@dataclass(frozen=True)
+class Account:
+    """Who signed in: the company, the token's prefix, and the domains it may send as."""
+
+    company_id: int
+    token_prefix: str
+    domains: frozenset[str]
+
+
+@dataclass
+class Taken:
+    """One message ready to store."""
+
+    company_id: int
+    job_type: str
+    mail_from: str
+    rcpt_to: list[str]
+    subject: str
+    raw: bytes
+    peer: str | None
+    token_prefix: str | None
+
+    def row(self) -> dict:
+        return {"company_id": self.company_id, "job_type": self.job_type, "mail_from": self.mail_from,
+                "rcpt_to": self.rcpt_to, "subject": self.subject, "size": len(self.raw), "raw": self.raw,
+                "peer": self.peer, "token_prefix": self.token_prefix, "status": WAITING,
+                "received_at": utcnow()}
+
+
+# -- who may send what ------------------------------------------------------------------
+
+def sender_domains(company: Company) -> frozenset[str]:
+    """The domains a company's SMTP mail may come from: its sender's, and its ``sender_domains``."""
+    delivery = company.settings
+    found = set()
+    if delivery is not None:
+        sender = mime.addresses(delivery.sender or "")
+        if sender:
+            found.add(sender[0].rpartition("@")[2].lower())
+        listed = delivery.get_setting("sender_domains") or ""
+        found.update(d.strip().lower() for d in str(listed).split(",") if d.strip())
+    return frozenset(d for d in found if d)
+
+
+def domain_allowed(address: str, domains: frozenset[str]) -> bool:
+    local, at, domain = address.rpartition("@")
+    return bool(local and at) and domain.lower().rstrip(".") in domains
+
+
+def check_sender(account: Account, address: str) -> None:
+    """MAIL FROM: the envelope sender must be at one of the account's domains."""
+    if not domain_allowed(address, account.domains):
+        raise Refused(REFUSED_SENDER)
+
+
+def received_line(*, helo: str, peer: str | None, by: str, tls: bool, now: datetime | None = None) -> bytes:
+    """Our trace field (RFC 5321 §4.4): who handed the message over, to whom, how, when."""
+    helo = "".join(c for c in helo if c.isalnum() or c in ".-_[]:")[:255] or "unknown"
+    where = f" ([{peer}])" if peer else ""
+    protocol = "ESMTPSA" if tls else "ESMTPA"
+    stamp = format_datetime((now or datetime.now(UTC)).astimezone(UTC))
+    return f"Received: from {helo}{where}\r\n\tby {by} (ManiReports Cloud Offload) with {protocol};\r\n\t{stamp}\r\n" \
+        .encode("ascii")
+
+
+def take(account: Account, mail_from: str, rcpt_to: list[str], data: bytes, received: bytes,
+         peer: str | None) -> Taken:
+    """The message to store, or ``Refused``: every ``From:`` address at the account's domains,
+    ``X-Offload-Type`` (if any) a job type. The stored bytes are ``received`` and the message
+    as it came, without ``Bcc:`` and ``X-Offload-Type:``."""
+    head, _ = mime.split(data)
+    senders = [a for v in _values(head, "from") for a in mime.addresses(v)]
+    if not senders:
+        raise Refused(REFUSED_NO_FROM)
+    if not all(domain_allowed(a, account.domains) for a in senders):
+        raise Refused(REFUSED_FROM)
+    job_type = DEFAULT_TYPE
+    given = _values(head, TYPE_HEADER.lower())
+    if given:
+        job_type = given[0].strip().lower()
+        if job_type not in JOB_TYPES:
+            raise Refused(f"550 5.6.0 {TYPE_HEADER} must be one of {', '.join(JOB_TYPES)}")
+    subject = mime.decoded(next(iter(_values(head, "subject")), ""))[:SUBJECT_LIMIT]
+    return Taken(account.company_id, job_type, mail_from, rcpt_to, subject,
+                 received + mime.without(data, REMOVED_FIELDS), peer, account.token_prefix)
+
+
+def _values(head: bytes, name: str) -> list[str]:
+    return [mime.value(text) for key, text in mime.fields(head) if key == name]
+
+
+# -- storing --------------------------------------------------------------------------
+
+def store(messages: list[Taken]) -> list[int]:
+    """Insert ``messages`` and commit: one transaction (one fsync) for all. Their ids, in order."""
+    rows = [m.row() for m in messages]
+    table = SmtpMessage.__table__
+    result = db.session.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), rows)
+    ids = [row[0] for row in result]
+    db.session.commit()
+    return ids
+
+
+def windows_touched(messages: Iterable[Taken]) -> set[tuple[int, str]]:
+    return {(m.company_id, m.job_type) for m in messages}
+
+
+def schedule_closers(windows: Iterable[tuple[int, str]]) -> None:
+    """After a commit: each touched window has a closer due a window from now (one per window)."""
+    delay = settings.current().bulk_window_s
+    for company_id, job_type in windows:
+        schedule_smtp_close(company_id, job_type, delay)
+
+
+# -- windows become jobs ----------------------------------------------------------------
+
+def max_hold_s() -> float:
+    s = settings.current()
+    return s.bulk_max_hold_s if s.bulk_max_hold_s is not None else 6 * s.bulk_window_s
+
+
+def due_at(opened: datetime, last: datetime) -> datetime:
+    """When a window closes: a window after its last message, at most the max hold after its first."""
+    s = settings.current()
+    return min(last + timedelta(seconds=s.bulk_window_s), opened + timedelta(seconds=max_hold_s()))
+
+
+@dataclass
+class Closed:
+    """What ``close_window`` did: the jobs it made, or when the window will be due."""
+
+    jobs: list[Job]
+    due: datetime | None = None
+    more: bool = False
+
+
+def close_window(company_id: int, job_type: str, *, now: datetime | None = None) -> Closed:
+    """Make the jobs of a due window (and queue them); a window not due yet says when it will be."""
+    now = now or utcnow()
+    rows = db.session.execute(
+        select(SmtpMessage.id, SmtpMessage.received_at, SmtpMessage.rcpt_to, SmtpMessage.subject)
+        .where(SmtpMessage.status == WAITING, SmtpMessage.company_id == company_id,
+               SmtpMessage.job_type == job_type)
+        .order_by(SmtpMessage.id).limit(CLOSE_LIMIT)).all()
+    if not rows:
+        db.session.rollback()
+        return Closed([])
+    due = due_at(rows[0].received_at, max(r.received_at for r in rows))
+    if due > now and len(rows) < CLOSE_LIMIT:
+        db.session.rollback()
+        return Closed([], due=due)
+    if db.session.get(Company, company_id) is None:
+        db.session.rollback()
+        return Closed([])
+    threshold = settings.current().bulk_threshold
+    groups = _bulk_groups(rows) if len(rows) > threshold else [[row] for row in rows]
+    jobs = []
+    for group in groups:
+        job = _job_of(company_id, job_type, group)
+        if job is None:  # another closer took these messages first
+            db.session.rollback()
+            return Closed([])
+        jobs.append(job)
+    db.session.commit()
+    for job in jobs:
+        enqueue_job(job)
+    log.info("Company %s: %s SMTP messages (%s) became %s jobs", company_id, len(rows), job_type, len(jobs))
+    return Closed(jobs, more=len(rows) == CLOSE_LIMIT)
+
+
+def _bulk_groups(rows) -> list[list]:
+    """Consecutive messages, at most ``OFFLOAD_MAX_RECIPIENTS`` recipients per job (a message is never split)."""
+    limit = settings.current().max_recipients
+    groups: list[list] = [[]]
+    count = 0
+    for row in rows:
+        n = len(row.rcpt_to)
+        if groups[-1] and count + n > limit:
+            groups.append([])
+            count = 0
+        groups[-1].append(row)
+        count += n
+    return groups
+
+
+def _job_of(company_id: int, job_type: str, group) -> Job | None:
+    """One job of ``group``'s messages, their recipients, the messages marked; None if taken meanwhile."""
+    job = Job(company_id=company_id, type=job_type, status=QUEUED, source="smtp", subject=group[0].subject,
+              priority=DEFAULT_PRIORITY[job_type], options={"smtp_messages": len(group)})
+    db.session.add(job)
+    db.session.flush()
+    items = [{"email": address, "data": {"smtp_message_id": row.id}} for row in group for address in row.rcpt_to]
+    recipients, counts = classify_recipients(company_id, job.id, items, bulk=is_bulk(job.type, job.priority),
+                                             distinct=False)
+    insert_recipients(recipients)
+    job.email_count = len(recipients)
+    job.emails_failed = counts[R_FAILED]
+    job.emails_suppressed = counts[R_SUPPRESSED]
+    ids = [row.id for row in group]
+    taken = execute_for_ids(f"UPDATE smtp_messages SET status = '{JOBBED}', job_id = :job "
+                            f"WHERE {{ids}} AND status = '{WAITING}'", ids, {"job": job.id})
+    if taken.rowcount != len(ids):
+        return None
+    audit.record("job_created", company_id=company_id, object_type="job", object_id=job.id, actor="smtp",
+                 details={"type": job.type, "recipients": len(recipients), "source": "smtp", "messages": len(ids)})
+    return job
+
+
+def stale_windows(grace_s: float = 30.0) -> list[tuple[int, str]]:
+    """Windows with a message older than any window can stay open: their closer was lost."""
+    s = settings.current()
+    old = utcnow() - timedelta(seconds=max_hold_s() + s.bulk_window_s + grace_s)
+    return [(r.company_id, r.job_type) for r in db.session.execute(text(
+        f"SELECT DISTINCT company_id, job_type FROM smtp_messages WHERE status = '{WAITING}' "
+        "AND received_at < :old"), {"old": old}).all()]
+
+
+# -- delivery ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Stored:
+    mail_from: str
+    raw: bytes
+
+
+def stored_messages(company_id: int, message_ids: Iterable[int]) -> dict[int, Stored]:
+    """The stored messages of ``message_ids`` (the company's only), decrypted."""
+    ids = sorted(set(message_ids))
+    if not ids:
+        return {}
+    rows = db.session.execute(select(SmtpMessage.id, SmtpMessage.mail_from, SmtpMessage.raw)
+                              .where(SmtpMessage.company_id == company_id, SmtpMessage.id.in_(ids))).all()
+    return {r.id: Stored(r.mail_from, r.raw) for r in rows if r.raw is not None}
+
+
+def purge_raw(job_id: int) -> int:
+    """Forget the MIME of a job's messages (the retention purge)."""
+    return db.session.execute(text("UPDATE smtp_messages SET raw = NULL WHERE job_id = :j AND raw IS NOT NULL"),
+                              {"j": job_id}).rowcount

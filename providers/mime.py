@@ -1,0 +1,117 @@
+"""A MIME message as bytes, changed only where it must be: header fields out or in, never re-serialised.
+
+SMTP submission delivers what the LMS wrote (``Message.raw``): the body,
+its parts and attachments byte for byte. The header block is read field by
+field (a field is its first line and the folded lines after it) and fields
+are removed or added as whole lines, so every other byte, a DKIM signature
+over them included, stays as it was. ``parsed`` reads the message with the
+standard library's parser for the one provider that cannot take MIME
+(SendGrid's API takes parts).
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from email import policy
+from email.header import decode_header, make_header
+from email.message import EmailMessage
+from email.parser import BytesParser
+from email.utils import getaddresses
+
+_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:")
+_LINE = re.compile(rb".*?(?:\r\n|\n|$)", re.S)
+
+
+def split(raw: bytes) -> tuple[bytes, bytes]:
+    """(header block with its last line break, the rest from the empty line on)."""
+    for sep in (b"\r\n\r\n", b"\n\n"):
+        at = raw.find(sep)
+        if at >= 0:
+            cut = at + len(sep) // 2
+            return raw[:cut], raw[cut:]
+    return raw, b""
+
+
+def fields(head: bytes) -> list[tuple[str, bytes]]:
+    """The header fields of ``head``: (lower-case name, the field's bytes, folded lines included).
+
+    A line that is neither a field nor a continuation (garbage) is kept with
+    the name ``""``, so removing fields never loses other bytes."""
+    found: list[tuple[str, bytes]] = []
+    for line in _LINE.findall(head):
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t") and found:
+            name, text = found[-1]
+            found[-1] = (name, text + line)
+            continue
+        match = _NAME.match(line)
+        found.append((match.group(1).decode("ascii").lower() if match else "", line))
+    return found
+
+
+def value(field: bytes) -> str:
+    """A field's value, unfolded, as text (undecoded bytes kept as surrogates)."""
+    text = field.split(b":", 1)[1] if b":" in field else b""
+    return re.sub(r"\r?\n[ \t]", " ", text.decode("utf-8", "surrogateescape")).strip()
+
+
+def header_values(raw: bytes, name: str) -> list[str]:
+    """Every value of header ``name`` (case-insensitive)."""
+    wanted = name.lower()
+    return [value(text) for key, text in fields(split(raw)[0]) if key == wanted]
+
+
+def without(raw: bytes, names: Iterable[str]) -> bytes:
+    """``raw`` with every field named in ``names`` removed (case-insensitive); all else untouched."""
+    drop = {n.lower() for n in names}
+    head, rest = split(raw)
+    kept = [text for key, text in fields(head) if key not in drop]
+    return b"".join(kept) + rest
+
+
+def line_break(raw: bytes) -> bytes:
+    """The message's own line break (CRLF unless it uses bare LF)."""
+    head = split(raw)[0]
+    return b"\n" if b"\n" in head and b"\r\n" not in head else b"\r\n"
+
+
+def with_headers(raw: bytes, headers: Mapping[str, str], *, replace: bool = False) -> bytes:
+    """``raw`` with ``headers`` added at the top of its header block; with ``replace``, fields
+    of the same names go first. Names and values must already be safe (no CR, LF or NUL)."""
+    if not headers:
+        return raw
+    for name, text in headers.items():
+        if not _NAME.match(name.encode("ascii", "replace") + b":") or any(c in text for c in "\r\n\0"):
+            raise ValueError("unsafe header")
+    if replace:
+        raw = without(raw, headers)
+    eol = line_break(raw)
+    added = b"".join(f"{name}: {_encoded(text)}".encode("ascii") + eol for name, text in headers.items())
+    return added + raw
+
+
+def _encoded(text: str) -> str:
+    if text.isascii():
+        return text
+    return make_header([(text.encode("utf-8"), "utf-8")]).encode()
+
+
+def decoded(text: str) -> str:
+    """A header value with its RFC 2047 encoded words decoded, on one line."""
+    try:
+        shown = str(make_header(decode_header(text)))
+    except (ValueError, LookupError, UnicodeError):
+        shown = text
+    shown = shown.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return re.sub(r"[\r\n\0]+", " ", shown).strip()
+
+
+def addresses(text: str) -> list[str]:
+    """The addr-specs of an address-list header value (``From:``, ``To:``)."""
+    return [addr for _name, addr in getaddresses([text]) if addr]
+
+
+def parsed(raw: bytes) -> EmailMessage:
+    """The whole message, parsed (for providers that take parts, not MIME)."""
+    return BytesParser(policy=policy.default).parsebytes(raw)

@@ -1,0 +1,124 @@
+"""Group commit: one writer thread stores the messages of every session, many per transaction.
+
+A session hands its message to ``GroupWriter.store`` and waits. The writer
+takes whatever is queued (up to ``MAX_BATCH``), inserts it all and commits
+once, so one fsync covers every message that arrived while the previous
+commit was running; then it answers each session at once (one wake-up of the
+event loop per batch). A failed commit fails every message of its batch
+(``StoreFailed``: the session answers ``451``, nothing was stored); while
+more than ``MAX_BACKLOG`` messages wait, new ones are refused at once
+(``Busy``: ``451`` too) instead of piling up in memory.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from core import submissions
+from core.db import db
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 500
+MAX_BACKLOG = 5000
+_STOP = object()
+
+
+class StoreFailed(Exception):
+    """The database did not take the batch; nothing of it was stored."""
+
+
+class Busy(StoreFailed):
+    """Too many messages wait for the database already."""
+
+
+class GroupWriter:
+    """The writer thread and the queue in front of it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, max_batch: int = MAX_BATCH,
+                 max_backlog: int = MAX_BACKLOG):
+        self.loop = loop
+        self.max_batch, self.max_backlog = max_batch, max_backlog
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._waiting = 0
+        self._thread = threading.Thread(target=self._run, name="smtp-writer", daemon=True)
+        #: commits made and messages stored (for the log and the bench)
+        self.commits = 0
+        self.stored = 0
+
+    def start(self) -> GroupWriter:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+
+    async def store(self, message: submissions.Taken) -> int:
+        """Store ``message`` durably; its id once committed. Raises ``StoreFailed`` (or ``Busy``)."""
+        if self._waiting >= self.max_backlog:
+            raise Busy("backlog full")
+        future = self.loop.create_future()
+        self._waiting += 1
+        try:
+            self._queue.put((message, future))
+            return await future
+        finally:
+            self._waiting -= 1
+
+    # -- the thread --------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                db.remove()
+                return
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    self._queue.put(_STOP)
+                    break
+                batch.append(item)
+            self._write(batch)
+
+    def _write(self, batch: list) -> None:
+        messages = [message for message, _ in batch]
+        futures = [future for _, future in batch]
+        started = time.perf_counter()
+        try:
+            ids = submissions.store(messages)
+        except (SQLAlchemyError, OSError) as exc:
+            db.session.rollback()
+            db.remove()
+            log.warning("SMTP: %s messages not stored (%s); answered 451", len(batch), type(exc).__name__)
+            self.loop.call_soon_threadsafe(_fail_all, futures)
+            return
+        self.commits += 1
+        self.stored += len(ids)
+        self.loop.call_soon_threadsafe(_answer_all, futures, ids)
+        log.debug("SMTP: %s messages stored in %.1f ms", len(ids), (time.perf_counter() - started) * 1000)
+        try:
+            submissions.schedule_closers(submissions.windows_touched(messages))
+        except Exception:  # stored is stored: the sweep closes the windows of closers never scheduled
+            log.exception("SMTP: window closers not scheduled")
+
+
+def _answer_all(futures: list, ids: list[int]) -> None:
+    for future, message_id in zip(futures, ids, strict=True):
+        if not future.done():
+            future.set_result(message_id)
+
+
+def _fail_all(futures: list) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(StoreFailed("the database did not take the message"))

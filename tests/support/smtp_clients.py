@@ -1,0 +1,155 @@
+"""SMTP clients as an LMS drives them, and the submission server run inside a test process.
+
+``LineClient`` writes as Moodle's PHPMailer does: every command and every
+DATA line is its own ``send()`` on a socket with Nagle's algorithm on (Moodle
+never sets TCP_NODELAY), AUTH LOGIN, a keep-alive session with RSET after
+each message. smtplib writes DATA in one go and so hides what a server's
+delayed ACK costs such a client. ``InProcessServer`` runs
+``submission.start`` on its own event loop thread, on the test's database
+and Redis.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import smtplib
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+from core import settings
+from submission import start
+from tests.support.servers import free_port
+
+
+class SmtpError(Exception):
+    def __init__(self, reply: bytes):
+        super().__init__(reply.decode("utf-8", "replace"))
+        self.code = int(reply[:3]) if reply[:3].isdigit() else 0
+        self.reply = reply
+
+
+@dataclass
+class LineClient:
+    """One SMTP session written line by line, Nagle on."""
+
+    host: str
+    port: int
+    helo: str = "moodle.example.com"
+    proxy_line: bytes | None = None
+    timeout: float = 30.0
+    sock: socket.socket | None = field(default=None, init=False)
+
+    def __post_init__(self):
+        self.sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        self._file = self.sock.makefile("rb")
+        if self.proxy_line:
+            self.sock.send(self.proxy_line)
+        self.expect(220)
+        self.command(f"EHLO {self.helo}", 250)
+
+    def read(self) -> bytes:
+        """One reply (the last line of a multi-line one)."""
+        while True:
+            line = self._file.readline()
+            if not line:
+                raise SmtpError(b"000 connection closed")
+            if line[3:4] != b"-":
+                return line.rstrip(b"\r\n")
+
+    def expect(self, code: int) -> bytes:
+        reply = self.read()
+        if not reply.startswith(str(code).encode()):
+            raise SmtpError(reply)
+        return reply
+
+    def command(self, line: str | bytes, code: int) -> bytes:
+        self.sock.send((line.encode() if isinstance(line, str) else line) + b"\r\n")
+        return self.expect(code)
+
+    def login(self, user: str, password: str) -> None:
+        """AUTH LOGIN, as Moodle's ``smtpauthtype = LOGIN``."""
+        self.command("AUTH LOGIN", 334)
+        self.command(base64.b64encode(user.encode()), 334)
+        self.command(base64.b64encode(password.encode()), 235)
+
+    def send(self, mail_from: str, rcpt: list[str], message: bytes) -> bytes:
+        """MAIL, RCPT, DATA one line per write, then RSET (PHPMailer's keep-alive); the 250 after DATA."""
+        self.command(f"MAIL FROM:<{mail_from}>", 250)
+        for address in rcpt:
+            self.command(f"RCPT TO:<{address}>", 250)
+        self.command("DATA", 354)
+        for line in message.split(b"\r\n")[:-1] if message.endswith(b"\r\n") else message.split(b"\r\n"):
+            self.sock.send((b"." + line if line.startswith(b".") else line) + b"\r\n")
+        self.sock.send(b".\r\n")
+        reply = self.expect(250)
+        self.command("RSET", 250)
+        return reply
+
+    def quit(self) -> None:
+        try:
+            self.command("QUIT", 221)
+        except (SmtpError, OSError):
+            pass
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+        self.sock.close()
+
+
+class ProxiedSMTP(smtplib.SMTP):
+    """smtplib behind a TCP balancer that speaks the PROXY protocol: ``proxy_line`` goes first."""
+
+    def __init__(self, proxy_line: bytes, *args, **kwargs):
+        self.proxy_line = proxy_line
+        super().__init__(*args, **kwargs)
+
+    def _get_socket(self, host, port, timeout):
+        sock = super()._get_socket(host, port, timeout)
+        sock.sendall(self.proxy_line)
+        return sock
+
+
+class InProcessServer:
+    """``submission.start`` on a loop thread of this process (the current settings; port free)."""
+
+    def __init__(self, host: str = "127.0.0.1"):
+        self.host, self.port = host, free_port()
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="smtp-test-loop", daemon=True)
+        self.server = self.writer = None
+
+    def start(self) -> InProcessServer:
+        self._thread.start()
+        made = asyncio.run_coroutine_threadsafe(start(settings.current(), self.host, self.port), self.loop)
+        self.server, self.writer = made.result(10)
+        return self
+
+    def stop(self) -> None:
+        async def close():
+            self.server.close()
+            await self.server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
+        self.writer.stop()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def message(subject: str = "Hello", *, sender: str = "Moodle <noreply@acme.test>", to: str = "ann@example.com",
+            body: str = "Hi Ann,\r\nyour account is ready.\r\n", headers: dict[str, str] | None = None) -> bytes:
+    """A small plain-text message as PHPMailer writes one (CRLF lines)."""
+    lines = [f"Date: {time.strftime('%a, %d %b %Y %H:%M:%S +0000', time.gmtime())}", f"To: {to}",
+             f"From: {sender}", f"Subject: {subject}", "Message-ID: <m" + str(time.monotonic_ns()) + "@acme.test>",
+             "MIME-Version: 1.0", "Content-Type: text/plain; charset=utf-8",
+             "Content-Transfer-Encoding: 8bit", *(f"{k}: {v}" for k, v in (headers or {}).items())]
+    return ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
