@@ -69,6 +69,14 @@ class Message:
     ``Result``. ``headers`` are extra headers (e.g. List-Unsubscribe); values
     have already been checked for CR/LF/NUL by the renderer, and providers
     must still refuse such values rather than emit them.
+
+    ``raw`` is a whole MIME message as the LMS wrote it (SMTP submission):
+    the provider sends those bytes as they are, ``headers`` added on top
+    (``providers.mime.outgoing``), to ``to`` as the envelope recipient, from
+    ``envelope_from`` where the provider has an envelope; ``subject`` is then
+    only the decoded Subject (for logs and checks), ``text``, ``html`` and
+    ``attachments`` are unused. A provider whose API takes parts rebuilds them
+    from the MIME (``providers.mime.parts``).
     """
 
     key: int
@@ -78,6 +86,8 @@ class Message:
     html: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     attachments: list[Attachment] = field(default_factory=list)
+    raw: bytes | None = None
+    envelope_from: str | None = None
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from typing import Any
 
 import requests
 
-from providers import webhooks
+from providers import mime, webhooks
 from providers.base import (
     BounceReport,
     ConnectionFailure,
@@ -82,8 +82,31 @@ def _address(value: str) -> str | dict[str, str]:
     return address or value
 
 
+def raw_payload(message: Message) -> dict[str, Any]:
+    """The LMS's MIME (``Message.raw``) rebuilt from its parts for the REST API (the Worker's
+    binding, in offload mode, sends the MIME itself)."""
+    found = mime.parts(message.raw)
+    payload: dict[str, Any] = {"from": _address(found.sender), "to": message.to, "subject": found.subject}
+    if found.text is not None or found.html is None:
+        payload["text"] = found.text or ""
+    if found.html is not None:
+        payload["html"] = found.html
+    headers = {**found.headers, **message.headers}
+    if found.reply_to:
+        headers["Reply-To"] = found.reply_to
+    if headers:
+        payload["headers"] = headers
+    files = [{"content": base64.b64encode(a.content).decode("ascii"), "filename": a.filename, "type": a.content_type,
+              "disposition": "attachment"} for a in [*found.attachments, *found.inline]]
+    if files:
+        payload["attachments"] = files
+    return payload
+
+
 def email_payload(sender: str, message: Message) -> dict[str, Any]:
     """The JSON body of one send request."""
+    if message.raw is not None:
+        return raw_payload(message)
     payload: dict[str, Any] = {"from": _address(sender), "to": message.to, "subject": message.subject}
     if message.text is not None or message.html is None:
         payload["text"] = message.text or ""

@@ -8,7 +8,9 @@ text and HTML, which the message's parts reference as
 recipient a message of their own. The variable names carry a random nonce
 per call, so text in a recipient's content is never read as a reference.
 Messages whose extra headers differ (a per-recipient ``List-Unsubscribe``)
-go in different calls, as do messages with attachments (one call each).
+go in different calls, as do messages with attachments (one call each). A
+message taken by SMTP submission (``Message.raw``) goes whole, one call each,
+to ``POST /v3/<domain>/messages.mime`` (the MIME as the ``message`` file).
 
 Answers: ``200`` with ``{"id": "<...>", "message": "Queued..."}``; the id
 (without brackets, as webhooks report it) is recorded for every recipient
@@ -36,7 +38,7 @@ from collections import OrderedDict
 from email.utils import parseaddr
 from typing import Any
 
-from providers import registry
+from providers import mime, registry
 from providers.base import (
     BounceReport,
     Message,
@@ -214,7 +216,7 @@ class MailgunProvider(Provider):
         units: list[tuple[tuple | None, set[str], list[int], list[int]]] = []
         for index in pending:
             message = messages[index]
-            if message.attachments:
+            if message.attachments or message.raw is not None:
                 units.append((None, set(), [index], [0]))
                 continue
             key = (_parts(message), _headers(message))
@@ -267,7 +269,12 @@ class MailgunProvider(Provider):
         return fields, files
 
     def _post(self, sender: str, group: list[Message]) -> Any:
-        """One call: a urlencoded form, or multipart when there are attachments."""
+        """One call: a urlencoded form, multipart when there are attachments; the LMS's own MIME
+        (``Message.raw``) goes to ``messages.mime`` as it is, with ``to`` its envelope recipient."""
+        if group[0].raw is not None:
+            data = mime.outgoing(group[0].raw, group[0].headers)
+            return self.api.request("POST", f"/v3/{self.domain}/messages.mime", data=[("to", group[0].to)],
+                                    files=[("message", ("message.mime", data, "message/rfc822"))])
         fields, files = self._form(sender, group)
         return self.api.request("POST", f"/v3/{self.domain}/messages", data=fields, files=files or None)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from email import policy
 from email.header import decode_header, make_header
 from email.message import EmailMessage
@@ -115,3 +116,70 @@ def addresses(text: str) -> list[str]:
 def parsed(raw: bytes) -> EmailMessage:
     """The whole message, parsed (for providers that take parts, not MIME)."""
     return BytesParser(policy=policy.default).parsebytes(raw)
+
+
+def outgoing(raw: bytes, headers: Mapping[str, str]) -> bytes:
+    """What a provider sends for a ``Message.raw``: the stored bytes with the service's per-recipient
+    headers (List-Unsubscribe of bulk mail) on top, replacing fields of the same names."""
+    return with_headers(raw, headers, replace=True) if headers else raw
+
+
+# -- rebuilt from the parts (for APIs that take parts, not MIME) ------------------------------------
+
+@dataclass
+class Part:
+    filename: str
+    content: bytes
+    content_type: str
+    content_id: str | None = None
+
+
+@dataclass
+class Parts:
+    """A MIME message read into what a parts API takes."""
+
+    sender: str
+    subject: str
+    text: str | None
+    html: str | None
+    reply_to: str | None = None
+    cc: list[str] = field(default_factory=list)
+    #: header fields beyond the structural ones, as written (name, value)
+    headers: dict[str, str] = field(default_factory=dict)
+    attachments: list[Part] = field(default_factory=list)
+    inline: list[Part] = field(default_factory=list)
+
+
+#: fields a parts API writes itself from the parts, or that describe the MIME structure
+STRUCTURAL = frozenset({"from", "to", "cc", "bcc", "subject", "reply-to", "date", "mime-version", "content-type",
+                        "content-transfer-encoding", "content-disposition", "content-id", "received", "return-path",
+                        "dkim-signature", "sender", "message-id"})
+
+
+def parts(raw: bytes) -> Parts:
+    """The first text/plain and text/html bodies, the attachments and inline parts, and the other
+    header fields of ``raw``."""
+    msg = parsed(raw)
+    text_part = msg.get_body(preferencelist=("plain",))
+    html_part = msg.get_body(preferencelist=("html",))
+    found = Parts(sender=str(msg.get("From", "")), subject=decoded(str(msg.get("Subject", ""))),
+                  text=text_part.get_content() if text_part is not None else None,
+                  html=html_part.get_content() if html_part is not None else None,
+                  reply_to=str(msg["Reply-To"]) if msg["Reply-To"] else None,
+                  cc=addresses(str(msg.get("Cc", ""))))
+    for key, text in fields(split(raw)[0]):  # as written (encoded words stay encoded)
+        name = text.split(b":", 1)[0].decode("ascii", "replace").strip()
+        if key and key not in STRUCTURAL and name not in found.headers:
+            found.headers[name] = value(text)
+    bodies = {id(p) for p in (text_part, html_part) if p is not None}
+    for part in msg.walk():
+        if part.is_multipart() or id(part) in bodies:
+            continue
+        payload = part.get_payload(decode=True) or b""
+        item = Part(part.get_filename() or "attachment", payload, part.get_content_type(),
+                    (part.get("Content-ID") or "").strip("<> ") or None)
+        if part.get_content_disposition() == "inline" and item.content_id:
+            found.inline.append(item)
+        else:
+            found.attachments.append(item)
+    return found

@@ -8,7 +8,9 @@ substitution tags, so every recipient gets exactly their own content. The
 tags carry a random nonce per request, so text in a recipient's content can
 never be mistaken for a tag. A message whose substitutions would pass
 SendGrid's 10,000 bytes per personalization, or that has attachments, goes
-in a request of its own with its content inline.
+in a request of its own with its content inline. A message taken by SMTP
+submission (``Message.raw``) is rebuilt from its parts (``providers.mime.parts``:
+bodies, attachments, inline images, header fields) into a request of its own.
 
 Answers: ``202`` accepted, with ``X-Message-Id`` (recorded for every
 recipient of the request; the Event Webhook's ``sg_message_id`` starts with
@@ -38,7 +40,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
-from providers import registry
+from providers import mime, registry
 from providers.base import (
     BounceReport,
     Message,
@@ -178,6 +180,8 @@ def _substitutions(message: Message, tags: dict[str, str]) -> dict[str, str]:
 
 
 def _bulk_fits(message: Message) -> bool:
+    if message.raw is not None:
+        return False
     size = len((message.text or "").encode()) + len((message.html or "").encode()) + 64
     return not message.attachments and size <= MAX_SUBSTITUTION_BYTES
 
@@ -270,7 +274,33 @@ class SendgridProvider(Provider):
         return {"personalizations": personalizations, "from": _address(sender), "content": content}
 
     @staticmethod
+    def _raw_payload(message: Message) -> dict[str, Any]:
+        """The LMS's MIME (``Message.raw``) rebuilt from its parts: SendGrid's API takes no MIME. Its
+        From, Reply-To, Subject, bodies, attachments, inline parts and other header fields; the
+        envelope recipient is the one recipient (each Cc is a recipient of its own already)."""
+        found = mime.parts(message.raw)
+        content = ([{"type": "text/plain", "value": found.text or " "}] if found.text is not None
+                   or found.html is None else []) + ([{"type": "text/html", "value": found.html}] if found.html else [])
+        headers = {k: v for k, v in {**found.headers, **message.headers}.items() if k.lower() not in _RESERVED}
+        item: dict[str, Any] = {"to": [_address(message.to)], "subject": found.subject or " "}
+        if headers:
+            item["headers"] = headers
+        payload: dict[str, Any] = {"personalizations": [item], "from": _address(found.sender), "content": content}
+        if found.reply_to:
+            payload["reply_to"] = _address(found.reply_to)
+        files = [{"content": base64.b64encode(a.content).decode("ascii"), "filename": a.filename,
+                  "type": a.content_type, "disposition": "attachment"} for a in found.attachments]
+        files += [{"content": base64.b64encode(a.content).decode("ascii"), "filename": a.filename,
+                   "type": a.content_type, "disposition": "inline", "content_id": a.content_id}
+                  for a in found.inline]
+        if files:
+            payload["attachments"] = files
+        return payload
+
+    @staticmethod
     def _inline_payload(sender: str, message: Message) -> dict[str, Any]:
+        if message.raw is not None:
+            return SendgridProvider._raw_payload(message)
         has_text, has_html = _shape(message)
         content = ([{"type": "text/plain", "value": message.text or " "}] if has_text else []) + \
             ([{"type": "text/html", "value": message.html}] if has_html else [])

@@ -7,7 +7,9 @@ inline pass-through template: every part is a single triple-stash variable
 and HTML. Triple braces never HTML-escape, and Handlebars does not re-read a
 substituted value, so ``<``, ``&``, quotes and a literal ``{{`` in the user's
 content arrive unchanged. Messages with attachments, and messages too big for
-template data, go through ``SendEmail`` with ``Simple`` content.
+template data, go through ``SendEmail`` with ``Simple`` content; a message
+taken by SMTP submission (``Message.raw``) with ``Raw`` content, as the LMS
+wrote it.
 
 botocore's own retries are off: the pipeline decides when to try again.
 """
@@ -34,7 +36,7 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.parsers import ResponseParserError
 
-from providers import sns
+from providers import mime, sns
 from providers.base import (
     ConnectionFailure,
     Message,
@@ -392,7 +394,7 @@ class SesProvider(Provider):
         groups: dict[tuple[bool, bool], list[int]] = {}
         for index in indices:
             message = messages[index]
-            if message.attachments or len(template_data(message)) > MAX_TEMPLATE_DATA:
+            if message.raw is not None or message.attachments or len(template_data(message)) > MAX_TEMPLATE_DATA:
                 units.append((False, [index]))
             else:
                 groups.setdefault(_parts(message), []).append(index)
@@ -435,12 +437,16 @@ class SesProvider(Provider):
         return [_entry_result(m.key, e) for m, e in zip(messages, entries, strict=True)]
 
     def _send_single(self, sender: str, message: Message) -> Result:
-        """SendEmail with Simple content; a message-level rejection fails only this one."""
-        params: dict[str, Any] = {
-            "FromEmailAddress": sender,
-            "Destination": {"ToAddresses": [message.to]},
-            "Content": {"Simple": simple_content(message)},
-        }
+        """SendEmail with Simple content, or Raw for the LMS's own MIME (its From: is the sender);
+        a message-level rejection fails only this one."""
+        params: dict[str, Any] = {"Destination": {"ToAddresses": [message.to]}}
+        if message.raw is not None:
+            try:
+                params["Content"] = {"Raw": {"Data": mime.outgoing(message.raw, message.headers)}}
+            except ValueError:
+                return Result(message.key, ResultStatus.FAILED, error="invalid_header")
+        else:
+            params.update(FromEmailAddress=sender, Content={"Simple": simple_content(message)})
         self._add_configuration_set(params)
         try:
             response = self._call("send_email", **params)

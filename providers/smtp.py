@@ -18,7 +18,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, getaddresses, make_msgid, parseaddr
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from providers import guard
+from providers import guard, mime
 from providers.base import (
     OPERATOR_ENDPOINT,
     ConnectionFailure,
@@ -441,6 +441,8 @@ class SmtpProvider(Provider):
         refusal = _refusal(sender, message)
         if refusal:
             return Result(message.key, ResultStatus.FAILED, error=refusal)
+        if message.raw is not None:
+            return self._send_raw(sender, message)
         envelope_from = parseaddr(sender)[1] or sender
         try:
             msg = build_message(sender, message, envelope_from.rpartition("@")[2] or None)
@@ -452,12 +454,30 @@ class SmtpProvider(Provider):
             return Result(message.key, reply.status, error=reply.reason)
         return Result(message.key, ResultStatus.SENT, message_id=msg["Message-ID"])
 
-    def _deliver(self, msg: EmailMessage, envelope_from: str, to_addr: str) -> None:
-        """MAIL/RCPT/DATA for one message, reopening the session once if it was lost."""
+    def _send_raw(self, sender: str, message: Message) -> Result:
+        """The LMS's MIME as it came (with our headers on top), from its own envelope sender."""
+        try:
+            data = mime.outgoing(message.raw, message.headers)
+        except ValueError:
+            return Result(message.key, ResultStatus.FAILED, error="invalid_header")
+        envelope_from = message.envelope_from or parseaddr(sender)[1] or sender
+        try:
+            self._deliver(data, envelope_from, single_address(message.to) or message.to)
+        except SmtpReply as reply:
+            return Result(message.key, reply.status, error=reply.reason)
+        found = mime.header_values(message.raw, "message-id")
+        return Result(message.key, ResultStatus.SENT, message_id=found[0] if found else None)
+
+    def _deliver(self, msg: EmailMessage | bytes, envelope_from: str, to_addr: str) -> None:
+        """MAIL/RCPT/DATA for one message (built, or MIME bytes), reopening the session once if it was lost."""
         for attempt in (1, 2):
             conn = self._connection()
             try:
-                conn.send_message(msg, from_addr=envelope_from, to_addrs=[to_addr])
+                if isinstance(msg, bytes):
+                    options = ["BODY=8BITMIME"] if not msg.isascii() and conn.has_extn("8bitmime") else []
+                    conn.sendmail(envelope_from, [to_addr], msg, mail_options=options)
+                else:
+                    conn.send_message(msg, from_addr=envelope_from, to_addrs=[to_addr])
                 return
             except OSError as exc:  # smtplib.SMTPException is an OSError
                 if not _session_lost(exc):

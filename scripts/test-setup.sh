@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the non-Python parts the tests start: npm packages (SES v2 emulator,
 # miniflare) and, when missing, Debian's Chromium, poppler (pdftoppm), php-cli (real PHP serialize()
-# output for the IOMAD headers reader's tests) and the certificate fonts (Noto for Latin, Greek,
+# output for the IOMAD headers reader's tests; Moodle's mailer, PHPMailer, for SMTP submission's) and
+# libphp-phpmailer, and the certificate fonts (Noto for Latin, Greek,
 # Cyrillic and the scripts of Arabic, Hebrew, India, Thailand...; Droid Sans Fallback and WenQuanYi
 # Micro Hei for Chinese, Japanese and Korean).
 set -euo pipefail
@@ -13,6 +14,7 @@ missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v pdftoppm >/dev/null 2>&1 || missing+=(poppler-utils)
 command -v php >/dev/null 2>&1 || missing+=(php-cli)
+[ -f /usr/share/php/libphp-phpmailer/autoload.php ] || missing+=(libphp-phpmailer)
 for fonts in fonts-noto-core fonts-droid-fallback fonts-wqy-microhei fonts-dejavu-core; do
   dpkg-query -W -f='${Status}' "$fonts" 2>/dev/null | grep -q "ok installed" || missing+=("$fonts")
 done

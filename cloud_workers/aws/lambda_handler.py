@@ -17,6 +17,12 @@ SES's own Handlebars never sees user data as a template; recipients with
 attachments go one by one through ``SendEmail``. The configuration set is
 the message's ``configuration_set``, else ``SES_CONFIGURATION_SET``.
 
+Mail the LMS handed to the service by SMTP comes as it was written: such a
+recipient carries ``raw`` (the MIME, base64, the service's headers already on
+top) or, when that is too big for the queue, ``raw_url`` (a presigned link to
+it in the company's storage), and goes one by one through ``SendEmail`` with
+``Raw`` content, as is. A batch of only such recipients needs no template.
+
 Exactly once: before sending, the worker writes a marker
 ``deliveries/<company>/<job>/<delivery_id>.json`` (``state: sending``) to
 ``MARKER_BUCKET`` in S3, created only if absent; after sending, it stores
@@ -154,20 +160,31 @@ def parse_message(body: str | bytes) -> dict:
                       ("sender", str), ("template", dict), ("recipients", list)):
         if not isinstance(message.get(key), kind) or message.get(key) in ("", None):
             raise InvalidMessage(f"{key} is missing or not a {kind.__name__}")
-    template = message["template"]
-    if not isinstance(template.get("subject"), str) or not (template.get("text") or template.get("html")):
-        raise InvalidMessage("template needs a subject and a text or html body")
     for recipient in message["recipients"]:
         _check_recipient(recipient)
+    template = message["template"]
+    if any(not _is_raw(r) for r in message["recipients"]) and (
+            not isinstance(template.get("subject"), str) or not (template.get("text") or template.get("html"))):
+        raise InvalidMessage("template needs a subject and a text or html body")
     if not isinstance(message.get("delivery_id", ""), str):
         raise InvalidMessage("delivery_id must be a string")
     _check_callback_url(message["callback_url"])
     return message
 
 
+def _is_raw(recipient: dict) -> bool:
+    """The recipient's message is the LMS's own MIME (SMTP submission)."""
+    return "raw" in recipient or "raw_url" in recipient
+
+
 def _check_recipient(recipient: Any) -> None:
     if not isinstance(recipient, dict) or not isinstance(recipient.get("email"), str):
         raise InvalidMessage("every recipient needs an email")
+    if "raw" in recipient and not isinstance(recipient["raw"], str):
+        raise InvalidMessage("raw must be base64 text")
+    if "raw_url" in recipient and not (isinstance(recipient["raw_url"], str)
+                                       and recipient["raw_url"].startswith(("https://", "http://"))):
+        raise InvalidMessage("raw_url must be an http(s) URL")
     if not isinstance(recipient.get("data", {}) or {}, dict):
         raise InvalidMessage("recipient data must be an object")
     rendered = recipient.get("rendered")
@@ -243,12 +260,19 @@ class Outcome:
 
 @dataclass
 class Mail:
-    """One recipient's finished email."""
+    """One recipient's finished email (or the LMS's own MIME: ``raw`` / ``raw_url``)."""
 
     email: str
     content: dict
     headers: dict = field(default_factory=dict)
     attachments: list = field(default_factory=list)
+    raw: str | None = None
+    raw_url: str | None = None
+
+    @property
+    def alone(self) -> bool:
+        """Sent with a call of its own (SendEmail), not in a bulk call."""
+        return bool(self.attachments or self.raw is not None or self.raw_url)
 
     @property
     def parts(self) -> tuple[str, ...]:
@@ -311,13 +335,43 @@ def _call_error(exc: ClientError, chunk: list[Mail]) -> list[dict]:
     return [{"email": mail.email, "status": "failed", "error": error} for mail in chunk]
 
 
+MAX_RAW_BYTES = 40 * 1024 * 1024  # SES v2's own limit for a message
+
+
+def raw_bytes(mail: Mail) -> bytes:
+    """The LMS's MIME of a raw mail: inline, or fetched from its presigned link."""
+    if mail.raw is not None:
+        return base64.b64decode(mail.raw)
+    request = urllib.request.Request(mail.raw_url, headers={"User-Agent": "manireports-offload-lambda"})
+    try:
+        with _opener.open(request, timeout=20) as response:
+            data = response.read(MAX_RAW_BYTES + 1)
+    except (urllib.error.URLError, OSError) as exc:
+        raise RetryLater(f"raw message not fetched: {type(getattr(exc, 'reason', exc)).__name__}") from None
+    if len(data) > MAX_RAW_BYTES:
+        raise InvalidMessage("raw message larger than SES takes")
+    return data
+
+
+def _raw_request(message: dict, mail: Mail) -> dict:
+    return _configuration_set(message, {"Destination": {"ToAddresses": [mail.email]},
+                                        "Content": {"Raw": {"Data": raw_bytes(mail)}}})
+
+
 def send_chunk(message: dict, chunk: list[Mail]) -> list[dict]:
-    """One ``SendBulkEmail`` call (or one ``SendEmail`` for a mail with attachments).
+    """One ``SendBulkEmail`` call (or one ``SendEmail`` for a mail with attachments, or the LMS's MIME).
 
     Raises:
         RetryLater: SES throttled or was unavailable; nothing in this chunk was sent.
     """
     try:
+        if len(chunk) == 1 and (chunk[0].raw is not None or chunk[0].raw_url):
+            try:
+                request = _raw_request(message, chunk[0])
+            except (InvalidMessage, ValueError) as exc:  # not base64, or too big: this one fails
+                return [{"email": chunk[0].email, "status": "failed", "error": f"invalid raw message: {exc}"}]
+            response = ses_client().send_email(**request)
+            return [{"email": chunk[0].email, "status": "sent", "message_id": response.get("MessageId")}]
         if len(chunk) == 1 and chunk[0].attachments:
             response = ses_client().send_email(**_single_request(message, chunk[0]))
             return [{"email": chunk[0].email, "status": "sent", "message_id": response.get("MessageId")}]
@@ -342,11 +396,11 @@ def _entry_result(email: str, entry: dict | None) -> dict:
 
 
 def chunks(mails: list[Mail]) -> list[list[Mail]]:
-    """Bulk calls of up to 50 mails in a row with the same parts; a mail with attachments alone."""
+    """Bulk calls of up to 50 mails in a row with the same parts; a mail with attachments (or raw) alone."""
     out: list[list[Mail]] = []
     for mail in mails:
         last = out[-1] if out else None
-        if mail.attachments or last is None or last[0].attachments or last[0].parts != mail.parts \
+        if mail.alone or last is None or last[0].alone or last[0].parts != mail.parts \
                 or len(last) == SES_BULK_LIMIT:
             out.append([mail])
         else:
@@ -356,8 +410,8 @@ def chunks(mails: list[Mail]) -> list[list[Mail]]:
 
 def send_batch(message: dict) -> Outcome:
     """Send every recipient what the message carries; stop at the first transient failure."""
-    mails = [Mail(r["email"], content_of(message, r), r.get("headers") or {}, r.get("attachments") or [])
-             for r in message["recipients"]]
+    mails = [Mail(r["email"], {} if _is_raw(r) else content_of(message, r), r.get("headers") or {},
+                  r.get("attachments") or [], r.get("raw"), r.get("raw_url")) for r in message["recipients"]]
     outcome = Outcome(total=len(mails))
     for chunk in chunks(mails):
         try:

@@ -16,6 +16,14 @@
  * without `rendered` (queued by an older service) is rendered here with
  * `{{ name }}` substitution only, as the AWS Lambda does.
  *
+ * Mail the LMS handed to the service by SMTP is sent as it was written: such a
+ * recipient carries `raw` (the MIME, base64, the service's headers already on
+ * top), or `raw_key` (the object in the CERTIFICATES bucket the service put it
+ * in when it was too big for the queue) and `raw_url` (a signed link to the
+ * same); the bytes go to the binding unchanged, from the address of their
+ * From: (the binding wants the envelope sender to be it). A batch of only such
+ * recipients needs no template.
+ *
  * Exactly once: before sending, the Worker writes a marker
  * `deliveries/<company>/<job>/<delivery_id>.json` (`state: sending`, created
  * only if absent) to the R2 bucket bound as MARKERS; after sending it stores
@@ -156,12 +164,13 @@ function parseMessage(body, env) {
   for (const key of ["callback_url", "sender"]) {
     if (typeof message[key] !== "string" || !message[key]) throw new InvalidMessage(`${key} is missing`);
   }
-  const template = message.template;
-  if (!isObject(template) || typeof template.subject !== "string" || !(template.text || template.html)) {
-    throw new InvalidMessage("template needs a subject and a text or html body");
-  }
   if (!Array.isArray(message.recipients)) throw new InvalidMessage("recipients is not a list");
   for (const recipient of message.recipients) checkRecipient(recipient);
+  const template = message.template;
+  const templated = message.recipients.some((recipient) => !isRaw(recipient));
+  if (templated && (!isObject(template) || typeof template.subject !== "string" || !(template.text || template.html))) {
+    throw new InvalidMessage("template needs a subject and a text or html body");
+  }
   if (message.delivery_id !== undefined && typeof message.delivery_id !== "string") {
     throw new InvalidMessage("delivery_id must be a string");
   }
@@ -169,9 +178,23 @@ function parseMessage(body, env) {
   return message;
 }
 
+/** The recipient's message is the LMS's own MIME (SMTP submission). */
+function isRaw(recipient) {
+  return isObject(recipient) && ("raw" in recipient || "raw_key" in recipient || "raw_url" in recipient);
+}
+
 function checkRecipient(recipient) {
   if (!isObject(recipient) || typeof recipient.email !== "string" || /[\r\n<>,]/.test(recipient.email)) {
     throw new InvalidMessage("every recipient needs an email");
+  }
+  if (isRaw(recipient)) {
+    if (("raw" in recipient && typeof recipient.raw !== "string")
+        || ("raw_key" in recipient && typeof recipient.raw_key !== "string")
+        || ("raw_url" in recipient && !/^https?:\/\//.test(String(recipient.raw_url)))
+        || (recipient.envelope_from !== undefined && (typeof recipient.envelope_from !== "string"
+            || /[\r\n<>,\s]/.test(recipient.envelope_from)))) {
+      throw new InvalidMessage("raw needs base64 text, raw_key a key, raw_url a link, envelope_from an address");
+    }
   }
   if (recipient.data !== undefined && recipient.data !== null && !isObject(recipient.data)) {
     throw new InvalidMessage("recipient data must be an object");
@@ -269,8 +292,64 @@ function buildMime(sender, to, content, headers, attachments) {
 
 // ---------------------------------------------------------------- sending
 
+const MAX_RAW_BYTES = 25 * 1024 * 1024;
+
+/** The LMS's MIME of a raw recipient: inline, from the CERTIFICATES bucket, or from its signed link. */
+async function rawBytes(recipient, env) {
+  if (typeof recipient.raw === "string") {
+    return Uint8Array.from(atob(recipient.raw), (ch) => ch.charCodeAt(0));
+  }
+  if (recipient.raw_key && env.CERTIFICATES) {
+    const object = await env.CERTIFICATES.get(recipient.raw_key);
+    if (object) return new Uint8Array(await object.arrayBuffer());
+  }
+  if (recipient.raw_url) {
+    const response = await fetch(recipient.raw_url, { redirect: "manual" });
+    if (response.ok) {
+      const bytes = new Uint8Array(await response.arrayBuffer());
+      if (bytes.length <= MAX_RAW_BYTES) return bytes;
+    } else {
+      await response.body?.cancel();
+    }
+  }
+  return null;
+}
+
+/** Send one recipient the LMS's MIME as it is. */
+async function sendRaw(message, recipient, env) {
+  let bytes;
+  try {
+    bytes = await rawBytes(recipient, env);
+  } catch {
+    return { email: recipient.email, status: "failed", error: "invalid raw message" };
+  }
+  if (bytes === null) return { email: recipient.email, status: "retry" }; // the stored copy is not there (yet)
+  const head = new TextDecoder().decode(bytes.subarray(0, Math.min(bytes.length, 64 * 1024))).split(/\r?\n\r?\n/)[0];
+  const messageId = /^Message-ID:[ \t]*(\S+)/im.exec(head)?.[1] ?? null;
+  // the binding wants the envelope sender to be the From: address itself
+  const fromField = /^From:[ \t]*((?:.*)(?:\r?\n[ \t].*)*)/im.exec(head)?.[1] ?? "";
+  const fromAddress = /<([^<>\s]+@[^<>\s]+)>/.exec(fromField)?.[1] ?? /([^\s<>"]+@[^\s<>"]+)/.exec(fromField)?.[1];
+  try {
+    const sent = await env.EMAIL.send(new EmailMessage(fromAddress || recipient.envelope_from || message.sender,
+      recipient.email, new Response(bytes).body));
+    return { email: recipient.email, status: "sent", message_id: messageId ?? sent?.messageId ?? null };
+  } catch (err) {
+    return emailError(recipient, err);
+  }
+}
+
+function emailError(recipient, err) {
+  const code = err && err.code ? String(err.code) : "";
+  if (code && RETRYABLE_EMAIL_CODE.test(code)) {
+    return { email: recipient.email, status: "retry" };
+  }
+  const reason = err && err.message ? err.message : String(err);
+  return { email: recipient.email, status: "failed", error: code ? `${code}: ${reason}` : reason };
+}
+
 /** Send one recipient; a result in the callback's shape, or status "retry". */
 async function sendOne(message, recipient, env) {
+  if (isRaw(recipient)) return sendRaw(message, recipient, env);
   const content = contentOf(message, recipient);
   const { raw, messageId } = buildMime(message.sender, recipient.email, content, recipient.headers ?? {},
     recipient.attachments ?? []);
@@ -279,12 +358,7 @@ async function sendOne(message, recipient, env) {
     // our own Message-ID: the one bounce reports quote back
     return { email: recipient.email, status: "sent", message_id: messageId ?? sent?.messageId ?? null };
   } catch (err) {
-    const code = err && err.code ? String(err.code) : "";
-    if (code && RETRYABLE_EMAIL_CODE.test(code)) {
-      return { email: recipient.email, status: "retry" };
-    }
-    const reason = err && err.message ? err.message : String(err);
-    return { email: recipient.email, status: "failed", error: code ? `${code}: ${reason}` : reason };
+    return emailError(recipient, err);
   }
 }
 

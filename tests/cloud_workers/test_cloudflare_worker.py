@@ -9,6 +9,7 @@ AWS Lambda's renderer: both workers must produce the same email.
 """
 from __future__ import annotations
 
+import base64
 import importlib
 import sys
 import time
@@ -19,6 +20,7 @@ import urllib.request
 import pytest
 
 from providers import webhooks
+from providers.storage import WorkerR2Storage
 from tests.support.servers import ROOT, CallbackReceiver, Miniflare, free_port
 
 CF_DIR = ROOT / "cloud_workers" / "cloudflare"
@@ -100,6 +102,30 @@ def test_batch_is_sent_through_the_email_binding_and_reported(worker, callbacks,
     assert first["subject"] == 'Welcome Ann <1> & "Co" to Maths II'
     assert first["text"] == 'Hi Ann <1> & "Co", password p\'w1\r\nX, score 9.5, ok true. End'
     assert first["html"] == "<p>Hi Ann &lt;1&gt; &amp; &quot;Co&quot;</p><p>p&#x27;w1\r\nX</p>{{ user.name }}"
+
+
+def test_smtp_mail_goes_out_byte_for_byte_inline_or_from_r2(worker, callbacks):
+    def mime(to: str, subject: str) -> bytes:
+        return (f"From: =?UTF-8?Q?Zo=C3=AB?= <noreply@example.com>\r\nTo: {to}\r\nSubject: {subject}\r\n"
+                "Message-ID: <lms.77@example.com>\r\nMIME-Version: 1.0\r\n"
+                "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+                f"Olá {to} ✓\r\n.leading dot\r\n").encode()
+    inline, stored = mime(ALLOWED[25], "Inline"), mime(ALLOWED[26], "From R2")
+    storage = WorkerR2Storage({"worker_url": worker.url, "callback_secret": SECRET})
+    storage.put("smtp/31/2.eml", stored, "message/rfc822")
+    message = {"job_id": 31, "batch_number": 1, "company_id": 1, "callback_url": callbacks.callback_url,
+               "sender": "noreply@example.com", "template": {"subject": "", "text": "", "html": ""},
+               "recipients": [{"email": ALLOWED[25], "raw": base64.b64encode(inline).decode(),
+                               "envelope_from": "bounce@example.com"},
+                              {"email": ALLOWED[26], "raw_key": "smtp/31/2.eml",
+                               "raw_url": storage.presigned_url("smtp/31/2.eml", 3600)}]}
+    worker.enqueue(message)
+    payload = wait_until(lambda: [p for p in callbacks.payloads if p["job_id"] == 31], what="callback")[0]
+    assert payload["status"] == "sent", payload
+    assert {r["email"]: r["message_id"] for r in payload["results"]} == {
+        ALLOWED[25]: "<lms.77@example.com>", ALLOWED[26]: "<lms.77@example.com>"}
+    sent = {e["to"]: e for e in worker.sent_emails() if e["to"] in ALLOWED[25:27]}
+    assert sent[ALLOWED[25]]["raw"] == inline and sent[ALLOWED[26]]["raw"] == stored
 
 
 def test_undeliverable_callback_retries_then_dead_letters(worker, callbacks):

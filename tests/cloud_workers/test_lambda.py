@@ -8,6 +8,7 @@ server that verifies them with the service's own ``providers.webhooks``.
 """
 from __future__ import annotations
 
+import base64
 import importlib
 import json
 import logging
@@ -219,6 +220,33 @@ def test_batches_through_ses_with_callbacks_retries_and_dlq(lambda_env, queues, 
     # Nothing about recipients in the logs.
     assert "Batch 7/2: 100 sent, 0 failed, 0 left to retry" in caplog.text
     assert "@example.com" not in caplog.text and "Ann" not in caplog.text
+
+
+def raw_mail(to: str, subject: str, size: int = 0) -> bytes:
+    return (f"From: Moodle <noreply@example.com>\r\nTo: {to}\r\nSubject: {subject}\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\n\r\n" f"Olá {to}\r\n" + "z" * size).encode()
+
+
+def test_smtp_mail_is_sent_as_the_lms_wrote_it_inline_or_from_its_link(lambda_env, queues, ses, callbacks):
+    sqs, queue_url, queue_arn, _ = queues
+    big = raw_mail("big@example.com", "Big one", 300_000)
+    with StubHttpServer(lambda request: (200, {"Content-Type": "message/rfc822"}, big)) as storage:
+        message = {"job_id": 9, "batch_number": 1, "company_id": 1, "callback_url": callbacks.callback_url,
+                   "sender": "noreply@example.com", "template": {"subject": "", "text": "", "html": ""},
+                   "recipients": [
+                       {"email": "a@example.com", "raw": base64.b64encode(raw_mail("a@example.com", "Für A")).decode()},
+                       {"email": "big@example.com", "raw_url": f"{storage.url}/smtp/9/1.eml?sig=x"},
+                       {"email": "bad@example.com", "raw": "not base64!"}]}
+        sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(message))
+        assert run_event_source(sqs, queue_url, queue_arn, lambda_env.handler) == [[]]
+        assert [r.path for r in storage.requests] == ["/smtp/9/1.eml?sig=x"]
+    sent = {e["destination"]["to"][0]: e for e in ses.store()}
+    assert sorted(sent) == ["a@example.com", "big@example.com"]
+    assert sent["a@example.com"]["subject"] == "Für A" and "<noreply@example.com>" in sent["a@example.com"]["from"]
+    assert sent["big@example.com"]["body"]["text"].endswith("z" * 1000)
+    [payload] = callbacks.payloads
+    results = {r["email"]: r["status"] for r in payload["results"]}
+    assert results == {"a@example.com": "sent", "big@example.com": "sent", "bad@example.com": "failed"}
 
 
 def test_unreachable_ses_retries_without_callback(lambda_env, queues, callbacks, monkeypatch):

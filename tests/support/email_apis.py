@@ -33,6 +33,8 @@ class Delivered:
     headers: dict = field(default_factory=dict)
     message_id: str = ""
     attachments: list = field(default_factory=list)
+    #: the MIME as posted (Mailgun's messages.mime)
+    raw: bytes | None = None
 
 
 class _Fake:
@@ -139,7 +141,8 @@ class FakeSendgrid(_Fake):
 
 
 class FakeMailgun(_Fake):
-    """``POST /v3/<domain>/messages`` and ``GET /v3/domains/<domain>`` of Mailgun's API."""
+    """``POST /v3/<domain>/messages``, ``POST /v3/<domain>/messages.mime`` and ``GET /v3/domains/<domain>``
+    of Mailgun's API."""
 
     def __init__(self, api_key: str, domain: str, state: str = "active"):
         super().__init__()
@@ -155,12 +158,14 @@ class FakeMailgun(_Fake):
                 return 404, {}, {"message": "Domain not found"}
             return 200, {}, {"domain": {"name": name, "state": self.state, "type": "custom"},
                              "receiving_dns_records": [], "sending_dns_records": []}
-        if request.method != "POST" or not request.path.endswith("/messages"):
+        if request.method != "POST" or not request.path.endswith(("/messages", "/messages.mime")):
             return 404, {}, {"message": "not found"}
-        if request.path != f"/v3/{self.domain}/messages":
+        if request.path not in (f"/v3/{self.domain}/messages", f"/v3/{self.domain}/messages.mime"):
             return 404, {}, {"message": "Domain not found"}
         if self.scripted:
             return self.scripted.pop(0)
+        if request.path.endswith(".mime"):
+            return self._mime(request)
         fields, files = self._form(request)
         tos = [v for k, v in fields if k == "to"]
         one = {k: v for k, v in fields}
@@ -187,6 +192,34 @@ class FakeMailgun(_Fake):
                 self.delivered.append(Delivered(to, sub(one.get("subject", "")), sub(one.get("text")),
                                                 sub(one.get("html")), headers, message_id, files))
         return 200, {}, {"id": f"<{message_id}>", "message": "Queued. Thank you."}
+
+    def _mime(self, request: StubRequest):
+        """``messages.mime``: ``to`` and the ``message`` file (multipart only), sent as it is."""
+        if not request.headers.get("Content-Type", "").startswith("multipart/form-data"):
+            return 400, {}, {"message": "messages.mime takes multipart/form-data"}
+        fields = self._multipart(request)
+        tos = [v.decode() for k, v in fields if k == "to"]
+        raw = next((v for k, v in fields if k == "message"), None)
+        if not tos or any(not VALID.match(email.utils.parseaddr(t)[1]) for t in tos) or raw is None:
+            return 400, {}, {"message": "'to' and 'message' are required"}
+        parsed = email.message_from_bytes(raw, policy=email.policy.default)
+        message_id = f"{secrets.token_hex(8)}@{self.domain}"
+        for to in tos:
+            body = parsed.get_body(preferencelist=("plain",))
+            self.delivered.append(Delivered(to, str(parsed.get("Subject", "")), body.get_content() if body else None,
+                                            None, {}, message_id, [], raw=raw))
+        return 200, {}, {"id": f"<{message_id}>", "message": "Queued. Thank you."}
+
+    @staticmethod
+    def _multipart(request: StubRequest) -> list[tuple[str, bytes]]:
+        """(name, bytes) of each form part, split on the boundary byte for byte."""
+        boundary = re.search(r'boundary="?([^";]+)"?', request.headers.get("Content-Type", "")).group(1).encode()
+        found = []
+        for chunk in request.body.split(b"--" + boundary)[1:-1]:
+            head, _, content = chunk[2:].partition(b"\r\n\r\n")
+            name = re.search(rb'name="([^"]*)"', head).group(1).decode()
+            found.append((name, content[:-2]))  # the CRLF before the next boundary is the delimiter's
+        return found
 
     @staticmethod
     def _form(request: StubRequest) -> tuple[list[tuple[str, str]], list]:

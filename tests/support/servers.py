@@ -531,6 +531,7 @@ class Miniflare(ManagedProcess):
         text = message.get_body(("plain",))
         html = message.get_body(("html",))
         return {
+            "raw": raw,
             "from": str(message["From"]), "to": str(message["To"]), "subject": str(message["Subject"]),
             "text": text.get_content() if text is not None else None,
             "html": html.get_content() if html is not None else None,
