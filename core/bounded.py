@@ -92,7 +92,8 @@ def _child_env() -> dict[str, str]:
 class Child:
     """One child process speaking the length-prefixed protocol on its stdin and stdout."""
 
-    def __init__(self, module: str, memory_mb: int):
+    def __init__(self, module: str, memory_mb: int, spawn_timeout_s: float = SPAWN_TIMEOUT_S):
+        self.idle_since = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", module, str(memory_mb)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, cwd=_ROOT, env=_child_env(), close_fds=True, bufsize=0)
@@ -107,7 +108,7 @@ class Child:
         #: what the caller has told this child so far (keys it need not send again)
         self.known: set = set()
         try:
-            hello = self.recv(time.monotonic() + SPAWN_TIMEOUT_S)
+            hello = self.recv(time.monotonic() + spawn_timeout_s)
         except ChildTimeout:
             raise ChildGone("the renderer did not start in time") from None
         if not (isinstance(hello, tuple) and hello[:1] == ("ready",)):
@@ -209,13 +210,18 @@ def _exit_words(code: int | None) -> str:
 
 
 class Pool:
-    """Idle children of one kind (one ``module``), per process, shared by threads."""
+    """Idle children of one kind (one ``module``), per process, shared by threads. With ``idle_s``,
+    a child left idle that long is stopped (a heavy kind should not sit in every process)."""
 
-    def __init__(self, module: str, memory_mb: int):
+    def __init__(self, module: str, memory_mb: int, spawn_timeout_s: float = SPAWN_TIMEOUT_S,
+                 idle_s: float | None = None):
         self.module = module
         self.memory_mb = memory_mb
+        self.spawn_timeout_s = spawn_timeout_s
+        self.idle_s = idle_s
         self._idle: list[Child] = []
         self._lock = threading.Lock()
+        self._reaper: threading.Thread | None = None
         self.spawned = 0  # children started by this process (the bench and tests read it)
         os.register_at_fork(after_in_child=self._after_fork)
 
@@ -224,6 +230,7 @@ class Pool:
             child.forget()
         self._idle = []
         self._lock = threading.Lock()
+        self._reaper = None
 
     def take(self) -> Child:
         """An idle child, or a new one (``ChildGone`` when it cannot start)."""
@@ -234,17 +241,31 @@ class Pool:
                     return child
                 child.kill()
         self.spawned += 1
-        return Child(self.module, self.memory_mb)
+        return Child(self.module, self.memory_mb, self.spawn_timeout_s)
 
     def give(self, child: Child) -> None:
         """Back to the pool after a request it answered in full (``take`` checks it still lives)."""
         if child.dead:
             return
+        child.idle_since = time.monotonic()
         with self._lock:
             if len(self._idle) < MAX_IDLE:
                 self._idle.append(child)
+                if self.idle_s is not None and self._reaper is None:
+                    self._reaper = threading.Thread(target=self._reap, name=f"{self.module} reaper", daemon=True)
+                    self._reaper.start()
                 return
         child.kill()
+
+    def _reap(self) -> None:
+        while True:
+            time.sleep(self.idle_s / 4)
+            with self._lock:
+                now = time.monotonic()
+                stale = [c for c in self._idle if now - c.idle_since > self.idle_s]
+                self._idle = [c for c in self._idle if c not in stale]
+            for child in stale:
+                child.kill()
 
     def idle_pids(self) -> list[int]:
         """The process ids of the idle children (the tests watch them being stopped)."""
@@ -261,12 +282,13 @@ class Pool:
 # ---------------------------------------------------------------------------- the child's side
 
 
-def child_limits(memory_mb: int) -> None:
-    """Called by a child once its imports are done: cap what one request may take."""
+def child_limits(memory_mb: int, files: int = 16) -> None:
+    """Called by a child once its imports are done: cap what one request may take (``files``: open
+    descriptors; a child that reads font files as it lays out needs more than the protocol's)."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (16, 16))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
     base = _address_space()
     limit = base + memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

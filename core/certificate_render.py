@@ -276,6 +276,7 @@ def html_to_pdf(html: str, *, asset_dir: Path | None = None) -> bytes:
             encoding="utf-8",
             link_callback=make_link_callback(asset_dir),
             resource_policy=certificate_resource_policy(asset_dir),
+            capacity=-1,  # in memory: no learner's page in a temporary file (the certificate process writes none)
         )
     except (RenderLimitError, TTFError) as exc:
         raise CertificateTemplateError(f"template does not lay out: {exc}") from exc

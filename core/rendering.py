@@ -41,7 +41,7 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
@@ -895,12 +895,14 @@ class _Engine:
         results: list[tuple | None] = [None] * len(datas)
         settled = False
         remote: list[int] = []
+        here = _here[0]
         for i, data in enumerate(datas):
-            if not self.plain_for(data):
+            if not here and not self.plain_for(data):
                 remote.append(i)
                 continue
             try:
-                results[i] = ("ok", render_parts(self.parts, data, deadline, budget_s, marks))
+                with _alarm_until(deadline, budget_s) if here else nullcontext():
+                    results[i] = ("ok", render_parts(self.parts, data, deadline, budget_s, marks))
             except _Failed as failed:
                 if failed.late and settled:
                     return results  # the budget is spent: this one and the rest wait
@@ -993,7 +995,7 @@ def _engine_for(parts: tuple, samples: list | None = None, budget_s: float = PRE
     found = _engines.get(parts)
     first = None
     if found is None:
-        found, first = _inspect(parts, samples or [], budget_s, marks)
+        found, first = _inspect_here(parts) if _here[0] else _inspect(parts, samples or [], budget_s, marks)
         _engines.put(parts, found)
     if isinstance(found, tuple):
         raise CompileError(found[1], found[2])
@@ -1027,6 +1029,26 @@ def _inspect(parts: tuple, samples: list, budget_s: float, marks: tuple | None =
         return found, results
     finally:
         _pool.give(child) if keep else child.kill()
+
+
+#: set in a process that is itself a bounded child (``core.certificate_process``): templates compile and
+#: render in it, with the alarm at their budget, and no renderer process of their own
+_here = [False]
+
+
+def render_here() -> None:
+    """Compile and render in this process from now on: it is a bounded child already (it cannot start
+    a renderer of its own), so the sandbox's checks and the alarm at the budget are the bound here,
+    and the parent's kill behind them."""
+    _here[0] = True
+    signal.signal(signal.SIGALRM, _alarm)
+
+
+def _inspect_here(parts: tuple) -> tuple:
+    try:
+        return _Engine(parts, inspect_parts(parts), next(_keys)), None
+    except _Failed as failed:
+        return ("error", failed.part, failed.message), None
 
 
 def _plain_cost(parts: tuple) -> tuple[int, int] | None:
@@ -1189,6 +1211,35 @@ def _arm(deadline: float, budget_s: float) -> None:
 
 def _disarm() -> None:
     signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+@contextmanager
+def _alarm_until(deadline: float, budget_s: float):
+    """The alarm at ``deadline`` for a block, then back to the one set before it (sooner wins)."""
+    before, _ = signal.getitimer(signal.ITIMER_REAL)
+    outer = _alarm_budget[0]
+    set_at = time.monotonic()
+    left = deadline - set_at
+    if before and before < left:  # an earlier deadline outside this block stands
+        yield
+        return
+    _arm(deadline, budget_s)
+    try:
+        yield
+    finally:
+        _disarm()
+        _alarm_budget[0] = outer
+        if before:
+            signal.setitimer(signal.ITIMER_REAL, max(before - (time.monotonic() - set_at), 0.001))
+
+
+def arm(deadline: float, budget_s: float) -> None:
+    """For a bounded child (``render_here``): raise ``TimeLimit`` at ``deadline`` (``disarm`` ends it)."""
+    _arm(deadline, budget_s)
+
+
+def disarm() -> None:
+    _disarm()
 
 
 @contextmanager

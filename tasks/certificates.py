@@ -39,9 +39,9 @@ from core.queue import connection
 from core.rendering import RenderError
 from providers.base import Attachment, PermanentError
 from providers.storage import ObjectNotFound, Storage
-from core import queue, batches
+from core import batches, certificate_process, queue
 from core.certificate_render import (DEFAULT_TEMPLATE_CSS, DEFAULT_TEMPLATE_HTML, CertificateError, checksum,
-                                     new_verification_code, render_certificate_pdf)
+                                     new_verification_code)
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +190,8 @@ class Issuer:
         try:
             fields = learner_fields(data, issuer=self.company.name)
             html, css, logo = self.template(_text(data.get("certificate_template")) or None)
-            pdf = render_certificate_pdf(html, css, fields, logo=logo, verify_url=verify_url(code), code=code,
-                                         planned=True)
+            pdf = certificate_process.render_pdf(html, css, fields, logo=logo, verify_url=verify_url(code), code=code,
+                                                 planned=True)
         except CertificateError as exc:
             recipient.status, recipient.error = R_FAILED, f"certificate_error: {exc.reason}"[:1000]
             return False

@@ -22,17 +22,15 @@ from sqlalchemy import func, or_, select
 from wtforms import BooleanField, SelectField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length, Optional
 
-from core import audit
+from core import audit, certificate_process
 from core import certificates as service
 from dashboard.admin.base import SecureBaseView, scope
 from core.db import db
 from core.models import Certificate, CertificateTemplate, Company, Job, utcnow
 from core.tenancy import get_or_404, get_scoped
-from core.rendering import PREVIEW_BUDGET_S
 from providers.base import ProviderError
 from core.certificate_render import (DEFAULT_TEMPLATE_CSS, DEFAULT_TEMPLATE_HTML, CertificateError,
-                                     PreviewUnavailable, logo_data_uri, new_verification_code,
-                                     render_certificate_pdf, render_preview_png)
+                                     PreviewUnavailable, logo_data_uri, new_verification_code, render_preview_png)
 
 PAGE_SIZE = 50
 MAX_LOGO_BYTES = 512 * 1024
@@ -69,8 +67,8 @@ def sample_pdf(html: str, css: str, logo: bytes | None, issuer: str) -> bytes:
     fields = {"learner_name": "Ada Lovelace", "course_name": "Sample Course: Analytical Engines",
               "completion_date": today, "grade": "96%", "expiry_date": today + timedelta(days=730),
               "issuer": issuer}
-    return render_certificate_pdf(html, css, fields, logo=logo, verify_url=service.verify_url(code), code=code,
-                                  budget_s=PREVIEW_BUDGET_S)
+    return certificate_process.render_pdf(html, css, fields, logo=logo, verify_url=service.verify_url(code),
+                                          code=code, preview=True)
 
 
 def _png(data: bytes) -> Response:

@@ -26,7 +26,8 @@ import pytest
 import requests
 from sqlalchemy import select
 
-from core import rendering, settings
+from core import certificate_process, rendering, settings
+from core.certificate_render import DEFAULT_TEMPLATE_HTML
 from core.db import db
 from core.models import CertificateTemplate, Job, Recipient, Template
 from tests.support.app import ROOT, csrf_from, run_worker_burst
@@ -66,7 +67,7 @@ def _renderers() -> list[int]:
                 cmd = fh.read()
         except OSError:
             continue
-        if parent == os.getpid() and b"core.render_child" in cmd:
+        if parent == os.getpid() and (b"core.render_child" in cmd or b"core.certificate_process" in cmd):
             found.append(int(name))
     return found
 
@@ -79,14 +80,23 @@ def _running(pid: int) -> bool:
         return False
 
 
+def warm_certificates():
+    """A certificate child at rest (it takes seconds to start), whose end the test can then watch."""
+    certificate_process.render_pdf(DEFAULT_TEMPLATE_HTML, "", {"learner_name": "A", "course_name": "B",
+                                                               "completion_date": "2026-01-01"},
+                                   logo=None, verify_url="https://example.invalid/verify/0", code="0")
+    return certificate_process.pool()
+
+
 class Measured:
     """Runs ``fn``: its wall time, the caller's peak memory growth, the renderers' peak memory (sampled
-    every 20 ms), and whether the renderer idle before it was stopped."""
+    every 20 ms), and whether the renderer idle before it was stopped (``pool``: whose children)."""
 
-    def __init__(self, fn):
-        rendering.CompiledTemplate("warm", "{% for i in [1] %}{{ i }}{% endfor %}", None).render({})
-        pool = getattr(rendering, "pool", None)  # (on the engine before the renderer: nothing to watch)
-        self.idle_before = pool().idle_pids() if pool else []
+    def __init__(self, fn, pool=None):
+        if pool is None:
+            rendering.CompiledTemplate("warm", "{% for i in [1] %}{{ i }}{% endfor %}", None).render({})
+            pool = getattr(rendering, "pool", lambda: None)()  # (the engine before the renderer: none)
+        self.idle_before = pool.idle_pids() if pool else []
         self.renderer_kb = 0
         stop = threading.Event()
 
@@ -243,11 +253,28 @@ def test_the_certificate_preview_stops_a_runaway_with_a_400(client, company, mak
     login_as(client, make_user, "mgr@acme.test", company_id=company.id)
     token = csrf_from(client.get("/admin/certificate-templates/new").get_data(as_text=True))
     run = Measured(lambda: client.post("/admin/certificate-templates/preview", data={
-        "csrf_token": token, "html": "<p>{{ lipsum(400000)|length }}</p>", "css": ""}))
+        "csrf_token": token, "html": "<p>{{ lipsum(400000)|length }}</p>", "css": ""}), warm_certificates())
     assert run.result.status_code == 400, str(run)
     assert "template does not render" in run.result.get_data(as_text=True), str(run)
     assert TIME in run.result.get_data(as_text=True), str(run)
     assert run.renderer_stopped and run.seconds < BUDGET + CEILING and run.caller_mb < CALLER_MB, str(run)
+
+
+def test_a_certificate_layout_that_runs_away_is_stopped_in_its_process(client, company, make_user, monkeypatch):
+    """90,000 table rows render within the template's limits (1.7 M characters); xhtml2pdf would lay them
+    out for a minute (its own clock, between elements) in whatever memory it takes."""
+    monkeypatch.setattr(certificate_process, "CERTIFICATE_PREVIEW_BUDGET_S", 4.0)
+    login_as(client, make_user, "mgr@acme.test", company_id=company.id)
+    token = csrf_from(client.get("/admin/certificate-templates/new").get_data(as_text=True))
+    rows = ("<table>{% for i in range(9) %}{% for j in range(10000) %}<tr><td>x</td></tr>{% endfor %}{% endfor %}"
+            "</table>")
+    run = Measured(lambda: client.post("/admin/certificate-templates/preview", data={
+        "csrf_token": token, "html": rows, "css": ""}), warm_certificates())
+    page = run.result.get_data(as_text=True)
+    assert run.result.status_code == 400, f"{page[:200]}; {run}"
+    assert "template does not lay out: the certificate" in page and \
+        ("takes longer than 4 s to make" in page or "MB of memory" in page), f"{page[:200]}; {run}"
+    assert run.renderer_stopped and run.seconds < 4 + CEILING and run.caller_mb < CALLER_MB, str(run)
 
 
 # --------------------------------------------------------------------------- a worker's send
@@ -302,13 +329,14 @@ def test_a_certificate_that_runs_away_fails_that_learner_alone(app, client, make
     slow = {"email": "slow@acme.test", "data": {"learner_name": "Slow Learner", "course_name": "Fire Safety",
                                                 "completion_date": "2026-11-20"}}
     job_id = submit_certificates(client, company, learners(2) + [slow])
-    run = Measured(lambda: run_worker_burst(app))
+    run = Measured(lambda: run_worker_burst(app), warm_certificates())
     db.session.expire_all()
     done = db.session.get(Job, job_id)
     assert (done.status, done.emails_sent, done.emails_failed) == ("partial_failure", 2, 1), str(run)
     error = db.session.execute(select(Recipient.error).where(Recipient.email == "slow@acme.test")).scalar()
     assert error.startswith("certificate_error: template does not render:") and \
         "takes longer than 1 s to render" in error, f"{error}; {run}"
+    assert run.renderer_stopped, f"the certificate child that ran it should have been stopped; {run}"
     assert run.seconds < rendering.RENDER_BUDGET_S + CEILING + 20 and run.caller_mb < CALLER_MB, str(run)
 
 
