@@ -34,12 +34,14 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core import rendering  # noqa: E402
+from core import certificate_process, rendering  # noqa: E402
+from core.certificate_render import DEFAULT_TEMPLATE_CSS, DEFAULT_TEMPLATE_HTML, render_certificate_pdf  # noqa: E402
 
 SUBJECT = "Welcome to {{ site_name }}, {{ firstname }}"
 TEXT = """Hi {{ firstname }} {{ lastname }},
@@ -198,6 +200,26 @@ def costs(rounds: int, before) -> None:
     print(f"  renderer processes started by this bench so far: {rendering.pool().spawned}")
 
 
+def certificate_costs(rounds: int) -> None:
+    """A planned certificate (the default template, as a job issues it) made here and in the certificate process."""
+    fields = [{"learner_name": f"Learner {i:03d}", "course_name": "Fire Safety", "completion_date": date(2026, 1, 5),
+               "grade": "94%", "issuer": "Acme Learning Ltd"} for i in range(20)]
+
+    def here():
+        for f in fields:
+            render_certificate_pdf(DEFAULT_TEMPLATE_HTML, DEFAULT_TEMPLATE_CSS, f, logo=None, code="0" * 20,
+                                   verify_url="https://lms.example.com/verify/" + "0" * 20, planned=True)
+
+    def bounded_child():
+        for f in fields:
+            certificate_process.render_pdf(DEFAULT_TEMPLATE_HTML, DEFAULT_TEMPLATE_CSS, f, logo=None, code="0" * 20,
+                                           verify_url="https://lms.example.com/verify/" + "0" * 20, planned=True)
+
+    print("certificates (default template, planned as a job issues them):")
+    compare("one certificate", "certificate", {"in-process": here, "certificate process": bounded_child},
+            max(3, rounds // 2), 3, per=len(fields))
+
+
 ATTACKS = [
     ("lipsum(400000)|length", "{{ lipsum(400000)|length }}"),
     ("lipsum(600000)", "{{ lipsum(600000) }}"),
@@ -250,7 +272,7 @@ def _renderer_pids() -> list[int]:
                     cmd = fh.read()
             except OSError:
                 continue
-            if int(fields[1]) == os.getpid() and b"core.render_child" in cmd:
+            if int(fields[1]) == os.getpid() and (b"core.render_child" in cmd or b"core.certificate_process" in cmd):
                 pids.append(int(name))
     return pids
 
@@ -303,6 +325,7 @@ def main() -> None:
     before = load_before(options.git_before) if options.git_before else None
     print(f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; medians of {options.rounds} alternating rounds")
     costs(options.rounds, before)
+    certificate_costs(options.rounds)
     if not options.skip_attacks:
         attacks([rendering.PREVIEW_BUDGET_S, rendering.RENDER_BUDGET_S])
     print(f"this process's peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
