@@ -15,12 +15,15 @@ and that the README's settings table and these declarations agree).
 
 Adding a variable is one line here and its row in the README's settings table::
 
-    smtp_port: int = var("OFFLOAD_SMTP_PORT", 2525, integer(1, 65535), "port of the SMTP submission server")
+    export_limit: int = var("OFFLOAD_EXPORT_LIMIT", 10_000, integer(1, 1_000_000), "rows one CSV export holds")
 
 A parser takes ``(name, raw)`` and returns the value or raises ``SettingsError`` naming
 ``name``; ``integer``, ``number``, ``boolean``, ``text``, ``http_url``, ``absolute_path`` and
 the others below cover most needs. A default that depends on other settings is worked
 out in ``_derive``.
+
+Providers never read settings: the composition root hands them plain values at start
+(``configure_outbound``: the endpoint guard, the STS and SNS endpoints, the fonts).
 
 Tests change settings by field name: ``create_app({"batch_size": 10})``, or for one test
 the ``set_settings`` fixture (``set_settings(batch_size=10)``), which installs a copy.
