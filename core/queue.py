@@ -1,15 +1,15 @@
-"""Redis and the RQ queues: the one place work is put on them.
+"""Redis and the task queue: the one place work is put on them.
 
-Redis is the queue; the database is the truth. Every ``enqueue_*`` here
-names ids only, never addresses or secrets (RQ keeps failed jobs'
-arguments), and sets retry and TTL options in one place. Send jobs have
-predictable RQ ids (``send-<batch>-<attempt>``, ``plan-<job>``) so the sweep
-can tell whether the queue still holds the work the database says is
-waiting, and rebuild it after Redis lost its data. An enqueue that meets a
+Redis holds the queue; the database is the truth. Every ``enqueue_*`` here
+names ids only, never addresses or secrets (the queue keeps failed work's
+arguments), and sets retry and TTL options in one place (the ``Policy``s).
+Work has predictable ids (``plan-<job>``, ``submit-<batch>-<attempt>``...) so
+the sweep can tell whether the queue still holds the work the database says
+is waiting, and rebuild it after Redis lost its data. An enqueue that meets a
 Redis outage is logged, not raised: the sweep picks the work up later.
 
-The functions named in the strings (``tasks.sending.send_batch`` ...) are
-the RQ entry points of ``tasks``; this module never imports them.
+The queue itself is the port of ``core.taskqueue`` (``tasks`` implements it
+with RQ); this module names tasks (``Task``), never their functions.
 """
 from __future__ import annotations
 
@@ -18,33 +18,28 @@ import shutil
 import subprocess
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC
 
 import redis
 from redis import RedisError
-from rq import Queue, Retry
-from rq.exceptions import NoSuchJobError
-from rq.job import Job as RQJob
-from rq.job import JobStatus as RQStatus
 from sqlalchemy import bindparam, text
 
-from core import scheduler, settings
+from core import scheduler, settings, taskqueue
 from core.db import db
 from core.models import BATCH_WAITING, Job, sql_in, utcnow
+from core.taskqueue import WAITING, Policy, Task
 
 log = logging.getLogger(__name__)
 
 #: queue names, highest priority first (workers listen in this order). ``offload-send``
-#: holds only wake-ups (``tasks.scheduling.work_ready``): which batch is sent next is
-#: the ready set's choice (``core.scheduler``), not the order of a FIFO queue.
+#: holds only wake-ups (``Task.WORK_READY``): which batch is sent next is the ready
+#: set's choice (``core.scheduler``), not the order of a FIFO queue.
 QUEUE_NAMES = ("offload-high", "offload-default", "offload-send", "offload-low")
 HIGH, DEFAULT, SEND, LOW = QUEUE_NAMES
 #: the queues whose jobs a worker busy with the ready set makes room for
 URGENT_QUEUES = (HIGH, DEFAULT)
-WORK_READY = "tasks.scheduling.work_ready"
 #: wake-ups run a loop of batches for up to ``tasks.scheduling.LOOP_S``
-WAKE_KW = {"result_ttl": 0, "failure_ttl": 24 * 3600}
-WAKE_TIMEOUT_S = 900
+WAKE = Policy(retries=(), result_ttl=0, failure_ttl=24 * 3600, timeout=900)
 
 _connections: dict[str, redis.Redis] = {}
 
@@ -57,10 +52,6 @@ def connection(url: str | None = None) -> redis.Redis:
         conn = _connections[url] = redis.Redis.from_url(url, socket_connect_timeout=2,
                                                         health_check_interval=30)
     return conn
-
-
-def get_queue(name: str = DEFAULT, url: str | None = None) -> Queue:
-    return Queue(name, connection=connection(url))
 
 
 def redis_answers(url: str) -> bool:
@@ -116,10 +107,21 @@ def start_embedded_redis(host: str = "127.0.0.1", port: int = 6379) -> str:
     return url
 
 
-#: unexpected exceptions in a job (database outage, bug) are retried by RQ
-JOB_RETRY = Retry(max=3, interval=[10, 30, 60])
-JOB_KW = {"failure_ttl": 7 * 24 * 3600, "result_ttl": 300}
-LIVE = ("queued", "scheduled", "started", "deferred")
+#: unexpected exceptions in a job (database outage, bug) are retried, three times
+JOB = Policy(retries=(10, 30, 60), result_ttl=300, failure_ttl=7 * 24 * 3600)
+#: finishing a job: safe to run any time, and the sweep finishes what is left
+FINISH = Policy(retries=(), result_ttl=300, failure_ttl=7 * 24 * 3600)
+#: LMS polls: the next poll is the retry
+POLL = Policy(retries=(), result_ttl=0, failure_ttl=24 * 3600)
+
+
+def periodic(interval: float) -> Policy:
+    """A periodic job's (the sweep, the LMS poll round): its slot's id outlives it, no retry."""
+    return Policy(retries=(), result_ttl=int(interval * 2), failure_ttl=3600)
+
+
+def port() -> taskqueue.TaskQueue:
+    return taskqueue.current()
 
 
 def _safe(action: str, fn, *args, **kwargs):
@@ -133,63 +135,8 @@ def _safe(action: str, fn, *args, **kwargs):
 
 
 def is_live(rq_id: str) -> bool:
-    """True when RQ holds ``rq_id`` queued, scheduled or running."""
-    return live_status(rq_id) is not None
-
-
-def live_status(rq_id: str) -> RQStatus | None:
-    """RQ's status of ``rq_id`` while a worker will still run it (or runs it now), else ``None``."""
-    try:
-        job = RQJob.fetch(rq_id, connection=connection())
-    except NoSuchJobError:
-        return None
-    status = job.get_status(refresh=False)
-    conn, queue = job.connection, Queue(job.origin, connection=job.connection)
-    if status == RQStatus.STARTED:
-        live = still_running(job)
-    elif status == RQStatus.QUEUED:  # a worker killed mid-dequeue leaves the status while no worker will run it
-        live = conn.lpos(queue.key, job.id) is not None or (
-            conn.lpos(queue.intermediate_queue_key, job.id) is not None and not _stuck_after_pop(conn, job.id))
-    elif status == RQStatus.SCHEDULED:
-        live = conn.zscore(queue.scheduled_job_registry.key, job.id) is not None
-    else:
-        live = status in LIVE
-    return status if live else None
-
-
-#: a popped job a worker has not started after this long was popped by a worker that died
-POPPED_GRACE_S = 10
-
-
-def _stuck_after_pop(conn: redis.Redis, rq_id: str) -> bool:
-    """True when ``rq_id`` has sat in its queue's intermediate list (popped, not started) for longer
-    than ``POPPED_GRACE_S``: a live worker starts a popped job within milliseconds. RQ's own check
-    of that list runs with its maintenance, every ten minutes."""
-    key = f"offload:popped:{rq_id}"
-    if conn.set(key, time.time(), nx=True, ex=POPPED_GRACE_S * 30):
-        return False
-    if time.time() - float(conn.get(key) or time.time()) <= POPPED_GRACE_S:
-        return False
-    conn.delete(key)  # the next pop of this id is timed afresh
-    return True
-
-
-def still_running(job: RQJob) -> bool:
-    """True while a worker runs ``job``: one of its executions is in the started registry and not expired.
-
-    A SIGKILLed worker leaves its job ``started`` until RQ's maintenance (every ten minutes)
-    notices; the execution's entry expires when the worker stops beating it (``tasks.worker``
-    beats every 5 s with a 30 s TTL), and then the job is dead, not running.
-    """
-    started = job.started_job_registry.key
-    now_ts = time.time()
-    # the ids, not rq's get_executions(): that reads each execution's hash, which expires 60 s before
-    # its entry in the job's execution registry does (and raises for the missing hash meanwhile)
-    for execution_id in job.execution_registry.get_execution_ids():
-        score = job.connection.zscore(started, f"{job.id}:{execution_id}")
-        if score is not None and score > now_ts:
-            return True
-    return False
+    """True when the queue holds ``rq_id`` queued, scheduled or running."""
+    return port().status(rq_id) is not None
 
 
 def send_id(batch_id: int, attempt: int) -> str:
@@ -199,15 +146,15 @@ def send_id(batch_id: int, attempt: int) -> str:
 def enqueue_job(job: Job) -> None:
     """Queue a freshly created job's planning, now or at ``send_at``."""
     if job.send_at and job.send_at > utcnow():
-        _safe(f"job {job.id}", get_queue(DEFAULT).enqueue_in, job.send_at - utcnow(),
-              "tasks.sending.plan_job", job.id, job_id=f"plan-{job.id}", retry=JOB_RETRY, **JOB_KW)
+        _safe(f"job {job.id}", port().enqueue_at, job.send_at.replace(tzinfo=UTC), DEFAULT, Task.PLAN_JOB,
+              job.id, task_id=f"plan-{job.id}", policy=JOB)
     else:
         enqueue_plan(job.id)
 
 
 def enqueue_plan(job_id: int) -> None:
-    _safe(f"plan {job_id}", get_queue(DEFAULT).enqueue, "tasks.sending.plan_job", job_id,
-          job_id=f"plan-{job_id}", retry=JOB_RETRY, **JOB_KW)
+    _safe(f"plan {job_id}", port().enqueue, DEFAULT, Task.PLAN_JOB, job_id, task_id=f"plan-{job_id}",
+          policy=JOB)
 
 
 def ready_entries(batch_ids: list[int], kind: str, delay: float = 0) -> list[scheduler.Entry]:
@@ -249,7 +196,7 @@ def enqueue_batch_now(batch_id: int, offload: bool) -> None:
 
 
 def enqueue_finish(job_id: int) -> None:
-    _safe(f"finish {job_id}", get_queue(HIGH).enqueue, "tasks.sending.finish_job", job_id, **JOB_KW)
+    _safe(f"finish {job_id}", port().enqueue, HIGH, Task.FINISH_JOB, job_id, policy=FINISH)
 
 
 def enqueue_submit(batch_ids: list[int], delay: float = 0) -> None:
@@ -264,18 +211,17 @@ def enqueue_submit(batch_ids: list[int], delay: float = 0) -> None:
 def wake_count() -> int:
     """Wake-ups worth queuing at once: one per registered worker (at least two)."""
     try:
-        return max(2, int(connection().scard("rq:workers")))
+        return max(2, port().worker_count())
     except (RedisError, OSError):
         return 2
 
 
 def kick(n: int = 1, delay: float = 0) -> None:
-    """Have ``n`` wake-ups (``tasks.scheduling.work_ready``) queued now, or one in
-    ``delay`` seconds (one per second slot: a deferred lane does not pile them up)."""
+    """Have ``n`` wake-ups (``Task.WORK_READY``) queued now, or one in ``delay``
+    seconds (one per second slot: a deferred lane does not pile them up)."""
     if delay > 0:
         slot = int(time.time() + delay)
-        _safe("wake-up", get_queue(SEND).enqueue_in, timedelta(seconds=delay), WORK_READY,
-              job_id=f"wake-at-{slot}", job_timeout=WAKE_TIMEOUT_S, **WAKE_KW)
+        _safe("wake-up", port().enqueue_in, delay, SEND, Task.WORK_READY, task_id=f"wake-at-{slot}", policy=WAKE)
         return
     _safe("wake-up", _wake_now, max(1, n))
 
@@ -283,18 +229,15 @@ def kick(n: int = 1, delay: float = 0) -> None:
 def _wake_now(n: int) -> None:
     """Top the queued wake-ups up to ``n`` (a queued one sees every entry added before
     it runs, so more would only cost RQ round trips that find nothing)."""
-    q = get_queue(SEND)
-    missing = n - connection().llen(f"rq:queue:{SEND}")
+    queue = port()
+    missing = n - queue.queued([SEND])[0]
     if missing > 0:
-        q.enqueue_many([Queue.prepare_data(WORK_READY, timeout=WAKE_TIMEOUT_S, **WAKE_KW) for _ in range(missing)])
+        queue.enqueue_many(SEND, Task.WORK_READY, missing, WAKE)
 
 
 def urgent_waiting() -> bool:
     """True when a job waits on the high or default queue (plans, checks, finishes...)."""
-    pipe = connection().pipeline(transaction=False)
-    for name in URGENT_QUEUES:
-        pipe.llen(f"rq:queue:{name}")
-    return any(pipe.execute())
+    return any(port().queued(URGENT_QUEUES))
 
 
 def requeue_open_batches(job_id: int) -> None:
@@ -312,23 +255,22 @@ def requeue_open_batches(job_id: int) -> None:
         enqueue_plan(job_id)
 
 
-def _enqueue_once(rq_id: str, queue_name: str, func: str, *args, delay: float = 0) -> None:
+def _enqueue_once(rq_id: str, queue_name: str, task: Task, *args, delay: float = 0) -> None:
     """Queue one job under a predictable id; a Redis outage is logged (the sweep rebuilds the work)."""
-    q = get_queue(queue_name)
     if delay > 0:
-        _safe(rq_id, q.enqueue_in, timedelta(seconds=delay), func, *args, job_id=rq_id, retry=JOB_RETRY, **JOB_KW)
+        _safe(rq_id, port().enqueue_in, delay, queue_name, task, *args, task_id=rq_id, policy=JOB)
     else:
-        _safe(rq_id, q.enqueue, func, *args, job_id=rq_id, retry=JOB_RETRY, **JOB_KW)
+        _safe(rq_id, port().enqueue, queue_name, task, *args, task_id=rq_id, policy=JOB)
 
 
 def enqueue_resubmit(batch_id: int, attempts: int) -> None:
     """Submit one offload batch again (after a hand-back or a lost submission)."""
-    _enqueue_once(f"submit-{batch_id}-{attempts}", DEFAULT, "tasks.offload.submit_batches", [batch_id])
+    _enqueue_once(f"submit-{batch_id}-{attempts}", DEFAULT, Task.SUBMIT_BATCHES, [batch_id])
 
 
 def enqueue_fallback(batch_id: int, attempts: int) -> None:
     """Send one offload batch through the SMTP fallback."""
-    _enqueue_once(f"fallback-{batch_id}-{attempts}", DEFAULT, "tasks.offload.send_fallback", batch_id)
+    _enqueue_once(f"fallback-{batch_id}-{attempts}", DEFAULT, Task.SEND_FALLBACK, batch_id)
 
 
 def issue_rq_id(job_id: int) -> str:
@@ -340,21 +282,18 @@ def enqueue_issue(job_id: int) -> None:
     rq_id = issue_rq_id(job_id)
     try:
         if not is_live(rq_id):
-            get_queue(DEFAULT).enqueue("tasks.certificates.issue_certificates", job_id, job_id=rq_id,
-                                       retry=JOB_RETRY, **JOB_KW)
+            port().enqueue(DEFAULT, Task.ISSUE_CERTIFICATES, job_id, task_id=rq_id, policy=JOB)
     except (RedisError, OSError) as exc:
         log.warning("Job %s: could not queue certificate issuing (%s); the sweep will retry",
                     job_id, type(exc).__name__)
 
 
 def schedule_close(company_id: int, job_type: str, window_id: str, delay_s: float) -> None:
-    """Queue an LMS event window's closer to run in ``delay_s`` seconds (the RQ scheduler moves it)."""
+    """Queue an LMS event window's closer to run in ``delay_s`` seconds (the queue's scheduler moves it)."""
     due_ms = int((time.time() + delay_s) * 1000)
     try:
-        get_queue(HIGH).enqueue_in(timedelta(seconds=max(delay_s, 0)), "tasks.events.close_window",
-                                   company_id, job_type, window_id,
-                                   job_id=f"events-close-{company_id}-{job_type}-{window_id}-{due_ms}",
-                                   retry=JOB_RETRY, **JOB_KW)
+        port().enqueue_in(max(delay_s, 0), HIGH, Task.CLOSE_WINDOW, company_id, job_type, window_id,
+                          task_id=f"events-close-{company_id}-{job_type}-{window_id}-{due_ms}", policy=JOB)
     except (RedisError, OSError) as exc:  # the recovery sweep closes it later
         log.warning("Window %s: closer not scheduled (%s); recovery will close it", window_id,
                     type(exc).__name__)
@@ -365,20 +304,19 @@ def enqueue_close_recovery(company_id: int, job_type: str, window_id: str) -> in
     rq_id = f"events-recover-{company_id}-{job_type}-{window_id}"
     if is_live(rq_id):
         return 0
-    get_queue(HIGH).enqueue("tasks.events.close_window", company_id, job_type, window_id, job_id=rq_id,
-                            retry=JOB_RETRY, **JOB_KW)
+    port().enqueue(HIGH, Task.CLOSE_WINDOW, company_id, job_type, window_id, task_id=rq_id, policy=JOB)
     log.warning("Window %s: closer lost; recovering", window_id)
     return 1
 
 
 #: connection tests and test emails: quick, high priority, results kept briefly
-CHECK_KW = {"result_ttl": 60, "failure_ttl": 24 * 3600}
-CHECK_FUNCS = {"connection": "tasks.checks.run_connection_test", "email": "tasks.checks.send_test_email"}
+CHECK = Policy(retries=(), result_ttl=60, failure_ttl=24 * 3600)
+CHECK_TASKS = {"connection": Task.RUN_CONNECTION_TEST, "email": Task.SEND_TEST_EMAIL}
 
 
 def enqueue_check(kind: str, company_id: int, check_id: str) -> None:
     """Queue a settings check (``connection`` or ``email``); raises on a Redis outage (the page says so)."""
-    get_queue(HIGH).enqueue(CHECK_FUNCS[kind], company_id, check_id, job_id=f"check-{check_id}", **CHECK_KW)
+    port().enqueue(HIGH, CHECK_TASKS[kind], company_id, check_id, task_id=f"check-{check_id}", policy=CHECK)
 
 
 def claim_slot(rq_id: str, interval: float) -> bool:
@@ -397,8 +335,7 @@ def schedule_sweep(interval: float) -> None:
     slot = int(time.time() // interval)
     rq_id = f"sweep-{slot}"
     if claim_slot(rq_id, interval):
-        get_queue(HIGH).enqueue("tasks.sweep.sweep", job_id=rq_id, result_ttl=int(interval * 2),
-                                failure_ttl=3600)
+        port().enqueue(HIGH, Task.SWEEP, task_id=rq_id, policy=periodic(interval))
 
 
 # -- the LMS connector (core.lms, tasks.lms) ----------------------------------------
@@ -414,13 +351,13 @@ def enqueue_lms_mark(company_id: int) -> None:
     except (RedisError, OSError):
         return  # the next poll marks them
     # a second later: the batches ending meanwhile share one marking (one LMS connection, few UPDATEs)
-    _safe(f"lms mark {company_id}", get_queue(HIGH).enqueue_in, timedelta(seconds=LMS_MARK_DELAY_S),
-          "tasks.lms.mark_rows", company_id, job_id=rq_id, retry=JOB_RETRY, **JOB_KW)
+    _safe(f"lms mark {company_id}", port().enqueue_in, LMS_MARK_DELAY_S, HIGH, Task.MARK_LMS_ROWS, company_id,
+          task_id=rq_id, policy=JOB)
 
 
 def _waiting(rq_id: str) -> bool:
-    """True when RQ holds ``rq_id`` queued or scheduled (not yet started)."""
-    return live_status(rq_id) in (RQStatus.QUEUED, RQStatus.SCHEDULED, RQStatus.DEFERRED)
+    """True when the queue holds ``rq_id`` queued or scheduled (not yet started)."""
+    return port().status(rq_id) in WAITING
 
 
 def enqueue_lms_polls(company_ids: list[int]) -> None:
@@ -434,21 +371,18 @@ def enqueue_lms_polls(company_ids: list[int]) -> None:
                 continue
         except (RedisError, OSError):
             return
-        _safe(f"lms poll {company_id}", get_queue(DEFAULT).enqueue, "tasks.lms.poll_company", company_id,
-              job_id=rq_id, result_ttl=0, failure_ttl=24 * 3600)
+        _safe(f"lms poll {company_id}", port().enqueue, DEFAULT, Task.POLL_LMS_COMPANY, company_id,
+              task_id=rq_id, policy=POLL)
 
 
 def schedule_lms_polls(interval: float) -> None:
-    """Queue one ``tasks.lms.poll_all`` per ``interval`` slot (deduplicated across workers)."""
+    """Queue one LMS poll round (``Task.POLL_LMS``) per ``interval`` slot (deduplicated across workers)."""
     rq_id = f"lms-polls-{int(time.time() // interval)}"
     if claim_slot(rq_id, interval):
-        get_queue(HIGH).enqueue("tasks.lms.poll_all", job_id=rq_id, result_ttl=int(interval * 2), failure_ttl=3600)
+        port().enqueue(HIGH, Task.POLL_LMS, task_id=rq_id, policy=periodic(interval))
 
 
 # -- SMTP submission (core.submissions, tasks.submissions) ------------------------------
-SMTP_CLOSE = "tasks.submissions.close_window"
-
-
 def _smtp_closer_key(company_id: int, job_type: str) -> str:
     return f"offload:smtp:closer:{company_id}:{job_type}"
 
@@ -466,8 +400,8 @@ def schedule_smtp_close(company_id: int, job_type: str, delay_s: float, *, again
         elif not conn.set(key, 1, nx=True, ex=ttl):
             return
         due_ms = int((time.time() + delay_s) * 1000)
-        get_queue(HIGH).enqueue_in(timedelta(seconds=max(delay_s, 0)), SMTP_CLOSE, company_id, job_type,
-                                   job_id=f"smtp-close-{company_id}-{job_type}-{due_ms}", retry=JOB_RETRY, **JOB_KW)
+        port().enqueue_in(max(delay_s, 0), HIGH, Task.CLOSE_SMTP_WINDOW, company_id, job_type,
+                          task_id=f"smtp-close-{company_id}-{job_type}-{due_ms}", policy=JOB)
     except (RedisError, OSError) as exc:
         log.warning("Company %s: SMTP window closer not scheduled (%s); the sweep will close it", company_id,
                     type(exc).__name__)

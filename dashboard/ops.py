@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from core import metrics, scheduler, settings
 from core.db import db
 from core.models import R_BOUNCED, R_FAILED, R_SENT, Job, Recipient
-from core.queue import QUEUE_NAMES, connection, get_queue
+from core.queue import QUEUE_NAMES, connection, port
 from dashboard.errors import json_error
 
 log = logging.getLogger(__name__)
@@ -129,10 +129,10 @@ class OffloadCollector:
     def redis_families(conn):
         depth = GaugeMetricFamily("offload_queue_depth", "Work waiting per service class (RQ queue), "
                                   "scheduled included", labels=["queue", "state"])
-        for name in QUEUE_NAMES:
-            q = get_queue(name)
-            depth.add_metric([name, "queued"], q.count)
-            depth.add_metric([name, "scheduled"], q.scheduled_job_registry.count)
+        tasks = port()
+        for name, queued in zip(QUEUE_NAMES, tasks.queued(QUEUE_NAMES), strict=True):
+            depth.add_metric([name, "queued"], queued)
+            depth.add_metric([name, "scheduled"], tasks.scheduled(name))
         yield depth
         ready = GaugeMetricFamily("offload_ready_batches", "Batches waiting to be sent or submitted, per service "
                                   "class (transactional before bulk)", labels=["class"])

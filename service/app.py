@@ -15,13 +15,15 @@ from flask_migrate import Migrate
 from sqlalchemy import Engine
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from core import crypto, logs, settings
+from core import crypto, logs, settings, taskqueue
 from core.db import db
 from dashboard import admin, api, auth, bounces, callbacks, errors, headers, ops
 from dashboard.bodies import BoundedJSONProvider
 from dashboard.extensions import csrf, login_manager
 from dashboard.public import unsubscribe, verify
 from providers import registry
+from tasks.registry import TASKS
+from tasks.rq_queue import RqTaskQueue
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 log = logging.getLogger(__name__)
@@ -57,7 +59,7 @@ def create_worker_app(loaded: settings.Settings | None = None) -> Flask:
 
 def _app(import_name: str, loaded: settings.Settings, **flask_options) -> Flask:
     """An app with ``loaded`` installed as the settings (``core.settings.current()``) and core's
-    handles configured: keys, outbound policy, providers, the database."""
+    handles configured: keys, outbound policy, providers, the database, the task queue."""
     app = Flask(import_name, instance_path=loaded.instance_path or os.path.join(ROOT, "instance"),
                 **flask_options)
     s = settings.install(replace(loaded, instance_path=app.instance_path,
@@ -69,6 +71,7 @@ def _app(import_name: str, loaded: settings.Settings, **flask_options) -> Flask:
     settings.configure_outbound(s)
     registry.configure(api_bases=s.provider_api_bases)
     _init_database(app, s.database_url)
+    taskqueue.install(RqTaskQueue(TASKS))  # refuses a task without a function, naming it
     return app
 
 

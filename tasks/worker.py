@@ -9,7 +9,7 @@ a worker SIGKILLed while planning a job would leave that plan looking alive,
 and the sweep waiting, for that long. ``AppWorker`` beats a running job's
 execution from a thread instead, every ``EXECUTION_BEAT_S``, with a TTL of
 ``EXECUTION_TTL_S``; a dead worker's execution lapses within that TTL
-(``core.queue.still_running``).
+(``tasks.rq_queue.still_running``).
 
 RQ's work loop quits on a Redis error met outside its dequeue (say, while
 recording a job's end) and RQ cannot start while Redis is down. ``run_worker``
@@ -34,8 +34,9 @@ from sqlalchemy.exc import DBAPIError
 
 from core import metrics, queue, settings
 from core.db import db
-from core.queue import QUEUE_NAMES, connection, get_queue, warn_if_evicting
+from core.queue import QUEUE_NAMES, connection, warn_if_evicting
 from providers import registry
+from tasks.rq_queue import get_queue
 
 log = logging.getLogger(__name__)
 #: how often a running job's execution is refreshed, and how long it lives without a refresh

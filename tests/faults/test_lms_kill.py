@@ -12,7 +12,8 @@ from sqlalchemy import text
 
 from core import companies
 from core.db import db
-from core.queue import connection, get_queue
+from core.queue import connection
+from tasks.rq_queue import get_queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from tasks.sweep import unplanned_jobs

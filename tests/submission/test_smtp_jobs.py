@@ -10,7 +10,8 @@ from sqlalchemy import select
 from core import submissions
 from core.db import db
 from core.models import Job, Recipient, SmtpMessage, Suppression, utcnow
-from core.queue import HIGH, get_queue
+from core.queue import HIGH
+from tasks.rq_queue import get_queue
 from tasks import submissions as closer
 from tests.support.smtp_clients import message
 

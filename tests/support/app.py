@@ -4,7 +4,8 @@ import os
 import re
 from jinja2 import BytecodeCache
 from sqlalchemy import text
-from core.queue import QUEUE_NAMES, connection, get_queue
+from core.queue import QUEUE_NAMES, connection
+from tasks.rq_queue import get_queue
 from tasks.worker import AppWorker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

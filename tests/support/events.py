@@ -10,7 +10,8 @@ from rq.registry import ScheduledJobRegistry
 from core import events
 from core.db import db
 from core.models import Template
-from core.queue import QUEUE_NAMES, connection, get_queue
+from core.queue import QUEUE_NAMES, connection
+from tasks.rq_queue import get_queue
 from tasks.worker import AppWorker
 
 WELCOME = {"subject": "Welcome {{ firstname }}",

@@ -6,7 +6,8 @@ from rq.registry import ScheduledJobRegistry
 from core import scheduler
 from core.db import db
 from core.models import Batch
-from core.queue import QUEUE_NAMES, connection, get_queue, kick
+from core.queue import QUEUE_NAMES, connection, kick
+from tasks.rq_queue import get_queue
 
 
 def aws_settings(endpoint: str) -> dict:

@@ -27,7 +27,8 @@ from sqlalchemy import select, update
 from core import scheduler
 from core.db import db
 from core.models import Company, Job, Recipient, utcnow
-from core.queue import DEFAULT, SEND, connection, get_queue
+from core.queue import DEFAULT, SEND, connection
+from tasks.rq_queue import get_queue
 from providers.offload import delivery_id
 from tasks.offload import reconcile, requeue_lost
 from tasks.sweep import sweep

@@ -16,8 +16,8 @@ from sqlalchemy import select, text, update
 import tasks.sweep as sweep_module
 from core.db import db
 from core.models import Batch, Company, Job, Recipient, utcnow
-from core.queue import (DEFAULT, HIGH, POPPED_GRACE_S, connection, get_queue, is_live, schedule_lms_polls,
-                        schedule_sweep, still_running)
+from core.queue import DEFAULT, HIGH, connection, is_live, schedule_lms_polls, schedule_sweep
+from tasks.rq_queue import POPPED_GRACE_S, get_queue, still_running
 from core import batches, settings
 from tasks import worker as worker_module
 from tasks.purge import purge_recipient_data

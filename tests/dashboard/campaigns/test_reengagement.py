@@ -15,7 +15,8 @@ from sqlalchemy import select
 from core import audiences, companies
 from core.db import db
 from core.models import Job, Recipient, utcnow
-from core.queue import DEFAULT, get_queue
+from core.queue import DEFAULT
+from tasks.rq_queue import get_queue
 from tests.support.app import PG_ADMIN_URL, pg_create, pg_drop, csrf_from
 from tests.support.events import make_template
 

@@ -9,7 +9,8 @@ from sqlalchemy import select
 from core import events
 from core.db import db
 from core.models import Job, Recipient
-from core.queue import HIGH, connection, get_queue
+from core.queue import HIGH, connection
+from tasks.rq_queue import get_queue
 from tasks.events import close_window, flush_window, recover
 from tests.support.events import by_recipient, drain, make_template, ses_settings
 
