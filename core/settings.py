@@ -104,6 +104,14 @@ def number(minimum: float = 0.0) -> Parser:
 boolean: Parser = parse_boolean
 
 
+def environment_name(name: str, raw: str) -> str:
+    """``production`` or ``development`` (blank: production)."""
+    value = raw.strip().lower()
+    if value not in ("production", "development"):
+        raise SettingsError(f"{name}: expected production or development, got {raw!r}")
+    return value
+
+
 def text(name: str, raw: str) -> str:
     return raw
 
@@ -261,11 +269,12 @@ class Settings:
     """The service's settings (CONTRACT §2); see the module docstring for how to add one."""
 
     # -- the environment it runs in
-    env: str = var("OFFLOAD_ENV", "", lowered, "production (production checks, secure cookies) or development")
+    env: str = var("OFFLOAD_ENV", "", environment_name,
+                   "development, or production (the default: anything not explicitly development)")
     flask_env: str = var("FLASK_ENV", "", lowered, "production: as OFFLOAD_ENV=production (older deployments)")
     dev: bool = var("OFFLOAD_DEV", False, boolean, "development on: the public dev key without encryption keys")
-    production: bool = derived(False, "OFFLOAD_ENV or FLASK_ENV is production")
-    development: bool = derived(False, "not production, and OFFLOAD_ENV=development or OFFLOAD_DEV")
+    production: bool = derived(True, "not development (OFFLOAD_ENV=production wins over OFFLOAD_DEV)")
+    development: bool = derived(False, "OFFLOAD_ENV=development or OFFLOAD_DEV, and not OFFLOAD_ENV=production")
     dev_key_in_use: bool = derived(False, "no OFFLOAD_ENCRYPTION_KEYS: the public development key is in use")
     given: frozenset[str] = derived(frozenset(), "the variables the environment set (non-blank)")
     password_hash_method: str = derived("scrypt", "werkzeug-format method of new password hashes (tests: cheaper)")
@@ -329,6 +338,9 @@ class Settings:
     # -- the web side
     max_content_length: int = var("OFFLOAD_MAX_CONTENT_LENGTH", 64 * 1024 * 1024, integer(1024),
                                   "largest request body")
+    allowed_hosts: tuple[str, ...] = var("OFFLOAD_ALLOWED_HOSTS", (), parse_hosts,
+                                         "production: Host header names the web app answers (default: the "
+                                         "host of OFFLOAD_PUBLIC_URL; * for any)")
     proxy_hops: int = var("OFFLOAD_PROXY_HOPS", 0, integer(0, 10), "trusted reverse proxies in front of the app")
     login_max_failures: int = var("OFFLOAD_LOGIN_MAX_FAILURES", 5, integer(1),
                                   "failed sign-ins before an address backs off")
@@ -387,20 +399,30 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
 
 def _derive(s: Settings) -> Settings:
     """Defaults that depend on other settings, and the checks across settings."""
-    production = "production" in (s.env, s.flask_env)
-    development = not production and (s.env == "development" or s.dev)
+    # production unless development is explicitly on; an explicit production wins over OFFLOAD_DEV
+    development = "production" not in (s.env, s.flask_env) and (s.env == "development" or s.dev)
+    production = not development
     changes: dict[str, Any] = {"production": production, "development": development}
-    if not s.secret_key:
-        if production:
-            raise SettingsError("SECRET_KEY: required in production")
-        changes["secret_key"] = secrets.token_hex(32)
     if not s.encryption_keys:
         if production:
-            raise SettingsError("OFFLOAD_ENCRYPTION_KEYS: required in production")
-        if not development:
-            raise SettingsError("OFFLOAD_ENCRYPTION_KEYS: required (the public development key is used only "
-                                "when development is explicitly on: OFFLOAD_ENV=development or OFFLOAD_DEV=1)")
+            raise SettingsError("OFFLOAD_ENCRYPTION_KEYS: required in production (the public development key "
+                                "is used only when development is explicitly on: OFFLOAD_ENV=development or "
+                                "OFFLOAD_DEV=1)")
         changes.update(encryption_keys=(dev_encryption_key(),), dev_key_in_use=True)
+    elif dev_encryption_key() in s.encryption_keys:
+        if production:
+            raise SettingsError("OFFLOAD_ENCRYPTION_KEYS: holds the public development key, which anyone can "
+                                "derive from the source; refused in production (generate one: "
+                                "python -c 'from cryptography.fernet import Fernet; "
+                                "print(Fernet.generate_key().decode())')")
+        changes["dev_key_in_use"] = True
+    if not s.secret_key:
+        if production:
+            raise SettingsError("SECRET_KEY: required in production (development only when explicitly on: "
+                                "OFFLOAD_ENV=development or OFFLOAD_DEV=1)")
+        changes["secret_key"] = secrets.token_hex(32)
+    if production and not s.allowed_hosts:  # the Host header the web app answers: the public URL's
+        changes["allowed_hosts"] = (urlsplit(s.public_url).hostname or "localhost",)
     if (s.provider_timeout_s or 0) >= s.lease_s:
         raise SettingsError("OFFLOAD_PROVIDER_TIMEOUT_S: must be shorter than OFFLOAD_LEASE_S (a worker waiting "
                             "on a provider would lose its batch to another)")

@@ -17,7 +17,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from core import crypto, logs, settings, taskqueue
 from core.db import db
-from dashboard import admin, api, auth, bounces, callbacks, errors, headers, ops
+from dashboard import admin, api, auth, bounces, callbacks, errors, headers, hosts, ops
 from dashboard.bodies import BoundedJSONProvider
 from dashboard.extensions import csrf, login_manager
 from dashboard.public import unsubscribe, verify
@@ -46,7 +46,7 @@ def web_app(overrides: Mapping[str, Any] | None = None) -> Flask:
                      compare_type=True)
     csrf.init_app(app)
     login_manager.init_app(app)
-    for part in (auth, admin, api, callbacks, bounces, unsubscribe, verify, ops, errors, headers):
+    for part in (hosts, auth, admin, api, callbacks, bounces, unsubscribe, verify, ops, errors, headers):
         part.init_app(app)
     return app
 

@@ -91,7 +91,7 @@ def test_without_keys_the_service_refuses_to_start_unless_development_is_on():
         cfg = load_settings(env)
         assert cfg.dev_key_in_use and cfg.development
     key = Fernet.generate_key().decode()
-    assert not load_settings({"OFFLOAD_ENCRYPTION_KEYS": key}).dev_key_in_use
+    assert not load_settings({"OFFLOAD_ENCRYPTION_KEYS": key, "SECRET_KEY": "s" * 40}).dev_key_in_use
 
 
 def test_provider_timeout_is_each_providers_own_unless_set_and_stays_inside_the_lease():
