@@ -1,7 +1,14 @@
 """Logins: Flask-Login with a fresh session at login, back-off after repeated
-failures (``core.login_throttle``: per IP and per account, no lock anyone can
-set), and logout, which ends the session everywhere. Every login and failure
-is audited. An unknown account costs the same password-hash work as a real one."""
+failures (``core.login_throttle``: per address, per account, per known device, no
+lock anyone can set), and logout, which ends the session everywhere. Every login
+and failure is audited. An unknown account costs the same password-hash work as a
+real one.
+
+A successful sign-in leaves a *device cookie* (``offload_device``: signed with the
+secret key, HttpOnly, Secure in production, sent to ``/login`` only, 180 days) naming
+the account and a random device id; it holds up to five accounts. A browser that
+carries it for the account it signs in to is exempt from the account-wide back-off
+an attack from elsewhere builds up: only its own failures slow it down."""
 from __future__ import annotations
 
 import re
@@ -9,14 +16,15 @@ import secrets
 import unicodedata
 from urllib.parse import urlsplit
 
-from flask import Blueprint, redirect, render_template, request, session, url_for
+from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
+from itsdangerous import BadSignature, URLSafeTimedSerializer
 from flask_login import current_user, login_required, login_user, logout_user
 from flask_wtf import FlaskForm
 from sqlalchemy import func, select
 from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired, Length
 
-from core import audit, login_throttle
+from core import audit, login_throttle, settings
 from core.db import db
 from dashboard.extensions import login_manager
 from core.models import User, utcnow
@@ -25,6 +33,11 @@ from core.models.companies import check_dummy_password
 bp = Blueprint("auth", __name__, template_folder="templates")
 GENERIC_ERROR = "Invalid email or password."
 _ENCODED_UNSAFE = re.compile(r"%(?:[01][0-9a-f]|7f|5c|20)", re.IGNORECASE)
+DEVICE_COOKIE = "offload_device"
+DEVICE_MAX_AGE_S = 180 * 86400
+DEVICE_SALT = "offload-login-device"
+MAX_DEVICE_ACCOUNTS = 5
+_DEVICE_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 
 class LoginForm(FlaskForm):
@@ -63,8 +76,42 @@ def _password_ok(user: User | None, password: str) -> bool:
     return user.check_password(password)
 
 
-def _register_failure(user: User | None, email: str) -> None:
-    login_throttle.record_failure(email, request.remote_addr or "-")
+def _device_signer() -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(current_app.secret_key, salt=DEVICE_SALT)
+
+
+def known_devices() -> dict[str, str]:
+    """The device cookie's accounts (``login_throttle.account_id``) and their device ids; ``{}``
+    when there is none or it is not ours (unsigned, expired, malformed)."""
+    raw = request.cookies.get(DEVICE_COOKIE, "")
+    if not raw or len(raw) > 4096:
+        return {}
+    try:
+        pairs = _device_signer().loads(raw, max_age=DEVICE_MAX_AGE_S)
+    except (BadSignature, ValueError, TypeError):
+        return {}
+    if not isinstance(pairs, list):
+        return {}
+    return {a: d for a, d in (p for p in pairs if isinstance(p, list) and len(p) == 2)
+            if isinstance(a, str) and isinstance(d, str) and _DEVICE_ID.fullmatch(d)}
+
+
+def device_for(email: str) -> str | None:
+    """This browser's device id for ``email``'s account, when it signed in to it before."""
+    return known_devices().get(login_throttle.account_id(email))
+
+
+def remember_device(response, email: str, device: str | None) -> None:
+    """Put (or keep) ``email``'s account in the device cookie, newest first."""
+    account = login_throttle.account_id(email)
+    others = [[a, d] for a, d in known_devices().items() if a != account]
+    pairs = [[account, device or secrets.token_urlsafe(18)], *others][:MAX_DEVICE_ACCOUNTS]
+    response.set_cookie(DEVICE_COOKIE, _device_signer().dumps(pairs), max_age=DEVICE_MAX_AGE_S, path="/login",
+                        httponly=True, secure=settings.current().production, samesite="Lax")
+
+
+def _register_failure(user: User | None, email: str, device: str | None) -> None:
+    login_throttle.record_failure(email, request.remote_addr or "-", device)
     if user is not None:
         user.failed_logins += 1
     # the actor is the account's own address, never the typed text (a password typed there by mistake)
@@ -85,7 +132,8 @@ def login():
     if form.validate_on_submit():
         email = form.email.data.strip().lower()
         ip = request.remote_addr or "-"
-        wait = login_throttle.wait_seconds(email, ip)
+        device = device_for(email)
+        wait = login_throttle.wait_seconds(email, ip, device)
         if wait > 0:  # before any lookup or hash: known and unknown accounts answer alike
             error = f"Too many failed sign-ins from here. Try again in {int(wait) + 1} seconds."
             return render_template("auth/login.html", form=form, error=error), 429
@@ -93,7 +141,7 @@ def login():
         password_ok = _password_ok(user, form.password.data)
         ok = password_ok and user is not None and may_sign_in(user)
         if ok:
-            login_throttle.record_success(email, ip)
+            login_throttle.record_success(email, ip, device)
             user.failed_logins, user.locked_until, user.last_login_at = 0, None, utcnow()
             session.clear()  # no pre-login state survives: prevents session fixation
             session["sid"] = secrets.token_urlsafe(16)
@@ -102,8 +150,10 @@ def login():
             audit.record("login", company_id=user.company_id, object_type="user", object_id=user.id,
                          actor=user.email, user_id=user.id)
             db.session.commit()
-            return redirect(_safe_next(request.args.get("next")))
-        _register_failure(user, email)
+            response = redirect(_safe_next(request.args.get("next")))
+            remember_device(response, email, device)
+            return response
+        _register_failure(user, email, device)
         error = GENERIC_ERROR
     elif request.method == "POST":
         error = "Please fill in both fields."
