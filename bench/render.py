@@ -227,16 +227,24 @@ ATTACKS = [
     ("~ concatenation, doubling", "{% set s = 'x' * 99999 %}{% set s = s ~ s ~ s ~ s %}{{ s|length }}"),
     ("([[0]*1000]*100000)|string", "{{ ([[0]*1000]*100000)|string|length }}"),
     ("([[0]*1000]*100000)|tojson (C code)", "{{ ([[0]*1000]*100000)|tojson|length }}"),
+    ("([[0]*1000]*100000)|map('list') (memory)", "{{ ([[0]*1000]*100000)|map('list')|list|length }}"),
     ("9**(9**7)", "{{ 9**(9**7) }}"),
     ("range loops 10^8", "{% for i in range(10000) %}{% for j in range(10000) %}x{% endfor %}{% endfor %}"),
 ]
 
 
 class PeakWatch:
-    """Samples the renderer processes' resident memory every 10 ms while a render runs."""
+    """The peak resident memory of the template renderers while a render runs: each one's peak is reset
+    first (``/proc/<pid>/clear_refs``), then read every 10 ms."""
 
     def __init__(self):
         self.peak_kb = 0
+        for pid in _renderer_pids(kinds=(b"core.render_child",)):
+            try:
+                with open(f"/proc/{pid}/clear_refs", "w") as fh:
+                    fh.write("5")
+            except OSError:
+                pass
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -250,7 +258,7 @@ class PeakWatch:
 
     def _run(self):
         while not self._stop.is_set():
-            for pid in _renderer_pids():
+            for pid in _renderer_pids(kinds=(b"core.render_child",)):
                 try:
                     with open(f"/proc/{pid}/status") as fh:
                         for line in fh:
@@ -261,7 +269,7 @@ class PeakWatch:
             self._stop.wait(0.01)
 
 
-def _renderer_pids() -> list[int]:
+def _renderer_pids(kinds=(b"core.render_child", b"core.certificate_process")) -> list[int]:
     pids = []
     for name in os.listdir("/proc"):
         if name.isdigit():
@@ -272,28 +280,32 @@ def _renderer_pids() -> list[int]:
                     cmd = fh.read()
             except OSError:
                 continue
-            if int(fields[1]) == os.getpid() and (b"core.render_child" in cmd or b"core.certificate_process" in cmd):
+            if int(fields[1]) == os.getpid() and any(kind in cmd for kind in kinds):
                 pids.append(int(name))
     return pids
 
 
-def _self_rss_kb() -> int:
+def _self_kb(field: str = "VmRSS") -> int:
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
 
 
 def attacks(budgets: list[float]) -> None:
-    print(f"attack payloads: stopped after (wall), the renderer's peak memory, and the calling process's growth; "
-          f"renderer memory cap {rendering.RENDER_MEMORY_MB} MB over its resting size")
+    print(f"attack payloads: stopped after (wall), the renderer's peak memory (its cap: "
+          f"{rendering.RENDER_MEMORY_MB} MB over its resting size), the calling process's growth, and whether "
+          "the renderer that ran it was ended (alarm, memory cap or kill)")
     for budget in budgets:
         print(f"  budget {budget:g} s:")
         for label, body in ATTACKS:
-            template = rendering.CompiledTemplate("Attack", body, None)
-            rss_before = _self_rss_kb()
-            spawned = rendering.pool().spawned
+            template = rendering.CompiledTemplate("Attack", body, None)  # compiled (and a renderer up) first
+            rendering.CompiledTemplate("Warm", "{% for i in [1] %}{{ i }}{% endfor %}", None).render({})
+            idle = rendering.pool().idle_pids()
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")  # this process's peak from here on
+            rss_before = _self_kb()
             with PeakWatch() as watch:
                 started = time.monotonic()
                 try:
@@ -302,10 +314,10 @@ def attacks(budgets: list[float]) -> None:
                 except rendering.RenderError as exc:
                     outcome = exc.message
                 took = time.monotonic() - started
-            restarted = rendering.pool().spawned - spawned
-            print(f"    {label:<38} {took:6.2f} s  renderer peak {watch.peak_kb / 1024:6.0f} MB  caller +"
-                  f"{max(0, _self_rss_kb() - rss_before) / 1024:4.0f} MB  "
-                  f"{'(renderer replaced) ' if restarted else ''}{outcome}")
+            ended = bool(idle) and not any(os.path.exists(f"/proc/{pid}") for pid in idle)
+            grew = max(0, _self_kb("VmHWM") - rss_before) / 1024
+            print(f"    {label:<40} {took:6.2f} s  renderer peak {watch.peak_kb / 1024:4.0f} MB  caller +"
+                  f"{grew:3.0f} MB  renderer ended: {'yes' if ended else 'no '}  {outcome}")
     template = rendering.CompiledTemplate("Attack", "{{ lipsum(n)|length }}", None)
     started = time.monotonic()
     results = template.render_many([{"n": 400000}, {"n": 400000}])
@@ -325,9 +337,9 @@ def main() -> None:
     before = load_before(options.git_before) if options.git_before else None
     print(f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; medians of {options.rounds} alternating rounds")
     costs(options.rounds, before)
-    certificate_costs(options.rounds)
     if not options.skip_attacks:
         attacks([rendering.PREVIEW_BUDGET_S, rendering.RENDER_BUDGET_S])
+    certificate_costs(options.rounds)
     print(f"this process's peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 
