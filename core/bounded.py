@@ -223,6 +223,7 @@ class Pool:
         self._lock = threading.Lock()
         self._reaper: threading.Thread | None = None
         self.spawned = 0  # children started by this process (the bench and tests read it)
+        self.taken = 0  # requests handed to children
         os.register_at_fork(after_in_child=self._after_fork)
 
     def _after_fork(self) -> None:
@@ -234,6 +235,7 @@ class Pool:
 
     def take(self) -> Child:
         """An idle child, or a new one (``ChildGone`` when it cannot start)."""
+        self.taken += 1
         with self._lock:
             while self._idle:
                 child = self._idle.pop()

@@ -1056,6 +1056,8 @@ def _plain_cost(parts: tuple) -> tuple[int, int] | None:
     template is plain, but its word alone lets nothing run here."""
     per = fixed = 0
     for _, kind, source in parts:
+        if source.count("{{") + source.count("{%") > FAST_MAX_NODES:  # cannot be plain: not even parsed here
+            return None
         try:
             found = _analysed(kind, source).cost
         except Exception:  # noqa: BLE001 - it compiled in the renderer; here it just stays remote

@@ -340,6 +340,25 @@ def test_a_certificate_that_runs_away_fails_that_learner_alone(app, client, make
     assert run.seconds < rendering.RENDER_BUDGET_S + CEILING + 20 and run.caller_mb < CALLER_MB, str(run)
 
 
+def test_only_plain_templates_with_data_their_bound_allows_render_in_the_calling_process():
+    plain = rendering.CompiledTemplate("Hi {{ name|title }}", "{{ name }}{% if vip is defined %} (VIP){% endif %}",
+                                       "<p>{{ name|e }} {{ 'x' if name == 'Ann' else 'y' }}</p>")
+    plain.render_many([{"name": "Ann"}, {"name": "Bo"}])  # a second use: compiled here too
+    taken = rendering.pool().taken
+    assert plain.render({"name": "Ann", "vip": True}).text == "Ann (VIP)"
+    assert len(plain.render_many([{"name": f"n{i}"} for i in range(50)])) == 50
+    assert rendering.pool().taken == taken, "a plain template with small data renders here"
+    big = plain.render({"name": "x" * 1_000_000})  # over its work bound: to the renderer, and it still renders
+    assert big.text == "x" * 1_000_000 and rendering.pool().taken == taken + 1
+    for body in ("{% for c in cs %}{{ c }}{% endfor %}", "{{ name * 2 }}", "{{ name.upper() }}", "{{ lipsum(1) }}",
+                 "{% set x = name %}{{ x }}", "{{ name|replace('a', 'b') }}", "{{ 'a' in name }}"):
+        template = rendering.CompiledTemplate("s", body, None)
+        template.render_many([{"name": "Ann", "cs": [1]}] * 2)
+        before = rendering.pool().taken
+        template.render({"name": "Ann", "cs": [1]})
+        assert rendering.pool().taken == before + 1, f"{body} is not plain: it renders in the renderer"
+
+
 # --------------------------------------------------------------------------- strict undefined
 
 def test_a_sample_missing_a_variable_is_a_400_naming_it(client, company):
