@@ -387,10 +387,10 @@ def _smtp_closer_key(company_id: int, job_type: str) -> str:
     return f"offload:smtp:closer:{company_id}:{job_type}"
 
 
-def schedule_smtp_close(company_id: int, job_type: str, delay_s: float, *, again: bool = False) -> None:
+def schedule_smtp_close(company_id: int, job_type: str, delay_s: float, *, again: bool = False) -> bool:
     """Have the closer of a company's SMTP window run in ``delay_s`` seconds: once per window (a key
-    marks the scheduled closer; ``again``: the closer itself, rescheduling). A Redis outage is logged:
-    the recovery sweep closes windows whose closer was lost."""
+    marks the scheduled closer; ``again``: the closer itself, rescheduling). True when this call
+    scheduled it. A Redis outage is logged: the recovery sweep closes windows whose closer was lost."""
     ttl = max(60, int(delay_s * 2) + 60)
     try:
         conn = connection()
@@ -398,13 +398,15 @@ def schedule_smtp_close(company_id: int, job_type: str, delay_s: float, *, again
         if again:
             conn.set(key, 1, ex=ttl)
         elif not conn.set(key, 1, nx=True, ex=ttl):
-            return
+            return False
         due_ms = int((time.time() + delay_s) * 1000)
         port().enqueue_in(max(delay_s, 0), HIGH, Task.CLOSE_SMTP_WINDOW, company_id, job_type,
                           task_id=f"smtp-close-{company_id}-{job_type}-{due_ms}", policy=JOB)
+        return True
     except (RedisError, OSError) as exc:
         log.warning("Company %s: SMTP window closer not scheduled (%s); the sweep will close it", company_id,
                     type(exc).__name__)
+        return False
 
 
 def release_smtp_closer(company_id: int, job_type: str) -> None:

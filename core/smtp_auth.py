@@ -48,20 +48,26 @@ def _delay(failures: int, free: int) -> float:
     return 0.0 if failures < free else min(MAX_DELAY_S, 2.0 ** (failures - free))
 
 
-def wait_seconds(address: str, username: str) -> float:
-    """How long this attempt waits before it is checked (0: at once)."""
+def backoff(address: str, username: str) -> tuple[float, int]:
+    """(how long this attempt waits before it is checked, 0: at once; the failures counted for it)."""
     try:
         pipe = connection().pipeline(transaction=False)
         keys = _keys(address, username)
         for key, _free in keys:
             pipe.hmget(key, "n", "t")
-        now, wait = time.time(), 0.0
+        now, wait, counted = time.time(), 0.0, 0
         for (failures, last), (_key, free) in zip(pipe.execute(), keys, strict=True):
             if failures is not None:
+                counted += int(failures)
                 wait = max(wait, float(last or 0) + _delay(int(failures), free) - now)
-        return max(0.0, wait)
+        return max(0.0, wait), counted
     except (RedisError, OSError):
-        return 0.0
+        return 0.0, 0
+
+
+def wait_seconds(address: str, username: str) -> float:
+    """How long this attempt waits before it is checked (0: at once)."""
+    return backoff(address, username)[0]
 
 
 def record_failure(address: str, username: str) -> None:

@@ -16,15 +16,17 @@ by a conditional update, so two closers never make two jobs of one message.
 """
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
-from sqlalchemy import insert, select, text
+from sqlalchemy import Dialect, PoolProxiedConnection, select, text
 
-from core import audit, settings
+from core import audit, crypto, settings
 from core.bulk import execute_for_ids, insert_recipients
 from core.db import db
 from core.jobs import classify_recipients
@@ -79,11 +81,11 @@ class Taken:
     peer: str | None
     token_prefix: str | None
 
-    def row(self) -> dict:
-        return {"company_id": self.company_id, "job_type": self.job_type, "mail_from": self.mail_from,
-                "rcpt_to": self.rcpt_to, "subject": self.subject, "size": len(self.raw), "raw": self.raw,
-                "peer": self.peer, "token_prefix": self.token_prefix, "status": WAITING,
-                "received_at": utcnow()}
+    def values(self, received_at: str) -> tuple:
+        """The row's values in ``STORED_COLUMNS`` order, as the driver takes them: the MIME encrypted
+        here (``core.crypto``, as ``EncryptedBytes`` would), the recipients as JSON text."""
+        return (self.company_id, WAITING, self.job_type, self.mail_from, json.dumps(self.rcpt_to), self.subject,
+                len(self.raw), crypto.encrypt_bytes(self.raw), self.peer, self.token_prefix, received_at)
 
 
 # -- who may send what ------------------------------------------------------------------
@@ -112,12 +114,24 @@ def check_sender(account: Account, address: str) -> None:
         raise Refused(REFUSED_SENDER)
 
 
+_stamp: tuple[int, str] = (0, "")
+
+
+def _date_now() -> str:
+    """RFC 5322's date of now, made once a second."""
+    global _stamp
+    second = int(time.time())
+    if _stamp[0] != second:
+        _stamp = (second, format_datetime(datetime.fromtimestamp(second, UTC)))
+    return _stamp[1]
+
+
 def received_line(*, helo: str, peer: str | None, by: str, tls: bool, now: datetime | None = None) -> bytes:
     """Our trace field (RFC 5321 §4.4): who handed the message over, to whom, how, when."""
     helo = "".join(c for c in helo if c.isalnum() or c in ".-_[]:")[:255] or "unknown"
     where = f" ([{peer}])" if peer else ""
     protocol = "ESMTPSA" if tls else "ESMTPA"
-    stamp = format_datetime((now or datetime.now(UTC)).astimezone(UTC))
+    stamp = format_datetime(now.astimezone(UTC)) if now is not None else _date_now()
     return f"Received: from {helo}{where}\r\n\tby {by} (ManiReports Cloud Offload) with {protocol};\r\n\t{stamp}\r\n" \
         .encode("ascii")
 
@@ -127,48 +141,96 @@ def take(account: Account, mail_from: str, rcpt_to: list[str], data: bytes, rece
     """The message to store, or ``Refused``: every ``From:`` address at the account's domains,
     ``X-Offload-Type`` (if any) a job type. The stored bytes are ``received`` and the message
     as it came, without ``Bcc:`` and ``X-Offload-Type:``."""
-    head, _ = mime.split(data)
-    senders = [a for v in _values(head, "from") for a in mime.addresses(v)]
+    head, rest = mime.split(data)
+    fields = mime.fields(head)
+    found: dict[str, list[str]] = {}
+    for key, field in fields:
+        if key in _READ_FIELDS:
+            found.setdefault(key, []).append(mime.value(field))
+    senders = [a for v in found.get("from", ()) for a in mime.addresses(v)]
     if not senders:
         raise Refused(REFUSED_NO_FROM)
     if not all(domain_allowed(a, account.domains) for a in senders):
         raise Refused(REFUSED_FROM)
     job_type = DEFAULT_TYPE
-    given = _values(head, TYPE_HEADER.lower())
+    given = found.get(TYPE_HEADER.lower())
     if given:
         job_type = given[0].strip().lower()
         if job_type not in JOB_TYPES:
             raise Refused(f"550 5.6.0 {TYPE_HEADER} must be one of {', '.join(JOB_TYPES)}")
-    subject = mime.decoded(next(iter(_values(head, "subject")), ""))[:SUBJECT_LIMIT]
-    return Taken(account.company_id, job_type, mail_from, rcpt_to, subject,
-                 received + mime.without(data, REMOVED_FIELDS), peer, account.token_prefix)
+    subject = mime.decoded(found["subject"][0])[:SUBJECT_LIMIT] if "subject" in found else ""
+    kept = b"".join(field for key, field in fields if key not in REMOVED_FIELDS)
+    return Taken(account.company_id, job_type, mail_from, rcpt_to, subject, received + kept + rest, peer,
+                 account.token_prefix)
 
 
-def _values(head: bytes, name: str) -> list[str]:
-    return [mime.value(text) for key, text in mime.fields(head) if key == name]
+_READ_FIELDS = frozenset({"from", "subject", TYPE_HEADER.lower()})
 
 
 # -- storing --------------------------------------------------------------------------
 
-def store(messages: list[Taken]) -> list[int]:
-    """Insert ``messages`` and commit: one transaction (one fsync) for all. Their ids, in order."""
-    rows = [m.row() for m in messages]
-    table = SmtpMessage.__table__
-    result = db.session.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), rows)
-    ids = [row[0] for row in result]
-    db.session.commit()
+STORED_COLUMNS = ("company_id", "status", "job_type", "mail_from", "rcpt_to", "subject", "size", "raw", "peer",
+                  "token_prefix", "received_at")
+
+
+def _insert_sql(dialect: Dialect, rows: int) -> str:
+    """One multi-row INSERT ... RETURNING id in the driver's own parameter style."""
+    postgres = dialect.name == "postgresql"
+    mark = "%s" if dialect.paramstyle in ("format", "pyformat") else "?"
+    one = "(" + ", ".join(f"{mark}::json" if postgres and c == "rcpt_to" else mark for c in STORED_COLUMNS) + ")"
+    return f"INSERT INTO smtp_messages ({', '.join(STORED_COLUMNS)}) VALUES {', '.join([one] * rows)} RETURNING id"
+
+
+def store(messages: list[Taken], conn: PoolProxiedConnection, dialect: Dialect) -> list[int]:
+    """Insert ``messages`` on the driver connection ``conn`` and commit: one statement, one transaction
+    (one fsync) for all. Their ids, in order (ids of one statement ascend in row order). Straight to the
+    driver: the writer calls this for every group of messages, and SQLAlchemy's per-value processing
+    would double its cost; the values are what ``SmtpMessage``'s column types would write."""
+    now = utcnow()
+    received = now.strftime("%Y-%m-%d %H:%M:%S.%f") if dialect.name == "sqlite" else now
+    params = [value for m in messages for value in m.values(received)]
+    try:
+        cursor = conn.cursor()
+        try:
+            cursor.execute(_insert_sql(dialect, len(messages)), params)
+            ids = sorted(row[0] for row in cursor.fetchall())
+        finally:
+            cursor.close()
+    except dialect.loaded_dbapi.Error as exc:
+        raise NotStored(type(exc).__name__) from exc
+    conn.commit()  # a failure here may or may not have committed: it is not NotStored
     return ids
+
+
+class NotStored(Exception):
+    """The insert failed before its commit: nothing of it was stored, it may be tried again."""
 
 
 def windows_touched(messages: Iterable[Taken]) -> set[tuple[int, str]]:
     return {(m.company_id, m.job_type) for m in messages}
 
 
-def schedule_closers(windows: Iterable[tuple[int, str]]) -> None:
-    """After a commit: each touched window has a closer due a window from now (one per window)."""
-    delay = settings.current().bulk_window_s
-    for company_id, job_type in windows:
-        schedule_smtp_close(company_id, job_type, delay)
+class Closers:
+    """Which windows this process knows to have a closer coming, so a commit asks Redis only when it
+    may not (``schedule_smtp_close`` makes it one per window across processes). A closer this process
+    scheduled runs a window after it was scheduled and releases the window's mark first; until shortly
+    before then, a message stored here is in time for it."""
+
+    MARGIN_S = 1.0
+    #: how soon to ask again when another process's closer holds the window
+    RECHECK_S = 1.0
+
+    def __init__(self):
+        self._until: dict[tuple[int, str], float] = {}
+
+    def after_commit(self, windows: Iterable[tuple[int, str]]) -> None:
+        delay = settings.current().bulk_window_s
+        now = time.monotonic()
+        for window in windows:
+            if self._until.get(window, 0.0) > now:
+                continue
+            mine = schedule_smtp_close(*window, delay)
+            self._until[window] = now + (delay - self.MARGIN_S if mine else self.RECHECK_S)
 
 
 # -- windows become jobs ----------------------------------------------------------------

@@ -100,6 +100,8 @@ def _encoded(text: str) -> str:
 
 def decoded(text: str) -> str:
     """A header value with its RFC 2047 encoded words decoded, on one line."""
+    if "=?" not in text and text.isascii():
+        return text.strip()
     try:
         shown = str(make_header(decode_header(text)))
     except (ValueError, LookupError, UnicodeError):
@@ -108,8 +110,16 @@ def decoded(text: str) -> str:
     return re.sub(r"[\r\n\0]+", " ", shown).strip()
 
 
+#: one mailbox, the common case: ``name <addr>``, ``"quoted, (name)" <addr>`` or a bare ``addr``
+_ONE = re.compile(r'\s*(?:(?:"(?:[^"\\\r\n]|\\.)*"|[^",;:<>()\\"@\r\n]+)\s*)?<([^<>\s@]+@[^<>\s@]+)>\s*'
+                  r'|\s*([^<>\s@",;:()\\]+@[^<>\s@",;:()\\]+)\s*')
+
+
 def addresses(text: str) -> list[str]:
     """The addr-specs of an address-list header value (``From:``, ``To:``)."""
+    one = _ONE.fullmatch(text)
+    if one:
+        return [one.group(1) or one.group(2)]
     return [addr for _name, addr in getaddresses([text]) if addr]
 
 

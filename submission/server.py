@@ -47,8 +47,6 @@ AUTH_TEMPORARY = "454 4.7.0 Temporary authentication failure; please try again l
 AUTH_BUSY = "454 4.7.0 Too many sessions for this account; please try again later"
 AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
 TOO_MANY_RCPT = "452 4.5.3 Too many recipients"
-#: how long a message may wait for its commit before the session answers 451
-STORE_TIMEOUT_S = 60
 _CHECKING = object()
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
@@ -125,9 +123,9 @@ class Handler:
                                      envelope.original_content, received, server.client_address)
         except submissions.Refused as exc:
             return exc.reply
-        try:
-            message_id = await asyncio.wait_for(self.service.writer.store(taken), STORE_TIMEOUT_S)
-        except (TimeoutError, StoreFailed):
+        try:  # bounded by the database's own timeouts (submission.database_options)
+            message_id = await self.service.writer.store(taken)
+        except StoreFailed:
             return TEMPORARY
         server.renew_slot()
         return f"250 2.0.0 OK queued as {message_id}"
@@ -158,7 +156,8 @@ class SubmissionSMTP(SMTP):
         first = self._original_transport is None and self.transport is None
         super().connection_made(transport)
         if first:
-            self._socket = transport.get_extra_info("socket")
+            wrapped = transport.get_extra_info("socket")  # asyncio's TransportSocket: the socket itself is cheaper
+            self._socket = getattr(wrapped, "_sock", wrapped)
             peer = transport.get_extra_info("peername")
             self.client_address = peer[0] if peer else None
             self.set_auth_policy()
@@ -207,11 +206,11 @@ class SubmissionSMTP(SMTP):
         username = credentials.login.decode("utf-8", "replace")
         password = credentials.password.decode("utf-8", "replace")
         address = self.client_address or "unknown"
-        wait = await self.service.blocking(smtp_auth.wait_seconds, address, username)
+        wait, failures = await self.service.blocking(smtp_auth.backoff, address, username)
         if wait > 0:
             await asyncio.sleep(wait)
         try:
-            account = await self.service.blocking(_sign_in, address, username, password)
+            account = await self.service.blocking(_sign_in, address, username, password, failures)
         except (SQLAlchemyError, OSError) as exc:
             log.warning("SMTP AUTH: the database did not answer (%s)", type(exc).__name__)
             return AuthResult(success=False, handled=False, message=AUTH_TEMPORARY)
@@ -224,11 +223,11 @@ class SubmissionSMTP(SMTP):
         return AuthResult(success=True, auth_data=account)
 
 
-def _sign_in(address: str, username: str, password: str) -> submissions.Account | None:
+def _sign_in(address: str, username: str, password: str, failures: int) -> submissions.Account | None:
     account = smtp_auth.authenticate(username, password)
     if account is None:
         smtp_auth.record_failure(address, username)
         log.info("SMTP AUTH failed from %s", address)
-    else:
+    elif failures:
         smtp_auth.record_success(address, username)
     return account

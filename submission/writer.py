@@ -47,9 +47,12 @@ class GroupWriter:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._waiting = 0
         self._thread = threading.Thread(target=self._run, name="smtp-writer", daemon=True)
+        self._conn = None
+        self._closers = submissions.Closers()
         #: commits made and messages stored (for the log and the bench)
         self.commits = 0
         self.stored = 0
+        self.store_s = 0.0
 
     def start(self) -> GroupWriter:
         self._thread.start()
@@ -76,7 +79,7 @@ class GroupWriter:
         while True:
             first = self._queue.get()
             if first is _STOP:
-                db.remove()
+                self._drop_connection()
                 return
             batch = [first]
             while len(batch) < self.max_batch:
@@ -95,21 +98,42 @@ class GroupWriter:
         futures = [future for _, future in batch]
         started = time.perf_counter()
         try:
-            ids = submissions.store(messages)
-        except (SQLAlchemyError, OSError) as exc:
-            db.session.rollback()
-            db.remove()
+            ids = self._store(messages)
+        except (SQLAlchemyError, OSError, submissions.NotStored, db.engine.dialect.loaded_dbapi.Error) as exc:
+            self._drop_connection()
             log.warning("SMTP: %s messages not stored (%s); answered 451", len(batch), type(exc).__name__)
             self.loop.call_soon_threadsafe(_fail_all, futures)
             return
         self.commits += 1
         self.stored += len(ids)
+        self.store_s += time.perf_counter() - started
         self.loop.call_soon_threadsafe(_answer_all, futures, ids)
         log.debug("SMTP: %s messages stored in %.1f ms", len(ids), (time.perf_counter() - started) * 1000)
         try:
-            submissions.schedule_closers(submissions.windows_touched(messages))
+            self._closers.after_commit(submissions.windows_touched(messages))
         except Exception:  # stored is stored: the sweep closes the windows of closers never scheduled
             log.exception("SMTP: window closers not scheduled")
+
+    def _store(self, messages: list) -> list[int]:
+        """Store on the writer's connection; one that broke since its last use (the database restarted)
+        is replaced and the insert tried once more, as nothing of it was stored."""
+        reused = self._conn is not None
+        if self._conn is None:
+            self._conn = db.engine.raw_connection()
+        try:
+            return submissions.store(messages, self._conn, db.engine.dialect)
+        except submissions.NotStored:
+            if not reused:
+                raise
+            self._drop_connection()
+            self._conn = db.engine.raw_connection()
+            return submissions.store(messages, self._conn, db.engine.dialect)
+
+    def _drop_connection(self) -> None:
+        """Give the connection back (invalidated: after a failure it may be broken)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.invalidate()
 
 
 def _answer_all(futures: list, ids: list[int]) -> None:

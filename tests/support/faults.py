@@ -279,3 +279,46 @@ def lost_and_duplicated(expected: set[str], got: Counter) -> tuple[int, int]:
     lost = len(expected - set(got))
     duplicated = sum(n - 1 for n in got.values() if n > 1)
     return lost, duplicated
+
+
+class SmtpProcess:
+    """``flask --app wsgi smtp`` on a fixed port, restarted by ``restart()`` after a kill (as systemd's
+    Restart=always would); its own process group, so a kill takes its threads with it."""
+
+    def __init__(self, env: dict):
+        self.port = free_port()
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "OFFLOAD_SMTP_LISTEN": f"127.0.0.1:{self.port}", **env}
+        self.logdir = Path(tempfile.mkdtemp(prefix="offload-faults-smtp-"))
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> SmtpProcess:
+        log = open(self.logdir / f"smtp-{self.starts}.log", "wb")
+        self.proc = subprocess.Popen([str(FLASK), "--app", "wsgi", "smtp"], cwd=ROOT, env=self.env, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        self.starts += 1
+        wait_for_port(self.port, 60, self.proc)
+        return self
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if not os.environ.get("OFFLOAD_FAULTS_KEEP_LOGS"):
+            shutil.rmtree(self.logdir, ignore_errors=True)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-chars:]}"
+                         for p in sorted(self.logdir.glob("*.log")))

@@ -153,3 +153,94 @@ def message(subject: str = "Hello", *, sender: str = "Moodle <noreply@acme.test>
              "MIME-Version: 1.0", "Content-Type: text/plain; charset=utf-8",
              "Content-Transfer-Encoding: 8bit", *(f"{k}: {v}" for k, v in (headers or {}).items())]
     return ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
+
+
+class Burst:
+    """Client threads sending ``total`` messages, each to an address of its own, in keep-alive sessions
+    of ``per_session``, as many Moodle cron runs at once would. A message is ``acked`` when it got its
+    250, ``refused`` with the reply code when it got a 4xx/5xx, ``unanswered`` when the connection
+    broke first; nothing is sent again (Moodle never retries). A broken session is reopened."""
+
+    def __init__(self, port: int, user: str, password: str, total: int, *, clients: int = 4, per_session: int = 50,
+                 sender: str = "noreply@acme.test", prefix: str = "burst"):
+        self.port, self.user, self.password = port, user, password
+        self.total, self.clients, self.per_session = total, clients, per_session
+        self.sender, self.prefix = sender, prefix
+        self.acked: list[str] = []
+        self.refused: list[tuple[str, int]] = []
+        self.unanswered: list[str] = []
+        self._next = 0
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    @property
+    def done(self) -> int:
+        with self._lock:
+            return len(self.acked) + len(self.refused) + len(self.unanswered)
+
+    def address(self, n: int) -> str:
+        return f"{self.prefix}{n}@example.com"
+
+    def _take(self) -> int | None:
+        with self._lock:
+            if self._next >= self.total:
+                return None
+            self._next += 1
+            return self._next - 1
+
+    def _session(self) -> smtplib.SMTP:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client = smtplib.SMTP("127.0.0.1", self.port, timeout=30)
+                client.login(self.user, self.password)
+                return client
+            except (OSError, smtplib.SMTPException):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def _run(self) -> None:
+        client, in_session = None, 0
+        while (n := self._take()) is not None:
+            to = self.address(n)
+            try:
+                if client is None or in_session >= self.per_session:
+                    if client is not None:
+                        client.quit()
+                    client, in_session = self._session(), 0
+                in_session += 1
+                client.sendmail(self.sender, [to], message(f"Burst {n}", to=to))
+            except smtplib.SMTPResponseException as exc:
+                with self._lock:
+                    self.refused.append((to, exc.smtp_code))
+                continue
+            except (OSError, smtplib.SMTPException):
+                with self._lock:
+                    self.unanswered.append(to)
+                client = None
+                continue
+            with self._lock:
+                self.acked.append(to)
+        if client is not None:
+            try:
+                client.quit()
+            except (OSError, smtplib.SMTPException):
+                pass
+
+    def start(self) -> Burst:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def wait(self, timeout: float = 300) -> Burst:
+        for thread in self._threads:
+            thread.join(timeout)
+        return self
+
+    def wait_done(self, count: int, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while self.done < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.done} of {count} messages answered after {timeout} s")
+            time.sleep(0.01)
