@@ -7,17 +7,21 @@ One route serves every sender with a webhook (``providers.registry.webhook``):
 webhooks). The body is read up to the provider's cap, then the provider
 verifies it with the company's settings before anything in it is used
 (``Provider.read_webhook``): unsigned, forged or stale requests are a 401,
-an authentic body that cannot be read a 400. Each report is applied once
-(``core.suppressions``), keyed by the provider's event id.
+an authentic body that cannot be read a 400. An authentic delivery is taken
+once across every process (``core.replay``, keyed by the provider's delivery id,
+else by the body): the same delivery again is a ``200`` with ``"duplicate": true``
+and no effect. Each report is applied once (``core.suppressions``), keyed by the
+provider's event id.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 
 from flask import Blueprint, jsonify, request
 
-from core import audit, metrics
+from core import audit, metrics, replay
 from core.db import db
 from core.delivery_settings import provider_config
 from core.models import Company
@@ -59,6 +63,23 @@ def webhook(path: str, company_id: int):
         return json_error(400, "invalid_report", str(exc) if isinstance(exc, ValueError) else "unreadable JSON")
     if not isinstance(reply, WebhookReply):
         reply = WebhookReply(reply)
+    scope, delivery = f"{cls.name}:{company_id}", reply.delivery_id or "body:" + hashlib.sha256(body).hexdigest()
+    try:
+        if not replay.claim(scope, delivery, reply.delivery_ttl_s):
+            log.info("Company %s: %s webhook delivered again; nothing applied", company_id, path)
+            return jsonify({"ok": True, "applied": 0, "duplicate": True})
+    except replay.ReplayUnavailable:
+        return json_error(503, "retry_later", "the webhook cannot be taken now; deliver it again later")
+    try:
+        return _apply(cls, path, company, reply)
+    except BaseException:
+        replay.release(scope, delivery)  # not applied: the sender's next try is taken
+        raise
+
+
+def _apply(cls, path: str, company: Company, reply: WebhookReply):
+    """Apply a verified delivery: its audit event and its reports (each once)."""
+    company_id = company.id
     if reply.audit is not None:
         action, details = reply.audit
         audit.record(action, company_id=company.id, object_type="company", object_id=company.id, details=details)

@@ -120,12 +120,18 @@ class WebhookReply:
 
     ``answer``: more fields of the JSON reply (an SNS subscription handshake:
     ``{"confirmed": True}``); ``audit``: an event for the audit log, as
-    ``(action, details)``.
+    ``(action, details)``. ``delivery_id``: what makes this delivery one of a
+    kind (a signature's nonce, a message id), which the service keeps in a replay
+    set shared by all its processes for ``delivery_ttl_s`` (longer than the
+    signature's tolerance): the same delivery again has no second effect.
+    Without one the service keys the delivery by its body.
     """
 
     reports: list[BounceReport] = field(default_factory=list)
     answer: dict = field(default_factory=dict)
     audit: tuple[str, dict] | None = None
+    delivery_id: str | None = None
+    delivery_ttl_s: int = 86400
 
 
 class ResultStatus(StrEnum):

@@ -43,6 +43,7 @@ from providers.base import (
     RetryableError,
     ThrottledError,
     WebhookRefused,
+    WebhookReply,
     guarded_url,
     header_problem,
     register,
@@ -252,8 +253,9 @@ class CloudflareEmailProvider(Provider):
         return bool(config.get("cloudflare_api_token") and config.get("cloudflare_account_id"))
 
     @classmethod
-    def read_webhook(cls, config: dict, headers, body: bytes, now: float) -> list[BounceReport]:
-        """The Worker's reports, signed with one of the company's callback secrets."""
+    def read_webhook(cls, config: dict, headers, body: bytes, now: float) -> WebhookReply:
+        """The Worker's reports, signed with one of the company's callback secrets; the
+        ``webhook-id`` is the delivery's id (the same on the Worker's retries)."""
         try:
             webhooks.verify(config.get("callback_secrets") or (), headers, body, now=now)
         except (webhooks.WebhookError, ValueError):
@@ -262,7 +264,9 @@ class CloudflareEmailProvider(Provider):
             payload = json.loads(body)
         except (ValueError, RecursionError):
             raise ValueError("the body must be a JSON report") from None
-        return bounce_reports(payload, headers.get("webhook-id", ""))
+        delivery = headers.get("webhook-id", "")
+        return WebhookReply(bounce_reports(payload, delivery), delivery_id=f"webhook-id:{delivery}",
+                            delivery_ttl_s=2 * webhooks.DEFAULT_TOLERANCE + 60)
 
     @property
     def session(self) -> requests.Session:

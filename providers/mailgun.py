@@ -22,8 +22,9 @@ batch, each message is sent on its own to find the one refused. ``401``/
 
 Webhooks are verified with the account's HTTP webhook signing key:
 ``hex(HMAC-SHA256(key, timestamp + token)) == signature``, the three in the
-body's ``signature`` object; the timestamp must be recent and a token is
-accepted once per process.
+body's ``signature`` object; the timestamp must be recent, and the token is
+the delivery's id in the service's replay set (shared by all its processes), so
+a signature is accepted once.
 """
 from __future__ import annotations
 
@@ -33,8 +34,6 @@ import json
 import logging
 import re
 import secrets
-import threading
-from collections import OrderedDict
 from email.utils import parseaddr
 from typing import Any
 
@@ -48,6 +47,7 @@ from providers.base import (
     Result,
     ResultStatus,
     WebhookRefused,
+    WebhookReply,
     register,
     results_after_error,
     send_grouped,
@@ -91,11 +91,6 @@ MAILGUN_SETTINGS = SettingsGroup(
 
 # -- webhooks ------------------------------------------------------------------------
 
-_seen_tokens: OrderedDict[str, None] = OrderedDict()
-_seen_lock = threading.Lock()
-_SEEN_LIMIT = 10_000
-
-
 def signature_of(signing_key: str, timestamp: str, token: str) -> str:
     """Mailgun's webhook signature: hex HMAC-SHA256 of ``timestamp + token``."""
     return hmac.new(signing_key.encode(), (timestamp + token).encode(), hashlib.sha256).hexdigest()
@@ -114,12 +109,6 @@ def verify_signature(signing_key: str, signature: Any, now: float, tolerance: in
         raise WebhookRefused("timestamp outside the tolerance")
     if not hmac.compare_digest(signature_of(signing_key, timestamp, token), given.lower()):
         raise WebhookRefused("signature does not match")
-    with _seen_lock:
-        if token in _seen_tokens:
-            raise WebhookRefused("token already used")
-        _seen_tokens[token] = None
-        while len(_seen_tokens) > _SEEN_LIMIT:
-            _seen_tokens.popitem(last=False)
 
 
 def bounce_reports(event: Any) -> list[BounceReport]:
@@ -327,7 +316,7 @@ class MailgunProvider(Provider):
                 "state": state, "warnings": warnings}
 
     @classmethod
-    def read_webhook(cls, config: dict, headers, body: bytes, now: float) -> list[BounceReport]:
+    def read_webhook(cls, config: dict, headers, body: bytes, now: float) -> WebhookReply:
         try:
             payload = json.loads(body)
         except ValueError:
@@ -335,5 +324,6 @@ class MailgunProvider(Provider):
         # the signature sits in the body: only its three strings are read before verifying
         signature = payload.get("signature") if isinstance(payload, dict) else None
         verify_signature(config.get("mailgun_webhook_signing_key") or "", signature, now)
-        return bounce_reports(payload.get("event-data"))
+        return WebhookReply(bounce_reports(payload.get("event-data")), delivery_id=f"token:{signature['token']}",
+                            delivery_ttl_s=2 * WEBHOOK_TOLERANCE_S + 60)
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import logging
 import re
@@ -49,6 +50,7 @@ from providers.base import (
     Result,
     ResultStatus,
     WebhookRefused,
+    WebhookReply,
     register,
     send_grouped,
 )
@@ -386,10 +388,13 @@ class SendgridProvider(Provider):
                 "can_send": "mail.send" in scopes, "warnings": warnings}
 
     @classmethod
-    def read_webhook(cls, config: dict, headers, body: bytes, now: float) -> list[BounceReport]:
+    def read_webhook(cls, config: dict, headers, body: bytes, now: float) -> WebhookReply:
         verify_signature(config.get("sendgrid_webhook_public_key") or "", headers, body, now)
         try:
             events = json.loads(body)
         except ValueError:
             raise ValueError("the body is not JSON") from None
-        return bounce_reports(events)
+        # the signed content is the delivery (an ECDSA signature has more than one valid form)
+        signed = hashlib.sha256(headers.get(TIMESTAMP_HEADER, "").encode() + b"." + body).hexdigest()
+        return WebhookReply(bounce_reports(events), delivery_id=f"signed:{signed}",
+                            delivery_ttl_s=2 * WEBHOOK_TOLERANCE_S + 60)

@@ -187,11 +187,12 @@ def read(topic_arn: str | None, body: bytes) -> WebhookReply:
             raise WebhookRefused("SubscribeURL is not an allowed SNS URL")
         fetch(url, MAX_BODY_BYTES)
         return WebhookReply(answer={"confirmed": True},
-                            audit=("sns_subscription_confirmed", {"topic": message["TopicArn"]}))
+                            audit=("sns_subscription_confirmed", {"topic": message["TopicArn"]}),
+                            delivery_id=f"message:{message['MessageId']}")
     if message["Type"] == "UnsubscribeConfirmation":
-        return WebhookReply()
+        return WebhookReply(delivery_id=f"message:{message['MessageId']}")
     try:
         notification = json.loads(message["Message"])
     except (ValueError, RecursionError):
         raise ValueError("Message is not an SES notification") from None
-    return WebhookReply(ses_reports(notification, message["MessageId"]))
+    return WebhookReply(ses_reports(notification, message["MessageId"]), delivery_id=f"message:{message['MessageId']}")

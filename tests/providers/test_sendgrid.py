@@ -220,7 +220,7 @@ def test_the_known_answer_vector_verifies_and_reads_as_a_hard_bounce():
     now = int(VECTOR_TIMESTAMP) + 10
     verify_signature(VECTOR_KEY, vector_headers(), VECTOR_BODY, now)
     reports = SendgridProvider.read_webhook({"sendgrid_webhook_public_key": VECTOR_KEY}, vector_headers(),
-                                            VECTOR_BODY, now)
+                                            VECTOR_BODY, now).reports
     assert [(r.kind, r.email, r.message_id) for r in reports] == [("hard", "hello@world.com",
                                                                     "LRzXl_NHStOGhQ4kofSm_A")]
 
@@ -269,7 +269,7 @@ def test_events_are_sorted_into_bounces_and_complaints():
     key = ec.generate_private_key(ec.SECP256R1())
     body = json.dumps(events).encode()
     assert len(SendgridProvider.read_webhook({"sendgrid_webhook_public_key": public_b64(key)},
-                                             sign(key, "1700000000", body), body, 1700000000)) == 4
+                                             sign(key, "1700000000", body), body, 1700000000).reports) == 4
     with pytest.raises(ValueError):
         bounce_reports({"not": "a list"})
 

@@ -15,8 +15,6 @@ preview, the certificate template form.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -30,12 +28,12 @@ from core import certificate_process, rendering, settings
 from core.certificate_render import DEFAULT_TEMPLATE_HTML
 from core.db import db
 from core.models import CertificateTemplate, Job, Recipient, Template
-from tests.support.app import ROOT, csrf_from, run_worker_burst
+from tests.support.app import csrf_from, run_worker_burst
 from tests.support.attack import login_as
 from tests.support.certificates import learners, ses_settings
 from tests.support.certificates import submit as submit_certificates
 from tests.support.jobs import run_scheduled_now
-from tests.support.servers import free_port, wait_for_port
+from tests.support.servers import WebApp
 
 BUDGET = rendering.PREVIEW_BUDGET_S
 #: a stop must come well within this many seconds of the budget (the kill is at budget + 0.5 s)
@@ -189,26 +187,10 @@ def test_after_a_stop_the_next_render_is_served_by_a_fresh_renderer(client, comp
 
 
 @pytest.fixture
-def gunicorn(app, tmp_path):
+def gunicorn(app):
     """The app under a real gunicorn worker with a 10 s timeout (the review's 600 000 paragraphs tripped it)."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("OFFLOAD_ENCRYPTION_KEYS", "FLASK_ENV", "OFFLOAD_ENV")}
-    env.update(DATABASE_URL=settings.current().database_url, REDIS_URL=settings.current().redis_url)
-    log = tmp_path / "gunicorn.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([os.path.join(ROOT, ".venv", "bin", "gunicorn"), "-w", "1", "--timeout", "10", "-b",
-                                 f"127.0.0.1:{port}", "wsgi:app"], cwd=ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for_port(port, proc=proc)
-        yield f"http://127.0.0.1:{port}", log
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+    with WebApp(settings.current().database_url, settings.current().redis_url, timeout_s=10) as web:
+        yield web.url, web.log_path
 
 
 def test_a_real_gunicorn_worker_answers_400_and_keeps_serving(company, gunicorn):

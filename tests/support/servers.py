@@ -92,6 +92,19 @@ class ManagedProcess:
         self.stop()
 
 
+class WebApp(ManagedProcess):
+    """The service's web app under a real gunicorn (``wsgi:app``), one worker process by default,
+    on the test's database and Redis (``env``: more variables)."""
+
+    def __init__(self, database_url: str, redis_url: str, *, workers: int = 1, timeout_s: int = 30,
+                 env: dict | None = None):
+        port = free_port()
+        super().__init__([str(ROOT / ".venv" / "bin" / "gunicorn"), "-w", str(workers), "--timeout",
+                          str(timeout_s), "-b", f"127.0.0.1:{port}", "wsgi:app"], port,
+                         env={"DATABASE_URL": database_url, "REDIS_URL": redis_url, **(env or {})}, cwd=ROOT,
+                         log_name="gunicorn")
+
+
 def ensure_node_modules() -> None:
     """Install the pinned npm packages of tests/node once (``npm ci``)."""
     if (NODE_BIN / "aws-ses-v2-local").exists():
