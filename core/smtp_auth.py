@@ -27,7 +27,7 @@ from core.companies import authenticate_token
 from core.db import db
 from core.models import Company
 from core.queue import connection
-from core.submissions import Account, sender_domains
+from core.submissions import Account, cloud_storage, sender_domains
 
 WINDOW_S = 900
 #: failures of one address, and of one address for one user name, before each next attempt waits
@@ -99,7 +99,7 @@ def authenticate(username: str, password: str) -> Account | None:
         company = db.session.get(Company, row.company_id)
         if company is None:
             return None
-        return Account(company.id, row.prefix, sender_domains(company))
+        return Account(company.id, row.prefix, sender_domains(company), cloud_storage(company))
     finally:
         db.session.rollback()
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,13 +28,16 @@ from email.utils import format_datetime
 from sqlalchemy import Dialect, PoolProxiedConnection, select, text
 
 from core import audit, crypto, settings
+from core.certificates import open_storage
+from providers.storage import ObjectNotFound
+from core.delivery_settings import provider_config
 from core.bulk import execute_for_ids, insert_recipients
 from core.db import db
 from core.jobs import classify_recipients
 from core.models import (DEFAULT_PRIORITY, JOB_TYPES, JOBBED, QUEUED, WAITING, Company, Job, R_FAILED,
                          R_SUPPRESSED, SmtpMessage, is_bulk, utcnow)
 from core.queue import enqueue_job, schedule_smtp_close
-from providers import mime
+from providers import mime, registry
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,8 @@ DEFAULT_TYPE = "notification"
 TYPE_HEADER = "X-Offload-Type"
 #: fields taken out before the message is stored: Bcc is never delivered, the type header is ours
 REMOVED_FIELDS = ("bcc", TYPE_HEADER.lower())
+#: a message larger than this goes to the company's own storage when it has one (else the database)
+LARGE_BYTES = 1024 * 1024
 #: the most messages one close takes (a bigger window is closed again at once for the rest)
 CLOSE_LIMIT = 50_000
 SUBJECT_LIMIT = 998
@@ -61,11 +67,13 @@ REFUSED_NO_FROM = "550 5.7.1 The message has no From: address"
 
 @dataclass(frozen=True)
 class Account:
-    """Who signed in: the company, the token's prefix, and the domains it may send as."""
+    """Who signed in: the company, the token's prefix, the domains it may send as, and the kind of the
+    company's own storage (its certificate bucket) that large messages go to (None: the database)."""
 
     company_id: int
     token_prefix: str
     domains: frozenset[str]
+    storage: str | None = None
 
 
 @dataclass
@@ -80,12 +88,15 @@ class Taken:
     raw: bytes
     peer: str | None
     token_prefix: str | None
+    #: where the MIME is when the company's storage holds it (``raw`` is then not stored)
+    storage_key: str | None = None
 
     def values(self, received_at: str) -> tuple:
         """The row's values in ``STORED_COLUMNS`` order, as the driver takes them: the MIME encrypted
         here (``core.crypto``, as ``EncryptedBytes`` would), the recipients as JSON text."""
+        raw = None if self.storage_key else crypto.encrypt_bytes(self.raw)
         return (self.company_id, WAITING, self.job_type, self.mail_from, json.dumps(self.rcpt_to), self.subject,
-                len(self.raw), crypto.encrypt_bytes(self.raw), self.peer, self.token_prefix, received_at)
+                len(self.raw), raw, self.storage_key, self.peer, self.token_prefix, received_at)
 
 
 # -- who may send what ------------------------------------------------------------------
@@ -101,6 +112,24 @@ def sender_domains(company: Company) -> frozenset[str]:
         listed = delivery.get_setting("sender_domains") or ""
         found.update(d.strip().lower() for d in str(listed).split(",") if d.strip())
     return frozenset(d for d in found if d)
+
+
+def cloud_storage(company: Company) -> str | None:
+    """The kind of the company's own storage (S3, R2, R2 behind its Worker), if it has one; never this
+    machine's disk, which the workers of other machines could not read."""
+    return registry.choose_storage(provider_config(company))
+
+
+def store_large(account: Account, raw: bytes) -> str:
+    """Put a large message in the company's storage; its key (``smtp/<company>/<day>/<random>.eml``)."""
+    company = db.session.get(Company, account.company_id)
+    try:
+        key = f"smtp/{account.company_id}/{utcnow():%Y%m%d}/{uuid.uuid4().hex}.eml"
+        with open_storage(company, account.storage) as storage:
+            storage.put(key, raw, "message/rfc822")
+        return key
+    finally:
+        db.session.rollback()
 
 
 def domain_allowed(address: str, domains: frozenset[str]) -> bool:
@@ -169,8 +198,8 @@ _READ_FIELDS = frozenset({"from", "subject", TYPE_HEADER.lower()})
 
 # -- storing --------------------------------------------------------------------------
 
-STORED_COLUMNS = ("company_id", "status", "job_type", "mail_from", "rcpt_to", "subject", "size", "raw", "peer",
-                  "token_prefix", "received_at")
+STORED_COLUMNS = ("company_id", "status", "job_type", "mail_from", "rcpt_to", "subject", "size", "raw",
+                  "storage_key", "peer", "token_prefix", "received_at")
 
 
 def _insert_sql(dialect: Dialect, rows: int) -> str:
@@ -345,16 +374,51 @@ class Stored:
 
 
 def stored_messages(company_id: int, message_ids: Iterable[int]) -> dict[int, Stored]:
-    """The stored messages of ``message_ids`` (the company's only), decrypted."""
+    """The stored messages of ``message_ids`` (the company's only), decrypted, or read from the
+    company's storage. A purged (or missing) message is left out."""
     ids = sorted(set(message_ids))
     if not ids:
         return {}
-    rows = db.session.execute(select(SmtpMessage.id, SmtpMessage.mail_from, SmtpMessage.raw)
+    rows = db.session.execute(select(SmtpMessage.id, SmtpMessage.mail_from, SmtpMessage.raw, SmtpMessage.storage_key)
                               .where(SmtpMessage.company_id == company_id, SmtpMessage.id.in_(ids))).all()
-    return {r.id: Stored(r.mail_from, r.raw) for r in rows if r.raw is not None}
+    found = {r.id: Stored(r.mail_from, r.raw) for r in rows if r.raw is not None}
+    kept = [r for r in rows if r.raw is None and r.storage_key]
+    if kept:
+        with open_storage(db.session.get(Company, company_id)) as storage:
+            for row in kept:
+                try:
+                    found[row.id] = Stored(row.mail_from, storage.get(row.storage_key))
+                except ObjectNotFound:
+                    log.warning("Company %s: SMTP message %s is no longer in its storage", company_id, row.id)
+    return found
+
+
+UNAVAILABLE = "message_unavailable: the message as the LMS sent it is no longer stored"
+
+
+def raw_for(company_id: int, rows) -> tuple[dict[int, Stored], list[tuple[int, str]]]:
+    """The stored message of each recipient of an SMTP job (``rows``: ``(id, email, data, attempts)``,
+    data ``{"smtp_message_id": ...}``), and the recipients whose message is gone, with the reason."""
+    wanted = {rid: (data or {}).get("smtp_message_id") for rid, _email, data, _attempts in rows}
+    stored = stored_messages(company_id, [mid for mid in wanted.values() if isinstance(mid, int)])
+    found, failures = {}, []
+    for rid, mid in wanted.items():
+        if mid in stored:
+            found[rid] = stored[mid]
+        else:
+            failures.append((rid, UNAVAILABLE))
+    return found, failures
 
 
 def purge_raw(job_id: int) -> int:
-    """Forget the MIME of a job's messages (the retention purge)."""
+    """Forget the MIME of a job's messages (the retention purge): in the database, and in the
+    company's storage for the large ones."""
+    keys = db.session.execute(text("SELECT company_id, storage_key FROM smtp_messages WHERE job_id = :j "
+                                   "AND storage_key IS NOT NULL"), {"j": job_id}).all()
+    if keys:
+        with open_storage(db.session.get(Company, keys[0].company_id)) as storage:
+            for row in keys:
+                storage.delete(row.storage_key)
+        db.session.execute(text("UPDATE smtp_messages SET storage_key = NULL WHERE job_id = :j"), {"j": job_id})
     return db.session.execute(text("UPDATE smtp_messages SET raw = NULL WHERE job_id = :j AND raw IS NOT NULL"),
                               {"j": job_id}).rowcount

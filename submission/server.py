@@ -37,6 +37,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 from sqlalchemy.exc import SQLAlchemyError
 
 from core import settings, smtp_auth, submissions
+from providers import ProviderError
 from submission.writer import GroupWriter, StoreFailed
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,13 @@ class Handler:
                                      envelope.original_content, received, server.client_address)
         except submissions.Refused as exc:
             return exc.reply
+        account = session.auth_data
+        if account.storage and len(taken.raw) > submissions.LARGE_BYTES:
+            try:
+                taken.storage_key = await self.service.blocking(submissions.store_large, account, taken.raw)
+            except (ProviderError, SQLAlchemyError, OSError) as exc:  # the database takes it instead
+                log.warning("SMTP: a large message stays in the database: its storage failed (%s)",
+                            type(exc).__name__)
         try:  # bounded by the database's own timeouts (submission.database_options)
             message_id = await self.service.writer.store(taken)
         except StoreFailed:

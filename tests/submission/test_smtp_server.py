@@ -6,15 +6,17 @@ import smtplib
 import socket
 import ssl
 import time
+from datetime import timedelta
 from email.message import EmailMessage
 
 import pytest
 from sqlalchemy import select, text
 
-from core import smtp_auth
+from core import smtp_auth, submissions
 from core.db import db
-from core.models import SmtpMessage
+from core.models import SmtpMessage, utcnow
 from providers import mime
+from tests.support.certificates import client as s3_client
 from tests.support.smtp_clients import LineClient, ProxiedSMTP, SmtpError, message
 
 
@@ -236,3 +238,32 @@ def test_an_unknown_offload_type_is_refused_with_the_reason(signed_in):
         signed_in().sendmail("noreply@acme.test", ["a@example.com"], message(headers={"X-Offload-Type": "spam"}))
     assert err.value.smtp_code == 550 and b"X-Offload-Type must be one of" in err.value.smtp_error
     assert stored() == []
+
+
+def test_a_large_message_goes_to_the_companys_own_storage(smtp_server, make_company, s3_bucket):
+    company = make_company("Big Files Ltd", sender="noreply@acme.test", provider="ses", aws_region="us-east-1",
+                           aws_access_key="AKIATESTTESTTEST", aws_secret_key="test-secret", s3_bucket=s3_bucket)
+    server = smtp_server()
+    big = message("Course pack", body=("A" * 998 + "\r\n") * 1200)  # 1.2 MB, over LARGE_BYTES
+    small = message("Note")
+    with smtplib.SMTP(server.host, server.port) as client:
+        client.login(str(company.id), company.token)
+        client.sendmail("noreply@acme.test", ["ann@example.com"], big)
+        client.sendmail("noreply@acme.test", ["ann@example.com"], small)
+    large, little = stored()
+    key = large.storage_key
+    assert large.raw is None and large.storage_key.startswith(f"smtp/{company.id}/") and large.size > 1_200_000
+    assert little.raw is not None and little.storage_key is None
+    body = s3_client().get_object(Bucket=s3_bucket, Key=large.storage_key)["Body"].read()
+    assert mime.without(body, ["received"]) == big
+    found = submissions.stored_messages(company.id, [large.id, little.id])
+    assert found[large.id].raw == body and mime.without(found[little.id].raw, ["received"]) == small
+    assert submissions.stored_messages(company.id + 1, [large.id]) == {}  # another company's: nothing
+    submissions.close_window(company.id, "notification", now=utcnow() + timedelta(hours=1))
+    db.session.commit()
+    for job_id in {m.job_id for m in stored()}:
+        submissions.purge_raw(job_id)  # the retention purge
+    db.session.commit()
+    assert [(m.raw, m.storage_key) for m in stored()] == [(None, None), (None, None)]
+    with pytest.raises(s3_client().exceptions.NoSuchKey):
+        s3_client().get_object(Bucket=s3_bucket, Key=key)
