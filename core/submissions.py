@@ -371,6 +371,8 @@ def stale_windows(grace_s: float = 30.0) -> list[tuple[int, str]]:
 class Stored:
     mail_from: str
     raw: bytes
+    subject: str = ""
+    storage_key: str | None = None
 
 
 def stored_messages(company_id: int, message_ids: Iterable[int]) -> dict[int, Stored]:
@@ -379,15 +381,16 @@ def stored_messages(company_id: int, message_ids: Iterable[int]) -> dict[int, St
     ids = sorted(set(message_ids))
     if not ids:
         return {}
-    rows = db.session.execute(select(SmtpMessage.id, SmtpMessage.mail_from, SmtpMessage.raw, SmtpMessage.storage_key)
+    rows = db.session.execute(select(SmtpMessage.id, SmtpMessage.mail_from, SmtpMessage.raw, SmtpMessage.storage_key,
+                                     SmtpMessage.subject)
                               .where(SmtpMessage.company_id == company_id, SmtpMessage.id.in_(ids))).all()
-    found = {r.id: Stored(r.mail_from, r.raw) for r in rows if r.raw is not None}
+    found = {r.id: Stored(r.mail_from, r.raw, r.subject, r.storage_key) for r in rows if r.raw is not None}
     kept = [r for r in rows if r.raw is None and r.storage_key]
     if kept:
         with open_storage(db.session.get(Company, company_id)) as storage:
             for row in kept:
                 try:
-                    found[row.id] = Stored(row.mail_from, storage.get(row.storage_key))
+                    found[row.id] = Stored(row.mail_from, storage.get(row.storage_key), row.subject, row.storage_key)
                 except ObjectNotFound:
                     log.warning("Company %s: SMTP message %s is no longer in its storage", company_id, row.id)
     return found
@@ -408,6 +411,17 @@ def raw_for(company_id: int, rows) -> tuple[dict[int, Stored], list[tuple[int, s
         else:
             failures.append((rid, UNAVAILABLE))
     return found, failures
+
+
+def relay_from(raw: bytes, service_from: str, approved: set[str]) -> dict[str, str]:
+    """The header fields the operator's relay puts on the LMS's MIME: none when its From: domain is
+    approved for the company, else the service's From with the LMS's From as Reply-To."""
+    head = mime.split(raw)[0]
+    given = next((mime.value(field) for key, field in mime.fields(head) if key == "from"), "")
+    first = next(iter(mime.addresses(given)), "")
+    if first.rpartition("@")[2].lower() in approved:
+        return {}
+    return {"From": service_from, "Reply-To": given if given.isascii() and given else first}
 
 
 def purge_raw(job_id: int) -> int:

@@ -191,7 +191,8 @@ def _refusal(sender: str, message: Message) -> str | None:
     problem = header_problem(sender, message)
     if problem:
         return problem
-    if any(name.lower() in RESERVED_HEADERS for name in message.headers):
+    # (the LMS's own MIME takes ours in place of its fields of the same names: the relay's From)
+    if message.raw is None and any(name.lower() in RESERVED_HEADERS for name in message.headers):
         return "invalid_header"
     if single_address(message.to) is None:
         return "invalid_address"

@@ -22,6 +22,7 @@ from providers import guard
 from tests.support.openapi import CheckedClient
 from tests.support.certificates import client as s3_client
 from tests.support.servers import MotoServer, RedisServer, SesLocal, SmtpSink, free_port
+from tests.support.smtp_clients import InProcessServer
 from tests.support.app import (AuthActions, CompanyFixture, JINJA_BYTECODE, ROOT, TEST_SETTINGS, empty_tables,
                                pg_create, pg_drop)
 
@@ -185,6 +186,22 @@ def smtp_sink():
     """A real SMTP server (aiosmtpd, in this process) that keeps every message."""
     with SmtpSink() as sink:
         yield sink
+
+
+@pytest.fixture
+def smtp_server(app):
+    """Start SMTP submission (``submission.start``) in this process, on the test's database, Redis and
+    settings (change them first with set_settings); stopped after the test."""
+    servers = []
+
+    def start() -> InProcessServer:
+        server = InProcessServer().start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
 
 
 @pytest.fixture

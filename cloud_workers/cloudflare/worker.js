@@ -20,9 +20,10 @@
  * recipient carries `raw` (the MIME, base64, the service's headers already on
  * top), or `raw_key` (the object in the CERTIFICATES bucket the service put it
  * in when it was too big for the queue) and `raw_url` (a signed link to the
- * same); the bytes go to the binding unchanged, from the address of their
- * From: (the binding wants the envelope sender to be it). A batch of only such
- * recipients needs no template.
+ * same); the bytes go to the binding unchanged but for Received: fields, which
+ * the binding refuses (the trace is Cloudflare's to write), from the address of
+ * their From: (the binding wants the envelope sender to be it). A batch of only
+ * such recipients needs no template.
  *
  * Exactly once: before sending, the Worker writes a marker
  * `deliveries/<company>/<job>/<delivery_id>.json` (`state: sending`, created
@@ -315,7 +316,34 @@ async function rawBytes(recipient, env) {
   return null;
 }
 
-/** Send one recipient the LMS's MIME as it is. */
+/** The header block's end (the index of the empty line's first byte), or -1. */
+function headerEnd(bytes) {
+  for (let i = 0; i + 1 < bytes.length; i++) {
+    if (bytes[i] === 10 && (bytes[i + 1] === 10 || (bytes[i + 1] === 13 && bytes[i + 2] === 10))) return i + 1;
+  }
+  return -1;
+}
+
+/**
+ * The MIME without its Received: fields (the binding refuses a message that has one: the trace is
+ * Cloudflare's to write); every other byte as it came.
+ */
+function withoutReceived(bytes) {
+  const end = headerEnd(bytes);
+  if (end < 0) return bytes;
+  let head = ""; // one character per byte (TextDecoder's "latin1" is windows-1252, which is not)
+  for (const byte of bytes.subarray(0, end)) head += String.fromCharCode(byte);
+  const fields = head.match(/[^\r\n]*(?:\r?\n[ \t][^\r\n]*)*\r?\n/g) ?? [];
+  const kept = fields.filter((field) => !/^received[ \t]*:/i.test(field));
+  if (kept.length === fields.length) return bytes;
+  const keptBytes = Uint8Array.from(kept.join(""), (ch) => ch.charCodeAt(0));
+  const out = new Uint8Array(keptBytes.length + bytes.length - end);
+  out.set(keptBytes);
+  out.set(bytes.subarray(end), keptBytes.length);
+  return out;
+}
+
+/** Send one recipient the LMS's MIME as it is (without Received: fields, which the binding refuses). */
 async function sendRaw(message, recipient, env) {
   let bytes;
   try {
@@ -324,6 +352,7 @@ async function sendRaw(message, recipient, env) {
     return { email: recipient.email, status: "failed", error: "invalid raw message" };
   }
   if (bytes === null) return { email: recipient.email, status: "retry" }; // the stored copy is not there (yet)
+  bytes = withoutReceived(bytes);
   const head = new TextDecoder().decode(bytes.subarray(0, Math.min(bytes.length, 64 * 1024))).split(/\r?\n\r?\n/)[0];
   const messageId = /^Message-ID:[ \t]*(\S+)/im.exec(head)?.[1] ?? null;
   // the binding wants the envelope sender to be the From: address itself

@@ -10,28 +10,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.support.smtp_clients import InProcessServer
 
 
 @pytest.fixture
 def smtp_company(make_company):
     """A company whose sender is at acme.test (its SMTP user name is its id, its password the API token)."""
     return make_company("Acme Learning", sender="noreply@acme.test", provider="smtp")
-
-
-@pytest.fixture
-def smtp_server(app):
-    """Start the submission server with the test's settings (change them first with set_settings)."""
-    servers = []
-
-    def start() -> InProcessServer:
-        server = InProcessServer().start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 @pytest.fixture
