@@ -72,6 +72,8 @@ DEFAULT_KIND = "notification"
 SUBJECT, BODY_TEXT, BODY_HTML = "{{ lms_subject }}", "{{ lms_text }}", "{{ lms_html | safe }}"
 #: how often a worker's poll looks at the whole queue again (rows below the last one it read that became due)
 FULL_SCAN_S = 60
+#: a full scan reads this many chunks' worth of ids per query
+FULL_SCAN_IDS = 10
 PURGE_EVERY_S = 3600
 _HAS_TAG = re.compile(r"<\s*[a-zA-Z][^>]*>")
 
@@ -255,12 +257,12 @@ def poll(company: Company, *, force: bool, chunk: int, max_rows: int, now: int |
 
 
 def _scan(company_id, cfg, conn, scope, site, moment, chunk, max_rows, full, result) -> None:
-    """Read the due rows from the cursor on and take the fresh ones. A full scan reads ids first (rows
-    taken by an earlier poll and not yet marked are skipped unread); reading on, the rows are new: read
-    whole at once."""
+    """Read the due rows from the cursor on and take the fresh ones. A full scan reads ids first, many at a
+    time (rows taken by an earlier poll and not yet marked are skipped unread); reading on, the rows are
+    new: read whole at once."""
     cursor = ScanCursor(company_id, full)
     after, scanned = cursor.start, 0
-    ids_sql = text(iomad.due_ids_sql(cfg, scope, site, chunk))
+    ids_sql = text(iomad.due_ids_sql(cfg, scope, site, chunk * FULL_SCAN_IDS))
     due_rows_sql = text(iomad.due_rows_sql(cfg, scope, site, chunk))
     rows_sql = text(iomad.rows_sql(cfg)).bindparams(bindparam("ids", expanding=True))
     copies = iomad.Copies(conn, cfg, site)
@@ -269,20 +271,23 @@ def _scan(company_id, cfg, conn, scope, site, moment, chunk, max_rows, full, res
         if cursor.full:
             ids = list(conn.execute(ids_sql, params).scalars())
             fresh = _fresh(company_id, ids, result) if ids else []
-            rows = conn.execute(rows_sql, {"ids": fresh}).all() if fresh else []
+            rows = [r for start in range(0, len(fresh), chunk)
+                    for r in conn.execute(rows_sql, {"ids": fresh[start:start + chunk]}).all()]
+            complete = len(ids) < chunk * FULL_SCAN_IDS
         else:
             rows = conn.execute(due_rows_sql, params).all()
             ids = [int(r.id) for r in rows]
             fresh = set(_fresh(company_id, ids, result)) if ids else set()
             rows = [r for r in rows if int(r.id) in fresh]
+            complete = len(ids) < chunk
         if not ids:
             break
         scanned += len(ids)
         after = int(ids[-1])
         rows = [r for r in rows if still_due(r, site) and scope.takes(int(r.companyid))]
-        if rows:
-            _take(company_id, cfg, rows, site, copies, result)
-        if len(ids) < chunk:
+        for start in range(0, len(rows), chunk):
+            _take(company_id, cfg, rows[start:start + chunk], site, copies, result)
+        if complete:
             break
     cursor.save(after)
 
