@@ -51,6 +51,13 @@ def fill(moodle: MoodleDb, rows: int, tag: str) -> None:
                              for u in part])
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a running process and its waited-for children (Linux ``/proc``)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def bare(moodle: MoodleDb, ses_url: str, with_db: bool) -> float:
     """The same SES calls, pre-rendered, from a plain loop (and, ``with_db``, the same reads and updates)."""
     import boto3
@@ -110,6 +117,7 @@ def main() -> None:
                                               stderr=subprocess.STDOUT))
             time.sleep(3)  # workers up
             counter.reset()
+            cpu_before = sum(cpu_seconds(p.pid) for p in procs)
             t0 = time.perf_counter()
             flask(env, "company", "configure", company["id"], "iomad_email_queue=1")
             ours = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://", 1), poolclass=NullPool)
@@ -129,6 +137,7 @@ def main() -> None:
                     raise SystemExit(f"{left} rows still unsent after 30 minutes")
                 time.sleep(0.2)
             wall = time.perf_counter() - t0
+            cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu_before
             ours.dispose()
             statements, connections, shapes = dict(counter.counts), counter.connections, counter.shapes.most_common(12)
             store = ses.store()
@@ -137,7 +146,9 @@ def main() -> None:
                 p.terminate()
             ses.clear()
             moodle.execute(f"UPDATE {moodle.t('email')} SET sent = NULL")
+            bare_cpu = time.process_time()
             bare_db = bare(moodle, ses.url, with_db=True)
+            bare_cpu = time.process_time() - bare_cpu
             ses.clear()
             moodle.execute(f"UPDATE {moodle.t('email')} SET sent = NULL")
             bare_ses = bare(moodle, ses.url, with_db=False)
@@ -157,6 +168,8 @@ def main() -> None:
     print(f"bare script, read + same SES calls + UPDATE sent: {bare_db:.1f} s ({n / bare_db:,.0f} rows/s)")
     print(f"bare script, the SES calls alone: {bare_ses:.1f} s ({n / bare_ses:,.0f} rows/s)")
     print(f"service overhead: {wall / bare_db:.2f}x the bare read-send-update script (goal <= 2x)")
+    print(f"CPU of the worker processes: {cpu:.1f} s ({cpu * 1000 / n:.2f} ms per row); of the bare script: "
+          f"{bare_cpu:.1f} s ({bare_cpu * 1000 / n:.2f} ms per row); servers (databases, Redis, SES) not counted")
     queries = statements.get("query", 0)
     others = ", ".join(f"{k} {v}" for k, v in sorted(statements.items()) if k != "query") or "none"
     print(f"statements on the Moodle database: {queries} ({queries * 1000 / n:.1f} per 1,000 rows, goal <= 30); "

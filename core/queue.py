@@ -339,7 +339,8 @@ def schedule_sweep(interval: float) -> None:
 
 
 # -- the LMS connector (core.lms, tasks.lms) ----------------------------------------
-LMS_MARK_DELAY_S = 1.0
+#: how long a marking of IOMAD rows waits for the batches ending meanwhile (IOMAD's own task marks per run)
+LMS_MARK_DELAY_S = 5.0
 
 
 def enqueue_lms_mark(company_id: int) -> None:
@@ -350,7 +351,7 @@ def enqueue_lms_mark(company_id: int) -> None:
             return
     except (RedisError, OSError):
         return  # the next poll marks them
-    # a second later: the batches ending meanwhile share one marking (one LMS connection, few UPDATEs)
+    # a few seconds later: the batches ending meanwhile share one marking (one LMS connection, few UPDATEs)
     _safe(f"lms mark {company_id}", port().enqueue_in, LMS_MARK_DELAY_S, HIGH, Task.MARK_LMS_ROWS, company_id,
           task_id=rq_id, policy=JOB)
 

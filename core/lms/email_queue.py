@@ -35,6 +35,7 @@ One poll of a company (``poll``):
 """
 from __future__ import annotations
 
+import hashlib
 import html as html_lib
 import logging
 import os
@@ -204,7 +205,7 @@ def read_row(row, dataroot: str | None, site: iomad.Site, memo: dict | None = No
         out.data["reply_to"] = reply_to
     if attachment:
         out.data["attachment"] = attachment
-    out.wanted = iomad.wanted(row, headers)
+    out.wanted = iomad.wanted(row, headers, memo)
     return out
 
 
@@ -260,7 +261,7 @@ def _scan(company_id, cfg, conn, scope, site, moment, chunk, max_rows, full, res
     """Read the due rows from the cursor on and take the fresh ones. A full scan reads ids first, many at a
     time (rows taken by an earlier poll and not yet marked are skipped unread); reading on, the rows are
     new: read whole at once."""
-    cursor = ScanCursor(company_id, full)
+    cursor = ScanCursor(company_id, full, cfg)
     after, scanned = cursor.start, 0
     ids_sql = text(iomad.due_ids_sql(cfg, scope, site, chunk * FULL_SCAN_IDS))
     due_rows_sql = text(iomad.due_rows_sql(cfg, scope, site, chunk))
@@ -293,10 +294,12 @@ def _scan(company_id, cfg, conn, scope, site, moment, chunk, max_rows, full, res
 
 
 class ScanCursor:
-    """Where a worker's poll of a company reads on from (Redis; lost, it reads everything again)."""
+    """Where a worker's poll of a company reads on from (Redis; lost, it reads everything again), for
+    the LMS database and prefix it has now."""
 
-    def __init__(self, company_id: int, full: bool):
-        self.key = f"offload:lms-scan:{company_id}"
+    def __init__(self, company_id: int, full: bool, cfg: LmsConfig):
+        lms = hashlib.sha256(f"{cfg.url}|{cfg.prefix}".encode()).hexdigest()[:16]
+        self.key = f"offload:lms-scan:{company_id}:{lms}"
         self.redis = connection()
         saved = self.redis.hgetall(self.key)
         last_full = float(saved.get(b"full_at", 0) or 0)

@@ -205,13 +205,27 @@ class Wanted:
     supervisors: bool
 
 
-def wanted(row, headers: dict) -> Wanted:
+def _lists(headers: dict) -> tuple:
+    """The template's lists and switches: to ids, cc ids, to addresses, cc addresses, managers, supervisors."""
     tpl = template_of(headers)
+    return (_ids(tpl.get("emailto")), _ids(tpl.get("emailcc")), _addresses(tpl.get("emailtoother")),
+            _addresses(tpl.get("emailccother")), not _set(tpl.get("disabledmanager")),
+            not _set(tpl.get("disabledsupervisor")))
+
+
+def wanted(row, headers: dict, memo: dict | None = None) -> Wanted:
+    """What the row's copies need. ``memo``: the poll's memo, where the lists of each decoded headers are
+    kept too (by the headers' identity: the memo returns the same dict for the same text)."""
+    key = ("lists", id(headers))
+    lists = memo.get(key) if memo is not None else None
+    if lists is None or lists[0] is not headers:
+        lists = (headers, _lists(headers))
+        if memo is not None:
+            memo[key] = lists
+    to_ids, cc_ids, to_other, cc_other, managers, supervisors = lists[1]
     user_template = (row.templatename or "") in USER_TEMPLATES and int(row.userid) > 0
-    return Wanted(int(row.id), int(row.userid), int(row.companyid), _int(row.udept), _ids(tpl.get("emailto")),
-                  _ids(tpl.get("emailcc")), _addresses(tpl.get("emailtoother")), _addresses(tpl.get("emailccother")),
-                  user_template and not _set(tpl.get("disabledmanager")),
-                  user_template and not _set(tpl.get("disabledsupervisor")))
+    return Wanted(int(row.id), int(row.userid), int(row.companyid), _int(row.udept), to_ids, cc_ids, to_other,
+                  cc_other, user_template and managers, user_template and supervisors)
 
 
 @dataclass

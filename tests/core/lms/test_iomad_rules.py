@@ -252,3 +252,21 @@ def test_iomads_purge_of_old_rows_is_opt_in_with_iomads_age(app, runner, acme, l
     assert poll(runner, acme)["purged"] == "1"
     assert row_ids(lms) == [before[1], before[2], before[3]]  # not due yet, or another company's
     assert poll(runner, acme)["purged"] == "0"  # at most once an hour
+
+
+def test_a_workers_poll_reads_on_and_looks_at_everything_again_every_minute(app, acme, lms, smtp_sink,
+                                                                           monkeypatch):
+    lms.add_users([{"id": 52, "email": "paused@acme.test", "suspended": 1}] + learners(2), ACME_IOMAD)
+    lms.queue_emails([{"userid": 52, "companyid": ACME_IOMAD}, {"userid": 100, "companyid": ACME_IOMAD}])
+
+    def worker_poll():
+        return email_queue.poll(acme.company, force=False, chunk=100, max_rows=1000, full=False)
+
+    assert worker_poll().taken == 1  # the first poll looks at everything
+    lms.execute(f"UPDATE {lms.t('user')} SET suspended = 0 WHERE id = 52")
+    lms.queue_emails([{"userid": 101, "companyid": ACME_IOMAD}])
+    assert worker_poll().taken == 1  # reading on: the new row, not the returning user's older one
+    monkeypatch.setattr(email_queue, "FULL_SCAN_S", 0)
+    assert worker_poll().taken == 1  # a minute on: the whole queue again
+    send_all(app)
+    assert delivered(smtp_sink) == {"paused@acme.test": 1, "learner100@acme.test": 1, "learner101@acme.test": 1}
