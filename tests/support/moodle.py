@@ -35,6 +35,9 @@ MARIADB_ADMIN = "mysql+pymysql://root@127.0.0.1:3306/"
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 #: the shop administrator's user id in IOMAD's ``email.userid`` (``commerce_admin_email``)
 SHOP_ADMIN = -999
+#: Moodle's support user (``core_user::SUPPORT_USER``): the ``senderid`` queue_for_cron writes when the sender
+#: is the site's support address (IOMAD's default, ``email_senderisreal`` off)
+SUPPORT_USER = -20
 #: email_template's columns in table order: the template object's properties as ``get_record`` returns them
 TEMPLATE_COLUMNS = ("id", "companyid", "name", "lang", "subject", "body", "signature", "disabled", "disabledmanager",
                     "disabledsupervisor", "emailto", "emailtoother", "emailcc", "emailccother", "emailfrom",
@@ -278,7 +281,8 @@ class MoodleDb:
 
     def queue_emails(self, rows: list[dict]) -> None:
         """IOMAD email rows, written as ``queue_for_cron`` writes them. Each row: userid, companyid
-        and optionally templatename, subject, body, senderid, due, varsreplaced, courseid,
+        and optionally templatename, subject, body, senderid (default the support user, -20), due,
+        varsreplaced, courseid,
         modifiedtime, ``template`` (a template object, e.g. from ``add_template``), ``attachment``
         (filepath, filename) or ``headers`` (a raw string, written as it is)."""
         now = int(time.time())
@@ -290,8 +294,9 @@ class MoodleDb:
             prepared.append({"templatename": name, "modifiedtime": r.get("modifiedtime", now),
                              "subject": r.get("subject", "Hello"), "body": r.get("body", "<p>Hello</p>"),
                              "varsreplaced": r.get("varsreplaced", 1), "userid": r["userid"],
-                             "senderid": r.get("senderid"), "headers": headers, "due": r.get("due", now - 60),
-                             "companyid": r["companyid"], "courseid": r.get("courseid")})
+                             "senderid": r.get("senderid", SUPPORT_USER), "headers": headers,
+                             "due": r.get("due", now - 60), "companyid": r["companyid"],
+                             "courseid": r.get("courseid")})
         self.execute(f"INSERT INTO {self.t('email')} (templatename, modifiedtime, subject, body, varsreplaced, "
                      "userid, senderid, headers, due, companyid, courseid) VALUES (:templatename, :modifiedtime, "
                      ":subject, :body, :varsreplaced, :userid, :senderid, :headers, :due, :companyid, :courseid)",

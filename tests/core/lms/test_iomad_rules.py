@@ -15,7 +15,7 @@ from core.lms import email_queue
 from core.models import LmsEmailCopy, LmsEmailRow
 from core.suppressions import suppress
 from tests.support.lms import ACME_IOMAD, OTHER_IOMAD, connect, learners, poll, send_all
-from tests.support.moodle import SHOP_ADMIN, MoodleDb
+from tests.support.moodle import SHOP_ADMIN, SUPPORT_USER, MoodleDb
 
 
 @pytest.fixture(params=[("mysql", "mdl_"), ("postgresql", "lms_")], ids=lambda p: f"{p[0]}-{p[1]}")
@@ -110,20 +110,21 @@ def test_shop_administrator_rows_go_to_commerce_admin_email(app, runner, acme, l
 
 
 def test_site_admin_senders_are_ignored_and_the_templates_reply_to_wins(app, runner, acme, lms, smtp_sink):
-    lms.add_users(learners(3) + [{"id": 60, "email": "siteadmin@acme.test"},
+    lms.add_users(learners(4) + [{"id": 60, "email": "siteadmin@acme.test"},
                                  {"id": 61, "email": "trainer@acme.test"}], ACME_IOMAD)
     lms.set_config("siteadmins", "2,60")
     lms.queue_emails([
+        {"userid": 103, "companyid": ACME_IOMAD, "senderid": SUPPORT_USER},  # Moodle's support user: none
         {"userid": 100, "companyid": ACME_IOMAD, "senderid": 60},   # a site administrator: no Reply-To
         {"userid": 101, "companyid": ACME_IOMAD, "senderid": 61},   # a trainer: Reply-To the trainer
         {"userid": 102, "companyid": ACME_IOMAD, "senderid": 61,    # the template's reply-to line wins
          "template": lms.add_template(ACME_IOMAD, "course_completed_manager", emailreplytoother="help@acme.test")},
     ])
-    assert poll(runner, acme)["taken"] == "3"
+    assert poll(runner, acme)["taken"] == "4"
     send_all(app)
     reply = {m.rcpt_tos[0]: m.message["Reply-To"] for m in smtp_sink.messages}
     assert reply == {"learner100@acme.test": None, "learner101@acme.test": "trainer@acme.test",
-                     "learner102@acme.test": "help@acme.test"}
+                     "learner102@acme.test": "help@acme.test", "learner103@acme.test": None}
 
 
 def test_emailto_and_emailcc_users_and_addresses_get_one_copy_each(app, runner, acme, lms, smtp_sink):
