@@ -152,7 +152,8 @@ LMS = SettingsGroup("lms", "LMS connection (Moodle/IOMAD)", "The company's Moodl
                         Setting("lms_prefix", "Table prefix", placeholder="mdl_", parse=_lms_prefix),
                         Setting("iomad_company_id", "IOMAD company id", "number", parse=_iomad_company_id),
                         Setting("iomad_email_queue", "Take over IOMAD's email queue", "checkbox",
-                                help="disable IOMAD's email_cron_task first"),
+                                help="turn off IOMAD's own email task first (Site administration › Server › "
+                                     "Scheduled tasks)"),
                         Setting("iomad_site_queue", "Also send IOMAD's site queue", "checkbox",
                                 help="rows of companyid 0 and of IOMAD companies no company takes; one company "
                                      "per Moodle database"),

@@ -11,8 +11,6 @@
     if (el && el.textContent !== String(value)) { el.textContent = String(value); }
   }
 
-  function human(s) { return String(s || "").replace(/_/g, " "); }
-
   function clock() {
     var d = new Date();
     return d.toLocaleTimeString();
@@ -21,7 +19,7 @@
   function setBadge(el, row) {
     if (!el) { return; }
     el.className = "badge status-badge badge-" + row.badge;
-    text(el, human(row.status));
+    text(el, row.status_label);
   }
 
   function setProgress(box, p) {
@@ -41,7 +39,7 @@
       "started", "completed", "duration", "waiting_text", "eta"].forEach(function (name) {
       var el = scope.querySelector('[data-field="' + name + '"]');
       if (el && row[name] !== undefined) {
-        text(el, name === "type" ? human(row[name]) : (name === "created" && scope.id === "job-detail" ? row[name] + " UTC" : row[name]));
+        text(el, name === "type" ? row.type_label : (name === "created" && scope.id === "job-detail" ? row[name] + " UTC" : row[name]));
       }
     });
     setBadge(scope.querySelector('[data-field="status"]'), row);
@@ -137,9 +135,6 @@
               var badge = document.createElement("span");
               badge.setAttribute("data-field", "status");
               td.appendChild(badge);
-            } else if (col[1] === "route") {
-              td.setAttribute("data-field", "route");
-              td.appendChild(document.createElement("code"));
             } else {
               td.setAttribute("data-field", col[1]);
             }
@@ -150,8 +145,8 @@
         text(tr.querySelector('[data-field="number"]'), b.number);
         var badge = tr.querySelector('[data-field="status"]');
         badge.className = "badge badge-light batch-" + b.status;
-        text(badge, b.status);
-        text(tr.querySelector('[data-field="route"] code, td[data-field="route"] code'), b.route || "—");
+        text(badge, b.status_label);
+        text(tr.querySelector('[data-field="route"]'), b.route_label || "—");
         ["count", "sent", "failed", "attempts"].forEach(function (f) {
           text(tr.querySelector('[data-field="' + f + '"]'), b[f]);
         });
@@ -178,11 +173,6 @@
       poll(box.getAttribute("data-poll-url"), interval, render, function (job) { return job.is_final; });
     }
   }
-
-  document.addEventListener("submit", function (ev) {
-    var message = ev.target.getAttribute && ev.target.getAttribute("data-confirm");
-    if (message && !window.confirm(message)) { ev.preventDefault(); }
-  });
 
   var table = document.getElementById("jobs-table");
   if (table) { jobList(table); }

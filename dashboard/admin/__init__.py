@@ -12,9 +12,10 @@ from flask_admin.theme import Bootstrap4Theme
 from flask_login import current_user
 from sqlalchemy import func, select
 
-from dashboard.admin import (audit, campaigns, certificates, companies, company_settings, jobs, outbox,
+from dashboard.admin import (audit, campaigns, certificates, companies, company_settings, csp, jobs, outbox,
                              suppressions, templates)
 from dashboard.admin.base import SecureIndexView, scope
+from core import labels
 from core.suppressions import rates
 from core.db import db
 from core.models import ApiToken, Company, Job, Template
@@ -84,7 +85,15 @@ def checklists(limit: int = 10) -> list[tuple[Company, list[dict]]]:
     return found
 
 
+def label_filter(key, kind: str) -> str:
+    """``{{ job.status|label('job_status') }}``: the key's words (``core.labels``)."""
+    return labels.label(kind, key)
+
+
 def init_app(app) -> None:
+    csp.init_app(app)  # Flask-Admin's templates without inline handlers
+    # words, not keys, in every template (core.labels)
+    app.jinja_env.filters.update(label=label_filter, error_words=labels.error, route_label=labels.route)
     admin = Admin(app, name="Cloud Offload", url="/admin", index_view=HomeView(url="/admin"),
                   theme=Bootstrap4Theme(swatch="default"))
     for feature in FEATURES:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from flask import abort
 from markupsafe import Markup, escape
 
-from dashboard.admin.base import TenantModelView
+from core import delivery_settings, labels
 from core.db import db
 from core.models import AuditLog, Company
+from dashboard.admin.base import TenantModelView
 
 
 def details_text(details) -> str:
@@ -23,8 +24,41 @@ def details_text(details) -> str:
     return " · ".join(parts)
 
 
+#: how a details value is put in words, by its key (any other value: error words)
+DETAIL_WORDS = {
+    "fields": lambda key: delivery_settings.by_key()[key].label if key in delivery_settings.by_key() else key,
+    "section": lambda name: next((g.title for g in delivery_settings.groups() if g.name == name), name),
+    "type": lambda value: labels.label("job_type", value),
+    "reason": lambda value: labels.label("suppression_list", value),
+    "status": lambda value: labels.label("job_status", value),
+    "source": lambda value: labels.label("source", value),
+}
+
+
+def details_words(details) -> str:
+    """``details_text`` as a person reads it: ``Section: Amazon Web Services (SES, SQS) · Fields: Region``."""
+    if not details:
+        return ""
+    if not isinstance(details, dict):
+        return labels.error(str(details))
+    parts = []
+    for key, value in sorted(details.items()):
+        word = DETAIL_WORDS.get(key, lambda v: labels.error(str(v)))
+        values = value if isinstance(value, (list, tuple)) else [value]
+        parts.append(f"{labels.humanize(key)}: {', '.join(str(word(str(v))) for v in values)}")
+    return " · ".join(parts)
+
+
 def _details(view, context, model, name):
-    return Markup('<span class="small">{}</span>').format(escape(details_text(model.details)))
+    return Markup('<span class="small">{}</span>').format(escape(details_words(model.details)))
+
+
+def _action(view, context, model, name):
+    return labels.label("audit_action", model.action)
+
+
+def _object_type(view, context, model, name):
+    return labels.humanize(model.object_type or "")
 
 
 def _company(view, context, model, name):
@@ -49,7 +83,8 @@ class AuditView(TenantModelView):
     column_default_sort = ("created_at", True)
     column_filters = ("action", "actor", "object_type", "created_at", "company_id")
     column_searchable_list = ("actor", "action")
-    column_formatters = {"details": _details, "company_id": _company}
+    column_formatters = {"details": _details, "company_id": _company, "action": _action,
+                         "object_type": _object_type}
     column_formatters_export = {"details": lambda v, c, m, n: details_text(m.details),
                                 "company_id": lambda v, c, m, n: m.company_id}
     page_size = 50

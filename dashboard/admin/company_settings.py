@@ -171,7 +171,8 @@ class CompanySettingsView(SecureBaseView):
             audit.record("settings_changed", company_id=company.id, object_type="company", object_id=company.id,
                          details={"section": section.name, "fields": changed})
             db.session.commit()
-            flash(f"{section.title}: saved ({', '.join(changed)}).", "success")
+            found = labels()
+            flash(f"{section.title}: saved ({', '.join(found.get(k, k) for k in changed)}).", "success")
             if getattr(company, "role_check_note", None):
                 flash(f"Role ARN saved, but {company.role_check_note}: make sure its trust policy requires "
                       "the external id.", "warning")

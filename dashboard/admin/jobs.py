@@ -16,7 +16,7 @@ from sqlalchemy import BigInteger, Integer, cast, extract, func, select
 
 from dashboard.admin.base import SecureBaseView, scope
 from dashboard.csvexport import csv_response
-from core import settings, waiting
+from core import labels, settings, waiting
 from core.db import db
 from core.jobs import (RETRYABLE_STATUSES, JobError, batches_of, iso, job_to_dict, request_cancel, resume,
                        retry_batch_now, retry_failed)
@@ -76,13 +76,8 @@ def progress(job: Job) -> dict:
             "success_rate": None if not attempted else round(sent * 100 / attempted, 1)}
 
 
-#: where a job came from, in words
-SOURCE_LABELS = {"api": "LMS API", "event": "LMS events", "dashboard": "dashboard", "lms": "IOMAD's email queue",
-                 "smtp": "SMTP submission"}
-
-
 def source_label(job: Job) -> str:
-    label = SOURCE_LABELS.get(job.source, job.source)
+    label = labels.label("source", job.source)
     messages = (job.options or {}).get("smtp_messages") if job.source == "smtp" else None
     return f"{label} · {messages} message{'s' if messages != 1 else ''}" if messages else label
 
@@ -92,11 +87,13 @@ def job_row(job: Job, company_names: dict[int, str] | None = None, waits: dict[i
     waits and its ETA: ``core.waiting``; pass ``waits`` to describe a page in one go)."""
     row = job_to_dict(job)
     row.update((waits if waits is not None else waiting.describe([job]))[job.id])
+    row["waiting_text"] = labels.error(row.get("waiting_text"))  # a paused job's reason may name an exception
     row.update(progress=progress(job), duration=fmt_duration(job), badge=BADGES.get(job.status, "secondary"),
                created=fmt_time(job.created_at), started=fmt_time(job.started_at),
                completed=fmt_time(job.completed_at), is_final=job.status in JOB_FINAL,
                can_retry=job.status in RETRYABLE_STATUSES and bool(job.emails_failed),
                can_cancel=job.status not in JOB_FINAL, can_resume=job.status == PAUSED, source_label=source_label(job),
+               status_label=labels.label("job_status", job.status), type_label=labels.label("job_type", job.type),
                url=url_for("jobs.details", job_id=job.id))
     if company_names is not None:
         row["company"] = company_names.get(job.company_id, "")
@@ -243,6 +240,7 @@ class JobsView(SecureBaseView):
     def details_data(self, job_id: int):
         job = get_or_404(Job, job_id, scope())
         batches = [{"number": b.batch_number, "status": b.status, "route": b.route, "count": b.recipient_count,
+                    "status_label": labels.label("batch_status", b.status), "route_label": labels.route(b.route),
                     "sent": b.sent_count, "failed": b.failed_count, "attempts": b.attempts}
                    for b in batches_of(job)]
         return _no_store(jsonify({**job_row(job), "batches": batches}))

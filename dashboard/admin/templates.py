@@ -13,7 +13,7 @@ from redis import RedisError
 from sqlalchemy import func, select
 from wtforms import SelectField
 
-from core import audit
+from core import audit, labels
 from dashboard.admin.base import TenantModelView, scope
 from core.db import db
 from core.models import JOB_TYPES, Company, Template
@@ -64,7 +64,7 @@ class TemplateView(TenantModelView):
     can_view_details = True
     can_export = False
     form_columns = ("owner_company", "name", "job_type", "subject", "body_text", "body_html")
-    form_choices = {"job_type": [("", "any job type"), *[(t, t.replace("_", " ")) for t in JOB_TYPES]]}
+    form_choices = {"job_type": [("", "Any job type"), *[(t, labels.label("job_type", t)) for t in JOB_TYPES]]}
     form_extra_fields = {"owner_company": SelectField("Company", coerce=int, choices=[])}
     form_widget_args = {"body_text": {"rows": 10}, "body_html": {"rows": 12, "spellcheck": "false"},
                         "subject": {"spellcheck": "false"}}
@@ -76,7 +76,7 @@ class TemplateView(TenantModelView):
     details_template = "admin/email_templates/details.html"
 
     column_formatters = {"company_id": lambda v, c, m, n: _company_name(m.company_id),
-                         "job_type": lambda v, c, m, n: m.job_type or "any"}
+                         "job_type": lambda v, c, m, n: labels.label("job_type", m.job_type) or "Any"}
 
     def _with_company_field(self, form, creating: bool):
         if scope() is None and creating:

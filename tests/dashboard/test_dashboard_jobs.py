@@ -96,7 +96,8 @@ def test_job_list_json_and_detail_follow_a_real_send(client, manager, smtp):
     detail = client.get(f"/admin/jobs/{job_id}/")
     html = detail.get_data(as_text=True)
     assert detail.status_code == 200
-    assert "direct:smtp" in html and "invalid_email" in html and "554 5.7.1 transaction failed" in html
+    assert "Direct · SMTP" in html and "Not a valid email address" in html and "554 5.7.1 transaction failed" in html
+    assert "direct:smtp" not in html and "invalid_email" not in html  # words, not keys
     assert "pw-secret" not in html  # recipient data never reaches the page
     data = client.get(f"/admin/jobs/{job_id}/data.json").get_json()
     assert data["batches"][0]["route"] == "direct:smtp" and data["batches"][0]["status"] == "done"

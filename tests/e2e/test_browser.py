@@ -90,7 +90,7 @@ def test_manager_follows_a_job_retries_it_and_tests_aws(app, live_server, live_w
     page.wait_for_function(
         f"""() => {{ const r = document.querySelector('{row}');
             return r && r.querySelector('[data-part=text]').textContent === '100%'
-                && r.querySelector('[data-field=status]').textContent.trim() === 'partial failure'; }}""",
+                && r.querySelector('[data-field=status]').textContent.trim() === 'Partial failure'; }}""",
         timeout=WAIT_MS)
     assert page.evaluate("window.__offloadMarker") == "still-here"  # the page was never reloaded
     assert page.locator(f"{row} [data-field=emails_sent]").inner_text() == "296"
@@ -107,9 +107,10 @@ def test_manager_follows_a_job_retries_it_and_tests_aws(app, live_server, live_w
     assert page.locator("[data-field=emails_sent]").first.inner_text() == "296"
     assert page.locator("[data-field=success_rate]").inner_text() == "98.7%"
     assert page.locator("#batches-table tbody tr").count() == 3
-    assert set(page.locator("#batches-table [data-field=route] code").all_inner_texts()) == {"direct:smtp"}
+    assert set(page.locator("#batches-table [data-field=route]").all_inner_texts()) == {"Direct · SMTP"}
     failed = page.locator("#failed-table").inner_text()
-    assert "invalid_email" in failed and "554 5.7.1 transaction failed" in failed  # the fixed phrase, no server text
+    # words for the code, the fixed phrase for the server's refusal (no server text)
+    assert "Not a valid email address" in failed and "554 5.7.1 transaction failed" in failed
     page.wait_for_selector("#sends-chart svg rect.chart-bar", timeout=WAIT_MS)
     assert "pw-1" not in page.content()
     page.screenshot(path=str(artifacts / "job-detail.png"), full_page=True)
@@ -161,10 +162,10 @@ def test_manager_follows_a_job_retries_it_and_tests_aws(app, live_server, live_w
     page.fill("#f-aws_region", "us-east-1")
     page.fill("#f-aws_endpoint_url", moto_server.url)
     page.click("#save-aws")
-    page.wait_for_selector("text=saved (aws_access_key, aws_secret_key, aws_region, aws_endpoint_url)")
+    page.wait_for_selector("text=saved (Access key id, Secret access key, Region, Endpoint URL)")
     page.select_option("#f-provider", label="Amazon SES")
     page.click("#save-general")
-    page.wait_for_selector("text=saved (provider)")
+    page.wait_for_selector("text=saved (Provider)")
     assert page.locator('[data-secret-state="aws_secret_key"]').inner_text() == "set ••••"
     page.click("#test-connection")
     page.wait_for_selector("#check-result .check-ok", timeout=WAIT_MS)

@@ -263,7 +263,7 @@ def test_retry_now_sends_a_backing_off_batch_at_once(app, live_server, live_work
             break
         time.sleep(0.5)
     waiting = page.locator("#waiting-table").inner_text()
-    assert "direct:smtp" in waiting and "unreachable" in waiting.lower()
+    assert "Direct · SMTP" in waiting and "unreachable" in waiting.lower()
     # push the scheduled attempt an hour out (once the worker has released the batch), so only
     # "Retry now" can send it within the test
     deadline = time.monotonic() + 30
