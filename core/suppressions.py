@@ -8,11 +8,9 @@ transactional mail (passwords, accounts, licences, IOMAD's mail) only by
 ``bounce``, ``complaint`` and ``manual``, never by an unsubscribe
 (``lists_for``). A suppressed recipient's error names the list that stopped
 it. A hard bounce or a complaint suppresses the address; a soft bounce is
-only counted. The matching recipient (by
-message id, else the latest one sent to the address) becomes ``bounced`` on a
-hard bounce and its job's counters move. Each report applies once
-(``BounceEvent.event_key``). ``rates`` gives the bounce and complaint rates
-the dashboard shows, with the warning thresholds.
+only counted. Reports are applied, once each, with every other result
+(``core.delivery.results.record_event``). ``rates`` gives the bounce and
+complaint rates the dashboard shows, with the warning thresholds.
 """
 from __future__ import annotations
 
@@ -20,13 +18,12 @@ import hashlib
 from datetime import timedelta
 from email.utils import parseaddr
 
-from sqlalchemy import func, update
+from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 
 from core.db import db
-from core.models import (COMPLAINT, HARD, LIST_BOUNCE, LIST_COMPLAINT, R_BOUNCED, R_SENT, SOFT,
+from core.models import (COMPLAINT, HARD, R_BOUNCED, R_SENT, SOFT,
                          SUPPRESSION_LISTS, TRANSACTIONAL_LISTS, BounceEvent, Job, Recipient, Suppression, utcnow)
-from core.rendering import valid_email
 
 #: recipients a bounce report may be about: handed to the provider (and maybe already bounced)
 DELIVERED = (R_SENT, R_BOUNCED)
@@ -87,58 +84,6 @@ def suppress(company_id: int, email: str, reason: str) -> bool:
 # -- applying a report ------------------------------------------------------------
 def event_key(source: str, *parts: str) -> str:
     return f"{source}:" + hashlib.sha256("|".join(parts).encode()).hexdigest()
-
-
-def match_recipient(company_id: int, email: str, message_id: str | None):
-    """(id, job_id, status, email) of the recipient a report is about, or ``None``."""
-    base = Recipient.scoped(company_id).with_only_columns(Recipient.id, Recipient.job_id, Recipient.status,
-                                                          Recipient.email)
-    if message_id:
-        rows = db.session.execute(base.where(Recipient.message_id == message_id)).all()
-        for row in rows:
-            if len(rows) == 1 or normalize_email(row.email) == email:
-                return row
-    return db.session.execute(
-        base.where(func.lower(Recipient.email) == email, Recipient.status.in_(DELIVERED))
-        .order_by(Recipient.id.desc()).limit(1)).first()
-
-
-def record_event(company_id: int, *, source: str, key: str, kind: str, email: str,
-                 message_id: str | None = None, detail: str | None = None) -> bool:
-    """Apply one bounce/complaint report once; True when it was new."""
-    email = normalize_email(email)
-    if not valid_email(email):
-        return False
-    for _ in range(2):  # a concurrent delivery of the same report or address: look again
-        try:
-            applied = _apply(company_id, source, key, kind, email, message_id, detail)
-            db.session.commit()
-            return applied
-        except IntegrityError:
-            db.session.rollback()
-    return False
-
-
-def _apply(company_id, source, key, kind, email, message_id, detail) -> bool:
-    seen = BounceEvent.scoped(company_id).with_only_columns(BounceEvent.id).where(BounceEvent.event_key == key)
-    if db.session.execute(seen).first() is not None:
-        return False
-    found = match_recipient(company_id, email, message_id)
-    db.session.add(BounceEvent(company_id=company_id, event_key=key, source=source, kind=kind, email=email,
-                               message_id=(message_id or None) and message_id[:255],
-                               job_id=found.job_id if found else None, recipient_id=found.id if found else None,
-                               detail=(detail or "")[:255] or None))
-    if kind == HARD and found is not None:
-        res = db.session.execute(update(Recipient).where(Recipient.id == found.id, Recipient.status == R_SENT)
-                                 .values(status=R_BOUNCED, error=f"bounce: {detail or 'hard'}"[:2000]))
-        if res.rowcount:
-            db.session.execute(update(Job).where(Job.id == found.job_id).values(
-                emails_bounced=Job.emails_bounced + 1, emails_sent=Job.emails_sent - 1))
-    listed = LIST_BOUNCE if kind == HARD else LIST_COMPLAINT
-    if kind in (HARD, COMPLAINT) and not is_suppressed(company_id, email, listed):
-        db.session.add(Suppression(company_id=company_id, email=email, reason=listed))
-    db.session.flush()
-    return True
 
 
 # -- rates ------------------------------------------------------------------------

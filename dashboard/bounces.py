@@ -26,7 +26,8 @@ from core.db import db
 from core.delivery_settings import provider_config
 from core.models import Company
 from core.queue import connection
-from core.suppressions import event_key, normalize_email, record_event
+from core.delivery.results import record_event
+from core.suppressions import event_key, normalize_email
 from dashboard.bodies import read_capped
 from dashboard.errors import json_error
 from dashboard.extensions import csrf

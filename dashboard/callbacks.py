@@ -16,7 +16,7 @@ companies' secrets are tried (decrypted secrets are cached for a minute, so
 this costs an HMAC per company): a signature by another company is that
 company's callback for a job it does not own, a 404; no match is a 401.
 
-Each ``webhook-id`` applies once (``tasks.offload.record_callback``).
+Each ``webhook-id`` applies once (``core.delivery.results.record_callback``).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from core.models import Batch, Company, Job
 from core.tenancy import get_scoped
 from core import crypto
 from core.models import utcnow
-from core.callbacks import record_callback
+from core.delivery.results import record_callback
 from providers import webhooks
 from dashboard.bodies import loads as bounded_loads
 from dashboard.bodies import read_capped

@@ -40,6 +40,7 @@ from core.rendering import RenderError
 from providers.base import Attachment, PermanentError
 from providers.storage import ObjectNotFound, Storage
 from core import batches, certificate_process, queue
+from core.delivery import claims
 from core.certificate_render import (DEFAULT_TEMPLATE_CSS, DEFAULT_TEMPLATE_HTML, CertificateError, checksum,
                                      new_verification_code)
 
@@ -110,7 +111,7 @@ def issue_certificates(job_id: int) -> int:
 
 def _issue_all(job: Job, lock) -> int | None:
     """Issue chunk by chunk; ``None`` when the job was paused."""
-    batches.mark_started(job.id)
+    claims.mark_started(job.id)
     company = db.session.get(Company, job.company_id)
     try:
         issuer = Issuer(job, company)
@@ -121,7 +122,7 @@ def _issue_all(job: Job, lock) -> int | None:
     todo, issued = unissued_ids(job.id), 0
     with issuer:
         for start in range(0, len(todo), ISSUE_CHUNK):
-            if batches.job_state(job.id)[1] is not None:  # cancel requested: planning finishes the job
+            if claims.job_state(job.id)[1] is not None:  # cancel requested: planning finishes the job
                 break
             try:
                 issued += sum(issuer.issue(recipient) for recipient in _load(todo[start:start + ISSUE_CHUNK]))

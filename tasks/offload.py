@@ -35,10 +35,11 @@ from datetime import timedelta
 from sqlalchemy import delete, select, text, update
 
 from core import batches, metrics, queue, scheduler, settings
+from core.delivery import claims
 from core.db import db
-from core.models import (B_CANCELLED, B_DONE, B_FAILED, B_QUEUED, B_RETRY, B_SUBMITTED, BATCH_FINAL,
-                         BATCH_REQUEUABLE, BATCH_WAITING, JOB_RUNNING, PAUSED, R_FAILED, R_PENDING, R_UNCERTAIN,
-                         RECIPIENT_CLAIMABLE, Batch, Company, Job, WebhookReceipt, sql_in, utcnow)
+from core.models import (B_CANCELLED, B_DONE, B_FAILED, B_QUEUED, B_RETRY, B_SUBMITTED, BATCH_REQUEUABLE,
+                         JOB_RUNNING, PAUSED, R_FAILED, R_PENDING, R_UNCERTAIN, RECIPIENT_CLAIMABLE, Batch, Company,
+                         Job, WebhookReceipt, sql_in, utcnow)
 from core.queue import connection
 from providers import ConnectionFailure, PermanentError, ProviderError
 from core.rendering import CompiledTemplate, RenderError
@@ -47,7 +48,8 @@ from providers.offload import EndpointRejected, delivery_id, get_transport, spli
 from tasks import certificates, limits
 from tasks.headers import extra_headers
 from tasks.routing import Route, fallback_route, primary_route
-from tasks.sending import BatchRun, finish_job, run_claimed, worker_name
+from tasks.sending import BatchRun, finish_job, run_claimed
+from core.delivery.claims import worker_name
 
 log = logging.getLogger(__name__)
 
@@ -60,45 +62,6 @@ LOST_GRACE_S = 60
 
 # --------------------------------------------------------------------------- submit
 
-def claim_for_submit(batch_id: int, worker: str, lease_s: int, timeout_s: int) -> batches.Claim | None:
-    """Take a waiting batch straight into ``submitted``, leased to ``worker``.
-
-    The deadline covers the lease too: if this worker dies before recording
-    the outcome, ``reconcile`` treats the batch like one whose callback never
-    came (the queue may or may not have the message).
-    """
-    now = utcnow()
-    res = db.session.execute(text(
-        "UPDATE batches SET status = :submitted, lease_until = :lease, leased_by = :worker, "
-        "attempts = attempts + 1, next_attempt_at = NULL, callback_deadline = :deadline, "
-        "callback_received_at = NULL "
-        f"WHERE id = :id AND status IN {sql_in(BATCH_WAITING)} "
-        "AND (next_attempt_at IS NULL OR next_attempt_at <= :soon)"),
-        {"submitted": B_SUBMITTED, "lease": now + timedelta(seconds=lease_s), "worker": worker, "id": batch_id,
-         "deadline": now + timedelta(seconds=lease_s + timeout_s), "soon": now + timedelta(seconds=2)})
-    db.session.commit()
-    if res.rowcount != 1:
-        return None
-    b = db.session.execute(select(Batch.job_id, Batch.company_id, Batch.first_recipient_id,
-                                  Batch.last_recipient_id, Batch.attempts).where(Batch.id == batch_id)).one()
-    return batches.Claim(batch_id, b.job_id, b.company_id, b.first_recipient_id, b.last_recipient_id, b.attempts,
-                       worker)
-
-
-def _release(claim: batches.Claim, status: str, **values) -> bool:
-    """Give a claimed batch up in ``status``, unless someone else changed it meanwhile
-    (a cancel, or a callback that already settled it)."""
-    values = {"status": status, "lease_until": None, "leased_by": None, **values}
-    if status in BATCH_FINAL:
-        values["completed_at"] = utcnow()
-    if "error" in values and values["error"]:
-        values["error"] = values["error"][:2000]
-    res = db.session.execute(update(Batch).where(Batch.id == claim.batch_id, Batch.leased_by == claim.worker,
-                                                 Batch.status == B_SUBMITTED).values(**values))
-    db.session.commit()
-    return res.rowcount == 1
-
-
 def callback_url(company_id: int) -> str:
     """Where the cloud worker posts its callback. The company id in the query
     names whose secret signs it, so the service verifies before it parses."""
@@ -109,14 +72,14 @@ def callback_url(company_id: int) -> str:
 class Item:
     """One claimed batch on its way to the queue."""
 
-    claim: batches.Claim
+    claim: claims.Claim
     batch_number: int
 
 
 class Submission:
     """The claimed batches of one company, submitted in one transport call."""
 
-    def __init__(self, company_id: int, claims: list[batches.Claim]):
+    def __init__(self, company_id: int, held: list[claims.Claim]):
         cfg = settings.current()
         self.company = db.session.get(Company, company_id)
         delivery = self.company.settings
@@ -132,8 +95,8 @@ class Submission:
         self.timeout_s = cfg.callback_timeout_s
         self.redis = connection()
         numbers = dict(db.session.execute(select(Batch.id, Batch.batch_number)
-                                          .where(Batch.id.in_([c.batch_id for c in claims]))).all())
-        self.items = [Item(c, numbers[c.batch_id]) for c in claims]
+                                          .where(Batch.id.in_([c.batch_id for c in held]))).all())
+        self.items = [Item(c, numbers[c.batch_id]) for c in held]
         self.outcome: dict[str, int] = defaultdict(int)
         #: batches whose messages went to the queue call (the queue may have them)
         self.handed: set[int] = set()
@@ -145,7 +108,7 @@ class Submission:
         if self.config.get("mode") != "offload" or self.transport is None:
             # switched to direct since planning: the direct path sends it
             for item in items:
-                _release(item.claim, B_QUEUED)
+                claims.release(item.claim, B_QUEUED)
             queue.enqueue_batches([(i.claim.batch_id, i.claim.attempts) for i in items])
             self.outcome["direct"] += len(items)
             return self.outcome
@@ -162,14 +125,14 @@ class Submission:
         """Drop batches of cancelled or paused jobs (released accordingly)."""
         live = []
         for item in self.items:
-            status, cancelled = batches.job_state(item.claim.job_id)
+            status, cancelled = claims.job_state(item.claim.job_id)
             if cancelled is not None:
-                _release(item.claim, B_CANCELLED)
+                claims.release(item.claim, B_CANCELLED)
                 if finish_job(item.claim.job_id) is None:
                     queue.enqueue_finish(item.claim.job_id)
                 self.outcome["cancelled"] += 1
             elif status == PAUSED:
-                _release(item.claim, B_QUEUED)
+                claims.release(item.claim, B_QUEUED)
                 self.outcome["paused"] += 1
             else:
                 live.append(item)
@@ -178,7 +141,7 @@ class Submission:
     def pause(self, items: list[Item], reason: str) -> dict[str, int]:
         for item in items:
             batches.pause_job(item.claim.job_id, reason)
-            _release(item.claim, B_QUEUED)
+            claims.release(item.claim, B_QUEUED)
         self.outcome["paused"] += len(items)
         return self.outcome
 
@@ -197,7 +160,7 @@ class Submission:
         built = []
         for item in items:
             claim = item.claim
-            rows = batches.load_sendable(claim)
+            rows = claims.load_sendable(claim)
             entries, ids, failures, unrendered = self.render(claim, rows)
             if unrendered:  # the render budget ran out: settle what failed, the rest waits its turn
                 if failures:
@@ -225,7 +188,7 @@ class Submission:
             built.append((item, messages))
         return built
 
-    def envelope(self, claim: batches.Claim, batch_number: int) -> dict:
+    def envelope(self, claim: claims.Claim, batch_number: int) -> dict:
         """A batch message without its recipients; ``delivery_id`` at its final length."""
         job = self.job(claim.job_id)
         message = {"job_id": job.id, "batch_number": batch_number, "company_id": claim.company_id,
@@ -241,7 +204,7 @@ class Submission:
             self._jobs[job_id] = db.session.get(Job, job_id)
         return self._jobs[job_id]
 
-    def render(self, claim: batches.Claim, rows) -> tuple[list[dict], list[int], list[tuple[int, str]], int]:
+    def render(self, claim: claims.Claim, rows) -> tuple[list[dict], list[int], list[tuple[int, str]], int]:
         """Each sendable recipient's entry (``email``, ``data``, ``rendered``, and
         ``headers`` / ``attachments`` when there are any), their ids, failures, and how many
         the batch's render budget did not reach (one call to the renderer for the batch)."""
@@ -364,7 +327,7 @@ class Submission:
                 f"AND status IN {sql_in(RECIPIENT_CLAIMABLE)}"), {"j": c.job_id, "a": c.first_id, "b": c.last_id})
         db.session.commit()
         for job_id in {i.claim.job_id for i in items}:
-            batches.mark_started(job_id)
+            claims.mark_started(job_id)
         log.info("Company %s: %s batches submitted to %s", self.company.id, len(items), route)
         self.outcome["submitted"] += len(items)
 
@@ -388,7 +351,7 @@ class Submission:
         delay = batches.backoff(max(i.claim.attempts for i in again))
         when = utcnow() + timedelta(seconds=delay)
         for item in again:
-            _release(item.claim, B_RETRY, next_attempt_at=when, error=reason)
+            claims.release(item.claim, B_RETRY, next_attempt_at=when, error=reason)
             log.warning("Batch %s: submission failed (%s); retrying in %.0f s", item.claim.batch_id, reason, delay)
         queue.enqueue_submit([i.claim.batch_id for i in again], delay=delay)
         self.outcome["retry"] += len(again)
@@ -400,7 +363,7 @@ class Submission:
             self.finish(item, B_FAILED, error=reason)
 
     def finish(self, item: Item, status: str, error: str | None = None) -> None:
-        _release(item.claim, status, error=error)
+        claims.release(item.claim, status, error=error)
         finish_job(item.claim.job_id)
         self.outcome[status] += 1
 
@@ -414,7 +377,7 @@ class Submission:
             return self.outcome
         for item in items:
             batches.log_job_error(item.claim.job_id, f"batch {item.batch_number}: {reason}; using {fallback.label}")
-            _release(item.claim, B_QUEUED, route=fallback.label)
+            claims.release(item.claim, B_QUEUED, route=fallback.label)
             queue.enqueue_fallback(item.claim.batch_id, item.claim.attempts)
         self.outcome["fallback"] += len(items)
         return self.outcome
@@ -427,10 +390,10 @@ def submit_batches(batch_ids: list[int]) -> dict[str, int]:
     """
     cfg = settings.current()
     worker = worker_name()
-    claims = [c for c in (claim_for_submit(int(bid), worker, cfg.lease_s, cfg.callback_timeout_s)
-                          for bid in batch_ids) if c]
-    by_company: dict[int, list[batches.Claim]] = defaultdict(list)
-    for claim in claims:
+    taken = [c for c in (claims.claim_submit(int(bid), worker, cfg.lease_s, cfg.callback_timeout_s)
+                         for bid in batch_ids) if c]
+    by_company: dict[int, list[claims.Claim]] = defaultdict(list)
+    for claim in taken:
         by_company[claim.company_id].append(claim)
     outcome: dict[str, int] = defaultdict(int)
     for company_id, group in by_company.items():
@@ -445,12 +408,12 @@ def submit_batches(batch_ids: list[int]) -> dict[str, int]:
                 # a batch that reached the queue call stays submitted: reconcile settles it at its
                 # deadline; the others may go again soon. The exception still reaches RQ.
                 if claim.batch_id not in handed:
-                    _release(claim, B_RETRY, next_attempt_at=utcnow() + timedelta(seconds=5),
+                    claims.release(claim, B_RETRY, next_attempt_at=utcnow() + timedelta(seconds=5),
                              error="worker error; retrying")
             raise
         for key, count in done.items():
             outcome[key] += count
-    outcome["skipped"] = len(batch_ids) - len(claims)
+    outcome["skipped"] = len(batch_ids) - len(taken)
     return dict(outcome)
 
 
@@ -466,7 +429,7 @@ class FallbackRun(BatchRun):
     def reschedule(self, reason: str, count_attempt: bool = True, delay: float | None = None) -> str:
         if delay is None:  # no give-up here either: see BatchRun.reschedule
             delay = batches.backoff(self.claim.attempts if count_attempt else 1)
-        batches.release_batch(self.claim, B_RETRY, next_attempt_at=utcnow() + timedelta(seconds=delay),
+        claims.release(self.claim, B_RETRY, next_attempt_at=utcnow() + timedelta(seconds=delay),
                             error=reason)
         queue.enqueue_submit([self.claim.batch_id], delay=delay)
         return B_RETRY

@@ -9,9 +9,7 @@ turns into ``uncertain`` instead of silently re-sending or skipping them.
 from __future__ import annotations
 
 import logging
-import os
 import random
-import socket
 import time
 from datetime import timedelta
 from types import SimpleNamespace
@@ -25,6 +23,8 @@ from core.rendering import CompiledTemplate, RenderError
 from providers import (ConnectionFailure, Message, PermanentError, ProviderError, QuotaExceededError, Result,
                        ResultStatus, ThrottledError)
 from core import batches, metrics, queue, scheduler, settings
+from core.delivery import claims, results as delivery_results
+from core.delivery.claims import worker_name
 from core.lms import mail_hook
 from tasks import certificates, limits
 from tasks.routing import Route, fallback_route, primary_route, provider_for, relay_sender
@@ -38,10 +38,6 @@ DEFERRED = "deferred"  # a batch run's word when the rest went back to the ready
 #: ``ProviderError.code`` of a read timeout on a single API call (SES, Cloudflare):
 #: the request went out and no answer came, so the whole chunk may have been sent
 READ_TIMEOUTS = frozenset({"ReadTimeoutError", "ReadTimeout"})
-
-
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def plan_job(job_id: int) -> int:
@@ -80,7 +76,7 @@ def finish_job(job_id: int) -> str | None:
 class BatchRun:
     """One worker's run over one claimed batch."""
 
-    def __init__(self, claim: batches.Claim):
+    def __init__(self, claim: claims.Claim):
         cfg = settings.current()
         self.claim = claim
         self.lease_s = cfg.lease_s
@@ -121,7 +117,7 @@ class BatchRun:
         return fallback_route(self.config, self.global_fallback, self.company.fallback_relay)
 
     def keepalive(self) -> None:
-        if not batches.renew_lease(self.claim, self.lease_s):
+        if not claims.renew(self.claim, self.lease_s):
             raise LostLease()
 
     # -- messages -------------------------------------------------------------
@@ -155,13 +151,13 @@ class BatchRun:
     # -- the loop -------------------------------------------------------------
     def run(self) -> str:
         claim = self.claim
-        status, cancelled = batches.job_state(claim.job_id)
+        status, cancelled = claims.job_state(claim.job_id)
         if cancelled is not None:
             return self.stop(B_CANCELLED)
         if status == PAUSED:
             return self.stop(B_QUEUED)
-        batches.mark_started(claim.job_id)
-        batches.recover_in_flight(claim, self.company.uncertain_policy)
+        claims.mark_started(claim.job_id)
+        claims.recover_in_flight(claim, self.company.uncertain_policy)
         route = self.first_route()
         if route is None and primary_route(self.config) is not None:
             # the provider's circuit is open and there is no fallback: wait for it to close
@@ -174,7 +170,7 @@ class BatchRun:
         if not sender:
             batches.pause_job(claim.job_id, "no sender address is configured for the company")
             return self.stop(B_QUEUED)
-        rows = batches.load_sendable(claim)
+        rows = claims.load_sendable(claim)
         attempts = {r[0]: r[3] + 1 for r in rows}
         i = 0
         while i < len(rows):
@@ -196,13 +192,13 @@ class BatchRun:
                 batches.log_job_error(claim.job_id, f"batch {claim.batch_id}: {route.label} unreachable, "
                                                   f"using {fb.label}")
                 route = fb
-                rows = batches.load_sendable(claim)  # what is left, timed-out chunks included
+                rows = claims.load_sendable(claim)  # what is left, timed-out chunks included
                 attempts = {r[0]: r[3] + 1 for r in rows}
                 i = 0
             else:
                 return outcome
         provider_for(self.company.id, route, self.version).close()
-        if batches.pending_left(claim):
+        if claims.open_left(claim.job_id, claim.first_id, claim.last_id):
             return self.reschedule("some recipients will be retried")
         return self.stop(B_DONE, route=route.label)
 
@@ -236,7 +232,7 @@ class BatchRun:
         ids = [r[0] for r in chunk if r[0] not in unrendered]
         if not ids:
             return "next"
-        if not batches.mark_sending(claim, ids, self.lease_s):
+        if not claims.mark_sending(claim, ids, self.lease_s):
             return self.stop_after_cancel()
         if route.relay:  # the operator's relay never sends as an unapproved tenant domain
             sender, reply_to = relay_sender(sender, self.service_from, self.company.approved_domains)
@@ -250,14 +246,14 @@ class BatchRun:
             else:
                 results = []
         except ThrottledError as exc:
-            batches.unmark_sending(ids, refund_attempt=True)
+            claims.unmark_sending(ids, refund_attempt=True)
             return self.throttled(exc)
         except ConnectionFailure as exc:
-            batches.unmark_sending(ids, refund_attempt=True, error=exc.reason)
+            claims.unmark_sending(ids, refund_attempt=True, error=exc.reason)
             limits.breaker_failure(self.redis, claim.company_id, route.provider)
             return "fallback"
         except QuotaExceededError as exc:
-            batches.unmark_sending(ids, refund_attempt=True, error=exc.reason)
+            claims.unmark_sending(ids, refund_attempt=True, error=exc.reason)
             batches.pause_job(claim.job_id, f"{QUOTA_PAUSE}: {exc.reason}")
             return self.stop(B_QUEUED)
         except PermanentError as exc:
@@ -269,7 +265,7 @@ class BatchRun:
         self.throttle_streak = 0
         limits.breaker_success(self.redis, claim.company_id, route.provider)
         # (mark_sending renewed the lease for this chunk; the next one renews it again)
-        batches.record_results(claim, results + render_failures, route.label, self.max_attempts, attempts)
+        delivery_results.record_results(claim, results + render_failures, route.label, self.max_attempts, attempts)
         return "next"
 
     def tokens(self, n: int, rate: float | None) -> bool:
@@ -293,7 +289,7 @@ class BatchRun:
         takes other runnable work meanwhile (the claim's attempt is refunded)."""
         wait = max(self.defer_s, 0.01)
         claim = self.claim
-        batches.release_batch(claim, B_QUEUED, next_attempt_at=utcnow() + timedelta(seconds=wait),
+        claims.release(claim, B_QUEUED, next_attempt_at=utcnow() + timedelta(seconds=wait),
                               refund_attempt=True)
         try:
             scheduler.add(self.redis, [scheduler.Entry(self.klass, claim.company_id, claim.batch_id, left,
@@ -310,7 +306,7 @@ class BatchRun:
         chunk, so its recipients are uncertain (counted; resent or failed per
         the company's policy), and the provider counts as unavailable."""
         self.keepalive()  # still ours? (a lease shorter than the provider's timeout is not)
-        batches.recover_in_flight(self.claim, self.company.uncertain_policy)
+        claims.recover_in_flight(self.claim, self.company.uncertain_policy)
         limits.breaker_failure(self.redis, self.claim.company_id, route.provider)
         return "fallback"
 
@@ -332,7 +328,7 @@ class BatchRun:
         return "again"
 
     def stop_after_cancel(self) -> str:
-        _, cancelled = batches.job_state(self.claim.job_id)
+        _, cancelled = claims.job_state(self.claim.job_id)
         if cancelled is not None:
             return self.stop(B_CANCELLED)
         raise LostLease()
@@ -347,13 +343,13 @@ class BatchRun:
         """
         if delay is None:
             delay = batches.backoff(self.claim.attempts if count_attempt else 1)
-        batches.release_batch(self.claim, B_RETRY, next_attempt_at=utcnow() + timedelta(seconds=delay),
+        claims.release(self.claim, B_RETRY, next_attempt_at=utcnow() + timedelta(seconds=delay),
                             error=reason)
         queue.enqueue_batches([(self.claim.batch_id, self.claim.attempts)], delay=delay)
         return B_RETRY
 
     def stop(self, status: str, route: str | None = None, error: str | None = None) -> str:
-        batches.release_batch(self.claim, status, route=route, error=error)
+        claims.release(self.claim, status, route=route, error=error)
         if self.lms:  # the provider has answered for this batch: mark its IOMAD rows
             queue.enqueue_lms_mark(self.company.id)
         if status in (B_DONE, B_FAILED, B_CANCELLED):
@@ -374,7 +370,7 @@ def send_batch(batch_id: int) -> str:
 def run_claimed(batch_id: int, run_class: type[BatchRun]) -> str:
     """Claim the batch and run ``run_class`` over it; a lost lease stops quietly,
     any other error releases the batch for a retry and reaches RQ."""
-    claim = batches.claim_batch(batch_id, worker_name(), settings.current().lease_s)
+    claim = claims.claim_send(batch_id, worker_name(), settings.current().lease_s)
     if claim is None:
         return "skipped"
     try:
@@ -389,11 +385,11 @@ def run_claimed(batch_id: int, run_class: type[BatchRun]) -> str:
         raise
 
 
-def _release_after_error(claim: batches.Claim) -> None:
+def _release_after_error(claim: claims.Claim) -> None:
     """Best effort: let the batch be retried soon after an unexpected error
     (the exception still reaches RQ, which records and retries the job)."""
     try:
-        batches.release_batch(claim, B_RETRY, next_attempt_at=utcnow() + timedelta(seconds=5),
+        claims.release(claim, B_RETRY, next_attempt_at=utcnow() + timedelta(seconds=5),
                             error="worker error; retrying")
     except Exception:  # the database may be the thing that failed; the lease then expires
         db.session.rollback()

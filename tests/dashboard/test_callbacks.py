@@ -11,9 +11,10 @@ from sqlalchemy import event, func, select, text, update
 from standardwebhooks import Webhook
 
 from core import companies
-from core.callbacks import record_callback
+from core.delivery.results import record_callback
 from core.db import db
 from core.jobs import create_job
+from core.suppressions import is_suppressed
 from core.models import Batch, Job, Recipient, WebhookReceipt, utcnow
 from core import batches
 from providers import webhooks
@@ -106,6 +107,29 @@ def test_results_are_applied_and_the_job_finishes(client, acme):
     assert post(client, acme.id, body, signed(acme.secret, body, "msg_2")).status_code == 200
     done = db.session.get(Job, job.id)
     assert (done.status, done.emails_sent, done.emails_failed) == ("partial_failure", 3, 1)
+
+
+def test_a_callback_reports_in_the_words_of_direct_mode(client, acme):
+    """bounced, suppressed and retry mean what they mean in a provider's answer: the same
+    mapping (core.delivery.results) applies, the bounced address joins the bounce list."""
+    job, batches = submitted_job(acme, n=4, batch_size=4)
+    body = payload(job, 1, sent("user0@acme.test") + [
+        {"email": "user1@acme.test", "status": "bounced", "error": "550 no such mailbox"},
+        {"email": "user2@acme.test", "status": "suppressed", "error": "on the account's suppression list"},
+        {"email": "user3@acme.test", "status": "retry", "error": "throttled"}])
+    assert post(client, acme.id, body, signed(acme.secret, body)).status_code == 200
+    rows = {r.email: r for r in db.session.execute(select(Recipient)).scalars()}
+    assert (rows["user1@acme.test"].status, rows["user1@acme.test"].error) == ("bounced",
+                                                                                "bounce: 550 no such mailbox")
+    assert rows["user2@acme.test"].status == "suppressed"
+    assert (rows["user3@acme.test"].status, rows["user3@acme.test"].error) == ("pending", "throttled")
+    assert is_suppressed(acme.id, "user1@acme.test", "bounce")
+    assert not is_suppressed(acme.id, "user2@acme.test")
+    db.session.expire_all()
+    counts = db.session.get(Job, job.id)
+    assert (counts.emails_sent, counts.emails_bounced, counts.emails_suppressed) == (1, 1, 1)
+    batch = db.session.get(Batch, batches[0].id)
+    assert (batch.status, batch.sent_count, batch.failed_count) == ("retry", 1, 2)  # user3 goes again alone
 
 
 def test_partial_results_leave_the_batch_submitted(client, acme):

@@ -18,7 +18,8 @@ from core.db import db
 from core.models import Batch, Company, Job, Recipient, utcnow
 from core.queue import DEFAULT, HIGH, connection, is_live, schedule_lms_polls, schedule_sweep
 from tasks.rq_queue import POPPED_GRACE_S, get_queue, still_running
-from core import batches, settings
+from core import settings
+from core.delivery import claims
 from tasks import worker as worker_module
 from tasks.purge import purge_recipient_data
 from tasks.sending import plan_job, send_batch
@@ -41,14 +42,14 @@ def test_one_batch_is_held_by_one_worker(app, client, company):
     connection().flushdb()
     plan_job(job_id)
     batch_id = db.session.execute(select(Batch.id)).scalar_one()
-    first = batches.claim_batch(batch_id, "worker-a", 60)
+    first = claims.claim_send(batch_id, "worker-a", 60)
     assert first is not None and first.attempts == 1
-    assert batches.claim_batch(batch_id, "worker-b", 60) is None  # the lease decides, not RQ
+    assert claims.claim_send(batch_id, "worker-b", 60) is None  # the lease decides, not RQ
     db.session.execute(update(Batch).values(lease_until=utcnow() - timedelta(seconds=1)))
     db.session.commit()
-    taken = batches.claim_batch(batch_id, "worker-b", 60)
+    taken = claims.claim_send(batch_id, "worker-b", 60)
     assert taken is not None and taken.attempts == 2
-    assert not batches.renew_lease(first, 60)  # the old holder finds out and stops
+    assert not claims.renew(first, 60)  # the old holder finds out and stops
 
 
 def crash_mid_chunk(job_id: int, n_in_flight: int) -> None:

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from core import companies, settings
 from core.db import db
 from core.models import Recipient, Suppression
-from core.suppressions import record_event
+from core.delivery.results import record_event
 from core.unsubscribe import make_token, read_token
 from tasks.headers import extra_headers
 from tests.support.app import run_worker_burst
