@@ -18,10 +18,10 @@ from core.models import (BATCH_WAITING, COMPLETED, DEFAULT_PRIORITY, FAILED, JOB
                          PROCESSING, QUEUED, R_FAILED, R_PENDING, R_SUPPRESSED, Batch, Job, Template, is_bulk,
                          utcnow)
 from core.rendering import PREVIEW_BUDGET_S, CompiledTemplate, RenderError, valid_email
-from core.queue import enqueue_batch_now, enqueue_finish
+from core.delivery import plan
+from core.queue import enqueue_finish
 from core.bulk import execute_for_ids
 from core.queue import enqueue_plan
-from core.queue import requeue_open_batches
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 RETRYABLE_STATUSES = (COMPLETED, PARTIAL, FAILED)
@@ -311,9 +311,7 @@ def retry_batch_now(job: Job, batch: Batch) -> bool:
     audit.record("batch_retried_now", company_id=job.company_id, object_type="job", object_id=job.id,
                  details={"batch": batch.batch_number})
     db.session.commit()
-    offload = db.session.execute(text("SELECT mode FROM delivery_settings WHERE company_id = :c"),
-                                 {"c": batch.company_id}).scalar() == "offload"
-    enqueue_batch_now(batch.id, offload)
+    plan.run_now(batch, job.source)
     return True
 
 
@@ -333,5 +331,5 @@ def resume(job: Job) -> bool:
     audit.record("job_resumed", company_id=job.company_id, object_type="job", object_id=job.id)
     db.session.commit()
 
-    requeue_open_batches(job.id)
+    plan.requeue_open_batches(job.id)
     return True

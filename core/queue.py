@@ -26,7 +26,7 @@ from sqlalchemy import bindparam, text
 
 from core import scheduler, settings, taskqueue
 from core.db import db
-from core.models import BATCH_WAITING, Job, sql_in, utcnow
+from core.models import Job, utcnow
 from core.taskqueue import WAITING, Policy, Task
 
 log = logging.getLogger(__name__)
@@ -238,21 +238,6 @@ def _wake_now(n: int) -> None:
 def urgent_waiting() -> bool:
     """True when a job waits on the high or default queue (plans, checks, finishes...)."""
     return any(port().queued(URGENT_QUEUES))
-
-
-def requeue_open_batches(job_id: int) -> None:
-    """Queue every waiting batch of a job again (after a resume); planning too,
-    for a job paused before it was planned. The claims decide who sends."""
-    rows = db.session.execute(text(
-        "SELECT b.id, b.attempts, CASE WHEN jb.source = 'lms' THEN 'direct' ELSE coalesce(ds.mode, 'direct') END "
-        "AS mode FROM batches b JOIN jobs jb ON jb.id = b.job_id "
-        "LEFT JOIN delivery_settings ds ON ds.company_id = b.company_id "
-        f"WHERE b.job_id = :j AND b.status IN {sql_in(BATCH_WAITING)}"), {"j": job_id}).all()
-    offload = [r.id for r in rows if r.mode == "offload"]
-    enqueue_batches([(r.id, r.attempts) for r in rows if r.mode != "offload"])
-    enqueue_submit(offload)
-    if not rows:
-        enqueue_plan(job_id)
 
 
 def _enqueue_once(rq_id: str, queue_name: str, task: Task, *args, delay: float = 0) -> None:

@@ -13,12 +13,12 @@ time it is due. ``pop`` hands out the next runnable entry:
 3. within a lane, by due time.
 
 A company whose shared send rate has no tokens left is *blocked* until it
-has (``tasks.limits`` sets the mark): its entries are not runnable, so no
+has (``core.delivery.limits`` sets the mark): its entries are not runnable, so no
 worker picks work it would only wait on.
 
 Entries hold ids and counts only. The database stays the truth: the sweep
 re-adds any waiting batch whose entry is missing (``contains``), and the
-claims in ``core.batches`` decide who sends, so a duplicate entry is harmless.
+claims (``core.delivery.claims``) decide who sends, so a duplicate entry is harmless.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 - ``paused``: the job is paused (its reason is shown);
 - ``scheduled``: its ``send_at`` is still ahead;
 - ``rate``: its company's shared send rate has no tokens now, or its batches
-  wait for them (``tasks.sending.BatchRun.defer``);
+  wait for them (``core.delivery.send.BatchRun.defer``);
 - ``backoff``: its batches back off after errors (next try at ``next_attempt_at``);
 - ``worker``: its batches are runnable and wait for a worker (others go first:
   transactional before bulk, fair shares between companies);

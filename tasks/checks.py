@@ -99,7 +99,7 @@ def planned_checks(config: dict) -> list[tuple[str, object]]:
     fallback = registry.fallback_sender()
     provider = config.get("provider") or fallback
     checks = [(registry.label(registry.SENDER, provider), _provider_test(provider, config))]
-    way = registry.offload_transport(config)  # as tasks.offload routes a batch
+    way = registry.offload_transport(config)  # as core.delivery.submit routes a batch
     transport = registry.find(registry.TRANSPORT, way) if way else None
     if transport is not None and (config.get("mode") == "offload" or config.get(transport.queue_setting)):
         checks.append((registry.label(registry.TRANSPORT, way), _transport_test(way, config)))

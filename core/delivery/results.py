@@ -38,14 +38,15 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from core import batches, queue, settings
+from core import queue, settings
 from core.bulk import is_postgres
 from core.db import db
 from core.delivery.claims import Claim, open_left
+from core.delivery.settle import backoff, finish_job
 from core.models import (B_DONE, B_RETRY, B_SENDING, B_SUBMITTED, BATCH_FINAL, COMPLAINT, HARD, LIST_BOUNCE,
                          LIST_COMPLAINT, R_BOUNCED, R_FAILED, R_PENDING, R_SENDING, R_SENT, R_SUPPRESSED,
-                         RECIPIENT_FINAL, RECIPIENT_OPEN, Batch, BounceEvent, Job, Recipient, Suppression,
-                         WebhookReceipt, utcnow)
+                         RECIPIENT_CLAIMABLE, RECIPIENT_FINAL, RECIPIENT_OPEN, Batch, BounceEvent, Job, Recipient,
+                         Suppression, WebhookReceipt, utcnow)
 from core.rendering import valid_email
 from core.suppressions import DELIVERED, is_suppressed, normalize_email, suppress
 from providers import Result, ResultStatus
@@ -188,6 +189,15 @@ def record_results(claim: Claim, results: list[Result], route: str, max_attempts
                          max_attempts=max_attempts)
 
 
+def fail_recipients(claim: Claim, failures: list[tuple[int, str]]) -> int:
+    """Fail single unsent recipients of the batch, each with its own reason (a render error in
+    offload mode): ``failed`` outcomes of recipients not yet handed to anyone."""
+    applied = apply_results([Outcome(rid, FAILED, error=reason) for rid, reason in failures],
+                            company_id=claim.company_id, job_id=claim.job_id, batch_id=claim.batch_id,
+                            settles=RECIPIENT_CLAIMABLE)
+    return applied["failed"]
+
+
 # -- a cloud worker's callback (offload mode, CONTRACT §4) --------------------------------------
 
 def record_callback(batch: Batch, webhook_id: str, results: list[dict]) -> dict[str, int] | None:
@@ -219,7 +229,7 @@ def record_callback(batch: Batch, webhook_id: str, results: list[dict]) -> dict[
         suppress_bounced(company_id, bounced)
     if counts["resubmit_in"] is not None:  # only the unsent ones go out again (after the commit)
         queue.enqueue_submit([batch.id], delay=counts["resubmit_in"])
-    batches.finish_job(job_id)
+    finish_job(job_id)
     return counts
 
 
@@ -263,7 +273,7 @@ def _apply_callback(batch: Batch, results: list[dict]) -> tuple[dict, list[int]]
             status=B_DONE, completed_at=now, lease_until=None, leased_by=None))
     resubmit_in = None
     if left and counts["retry"]:
-        delay = batches.backoff(batch.attempts)
+        delay = backoff(batch.attempts)
         moved = db.session.execute(update(Batch).where(Batch.id == batch.id, Batch.status == B_SUBMITTED).values(
             status=B_RETRY, next_attempt_at=now + timedelta(seconds=delay), lease_until=None, leased_by=None,
             error="the cloud worker handed back unsent recipients")).rowcount

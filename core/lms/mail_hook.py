@@ -1,4 +1,4 @@
-"""The sending hook of jobs made from IOMAD's queue (``BatchRun.build``): each
+"""The sending hook of jobs made from IOMAD's queue (``core.delivery.messages.Composer``): each
 recipient's Reply-To and the attachment its row names (read from Moodle's
 dataroot at send time), and no empty HTML part for rows IOMAD wrote as text."""
 from __future__ import annotations
@@ -21,7 +21,7 @@ MAX_ATTACHMENT_BYTES = 10 * 1024 * 1024
 
 
 class LmsMail:
-    """What ``BatchRun.build`` adds to an LMS job's messages: Reply-To, the attachment,
+    """What ``core.delivery.messages.Composer`` adds to an LMS job's messages: Reply-To, the attachment,
     no empty HTML part for rows IOMAD wrote as plain text."""
 
     def __init__(self, job: Job):

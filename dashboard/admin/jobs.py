@@ -24,7 +24,7 @@ from core.models import (B_RETRY, BATCH_WAITING, CANCELLED, COMPLETED, FAILED, J
                          PENDING, PROCESSING, QUEUED, R_BOUNCED, R_FAILED, R_SUPPRESSED, R_UNCERTAIN, Batch, Company,
                          Job, Recipient, utcnow)
 from core.queue import connection
-from core.routing import planned_route
+from core.delivery.routing import planned_route
 from core.tenancy import get_or_404
 from core.suppressions import rates
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from core.certificates import StorageNotConfigured, storage_config, storage_kind
-from tasks.certificates import delivery_of, learner_fields, parse_date
+from core.certificate_issue import delivery_of, learner_fields, parse_date
 from core.certificate_render import CertificateError
 
 WORKER = "https://certs.acme.workers.dev"

@@ -16,9 +16,9 @@ from core.db import db
 from core.jobs import create_job
 from core.suppressions import is_suppressed
 from core.models import Batch, Job, Recipient, WebhookReceipt, utcnow
-from core import batches
+from core.delivery.plan import create_batches
 from providers import webhooks
-from tasks.offload import purge_receipts
+from core.delivery.recovery import purge_receipts
 from tests.support.webhooks import VECTOR_BODY, VECTOR_ID, VECTOR_SECRET, VECTOR_SIGNATURE, VECTOR_TS
 
 PATH = "/callbacks/v1/batches"
@@ -31,11 +31,11 @@ def offload_company(make_company, name=None):
 
 
 def submitted_job(company, n: int = 4, batch_size: int = 2, prefix: str = "user") -> tuple[Job, list[Batch]]:
-    """A job whose batches were handed to the cloud queue (as tasks.offload leaves them)."""
+    """A job whose batches were handed to the cloud queue (as core.delivery.submit leaves them)."""
     people = [{"email": f"{prefix}{i}@acme.test", "data": {"firstname": f"N{i}", "password": f"pw-{i}"}}
               for i in range(n)]
     job, _ = create_job(company.id, {**TEMPLATE, "recipients": people})
-    batches.create_batches(job.id, batch_size)
+    create_batches(job.id, batch_size)
     db.session.execute(update(Batch).where(Batch.job_id == job.id).values(
         status="submitted", route="offload:sqs", submitted_at=utcnow(),
         callback_deadline=utcnow() + timedelta(minutes=15), attempts=1))

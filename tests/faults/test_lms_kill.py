@@ -16,7 +16,7 @@ from core.queue import connection
 from tasks.rq_queue import get_queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
-from tasks.sweep import unplanned_jobs
+from core.delivery.recovery import unplanned_jobs
 from tests.support.faults import delivered, lost_and_duplicated
 from tests.support.jobs import aws_settings
 from tests.support.moodle import MoodleDb

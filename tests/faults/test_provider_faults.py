@@ -12,7 +12,7 @@ from sqlalchemy import select
 from core.db import db
 from core.models import Batch
 from core.queue import connection
-from tasks import limits
+from core.delivery import limits
 from tests.support.app import run_worker_burst
 from tests.support.faults import (CHUNK, delivered, load_job, lost_and_duplicated, people, recipient_counts,
                                    submit, wait_final, wait_progress)

@@ -11,7 +11,7 @@ from core import scheduler
 from core.db import db
 from core.models import Batch, Job
 from core.queue import connection
-from tasks import limits
+from core.delivery import limits
 from tests.support.app import run_worker_burst
 from tests.support.faulty_proxy import FaultyProxy
 from tests.support.servers import SesLocal

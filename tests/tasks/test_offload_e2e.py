@@ -30,7 +30,7 @@ from core.models import Company, Job, Recipient, utcnow
 from core.queue import DEFAULT, SEND, connection
 from tasks.rq_queue import get_queue
 from providers.offload import delivery_id
-from tasks.offload import reconcile, requeue_lost
+from core.delivery.recovery import reconcile, requeue_lost
 from tasks.sweep import sweep
 from tests.support.app import run_worker_burst
 from tests.support.faulty_proxy import FaultyProxy

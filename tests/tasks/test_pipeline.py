@@ -7,16 +7,14 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from core.batches import pause_job
+from core.delivery.settle import QUOTA_PAUSE, pause_job
 from core.companies import configure
 from core.db import db
 from core.models import Batch, Company, Job, Recipient, utcnow
 from core.queue import connection
-from core.routing import Route
-from tasks import scheduling
-from tasks.routing import provider_for
-from tasks.sending import QUOTA_PAUSE
-from tasks.sweep import resume_quota_paused
+from core.delivery.routing import Route, provider_for
+from core.delivery import ready
+from core.delivery.recovery import resume_quota_paused
 from tests.support.app import run_worker_burst
 from tests.support.faulty_proxy import FaultyProxy
 from tests.support.jobs import BODY, aws_settings, people, run_scheduled_now
@@ -121,7 +119,7 @@ def test_unreachable_provider_falls_back_to_smtp(app, client, make_company, smtp
 
 
 def test_cancel_mid_job_sends_nothing_after_the_cancel(app, client, make_company, ses, monkeypatch):
-    monkeypatch.setattr(scheduling, "MAX_RUNS", 1)  # one batch per wake-up
+    monkeypatch.setattr(ready, "MAX_RUNS", 1)  # one batch per wake-up
     company = make_company(**aws_settings(ses.url))
     job_id = submit(client, company, people(1000))
     run_worker_burst(app, max_jobs=3)  # plan + two wake-ups of one batch of 200

@@ -13,7 +13,6 @@ from rq import SimpleWorker
 from rq.job import Job as RQJob
 from sqlalchemy import select, text, update
 
-import tasks.sweep as sweep_module
 from core.db import db
 from core.models import Batch, Company, Job, Recipient, utcnow
 from core.queue import DEFAULT, HIGH, connection, is_live, schedule_lms_polls, schedule_sweep
@@ -21,9 +20,12 @@ from tasks.rq_queue import POPPED_GRACE_S, get_queue, still_running
 from core import settings
 from core.delivery import claims
 from tasks import worker as worker_module
-from tasks.purge import purge_recipient_data
-from tasks.sending import plan_job, send_batch
-from tasks.sweep import sweep, unplanned_jobs
+from core.retention import purge_recipient_data
+from core.delivery import recovery
+from core.delivery.send import send_batch
+from tasks.sending import plan_job
+from core.delivery.recovery import unplanned_jobs
+from tasks.sweep import sweep
 from providers import registry
 from tasks.worker import run_worker
 from tests.support.app import run_worker_burst
@@ -98,11 +100,11 @@ def test_sweep_rebuilds_the_queue_after_redis_lost_it(app, client, make_company,
     connection().flushdb()  # Redis restarted with its data dropped
     db.session.execute(text("UPDATE batches SET status = 'queued'"))  # (already; made explicit)
     db.session.commit()
-    sweep_module.GRACE_S = 0
+    recovery.GRACE_S = 0
     try:
         report = sweep()
     finally:
-        sweep_module.GRACE_S = 10
+        recovery.GRACE_S = 10
     assert report["requeued"] == 3
     run_worker_burst(app)
     job = db.session.get(Job, job_id)

@@ -16,7 +16,7 @@ from core import scheduler
 from core.db import db
 from core.models import Batch, Job, Recipient
 from core.queue import connection
-from tasks import limits
+from core.delivery import limits
 from tests.support.app import run_worker_burst
 from tests.support.jobs import BODY, aws_settings, people
 

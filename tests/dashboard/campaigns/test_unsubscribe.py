@@ -13,7 +13,7 @@ from core.db import db
 from core.models import Recipient, Suppression
 from core.delivery.results import record_event
 from core.unsubscribe import make_token, read_token
-from tasks.headers import extra_headers
+from core.delivery.messages import extra_headers
 from tests.support.app import run_worker_burst
 from tests.support.servers import SmtpSink
 

@@ -1,18 +1,28 @@
-"""What the send jobs need from the database besides the claims
-(``core.delivery.claims``) and the results (``core.delivery.results``): fail recipients, pause, cancel
-and finish the job, plan its batches, back off. The database is the truth.
+"""Settling a batch and its job: fail what cannot be sent, pause, cancel, back off, finish.
+
+A batch ends ``done``, ``failed`` or ``cancelled`` (``core.delivery.claims.release``); once a job
+has no open batch and no open recipient, ``finish_job`` gives it its final status and exact
+counts from its recipients (``completed``, ``partial_failure``, ``failed``, ``cancelled``). What is
+left to retry waits with exponential back-off and full jitter (``backoff``). A job that cannot
+go on by itself is paused with its reason in words (``pause_job``); a spent sending quota
+(``QUOTA_PAUSE``) resumes by itself (``core.delivery.recovery.resume_quota_paused``).
 """
 from __future__ import annotations
 
+import logging
 import random
 
 from sqlalchemy import text, update
 
 from core.db import db
 from core.delivery.claims import Claim
-from core.models import (B_CANCELLED, B_QUEUED, B_SUBMITTED, BATCH_FINAL, BATCH_WAITING, CANCELLED, COMPLETED,
-                         FAILED, JOB_FINAL, PARTIAL, PAUSED, R_BOUNCED, R_CANCELLED, R_FAILED, R_SENT, R_SUPPRESSED,
-                         RECIPIENT_CLAIMABLE, RECIPIENT_OPEN, Batch, Job, Recipient, sql_in, utcnow)
+from core.models import (B_CANCELLED, B_SUBMITTED, BATCH_FINAL, BATCH_WAITING, CANCELLED, COMPLETED, FAILED,
+                         JOB_FINAL, PARTIAL, PAUSED, R_BOUNCED, R_CANCELLED, R_FAILED, R_SENT, R_SUPPRESSED,
+                         RECIPIENT_CLAIMABLE, RECIPIENT_OPEN, Batch, Job, sql_in, utcnow)
+
+log = logging.getLogger(__name__)
+#: a job paused with a reason that starts so resumes by itself after OFFLOAD_QUOTA_RESUME_S
+QUOTA_PAUSE = "sending quota exhausted"
 
 
 def fail_remaining(claim: Claim, reason: str) -> int:
@@ -27,22 +37,8 @@ def fail_remaining(claim: Claim, reason: str) -> int:
     return res.rowcount
 
 
-def fail_recipients(claim: Claim, failures: list[tuple[int, str]]) -> int:
-    """Fail single unsent recipients of the batch, each with its own reason
-    (a render error in offload mode); counts them on the job and the batch."""
-    table = Recipient.__table__
-    n = 0
-    for rid, reason in failures:
-        n += db.session.execute(table.update().where(
-            table.c.id == rid, table.c.job_id == claim.job_id, table.c.status.in_(RECIPIENT_CLAIMABLE)).values(
-            status=R_FAILED, error=reason[:2000], lease_until=None)).rowcount
-    db.session.execute(update(Job).where(Job.id == claim.job_id).values(emails_failed=Job.emails_failed + n))
-    db.session.execute(update(Batch).where(Batch.id == claim.batch_id).values(failed_count=Batch.failed_count + n))
-    db.session.commit()
-    return n
-
-
 def log_job_error(job_id: int, line: str) -> None:
+    """Append a line to the job's log (never recipient data)."""
     job = db.session.get(Job, job_id)
     if job is not None:
         job.log_error(line)
@@ -50,6 +46,8 @@ def log_job_error(job_id: int, line: str) -> None:
 
 
 def pause_job(job_id: int, reason: str) -> None:
+    """Pause a job that cannot go on by itself (no sender, delivery disabled, quota spent);
+    a resume (or, for a spent quota, the sweep) puts its batches back."""
     db.session.execute(update(Job).where(Job.id == job_id, Job.status.notin_(JOB_FINAL))
                        .values(status=PAUSED, paused_reason=reason[:255], paused_at=utcnow()))
     db.session.commit()
@@ -68,10 +66,18 @@ def cancel_unsent(job_id: int) -> None:
 
 
 def finish_job(job_id: int) -> str | None:
-    """Give the job its final status and exact counts once nothing is left to do.
+    """Give the job its final status and exact counts once nothing is left to do
+    (safe to call any time: every batch's end does).
 
     Returns the final status, or ``None`` while work remains.
     """
+    status = _finish(job_id)
+    if status:
+        log.info("Job %s: %s", job_id, status)
+    return status
+
+
+def _finish(job_id: int) -> str | None:
     job = db.session.get(Job, job_id)
     if job is None or job.status in JOB_FINAL:
         return None if job is None else job.status
@@ -102,37 +108,6 @@ def finish_job(job_id: int) -> str | None:
         emails_bounced=counts.get(R_BOUNCED, 0), emails_suppressed=counts.get(R_SUPPRESSED, 0)))
     db.session.commit()
     return status if res.rowcount else db.session.get(Job, job_id).status
-
-
-def create_batches(job_id: int, batch_size: int) -> list[int]:
-    """Split the job's pending recipients into batches (keyset ranges of ids).
-
-    Idempotent: nothing is created while the job has an unfinished batch.
-    """
-    job = db.session.get(Job, job_id)
-    open_batches = db.session.execute(text(
-        f"SELECT id FROM batches WHERE job_id = :j AND status NOT IN {sql_in(BATCH_FINAL)} ORDER BY id"),
-        {"j": job_id}).scalars().all()
-    if open_batches:
-        return []
-    ids = db.session.execute(text(
-        f"SELECT id FROM recipients WHERE job_id = :j AND status IN {sql_in(RECIPIENT_CLAIMABLE)} ORDER BY id"),
-        {"j": job_id}).scalars().all()
-    number = db.session.execute(text("SELECT coalesce(max(batch_number), 0) FROM batches WHERE job_id = :j"),
-                                {"j": job_id}).scalar()
-    rows = []
-    for start in range(0, len(ids), batch_size):
-        chunk = ids[start:start + batch_size]
-        number += 1
-        rows.append({"company_id": job.company_id, "job_id": job_id, "batch_number": number, "status": B_QUEUED,
-                     "first_recipient_id": chunk[0], "last_recipient_id": chunk[-1],
-                     "recipient_count": len(chunk), "attempts": 0, "sent_count": 0, "failed_count": 0})
-    if rows:
-        db.session.execute(Batch.__table__.insert(), rows)
-    db.session.commit()
-    return list(db.session.execute(text(
-        f"SELECT id FROM batches WHERE job_id = :j AND status = '{B_QUEUED}' ORDER BY batch_number"),
-        {"j": job_id}).scalars())
 
 
 def backoff(attempt: int, base: float = 5.0, cap: float = 600.0) -> float:

@@ -15,7 +15,6 @@ import time
 import redis
 
 from core import metrics, queue, scheduler
-from core.routing import breaker_key
 
 log = logging.getLogger(__name__)
 BREAKER_THRESHOLD = 3      # consecutive connection failures that open the circuit
@@ -150,10 +149,16 @@ def throttle_delay(level: int, retry_after: float | None = None) -> float:
     return base * random.uniform(0.5, 1.0)
 
 
+def breaker_key(company_id: int, provider: str) -> str:
+    """The Redis key prefix of a company's circuit breaker for ``provider``."""
+    return f"offload:cb:{company_id}:{provider}"
+
+
 def breaker_is_open(conn: redis.Redis, company_id: int, provider: str) -> bool:
+    """True while the company's circuit for ``provider`` is open; Redis trouble: closed (degrade open)."""
     try:
         return bool(conn.exists(breaker_key(company_id, provider) + ":open"))
-    except redis.RedisError:
+    except (redis.RedisError, OSError):
         return False
 
 

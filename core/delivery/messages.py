@@ -1,0 +1,94 @@
+"""Each recipient's message, made the same way for a provider here and for a cloud worker.
+
+``Composer.compose`` renders a chunk of a job's recipients in one call to
+the renderer (one time budget, ``core.rendering``), adds what the job's kind
+of mail brings (a certificate job's PDF, ``core.certificate_issue``; the LMS
+hook of a job taken from IOMAD's queue: Reply-To, the row's attachment,
+``core.lms.mail_hook``) and the headers every message of its class carries
+(``extra_headers``). The send loop hands the result to a provider as
+``providers.Message``s, an offload submission puts it in its batch messages:
+a cloud worker sends exactly what direct mode would.
+
+A recipient that cannot be rendered (or whose certificate or attachment is
+not there) fails alone, with the reason; recipients the render budget did
+not reach are returned apart and wait for the next run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from core import certificate_issue
+from core.lms import mail_hook
+from core.models import Job, is_bulk
+from core.rendering import CompiledTemplate, RenderError
+from core.unsubscribe import unsubscribe_url
+from providers import Message
+from providers.base import Attachment
+
+
+def extra_headers(company, job_type: str, priority: str | None, recipient_id: int, email: str) -> dict[str, str]:
+    """Headers to add to one recipient's message; none for transactional mail.
+
+    Bulk and re-engagement mail carries a one-click unsubscribe link (RFC 2369
+    + RFC 8058); transactional mail (passwords, accounts, licences,
+    certificates, notifications, IOMAD's queue) never does.
+    """
+    if not is_bulk(job_type, priority):
+        return {}
+    return {"List-Unsubscribe": f"<{unsubscribe_url(company.id, email)}>",
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+
+
+@dataclass
+class Composed:
+    """One recipient's message: the rendered parts, its attachments and extra headers."""
+
+    recipient_id: int
+    email: str
+    data: dict | None
+    subject: str
+    text: str | None
+    html: str | None
+    attachments: list[Attachment] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def message(self) -> Message:
+        """As a provider takes it."""
+        return Message(key=self.recipient_id, to=self.email, subject=self.subject, text=self.text, html=self.html,
+                       headers=self.headers, attachments=self.attachments)
+
+
+class Composer:
+    """Makes the messages of one job's recipients."""
+
+    def __init__(self, job: Job, company):
+        self.company = company  # anything with an ``id``
+        self.job_type, self.priority = job.type, job.priority
+        self.template = CompiledTemplate(job.subject, job.body_text, job.body_html)
+        self.certificates = certificate_issue.mail_for(job)  # None unless a certificate job
+        self.lms = mail_hook.mail_for(job)  # None unless a job taken from IOMAD's email queue
+
+    def compose(self, rows) -> tuple[list[Composed], list[tuple[int, str]], set[int]]:
+        """``rows`` are ``(id, email, data, attempts)``; returns the messages, the failures
+        ``(id, reason)`` and the ids the render budget did not reach."""
+        composed, failures, unrendered = [], [], set()
+        for (rid, email, data, _attempts), r in zip(rows, self.template.render_many([row[2] for row in rows]),
+                                                   strict=True):
+            if r is None:
+                unrendered.add(rid)
+                continue
+            try:
+                attachments = self.certificates.attachments(rid, data) if self.certificates else []
+                if isinstance(r, RenderError):
+                    raise r
+                if self.lms:
+                    attachments = attachments + self.lms.attachments(data)
+                    r = self.lms.adjust(r)
+            except RenderError as exc:
+                failures.append((rid, f"render_error: {exc}"))
+                continue
+            headers = extra_headers(self.company, self.job_type, self.priority, rid, email)
+            if self.lms:
+                headers.update(self.lms.headers(data))
+            composed.append(Composed(rid, email, data, r.subject, r.text, r.html, attachments, headers))
+        return composed, failures, unrendered
