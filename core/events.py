@@ -1,45 +1,52 @@
-"""The LMS events buffer behind ``POST /api/v1/events`` (CONTRACT §3).
+"""The LMS events behind ``POST /api/v1/events`` (CONTRACT §3): accepted durably, grouped into windows.
 
-Events of one company and job type collect in a Redis list while their
-window is open. The first event of a window opens it and schedules a
-closer (``tasks.events.close_window``) at its end; every later event moves
-the end (the window slides) up to ``max_hold_s`` after it opened. When the
-closer finds the window due it atomically renames the list away, and the
-events become one bulk job (more than the threshold) or one job each.
+An event is checked in the request (its shape, the token, the company's
+template for its type and the fields that template needs: no render, no
+database round trip once the token and the template are known to the
+process) and handed to the process's writer (``core.groupcommit``), which
+stores every event that arrived meanwhile in one transaction
+(``waiting_events``, the payload encrypted) and only then lets each request
+answer ``202``. What a ``202`` acknowledged is in the database: a web
+process, a worker or Redis killed after it loses nothing.
 
-Why nothing is lost or sent twice, with any number of web processes and
-workers:
-* an event is pushed in one MULTI/EXEC with the ``SET NX`` of the window
-  id, so it belongs to exactly the window whose id is set after that
-  transaction, and exactly one event per window sees the id created;
-* a window is closed by one MULTI/EXEC (``RENAME`` of its list, ``DEL`` of
-  its id) guarded by ``WATCH`` on the id, so only one closer takes it and
-  an event pushed after the rename starts a new list and a new window;
-* jobs are created with idempotency keys derived from the window id, so a
-  closer that runs again (RQ retry, the recovery sweep) finds the jobs the
-  first run made instead of making new ones; the taken list is deleted
-  only after its jobs exist.
+Stored events of one company and job type wait in their window, as SMTP
+submissions do: ``OFFLOAD_BULK_WINDOW_S`` after the latest, at most
+``OFFLOAD_BULK_MAX_HOLD_S`` after the first. The writer asks Redis for the
+window's closer (once per window across processes: ``Closers``) and counts
+the window's events there, which gives the ``202`` its ``mode`` (more than
+``OFFLOAD_BULK_THRESHOLD``: ``bulk``; ``single`` may still become bulk
+while the window is open). ``close_window`` (a worker, when the window is
+due; the recovery sweep for a window whose closer was lost) turns the
+events into one bulk job or one job each, deleting them in the transaction
+that creates their job, by a conditional delete: two closers never make two
+jobs of one event, and a closer that dies leaves the events for the next.
 
-No Lua: the embedded demo Redis (fakeredis without lupa) cannot run it.
-Events are stored encrypted (they may carry passwords) and deleted as
-soon as they are jobs; RQ arguments are company id, job type and window id.
+The token is checked again when its events are stored (a token revoked a
+moment ago gets a ``401``, nothing stored); a template is re-read by each
+process at most every ``TEMPLATE_TTL_S``, and the job is always made with
+the template as it is when its window closes.
 """
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
-import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
-from redis import Redis, WatchError
+from redis import Redis, RedisError
+from sqlalchemy import Engine, func, select, text
 
-from core import audit, crypto
+from core import audit, crypto, settings
+from core.companies import authenticate_token
 from core.db import db
-from core.jobs import JobError, compile_checked, create_job, parse_time
-from core.models import Company, Job, Template
-from core.rendering import valid_email
-from core.queue import schedule_close
+from core.groupcommit import GroupCommit, NotStored
+from core.jobs import SERVICE_VARIABLES, JobError, create_job, parse_time
+from core.models import Company, Template, WaitingEvent, sha256_hex, utcnow
+from core.queue import connection, release_events_closer, schedule_events_close
+from core.rendering import PREVIEW_BUDGET_S, CompiledTemplate, RenderError, valid_email
+from core.submissions import Closers, due_at
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +58,29 @@ EVENT_TYPES = {
     "course_completed": "certificate",
 }
 PREFIX = "offload:events:"
-OPEN = PREFIX + "open"        # zset "<company>:<type>" → ms its window opened
-CLOSED = PREFIX + "closed"    # zset "<company>:<type>:<window>" → ms it was taken, until its jobs exist
 MAX_DATA_BYTES = 64 * 1024
+#: events one company may hold in an open window (then ``429``)
+MAX_BUFFERED_PER_COMPANY = 50_000
+#: the most events one close takes (a bigger window is closed again at once for the rest)
+CLOSE_LIMIT = 50_000
+#: how long a process trusts what it read of a token (the writer checks it again) and of a template
+TOKEN_TTL_S = 60.0
+TEMPLATE_TTL_S = 2.0
+#: how often the writer records a token's last use
+LAST_USED_EVERY_S = 60.0
 
 
 class EventError(ValueError):
-    """The event cannot be accepted; ``code``, ``message`` and ``details`` go into the 400."""
+    """The event cannot be accepted; ``code``, ``message`` and ``details`` go into the 4xx."""
 
-    def __init__(self, code: str, message: str, details=None):
+    def __init__(self, code: str, message: str, details=None, status: int = 400):
         super().__init__(message)
-        self.code, self.message, self.details = code, message, details
+        self.code, self.message, self.details, self.status = code, message, details, status
+
+
+class Unauthorized(EventError):
+    def __init__(self):
+        super().__init__("unauthorized", "a valid bearer token is required", status=401)
 
 
 @dataclass(frozen=True)
@@ -75,50 +94,13 @@ class Event:
 
 @dataclass(frozen=True)
 class Accepted:
-    """What ``accept`` did: the event is number ``count`` of window ``window_id``."""
+    """What ``accept`` did: the event is number ``count`` of its window (0: Redis did not say)."""
 
-    window_id: str
     count: int
     mode: str  # bulk | single (single may still become bulk while the window is open)
 
 
-@dataclass(frozen=True)
-class WindowState:
-    window_id: str | None
-    opened_ms: int | None
-    last_ms: int | None
-
-    def due_at(self, window_s: float, max_hold_s: float) -> float:
-        """Unix time the window closes: ``window_s`` after its last event, at most
-        ``max_hold_s`` after it opened."""
-        now_ms = time.time() * 1000
-        last = self.last_ms or self.opened_ms or now_ms
-        opened = self.opened_ms or last
-        return min(last + window_s * 1000, opened + max_hold_s * 1000) / 1000
-
-
-# -- keys ---------------------------------------------------------------------
-def _member(company_id: int, job_type: str) -> str:
-    return f"{company_id}:{job_type}"
-
-
-def buf_key(company_id: int, job_type: str) -> str:
-    return f"{PREFIX}buf:{_member(company_id, job_type)}"
-
-
-def win_key(company_id: int, job_type: str) -> str:
-    return f"{PREFIX}win:{_member(company_id, job_type)}"
-
-
-def last_key(company_id: int, job_type: str) -> str:
-    return f"{PREFIX}last:{_member(company_id, job_type)}"
-
-
-def taken_key(window_id: str) -> str:
-    return f"{PREFIX}taken:{window_id}"
-
-
-# -- accepting ------------------------------------------------------------------
+# -- the event's shape --------------------------------------------------------------
 def parse_event(payload) -> Event:
     """Check an event body's shape; raise ``EventError`` with the reason."""
     if not isinstance(payload, dict):
@@ -135,7 +117,8 @@ def parse_event(payload) -> Event:
         data = {}
     if not isinstance(data, dict):
         raise EventError("invalid_data", "data must be a JSON object")
-    if len(json.dumps(data, separators=(",", ":"))) > MAX_DATA_BYTES:
+    encoded = json.dumps(data, separators=(",", ":"))
+    if len(encoded) > MAX_DATA_BYTES:
         raise EventError("data_too_large", f"data may hold at most {MAX_DATA_BYTES} bytes of JSON")
     occurred = payload.get("occurred_at")
     try:
@@ -153,165 +136,357 @@ def template_for(company_id: int, job_type: str) -> Template | None:
         .order_by(Template.updated_at.desc(), Template.id.desc()).limit(1)).scalar_one_or_none()
 
 
-def check_template(company_id: int, event: Event) -> Template:
-    """The template the event will be sent with; it must exist and render the event's data."""
-    tpl = template_for(company_id, event.job_type)
-    if tpl is None:
-        raise EventError("no_template", f"no template for {event.job_type}",
-                         {"job_type": event.job_type})
+@dataclass
+class _TemplateCheck:
+    """What a process knows of a company's template for a type: compiled once, sample-rendered once."""
+
+    key: tuple | None  # (id, updated_at, parts); None: no template
+    compiled: CompiledTemplate | None
+    read_at: float
+    parts: tuple | None = None
+    #: the first render's error for a template that failed it (each later event renders to be sure)
+    broken: bool = False
+    rendered_once: bool = False
+
+
+def _missing(compiled: CompiledTemplate, job_type: str, data: dict) -> list[str]:
+    return compiled.missing({**SERVICE_VARIABLES.get(job_type, {}), **data})
+
+
+def _sample_render(tpl_parts: tuple, job_type: str, data: dict) -> None:
+    """Render the template with this event's data once (errors a 400 now); raises ``EventError``."""
+    sample = {**SERVICE_VARIABLES.get(job_type, {}), **data}
     try:
-        compile_checked(tpl.subject, tpl.body_text, tpl.body_html, event.data, event.job_type)
-    except JobError as exc:
-        raise EventError(exc.code, exc.message, exc.details) from None
-    return tpl
+        CompiledTemplate.checked(*tpl_parts, sample, PREVIEW_BUDGET_S)
+    except RenderError as exc:
+        raise EventError("template_error", str(exc), {"part": exc.part}) from None
 
 
-#: events one company may hold in its open windows (Redis runs ``noeviction``)
-MAX_BUFFERED_PER_COMPANY = 50_000
+# -- accepting --------------------------------------------------------------------------
+@dataclass
+class _Pending:
+    """One event on its way to the writer."""
+
+    token_hash: str
+    company_id: int
+    job_type: str
+    payload: str  # the encrypted payload
 
 
-def accept(conn: Redis, company_id: int, event: Event, *, threshold: int, window_s: float,
-           max_buffered: int = MAX_BUFFERED_PER_COMPANY) -> Accepted:
-    """Add the event to its open window (opening one if needed) in one transaction.
+@dataclass
+class Intake:
+    """One web app's acceptance of events: its writer, and what its processes know of tokens,
+    templates and windows."""
 
-    Raises ``EventError`` (``too_many_events``) when the company already holds
-    ``max_buffered`` events in that window."""
-    if conn.llen(buf_key(company_id, event.job_type)) >= max_buffered:
-        raise EventError("too_many_events", f"the company already has {max_buffered} events waiting in this "
-                                            "window; retry after it closes")
-    token = crypto.encrypt(json.dumps({"email": event.email, "data": event.data, "event": event.event,
-                                       "occurred_at": event.occurred_at}, separators=(",", ":")))
-    new_id = uuid.uuid4().hex
-    now_ms = int(time.time() * 1000)
-    win = win_key(company_id, event.job_type)
-    pipe = conn.pipeline(transaction=True)
-    pipe.rpush(buf_key(company_id, event.job_type), token)
-    pipe.set(win, new_id, nx=True)
-    pipe.get(win)
-    pipe.set(last_key(company_id, event.job_type), now_ms)
-    pipe.zadd(OPEN, {_member(company_id, event.job_type): now_ms}, nx=True)
-    count, created, window_id, _, _ = pipe.execute()
-    window_id = window_id.decode()
-    if created:
-        schedule_close(company_id, event.job_type, window_id, window_s)
-    return Accepted(window_id, count, "bulk" if count > threshold else "single")
+    engine: Engine
+    writer: GroupCommit = field(init=False)
+    _tokens: dict = field(default_factory=dict)
+    _templates: dict = field(default_factory=dict)
+    _counts: dict = field(default_factory=dict)
+    _used: dict = field(default_factory=dict)
+    _closers: Closers = field(default_factory=lambda: Closers(schedule_events_close))
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def __post_init__(self):
+        self.writer = GroupCommit(self.engine, self._store, name="events-writer", after=self._after)
 
-# -- closing --------------------------------------------------------------------
-def window_state(conn: Redis, company_id: int, job_type: str) -> WindowState:
-    pipe = conn.pipeline(transaction=True)
-    pipe.get(win_key(company_id, job_type))
-    pipe.zscore(OPEN, _member(company_id, job_type))
-    pipe.get(last_key(company_id, job_type))
-    wid, opened, last = pipe.execute()
-    return WindowState(wid.decode() if wid else None, int(opened) if opened is not None else None,
-                       int(last) if last is not None else None)
+    # the request's side
+    def accept(self, token: str, payload) -> Accepted:
+        """Check the event and store it; ``Accepted`` once committed. Raises ``EventError``
+        (``Unauthorized`` for a token that is not live), ``StoreFailed`` when the database did not take it."""
+        token_hash, company_id = self.authenticate(token)
+        event = parse_event(payload)
+        self._check_template(company_id, event)
+        cfg = settings.current()
+        if self._counts.get((company_id, event.job_type), 0) >= cfg.max_buffered_events:
+            raise EventError("too_many_events", f"the company already has {cfg.max_buffered_events} events waiting "
+                                                "in this window; retry after it closes", status=429)
+        body = json.dumps({"email": event.email, "data": event.data, "event": event.event,
+                           "occurred_at": event.occurred_at}, separators=(",", ":"))
+        return self.writer.submit(_Pending(token_hash, company_id, event.job_type, crypto.encrypt(body)))
 
+    def authenticate(self, token: str) -> tuple[str, int]:
+        if not token or len(token) > 200:
+            raise Unauthorized()
+        token_hash = sha256_hex(token)
+        known = self._tokens.get(token_hash)
+        now = time.monotonic()
+        if known is not None and known[1] > now:
+            return token_hash, known[0]
+        row = authenticate_token(token)
+        db.session.rollback()
+        if row is None:
+            self._tokens.pop(token_hash, None)
+            raise Unauthorized()
+        self._tokens[token_hash] = (row.company_id, now + TOKEN_TTL_S)
+        return token_hash, row.company_id
 
-def take_window(conn: Redis, company_id: int, job_type: str, window_id: str) -> bool:
-    """Close the window if it is still open: its events move to ``taken:<window>``.
-
-    True when this call took it; False when it was already taken.
-    """
-    win, member = win_key(company_id, job_type), _member(company_id, job_type)
-    with conn.pipeline(transaction=True) as pipe:
-        while True:
+    def _check_template(self, company_id: int, event: Event) -> None:
+        key = (company_id, event.job_type)
+        now = time.monotonic()
+        check = self._templates.get(key)
+        if check is None or now - check.read_at > TEMPLATE_TTL_S:
+            check = self._read_template(company_id, event.job_type, check, now)
+        if check.compiled is None:
+            raise EventError("no_template", f"no template for {event.job_type}", {"job_type": event.job_type})
+        missing = _missing(check.compiled, event.job_type, event.data)
+        if missing:
+            raise EventError("missing_fields", f"data has no {', '.join(missing)}, which the template uses",
+                             {"fields": missing})
+        if not check.rendered_once or check.broken:
             try:
-                pipe.watch(win)
-                current = pipe.get(win)
-                if current is None or current.decode() != window_id:
-                    pipe.unwatch()
-                    return False
-                pipe.multi()
-                pipe.zadd(CLOSED, {f"{member}:{window_id}": int(time.time() * 1000)})
-                pipe.rename(buf_key(company_id, job_type), taken_key(window_id))
-                pipe.delete(win, last_key(company_id, job_type))
-                pipe.zrem(OPEN, member)
-                results = pipe.execute(raise_on_error=False)
-            except WatchError:  # another closer changed the id meanwhile: look again
-                continue
-            if isinstance(results[1], Exception):  # no list: its events were lost with Redis data
-                log.warning("Window %s: no events list to take (%s)", window_id, results[1])
-            return True
+                _sample_render(check.parts, event.job_type, event.data)
+            except EventError:
+                check.rendered_once = check.broken = True
+                raise
+            check.rendered_once, check.broken = True, False
 
+    def _read_template(self, company_id: int, job_type: str, known: _TemplateCheck | None,
+                       now: float) -> _TemplateCheck:
+        tpl = template_for(company_id, job_type)
+        parts = None if tpl is None else (tpl.subject, tpl.body_text, tpl.body_html)
+        key = None if tpl is None else (tpl.id, tpl.updated_at, parts)
+        db.session.rollback()
+        if known is not None and known.key == key:
+            known.read_at = now
+            return known
+        compiled = None
+        if parts is not None:
+            try:
+                compiled = CompiledTemplate(*parts)
+            except RenderError as exc:
+                raise EventError("template_error", str(exc), {"part": exc.part}) from None
+        check = _TemplateCheck(key, compiled, now, parts)
+        self._templates[(company_id, job_type)] = check
+        return check
 
-def taken_events(conn: Redis, window_id: str) -> list[dict]:
-    """The decrypted events of a taken window, in arrival order."""
-    return [json.loads(crypto.decrypt(t.decode())) for t in conn.lrange(taken_key(window_id), 0, -1)]
-
-
-def forget_taken(conn: Redis, company_id: int, job_type: str, window_id: str) -> None:
-    """Delete a taken window's events once their jobs exist."""
-    pipe = conn.pipeline(transaction=True)
-    pipe.delete(taken_key(window_id))
-    pipe.zrem(CLOSED, f"{_member(company_id, job_type)}:{window_id}")
-    pipe.execute()
-
-
-def make_jobs(company_id: int, job_type: str, window_id: str, events: list[dict], *, threshold: int,
-              max_recipients: int) -> list[tuple[Job, bool]]:
-    """One bulk job (more than ``threshold`` events) or one job per event.
-
-    Idempotency keys derive from the window id: running this again for the
-    same window returns the jobs already made.
-    """
-    if not events:
-        return []
-    if db.session.get(Company, company_id) is None:
-        log.warning("Window %s: company %s is gone; %s events dropped", window_id, company_id, len(events))
-        return []
-    tpl = template_for(company_id, job_type)
-    if tpl is None:
-        _dropped(company_id, job_type, window_id, len(events), "no_template")
-        return []
-    recipients = [{"email": e["email"], "data": e.get("data") or {}} for e in events]
-    if len(recipients) > threshold:
-        chunks = [recipients[i:i + max_recipients] for i in range(0, len(recipients), max_recipients)]
-        keys = [f"events:{window_id}" if len(chunks) == 1 else f"events:{window_id}:part{n}"
-                for n in range(len(chunks))]
-    else:
-        chunks = [[r] for r in recipients]
-        keys = [f"events:{window_id}:{n}" for n in range(len(chunks))]
-    made = []
-    for key, chunk in zip(keys, chunks, strict=True):
+    # the writer's side
+    def _store(self, items: list[_Pending], conn, dialect) -> list:
+        """Insert the group's events whose token is still live, in one transaction."""
+        hashes = sorted({p.token_hash for p in items})
+        mark = "%s" if dialect.paramstyle in ("format", "pyformat") else "?"
+        now = utcnow()
+        stamp = now.strftime("%Y-%m-%d %H:%M:%S.%f") if dialect.name == "sqlite" else now
         try:
-            made.append(create_job(company_id, {"type": job_type, "template": tpl.name, "recipients": chunk},
-                                   idempotency_key=key, source="event", max_recipients=max_recipients))
+            cursor = conn.cursor()
+            try:
+                cursor.execute(f"SELECT token_hash, company_id FROM api_tokens WHERE revoked_at IS NULL "
+                               f"AND token_hash IN ({', '.join([mark] * len(hashes))})", hashes)
+                live = dict(cursor.fetchall())
+                kept = [p for p in items if live.get(p.token_hash) == p.company_id]
+                if kept:
+                    one = f"({mark}, {mark}, {mark}, {mark})"
+                    cursor.execute("INSERT INTO waiting_events (company_id, job_type, received_at, payload) "
+                                   f"VALUES {', '.join([one] * len(kept))}",
+                                   [v for p in kept for v in (p.company_id, p.job_type, stamp, p.payload)])
+                due = [h for h in live if self._used.get(h, 0.0) < time.monotonic() - LAST_USED_EVERY_S]
+                if due:
+                    cursor.execute(f"UPDATE api_tokens SET last_used_at = {mark} "
+                                   f"WHERE token_hash IN ({', '.join([mark] * len(due))})", [stamp, *due])
+            finally:
+                cursor.close()
+        except dialect.loaded_dbapi.Error as exc:
+            try:
+                conn.rollback()
+            except dialect.loaded_dbapi.Error:
+                pass
+            raise NotStored(type(exc).__name__) from exc
+        conn.commit()  # a failure here may or may not have committed: the group fails, as not answered
+        for h in due:
+            self._used[h] = time.monotonic()
+        for h in set(hashes) - set(live):
+            self._tokens.pop(h, None)
+        return [True if live.get(p.token_hash) == p.company_id else Unauthorized() for p in items]
+
+    def _after(self, items: list[_Pending], results: list) -> None:
+        """Count the stored events in their windows (the ``202``'s mode) and see each window has a closer."""
+        stored = [(i, p) for i, (p, r) in enumerate(zip(items, results, strict=True)) if r is True]
+        for i, _ in stored:
+            results[i] = Accepted(0, "single")
+        windows: dict[tuple[int, str], list[int]] = {}
+        for i, p in stored:
+            windows.setdefault((p.company_id, p.job_type), []).append(i)
+        if not windows:
+            return
+        threshold = settings.current().bulk_threshold
+        try:
+            pipe = connection().pipeline(transaction=False)
+            for (company_id, job_type), positions in windows.items():
+                key = count_key(company_id, job_type)
+                pipe.incrby(key, len(positions))
+                pipe.expire(key, 3600)
+            totals = pipe.execute()[::2]
+        except (RedisError, OSError) as exc:
+            log.warning("Events: window counts unavailable (%s); the sweep closes the windows", type(exc).__name__)
+            return
+        for (window, positions), total in zip(windows.items(), totals, strict=True):
+            self._counts[window] = total
+            first = total - len(positions) + 1
+            for n, i in enumerate(positions):
+                count = first + n
+                results[i] = Accepted(count, "bulk" if count > threshold else "single")
+        self._closers.after_commit(windows)
+
+
+def count_key(company_id: int, job_type: str) -> str:
+    return f"{PREFIX}count:{company_id}:{job_type}"
+
+
+# -- windows become jobs ------------------------------------------------------------------
+@dataclass
+class Closed:
+    """What ``close_window`` did: the jobs it made, or when the window will be due."""
+
+    jobs: list = field(default_factory=list)
+    due: datetime | None = None
+    more: bool = False
+    events: int = 0
+
+
+class _Taken(Exception):
+    """Another closer deleted these events first."""
+
+
+def close_window(company_id: int, job_type: str, *, now: datetime | None = None) -> Closed:
+    """Make the jobs of a due window; a window not due yet says when it will be.
+
+    Each job is created in one transaction with the conditional delete of its events, so the
+    events become recipients exactly once, whichever closers run."""
+    now = now or utcnow()
+    release_events_closer(company_id, job_type)
+    window = (WaitingEvent.company_id == company_id, WaitingEvent.job_type == job_type)
+    count, first, last = db.session.execute(
+        select(func.count(), func.min(WaitingEvent.received_at), func.max(WaitingEvent.received_at))
+        .where(*window)).one()
+    db.session.rollback()
+    if not count:
+        return Closed()
+    due = due_at(first, last)
+    if due > now and count < CLOSE_LIMIT:
+        return Closed(due=due)
+    cfg = settings.current()
+    if db.session.get(Company, company_id) is None:
+        return Closed()
+    rows = db.session.execute(select(WaitingEvent.id, WaitingEvent.payload).where(*window)
+                              .order_by(WaitingEvent.id).limit(CLOSE_LIMIT)).all()
+    tpl = template_for(company_id, job_type)
+    ids = [r.id for r in rows]
+    if tpl is None:
+        _dropped(company_id, job_type, ids, "no_template")
+        return Closed(events=len(ids), more=count > CLOSE_LIMIT)
+    items = [(r.id, {"email": r.payload["email"], "data": r.payload.get("data") or {}}) for r in rows]
+    if len(items) > cfg.bulk_threshold:
+        groups = [items[i:i + cfg.max_recipients] for i in range(0, len(items), cfg.max_recipients)]
+    else:
+        groups = [[item] for item in items]
+    made = []
+    for group in groups:
+        group_ids = [i for i, _ in group]
+        try:
+            job, _ = create_job(company_id, {"type": job_type, "template": tpl.name,
+                                             "recipients": [r for _, r in group]},
+                                source="event", max_recipients=cfg.max_recipients,
+                                before_commit=lambda job, ids=group_ids: _delete(ids))
+        except _Taken:
+            db.session.rollback()
+            continue
         except JobError as exc:
             db.session.rollback()
-            _dropped(company_id, job_type, window_id, len(chunk), exc.code)
-    return made
+            _dropped(company_id, job_type, group_ids, exc.code)
+            continue
+        made.append(job)
+    _uncount(company_id, job_type, len(ids))
+    if made:
+        log.info("Company %s: %s %s events became %s job(s)", company_id, len(ids), job_type, len(made))
+    return Closed(made, more=count > CLOSE_LIMIT, events=len(ids))
 
 
-def _dropped(company_id: int, job_type: str, window_id: str, count: int, reason: str) -> None:
+def _delete(ids: list[int]) -> None:
+    deleted = db.session.execute(WaitingEvent.__table__.delete().where(WaitingEvent.id.in_(ids))).rowcount
+    if deleted != len(ids):
+        raise _Taken()
+
+
+def _uncount(company_id: int, job_type: str, n: int) -> None:
+    """The window's count no longer holds the events just taken (Redis keeps the count for the mode only)."""
+    try:
+        conn = connection()
+        if conn.decrby(count_key(company_id, job_type), n) <= 0:
+            conn.delete(count_key(company_id, job_type))
+    except (RedisError, OSError):
+        return
+
+
+def _dropped(company_id: int, job_type: str, ids: list[int], reason: str) -> None:
     """Events that cannot become a job (template deleted or broken since they were accepted)."""
-    log.error("Window %s: %s %s events of company %s dropped: %s", window_id, count, job_type, company_id, reason)
-    audit.record("events_dropped", company_id=company_id, object_type="events", object_id=window_id,
-                 details={"type": job_type, "events": count, "reason": reason})
+    try:
+        _delete(ids)
+    except _Taken:
+        db.session.rollback()
+        return
+    log.error("Company %s: %s %s events dropped: %s", company_id, len(ids), job_type, reason)
+    audit.record("events_dropped", company_id=company_id, object_type="events", object_id=str(ids[0]),
+                 details={"type": job_type, "events": len(ids), "reason": reason})
     db.session.commit()
 
 
-def open_windows(conn: Redis, older_than_ms: int | None = None) -> list[tuple[int, str, int]]:
-    """(company id, job type, opened ms) of open windows, oldest first."""
-    top = "+inf" if older_than_ms is None else older_than_ms
-    found = []
-    for member, score in conn.zrangebyscore(OPEN, "-inf", top, withscores=True):
-        company, _, jtype = member.decode().partition(":")
-        found.append((int(company), jtype, int(score)))
-    return found
+def stale_windows(older_than: datetime) -> list[tuple[int, str]]:
+    """Windows holding an event received before ``older_than``: their closer was lost."""
+    return [tuple(r) for r in db.session.execute(
+        select(WaitingEvent.company_id, WaitingEvent.job_type).where(WaitingEvent.received_at < older_than)
+        .distinct()).all()]
 
 
-def closed_windows(conn: Redis, older_than_ms: int) -> list[tuple[int, str, str]]:
-    """(company id, job type, window id) of taken windows whose jobs are not made yet."""
-    found = []
-    for member in conn.zrangebyscore(CLOSED, "-inf", older_than_ms):
-        company, jtype, wid = member.decode().split(":", 2)
-        found.append((int(company), jtype, wid))
-    return found
+def waiting_count(company_id: int, job_type: str | None = None) -> int:
+    """Events of the company waiting in its windows (tests, support)."""
+    stmt = select(WaitingEvent.id).where(WaitingEvent.company_id == company_id)
+    if job_type is not None:
+        stmt = stmt.where(WaitingEvent.job_type == job_type)
+    return len(db.session.execute(stmt).all())
 
 
-def jobs_of_window(company_id: int, window_id: str) -> list[Job]:
-    """The jobs made from a window (for tests and support)."""
-    return list(db.session.execute(
-        Job.scoped(company_id).where(Job.idempotency_key.like(f"events:{window_id}%")).order_by(Job.id)).scalars())
+# -- events held in Redis by the version before --------------------------------------------
+LEGACY_OPEN, LEGACY_CLOSED = PREFIX + "open", PREFIX + "closed"
+
+
+def import_legacy(conn: Redis) -> int:
+    """Events an earlier version held in Redis (a list per open window, ``buf:<company>:<type>``, listed
+    in the ``open`` set; ``taken:<window>`` once taken, listed in ``closed``): stored as waiting events
+    (their windows close as any), then the lists deleted. Returns the events moved."""
+    opened = [m.decode() for m in conn.zrange(LEGACY_OPEN, 0, -1)]
+    taken = [m.decode() for m in conn.zrange(LEGACY_CLOSED, 0, -1)]
+    if not opened and not taken:
+        return 0
+    lists = []
+    for member in opened:
+        company, _, job_type = member.partition(":")
+        lists.append((f"{PREFIX}buf:{member}", int(company), job_type))
+    for member in taken:
+        company, job_type, window = member.split(":", 2)
+        lists.append((f"{PREFIX}taken:{window}", int(company), job_type))
+    moved = 0
+    for key, company_id, job_type in lists:
+        tokens = [t.decode() for t in conn.lrange(key, 0, -1)]
+        if tokens and db.session.get(Company, company_id) is not None:
+            db.session.execute(text("INSERT INTO waiting_events (company_id, job_type, received_at, payload) "
+                                    "VALUES (:c, :t, :r, :p)"),  # the tokens as they are: already encrypted
+                               [{"c": company_id, "t": job_type, "r": utcnow(), "p": token} for token in tokens])
+            db.session.commit()
+            moved += len(tokens)
+        conn.delete(key)
+    conn.delete(LEGACY_OPEN, LEGACY_CLOSED, *(f"{PREFIX}{kind}:{m}" for m in opened for kind in ("win", "last")))
+    log.warning("Events: %s events of an earlier version moved from Redis to the database", moved)
+    return moved
+
+
+def hold_s() -> float:
+    """The longest a window stays open, and a grace: past it, a waiting event's closer was lost."""
+    s = settings.current()
+    hold = s.bulk_max_hold_s if s.bulk_max_hold_s is not None else 6 * s.bulk_window_s
+    return hold + s.bulk_window_s
+
+
+def stale_before(grace_s: float = 30.0) -> datetime:
+    return utcnow() - timedelta(seconds=hold_s() + grace_s)
+
 

@@ -273,27 +273,6 @@ def enqueue_issue(job_id: int) -> None:
                     job_id, type(exc).__name__)
 
 
-def schedule_close(company_id: int, job_type: str, window_id: str, delay_s: float) -> None:
-    """Queue an LMS event window's closer to run in ``delay_s`` seconds (the queue's scheduler moves it)."""
-    due_ms = int((time.time() + delay_s) * 1000)
-    try:
-        port().enqueue_in(max(delay_s, 0), HIGH, Task.CLOSE_WINDOW, company_id, job_type, window_id,
-                          task_id=f"events-close-{company_id}-{job_type}-{window_id}-{due_ms}", policy=JOB)
-    except (RedisError, OSError) as exc:  # the recovery sweep closes it later
-        log.warning("Window %s: closer not scheduled (%s); recovery will close it", window_id,
-                    type(exc).__name__)
-
-
-def enqueue_close_recovery(company_id: int, job_type: str, window_id: str) -> int:
-    """Queue the closer of a window whose closer was lost; 1 when queued, 0 when one is live."""
-    rq_id = f"events-recover-{company_id}-{job_type}-{window_id}"
-    if is_live(rq_id):
-        return 0
-    port().enqueue(HIGH, Task.CLOSE_WINDOW, company_id, job_type, window_id, task_id=rq_id, policy=JOB)
-    log.warning("Window %s: closer lost; recovering", window_id)
-    return 1
-
-
 #: connection tests and test emails: quick, high priority, results kept briefly
 CHECK = Policy(retries=(), result_ttl=60, failure_ttl=24 * 3600)
 CHECK_TASKS = {"connection": Task.RUN_CONNECTION_TEST, "email": Task.SEND_TEST_EMAIL}
@@ -368,36 +347,53 @@ def schedule_lms_polls(interval: float) -> None:
         port().enqueue(HIGH, Task.POLL_LMS, task_id=rq_id, policy=periodic(interval))
 
 
-# -- SMTP submission (core.submissions, tasks.submissions) ------------------------------
-def _smtp_closer_key(company_id: int, job_type: str) -> str:
-    return f"offload:smtp:closer:{company_id}:{job_type}"
+# -- window closers: SMTP submission (core.submissions) and LMS events (core.events) -----------------
+def _closer_key(kind: str, company_id: int, job_type: str) -> str:
+    return f"offload:{kind}:closer:{company_id}:{job_type}"
 
 
 def schedule_smtp_close(company_id: int, job_type: str, delay_s: float, *, again: bool = False) -> bool:
     """Have the closer of a company's SMTP window run in ``delay_s`` seconds: once per window (a key
     marks the scheduled closer; ``again``: the closer itself, rescheduling). True when this call
     scheduled it. A Redis outage is logged: the recovery sweep closes windows whose closer was lost."""
+    return _schedule_closer("smtp", Task.CLOSE_SMTP_WINDOW, company_id, job_type, delay_s, again)
+
+
+def schedule_events_close(company_id: int, job_type: str, delay_s: float, *, again: bool = False) -> bool:
+    """The same for a company's window of LMS events."""
+    return _schedule_closer("events", Task.CLOSE_WINDOW, company_id, job_type, delay_s, again)
+
+
+def _schedule_closer(kind: str, task: Task, company_id: int, job_type: str, delay_s: float, again: bool) -> bool:
     ttl = max(60, int(delay_s * 2) + 60)
     try:
         conn = connection()
-        key = _smtp_closer_key(company_id, job_type)
+        key = _closer_key(kind, company_id, job_type)
         if again:
             conn.set(key, 1, ex=ttl)
         elif not conn.set(key, 1, nx=True, ex=ttl):
             return False
         due_ms = int((time.time() + delay_s) * 1000)
-        port().enqueue_in(max(delay_s, 0), HIGH, Task.CLOSE_SMTP_WINDOW, company_id, job_type,
-                          task_id=f"smtp-close-{company_id}-{job_type}-{due_ms}", policy=JOB)
+        port().enqueue_in(max(delay_s, 0), HIGH, task, company_id, job_type,
+                          task_id=f"{kind}-close-{company_id}-{job_type}-{due_ms}", policy=JOB)
         return True
     except (RedisError, OSError) as exc:
-        log.warning("Company %s: SMTP window closer not scheduled (%s); the sweep will close it", company_id,
-                    type(exc).__name__)
+        log.warning("Company %s: %s window closer not scheduled (%s); the sweep will close it", company_id,
+                    kind, type(exc).__name__)
         return False
 
 
 def release_smtp_closer(company_id: int, job_type: str) -> None:
     """The closer runs: a message stored from now on schedules a closer of its own."""
+    _release_closer("smtp", company_id, job_type)
+
+
+def release_events_closer(company_id: int, job_type: str) -> None:
+    _release_closer("events", company_id, job_type)
+
+
+def _release_closer(kind: str, company_id: int, job_type: str) -> None:
     try:
-        connection().delete(_smtp_closer_key(company_id, job_type))
+        connection().delete(_closer_key(kind, company_id, job_type))
     except (RedisError, OSError):
         return

@@ -249,7 +249,9 @@ class Closers:
     #: how soon to ask again when another process's closer holds the window
     RECHECK_S = 1.0
 
-    def __init__(self):
+    def __init__(self, schedule=schedule_smtp_close):
+        #: ``schedule(company_id, job_type, delay_s) -> bool`` (LMS events pass their own)
+        self._schedule = schedule
         self._until: dict[tuple[int, str], float] = {}
 
     def after_commit(self, windows: Iterable[tuple[int, str]]) -> None:
@@ -258,7 +260,7 @@ class Closers:
         for window in windows:
             if self._until.get(window, 0.0) > now:
                 continue
-            mine = schedule_smtp_close(*window, delay)
+            mine = self._schedule(*window, delay)
             self._until[window] = now + (delay - self.MARGIN_S if mine else self.RECHECK_S)
 
 

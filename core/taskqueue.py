@@ -51,7 +51,7 @@ ARGS: dict[Task, tuple[str, ...]] = {
     Task.SUBMIT_BATCHES: ("batch_ids",),
     Task.SEND_FALLBACK: ("batch_id",),
     Task.ISSUE_CERTIFICATES: ("job_id",),
-    Task.CLOSE_WINDOW: ("company_id", "job_type", "window_id"),
+    Task.CLOSE_WINDOW: ("company_id", "job_type"),
     Task.CLOSE_SMTP_WINDOW: ("company_id", "job_type"),
     Task.RUN_CONNECTION_TEST: ("company_id", "check_id"),
     Task.SEND_TEST_EMAIL: ("company_id", "check_id"),

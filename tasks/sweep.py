@@ -39,7 +39,7 @@ def _recover_event_windows() -> int:
     """Event windows whose closer was lost (tasks.events)."""
     try:
         return sum(events.recover().values())
-    except RedisError:
+    except RedisError:  # the windows wait for Redis: the events are in the database
         return 0
 
 

@@ -9,6 +9,7 @@
 - ``campaigns``: LMS audience settings, suppressions, bounce events;
 - ``lms``: what the LMS connector took (IOMAD email rows, completions);
 - ``submissions``: messages taken by SMTP submission;
+- ``events``: LMS events waiting for their window;
 - ``certificates`` and ``audit``.
 
 Secrets and recipient data are encrypted at rest (``core.crypto``).
@@ -21,6 +22,7 @@ from core.models.campaigns import (BOUNCE_KINDS, COMPLAINT, HARD, LIST_BOUNCE, L
 from core.models.certificates import Certificate, CertificateTemplate  # noqa: F401
 from core.models.companies import (MODES, ROLES, ApiToken, Company, DeliverySettings, Template,  # noqa: F401
                                    User)
+from core.models.events import WaitingEvent  # noqa: F401
 from core.models.jobs import Batch, Job, Recipient, WebhookReceipt  # noqa: F401
 from core.models.lms import LmsCompletion, LmsEmailCopy, LmsEmailRow  # noqa: F401
 from core.models.submissions import JOBBED, WAITING, SmtpMessage  # noqa: F401

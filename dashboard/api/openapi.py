@@ -146,7 +146,8 @@ DOCUMENT = {
                                              op_id="cancelJob")},
         "/jobs/{job_id}/resume": {"post": op("Resume a paused job", {"202": body(ref("Job"), "the job")},
                                              params=[JOB_ID], op_id="resumeJob")},
-        "/events": {"post": op("One LMS event (held in its window, then one bulk job or one job each)",
+        "/events": {"post": op("One LMS event (stored before the 202, held in its window, then one bulk job or "
+                                  "one job each)",
                                {"202": body(ref("EventAccepted"), "accepted")}, request=ref("Event"),
                                op_id="postEvent")},
         "/templates": {"get": op("The company's stored email templates",

@@ -45,7 +45,7 @@ def test_a_missing_task_is_named():
 
 def test_a_function_that_cannot_take_cores_arguments_is_named():
     functions = {**complete(), Task.CLOSE_WINDOW: takes("company_id")}
-    expected = r"close_window: .* cannot take \('company_id', 'job_type', 'window_id'\)"
+    expected = r"close_window: .* cannot take \('company_id', 'job_type'\)"
     with pytest.raises(TaskRegistryError, match=expected):
         check(functions)
 

@@ -7,9 +7,10 @@ import time
 
 from rq.registry import ScheduledJobRegistry
 
-from core import events
+from sqlalchemy import func, select
+
 from core.db import db
-from core.models import Template
+from core.models import Template, WaitingEvent
 from core.queue import QUEUE_NAMES, connection
 from tasks.rq_queue import get_queue
 from tasks.worker import AppWorker
@@ -42,9 +43,10 @@ def worker_pass(app) -> None:
 
 
 def busy(app) -> bool:
-    """True while an event window is open/closing or RQ holds queued or scheduled work."""
-    conn = connection()
-    if conn.zcard(events.OPEN) or conn.zcard(events.CLOSED):
+    """True while an event waits in a window or RQ holds queued or scheduled work."""
+    waiting = db.session.execute(select(func.count()).select_from(WaitingEvent)).scalar()
+    db.session.rollback()
+    if waiting:
         return True
     for name in QUEUE_NAMES:
         queue = get_queue(name)

@@ -292,9 +292,12 @@ class SmtpProcess:
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
+    def command(self) -> list[str]:
+        return [str(FLASK), "--app", "wsgi", "smtp"]
+
     def start(self) -> SmtpProcess:
-        log = open(self.logdir / f"smtp-{self.starts}.log", "wb")
-        self.proc = subprocess.Popen([str(FLASK), "--app", "wsgi", "smtp"], cwd=ROOT, env=self.env, stdout=log,
+        log = open(self.logdir / f"{self.command()[0].rpartition('/')[2]}-{self.starts}.log", "wb")
+        self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=self.env, stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         self.starts += 1
@@ -322,3 +325,16 @@ class SmtpProcess:
     def log_tail(self, chars: int = 3000) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-chars:]}"
                          for p in sorted(self.logdir.glob("*.log")))
+
+
+class WebProcess(SmtpProcess):
+    """The web app under gunicorn (``workers`` processes of ``threads`` threads) on a fixed port, killed
+    and restarted the same way (the master and its workers are one process group)."""
+
+    def __init__(self, env: dict, workers: int = 2, threads: int = 4):
+        super().__init__(env)
+        self.workers, self.threads = workers, threads
+
+    def command(self) -> list[str]:
+        return [str(ROOT / ".venv" / "bin" / "gunicorn"), "-w", str(self.workers), "--threads", str(self.threads),
+                "-b", f"127.0.0.1:{self.port}", "--timeout", "60", "wsgi:app"]

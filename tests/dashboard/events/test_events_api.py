@@ -1,17 +1,20 @@
-"""POST /api/v1/events: windows in the real Redis, closed by the real RQ worker,
-sent through the SES emulator."""
+"""POST /api/v1/events: events stored in the database before their 202, windows closed by the real RQ
+worker, sent through the SES emulator."""
 from __future__ import annotations
+
+import json
+from datetime import timedelta
 
 import pytest
 from rq.registry import ScheduledJobRegistry
-from sqlalchemy import select
+from sqlalchemy import select, text
 
-from core import events
+from core import crypto, events
 from core.db import db
-from core.models import Job, Recipient
+from core.models import Job, Recipient, WaitingEvent, utcnow
 from core.queue import HIGH, connection
 from tasks.rq_queue import get_queue
-from tasks.events import close_window, flush_window, recover
+from tasks.events import close_window, recover
 from tests.support.events import by_recipient, drain, make_template, ses_settings
 
 
@@ -32,8 +35,9 @@ def event(i: int, name: str = "user_created", **data) -> dict:
             "occurred_at": "2026-11-22T10:30:00Z"}
 
 
-def event_keys() -> list[bytes]:
-    return list(connection().scan_iter(match=events.PREFIX + "*"))
+def stored() -> list:
+    db.session.rollback()
+    return db.session.execute(select(WaitingEvent)).scalars().all()
 
 
 def test_500_events_within_the_window_make_one_bulk_job_of_500(client, app, ses_company, ses_local):
@@ -46,14 +50,15 @@ def test_500_events_within_the_window_make_one_bulk_job_of_500(client, app, ses_
         modes.append(body["mode"])
     assert modes[:10] == ["single"] * 10 and set(modes[10:]) == {"bulk"}
 
-    # held encrypted: no address or password in Redis; the closer's RQ args are ids only
-    conn = connection()
-    raw = b"".join(conn.lrange(events.buf_key(ses_company.id, "csv_import"), 0, -1))
-    assert b"S3cret-" not in raw and b"learner" not in raw
+    # stored before the 202, encrypted: no address or password in the database's text; the closer's RQ
+    # args are ids only, and one closer is scheduled for the window
+    raw = db.session.execute(text("SELECT payload FROM waiting_events")).scalars().all()
+    assert len(raw) == 500 and not [p for p in raw if "S3cret-" in p or "learner" in p]
+    assert len(stored()) == 500 and stored()[0].payload["email"] == "learner0@example.com"
     (scheduled,) = ScheduledJobRegistry(queue=get_queue(HIGH)).get_job_ids()
     rq_job = get_queue(HIGH).fetch_job(scheduled)
     assert rq_job.func_name == "tasks.events.close_window"
-    assert rq_job.args[:2] == (ses_company.id, "csv_import") and len(rq_job.args) == 3
+    assert rq_job.args == (ses_company.id, "csv_import")
 
     drain(app)
 
@@ -62,7 +67,7 @@ def test_500_events_within_the_window_make_one_bulk_job_of_500(client, app, ses_
     assert jobs[0].status == "completed" and jobs[0].emails_sent == 500
     received = by_recipient(ses_local.store())
     assert received == {f"learner{i}@example.com": 1 for i in range(500)}
-    assert event_keys() == []  # events deleted once they are a job
+    assert stored() == []  # events deleted once they are a job
 
 
 def test_three_events_are_three_single_sends(client, app, ses_company, ses_local):
@@ -78,7 +83,7 @@ def test_three_events_are_three_single_sends(client, app, ses_company, ses_local
     sent = ses_local.store()
     assert sorted(m["destination"]["to"][0] for m in sent) == [f"learner{i}@example.com" for i in range(3)]
     assert sorted(m["subject"] for m in sent) == ["Your licence LIC-0", "Your licence LIC-1", "Your licence LIC-2"]
-    assert event_keys() == []
+    assert stored() == []
 
 
 @pytest.mark.parametrize("body, code", [
@@ -93,7 +98,7 @@ def test_bad_events_are_400_with_a_reason_and_store_nothing(client, ses_company,
     resp = client.post("/api/v1/events", json=body, headers=ses_company.auth)
     assert resp.status_code == 400
     assert resp.get_json()["error"] == code and resp.get_json()["message"]
-    assert event_keys() == []
+    assert stored() == []
 
 
 def test_not_json_no_token_and_no_template(client, make_company, ses_company):
@@ -107,7 +112,7 @@ def test_not_json_no_token_and_no_template(client, make_company, ses_company):
     assert resp.status_code == 400
     assert resp.get_json() == {"error": "no_template", "message": "no template for certificate",
                                "details": {"job_type": "certificate"}}
-    assert event_keys() == []
+    assert stored() == []
 
 
 def test_an_event_the_template_cannot_render_is_refused(client, ses_company):
@@ -115,51 +120,109 @@ def test_an_event_the_template_cannot_render_is_refused(client, ses_company):
     resp = client.post("/api/v1/events", json=event(1, "reengagement_campaign_triggered"),
                        headers=ses_company.auth)
     assert resp.status_code == 400 and resp.get_json()["error"] == "template_error"
+    # refused again for the next event (the process remembers the template failed, and renders to be sure)
+    resp = client.post("/api/v1/events", json=event(2, "reengagement_campaign_triggered"),
+                       headers=ses_company.auth)
+    assert resp.status_code == 400 and resp.get_json()["error"] == "template_error"
+    assert stored() == []
 
 
-def test_a_closer_run_twice_makes_no_second_job(client, app, ses_company):
+def test_an_event_without_a_field_the_template_needs_is_refused_naming_it(client, ses_company):
+    body = event(1)
+    del body["data"]["password"]
+    resp = client.post("/api/v1/events", json=body, headers=ses_company.auth)
+    assert resp.status_code == 400
+    assert resp.get_json()["error"] == "missing_fields" and resp.get_json()["details"] == {"fields": ["password"]}
+    assert stored() == []
+
+
+def test_a_revoked_token_is_refused_at_once(client, app, ses_company):
+    assert client.post("/api/v1/events", json=event(1), headers=ses_company.auth).status_code == 202
+    db.session.execute(text("UPDATE api_tokens SET revoked_at = :now"), {"now": utcnow()})
+    db.session.commit()
+    # the process knew the token a moment ago; the writer checks it again as it stores
+    resp = client.post("/api/v1/events", json=event(2), headers=ses_company.auth)
+    assert resp.status_code == 401 and resp.get_json()["error"] == "unauthorized"
+    assert len(stored()) == 1
+
+
+def test_a_closer_run_twice_makes_no_second_job(client, app, ses_company, set_settings):
     for i in range(12):
         client.post("/api/v1/events", json=event(i), headers=ses_company.auth)
-    conn = connection()
-    state = events.window_state(conn, ses_company.id, "csv_import")
-    assert events.take_window(conn, ses_company.id, "csv_import", state.window_id)
-    assert not events.take_window(conn, ses_company.id, "csv_import", state.window_id)  # only one taker
-    # a worker made the job, then died before deleting the events: the retry finds the job
-    taken = events.taken_events(conn, state.window_id)
-    (first, created), = events.make_jobs(ses_company.id, "csv_import", state.window_id, taken, threshold=10,
-                                         max_recipients=50_000)
-    assert created
-    again = close_window(ses_company.id, "csv_import", state.window_id)
-    assert again["jobs"] == [first.id]
-    assert flush_window(ses_company.id, "csv_import", state.window_id)["events"] == 0
-    assert db.session.execute(select(Job.id).where(Job.company_id == ses_company.id)).scalars().all() == [first.id]
-    assert db.session.query(Recipient).filter_by(job_id=first.id).count() == 12
+    set_settings(bulk_window_s=0.0, bulk_max_hold_s=0.0)
+    first = events.close_window(ses_company.id, "csv_import")
+    assert [j.email_count for j in first.jobs] == [12] and first.events == 12
+    assert close_window(ses_company.id, "csv_import") == {"events": 0, "jobs": []}
+    assert db.session.execute(select(Job.id).where(Job.company_id == ses_company.id)).scalars().all() == \
+        [first.jobs[0].id]
+    assert db.session.query(Recipient).filter_by(job_id=first.jobs[0].id).count() == 12
 
 
-def test_an_event_after_the_window_closed_opens_a_new_window(client, app, ses_company):
+def test_two_closers_at_once_make_one_job(app, ses_company, set_settings):
+    """The second closer read the same events; its conditional delete finds them gone and makes nothing."""
+    intake = events.Intake(db.engine)
+    for i in range(12):
+        intake.accept(ses_company.token, event(i))
+    set_settings(bulk_window_s=0.0, bulk_max_hold_s=0.0)
+    ids = [e.id for e in stored()]
+    events._delete(ids)  # another closer took them (its transaction committed first)
+    db.session.commit()
+    assert events.close_window(ses_company.id, "csv_import").jobs == []
+    assert db.session.execute(select(Job.id)).scalars().all() == []
+
+
+def test_a_window_not_due_says_when_it_will_be(client, app, ses_company):
     client.post("/api/v1/events", json=event(1), headers=ses_company.auth)
-    conn = connection()
-    first = events.window_state(conn, ses_company.id, "csv_import").window_id
-    assert events.take_window(conn, ses_company.id, "csv_import", first)
-    client.post("/api/v1/events", json=event(2), headers=ses_company.auth)
-    second = events.window_state(conn, ses_company.id, "csv_import").window_id
-    assert second and second != first
-    assert [e["email"] for e in events.taken_events(conn, first)] == ["learner1@example.com"]
-    assert len(ScheduledJobRegistry(queue=get_queue(HIGH)).get_job_ids()) == 2  # one closer per window
+    closed = events.close_window(ses_company.id, "csv_import")
+    assert closed.jobs == [] and closed.due is not None and closed.due > utcnow()
+    assert len(stored()) == 1
+
+
+def test_an_event_after_the_window_closed_opens_a_new_window(client, app, ses_company, set_settings):
+    client.post("/api/v1/events", json=event(1), headers=ses_company.auth)
+    registry = ScheduledJobRegistry(queue=get_queue(HIGH))
+    assert len(registry.get_job_ids()) == 1
+    set_settings(bulk_window_s=0.0, bulk_max_hold_s=0.0)
+    close_window(ses_company.id, "csv_import")  # the closer ran: the next event needs a closer of its own
+    set_settings(bulk_window_s=1.0, bulk_max_hold_s=None)
+    resp = client.post("/api/v1/events", json=event(2), headers=ses_company.auth)
+    assert resp.status_code == 202 and resp.get_json()["mode"] == "single"
+    assert [e.payload["email"] for e in stored()] == ["learner2@example.com"]
+    assert len(registry.get_job_ids()) == 2
 
 
 def test_recovery_closes_a_window_whose_closer_was_lost(client, app, ses_company, ses_local, set_settings):
-    set_settings(bulk_max_hold_s=0.1)
     client.post("/api/v1/events", json=event(7), headers=ses_company.auth)
     registry = ScheduledJobRegistry(queue=get_queue(HIGH))
-    for rq_id in registry.get_job_ids():  # the web process died before scheduling
+    for rq_id in registry.get_job_ids():  # Redis lost the closer
         registry.remove(rq_id, delete_job=True)
-    conn = connection()
-    conn.zadd(events.OPEN, {f"{ses_company.id}:csv_import": 1}, xx=True)  # opened long ago
-    assert recover() == {"events_windows_recovered": 1}
-    assert recover() == {"events_windows_recovered": 0}  # already queued
+    assert recover()["events_windows_recovered"] == 0  # not stale yet
+    db.session.execute(text("UPDATE waiting_events SET received_at = :old"),
+                       {"old": utcnow() - timedelta(hours=1)})
+    db.session.commit()
+    assert recover()["events_windows_recovered"] == 1
+    assert recover()["events_windows_recovered"] == 0
     drain(app)
     assert by_recipient(ses_local.store()) == {"learner7@example.com": 1}
+
+
+def test_events_an_earlier_version_held_in_redis_are_moved_and_sent(app, ses_company, ses_local):
+    conn = connection()
+    token = crypto.encrypt(json.dumps({"email": "old@example.com", "data": {"firstname": "Old", "password": "p"},
+                                       "event": "user_created", "occurred_at": None}))
+    conn.rpush(f"{events.PREFIX}buf:{ses_company.id}:csv_import", token)
+    conn.zadd(events.LEGACY_OPEN, {f"{ses_company.id}:csv_import": 1})
+    conn.rpush(f"{events.PREFIX}taken:w1", crypto.encrypt(json.dumps(
+        {"email": "taken@example.com", "data": {"firstname": "T", "password": "p"}, "event": "user_created",
+         "occurred_at": None})))
+    conn.zadd(events.LEGACY_CLOSED, {f"{ses_company.id}:csv_import:w1": 1})
+    assert recover()["events_moved_from_redis"] == 2
+    assert list(conn.scan_iter(match=events.PREFIX + "*")) == []
+    db.session.execute(text("UPDATE waiting_events SET received_at = :old"), {"old": utcnow() - timedelta(hours=1)})
+    db.session.commit()
+    recover()
+    drain(app)
+    assert by_recipient(ses_local.store()) == {"old@example.com": 1, "taken@example.com": 1}
 
 
 def test_another_company_cannot_see_event_jobs(client, app, ses_company, make_company):

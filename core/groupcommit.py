@@ -1,0 +1,180 @@
+"""Group commit for threads: one writer thread stores what many threads hand it, many per transaction.
+
+A caller hands its item to ``GroupCommit.submit`` and waits. The writer takes
+whatever is queued (up to ``max_batch``), stores it all with one call of the
+``store`` function on its own driver connection (one transaction: one fsync
+covers every item that arrived while the previous commit ran) and answers each
+caller with its own result. A store that fails fails every item of its group
+(``StoreFailed``: nothing of the group was stored, unless the failure was in
+the commit itself, which the store function tells apart); while ``max_backlog``
+items wait, new ones are refused at once (``Busy``) instead of piling up.
+
+The thread starts on the first ``submit`` of a process (so a forked web worker
+starts its own) and ends after ``idle_s`` without work. Its connection is the
+engine's, replaced after a failure (a database restart breaks it).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Dialect, Engine
+
+log = logging.getLogger(__name__)
+
+
+class StoreFailed(Exception):
+    """The database did not take the group; nothing of it was stored."""
+
+
+class Busy(StoreFailed):
+    """Too many items wait for the database already."""
+
+
+class NotStored(Exception):
+    """Raised by a store function when its statements failed before the commit: nothing was stored,
+    the group may be tried again on a fresh connection."""
+
+
+#: ``store(items, driver_connection, dialect)`` → one result per item, in order; it commits
+StoreFunction = Callable[[list, Any, Dialect], list]
+
+
+class _Waiter:
+    __slots__ = ("item", "done", "result", "error")
+
+    def __init__(self, item):
+        self.item = item
+        self.done = threading.Event()
+        self.result = None
+        self.error: BaseException | None = None
+
+
+class GroupCommit:
+    """The writer thread and the queue in front of it."""
+
+    def __init__(self, engine: Engine, store: StoreFunction, *, name: str, max_batch: int = 500,
+                 max_backlog: int = 5000, idle_s: float = 30.0, after: Callable[[list, list], None] | None = None):
+        self.engine, self.store_function, self.name = engine, store, name
+        self.max_batch, self.max_backlog, self.idle_s = max_batch, max_backlog, idle_s
+        #: called in the writer thread after each stored group, with its items and results (may change the
+        #: results; an exception is logged and the stored results stand)
+        self.after = after
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._waiting = 0
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._conn = None
+        #: groups committed, items stored, seconds spent storing (the bench and the log read them)
+        self.commits = 0
+        self.stored = 0
+        self.store_s = 0.0
+
+    # -- callers ---------------------------------------------------------------------------
+    def submit(self, item, timeout: float = 30.0):
+        """Store ``item``; its result once committed. Raises ``StoreFailed`` (``Busy``), or
+        ``TimeoutError`` when no answer came in ``timeout`` seconds (it may still be stored)."""
+        waiter = _Waiter(item)
+        with self._lock:
+            if self._waiting >= self.max_backlog:
+                raise Busy("backlog full")
+            self._waiting += 1
+            self._ensure_thread()
+            self._queue.put(waiter)
+        try:
+            if not waiter.done.wait(timeout):
+                raise TimeoutError(f"{self.name}: no answer within {timeout} s")
+        finally:
+            with self._lock:
+                self._waiting -= 1
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.result
+
+    def _ensure_thread(self) -> None:
+        """Start the writer if this process has none running (first use, after a fork, after idling)."""
+        if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
+            return
+        if self._pid != os.getpid():  # a forked child: the parent's queue and connection are not ours
+            self._queue, self._conn, self._waiting = queue.SimpleQueue(), None, 1
+        self._pid = os.getpid()
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    # -- the thread ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            try:
+                first = self._queue.get(timeout=self.idle_s)
+            except queue.Empty:
+                with self._lock:  # end only with nothing queued: a submit now starts a new thread
+                    if self._queue.empty():
+                        self._drop_connection()
+                        self._thread = None
+                        return
+                continue
+            group = [first]
+            while len(group) < self.max_batch:
+                try:
+                    group.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._write(group)
+
+    def _write(self, group: list[_Waiter]) -> None:
+        items = [w.item for w in group]
+        started = time.perf_counter()
+        try:
+            results = self._store(items)
+        except Exception as exc:  # noqa: BLE001 - whatever broke, every caller of the group is answered
+            self._drop_connection()
+            log.warning("%s: %s items not stored (%s)", self.name, len(group), type(exc).__name__)
+            failure = StoreFailed("the database did not take the group")
+            for waiter in group:
+                waiter.error = failure
+                waiter.done.set()
+            return
+        self.commits += 1
+        self.stored += len(items)
+        self.store_s += time.perf_counter() - started
+        if self.after is not None:
+            try:
+                self.after(items, results)
+            except Exception:  # stored is stored; what runs after is recovered by the sweep
+                log.exception("%s: after-commit step failed", self.name)
+        for waiter, result in zip(group, results, strict=True):
+            if isinstance(result, BaseException):
+                waiter.error = result
+            else:
+                waiter.result = result
+            waiter.done.set()
+
+    def _store(self, items: list) -> list:
+        """Store on the writer's connection; one that broke since its last use (the database restarted)
+        is replaced and the group tried once more, as nothing of it was stored."""
+        reused = self._conn is not None
+        if self._conn is None:
+            self._conn = self.engine.raw_connection()
+        try:
+            return self.store_function(items, self._conn, self.engine.dialect)
+        except NotStored:
+            if not reused:
+                raise
+            self._drop_connection()
+            self._conn = self.engine.raw_connection()
+            return self.store_function(items, self._conn, self.engine.dialect)
+
+    def _drop_connection(self) -> None:
+        """Give the connection back (invalidated: after a failure it may be broken)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.invalidate()
+            except Exception:  # noqa: BLE001 - a broken connection may fail to close too
+                log.debug("%s: connection invalidate failed", self.name, exc_info=True)
