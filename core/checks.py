@@ -34,11 +34,20 @@ def _begin(company_id: int, kind: str) -> str:
     return check_id
 
 
-def start_connection_test(company_id: int) -> str:
-    """Queue a connection test of the company's settings; returns its check id."""
+def start_connection_test(company_id: int, section: str | None = None) -> str:
+    """Queue a connection test of the company's settings (only the backends of the provider settings
+    group ``section``, when given: a settings section's own test); returns its check id."""
     check_id = _begin(company_id, "connection")
+    if section:
+        connection().set(request_key(company_id, check_id), json.dumps({"section": section}), ex=RESULT_TTL_S)
     enqueue_check("connection", company_id, check_id)
     return check_id
+
+
+def read_request(company_id: int, check_id: str) -> dict:
+    """What a check was asked to do beyond its id (``start_test_email``'s address, a test's section)."""
+    raw = connection().get(request_key(company_id, check_id))
+    return json.loads(raw) if raw else {}
 
 
 def start_test_email(company_id: int, to: str, template_id: int | None = None,

@@ -43,6 +43,8 @@ SOURCE = {"api": "LMS API", "event": "LMS events", "dashboard": "Dashboard", "lm
 MODE = {"direct": "Direct: the service sends", "offload": "Offload: the company's cloud worker sends"}
 ROLE = {"admin": "Administrator (every company)", "manager": "Company manager (one company)"}
 UNCERTAIN_POLICY = {"resend": "Send them again", "fail": "Mark them failed"}
+SMTP_TLS = {"starttls": "STARTTLS (usually port 587)", "tls": "TLS from the start (usually port 465)",
+            "none": "None: plain text (a test server only)"}
 #: what a recipient's stored error code means (other errors are stored as words already)
 RECIPIENT_ERROR = {
     "invalid_email": "Not a valid email address",
@@ -94,7 +96,7 @@ EXCEPTION = {
 TABLES: dict[str, dict[str, str]] = {
     "job_status": JOB_STATUS, "recipient_status": RECIPIENT_STATUS, "batch_status": BATCH_STATUS,
     "job_type": JOB_TYPE, "priority": PRIORITY, "source": SOURCE, "mode": MODE, "role": ROLE,
-    "uncertain_policy": UNCERTAIN_POLICY, "recipient_error": RECIPIENT_ERROR,
+    "uncertain_policy": UNCERTAIN_POLICY, "smtp_tls": SMTP_TLS, "recipient_error": RECIPIENT_ERROR,
     "error_prefix": ERROR_PREFIX, "suppression_list": SUPPRESSION_LIST,
     "audit_action": AUDIT_ACTION, "exception": EXCEPTION,
 }

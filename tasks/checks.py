@@ -15,7 +15,7 @@ from core import delivery_settings
 from core.certificates import StorageNotConfigured, configured_kind, open_storage
 from core.db import db
 from core.models import Company, Template
-from core.checks import RESULT_TTL_S, request_key, result_key
+from core.checks import RESULT_TTL_S, read_request, request_key, result_key
 from core.queue import connection
 from core.rendering import PREVIEW_BUDGET_S, CompiledTemplate, RenderError
 from providers import Message, ProviderError, ResultStatus, get_provider, registry
@@ -108,10 +108,33 @@ def planned_checks(config: dict) -> list[tuple[str, object]]:
     return checks
 
 
-def _storage_check(company: Company) -> dict | None:
-    """Whichever certificate storage the settings choose (a bucket must exist), or ``None``."""
+def _in_group(kind: str, section: str) -> list[str]:
+    """The backends of ``kind`` whose settings are the group ``section``."""
+    return [name for name in registry.names(kind)
+            if getattr(registry.backend(kind, name).settings, "name", None) == section]
+
+
+def section_checks(company: Company, config: dict, section: str) -> list[dict]:
+    """A settings section's own test: every sender that reads its group, the offload transport
+    when its queue is set, and the certificate storage when it is configured."""
+    checks = [_check(registry.label(registry.SENDER, n), _provider_test(n, config))
+              for n in _in_group(registry.SENDER, section)]
+    checks += [_check(registry.label(registry.TRANSPORT, n), _transport_test(n, config))
+               for n in _in_group(registry.TRANSPORT, section)
+               if config.get(registry.backend(registry.TRANSPORT, n).queue_setting)]
+    checks += [found for n in _in_group(registry.STORAGE, section)
+               if registry.configured(registry.STORAGE, n, config) and (found := _storage_check(company, n))]
+    if not checks:
+        title = next((g.title for g in registry.settings_groups() if g.name == section), section)
+        return [{"name": title, "ok": False, "error": "nothing in this section is set up yet: fill it in and save "
+                 "it first", "facts": {}, "notes": []}]
+    return checks
+
+
+def _storage_check(company: Company, kind: str | None = None) -> dict | None:
+    """Whichever certificate storage the settings choose (or ``kind``; a bucket must exist), or ``None``."""
     try:
-        kind = configured_kind(company)
+        kind = kind or configured_kind(company)
     except StorageNotConfigured:
         return None
 
@@ -127,11 +150,15 @@ def run_connection_test(company_id: int, check_id: str) -> None:
     if company is None:
         return
     config = provider_config(company)
-    results = [_check(name, run) for name, run in planned_checks(config)]
-    storage = _storage_check(company)
-    if storage is not None:
-        results.append(storage)
-    ok = all(r["ok"] for r in results)
+    section = read_request(company_id, check_id).get("section")
+    if section:
+        results = section_checks(company, config, section)
+    else:
+        results = [_check(name, run) for name, run in planned_checks(config)]
+        storage = _storage_check(company)
+        if storage is not None:
+            results.append(storage)
+    ok = bool(results) and all(r["ok"] for r in results)
     log.info("Company %s: connection test %s: %s", company_id, check_id[:6], "ok" if ok else "problems")
     _store(company_id, check_id, {"status": "done", "kind": "connection", "ok": ok, "checks": results,
                                   "provider": config.get("provider"), "mode": config.get("mode")}, config)

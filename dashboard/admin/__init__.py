@@ -16,6 +16,7 @@ from dashboard.admin import (audit, campaigns, certificates, companies, company_
                              suppressions, templates)
 from dashboard.admin.base import SecureIndexView, scope
 from core import labels
+from dashboard import results
 from core.suppressions import rates
 from core.db import db
 from core.models import ApiToken, Company, Job, Template
@@ -94,6 +95,7 @@ def init_app(app) -> None:
     csp.init_app(app)  # Flask-Admin's templates without inline handlers
     # words, not keys, in every template (core.labels)
     app.jinja_env.filters.update(label=label_filter, error_words=labels.error, route_label=labels.route)
+    app.jinja_env.globals.update(split_category=results.split)  # results beside their buttons
     admin = Admin(app, name="Cloud Offload", url="/admin", index_view=HomeView(url="/admin"),
                   theme=Bootstrap4Theme(swatch="default"))
     for feature in FEATURES:

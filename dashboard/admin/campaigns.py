@@ -55,9 +55,21 @@ def read_upload_form() -> None:
         abort(400, "The CSRF token is missing or invalid.")
 
 
-def visible_templates() -> list[Template]:
+def visible_templates(job_type: str | None = None) -> list[Template]:
+    """The templates the user may pick; with ``job_type``, that type's first, then the untyped ones."""
     stmt = Template.scoped(scope()).order_by(Template.company_id, Template.name)
-    return list(db.session.execute(stmt).scalars())
+    found = list(db.session.execute(stmt).scalars())
+    if job_type is None:
+        return found
+    return sorted(found, key=lambda t: (t.job_type != job_type, t.job_type is not None))
+
+
+def default_template(templates: list[Template], job_type: str) -> int | None:
+    """The template a form starts on: the first of ``job_type``, else the first for any type; none else
+    (the user picks: never a template of another type, such as the certificate's)."""
+    chosen = next((t for t in templates if t.job_type == job_type), None) or \
+        next((t for t in templates if t.job_type is None), None)
+    return chosen.id if chosen else None
 
 
 def chosen_template(raw) -> Template:
@@ -156,7 +168,7 @@ class CampaignsView(SecureBaseView):
     @expose("/import", methods=["GET", "POST"])
     def import_upload(self):
         if request.method == "GET":
-            return self.render("campaigns/import.html", templates=visible_templates(), error=None)
+            return self.import_form(None)
         read_upload_form()
         tpl = chosen_template(request.form.get("template_id"))
         file = request.files.get("file")
@@ -168,8 +180,13 @@ class CampaignsView(SecureBaseView):
                                         max_rows=settings.current().max_recipients)
             upload_id = self.store().save(upload)
         except audiences.AudienceError as exc:
-            return self.render("campaigns/import.html", templates=visible_templates(), error=str(exc)), 400
+            return self.import_form(str(exc)), 400
         return redirect(url_for(".import_review", upload_id=upload_id, template_id=tpl.id))
+
+    def import_form(self, error):
+        templates = visible_templates("csv_import")
+        chosen = request.form.get("template_id") or default_template(templates, "csv_import")
+        return self.render("campaigns/import.html", templates=templates, selected=chosen, error=error)
 
     @expose("/import/<upload_id>", methods=["GET", "POST"])
     def import_review(self, upload_id: str):
@@ -241,7 +258,9 @@ class CampaignsView(SecureBaseView):
                            days=request.form.get("days", ""))
 
     def reengagement_form(self, error):
-        return self.render("campaigns/reengagement.html", templates=visible_templates(), error=error,
+        templates = visible_templates("reengagement")
+        chosen = request.form.get("template_id") or default_template(templates, "reengagement")
+        return self.render("campaigns/reengagement.html", templates=templates, selected=chosen, error=error,
                            values=request.form)
 
     def reengagement_audience(self, tpl: Template):

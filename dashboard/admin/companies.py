@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from wtforms import BooleanField, PasswordField, SelectField, StringField
 from wtforms.validators import DataRequired, Length, Optional
 
-from core import audit, companies
+from core import audit, companies, labels
 from core.db import db
 from core.models import ROLES, Company, User
 from core.rendering import valid_email
@@ -70,8 +70,8 @@ def _company_field():
 
 class UserEditForm(BaseForm):
     email = StringField("Email", validators=[DataRequired(), Length(max=320)])
-    role = SelectField("Role", choices=[(r, r.capitalize()) for r in ROLES], validators=[DataRequired()],
-                       description="An admin sees every company; a manager sees one company.")
+    role = SelectField("Role", choices=[(r, labels.label("role", r)) for r in ROLES], validators=[DataRequired()],
+                       default="manager", description="An admin sees every company; a manager sees one company.")
     company = _company_field()
     active = BooleanField("Active", default=True)
 
@@ -114,7 +114,16 @@ class UserView(AdminModelView):
     can_delete = False
 
     def create_form(self, obj=None):
-        return UserCreateForm(get_form_data(), obj=obj)
+        """A new user is a manager unless the admin says otherwise; ``?company_id=`` (the link on a new
+        company's page, "Add a manager") picks the company."""
+        form = UserCreateForm(get_form_data(), obj=obj)
+        if request.method == "GET":
+            form.role.data = request.args.get("role") if request.args.get("role") in ROLES else "manager"
+            wanted = request.args.get("company_id", "")
+            company = db.session.get(Company, int(wanted)) if wanted.isdigit() else None
+            if company is not None:
+                form.company.data = company
+        return form
 
     def edit_form(self, obj=None):
         return UserEditForm(get_form_data(), obj=obj)

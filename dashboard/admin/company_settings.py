@@ -14,14 +14,15 @@ check id; the page polls ``check_result`` for the outcome.
 """
 from __future__ import annotations
 
-from flask import abort, flash, jsonify, make_response, redirect, request, session, url_for
+from flask import abort, get_flashed_messages, jsonify, make_response, redirect, request, session, url_for
 from flask_admin import expose
 from redis import RedisError
 from sqlalchemy import select
 
-from core import audit
+from core import audit, delivery_settings
+from core import labels as words
+from dashboard import results
 from dashboard.admin.base import SecureBaseView, scope
-from core import delivery_settings
 from core.companies import configure, rotate_callback_secret
 from core.db import db
 from core.models import ApiToken, Company, utcnow
@@ -30,7 +31,8 @@ from core.tenancy import get_or_404
 from core.checks import start_connection_test
 from core.checks import start_test_email
 from core.checks import read_result
-from providers.registry import SettingsGroup
+from providers import registry
+from providers.registry import Setting, SettingsGroup
 from core.lms.connection import LmsError, describe_connection
 
 
@@ -103,6 +105,54 @@ def labelled(message: str) -> str:
     return f"{found[key.strip()]}:{rest}" if sep and key.strip() in found else message
 
 
+def provider_groups() -> dict[str, list[str]]:
+    """Each provider settings group (a form section of its own) and the senders that read it, by name."""
+    found: dict[str, list[str]] = {g.name: [] for g in registry.settings_groups()}
+    for name in registry.names(registry.SENDER):
+        group = getattr(registry.backend(registry.SENDER, name), "settings", None)
+        if group is not None:
+            found[group.name].append(name)
+    return found
+
+
+#: what each kind of backend does for a company, in words
+ROLES = {registry.SENDER: "sends this company's mail", registry.TRANSPORT: "carries its offload batches",
+         registry.STORAGE: "keeps its certificates"}
+
+
+def in_use(company: Company) -> dict[str, str]:
+    """The provider groups the company's settings use now, each with what uses it in words
+    (``{"aws": "Amazon SES sends this company's mail · Amazon SQS queue carries its offload batches"}``)."""
+    s = company.settings
+    if s is None:
+        return {}
+    config = s.provider_config()
+    used = [(registry.SENDER, s.provider or registry.fallback_sender())]
+    if s.mode == "offload" and registry.offload_transport(config):
+        used.append((registry.TRANSPORT, registry.offload_transport(config)))
+    if registry.choose_storage(config):
+        used.append((registry.STORAGE, registry.choose_storage(config)))
+    found: dict[str, list[str]] = {}
+    for kind, name in used:
+        group = getattr(registry.find(kind, name), "settings", None)
+        if group is not None:
+            found.setdefault(group.name, []).append(f"{registry.label(kind, name)} {ROLES[kind]}")
+    return {name: " · ".join(parts) for name, parts in found.items()}
+
+
+def choice_words(setting: Setting, choice: str) -> str:
+    """What a select shows for ``choice``: its declared label, else the label table's words for its key."""
+    if setting.choice_labels or setting.key not in words.TABLES:
+        return setting.choice_label(choice)
+    return words.label(setting.key, choice)
+
+
+def targeted_sections() -> set[str]:
+    """The sections this response's results are for (``dashboard.results``): they are shown open."""
+    targets = {results.split(category)[1] for category, _ in get_flashed_messages(with_categories=True)}
+    return {t.removeprefix("section-") for t in targets} | ({"lms"} if "test-lms" in targets else set())
+
+
 #: the session key a failed save is kept under between its POST and the GET it redirects to
 FAILED_SAVE = "settings_failed_save"
 
@@ -121,8 +171,11 @@ class CompanySettingsView(SecureBaseView):
     def _page(self, company: Company, status: int = 200, **extra):
         tokens = db.session.execute(ApiToken.scoped(company.id)
                                     .order_by(ApiToken.revoked_at.is_not(None), ApiToken.created_at.desc())).scalars()
+        failed = extra.get("failed_section")
         context = {"company": company, "sections": [visible_section(s) for s in sections()],
-                   "values": current_values(company),
+                   "values": current_values(company), "provider_groups": provider_groups(),
+                   "in_use": in_use(company), "opened": targeted_sections() | ({failed} if failed else set()),
+                   "choice_words": choice_words,
                    "settings": company.settings, "tokens": list(tokens), "errors": {}, "failed_section": None,
                    "submitted": {}, "check_id": request.args.get("check", ""), "now": utcnow(), **extra}
         response = make_response(self.render("admin/settings/company.html", **context), status)
@@ -172,12 +225,13 @@ class CompanySettingsView(SecureBaseView):
                          details={"section": section.name, "fields": changed})
             db.session.commit()
             found = labels()
-            flash(f"{section.title}: saved ({', '.join(found.get(k, k) for k in changed)}).", "success")
+            results.flash_at(f"section-{section.name}",
+                             f"{section.title}: saved ({', '.join(found.get(k, k) for k in changed)}).", "success")
             if getattr(company, "role_check_note", None):
-                flash(f"Role ARN saved, but {company.role_check_note}: make sure its trust policy requires "
-                      "the external id.", "warning")
+                results.flash_at(f"section-{section.name}", f"Role ARN saved, but {company.role_check_note}: "
+                                 "make sure its trust policy requires the external id.", "warning")
         else:
-            flash(f"{section.title}: nothing changed.", "info")
+            results.flash_at(f"section-{section.name}", f"{section.title}: nothing changed.", "info")
         return redirect(url_for("settings.company", company_id=company.id) + f"#section-{section.name}")
 
     def _started(self, company: Company, check_id: str | None, error: str | None):
@@ -189,15 +243,19 @@ class CompanySettingsView(SecureBaseView):
                             "result_url": url_for("settings.check_result", company_id=company.id,
                                                   check_id=check_id)}), 202
         if error:
-            flash(error, "error")
+            results.flash_at("checks", error, "error")
             return redirect(url_for("settings.company", company_id=company.id))
         return redirect(url_for("settings.company", company_id=company.id, check=check_id) + "#checks")
 
     @expose("/<int:company_id>/test-connection", methods=("POST",))
     def test_connection(self, company_id: int):
+        """Test everything the company's mail uses, or one provider section's backends (``section``)."""
         company = self._company(company_id)
+        section = request.form.get("section") or None
+        if section is not None and section not in provider_groups():
+            abort(400)
         try:
-            check_id = start_connection_test(company.id)
+            check_id = start_connection_test(company.id, section)
         except (RedisError, OSError):
             return self._started(company, None, "The job queue is unavailable; try again shortly.")
         audit.record("connection_test_requested", company_id=company.id, object_type="company",
@@ -214,10 +272,10 @@ class CompanySettingsView(SecureBaseView):
         try:
             found = describe_connection(company)
         except LmsError as exc:
-            flash(f"LMS connection: {exc}", "error")
+            results.flash_at("test-lms", f"LMS connection: {labelled(str(exc))}", "error")
         else:
-            flash("LMS connection works: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in found.items()),
-                  "success")
+            results.flash_at("test-lms", "LMS connection works: " + ", ".join(
+                f"{words.humanize(k).lower()} {v}" for k, v in found.items()), "success")
         audit.record("lms_connection_tested", company_id=company.id, object_type="company", object_id=company.id)
         db.session.commit()
         return redirect(url_for("settings.company", company_id=company.id) + "#section-lms")
@@ -268,7 +326,7 @@ class CompanySettingsView(SecureBaseView):
             row.revoked_at = utcnow()
             audit.record("api_token_revoked", company_id=company.id, object_type="api_token", object_id=row.id)
             db.session.commit()
-            flash(f"Token {row.prefix}… revoked.", "success")
+            results.flash_at("tokens", f"Token {row.prefix}… revoked.", "success")
         return redirect(url_for("settings.company", company_id=company.id) + "#tokens")
 
     @expose("/<int:company_id>/callback-secret/rotate", methods=("POST",))

@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 from datetime import datetime, timedelta
 
-from flask import abort, flash, jsonify, redirect, request, url_for
+from flask import abort, jsonify, redirect, request, url_for
 from flask_admin import expose
 from sqlalchemy import BigInteger, Integer, cast, extract, func, select
 
 from dashboard.admin.base import SecureBaseView, scope
+from dashboard.results import flash_at
 from dashboard.csvexport import csv_response
 from core import labels, settings, waiting
 from core.db import db
@@ -268,22 +269,23 @@ class JobsView(SecureBaseView):
         try:
             count = retry_failed(job)
         except JobError as exc:
-            flash(exc.message, "error")
+            flash_at("job-actions", exc.message, "error")
         else:
             if count:
-                flash(f"{count} failed recipient(s) queued again.", "success")
+                flash_at("job-actions", f"{count} failed recipient(s) queued again.", "success")
             else:
-                flash("No failed recipient can be retried (invalid addresses and duplicates are final).", "info")
-        return redirect(url_for("jobs.details", job_id=job_id))
+                flash_at("job-actions", "No failed recipient can be retried (invalid addresses and duplicates are "
+                         "final).", "info")
+        return redirect(url_for("jobs.details", job_id=job_id) + "#job-actions")
 
     @expose("/<int:job_id>/resume", methods=("POST",))
     def resume(self, job_id: int):
         job = get_or_404(Job, job_id, scope())
         if resume(job):
-            flash("Job resumed: its waiting batches are queued again.", "success")
+            flash_at("job-actions", "Job resumed: its waiting batches are queued again.", "success")
         else:
-            flash(f"The job is {job.status}, not paused.", "info")
-        return redirect(url_for("jobs.details", job_id=job_id))
+            flash_at("job-actions", f"The job is {labels.label('job_status', job.status).lower()}, not paused.", "info")
+        return redirect(url_for("jobs.details", job_id=job_id) + "#job-actions")
 
     @expose("/<int:job_id>/batches/<int:batch_number>/retry-now", methods=("POST",))
     def retry_now(self, job_id: int, batch_number: int):
@@ -293,19 +295,19 @@ class JobsView(SecureBaseView):
         if batch is None:
             abort(404)
         if retry_batch_now(job, batch):
-            flash(f"Batch {batch_number}: trying again now.", "success")
+            flash_at("waiting", f"Batch {batch_number}: trying again now.", "success")
         else:
-            flash(f"Batch {batch_number} is not waiting.", "info")
+            flash_at("waiting", f"Batch {batch_number} is not waiting.", "info")
         return redirect(url_for("jobs.details", job_id=job_id) + "#waiting")
 
     @expose("/<int:job_id>/cancel", methods=("POST",))
     def cancel(self, job_id: int):
         job = get_or_404(Job, job_id, scope())
         if request_cancel(job):
-            flash("Cancel requested: recipients not yet sent will be cancelled.", "success")
+            flash_at("job-actions", "Cancel requested: recipients not yet sent will be cancelled.", "success")
         else:
-            flash(f"The job is already {job.status}.", "info")
-        return redirect(url_for("jobs.details", job_id=job_id))
+            flash_at("job-actions", f"The job is already {labels.label('job_status', job.status).lower()}.", "info")
+        return redirect(url_for("jobs.details", job_id=job_id) + "#job-actions")
 
 
 def _no_store(response):

@@ -1,14 +1,17 @@
 """Public certificate pages, no login: verification and the learner's download link.
 
 - ``GET /verify/<code>``: an HTML page with the holder, course, dates and
-  validity (valid / expired / revoked), nothing else.
+  validity (valid / expired / revoked), nothing else; an unknown code is a
+  404 page that says so in words and offers the lookup form again.
+- ``GET /verify`` (``?code=``): the lookup form; a code typed there goes to
+  its ``/verify/<code>`` page.
 - ``GET /api/v1/verify/<code>``: the same facts as JSON.
 - ``GET /certificates/<code>/download``: the stable link mailed to the
   learner; redirects to a presigned URL of the PDF that expires in minutes.
 - ``GET /certificates/files/<key>?expires=&sig=``: that presigned URL when the
   PDFs are on this machine's disk (``local`` storage).
 
-An unknown code is a plain 404; every lookup runs the same query and a
+An unknown code is a 404; every lookup runs the same query and a
 constant-time comparison (``core.certificates.find_by_code``). Each
 client IP gets ``OFFLOAD_VERIFY_RATE_PER_MIN`` lookups a minute (default
 60) while Redis answers.
@@ -18,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 
-from flask import Blueprint, Response, abort, jsonify, redirect, render_template, request
+from flask import Blueprint, Response, abort, jsonify, redirect, render_template, request, url_for
 from redis import RedisError
 from werkzeug.exceptions import TooManyRequests
 
@@ -33,7 +36,7 @@ bp = Blueprint("verify", __name__)
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; "
-                               "form-action 'none'; frame-ancestors 'none'",
+                               "form-action 'self'; frame-ancestors 'none'",
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
     "X-Robots-Tag": "noindex",
@@ -69,10 +72,25 @@ def _certificate_or_404(code: str):
     return cert
 
 
+#: the longest code the lookup form takes (issued codes are far shorter)
+MAX_CODE = 64
+
+
+@bp.get("/verify")
+def lookup():
+    """The lookup form; with ``?code=``, that code's page."""
+    code = request.args.get("code", "").strip()
+    if code:
+        return redirect(url_for("verify.page", code=code[:MAX_CODE]), code=303)
+    return render_template("certificates/verify.html", view=None, code="")
+
+
 @bp.get("/verify/<code>")
 def page(code: str):
-    cert = _certificate_or_404(code)
-    return render_template("certificates/verify.html", view=service.public_view(cert))
+    cert = service.find_by_code(code)
+    if cert is None:  # the same page, saying so, with the form to try another code
+        return render_template("certificates/verify.html", view=None, code=code[:MAX_CODE], not_found=True), 404
+    return render_template("certificates/verify.html", view=service.public_view(cert), code=cert.code)
 
 
 @bp.get("/api/v1/verify/<code>")

@@ -56,9 +56,10 @@ def _job(client, company, job_type, recipients, **extra) -> int:
 def _in_every_state(company_id: int, job_id: int) -> None:
     """Jobs of every status, batches of every status, recipients of every status and error."""
     job = db.session.get(Job, job_id)
-    for status in JobStatus:
-        other = _add(Job(company_id=company_id, type=JobType.NOTIFICATION, status=status, subject="s",
-                         email_count=len(RecipientStatus), source="api",
+    types, sources = list(JobType), ["api", "event", "dashboard", "lms", "smtp"]
+    for i, status in enumerate(JobStatus):
+        other = _add(Job(company_id=company_id, type=types[i % len(types)], status=status, subject="s",
+                         email_count=len(RecipientStatus), source=sources[i % len(sources)],
                          paused_reason="provider unavailable: TemplateAssertionError"
                          if status == JobStatus.PAUSED else None))
         for n, rstatus in enumerate(RecipientStatus):

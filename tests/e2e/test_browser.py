@@ -157,6 +157,7 @@ def test_manager_follows_a_job_retries_it_and_tests_aws(app, live_server, live_w
 
     # -- AWS credentials through the settings form, then "Test connection" against moto
     page.goto(f"{base}/admin/settings/")
+    page.click("#section-aws > summary")  # providers not in use are collapsed
     page.fill("#f-aws_access_key", AWS_KEY_ID)
     page.fill("#f-aws_secret_key", AWS_SECRET)
     page.fill("#f-aws_region", "us-east-1")

@@ -333,5 +333,6 @@ def test_a_certificate_job_with_local_storage_and_its_verify_page(app, live_serv
     with urllib.request.urlopen(f"{live_server}/certificates/{code}/download", timeout=30) as resp:
         assert resp.status == 200 and resp.read(5) == b"%PDF-"  # redirected to the local file
     page.goto(f"{live_server}/verify/NOPE")
-    assert page.locator(".error-page[data-status='404']").count() == 1  # the styled public 404
+    assert page.locator("#not-found").count() == 1  # a friendly not-found, with the lookup form again
+    assert page.locator("#verify-lookup input[name=code]").input_value() == "NOPE"
     context.close()
