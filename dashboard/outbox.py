@@ -90,6 +90,11 @@ class Captured:
     def sender(self) -> str:
         return str(self.message.get("From", ""))
 
+    def searchable(self) -> str:
+        """The envelope and the To, Cc, From and Subject fields, lower case: what a search matches."""
+        return " ".join(str(self.message.get(h, "")) for h in ("X-Outbox-From", "X-Outbox-To", "To", "Cc",
+                                                               "From", "Subject")).lower()
+
     def headers(self) -> list[tuple[str, str]]:
         return [(k, str(v)) for k, v in self.message.items()]
 
@@ -115,10 +120,39 @@ def read(instance_path: str, message_id: str) -> Captured | None:
 
 def listing(instance_path: str, limit: int = LIST_LIMIT) -> tuple[list[Captured], int]:
     """The newest ``limit`` messages (newest first) and how many there are."""
+    found = search(instance_path, limit=limit)
+    return found.messages, found.total
+
+
+@dataclass
+class Found:
+    """A page of the Outbox: its messages (newest first), how many there are in all, and the
+    ``before`` cursor of the next (older) page, or ``None``."""
+
+    messages: list[Captured]
+    total: int
+    older: str | None
+
+
+def search(instance_path: str, text: str = "", before: str | None = None, limit: int = LIST_LIMIT) -> Found:
+    """The newest ``limit`` messages older than the message ``before`` (a keyset cursor: file names sort
+    by arrival) whose envelope, To, From or Subject contain ``text`` (any case)."""
     path = folder(instance_path)
     names = sorted(n for n in os.listdir(path) if NAME.match(n)) if os.path.isdir(path) else []
-    found = [read(instance_path, n) for n in reversed(names[-limit:])]
-    return [m for m in found if m is not None], len(names)
+    if before is not None:
+        names = [n for n in names if n < before]
+    wanted = text.strip().lower()
+    page: list[Captured] = []
+    older = None
+    for name in reversed(names):
+        message = read(instance_path, name)
+        if message is None or (wanted and wanted not in message.searchable()):
+            continue
+        if len(page) == limit:
+            older = page[-1].id
+            break
+        page.append(message)
+    return Found(page, len(names), older)
 
 
 def clear(instance_path: str) -> int:

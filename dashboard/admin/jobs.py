@@ -17,13 +17,13 @@ from sqlalchemy import BigInteger, Integer, cast, extract, func, select
 from dashboard.admin.base import SecureBaseView, scope
 from dashboard.results import flash_at
 from dashboard.csvexport import csv_response
-from core import labels, settings, waiting
+from core import labels, recipient_list, settings, waiting
 from core.db import db
 from core.jobs import (RETRYABLE_STATUSES, JobError, batches_of, iso, job_to_dict, request_cancel, resume,
                        retry_batch_now, retry_failed)
 from core.models import (B_RETRY, BATCH_WAITING, CANCELLED, COMPLETED, FAILED, JOB_FINAL, JOB_TYPES, PARTIAL, PAUSED,
                          PENDING, PROCESSING, QUEUED, R_BOUNCED, R_FAILED, R_SUPPRESSED, R_UNCERTAIN, Batch, Company,
-                         Job, Recipient, utcnow)
+                         Job, Recipient, RecipientStatus, utcnow)
 from core.queue import connection
 from core.delivery.routing import planned_route
 from core.tenancy import get_or_404
@@ -145,6 +145,19 @@ def sends_over_time(job: Job) -> dict:
     return {"bucket_s": size, "buckets": buckets, "total": sum(counts.values())}
 
 
+def recipient_search(job: Job) -> dict:
+    """The job page's recipient search (``?q=`` text in the address, ``?rstatus=``, ``?after=`` the
+    keyset cursor): the form's values and one page of recipients (``core.recipient_list``)."""
+    args = request.args
+    q = args.get("q", "").strip()[:320]
+    status = args.get("rstatus", "") if args.get("rstatus", "") in set(RecipientStatus) else ""
+    raw_after = args.get("after", "")
+    after = int(raw_after) if raw_after.isdigit() and len(raw_after) < 19 else 0
+    found = recipient_list.page(job.company_id, job.id, email=q, statuses=(status,) if status else (), after=after)
+    return {"q": q, "status": status, "after": after, "page": found, "statuses": tuple(RecipientStatus),
+            "active": bool(q or status or after)}
+
+
 def recipient_rows(company_id: int, job_id: int, statuses: tuple[str, ...] | None = None, chunk: int = 1000):
     """The job's recipients (never ``data``), by id in keyset pages, for streaming."""
     cols = [getattr(Recipient, c) for c in CSV_COLUMNS]
@@ -231,7 +244,8 @@ class JobsView(SecureBaseView):
             .order_by(Recipient.id).limit(FAILED_PAGE_SIZE)).all() if job.emails_suppressed else []
         company = db.session.get(Company, job.company_id)
         batches = batches_of(job)
-        return self.render("admin/jobs/details.html", job=job, row=job_row(job), batches=batches,
+        search = recipient_search(job)
+        return self.render("admin/jobs/details.html", job=job, row=job_row(job), batches=batches, search=search,
                            waiting=waiting_batches(job, batches, company), suppressed=suppressed,
                            failed=failed, failed_total=failed_total, fpage=fpage, fpages=pages,
                            company=company, show_company=scope() is None, fmt_time=fmt_time,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from flask import abort, current_app, flash, redirect, url_for
+from flask import abort, current_app, flash, redirect, request, url_for
 from flask_admin import expose
 
 from core import settings
@@ -19,6 +19,10 @@ from dashboard.admin.base import SecureBaseView
 #: framed by the Outbox page only (the app's own pages may not be framed at all: dashboard.headers)
 PREVIEW_CSP = ("sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; "
                "form-action 'none'; frame-ancestors 'self'")
+
+
+#: messages on one page of the Outbox
+PAGE_SIZE = 50
 
 
 def received(moment: float) -> str:
@@ -33,9 +37,13 @@ class OutboxView(SecureBaseView):
 
     @expose("/")
     def index(self):
-        messages, total = outbox.listing(current_app.instance_path)
-        return self.render("admin/outbox/list.html", messages=messages, total=total, received=received,
-                           limit=outbox.LIST_LIMIT)
+        """The newest messages, or those whose addresses or subject contain ``?q=``; ``?before=`` pages on."""
+        q = request.args.get("q", "").strip()[:320]
+        before = request.args.get("before", "")
+        before = before if outbox.NAME.match(before) else None
+        found = outbox.search(current_app.instance_path, q, before, limit=PAGE_SIZE)
+        return self.render("admin/outbox/list.html", messages=found.messages, total=found.total, q=q,
+                           before=before, older=found.older, received=received)
 
     @expose("/<message_id>/")
     def details(self, message_id: str):

@@ -1,26 +1,27 @@
 """The suppression lists per company: search, add, remove, export (CSV), with
 the company's bounce and complaint rates (``dashboard.bounces.rates``). Each
-entry says which list it is on and what that list stops."""
+entry says which list it is on and what that list stops. The list is newest
+first in keyset pages (``?before=`` the last id shown), searched by text
+anywhere in the address."""
 from __future__ import annotations
 
 from flask import abort, redirect, request, url_for
 from flask_admin import expose
 from sqlalchemy import func, select
 
-from core import audit
+from core import audit, labels
 from dashboard.admin.base import SecureBaseView, scope
 from core.suppressions import normalize_email, rates, suppress
 from dashboard.csvexport import csv_response
 from core.db import db
-from core.models import LIST_BOUNCE, LIST_COMPLAINT, LIST_MANUAL, LIST_UNSUBSCRIBE, Company, Suppression
+from core.models import LIST_MANUAL, Company, Suppression
+from core.recipient_list import like_escaped
 from core.rendering import valid_email
 from core.tenancy import get_or_404
 
 PAGE_SIZE = 100
 #: each list in words: what put an address there and what it stops
-LIST_WORDS = {LIST_BOUNCE: "Hard bounce: stops all mail", LIST_COMPLAINT: "Complaint: stops all mail",
-              LIST_MANUAL: "Added by hand: stops all mail",
-              LIST_UNSUBSCRIBE: "Unsubscribed: stops bulk and re-engagement mail only"}
+LIST_WORDS = labels.SUPPRESSION_LIST
 
 
 def company_or_404(raw) -> Company:
@@ -42,9 +43,13 @@ def company_filter() -> int | None:
 def search(company_id: int | None, q: str):
     stmt = Suppression.scoped(company_id)
     if q:
-        escaped = q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        stmt = stmt.where(Suppression.email.like(f"%{escaped}%", escape="\\"))
+        stmt = stmt.where(Suppression.email.like(f"%{like_escaped(q.lower())}%", escape="\\"))
     return stmt
+
+
+def cursor(raw: str) -> int | None:
+    """The ``before`` id of a keyset page (``None``: the newest page)."""
+    return int(raw) if raw.isdigit() and len(raw) < 19 else None
 
 
 class SuppressionsView(SecureBaseView):
@@ -57,15 +62,16 @@ class SuppressionsView(SecureBaseView):
     def page(self, error: str | None = None, typed: str = "", status: int = 200):
         company_id = company_filter()
         q = request.args.get("q", "").strip()[:320]
-        raw_page = request.args.get("page", "1")
-        page = int(raw_page) if raw_page.isdigit() and int(raw_page) > 0 else 1
+        before = cursor(request.args.get("before", ""))
         stmt = search(company_id, q)
         total = db.session.execute(select(func.count()).select_from(stmt.subquery())).scalar()
-        rows = db.session.execute(stmt.order_by(Suppression.created_at.desc(), Suppression.id.desc())
-                                  .limit(PAGE_SIZE).offset((page - 1) * PAGE_SIZE)).scalars().all()
+        if before is not None:
+            stmt = stmt.where(Suppression.id < before)
+        rows = db.session.execute(stmt.order_by(Suppression.id.desc()).limit(PAGE_SIZE + 1)).scalars().all()
+        older = rows[PAGE_SIZE - 1].id if len(rows) > PAGE_SIZE else None
         companies = dict(db.session.execute(select(Company.id, Company.name)).all()) if scope() is None else {}
-        html = self.render("campaigns/suppressions.html", rows=rows, total=total, q=q, page=page,
-                           pages=max(1, -(-total // PAGE_SIZE)), company_id=company_id, companies=companies,
+        html = self.render("campaigns/suppressions.html", rows=rows[:PAGE_SIZE], total=total, q=q, before=before,
+                           older=older, company_id=company_id, companies=companies,
                            rates=rates(company_id), error=error, typed=typed, list_words=LIST_WORDS)
         return html, status
 

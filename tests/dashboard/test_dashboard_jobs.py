@@ -159,7 +159,7 @@ def test_retry_failed_recipients_through_the_dashboard(client, manager, smtp):
 
     smtp.refuse.clear()  # the mailbox works now
     resp = client.post(f"/admin/jobs/{job_id}/retry", data={"csrf_token": csrf_from(html)})
-    assert resp.status_code == 302 and resp.headers["Location"].endswith(f"/admin/jobs/{job_id}/")
+    assert resp.status_code == 302 and resp.headers["Location"].endswith(f"/admin/jobs/{job_id}/#job-actions")
     assert "1 failed recipient(s) queued again" in client.get(f"/admin/jobs/{job_id}/").get_data(as_text=True)
     run_worker_burst(client.application)
     job = db.session.get(Job, job_id)

@@ -143,8 +143,8 @@ def test_the_outbox_lists_captured_mail_with_a_sandboxed_preview(app, client, au
 
 
 def test_error_pages_are_styled(client, auth, make_user):
-    public = client.get("/verify/NOSUCHCODE")
-    assert public.status_code == 404 and 'class="error-page"' in public.get_data(as_text=True)
+    public = client.get("/verify/NOSUCHCODE")  # the verify page's own not-found, with its lookup form
+    assert public.status_code == 404 and 'id="not-found"' in public.get_data(as_text=True)
     assert client.get("/no/such/page").status_code == 404
     admin_client(client, auth, make_user)
     dashboard = client.get("/admin/jobs/999999/").get_data(as_text=True)
