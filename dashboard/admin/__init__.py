@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from dashboard.admin import (audit, campaigns, certificates, companies, company_settings, csp, jobs, outbox,
                              suppressions, templates)
 from dashboard.admin.base import SecureIndexView, scope
-from core import labels
+from core import labels, overview
 from dashboard import results
 from core.suppressions import rates
 from core.db import db
@@ -26,7 +26,8 @@ FEATURES = (jobs, campaigns, templates, certificates, suppressions, company_sett
 
 
 class HomeView(SecureIndexView):
-    """The landing page: counts of the user's jobs by status."""
+    """The landing page: the user's jobs by status, the first-run checklist, and each company's last
+    week as charts (sent, failed, bounced, queued; ``core.overview``)."""
 
     @expose("/")
     def index(self):
@@ -36,7 +37,8 @@ class HomeView(SecureIndexView):
         if scope() is not None:
             stmt = stmt.where(Job.company_id == scope())
         counts = dict(db.session.execute(stmt).all())
-        return self.render("admin/home.html", counts=counts, rates=rates(scope()), checklists=checklists())
+        return self.render("admin/home.html", counts=counts, rates=rates(scope()), checklists=checklists(),
+                           weeks=overview.week(scope()))
 
 
 def delivery_configured(company: Company) -> bool:
