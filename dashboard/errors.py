@@ -10,6 +10,7 @@ from werkzeug.exceptions import HTTPException, NotFound
 
 from core import tenancy
 from core.db import db
+from core.rendering import RendererUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,12 @@ MESSAGES = {
     500: "Something went wrong on our side. It has been logged; try again in a moment.",
     503: "The service is briefly unavailable; try again in a moment.",
 }
+
+#: what a caller reads when no renderer process could start (the machine is short of memory or processes):
+#: nothing is wrong with the template or the request, and the same request later will do
+RENDERER_UNAVAILABLE = ("Templates cannot be rendered right now (the renderer process did not start); "
+                        "nothing is wrong with the request: retry in a moment.")
+RENDERER_RETRY_S = "10"
 
 
 def error_page(status: int, title: str, description: str | None, headers=None):
@@ -69,3 +76,16 @@ def init_app(app) -> None:
         if wants_json():
             return json_error(503, "database_unavailable", "The database is unavailable; retry shortly.")
         return error_page(503, "Service Unavailable", None, {"Retry-After": "5"})
+
+    @app.errorhandler(RendererUnavailable)
+    def renderer_unavailable(exc: RendererUnavailable):
+        # the renderer (core.bounded's child) could not start: a 503 to retry, never a 500
+        db.session.rollback()
+        log.warning("renderer unavailable: %s", exc)
+        headers = {"Retry-After": RENDERER_RETRY_S}
+        if wants_json():
+            body, status = json_error(503, "renderer_unavailable", RENDERER_UNAVAILABLE)
+            return body, status, headers
+        home = "/admin/" if request.path.startswith("/admin") else None
+        return render_template("errors/http.html", code=503, title="Service Unavailable",
+                               message=RENDERER_UNAVAILABLE, home=home), 503, headers
