@@ -17,10 +17,42 @@ from email import policy
 from email.header import decode_header, make_header
 from email.message import EmailMessage
 from email.parser import BytesParser
+from email.policy import EmailPolicy
 from email.utils import getaddresses
 
 _NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:")
 _LINE = re.compile(rb".*?(?:\r\n|\n|$)", re.S)
+
+
+#: fields a mailbox provider reads as they are written (RFC 2369, RFC 8058): never folded, never encoded
+VERBATIM = frozenset({"list-unsubscribe", "list-unsubscribe-post"})
+
+
+class _Verbatim(EmailPolicy):
+    """The email package's policy, except that the ``VERBATIM`` fields are written as given. The
+    standard policy folds a line over 78 characters, and a URI with no space to fold at becomes
+    RFC 2047 encoded words (``=?utf-8?q?=3Chttps...?=``), which no provider reads as a link: no
+    one-click unsubscribe. Such a value is ASCII on one line (the service writes it), and a line
+    may have 998 characters (RFC 5322 2.1.1)."""
+
+    def _as_is(self, name: str, value) -> bool:
+        text = str(value)
+        return name.lower() in VERBATIM and text.isascii() and not any(c in text for c in "\r\n\0") \
+            and len(name) + 2 + len(text) <= 998
+
+    def fold(self, name, value):
+        if self._as_is(name, value):
+            return f"{name}: {value}{self.linesep}"
+        return super().fold(name, value)
+
+    def fold_binary(self, name, value):
+        if self._as_is(name, value):
+            return f"{name}: {value}{self.linesep}".encode("ascii")
+        return super().fold_binary(name, value)
+
+
+#: ``email.policy.SMTP`` with List-Unsubscribe and List-Unsubscribe-Post written as they are
+SMTP = _Verbatim(linesep="\r\n")
 
 
 def split(raw: bytes) -> tuple[bytes, bytes]:

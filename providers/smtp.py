@@ -3,8 +3,9 @@
 One connection per provider instance: opened on the first message, reused
 for the whole batch, closed by ``close()``; when the server has dropped it,
 it is reopened once. Messages are built with ``email.message.EmailMessage``
-under the SMTP policy. Text that could start a new header line (CR, LF, NUL)
-is never emitted: such a message gets a failed result instead.
+under the SMTP policy (``mime.SMTP``: List-Unsubscribe is never folded or
+encoded). Text that could start a new header line (CR, LF, NUL) is never
+emitted: such a message gets a failed result instead.
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import re
 import smtplib
 import socket
 import ssl
-from email import policy
 from email.message import EmailMessage
 from email.utils import formatdate, getaddresses, make_msgid, parseaddr
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -163,7 +163,7 @@ def build_message(sender: str, message: Message, msgid_domain: str | None = None
     The caller has already refused CR/LF/NUL (``header_problem``); the email
     package would raise ``ValueError`` on them anyway.
     """
-    msg = EmailMessage(policy=policy.SMTP)
+    msg = EmailMessage(policy=mime.SMTP)  # List-Unsubscribe as written: never encoded words
     msg["From"] = sender
     msg["To"] = message.to
     msg["Subject"] = message.subject

@@ -1,0 +1,93 @@
+"""List-Unsubscribe as a mailbox provider reads it (RFC 2369, RFC 8058): the raw message, parsed with
+``email.parser`` and ``policy.default``, has the header exactly ``<https://...>`` on one line (never RFC 2047
+encoded words, which the standard policy makes of a long URI) and ``List-Unsubscribe-Post:
+List-Unsubscribe=One-Click``; through the real worker to an aiosmtpd server, and to SES (aws-ses-v2-local's
+store). Transactional mail carries neither."""
+from __future__ import annotations
+
+import re
+from email import policy
+from email.parser import BytesParser
+
+import pytest
+
+from core import companies
+from core.db import db
+from core.unsubscribe import unsubscribe_url
+from tests.support.app import run_worker_burst
+from tests.support.jobs import aws_settings
+from tests.support.servers import SmtpSink
+
+#: a public URL like a real one: with the token, the header is well over 78 characters
+PUBLIC_URL = "https://offload.mail-service.example.com"
+CAMPAIGN = {"type": "reengagement", "subject": "We miss you {{ firstname }}", "body_text": "Come back, {{ firstname }}!",
+            "body_html": "<p>Come back, {{ firstname }}!</p>"}
+
+
+@pytest.fixture
+def public_url(set_settings):
+    set_settings(public_url=PUBLIC_URL)
+    return PUBLIC_URL
+
+
+@pytest.fixture
+def sink(company):
+    with SmtpSink() as server:
+        companies.configure(company.company, {"smtp_host": "127.0.0.1", "smtp_port": str(server.port),
+                                              "smtp_tls": "none"})
+        db.session.commit()
+        yield server
+
+
+def post(client, company, emails, **extra):
+    body = {**CAMPAIGN, "recipients": [{"email": e, "data": {"firstname": "Ann", "password": "pw-1"}}
+                                       for e in emails], **extra}
+    resp = client.post("/api/v1/jobs", json=body, headers=company.auth)
+    assert resp.status_code == 202, resp.json
+    return resp.json["id"]
+
+
+def head_lines(raw: bytes) -> list[bytes]:
+    return raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+
+
+def test_smtp_writes_the_header_as_a_plain_uri_on_one_line(client, app, company, sink, public_url):
+    post(client, company, ["ann.longer-address@example-learners.com"])
+    run_worker_burst(app)
+    (mail,) = sink.messages
+    expected = f"<{unsubscribe_url(company.id, 'ann.longer-address@example-learners.com')}>"
+    assert expected.startswith("<https://") and len("List-Unsubscribe: " + expected) > 78
+
+    lines = head_lines(mail.data)
+    assert f"List-Unsubscribe: {expected}".encode() in lines  # one line, as written
+    assert b"List-Unsubscribe-Post: List-Unsubscribe=One-Click" in lines
+    assert not [line for line in lines if line.lower().startswith(b"list-unsubscribe") and b"=?" in line]
+
+    parsed = BytesParser(policy=policy.default).parsebytes(mail.data)
+    raw_values = dict(parsed.raw_items())  # what the message says, before any decoding
+    assert raw_values["List-Unsubscribe"] == expected
+    assert raw_values["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert str(parsed["List-Unsubscribe"]) == expected
+
+
+def test_ses_gets_the_header_as_a_plain_uri(client, app, make_company, ses, public_url):
+    company = make_company(**aws_settings(ses.url))
+    post(client, company, [f"learner{i}@example-learners.com" for i in range(3)])
+    run_worker_burst(app)
+    received = ses.store()
+    assert len(received) == 3
+    for email in received:
+        (to,) = email["destination"]["to"]
+        headers = {h["name"]: h["value"] for h in email["headers"]}
+        assert headers["List-Unsubscribe"] == f"<{unsubscribe_url(company.id, to)}>"
+        assert re.fullmatch(r"<https://[!-~]+>", headers["List-Unsubscribe"])
+        assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+
+def test_password_mail_has_no_unsubscribe_header(client, app, company, sink, public_url):
+    body = {"type": "csv_import", "subject": "Welcome {{ firstname }}", "body_text": "Your password: {{ password }}",
+            "recipients": [{"email": "ann@example-learners.com", "data": {"firstname": "Ann", "password": "pw-1"}}]}
+    assert client.post("/api/v1/jobs", json=body, headers=company.auth).status_code == 202
+    run_worker_burst(app)
+    (mail,) = sink.messages
+    assert not [line for line in head_lines(mail.data) if line.lower().startswith(b"list-unsubscribe")]
