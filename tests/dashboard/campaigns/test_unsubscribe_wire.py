@@ -20,8 +20,8 @@ from tests.support.servers import SmtpSink
 
 #: a public URL like a real one: with the token, the header is well over 78 characters
 PUBLIC_URL = "https://offload.mail-service.example.com"
-CAMPAIGN = {"type": "reengagement", "subject": "We miss you {{ firstname }}", "body_text": "Come back, {{ firstname }}!",
-            "body_html": "<p>Come back, {{ firstname }}!</p>"}
+CAMPAIGN = {"type": "reengagement", "subject": "We miss you {{ firstname }}",
+            "body_text": "Come back, {{ firstname }}!", "body_html": "<p>Come back, {{ firstname }}!</p>"}
 
 
 @pytest.fixture
