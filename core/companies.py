@@ -20,6 +20,8 @@ from providers import aws, guard, registry
 
 #: the service's own company-level settings (the rest: ``core.delivery_settings``)
 COMPANY_KEYS = delivery_settings.COMPANY_KEYS
+#: the settings a role's confirmation depends on: any change checks the role again
+AWS_KEYS = frozenset(f.key for f in aws.AWS_SETTINGS.fields) | {"aws_external_id", "aws_sts_endpoint_url"}
 ROLE_ARN = re.compile(r"arn:aws(?:-[a-z]+)*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
 
 
@@ -103,8 +105,11 @@ def configure(company: Company, values: dict, *, admin: bool = True, check_role:
     Each value is validated by its declaration (``core.delivery_settings``);
     a ``ValueError`` names the key (``"smtp_port: out of range"``). Endpoints
     pass the endpoint guard. ``admin`` is False for a manager: the admin-only
-    keys are then refused. A new role ARN passes the confused-deputy check
-    (``check_role``) first.
+    keys are then refused. When any AWS setting changes and a role ARN is
+    set, the role passes the confused-deputy check (``check_role``) first:
+    open, it is refused; confirmed, the confirmation is stored with the
+    settings (``aws_role_confirmed``); not checkable, it is saved with a note
+    and not assumed until a check at its first use confirms it.
     """
     known = delivery_settings.by_key()
     values = {delivery_settings.ALIASES.get(key, key): raw for key, raw in values.items()}
@@ -118,15 +123,23 @@ def configure(company: Company, values: dict, *, admin: bool = True, check_role:
     parsed = {key: known[key].clean(raw) for key, raw in values.items()}
     for key, value in parsed.items():
         _check_reach(key, value)
-    new_role = parsed.get("aws_role_arn")
     current = company.settings
-    if check_role and new_role and (current is None or current.get_setting("aws_role_arn") != new_role):
-        outcome, note = aws.check_role_trust(new_role, parsed.get("aws_region") or
-                                             (current.get_setting("aws_region") if current else None))
-        if outcome == aws.ROLE_OPEN:
-            raise RoleTrustError(f"aws_role_arn: {note}")
-        # the settings page says plainly when the check could not be made
-        company.role_check_note = note if outcome == aws.ROLE_UNCHECKED else None
+    aws_changed = any(key in AWS_KEYS and (delivery_settings.read(company, key) if current else None) != value
+                      for key, value in parsed.items())
+    confirmation = None
+    if aws_changed or (check_role and "aws_role_arn" in parsed and current is not None
+                       and not aws.role_confirmed(current.provider_config())):
+        # any AWS setting changed: the role is checked again (from STS's fixed region), and the stored
+        # confirmation goes unless the check confirms it now
+        config = {**(current.provider_config() if current else {}), **parsed}
+        if check_role and config.get("aws_role_arn"):
+            outcome, note = aws.check_role_trust(config["aws_role_arn"])
+            if outcome == aws.ROLE_OPEN:
+                raise RoleTrustError(f"aws_role_arn: {note}")
+            # the settings page says plainly when the check could not be made (the role is then not
+            # assumed until a check at its first use confirms it)
+            company.role_check_note = note if outcome == aws.ROLE_UNCHECKED else None
+            confirmation = aws.role_fingerprint(config) if outcome == aws.ROLE_OK else None
     if company.settings is None:
         company.settings = DeliverySettings(company=company)
     changed = []
@@ -136,6 +149,8 @@ def configure(company: Company, values: dict, *, admin: bool = True, check_role:
         if delivery_settings.read(company, key) != value:
             delivery_settings.write(company, key, value)
             changed.append(key)
+    if aws_changed or confirmation:
+        company.settings.set_setting(aws.CONFIRMED_KEY, confirmation)
     if set(changed) & set(delivery_settings.LMS_COLUMNS):
         _check_site_queue(company)
     return changed

@@ -229,7 +229,8 @@ class CompanySettingsView(SecureBaseView):
                              f"{section.title}: saved ({', '.join(found.get(k, k) for k in changed)}).", "success")
             if getattr(company, "role_check_note", None):
                 results.flash_at(f"section-{section.name}", f"Role ARN saved, but {company.role_check_note}: "
-                                 "make sure its trust policy requires the external id.", "warning")
+                                 "it is not used until a check confirms that its trust policy requires the "
+                                 "external id (the check runs again at its first use).", "warning")
         else:
             results.flash_at(f"section-{section.name}", f"{section.title}: nothing changed.", "info")
         return redirect(url_for("settings.company", company_id=company.id) + f"#section-{section.name}")

@@ -1,5 +1,9 @@
 """A company's role ARN (with the dashboard's external id) is assumed through
-STS, against moto in server mode; its credentials then send SQS messages."""
+STS, against moto in server mode; its credentials then send SQS messages.
+
+The suite's moto plays every role as open (no trust policies), so these configs carry the confirmation the
+settings store after the check (``aws.role_fingerprint``); tests/security/test_h16_roles_fail_closed.py
+makes the check itself against a moto that evaluates trust policies."""
 from __future__ import annotations
 
 import json
@@ -33,13 +37,17 @@ def operator_sts(moto_server):
     aws.configure(sts_endpoint_url=None)
 
 
+def confirmed(config: dict) -> dict:
+    return {**config, aws.CONFIRMED_KEY: aws.role_fingerprint(config)}
+
+
 def test_role_arn_is_assumed_with_the_external_id(moto_server, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "service-key")  # the service's own identity
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "service-secret")
     role = make_role(moto_server)
     config = {"aws_role_arn": role, "aws_external_id": "ext-42", "aws_region": "us-east-1",
               "aws_endpoint_url": moto_server.url}
-    session = aws_session(config)
+    session = aws_session(confirmed(config))
     creds = session.get_credentials().get_frozen_credentials()
     assert creds.access_key != "service-key" and creds.token  # temporary role credentials
     identity = session.client("sts", endpoint_url=moto_server.url).get_caller_identity()
@@ -53,8 +61,9 @@ def test_sqs_transport_sends_with_the_role(moto_server, monkeypatch):
     sqs = boto3.client("sqs", endpoint_url=moto_server.url, region_name="us-east-1",
                        aws_access_key_id="testing", aws_secret_access_key="testing")
     url = sqs.create_queue(QueueName="role-queue")["QueueUrl"]
-    transport = get_transport("sqs", {"aws_role_arn": role, "aws_external_id": "ext-42", "aws_region": "us-east-1",
-                                      "aws_endpoint_url": moto_server.url, "sqs_queue_url": url})
+    transport = get_transport("sqs", confirmed({"aws_role_arn": role, "aws_external_id": "ext-42",
+                                                "aws_region": "us-east-1", "aws_endpoint_url": moto_server.url,
+                                                "sqs_queue_url": url}))
     results = transport.submit([("b1", {"job_id": 1, "batch_number": 1})])
     assert [r.ok for r in results] == [True]
     got = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1)["Messages"]

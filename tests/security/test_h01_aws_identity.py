@@ -66,9 +66,11 @@ def test_assume_role_goes_to_the_operators_sts_never_the_tenants_endpoint(moto_s
                                                     "Principal": {"AWS": "arn:aws:iam::123456789012:root"}}]}))
         aws.configure(sts_endpoint_url=moto_server.url)
         try:
-            session = aws_session({"aws_role_arn": role["Role"]["Arn"], "aws_external_id": "ext-42",
-                                   "aws_endpoint_url": tenant_endpoint.url, "aws_sts_endpoint_url":
-                                   tenant_endpoint.url, "aws_region": "us-east-1"})
+            config = {"aws_role_arn": role["Role"]["Arn"], "aws_external_id": "ext-42",
+                      "aws_endpoint_url": tenant_endpoint.url, "aws_sts_endpoint_url": tenant_endpoint.url,
+                      "aws_region": "us-east-1"}
+            # moto plays the role as open: the config carries the confirmation the settings would store
+            session = aws_session({**config, aws.CONFIRMED_KEY: aws.role_fingerprint(config)})
             assert session.get_credentials().get_frozen_credentials().access_key != SERVICE_KEY
         finally:
             aws.configure(sts_endpoint_url=None)
