@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from core import audit, suppressions
 from core.bulk import insert_recipients
+from core.counts import job_counts
 from core.db import db
 from core.models import (BATCH_WAITING, COMPLETED, DEFAULT_PRIORITY, FAILED, JOB_TYPES, PARTIAL, PAUSED, PRIORITIES,
                          PROCESSING, QUEUED, R_FAILED, R_PENDING, R_SUPPRESSED, Batch, Job, Template, is_bulk,
@@ -248,13 +249,15 @@ def iso(moment: datetime | None) -> str | None:
 
 
 def job_to_dict(job: Job) -> dict:
-    """The job object of CONTRACT §3 (plus a few extra counters)."""
+    """The job object of CONTRACT §3 (plus a few extra counters), its counts from ``core.counts``:
+    ``emails_failed`` never includes ``emails_bounced``."""
+    found = job_counts(job)
     return {
         "id": job.id, "type": job.type, "priority": job.priority, "status": job.status, "source": job.source,
         "company_id": job.company_id,
-        "email_count": job.email_count, "emails_sent": job.emails_sent, "emails_failed": job.emails_failed,
-        "emails_suppressed": job.emails_suppressed, "emails_bounced": job.emails_bounced,
-        "emails_uncertain": job.emails_uncertain,
+        "email_count": found.total, "emails_sent": found.sent, "emails_failed": found.failed,
+        "emails_suppressed": found.suppressed, "emails_bounced": found.bounced,
+        "emails_uncertain": job.emails_uncertain or 0,
         "created_at": iso(job.created_at), "started_at": iso(job.started_at),
         "completed_at": iso(job.completed_at), "send_at": iso(job.send_at),
         "paused_reason": job.paused_reason,

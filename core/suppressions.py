@@ -9,26 +9,21 @@ transactional mail (passwords, accounts, licences, IOMAD's mail) only by
 (``lists_for``). A suppressed recipient's error names the list that stopped
 it. A hard bounce or a complaint suppresses the address; a soft bounce is
 only counted. Reports are applied, once each, with every other result
-(``core.delivery.results.record_event``). ``rates`` gives the bounce and
-complaint rates the dashboard shows, with the warning thresholds.
+(``core.delivery.results.record_event``). The bounce and complaint rates are
+counted with every other count, in ``core.counts``.
 """
 from __future__ import annotations
 
 import hashlib
-from datetime import timedelta
 from email.utils import parseaddr
 
-from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 
 from core.db import db
-from core.models import (COMPLAINT, HARD, R_BOUNCED, R_SENT, SOFT,
-                         SUPPRESSION_LISTS, TRANSACTIONAL_LISTS, BounceEvent, Job, Recipient, Suppression, utcnow)
+from core.models import (R_BOUNCED, R_SENT, SUPPRESSION_LISTS, TRANSACTIONAL_LISTS, Suppression)
 
 #: recipients a bounce report may be about: handed to the provider (and maybe already bounced)
 DELIVERED = (R_SENT, R_BOUNCED)
-BOUNCE_WARN = 0.02      # warn past 2 % hard bounces
-COMPLAINT_WARN = 0.001  # warn past 0.1 % complaints
 
 
 # -- the suppression list -----------------------------------------------------
@@ -84,37 +79,3 @@ def suppress(company_id: int, email: str, reason: str) -> bool:
 # -- applying a report ------------------------------------------------------------
 def event_key(source: str, *parts: str) -> str:
     return f"{source}:" + hashlib.sha256("|".join(parts).encode()).hexdigest()
-
-
-# -- rates ------------------------------------------------------------------------
-def rates(company_id: int | None, job_id: int | None = None, *, days: int = 30) -> dict:
-    """Bounce and complaint rates of one job, or of a company over the last ``days``.
-
-    ``company_id`` ``None`` means every company (admins). Keys: ``sent``
-    (messages delivered to the provider, bounced ones included), ``bounces``
-    (hard), ``soft_bounces``, ``complaints``, ``bounce_rate``,
-    ``complaint_rate`` (fractions), ``bounce_warning`` (> 2 %),
-    ``complaint_warning`` (> 0.1 %), ``period_days`` (``None`` for a job).
-    Raises ``LookupError`` for a job the company cannot see.
-    """
-    events = BounceEvent.scoped(company_id).with_only_columns(BounceEvent.kind, func.count()) \
-        .group_by(BounceEvent.kind)
-    if job_id is not None:
-        job = db.session.execute(Job.scoped(company_id).where(Job.id == job_id)).scalar_one_or_none()
-        if job is None:
-            raise LookupError(f"no job {job_id}")
-        counts = dict(db.session.execute(events.where(BounceEvent.job_id == job_id)).all())
-        sent, bounces, period = job.emails_sent + job.emails_bounced, job.emails_bounced, None
-    else:
-        since = utcnow() - timedelta(days=days)
-        counts = dict(db.session.execute(events.where(BounceEvent.created_at >= since)).all())
-        stmt = Recipient.scoped(company_id).with_only_columns(func.count()) \
-            .where(Recipient.status.in_(DELIVERED), Recipient.sent_at >= since)
-        sent, bounces, period = db.session.execute(stmt).scalar(), counts.get(HARD, 0), days
-    complaints = counts.get(COMPLAINT, 0)
-    bounce_rate = bounces / sent if sent else 0.0
-    complaint_rate = complaints / sent if sent else 0.0
-    return {"sent": sent, "bounces": bounces, "soft_bounces": counts.get(SOFT, 0), "complaints": complaints,
-            "bounce_rate": bounce_rate, "complaint_rate": complaint_rate,
-            "bounce_warning": bounce_rate > BOUNCE_WARN, "complaint_warning": complaint_rate > COMPLAINT_WARN,
-            "period_days": period}

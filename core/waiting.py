@@ -22,6 +22,7 @@ from redis import RedisError
 from sqlalchemy import bindparam, func, select, text
 
 from core import scheduler
+from core.counts import job_counts
 from core.db import db
 from core.models import (B_PENDING, B_QUEUED, B_RETRY, B_SENDING, B_SUBMITTED, BATCH_OPEN, JOB_FINAL, PAUSED, R_SENT,
                          Batch, DeliverySettings, Job, utcnow)
@@ -71,8 +72,7 @@ def describe(jobs: list[Job]) -> dict[int, dict]:
         since = max(job.started_at or now, now - timedelta(seconds=WINDOW_S))
         span = max((now - since).total_seconds(), 1.0)
         rate = recent.get(job.id, 0) / span if recent.get(job.id) else limits.get(job.company_id)
-        left = max(0, (job.email_count or 0) - (job.emails_sent or 0) - (job.emails_failed or 0)
-                   - (job.emails_suppressed or 0) - (job.emails_bounced or 0))
+        left = job_counts(job).left
         info["rate"] = round(rate, 1) if rate else None
         if rate and left:
             info["eta_s"] = left / rate

@@ -35,7 +35,7 @@
   }
 
   function fill(scope, row) {
-    ["type", "company", "emails_sent", "emails_failed", "email_count", "emails_suppressed", "created",
+    ["type", "company", "emails_sent", "emails_failed", "emails_bounced", "email_count", "emails_suppressed", "created",
       "started", "completed", "duration", "waiting_text", "eta"].forEach(function (name) {
       var el = scope.querySelector('[data-field="' + name + '"]');
       if (el && row[name] !== undefined) {
@@ -161,7 +161,7 @@
         el.hidden = !job[el.getAttribute("data-show-if")];
       });
       batches(job.batches || []);
-      if (String(job.emails_failed) !== failedAtLoad && job.is_final) {
+      if (String(job.emails_failed + job.emails_bounced) !== failedAtLoad && job.is_final) {
         var stale = document.getElementById("failed-stale");
         if (stale) { stale.hidden = false; }
       }

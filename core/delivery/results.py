@@ -154,23 +154,29 @@ def _write(rows: list[tuple[int, str | None, str | None]], status: str, now: dat
     """Write one status for many recipients still in ``settles``; returns how many changed.
 
     One statement on PostgreSQL (``unnest`` of id/message-id/error arrays), executemany elsewhere.
+    A sent recipient's ``sent_at`` is now; a bounced one keeps the time it was handed over (a bounce
+    at send time: now), so the rates count it by that time (``core.counts``).
     """
     sent = status == R_SENT
+    bounced = status == R_BOUNCED
     keep_route = status in RECIPIENT_FINAL and route is not None  # the route that settled it is kept
     if is_postgres():
         return db.session.execute(text(
             "UPDATE recipients AS r SET status = :status, message_id = coalesce(v.mid, r.message_id), "
-            "error = v.err, lease_until = NULL, sent_at = CASE WHEN :sent THEN :now ELSE r.sent_at END, "
+            "error = v.err, lease_until = NULL, sent_at = CASE WHEN :sent THEN :now "
+            "WHEN :bounced THEN coalesce(r.sent_at, :now) ELSE r.sent_at END, "
             "route = CASE WHEN :keep_route THEN :route ELSE r.route END "
             "FROM unnest(CAST(:ids AS integer[]), CAST(:mids AS text[]), CAST(:errs AS text[])) AS v(id, mid, err) "
             "WHERE r.id = v.id AND r.status = ANY(CAST(:settles AS text[]))"),
-            {"status": status, "sent": sent, "keep_route": keep_route, "now": now, "route": route,
+            {"status": status, "sent": sent, "bounced": bounced, "keep_route": keep_route, "now": now, "route": route,
              "ids": [r[0] for r in rows], "mids": [r[1] for r in rows], "errs": [r[2] for r in rows],
              "settles": [str(s) for s in sorted(settles)]}).rowcount
     table = Recipient.__table__
     values = {"status": status, "lease_until": None, "error": bindparam("err")}
     if sent:
         values.update(message_id=func.coalesce(bindparam("mid"), table.c.message_id), sent_at=now)
+    elif bounced:
+        values.update(sent_at=func.coalesce(table.c.sent_at, now))
     if keep_route:
         values.update(route=route)
     where = or_(*(table.c.status == s for s in sorted(settles)))  # no IN: executemany

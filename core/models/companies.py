@@ -51,6 +51,11 @@ class Company(Model):
     # From stays the service's address unless the sender's domain is listed here (comma-separated)
     fallback_relay = Column(Boolean, nullable=False, default=False, server_default=false())
     fallback_sender_domains = Column(String(1000))
+    # the reputation guard (core.reputation): bulk sending paused since, why (in words, with the
+    # figures), and the last resume (the guard judges only sends after it)
+    reputation_paused_at = Column(DateTime)
+    reputation_reason = Column(String(255))
+    reputation_resumed_at = Column(DateTime)
 
     settings = relationship("DeliverySettings", uselist=False, back_populates="company",
                                cascade="all, delete-orphan")

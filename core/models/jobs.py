@@ -88,6 +88,8 @@ class Recipient(TenantMixin, Model):
     __table_args__ = (
         Index("ix_recipients_job_status", "job_id", "status"),
         Index("ix_recipients_job_id_id", "job_id", "id"),
+        # a company's last sends and its rates (core.counts), newest first
+        Index("ix_recipients_company_sent", "company_id", "sent_at"),
     )
     id = Column(Integer, primary_key=True)
     job_id = Column(Integer, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False)

@@ -17,7 +17,7 @@ from dashboard.admin import (audit, campaigns, certificates, companies, company_
 from dashboard.admin.base import SecureIndexView, scope
 from core import labels, overview
 from dashboard import results
-from core.suppressions import rates
+from core.counts import rates
 from core.db import db
 from core.models import ApiToken, Company, Job, Template
 from providers import registry

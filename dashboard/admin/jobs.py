@@ -17,23 +17,25 @@ from sqlalchemy import BigInteger, Integer, cast, extract, func, select
 from dashboard.admin.base import SecureBaseView, scope
 from dashboard.results import flash_at
 from dashboard.csvexport import csv_response
-from core import labels, recipient_list, settings, waiting
+from core import counts, labels, recipient_list, settings, waiting
 from core.db import db
 from core.jobs import (RETRYABLE_STATUSES, JobError, batches_of, iso, job_to_dict, request_cancel, resume,
                        retry_batch_now, retry_failed)
 from core.models import (B_RETRY, BATCH_WAITING, CANCELLED, COMPLETED, FAILED, JOB_FINAL, JOB_TYPES, PARTIAL, PAUSED,
-                         PENDING, PROCESSING, QUEUED, R_BOUNCED, R_FAILED, R_SUPPRESSED, R_UNCERTAIN, Batch, Company,
-                         Job, Recipient, RecipientStatus, utcnow)
+                         PENDING, PROCESSING, QUEUED, R_BOUNCED, R_FAILED, R_SENT, R_SUPPRESSED, R_UNCERTAIN, Batch,
+                         Company, Job, Recipient, RecipientStatus, utcnow)
 from core.queue import connection
 from core.delivery.routing import planned_route
 from core.tenancy import get_or_404
-from core.suppressions import rates
+from core.counts import rates
 
 PAGE_SIZE = 25
 FAILED_PAGE_SIZE = 50
 #: the list's status filter, in a job's order of life
 JOB_STATUSES = (PENDING, QUEUED, PROCESSING, PAUSED, COMPLETED, PARTIAL, FAILED, CANCELLED)
-#: the recipients the detail page and errors.csv list as failed
+#: the recipients the detail page lists as not delivered: failed or bounced (``counts.not_delivered``)
+NOT_DELIVERED = (R_FAILED, R_BOUNCED)
+#: the recipients errors.csv lists: those, and those whose delivery is uncertain after a crash
 FAILED_STATUSES = (R_FAILED, R_BOUNCED, R_UNCERTAIN)
 BADGES = {PENDING: "secondary", QUEUED: "secondary", PROCESSING: "primary", PAUSED: "info",
           COMPLETED: "success", PARTIAL: "warning", FAILED: "danger", CANCELLED: "dark"}
@@ -60,12 +62,9 @@ def fmt_duration(job: Job) -> str:
 
 
 def progress(job: Job) -> dict:
-    """Shares of the total (percent) that were sent, failed and skipped."""
-    total = job.email_count or 0
-    sent = job.emails_sent or 0
-    failed = (job.emails_failed or 0) + (job.emails_bounced or 0)
-    skipped = job.emails_suppressed or 0
-    done = min(total, sent + failed + skipped)
+    """Shares of the total (percent) that were sent, failed or bounced, and skipped (``core.counts``)."""
+    found = counts.job_counts(job)
+    total, sent, failed, skipped, done = found.total, found.sent, found.not_delivered, found.suppressed, found.done
     if job.status in JOB_FINAL or total == 0:
         percent = 100 if job.status in JOB_FINAL else 0
     else:
@@ -128,8 +127,10 @@ def _epoch_seconds(column):
 
 
 def sends_over_time(job: Job) -> dict:
-    """Sent recipients per time bucket, first to last send, empty buckets included."""
-    sent = Recipient.scoped(job.company_id).where(Recipient.job_id == job.id, Recipient.sent_at.is_not(None))
+    """Sent recipients per time bucket, first to last send, empty buckets included (its total is the
+    job's sent count once every send is in)."""
+    sent = Recipient.scoped(job.company_id).where(Recipient.job_id == job.id, Recipient.status == R_SENT,
+                                                  Recipient.sent_at.is_not(None))
     first, last = db.session.execute(sent.with_only_columns(func.min(Recipient.sent_at),
                                                             func.max(Recipient.sent_at))).one()
     if first is None:
@@ -228,15 +229,14 @@ class JobsView(SecureBaseView):
     @expose("/<int:job_id>/")
     def details(self, job_id: int):
         job = get_or_404(Job, job_id, scope())
-        failed_total = db.session.execute(Recipient.scoped(job.company_id).with_only_columns(func.count()).where(
-            Recipient.job_id == job.id, Recipient.status.in_(FAILED_STATUSES))).scalar()
+        failed_total = counts.job_counts(job).not_delivered
         pages = max(1, math.ceil(failed_total / FAILED_PAGE_SIZE))
         fpage = min(max(request.args.get("fpage", 1, type=int) or 1, 1), pages)
         failed = db.session.execute(
             Recipient.scoped(job.company_id)
             .with_only_columns(Recipient.id, Recipient.email, Recipient.status, Recipient.error,
                                Recipient.attempts, Recipient.route)
-            .where(Recipient.job_id == job.id, Recipient.status.in_(FAILED_STATUSES))
+            .where(Recipient.job_id == job.id, Recipient.status.in_(NOT_DELIVERED))
             .order_by(Recipient.id).limit(FAILED_PAGE_SIZE).offset((fpage - 1) * FAILED_PAGE_SIZE)).all()
         suppressed = db.session.execute(  # which suppression list stopped each (the first ones)
             Recipient.scoped(job.company_id).with_only_columns(Recipient.email, Recipient.error)

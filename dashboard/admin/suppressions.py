@@ -11,7 +11,8 @@ from sqlalchemy import func, select
 
 from core import audit, labels
 from dashboard.admin.base import SecureBaseView, scope
-from core.suppressions import normalize_email, rates, suppress
+from core.counts import rates
+from core.suppressions import normalize_email, suppress
 from dashboard.csvexport import csv_response
 from core.db import db
 from core.models import LIST_MANUAL, Company, Suppression

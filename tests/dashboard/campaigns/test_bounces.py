@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import select
 
-from core import settings, suppressions
+from core import counts, settings
 from core.models import BounceEvent
 from core.db import db
 from core.models import Job, Recipient, Suppression
@@ -82,7 +82,7 @@ def test_a_genuine_hard_bounce_suppresses_and_marks_the_recipient_bounced(client
     assert (sent, bounced) == (2, 1)
     assert statuses == {"r0@example.com": "sent", "r1@example.com": "bounced", "r2@example.com": "sent"}
     assert suppressed == {"r1@example.com": "bounce"}
-    assert suppressions.rates(company.id, job_id)["bounces"] == 1
+    assert counts.rates(company.id, job_id)["bounces"] == 1
 
 
 def test_forged_wrong_topic_and_untrusted_certificates_are_refused(client, app, sns, sent_job):
@@ -142,7 +142,7 @@ def test_a_complaint_suppresses_without_bouncing(client, sns, sent_job):
     sent, bounced, statuses, suppressed = state(job_id)
     assert (sent, bounced, statuses["r0@example.com"]) == (3, 0, "sent")
     assert suppressed == {"r0@example.com": "complaint"}
-    assert suppressions.rates(company.id, job_id)["complaints"] == 1
+    assert counts.rates(company.id, job_id)["complaints"] == 1
 
 
 def test_a_bounce_without_message_id_matches_the_latest_recipient_by_address(client, sns, sent_job):
@@ -196,18 +196,18 @@ def test_cloudflare_reports_are_verified_then_applied_once(client, sent_job, mak
 def test_rates_warn_past_two_percent_bounces_and_show_on_the_suppression_page(client, sns, sent_job, make_user,
                                                                             auth, make_company):
     company, job_id, mids = sent_job
-    assert suppressions.rates(company.id)["bounce_warning"] is False
+    assert counts.rates(company.id)["bounce_warning"] is False
     post_sns(client, company.id, sns.message(ses_bounce("r1@example.com", mids["r1@example.com"])))
-    job_rates = suppressions.rates(company.id, job_id)
+    job_rates = counts.rates(company.id, job_id)
     assert (job_rates["sent"], job_rates["bounces"], job_rates["bounce_warning"]) == (3, 1, True)
     assert job_rates["bounce_rate"] == pytest.approx(1 / 3) and job_rates["period_days"] is None
-    assert suppressions.rates(company.id)["bounce_warning"] is True
+    assert counts.rates(company.id)["bounce_warning"] is True
     other = make_company("Quiet Co")
-    assert suppressions.rates(other.id) == {"sent": 0, "bounces": 0, "soft_bounces": 0, "complaints": 0,
+    assert counts.rates(other.id) == {"sent": 0, "bounces": 0, "soft_bounces": 0, "complaints": 0,
                                        "bounce_rate": 0.0, "complaint_rate": 0.0, "bounce_warning": False,
                                        "complaint_warning": False, "period_days": 30}
     with pytest.raises(LookupError):
-        suppressions.rates(other.id, job_id)  # another company's job
+        counts.rates(other.id, job_id)  # another company's job
 
     user, password = make_user("boss@bounce.test", "manager", company.id)
     auth.login(user.email, password)
