@@ -42,6 +42,8 @@ from providers import mime, registry
 log = logging.getLogger(__name__)
 
 DEFAULT_TYPE = "notification"
+#: the jobs it makes (``Job.source``)
+SOURCE = "smtp"
 TYPE_HEADER = "X-Offload-Type"
 #: fields taken out before the message is stored: Bcc is never delivered, the type header is ours
 REMOVED_FIELDS = ("bcc", TYPE_HEADER.lower())
@@ -337,7 +339,7 @@ def _bulk_groups(rows) -> list[list]:
 
 def _job_of(company_id: int, job_type: str, group) -> Job | None:
     """One job of ``group``'s messages, their recipients, the messages marked; None if taken meanwhile."""
-    job = Job(company_id=company_id, type=job_type, status=QUEUED, source="smtp", subject=group[0].subject,
+    job = Job(company_id=company_id, type=job_type, status=QUEUED, source=SOURCE, subject=group[0].subject,
               priority=DEFAULT_PRIORITY[job_type], options={"smtp_messages": len(group)})
     db.session.add(job)
     db.session.flush()
@@ -413,6 +415,18 @@ def raw_for(company_id: int, rows) -> tuple[dict[int, Stored], list[tuple[int, s
         else:
             failures.append((rid, UNAVAILABLE))
     return found, failures
+
+
+def link_key(company_id: int, job_id: int, message_id: int) -> str:
+    """Where a message kept in the database goes in the company's storage when it is too large for its
+    cloud queue (``smtp/<company>/<job>/<message>.eml``)."""
+    return f"smtp/{company_id}/{job_id}/{message_id}.eml"
+
+
+def record_link(company_id: int, message_id: int, key: str) -> None:
+    """The message is also in the company's storage under ``key`` (deleted by ``purge_raw``)."""
+    db.session.execute(text("UPDATE smtp_messages SET storage_key = :k WHERE id = :m AND company_id = :c"),
+                       {"k": key, "m": message_id, "c": company_id})
 
 
 def relay_from(raw: bytes, service_from: str, approved: set[str]) -> dict[str, str]:

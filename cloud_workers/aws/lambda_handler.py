@@ -20,8 +20,10 @@ the message's ``configuration_set``, else ``SES_CONFIGURATION_SET``.
 Mail the LMS handed to the service by SMTP comes as it was written: such a
 recipient carries ``raw`` (the MIME, base64, the service's headers already on
 top) or, when that is too big for the queue, ``raw_url`` (a presigned link to
-it in the company's storage), and goes one by one through ``SendEmail`` with
-``Raw`` content, as is. A batch of only such recipients needs no template.
+it in the company's storage, the recipient's ``headers`` then put on top
+here, replacing fields of the same names), and goes one by one through
+``SendEmail`` with ``Raw`` content, as is. A batch of only such recipients
+needs no template.
 
 Exactly once: before sending, the worker writes a marker
 ``deliveries/<company>/<job>/<delivery_id>.json`` (``state: sending``) to
@@ -353,9 +355,26 @@ def raw_bytes(mail: Mail) -> bytes:
     return data
 
 
+def with_headers(raw: bytes, headers: dict) -> bytes:
+    """``raw`` with ``headers`` at the top of its header block, replacing the fields of the same names
+    (each with its folded lines); every other byte as it came."""
+    if not headers:
+        return raw
+    end = next((i + 1 for i in range(len(raw) - 1) if raw[i] == 10 and raw[i + 1] in (10, 13)), len(raw))
+    eol = b"\r\n" if b"\r\n" in raw[:end] or not raw else b"\n"
+    names = {name.lower() for name in headers}
+    kept = [f for f in re.findall(rb"[^\r\n]*(?:\r?\n[ \t][^\r\n]*)*(?:\r?\n|$)", raw[:end]) if f]
+    kept = [f for f in kept if f.split(b":", 1)[0].strip().decode("latin-1").lower() not in names]
+    added = b"".join(f"{name}: {value}".encode() + eol for name, value in headers.items())
+    return added + b"".join(kept) + raw[end:]
+
+
 def _raw_request(message: dict, mail: Mail) -> dict:
+    data = raw_bytes(mail)
+    if mail.raw is None:  # fetched by its link: the recipient's own fields go on top here
+        data = with_headers(data, mail.headers)
     return _configuration_set(message, {"Destination": {"ToAddresses": [mail.email]},
-                                        "Content": {"Raw": {"Data": raw_bytes(mail)}}})
+                                        "Content": {"Raw": {"Data": data}}})
 
 
 def send_chunk(message: dict, chunk: list[Mail]) -> list[dict]:

@@ -20,7 +20,8 @@
  * recipient carries `raw` (the MIME, base64, the service's headers already on
  * top), or `raw_key` (the object in the CERTIFICATES bucket the service put it
  * in when it was too big for the queue) and `raw_url` (a signed link to the
- * same); the bytes go to the binding unchanged but for Received: fields, which
+ * same, the recipient's `headers` then put on top here); the bytes go to the
+ * binding unchanged but for Received: fields, which
  * the binding refuses (the trace is Cloudflare's to write), from the address of
  * their From: (the binding wants the envelope sender to be it). A batch of only
  * such recipients needs no template.
@@ -343,6 +344,30 @@ function withoutReceived(bytes) {
   return out;
 }
 
+/**
+ * The MIME with `headers` at the top of its header block, replacing the fields of the same names (each
+ * with its folded lines): a message read by its key or link carries the recipient's own fields apart.
+ */
+function withHeaders(bytes, headers) {
+  const names = Object.keys(headers ?? {});
+  if (names.length === 0) return bytes;
+  let end = headerEnd(bytes);
+  if (end < 0) end = bytes.length;
+  let head = "";
+  for (const byte of bytes.subarray(0, end)) head += String.fromCharCode(byte);
+  const eol = head.includes("\r\n") || head === "" ? "\r\n" : "\n";
+  const wanted = new Set(names.map((name) => name.toLowerCase()));
+  const fields = head.match(/[^\r\n]*(?:\r?\n[ \t][^\r\n]*)*(?:\r?\n|$)/g) ?? [];
+  const kept = fields.filter((field) => field && !wanted.has(field.split(":", 1)[0].trim().toLowerCase()));
+  const added = new TextEncoder().encode(names.map((name) => `${name}: ${headers[name]}${eol}`).join(""));
+  const keptBytes = Uint8Array.from(kept.join(""), (ch) => ch.charCodeAt(0));
+  const out = new Uint8Array(added.length + keptBytes.length + bytes.length - end);
+  out.set(added);
+  out.set(keptBytes, added.length);
+  out.set(bytes.subarray(end), added.length + keptBytes.length);
+  return out;
+}
+
 /** Send one recipient the LMS's MIME as it is (without Received: fields, which the binding refuses). */
 async function sendRaw(message, recipient, env) {
   let bytes;
@@ -353,6 +378,7 @@ async function sendRaw(message, recipient, env) {
   }
   if (bytes === null) return { email: recipient.email, status: "retry" }; // the stored copy is not there (yet)
   bytes = withoutReceived(bytes);
+  if (typeof recipient.raw !== "string") bytes = withHeaders(bytes, recipient.headers); // read by key or link
   const head = new TextDecoder().decode(bytes.subarray(0, Math.min(bytes.length, 64 * 1024))).split(/\r?\n\r?\n/)[0];
   const messageId = /^Message-ID:[ \t]*(\S+)/im.exec(head)?.[1] ?? null;
   // the binding wants the envelope sender to be the From: address itself

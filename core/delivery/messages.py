@@ -5,7 +5,9 @@ the renderer (one time budget, ``core.rendering``), adds what the job's kind
 of mail brings (a certificate job's PDF, ``core.certificate_issue``; the LMS
 hook of a job taken from IOMAD's queue: Reply-To, the row's attachment,
 ``core.lms.mail_hook``) and the headers every message of its class carries
-(``extra_headers``). The send loop hands the result to a provider as
+(``extra_headers``). A job taken by SMTP submission renders nothing: each
+recipient's message is the MIME the LMS wrote, as stored
+(``core.submissions.raw_for``), sent from its own envelope sender. The send loop hands the result to a provider as
 ``providers.Message``s, an offload submission puts it in its batch messages:
 a cloud worker sends exactly what direct mode would.
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from core import certificate_issue
+from core import certificate_issue, submissions
 from core.lms import mail_hook
 from core.models import Job, is_bulk
 from core.rendering import CompiledTemplate, RenderError
@@ -51,11 +53,17 @@ class Composed:
     html: str | None
     attachments: list[Attachment] = field(default_factory=list)
     headers: dict[str, str] = field(default_factory=dict)
+    #: SMTP submission: the message as the LMS wrote it, its envelope sender, and the stored message's id
+    raw: bytes | None = None
+    envelope_from: str | None = None
+    smtp_message_id: int | None = None
+    storage_key: str | None = None
 
     def message(self) -> Message:
         """As a provider takes it."""
         return Message(key=self.recipient_id, to=self.email, subject=self.subject, text=self.text, html=self.html,
-                       headers=self.headers, attachments=self.attachments)
+                       headers=self.headers, attachments=self.attachments, raw=self.raw,
+                       envelope_from=self.envelope_from)
 
 
 class Composer:
@@ -64,13 +72,16 @@ class Composer:
     def __init__(self, job: Job, company):
         self.company = company  # anything with an ``id``
         self.job_type, self.priority = job.type, job.priority
-        self.template = CompiledTemplate(job.subject, job.body_text, job.body_html)
+        self.smtp = job.source == submissions.SOURCE  # the LMS's own MIME: no template to render
+        self.template = None if self.smtp else CompiledTemplate(job.subject, job.body_text, job.body_html)
         self.certificates = certificate_issue.mail_for(job)  # None unless a certificate job
         self.lms = mail_hook.mail_for(job)  # None unless a job taken from IOMAD's email queue
 
     def compose(self, rows) -> tuple[list[Composed], list[tuple[int, str]], set[int]]:
         """``rows`` are ``(id, email, data, attempts)``; returns the messages, the failures
         ``(id, reason)`` and the ids the render budget did not reach."""
+        if self.smtp:
+            return self.as_received(rows)
         composed, failures, unrendered = [], [], set()
         for (rid, email, data, _attempts), r in zip(rows, self.template.render_many([row[2] for row in rows]),
                                                    strict=True):
@@ -92,3 +103,19 @@ class Composer:
                 headers.update(self.lms.headers(data))
             composed.append(Composed(rid, email, data, r.subject, r.text, r.html, attachments, headers))
         return composed, failures, unrendered
+
+    def as_received(self, rows) -> tuple[list[Composed], list[tuple[int, str]], set[int]]:
+        """An SMTP job's messages: each recipient's stored MIME with this class's headers (none on
+        transactional mail); a recipient whose message is gone (purged) fails with the reason."""
+        stored, failures = submissions.raw_for(self.company.id, rows)
+        composed = []
+        for rid, email, data, _attempts in rows:
+            found = stored.get(rid)
+            if found is None:
+                continue
+            composed.append(Composed(rid, email, data, found.subject, None, None,
+                                     headers=extra_headers(self.company, self.job_type, self.priority, rid, email),
+                                     raw=found.raw, envelope_from=found.mail_from,
+                                     smtp_message_id=(data or {}).get("smtp_message_id"),
+                                     storage_key=found.storage_key))
+        return composed, failures, set()

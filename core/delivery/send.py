@@ -23,11 +23,12 @@ import logging
 import random
 import time
 from datetime import timedelta
+from email.utils import parseaddr
 from types import SimpleNamespace
 
 from redis import RedisError
 
-from core import metrics, queue, scheduler, settings
+from core import metrics, queue, scheduler, settings, submissions
 from core.db import db
 from core.delivery import claims, limits, results, routing, settle
 from core.delivery.claims import Claim, worker_name
@@ -192,7 +193,12 @@ class BatchRun:
         if route.relay:  # the operator's relay never sends as an unapproved tenant domain
             sender, reply_to = routing.relay_sender(sender, self.service_from, self.company.approved_domains)
             for message in messages:
-                if reply_to:
+                if message.raw is not None:  # the LMS's MIME: its own From: decides
+                    fields = submissions.relay_from(message.raw, self.service_from, self.company.approved_domains)
+                    if fields:
+                        message.headers.update(fields)
+                        message.envelope_from = parseaddr(self.service_from)[1] or self.service_from
+                elif reply_to:
                     message.headers["Reply-To"] = reply_to
         try:
             if messages:

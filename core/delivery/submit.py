@@ -29,21 +29,24 @@ from datetime import timedelta
 
 from sqlalchemy import select, text, update
 
-from core import metrics, queue, settings
+from core import metrics, queue, settings, submissions
+from core.certificates import open_storage
 from core.db import db
 from core.delivery import claims, limits, results, routing, settle
 from core.delivery.claims import Claim, worker_name
-from core.delivery.messages import Composer
+from core.delivery.messages import Composed, Composer
 from core.delivery.routing import Route
 from core.delivery.send import BatchRun, run_claimed
 from core.models import (B_CANCELLED, B_DONE, B_FAILED, B_QUEUED, B_RETRY, B_SUBMITTED, PAUSED,
                          RECIPIENT_CLAIMABLE, Batch, Company, Job, sql_in, utcnow)
-from providers import ConnectionFailure, PermanentError, ProviderError, registry
+from providers import ConnectionFailure, PermanentError, ProviderError, mime, registry
 from providers.offload import EndpointRejected, delivery_id, get_transport, split_recipients
 
 log = logging.getLogger(__name__)
 
 CALLBACK_PATH = "/callbacks/v1/batches"
+#: how long the link to an SMTP message too large for the queue works (CONTRACT: two days)
+RAW_LINK_S = 2 * 86400
 
 
 def callback_url(company_id: int) -> str:
@@ -75,6 +78,10 @@ class Submission:
         self.route = Route("offload", self.transport, self.config).label if self.transport else None
         self._jobs: dict[int, Job] = {}
         self._composers: dict[int, Composer] = {}
+        #: SMTP submission: the raw recipients built, the stored messages linked, and the storage holding them
+        self._raw: dict[int, Composed] = {}
+        self._links: dict[int, str] = {}
+        self._storage = None
         self.global_fallback = cfg.fallback_smtp
         self.max_attempts = cfg.max_attempts
         self.timeout_s = cfg.callback_timeout_s
@@ -154,13 +161,16 @@ class Submission:
                 continue
             envelope = self.envelope(claim, item.batch_number)
             parts, too_large = split_recipients(envelope, entries, limit)
-            for index in too_large:  # a certificate too large to attach: the link in the body stays
-                entries[index].pop("attachments", None)
+            for index in too_large:
+                if "raw" in entries[index]:  # the LMS's MIME too large for the queue: a link to a stored copy
+                    entries[index] = self.linked(claim, ids[index], entries[index])
+                else:  # a certificate too large to attach: the link in the body stays
+                    entries[index].pop("attachments", None)
             if too_large:
                 retried, still = split_recipients(envelope, [entries[i] for i in too_large], limit)
                 parts.extend([[too_large[i] for i in part] for part in retried])
-                failures.extend((ids[too_large[i]], f"message_too_large: more than {limit} bytes for one "
-                                                    "recipient") for i in still)
+                failures.extend((ids[too_large[i]], entries[too_large[i]].get("_too_large") or
+                                 f"message_too_large: more than {limit} bytes for one recipient") for i in still)
             if failures:
                 results.fail_recipients(claim, failures)
             if not parts:
@@ -198,6 +208,16 @@ class Submission:
         composed, failures, unrendered = self._composers[claim.job_id].compose(rows)
         entries = []
         for c in composed:
+            if c.raw is not None:  # SMTP submission: the MIME as the LMS wrote it, our headers on top
+                self._raw[c.recipient_id] = c
+                try:
+                    data = mime.outgoing(c.raw, c.headers)
+                except ValueError:
+                    failures.append((c.recipient_id, "invalid_header"))
+                    continue
+                entries.append({"email": c.email, "raw": base64.b64encode(data).decode("ascii"),
+                                "envelope_from": c.envelope_from})
+                continue
             entry = {"email": c.email, "data": c.data or {},
                      "rendered": {"subject": c.subject, "text": c.text, "html": c.html}}
             if c.headers:
@@ -207,7 +227,36 @@ class Submission:
                                          "content": base64.b64encode(a.content).decode("ascii")}
                                         for a in c.attachments]
             entries.append(entry)
-        return entries, [c.recipient_id for c in composed], failures, len(unrendered)
+        failed = {rid for rid, _ in failures}
+        return entries, [c.recipient_id for c in composed if c.recipient_id not in failed], failures, len(unrendered)
+
+    def linked(self, claim: Claim, recipient_id: int, entry: dict) -> dict:
+        """A raw recipient too large for the queue, as a link: the stored message in the company's own
+        storage (``raw_key``, and ``raw_url`` signed for ``RAW_LINK_S``), put there once per message
+        (and recorded on it, so the retention purge deletes it); the recipient's ``headers`` go on top
+        in the cloud worker. Without such storage the entry stays as it was, with the reason."""
+        c = self._raw[recipient_id]
+        kind = submissions.cloud_storage(self.company)
+        if kind is None or c.smtp_message_id is None:
+            return {**entry, "_too_large": "message_too_large: too large for the queue, and the company has no "
+                                           "storage of its own (S3, R2) to send it from"}
+        key = self._links.get(c.smtp_message_id) or c.storage_key
+        try:
+            storage = self._storage or open_storage(self.company, kind)
+            self._storage = storage
+            if key is None:
+                key = submissions.link_key(self.company.id, claim.job_id, c.smtp_message_id)
+                storage.put(key, c.raw, "message/rfc822")
+                submissions.record_link(self.company.id, c.smtp_message_id, key)
+            self._links[c.smtp_message_id] = key
+            url = storage.presigned_url(key, RAW_LINK_S)
+        except ProviderError as exc:
+            return {**entry, "_too_large": f"message_too_large: too large for the queue, and not stored for a "
+                                           f"link ({exc.reason})"}
+        linked = {"email": c.email, "raw_key": key, "raw_url": url, "envelope_from": c.envelope_from}
+        if c.headers:
+            linked["headers"] = c.headers
+        return linked
 
     def submit(self, items: list[Item]) -> None:
         try:
@@ -219,6 +268,8 @@ class Submission:
             self.submit_with(transport, items)
         finally:
             transport.close()
+            if self._storage is not None:
+                self._storage.close()
 
     def submit_with(self, transport, items: list[Item]) -> None:
         built = self.build(items, transport.max_message_bytes)

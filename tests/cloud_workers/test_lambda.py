@@ -235,7 +235,8 @@ def test_smtp_mail_is_sent_as_the_lms_wrote_it_inline_or_from_its_link(lambda_en
                    "sender": "noreply@example.com", "template": {"subject": "", "text": "", "html": ""},
                    "recipients": [
                        {"email": "a@example.com", "raw": base64.b64encode(raw_mail("a@example.com", "Für A")).decode()},
-                       {"email": "big@example.com", "raw_url": f"{storage.url}/smtp/9/1.eml?sig=x"},
+                       {"email": "big@example.com", "raw_url": f"{storage.url}/smtp/9/1.eml?sig=x",
+                        "headers": {"List-Unsubscribe": "<https://offload.test/u/9>", "Subject": "Big one, ours"}},
                        {"email": "bad@example.com", "raw": "not base64!"}]}
         sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(message))
         assert run_event_source(sqs, queue_url, queue_arn, lambda_env.handler) == [[]]
@@ -244,6 +245,8 @@ def test_smtp_mail_is_sent_as_the_lms_wrote_it_inline_or_from_its_link(lambda_en
     assert sorted(sent) == ["a@example.com", "big@example.com"]
     assert sent["a@example.com"]["subject"] == "Für A" and "<noreply@example.com>" in sent["a@example.com"]["from"]
     assert sent["big@example.com"]["body"]["text"].endswith("z" * 1000)
+    # read by its link: the recipient's own fields on top, a field of the same name replaced
+    assert sent["big@example.com"]["subject"] == "Big one, ours"
     [payload] = callbacks.payloads
     results = {r["email"]: r["status"] for r in payload["results"]}
     assert results == {"a@example.com": "sent", "big@example.com": "sent", "bad@example.com": "failed"}

@@ -3,14 +3,18 @@ it, and then From is the service's address (the tenant's sender in Reply-To) unl
 sender's domain was approved for that company."""
 from __future__ import annotations
 
+import smtplib
+from datetime import timedelta
 from email import message_from_bytes
 
-from core import companies
+from core import companies, submissions
 from core.db import db
-from core.models import Job
+from core.models import Job, utcnow
+from providers import mime
 from tests.support.attack import people, submit
 from tests.support.app import run_worker_burst
 from tests.support.servers import free_port
+from tests.support.smtp_clients import message
 
 
 def dead_aws(**extra) -> dict:
@@ -61,3 +65,24 @@ def test_only_an_admin_may_turn_the_relay_on(app, client, company, make_user):
         raise AssertionError("a manager enabled the operator's relay")
     db.session.rollback()
     assert not company.company.fallback_relay
+
+
+def test_mail_taken_by_smtp_keeps_its_bytes_on_the_relay_but_from_and_sender_are_the_services(
+        app, make_company, smtp_sink, smtp_server, set_settings):
+    """The LMS's own MIME on the relay: From: becomes the service's address (the LMS's From: the Reply-To),
+    and the envelope sender too; every other byte as the LMS wrote it."""
+    set_settings(fallback_smtp=smtp_sink.config(), fallback_from="relay@offload.example")
+    company = make_company(**dead_aws(sender="ceo@beta.example", fallback_relay="1"))
+    server = smtp_server()
+    sent = message("Your account", sender="Beta Boss <ceo@beta.example>")
+    with smtplib.SMTP(server.host, server.port, timeout=30) as client:
+        client.login(str(company.id), company.token)
+        client.sendmail("ceo@beta.example", ["ann@example.com"], sent)
+    submissions.close_window(company.id, "notification", now=utcnow() + timedelta(hours=1))
+    run_worker_burst(app)
+    [mail] = smtp_sink.messages
+    parsed = message_from_bytes(mail.data)
+    assert mail.mail_from == "relay@offload.example" and parsed["From"] == "relay@offload.example"
+    assert parsed["Reply-To"] == "Beta Boss <ceo@beta.example>"
+    assert mime.without(mail.data.replace(b"\r\n", b"\n"), ["received", "from", "reply-to"]) == \
+        mime.without(sent, ["from"]).replace(b"\r\n", b"\n")

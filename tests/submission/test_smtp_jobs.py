@@ -1,7 +1,10 @@
 """Stored SMTP messages become jobs: a burst of one company is one job, a few messages one job each,
-with the windows of LMS events; each RCPT a recipient of its own; source smtp in the API and the dashboard."""
+with the windows of LMS events; each RCPT a recipient of its own; source smtp in the API and the dashboard;
+a job's recipients get the messages as the LMS wrote them (direct mode here; offload in
+tests/tasks/test_smtp_offload_e2e.py)."""
 from __future__ import annotations
 
+import smtplib
 from datetime import timedelta
 
 import pytest
@@ -13,6 +16,8 @@ from core.models import Job, Recipient, SmtpMessage, Suppression, utcnow
 from core.queue import HIGH
 from tasks.rq_queue import get_queue
 from tasks import submissions as closer
+from providers import mime
+from tests.support.app import run_worker_burst
 from tests.support.smtp_clients import message
 
 
@@ -115,3 +120,33 @@ def test_the_job_object_and_the_dashboard_say_smtp_and_show_the_subject(threshol
     auth.login(user.email, password)
     page = client.get(f"/admin/jobs/{job.id}/").get_data(as_text=True)
     assert "SMTP submission · 1 message" in page and "Passwort zurücksetzen ✓" in page
+
+
+def test_a_job_goes_out_as_the_lms_wrote_each_message(threshold, smtp_server, make_company, smtp_sink, app):
+    """Direct mode on the company's own SMTP: each recipient gets the stored bytes, from the LMS's envelope
+    sender; re-engagement mail gets its one-click unsubscribe on top, transactional mail nothing."""
+    company = make_company("Acme Learning", sender="noreply@acme.test", provider="smtp", **smtp_sink.config())
+    server = smtp_server()
+    welcome = message("Willkommen, Jürgen ✓", body="Hallo Jürgen,\r\ndein Konto ist bereit.\r\n",
+                      headers={"Bcc": "audit@acme.test"})
+    nudge = message("We miss you", headers={"X-Offload-Type": "reengagement"})
+    with smtplib.SMTP(server.host, server.port, timeout=30) as client:
+        client.login(str(company.id), company.token)
+        client.sendmail("bounces@acme.test", ["juergen@example.com", "ann@example.com"], welcome)
+        client.sendmail("bounces@acme.test", ["bob@example.com"], nudge)
+    for job_type in ("notification", "reengagement"):
+        submissions.close_window(company.id, job_type, now=later())
+    run_worker_burst(app)
+    assert [(j.status, j.emails_sent) for j in jobs()] == [("completed", 2), ("completed", 1)]
+    got = {m.rcpt_tos[0]: m for m in smtp_sink.messages}
+    assert sorted(got) == ["ann@example.com", "bob@example.com", "juergen@example.com"]
+    assert {m.mail_from for m in got.values()} == {"bounces@acme.test"}
+    for to in ("juergen@example.com", "ann@example.com"):
+        data = got[to].data.replace(b"\r\n", b"\n")
+        assert data.startswith(b"Received: from ")
+        assert mime.without(data, ["received"]) == mime.without(welcome, ["bcc"]).replace(b"\r\n", b"\n")
+        assert b"list-unsubscribe" not in data.lower()
+    nudged = got["bob@example.com"].data.replace(b"\r\n", b"\n")
+    assert nudged.startswith(b"List-Unsubscribe: <") and b"List-Unsubscribe-Post: List-Unsubscribe=One-Click" in nudged
+    assert mime.without(nudged, ["received", "list-unsubscribe", "list-unsubscribe-post"]) == mime.without(
+        nudge, ["x-offload-type"]).replace(b"\r\n", b"\n")
