@@ -5,7 +5,7 @@
 ``javascript:`` URL. ``raw_keys(html)``: the keys in the text a person sees
 (text, option labels, titles, placeholders, button values), outside
 ``<code>``/``<pre>``/``<kbd>``/``<samp>`` (technical text on purpose: field
-names, paths) and outside e-mail addresses and URLs.
+names, paths) and outside e-mail addresses, URLs and API token prefixes.
 """
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ READ_ATTRS = ("title", "placeholder", "aria-label", "alt")
 URL_ATTRS = ("href", "src", "action", "formaction", "data")
 SNAKE = re.compile(r"(?<![\w@./:-])[a-z][a-z0-9]*(?:_[a-z0-9]+)+(?![\w@]|\.\w|/)")
 EXCEPTION = re.compile(r"\b[A-Z][a-z]+(?:[A-Z][a-z]+)*(?:Error|Exception)\b")
-EMAIL_OR_URL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+|\bhttps?://\S+|\b[\w-]+\.(?:csv|json|eml|zip|png|pdf)\b")
+#: e-mail addresses, URLs, file names and an API token's shown prefix (``mro_`` and random characters,
+#: which may happen to look like snake_case)
+EMAIL_OR_URL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+|\bhttps?://\S+|\b[\w-]+\.(?:csv|json|eml|zip|png|pdf)\b|\bmro_[\w-]+")
 #: status words as stored (lower case): a badge or cell that is exactly one of them shows the key
 STATUS_KEYS = {str(s) for enum in (JobStatus, RecipientStatus, BatchStatus) for s in enum}
 
