@@ -41,6 +41,7 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -846,13 +847,16 @@ def _take() -> bounded.Child:
         raise RendererUnavailable(exc.reason) from None
 
 
-def _ask(key: int, parts: tuple, request: tuple) -> bounded.Child:
+def _ask(key: int, parts: tuple, request: tuple | Callable[[], tuple]) -> bounded.Child:
     """Send ``(op, key, parts, *request)`` to an idle renderer (the parts only when it has not seen
-    ``key``); a renderer that died while idle is replaced once."""
+    ``key``); a renderer that died while idle is replaced once. A callable ``request`` is built once
+    the renderer is ready, so that a deadline in it does not count the time a new renderer took to
+    start (it has its own, ``bounded.SPAWN_TIMEOUT_S``)."""
     for attempt in (1, 2):
         child = _take()
+        built = request() if callable(request) else request
         try:
-            child.send((request[0], key, None if key in child.known else parts, *request[1:]))
+            child.send((built[0], key, None if key in child.known else parts, *built[1:]))
             child.known.add(key)
             return child
         except bounded.ChildGone:
@@ -995,19 +999,59 @@ def _engine_for(parts: tuple, samples: list | None = None, budget_s: float = PRE
     found = _engines.get(parts)
     first = None
     if found is None:
-        found, first = _inspect_here(parts) if _here[0] else _inspect(parts, samples or [], budget_s, marks)
-        _engines.put(parts, found)
+        found, first = _compile_once(parts, samples, budget_s, marks)
     if isinstance(found, tuple):
         raise CompileError(found[1], found[2])
     return found, first
 
 
+#: templates being compiled by a thread of this process, and the event their waiters wait on
+_compiling: dict[tuple, threading.Event] = {}
+_compiling_lock = threading.Lock()
+
+
+def _compile_once(parts: tuple, samples: list | None, budget_s: float, marks: tuple | None) -> tuple:
+    """Compile ``parts`` once in this process however many threads ask at once (a burst of requests
+    for a new template would otherwise start a renderer each, all compiling the same source): the
+    first compiles, the others wait for its engine (or its error) and render their samples as usual."""
+    with _compiling_lock:
+        found = _engines.get(parts)
+        if found is not None:
+            return found, None
+        waiter = _compiling.get(parts)
+        first = waiter is None
+        if first:
+            waiter = _compiling[parts] = threading.Event()
+    if not first:
+        waiter.wait(COMPILE_BUDGET_S + bounded.SPAWN_TIMEOUT_S + bounded.GRACE_S)
+        found = _engines.get(parts)
+        if found is not None:
+            return found, None
+        # the first thread's renderer was unavailable, or the engine already left the cache: try here
+    try:
+        found, results = _inspect_here(parts) if _here[0] else _inspect(parts, samples or [], budget_s, marks)
+        _engines.put(parts, found)
+        return found, results
+    finally:
+        if first:
+            with _compiling_lock:
+                _compiling.pop(parts, None)
+            waiter.set()
+
+
 def _inspect(parts: tuple, samples: list, budget_s: float, marks: tuple | None = None) -> tuple:
-    """One round trip: compile in the renderer (``COMPILE_BUDGET_S``), then render ``samples``
-    (``budget_s``). Returns (an ``_Engine`` or ``("error", part, message)``, the samples' results)."""
-    compile_by = time.monotonic() + COMPILE_BUDGET_S
+    """One round trip: compile in the renderer (``COMPILE_BUDGET_S`` from when the renderer is ready),
+    then render ``samples`` (``budget_s``). Returns (an ``_Engine`` or ``("error", part, message)``, the
+    samples' results)."""
     key = next(_keys)
-    child = _ask(key, parts, ("inspect", compile_by, COMPILE_BUDGET_S, samples, budget_s, marks))
+    deadline: list[float] = []
+
+    def request() -> tuple:
+        deadline[:] = [time.monotonic() + COMPILE_BUDGET_S]
+        return ("inspect", deadline[0], COMPILE_BUDGET_S, samples, budget_s, marks)
+
+    child = _ask(key, parts, request)
+    compile_by = deadline[0]
     keep, found = False, None
     results: list[tuple | None] = [None] * len(samples)
     try:
