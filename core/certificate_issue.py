@@ -40,7 +40,7 @@ from core.queue import connection
 from core.rendering import RenderError
 from providers.base import Attachment, PermanentError
 from providers.storage import ObjectNotFound, Storage
-from core import certificate_process, queue
+from core import certificate_process, queue, usage
 from core.delivery import claims, settle
 from core.certificate_render import (DEFAULT_TEMPLATE_CSS, DEFAULT_TEMPLATE_HTML, CertificateError, checksum,
                                      new_verification_code)
@@ -131,6 +131,7 @@ def _issue_all(job: Job, lock) -> int | None:
                 db.session.rollback()
                 settle.pause_job(job.id, f"certificates: {exc.reason}")
                 return None
+            issuer.flush_usage()
             db.session.commit()
             lock.extend(LOCK_S, replace_ttl=True)
     log.info("Job %s: %s certificates issued", job.id, issued)
@@ -162,6 +163,13 @@ class Issuer:
         self.job, self.company = job, company
         self.storage: Storage = open_storage(company)
         self._templates: dict[str | None, CertificateTemplate | None] = {}
+        #: what the PDFs written since the last ``flush_usage`` used of the bucket (``core.usage``)
+        self.used: dict[str, float] = {}
+
+    def flush_usage(self) -> None:
+        """Add the writes counted so far to the job's usage, in the caller's transaction."""
+        usage.add(self.company.id, self.job.id, self.used)
+        self.used = {}
 
     def __enter__(self) -> Issuer:
         return self
@@ -199,6 +207,9 @@ class Issuer:
             return False
         key = object_key(self.company.id, self.job.id, code)
         self.storage.put(key, pdf, PDF_TYPE)
+        kind = self.storage.kind
+        self.used[f"storage:put:{kind}"] = self.used.get(f"storage:put:{kind}", 0) + 1
+        self.used[f"storage:bytes:{kind}"] = self.used.get(f"storage:bytes:{kind}", 0) + len(pdf)
         db.session.add(Certificate(
             company_id=self.company.id, code=code, job_id=self.job.id, recipient_id=recipient.id,
             learner_name=fields["learner_name"], learner_email=recipient.email, course_name=fields["course_name"],

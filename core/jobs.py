@@ -11,7 +11,8 @@ from datetime import datetime, timedelta, UTC
 from sqlalchemy import text, update
 from sqlalchemy.exc import IntegrityError
 
-from core import audit, suppressions
+from core import audit, suppressions, usage
+from core.prices import Estimate
 from core.bulk import insert_recipients
 from core.counts import job_counts
 from core.db import db
@@ -248,10 +249,12 @@ def iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.replace(microsecond=0).isoformat() + "Z"
 
 
-def job_to_dict(job: Job) -> dict:
+def job_to_dict(job: Job, cost: Estimate | None = None) -> dict:
     """The job object of CONTRACT §3 (plus a few extra counters), its counts from ``core.counts``:
-    ``emails_failed`` never includes ``emails_bounced``."""
+    ``emails_failed`` never includes ``emails_bounced``; ``cost``: the cloud it used so far at the
+    price table's list prices (``core.usage``; pass it when it is known already)."""
     found = job_counts(job)
+    cost = cost if cost is not None else usage.job_cost(job.company_id, job.id)
     return {
         "id": job.id, "type": job.type, "priority": job.priority, "status": job.status, "source": job.source,
         "company_id": job.company_id,
@@ -261,6 +264,7 @@ def job_to_dict(job: Job) -> dict:
         "created_at": iso(job.created_at), "started_at": iso(job.started_at),
         "completed_at": iso(job.completed_at), "send_at": iso(job.send_at),
         "paused_reason": job.paused_reason,
+        "cost": cost.to_dict(),
     }
 
 

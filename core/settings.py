@@ -44,7 +44,7 @@ from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
 
-from core import certificate_fonts
+from core import certificate_fonts, prices
 from providers import aws, guard, sns
 from providers.base import OPERATOR_ENDPOINT
 from providers.smtp import parse_smtp_url
@@ -132,6 +132,14 @@ def absolute_path(name: str, raw: str) -> str:
     if not os.path.isabs(raw):
         raise SettingsError(f"{name}: expected an absolute path, got {raw!r}")
     return raw
+
+
+def price_file(name: str, raw: str) -> dict:
+    """A price table file (TOML or JSON) merged over the shipped ``core/prices.toml``."""
+    try:
+        return prices.load(raw.strip())
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {exc}") from None
 
 
 def regex(name: str, raw: str) -> str:
@@ -376,6 +384,10 @@ class Settings:
     certificate_font_dirs: tuple[str, ...] = var(
         "OFFLOAD_CERTIFICATE_FONT_DIRS", certificate_fonts.DEFAULT_FONT_DIRS, parse_dirs,
         "folders (':'-separated) with the certificate fonts, searched in order")
+
+    # cost estimates
+    prices: dict | None = var("OFFLOAD_PRICES", None, price_file,
+                              "a price table file overriding the shipped one (core/prices.toml) key by key")
 
 
 def declared() -> list[dataclasses.Field]:

@@ -21,7 +21,7 @@ import logging
 import re
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from providers import guard, webhooks
@@ -60,6 +60,8 @@ class SubmitResult:
     message_id: str | None = None
     #: the endpoint refused the message for good (HTTPS 4xx): pause, do not fail
     pause: bool = False
+    #: the message's encoded bytes, as the queue billed them (0 when it never reached the queue)
+    size: int = 0
 
 
 class EndpointRejected(PermanentError):
@@ -171,8 +173,8 @@ class OffloadTransport:
                             self.name, number + 1, len(calls), exc.reason)
                 self._fail_rest(calls[number:], exc, results)
                 break
-            for (index, _, _), result in zip(call, call_results, strict=True):
-                results[index] = result
+            for (index, _, body), result in zip(call, call_results, strict=True):
+                results[index] = replace(result, size=len(body))
                 accepted_any = accepted_any or result.ok
         return [results[index] for index in range(len(messages))]
 

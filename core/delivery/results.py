@@ -31,22 +31,22 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from core import queue, settings
+from core import queue, settings, usage
 from core.bulk import is_postgres
 from core.db import db
 from core.delivery.claims import Claim, open_left
 from core.delivery.settle import backoff, finish_job
 from core.models import (B_DONE, B_RETRY, B_SENDING, B_SUBMITTED, BATCH_FINAL, COMPLAINT, HARD, LIST_BOUNCE,
                          LIST_COMPLAINT, R_BOUNCED, R_FAILED, R_PENDING, R_SENDING, R_SENT, R_SUPPRESSED,
-                         RECIPIENT_CLAIMABLE, RECIPIENT_FINAL, RECIPIENT_OPEN, Batch, BounceEvent, Job, Recipient,
-                         Suppression, WebhookReceipt, utcnow)
+                         RECIPIENT_CLAIMABLE, RECIPIENT_FINAL, RECIPIENT_OPEN, Batch, BounceEvent, DeliverySettings,
+                         Job, Recipient, Suppression, WebhookReceipt, utcnow)
 from core.rendering import valid_email
 from core.suppressions import DELIVERED, is_suppressed, normalize_email, suppress
 from providers import Result, ResultStatus
@@ -104,14 +104,16 @@ def resolve(outcome: Outcome, max_attempts: int | None) -> tuple[str, str | None
 
 def apply_results(outcomes: Iterable[Outcome], *, company_id: int, job_id: int, batch_id: int | None = None,
                   route: str | None = None, max_attempts: int | None = None,
-                  settles: frozenset = IN_FLIGHT, commit: bool = True) -> dict[str, int]:
+                  settles: frozenset = IN_FLIGHT, commit: bool = True,
+                  used: Mapping[str, float] | None = None) -> dict[str, int]:
     """Apply outcomes of one job's recipients in bulk (one statement per status) and move
     the job's counters (and the batch's, with ``batch_id``) by the rows that changed.
 
     ``settles``: the statuses a recipient may be in for this source to change it.
     ``route`` is kept on recipients that end final (``None``: theirs stays). With
     ``commit`` the transaction is committed here and bounced addresses join the
-    company's bounce list; without, the caller commits (and suppresses).
+    company's bounce list; without, the caller commits (and suppresses). ``used``:
+    the cloud the outcomes used (``core.usage`` meters), added in the same transaction.
 
     Returns how many changed, by word: ``sent``, ``failed``, ``bounced``,
     ``suppressed``, ``retry``.
@@ -133,6 +135,8 @@ def apply_results(outcomes: Iterable[Outcome], *, company_id: int, job_id: int, 
     if batch_id is not None and (moved.get(R_SENT) or bad):
         db.session.execute(update(Batch).where(Batch.id == batch_id).values(
             sent_count=Batch.sent_count + moved.get(R_SENT, 0), failed_count=Batch.failed_count + bad))
+    if used:
+        usage.add(company_id, job_id, used)
     if commit:
         db.session.commit()
         if moved.get(R_BOUNCED):
@@ -187,12 +191,12 @@ def _write(rows: list[tuple[int, str | None, str | None]], status: str, now: dat
 # -- a provider's answer (direct mode) -------------------------------------------------------
 
 def record_results(claim: Claim, results: list[Result], route: str, max_attempts: int,
-                   attempts: dict[int, int]) -> dict[str, int]:
+                   attempts: dict[int, int], used: Mapping[str, float] | None = None) -> dict[str, int]:
     """Store one chunk's ``providers.Result``s (keyed by recipient id) and bump the counters;
-    ``attempts``: each recipient's attempts with this one."""
+    ``attempts``: each recipient's attempts with this one; ``used``: what the call used."""
     return apply_results([Outcome(r.key, r.status, r.message_id, r.error, attempts.get(r.key, 0)) for r in results],
                          company_id=claim.company_id, job_id=claim.job_id, batch_id=claim.batch_id, route=route,
-                         max_attempts=max_attempts)
+                         max_attempts=max_attempts, used=used)
 
 
 def fail_recipients(claim: Claim, failures: list[tuple[int, str]]) -> int:
@@ -269,7 +273,7 @@ def _apply_callback(batch: Batch, results: list[dict]) -> tuple[dict, list[int]]
     now = utcnow()
     counts = apply_results(outcomes, company_id=batch.company_id, job_id=batch.job_id, batch_id=batch.id,
                            route=batch.route or "offload", max_attempts=settings.current().max_attempts,
-                           settles=OPEN, commit=False)
+                           settles=OPEN, commit=False, used=callback_usage(batch.company_id, results))
     left = open_left(batch.job_id, batch.first_recipient_id, batch.last_recipient_id)
     db.session.execute(update(Batch).where(Batch.id == batch.id).values(callback_received_at=now))
     if not left:
@@ -287,6 +291,18 @@ def _apply_callback(batch: Batch, results: list[dict]) -> tuple[dict, list[int]]
     applied = sum(counts.values())
     bounced = [o.recipient_id for o in outcomes if o.word == BOUNCED] if counts["bounced"] else []
     return {**counts, "resubmit_in": resubmit_in, "ignored": ignored + len(outcomes) - applied}, bounced
+
+
+def callback_usage(company_id: int, results: list[dict]) -> dict[str, float]:
+    """What a cloud worker's delivery used, from its callback: one delivery (an invocation and its
+    marker), the recipients it handled, and the emails its provider sent (the ``sent`` results)."""
+    provider = db.session.execute(select(DeliverySettings.provider).where(
+        DeliverySettings.company_id == company_id)).scalar()
+    worker = usage.WORKER_OF.get(provider)
+    if worker is None:
+        return {}
+    sent = sum(1 for r in results if r.get("status") == SENT)
+    return {f"deliveries:{worker}": 1, f"worker_emails:{worker}": len(results), f"emails:{provider}": sent}
 
 
 # -- a bounce or complaint report (a provider's webhook) -------------------------------------------

@@ -28,7 +28,7 @@ from types import SimpleNamespace
 
 from redis import RedisError
 
-from core import metrics, queue, scheduler, settings, submissions
+from core import metrics, queue, scheduler, settings, submissions, usage
 from core.db import db
 from core.delivery import claims, limits, results, routing, settle
 from core.delivery.claims import Claim, worker_name
@@ -226,7 +226,8 @@ class BatchRun:
         self.throttle_streak = 0
         limits.breaker_success(self.redis, claim.company_id, route.provider)
         # (mark_sending renewed the lease for this chunk; the next one renews it again)
-        results.record_results(claim, answer + render_failures, route.label, self.max_attempts, attempts)
+        results.record_results(claim, answer + render_failures, route.label, self.max_attempts, attempts,
+                               used=call_usage(route.provider, messages, answer))
         return "next"
 
     def tokens(self, n: int, rate: float | None) -> bool:
@@ -319,6 +320,16 @@ class BatchRun:
             if settle.finish_job(self.claim.job_id) is None and status == B_CANCELLED:
                 queue.enqueue_finish(self.claim.job_id)
         return status
+
+
+def call_usage(provider: str, messages: list[Message], answer: list[Result]) -> dict[str, float]:
+    """What one provider call used (``core.usage``): the messages it accepted and their
+    attachments' bytes."""
+    sent = {r.key for r in answer if r.status == ResultStatus.SENT}
+    if not sent or provider not in usage.PROVIDERS:
+        return {}
+    attached = sum(len(a.content) for m in messages if m.key in sent for a in m.attachments)
+    return {f"emails:{provider}": len(sent), f"attachment_bytes:{provider}": attached}
 
 
 def send_batch(batch_id: int) -> str:

@@ -29,7 +29,7 @@ from datetime import timedelta
 
 from sqlalchemy import select, text, update
 
-from core import metrics, queue, settings, submissions
+from core import metrics, queue, settings, submissions, usage
 from core.certificates import open_storage
 from core.db import db
 from core.delivery import claims, limits, results, routing, settle
@@ -61,6 +61,8 @@ class Item:
 
     claim: Claim
     batch_number: int
+    #: bytes of the certificate attachments its messages carry
+    attached: int = 0
 
 
 class Submission:
@@ -176,6 +178,8 @@ class Submission:
             if not parts:
                 self.finish(item, B_DONE)
                 continue
+            item.attached = sum(len(a["content"]) * 3 // 4 for part in parts for i in part
+                                for a in entries[i].get("attachments", ()))
             messages = []
             for part in parts:
                 key = delivery_id(claim.batch_id, [ids[i] for i in part])
@@ -323,7 +327,7 @@ class Submission:
             else:
                 self.fail([item], next(r.error for r in refused if not r.retryable) or "queue refused the message")
         if accepted:
-            self.accepted(accepted)
+            self.accepted(accepted, {id(item): answers for item, answers in outcomes})
         if retry:
             self.retry([item for item, _ in retry], retry[0][1].error or "queue refused the message")
 
@@ -336,10 +340,12 @@ class Submission:
         self.handed.update(ids)
 
     # -- outcomes ---------------------------------------------------------------
-    def accepted(self, items: list[Item]) -> None:
+    def accepted(self, items: list[Item], answers: dict[int, list] | None = None) -> None:
         now = utcnow()
         for item in items:
             c = item.claim
+            if answers:  # what the queue took is billed now, in this transaction
+                usage.add(c.company_id, c.job_id, self.queue_usage(item, answers[id(item)]))
             # no change when a callback already settled the batch (done)
             db.session.execute(update(Batch).where(
                 Batch.id == c.batch_id, Batch.leased_by == c.worker, Batch.status == B_SUBMITTED).values(
@@ -353,6 +359,23 @@ class Submission:
             claims.mark_started(job_id)
         log.info("Company %s: %s batches submitted to %s", self.company.id, len(items), self.route)
         self.outcome["submitted"] += len(items)
+
+    def queue_usage(self, item: Item, answers: list) -> dict[str, float]:
+        """What the queue call used for one batch (``core.usage``): its messages' 64 KB chunks (SQS
+        bills each for the send, and for the Lambda's receive and delete; a Cloudflare Queue three
+        operations), a POST through API Gateway, and the attachments' bytes the worker will send."""
+        took = [usage.chunks(a.size) for a in answers if a.ok]
+        provider = self.config.get("provider")
+        used: dict[str, float] = {}
+        if self.transport == "sqs":
+            used = {"sqs:requests": sum(took), "sqs:chunks": sum(took)}
+        elif self.transport == "cloudflare_queue":
+            used = {"queue:chunks": sum(took)}
+        elif self.transport == "https" and usage.WORKER_OF.get(provider) == "lambda":
+            used = {"gateway:requests": len(took)}
+        if provider in usage.PROVIDERS and item.attached:
+            used[f"attachment_bytes:{provider}"] = item.attached
+        return used
 
     def maybe_accepted(self, items: list[Item], reason: str) -> None:
         """The queue did not answer in time: it may hold the messages. Submitting

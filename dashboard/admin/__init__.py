@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from dashboard.admin import (audit, campaigns, certificates, companies, company_settings, csp, jobs, outbox,
                              suppressions, templates)
 from dashboard.admin.base import SecureIndexView, scope
-from core import labels, overview
+from core import labels, overview, usage
 from dashboard import results
 from core.counts import rates
 from core.db import db
@@ -26,8 +26,9 @@ FEATURES = (jobs, campaigns, templates, certificates, suppressions, company_sett
 
 
 class HomeView(SecureIndexView):
-    """The landing page: the user's jobs by status, the first-run checklist, and each company's last
-    week as charts (sent, failed, bounced, queued; ``core.overview``)."""
+    """The landing page: the user's jobs by status, the first-run checklist, each company's last
+    week as charts (sent, failed, bounced, queued; ``core.overview``) and its estimated cloud cost
+    this month, to date and projected to the month's end (``core.usage.month``)."""
 
     @expose("/")
     def index(self):
@@ -38,7 +39,7 @@ class HomeView(SecureIndexView):
             stmt = stmt.where(Job.company_id == scope())
         counts = dict(db.session.execute(stmt).all())
         return self.render("admin/home.html", counts=counts, rates=rates(scope()), checklists=checklists(),
-                           weeks=overview.week(scope()))
+                           weeks=overview.week(scope()), costs=usage.month(scope()))
 
 
 def delivery_configured(company: Company) -> bool:

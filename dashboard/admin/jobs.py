@@ -17,7 +17,7 @@ from sqlalchemy import BigInteger, Integer, cast, extract, func, select
 from dashboard.admin.base import SecureBaseView, scope
 from dashboard.results import flash_at
 from dashboard.csvexport import csv_response
-from core import counts, labels, recipient_list, settings, waiting
+from core import counts, labels, recipient_list, settings, usage, waiting
 from core.db import db
 from core.jobs import (RETRYABLE_STATUSES, JobError, batches_of, iso, job_to_dict, request_cancel, resume,
                        retry_batch_now, retry_failed)
@@ -82,10 +82,12 @@ def source_label(job: Job) -> str:
     return f"{label} · {messages} message{'s' if messages != 1 else ''}" if messages else label
 
 
-def job_row(job: Job, company_names: dict[int, str] | None = None, waits: dict[int, dict] | None = None) -> dict:
+def job_row(job: Job, company_names: dict[int, str] | None = None, waits: dict[int, dict] | None = None,
+            costs: dict | None = None) -> dict:
     """What the list and the detail page show (and poll) for one job (with why it
-    waits and its ETA: ``core.waiting``; pass ``waits`` to describe a page in one go)."""
-    row = job_to_dict(job)
+    waits and its ETA: ``core.waiting``; pass ``waits`` to describe a page in one go, and
+    ``costs``, ``core.usage.job_costs``, to price it in one query)."""
+    row = job_to_dict(job, costs[job.id] if costs is not None else None)
     row.update((waits if waits is not None else waiting.describe([job]))[job.id])
     row["waiting_text"] = labels.error(row.get("waiting_text"))  # a paused job's reason may name an exception
     row.update(progress=progress(job), duration=fmt_duration(job), badge=BADGES.get(job.status, "secondary"),
@@ -212,8 +214,8 @@ class JobsView(SecureBaseView):
     def index(self):
         jobs, total, page, filters = self._page_of_jobs()
         names = self._company_names()
-        waits = waiting.describe(jobs)
-        return self.render("admin/jobs/list.html", jobs=[job_row(j, names, waits) for j in jobs], total=total,
+        waits, costs = waiting.describe(jobs), usage.job_costs(scope(), [j.id for j in jobs])
+        return self.render("admin/jobs/list.html", jobs=[job_row(j, names, waits, costs) for j in jobs], total=total,
                            page=page,
                            pages=max(1, math.ceil(total / PAGE_SIZE)), filters=filters, statuses=JOB_STATUSES,
                            types=JOB_TYPES, companies=names)
@@ -222,8 +224,9 @@ class JobsView(SecureBaseView):
     def list_data(self):
         jobs, total, page, _ = self._page_of_jobs()
         names = self._company_names()
-        waits = waiting.describe(jobs)
-        return _no_store(jsonify({"jobs": [job_row(j, names, waits) for j in jobs], "total": total, "page": page,
+        waits, costs = waiting.describe(jobs), usage.job_costs(scope(), [j.id for j in jobs])
+        return _no_store(jsonify({"jobs": [job_row(j, names, waits, costs) for j in jobs], "total": total,
+                                  "page": page,
                                   "per_page": PAGE_SIZE, "now": iso(utcnow())}))
 
     @expose("/<int:job_id>/")

@@ -5,7 +5,7 @@ from flask import abort, g, jsonify, request
 from sqlalchemy import func, select
 
 from dashboard.errors import json_error
-from core import settings
+from core import settings, usage
 from core.db import db
 from core.jobs import JobError, create_job, iso, job_to_dict, request_cancel, resume, retry_failed
 from core.models import JOB_TYPES, Job, Recipient, RecipientStatus
@@ -54,8 +54,10 @@ def list_jobs():
     page = _page()
     total = db.session.execute(select(func.count()).select_from(stmt.subquery())).scalar()
     jobs = db.session.execute(stmt.order_by(Job.created_at.desc(), Job.id.desc())
-                              .limit(PAGE_SIZE).offset((page - 1) * PAGE_SIZE)).scalars()
-    return jsonify({"jobs": [job_to_dict(j) for j in jobs], "page": page, "per_page": PAGE_SIZE, "total": total})
+                              .limit(PAGE_SIZE).offset((page - 1) * PAGE_SIZE)).scalars().all()
+    costs = usage.job_costs(g.company_id, [j.id for j in jobs])  # one query for the page
+    return jsonify({"jobs": [job_to_dict(j, costs[j.id]) for j in jobs], "page": page, "per_page": PAGE_SIZE,
+                    "total": total})
 
 
 @bp.get("/jobs/<int:job_id>/recipients")

@@ -52,7 +52,18 @@ SCHEMAS = {
                 "emails_failed": {"type": "integer"}, "emails_suppressed": {"type": "integer"},
                 "emails_bounced": {"type": "integer"}, "emails_uncertain": {"type": "integer"},
                 "created_at": STAMP, "started_at": STAMP, "completed_at": STAMP, "send_at": STAMP,
-                "paused_reason": {"type": ["string", "null"]}}},
+                "paused_reason": {"type": ["string", "null"]},
+                "cost": ref("Cost")}},
+    "Cost": {"type": "object", "required": ["estimated_usd", "currency", "prices_taken", "lines"],
+             "description": "the cloud the job used so far (counted as it ran), at the operator's price table's "
+                            "list prices, before free tiers and monthly fees",
+             "properties": {
+                 "estimated_usd": {"type": "number"}, "currency": {"type": "string"},
+                 "prices_taken": {"type": "string", "description": "the day the table's prices were taken"},
+                 "lines": {"type": "array", "items": {
+                     "type": "object", "required": ["item", "quantity", "unit", "usd"], "properties": {
+                         "item": {"type": "string"}, "quantity": {"type": "number"}, "unit": {"type": "string"},
+                         "usd": {"type": "number"}}}}}},
     "JobList": {"type": "object", "required": ["jobs", "page", "per_page", "total"], "properties": {
         "jobs": {"type": "array", "items": ref("Job")}, "page": {"type": "integer"},
         "per_page": {"type": "integer"}, "total": {"type": "integer"}}},

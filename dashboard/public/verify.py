@@ -26,7 +26,8 @@ from redis import RedisError
 from werkzeug.exceptions import TooManyRequests
 
 from core import certificates as service
-from core import settings
+from core import settings, usage
+from core.db import db
 from core.queue import connection
 from providers.base import ProviderError
 from providers.storage import LocalStorage, ObjectNotFound, content_disposition
@@ -109,6 +110,9 @@ def download(code: str):
     except ProviderError as exc:
         log.warning("Certificate %s: no download link: %s", cert.id, exc.reason)
         abort(503)
+    if cert.job_id is not None:  # the bucket read the link leads to (its job's cost)
+        usage.add(cert.company_id, cert.job_id, {f"storage:get:{cert.storage}": 1})
+        db.session.commit()
     return redirect(url, code=302)
 
 
