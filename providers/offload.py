@@ -21,7 +21,7 @@ import logging
 import re
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from providers import guard, webhooks
@@ -61,7 +61,7 @@ class SubmitResult:
     #: the endpoint refused the message for good (HTTPS 4xx): pause, do not fail
     pause: bool = False
     #: the message's encoded bytes, as the queue billed them (0 when it never reached the queue)
-    size: int = 0
+    size: int = field(default=0, compare=False)
 
 
 class EndpointRejected(PermanentError):
@@ -626,8 +626,11 @@ class HttpsTransport(OffloadTransport):
 
         timestamp = int(time.time())
         msg_id = f"msg_{key}" if key else f"msg_{uuid.uuid4().hex}"
+        # during a rotation's overlap, signed with the new and the previous secret (space-separated, as
+        # Standard Webhooks allows): a worker that still has the old one verifies it until it is updated
+        secrets = self.config.get("callback_secrets") or [self.config["callback_secret"]]
         return {"Content-Type": "application/json", "webhook-id": msg_id, "webhook-timestamp": str(timestamp),
-                "webhook-signature": webhooks.sign(self.config["callback_secret"], msg_id, timestamp, body)}
+                "webhook-signature": " ".join(webhooks.sign(secret, msg_id, timestamp, body) for secret in secrets)}
 
     def _send_call(self, batch: list[tuple[str, bytes]]) -> list[SubmitResult]:
         import requests

@@ -73,8 +73,10 @@ class Submission:
         self.company = db.session.get(Company, company_id)
         self.delivery = self.company.settings
         self.config = self.delivery.provider_config() if self.delivery else {"enabled": False}
-        # the HTTPS transport signs with the company's callback secret
+        # the HTTPS transport signs with the company's callback secret (and, while a rotation's overlap
+        # lasts, with the previous one too)
         self.config["callback_secret"] = self.company.callback_secret
+        self.config["callback_secrets"] = self.company.callback_secrets()
         #: the transport the batches take (``sqs``, ``cloudflare_queue``, ``https``); None: none for this sender
         self.transport = registry.offload_transport(self.config)
         self.route = Route("offload", self.transport, self.config).label if self.transport else None

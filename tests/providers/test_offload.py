@@ -378,3 +378,23 @@ def test_https_url_goes_through_the_endpoint_guard(open_guard):
     with pytest.raises(EndpointRejected) as caught:
         transport.submit([("k1", batch_message(1))])
     assert caught.value.reason.startswith("offload_url refused")
+
+
+def test_https_during_a_rotation_is_signed_with_both_secrets_so_either_worker_verifies_it(open_guard):
+    """A rotated callback secret: the worker still holding the old one, and one already
+    updated, both verify a batch posted during the overlap (Standard Webhooks' space-separated
+    signatures); outside the overlap only the current secret signs."""
+    new, old = webhooks.generate_secret(), SECRET
+    with StubHttpServer(lambda request: (202, {}, "")) as endpoint:
+        transport = get_transport("https", {"offload_url": f"{endpoint.url}/batches", "callback_secret": new,
+                                            "callback_secrets": [new, old]})
+        assert transport.submit([("k1", batch_message(1))]) == [SubmitResult("k1", True)]
+        transport = get_transport("https", {"offload_url": f"{endpoint.url}/batches", "callback_secret": new})
+        transport.submit([("k2", batch_message(2))])
+    during, after = endpoint.requests
+    assert len(during.headers["webhook-signature"].split()) == 2
+    webhooks.verify([old], during.headers, during.body)
+    webhooks.verify([new], during.headers, during.body)
+    webhooks.verify([new], after.headers, after.body)
+    with pytest.raises(webhooks.BadSignature):
+        webhooks.verify([old], after.headers, after.body)
