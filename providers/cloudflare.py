@@ -29,7 +29,7 @@ from typing import Any
 
 import requests
 
-from providers import mime, webhooks
+from providers import mime, pinning, webhooks
 from providers.base import (
     BounceReport,
     ConnectionFailure,
@@ -177,14 +177,13 @@ def classify_response(response: requests.Response) -> ProviderError | None:
 
 def classify_exception(exc: requests.RequestException) -> ProviderError:
     """Map a transport failure of ``requests`` to our hierarchy."""
-    name = type(exc).__name__
-    if isinstance(exc, requests.ConnectTimeout):
-        return ConnectionFailure("Cloudflare API connect timed out", code=name)
+    # every transport failure says the same (a closed port reads as an open one); the code keeps a read
+    # timeout apart, since the call may have been taken (core.delivery: the chunk is uncertain)
     if isinstance(exc, requests.ReadTimeout):
-        return RetryableError("Cloudflare API read timed out", code=name)
-    if isinstance(exc, requests.ConnectionError):
-        return ConnectionFailure(f"Cloudflare API unreachable ({name})", code=name)
-    return RetryableError(f"Cloudflare API request failed ({name})", code=name)
+        return RetryableError(f"Cloudflare API {pinning.UNREACHABLE}", code=type(exc).__name__)
+    if isinstance(exc, (requests.ConnectTimeout, requests.ConnectionError)):
+        return ConnectionFailure(f"Cloudflare API {pinning.UNREACHABLE}", code=pinning.UNREACHABLE_CODE)
+    return RetryableError(f"Cloudflare API {pinning.UNREACHABLE}", code=pinning.UNREACHABLE_CODE)
 
 
 def _message_result(key: int, recipient: str, response: requests.Response) -> Result:
@@ -275,7 +274,7 @@ class CloudflareEmailProvider(Provider):
             token = self.config.get("cloudflare_api_token") or ""
             if not token:
                 raise PermanentError("cloudflare_api_token is not set", code="config")
-            self._session = requests.Session()
+            self._session = pinning.session()
             self._session.headers.update({"Authorization": f"Bearer {token}",
                                           "Accept": "application/json"})
         return self._session

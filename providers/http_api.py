@@ -14,7 +14,7 @@ from typing import Any
 
 import requests
 
-from providers import guard
+from providers import guard, pinning
 from providers.base import ConnectionFailure, PermanentError, ProviderError, RetryableError, ThrottledError
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class ApiSession:
     @property
     def session(self) -> requests.Session:
         if self._session is None:
-            self._session = requests.Session()
+            self._session = pinning.session()
             self._session.auth = self._auth
             self._session.headers.update({"Accept": "application/json", "User-Agent": "manireports-offload",
                                           **self._headers})
@@ -83,16 +83,15 @@ class ApiSession:
             raise PermanentError(f"{self.label} endpoint refused: {exc.rule}", code="endpoint_refused") from None
         try:
             return self.session.request(method, url, timeout=self.timeouts, allow_redirects=False, **kwargs)
-        except requests.ConnectTimeout:
-            raise ConnectionFailure(f"{self.label} API connect timed out", code="connect_timeout") from None
+        # every transport failure says the same: a closed port reads as an open one
         except requests.ReadTimeout:
             # the request may have been accepted: the caller retries, and the provider may dedupe
-            raise RetryableError(f"{self.label} API read timed out", code="read_timeout") from None
-        except requests.ConnectionError as exc:
-            raise ConnectionFailure(f"{self.label} API unreachable ({type(exc).__name__})",
-                                    code="connection") from None
-        except requests.RequestException as exc:
-            raise RetryableError(f"{self.label} API request failed ({type(exc).__name__})", code="request") from None
+            raise RetryableError(f"{self.label} API {pinning.UNREACHABLE}", code="read_timeout") from None
+        except (requests.ConnectTimeout, requests.ConnectionError):
+            raise ConnectionFailure(f"{self.label} API {pinning.UNREACHABLE}",
+                                    code=pinning.UNREACHABLE_CODE) from None
+        except requests.RequestException:
+            raise RetryableError(f"{self.label} API {pinning.UNREACHABLE}", code=pinning.UNREACHABLE_CODE) from None
 
     def close(self) -> None:
         if self._session is not None:

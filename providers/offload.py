@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
-from providers import guard, webhooks
+from providers import guard, pinning, webhooks
 from providers.base import (
     ConnectionFailure,
     PermanentError,
@@ -273,11 +273,12 @@ def classify_aws_error(exc: Exception) -> ProviderError:
         if code in _SQS_TRANSIENT or status >= 500:
             return RetryableError(reason, code=code)
         return PermanentError(reason, code=code)
+    # every transport failure says the same: a closed port reads as an open one
     if isinstance(exc, (bce.EndpointConnectionError, bce.ConnectTimeoutError,
-                        bce.ConnectionClosedError, bce.ProxyConnectionError, bce.SSLError)):
-        return ConnectionFailure(f"cannot reach the queue: {type(exc).__name__}", code="connection")
+                        bce.ConnectionClosedError, bce.ProxyConnectionError, bce.SSLError, bce.HTTPClientError)):
+        return ConnectionFailure(f"cannot reach the queue: {pinning.UNREACHABLE}", code="connection")
     if isinstance(exc, bce.ReadTimeoutError):
-        return RetryableError("queue did not answer in time", code="timeout")
+        return RetryableError(f"cannot reach the queue: {pinning.UNREACHABLE}", code="timeout")
     if isinstance(exc, (bce.NoCredentialsError, bce.PartialCredentialsError, bce.NoRegionError,
                         bce.ParamValidationError)):
         return PermanentError(f"{type(exc).__name__}: the queue settings are incomplete or invalid", code="config")
@@ -331,13 +332,13 @@ class SqsTransport(OffloadTransport):
         guarded_url(self.config, self.queue_url, "aws")
         endpoint_url = guarded_url(self.config, self.config.get("aws_endpoint_url"), "aws")
         try:
-            return aws_session(self.config, region).client(
+            return pinning.pin(aws_session(self.config, region).client(
                 "sqs",
                 region_name=region,
                 endpoint_url=endpoint_url,
                 config=Config(retries={"mode": "standard", "total_max_attempts": 1},
                               connect_timeout=5, read_timeout=15),
-            )
+            ))
         except ProviderError:
             raise
         except Exception as exc:  # botocore raises NoRegionError etc. here
@@ -477,9 +478,7 @@ class CloudflareQueueTransport(OffloadTransport):
     def session(self) -> Any:
         """A ``requests.Session`` carrying the bearer token, built on first use."""
         if self._session is None:
-            import requests
-
-            self._session = requests.Session()
+            self._session = pinning.session()
             self._session.headers.update({
                 "Authorization": f"Bearer {self.config['cloudflare_api_token']}",
                 "User-Agent": "manireports-offload",
@@ -502,15 +501,13 @@ class CloudflareQueueTransport(OffloadTransport):
         guarded_url(self.config, self.api_base, "cloudflare")
         try:  # no redirects: a Location could name a host the guard never saw
             response = self.session.request(method, url, timeout=self.timeout, allow_redirects=False, **kwargs)
-        except (requests.exceptions.ConnectTimeout, requests.ConnectionError) as exc:
-            raise ConnectionFailure(f"cannot reach Cloudflare: {type(exc).__name__}",
-                                    code="connection") from None
+        except (requests.exceptions.ConnectTimeout, requests.ConnectionError):
+            raise ConnectionFailure(f"cannot reach Cloudflare: {pinning.UNREACHABLE}", code="connection") from None
         except requests.Timeout:
             # Read timeout: the batch may or may not have been enqueued.
-            raise RetryableError("Cloudflare did not answer in time", code="timeout") from None
-        except requests.RequestException as exc:
-            raise RetryableError(f"Cloudflare request failed: {type(exc).__name__}",
-                                 code="request") from None
+            raise RetryableError(f"cannot reach Cloudflare: {pinning.UNREACHABLE}", code="timeout") from None
+        except requests.RequestException:
+            raise RetryableError(f"cannot reach Cloudflare: {pinning.UNREACHABLE}", code="request") from None
         if response.status_code >= 300:
             raise classify_cloudflare_response(response)
         try:
@@ -613,9 +610,7 @@ class HttpsTransport(OffloadTransport):
     @property
     def session(self) -> Any:
         if self._session is None:
-            import requests
-
-            self._session = requests.Session()
+            self._session = pinning.session()
             self._session.headers["User-Agent"] = "manireports-offload"
             if self.config.get("offload_auth_token"):
                 self._session.headers["Authorization"] = f"Bearer {self.config['offload_auth_token']}"
@@ -640,15 +635,12 @@ class HttpsTransport(OffloadTransport):
         try:
             response = self.session.post(url, data=body, headers=self._headers(key, body), timeout=self.timeout,
                                          allow_redirects=False)
-        except requests.exceptions.ConnectTimeout:
-            raise ConnectionFailure("cannot reach the offload endpoint: connect timeout", code="connection") from None
-        except requests.ConnectionError as exc:
-            raise ConnectionFailure(f"cannot reach the offload endpoint: {type(exc).__name__}",
-                                    code="connection") from None
+        except (requests.exceptions.ConnectTimeout, requests.ConnectionError):
+            raise ConnectionFailure(f"the offload endpoint: {pinning.UNREACHABLE}", code="connection") from None
         except requests.Timeout:
-            raise RetryableError("the offload endpoint did not answer in time", code="https_timeout") from None
-        except requests.RequestException as exc:
-            raise RetryableError(f"offload endpoint request failed: {type(exc).__name__}", code="request") from None
+            raise RetryableError(f"the offload endpoint: {pinning.UNREACHABLE}", code="https_timeout") from None
+        except requests.RequestException:
+            raise RetryableError(f"the offload endpoint: {pinning.UNREACHABLE}", code="request") from None
         status = response.status_code
         response.close()  # the body is never read: nothing of it reaches the tenant
         if 200 <= status < 300:

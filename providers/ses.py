@@ -36,7 +36,7 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.parsers import ResponseParserError
 
-from providers import mime, sns
+from providers import mime, pinning, sns
 from providers.base import (
     ConnectionFailure,
     Message,
@@ -185,14 +185,14 @@ def classify(exc: Exception) -> ProviderError:
     if isinstance(exc, ClientError):
         return _client_error(exc)
     name = type(exc).__name__
-    if isinstance(exc, ConnectTimeoutError):
-        return ConnectionFailure(f"SES connect timeout ({name})", code=name)
+    # every transport failure says the same (a closed port reads as an open one); the code keeps a read
+    # timeout apart, since the call may have been taken (core.delivery: the chunk is uncertain)
     if isinstance(exc, ReadTimeoutError):
-        return RetryableError(f"SES read timeout ({name})", code=name)
-    if isinstance(exc, (BotoConnectionError, ConnectionClosedError)):
-        return ConnectionFailure(f"SES unreachable ({name})", code=name)
+        return RetryableError(f"SES {pinning.UNREACHABLE}", code=name)
+    if isinstance(exc, (ConnectTimeoutError, BotoConnectionError, ConnectionClosedError)):
+        return ConnectionFailure(f"SES {pinning.UNREACHABLE}", code=pinning.UNREACHABLE_CODE)
     if isinstance(exc, HTTPClientError):
-        return RetryableError(f"SES HTTP error ({name})", code=name)
+        return RetryableError(f"SES {pinning.UNREACHABLE}", code=pinning.UNREACHABLE_CODE)
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return CredentialsRejected("AWS credentials missing or incomplete", code=name)
     if isinstance(exc, ResponseParserError):  # its text quotes the raw body: never shown
@@ -336,7 +336,8 @@ class SesProvider(Provider):
             endpoint_url = guarded_url(self.config, endpoint_url, "aws")
             config = Config(connect_timeout=min(self.timeout, 5.0), read_timeout=self.timeout,
                             retries={"mode": "standard", "total_max_attempts": 1})
-            self._clients[service] = self._session.client(service, endpoint_url=endpoint_url, config=config)
+            self._clients[service] = pinning.pin(self._session.client(service, endpoint_url=endpoint_url,
+                                                                      config=config))
         return self._clients[service]
 
     @property

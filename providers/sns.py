@@ -27,6 +27,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from providers import pinning
 from providers.base import BounceReport, WebhookRefused, WebhookReply, WebhookUnavailable
 
 DEFAULT_URL_PATTERN = r"^https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/"
@@ -68,7 +69,8 @@ def allowed_url(url: Any) -> bool:
 def fetch(url: str, limit: int) -> bytes:
     """GET an allowed SNS URL, at most ``limit`` bytes; ``WebhookUnavailable`` when SNS does not answer."""
     try:
-        with requests.get(url, timeout=10, allow_redirects=False, stream=True, verify=_ca_bundle or True) as resp:
+        with pinning.session() as http, http.get(url, timeout=10, allow_redirects=False, stream=True,
+                                                 verify=_ca_bundle or True) as resp:
             if resp.status_code != 200:
                 raise WebhookUnavailable(f"SNS answered HTTP {resp.status_code}")
             body = resp.raw.read(limit + 1, decode_content=True)

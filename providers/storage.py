@@ -48,7 +48,7 @@ from providers.base import (
     ThrottledError,
     guarded_url,
 )
-from providers import registry
+from providers import pinning, registry
 from providers.aws import AWS_SETTINGS, aws_session
 from providers.cloudflare import CLOUDFLARE_SETTINGS
 
@@ -323,7 +323,7 @@ class S3Storage(Storage):
         session = aws_session(dict(config), self._region(config))
         # a tenant-named endpoint passes the guard; R2's own (from a checked account id) is Cloudflare's
         endpoint = guarded_url(dict(config), config.get("aws_endpoint_url"), self.cloud) or self.endpoint_url
-        return session.client("s3", endpoint_url=endpoint, config=boto_config)
+        return pinning.pin(session.client("s3", endpoint_url=endpoint, config=boto_config))
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
         """Upload ``data`` with its content type."""
@@ -436,11 +436,12 @@ def s3_error(exc: Exception, what: str) -> ProviderError | None:
         return PermanentError(reason, code=code)
     if isinstance(exc, (boto_errors.NoCredentialsError, boto_errors.PartialCredentialsError)):
         return PermanentError(f"{what}: no usable credentials", code="credentials")
+    # every transport failure says the same: a closed port reads as an open one
     if isinstance(exc, (boto_errors.ReadTimeoutError, boto_errors.ConnectionClosedError,
                         boto_errors.ResponseStreamingError)):
-        return RetryableError(f"{what}: {type(exc).__name__}", code="network")
+        return RetryableError(f"{what}: {pinning.UNREACHABLE}", code="network")
     if isinstance(exc, (boto_errors.ConnectionError, boto_errors.HTTPClientError)):
-        return ConnectionFailure(f"{what}: {type(exc).__name__}", code="unreachable")
+        return ConnectionFailure(f"{what}: {pinning.UNREACHABLE}", code=pinning.UNREACHABLE_CODE)
     if isinstance(exc, (boto_errors.BotoCoreError, ResponseParserError)):  # its text may quote the body
         return RetryableError(f"{what}: {type(exc).__name__}", code="unexpected")
     return None
@@ -497,7 +498,7 @@ class WorkerR2Storage(Storage):
         if not isinstance(self.secret, str) or not self.secret:
             raise PermanentError("storage setting signing_secret is not set", code="misconfigured")
         self.clock = clock
-        self.http = http or urllib3.PoolManager(
+        self.http = http or pinning.pool_manager(
             retries=False, timeout=urllib3.Timeout(connect=5.0, read=30.0))
 
     def signed_url(self, method: str, key: str, expires_in: int, content_sha256: str = "") -> str:
@@ -603,11 +604,11 @@ def urllib3_error(exc: Exception, what: str) -> ProviderError | None:
         exc = exc.reason
     if isinstance(exc, (errors.ConnectTimeoutError, errors.NewConnectionError, errors.NameResolutionError,
                         errors.SSLError, errors.ProxyError)):
-        return ConnectionFailure(f"{what}: cannot reach the Worker ({type(exc).__name__})", code="unreachable")
+        return ConnectionFailure(f"{what}: the Worker {pinning.UNREACHABLE}", code=pinning.UNREACHABLE_CODE)
     if isinstance(exc, (errors.ReadTimeoutError, errors.ProtocolError, errors.IncompleteRead)):
-        return RetryableError(f"{what}: {type(exc).__name__}", code="network")
+        return RetryableError(f"{what}: the Worker {pinning.UNREACHABLE}", code="network")
     if isinstance(exc, errors.HTTPError):
-        return RetryableError(f"{what}: {type(exc).__name__}", code="network")
+        return RetryableError(f"{what}: the Worker {pinning.UNREACHABLE}", code="network")
     return None
 
 
