@@ -1,18 +1,19 @@
 """Cost per job, through real parts: the usage a job's sends record (SES direct through
-aws-ses-v2-local; SQS offload through moto, the Lambda and its callbacks), priced by the
+aws-ses-v2-local; SQS offload through moto, the Lambda and its callbacks; a Cloudflare Queue and
+the Worker under miniflare), priced by the
 table the API, the job page and the overview show."""
 from __future__ import annotations
 
 import math
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from core import usage
 from core.db import db
-from core.models import JobUsage
+from core.models import Company, JobUsage
 from tests.support.app import run_worker_burst
 from tests.support.jobs import aws_settings, people
-from tests.support.offload import batches, job, submit
+from tests.support.offload import CF_SECRET, CF_TOKEN, batches, job, submit, wait_final
 
 
 def meters(job_id: int) -> dict[str, float]:
@@ -86,3 +87,24 @@ def test_sqs_offload_records_the_queue_the_lambda_and_ses_as_they_happen(app, cl
     assert math.isclose(cost["SES emails"]["usd"], 250 * t["ses"]["per_1000_emails"] / 1000)
     # a callback delivered again changes nothing: usage is added with the results, once
     assert aws_lambda.drain() == 0 and meters(job_id) == used
+
+
+def test_a_cloudflare_queue_job_records_queue_chunks_worker_deliveries_and_emails(app, client, make_company,
+                                                                                  miniflare, cloudflare_api, live_url,
+                                                                                  set_settings):
+    set_settings(batch_size=10)
+    company = make_company(provider="cloudflare", mode="offload", sender="noreply@acme.test",
+                           cloudflare_api_token=CF_TOKEN, cloudflare_account_id="acct-1",
+                           cloudflare_queue_id="queue-1", cloudflare_api_base=f"{cloudflare_api.url}/client/v4")
+    db.session.execute(update(Company).where(Company.id == company.id).values(callback_secret=CF_SECRET))
+    db.session.commit()
+    job_id = submit(client, company, people(25, prefix=f"cost{company.id}-"))
+    run_worker_burst(app)
+    assert wait_final(job_id).emails_sent == 25
+    used = meters(job_id)
+    assert used["queue:chunks"] == 3  # three small batches, one 64 KB chunk each
+    assert (used["deliveries:worker"], used["worker_emails:worker"], used["emails:cloudflare"]) == (3, 25, 25)
+    t = usage.table()
+    cost = lines(client.get(f"/api/v1/jobs/{job_id}", headers=company.auth).json["cost"])
+    assert cost["Queue operations"]["quantity"] == 3 * t["cloudflare_queues"]["operations_per_chunk"]
+    assert math.isclose(cost["Cloudflare emails"]["usd"], 25 * t["cloudflare_email"]["per_1000_emails"] / 1000)
