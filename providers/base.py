@@ -22,12 +22,14 @@ from providers import guard, registry
 
 
 class ProviderError(Exception):
-    """Base of every error a provider raises; ``reason`` is safe to store and show."""
+    """Base of every error a provider raises; ``reason`` is safe to store and show. ``field``: the
+    setting (its key) a person should look at to fix it, when the provider knows."""
 
-    def __init__(self, reason: str, *, code: str | None = None):
+    def __init__(self, reason: str, *, code: str | None = None, field: str | None = None):
         super().__init__(reason)
         self.reason = reason
         self.code = code
+        self.field = field
 
 
 class RetryableError(ProviderError):
@@ -52,6 +54,24 @@ class QuotaExceededError(ProviderError):
 
 class PermanentError(ProviderError):
     """Retrying the same call cannot succeed."""
+
+
+class NotTheProvider(PermanentError):
+    """A connection test got an answer, but not the one the provider gives (an error page, a
+    body of another shape): whatever answered there is not the provider the settings name."""
+
+
+def not_the_provider(label: str, field: str, what: str) -> NotTheProvider:
+    """The error of a connection test whose answer was not ``label``'s (``what`` it lacked)."""
+    return NotTheProvider(f"the endpoint answered, but not as {label} does ({what}): check the setting",
+                          code="not_the_provider", field=field)
+
+
+def for_field(error: ProviderError, field: str) -> ProviderError:
+    """``error`` naming ``field`` as the setting to fix, unless it names one already."""
+    if error.field is None:
+        error.field = field
+    return error
 
 
 @dataclass(frozen=True)

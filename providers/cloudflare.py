@@ -44,8 +44,10 @@ from providers.base import (
     ThrottledError,
     WebhookRefused,
     WebhookReply,
+    for_field,
     guarded_url,
     header_problem,
+    not_the_provider,
     register,
     send_each,
 )
@@ -315,20 +317,30 @@ class CloudflareEmailProvider(Provider):
         return _message_result(message.key, message.to, response)
 
     def test_connection(self) -> dict:
-        """Verify the API token (user token, then account-owned token)."""
-        response = self._request("GET", USER_VERIFY_PATH)
-        if response.status_code in (401, 403, 404) and self.account_id:
-            response = self._request("GET", ACCOUNT_VERIFY_PATH.format(account_id=self.account_id))
-        error = classify_response(response)
+        """Verify the API token (user token, then account-owned token). Passes only on Cloudflare's own
+        answer: its JSON envelope, a success, an active token."""
+        where = "cloudflare_api_base" if self.config.get("cloudflare_api_base") else "cloudflare_api_token"
+        try:
+            response = self._request("GET", USER_VERIFY_PATH)
+            if response.status_code in (401, 403, 404) and self.account_id:
+                response = self._request("GET", ACCOUNT_VERIFY_PATH.format(account_id=self.account_id))
+        except ProviderError as exc:
+            raise for_field(exc, where) from None
         body = _json(response)
-        if error is None and (not response.ok or body.get("success") is False):
+        envelope = isinstance(body.get("success"), bool) and "result" in body
+        error = classify_response(response)
+        if error is None and ((envelope and not response.ok) or body.get("success") is False):
             error = PermanentError(f"token verify failed: {_api_errors(body) or response.status_code}")
         if error is not None:
-            raise error
-        result = body.get("result") or {}
+            refused = envelope and response.status_code in (400, 401, 403)
+            raise for_field(error, "cloudflare_api_token" if refused else where)
+        if not envelope or not isinstance(body.get("result"), dict):
+            raise not_the_provider(self.label, where, "no Cloudflare API envelope in its answer")
+        result = body["result"]
         status = result.get("status")
         if status != "active":
             shown = status if status in ("disabled", "expired") else "not active"
-            raise PermanentError(f"Cloudflare API token is {shown}", code="token_status")
+            raise PermanentError(f"Cloudflare API token is {shown}", code="token_status",
+                                 field="cloudflare_api_token")
         return {"provider": self.name, "api_base": self.api_base, "account_id": self.account_id,
                 "token_id": result.get("id"), "token_status": status}

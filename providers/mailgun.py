@@ -48,6 +48,8 @@ from providers.base import (
     ResultStatus,
     WebhookRefused,
     WebhookReply,
+    for_field,
+    not_the_provider,
     register,
     results_after_error,
     send_grouped,
@@ -294,9 +296,13 @@ class MailgunProvider(Provider):
     # -- checks and webhooks -------------------------------------------------
 
     def test_connection(self) -> dict:
-        """``GET /v3/domains/<domain>``: the key works and the domain's state."""
+        """``GET /v3/domains/<domain>``: the key works and the domain's state. Passes only on Mailgun's
+        own answer (the domain and its state)."""
         self._require()
-        response = self.api.request("GET", f"/v3/domains/{self.domain}")
+        try:
+            response = self.api.request("GET", f"/v3/domains/{self.domain}")
+        except ProviderError as exc:
+            raise for_field(exc, "mailgun_region") from None
         error = call_error(self.label, response)
         if error is None and response.status_code == 404:
             error = PermanentError(f"Mailgun HTTP 404: no domain {self.domain} in the {self.region} region",
@@ -305,12 +311,15 @@ class MailgunProvider(Provider):
             error = PermanentError(f"Mailgun HTTP {response.status_code}: domain check refused",
                                    code=str(response.status_code))
         if error is not None:
-            raise error
+            raise for_field(error, "mailgun_domain" if error.code == "404" else "mailgun_api_key")
         body = json_body(response)
-        domain = body.get("domain") if isinstance(body, dict) and isinstance(body.get("domain"), dict) else {}
-        state = str(domain.get("state") or "unknown")
+        domain = body.get("domain") if isinstance(body, dict) else None
+        if not isinstance(domain, dict) or not isinstance(domain.get("state"), str):
+            raise not_the_provider(self.label, "mailgun_region", "no domain and its state")
+        state = domain["state"] or "unknown"
         if state == "disabled":
-            raise PermanentError(f"Mailgun domain {self.domain} is disabled", code="domain_disabled")
+            raise PermanentError(f"Mailgun domain {self.domain} is disabled", code="domain_disabled",
+                                 field="mailgun_domain")
         warnings = [] if state == "active" else [f"the domain is {state}: verify its DNS records in Mailgun"]
         return {"provider": self.name, "api_base": self.api.base, "region": self.region, "domain": self.domain,
                 "state": state, "warnings": warnings}

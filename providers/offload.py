@@ -31,7 +31,9 @@ from providers.base import (
     ProviderError,
     RetryableError,
     ThrottledError,
+    for_field,
     guarded_url,
+    not_the_provider,
 )
 from providers import registry
 from providers.aws import AWS_SETTINGS, aws_session, has_credentials
@@ -253,6 +255,8 @@ _SQS_TRANSIENT = {
     "InternalError", "InternalFailure", "ServiceUnavailable", "RequestTimeout",
     "RequestTimeoutException", "AWS.SimpleQueueService.ServiceUnavailable",
 }
+_SQS_AUTH_CODES = {"InvalidClientTokenId", "SignatureDoesNotMatch", "AccessDenied", "AccessDeniedException",
+                   "UnrecognizedClientException", "ExpiredToken", "InvalidSecurity", "config"}
 _SQS_REGION = re.compile(r"^https://sqs[.-]([a-z0-9-]+)\.amazonaws\.com")
 
 
@@ -279,6 +283,8 @@ def classify_aws_error(exc: Exception) -> ProviderError:
         return ConnectionFailure(f"cannot reach the queue: {pinning.UNREACHABLE}", code="connection")
     if isinstance(exc, bce.ReadTimeoutError):
         return RetryableError(f"cannot reach the queue: {pinning.UNREACHABLE}", code="timeout")
+    if isinstance(exc, bce.ResponseParserError):  # its text quotes the raw body: never shown
+        return RetryableError("the queue's answer could not be read as SQS's", code="unreadable")
     if isinstance(exc, (bce.NoCredentialsError, bce.PartialCredentialsError, bce.NoRegionError,
                         bce.ParamValidationError)):
         return PermanentError(f"{type(exc).__name__}: the queue settings are incomplete or invalid", code="config")
@@ -337,7 +343,7 @@ class SqsTransport(OffloadTransport):
                 region_name=region,
                 endpoint_url=endpoint_url,
                 config=Config(retries={"mode": "standard", "total_max_attempts": 1},
-                              connect_timeout=5, read_timeout=15),
+                              connect_timeout=5, read_timeout=float(self.config.get("timeout") or 15)),
             ))
         except ProviderError:
             raise
@@ -380,12 +386,18 @@ class SqsTransport(OffloadTransport):
         return results
 
     def test_connection(self) -> dict:
-        """``GetQueueAttributes``: message count, dead-letter queue, encryption."""
+        """``GetQueueAttributes``: message count, dead-letter queue, encryption. Passes only on SQS's
+        own answer (the queue's attributes, its ARN among them)."""
+        field = "aws_endpoint_url" if self.config.get("aws_endpoint_url") else "sqs_queue_url"
         try:
             attrs = self.client.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["All"])
         except Exception as exc:
-            raise classify_aws_error(exc) from exc
-        attrs = attrs.get("Attributes", {})
+            error = classify_aws_error(exc)
+            credentials = error.code in _SQS_AUTH_CODES
+            raise for_field(error, "aws_access_key" if credentials else field) from None
+        attrs = attrs.get("Attributes") if isinstance(attrs, dict) else None
+        if not isinstance(attrs, dict) or not str(attrs.get("QueueArn") or "").startswith("arn:"):
+            raise not_the_provider(self.label, field, "GetQueueAttributes gave no queue ARN")
         redrive = json.loads(attrs["RedrivePolicy"]) if attrs.get("RedrivePolicy") else None
         encrypted = attrs.get("SqsManagedSseEnabled") == "true" or bool(attrs.get("KmsMasterKeyId"))
         warnings = []
@@ -472,6 +484,8 @@ class CloudflareQueueTransport(OffloadTransport):
         super().__init__(config)
         _require(config, "cloudflare_api_token", "cloudflare_account_id", "cloudflare_queue_id")
         self.api_base = (config.get("cloudflare_api_base") or DEFAULT_CLOUDFLARE_API).rstrip("/")
+        if config.get("timeout"):
+            self.timeout = (min(5.0, float(config["timeout"])), float(config["timeout"]))
         self._session: Any = None
 
     @property
@@ -528,12 +542,25 @@ class CloudflareQueueTransport(OffloadTransport):
         return [SubmitResult(key, True) for key, _ in batch]
 
     def test_connection(self) -> dict:
-        """Verify the token (``GET /user/tokens/verify``), then read the queue's details."""
-        token = self._request("GET", f"{self.api_base}/user/tokens/verify").get("result") or {}
-        if token.get("status") not in (None, "active"):
+        """Verify the token (``GET /user/tokens/verify``), then read the queue's details. Passes only
+        on Cloudflare's own answers: an active token, and the queue the settings name."""
+        where = "cloudflare_api_base" if self.config.get("cloudflare_api_base") else "cloudflare_api_token"
+        try:
+            token = self._request("GET", f"{self.api_base}/user/tokens/verify").get("result")
+        except ProviderError as exc:
+            refused = isinstance(exc, PermanentError) and exc.code in ("1000", "401", "403")
+            raise for_field(exc, "cloudflare_api_token" if refused else where) from None
+        if not isinstance(token, dict) or "status" not in token:
+            raise not_the_provider(self.label, where, "no token state in its answer")
+        if token.get("status") != "active":
             status = token.get("status") if token.get("status") in ("disabled", "expired") else "not active"
-            raise PermanentError(f"Cloudflare API token is {status}", code="token")
-        queue = self._request("GET", self.queue_path).get("result") or {}
+            raise PermanentError(f"Cloudflare API token is {status}", code="token", field="cloudflare_api_token")
+        try:
+            queue = self._request("GET", self.queue_path).get("result")
+        except ProviderError as exc:
+            raise for_field(exc, "cloudflare_queue_id") from None
+        if not isinstance(queue, dict) or queue.get("queue_id") != self.config["cloudflare_queue_id"]:
+            raise not_the_provider(self.label, "cloudflare_queue_id", "it did not name the queue")
         return {
             "token_status": token.get("status", "active"),
             "token_expires_on": token.get("expires_on"),
@@ -596,6 +623,8 @@ class HttpsTransport(OffloadTransport):
     def __init__(self, config: dict):
         super().__init__(config)
         _require(config, "offload_url", "callback_secret")
+        if config.get("timeout"):
+            self.timeout = (min(5.0, float(config["timeout"])), float(config["timeout"]))
         self._session: Any = None
 
     @property
@@ -650,11 +679,66 @@ class HttpsTransport(OffloadTransport):
         raise EndpointRejected(f"HTTP {status}: the offload endpoint refused the batch", code=str(status))
 
     def test_connection(self) -> dict:
-        """Check the URL against the endpoint guard (no request is sent: a batch is the only call)."""
-        return {"offload_url": self.url, "authentication_token": bool(self.config.get("offload_auth_token")),
-                "warnings": []}
+        """POST a signed probe that is not a batch: the company's Lambda or Worker checks the token and
+        the signature, then refuses the body as ``invalid_message`` (400), sending nothing. Only that
+        answer passes; the refusals the workers give are said in words, anything else is not them."""
+        import requests
+
+        url, body = self.url, b'{"probe":true}'
+        try:
+            response = self.session.post(url, data=body, headers=self._headers("", body), timeout=self.timeout,
+                                         allow_redirects=False)
+        except requests.exceptions.ConnectTimeout:
+            raise ConnectionFailure("cannot reach the offload endpoint: connect timeout", code="connection",
+                                    field="offload_url") from None
+        except requests.ConnectionError:
+            raise ConnectionFailure("cannot reach the offload endpoint", code="connection",
+                                    field="offload_url") from None
+        except requests.Timeout:
+            raise RetryableError("the offload endpoint did not answer in time", code="https_timeout",
+                                 field="offload_url") from None
+        except requests.RequestException as exc:
+            raise RetryableError(f"offload endpoint request failed ({type(exc).__name__})", code="request",
+                                 field="offload_url") from None
+        status, answer = response.status_code, _json_error(response)
+        if status == 400 and answer == "invalid_message":
+            return {"offload_url": url, "authentication_token": bool(self.config.get("offload_auth_token")),
+                    "signature": "accepted", "warnings": []}
+        raise _probe_refusal(status, answer, self.label)
 
     def close(self) -> None:
         if self._session is not None:
             self._session.close()
             self._session = None
+
+
+def _json_error(response: Any) -> str | None:
+    """The ``error`` word of a cloud worker's JSON answer (read, never shown), else ``None``."""
+    try:
+        body = response.json() if len(response.content) <= 4096 else None
+    except ValueError:
+        body = None
+    finally:
+        response.close()
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, str) else None
+
+
+#: what the cloud workers answer a probe they refuse, in words (``cloud_workers``: POST /batches)
+_PROBE_REFUSALS = {
+    (401, "unauthorized"): ("the endpoint refused the authentication token", "offload_auth_token"),
+    (401, "bad_signature"): ("the endpoint refused the signature: its CALLBACK_SECRET is not this company's "
+                             "callback secret", "offload_url"),
+    (503, "not_configured"): ("the Worker is not set up: its CALLBACK_SECRET or ALLOWED_CALLBACK_PREFIX is "
+                              "missing", "offload_url"),
+}
+
+
+def _probe_refusal(status: int, answer: str | None, label: str) -> ProviderError:
+    known = _PROBE_REFUSALS.get((status, answer or ""))
+    if known is not None:
+        return PermanentError(known[0], code=answer, field=known[1])
+    if status >= 500:
+        return RetryableError(f"HTTP {status}: the offload endpoint is unavailable", code=str(status),
+                              field="offload_url")
+    return not_the_provider(label, "offload_url", f"HTTP {status}, no refusal of the probe")

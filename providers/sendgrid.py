@@ -47,10 +47,13 @@ from providers.base import (
     Message,
     PermanentError,
     Provider,
+    ProviderError,
     Result,
     ResultStatus,
     WebhookRefused,
     WebhookReply,
+    for_field,
+    not_the_provider,
     register,
     send_grouped,
 )
@@ -372,17 +375,23 @@ class SendgridProvider(Provider):
     # -- checks and webhooks -------------------------------------------------
 
     def test_connection(self) -> dict:
-        """``GET /v3/scopes``: the key works; its scopes, and whether it may send."""
+        """``GET /v3/scopes``: the key works; its scopes, and whether it may send. Passes only on
+        SendGrid's own answer (a JSON list of scopes)."""
         self._require_key()
-        response = self.api.request("GET", SCOPES_PATH)
+        try:
+            response = self.api.request("GET", SCOPES_PATH)
+        except ProviderError as exc:
+            raise for_field(exc, "sendgrid_api_key") from None
         error = call_error(self.label, response)
         if error is None and response.status_code != 200:
             error = PermanentError(f"SendGrid HTTP {response.status_code}: scopes check refused",
                                    code=str(response.status_code))
         if error is not None:
-            raise error
+            raise for_field(error, "sendgrid_api_key")
         body = json_body(response)
-        scopes = sorted(s for s in (body or {}).get("scopes", []) if isinstance(s, str))
+        if not isinstance(body, dict) or not isinstance(body.get("scopes"), list):
+            raise not_the_provider(self.label, "sendgrid_api_key", "no list of the key's scopes")
+        scopes = sorted(s for s in body["scopes"] if isinstance(s, str))
         warnings = [] if "mail.send" in scopes else ["the API key lacks the mail.send scope"]
         return {"provider": self.name, "api_base": self.api.base, "scopes": scopes,
                 "can_send": "mail.send" in scopes, "warnings": warnings}

@@ -49,8 +49,10 @@ from providers.base import (
     RetryableError,
     ThrottledError,
     WebhookReply,
+    for_field,
     guarded_url,
     header_problem,
+    not_the_provider,
     register,
     results_after_error,
     send_each,
@@ -105,6 +107,10 @@ _MESSAGE_CODES = frozenset({"MessageRejected", "BadRequestException", "InvalidPa
                             "ParamValidation"})
 
 
+_KNOWN_CODES = _THROTTLE_CODES | _QUOTA_CODES | _PAUSED_CODES | _AUTH_CODES | _SERVER_CODES | _MESSAGE_CODES | {
+    "UNKNOWN", "NotFoundException", "AccountSuspendedException", "MailFromDomainNotVerifiedException"}
+
+
 class CredentialsRejected(PermanentError):
     """AWS refused or never got the credentials; a PermanentError to callers."""
 
@@ -132,17 +138,24 @@ _PHRASES = {
 }
 
 
+def _known(code: str) -> bool:
+    """Whether ``code`` is one SES (or AWS) gives: only those are ever shown."""
+    return code in _PHRASES or code in _KNOWN_CODES or code in _ENTRY_FAILED or code in _ENTRY_RETRY
+
+
 def _reason(code: str, status: int | str | None = None) -> str:
     """A short, storable reason: the error code, the HTTP status and a fixed phrase.
 
     The remote message is left out on purpose: a tenant-named endpoint can
-    answer anything (an internal page's text), and it must not come back.
+    answer anything (an internal page's text), and it must not come back; so
+    is a code SES does not have (botocore reads it from the body).
     """
     phrase = _PHRASES.get(code)
     if phrase is None:
         phrase = "credentials refused" if code in _AUTH_CODES else "SES refused the request"
     where = f" (HTTP {status})" if status else ""
-    return f"{code}{where}: {phrase}"[:_REASON_LIMIT]
+    shown = code if _known(code) else "SES error"
+    return f"{shown}{where}: {phrase}"[:_REASON_LIMIT]
 
 
 def _client_error(exc: ClientError) -> ProviderError:
@@ -510,16 +523,23 @@ class SesProvider(Provider):
         facts["account_id"] = identity.get("Account")
         facts["arn"] = identity.get("Arn")
 
+    def _where(self) -> str:
+        """The setting that names where SES is asked: the endpoint URL when set, else the region."""
+        return "aws_endpoint_url" if self.endpoint_url else "aws_region"
+
     def _quota(self, facts: dict) -> None:
-        """Add GetAccount's send quota and status to ``facts``."""
+        """Add GetAccount's send quota and status to ``facts``; anything but SES's own answer fails."""
         try:
             account = self.account()
+        except CredentialsRejected as error:
+            raise for_field(error, "aws_access_key") from None
         except ProviderError as error:
-            if isinstance(error, (CredentialsRejected, ConnectionFailure)):
-                raise
-            facts["notes"].append(f"SES GetAccount unavailable: {error.reason}")
-            return
-        quota = account.get("SendQuota") or {}
+            raise for_field(error, self._where()) from None
+        quota = account.get("SendQuota")
+        numbers = ("Max24HourSend", "MaxSendRate", "SentLast24Hours")
+        if not isinstance(quota, dict) or not all(isinstance(quota.get(n), (int, float)) for n in numbers) \
+                or not isinstance(account.get("SendingEnabled"), bool):
+            raise not_the_provider(self.label, self._where(), "GetAccount gave no send quota")
         facts.update({
             "max_24_hour_send": quota.get("Max24HourSend"),
             "max_send_rate": quota.get("MaxSendRate"),
@@ -529,10 +549,12 @@ class SesProvider(Provider):
         })
 
     def test_connection(self) -> dict:
-        """Identity (STS) and quota (GetAccount); what an endpoint lacks becomes a note.
+        """Identity (STS, a note when the endpoint does not answer it) and quota (GetAccount).
 
-        Raises ``PermanentError`` for rejected credentials and
-        ``ConnectionFailure`` when the SES endpoint cannot be reached.
+        Passes only on SES's own GetAccount answer (its send quota and sending
+        state); anything else raises, naming the setting to fix: rejected
+        credentials, an endpoint that cannot be reached, does not answer in
+        time, or answers otherwise (an error page, a body of another shape).
         """
         facts: dict[str, Any] = {"provider": self.name, "region": self.region,
                                  "endpoint": self.endpoint_url or "default", "notes": []}

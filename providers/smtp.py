@@ -30,7 +30,9 @@ from providers.base import (
     ResultStatus,
     RetryableError,
     ThrottledError,
+    for_field,
     header_problem,
+    not_the_provider,
     register,
     send_each,
 )
@@ -234,6 +236,11 @@ def _reply_reason(code: int, reply: bytes | str) -> str:
 
 def _throttling(code: int, reply: bytes | str) -> bool:
     return code == 452 or "too many" in _text(reply).lower()
+
+
+#: the setting a failed connection test names, by its error code
+_CHECK_FIELDS = {"auth_failed": "smtp_password", "auth_temporary": "smtp_password", "not_supported": "smtp_tls",
+                 "tls": "smtp_tls", "config": "smtp_host"}
 
 
 def classify(exc: BaseException, *, connecting: bool = False) -> ProviderError:
@@ -509,9 +516,16 @@ class SmtpProvider(Provider):
     # -- checks ------------------------------------------------------------------
 
     def test_connection(self) -> dict:
-        """Connect, EHLO, TLS and AUTH as configured; report the server's EHLO features."""
-        conn = self._open()
+        """Connect, EHLO, TLS and AUTH as configured; report the server's EHLO features. Passes only
+        on an SMTP server's own answers: its 220 greeting, a 250 to EHLO, and AUTH accepted when a
+        user is set (a refusal names the setting to fix; no banner or reply text is shown)."""
         try:
+            conn = self._open()
+        except ProviderError as exc:
+            raise for_field(exc, _CHECK_FIELDS.get(exc.code or "", "smtp_host")) from None
+        try:
+            if not conn.does_esmtp:  # EHLO was not answered 250
+                raise not_the_provider(self.label, "smtp_host", "no 250 answer to EHLO")
             features = dict(conn.esmtp_features)
         finally:
             try:

@@ -46,7 +46,9 @@ from providers.base import (
     ProviderError,
     RetryableError,
     ThrottledError,
+    for_field,
     guarded_url,
+    not_the_provider,
 )
 from providers import pinning, registry
 from providers.aws import AWS_SETTINGS, aws_session
@@ -58,9 +60,15 @@ MAX_KEY_LENGTH = 512
 MAX_LINK_SECONDS = 7 * 24 * 3600
 CHUNK_SIZE = 64 * 1024
 
+#: the object a connection test writes, reads back and removes
+PROBE_KEY, PROBE = "offload-connection-test/probe", b"offload connection test"
 _S3_NOT_FOUND = frozenset({"NoSuchKey", "NotFound", "404"})
 _S3_THROTTLED = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
                            "TooManyRequests", "TooManyRequestsException"})
+_S3_AUTH = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
+                      "AuthorizationHeaderMalformed", "ExpiredToken", "InvalidToken", "credentials", "403"})
+_S3_KNOWN = _S3_NOT_FOUND | _S3_THROTTLED | _S3_AUTH | {"NoSuchBucket", "InternalError", "ServiceUnavailable",
+                                                       "PermanentRedirect", "InvalidBucketName", "400", "500", "503"}
 
 
 class ObjectNotFound(PermanentError):
@@ -315,7 +323,7 @@ class S3Storage(Storage):
             s3={"addressing_style": "path" if custom else "auto"},
             retries={"max_attempts": 3, "mode": "standard"},
             connect_timeout=5,
-            read_timeout=30,
+            read_timeout=float(config.get("timeout") or 30),
             request_checksum_calculation="when_required" if custom else "when_supported",
             response_checksum_validation="when_required" if custom else "when_supported",
         )
@@ -361,14 +369,29 @@ class S3Storage(Storage):
             self.client.delete_object(Bucket=self.bucket, Key=key)
 
     def test_connection(self) -> dict:
-        """``HeadBucket``: the credentials work and the bucket exists."""
+        """``HeadBucket``, then a probe object written, read back and removed: the credentials work,
+        the bucket exists, and what answers keeps what it is given (a server answering anything to
+        everything does not). A failure names the setting to fix."""
+        where = self._where_field()
         try:
             with _s3_errors("head bucket", self.bucket):
                 self.client.head_bucket(Bucket=self.bucket)
+            self.put(PROBE_KEY, PROBE, "application/octet-stream")
+            back = self.get(PROBE_KEY)
+            self.delete(PROBE_KEY)
         except ObjectNotFound:
-            raise PermanentError(f"bucket {self.bucket!r} does not exist", code="no_bucket") from None
+            raise PermanentError(f"bucket {self.bucket!r} does not exist", code="no_bucket",
+                                 field="s3_bucket") from None
+        except ProviderError as exc:
+            raise for_field(exc, "aws_access_key" if exc.code in _S3_AUTH else where) from None
+        if back != PROBE:
+            raise not_the_provider(self.label, where, "the probe object read back differently")
         return {"kind": self.kind, "bucket": self.bucket,
                 "endpoint": self.client.meta.endpoint_url, "region": self.client.meta.region_name}
+
+    def _where_field(self) -> str:
+        """The setting that names where the bucket is asked for."""
+        return "s3_endpoint_url" if self.endpoint_url else "aws_region"
 
     def close(self) -> None:
         """Close the client's connection pool."""
@@ -404,6 +427,9 @@ class R2Storage(S3Storage):
         """R2 signs with region ``auto`` unless told otherwise."""
         return config.get("aws_region") or "auto"
 
+    def _where_field(self) -> str:
+        return "cloudflare_account_id"
+
 
 @contextmanager
 def _s3_errors(action: str, key: str) -> Iterator[None]:
@@ -426,7 +452,8 @@ def s3_error(exc: Exception, what: str) -> ProviderError | None:
         code = str(error.get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
         # the code and status only: the message is the remote's text
-        reason = f"{what}: {code or 'error'} (HTTP {status})" if status else f"{what}: {code or 'error'}"
+        shown = code if code in _S3_KNOWN else "error"  # a code S3 does not have came from the body
+        reason = f"{what}: {shown} (HTTP {status})" if status else f"{what}: {shown}"
         if code in _S3_NOT_FOUND:
             return ObjectNotFound(reason, code="not_found")
         if code in _S3_THROTTLED or status == 429:
@@ -499,7 +526,7 @@ class WorkerR2Storage(Storage):
             raise PermanentError("storage setting signing_secret is not set", code="misconfigured")
         self.clock = clock
         self.http = http or pinning.pool_manager(
-            retries=False, timeout=urllib3.Timeout(connect=5.0, read=30.0))
+            retries=False, timeout=urllib3.Timeout(connect=5.0, read=float(config.get("timeout") or 30.0)))
 
     def signed_url(self, method: str, key: str, expires_in: int, content_sha256: str = "") -> str:
         """``<worker_url>/certificates/<key>?expires=<unix>&sig=<hex>`` for ``method``."""
@@ -543,15 +570,20 @@ class WorkerR2Storage(Storage):
             return
 
     def test_connection(self) -> dict:
-        """A signed GET of a key that does not exist: the Worker must answer its own 404."""
+        """A signed GET of a key that does not exist: only the Worker's own 404 (``not_found``) passes;
+        a refusal, an error page or an object where none is (anything answering everything) fails,
+        naming the Worker URL."""
         url = self.signed_url("GET", self.probe_key, self.request_ttl)
         try:
             self._request("GET", url, self.probe_key).release_conn()
         except ObjectNotFound as exc:
             if exc.code != "not_found":
-                raise PermanentError(f"{self.worker_url} does not serve /certificates/",
-                                     code="not_gateway") from None
-        return {"kind": self.kind, "worker_url": self.worker_url, "signature": "accepted"}
+                raise not_the_provider(self.label, "cloudflare_worker_url", "no Worker refusal of a missing "
+                                       "certificate") from None
+            return {"kind": self.kind, "worker_url": self.worker_url, "signature": "accepted"}
+        except ProviderError as exc:
+            raise for_field(exc, "cloudflare_worker_url") from None
+        raise not_the_provider(self.label, "cloudflare_worker_url", "it served a certificate that does not exist")
 
     def close(self) -> None:
         """Close the pooled connections."""

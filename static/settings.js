@@ -45,7 +45,16 @@
       head.appendChild(node("strong", "", (check.ok ? "✓ " : "✗ ") + check.name));
       if (check.seconds !== undefined) { head.appendChild(node("span", "text-muted small", " " + check.seconds + " s")); }
       card.appendChild(head);
-      if (check.error) { card.appendChild(node("div", "small text-danger", check.error)); }
+      if (check.error) {
+        var why = node("div", "small text-danger check-error", check.error);
+        if (check.fix && check.field_label) {  /* the setting to fix: its section opens (hashchange) */
+          var link = node("a", "ml-1 check-fix", "Fix: " + check.field_label);
+          link.setAttribute("href", check.fix);
+          why.appendChild(document.createTextNode(" "));
+          why.appendChild(link);
+        }
+        card.appendChild(why);
+      }
       var facts = check.facts || {};
       var keys = Object.keys(facts);
       if (keys.length) {
@@ -153,6 +162,7 @@
     var target = id && document.getElementById(id);
     var details = target && (target.tagName === "DETAILS" ? target : target.closest("details"));
     if (details && !details.open) { details.open = true; target.scrollIntoView(); }
+    if (target && target.tagName !== "DETAILS" && target.focus) { target.focus(); }  /* a "Fix:" link */
   }
   window.addEventListener("hashchange", openTarget);
   openTarget();

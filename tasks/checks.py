@@ -62,19 +62,29 @@ def _store(company_id: int, check_id: str, payload: dict, config: dict) -> None:
     connection().set(result_key(company_id, check_id), json.dumps(payload), ex=RESULT_TTL_S)
 
 
+def fix_for(key: str | None) -> dict:
+    """Where to fix a failed check: the setting's key, its label and the form field's anchor."""
+    setting = delivery_settings.by_key().get(key or "")
+    if setting is None:
+        return {"field": None, "field_label": None, "fix": None}
+    return {"field": setting.key, "field_label": setting.label, "fix": f"#f-{setting.key}"}
+
+
 def _check(name: str, run) -> dict:
-    """Run one ``test_connection``; a provider error is the check's answer, not a job failure."""
+    """Run one ``test_connection``; a provider error is the check's answer, not a job failure. It
+    passes only when the backend's test returned (its provider's own answer); a failure says why in
+    words and names the setting to fix (``fix_for``)."""
     started = time.monotonic()
     try:
         facts = run()
     except ProviderError as exc:
         return {"name": name, "ok": False, "error": clean_reason(exc.reason), "facts": {}, "notes": [],
-                "seconds": round(time.monotonic() - started, 2)}
+                **fix_for(exc.field), "seconds": round(time.monotonic() - started, 2)}
     except Exception as exc:  # noqa: BLE001 - a check always ends with a result, never "pending"
-        # the type only: botocore's ResponseParserError (and others) quote the remote body
+        # the type only, in the log: botocore's ResponseParserError (and others) quote the remote body
         log.warning("%s check failed unexpectedly: %s", name, type(exc).__name__)
-        return {"name": name, "ok": False, "error": f"unexpected error ({type(exc).__name__})", "facts": {},
-                "notes": [], "seconds": round(time.monotonic() - started, 2)}
+        return {"name": name, "ok": False, "error": "the test met an unexpected error (the service log has its "
+                "type)", "facts": {}, "notes": [], **fix_for(None), "seconds": round(time.monotonic() - started, 2)}
     notes = [clean_reason(n) for n in facts.pop("notes", [])] + [clean_reason(w) for w in facts.pop("warnings", [])]
     return {"name": name, "ok": True, "error": None, "facts": facts, "notes": notes,
             "seconds": round(time.monotonic() - started, 2)}

@@ -183,15 +183,15 @@ def test_test_connection_reports_identity_and_quota(moto_server, make_ses):
     assert "test-secret-do-not-log" not in json.dumps(facts)
 
 
-def test_test_connection_degrades_when_emulator_lacks_sts_and_account(ses: SesLocal, make_ses):
+def test_test_connection_fails_when_the_endpoint_lacks_getaccount(ses: SesLocal, make_ses):
+    """An endpoint that does not answer GetAccount as SES does is not SES: the test fails, naming the
+    endpoint; STS it does not answer stays a note of no consequence."""
     provider = make_ses(ses.url)
 
-    facts = provider.test_connection()
+    with pytest.raises(PermanentError) as caught:
+        provider.test_connection()
 
-    assert "account_id" not in facts
-    assert "max_send_rate" not in facts
-    assert any(note.startswith("STS skipped") for note in facts["notes"])
-    assert any(note.startswith("SES GetAccount unavailable") for note in facts["notes"])
+    assert caught.value.field == "aws_endpoint_url" and "HTTP 400" in caught.value.reason
     assert provider.max_send_rate() is None
 
 

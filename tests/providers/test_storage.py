@@ -343,7 +343,7 @@ def test_worker_r2_unreachable_or_not_a_gateway() -> None:
     with pytest.raises(ConnectionFailure):
         storage.put("company-1/x.pdf", b"x", "application/pdf")
     with MotoServer() as moto:  # answers 404 to /certificates/..., but not as the gateway does
-        with pytest.raises(PermanentError, match="does not serve /certificates/"):
+        with pytest.raises(PermanentError, match="not as Cloudflare Worker .R2. does"):
             WorkerR2Storage({"worker_url": moto.url, "signing_secret": SECRET}).test_connection()
 
 
