@@ -1,7 +1,9 @@
 """Why a job is waiting, and when it should be done (the dashboard's job list and detail).
 
 - ``paused``: the job is paused (its reason is shown);
-- ``scheduled``: its ``send_at`` is still ahead;
+- ``scheduled``: its ``send_at`` is still ahead: it starts then (``starts_at``);
+- ``circuit``: its company's provider is unavailable (the circuit is open after connection
+  failures) and it has no SMTP fallback: its batches wait for the circuit to close;
 - ``rate``: its company's shared send rate has no tokens now, or its batches
   wait for them (``core.delivery.send.BatchRun.defer``);
 - ``backoff``: its batches back off after errors (next try at ``next_attempt_at``);
@@ -9,9 +11,11 @@
   transactional before bulk, fair shares between companies);
 - ``None``: it is being sent now, or it is final.
 
-The ETA is recipients left ÷ the rate the job gets: what it sent in the last
-``WINDOW_S`` seconds, else its company's ``max_send_rate`` (no figure when
-neither is known).
+The ETA comes from the rate, the backlog and the state: recipients left (``core.counts``) ÷ the
+rate the job gets (what it sent in the last ``WINDOW_S`` seconds, else its company's
+``max_send_rate``), after the next attempt when its batches back off; no figure when neither
+rate is known. A job that cannot move by itself (paused, scheduled, circuit open) has no ETA
+but ``waiting: <reason>`` (a scheduled one: ``waiting: starts at`` its ``starts_at``).
 """
 from __future__ import annotations
 
@@ -21,16 +25,21 @@ from datetime import timedelta
 from redis import RedisError
 from sqlalchemy import bindparam, func, select, text
 
-from core import scheduler
+from core import scheduler, settings
 from core.counts import job_counts
+from core.delivery import routing
+from core.delivery.limits import breaker_is_open
 from core.db import db
 from core.models import (B_PENDING, B_QUEUED, B_RETRY, B_SENDING, B_SUBMITTED, BATCH_OPEN, JOB_FINAL, PAUSED, R_SENT,
-                         Batch, DeliverySettings, Job, utcnow)
+                         Batch, Company, DeliverySettings, Job, utcnow)
 from core.queue import connection
 
 WINDOW_S = 30
-TEXTS = {"paused": "paused", "scheduled": "scheduled", "rate": "waiting for its send rate",
-         "backoff": "backing off after errors", "worker": "waiting for a worker"}
+TEXTS = {"paused": "paused", "scheduled": "scheduled, starts at",
+         "circuit": "the provider is unavailable (circuit open) and there is no fallback",
+         "rate": "waiting for its send rate", "backoff": "backing off after errors", "worker": "waiting for a worker"}
+#: reasons a job cannot move by itself: no ETA, ``waiting: <reason>``
+STOPPED = {"paused": "paused", "scheduled": "starts at", "circuit": "the provider is unavailable (circuit open)"}
 
 
 def fmt_eta(seconds: float | None) -> str:
@@ -47,8 +56,9 @@ def fmt_eta(seconds: float | None) -> str:
 
 
 def describe(jobs: list[Job]) -> dict[int, dict]:
-    """``{job id: {"waiting", "waiting_text", "rate", "eta_s", "eta"}}`` for the jobs given."""
-    out = {j.id: {"waiting": None, "waiting_text": "", "rate": None, "eta_s": None, "eta": "—"} for j in jobs}
+    """``{job id: {"waiting", "waiting_text", "rate", "eta_s", "eta", "starts_at", "starts_at_utc"}}``."""
+    out = {j.id: {"waiting": None, "waiting_text": "", "rate": None, "eta_s": None, "eta": "—", "starts_at": None,
+                  "starts_at_utc": ""} for j in jobs}
     live = [j for j in jobs if j.status not in JOB_FINAL]
     if not live:
         return out
@@ -66,7 +76,7 @@ def describe(jobs: list[Job]) -> dict[int, dict]:
     companies = {j.company_id for j in live}
     limits = dict(db.session.execute(select(DeliverySettings.company_id, DeliverySettings.max_send_rate)
                                      .where(DeliverySettings.company_id.in_(companies))).all())
-    blocked = _blocked(companies)
+    blocked, down = _blocked(companies), _circuit_open(companies)
     for job in live:
         info = out[job.id]
         since = max(job.started_at or now, now - timedelta(seconds=WINDOW_S))
@@ -74,24 +84,40 @@ def describe(jobs: list[Job]) -> dict[int, dict]:
         rate = recent.get(job.id, 0) / span if recent.get(job.id) else limits.get(job.company_id)
         left = job_counts(job).left
         info["rate"] = round(rate, 1) if rate else None
-        if rate and left:
-            info["eta_s"] = left / rate
-            info["eta"] = fmt_eta(info["eta_s"])
-        info["waiting"] = _reason(job, states.get(job.id, {}), job.company_id in blocked, now)
+        job_states = states.get(job.id, {})
+        info["waiting"] = _reason(job, job_states, job.company_id in blocked, job.company_id in down, now)
         if info["waiting"]:
             info["waiting_text"] = TEXTS[info["waiting"]]
             if info["waiting"] == "paused" and job.paused_reason:
                 info["waiting_text"] += f": {job.paused_reason}"
+        if info["waiting"] == "scheduled":
+            info["starts_at"] = job.send_at.replace(microsecond=0).isoformat() + "Z"
+            info["starts_at_utc"] = job.send_at.strftime("%Y-%m-%d %H:%M UTC")
+        if info["waiting"] in STOPPED:
+            info["eta"] = f"waiting: {STOPPED[info['waiting']]}"
+        elif rate and left:
+            info["eta_s"] = left / rate + _backing_off(job_states, info["waiting"], now)
+            info["eta"] = fmt_eta(info["eta_s"])
     return out
 
 
-def _reason(job: Job, states: dict, blocked: bool, now) -> str | None:
+def _backing_off(states: dict, waiting: str | None, now) -> float:
+    """Seconds until the next attempt of a job whose batches back off (else 0)."""
+    if waiting != "backoff":
+        return 0.0
+    _, at = states.get(B_RETRY, (0, None))
+    return max(0.0, (at - now).total_seconds()) if at is not None else 0.0
+
+
+def _reason(job: Job, states: dict, blocked: bool, down: bool, now) -> str | None:
     if job.status == PAUSED:
         return "paused"
     if job.send_at and job.send_at > now and not states:
         return "scheduled"
     if B_SENDING in states or B_SUBMITTED in states:
         return "rate" if blocked else None
+    if down and (B_QUEUED in states or B_RETRY in states or B_PENDING in states):
+        return "circuit"
     queued_n, queued_at = states.get(B_QUEUED, (0, None))
     retry_n, retry_at = states.get(B_RETRY, (0, None))
     if queued_n and (blocked or (queued_at is not None and queued_at > now)):
@@ -108,5 +134,25 @@ def _blocked(companies: set[int]) -> set[int]:
     try:
         conn = connection()
         return {c for c in companies if scheduler.blocked_until(conn, c) is not None}
+    except (RedisError, OSError):
+        return set()
+
+
+def _circuit_open(companies: set[int]) -> set[int]:
+    """Companies whose provider's circuit is open and that have no SMTP fallback: their batches
+    wait for it to close (``core.delivery.send.BatchRun.run``). Redis trouble: none known."""
+    rows = db.session.execute(select(Company).where(Company.id.in_(companies))).scalars().all()
+    fallback = settings.current().fallback_smtp
+    try:
+        conn = connection()
+        found = set()
+        for company in rows:
+            config = company.settings.provider_config() if company.settings else {"enabled": False}
+            route = routing.primary_route(config)
+            if route is None or route.kind != "direct" or not breaker_is_open(conn, company.id, route.provider):
+                continue
+            if routing.fallback_route(config, fallback, bool(company.fallback_relay)) is None:
+                found.add(company.id)
+        return found
     except (RedisError, OSError):
         return set()

@@ -42,6 +42,9 @@
         text(el, name === "type" ? row.type_label : (name === "created" && scope.id === "job-detail" ? row[name] + " UTC" : row[name]));
       }
     });
+    scope.querySelectorAll('time[data-field="starts_at"]').forEach(function (el) {  /* static/time.js */
+      if (window.OffloadTime) { window.OffloadTime.set(el, row.starts_at, row.starts_at_utc); }
+    });
     setBadge(scope.querySelector('[data-field="status"]'), row);
     setProgress(scope.querySelector('[data-field="progress"]'), row.progress);
     if (scope.id !== "job-detail") {  /* the list: the ETA line shows while there is one */

@@ -1,5 +1,7 @@
-"""The job list and detail say why a live job waits, and show its ETA
-(recipients left ÷ the rate it gets)."""
+"""The job list and detail say why a live job waits, and show its ETA (recipients left ÷ the rate it
+gets, after its next attempt when it backs off); a job that cannot move by itself (paused, scheduled,
+its provider's circuit open) has no ETA but "waiting: <reason>", a scheduled one its start time in the
+viewer's timezone (a <time> with UTC on hover)."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -7,6 +9,7 @@ from datetime import timedelta
 from sqlalchemy import update
 
 from core import scheduler
+from core.delivery import limits
 from core.db import db
 from core.models import Batch, Job, utcnow
 from core.queue import connection
@@ -41,15 +44,34 @@ def test_reasons_and_eta(app, client, make_company, set_settings):
     soon = utcnow() + timedelta(seconds=60)
     db.session.execute(update(Batch).where(Batch.job_id == waits).values(status="retry", next_attempt_at=soon))
     db.session.commit()
-    assert describe([job])[waits]["waiting"] == "backoff"
+    info = describe([job])[waits]
+    assert info["waiting"] == "backoff" and 60 < info["eta_s"] <= 70  # the next attempt, then 100 at 10/s
 
     job.status, job.paused_reason = "paused", "no sender address is configured for the company"
     db.session.commit()
-    assert describe([job])[waits]["waiting_text"] == "paused: no sender address is configured for the company"
+    info = describe([job])[waits]
+    assert info["waiting_text"] == "paused: no sender address is configured for the company"
+    assert (info["eta"], info["eta_s"]) == ("waiting: paused", None)
 
     job.status = "completed"
     db.session.commit()
-    assert describe([job])[waits] == {"waiting": None, "waiting_text": "", "rate": None, "eta_s": None, "eta": "—"}
+    assert describe([job])[waits] == {"waiting": None, "waiting_text": "", "rate": None, "eta_s": None, "eta": "—",
+                                      "starts_at": None, "starts_at_utc": ""}
+
+
+def test_an_open_circuit_without_a_fallback_is_a_wait_not_an_eta(client, make_company):
+    company = make_company(provider="ses", sender="noreply@acme.test", aws_access_key="AKIDWAIT",
+                           aws_secret_key="wait-secret", aws_region="us-east-1", max_send_rate=10)
+    job_id = post(client, company, 30)
+    plan_job(job_id)
+    job = db.session.get(Job, job_id)
+    assert describe([job])[job_id]["eta"] == "~3s"
+    for _ in range(limits.BREAKER_THRESHOLD):
+        limits.breaker_failure(connection(), company.id, "ses")
+    info = describe([job])[job_id]
+    assert (info["waiting"], info["eta"], info["eta_s"]) == ("circuit", "waiting: the provider is unavailable "
+                                                                        "(circuit open)", None)
+    assert info["waiting_text"] == "the provider is unavailable (circuit open) and there is no fallback"
 
 
 def test_eta_formats():
@@ -61,11 +83,17 @@ def test_list_and_detail_show_the_reason_and_eta(client, make_company, make_user
                            max_send_rate=5)
     make_user("boss@acme.test", company_id=company.id)
     auth.login("boss@acme.test", "correct horse battery")
-    job_id = post(client, company, 20, send_at=(utcnow() + timedelta(hours=1)).isoformat())
+    starts = (utcnow() + timedelta(hours=1)).replace(microsecond=0)
+    job_id = post(client, company, 20, send_at=starts.isoformat())
     row = client.get("/admin/jobs/data.json").get_json()["jobs"][0]
-    assert (row["id"], row["waiting"], row["waiting_text"], row["eta"]) == (job_id, "scheduled", "scheduled", "~4s")
+    assert (row["id"], row["waiting"], row["waiting_text"]) == (job_id, "scheduled", "scheduled, starts at")
+    assert (row["eta"], row["eta_s"], row["starts_at"]) == ("waiting: starts at", None, starts.isoformat() + "Z")
+    utc = starts.strftime("%Y-%m-%d %H:%M UTC")
+    moment = f'<time data-field="starts_at" data-local datetime="{starts.isoformat()}Z" title="{utc}">{utc}</time>'
     page = client.get("/admin/jobs/").get_data(as_text=True)
-    assert 'data-field="waiting_text">scheduled</small>' in page and "~4s" in page
+    assert f'<span data-field="waiting_text">scheduled, starts at</span> {moment}' in page
+    assert "~4s" not in page  # 20 at 5/s, but it has not started
     detail = client.get(f"/admin/jobs/{job_id}/").get_data(as_text=True)
-    assert "scheduled" in detail and "~4s" in detail
+    assert f'<span data-field="eta">waiting: starts at</span> {moment}' in detail and "~4s" not in detail
+    assert 'src="/static/time.js"' in detail
     assert client.get(f"/admin/jobs/{job_id}/data.json").get_json()["waiting"] == "scheduled"
