@@ -247,7 +247,7 @@ def lms_engine(url: str):
 def _lms_query(company: Company, days: int, count: bool):
     cfg = lms_connection.config_for(company)
     if not cfg.url:
-        raise AudienceError("no LMS database is configured for the company (lms_url)")
+        raise AudienceError("no LMS database is configured for the company (Settings › LMS connection)")
     if not cfg.iomad_company_id:
         raise AudienceError("set the company's IOMAD company id first")
     if not isinstance(days, int) or not 1 <= days <= 3650:

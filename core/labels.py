@@ -93,12 +93,17 @@ EXCEPTION = {
     "RecursionError": "too deeply nested", "MemoryError": "too much memory",
 }
 
+#: a template's parts, as the template form names them ("body": the text and HTML bodies together)
+TEMPLATE_PART = {"subject": "Subject", "body_text": "Text body", "body_html": "HTML body", "body": "Body"}
+#: the renderer's messages that name parts by their keys
+TEMPLATE_MESSAGE = {"body_text or body_html is required": "a text body or an HTML body is required"}
+
 TABLES: dict[str, dict[str, str]] = {
     "job_status": JOB_STATUS, "recipient_status": RECIPIENT_STATUS, "batch_status": BATCH_STATUS,
     "job_type": JOB_TYPE, "priority": PRIORITY, "source": SOURCE, "mode": MODE, "role": ROLE,
     "uncertain_policy": UNCERTAIN_POLICY, "smtp_tls": SMTP_TLS, "recipient_error": RECIPIENT_ERROR,
     "error_prefix": ERROR_PREFIX, "suppression_list": SUPPRESSION_LIST,
-    "audit_action": AUDIT_ACTION, "exception": EXCEPTION,
+    "audit_action": AUDIT_ACTION, "exception": EXCEPTION, "template_part": TEMPLATE_PART,
 }
 _EXCEPTION_NAME = re.compile(r"\b(" + "|".join(EXCEPTION) + r")\b")
 
@@ -152,3 +157,9 @@ def error(text: str | None) -> str:
 def exception_words(text: str) -> str:
     """``text`` with every exception name it has replaced by its words."""
     return _EXCEPTION_NAME.sub(lambda m: EXCEPTION[m.group(1)], text)
+
+
+def template_error(part: str, message: str) -> str:
+    """A template's compile or render error (``RenderError``'s part and message) as the dashboard shows it:
+    the part by its form label, exception names as words (the API keeps ``body_text: ...``)."""
+    return f"{label('template_part', part)}: {TEMPLATE_MESSAGE.get(message) or exception_words(message)}"

@@ -179,9 +179,9 @@ class LmsConfig:
         """Raise ``LmsError`` unless the connection can be used (``own_company``: an IOMAD company
         id is needed; the site queue's company may have none)."""
         if not self.url:
-            raise LmsError("no LMS database is configured for the company (lms_url)")
+            raise LmsError("lms_url: no LMS database is configured for the company")
         if own_company and not self.iomad_company_id:
-            raise LmsError("set the company's IOMAD company id first (iomad_company_id)")
+            raise LmsError("iomad_company_id: not set; set the company's IOMAD company id first")
         check_prefix(self.prefix)
 
     def same_lms(self, other: LmsConfig) -> bool:

@@ -21,7 +21,7 @@ from sqlalchemy import select
 from werkzeug.formparser import FormDataParser
 from wtforms.validators import ValidationError
 
-from core import audiences, settings
+from core import audiences, labels, settings
 from dashboard.admin.base import SecureBaseView, scope
 from dashboard.admin.suppressions import company_or_404
 from core.models import CampaignSettings  # noqa: F401  (tables in the metadata)
@@ -224,7 +224,7 @@ class CampaignsView(SecureBaseView):
             try:
                 preview = render_preview(tpl, built.recipients, secret)
             except RenderError as exc:
-                error = f"the template cannot render: {exc}"
+                error = f"the template cannot render: {labels.template_error(exc.part, exc.message)}"
         return self.render("campaigns/import_review.html", upload=upload, tpl=tpl, fields=fields,
                            mapping=mapping, built=built, preview=preview, error=error,
                            unmapped=unmapped_fields(mapping))
@@ -251,7 +251,9 @@ class CampaignsView(SecureBaseView):
             send_at = parse_send_at(request.form.get("send_at"))
             choice, recipients, bad_rows, upload_id = self.reengagement_audience(tpl)
             preview = render_preview(tpl, recipients)
-        except (audiences.AudienceError, RenderError) as exc:
+        except RenderError as exc:
+            return self.reengagement_form(labels.template_error(exc.part, exc.message)), 400
+        except audiences.AudienceError as exc:
             return self.reengagement_form(str(exc)), 400
         return self.render("campaigns/reengagement_preview.html", tpl=tpl, choice=choice, count=len(recipients),
                            bad_rows=bad_rows, preview=preview, upload_id=upload_id, send_at=send_at,

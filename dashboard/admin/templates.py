@@ -101,7 +101,7 @@ class TemplateView(TenantModelView):
             CompiledTemplate(form.subject.data, form.body_text.data, form.body_html.data)
         except RenderError as exc:
             target = getattr(form, exc.part, None) if exc.part in PARTS else form.body_text
-            target.errors = [*target.errors, str(exc)]
+            target.errors = [*target.errors, labels.template_error(exc.part, exc.message)]
             return False
         if self._name_taken(form):
             form.name.errors = [*form.name.errors, "a template with this name exists in the company"]
@@ -156,7 +156,7 @@ class TemplateView(TenantModelView):
                 _, rendered = CompiledTemplate.checked(tpl.subject, tpl.body_text, tpl.body_html, sample,
                                                        PREVIEW_BUDGET_S)
             except RenderError as exc:
-                error = str(exc)
+                error = labels.template_error(exc.part, exc.message)
         page = self.render("admin/email_templates/preview.html", tpl=tpl, sample_json=raw, rendered=rendered,
                            error=error, variables=template_variables(tpl), srcdoc=_srcdoc(rendered),
                            check_id=request.args.get("check", ""))

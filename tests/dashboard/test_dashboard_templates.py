@@ -66,10 +66,10 @@ def test_create_list_edit_and_audit(client, manager):
 def test_compile_errors_and_duplicate_names_are_shown_on_the_form(client, manager):
     bad = create(client, subject="Hi {{ firstname ")
     assert bad.status_code == 200
-    assert "subject: template error" in htmllib.unescape(bad.get_data(as_text=True))
+    assert "Subject: template error" in htmllib.unescape(bad.get_data(as_text=True))
     assert db.session.execute(select(Template)).first() is None
     empty = create(client, body_text="", body_html="")
-    assert "body_text or body_html is required" in empty.get_data(as_text=True)
+    assert "a text body or an HTML body is required" in empty.get_data(as_text=True)
     assert create(client).status_code == 302
     dup = create(client)
     assert dup.status_code == 200 and "a template with this name exists" in dup.get_data(as_text=True)
