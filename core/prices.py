@@ -171,9 +171,11 @@ def _aws(p: _Pricer) -> None:
     p.add("SQS requests", requests, "requests", sqs["per_million_requests"] / 1e6, sqs["free_requests"])
     deliveries, handled = p.q("deliveries:lambda"), p.q("worker_emails:lambda")
     p.add("Lambda requests", deliveries, "requests", lam["per_million_requests"] / 1e6, lam["free_requests"])
-    seconds = (deliveries * lam["ms_per_delivery"] + handled * lam["ms_per_email"]) / 1000
-    p.add("Lambda compute", seconds * lam["memory_mb"] / 1024, "GB-seconds", lam["per_gb_second"],
-          lam["free_gb_seconds"])
+    # measured by the Lambda where it reported its time; the table's assumptions for the rest
+    unmeasured = max(0.0, deliveries - p.q("lambda:measured"))
+    seconds = (unmeasured * lam["ms_per_delivery"] + handled * lam["ms_per_email"]) / 1000
+    gb_seconds = p.q("lambda:gb_seconds") + seconds * lam["memory_mb"] / 1024
+    p.add("Lambda compute", gb_seconds, "GB-seconds", lam["per_gb_second"], lam["free_gb_seconds"])
     p.add("API Gateway requests", p.q("gateway:requests"), "requests",
           t["api_gateway"]["per_million_requests"] / 1e6)
 

@@ -16,8 +16,11 @@ same transaction as the results they come with:
   Gateway in front of the Lambda (``core.delivery.submit``);
 - ``deliveries:lambda`` / ``deliveries:worker``: batch messages a cloud worker
   reported on (one callback each: an invocation, its delivery marker's writes
-  and read), ``worker_emails:lambda`` / ``worker_emails:worker``: the
-  recipients those callbacks named (the worker's time goes by them);
+  and read); ``lambda:gb_seconds``: the Lambda's own measure of its time
+  (milliseconds × memory, the callback's ``usage``) over ``lambda:measured``
+  of those deliveries; ``worker_emails:lambda`` / ``worker_emails:worker``:
+  the recipients of the deliveries that reported no time, which the price
+  table's per-email time turns into time;
 - ``storage:put:<kind>``, ``storage:bytes:<kind>``: certificate PDFs written
   to a bucket (``s3``, ``r2``, ``worker_r2``, ``local``) and their bytes
   (``core.certificate_issue``); ``storage:get:<kind>``: downloads through the
@@ -53,6 +56,7 @@ METERS = frozenset(
     [f"emails:{p}" for p in PROVIDERS] + [f"attachment_bytes:{p}" for p in PROVIDERS]
     + ["sqs:requests", "sqs:chunks", "queue:chunks", "gateway:requests"]
     + [f"deliveries:{w}" for w in WORKERS] + [f"worker_emails:{w}" for w in WORKERS]
+    + ["lambda:measured", "lambda:gb_seconds"]
     + [f"storage:{what}:{kind}" for what in ("put", "bytes", "get") for kind in STORAGE])
 #: the cloud worker that sends a provider's offloaded batches
 WORKER_OF = {"ses": "lambda", "cloudflare": "worker"}

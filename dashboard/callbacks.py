@@ -160,6 +160,15 @@ def parse_callback(body: bytes) -> dict:
                 raise CallbackError(f"results[{i}].{key} must be a string")
         if result.get("message_id") and len(result["message_id"]) > 255:
             raise CallbackError(f"results[{i}].message_id is too long")
+    reported = payload.get("usage")
+    if reported is not None:  # optional: what the delivery used of the worker (its time, its memory)
+        if not isinstance(reported, dict):
+            raise CallbackError("usage must be an object")
+        for key, top in (("duration_ms", 900_000), ("memory_mb", 10_240)):
+            value = reported.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or
+                                      not 0 <= value <= top):
+                raise CallbackError(f"usage.{key} must be a whole number from 0 to {top}")
     return payload
 
 
@@ -192,7 +201,7 @@ def batches():
         Batch.job_id == job.id, Batch.batch_number == payload["batch_number"])).scalar_one_or_none()
     if batch is None:
         return json_error(404, "not_found", "no such batch for this company")
-    counts = record_callback(batch, webhook_id, payload["results"])
+    counts = record_callback(batch, webhook_id, payload["results"], reported=payload.get("usage"))
     if counts is None:
         return jsonify({"ok": True, "duplicate": True})
     log.info("Job %s: callback for batch %s: %s sent, %s failed, %s ignored", job.id, batch.batch_number,

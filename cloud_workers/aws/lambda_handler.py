@@ -540,6 +540,7 @@ def post_callback(url: str, payload: dict, secret: str, msg_id: str) -> None:
 def process_message(message: dict, secret: str, fallback_key: str) -> bool:
     """Send one batch message exactly once and call back; True when it must come again later."""
     job, batch = message["job_id"], message["batch_number"]
+    started = time.monotonic()
     markers = Markers(os.environ.get("MARKER_BUCKET", ""))
     key = markers.key(message, fallback_key)
     record = markers.read(key)
@@ -563,10 +564,20 @@ def process_message(message: dict, secret: str, fallback_key: str) -> bool:
     # retryable failures; it re-submits only those, so nobody gets a second email.
     results = outcome.results + [{"email": email, "status": "failed", "error": outcome.reason,
                                   "retryable": True} for email in outcome.left]
-    payload = {"job_id": job, "batch_number": batch, "status": outcome.status, "results": results}
+    payload = {"job_id": job, "batch_number": batch, "status": outcome.status, "results": results,
+               "usage": usage_of(started)}
     webhook_id = f"msg_{uuid.uuid4().hex}"  # the same id on every attempt and every re-post
     markers.store(key, {"state": "sent", "webhook_id": webhook_id, "payload": payload})
     return _report(message, payload, webhook_id, secret)
+
+
+def usage_of(started: float) -> dict:
+    """What this delivery used of the Lambda, for the service's cost estimate: the milliseconds
+    from taking the message to posting its callback (the callback's own round trip is not in them)
+    and the function's memory (``AWS_LAMBDA_FUNCTION_MEMORY_SIZE``, set by Lambda)."""
+    memory = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "")
+    return {"duration_ms": round((time.monotonic() - started) * 1000),
+            "memory_mb": int(memory) if memory.isdigit() else None}
 
 
 def _report(message: dict, payload: dict, webhook_id: str, secret: str) -> bool:

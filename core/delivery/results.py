@@ -210,7 +210,8 @@ def fail_recipients(claim: Claim, failures: list[tuple[int, str]]) -> int:
 
 # -- a cloud worker's callback (offload mode, CONTRACT §4) --------------------------------------
 
-def record_callback(batch: Batch, webhook_id: str, results: list[dict]) -> dict[str, int] | None:
+def record_callback(batch: Batch, webhook_id: str, results: list[dict],
+                    reported: dict | None = None) -> dict[str, int] | None:
     """Apply one verified callback's results; ``None`` when ``webhook_id`` was already applied.
 
     The receipt is written in the same transaction as the results, first, so
@@ -219,6 +220,7 @@ def record_callback(batch: Batch, webhook_id: str, results: list[dict]) -> dict[
     result may hand back a recipient the worker did not send (``"retryable":
     true``, or ``retry``): it goes back to ``pending`` and only such recipients
     are re-submitted, so a batch cut short never emails anyone twice.
+    ``reported``: the callback's ``usage`` (the worker's measured time and memory).
     """
     company_id, job_id = batch.company_id, batch.job_id
     seen = db.session.execute(WebhookReceipt.scoped(company_id).where(
@@ -230,7 +232,7 @@ def record_callback(batch: Batch, webhook_id: str, results: list[dict]) -> dict[
         db.session.flush()
         # one callback at a time per batch (a no-op on SQLite, which serialises writers)
         db.session.execute(select(Batch.id).where(Batch.id == batch.id).with_for_update())
-        counts, bounced = _apply_callback(batch, results)
+        counts, bounced = _apply_callback(batch, results, reported)
         db.session.commit()
     except IntegrityError:
         db.session.rollback()
@@ -268,12 +270,12 @@ def callback_outcomes(batch: Batch, results: list[dict]) -> tuple[list[Outcome],
     return outcomes, ignored
 
 
-def _apply_callback(batch: Batch, results: list[dict]) -> tuple[dict, list[int]]:
+def _apply_callback(batch: Batch, results: list[dict], reported: dict | None = None) -> tuple[dict, list[int]]:
     outcomes, ignored = callback_outcomes(batch, results)
     now = utcnow()
     counts = apply_results(outcomes, company_id=batch.company_id, job_id=batch.job_id, batch_id=batch.id,
                            route=batch.route or "offload", max_attempts=settings.current().max_attempts,
-                           settles=OPEN, commit=False, used=callback_usage(batch.company_id, results))
+                           settles=OPEN, commit=False, used=callback_usage(batch.company_id, results, reported))
     left = open_left(batch.job_id, batch.first_recipient_id, batch.last_recipient_id)
     db.session.execute(update(Batch).where(Batch.id == batch.id).values(callback_received_at=now))
     if not left:
@@ -293,16 +295,25 @@ def _apply_callback(batch: Batch, results: list[dict]) -> tuple[dict, list[int]]
     return {**counts, "resubmit_in": resubmit_in, "ignored": ignored + len(outcomes) - applied}, bounced
 
 
-def callback_usage(company_id: int, results: list[dict]) -> dict[str, float]:
+def callback_usage(company_id: int, results: list[dict], reported: dict | None = None) -> dict[str, float]:
     """What a cloud worker's delivery used, from its callback: one delivery (an invocation and its
-    marker), the recipients it handled, and the emails its provider sent (the ``sent`` results)."""
+    marker), the emails its provider sent (the ``sent`` results), and the worker's time: measured
+    when the callback reports it (the Lambda's ``usage``: milliseconds and memory, as GB-seconds),
+    else the recipients it handled, which the price table's per-email time turns into time."""
     provider = db.session.execute(select(DeliverySettings.provider).where(
         DeliverySettings.company_id == company_id)).scalar()
     worker = usage.WORKER_OF.get(provider)
     if worker is None:
         return {}
     sent = sum(1 for r in results if r.get("status") == SENT)
-    return {f"deliveries:{worker}": 1, f"worker_emails:{worker}": len(results), f"emails:{provider}": sent}
+    used = {f"deliveries:{worker}": 1, f"emails:{provider}": sent}
+    reported = reported or {}
+    if worker == "lambda" and reported.get("duration_ms") is not None and reported.get("memory_mb"):
+        used["lambda:measured"] = 1
+        used["lambda:gb_seconds"] = reported["duration_ms"] / 1000 * reported["memory_mb"] / 1024
+    else:
+        used[f"worker_emails:{worker}"] = len(results)
+    return used
 
 
 # -- a bounce or complaint report (a provider's webhook) -------------------------------------------

@@ -102,3 +102,13 @@ def test_sendgrid_and_mailgun_are_priced_by_their_plan():
     assert math.isclose(month.usd, plan["per_month"] + 5000 * plan["overage_per_1000"] / 1000)
     cheapest = prices.cheapest_plan(t["mailgun"], 20_000)
     assert prices.plan_cost(cheapest, 20_000) == min(prices.plan_cost(p, 20_000) for p in t["mailgun"]["plans"])
+
+
+def test_lambda_time_is_the_lambdas_own_measure_where_it_reported_one():
+    t = prices.defaults()
+    lam = t["lambda"]
+    used = {"deliveries:lambda": 3, "lambda:measured": 2, "lambda:gb_seconds": 1.5, "worker_emails:lambda": 200}
+    line = next(ln for ln in prices.estimate(used, t).lines if ln.item == "Lambda compute")
+    assumed = (1 * lam["ms_per_delivery"] + 200 * lam["ms_per_email"]) / 1000 * lam["memory_mb"] / 1024
+    assert math.isclose(line.quantity, 1.5 + assumed)
+    assert math.isclose(line.usd, (1.5 + assumed) * lam["per_gb_second"])

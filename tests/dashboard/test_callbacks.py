@@ -15,6 +15,7 @@ from core.delivery.results import record_callback
 from core.db import db
 from core.jobs import create_job
 from core.suppressions import is_suppressed
+from core.usage import of_jobs
 from core.models import Batch, Job, Recipient, WebhookReceipt, utcnow
 from core.delivery.plan import create_batches
 from providers import webhooks
@@ -361,3 +362,28 @@ def test_a_concurrent_duplicate_loses_on_the_unique_receipt(app, acme):
     after = snapshot()
     assert after["receipts"] == before["receipts"] + 1
     assert {k: v for k, v in after.items() if k != "receipts"} == {k: v for k, v in before.items() if k != "receipts"}
+
+
+@pytest.mark.parametrize("usage", [[], {"duration_ms": -1}, {"duration_ms": "12"}, {"memory_mb": 99_999},
+                                   {"duration_ms": True}])
+def test_a_callbacks_usage_is_checked_before_anything_changes(client, acme, usage):
+    job, _ = submitted_job(acme)
+    body = json.dumps({"job_id": job.id, "batch_number": 1, "status": "sent", "results": sent("user0@acme.test"),
+                       "usage": usage}).encode()
+    before = snapshot()
+    resp = post(client, acme.id, body, signed(acme.secret, body))
+    assert resp.status_code == 400 and resp.json["error"] == "invalid_callback" and "usage" in resp.json["message"]
+    assert snapshot() == before
+
+
+def test_a_callbacks_measured_time_is_the_jobs_lambda_time(client, acme):
+    job, _ = submitted_job(acme)
+    body = json.dumps({"job_id": job.id, "batch_number": 1, "status": "sent",
+                       "results": sent("user0@acme.test", "user1@acme.test"),
+                       "usage": {"duration_ms": 2048, "memory_mb": 512}}).encode()
+    assert post(client, acme.id, body, signed(acme.secret, body)).status_code == 200
+    assert of_jobs(acme.id, [job.id])[job.id] == {"deliveries:lambda": 1, "lambda:measured": 1,
+                                                  "lambda:gb_seconds": 2.048 * 0.5, "emails:ses": 2}
+    # the same delivery again (its webhook-id) adds nothing
+    assert post(client, acme.id, body, signed(acme.secret, body)).json == {"ok": True, "duplicate": True}
+    assert of_jobs(acme.id, [job.id])[job.id]["deliveries:lambda"] == 1
