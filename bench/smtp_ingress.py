@@ -182,6 +182,21 @@ def wait_all_final(env: dict, expected: int, timeout: float = 1800) -> float:
     raise TimeoutError(f"not every recipient final after {timeout} s")
 
 
+def bare_raw(ses_url: str, n: int, tag: str) -> float:
+    """The same SendEmail calls with Raw content (one message each, as the service makes them for mail
+    taken by SMTP), from a plain loop: no SMTP, queue or database."""
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.client("sesv2", endpoint_url=ses_url, region_name="us-east-1", aws_access_key_id="x",
+                          aws_secret_access_key="y", config=Config(retries={"total_max_attempts": 1}))
+    messages = [moodle_message(i, tag) for i in range(n)]
+    start = time.perf_counter()
+    for i, raw in enumerate(messages):
+        client.send_email(Destination={"ToAddresses": [f"{tag}{i}@example.com"]}, Content={"Raw": {"Data": raw}})
+    return time.perf_counter() - start
+
+
 def show(label: str, result: dict, base: dict | None = None) -> None:
     ratio = f"  {result['rate'] / base['rate']:.0%} of the sink" if base else ""
     print(f"  {label:<34} {result['rate']:7,.0f} msg/s  p50 {result['p50']:6.2f} ms  p99 {result['p99']:6.2f} ms"
@@ -255,7 +270,8 @@ def main() -> None:
                 before = wait_all_final(env, 0)  # the earlier runs' jobs are sent meanwhile
                 burst = drive("smtplib", port, user, token, args.e2e, args.clients, args.per_session, "e")
                 last_250 = max(at for _, at in burst["marks"])
-                done = wait_all_final(env, args.e2e + 200 + 2 * n + 2 * line_n, timeout=3600)
+                # every message our server took (the warm-up, the two acceptance runs, the burst): one recipient each
+                done = wait_all_final(env, 200 + n + line_n + args.e2e, timeout=3600)
                 marks = sorted(at for _, at in burst["marks"])
                 tenth = max(1, len(marks) // 10)
                 first = tenth / (marks[tenth - 1] - burst["start"])
@@ -265,7 +281,19 @@ def main() -> None:
                 print(f"  acceptance, first tenth {first:,.0f} msg/s, last tenth {last:,.0f} msg/s")
                 print(f"  first message -> all final: {done - burst['start']:.1f} s; last 250 -> all final: "
                       f"{done - last_250:.1f} s (the window closes {float(env.get('OFFLOAD_BULK_WINDOW_S', 10)):g} s "
-                      f"after its last message, at most six windows after its first)")
+                      f"after its last message, at most six windows after its first)", flush=True)
+                for p in procs:  # the workers, the SMTP server and the sinks: the bare script runs alone
+                    if isinstance(p, ManagedProcess):
+                        p.stop()
+                    else:
+                        p.terminate()
+                        p.wait(timeout=30)
+                procs.clear()
+                ses.clear()
+                bare = bare_raw(ses.url, args.e2e, "b")
+                print(f"  bare script, the same {args.e2e:,} SendEmail Raw calls one by one: {bare:.1f} s "
+                      f"({args.e2e / bare:,.0f} msg/s); first message -> all final is "
+                      f"{(done - burst['start']) / bare:.2f}x that")
                 del before
     finally:
         for p in procs:

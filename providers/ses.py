@@ -9,14 +9,18 @@ substituted value, so ``<``, ``&``, quotes and a literal ``{{`` in the user's
 content arrive unchanged. Messages with attachments, and messages too big for
 template data, go through ``SendEmail`` with ``Simple`` content; a message
 taken by SMTP submission (``Message.raw``) with ``Raw`` content, as the LMS
-wrote it.
+wrote it. Such single sends in a row go ``SINGLE_CALLS_AT_ONCE`` at a time
+(the chunk's tokens were taken for all of them before the call); a call that
+fails settles the rest as one failing call does in a row of them.
 
 botocore's own retries are off: the pipeline decides when to try again.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from email.header import Header
 from typing import Any
 
@@ -65,6 +69,9 @@ DEFAULT_REGION = "us-east-1"
 DEFAULT_TIMEOUT = 10.0
 #: ReplacementTemplateData's limit in the SES v2 model (characters)
 MAX_TEMPLATE_DATA = 262144
+#: single sends (raw MIME, attachments: one SendEmail each) a chunk makes at once: one by one they wait
+#: for SES's answer to each in turn (tens of milliseconds each from a data centre, for a few of work)
+SINGLE_CALLS_AT_ONCE = 8
 _REASON_LIMIT = 300
 
 # BulkEmailStatus values, from botocore's sesv2 service model.
@@ -348,7 +355,8 @@ class SesProvider(Provider):
                 self._session = aws_session(self.config, self.region)
             endpoint_url = guarded_url(self.config, endpoint_url, "aws")
             config = Config(connect_timeout=min(self.timeout, 5.0), read_timeout=self.timeout,
-                            retries={"mode": "standard", "total_max_attempts": 1})
+                            retries={"mode": "standard", "total_max_attempts": 1},
+                            max_pool_connections=SINGLE_CALLS_AT_ONCE + 2)
             self._clients[service] = pinning.pin(self._session.client(service, endpoint_url=endpoint_url,
                                                                       config=config))
         return self._clients[service]
@@ -390,17 +398,46 @@ class SesProvider(Provider):
             else:
                 pending.append(index)
         units = self._plan(messages, pending)
-        for position, (bulk, indices) in enumerate(units):
-            group = [messages[i] for i in indices]
-            try:
-                results = self._send_bulk(sender, group) if bulk else [self._send_single(sender, group[0])]
-            except ProviderError as exc:
-                rest = [i for _, later in units[position:] for i in later]
-                results = results_after_error(exc, list(outcome.values()), [messages[i] for i in rest])
+        position = 0
+        while position < len(units):
+            bulk, indices = units[position]
+            if bulk:
+                step = [units[position]]
+                calls = [lambda group=[messages[i] for i in indices]: self._send_bulk(sender, group)]
+            else:  # single sends (raw MIME, attachments) in a row: several calls at once
+                step = list(itertools.takewhile(lambda unit: not unit[0],
+                                                units[position:position + SINGLE_CALLS_AT_ONCE]))
+                calls = [lambda message=messages[unit[1][0]]: [self._send_single(sender, message)]
+                         for unit in step]
+            answers = self._run_calls(calls)
+            error = next((a for a in answers if isinstance(a, ProviderError)), None)
+            for (_, done), answer in zip(step, answers, strict=True):
+                if not isinstance(answer, ProviderError):
+                    outcome.update(zip(done, answer, strict=True))
+            if error is not None:
+                rest = [i for (_, done), answer in zip(step, answers, strict=True)
+                        if isinstance(answer, ProviderError) for i in done]
+                rest += [i for _, later in units[position + len(step):] for i in later]
+                results = results_after_error(error, list(outcome.values()), [messages[i] for i in rest])
                 outcome.update(zip(rest, results, strict=True))
                 break
-            outcome.update(zip(indices, results, strict=True))
+            position += len(step)
         return [outcome[i] for i in range(len(messages))]
+
+    def _run_calls(self, calls: list) -> list:
+        """Each call's results, or the ProviderError it raised; more than one call runs at once (the
+        client is made first: boto3's clients are thread-safe, making one is not)."""
+        def run(call):
+            try:
+                return call()
+            except ProviderError as exc:
+                return exc
+
+        if len(calls) == 1:
+            return [run(calls[0])]
+        self.ses  # noqa: B018 - made here, before the threads share it
+        with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="ses-send") as pool:
+            return list(pool.map(run, calls))
 
     def _plan(self, messages: list[Message], indices: list[int]) -> list[tuple[bool, list[int]]]:
         """Group messages into units: bulk chunks of one shape, or single sends."""

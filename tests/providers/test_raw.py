@@ -8,13 +8,15 @@ from email.message import EmailMessage
 
 import pytest
 
-from providers import mime, registry
+from providers import ThrottledError, mime, registry
 from providers.base import Message, ResultStatus
 from providers.cloudflare import email_payload
 from providers.mailgun import MailgunProvider
 from providers.sendgrid import SendgridProvider
+from providers.ses import SINGLE_CALLS_AT_ONCE
 from providers.smtp import SmtpProvider
 from tests.support.email_apis import FakeMailgun, FakeSendgrid
+from tests.support.faulty_proxy import FaultyProxy
 from tests.support.servers import SmtpSink
 
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 8
@@ -115,3 +117,22 @@ def test_cloudflare_rest_gets_the_parts_rebuilt_from_the_mime():
     assert (payload["to"], payload["subject"]) == ("lukasz@example.com", "Certificado — 完了証明書 ✓")
     assert payload["headers"]["Reply-To"] == "zoe@acme.test" and payload["headers"]["X-Course-Id"] == "42"
     assert base64.b64decode(payload["attachments"][0]["content"]) == PDF
+
+
+def test_ses_sends_raw_messages_several_at_once_and_settles_a_throttle_part_way(ses, make_ses):
+    """Single sends in a row run SINGLE_CALLS_AT_ONCE at a time: one Result per message in order, each
+    SENT message in SES's store once; calls SES throttled come back RETRY once anything was sent, and a
+    chunk SES throttles whole raises, as one call in a row of them did."""
+    messages = [raw_message(key=i, to=f"r{i}@example.com") for i in range(3 * SINGLE_CALLS_AT_ONCE + 3)]
+    with FaultyProxy(ses.url, throttle_rate=0.3) as proxy:
+        results = make_ses(proxy.url).send("noreply@acme.test", messages)
+        assert 0 < proxy.throttled < len(messages)
+    assert [r.key for r in results] == [m.key for m in messages]
+    sent = [r.key for r in results if r.status == ResultStatus.SENT]
+    assert {r.status for r in results} == {ResultStatus.SENT, ResultStatus.RETRY}
+    assert all("throttl" in r.error.lower() for r in results if r.status == ResultStatus.RETRY)
+    assert len(ses.store()) == len(sent)  # (the emulator keeps the To: field, the same in each)
+    ses.clear()
+    with FaultyProxy(ses.url, throttle_rate=1.0) as proxy, pytest.raises(ThrottledError):
+        make_ses(proxy.url).send("noreply@acme.test", messages[:SINGLE_CALLS_AT_ONCE])
+    assert ses.store() == []
