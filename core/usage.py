@@ -35,6 +35,7 @@ adding is an upsert, so concurrent workers add up.
 from __future__ import annotations
 
 import calendar
+import logging
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -58,6 +59,8 @@ METERS = frozenset(
     + [f"deliveries:{w}" for w in WORKERS] + [f"worker_emails:{w}" for w in WORKERS]
     + ["lambda:measured", "lambda:gb_seconds"]
     + [f"storage:{what}:{kind}" for what in ("put", "bytes", "get") for kind in STORAGE])
+log = logging.getLogger(__name__)
+
 #: the cloud worker that sends a provider's offloaded batches
 WORKER_OF = {"ses": "lambda", "cloudflare": "worker"}
 
@@ -69,11 +72,13 @@ def chunks(size: int, chunk: int = 65_536) -> int:
 
 def add(company_id: int, job_id: int, amounts: Mapping[str, float], day: date | None = None) -> None:
     """Add ``amounts`` (meter → quantity) to the job's usage of ``day`` (today, UTC), in the
-    caller's transaction (it commits). Unknown meters are a ``ValueError``; zeros are skipped."""
+    caller's transaction (it commits). Zeros are skipped; a meter this module does not know (a
+    backend added since) is left out with a warning: counting never stops a send."""
     amounts = {meter: float(q) for meter, q in amounts.items() if q}
     unknown = set(amounts) - METERS
     if unknown:
-        raise ValueError(f"unknown usage meters: {', '.join(sorted(unknown))}")
+        log.warning("Job %s: usage not counted for unknown meters %s", job_id, ", ".join(sorted(unknown)))
+        amounts = {meter: q for meter, q in amounts.items() if meter in METERS}
     if not amounts:
         return
     day = day or utcnow().date()

@@ -110,3 +110,12 @@ def test_a_cloudflare_queue_job_records_queue_chunks_worker_deliveries_and_email
     cost = lines(client.get(f"/api/v1/jobs/{job_id}", headers=company.auth).json["cost"])
     assert cost["Queue operations"]["quantity"] == 3 * t["cloudflare_queues"]["operations_per_chunk"]
     assert math.isclose(cost["Cloudflare emails"]["usd"], 25 * t["cloudflare_email"]["per_1000_emails"] / 1000)
+
+
+def test_a_meter_it_does_not_know_is_left_out_and_never_stops_the_caller(app, client, company, caplog):
+    job_id = submit(client, company, people(1))
+    usage.add(company.id, job_id, {"emails:smtp": 1, "storage:put:tape": 3})
+    usage.add(company.id, job_id, {"emails:smtp": 2})
+    db.session.commit()
+    assert meters(job_id) == {"emails:smtp": 3}  # two workers' adds add up (one row, upserted)
+    assert "storage:put:tape" in caplog.text
