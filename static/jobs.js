@@ -164,6 +164,18 @@
         el.hidden = !job[el.getAttribute("data-show-if")];
       });
       batches(job.batches || []);
+      var rates = job.rates, shown = box.querySelector(".rates");
+      if (rates && shown) {  /* the job's bounce and complaint rates (admin/_rates.html) follow its counts */
+        text(shown.querySelector('[data-field="bounce_rate"]'), (rates.bounce_rate * 100).toFixed(2) + "%");
+        text(shown.querySelector('[data-field="complaint_rate"]'), (rates.complaint_rate * 100).toFixed(2) + "%");
+        ["bounces", "soft_bounces", "complaints"].forEach(function (f) {
+          text(shown.querySelector('[data-field="' + f + '"]'), rates[f]);
+        });
+        text(shown.querySelector('[data-field="handed"]'), rates.sent);
+      }
+      /* the "Not delivered" heading counts as the figures above it do; its list waits for a reload */
+      text(document.querySelector('#failed [data-count="failed"]'), job.emails_failed);
+      text(document.querySelector('#failed [data-count="bounced"]'), job.emails_bounced);
       if (String(job.emails_failed + job.emails_bounced) !== failedAtLoad && job.is_final) {
         var stale = document.getElementById("failed-stale");
         if (stale) { stale.hidden = false; }

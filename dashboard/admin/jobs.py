@@ -261,7 +261,7 @@ class JobsView(SecureBaseView):
                     "status_label": labels.label("batch_status", b.status), "route_label": labels.route(b.route),
                     "sent": b.sent_count, "failed": b.failed_count, "attempts": b.attempts}
                    for b in batches_of(job)]
-        return _no_store(jsonify({**job_row(job), "batches": batches}))
+        return _no_store(jsonify({**job_row(job), "batches": batches, "rates": rates(job.company_id, job.id)}))
 
     @expose("/<int:job_id>/chart.json")
     def chart_data(self, job_id: int):

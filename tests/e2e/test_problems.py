@@ -10,6 +10,8 @@ its own companies and users and signs in in a fresh browser context.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import re
@@ -19,20 +21,24 @@ import threading
 import urllib.request
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
+from sqlalchemy import update
 
 from core import companies, labels, settings
 from core.db import db
-from core.models import Suppression, Template
+from core.models import Job, Suppression, Template, utcnow
 from core.queue import connection
 from service import create_app
 from tests.support.app import TEST_SETTINGS, empty_tables
 from tests.support.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT
 from tests.support.pages import raw_keys, read
-from tests.support.servers import SmtpSink, free_port
+from tests.support.faulty_proxy import FaultyProxy
+from tests.support.servers import SesLocal, SmtpSink, free_port
 
 pytestmark = [pytest.mark.browser]
 
@@ -40,6 +46,15 @@ PASSWORD = "correct horse battery"
 DESKTOP = {"width": 1366, "height": 900}
 WAIT_MS = 60_000
 SHOTS = ARTIFACTS / "problems"
+#: what the SES emulator's GetAccount answers (an account out of the sandbox)
+SES_ACCOUNT = {
+    "DedicatedIpAutoWarmupEnabled": False, "EnforcementStatus": "HEALTHY", "ProductionAccessEnabled": True,
+    "SendingEnabled": True, "SendQuota": {"Max24HourSend": 50000, "MaxSendRate": 50, "SentLast24Hours": 0},
+    "SuppressionAttributes": {"SuppressedReasons": []},
+    "Details": {"AdditionalContactEmailAddresses": [], "ContactLanguage": "EN", "MailType": "TRANSACTIONAL",
+                "ReviewDetails": {"CaseId": "1", "Status": "GRANTED"}, "UseCaseDescription": "lms",
+                "WebsiteURL": "https://lms.example"},
+}
 WELCOME = {"subject": "Welcome {{ firstname }}", "body_text": "Hi {{ firstname }}, your password is {{ password }}",
            "body_html": "<p>Hi {{ firstname }}, your password is <b>{{ password }}</b></p>"}
 
@@ -118,6 +133,45 @@ def chromium():
 def smtp():
     with SmtpSink() as sink:
         yield sink
+
+
+@pytest.fixture(scope="module")
+def ses():
+    """aws-ses-v2-local whose GetAccount answers as SES does."""
+    with SesLocal(account=SES_ACCOUNT) as server:
+        yield server
+
+
+class NotFound:
+    """An HTTP server that answers 404 (an HTML page) to every request."""
+
+    def __init__(self):
+        class Handler(BaseHTTPRequestHandler):
+            def answer(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = b"<html><body><h1>Not Found</h1></body></html>"
+                self.send_response(404)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = do_HEAD = answer
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self):
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
 
 
 @pytest.fixture
@@ -217,6 +271,126 @@ def write_outbox(web, count: int, prefix: str = "pupil") -> Path:
 
 
 # -- the problems that are fixed ------------------------------------------------------------------------
+
+
+def test_problem_2_connection_test_fails_when_the_provider_did_not_answer(web, open_page, shot, ses, worker):
+    """"Test connection" with the SES endpoint at a server that answers 404 to everything fails, in words,
+    with a link to the field to fix; at SES (the emulator, whose GetAccount answers) it passes."""
+    with NotFound() as nowhere:
+        company, _ = new_company("Checks Co", provider="aws", sender="noreply@checks.test",
+                                 aws_access_key="AKIACHECKS0001", aws_secret_key="checks-secret",
+                                 aws_region="us-east-1", aws_endpoint_url=nowhere.url)
+        page = open_page(new_user("manager", company.id))
+        page.goto(f"{web.base}/admin/settings/")
+        page.click("#test-connection")
+        result = page.locator("#check-result")
+        expect(result.locator(".check-bad").first).to_be_visible(timeout=WAIT_MS)
+        expect(result).to_contain_text("Connection test found problems.")
+        expect(result).not_to_contain_text("passed")
+        assert "✗ Amazon SES" in result.inner_text() and "Not Found" not in result.inner_text()  # no remote body
+        fix = result.locator("a.check-fix").first
+        expect(fix).to_have_text("Fix: Endpoint URL")
+        no_raw_keys(page)
+        shot(page, "404-fails", locator=page.locator("#checks"))
+        fix.click()
+        expect(page.locator("#f-aws_endpoint_url")).to_be_focused()
+        expect(page.locator("#f-aws_endpoint_url")).to_be_in_viewport()
+
+    companies.configure(company, {"aws_endpoint_url": ses.url})
+    db.session.commit()
+    page.goto(f"{web.base}/admin/settings/")
+    page.click("#test-connection")
+    expect(result.locator(".check-ok, .check-bad").first).to_be_visible(timeout=WAIT_MS)
+    expect(result).to_contain_text("Connection test passed.")
+    expect(result).to_contain_text("✓ Amazon SES")
+    shot(page, "ses-passes", locator=page.locator("#checks"))
+
+
+def test_problem_4_scheduled_jobs_say_when_they_send(web, chromium, shot):
+    """A scheduled job shows when it starts in the viewer's timezone (UTC on hover), never an ETA of
+    seconds; a paused job's ETA says it waits, and why."""
+    company, token = new_company("Later Co", provider="smtp", sender="noreply@later.test", smtp_host="127.0.0.1",
+                                 smtp_port=str(free_port()), smtp_tls="none", max_send_rate="5")
+    starts = (utcnow() + timedelta(days=2)).replace(hour=3, minute=0, second=0, microsecond=0)
+    job = post_job(web.base, token, {"type": "notification", "subject": "Later", "body_text": "x",
+                                     "send_at": starts.isoformat() + "Z",
+                                     "recipients": [{"email": f"l{i}@school.test"} for i in range(20)]})
+    # a job its company's state paused (as the worker pauses one whose company has no sender any more)
+    paused = post_job(web.base, token, {"type": "notification", "subject": "Hi", "body_text": "x",
+                                        "send_at": "2099-01-01T00:00:00Z", "recipients": [{"email": "p@school.test"}]})
+    db.session.execute(update(Job).where(Job.id == paused["id"]).values(
+        status="paused", paused_reason="no sender address is configured for the company"))
+    db.session.commit()
+    manager = new_user("manager", company.id)
+    context = chromium.new_context(viewport=DESKTOP, timezone_id="Asia/Tokyo", locale="en-GB")
+    try:
+        page = context.new_page()
+        page.goto(f"{web.base}/login")
+        page.fill("input[name=email]", manager)
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button[type=submit]")
+        page.goto(f"{web.base}/admin/jobs/{job['id']}/")
+        moment = page.locator(".stat-eta time[data-field=starts_at]")
+        expect(moment).to_be_visible()
+        expect(moment).to_have_attribute("title", starts.strftime("%Y-%m-%d %H:%M UTC"))
+        expect(moment).to_contain_text("12:00")  # 03:00 UTC is noon in Tokyo
+        expect(moment).to_contain_text((starts + timedelta(hours=9)).strftime("%b"))
+        expect(page.locator(".stat-eta [data-field=eta]")).to_have_text("waiting: starts at")
+        assert not re.search(r"ETA ~|~\d+s", page.locator("#job-detail").inner_text())
+        no_raw_keys(page)
+        shot(page, "scheduled")
+        page.goto(f"{web.base}/admin/jobs/")
+        row = page.locator(f'tr[data-job-id="{job["id"]}"]')
+        expect(row.locator("time[data-field=starts_at]")).to_contain_text("12:00")
+        expect(row.locator("[data-field=waiting_text]")).to_have_text("scheduled, starts at")
+        shot(page, "list")
+
+        page.goto(f"{web.base}/admin/jobs/{paused['id']}/")
+        expect(page.locator(".stat-eta [data-field=eta]")).to_have_text("waiting: paused")
+        expect(page.locator("#job-detail")).to_contain_text("no sender address")
+        shot(page, "paused")
+    finally:
+        context.close()
+
+
+def test_problem_5_counts_agree(web, open_page, shot, worker):
+    """A job with a send-time bounce, refused and invalid addresses and a suppressed one: the job page's
+    Failed is its "Not delivered" list's failed, the job list says the same, and the bounce rate (1 of 19
+    handed over: 5.26%) is the same on the job page, Suppressions and the overview, not 0%."""
+    refuse = {"gone@example.com": "550 5.1.1 user unknown", "refused@example.com": "554 5.7.1 message refused"}
+    with SmtpSink(refuse=refuse) as sink:
+        company, token = new_company("Counts Co", **smtp_settings(sink))
+        db.session.add(Suppression(company_id=company.id, email="listed@example.com", reason="manual"))
+        db.session.commit()
+        emails = [f"ok{i:02d}@example.com" for i in range(18)] + [*refuse, "listed@example.com", "not-an-address"]
+        job = post_job(web.base, token, {"type": "notification", "subject": "Hello", "body_text": "Hello",
+                                         "recipients": [{"email": e} for e in emails]})
+        page = open_page(new_user("manager", company.id))
+        page.goto(f"{web.base}/admin/jobs/{job['id']}/")
+        expect(page.locator("#job-updated")).to_have_text("Finished", timeout=WAIT_MS)
+    stat = {f: page.locator(f"#job-detail .stat [data-field={f}]").inner_text()
+            for f in ("email_count", "emails_sent", "emails_failed", "emails_bounced", "emails_suppressed")}
+    assert stat == {"email_count": "22", "emails_sent": "18", "emails_failed": "2", "emails_bounced": "1",
+                    "emails_suppressed": "1"}
+    assert page.locator("#failed [data-count=failed]").inner_text() == stat["emails_failed"]
+    assert page.locator("#failed [data-count=bounced]").inner_text() == stat["emails_bounced"]
+    expect(page.locator("[data-field=bounce_rate]").first).to_have_text("5.26%")
+    no_raw_keys(page)
+    shot(page, "job")
+    page.reload()  # the list of what was not delivered, as the heading counts it
+    expect(page.locator("#failed-table tbody tr")).to_have_count(3)
+    page.goto(f"{web.base}/admin/jobs/")
+    row = page.locator(f'tr[data-job-id="{job["id"]}"]')
+    for field, value in stat.items():
+        expect(row.locator(f"[data-field={field}]")).to_have_text(value)
+    page.goto(f"{web.base}/admin/suppressions/")
+    expect(page.locator("[data-field=bounce_rate]").first).to_have_text("5.26%")
+    shot(page, "suppressions")
+    page.goto(f"{web.base}/admin/")
+    expect(page.locator("[data-field=bounce_rate]").first).to_have_text("5.26%")
+    totals = {s: page.locator(f".overview-chart [data-total={s}]").inner_text() for s in ("sent", "failed", "bounced")}
+    assert totals == {"sent": "18", "failed": "2", "bounced": "1"}
+    shot(page, "overview")
 
 
 def test_problem_6_results_next_to_the_button(web, open_page, shot):
@@ -457,3 +631,134 @@ def test_problem_11_smaller_problems(web, open_page, shot, smtp, worker):
     expect(verify.locator("#verify-lookup input#code")).to_be_visible()
     expect(verify.locator("body")).to_contain_text("NO-SUCH-CODE-42")
     shot(verify, "verify-unknown")
+
+
+# -- the manager's journey ------------------------------------------------------------------------------
+
+
+def counts_on_job_page(page) -> dict[str, int]:
+    fields = ("email_count", "emails_sent", "emails_failed", "emails_suppressed")
+    found = {f: int(page.locator(f"#job-detail .stat [data-field={f}]").inner_text()) for f in fields}
+    found["failed_heading"] = int(page.locator("#failed [data-count=failed]").inner_text())
+    found["suppressed_heading"] = int(re.search(r"\((\d+)\)", page.locator("#suppressed").inner_text()).group(1))
+    return found
+
+
+def counts_agree(page, base: str, job_id: int) -> dict[str, int]:
+    """The job page, its row in the job list and the overview give the same counts (one job in the
+    company: the overview's week is this job's)."""
+    page.goto(f"{base}/admin/jobs/{job_id}/")
+    detail = counts_on_job_page(page)
+    assert detail["failed_heading"] == detail["emails_failed"], detail
+    assert detail["suppressed_heading"] == detail["emails_suppressed"], detail
+    no_raw_keys(page)
+    page.goto(f"{base}/admin/jobs/")
+    row = page.locator(f'tr[data-job-id="{job_id}"]')
+    expect(row.locator("[data-field=emails_sent]")).to_have_text(str(detail["emails_sent"]))
+    listed = {f: int(row.locator(f"[data-field={f}]").inner_text()) for f in ("email_count", "emails_sent",
+                                                                                "emails_failed")}
+    assert listed == {f: detail[f] for f in listed}, (listed, detail)
+    no_raw_keys(page)
+    page.goto(f"{base}/admin/")
+    week = {s: int(page.locator(f".overview-chart [data-total={s}]").inner_text())
+            for s in ("sent", "failed", "queued")}
+    assert week == {"sent": detail["emails_sent"], "failed": detail["emails_failed"],
+                    "queued": detail["email_count"]}, (week, detail)
+    no_raw_keys(page)
+    return detail
+
+
+def test_the_managers_journey(web, open_page, shot, ses, worker):
+    """Sign in; set up Amazon SES (the emulator, behind a proxy that rejects three addresses) in the
+    settings; test the connection; import a CSV; follow the job to its end; retry its failed recipients
+    once the addresses are accepted; export its CSVs. Every page shows words, not keys, and the job
+    page, the job list, the overview and the exports agree on every count."""
+    people = [f"learner{i:02d}@example.com" for i in range(26)] + [f"refused-{i}@example.com" for i in range(3)]
+    people.append("gone@example.com")
+    with FaultyProxy(ses.url, reject="refused-") as proxy:
+        company, _ = new_company("Journey Co", sender="noreply@journey.test")
+        new_template(company.id, "csv_import", "welcome")
+        db.session.add(Suppression(company_id=company.id, email="gone@example.com"))
+        db.session.commit()
+        page = open_page(new_user("manager", company.id))
+        no_raw_keys(page)
+
+        # -- configure Amazon SES and test it
+        page.goto(f"{web.base}/admin/settings/")
+        page.select_option("#f-provider", label="Amazon SES")
+        expect(page.locator("#section-aws")).to_have_attribute("open", "")
+        page.fill("#f-aws_access_key", "AKIAJOURNEY00001")
+        page.fill("#f-aws_secret_key", "journey-secret-9f1")
+        page.fill("#f-aws_region", "us-east-1")
+        page.fill("#f-aws_endpoint_url", proxy.url)
+        page.click("#save-aws")
+        expect(page.locator("#section-aws .result-here")).to_contain_text("saved (")
+        page.select_option("#f-provider", label="Amazon SES")
+        page.click("#save-general")
+        expect(page.locator(".result-here", has_text="saved (Provider)")).to_have_count(1)
+        no_raw_keys(page)
+        page.click("#test-aws")
+        check = page.locator("#check-result-aws")
+        expect(check.locator(".check-ok, .check-bad").first).to_be_visible(timeout=WAIT_MS)
+        expect(check).to_contain_text("✓ Amazon SES")
+        assert "journey-secret-9f1" not in page.content() and "AKIAJOURNEY00001" not in page.content()
+        no_raw_keys(page)
+        shot(page, "settings")
+
+        # -- import a CSV: the job
+        lines = ["email,firstname,password"] + [f"{e},Name{i},Pw-{i}x" for i, e in enumerate(people)]
+        page.goto(f"{web.base}/admin/campaigns/import")
+        no_raw_keys(page)
+        page.set_input_files("#file", files=[{"name": "people.csv", "mimeType": "text/csv",
+                                              "buffer": ("\n".join(lines) + "\n").encode()}])
+        page.click("button:has-text('Upload and map columns')")
+        expect(page.locator(".good-count")).to_have_text("30")
+        assert "Pw-1x" not in page.content()  # the preview masks passwords
+        no_raw_keys(page)
+        shot(page, "import-review")
+        page.click("button:has-text('Send 30 messages')")
+        no_raw_keys(page)
+        page.click("#open-job")
+        page.wait_for_url(re.compile(r".*/admin/jobs/\d+/$"))
+        job_id = int(re.search(r"/admin/jobs/(\d+)/$", page.url).group(1))
+
+        # -- watch it finish
+        expect(page.locator("#job-updated")).to_have_text("Finished", timeout=WAIT_MS)
+        expect(page.locator("#job-detail [data-field=emails_failed]").first).to_have_text("3")
+        assert "Pw-1x" not in page.content()
+        shot(page, "job-finished")
+        first = counts_agree(page, web.base, job_id)
+        assert {k: first[k] for k in ("email_count", "emails_sent", "emails_failed", "emails_suppressed")} == {
+            "email_count": 30, "emails_sent": 26, "emails_failed": 3, "emails_suppressed": 1}
+        shot(page, "overview-before-retry")
+
+        # -- the error report and the recipient list agree with the page
+        page.goto(f"{web.base}/admin/jobs/{job_id}/")
+        with page.expect_download() as info:
+            page.click("#download-errors")
+        errors = list(csv.DictReader(io.StringIO(Path(info.value.path()).read_text(encoding="utf-8"))))
+        assert sorted(r["email"] for r in errors) == [f"refused-{i}@example.com" for i in range(3)]
+
+        # -- retry the failed recipients once SES takes them
+        proxy.reject = None
+        page.click("#retry-failed")
+        expect(page.locator("#job-actions .result-here")).to_contain_text("3 failed recipient(s) queued again")
+        expect(page.locator("#job-detail .stat [data-field=emails_sent]")).to_have_text("29", timeout=WAIT_MS)
+        expect(page.locator("#job-updated")).to_have_text("Finished", timeout=WAIT_MS)
+        no_raw_keys(page)
+        shot(page, "job-retried")
+        after = counts_agree(page, web.base, job_id)
+        assert (after["emails_sent"], after["emails_failed"], after["emails_suppressed"]) == (29, 0, 1)
+        shot(page, "overview")
+
+        # -- export: the recipient list holds the same counts, and no password
+        page.goto(f"{web.base}/admin/jobs/{job_id}/")
+        with page.expect_download() as info:
+            page.click("#download-recipients")
+        text = Path(info.value.path()).read_text(encoding="utf-8")
+        rows = list(csv.DictReader(io.StringIO(text)))
+        statuses = [r["status"] for r in rows]
+        assert (len(rows), statuses.count("sent"), statuses.count("suppressed")) == (30, 29, 1)
+        assert "Pw-" not in text
+    delivered = {m["destination"]["to"][0] for m in ses.store() if m["destination"]["to"][0].endswith("@example.com")}
+    assert set(people) - {"gone@example.com"} <= delivered
