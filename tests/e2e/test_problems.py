@@ -478,6 +478,7 @@ def test_problem_8_settings_by_provider(web, open_page, shot, smtp):
     for section in providers.all():
         name = section.get_attribute("data-provider-group")
         assert page.locator(f"#save-{name}").count() == 1 and page.locator(f"#test-{name}").count() == 1
+    no_raw_keys(page)
     shot(page, "smtp-chosen")
 
     page.select_option("#f-provider", label="Amazon SES")
@@ -505,6 +506,7 @@ def test_problem_9_search_by_email(web, open_page, shot):
     page.click("#recipient-search-go")
     expect(page.locator("#recipients-table tbody tr")).to_have_count(1)
     expect(page.locator("#recipients-table tbody")).to_contain_text("Ann.Smith@Example.com")
+    no_raw_keys(page)
     shot(page, "job-recipients")
     page.fill("#recipient-q", "learner")
     page.click("#recipient-search-go")
@@ -519,6 +521,7 @@ def test_problem_9_search_by_email(web, open_page, shot):
     page.keyboard.press("Enter")
     expect(page.locator("#suppressions-total")).to_contain_text("3 addresses match")
     assert "kept@elsewhere.test" not in page.content()
+    no_raw_keys(page)
     shot(page, "suppressions")
 
     write_outbox(web, 30)
@@ -528,6 +531,7 @@ def test_problem_9_search_by_email(web, open_page, shot):
     admin.keyboard.press("Enter")
     newest_first = [f"pupil1{i}@school.test" for i in range(9, -1, -1)]
     expect(admin.locator("#outbox-messages td.outbox-to")).to_have_text(newest_first)
+    no_raw_keys(admin)
     shot(admin, "outbox")
 
 
@@ -568,6 +572,7 @@ def test_problem_11_smaller_problems(web, open_page, shot, smtp, worker):
     admin.click("a:has-text('Add a manager')")
     expect(admin.locator("#role")).to_have_value("manager")
     assert admin.locator("#company option:checked").inner_text().startswith("Small Co")
+    no_raw_keys(admin)
     shot(admin, "add-manager")
 
     folder = write_outbox(web, 3, prefix="clear")
@@ -599,12 +604,14 @@ def test_problem_11_smaller_problems(web, open_page, shot, smtp, worker):
     page.click("button:has-text('Send 2 messages')")
     link = page.locator("#open-job")
     expect(link).to_be_visible()
+    no_raw_keys(page)
     shot(page, "import-result")
     link.click()
     page.wait_for_url(re.compile(r".*/admin/jobs/\d+/$"))
     expect(page.locator("#job-updated")).to_have_text("Finished", timeout=WAIT_MS)
 
     page.goto(f"{web.base}/admin/templates/")  # a stock Flask-Admin list
+    no_raw_keys(page)
     stock = page.locator("table.model-list thead th").first.evaluate(
         "th => [getComputedStyle(th).backgroundColor, getComputedStyle(th).color]")
     page.goto(f"{web.base}/admin/jobs/")  # a page of our own
@@ -615,6 +622,7 @@ def test_problem_11_smaller_problems(web, open_page, shot, smtp, worker):
     card = page.locator("form.admin-form").evaluate("f => [getComputedStyle(f).backgroundColor, "
                                                     "getComputedStyle(f).borderTopStyle]")
     assert card == ["rgb(255, 255, 255)", "solid"]
+    no_raw_keys(page)
     shot(page, "stock-form")
 
     page.goto(f"{web.base}/admin/")
@@ -630,6 +638,7 @@ def test_problem_11_smaller_problems(web, open_page, shot, smtp, worker):
     assert response.status == 404
     expect(verify.locator("#verify-lookup input#code")).to_be_visible()
     expect(verify.locator("body")).to_contain_text("NO-SUCH-CODE-42")
+    no_raw_keys(verify)
     shot(verify, "verify-unknown")
 
 
