@@ -22,6 +22,7 @@ from providers.registry import Setting, SettingsGroup, whole_number
 
 import os
 
+from core import reputation
 from core.db import db
 from core.lms import connection as lms_connection
 from core.models import MODES, CampaignSettings, Company, DeliverySettings
@@ -178,9 +179,9 @@ RELAY = SettingsGroup("relay", "Fallback relay (operator)", "Whether the service
 
 
 def groups() -> tuple[SettingsGroup, ...]:
-    """The form's sections, in order: general, each provider group, SMTP submission, advanced, then the
-    admins' ones."""
-    return (general(), *registry.settings_groups(), SUBMISSION, ADVANCED, LMS, RELAY)
+    """The form's sections, in order: general, each provider group, SMTP submission, the reputation
+    guard, advanced, then the admins' ones."""
+    return (general(), *registry.settings_groups(), SUBMISSION, reputation.SETTINGS, ADVANCED, LMS, RELAY)
 
 
 def admin_only_keys() -> tuple[str, ...]:

@@ -11,13 +11,13 @@ from datetime import datetime, timedelta, UTC
 from sqlalchemy import text, update
 from sqlalchemy.exc import IntegrityError
 
-from core import audit, suppressions, usage
+from core import audit, reputation, suppressions, usage
 from core.prices import Estimate
 from core.bulk import insert_recipients
 from core.counts import job_counts
 from core.db import db
 from core.models import (BATCH_WAITING, COMPLETED, DEFAULT_PRIORITY, FAILED, JOB_TYPES, PARTIAL, PAUSED, PRIORITIES,
-                         PROCESSING, QUEUED, R_FAILED, R_PENDING, R_SUPPRESSED, Batch, Job, Template, is_bulk,
+                         PROCESSING, QUEUED, R_FAILED, R_PENDING, R_SUPPRESSED, Batch, Company, Job, Template, is_bulk,
                          utcnow)
 from core.rendering import PREVIEW_BUDGET_S, CompiledTemplate, RenderError, valid_email
 from core.delivery import plan
@@ -340,3 +340,24 @@ def resume(job: Job) -> bool:
 
     plan.requeue_open_batches(job.id)
     return True
+
+
+def resume_reputation(company: Company) -> int | None:
+    """Resume a company's bulk sending after the reputation guard paused it (``core.reputation``): the
+    guard judges only the sends from now on, and the jobs it paused are resumed. Returns how many;
+    ``None`` when the guard was not tripped."""
+    if company.reputation_paused_at is None:
+        return None
+    reason = company.reputation_reason
+    moved = db.session.execute(update(Company).where(Company.id == company.id,
+                                                     Company.reputation_paused_at.is_not(None))
+                               .values(reputation_paused_at=None, reputation_reason=None,
+                                       reputation_resumed_at=utcnow())).rowcount
+    if not moved:
+        db.session.rollback()
+        return None
+    jobs = list(db.session.execute(reputation.paused_by_guard(company.id)).scalars())
+    audit.record("reputation_resumed", company_id=company.id, object_type="company", object_id=company.id,
+                 details={"reason": reason, "jobs_resumed": len(jobs)})
+    db.session.commit()
+    return sum(1 for job in jobs if resume(job))

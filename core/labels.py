@@ -75,6 +75,8 @@ AUDIT_ACTION = {
     "job_created": "Job created", "job_resumed": "Job resumed", "job_retried": "Failed recipients retried",
     "lms_connection_tested": "LMS connection tested", "login": "Signed in", "login_failed": "Sign-in failed",
     "logout": "Signed out", "password_set": "Password set", "settings_changed": "Settings changed",
+    "reputation_paused": "Bulk sending paused by the reputation guard",
+    "reputation_resumed": "Bulk sending resumed after the reputation guard",
     "suppression_added": "Address suppressed", "suppression_removed": "Suppression removed",
     "template_created": "Template created", "template_deleted": "Template deleted",
     "template_updated": "Template changed", "test_email_requested": "Test email sent",

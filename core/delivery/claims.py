@@ -25,7 +25,7 @@ from sqlalchemy import select, text, update
 
 from core.bulk import execute_for_ids
 from core.db import db
-from core.models import (B_SENDING, B_SUBMITTED, BATCH_FINAL, BATCH_WAITING, PROCESSING, QUEUED, R_FAILED,
+from core.models import (B_SENDING, B_SUBMITTED, BATCH_FINAL, BATCH_WAITING, PAUSED, PROCESSING, QUEUED, R_FAILED,
                          R_PENDING, R_SENDING, R_UNCERTAIN, RECIPIENT_CLAIMABLE, RECIPIENT_OPEN, Batch, Job,
                          Recipient, sql_in, utcnow)
 
@@ -169,14 +169,15 @@ def load_sendable(claim: Claim) -> list:
 
 def mark_sending(claim: Claim, ids: list[int], lease_s: int) -> bool:
     """Claim recipients just before the provider call (attempt + 1), unless the
-    job was cancelled; False means stop: cancelled, or the batch was lost.
+    job was cancelled or paused; False means stop: cancelled, paused, or the batch was lost.
     The batch's lease is renewed in the same transaction, so it covers the call."""
     params = {"j": claim.job_id, "lease": utcnow() + timedelta(seconds=lease_s), "b": claim.batch_id,
               "w": claim.worker}
     res = execute_for_ids(
         f"UPDATE recipients SET status = '{R_SENDING}', attempts = attempts + 1, lease_until = :lease "
         f"WHERE {{ids}} AND status IN {sql_in(RECIPIENT_CLAIMABLE)} "
-        "AND EXISTS (SELECT 1 FROM jobs WHERE jobs.id = :j AND jobs.cancel_requested_at IS NULL) "
+        "AND EXISTS (SELECT 1 FROM jobs WHERE jobs.id = :j AND jobs.cancel_requested_at IS NULL "
+        f"AND jobs.status <> '{PAUSED}') "
         "AND EXISTS (SELECT 1 FROM batches WHERE batches.id = :b AND batches.leased_by = :w "
         f"AND batches.status = '{B_SENDING}')", ids, params)
     if res.rowcount == len(ids):  # recipients first, then the batch: apply_results' lock order

@@ -38,7 +38,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from core import queue, settings, usage
+from core import queue, reputation, settings, usage
 from core.bulk import is_postgres
 from core.db import db
 from core.delivery.claims import Claim, open_left
@@ -141,6 +141,7 @@ def apply_results(outcomes: Iterable[Outcome], *, company_id: int, job_id: int, 
         db.session.commit()
         if moved.get(R_BOUNCED):
             suppress_bounced(company_id, [rid for rid, _, _ in groups[R_BOUNCED]])
+            reputation.judge(company_id)
     return {"sent": moved.get(R_SENT, 0), "failed": moved.get(R_FAILED, 0), "bounced": moved.get(R_BOUNCED, 0),
             "suppressed": moved.get(R_SUPPRESSED, 0), "retry": moved.get(R_PENDING, 0)}
 
@@ -239,6 +240,7 @@ def record_callback(batch: Batch, webhook_id: str, results: list[dict],
         return None
     if bounced:
         suppress_bounced(company_id, bounced)
+        reputation.judge(company_id)
     if counts["resubmit_in"] is not None:  # only the unsent ones go out again (after the commit)
         queue.enqueue_submit([batch.id], delay=counts["resubmit_in"])
     finish_job(job_id)
@@ -347,6 +349,8 @@ def record_event(company_id: int, *, source: str, key: str, kind: str, email: st
         try:
             applied = _apply_report(company_id, source, key, kind, email, message_id, detail)
             db.session.commit()
+            if applied and kind in (HARD, COMPLAINT):
+                reputation.judge(company_id)
             return applied
         except IntegrityError:
             db.session.rollback()

@@ -28,7 +28,7 @@ from types import SimpleNamespace
 
 from redis import RedisError
 
-from core import metrics, queue, scheduler, settings, submissions, usage
+from core import metrics, queue, reputation, scheduler, settings, submissions, usage
 from core.db import db
 from core.delivery import claims, limits, results, routing, settle
 from core.delivery.claims import Claim, worker_name
@@ -106,7 +106,7 @@ class BatchRun:
         status, cancelled = claims.job_state(claim.job_id)
         if cancelled is not None:
             return self.stop(B_CANCELLED)
-        if status == PAUSED:
+        if status == PAUSED or reputation.holds(claim.job_id):  # the guard holds a tripped company's bulk mail
             return self.stop(B_QUEUED)
         claims.mark_started(claim.job_id)
         claims.recover_in_flight(claim, self.company.uncertain_policy)
@@ -289,9 +289,12 @@ class BatchRun:
         return "again"
 
     def stop_after_cancel(self) -> str:
-        _, cancelled = claims.job_state(self.claim.job_id)
+        """The chunk could not be claimed: the job was cancelled or paused meanwhile, or the lease lost."""
+        status, cancelled = claims.job_state(self.claim.job_id)
         if cancelled is not None:
             return self.stop(B_CANCELLED)
+        if status == PAUSED:  # paused between chunks (the reputation guard, a spent quota): the rest waits
+            return self.stop(B_QUEUED)
         raise LostLease()
 
     def reschedule(self, reason: str, count_attempt: bool = True, delay: float | None = None) -> str:

@@ -29,7 +29,7 @@ from datetime import timedelta
 
 from sqlalchemy import select, text, update
 
-from core import metrics, queue, settings, submissions, usage
+from core import metrics, queue, reputation, settings, submissions, usage
 from core.certificates import open_storage
 from core.db import db
 from core.delivery import claims, limits, results, routing, settle
@@ -128,7 +128,7 @@ class Submission:
                 if settle.finish_job(item.claim.job_id) is None:
                     queue.enqueue_finish(item.claim.job_id)
                 self.outcome["cancelled"] += 1
-            elif status == PAUSED:
+            elif status == PAUSED or reputation.holds(item.claim.job_id):
                 claims.release(item.claim, B_QUEUED)
                 self.outcome["paused"] += 1
             else:

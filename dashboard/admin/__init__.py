@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from dashboard.admin import (audit, campaigns, certificates, companies, company_settings, csp, jobs, outbox,
                              suppressions, templates)
 from dashboard.admin.base import SecureIndexView, scope
-from core import labels, overview, usage
+from core import labels, overview, reputation, usage
 from dashboard import results
 from core.counts import rates
 from core.db import db
@@ -89,6 +89,13 @@ def checklists(limit: int = 10) -> list[tuple[Company, list[dict]]]:
     return found
 
 
+def reputation_paused() -> list[Company]:
+    """The companies in the user's scope whose bulk sending the reputation guard paused (the banner)."""
+    if not current_user.is_authenticated:
+        return []
+    return reputation.tripped(scope())
+
+
 def label_filter(key, kind: str) -> str:
     """``{{ job.status|label('job_status') }}``: the key's words (``core.labels``)."""
     return labels.label(kind, key)
@@ -99,6 +106,7 @@ def init_app(app) -> None:
     # words, not keys, in every template (core.labels)
     app.jinja_env.filters.update(label=label_filter, error_words=labels.error, route_label=labels.route)
     app.jinja_env.globals.update(split_category=results.split)  # results beside their buttons
+    app.jinja_env.globals.update(reputation_paused=reputation_paused)  # the guard's banner (admin/master.html)
     admin = Admin(app, name="Cloud Offload", url="/admin", index_view=HomeView(url="/admin"),
                   theme=Bootstrap4Theme(swatch="default"))
     for feature in FEATURES:

@@ -14,7 +14,7 @@ check id; the page polls ``check_result`` for the outcome.
 """
 from __future__ import annotations
 
-from flask import abort, get_flashed_messages, jsonify, make_response, redirect, request, session, url_for
+from flask import abort, flash, get_flashed_messages, jsonify, make_response, redirect, request, session, url_for
 from flask_admin import expose
 from redis import RedisError
 from sqlalchemy import select
@@ -24,6 +24,7 @@ from core import labels as words
 from dashboard import results
 from dashboard.admin.base import SecureBaseView, scope
 from core.companies import configure, rotate_callback_secret
+from core.jobs import resume_reputation
 from core.db import db
 from core.models import ApiToken, Company, utcnow
 from core.rendering import valid_email
@@ -280,6 +281,18 @@ class CompanySettingsView(SecureBaseView):
         audit.record("lms_connection_tested", company_id=company.id, object_type="company", object_id=company.id)
         db.session.commit()
         return redirect(url_for("settings.company", company_id=company.id) + "#section-lms")
+
+    @expose("/<int:company_id>/reputation/resume", methods=("POST",))
+    def resume_reputation(self, company_id: int):
+        """The banner's Resume: bulk sending goes on, judged again from now (``core.reputation``)."""
+        company = self._company(company_id)
+        resumed = resume_reputation(company)
+        if resumed is None:
+            flash("Bulk sending was not paused.", "info")
+        else:
+            flash(f"Bulk sending resumed: {resumed} paused job{'' if resumed == 1 else 's'} queued again. The "
+                  "reputation guard now judges only the sends from here on.", "success")
+        return redirect(url_for("jobs.index"))
 
     @expose("/<int:company_id>/test-email", methods=("POST",))
     def test_email(self, company_id: int):
