@@ -141,16 +141,47 @@ def masked(data: dict) -> dict:
     return {k: (MASK if SECRET_FIELD.search(k) and v not in (None, "") else v) for k, v in (data or {}).items()}
 
 
+class BufferFull(AudienceError):
+    """Every company's pending uploads together fill the service's share of Redis; ``retry_after``:
+    seconds until the oldest of them expires."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+#: every pending upload of every company: member ``<id>:<bytes>``, score its expiry (the global cap)
+ALL_UPLOADS = "offload:uploads:all"
+
+
 class UploadStore:
     """Uploads between the upload and confirm steps: encrypted in Redis, one hour.
 
     Redis runs ``noeviction``: pending uploads are capped per user and per
-    company (``OFFLOAD_MAX_UPLOADS_PER_USER`` / ``_PER_COMPANY``); a confirmed
-    or expired upload frees its place."""
+    company (``OFFLOAD_MAX_UPLOADS_PER_USER`` / ``_PER_COMPANY``), and all of
+    them together by their stored size (``OFFLOAD_MAX_UPLOAD_BYTES``, for
+    every company: a ``BufferFull`` past it, so queued work keeps its memory);
+    a confirmed or expired upload frees its place."""
 
-    def __init__(self, conn: Redis, max_per_user: int = 5, max_per_company: int = 20):
+    def __init__(self, conn: Redis, max_per_user: int = 5, max_per_company: int = 20,
+                 max_bytes: int | None = None):
         self.conn = conn
         self.max_per_user, self.max_per_company = max_per_user, max_per_company
+        self.max_bytes = max_bytes
+
+    def _reserve_bytes(self, upload_id: str, size: int) -> None:
+        """Count ``size`` bytes against the global cap; ``BufferFull`` when they do not fit."""
+        now = time.time()
+        self.conn.zremrangebyscore(ALL_UPLOADS, "-inf", now)
+        if self.max_bytes is not None:
+            pending = self.conn.zrange(ALL_UPLOADS, 0, -1, withscores=True)
+            used = sum(int(member.rsplit(b":", 1)[1]) for member, _ in pending)
+            if used + size > self.max_bytes:
+                wait = int(min((score for _, score in pending), default=now + 60) - now) + 1
+                raise BufferFull("the service holds as many uploads as it can right now: try again later, "
+                                 "or confirm or cancel a pending upload", retry_after=max(1, min(wait, 3600)))
+        self.conn.zadd(ALL_UPLOADS, {f"{upload_id}:{size}": now + UPLOAD_TTL_S})
+        self.conn.expire(ALL_UPLOADS, UPLOAD_TTL_S)
 
     @staticmethod
     def _pending_keys(upload: Upload) -> tuple[str, str]:
@@ -175,10 +206,17 @@ class UploadStore:
 
     def save(self, upload: Upload) -> str:
         upload.id = secrets.token_urlsafe(18)
-        self._reserve(upload)
         doc = {"company_id": upload.company_id, "user_id": upload.user_id, "filename": upload.filename,
                "columns": upload.columns, "rows": upload.rows, "problems": upload.problems}
-        self.conn.set(self.key(upload.id), crypto.encrypt(json.dumps(doc)), ex=UPLOAD_TTL_S)
+        sealed = crypto.encrypt(json.dumps(doc))
+        self._reserve(upload)
+        try:
+            self._reserve_bytes(upload.id, len(sealed))
+        except BufferFull:
+            for key in self._pending_keys(upload):
+                self.conn.zrem(key, upload.id)
+            raise
+        self.conn.set(self.key(upload.id), sealed, ex=UPLOAD_TTL_S)
         return upload.id
 
     def load(self, upload_id: str, user_id: int) -> Upload | None:
@@ -201,6 +239,7 @@ class UploadStore:
             doc = json.loads(crypto.decrypt(raw.decode()))
             self.conn.zrem(f"offload:uploads:user:{doc['user_id']}", upload_id)
             self.conn.zrem(f"offload:uploads:company:{doc['company_id']}", upload_id)
+            self.conn.zrem(ALL_UPLOADS, f"{upload_id}:{len(raw)}")
         self.conn.delete(self.key(upload_id))
 
 

@@ -346,6 +346,10 @@ class Settings:
     # -- the web side
     max_content_length: int = var("OFFLOAD_MAX_CONTENT_LENGTH", 64 * 1024 * 1024, integer(1024),
                                   "largest request body")
+    max_form_bytes: int = var("OFFLOAD_MAX_FORM_BYTES", 2 * 1024 * 1024, integer(1024),
+                              "largest form body (login, settings, templates; CSV uploads have their own cap)")
+    api_rate_per_min: int = var("OFFLOAD_API_RATE_PER_MIN", 1200, integer(1),
+                                "LMS API requests per token and minute (then 429 with Retry-After)")
     allowed_hosts: tuple[str, ...] = var("OFFLOAD_ALLOWED_HOSTS", (), parse_hosts,
                                          "production: Host header names the web app answers (default: the "
                                          "host of OFFLOAD_PUBLIC_URL; * for any)")
@@ -356,6 +360,8 @@ class Settings:
     max_uploads_per_user: int = var("OFFLOAD_MAX_UPLOADS_PER_USER", 5, integer(1), "CSV uploads awaiting review")
     max_uploads_per_company: int = var("OFFLOAD_MAX_UPLOADS_PER_COMPANY", 20, integer(1),
                                        "CSV uploads awaiting review, per company")
+    max_upload_bytes: int = var("OFFLOAD_MAX_UPLOAD_BYTES", 256 * 1024 * 1024, integer(1024),
+                                "bytes all pending CSV uploads together may hold in Redis (then 503)")
     verify_rate_per_min: int = var("OFFLOAD_VERIFY_RATE_PER_MIN", 60, integer(1),
                                    "certificate lookups per client address and minute")
     metrics_token: str | None = var("OFFLOAD_METRICS_TOKEN", None, text, "production: /metrics bearer token")

@@ -6,19 +6,63 @@ internet take far less, and ``read_capped`` enforces that whether or not
 the client sent a Content-Length (a chunked body is read from
 ``request.stream`` only up to the cap, never whole). JSON deeper than
 ``MAX_JSON_DEPTH`` is a 400 before any object is built for it.
+
+Form bodies (``application/x-www-form-urlencoded``, ``multipart/form-data``:
+the login, the settings, templates) may have at most ``OFFLOAD_MAX_FORM_BYTES``
+unless the view sets its own limit first (the CSV uploads): ``BoundedRequest``
+applies it before anything parses the form, so a 60 MB body to ``/login`` is
+a 413 from its ``Content-Length`` (or from the stream's first bytes past the
+cap, chunked), never read whole.
 """
 from __future__ import annotations
 
 import json
 import re
 
-from flask import request
+from flask import Request, Response, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from core import settings
+
 MAX_JSON_DEPTH = 64
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+
+
+class BoundedRequest(Request):
+    """Flask's request, with form bodies capped at ``OFFLOAD_MAX_FORM_BYTES`` unless the view set a
+    limit of its own (``request.max_content_length = ...``) before reading the form."""
+
+    @property
+    def max_content_length(self) -> int | None:
+        if self._max_content_length is not None:
+            return self._max_content_length
+        limit = Request.max_content_length.fget(self)  # type: ignore[attr-defined]
+        if self.mimetype in FORM_TYPES:
+            cap = settings.current().max_form_bytes
+            return cap if limit is None else min(limit, cap)
+        return limit
+
+    @max_content_length.setter
+    def max_content_length(self, value: int | None) -> None:
+        self._max_content_length = value
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
+
+
+def init_app(app) -> None:
+    @app.before_request
+    def no_nul_in_the_query():
+        """A NUL in a query parameter is a 400 before any view sees it (PostgreSQL refuses NUL in text:
+        it would otherwise surface as a 500 wherever the value reaches a query)."""
+        if "\x00" in request.query_string.decode("latin-1") or "%00" in request.query_string.decode("latin-1"):
+            if any("\x00" in key or "\x00" in value for key, value in request.args.items(multi=True)):
+                message = "query parameters may not contain NUL characters"
+                if request.path.startswith(("/api/", "/callbacks/")):
+                    return Response(json.dumps({"error": "invalid_query", "message": message}), status=400,
+                                    mimetype="application/json")
+                return Response(message + "\n", status=400, mimetype="text/plain")
+        return None
 
 
 def read_capped(limit: int) -> bytes:

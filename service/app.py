@@ -17,8 +17,8 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from core import crypto, logs, settings, taskqueue
 from core.db import db
-from dashboard import admin, api, auth, bounces, callbacks, errors, headers, hosts, ops
-from dashboard.bodies import BoundedJSONProvider
+from dashboard import admin, api, auth, bodies, bounces, callbacks, errors, headers, hosts, ops
+from dashboard.bodies import BoundedJSONProvider, BoundedRequest
 from dashboard.extensions import csrf, login_manager
 from dashboard.public import unsubscribe, verify
 from providers import registry
@@ -38,6 +38,7 @@ def web_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app = _app("dashboard", replace(settings.load(), **(overrides or {})), static_folder="../static",
                static_url_path="/static")
     app.json = BoundedJSONProvider(app)  # nesting deeper than bodies.MAX_JSON_DEPTH is a 400
+    app.request_class = BoundedRequest  # form bodies capped before anything parses them
     s = settings.current()
     app.config.update(flask_config(s))
     if s.proxy_hops:  # behind N trusted proxies: their X-Forwarded-* headers count
@@ -46,7 +47,7 @@ def web_app(overrides: Mapping[str, Any] | None = None) -> Flask:
                      compare_type=True)
     csrf.init_app(app)
     login_manager.init_app(app)
-    for part in (hosts, auth, admin, api, callbacks, bounces, unsubscribe, verify, ops, errors, headers):
+    for part in (hosts, bodies, auth, admin, api, callbacks, bounces, unsubscribe, verify, ops, errors, headers):
         part.init_app(app)
     return app
 

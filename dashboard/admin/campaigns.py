@@ -133,7 +133,8 @@ class CampaignsView(SecureBaseView):
 
     def store(self) -> audiences.UploadStore:
         s = settings.current()
-        return audiences.UploadStore(connection(), s.max_uploads_per_user, s.max_uploads_per_company)
+        return audiences.UploadStore(connection(), s.max_uploads_per_user, s.max_uploads_per_company,
+                                     s.max_upload_bytes)
 
     def load_upload(self, upload_id: str) -> audiences.Upload:
         upload = self.store().load(upload_id, current_user.id)
@@ -179,6 +180,8 @@ class CampaignsView(SecureBaseView):
                                         filename=file.filename,
                                         max_rows=settings.current().max_recipients)
             upload_id = self.store().save(upload)
+        except audiences.BufferFull as exc:
+            return self.import_form(str(exc)), 503, {"Retry-After": str(exc.retry_after)}
         except audiences.AudienceError as exc:
             return self.import_form(str(exc)), 400
         return redirect(url_for(".import_review", upload_id=upload_id, template_id=tpl.id))
@@ -253,6 +256,8 @@ class CampaignsView(SecureBaseView):
             preview = render_preview(tpl, recipients)
         except RenderError as exc:
             return self.reengagement_form(labels.template_error(exc.part, exc.message)), 400
+        except audiences.BufferFull as exc:
+            return self.reengagement_form(str(exc)), 503, {"Retry-After": str(exc.retry_after)}
         except audiences.AudienceError as exc:
             return self.reengagement_form(str(exc)), 400
         return self.render("campaigns/reengagement_preview.html", tpl=tpl, choice=choice, count=len(recipients),

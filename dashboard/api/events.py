@@ -12,7 +12,8 @@ from flask import current_app, jsonify, request
 from core import events
 from core.db import db
 from core.groupcommit import StoreFailed
-from dashboard.api.base import bp
+from core.models import sha256_hex
+from dashboard.api.base import bp, rate_limited
 from dashboard.bodies import loads as bounded_loads
 from dashboard.bodies import read_capped
 from dashboard.errors import json_error
@@ -35,6 +36,10 @@ def post_event():
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer":
         return json_error(401, "unauthorized", "a valid bearer token is required")
+    if 0 < len(token.strip()) <= 200:  # counted by the token presented: a stranger's guesses spend its own
+        limited = rate_limited(sha256_hex(token.strip()))
+        if limited is not None:
+            return limited
     try:  # read no further than the cap, chunked bodies too
         raw = read_capped(MAX_BODY_BYTES)
     except RequestEntityTooLarge:

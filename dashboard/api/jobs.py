@@ -1,20 +1,21 @@
 """The jobs API (CONTRACT §3): create, list, read, retry, cancel and resume jobs."""
 from __future__ import annotations
 
-from flask import abort, g, jsonify, request
+from flask import abort, g, jsonify, make_response, request
 from sqlalchemy import func, select
 
 from dashboard.errors import json_error
 from core import settings, usage
 from core.db import db
 from core.jobs import JobError, create_job, iso, job_to_dict, request_cancel, resume, retry_failed
-from core.models import JOB_TYPES, Job, Recipient, RecipientStatus
+from core.models import JOB_TYPES, Job, JobStatus, Recipient, RecipientStatus
 from core.queue import enqueue_job
 from dashboard.api.base import bp, token_required
 from core.tenancy import get_or_404
 
 PAGE_SIZE = 50
 RECIPIENT_STATUSES = tuple(RecipientStatus)
+JOB_STATUSES = tuple(JobStatus)
 
 
 @bp.post("/jobs")
@@ -46,6 +47,8 @@ def list_jobs():
     stmt = Job.scoped(g.company_id)
     status, jtype = request.args.get("status"), request.args.get("type")
     if status:
+        if status not in JOB_STATUSES:
+            return json_error(400, "invalid_status", f"status must be one of {', '.join(JOB_STATUSES)}")
         stmt = stmt.where(Job.status == status)
     if jtype:
         if jtype not in JOB_TYPES:
@@ -111,8 +114,12 @@ def resume_job(job_id: int):
     return jsonify(job_to_dict(job)), 202
 
 
+#: the last page a list may ask for (a larger offset than any table holds; PostgreSQL refuses past bigint)
+MAX_PAGE = 1_000_000
+
+
 def _page() -> int:
     raw = request.args.get("page", "1")
-    if not raw.isdigit() or int(raw) < 1:
-        abort(400, "page must be a positive whole number")
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 7) or not 1 <= int(raw) <= MAX_PAGE:
+        abort(make_response(*json_error(400, "invalid_page", f"page must be a whole number from 1 to {MAX_PAGE}")))
     return int(raw)

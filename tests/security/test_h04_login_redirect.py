@@ -19,6 +19,9 @@ def login(client, next_value: str):
 def test_a_next_that_is_not_a_plain_local_path_is_ignored(client, company, make_user, target):
     make_user("ann@acme.test", company_id=company.id)
     resp = login(client, target)
+    if "\x00" in target:  # a NUL in a query parameter is a 400 before any view sees it (issue 26, Low 9)
+        assert resp.status_code == 400 and "Location" not in resp.headers
+        return
     assert resp.status_code == 302
     location = resp.headers["Location"]
     assert "evil" not in location and location.startswith("/admin") and not location.startswith("//")

@@ -1,0 +1,36 @@
+"""The LMS API's rate limit: requests per token and minute (``OFFLOAD_API_RATE_PER_MIN``).
+
+A fixed window per token in Redis (``INCR`` and ``EXPIRE`` in one round trip),
+keyed by the token's hash, so every web process counts together. A request
+past the limit learns how long until the window ends (the ``Retry-After`` of
+its 429). Redis not answering lets the request through: the limit protects
+the service from one tenant's flood, and the API's own work needs Redis (or
+the database) anyway.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from redis import RedisError
+
+from core import settings
+from core.queue import connection
+
+log = logging.getLogger(__name__)
+WINDOW_S = 60
+
+
+def take(token_hash: str, now: float | None = None) -> int | None:
+    """Count one request of the token; ``None`` when it may go on, else the seconds to wait."""
+    now = time.time() if now is None else now
+    window = int(now // WINDOW_S)
+    key = f"offload:api-rate:{token_hash[:32]}:{window}"
+    try:
+        count = connection().pipeline().incr(key).expire(key, 2 * WINDOW_S).execute()[0]
+    except (RedisError, OSError) as exc:
+        log.warning("API rate limit unavailable: %s", type(exc).__name__)
+        return None
+    if count <= settings.current().api_rate_per_min:
+        return None
+    return max(1, int((window + 1) * WINDOW_S - now + 0.999))
