@@ -35,7 +35,7 @@ from botocore.credentials import RefreshableCredentials
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.parsers import ResponseParserError
 
-from providers.base import PermanentError, RetryableError
+from providers.base import PermanentError, RetryableError, safe_code
 
 from providers.registry import Setting, SettingsGroup
 
@@ -187,7 +187,7 @@ def assumed_role_credentials(config: dict, region: str | None) -> RefreshableCre
         try:
             creds = sts.assume_role(**params)["Credentials"]
         except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code") or "Unknown")
+            code = safe_code(exc.response.get("Error", {}).get("Code"))
             raise PermanentError(f"{code}: the role could not be assumed (check its trust policy and "
                                  "the external id)", code=code) from None
         except (BotoCoreError, ResponseParserError) as exc:  # the type only: a parser error quotes the body
@@ -218,7 +218,7 @@ def check_role_trust(role_arn: str) -> tuple[str, str]:
         _sts_client(role_arn).assume_role(RoleArn=role_arn, RoleSessionName=SESSION_NAME + "-check",
                                         DurationSeconds=900)
     except ClientError as exc:
-        code = str(exc.response.get("Error", {}).get("Code") or "Unknown")
+        code = safe_code(exc.response.get("Error", {}).get("Code"))
         if code in ("AccessDenied", "AccessDeniedException"):
             return ROLE_OK, "the role requires the external id"
         return ROLE_UNCHECKED, f"the role's trust policy could not be checked ({code})"

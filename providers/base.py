@@ -14,11 +14,34 @@ config dict, sends a list of already-rendered messages and reports one
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import ClassVar
 
 from providers import guard, registry
+
+
+_NOT_CODE = re.compile(r"[^A-Za-z0-9_.-]")
+#: the longest remote error code kept
+CODE_LIMIT = 64
+
+
+def safe_code(code) -> str:
+    """A remote error code (AWS's ``Code``, a status word) reduced to letters, digits, ``_.-`` and
+    ``CODE_LIMIT`` characters: a tenant-named endpoint may answer any text as its "code"."""
+    return _NOT_CODE.sub("", str(code or ""))[:CODE_LIMIT] or "Unknown"
+
+
+_NOT_SAFE = re.compile(r"[^A-Za-z0-9 .,:;_()/@+=#'-]+")
+#: the longest remote text kept (a bounce's diagnostic)
+TEXT_LIMIT = 200
+
+
+def safe_text(text, limit: int = TEXT_LIMIT) -> str:
+    """Remote text a tenant may see (a bounce report's diagnostic), reduced to letters, digits, spaces
+    and plain punctuation (no markup, quotes or control characters) and ``limit`` characters."""
+    return " ".join(_NOT_SAFE.sub(" ", str(text or "")).split())[:limit]
 
 
 class ProviderError(Exception):

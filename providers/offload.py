@@ -34,8 +34,9 @@ from providers.base import (
     for_field,
     guarded_url,
     not_the_provider,
+    safe_code,
 )
-from providers import registry
+from providers import registry, ses, smtp
 from providers.aws import AWS_SETTINGS, aws_session, has_credentials
 from providers.cloudflare import CLOUDFLARE_SETTINGS
 
@@ -260,6 +261,37 @@ _SQS_AUTH_CODES = {"InvalidClientTokenId", "SignatureDoesNotMatch", "AccessDenie
 _SQS_REGION = re.compile(r"^https://sqs[.-]([a-z0-9-]+)\.amazonaws\.com")
 
 
+#: what the cloud workers' own result codes mean (the Lambda's others are SES's codes)
+WORKER_PHRASES = {
+    "invalid_raw_message": "the LMS's message could not be read, or is larger than the provider takes",
+    "transient_failure": "a transient failure; sent again later",
+    "send_refused": "the email service refused the message",
+}
+_WORKER_CODE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+_SMTP_REPLY = re.compile(r"\s*([245]\d\d)\b[ -]?(.*)", re.S)
+#: what an unknown code says, by the result's word
+_UNKNOWN = {"retry": "not sent yet; sent again later", "suppressed": "on the provider's suppression list"}
+
+
+def worker_reason(error: str | None, word: str = "failed") -> str | None:
+    """What a recipient stores for a cloud worker's result ``error``: its code in the same fixed words
+    as direct mode (SES's codes as ``providers.ses`` words them, an SMTP reply as ``providers.smtp``
+    does), never remote text. Workers send a code; an older one sent ``"CODE: provider text"``, of
+    which only the code is kept."""
+    if not error:
+        return None
+    reply = _SMTP_REPLY.fullmatch(str(error))
+    if reply:  # a receiving server's reply (a bounce): its codes, in the SMTP backend's words
+        return smtp.reply_reason(int(reply.group(1)), reply.group(2))
+    head = str(error).split(":", 1)[0].strip().replace(" ", "_")
+    code = head if _WORKER_CODE.fullmatch(head) else "Unknown"
+    if code in WORKER_PHRASES:
+        return f"{code}: {WORKER_PHRASES[code]}"
+    if ses.known_code(code):  # the SES backend's words for SES's codes (the Lambda sends them)
+        return ses.code_reason(code)
+    return f"{code}: {_UNKNOWN.get(word, 'the provider refused the message')}"
+
+
 def classify_aws_error(exc: Exception) -> ProviderError:
     """Map a botocore exception to the providers.base hierarchy (no secrets in the reason)."""
     from botocore import exceptions as bce
@@ -268,7 +300,7 @@ def classify_aws_error(exc: Exception) -> ProviderError:
         return exc
     if isinstance(exc, bce.ClientError):
         error = exc.response.get("Error", {})
-        code = str(error.get("Code", "Unknown"))
+        code = safe_code(error.get("Code", "Unknown"))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
         reason = f"{code} (HTTP {status}): the queue refused the request" if status else \
             f"{code}: the queue refused the request"

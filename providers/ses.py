@@ -59,6 +59,7 @@ from providers.base import (
     not_the_provider,
     register,
     results_after_error,
+    safe_code,
     send_each,
 )
 from providers.aws import AWS_SETTINGS, aws_session, boto_sts_endpoint, has_credentials
@@ -157,6 +158,7 @@ def _reason(code: str, status: int | str | None = None) -> str:
     answer anything (an internal page's text), and it must not come back; so
     is a code SES does not have (botocore reads it from the body).
     """
+    code = safe_code(code)
     phrase = _PHRASES.get(code)
     if phrase is None:
         phrase = "credentials refused" if code in _AUTH_CODES else "SES refused the request"
@@ -165,11 +167,22 @@ def _reason(code: str, status: int | str | None = None) -> str:
     return f"{shown}{where}: {phrase}"[:_REASON_LIMIT]
 
 
+def known_code(code: str) -> bool:
+    """True for a code SES's phrases name (``code_reason`` then says what direct mode says)."""
+    return code in _PHRASES or code in _AUTH_CODES
+
+
+def code_reason(code: str) -> str:
+    """What direct mode stores for SES's ``code`` (without an HTTP status): a cloud worker's
+    callback that reports the code gets the same words (``core.delivery.results``)."""
+    return _reason(code)
+
+
 def _client_error(exc: ClientError) -> ProviderError:
     """Map an error answer from AWS to our hierarchy."""
     error = exc.response.get("Error", {})
     meta = exc.response.get("ResponseMetadata", {})
-    code = str(error.get("Code") or "Unknown")
+    code = safe_code(error.get("Code") or "Unknown")
     message = str(error.get("Message") or "")  # only matched against, never shown
     status = int(meta.get("HTTPStatusCode") or 0)
     reason = _reason(code, status)

@@ -60,6 +60,30 @@ RESERVED_HEADERS = frozenset({
 _REASON_LIMIT = 300
 
 
+#: the EHLO keywords a connection test names (the server's lines themselves are never shown: after the
+#: keyword a server may write anything, its banner, host names, versions)
+KNOWN_EXTENSIONS = ("STARTTLS", "AUTH", "SIZE", "8BITMIME", "SMTPUTF8", "PIPELINING", "CHUNKING", "DSN",
+                    "ENHANCEDSTATUSCODES", "BINARYMIME", "REQUIRETLS")
+AUTH_MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5", "XOAUTH2", "OAUTHBEARER", "SCRAM-SHA-1", "SCRAM-SHA-256")
+
+
+def known_features(features: dict) -> dict:
+    """The server's EHLO extensions as our own words: known keywords, the AUTH mechanisms we know and
+    SIZE's number; nothing else of what the server wrote."""
+    found: dict = {}
+    for keyword, value in (features or {}).items():
+        name = str(keyword).upper()
+        if name not in KNOWN_EXTENSIONS:
+            continue
+        if name == "AUTH":
+            found["auth"] = " ".join(m for m in AUTH_MECHANISMS if m in str(value).upper().split())
+        elif name == "SIZE":
+            found["size"] = str(value).strip() if str(value).strip().isdigit() else ""
+        else:
+            found[name.lower()] = ""
+    return found
+
+
 class SmtpReply(Exception):
     """Internal: one message got a final answer (failed or retry) from the server."""
 
@@ -218,6 +242,11 @@ _PHRASES = {
     550: "mailbox unavailable or message refused", 551: "user not local", 552: "message too large or storage "
     "exceeded", 553: "mailbox name not allowed", 554: "transaction failed",
 }
+
+
+def reply_reason(code: int, reply: bytes | str) -> str:
+    """What a reply is stored as (``_reply_reason``; a cloud worker's bounce reply too)."""
+    return _reply_reason(code, reply)
 
 
 def _reply_reason(code: int, reply: bytes | str) -> str:
@@ -526,7 +555,7 @@ class SmtpProvider(Provider):
         try:
             if not conn.does_esmtp:  # EHLO was not answered 250
                 raise not_the_provider(self.label, "smtp_host", "no 250 answer to EHLO")
-            features = dict(conn.esmtp_features)
+            features = known_features(conn.esmtp_features)
         finally:
             try:
                 conn.quit()

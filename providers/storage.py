@@ -49,6 +49,7 @@ from providers.base import (
     for_field,
     guarded_url,
     not_the_provider,
+    safe_code,
 )
 from providers import pinning, registry
 from providers.aws import AWS_SETTINGS, aws_session
@@ -449,7 +450,7 @@ def s3_error(exc: Exception, what: str) -> ProviderError | None:
     """The ``providers.base`` error for a botocore exception, or ``None`` to let it through."""
     if isinstance(exc, boto_errors.ClientError):
         error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
+        code = safe_code(error.get("Code", "")) if error.get("Code") else ""
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
         # the code and status only: the message is the remote's text
         shown = code if code in _S3_KNOWN else "error"  # a code S3 does not have came from the body

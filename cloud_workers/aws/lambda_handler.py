@@ -327,14 +327,19 @@ def _single_request(message: dict, mail: Mail) -> dict:
                                         "Content": {"Simple": simple}})
 
 
+def error_code(code) -> str:
+    """The code a result reports: SES's code (letters, digits, ``_.-``; 64 at most), never SES's text:
+    the service maps codes to its own words, as in direct mode."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "", str(code or ""))[:64] or "Unknown"
+
+
 def _call_error(exc: ClientError, chunk: list[Mail]) -> list[dict]:
     """A whole-call SES error as per-recipient results, or RetryLater when it is transient."""
-    code = exc.response.get("Error", {}).get("Code", "Unknown")
+    code = error_code(exc.response.get("Error", {}).get("Code", "Unknown"))
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
     if code in RETRYABLE_CALL_ERRORS or status >= 500:
         raise RetryLater(f"SES {code}") from None
-    error = f"{code}: {exc.response.get('Error', {}).get('Message', '')}".strip()
-    return [{"email": mail.email, "status": "failed", "error": error} for mail in chunk]
+    return [{"email": mail.email, "status": "failed", "error": code} for mail in chunk]
 
 
 MAX_RAW_BYTES = 40 * 1024 * 1024  # SES v2's own limit for a message
@@ -388,7 +393,8 @@ def send_chunk(message: dict, chunk: list[Mail]) -> list[dict]:
             try:
                 request = _raw_request(message, chunk[0])
             except (InvalidMessage, ValueError) as exc:  # not base64, or too big: this one fails
-                return [{"email": chunk[0].email, "status": "failed", "error": f"invalid raw message: {exc}"}]
+                log.warning("Raw message not sent: %s", exc)
+                return [{"email": chunk[0].email, "status": "failed", "error": "invalid_raw_message"}]
             response = ses_client().send_email(**request)
             return [{"email": chunk[0].email, "status": "sent", "message_id": response.get("MessageId")}]
         if len(chunk) == 1 and chunk[0].attachments:
@@ -411,7 +417,7 @@ def _entry_result(email: str, entry: dict | None) -> dict:
         return {"email": email, "status": "sent", "message_id": entry.get("MessageId")}
     if status in RETRYABLE_ENTRY_STATUSES:
         return {"email": email, "status": "retry"}
-    return {"email": email, "status": "failed", "error": f"{status}: {entry.get('Error', '')}".strip()}
+    return {"email": email, "status": "failed", "error": error_code(status)}
 
 
 def chunks(mails: list[Mail]) -> list[list[Mail]]:
@@ -562,7 +568,7 @@ def process_message(message: dict, secret: str, fallback_key: str) -> bool:
         return True
     # Some were sent: report them, and hand what is left back to the service as
     # retryable failures; it re-submits only those, so nobody gets a second email.
-    results = outcome.results + [{"email": email, "status": "failed", "error": outcome.reason,
+    results = outcome.results + [{"email": email, "status": "failed", "error": "transient_failure",
                                   "retryable": True} for email in outcome.left]
     payload = {"job_id": job, "batch_number": batch, "status": outcome.status, "results": results,
                "usage": usage_of(started)}

@@ -374,7 +374,7 @@ async function sendRaw(message, recipient, env) {
   try {
     bytes = await rawBytes(recipient, env);
   } catch {
-    return { email: recipient.email, status: "failed", error: "invalid raw message" };
+    return { email: recipient.email, status: "failed", error: "invalid_raw_message" };
   }
   if (bytes === null) return { email: recipient.email, status: "retry" }; // the stored copy is not there (yet)
   bytes = withoutReceived(bytes);
@@ -398,8 +398,9 @@ function emailError(recipient, err) {
   if (code && RETRYABLE_EMAIL_CODE.test(code)) {
     return { email: recipient.email, status: "retry" };
   }
-  const reason = err && err.message ? err.message : String(err);
-  return { email: recipient.email, status: "failed", error: code ? `${code}: ${reason}` : reason };
+  // the code only, never the binding's text: the service maps codes to its own words
+  const safe = code.replace(/[^A-Za-z0-9_.-]/g, "").slice(0, 64);
+  return { email: recipient.email, status: "failed", error: safe || "send_refused" };
 }
 
 /** Send one recipient; a result in the callback's shape, or status "retry". */
@@ -592,7 +593,7 @@ async function processMessage(message, env, fallbackKey) {
   // Some were sent: report them, and hand what is left back to the service as
   // retryable failures; it re-submits only those, so nobody gets a second email.
   const leftOver = outcome.left.map((email) => ({
-    email, status: "failed", error: "transient failure", retryable: true,
+    email, status: "failed", error: "transient_failure", retryable: true,
   }));
   const payload = {
     job_id: message.job_id, batch_number: message.batch_number,

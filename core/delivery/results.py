@@ -50,6 +50,8 @@ from core.models import (B_DONE, B_RETRY, B_SENDING, B_SUBMITTED, BATCH_FINAL, C
 from core.rendering import valid_email
 from core.suppressions import DELIVERED, is_suppressed, normalize_email, suppress
 from providers import Result, ResultStatus
+from providers.base import safe_text
+from providers.offload import worker_reason
 
 log = logging.getLogger(__name__)
 
@@ -267,8 +269,8 @@ def callback_outcomes(batch: Batch, results: list[dict]) -> tuple[list[Outcome],
             continue
         if word == FAILED and result.get("retryable") is True:
             word = RETRY  # not sent: the worker hands it back
-        outcomes.append(Outcome(ids.pop(0), word, result.get("message_id") or None, result.get("error"),
-                                batch.attempts))
+        outcomes.append(Outcome(ids.pop(0), word, result.get("message_id") or None,
+                                worker_reason(result.get("error"), word), batch.attempts))
     return outcomes, ignored
 
 
@@ -358,6 +360,7 @@ def record_event(company_id: int, *, source: str, key: str, kind: str, email: st
 
 
 def _apply_report(company_id, source, key, kind, email, message_id, detail) -> bool:
+    detail = safe_text(detail) or None  # the report's diagnostic is remote text: plain characters, bounded
     seen = BounceEvent.scoped(company_id).with_only_columns(BounceEvent.id).where(BounceEvent.event_key == key)
     if db.session.execute(seen).first() is not None:
         return False
