@@ -168,8 +168,8 @@ def _reason(code: str, status: int | str | None = None) -> str:
 
 
 def known_code(code: str) -> bool:
-    """True for a code SES's phrases name (``code_reason`` then says what direct mode says)."""
-    return code in _PHRASES or code in _AUTH_CODES
+    """True for a code SES gives (``code_reason`` then says what direct mode says)."""
+    return _known(code) or code in _AUTH_CODES
 
 
 def code_reason(code: str) -> str:
