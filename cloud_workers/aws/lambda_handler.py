@@ -11,7 +11,9 @@ direct mode) and the message carries each recipient's ``rendered``
 subject, text and HTML, their extra ``headers`` (List-Unsubscribe for
 campaign mail) and certificate ``attachments`` (base64); this worker sends
 exactly that. A message without ``rendered`` (queued by an older service)
-is rendered here with ``{{ name }}`` substitution only. SES gets finished
+is rendered here with ``{{ name }}`` substitution only, as strictly as the
+service renders: a name the recipient's data lacks fails that recipient
+(``missing_fields: <name>``), never a blank. SES gets finished
 parts through a pass-through inline template (``{{{subject}}}`` etc.), so
 SES's own Handlebars never sees user data as a template; recipients with
 attachments go one by one through ``SendEmail``. The configuration set is
@@ -126,12 +128,23 @@ def _text_value(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+class MissingField(ValueError):
+    """A placeholder the recipient's data has no value for: that recipient fails (undefined is
+    strict, as in the service: nothing is sent with a blank)."""
+
+    def __init__(self, name: str):
+        super().__init__(f"missing_fields: {name}")
+
+
 def render(template: str | None, data: dict, *, escape_html: bool = False) -> str:
-    """Substitute ``{{ name }}`` placeholders in ``template`` with ``data`` values."""
+    """Substitute ``{{ name }}`` placeholders in ``template`` with ``data`` values; a name the data
+    lacks (or has as null) raises ``MissingField``."""
     if not template:
         return ""
 
     def substitute(match: re.Match) -> str:
+        if data.get(match.group(1)) is None:
+            raise MissingField(match.group(1))
         text = _text_value(data.get(match.group(1)))
         return html.escape(text, quote=True) if escape_html else text
 
@@ -435,9 +448,16 @@ def chunks(mails: list[Mail]) -> list[list[Mail]]:
 
 def send_batch(message: dict) -> Outcome:
     """Send every recipient what the message carries; stop at the first transient failure."""
-    mails = [Mail(r["email"], {} if _is_raw(r) else content_of(message, r), r.get("headers") or {},
-                  r.get("attachments") or [], r.get("raw"), r.get("raw_url")) for r in message["recipients"]]
-    outcome = Outcome(total=len(mails))
+    mails, unrendered = [], []
+    for r in message["recipients"]:
+        try:
+            content = {} if _is_raw(r) else content_of(message, r)
+        except MissingField as exc:  # the legacy render: this recipient fails alone, with the reason
+            unrendered.append({"email": r["email"], "status": "failed", "error": str(exc)})
+            continue
+        mails.append(Mail(r["email"], content, r.get("headers") or {}, r.get("attachments") or [], r.get("raw"),
+                          r.get("raw_url")))
+    outcome = Outcome(total=len(message["recipients"]), results=unrendered)
     for chunk in chunks(mails):
         try:
             results = send_chunk(message, chunk)

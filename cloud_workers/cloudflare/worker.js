@@ -14,7 +14,8 @@
  * (base64 bodies, so every byte arrives as rendered) through the Email Service
  * binding (`env.EMAIL.send(new EmailMessage(from, to, raw))`). A message
  * without `rendered` (queued by an older service) is rendered here with
- * `{{ name }}` substitution only, as the AWS Lambda does.
+ * `{{ name }}` substitution only, as the AWS Lambda does, and as strictly as the service renders: a
+ * name the recipient's data lacks fails that recipient (`missing_fields: <name>`), never a blank.
  *
  * Mail the LMS handed to the service by SMTP is sent as it was written: such a
  * recipient carries `raw` (the MIME, base64, the service's headers already on
@@ -115,11 +116,22 @@ function escapeHtml(text) {
   return text.replace(/[&<>"']/g, (ch) => HTML_ESCAPES[ch]);
 }
 
-/** Substitute `{{ name }}` placeholders; only the data's own keys are looked up. */
+/** A placeholder the recipient's data has no value for: that recipient fails (undefined is strict,
+ * as in the service: nothing is sent with a blank). */
+class MissingField extends Error {
+  constructor(name) {
+    super(`missing_fields: ${name}`);
+  }
+}
+
+/** Substitute `{{ name }}` placeholders; only the data's own keys are looked up, and a name the data
+ * lacks (or has as null) throws `MissingField`. */
 function render(template, data, escape) {
   if (!template) return "";
   return template.replace(PLACEHOLDER, (_, name) => {
-    const text = textValue(Object.hasOwn(data, name) ? data[name] : undefined);
+    const value = Object.hasOwn(data, name) ? data[name] : undefined;
+    if (value === null || value === undefined) throw new MissingField(name);
+    const text = textValue(value);
     return escape ? escapeHtml(text) : text;
   });
 }
@@ -406,7 +418,13 @@ function emailError(recipient, err) {
 /** Send one recipient; a result in the callback's shape, or status "retry". */
 async function sendOne(message, recipient, env) {
   if (isRaw(recipient)) return sendRaw(message, recipient, env);
-  const content = contentOf(message, recipient);
+  let content;
+  try {
+    content = contentOf(message, recipient);
+  } catch (err) {
+    if (err instanceof MissingField) return { email: recipient.email, status: "failed", error: err.message };
+    throw err;
+  }
   const { raw, messageId } = buildMime(message.sender, recipient.email, content, recipient.headers ?? {},
     recipient.attachments ?? []);
   try {

@@ -30,7 +30,7 @@ SECRET = webhooks.generate_secret()
 ALLOWED = [f"r{i}@example.com" for i in range(30)]
 REFUSED = "blocked@example.com"
 TEMPLATE = {"subject": "Welcome {{ firstname }}\r\nto {{ course }}",
-            "text": "Hi {{firstname}}, password {{ password }}, score {{ score }}, ok {{ ok }}. {{ nope }}End",
+            "text": "Hi {{firstname}}, password {{ password }}, score {{ score }}, ok {{ ok }}. End",
             "html": "<p>Hi {{ firstname }}</p><p>{{ password }}</p>{{ user.name }}"}
 
 
@@ -104,6 +104,18 @@ def test_batch_is_sent_through_the_email_binding_and_reported(worker, callbacks,
     assert first["subject"] == 'Welcome Ann <1> & "Co" to Maths II'
     assert first["text"] == 'Hi Ann <1> & "Co", password p\'w1\r\nX, score 9.5, ok true. End'
     assert first["html"] == "<p>Hi Ann &lt;1&gt; &amp; &quot;Co&quot;</p><p>p&#x27;w1\r\nX</p>{{ user.name }}"
+
+
+def test_a_recipient_lacking_a_field_fails_alone_and_nothing_is_sent_blank(worker, callbacks):
+    message = batch(24, ALLOWED[12:15], callbacks.callback_url)  # an older service's message: no "rendered"
+    del message["recipients"][1]["data"]["password"]
+    worker.enqueue(message)
+    payload = wait_until(lambda: [p for p in callbacks.payloads if p["job_id"] == 24], what="callback")[0]
+    results = {r["email"]: r for r in payload["results"]}
+    assert payload["status"] == "partial" and len(results) == 3
+    assert results[ALLOWED[13]] == {"email": ALLOWED[13], "status": "failed", "error": "missing_fields: password"}
+    sent = {e["to"] for e in worker.sent_emails()}
+    assert ALLOWED[12] in sent and ALLOWED[14] in sent and ALLOWED[13] not in sent
 
 
 def test_smtp_mail_goes_out_byte_for_byte_inline_or_from_r2(worker, callbacks):

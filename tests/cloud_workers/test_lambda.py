@@ -28,7 +28,7 @@ AWS_DIR = ROOT / "cloud_workers" / "aws"
 REGION = "us-east-1"
 SECRET = webhooks.generate_secret()
 TEMPLATE = {"subject": "Welcome {{ firstname }}\r\nto {{course}}",
-            "text": "Hi {{ firstname }}, your password is {{ password }}. {{ missing }}Bye",
+            "text": "Hi {{ firstname }}, your password is {{ password }}. Bye",
             "html": "<p>Hi {{ firstname }}</p><p>{{ password }}</p>"}
 
 
@@ -301,6 +301,21 @@ def test_ses_refusing_the_call_fails_its_recipients_without_retry(lambda_env, ca
     assert {r["error"] for r in payload["results"]} == {"MessageRejected"}
 
 
+def test_a_recipient_lacking_a_field_fails_alone_and_nothing_is_sent_blank(lambda_env, ses, callbacks):
+    message = batch(13, 1, 3, callbacks.callback_url)  # an older service's message: no "rendered"
+    del message["recipients"][1]["data"]["password"]
+    record = {"messageId": "m1", "body": json.dumps(message)}
+    assert lambda_env.handler({"Records": [record]}, FakeContext()) == {"batchItemFailures": []}
+    [payload] = callbacks.payloads
+    results = {r["email"]: r for r in payload["results"]}
+    assert payload["status"] == "partial" and len(results) == 3
+    assert results["user13.1.1@example.com"] == {"email": "user13.1.1@example.com", "status": "failed",
+                                                 "error": "missing_fields: password"}
+    sent = sorted(e["destination"]["to"][0] for e in ses.store())
+    assert sent == ["user13.1.0@example.com", "user13.1.2@example.com"]
+    assert all("password is ." not in e["body"]["text"] for e in ses.store())
+
+
 def test_callback_refused_with_4xx_is_not_retried(lambda_env, callbacks, monkeypatch):
     monkeypatch.setenv("CALLBACK_SECRET", webhooks.generate_secret())  # the service will answer 401
     record = {"messageId": "m1", "body": json.dumps(batch(10, 1, 2, callbacks.callback_url))}
@@ -330,13 +345,18 @@ def test_missing_secret_fails_the_whole_invocation(lambda_env, monkeypatch):
 @pytest.mark.parametrize(("template", "data", "want"), [
     ("Hi {{ name }}!", {"name": "Ann"}, "Hi Ann!"),
     ("Hi {{name}} {{ name }}", {"name": "<b>"}, "Hi <b> <b>"),
-    ("{{ missing }}|{{ none }}", {"none": None}, "|"),
     ("{{ n }} {{ f }} {{ g }} {{ t }}", {"n": 3, "f": 2.0, "g": 1.5, "t": True}, "3 2 1.5 true"),
     ("{{ user.name }} {% if x %}{{ x | upper }}", {"x": "y"}, "{{ user.name }} {% if x %}{{ x | upper }}"),
     ("{{ a }}", {"a": "{{ b }}", "b": "no"}, "{{ b }}"),
 ])
 def test_render_text(handler_module, template, data, want):
     assert handler_module.render(template, data) == want
+
+
+@pytest.mark.parametrize("template, data", [("{{ missing }}", {}), ("a {{ none }}", {"none": None})])
+def test_render_refuses_a_name_the_data_lacks(handler_module, template, data):
+    with pytest.raises(handler_module.MissingField, match="missing_fields: "):
+        handler_module.render(template, data)
 
 
 def test_render_escapes_html_and_cleans_the_subject(handler_module):
