@@ -22,7 +22,7 @@ from providers.registry import Setting, SettingsGroup, whole_number
 
 import os
 
-from core import reputation
+from core import reputation, unsubscribe
 from core.db import db
 from core.lms import connection as lms_connection
 from core.models import MODES, CampaignSettings, Company, DeliverySettings
@@ -67,6 +67,12 @@ def _domains(raw: str) -> str | None:
     if bad:
         raise ValueError(f"not a domain: {bad[0]}")
     return ",".join(dict.fromkeys(domains)) or None
+
+
+def _footer(kind: str):
+    def parse(raw: str) -> str:
+        return unsubscribe.check_footer(raw, kind)
+    return parse
 
 
 def _uncertain_policy(raw: str) -> str:
@@ -117,6 +123,19 @@ SUBMISSION = SettingsGroup("submission", "SMTP submission", "Mail the LMS hands 
                                        help="comma-separated; Moodle's noreplyaddress (and maildomain, "
                                             "with bounce handling on) must be at one of them"),
                            ))
+
+
+FOOTER = SettingsGroup("footer", "Unsubscribe footer", "Bulk and re-engagement mail ends with a visible "
+                       "unsubscribe link (beside the one-click List-Unsubscribe header); restyle it here. Each is "
+                       "a small template that must show {{ unsubscribe_url }} and may use nothing else. "
+                       "Transactional mail (passwords, accounts, licences, certificates, IOMAD's mail) has none.", (
+                           Setting("unsubscribe_footer_text", "Text footer", "textarea", parse=_footer("text"),
+                                   help="blank: the default, “" + unsubscribe.DEFAULT_FOOTER_TEXT.replace("\n", " ")
+                                        + "”; it follows the text body after a blank line"),
+                           Setting("unsubscribe_footer_html", "HTML footer", "textarea", parse=_footer("html"),
+                                   help="blank: the default, a small grey line with an Unsubscribe link to "
+                                        "{{ unsubscribe_url }}; it goes before the body's end"),
+                       ))
 
 
 def _lms_url(raw: str) -> str:
@@ -179,9 +198,9 @@ RELAY = SettingsGroup("relay", "Fallback relay (operator)", "Whether the service
 
 
 def groups() -> tuple[SettingsGroup, ...]:
-    """The form's sections, in order: general, each provider group, SMTP submission, the reputation
-    guard, advanced, then the admins' ones."""
-    return (general(), *registry.settings_groups(), SUBMISSION, reputation.SETTINGS, ADVANCED, LMS, RELAY)
+    """The form's sections, in order: general, each provider group, SMTP submission, the unsubscribe
+    footer, the reputation guard, advanced, then the admins' ones."""
+    return (general(), *registry.settings_groups(), SUBMISSION, FOOTER, reputation.SETTINGS, ADVANCED, LMS, RELAY)
 
 
 def admin_only_keys() -> tuple[str, ...]:

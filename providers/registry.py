@@ -54,7 +54,7 @@ BUILTIN = (
 )
 
 #: form kinds a setting may have
-FIELD_KINDS = ("text", "email", "number", "url", "select", "checkbox", "secret")
+FIELD_KINDS = ("text", "email", "number", "url", "select", "checkbox", "secret", "textarea")
 _EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
 
 

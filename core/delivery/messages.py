@@ -5,8 +5,9 @@ the renderer (one time budget, ``core.rendering``), adds what the job's kind
 of mail brings (a certificate job's PDF, ``core.certificate_issue``; the LMS
 hook of a job taken from IOMAD's queue: Reply-To, the row's attachment,
 ``core.lms.mail_hook``) and the headers every message of its class carries
-(``extra_headers``). A job taken by SMTP submission renders nothing: each
-recipient's message is the MIME the LMS wrote, as stored
+(``extra_headers``; bulk mail: the List-Unsubscribe fields and the unsubscribe
+footer at the end of each body, ``core.unsubscribe.with_footer``). A job taken by SMTP submission
+renders nothing: each recipient's message is the MIME the LMS wrote, as stored
 (``core.submissions.raw_for``), sent from its own envelope sender. The send loop hands the result to a provider as
 ``providers.Message``s, an offload submission puts it in its batch messages:
 a cloud worker sends exactly what direct mode would.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from core import certificate_issue, submissions
+from core import certificate_issue, submissions, unsubscribe
 from core.lms import mail_hook
 from core.models import Job, is_bulk
 from core.rendering import CompiledTemplate, RenderError
@@ -73,7 +74,13 @@ class Composer:
         self.company = company  # anything with an ``id``
         self.job_type, self.priority = job.type, job.priority
         self.smtp = job.source == submissions.SOURCE  # the LMS's own MIME: no template to render
-        self.template = None if self.smtp else CompiledTemplate(job.subject, job.body_text, job.body_html)
+        #: bulk and re-engagement mail: the company's unsubscribe footer ends each body, and each
+        #: recipient's data gets its link (``unsubscribe_url``), which the footer and the template may show
+        self.bulk = is_bulk(job.type, job.priority)
+        text, html = job.body_text, job.body_html
+        if self.bulk and not self.smtp:
+            text, html = unsubscribe.with_footer(company.id, text, html)
+        self.template = None if self.smtp else CompiledTemplate(job.subject, text, html)
         self.certificates = certificate_issue.mail_for(job)  # None unless a certificate job
         self.lms = mail_hook.mail_for(job)  # None unless a job taken from IOMAD's email queue
 
@@ -83,8 +90,12 @@ class Composer:
         if self.smtp:
             return self.as_received(rows)
         composed, failures, unrendered = [], [], set()
-        for (rid, email, data, _attempts), r in zip(rows, self.template.render_many([row[2] for row in rows]),
-                                                   strict=True):
+        datas = [row[2] for row in rows]
+        if self.bulk:
+            datas = [{**(d if isinstance(d, dict) else {}),
+                      unsubscribe.VARIABLE: unsubscribe_url(self.company.id, row[1])}
+                     for row, d in zip(rows, datas, strict=True)]
+        for (rid, email, data, _attempts), r in zip(rows, self.template.render_many(datas), strict=True):
             if r is None:
                 unrendered.add(rid)
                 continue

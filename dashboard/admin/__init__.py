@@ -6,7 +6,10 @@ order.
 """
 from __future__ import annotations
 
+import re
+
 from flask import url_for
+from markupsafe import Markup, escape
 from flask_admin import Admin, expose
 from flask_admin.theme import Bootstrap4Theme
 from flask_login import current_user
@@ -101,10 +104,25 @@ def label_filter(key, kind: str) -> str:
     return labels.label(kind, key)
 
 
+_VARIABLE = re.compile(r"\{\{\s*[A-Za-z_][A-Za-z0-9_]*\s*\}\}")
+
+
+def code_variables(text: str) -> Markup:
+    """``text`` escaped, each template variable in it (``{{ unsubscribe_url }}``) shown as code: a name
+    to type, not words to read."""
+    out, last = [], 0
+    for match in _VARIABLE.finditer(text or ""):
+        out += [escape(text[last:match.start()]), Markup("<code>"), escape(match.group(0)), Markup("</code>")]
+        last = match.end()
+    out.append(escape((text or "")[last:]))
+    return Markup("").join(out)
+
+
 def init_app(app) -> None:
     csp.init_app(app)  # Flask-Admin's templates without inline handlers
     # words, not keys, in every template (core.labels)
-    app.jinja_env.filters.update(label=label_filter, error_words=labels.error, route_label=labels.route)
+    app.jinja_env.filters.update(label=label_filter, error_words=labels.error, route_label=labels.route,
+                                 code_variables=code_variables)
     app.jinja_env.globals.update(split_category=results.split)  # results beside their buttons
     app.jinja_env.globals.update(reputation_paused=reputation_paused)  # the guard's banner (admin/master.html)
     admin = Admin(app, name="Cloud Offload", url="/admin", index_view=HomeView(url="/admin"),

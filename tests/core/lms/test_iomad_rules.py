@@ -197,6 +197,7 @@ def test_iomad_mail_carries_no_unsubscribe_and_only_bounce_lists_stop_it(app, ru
     send_all(app)
     assert delivered(smtp_sink) == {"learner100@acme.test": 2}
     assert all(m.message["List-Unsubscribe"] is None for m in smtp_sink.messages)
+    assert all(b"/u/" not in m.data and b"Unsubscribe" not in m.data for m in smtp_sink.messages)  # no footer
     assert all(r.sent for r in lms.emails())
 
     # a hard bounce stops it; the row is held, not marked sent: no delivery was attempted

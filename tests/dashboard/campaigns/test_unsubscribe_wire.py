@@ -2,7 +2,8 @@
 ``email.parser`` and ``policy.default``, has the header exactly ``<https://...>`` on one line (never RFC 2047
 encoded words, which the standard policy makes of a long URI) and ``List-Unsubscribe-Post:
 List-Unsubscribe=One-Click``; through the real worker to an aiosmtpd server, and to SES (aws-ses-v2-local's
-store). Transactional mail carries neither."""
+store). Bulk mail also shows the link in a footer of its text and HTML, which a company can restyle;
+transactional mail carries neither header nor footer."""
 from __future__ import annotations
 
 import re
@@ -11,7 +12,7 @@ from email.parser import BytesParser
 
 import pytest
 
-from core import companies
+from core import companies, unsubscribe
 from core.db import db
 from core.unsubscribe import unsubscribe_url
 from tests.support.app import run_worker_burst
@@ -51,6 +52,11 @@ def head_lines(raw: bytes) -> list[bytes]:
     return raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
 
 
+def parts(mail) -> tuple[str, str]:
+    parsed = mail.message  # the bodies with LF line ends, as a mail client shows them
+    return parsed.get_body(("plain",)).get_content(), parsed.get_body(("html",)).get_content()
+
+
 def test_smtp_writes_the_header_as_a_plain_uri_on_one_line(client, app, company, sink, public_url):
     post(client, company, ["ann.longer-address@example-learners.com"])
     run_worker_burst(app)
@@ -84,10 +90,45 @@ def test_ses_gets_the_header_as_a_plain_uri(client, app, make_company, ses, publ
         assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
 
 
-def test_password_mail_has_no_unsubscribe_header(client, app, company, sink, public_url):
+def test_password_mail_has_no_unsubscribe_header_and_no_footer(client, app, company, sink, public_url):
     body = {"type": "csv_import", "subject": "Welcome {{ firstname }}", "body_text": "Your password: {{ password }}",
+            "body_html": "<p>Your password: {{ password }}</p>",
             "recipients": [{"email": "ann@example-learners.com", "data": {"firstname": "Ann", "password": "pw-1"}}]}
     assert client.post("/api/v1/jobs", json=body, headers=company.auth).status_code == 202
     run_worker_burst(app)
     (mail,) = sink.messages
     assert not [line for line in head_lines(mail.data) if line.lower().startswith(b"list-unsubscribe")]
+    text, html = parts(mail)
+    assert text == "Your password: pw-1\n" and html == "<p>Your password: pw-1</p>\n"
+
+
+def test_bulk_mail_shows_the_link_in_a_footer_of_both_bodies(client, app, company, sink, public_url):
+    post(client, company, ["ann@example-learners.com"])
+    run_worker_burst(app)
+    (mail,) = sink.messages
+    url = unsubscribe_url(company.id, "ann@example-learners.com")
+    text, html = parts(mail)
+    assert text == f"Come back, Ann!\n\n--\nDon't want these emails? Unsubscribe: {url}\n"
+    assert html.startswith("<p>Come back, Ann!</p><p style=") and f'<a href="{url}"' in html
+    # following the footer's link is the same unsubscribe as the header's
+    assert client.post(url[len(PUBLIC_URL):]).status_code == 200
+
+
+def test_a_company_restyles_its_footer_and_a_footer_without_the_link_is_refused(client, app, company, sink,
+                                                                                 public_url):
+    with pytest.raises(ValueError, match="must show the link"):
+        companies.configure(company.company, {"unsubscribe_footer_text": "Bye!"})
+    with pytest.raises(ValueError, match="may use only"):
+        companies.configure(company.company, {"unsubscribe_footer_text": "{{ firstname }}: {{ unsubscribe_url }}"})
+    companies.configure(company.company, {
+        "unsubscribe_footer_text": "Acme Learning · leave the list: {{ unsubscribe_url }}",
+        "unsubscribe_footer_html": '<div class="foot"><a href="{{ unsubscribe_url }}">Leave the list</a></div>'})
+    db.session.commit()
+    post(client, company, ["bob@example-learners.com"], body_html="<html><body><p>Hi</p></body></html>")
+    run_worker_burst(app)
+    (mail,) = sink.messages
+    url = unsubscribe_url(company.id, "bob@example-learners.com")
+    text, html = parts(mail)
+    assert text.endswith(f"\n\nAcme Learning · leave the list: {url}\n")
+    assert html == f'<html><body><p>Hi</p><div class="foot"><a href="{url}">Leave the list</a></div></body></html>\n'
+    assert unsubscribe.DEFAULT_FOOTER_TEXT not in text
