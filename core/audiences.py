@@ -21,6 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from core import crypto
+from core import fields as fields_of
 from core.db import db
 from core.lms import connection as lms_connection
 from core.models import CampaignSettings, Company
@@ -108,9 +109,7 @@ def build_audience(upload: Upload, mapping: dict) -> Audience:
     if mapping.get("email") not in columns:
         raise AudienceError("choose the column that holds the email address")
     fields = {f: columns[c] for f, c in (mapping.get("fields") or {}).items() if c in columns}
-    # a field no column fills is sent blank only once the user has said so (the review page asks);
-    # it is an explicit "" here, so the strict render sees a value, not a missing variable
-    blanks = {f: "" for f, c in (mapping.get("fields") or {}).items() if c not in columns}
+    # a field no column fills is absent, never blank: the template's default applies, or the job is refused
     bad = list(upload.problems)
     seen: dict[str, int] = {}
     recipients = []
@@ -124,7 +123,7 @@ def build_audience(upload: Upload, mapping: dict) -> Audience:
             bad.append((line, f"duplicate of line {seen[email.lower()]}"))
         else:
             seen[email.lower()] = line
-            recipients.append({"email": email, "data": {**blanks, **{f: values[i] for f, i in fields.items()}}})
+            recipients.append({"email": email, "data": {f: values[i] for f, i in fields.items()}})
     return Audience(recipients, sorted(bad))
 
 
@@ -134,6 +133,25 @@ def template_fields(subject: str | None, body_text: str | None, body_html: str |
         return sorted(CompiledTemplate(subject or "", body_text, body_html).variables)
     except RenderError:  # a broken template: create_job reports it properly
         return []
+
+
+def template_required(subject: str | None, body_text: str | None, body_html: str | None) -> tuple[str, ...]:
+    """The variables a template uses without a default: each message needs a value for them."""
+    try:
+        return CompiledTemplate(subject or "", body_text, body_html).required
+    except RenderError:
+        return ()
+
+
+def lacking_rows(job_type: str, required: tuple[str, ...], recipients: list[dict]) -> dict[str, list[str]]:
+    """Address → the fields its row leaves blank or out (``core.fields.missing``): such a row is not sent."""
+    bulk = job_type == "reengagement"
+    found = {}
+    for rcpt in recipients:
+        lacking = fields_of.missing(job_type, required, rcpt["data"], bulk=bulk)
+        if lacking:
+            found[rcpt["email"]] = lacking
+    return found
 
 
 def masked(data: dict) -> dict:

@@ -38,12 +38,12 @@ from datetime import datetime, timedelta
 from redis import Redis, RedisError
 from sqlalchemy import Engine, func, select, text
 
-from core import audit, crypto, settings
+from core import audit, crypto, fields, settings
 from core.companies import authenticate_token
 from core.db import db
 from core.groupcommit import GroupCommit, NotStored
-from core.jobs import SERVICE_VARIABLES, JobError, create_job, parse_time
-from core.models import Company, Template, WaitingEvent, sha256_hex, utcnow
+from core.jobs import JobError, create_job, parse_time, service_sample
+from core.models import Company, Template, WaitingEvent, is_bulk, sha256_hex, utcnow
 from core.queue import connection, release_events_closer, schedule_events_close
 from core.rendering import PREVIEW_BUDGET_S, CompiledTemplate, RenderError, valid_email
 from core.submissions import Closers, due_at
@@ -150,12 +150,13 @@ class _TemplateCheck:
 
 
 def _missing(compiled: CompiledTemplate, job_type: str, data: dict) -> list[str]:
-    return compiled.missing({**SERVICE_VARIABLES.get(job_type, {}), **data})
+    """What the event's data lacks for its mail (``core.fields``: the template's variables, the type's fields)."""
+    return fields.missing(job_type, compiled.required, data, bulk=is_bulk(job_type, None))
 
 
 def _sample_render(tpl_parts: tuple, job_type: str, data: dict) -> None:
     """Render the template with this event's data once (errors a 400 now); raises ``EventError``."""
-    sample = {**SERVICE_VARIABLES.get(job_type, {}), **data}
+    sample = {**service_sample(job_type, is_bulk(job_type, None)), **data}
     try:
         CompiledTemplate.checked(*tpl_parts, sample, PREVIEW_BUDGET_S)
     except RenderError as exc:
@@ -231,8 +232,8 @@ class Intake:
             raise EventError("no_template", f"no template for {event.job_type}", {"job_type": event.job_type})
         missing = _missing(check.compiled, event.job_type, event.data)
         if missing:
-            raise EventError("missing_fields", f"data has no {', '.join(missing)}, which the template uses",
-                             {"fields": missing})
+            raise EventError(fields.MISSING, f"data has no {', '.join(missing)}, which the mail needs: nothing is "
+                                             "sent with a blank", {"fields": missing})
         if not check.rendered_once or check.broken:
             try:
                 _sample_render(check.parts, event.job_type, event.data)
@@ -383,7 +384,8 @@ def close_window(company_id: int, job_type: str, *, now: datetime | None = None)
     for group in groups:
         group_ids = [i for i, _ in group]
         try:
-            job, _ = create_job(company_id, {"type": job_type, "template": tpl.name,
+            # each event was checked when it came; a template changed since fails only the events it must
+            job, _ = create_job(company_id, {"type": job_type, "template": tpl.name, "on_missing": "fail_recipient",
                                              "recipients": [r for _, r in group]},
                                 source="event", max_recipients=cfg.max_recipients,
                                 before_commit=lambda job, ids=group_ids: _delete(ids))

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, UTC
 from sqlalchemy import text, update
 from sqlalchemy.exc import IntegrityError
 
-from core import audit, reputation, suppressions, usage
+from core import audit, fields, reputation, suppressions, usage
 from core.prices import Estimate
 from core.bulk import insert_recipients
 from core.counts import job_counts
@@ -48,6 +48,8 @@ class JobRequest:
     send_at: datetime | None = None
     options: dict | None = None
     priority: str = "transactional"
+    #: a recipient whose data lacks a field: ``reject`` the request (400), or ``fail_recipient`` alone
+    on_missing: str = "reject"
 
 
 def parse_request(payload) -> JobRequest:
@@ -69,10 +71,14 @@ def parse_request(payload) -> JobRequest:
     elif priority not in PRIORITIES:
         raise JobError("invalid_priority", f"priority must be one of {', '.join(PRIORITIES)}",
                        {"priority": priority})
+    on_missing = payload.get("on_missing") or "reject"
+    if on_missing not in fields.ON_MISSING:
+        raise JobError("invalid_field", f"on_missing must be one of {', '.join(fields.ON_MISSING)}",
+                       {"on_missing": on_missing})
     return JobRequest(type=jtype, recipients=recipients, subject=payload.get("subject"),
                       body_text=payload.get("body_text"), body_html=payload.get("body_html"),
                       template=payload.get("template"), send_at=parse_time(payload.get("send_at"), "send_at"),
-                      options=parse_options(payload), priority=str(priority))
+                      options=parse_options(payload), priority=str(priority), on_missing=on_missing)
 
 
 JOB_OPTIONS = {"certificate_delivery": ("link", "attachment")}
@@ -123,31 +129,84 @@ SERVICE_VARIABLES = {
                     "certificate_url": "https://example.invalid/certificates/SAMPLE0CODE000000000/download",
                     "verify_url": "https://example.invalid/verify/SAMPLE0CODE000000000"},
 }
+#: what bulk mail's sample render gets for the unsubscribe link the service adds to each recipient
+SAMPLE_UNSUBSCRIBE_URL = "https://example.invalid/u/SAMPLE"
+
+
+def service_sample(job_type: str | None, bulk: bool) -> dict:
+    """Stand-ins for what the service adds to a recipient's data of this kind of mail."""
+    found = dict(SERVICE_VARIABLES.get(job_type or "", {}))
+    if bulk:
+        found["unsubscribe_url"] = SAMPLE_UNSUBSCRIBE_URL
+    return found
 
 
 def compile_checked(subject, text_body, html_body, sample: dict | None,
-                    job_type: str | None = None) -> CompiledTemplate:
+                    job_type: str | None = None, bulk: bool = False) -> CompiledTemplate:
     """Compile and test-render once, so template errors are a 400 now, not failures later."""
     try:
-        if job_type in SERVICE_VARIABLES:
-            sample = {**SERVICE_VARIABLES[job_type], **(sample if isinstance(sample, dict) else {})}
+        sample = {**service_sample(job_type, bulk), **(sample if isinstance(sample, dict) else {})}
         compiled, _ = CompiledTemplate.checked(subject, text_body, html_body, sample, PREVIEW_BUDGET_S)
     except RenderError as exc:
         raise JobError("template_error", str(exc), {"part": exc.part}) from None
     return compiled
 
 
+def compile_only(subject, text_body, html_body) -> CompiledTemplate:
+    """Compile (no render); a template error is a ``JobError``."""
+    try:
+        return CompiledTemplate(subject, text_body, html_body)
+    except RenderError as exc:
+        raise JobError("template_error", str(exc), {"part": exc.part}) from None
+
+
+def lacking_fields(job_type: str, compiled: CompiledTemplate, recipients: list, *, bulk: bool) -> dict[int, list[str]]:
+    """Index → the fields that recipient's data lacks (``core.fields.missing``), for the recipients
+    that would be sent (the others fail for their shape or address)."""
+    found = {}
+    uses = compiled.required
+    for index, item in enumerate(recipients):
+        if not isinstance(item, dict):
+            continue
+        data = item.get("data")
+        if data is not None and not isinstance(data, dict) or not valid_email(str(item.get("email") or "").strip()):
+            continue
+        lacking = fields.missing(job_type, uses, data, bulk=bulk)
+        if lacking:
+            found[index] = lacking
+    return found
+
+
+def missing_error(recipients: list, lacking: dict[int, list[str]]) -> JobError:
+    """The 400 for recipients with missing fields: the fields, how many, and the first recipients."""
+    names = sorted({name for found in lacking.values() for name in found})
+    first = [{"index": i, "email": str(recipients[i].get("email"))[:320], "fields": lacking[i]}
+             for i in sorted(lacking)[:fields.NAMED_RECIPIENTS]]
+    shown = "; ".join(f"recipient {r['index']} ({r['email']}): {', '.join(r['fields'])}" for r in first[:3])
+    more = f"; and {len(lacking) - 3} more" if len(lacking) > 3 else ""
+    count = len(lacking)
+    message = (f"{count} recipient{'s' if count != 1 else ''} lack{'s' if count == 1 else ''} "
+               f"{', '.join(names)}, which the mail needs ({shown}{more}). Nothing was sent with a blank: add the "
+               "fields to each recipient's data, or send \"on_missing\": \"fail_recipient\" to fail those "
+               "recipients alone and send the rest.")
+    return JobError(fields.MISSING, message, {"fields": names, "count": count, "recipients": first})
+
+
 def classify_recipients(company_id: int, job_id: int, items: list, *, bulk: bool,
-                        distinct: bool = True) -> tuple[list[tuple], dict]:
+                        distinct: bool = True, lacking: dict[int, list[str]] | None = None) -> tuple[list[tuple], dict]:
     """Rows for ``insert_recipients`` and counts by status. Bad entries are kept
     as failed recipients with a reason; duplicates (when ``distinct``) and
     suppressed addresses too, naming the suppression list that stopped them
-    (the lists that apply to ``bulk`` mail or to transactional mail)."""
+    (the lists that apply to ``bulk`` mail or to transactional mail); ``lacking``
+    (index → fields) fail for the fields their data lacks."""
     suppressed = suppressions.suppressed_addresses(company_id, bulk)
     seen: set[str] = set()
     rows, counts = [], {R_PENDING: 0, R_FAILED: 0, R_SUPPRESSED: 0}
-    for item in items:
+    lacking = lacking or {}
+    for index, item in enumerate(items):
         email, data, status, error = _one_recipient(item)
+        if status == R_PENDING and index in lacking:
+            status, error = R_FAILED, fields.describe_missing(lacking[index])
         if status == R_PENDING:
             key = email.lower()
             if key in suppressed:
@@ -207,9 +266,16 @@ def create_job(company_id: int, payload, *, idempotency_key: str | None = None, 
         raise JobError("too_many_recipients", f"at most {max_recipients} recipients per job",
                        {"count": len(req.recipients)})
     subject, text_body, html_body = resolve_content(company_id, req)
-    first = req.recipients[0]
+    bulk = is_bulk(req.type, req.priority)
+    # every recipient's data against what the mail needs (core.fields), before anything is stored
+    lacking = lacking_fields(req.type, compile_only(subject, text_body, html_body), req.recipients, bulk=bulk)
+    if lacking and req.on_missing != "fail_recipient":
+        raise missing_error(req.recipients, lacking)
+    # the sample render: the first recipient that is to be sent (or the first one, whose error it shows)
+    first = next((r for i, r in enumerate(req.recipients) if i not in lacking and isinstance(r, dict)),
+                 req.recipients[0])
     compile_checked(subject, text_body, html_body, first.get("data") if isinstance(first, dict) else None,
-                    req.type)
+                    req.type, bulk)
 
     job = Job(company_id=company_id, type=req.type, status=QUEUED, source=source, subject=subject,
               body_text=text_body, body_html=html_body, template_name=req.template, send_at=req.send_at,
@@ -221,8 +287,8 @@ def create_job(company_id: int, payload, *, idempotency_key: str | None = None, 
     except IntegrityError:  # a concurrent request with the same key won
         db.session.rollback()
         return find_idempotent(company_id, idempotency_key), False
-    rows, counts = classify_recipients(company_id, job.id, req.recipients, bulk=is_bulk(job.type, job.priority),
-                                       distinct=distinct)
+    rows, counts = classify_recipients(company_id, job.id, req.recipients, bulk=bulk, distinct=distinct,
+                                       lacking=lacking)
     insert_recipients(rows)
     job.email_count = len(rows)
     job.emails_failed = counts[R_FAILED]
@@ -287,7 +353,8 @@ def retry_failed(job: Job) -> int:
         raise JobError("job_not_final", "only a finished job's failed recipients can be retried")
     ids = list(db.session.execute(text(
         f"SELECT id FROM recipients WHERE job_id = :j AND status = '{R_FAILED}' "
-        "AND (error IS NULL OR error NOT IN ('invalid_email', 'invalid_recipient', 'invalid_data', 'duplicate')) "
+        "AND (error IS NULL OR error NOT IN ('invalid_email', 'invalid_recipient', 'invalid_data', 'duplicate') "
+        f"AND error NOT LIKE '{fields.MISSING}:%') "  # the same data would lack the same fields
         "ORDER BY id"), {"j": job.id}).scalars())
     if not ids:
         return 0

@@ -57,6 +57,7 @@ ERROR_PREFIX = {
     "render_error": "The template could not be rendered", "certificate_error": "The certificate could not be made",
     "message_too_large": "The message is too large", "bounce": "Bounced", "certificates": "Certificates",
     "paused": "Paused", "template_error": "Template error",
+    "missing_fields": "Not sent: its data lacks fields the mail needs",
 }
 #: each suppression list: what put an address there and what it stops
 SUPPRESSION_LIST = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from core import audit
+from core import audit, fields, labels
 from core.db import db
 from core.models import JOB_TYPES, Template, utcnow
 from core.rendering import CompiledTemplate, RenderError
@@ -53,18 +53,29 @@ def parse(payload) -> dict:
     if jtype is not None and jtype not in JOB_TYPES:
         raise TemplateError("invalid_type", f"type must be one of {', '.join(JOB_TYPES)}")
     try:
-        CompiledTemplate(payload.get("subject") or "", payload.get("body_text"), payload.get("body_html"))
+        compiled = CompiledTemplate(payload.get("subject") or "", payload.get("body_text"), payload.get("body_html"))
     except RenderError as exc:
         raise TemplateError("template_error", str(exc), {"part": exc.part}) from None
+    check = check_fields(jtype, compiled.variables)
+    if check.errors:
+        raise TemplateError("template_fields", " ".join(check.errors), {"fields": check.not_used})
     return {"job_type": jtype, "subject": payload["subject"], "body_text": payload.get("body_text"),
-            "body_html": payload.get("body_html")}
+            "body_html": payload.get("body_html"), "warnings": check.warnings}
+
+
+def check_fields(job_type: str | None, variables) -> fields.TemplateCheck:
+    """A template's variables against its job type's fields (``core.fields``), in words."""
+    return fields.check_template(job_type, variables, labels.label("job_type", job_type) if job_type else "")
 
 
 def save(company_id: int, name: str, payload) -> tuple[Template, bool]:
-    """Create or replace the company's template ``name``; returns (template, created)."""
+    """Create or replace the company's template ``name``; returns (template, created). A template that
+    does not use a field its type must deliver is refused; names its type does not know are
+    ``tpl.warnings`` (words)."""
     if not NAME_RE.match(name or ""):
         raise TemplateError("invalid_name", "a template name has 1 to 100 letters, digits, spaces, _ . or -")
     values = parse(payload)
+    warnings = values.pop("warnings")
     tpl = find(company_id, name)
     created = tpl is None
     if created:
@@ -77,6 +88,7 @@ def save(company_id: int, name: str, payload) -> tuple[Template, bool]:
     audit.record("template_created" if created else "template_changed", company_id=company_id,
                  object_type="template", object_id=tpl.id, details={"name": name})
     db.session.commit()
+    tpl.warnings = warnings  # not stored: what the save answers
     return tpl, created
 
 

@@ -32,14 +32,15 @@ from providers.smtp import SmtpProvider
 DEMO_COMPANY = "Demo Company"
 DEMO_ADMIN = "admin@example.com"
 DEMO_SENDER = "noreply@demo.example"
-#: one template per job type, seeded with the demo company
+#: one template per job type, seeded with the demo company; their variables are the job types' fields
+#: (core.fields: a test holds each one to its type's table)
 DEMO_TEMPLATES = {
     "csv_import": ("welcome", "Welcome to {{ site | default('the academy') }}, {{ firstname }}",
                    "Hi {{ firstname }},\n\nyour account is ready. Your password is {{ password }}.\n"),
     "license_allocation": ("license-allocated", "A course license for you, {{ firstname }}",
-                           "Hi {{ firstname }},\n\nyou have been given a license for {{ course }}.\n"),
+                           "Hi {{ firstname }},\n\nyou have been given a license for {{ course_name }}.\n"),
     "reengagement": ("come-back", "We miss you, {{ firstname }}",
-                     "Hi {{ firstname }},\n\nyour course {{ course }} is waiting for you.\n"),
+                     "Hi {{ firstname }},\n\nyour courses are waiting: sign in and pick up where you left off.\n"),
     "notification": ("notice", "{{ subject_line | default('A message from the academy') }}",
                      "Hi {{ firstname }},\n\n{{ message | default('You have a new notification.') }}\n"),
     # the certificate's own fields (course_name, learner_name), which the PDF needs anyway

@@ -206,7 +206,7 @@ def _take(company_id: int, template: str, rows, result: CompletionsResult, marks
             finish_chunk()
             db.session.commit()
         for n, members in enumerate(lists):
-            payload = {"type": "certificate", "template": template,
+            payload = {"type": "certificate", "template": template, "on_missing": "fail_recipient",
                        "recipients": [{"email": r.email.strip(), "data": _learner(r)} for r in members]}
 
             def record(job: Job, members=members, final=n == len(lists) - 1) -> None:

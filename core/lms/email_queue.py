@@ -384,7 +384,8 @@ def _make_job(company_id: int, kind: str, members: list[Outcome]) -> Job:
         order.append((o, o.email, None))
         order += [(o, address, copy_kind) for address, copy_kind in o.copies]
     payload = {"type": kind, "priority": "transactional", "subject": SUBJECT, "body_text": BODY_TEXT,
-               "body_html": BODY_HTML, "recipients": [{"email": email, "data": o.data} for o, email, _ in order]}
+               "body_html": BODY_HTML, "on_missing": "fail_recipient",
+               "recipients": [{"email": email, "data": o.data} for o, email, _ in order]}
 
     def link(job: Job) -> None:
         """In the job's own transaction: the lms_email_rows and lms_email_copies rows, tied to recipients."""

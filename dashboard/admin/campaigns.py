@@ -21,7 +21,7 @@ from sqlalchemy import select
 from werkzeug.formparser import FormDataParser
 from wtforms.validators import ValidationError
 
-from core import audiences, labels, settings
+from core import audiences, labels, settings, unsubscribe
 from dashboard.admin.base import SecureBaseView, scope
 from dashboard.admin.suppressions import company_or_404
 from core.models import CampaignSettings  # noqa: F401  (tables in the metadata)
@@ -77,14 +77,20 @@ def chosen_template(raw) -> Template:
     return get_or_404(Template, raw, scope())
 
 
-def render_preview(tpl: Template, recipients: list[dict], secret_fields=()) -> list[dict]:
-    """The first messages, rendered with password-like fields masked (one preview budget for them all)."""
-    compiled = CompiledTemplate(tpl.subject, tpl.body_text, tpl.body_html)
+def render_preview(tpl: Template, recipients: list[dict], secret_fields=(), *, bulk: bool = False) -> list[dict]:
+    """The first messages, rendered with password-like fields masked (one preview budget for them all);
+    ``bulk`` mail as it goes out: with the company's unsubscribe footer and each recipient's link."""
+    text, html = tpl.body_text, tpl.body_html
+    if bulk:
+        text, html = unsubscribe.with_footer(tpl.company_id, text, html)
+    compiled = CompiledTemplate(tpl.subject, text, html)
     first = recipients[:PREVIEW_COUNT]
     datas = []
     for rcpt in first:
         data = audiences.masked(rcpt["data"])
         data.update({k: audiences.MASK for k in secret_fields if data.get(k) not in (None, "")})
+        if bulk:
+            data[unsubscribe.VARIABLE] = unsubscribe.unsubscribe_url(tpl.company_id, rcpt["email"])
         datas.append(data)
     shown = []
     for rcpt, msg in zip(first, compiled.render_many(datas, budget_s=PREVIEW_BUDGET_S), strict=True):
@@ -96,9 +102,10 @@ def render_preview(tpl: Template, recipients: list[dict], secret_fields=()) -> l
     return shown
 
 
-def unmapped_fields(mapping: dict) -> list[str]:
-    """Template fields no CSV column fills (they would render blank)."""
-    return sorted(f for f, column in mapping["fields"].items() if not column)
+def unmapped_fields(mapping: dict, required: tuple[str, ...] | None = None) -> list[str]:
+    """Template fields no CSV column fills; with ``required``, only those the template has no default for
+    (a message cannot be made without them: nothing is sent with a blank)."""
+    return sorted(f for f, column in mapping["fields"].items() if not column and (required is None or f in required))
 
 
 def parse_send_at(raw: str | None) -> datetime | None:
@@ -119,7 +126,8 @@ def parse_send_at(raw: str | None) -> datetime | None:
 def queue_job(company_id: int, jtype: str, tpl: Template, recipients: list[dict],
               send_at: datetime | None = None) -> Job:
     """Create the job through ``create_job`` (source dashboard) and queue it."""
-    payload = {"type": jtype, "template": tpl.name, "recipients": recipients,
+    # a row whose data lacks a field the mail needs is a failed recipient with the reason; the rest are sent
+    payload = {"type": jtype, "template": tpl.name, "recipients": recipients, "on_missing": "fail_recipient",
                "send_at": send_at.isoformat() if send_at else None}
     job, _ = create_job(company_id, payload, source="dashboard", user_id=current_user.id,
                         max_recipients=settings.current().max_recipients)
@@ -204,11 +212,13 @@ class CampaignsView(SecureBaseView):
         except audiences.AudienceError as exc:
             return self.review(upload, tpl, fields, mapping, None, str(exc)), 400
         if request.method == "POST":
-            unmapped = unmapped_fields(mapping)
-            if unmapped and not request.form.get("allow_blank"):
+            unmapped = unmapped_fields(mapping, audiences.template_required(tpl.subject, tpl.body_text,
+                                                                            tpl.body_html))
+            if unmapped:
                 return self.review(upload, tpl, fields, mapping, built,
                                    f"Not sent: the template uses {', '.join(unmapped)}, which no CSV column fills. "
-                                   "Map a column, or tick “send with these blank”."), 400
+                                   "Map a column, or give the template a default "
+                                   f"({{{{ {unmapped[0]} | default('...') }}}}): nothing is sent with a blank."), 400
             return self.import_confirm(upload, tpl, built)
         return self.review(upload, tpl, fields, mapping, built, None)
 
@@ -222,15 +232,18 @@ class CampaignsView(SecureBaseView):
 
     def review(self, upload, tpl, fields, mapping, built, error):
         secret = [f for f, c in mapping["fields"].items() if audiences.SECRET_FIELD.search(c or "")]
-        preview = []
-        if built is not None:
+        required = audiences.template_required(tpl.subject, tpl.body_text, tpl.body_html)
+        unmapped = unmapped_fields(mapping, required)
+        preview, lacking = [], {}
+        if built is not None and not unmapped:
+            lacking = audiences.lacking_rows("csv_import", required, built.recipients)
             try:
-                preview = render_preview(tpl, built.recipients, secret)
+                preview = render_preview(tpl, [r for r in built.recipients if r["email"] not in lacking], secret)
             except RenderError as exc:
                 error = f"the template cannot render: {labels.template_error(exc.part, exc.message)}"
         return self.render("campaigns/import_review.html", upload=upload, tpl=tpl, fields=fields,
-                           mapping=mapping, built=built, preview=preview, error=error,
-                           unmapped=unmapped_fields(mapping))
+                           mapping=mapping, built=built, preview=preview, error=error, unmapped=unmapped,
+                           lacking=lacking)
 
     def import_confirm(self, upload, tpl, built):
         if not built.recipients:
@@ -253,7 +266,7 @@ class CampaignsView(SecureBaseView):
         try:
             send_at = parse_send_at(request.form.get("send_at"))
             choice, recipients, bad_rows, upload_id = self.reengagement_audience(tpl)
-            preview = render_preview(tpl, recipients)
+            preview = render_preview(tpl, recipients, bulk=True)
         except RenderError as exc:
             return self.reengagement_form(labels.template_error(exc.part, exc.message)), 400
         except audiences.BufferFull as exc:

@@ -13,7 +13,7 @@ from redis import RedisError
 from sqlalchemy import func, select
 from wtforms import SelectField
 
-from core import audit, labels
+from core import audit, fields, labels, templates
 from dashboard.admin.base import TenantModelView, scope
 from core.db import db
 from core.models import JOB_TYPES, Company, Template
@@ -98,10 +98,14 @@ class TemplateView(TenantModelView):
         if not ok or not hasattr(form, "subject"):
             return ok
         try:
-            CompiledTemplate(form.subject.data, form.body_text.data, form.body_html.data)
+            compiled = CompiledTemplate(form.subject.data, form.body_text.data, form.body_html.data)
         except RenderError as exc:
             target = getattr(form, exc.part, None) if exc.part in PARTS else form.body_text
             target.errors = [*target.errors, labels.template_error(exc.part, exc.message)]
+            return False
+        check = templates.check_fields(form.job_type.data or None, compiled.variables)
+        if check.errors:  # the type's field the mail must deliver (core.fields)
+            form.job_type.errors = [*form.job_type.errors, *check.errors]
             return False
         if self._name_taken(form):
             form.name.errors = [*form.name.errors, "a template with this name exists in the company"]
@@ -130,6 +134,8 @@ class TemplateView(TenantModelView):
         model.job_type = model.job_type or None
 
     def after_model_change(self, form, model, is_created):
+        for warning in templates.check_fields(model.job_type, template_variables(model)).warnings:
+            flash(f"Saved, but: {warning}", "warning")
         audit.record("template_created" if is_created else "template_updated", company_id=model.company_id,
                      object_type="template", object_id=model.id, details={"name": model.name})
         db.session.commit()
@@ -151,6 +157,8 @@ class TemplateView(TenantModelView):
             parsed, error = parse_sample(raw)
             sample = parsed if parsed is not None else sample
         rendered = None
+        if error is None:
+            error = _lacking_words(tpl, sample)
         if error is None:
             try:
                 _, rendered = CompiledTemplate.checked(tpl.subject, tpl.body_text, tpl.body_html, sample,
@@ -190,6 +198,22 @@ class TemplateView(TenantModelView):
             flash(error, "error")
             return redirect(url_for(".preview", template_id=tpl.id))
         return redirect(url_for(".preview", template_id=tpl.id, check=check_id) + "#checks")
+
+
+def _lacking_words(tpl: Template, sample) -> str | None:
+    """The fields the sample lacks or leaves blank (``core.fields``), in words: a recipient like it is not
+    sent, so the preview shows this instead of a message with a blank. None when it has them all."""
+    try:
+        required = CompiledTemplate(tpl.subject, tpl.body_text, tpl.body_html).required
+    except RenderError:
+        return None  # the render says what is wrong
+    lacking = fields.missing(tpl.job_type, required, sample)
+    if not lacking:
+        return None
+    undefined = "; ".join(f"'{name}' is undefined" for name in lacking if name not in (sample or {}))
+    return (f"The sample data has no {', '.join(lacking)}, which this mail needs: a recipient without "
+            f"{'it' if len(lacking) == 1 else 'them'} is not sent (nothing is sent with a blank)"
+            + (f" ({undefined})." if undefined else "."))
 
 
 def _company_name(company_id: int) -> str:

@@ -10,6 +10,7 @@ import os
 
 from flask import current_app, jsonify, render_template
 
+from core import fields
 from core.models import JOB_TYPES, JobStatus, RecipientStatus
 from dashboard.api.base import bp
 
@@ -80,7 +81,13 @@ SCHEMAS = {
         "template": {"type": "string", "description": "a stored template's name, instead of subject/body_*"},
         "recipients": {"type": "array", "minItems": 1, "items": {"type": "object", "properties": {
             "email": {"type": "string"}, "data": {"type": "object"}}}},
-        "send_at": STAMP, "certificate_delivery": {"enum": ["link", "attachment"]}}},
+        "send_at": STAMP, "certificate_delivery": {"enum": ["link", "attachment"]},
+        "on_missing": {"enum": list(fields.ON_MISSING), "default": "reject", "description":
+                       "a recipient whose data lacks a field the mail needs (a variable the template uses without "
+                       "a default, or its type's required field: `#/components/schemas/Fields_<type>`): `reject` "
+                       "answers 400 `missing_fields` naming the fields and the first recipients, and stores "
+                       "nothing; `fail_recipient` keeps such a recipient as failed (`missing_fields: <names>`) "
+                       "and sends the rest. Nothing is ever sent with a blank."}}},
     "Event": {"type": "object", "required": ["event", "email"], "properties": {
         "event": {"enum": ["user_created", "license_allocated", "reengagement_campaign_triggered",
                            "course_completed"]},
@@ -97,6 +104,10 @@ SCHEMAS = {
         "body_text": {"type": ["string", "null"]}, "body_html": {"type": ["string", "null"]},
         "name": {"type": "string", "description": "ignored: the name is the path's"}},
         "description": "Jinja2 (sandboxed) in every part; body_text or body_html is required"},
+    "TemplateSaved": {"allOf": [ref("Template"), {"type": "object", "required": ["warnings"], "properties": {
+        "warnings": {"type": "array", "items": {"type": "string"},
+                     "description": "names the template's type does not know, in words (`Fields_<type>`): "
+                                    "saved, but every recipient's data must carry them"}}}]},
     "TemplateList": {"type": "object", "required": ["templates"], "properties": {
         "templates": {"type": "array", "items": ref("Template")}}},
     "Verification": {"type": "object", "required": ["code", "status", "valid", "holder", "course", "issued_on"],
@@ -107,6 +118,31 @@ SCHEMAS = {
                          "expires_on": {"type": ["string", "null"], "format": "date"},
                          "revoked_on": {"type": ["string", "null"], "format": "date"}}},
 }
+
+
+def _fields_schema(job_type: str, spec: fields.TypeFields) -> dict:
+    """One job type's recipient data: what it must carry, what it may, what the service adds."""
+    names = (*spec.required, *spec.template_must_use, *spec.optional, *spec.alternatives_flat)
+    properties = {name: {"description": fields.DESCRIPTIONS.get(name, name)} for name in dict.fromkeys(names)}
+    words = [f"The `data` of a `{job_type}` recipient."]
+    if spec.required:
+        stand_ins = "".join(f" (instead of `{k}`: {' or '.join(f'`{a}`' for a in v)})"
+                            for k, v in spec.alternatives.items())
+        words.append(f"Every recipient carries {', '.join(f'`{n}`' for n in spec.required)}, not blank{stand_ins}.")
+    if spec.template_must_use:
+        words.append(f"A stored template of this type must use {', '.join(f'`{n}`' for n in spec.template_must_use)}"
+                     "; where the template uses it, it must not be blank.")
+    if spec.service:
+        words.append(f"The service adds {', '.join(f'`{n}`' for n in spec.service)} itself.")
+    words.append("Any other name is the LMS's own." if spec.open else
+                 "Another name is a warning when a template is saved; every recipient must then carry it.")
+    return {"type": "object", "description": " ".join(words),
+            "required": [n for n in spec.required if n not in spec.alternatives],
+            "properties": properties, "x-added-by-the-service": list(spec.service),
+            "x-template-must-use": list(spec.template_must_use)}
+
+
+SCHEMAS.update({f"Fields_{t}": _fields_schema(str(t), spec) for t, spec in fields.TYPES.items()})
 
 
 def op(summary: str, responses: dict, *, params=(), request=None, public: bool = False, op_id: str) -> dict:
@@ -132,8 +168,11 @@ DOCUMENT = {
     "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}, "schemas": SCHEMAS},
     "paths": {
         "/jobs": {
-            "post": op("Create a job and queue it", {"202": body(ref("Job"), "the job (the first one again for a "
-                                                                             "repeated Idempotency-Key)")},
+            "post": op("Create a job and queue it (each recipient's data: `Fields_<type>`)",
+                       {"202": body(ref("Job"), "the job (the first one again for a repeated Idempotency-Key)"),
+                        "400": error("a bad request: `missing_fields` (details: `fields`, `count`, `recipients`: "
+                                     "the first ones' `index`, `email` and `fields`), `template_error`, ..."),
+                        "503": error("`renderer_unavailable`: templates cannot be rendered right now (Retry-After)")},
                        params=[{"name": "Idempotency-Key", "in": "header", "schema": {"type": "string",
                                                                                      "maxLength": 255}}],
                        request=ref("NewJob"), op_id="createJob"),
@@ -167,8 +206,9 @@ DOCUMENT = {
         "/templates/{name}": {
             "get": op("A stored template", {"200": body(ref("Template"), "the template")}, params=[TEMPLATE_NAME],
                       op_id="getTemplate"),
-            "put": op("Create or replace a template (template errors are a 400 with the reason)",
-                      {"200": body(ref("Template"), "replaced"), "201": body(ref("Template"), "created")},
+            "put": op("Create or replace a template (template errors, and a template that does not use a field "
+                      "its type must deliver (`Fields_<type>`), are a 400 with the reason)",
+                      {"200": body(ref("TemplateSaved"), "replaced"), "201": body(ref("TemplateSaved"), "created")},
                       params=[TEMPLATE_NAME], request=ref("TemplateInput"), op_id="putTemplate"),
             "delete": op("Delete a template", {"204": {"description": "deleted"}}, params=[TEMPLATE_NAME],
                          op_id="deleteTemplate")},

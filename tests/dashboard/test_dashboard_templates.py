@@ -33,7 +33,8 @@ def manager(make_company, make_user, auth, smtp):
 def create(client, **fields):
     page = client.get("/admin/templates/new/").get_data(as_text=True)
     data = {"csrf_token": csrf_from(page), "name": "welcome", "job_type": "csv_import",
-            "subject": "Welcome {{ firstname }}", "body_text": "Hi {{ firstname }}", "body_html": "", **fields}
+            "subject": "Welcome {{ firstname }}", "body_text": "Hi {{ firstname }}, password {{ password }}",
+            "body_html": "", **fields}
     return client.post("/admin/templates/new/", data=data)
 
 
@@ -101,7 +102,7 @@ def test_preview_renders_sample_data_escaped_in_a_sandboxed_iframe(client, manag
 
 
 def test_send_a_test_of_the_template(client, app, manager, smtp):
-    create(client, subject="Welcome {{ firstname }}", body_text="Hi {{ firstname }}")
+    create(client, job_type="notification", subject="Welcome {{ firstname }}", body_text="Hi {{ firstname }}")
     tpl = db.session.execute(select(Template)).scalar_one()
     page = client.get(f"/admin/templates/preview/{tpl.id}/").get_data(as_text=True)
     resp = client.post(f"/admin/templates/send-test/{tpl.id}/", headers={"Accept": "application/json"}, data={

@@ -13,8 +13,8 @@ from werkzeug.serving import make_server
 from tests.support import openapi
 from tests.support.servers import free_port
 
-WELCOME = {"type": "csv_import", "subject": "Welcome {{ firstname }}", "body_text": "Hi {{ firstname }}",
-           "body_html": "<p>Hi {{ firstname }}</p>"}
+WELCOME = {"type": "csv_import", "subject": "Welcome {{ firstname }}",
+           "body_text": "Hi {{ firstname }}, your password: {{ password }}", "body_html": "<p>Hi {{ firstname }}</p>"}
 
 
 def test_put_get_list_delete(client, company):
@@ -26,7 +26,7 @@ def test_put_get_list_delete(client, company):
     assert client.get(url, headers=company.auth).json["type"] == "csv_import"
     assert [t["name"] for t in client.get("/api/v1/templates", headers=company.auth).json["templates"]] == ["welcome"]
     job = client.post("/api/v1/jobs", json={"type": "csv_import", "template": "welcome", "recipients": [
-        {"email": "ann@example.com", "data": {"firstname": "Ann"}}]}, headers=company.auth)
+        {"email": "ann@example.com", "data": {"firstname": "Ann", "password": "pw-1"}}]}, headers=company.auth)
     assert job.status_code == 202
     assert client.delete(url, headers=company.auth).status_code == 204
     assert client.get(url, headers=company.auth).status_code == 404
@@ -91,7 +91,11 @@ def test_the_document_is_valid_openapi_31_and_true_of_the_running_app(served, co
     assert call(served, "PUT", "/api/v1/templates/welcome", json=WELCOME, headers=auth).status_code == 201
     assert call(served, "GET", "/api/v1/templates", headers=auth).status_code == 200
     job = call(served, "POST", "/api/v1/jobs", json={"type": "csv_import", "template": "welcome", "recipients": [
-        {"email": "ann@example.com", "data": {"firstname": "Ann"}}, {"email": "bad address"}]}, headers=auth).json()
+        {"email": "ann@example.com", "data": {"firstname": "Ann", "password": "pw"}}, {"email": "bad address"}]},
+        headers=auth).json()
+    missing = call(served, "POST", "/api/v1/jobs", json={"type": "csv_import", "template": "welcome",
+                                                          "recipients": [{"email": "bo@example.com"}]}, headers=auth)
+    assert missing.status_code == 400 and missing.json()["error"] == "missing_fields"
     assert call(served, "GET", f"/api/v1/jobs/{job['id']}", headers=auth).status_code == 200
     assert call(served, "GET", "/api/v1/jobs?type=csv_import", headers=auth).status_code == 200
     assert call(served, "GET", f"/api/v1/jobs/{job['id']}/recipients?status=failed", headers=auth).status_code == 200

@@ -121,8 +121,7 @@ def test_first_run_from_the_printed_login_to_mail_in_the_outbox(browser, tmp_pat
                   for i in range(3)]
         post_job(base, token, {"type": "csv_import", "template": "welcome", "recipients": people})
         post_job(base, token, {"type": "reengagement", "template": "come-back",
-                               "recipients": [{"email": "back@example.com", "data": {"firstname": "Bo",
-                                                                                      "course": "Safety"}}]})
+                               "recipients": [{"email": "back@example.com", "data": {"firstname": "Bo"}}]})
         rows = outbox_rows(page, base, 4)
         assert sorted(rows) == ["back@example.com", "new0@example.com", "new1@example.com", "new2@example.com"]
         page.click("text=Welcome to the academy, Ann1")

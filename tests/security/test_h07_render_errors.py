@@ -47,4 +47,9 @@ def test_an_undefined_name_the_template_spells_is_named(client, company):
     resp = client.post("/api/v1/jobs", headers=company.auth, json={
         "type": "csv_import", "subject": "Hi", "body_text": "Dear {{ customer.name }}",
         "recipients": [{"email": "a@acme.test", "data": {}}]})
-    assert resp.status_code == 400 and "'customer' is undefined" in resp.get_json()["message"]
+    assert resp.status_code == 400 and "lacks customer" in resp.get_json()["message"]  # before any render
+    assert resp.get_json()["details"]["fields"] == ["customer"]
+    inside = client.post("/api/v1/jobs", headers=company.auth, json={
+        "type": "csv_import", "subject": "Hi", "body_text": "Dear {{ customer.name }}",
+        "recipients": [{"email": "a@acme.test", "data": {"customer": {}}}]})
+    assert inside.status_code == 400 and "no attribute or key 'name'" in inside.get_json()["message"]

@@ -346,8 +346,13 @@ def test_only_plain_templates_with_data_their_bound_allows_render_in_the_calling
 def test_a_sample_missing_a_variable_is_a_400_naming_it(client, company):
     resp = post_job(client, company, "Your password is {{ password }}.",
                     [{"email": "a@acme.test", "data": {"firstname": "Ann"}}])
+    assert resp.status_code == 400 and resp.get_json()["error"] == "missing_fields"
+    assert resp.get_json()["details"]["fields"] == ["password"]
+    # a value inside a field is found when the sample renders
+    resp = post_job(client, company, "Your password is {{ account.password }}.",
+                    [{"email": "a@acme.test", "data": {"account": {}}}])
     assert resp.status_code == 400
-    assert resp.get_json()["message"] == "body_text: line 1: 'password' is undefined"
+    assert resp.get_json()["message"] == "body_text: line 1: no attribute or key 'password'"
 
 
 def test_undefined_is_strict_for_tests_comparisons_and_loops_but_default_and_defined_still_work(company):
@@ -377,13 +382,14 @@ def test_a_worker_fails_the_recipient_that_lacks_a_variable_and_sends_no_blank(a
                                                                               smtp_sink):
     company = make_company(provider="smtp", sender="noreply@acme.test", smtp_host="127.0.0.1",
                            smtp_port=str(smtp_sink.port), smtp_tls="none")
-    recipients = [{"email": "full@acme.test", "data": {"password": "Pw-1"}},
-                  {"email": "blank@acme.test", "data": {}}]
-    resp = post_job(client, company, "Your password is {{ password }}.", recipients)
+    # (a field the data lacks is refused at submit; a value inside one is found as each recipient renders)
+    recipients = [{"email": "full@acme.test", "data": {"account": {"password": "Pw-1"}}},
+                  {"email": "blank@acme.test", "data": {"account": {}}}]
+    resp = post_job(client, company, "Your password is {{ account.password }}.", recipients)
     assert resp.status_code == 202
     run_worker_burst(app)
     error = db.session.execute(select(Recipient.error).where(Recipient.email == "blank@acme.test")).scalar()
-    assert error == "render_error: body_text: line 1: 'password' is undefined"
+    assert error == "render_error: body_text: line 1: no attribute or key 'password'"
     assert smtp_sink.recipients() == ["full@acme.test"]
     assert all(b"password is ." not in m.data for m in smtp_sink.messages)
 
@@ -396,13 +402,14 @@ def test_offload_fails_the_recipient_that_lacks_a_variable_and_never_queues_it(a
     company = make_company(provider="aws", mode="offload", sender="noreply@acme.test", aws_region="us-east-1",
                            aws_endpoint_url=moto_server.url, aws_access_key="testing", aws_secret_key="testing",
                            sqs_queue_url=queue_url)
-    recipients = [{"email": "full@acme.test", "data": {"password": "Pw-1"}},
-                  {"email": "blank@acme.test", "data": {}}]
-    resp = post_job(client, company, "Your password is {{ password }}.", recipients)
+    # (a field the data lacks is refused at submit; a value inside one is found as each recipient renders)
+    recipients = [{"email": "full@acme.test", "data": {"account": {"password": "Pw-1"}}},
+                  {"email": "blank@acme.test", "data": {"account": {}}}]
+    resp = post_job(client, company, "Your password is {{ account.password }}.", recipients)
     assert resp.status_code == 202
     run_worker_burst(app)
     error = db.session.execute(select(Recipient.error).where(Recipient.email == "blank@acme.test")).scalar()
-    assert error == "render_error: body_text: line 1: 'password' is undefined"
+    assert error == "render_error: body_text: line 1: no attribute or key 'password'"
     bodies = [m["Body"] for m in sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10,
                                                       WaitTimeSeconds=1).get("Messages", [])]
     assert bodies and all("full@acme.test" in b and "blank@acme.test" not in b for b in bodies)

@@ -167,16 +167,32 @@ def test_campaign_pages_render_with_csrf_tokens(client, company, make_user, auth
         assert csrf_from(resp.get_data(as_text=True))
 
 
-def test_a_template_field_no_column_fills_is_named_and_not_sent_blank_silently(client, manager):
+def test_a_template_field_no_column_fills_is_named_and_never_sent_blank(client, manager):
     company, tpl = manager
     review_url = upload(client, tpl.id, b"email,firstname\nann@example.com,Ann\n").headers["Location"]
     html = client.get(review_url).get_data(as_text=True)
     assert 'id="unmapped-fields"' in html and "<code>password</code>" in html
+    assert "Nothing is sent with a blank" in html and "Send 1 messages" not in html  # no send button
     form = {"csrf_token": csrf_from(html), "template_id": str(tpl.id), "email_column": "email",
             "field_firstname": "firstname", "field_password": ""}
-    refused = client.post(review_url, data=form)
-    assert refused.status_code == 400 and "which no CSV column fills" in refused.get_data(as_text=True)
+    for extra in ({}, {"allow_blank": "1"}):  # the old "send with these blank" is gone
+        refused = client.post(review_url, data={**form, **extra})
+        assert refused.status_code == 400 and "which no CSV column fills" in refused.get_data(as_text=True)
     assert db.session.execute(select(Job).where(Job.company_id == company.id)).first() is None
-    sent = client.post(review_url, data={**form, "allow_blank": "1"})
-    assert sent.status_code == 200
-    assert db.session.execute(select(Job).where(Job.company_id == company.id)).scalar_one().email_count == 1
+
+
+def test_rows_with_a_blank_password_are_named_and_become_failed_recipients(client, manager):
+    company, tpl = manager
+    csv = b"email,firstname,password\nann@example.com,Ann,pw-1\nbob@example.com,Bob,\ncid@example.com,Cid,  \n"
+    review_url = upload(client, tpl.id, csv).headers["Location"]
+    html = client.get(review_url).get_data(as_text=True)
+    assert 'id="lacking-rows"' in html and "bob@example.com: no password" in html and "cid@example.com" in html
+    assert "Send 1 messages" in html
+    form = {"csrf_token": csrf_from(html), "template_id": str(tpl.id), "email_column": "email",
+            "field_firstname": "firstname", "field_password": "password"}
+    assert client.post(review_url, data=form).status_code == 200
+    job = db.session.execute(select(Job).where(Job.company_id == company.id)).scalar_one()
+    rows = dict(db.session.execute(select(Recipient.email, Recipient.error).where(Recipient.job_id == job.id)).all())
+    assert rows == {"ann@example.com": None, "bob@example.com": "missing_fields: password",
+                    "cid@example.com": "missing_fields: password"}
+    assert job.email_count == 3 and job.emails_failed == 2

@@ -18,7 +18,7 @@ from core.models import Certificate, CertificateTemplate, Job, Recipient, utcnow
 from core.queue import connection, enqueue_issue, issue_rq_id
 from tasks.certificates import issue_certificates
 from tasks.sweep import sweep
-from tests.support.certificates import DOWNLOAD_LINK, http_get, learners, png, ses_settings, sha256, submit
+from tests.support.certificates import CERT_JOB, DOWNLOAD_LINK, http_get, learners, png, ses_settings, sha256, submit
 from tests.support.app import run_worker_burst
 
 
@@ -120,13 +120,16 @@ def test_a_learner_without_a_course_fails_alone(app, client, make_company, ses, 
     broken = {"email": "nocourse@acme.test", "data": {"learner_name": "No Course"}}
     bad_date = {"email": "baddate@acme.test", "data": {"learner_name": "Bad Date", "course_name": "X",
                                                        "completion_date": "yesterday"}}
-    job_id = submit(client, company, learners(4) + [broken, bad_date])
+    refused = client.post("/api/v1/jobs", headers=company.auth,
+                          json={**CERT_JOB, "recipients": learners(4) + [broken, bad_date]})
+    assert refused.status_code == 400 and refused.json["details"]["fields"] == ["course_name"]  # at submit
+    job_id = submit(client, company, learners(4) + [broken, bad_date], on_missing="fail_recipient")
     run_worker_burst(app)
     done = job(job_id)
     assert done.status == "partial_failure" and done.emails_sent == 4 and done.emails_failed == 2
     errors = dict(db.session.execute(select(Recipient.email, Recipient.error)
                                      .where(Recipient.job_id == job_id, Recipient.status == "failed")).all())
-    assert errors == {"nocourse@acme.test": "certificate_error: course_name is missing",
+    assert errors == {"nocourse@acme.test": "missing_fields: course_name",
                       "baddate@acme.test": "certificate_error: completion_date is not an ISO 8601 date"}
     assert len(certificates_of(job_id)) == 4 and len(ses.store()) == 4
 
