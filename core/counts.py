@@ -13,14 +13,16 @@ can disagree:
   overlap, and ``failed`` never includes ``bounced``;
 - bounce and complaint rates (``job_rates``, ``company_rates``): bounces ÷ the
   messages handed to the provider (sent or bounced); a job's from its
-  counters, a company's from its recipients by the time they were handed over
-  (``sent_at``; a send-time bounce has one too) and its complaint reports;
+  counters, a company's from its recipients by the day they were handed over
+  (``sent_at``; a send-time bounce has one too; whole UTC days, the first one
+  included) and its complaint reports;
 - each day of the overview (``days``): the same statuses by the same times;
 - the company's last sends (``recent``): the reputation guard's rolling window.
 
-Each function reads only what it names, through indexes (``recipients`` by
-job and status, by company and ``sent_at``): a faster store (counters kept as
-sends happen) can replace any one of them without a caller changing.
+Each function reads only what it names, and no sent rows: the jobs' counters,
+the counts kept as sends happen (``core.sendstats``: a company's recipients per
+day handed over), the reports; the guard's window reads the company's last
+sends through the index by company and ``sent_at``, as many as it asks for.
 """
 from __future__ import annotations
 
@@ -29,8 +31,9 @@ from datetime import date, datetime, timedelta
 
 from sqlalchemy import func, select
 
+from core import sendstats
 from core.db import db
-from core.models import (COMPLAINT, R_BOUNCED, R_FAILED, R_SENT, RECIPIENT_OPEN, SOFT, BounceEvent, Job, Recipient,
+from core.models import (COMPLAINT, JOB_FINAL, R_BOUNCED, R_SENT, SOFT, BounceEvent, Job, Recipient,
                          utcnow)
 
 #: recipients handed to the provider: taken (sent), or taken and bounced
@@ -125,12 +128,10 @@ def company_rates(company_id: int | None, *, days: int = RATE_DAYS, now: datetim
     """The rates of a company (``None``: every company) over the last ``days``: recipients handed
     to the provider in that time, those of them that bounced, the reports that came in it."""
     since = (now or utcnow()) - timedelta(days=days)
-    handed = dict(db.session.execute(
-        Recipient.scoped(company_id).with_only_columns(Recipient.status, func.count())
-        .where(Recipient.sent_at >= since, Recipient.status.in_(HANDED)).group_by(Recipient.status)).all())
+    sent, bounced = sendstats.handed_since(company_id, since.date())  # whole days, from the counts
     reports = _reports(company_id, since=since)
-    return Rates(sent=handed.get(R_SENT, 0) + handed.get(R_BOUNCED, 0), bounces=handed.get(R_BOUNCED, 0),
-                 soft_bounces=reports.get(SOFT, 0), complaints=reports.get(COMPLAINT, 0), period_days=days)
+    return Rates(sent=sent + bounced, bounces=bounced, soft_bounces=reports.get(SOFT, 0),
+                 complaints=reports.get(COMPLAINT, 0), period_days=days)
 
 
 def rates(company_id: int | None, job_id: int | None = None, *, days: int = RATE_DAYS) -> dict:
@@ -151,34 +152,35 @@ def _day(value) -> date:
     return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
 
 
-def _by_day(stmt, column) -> dict[tuple[int, date], int]:
-    day = func.date(column)
-    rows = db.session.execute(stmt.add_columns(day, func.count()).group_by(stmt.selected_columns[0], day)).all()
-    return {(company, _day(when)): n for company, when, n in rows if when is not None}
-
-
 def _of(model, company_id: int | None):
     stmt = select(model.company_id)
     return stmt if company_id is None else stmt.where(model.company_id == company_id)
 
 
+def _jobs_by_day(company_id: int | None, since: datetime, column) -> dict[tuple[int, date], int]:
+    day = func.date(Job.created_at)
+    rows = db.session.execute(_of(Job, company_id).add_columns(day, func.sum(column))
+                              .where(Job.created_at >= since).group_by(Job.company_id, day)).all()
+    return {(company, _day(when)): int(n) for company, when, n in rows if when is not None and n}
+
+
 def days(company_id: int | None, since: datetime) -> dict[str, dict[tuple[int, date], int]]:
     """Counts by (company, UTC day) from ``since`` on: ``sent`` and ``bounced`` recipients by the day
-    they were handed to the provider (the statuses the job page counts), ``failed`` recipients and
-    ``queued`` (every recipient accepted) by their job's day."""
-    handed = _of(Recipient, company_id).where(Recipient.sent_at >= since)
-    of_jobs = _of(Recipient, company_id).join(Job, Job.id == Recipient.job_id).where(Job.created_at >= since)
-    return {"sent": _by_day(handed.where(Recipient.status == R_SENT), Recipient.sent_at),
-            "failed": _by_day(of_jobs.where(Recipient.status == R_FAILED), Job.created_at),
-            "bounced": _by_day(handed.where(Recipient.status == R_BOUNCED), Recipient.sent_at),
-            "queued": _by_day(of_jobs, Job.created_at)}
+    they were handed to the provider (the statuses the job page counts, kept as they were sent:
+    ``core.sendstats``), ``failed`` recipients and ``queued`` (every recipient accepted) by their
+    job's day (the jobs' counters)."""
+    handed = sendstats.by_day(company_id, since.date())
+    return {"sent": handed["sent"], "failed": _jobs_by_day(company_id, since, Job.emails_failed),
+            "bounced": handed["bounced"], "queued": _jobs_by_day(company_id, since, Job.email_count)}
 
 
 def waiting(company_id: int | None) -> dict[int, int]:
-    """Recipients not final now, by company."""
-    return dict(db.session.execute(_of(Recipient, company_id).add_columns(func.count())
-                                   .where(Recipient.status.in_(tuple(RECIPIENT_OPEN)))
-                                   .group_by(Recipient.company_id)).all())
+    """Recipients not final now, by company: what unfinished jobs have left, by their counters."""
+    left = Job.email_count - Job.emails_sent - Job.emails_failed - Job.emails_bounced - Job.emails_suppressed
+    rows = db.session.execute(_of(Job, company_id).add_columns(func.sum(left))
+                              .where(Job.status.notin_(tuple(JOB_FINAL)), Job.cancel_requested_at.is_(None))
+                              .group_by(Job.company_id)).all()
+    return {company: int(n) for company, n in rows if n and n > 0}
 
 
 # -- the reputation guard's window -------------------------------------------------------------

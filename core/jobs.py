@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, UTC
 from sqlalchemy import text, update
 from sqlalchemy.exc import IntegrityError
 
-from core import audit, fields, reputation, suppressions, usage
+from core import audit, fields, reputation, sendstats, suppressions, usage
 from core.prices import Estimate
 from core.bulk import insert_recipients
 from core.counts import job_counts
@@ -293,6 +293,7 @@ def create_job(company_id: int, payload, *, idempotency_key: str | None = None, 
     job.email_count = len(rows)
     job.emails_failed = counts[R_FAILED]
     job.emails_suppressed = counts[R_SUPPRESSED]
+    sendstats.record(company_id, job.id, counts)  # refused addresses are final at acceptance
     if before_commit is not None:
         before_commit(job)
     audit.record("job_created", company_id=company_id, object_type="job", object_id=job.id,
@@ -365,6 +366,7 @@ def retry_failed(job: Job) -> int:
     db.session.execute(update(Job).where(Job.id == job.id).values(
         status=PROCESSING, completed_at=None, cancel_requested_at=None, paused_reason=None,
         emails_failed=Job.emails_failed - len(ids)))
+    sendstats.record(job.company_id, job.id, {R_FAILED: -len(ids)})
     audit.record("job_retried", company_id=job.company_id, object_type="job", object_id=job.id,
                  details={"recipients": len(ids)})
     db.session.commit()

@@ -27,7 +27,7 @@ from email.utils import format_datetime
 
 from sqlalchemy import Dialect, PoolProxiedConnection, select, text
 
-from core import audit, crypto, settings
+from core import audit, crypto, sendstats, settings
 from core.certificates import open_storage
 from providers.storage import ObjectNotFound
 from core.delivery_settings import provider_config
@@ -350,6 +350,7 @@ def _job_of(company_id: int, job_type: str, group) -> Job | None:
     job.email_count = len(recipients)
     job.emails_failed = counts[R_FAILED]
     job.emails_suppressed = counts[R_SUPPRESSED]
+    sendstats.record(company_id, job.id, counts)
     ids = [row.id for row in group]
     taken = execute_for_ids(f"UPDATE smtp_messages SET status = '{JOBBED}', job_id = :job "
                             f"WHERE {{ids}} AND status = '{WAITING}'", ids, {"job": job.id})

@@ -23,15 +23,15 @@ from collections import defaultdict
 from datetime import timedelta
 
 from redis import RedisError
-from sqlalchemy import bindparam, func, select, text
+from sqlalchemy import func, select
 
-from core import scheduler, settings
+from core import scheduler, sendstats, settings
 from core.counts import job_counts
 from core.delivery import routing
 from core.delivery.limits import breaker_is_open
 from core.db import db
-from core.models import (B_PENDING, B_QUEUED, B_RETRY, B_SENDING, B_SUBMITTED, BATCH_OPEN, JOB_FINAL, PAUSED, R_SENT,
-                         Batch, Company, DeliverySettings, Job, utcnow)
+from core.models import (B_PENDING, B_QUEUED, B_RETRY, B_SENDING, B_SUBMITTED, BATCH_OPEN, JOB_FINAL, PAUSED, Batch,
+                         Company, DeliverySettings, Job, utcnow)
 from core.queue import connection
 
 WINDOW_S = 30
@@ -69,10 +69,7 @@ def describe(jobs: list[Job]) -> dict[int, dict]:
             select(Batch.job_id, Batch.status, func.count().label("n"), func.min(Batch.next_attempt_at).label("at"))
             .where(Batch.job_id.in_(ids), Batch.status.in_(BATCH_OPEN)).group_by(Batch.job_id, Batch.status)):
         states[row.job_id][row.status] = (row.n, row.at)
-    recent = dict(db.session.execute(text(
-        f"SELECT job_id, count(*) FROM recipients WHERE job_id IN :ids AND status = '{R_SENT}' AND sent_at >= :since "
-        "GROUP BY job_id").bindparams(bindparam("ids", expanding=True)),
-        {"ids": ids, "since": now - timedelta(seconds=WINDOW_S)}).all())
+    recent = sendstats.sent_since(ids, now - timedelta(seconds=WINDOW_S))
     companies = {j.company_id for j in live}
     limits = dict(db.session.execute(select(DeliverySettings.company_id, DeliverySettings.max_send_rate)
                                      .where(DeliverySettings.company_id.in_(companies))).all())

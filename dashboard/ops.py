@@ -2,8 +2,9 @@
 ``/readyz`` (database, Redis and a live worker; 503 naming what fails) and
 ``/metrics`` (Prometheus text format).
 
-``/metrics`` is computed at scrape time: job and recipient figures from the
-database (the truth), queue depths from Redis, and what the workers counted
+``/metrics`` is computed at scrape time: job figures from the database (the
+truth), recipients sent and failed from the counts kept as they were sent
+(``core.sendstats``: no scrape counts recipient rows), queue depths from Redis, and what the workers counted
 (rate-limit waits, callback verification failures, provider call latency)
 from ``core.metrics``. In production it answers only a bearer token
 (``OFFLOAD_METRICS_TOKEN``) or a client in ``OFFLOAD_METRICS_NETWORKS``
@@ -22,17 +23,15 @@ from redis import RedisError
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from core import metrics, scheduler, settings
+from core import metrics, scheduler, sendstats, settings
 from core.db import db
-from core.models import R_BOUNCED, R_FAILED, R_SENT, Job, Recipient
+from core.models import Job
 from core.queue import QUEUE_NAMES, connection, port
 from dashboard.errors import json_error
 
 log = logging.getLogger(__name__)
 bp = Blueprint("ops", __name__)
 redis_errors = (RedisError, OSError)
-#: recipient statuses counted as sent, and as failed, in ``offload_recipients_total``
-RECIPIENT_OUTCOMES = {R_SENT: "sent", R_FAILED: "failed", R_BOUNCED: "failed"}
 
 
 @bp.get("/healthz")
@@ -114,15 +113,14 @@ class OffloadCollector:
         recipients = CounterMetricFamily("offload_recipients", "Recipients sent and failed, per provider and route",
                                          labels=["provider", "route", "outcome"])
         totals: dict[tuple, int] = {}
-        rows = db.session.execute(select(Recipient.route, Recipient.status, func.count())
-                                  .where(Recipient.status.in_(tuple(RECIPIENT_OUTCOMES)))
-                                  .group_by(Recipient.route, Recipient.status)).all()
-        for route, status, n in rows:
+        for route, sent, failed, bounced, _suppressed in sendstats.by_route():
             kind, _, provider = (route or "none:none").partition(":")
-            key = (provider or "none", kind, RECIPIENT_OUTCOMES[status])
-            totals[key] = totals.get(key, 0) + n
+            for outcome, n in (("sent", sent), ("failed", failed + bounced)):
+                key = (provider or "none", kind, outcome)
+                totals[key] = totals.get(key, 0) + int(n)
         for labels, n in sorted(totals.items()):
-            recipients.add_metric(list(labels), n)
+            if n:
+                recipients.add_metric(list(labels), n)
         yield recipients
 
     @staticmethod

@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select, text, update
 
+from core import sendstats
 from core.bulk import execute_for_ids
 from core.db import db
 from core.models import (B_SENDING, B_SUBMITTED, BATCH_FINAL, BATCH_WAITING, PAUSED, PROCESSING, QUEUED, R_FAILED,
@@ -150,6 +151,7 @@ def recover_in_flight(claim: Claim, policy: str) -> int:
                         "lease_until = NULL WHERE {ids}", ids)
         db.session.execute(update(Job).where(Job.id == claim.job_id).values(
             emails_uncertain=Job.emails_uncertain + len(ids), emails_failed=Job.emails_failed + len(ids)))
+        sendstats.record(claim.company_id, claim.job_id, {R_FAILED: len(ids)})
     else:
         execute_for_ids(f"UPDATE recipients SET status = '{R_UNCERTAIN}', lease_until = NULL WHERE {{ids}}", ids)
         db.session.execute(update(Job).where(Job.id == claim.job_id).values(

@@ -19,7 +19,7 @@ from datetime import timedelta
 
 from sqlalchemy import delete, select, text, update
 
-from core import queue, scheduler, settings
+from core import queue, scheduler, sendstats, settings
 from core.db import db
 from core.delivery import routing
 from core.delivery.settle import QUOTA_PAUSE, finish_job
@@ -120,7 +120,7 @@ def settle_overdue() -> int:
     cfg = settings.current()
     now = utcnow()
     rows = db.session.execute(text(
-        "SELECT b.id, b.job_id, b.batch_number, b.attempts, b.first_recipient_id AS a, "
+        "SELECT b.id, b.job_id, b.company_id, b.batch_number, b.attempts, b.first_recipient_id AS a, "
         "b.last_recipient_id AS b_, c.uncertain_policy AS policy FROM batches b "
         "JOIN companies c ON c.id = b.company_id "
         f"WHERE b.status = '{B_SUBMITTED}' AND b.callback_deadline < :now "
@@ -159,6 +159,7 @@ def _settle_one(row, give_up: bool, now, cfg) -> bool:
             f"WHERE job_id = :j AND id BETWEEN :a AND :b AND status IN {sql_in(RECIPIENT_CLAIMABLE)}"),
             params).rowcount
         db.session.execute(update(Job).where(Job.id == row.job_id).values(emails_failed=Job.emails_failed + n))
+        sendstats.record(row.company_id, row.job_id, {R_FAILED: n})
         line += f"; {n} recipients failed (no_callback)"
     else:
         # the worker may have sent some before it went quiet: uncertain, and sent again

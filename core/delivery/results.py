@@ -25,7 +25,8 @@ The words and what they do, the same for every source (``resolve``):
 Only recipients in the statuses the source may settle change (``IN_FLIGHT``
 for a provider's answer, ``OPEN`` for a callback, ``WAS_SENT`` for a report);
 anything else is left alone, so a late or repeated report never moves a final
-recipient. The job's counters and the batch's move by the rows that changed.
+recipient. The job's counters and the batch's move by the rows that changed, and so do the
+counts the pages read (``core.sendstats``), in the same transaction.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from core import queue, reputation, settings, usage
+from core import queue, reputation, sendstats, settings, usage
 from core.bulk import is_postgres
 from core.db import db
 from core.delivery.claims import Claim, open_left
@@ -107,7 +108,7 @@ def resolve(outcome: Outcome, max_attempts: int | None) -> tuple[str, str | None
 def apply_results(outcomes: Iterable[Outcome], *, company_id: int, job_id: int, batch_id: int | None = None,
                   route: str | None = None, max_attempts: int | None = None,
                   settles: frozenset = IN_FLIGHT, commit: bool = True,
-                  used: Mapping[str, float] | None = None) -> dict[str, int]:
+                  used: Mapping[str, float] | None = None, handed_at: datetime | None = None) -> dict[str, int]:
     """Apply outcomes of one job's recipients in bulk (one statement per status) and move
     the job's counters (and the batch's, with ``batch_id``) by the rows that changed.
 
@@ -116,6 +117,8 @@ def apply_results(outcomes: Iterable[Outcome], *, company_id: int, job_id: int, 
     ``commit`` the transaction is committed here and bounced addresses join the
     company's bounce list; without, the caller commits (and suppresses). ``used``:
     the cloud the outcomes used (``core.usage`` meters), added in the same transaction.
+    The counts the pages read move with them (``core.sendstats``; ``handed_at``: when a
+    recipient a report now says bounced was handed over).
 
     Returns how many changed, by word: ``sent``, ``failed``, ``bounced``,
     ``suppressed``, ``retry``.
@@ -129,10 +132,13 @@ def apply_results(outcomes: Iterable[Outcome], *, company_id: int, job_id: int, 
     moved = {status: _write(rows, status, now, route, settles) for status, rows in groups.items()}
     counters = {column: getattr(Job, column) + moved[status] for status, column in _JOB_COUNTERS.items()
                 if moved.get(status)}
+    unsent = 0
     if R_SENT in settles and counters:  # a report moved a sent recipient: no longer counted as sent
-        counters["emails_sent"] = Job.emails_sent - sum(n for status, n in moved.items() if status != R_SENT)
+        unsent = sum(n for status, n in moved.items() if status != R_SENT)
+        counters["emails_sent"] = Job.emails_sent - unsent
     if counters:
         db.session.execute(update(Job).where(Job.id == job_id).values(**counters))
+        sendstats.record(company_id, job_id, moved, route=route, unsent=unsent, handed_at=handed_at)
     bad = moved.get(R_FAILED, 0) + moved.get(R_BOUNCED, 0) + moved.get(R_SUPPRESSED, 0)
     if batch_id is not None and (moved.get(R_SENT) or bad):
         db.session.execute(update(Batch).where(Batch.id == batch_id).values(
@@ -323,9 +329,9 @@ def callback_usage(company_id: int, results: list[dict], reported: dict | None =
 # -- a bounce or complaint report (a provider's webhook) -------------------------------------------
 
 def match_recipient(company_id: int, email: str, message_id: str | None):
-    """(id, job_id, status, email) of the recipient a report is about, or ``None``."""
+    """(id, job_id, status, email, route, sent_at) of the recipient a report is about, or ``None``."""
     base = Recipient.scoped(company_id).with_only_columns(Recipient.id, Recipient.job_id, Recipient.status,
-                                                          Recipient.email)
+                                                          Recipient.email, Recipient.route, Recipient.sent_at)
     if message_id:
         rows = db.session.execute(base.where(Recipient.message_id == message_id)).all()
         for row in rows:
@@ -371,7 +377,7 @@ def _apply_report(company_id, source, key, kind, email, message_id, detail) -> b
                                detail=(detail or "")[:255] or None))
     if kind == HARD and found is not None:
         apply_results([Outcome(found.id, BOUNCED, error=detail)], company_id=company_id, job_id=found.job_id,
-                      settles=WAS_SENT, commit=False)
+                      route=found.route, settles=WAS_SENT, commit=False, handed_at=found.sent_at)
     listed = LIST_BOUNCE if kind == HARD else LIST_COMPLAINT
     if kind in (HARD, COMPLAINT) and not is_suppressed(company_id, email, listed):
         db.session.add(Suppression(company_id=company_id, email=email, reason=listed))

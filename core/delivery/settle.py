@@ -14,6 +14,7 @@ import random
 
 from sqlalchemy import text, update
 
+from core import sendstats
 from core.db import db
 from core.delivery.claims import Claim
 from core.models import (B_CANCELLED, B_SUBMITTED, BATCH_FINAL, BATCH_WAITING, CANCELLED, COMPLETED, FAILED,
@@ -33,6 +34,7 @@ def fail_remaining(claim: Claim, reason: str) -> int:
         {"err": reason[:2000], "j": claim.job_id, "a": claim.first_id, "b": claim.last_id})
     db.session.execute(update(Job).where(Job.id == claim.job_id)
                        .values(emails_failed=Job.emails_failed + res.rowcount))
+    sendstats.record(claim.company_id, claim.job_id, {R_FAILED: res.rowcount})
     db.session.commit()
     return res.rowcount
 
@@ -106,6 +108,9 @@ def _finish(job_id: int) -> str | None:
     res = db.session.execute(update(Job).where(Job.id == job_id, Job.status.notin_(JOB_FINAL)).values(
         status=status, completed_at=utcnow(), emails_sent=sent, emails_failed=counts.get(R_FAILED, 0),
         emails_bounced=counts.get(R_BOUNCED, 0), emails_suppressed=counts.get(R_SUPPRESSED, 0)))
+    if res.rowcount:  # what the counters missed, so the company's days agree with its jobs
+        sendstats.correct(job.company_id, job_id, {R_FAILED: job.emails_failed, R_SUPPRESSED: job.emails_suppressed},
+                          counts)
     db.session.commit()
     return status if res.rowcount else db.session.get(Job, job_id).status
 

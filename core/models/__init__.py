@@ -11,6 +11,7 @@
 - ``submissions``: messages taken by SMTP submission;
 - ``events``: LMS events waiting for their window;
 - ``usage``: what each job used of the cloud, per meter and day;
+- ``stats``: counts kept as sends happen (a job's sent recipients per second, a company's per day);
 - ``certificates`` and ``audit``.
 
 Secrets and recipient data are encrypted at rest (``core.crypto``).
@@ -27,6 +28,7 @@ from core.models.events import WaitingEvent  # noqa: F401
 from core.models.jobs import Batch, Job, Recipient, WebhookReceipt  # noqa: F401
 from core.models.lms import LmsCompletion, LmsEmailCopy, LmsEmailRow  # noqa: F401
 from core.models.usage import JobUsage  # noqa: F401
+from core.models.stats import CompanyDay, JobSecond  # noqa: F401
 from core.models.submissions import JOBBED, WAITING, SmtpMessage  # noqa: F401
 from core.models.statuses import *  # noqa: F401,F403
 from core.models.statuses import (BATCH_FINAL, DEFAULT_PRIORITY, JOB_FINAL, JOB_TYPES, PRIORITIES,  # noqa: F401

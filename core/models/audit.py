@@ -12,7 +12,8 @@ class AuditLog(Model):
     field names and counts, never values of secrets or recipient data."""
 
     __tablename__ = "audit_log"
-    __table_args__ = (Index("ix_audit_company_created", "company_id", "created_at"),)
+    __table_args__ = (Index("ix_audit_company_created", "company_id", "created_at"),
+                      Index("ix_audit_created", "created_at"))
     id = Column(Integer, primary_key=True)
     company_id = Column(Integer, ForeignKey("companies.id", ondelete="CASCADE"))
     user_id = Column(Integer, ForeignKey("users.id", ondelete="SET NULL"))

@@ -70,6 +70,7 @@ class BounceEvent(TenantMixin, Model):
     __table_args__ = (
         UniqueConstraint("company_id", "event_key"),
         Index("ix_bounce_events_company_created", "company_id", "created_at"),
+        Index("ix_bounce_events_created", "created_at"),  # every company's, of a period (an admin's overview)
     )
     id = Column(Integer, primary_key=True)
     event_key = Column(String(255), nullable=False)

@@ -13,6 +13,7 @@ class Job(TenantMixin, Model):
     __tablename__ = "jobs"
     __table_args__ = (
         Index("ix_jobs_company_created", "company_id", "created_at"),
+        Index("ix_jobs_created", "created_at"),  # every company's, newest first (an admin's list)
         Index("ix_jobs_status", "status"),
         UniqueConstraint("company_id", "idempotency_key"),
     )
@@ -86,7 +87,8 @@ class Batch(TenantMixin, Model):
 class Recipient(TenantMixin, Model):
     __tablename__ = "recipients"
     __table_args__ = (
-        Index("ix_recipients_job_status", "job_id", "status"),
+        # a job's recipients of some statuses in id order (the recipient list's filter, its failures)
+        Index("ix_recipients_job_status_id", "job_id", "status", "id"),
         Index("ix_recipients_job_id_id", "job_id", "id"),
         # a company's last sends and its rates (core.counts), newest first
         Index("ix_recipients_company_sent", "company_id", "sent_at"),

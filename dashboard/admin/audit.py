@@ -88,6 +88,7 @@ class AuditView(TenantModelView):
     column_formatters_export = {"details": lambda v, c, m, n: details_text(m.details),
                                 "company_id": lambda v, c, m, n: m.company_id}
     page_size = 50
+    simple_list_pager = True  # older and newer, no count of every entry (the log only grows)
 
     def get_one(self, id):
         try:

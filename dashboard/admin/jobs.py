@@ -12,17 +12,17 @@ from datetime import datetime, timedelta
 
 from flask import abort, jsonify, redirect, request, url_for
 from flask_admin import expose
-from sqlalchemy import BigInteger, Integer, cast, extract, func, select
+from sqlalchemy import func, select
 
 from dashboard.admin.base import SecureBaseView, scope
 from dashboard.results import flash_at
 from dashboard.csvexport import csv_response
-from core import counts, labels, recipient_list, settings, usage, waiting
+from core import counts, labels, recipient_list, sendstats, settings, usage, waiting
 from core.db import db
 from core.jobs import (RETRYABLE_STATUSES, JobError, batches_of, iso, job_to_dict, request_cancel, resume,
                        retry_batch_now, retry_failed)
 from core.models import (B_RETRY, BATCH_WAITING, CANCELLED, COMPLETED, FAILED, JOB_FINAL, JOB_TYPES, PARTIAL, PAUSED,
-                         PENDING, PROCESSING, QUEUED, R_BOUNCED, R_FAILED, R_SENT, R_SUPPRESSED, R_UNCERTAIN, Batch,
+                         PENDING, PROCESSING, QUEUED, R_BOUNCED, R_FAILED, R_SUPPRESSED, R_UNCERTAIN, Batch,
                          Company, Job, Recipient, RecipientStatus, utcnow)
 from core.queue import connection
 from core.delivery.routing import planned_route
@@ -121,31 +121,24 @@ def waiting_batches(job: Job, batches: list[Batch], company: Company) -> list[di
     return rows
 
 
-def _epoch_seconds(column):
-    """Whole seconds since 1970 of a naive-UTC timestamp column, per dialect."""
-    if db.engine.dialect.name == "sqlite":
-        return cast(func.strftime("%s", column), Integer)
-    return cast(func.floor(extract("epoch", column)), BigInteger)
-
-
 def sends_over_time(job: Job) -> dict:
     """Sent recipients per time bucket, first to last send, empty buckets included (its total is the
-    job's sent count once every send is in)."""
-    sent = Recipient.scoped(job.company_id).where(Recipient.job_id == job.id, Recipient.status == R_SENT,
-                                                  Recipient.sent_at.is_not(None))
-    first, last = db.session.execute(sent.with_only_columns(func.min(Recipient.sent_at),
-                                                            func.max(Recipient.sent_at))).one()
-    if first is None:
+    job's sent count once every send is in): from the job's sent recipients per second
+    (``core.sendstats``), never its recipient rows."""
+    seconds = sendstats.job_seconds(job.id)
+    if not seconds:
         return {"bucket_s": 60, "buckets": [], "total": 0}
-    span = (last - first).total_seconds()
+    span = (seconds[-1].second - seconds[0].second).total_seconds()
     size = next((s for s in BUCKET_SIZES if span / s < CHART_BUCKETS), BUCKET_SIZES[-1])
-    key = _epoch_seconds(Recipient.sent_at) // size
-    counts = dict(db.session.execute(sent.with_only_columns(key, func.count()).group_by(key)).all())
-    start, end = min(counts), max(counts)
     epoch = datetime(1970, 1, 1)
-    buckets = [{"t": iso(epoch + timedelta(seconds=k * size)), "sent": counts.get(k, 0)}
+    found: dict[int, int] = {}
+    for second, sent in seconds:
+        key = int((second - epoch).total_seconds()) // size
+        found[key] = found.get(key, 0) + sent
+    start, end = min(found), max(found)
+    buckets = [{"t": iso(epoch + timedelta(seconds=k * size)), "sent": found.get(k, 0)}
                for k in range(start, end + 1)]
-    return {"bucket_s": size, "buckets": buckets, "total": sum(counts.values())}
+    return {"bucket_s": size, "buckets": buckets, "total": sum(found.values())}
 
 
 def recipient_search(job: Job) -> dict:
