@@ -328,7 +328,7 @@ class Settings:
                                   "offload batches without a callback after this are reconciled")
     sweep_s: int = var("OFFLOAD_SWEEP_S", 15, integer(1), "how often the recovery sweep runs")
     quota_resume_s: int = var("OFFLOAD_QUOTA_RESUME_S", 3600, integer(1), "quota-paused jobs resume after this")
-    data_retention_days: int = var("OFFLOAD_DATA_RETENTION_DAYS", 7, integer(0),
+    data_retention_days: int = var("OFFLOAD_DATA_RETENTION_DAYS", 30, integer(0),
                                    "recipient data of finished jobs is purged after this")
 
     # -- LMS events and the connector
