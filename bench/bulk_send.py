@@ -7,7 +7,9 @@ under gunicorn and two RQ workers), then prints:
 - the wall time from submission until every recipient is final, and emails/s,
 - p50/p99 latency of 1,000 one-recipient job submissions,
 - the same 50,000 sent by a bare script making the same SES calls with no
-  queue or database, and the ratio (the pipeline's overhead).
+  queue or database, and the ratio (the pipeline's overhead);
+- and by two bare processes, each sending half (the pipeline's concurrency: two
+  workers), and the ratio against that too.
 
 Usage: .venv/bin/python bench/bulk_send.py [--recipients 50000] [--workers 2] [--sqlite]
 """
@@ -92,14 +94,14 @@ def wait_final(base: str, token: str, job_id: int, timeout: float = 900) -> dict
     raise TimeoutError(f"job {job_id} not final after {timeout}s")
 
 
-def bare_ses(ses_url: str, n: int) -> float:
+def bare_ses(ses_url: str, n: int, prefix: str = "bare") -> float:
     """The same SendBulkEmail calls (50 a call), pre-rendered, no queue or database."""
     import boto3
     from botocore.config import Config
 
     client = boto3.client("sesv2", endpoint_url=ses_url, region_name="us-east-1", aws_access_key_id="x",
                           aws_secret_access_key="y", config=Config(retries={"total_max_attempts": 1}))
-    people = recipients(n, prefix="bare")
+    people = recipients(n, prefix=prefix)
     template = {"Subject": "{{{s}}}", "Text": "{{{t}}}", "Html": "{{{h}}}"}
     start = time.perf_counter()
     for i in range(0, n, 50):
@@ -112,6 +114,17 @@ def bare_ses(ses_url: str, n: int) -> float:
         client.send_bulk_email(FromEmailAddress="noreply@bench.test", BulkEmailEntries=entries,
                                DefaultContent={"Template": {"TemplateContent": template, "TemplateData": "{}"}})
     return time.perf_counter() - start
+
+
+def bare_parallel(ses_url: str, n: int, processes: int) -> float:
+    """``bare_ses`` in ``processes`` processes at once, each sending its share; the wall time of all."""
+    import multiprocessing
+
+    shares = [n // processes + (1 if i < n % processes else 0) for i in range(processes)]
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        start = time.perf_counter()
+        pool.starmap(bare_ses, [(ses_url, share, f"bare{i}-") for i, share in enumerate(shares)])
+        return time.perf_counter() - start
 
 
 def main() -> None:
@@ -163,6 +176,8 @@ def main() -> None:
                 p.terminate()
             ses.clear()
             bare = bare_ses(ses.url, args.recipients)
+            ses.clear()
+            bare_two = bare_parallel(ses.url, args.recipients, args.workers)
     finally:
         for p in procs:
             p.stop() if isinstance(p, ManagedProcess) else p.kill()
@@ -177,7 +192,10 @@ def main() -> None:
     print(f"{args.small} one-recipient submissions: p50 {statistics.median(latencies):.1f} ms, "
           f"p99 {latencies[int(len(latencies) * 0.99) - 1]:.1f} ms")
     print(f"bare script, same SES calls, no queue/db: {bare:.1f} s ({n / bare:,.0f} emails/s)")
-    print(f"pipeline overhead: {wall / bare:.2f}x the bare script")
+    print(f"{args.workers} bare processes, each a share of the same calls: {bare_two:.1f} s "
+          f"({n / bare_two:,.0f} emails/s)")
+    print(f"pipeline overhead: {wall / bare:.2f}x the bare script, {wall / bare_two:.2f}x {args.workers} bare "
+          f"processes (the pipeline's concurrency: {args.workers} workers)")
 
 
 if __name__ == "__main__":
