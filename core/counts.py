@@ -205,16 +205,17 @@ class Window:
 def recent(company_id: int, size: int, after: datetime | None = None) -> Window:
     """The company's last ``size`` messages handed to the provider (sent after ``after``, when
     given), the bounces among them and the complaint reports since the oldest of them."""
-    stmt = (select(Recipient.status, Recipient.sent_at)
+    last = (select(Recipient.status, Recipient.sent_at)
             .where(Recipient.company_id == company_id, Recipient.sent_at.is_not(None), Recipient.status.in_(HANDED))
             .order_by(Recipient.sent_at.desc()).limit(size))
     if after is not None:
-        stmt = stmt.where(Recipient.sent_at > after)
-    rows = db.session.execute(stmt).all()
-    if not rows:
+        last = last.where(Recipient.sent_at > after)
+    last = last.subquery()
+    figures = select(func.count(), func.count().filter(last.c.status == R_BOUNCED), func.min(last.c.sent_at))
+    sends, bounces, oldest = db.session.execute(figures.select_from(last)).one()
+    if not sends:
         return Window(0, 0, 0)
-    oldest = min(r.sent_at for r in rows)
     complaints = db.session.execute(
         BounceEvent.scoped(company_id).with_only_columns(func.count())
         .where(BounceEvent.kind == COMPLAINT, BounceEvent.created_at >= oldest)).scalar() or 0
-    return Window(sends=len(rows), bounces=sum(1 for r in rows if r.status == R_BOUNCED), complaints=complaints)
+    return Window(sends=sends, bounces=bounces, complaints=complaints)
