@@ -84,7 +84,7 @@ SCHEMAS = {
         "send_at": STAMP, "certificate_delivery": {"enum": ["link", "attachment"]},
         "on_missing": {"enum": list(fields.ON_MISSING), "default": "reject", "description":
                        "a recipient whose data lacks a field the mail needs (a variable the template uses without "
-                       "a default, or its type's required field: `#/components/schemas/Fields_<type>`): `reject` "
+                       "a default, or its type's required field: the `Fields_<type>` schemas): `reject` "
                        "answers 400 `missing_fields` naming the fields and the first recipients, and stores "
                        "nothing; `fail_recipient` keeps such a recipient as failed (`missing_fields: <names>`) "
                        "and sends the rest. Nothing is ever sent with a blank."}}},
