@@ -139,6 +139,11 @@ def is_live(rq_id: str) -> bool:
     return port().status(rq_id) is not None
 
 
+def live_ids(rq_ids: list[str]) -> set[str]:
+    """Those of ``rq_ids`` the queue holds queued, scheduled or running (``is_live`` of many at once)."""
+    return port().live(rq_ids) if rq_ids else set()
+
+
 def send_id(batch_id: int, attempt: int) -> str:
     return f"send-{batch_id}-{attempt}"
 

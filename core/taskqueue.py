@@ -110,6 +110,9 @@ class TaskQueue(Protocol):
     def status(self, task_id: str) -> Status | None:
         """Where ``task_id`` stands while a worker will still run it (or runs it now), else ``None``."""
 
+    def live(self, task_ids: Sequence[str]) -> set[str]:
+        """The ids of ``task_ids`` whose ``status`` is not ``None``, in a few round trips."""
+
     def queued(self, queues: Sequence[str]) -> list[int]:
         """How many tasks wait to run now in each of ``queues`` (one round trip)."""
 

@@ -74,6 +74,9 @@ class RqTaskQueue:
         status = live_status(task_id)
         return None if status is None else Status(status.value)
 
+    def live(self, task_ids: Sequence[str]) -> set[str]:
+        return live_ids(task_ids)
+
     def queued(self, queues: Sequence[str]) -> list[int]:
         pipe = connection().pipeline(transaction=False)
         for name in queues:
@@ -108,6 +111,28 @@ def live_status(rq_id: str) -> RQStatus | None:
     else:
         live = status in LIVE
     return status if live else None
+
+
+def live_ids(rq_ids: Sequence[str]) -> set[str]:
+    """The ids of ``rq_ids`` whose ``live_status`` is not ``None``: the jobs fetched in one round trip and
+    each queue's list read once (an ``LPOS`` per id scans the list: the sweep's check of a backlog of n
+    queued plans was n² work, 44 s for 2,500); the rarer states are checked one by one as before."""
+    conn = connection()
+    lists: dict[str, set[str]] = {}
+    found = set()
+    for job in RQJob.fetch_many(list(rq_ids), connection=conn):
+        if job is None:
+            continue
+        if job.get_status(refresh=False) == RQStatus.QUEUED:
+            if job.origin not in lists:
+                key = Queue(job.origin, connection=conn).key
+                lists[job.origin] = {m.decode() if isinstance(m, bytes) else m for m in conn.lrange(key, 0, -1)}
+            if job.id in lists[job.origin]:
+                found.add(job.id)
+                continue
+        if live_status(job.id) is not None:
+            found.add(job.id)
+    return found
 
 
 #: a popped job a worker has not started after this long was popped by a worker that died

@@ -91,7 +91,8 @@ def unplanned_jobs() -> list[int]:
         "AND created_at < :old AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.job_id = jobs.id "
         f"  AND b.status NOT IN {sql_in(BATCH_FINAL)})"),
         {"now": now, "old": now - timedelta(seconds=GRACE_S)}).scalars().all()
-    return [jid for jid in rows if not queue.is_live(f"plan-{jid}")]
+    live = queue.live_ids([f"plan-{jid}" for jid in rows])
+    return [jid for jid in rows if f"plan-{jid}" not in live]
 
 
 def resume_quota_paused() -> int:
@@ -188,10 +189,10 @@ def requeue_lost() -> int:
         "AND jb.created_at < :old AND (b.next_attempt_at IS NULL OR b.next_attempt_at < :old)"), {"old": old}).all()
     lost = 0
     conn = queue.connection()
+    rows = [row for row in rows if row.way == routing.SUBMIT]
+    live = queue.live_ids([f"{kind}-{row.id}-{row.attempts}" for row in rows for kind in ("submit", "fallback")])
     for row in rows:
-        if row.way != routing.SUBMIT:
-            continue
-        if queue.is_live(f"submit-{row.id}-{row.attempts}") or queue.is_live(f"fallback-{row.id}-{row.attempts}") \
+        if f"submit-{row.id}-{row.attempts}" in live or f"fallback-{row.id}-{row.attempts}" in live \
                 or scheduler.contains(conn, scheduler.klass_of(row.priority), row.company_id, row.id):
             continue
         queue.enqueue_resubmit(row.id, row.attempts)

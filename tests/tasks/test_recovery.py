@@ -15,7 +15,7 @@ from sqlalchemy import select, text, update
 
 from core.db import db
 from core.models import Batch, Company, Job, Recipient, utcnow
-from core.queue import DEFAULT, HIGH, connection, is_live, schedule_lms_polls, schedule_sweep
+from core.queue import DEFAULT, HIGH, connection, is_live, live_ids, schedule_lms_polls, schedule_sweep
 from tasks.rq_queue import POPPED_GRACE_S, get_queue, still_running
 from core import settings
 from core.delivery import claims
@@ -223,6 +223,18 @@ def test_a_plan_queued_in_no_list_is_planned_again(app, client, company):
     connection().delete(queue.intermediate_queue_key)  # RQ's maintenance dropped it from the list
     assert RQJob.fetch(rq_id, connection=connection()).get_status() == "queued"
     assert not is_live(rq_id) and unplanned_jobs() == [job_id]
+
+
+def test_a_backlog_of_plans_is_checked_at_once(app, client, company):
+    """The sweep checks every unplanned job's plan in a few round trips (each queue's list read once,
+    not an LPOS per id): the same answer as ``is_live`` one by one, a lost one found among the rest."""
+    ids = [make_job(client, company) for _ in range(5)]
+    db.session.execute(update(Job).where(Job.id.in_(ids)).values(created_at=utcnow() - timedelta(minutes=5)))
+    db.session.commit()
+    connection().lrem(get_queue(DEFAULT).key, 0, f"plan-{ids[2]}")  # lost by the queue
+    rq_ids = [f"plan-{j}" for j in ids] + ["plan-999999"]
+    assert live_ids(rq_ids) == {r for r in rq_ids if is_live(r)} == {f"plan-{j}" for j in ids if j != ids[2]}
+    assert unplanned_jobs() == [ids[2]]
 
 
 def test_a_running_jobs_execution_is_beaten_and_a_dead_workers_lapses(app, monkeypatch):
