@@ -164,15 +164,15 @@ def lacking_fields(job_type: str, compiled: CompiledTemplate, recipients: list, 
     """Index → the fields that recipient's data lacks (``core.fields.missing``), for the recipients
     that would be sent (the others fail for their shape or address)."""
     found = {}
-    uses = compiled.required
+    check = fields.checker(job_type, compiled.required, bulk=bulk)
     for index, item in enumerate(recipients):
         if not isinstance(item, dict):
             continue
         data = item.get("data")
-        if data is not None and not isinstance(data, dict) or not valid_email(str(item.get("email") or "").strip()):
+        if data is not None and not isinstance(data, dict):
             continue
-        lacking = fields.missing(job_type, uses, data, bulk=bulk)
-        if lacking:
+        lacking = check(data)
+        if lacking and valid_email(str(item.get("email") or "").strip()):
             found[index] = lacking
     return found
 

@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from core import audiences, companies
 from core.db import db
+from core.unsubscribe import unsubscribe_url
 from core.models import Job, Recipient, utcnow
 from core.queue import DEFAULT
 from tasks.rq_queue import get_queue
@@ -158,6 +159,8 @@ def test_uploaded_list_campaign_sends_now(client, manager):
     html = resp.get_data(as_text=True)
     assert '<strong class="num audience-count">1</strong>' in html and "We miss you Ann" in html
     assert '<td class="num">3</td><td>invalid email address</td>' in html
+    # the preview is the mail as it goes out: with the unsubscribe footer and the learner's own link
+    assert "Don&#39;t want these emails? Unsubscribe: " + unsubscribe_url(company.id, "ann@example.com") in html
     assert confirm(client, html).status_code == 200
     job = db.session.execute(select(Job).where(Job.company_id == company.id)).scalar_one()
     assert job.email_count == 1 and job.send_at is None
