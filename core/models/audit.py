@@ -1,7 +1,11 @@
 """The audit log."""
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, ForeignKey, Index, Integer, JSON, String
+from typing import Any
+from datetime import datetime
+
+from sqlalchemy import DateTime, ForeignKey, Index, Integer, JSON, String
+from sqlalchemy.orm import Mapped, mapped_column
 
 from core.db import Model
 from core.models.base import utcnow
@@ -14,13 +18,13 @@ class AuditLog(Model):
     __tablename__ = "audit_log"
     __table_args__ = (Index("ix_audit_company_created", "company_id", "created_at"),
                       Index("ix_audit_created", "created_at"))
-    id = Column(Integer, primary_key=True)
-    company_id = Column(Integer, ForeignKey("companies.id", ondelete="CASCADE"))
-    user_id = Column(Integer, ForeignKey("users.id", ondelete="SET NULL"))
-    actor = Column(String(320), nullable=False)
-    action = Column(String(64), nullable=False)
-    object_type = Column(String(32))
-    object_id = Column(String(64))
-    details = Column(JSON)
-    ip = Column(String(64))
-    created_at = Column(DateTime, nullable=False, default=utcnow)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    company_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("companies.id", ondelete="CASCADE"))
+    user_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("users.id", ondelete="SET NULL"))
+    actor: Mapped[str] = mapped_column(String(320), nullable=False)
+    action: Mapped[str] = mapped_column(String(64), nullable=False)
+    object_type: Mapped[str | None] = mapped_column(String(32))
+    object_id: Mapped[str | None] = mapped_column(String(64))
+    details: Mapped[Any | None] = mapped_column(JSON)
+    ip: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)

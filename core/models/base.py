@@ -4,7 +4,8 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime
 
-from sqlalchemy import Column, ForeignKey, Integer, select
+from sqlalchemy import ForeignKey, Integer, select
+from sqlalchemy.orm import Mapped, mapped_column
 
 
 
@@ -20,7 +21,7 @@ def sha256_hex(value: str) -> str:
 class TenantMixin:
     """Rows owned by one company; read them only through ``scoped``."""
 
-    company_id = Column(Integer, ForeignKey("companies.id", ondelete="CASCADE"),
+    company_id: Mapped[int] = mapped_column(Integer, ForeignKey("companies.id", ondelete="CASCADE"),
                            nullable=False, index=True)
 
     @classmethod

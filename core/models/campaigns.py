@@ -2,7 +2,10 @@
 bounce/complaint events."""
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Column, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
 
 from core.db import Model
 from core.models.base import TenantMixin, utcnow
@@ -24,29 +27,29 @@ class CampaignSettings(TenantMixin, Model):
 
     __tablename__ = "campaign_settings"
     __table_args__ = (UniqueConstraint("company_id"),)
-    id = Column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
     #: IOMAD's ``mdl_company.id`` of this company (``mdl_company_users.companyid``)
-    iomad_company_id = Column(Integer)
+    iomad_company_id: Mapped[int | None] = mapped_column(Integer)
     #: Moodle's table prefix (``$CFG->prefix``)
-    moodle_prefix = Column(String(20), nullable=False, default="mdl_")
+    moodle_prefix: Mapped[str] = mapped_column(String(20), nullable=False, default="mdl_")
     #: take over IOMAD's email queue (``email`` table) for that IOMAD company
-    iomad_email_queue = Column(Boolean, nullable=False, default=False)
+    iomad_email_queue: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     #: new ``course_completions`` become certificate jobs
-    lms_completions = Column(Boolean, nullable=False, default=False)
+    lms_completions: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     #: Moodle's ``$CFG->dataroot`` as mounted on the workers (attachments named in IOMAD's headers)
-    lms_dataroot = Column(String(500))
+    lms_dataroot: Mapped[str | None] = mapped_column(String(500))
     #: also send the rows no other company takes (``companyid = 0``, IOMAD companies no company maps)
-    iomad_site_queue = Column(Boolean, nullable=False, default=False)
+    iomad_site_queue: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     #: delete old rows as IOMAD's task did (``modifiedtime`` over 180 days, due), at most hourly
-    iomad_purge = Column(Boolean, nullable=False, default=False)
-    iomad_purged_at = Column(DateTime)
+    iomad_purge: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    iomad_purged_at: Mapped[datetime | None] = mapped_column(DateTime)
     #: the completions poller's watermarks: (timecompleted, course_completions.id) of the newest completion
     #: read, re-read with a look-back window; and the highest course_completions.id read (new rows whatever
     #: their timecompleted)
-    completions_after_time = Column(BigInteger)
-    completions_after_id = Column(BigInteger)
-    completions_scan_id = Column(BigInteger)
-    updated_at = Column(DateTime, nullable=False, default=utcnow, onupdate=utcnow)
+    completions_after_time: Mapped[int | None] = mapped_column(BigInteger)
+    completions_after_id: Mapped[int | None] = mapped_column(BigInteger)
+    completions_scan_id: Mapped[int | None] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow, onupdate=utcnow)
 
 
 class Suppression(TenantMixin, Model):
@@ -57,10 +60,10 @@ class Suppression(TenantMixin, Model):
 
     __tablename__ = "suppressions"
     __table_args__ = (UniqueConstraint("company_id", "email", "reason"),)
-    id = Column(Integer, primary_key=True)
-    email = Column(String(320), nullable=False)
-    reason = Column(String(32), nullable=False, default=LIST_MANUAL)
-    created_at = Column(DateTime, nullable=False, default=utcnow)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), nullable=False)
+    reason: Mapped[str] = mapped_column(String(32), nullable=False, default=LIST_MANUAL)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
 
 
 class BounceEvent(TenantMixin, Model):
@@ -72,13 +75,13 @@ class BounceEvent(TenantMixin, Model):
         Index("ix_bounce_events_company_created", "company_id", "created_at"),
         Index("ix_bounce_events_created", "created_at"),  # every company's, of a period (an admin's overview)
     )
-    id = Column(Integer, primary_key=True)
-    event_key = Column(String(255), nullable=False)
-    source = Column(String(16), nullable=False)  # ses | cloudflare
-    kind = Column(String(16), nullable=False)  # hard | soft | complaint
-    email = Column(String(320), nullable=False)
-    message_id = Column(String(255))
-    job_id = Column(Integer, ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
-    recipient_id = Column(Integer, ForeignKey("recipients.id", ondelete="SET NULL"))
-    detail = Column(String(255))
-    created_at = Column(DateTime, nullable=False, default=utcnow)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_key: Mapped[str] = mapped_column(String(255), nullable=False)
+    source: Mapped[str] = mapped_column(String(16), nullable=False)  # ses | cloudflare
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)  # hard | soft | complaint
+    email: Mapped[str] = mapped_column(String(320), nullable=False)
+    message_id: Mapped[str | None] = mapped_column(String(255))
+    job_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
+    recipient_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("recipients.id", ondelete="SET NULL"))
+    detail: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)

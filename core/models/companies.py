@@ -1,11 +1,13 @@
 """Companies, their delivery settings, logins, API tokens and email templates."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import secrets
 from datetime import datetime
 
-from sqlalchemy import Boolean, Column, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, false
-from sqlalchemy.orm import relationship
+from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, false
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from core import settings
 from core.passwords import check_password, hash_password
@@ -37,28 +39,30 @@ def check_dummy_password(password: str) -> bool:
 
 class Company(Model):
     __tablename__ = "companies"
-    id = Column(Integer, primary_key=True)
-    name = Column(String(200), nullable=False, unique=True)
-    created_at = Column(DateTime, nullable=False, default=utcnow)
-    callback_secret = Column(EncryptedText, nullable=False)
-    callback_secret_previous = Column(EncryptedText)
-    callback_secret_previous_until = Column(DateTime)
+    if TYPE_CHECKING:  # not a column: set by core.companies.configure for the settings page
+        role_check_note: str | None
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), nullable=False, unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
+    callback_secret: Mapped[str] = mapped_column(EncryptedText, nullable=False)
+    callback_secret_previous: Mapped[str | None] = mapped_column(EncryptedText)
+    callback_secret_previous_until: Mapped[datetime | None] = mapped_column(DateTime)
     # what to do with recipients whose delivery is uncertain after a crash: resend | fail
-    uncertain_policy = Column(String(16), nullable=False, default="resend")
-    data_retention_days = Column(Integer)
-    moodle_db_url = Column(EncryptedText)
+    uncertain_policy: Mapped[str] = mapped_column(String(16), nullable=False, default="resend")
+    data_retention_days: Mapped[int | None] = mapped_column(Integer)
+    moodle_db_url: Mapped[str | None] = mapped_column(EncryptedText)
     # the operator's SMTP relay (OFFLOAD_FALLBACK_SMTP) serves this company only when an admin turns it on;
     # From stays the service's address unless the sender's domain is listed here (comma-separated)
-    fallback_relay = Column(Boolean, nullable=False, default=False, server_default=false())
-    fallback_sender_domains = Column(String(1000))
+    fallback_relay: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default=false())
+    fallback_sender_domains: Mapped[str | None] = mapped_column(String(1000))
     # the reputation guard (core.reputation): bulk sending paused since, why (in words, with the
     # figures), and the last resume (the guard judges only sends after it)
-    reputation_paused_at = Column(DateTime)
-    reputation_reason = Column(String(255))
-    reputation_resumed_at = Column(DateTime)
+    reputation_paused_at: Mapped[datetime | None] = mapped_column(DateTime)
+    reputation_reason: Mapped[str | None] = mapped_column(String(255))
+    reputation_resumed_at: Mapped[datetime | None] = mapped_column(DateTime)
 
-    settings = relationship("DeliverySettings", uselist=False, back_populates="company",
-                               cascade="all, delete-orphan")
+    settings: Mapped[DeliverySettings | None] = relationship(
+        "DeliverySettings", uselist=False, back_populates="company", cascade="all, delete-orphan")
 
     def approved_sender_domains(self) -> set[str]:
         return {d.strip().lower().lstrip("@") for d in (self.fallback_sender_domains or "").split(",") if d.strip()}
@@ -91,16 +95,16 @@ class DeliverySettings(TenantMixin, Model):
 
     __tablename__ = "delivery_settings"
     __table_args__ = (UniqueConstraint("company_id"),)
-    id = Column(Integer, primary_key=True)
-    provider = Column(String(16), nullable=False, default=registry.fallback_sender)
-    mode = Column(String(16), nullable=False, default="direct")
-    enabled = Column(Boolean, nullable=False, default=True)
-    sender = Column(String(320))
-    max_send_rate = Column(Float)
-    provider_settings = Column(EncryptedJSON)
-    updated_at = Column(DateTime, nullable=False, default=utcnow, onupdate=utcnow)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(16), nullable=False, default=registry.fallback_sender)
+    mode: Mapped[str] = mapped_column(String(16), nullable=False, default="direct")
+    enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    sender: Mapped[str | None] = mapped_column(String(320))
+    max_send_rate: Mapped[float | None] = mapped_column(Float)
+    provider_settings: Mapped[Any | None] = mapped_column(EncryptedJSON)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow, onupdate=utcnow)
 
-    company = relationship("Company", back_populates="settings")
+    company: Mapped[Company] = relationship("Company", back_populates="settings")
 
     #: the service's own settings, kept in columns
     SERVICE_SETTINGS = ("provider", "mode", "enabled", "sender", "max_send_rate")
@@ -134,20 +138,20 @@ class User(Model):
     """A dashboard login; it is also the user object Flask-Login keeps (``is_authenticated``, ``get_id``, ...)."""
 
     __tablename__ = "users"
-    id = Column(Integer, primary_key=True)
-    email = Column(String(320), nullable=False, unique=True)
-    password_hash = Column(String(255), nullable=False)
-    role = Column(String(16), nullable=False)  # admin | manager
-    company_id = Column(Integer, ForeignKey("companies.id", ondelete="CASCADE"), index=True)
-    active = Column(Boolean, nullable=False, default=True)
-    failed_logins = Column(Integer, nullable=False, default=0)
-    locked_until = Column(DateTime)
-    last_login_at = Column(DateTime)
-    created_at = Column(DateTime, nullable=False, default=utcnow)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), nullable=False, unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255), nullable=False)
+    role: Mapped[str] = mapped_column(String(16), nullable=False)  # admin | manager
+    company_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("companies.id", ondelete="CASCADE"), index=True)
+    active: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    failed_logins: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime)
+    last_login_at: Mapped[datetime | None] = mapped_column(DateTime)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
     # changes when the password changes, so old sessions stop working
-    session_token = Column(String(64), nullable=False, default=lambda: secrets.token_hex(16))
+    session_token: Mapped[str] = mapped_column(String(64), nullable=False, default=lambda: secrets.token_hex(16))
 
-    company = relationship("Company")
+    company: Mapped[Company | None] = relationship("Company")
 
     def set_password(self, password: str) -> None:
         self.password_hash = hash_password(password, password_hash_method())
@@ -195,13 +199,13 @@ class User(Model):
 
 class ApiToken(TenantMixin, Model):
     __tablename__ = "api_tokens"
-    id = Column(Integer, primary_key=True)
-    name = Column(String(100), nullable=False, default="LMS")
-    prefix = Column(String(16), nullable=False, index=True)
-    token_hash = Column(String(64), nullable=False, unique=True)
-    created_at = Column(DateTime, nullable=False, default=utcnow)
-    last_used_at = Column(DateTime)
-    revoked_at = Column(DateTime)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), nullable=False, default="LMS")
+    prefix: Mapped[str] = mapped_column(String(16), nullable=False, index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
 
     @classmethod
     def issue(cls, company_id: int, name: str = "LMS") -> tuple[ApiToken, str]:
@@ -213,13 +217,13 @@ class ApiToken(TenantMixin, Model):
 class Template(TenantMixin, Model):
     __tablename__ = "templates"
     __table_args__ = (UniqueConstraint("company_id", "name"),)
-    id = Column(Integer, primary_key=True)
-    name = Column(String(100), nullable=False)
-    job_type = Column(String(32))
-    subject = Column(Text, nullable=False)
-    body_text = Column(Text)
-    body_html = Column(Text)
-    created_at = Column(DateTime, nullable=False, default=utcnow)
-    updated_at = Column(DateTime, nullable=False, default=utcnow, onupdate=utcnow)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), nullable=False)
+    job_type: Mapped[str | None] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(Text, nullable=False)
+    body_text: Mapped[str | None] = mapped_column(Text)
+    body_html: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow, onupdate=utcnow)
 
-    company = relationship("Company", viewonly=True)  # pickers name the company, not its id
+    company: Mapped[Company] = relationship("Company", viewonly=True)  # pickers name the company, not its id

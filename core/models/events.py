@@ -1,7 +1,11 @@
 """LMS events accepted by ``POST /api/v1/events``, until their window becomes jobs."""
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, Index, Integer, String
+from typing import Any
+from datetime import datetime
+
+from sqlalchemy import DateTime, Index, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
 
 from core.crypto import EncryptedJSON
 from core.db import Model
@@ -15,7 +19,7 @@ class WaitingEvent(TenantMixin, Model):
 
     __tablename__ = "waiting_events"
     __table_args__ = (Index("ix_waiting_events_window", "company_id", "job_type", "id"),)
-    id = Column(Integer, primary_key=True)
-    job_type = Column(String(32), nullable=False)
-    received_at = Column(DateTime, nullable=False, default=utcnow)
-    payload = Column(EncryptedJSON, nullable=False)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_type: Mapped[str] = mapped_column(String(32), nullable=False)
+    received_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
+    payload: Mapped[Any] = mapped_column(EncryptedJSON, nullable=False)

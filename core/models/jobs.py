@@ -1,7 +1,11 @@
 """Jobs, their batches and recipients, and callback receipts."""
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, ForeignKey, Index, Integer, JSON, String, Text, UniqueConstraint
+from typing import Any
+from datetime import datetime
+
+from sqlalchemy import DateTime, ForeignKey, Index, Integer, JSON, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
 
 from core.crypto import EncryptedJSON
 from core.db import Model
@@ -17,35 +21,37 @@ class Job(TenantMixin, Model):
         Index("ix_jobs_status", "status"),
         UniqueConstraint("company_id", "idempotency_key"),
     )
-    id = Column(Integer, primary_key=True)
-    type = Column(String(32), nullable=False)
-    status = Column(String(32), nullable=False, default=PENDING)
-    source = Column(String(16), nullable=False, default="api")  # api | event | dashboard | lms | smtp
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    type: Mapped[str] = mapped_column(String(32), nullable=False)
+    status: Mapped[str] = mapped_column(String(32), nullable=False, default=PENDING)
+    #: api | event | dashboard | lms | smtp
+    source: Mapped[str] = mapped_column(String(16), nullable=False, default="api")
     #: service class (CONTRACT §6): transactional | bulk; the type's default unless the request set it
-    priority = Column(String(16), nullable=False, default="transactional", server_default="transactional")
-    email_count = Column(Integer, nullable=False, default=0)
-    emails_sent = Column(Integer, nullable=False, default=0)
-    emails_failed = Column(Integer, nullable=False, default=0)
-    emails_suppressed = Column(Integer, nullable=False, default=0)
-    emails_bounced = Column(Integer, nullable=False, default=0)
-    emails_uncertain = Column(Integer, nullable=False, default=0)
-    created_at = Column(DateTime, nullable=False, default=utcnow)
-    started_at = Column(DateTime)
-    completed_at = Column(DateTime)
-    send_at = Column(DateTime)
-    cancel_requested_at = Column(DateTime)
-    paused_reason = Column(String(255))
-    paused_at = Column(DateTime)
-    data_purged_at = Column(DateTime)
-    error_log = Column(Text)
-    idempotency_key = Column(String(255))
-    template_name = Column(String(100))
-    subject = Column(Text, nullable=False, default="")
-    body_text = Column(Text)
-    body_html = Column(Text)
-    created_by_user_id = Column(Integer, ForeignKey("users.id", ondelete="SET NULL"))
+    priority: Mapped[str] = mapped_column(String(16), nullable=False, default="transactional",
+                                          server_default="transactional")
+    email_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    emails_sent: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    emails_failed: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    emails_suppressed: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    emails_bounced: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    emails_uncertain: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    send_at: Mapped[datetime | None] = mapped_column(DateTime)
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime)
+    paused_reason: Mapped[str | None] = mapped_column(String(255))
+    paused_at: Mapped[datetime | None] = mapped_column(DateTime)
+    data_purged_at: Mapped[datetime | None] = mapped_column(DateTime)
+    error_log: Mapped[str | None] = mapped_column(Text)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    template_name: Mapped[str | None] = mapped_column(String(100))
+    subject: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    body_text: Mapped[str | None] = mapped_column(Text)
+    body_html: Mapped[str | None] = mapped_column(Text)
+    created_by_user_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("users.id", ondelete="SET NULL"))
     #: job-level options from the request, e.g. {"certificate_delivery": "attachment"}
-    options = Column(JSON)
+    options: Mapped[Any | None] = mapped_column(JSON)
 
     @property
     def is_final(self) -> bool:
@@ -63,25 +69,25 @@ class Batch(TenantMixin, Model):
         UniqueConstraint("job_id", "batch_number"),
         Index("ix_batches_status_lease", "status", "lease_until"),
     )
-    id = Column(Integer, primary_key=True)
-    job_id = Column(Integer, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False, index=True)
-    batch_number = Column(Integer, nullable=False)
-    status = Column(String(16), nullable=False, default=B_PENDING)
-    route = Column(String(32))  # e.g. direct:ses, fallback:smtp, offload:sqs
-    first_recipient_id = Column(Integer, nullable=False)
-    last_recipient_id = Column(Integer, nullable=False)
-    recipient_count = Column(Integer, nullable=False)
-    attempts = Column(Integer, nullable=False, default=0)
-    lease_until = Column(DateTime)
-    leased_by = Column(String(100))
-    next_attempt_at = Column(DateTime)
-    submitted_at = Column(DateTime)
-    callback_deadline = Column(DateTime)
-    callback_received_at = Column(DateTime)
-    completed_at = Column(DateTime)
-    sent_count = Column(Integer, nullable=False, default=0)
-    failed_count = Column(Integer, nullable=False, default=0)
-    error = Column(Text)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(Integer, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False, index=True)
+    batch_number: Mapped[int] = mapped_column(Integer, nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default=B_PENDING)
+    route: Mapped[str | None] = mapped_column(String(32))  # e.g. direct:ses, fallback:smtp, offload:sqs
+    first_recipient_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    last_recipient_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    recipient_count: Mapped[int] = mapped_column(Integer, nullable=False)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime)
+    leased_by: Mapped[str | None] = mapped_column(String(100))
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime)
+    submitted_at: Mapped[datetime | None] = mapped_column(DateTime)
+    callback_deadline: Mapped[datetime | None] = mapped_column(DateTime)
+    callback_received_at: Mapped[datetime | None] = mapped_column(DateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    sent_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    failed_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
 
 
 class Recipient(TenantMixin, Model):
@@ -93,17 +99,17 @@ class Recipient(TenantMixin, Model):
         # a company's last sends and its rates (core.counts), newest first
         Index("ix_recipients_company_sent", "company_id", "sent_at"),
     )
-    id = Column(Integer, primary_key=True)
-    job_id = Column(Integer, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False)
-    email = Column(String(320), nullable=False)
-    data = Column(EncryptedJSON)
-    status = Column(String(16), nullable=False, default=R_PENDING)
-    error = Column(Text)
-    attempts = Column(Integer, nullable=False, default=0)
-    lease_until = Column(DateTime)
-    sent_at = Column(DateTime)
-    message_id = Column(String(255))
-    route = Column(String(32))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(Integer, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False)
+    email: Mapped[str] = mapped_column(String(320), nullable=False)
+    data: Mapped[Any | None] = mapped_column(EncryptedJSON)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default=R_PENDING)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime)
+    message_id: Mapped[str | None] = mapped_column(String(255))
+    route: Mapped[str | None] = mapped_column(String(32))
 
 
 class WebhookReceipt(TenantMixin, Model):
@@ -111,6 +117,6 @@ class WebhookReceipt(TenantMixin, Model):
 
     __tablename__ = "webhook_receipts"
     __table_args__ = (UniqueConstraint("company_id", "webhook_id"),)
-    id = Column(Integer, primary_key=True)
-    webhook_id = Column(String(255), nullable=False)
-    received_at = Column(DateTime, nullable=False, default=utcnow, index=True)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    webhook_id: Mapped[str] = mapped_column(String(255), nullable=False)
+    received_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow, index=True)

@@ -18,7 +18,10 @@ refused as) a certificate; unique, so a completion makes one certificate.
 """
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint
+from datetime import datetime
+
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
 
 from core.db import Model
 from core.models.base import TenantMixin, utcnow
@@ -36,37 +39,38 @@ class LmsEmailRow(TenantMixin, Model):
         UniqueConstraint("company_id", "lms_row_id"),
         Index("ix_lms_email_rows_unmarked", "company_id", "marked_at"),
     )
-    id = Column(Integer, primary_key=True)
-    lms_row_id = Column(BigInteger, nullable=False)
-    templatename = Column(String(100))
-    job_id = Column(Integer, ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
-    recipient_id = Column(Integer, ForeignKey("recipients.id", ondelete="SET NULL"))
-    status = Column(String(16), nullable=False, default=ROW_QUEUED)
-    error = Column(String(500))
-    created_at = Column(DateTime, nullable=False, default=utcnow)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    lms_row_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    templatename: Mapped[str | None] = mapped_column(String(100))
+    job_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
+    recipient_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("recipients.id", ondelete="SET NULL"))
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default=ROW_QUEUED)
+    error: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
     #: when the Moodle row's ``sent`` was set (``sent_time`` is the value written, unix seconds)
-    marked_at = Column(DateTime)
-    sent_time = Column(BigInteger)
+    marked_at: Mapped[datetime | None] = mapped_column(DateTime)
+    sent_time: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class LmsEmailCopy(TenantMixin, Model):
     __tablename__ = "lms_email_copies"
     __table_args__ = (UniqueConstraint("row_id", "email"),)
-    id = Column(Integer, primary_key=True)
-    row_id = Column(Integer, ForeignKey("lms_email_rows.id", ondelete="CASCADE"), nullable=False, index=True)
-    recipient_id = Column(Integer, ForeignKey("recipients.id", ondelete="SET NULL"))
-    email = Column(String(320), nullable=False)
-    kind = Column(String(16), nullable=False)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    row_id: Mapped[int] = mapped_column(Integer, ForeignKey("lms_email_rows.id", ondelete="CASCADE"),
+                                        nullable=False, index=True)
+    recipient_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("recipients.id", ondelete="SET NULL"))
+    email: Mapped[str] = mapped_column(String(320), nullable=False)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
 
 
 class LmsCompletion(TenantMixin, Model):
     __tablename__ = "lms_completions"
     __table_args__ = (UniqueConstraint("company_id", "lms_user_id", "lms_course_id"),)
-    id = Column(Integer, primary_key=True)
-    lms_user_id = Column(BigInteger, nullable=False)
-    lms_course_id = Column(BigInteger, nullable=False)
-    timecompleted = Column(BigInteger)
-    job_id = Column(Integer, ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    lms_user_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    lms_course_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    timecompleted: Mapped[int | None] = mapped_column(BigInteger)
+    job_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
     #: None when a certificate job was made; else why not (deleted user, no address...)
-    skipped = Column(String(255))
-    created_at = Column(DateTime, nullable=False, default=utcnow)
+    skipped: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)

@@ -7,18 +7,22 @@
 """
 from __future__ import annotations
 
-from sqlalchemy import Column, Date, DateTime, ForeignKey, Integer, String
+from datetime import datetime
+from datetime import date
+
+from sqlalchemy import Date, DateTime, ForeignKey, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
 
 from core.db import Model
 
 
 class JobSecond(Model):
     __tablename__ = "job_seconds"
-    job_id = Column(Integer, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    job_id: Mapped[int] = mapped_column(Integer, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     #: the second (naive UTC, truncated) the recipients were sent in
-    second = Column(DateTime, primary_key=True)
-    company_id = Column(Integer, nullable=False)
-    sent = Column(Integer, nullable=False, default=0)
+    second: Mapped[datetime] = mapped_column(DateTime, primary_key=True)
+    company_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    sent: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
 
 
 class CompanyDay(Model):
@@ -27,11 +31,11 @@ class CompanyDay(Model):
     ``failed`` and ``suppressed``: recipients that ended so, by the day they did."""
 
     __tablename__ = "company_days"
-    company_id = Column(Integer, ForeignKey("companies.id", ondelete="CASCADE"), primary_key=True)
-    day = Column(Date, primary_key=True)
+    company_id: Mapped[int] = mapped_column(Integer, ForeignKey("companies.id", ondelete="CASCADE"), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
     #: the route that settled them (``direct:ses``, ``offload:sqs``...), ``""`` when none did
-    route = Column(String(32), primary_key=True)
-    sent = Column(Integer, nullable=False, default=0)
-    failed = Column(Integer, nullable=False, default=0)
-    bounced = Column(Integer, nullable=False, default=0)
-    suppressed = Column(Integer, nullable=False, default=0)
+    route: Mapped[str] = mapped_column(String(32), primary_key=True)
+    sent: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    failed: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    bounced: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    suppressed: Mapped[int] = mapped_column(Integer, nullable=False, default=0)

@@ -1,7 +1,11 @@
 """Messages taken by SMTP submission (``submission``), until they are jobs and after."""
 from __future__ import annotations
 
-from sqlalchemy import JSON, Column, DateTime, ForeignKey, Index, Integer, String, Text
+from typing import Any
+from datetime import datetime
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
 
 from core.crypto import EncryptedBytes
 from core.db import Model
@@ -25,19 +29,19 @@ class SmtpMessage(TenantMixin, Model):
 
     __tablename__ = "smtp_messages"
     __table_args__ = (Index("ix_smtp_messages_waiting", "status", "company_id", "job_type", "id"),)
-    id = Column(Integer, primary_key=True)
-    received_at = Column(DateTime, nullable=False, default=utcnow)
-    status = Column(String(16), nullable=False, default=WAITING)
-    job_type = Column(String(32), nullable=False)
-    job_id = Column(Integer, ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
-    mail_from = Column(String(320), nullable=False)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default=WAITING)
+    job_type: Mapped[str] = mapped_column(String(32), nullable=False)
+    job_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
+    mail_from: Mapped[str] = mapped_column(String(320), nullable=False)
     #: the envelope recipients (RCPT TO), in order
-    rcpt_to = Column(JSON, nullable=False)
+    rcpt_to: Mapped[Any] = mapped_column(JSON, nullable=False)
     #: the decoded Subject, shown on the job
-    subject = Column(Text, nullable=False, default="")
-    size = Column(Integer, nullable=False)
-    raw = Column(EncryptedBytes)
-    storage_key = Column(String(512))
+    subject: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    size: Mapped[int] = mapped_column(Integer, nullable=False)
+    raw: Mapped[bytes | None] = mapped_column(EncryptedBytes)
+    storage_key: Mapped[str | None] = mapped_column(String(512))
     #: the client's address and the token that signed in (its prefix), for the record
-    peer = Column(String(64))
-    token_prefix = Column(String(16))
+    peer: Mapped[str | None] = mapped_column(String(64))
+    token_prefix: Mapped[str | None] = mapped_column(String(16))

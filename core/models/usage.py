@@ -1,7 +1,10 @@
 """What each job used of the cloud, counted as it ran (``core.usage``)."""
 from __future__ import annotations
 
-from sqlalchemy import Column, Date, Float, ForeignKey, Index, Integer, String, UniqueConstraint
+from datetime import date
+
+from sqlalchemy import Date, Float, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
 
 from core.db import Model
 from core.models.base import TenantMixin
@@ -16,8 +19,8 @@ class JobUsage(TenantMixin, Model):
         UniqueConstraint("job_id", "day", "meter"),
         Index("ix_job_usage_company_day", "company_id", "day"),
     )
-    id = Column(Integer, primary_key=True)
-    job_id = Column(Integer, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False)
-    day = Column(Date, nullable=False)
-    meter = Column(String(48), nullable=False)
-    quantity = Column(Float, nullable=False, default=0.0)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(Integer, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False)
+    day: Mapped[date] = mapped_column(Date, nullable=False)
+    meter: Mapped[str] = mapped_column(String(48), nullable=False)
+    quantity: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
