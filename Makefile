@@ -46,12 +46,14 @@ test: $(VENV)/.dev
 	bash scripts/test-setup.sh
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/pytest $(XDIST)
 	OFFLOAD_TEST_DB=postgresql $(BIN)/pytest $(XDIST) -m "not browser and not slow" $(PG_TESTS) $(PG_SKIP)
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 bench: export OFFLOAD_DEV ?= 1
 bench: export OFFLOAD_ALLOW_PRIVATE_ENDPOINTS ?= 1

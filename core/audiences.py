@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from core import crypto
 from core import fields as fields_of
+from core.queue import as_text
 from core.db import db
 from core.lms import connection as lms_connection
 from core.models import CampaignSettings, Company
@@ -244,7 +245,7 @@ class UploadStore:
         raw = self.conn.get(self.key(upload_id))
         if raw is None:
             return None
-        doc = json.loads(crypto.decrypt(raw.decode()))
+        doc = json.loads(crypto.decrypt(as_text(raw)))
         if doc["user_id"] != user_id:
             return None
         return Upload(doc["company_id"], doc["user_id"], doc["filename"], doc["columns"],
@@ -254,7 +255,7 @@ class UploadStore:
     def delete(self, upload_id: str) -> None:
         raw = self.conn.get(self.key(upload_id))
         if raw is not None:
-            doc = json.loads(crypto.decrypt(raw.decode()))
+            doc = json.loads(crypto.decrypt(as_text(raw)))
             self.conn.zrem(f"offload:uploads:user:{doc['user_id']}", upload_id)
             self.conn.zrem(f"offload:uploads:company:{doc['company_id']}", upload_id)
             self.conn.zrem(ALL_UPLOADS, f"{upload_id}:{len(raw)}")

@@ -98,6 +98,8 @@ class Child:
             [sys.executable, "-m", module, str(memory_mb)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, cwd=_ROOT, env=_child_env(), close_fds=True, bufsize=0)
         self.pid = self.proc.pid
+        if self.proc.stdin is None or self.proc.stdout is None:  # never: both are pipes
+            raise RuntimeError("the child has no pipes")
         self._w = self.proc.stdin.fileno()
         self._r = self.proc.stdout.fileno()
         os.set_blocking(self._r, False)
@@ -184,7 +186,8 @@ class Child:
                 pass
             for stream in (self.proc.stdin, self.proc.stdout):
                 try:
-                    stream.close()
+                    if stream is not None:
+                        stream.close()
                 except OSError:
                     pass
             try:
@@ -198,7 +201,8 @@ class Child:
         self.dead = True
         for stream in (self.proc.stdin, self.proc.stdout):
             try:
-                stream.close()
+                if stream is not None:
+                    stream.close()
             except OSError:
                 pass
 
@@ -260,11 +264,14 @@ class Pool:
         child.kill()
 
     def _reap(self) -> None:
+        idle_s = self.idle_s
+        if idle_s is None:  # never: the reaper starts only when children may idle out
+            return
         while True:
-            time.sleep(self.idle_s / 4)
+            time.sleep(idle_s / 4)
             with self._lock:
                 now = time.monotonic()
-                stale = [c for c in self._idle if now - c.idle_since > self.idle_s]
+                stale = [c for c in self._idle if now - c.idle_since > idle_s]
                 self._idle = [c for c in self._idle if c not in stale]
             for child in stale:
                 child.kill()

@@ -26,6 +26,8 @@ def insert_recipients(rows: Sequence[tuple]) -> None:
         return
     if is_postgres() and len(rows) >= COPY_MIN_ROWS:
         dbapi = db.session.connection().connection.driver_connection
+        if dbapi is None:  # never: the session's connection is checked out
+            raise RuntimeError("no driver connection")
         with dbapi.cursor() as cur:
             with cur.copy(f"COPY recipients ({', '.join(RECIPIENT_COLUMNS)}) FROM STDIN") as copy:
                 for company_id, job_id, email, data, status, error in rows:

@@ -462,7 +462,7 @@ class FontStack:
     def splitString(self, text: str, doc, encoding: str = "utf-8"):  # noqa: N802 - ReportLab's name
         """ReportLab's interface, for callers other than the text object: (subset, bytes) per run,
         unshaped. The subset is ``(member, subset)``."""
-        out = []
+        out: list[tuple[tuple[int, int], bytes]] = []
         for run in self.runs(text):
             member = self.member(run.member)
             out.extend(((run.member, subset), chunk) for subset, chunk in member.ttf.splitString(run.text, doc))
@@ -482,7 +482,7 @@ class FontStack:
     def format_runs(self, tx: PDFTextObject, text: str) -> str:
         """:meth:`format_text` without the planning marks."""
         escape = tx._canvas._escape
-        size, out = tx._fontsize, []
+        size, out = tx._fontsize, list[str]()
         tail = f"{fp_str(size)} Tf {fp_str(tx._leading)} TL"
         for run in self.runs(text):
             member = self.member(run.member)
@@ -493,7 +493,8 @@ class FontStack:
                 continue
             glyphs = self.shape(run.member, run.text, visual=True)
             out.append(f"/Span <</ActualText {_pdf_text_string(run.text)}>> BDC")
-            rise, items, position = tx._rise, [], 0
+            rise, position = tx._rise, 0
+            items: list[float | bytes] = []  # TJ's parts: glyph bytes and position adjustments
             for key, name, chunk in self._encode(tx, run.member, member, "".join(g.code for g in glyphs)):
                 if key != tx._curSubset:
                     _flush_tj(out, items, escape)
@@ -544,7 +545,7 @@ class FontStack:
             tx._curSubset = key
 
 
-def _flush_tj(out: list[str], items: list, escape) -> None:
+def _flush_tj(out: list[str], items: list[float | bytes], escape) -> None:
     """Write the pending glyphs and adjustments of a shaped run as one TJ."""
     if not items:
         return

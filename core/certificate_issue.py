@@ -113,7 +113,7 @@ def issue(job_id: int) -> int:
 def _issue_all(job: Job, lock) -> int | None:
     """Issue chunk by chunk; ``None`` when the job was paused."""
     claims.mark_started(job.id)
-    company = db.session.get(Company, job.company_id)
+    company = db.session.get_one(Company, job.company_id)
     try:
         issuer = Issuer(job, company)
     except PermanentError as exc:
@@ -316,6 +316,8 @@ class CertificateMail:
             raise CertificateNotIssued("the certificate was revoked")
         if delivery_of(data, self.delivery) != "attachment":
             return []
+        if cert.storage is None or cert.object_key is None:
+            raise CertificateNotIssued("the certificate's PDF was not stored")
         try:
             pdf = self._storage(cert.storage).get(cert.object_key)
         except ObjectNotFound:
@@ -326,5 +328,5 @@ class CertificateMail:
 
     def _storage(self, kind: str) -> Storage:
         if kind not in self._storages:
-            self._storages[kind] = open_storage(db.session.get(Company, self.company_id), kind)
+            self._storages[kind] = open_storage(db.session.get_one(Company, self.company_id), kind)
         return self._storages[kind]

@@ -96,6 +96,9 @@ class FieldValue(str):
     """A learner's value as the template sees it: the same string, but printed (``{{ x }}``)
     as a mark :func:`skeleton` finds again. What the template builds from it is plain text."""
 
+    field_name: str
+    _book: list[tuple[str, str]]
+
     def __new__(cls, value: str, name: str, book: list[tuple[str, str]]) -> FieldValue:
         self = super().__new__(cls, value)
         self.field_name, self._book = name, book
@@ -130,7 +133,9 @@ def skeleton(html: str, book: list[tuple[str, str]]) -> Skeleton:
     the skeleton is not plannable."""
     body = html.lower().find("<body")
     raw = [m.span() for m in _RAW_ELEMENTS.finditer(html)]
-    out, fields, qr, last, plannable = [], [], False, 0, True
+    out: list[str] = []
+    fields: list[str] = []
+    qr, last, plannable = False, 0, True
     for match in _VALUE_MARK.finditer(html):
         start = match.start()
         name, escaped = book[int(match.group(1))]
@@ -314,18 +319,18 @@ def _alignments(long: list[tuple[str, bytes]], short: list[tuple[str, bytes]],
     ev_long, ev_short = _text_events(long), _text_events(short)
     aligned: dict[int, float] = {}
     hole_lines: dict[int, int] = {}
-    for a, b in zip(ev_long, ev_short, strict=True):
-        if a.kind == "hole":
-            if abs(a.y - b.y) > 1e-3:
+    for el, es in zip(ev_long, ev_short, strict=True):
+        if el.kind == "hole":
+            if abs(el.y - es.y) > 1e-3:
                 raise Unplannable("a value moves its line up or down")
-            w_long, w_short = widths[a.slot]
-            alpha = (b.x - a.x) / (w_long - w_short) if w_long != w_short else 0.0
+            w_long, w_short = widths[el.slot]
+            alpha = (es.x - el.x) / (w_long - w_short) if w_long != w_short else 0.0
             if not -0.01 <= alpha <= 1.01:
                 raise Unplannable("a value's line moves more than its width")
-            aligned[a.slot] = min(max(alpha, 0.0), 1.0)
-            hole_lines[a.line] = a.slot
-        elif abs(a.x - b.x) > 1e-3 or abs(a.y - b.y) > 1e-3:
-            if a.line not in hole_lines:
+            aligned[el.slot] = min(max(alpha, 0.0), 1.0)
+            hole_lines[el.line] = el.slot
+        elif abs(el.x - es.x) > 1e-3 or abs(el.y - es.y) > 1e-3:
+            if el.line not in hole_lines:
                 raise Unplannable("text before a value moves with it")
     return aligned
 
@@ -526,7 +531,7 @@ def _sentinel_png(text: str) -> str:
     """A PNG the size of ``text``'s QR image, painted a colour no QR code has."""
     side = segno.make_qr(text, error="m", mask=0).symbol_size(scale=QR_SCALE, border=QR_BORDER)[0]
     out = io.BytesIO()
-    Image.new("RGB", (side, side), _SENTINEL_RGB).save(out, "PNG")
+    Image.new("RGB", (int(side), int(side)), _SENTINEL_RGB).save(out, "PNG")
     return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode("ascii")
 
 
@@ -602,29 +607,40 @@ def _page(pdf: bytes) -> _Page:
     if "/Annots" in page:
         raise Unplannable("the page has links or annotations")
     resources = page["/Resources"].get_object()
+    if not isinstance(resources, DictionaryObject):
+        raise Unplannable("the page has no resources")
     for key in resources:
         if key not in ("/Font", "/XObject", "/ExtGState", "/ProcSet"):
             raise Unplannable(f"the page uses {key} resources")
     box = page.mediabox
-    meta = reader.metadata or {}
+    meta: Mapping[str, Any] = reader.metadata or {}
     info = {setter: str(meta[key]) for key, setter in (("/Title", "setTitle"), ("/Author", "setAuthor"),
                                                        ("/Subject", "setSubject")) if meta.get(key)}
-    return _Page(reader, page.get_contents().get_data(), resources, (float(box.width), float(box.height)), info)
+    contents = page.get_contents()
+    if contents is None:
+        raise Unplannable("the page has no content")
+    return _Page(reader, contents.get_data(), resources, (float(box.width), float(box.height)), info)
 
 
 def _assemble(page: _Page, tokens, recorder: _Recorder, sk: Skeleton, widths, aligned, qr_text: str) -> Plan:
     """The plan: the short layout's stream cut at its holes, its resources as raw objects."""
     refs: set[int] = set()
     renames: dict[bytes, bytes] = {}
-    fonts, xobjects, states = {}, {}, {}
+    fonts: dict[str, int] = {}
+    xobjects: dict[str, int] = {}
+    states: dict[str, int] = {}
     sentinel_name = None
     for kind, target in (("/Font", fonts), ("/XObject", xobjects), ("/ExtGState", states)):
         entries = page.resources.get(kind)
-        for name, ref in (entries.get_object().items() if entries is not None else ()):
+        entries = entries.get_object() if entries is not None else None
+        if entries is not None and not isinstance(entries, DictionaryObject):
+            raise Unplannable(f"the page's {kind} resources are not a dictionary")
+        for name, ref in (entries.items() if entries is not None else ()):
             if not isinstance(ref, IndirectObject):
                 raise Unplannable(f"an inline {kind} resource")
             obj = ref.get_object()
-            if kind == "/XObject" and obj.get("/Subtype") == "/Image" and _is_sentinel(obj):
+            if (kind == "/XObject" and isinstance(obj, DictionaryObject) and obj.get("/Subtype") == "/Image"
+                    and _is_sentinel(obj)):
                 sentinel_name = name.encode()
                 continue
             new = "BG" + name[1:].replace("FormXob.", "")

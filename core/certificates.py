@@ -135,11 +135,16 @@ def presigned_link(cert: Certificate, expires_in: int = LINK_TTL_S) -> str:
     The link is a redirect target on a public page: it must name a host the
     endpoint guard allows for that storage's cloud (AWS for S3, Cloudflare
     for R2 and the Worker, or the operator's list), else ``EndpointRefused``."""
-    company = db.session.get(Company, cert.company_id)
+    if cert.storage is None or cert.object_key is None:
+        raise ObjectNotFound("the certificate has no stored PDF")
+    company = db.session.get_one(Company, cert.company_id)
     with open_storage(company, cert.storage) as storage:
         url = storage.presigned_url(cert.object_key, expires_in)
     config = storage_config(company, cert.storage)
-    return guarded_url(config, url, registry.cloud(registry.STORAGE, cert.storage))
+    link = guarded_url(config, url, registry.cloud(registry.STORAGE, cert.storage))
+    if link is None:
+        raise PermanentError("the storage gave no link")
+    return link
 
 
 # --------------------------------------------------------------------------- lookup and status
@@ -237,10 +242,12 @@ def zip_entries(job: Job) -> Iterator[tuple[str, Iterable[bytes]]]:
         .where(Certificate.company_id == job.company_id, Certificate.job_id == job.id,
                Certificate.object_key.isnot(None))
         .order_by(Certificate.id)).all()
-    company = db.session.get(Company, job.company_id)
-    storages: dict[str, Storage] = {}
+    company = db.session.get_one(Company, job.company_id)
+    storages: dict[str | None, Storage] = {}  # None: whichever the settings choose
     try:
         for code, learner, kind, key in rows:
+            if key is None:  # never: the query takes stored ones only
+                continue
             if kind not in storages:
                 storages[kind] = open_storage(company, kind)
             yield f"{_file_stem(learner)}-{code}.pdf", storages[kind].iter_chunks(key)

@@ -15,8 +15,9 @@ the engine (``db.configure(url)``) and does the same around its own work.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
+from typing import Any, ClassVar
 
-from sqlalchemy import Engine, MetaData, create_engine
+from sqlalchemy import CursorResult, Engine, MetaData, Result, Table, create_engine
 from sqlalchemy.orm import DeclarativeBase, Session, scoped_session, sessionmaker
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.util import ScopedRegistry, ThreadLocalRegistry
@@ -34,6 +35,16 @@ class Model(DeclarativeBase):
     """The declarative base of every table."""
 
     metadata = MetaData(naming_convention=NAMING)
+    #: every model here maps one Table (DeclarativeBase types it as any FromClause)
+    __table__: ClassVar[Table]
+
+
+def rowcount(result: Result[Any]) -> int:
+    """The rows an UPDATE, DELETE or INSERT run through ``db.session.execute`` matched: the
+    session returns a ``CursorResult`` for them, but its signature says only ``Result``."""
+    if not isinstance(result, CursorResult):
+        raise TypeError(f"no row count: {type(result).__name__} is not a CursorResult")
+    return result.rowcount
 
 
 def engine_options(url: str) -> dict:
@@ -81,7 +92,8 @@ class _ScopedSession(scoped_session):
 
     def __init__(self, session_factory: sessionmaker, registry: _Registry):
         self.session_factory = session_factory
-        self.registry = registry
+        # _Registry is ScopedRegistry's interface (call, has, set, clear), not its subclass
+        self.registry = registry  # type: ignore[assignment]
 
 
 class Database:

@@ -40,11 +40,11 @@ from sqlalchemy import Engine, func, select, text
 
 from core import audit, crypto, fields, settings
 from core.companies import authenticate_token
-from core.db import db
+from core.db import db, rowcount
 from core.groupcommit import GroupCommit, NotStored
 from core.jobs import JobError, create_job, parse_time, service_sample
 from core.models import Company, Template, WaitingEvent, is_bulk, sha256_hex, utcnow
-from core.queue import connection, release_events_closer, schedule_events_close
+from core.queue import as_text, connection, release_events_closer, schedule_events_close
 from core.rendering import PREVIEW_BUDGET_S, CompiledTemplate, RenderError, valid_email
 from core.submissions import Closers, due_at
 
@@ -143,7 +143,7 @@ class _TemplateCheck:
     key: tuple | None  # (id, updated_at, parts); None: no template
     compiled: CompiledTemplate | None
     read_at: float
-    parts: tuple | None = None
+    parts: tuple[str, str | None, str | None] | None = None
     #: the first render's error for a template that failed it (each later event renders to be sure)
     broken: bool = False
     rendered_once: bool = False
@@ -154,7 +154,7 @@ def _missing(compiled: CompiledTemplate, job_type: str, data: dict) -> list[str]
     return fields.missing(job_type, compiled.required, data, bulk=is_bulk(job_type, None))
 
 
-def _sample_render(tpl_parts: tuple, job_type: str, data: dict) -> None:
+def _sample_render(tpl_parts: tuple[str, str | None, str | None], job_type: str, data: dict) -> None:
     """Render the template with this event's data once (errors a 400 now); raises ``EventError``."""
     sample = {**service_sample(job_type, is_bulk(job_type, None)), **data}
     try:
@@ -234,7 +234,7 @@ class Intake:
         if missing:
             raise EventError(fields.MISSING, f"data has no {', '.join(missing)}, which the mail needs: nothing is "
                                              "sent with a blank", {"fields": missing})
-        if not check.rendered_once or check.broken:
+        if check.parts is not None and (not check.rendered_once or check.broken):
             try:
                 _sample_render(check.parts, event.job_type, event.data)
             except EventError:
@@ -404,7 +404,7 @@ def close_window(company_id: int, job_type: str, *, now: datetime | None = None)
 
 
 def _delete(ids: list[int]) -> None:
-    deleted = db.session.execute(WaitingEvent.__table__.delete().where(WaitingEvent.id.in_(ids))).rowcount
+    deleted = rowcount(db.session.execute(WaitingEvent.__table__.delete().where(WaitingEvent.id.in_(ids))))
     if deleted != len(ids):
         raise _Taken()
 
@@ -434,9 +434,9 @@ def _dropped(company_id: int, job_type: str, ids: list[int], reason: str) -> Non
 
 def stale_windows(older_than: datetime) -> list[tuple[int, str]]:
     """Windows holding an event received before ``older_than``: their closer was lost."""
-    return [tuple(r) for r in db.session.execute(
+    return [(company_id, job_type) for company_id, job_type in db.session.execute(
         select(WaitingEvent.company_id, WaitingEvent.job_type).where(WaitingEvent.received_at < older_than)
-        .distinct()).all()]
+        .distinct()).tuples()]
 
 
 def waiting_count(company_id: int, job_type: str | None = None) -> int:
@@ -455,8 +455,8 @@ def import_legacy(conn: Redis) -> int:
     """Events an earlier version held in Redis (a list per open window, ``buf:<company>:<type>``, listed
     in the ``open`` set; ``taken:<window>`` once taken, listed in ``closed``): stored as waiting events
     (their windows close as any), then the lists deleted. Returns the events moved."""
-    opened = [m.decode() for m in conn.zrange(LEGACY_OPEN, 0, -1)]
-    taken = [m.decode() for m in conn.zrange(LEGACY_CLOSED, 0, -1)]
+    opened = [as_text(m) for m in conn.zrange(LEGACY_OPEN, 0, -1)]
+    taken = [as_text(m) for m in conn.zrange(LEGACY_CLOSED, 0, -1)]
     if not opened and not taken:
         return 0
     lists = []
@@ -468,7 +468,7 @@ def import_legacy(conn: Redis) -> int:
         lists.append((f"{PREFIX}taken:{window}", int(company), job_type))
     moved = 0
     for key, company_id, job_type in lists:
-        tokens = [t.decode() for t in conn.lrange(key, 0, -1)]
+        tokens = [as_text(t) for t in conn.lrange(key, 0, -1)]
         if tokens and db.session.get(Company, company_id) is not None:
             db.session.execute(text("INSERT INTO waiting_events (company_id, job_type, received_at, payload) "
                                     "VALUES (:c, :t, :r, :p)"),  # the tokens as they are: already encrypted

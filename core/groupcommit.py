@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Dialect, Engine
+from sqlalchemy import Dialect, Engine, PoolProxiedConnection
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class GroupCommit:
         self._waiting = 0
         self._thread: threading.Thread | None = None
         self._pid = 0
-        self._conn = None
+        self._conn: PoolProxiedConnection | None = None
         #: groups committed, items stored, seconds spent storing (the bench and the log read them)
         self.commits = 0
         self.stored = 0

@@ -15,7 +15,7 @@ from core import audit, fields, reputation, sendstats, suppressions, usage
 from core.prices import Estimate
 from core.bulk import insert_recipients
 from core.counts import job_counts
-from core.db import db
+from core.db import db, rowcount
 from core.models import (BATCH_WAITING, COMPLETED, DEFAULT_PRIORITY, FAILED, JOB_TYPES, PARTIAL, PAUSED, PRIORITIES,
                          PROCESSING, QUEUED, R_FAILED, R_PENDING, R_SUPPRESSED, Batch, Company, Job, Template, is_bulk,
                          utcnow)
@@ -201,7 +201,8 @@ def classify_recipients(company_id: int, job_id: int, items: list, *, bulk: bool
     (index → fields) fail for the fields their data lacks."""
     suppressed = suppressions.suppressed_addresses(company_id, bulk)
     seen: set[str] = set()
-    rows, counts = [], {R_PENDING: 0, R_FAILED: 0, R_SUPPRESSED: 0}
+    rows: list[tuple] = []
+    counts: dict[str, int] = {R_PENDING: 0, R_FAILED: 0, R_SUPPRESSED: 0}
     lacking = lacking or {}
     for index, item in enumerate(items):
         email, data, status, error = _one_recipient(item)
@@ -286,7 +287,10 @@ def create_job(company_id: int, payload, *, idempotency_key: str | None = None, 
         db.session.flush()
     except IntegrityError:  # a concurrent request with the same key won
         db.session.rollback()
-        return find_idempotent(company_id, idempotency_key), False
+        winner = find_idempotent(company_id, idempotency_key) if idempotency_key else None
+        if winner is None:  # not the key's race
+            raise
+        return winner, False
     rows, counts = classify_recipients(company_id, job.id, req.recipients, bulk=bulk, distinct=distinct,
                                        lacking=lacking)
     insert_recipients(rows)
@@ -381,7 +385,7 @@ def retry_batch_now(job: Job, batch: Batch) -> bool:
         return False
     res = db.session.execute(update(Batch).where(Batch.id == batch.id, Batch.status.in_(BATCH_WAITING))
                              .values(next_attempt_at=utcnow()))
-    if res.rowcount != 1:
+    if rowcount(res) != 1:
         db.session.rollback()
         return False
     audit.record("batch_retried_now", company_id=job.company_id, object_type="job", object_id=job.id,

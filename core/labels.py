@@ -18,26 +18,26 @@ from core.models.campaigns import LIST_BOUNCE, LIST_COMPLAINT, LIST_MANUAL, LIST
 from core.models.statuses import BatchStatus, JobStatus, JobType, Priority, RecipientStatus
 from providers import registry
 
-JOB_STATUS = {
+JOB_STATUS: dict[str, str] = {
     JobStatus.PENDING: "Pending", JobStatus.QUEUED: "Queued", JobStatus.PROCESSING: "Sending",
     JobStatus.COMPLETED: "Completed", JobStatus.PARTIAL: "Partial failure", JobStatus.FAILED: "Failed",
     JobStatus.CANCELLED: "Cancelled", JobStatus.PAUSED: "Paused",
 }
-RECIPIENT_STATUS = {
+RECIPIENT_STATUS: dict[str, str] = {
     RecipientStatus.PENDING: "Waiting", RecipientStatus.SENDING: "Sending", RecipientStatus.SENT: "Sent",
     RecipientStatus.FAILED: "Failed", RecipientStatus.BOUNCED: "Bounced", RecipientStatus.SUPPRESSED: "Suppressed",
     RecipientStatus.UNCERTAIN: "Uncertain", RecipientStatus.CANCELLED: "Cancelled",
 }
-BATCH_STATUS = {
+BATCH_STATUS: dict[str, str] = {
     BatchStatus.PENDING: "Waiting", BatchStatus.QUEUED: "Queued", BatchStatus.SENDING: "Sending",
     BatchStatus.RETRY: "Waiting to retry", BatchStatus.SUBMITTED: "With the cloud worker", BatchStatus.DONE: "Done",
     BatchStatus.FAILED: "Failed", BatchStatus.CANCELLED: "Cancelled",
 }
-JOB_TYPE = {
+JOB_TYPE: dict[str, str] = {
     JobType.CSV_IMPORT: "New accounts (CSV import)", JobType.LICENSE_ALLOCATION: "License allocation",
     JobType.REENGAGEMENT: "Re-engagement", JobType.NOTIFICATION: "Notification", JobType.CERTIFICATE: "Certificate",
 }
-PRIORITY = {Priority.TRANSACTIONAL: "Transactional", Priority.BULK: "Bulk"}
+PRIORITY: dict[str, str] = {Priority.TRANSACTIONAL: "Transactional", Priority.BULK: "Bulk"}
 SOURCE = {"api": "LMS API", "event": "LMS events", "dashboard": "Dashboard", "lms": "IOMAD's email queue",
           "smtp": "SMTP submission"}
 MODE = {"direct": "Direct: the service sends", "offload": "Offload: the company's cloud worker sends"}
@@ -128,8 +128,7 @@ def label(kind: str, key) -> str:
 
 def backend(kind: str, name: str) -> str:
     """A sender's, transport's or storage's label (``smtp`` → ``SMTP``, ``aws`` → ``Amazon SES``)."""
-    found = registry.find(kind, name)
-    return registry.label(kind, found.name) if found is not None else humanize(name)
+    return registry.label(kind, name) if registry.find(kind, name) is not None else humanize(name)
 
 
 def route(value: str | None) -> str:

@@ -55,11 +55,15 @@ def count(conn: redis.Redis, name: str, label: str = "", n: int = 1) -> None:
         log.debug("counter %s not recorded: %s", name, type(exc).__name__)
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def counters(conn: redis.Redis) -> dict[str, dict[str, int]]:
     """Every counter: ``{name: {label: count}}``."""
     found: dict[str, dict[str, int]] = {}
     for key, value in conn.hgetall(COUNTERS).items():
-        name, _, label = key.decode().partition("|")
+        name, _, label = _text(key).partition("|")
         found.setdefault(name, {})[label] = int(value)
     return found
 
@@ -82,7 +86,7 @@ def latency(conn: redis.Redis) -> dict[str, dict]:
     """Per provider: ``{"buckets": [(bound, cumulative count)...], "count", "sum"}``."""
     raw: dict[str, dict[str, float]] = {}
     for key, value in conn.hgetall(LATENCY).items():
-        provider, _, part = key.decode().partition("|")
+        provider, _, part = _text(key).partition("|")
         raw.setdefault(provider, {})[part] = float(value)
     found = {}
     for provider, parts in raw.items():

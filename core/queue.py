@@ -44,6 +44,12 @@ WAKE = Policy(retries=(), result_ttl=0, failure_ttl=24 * 3600, timeout=900)
 _connections: dict[str, redis.Redis] = {}
 
 
+def as_text(value: object) -> str:
+    """A value Redis answered, as text: this service's clients answer bytes (redis-py's types
+    also allow the str of a decoding client)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def connection(url: str | None = None) -> redis.Redis:
     """A shared Redis client for ``url`` (default: the app's REDIS_URL)."""
     url = url or settings.current().redis_url

@@ -9,9 +9,11 @@ id order from the cursor on, and stops at a page.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import Row, func
 
 from core.db import db
 from core.models import Recipient
@@ -23,7 +25,7 @@ COLUMNS = ("id", "email", "status", "error", "attempts", "sent_at", "route")
 
 @dataclass(frozen=True)
 class Page:
-    rows: list
+    rows: Sequence[Row[Any]]
     #: the id to pass as ``after`` for the next page, or ``None`` on the last one
     next_after: int | None
 

@@ -34,6 +34,7 @@ or the exception type; never a value of the recipient's data.
 """
 from __future__ import annotations
 
+import io
 import itertools
 import re
 import signal
@@ -272,14 +273,16 @@ class _Bound(NodeTransformer):
     ``~`` goes through the size-checked concatenation."""
 
     def visit_For(self, node: nodes.For) -> nodes.Node:
-        node = self.generic_visit(node)
-        node.iter = nodes.Filter(node.iter, _LOOP, [], [], None, None, lineno=node.lineno)
-        return node
+        loop = self.generic_visit(node)  # the same For, its children visited
+        assert isinstance(loop, nodes.For)
+        loop.iter = nodes.Filter(loop.iter, _LOOP, [], [], None, None, lineno=loop.lineno)
+        return loop
 
     def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
-        node = self.generic_visit(node)
-        return nodes.Filter(nodes.List(node.nodes, lineno=node.lineno), _CONCAT, [], [], None, None,
-                            lineno=node.lineno)
+        concat = self.generic_visit(node)  # the same Concat, its children visited
+        assert isinstance(concat, nodes.Concat)
+        return nodes.Filter(nodes.List(concat.nodes, lineno=concat.lineno), _CONCAT, [], [], None, None,
+                            lineno=concat.lineno)
 
 
 class BoundedSandbox(SandboxedEnvironment):
@@ -484,12 +487,13 @@ def _analysed(kind: str, source: str) -> _Analysed:
     tree = env.parse(source)
     cost = _Cost(kind != "text").of(tree)
     optional = _guarded_names(tree)
-    generator = _RecordingGenerator(env, None, None, None, False, env.optimized)
+    source_code = io.StringIO()
+    generator = _RecordingGenerator(env, None, None, source_code, False, env.optimized)
     try:
         generator.visit(tree)
     except TemplateSyntaxError:
         env.handle_exception(source=source)
-    code = env._compile(generator.stream.getvalue(), "<template>")
+    code = env._compile(source_code.getvalue(), "<template>")
     template = env.template_class.from_code(env, code, env.make_globals(None), None)
     used = frozenset(generator.undeclared)
     return _Analysed(template, used, frozenset(optional & used), cost)
@@ -506,6 +510,10 @@ class _Failed(Exception):
 class _Marked(str):
     """A value printed as a mark (``\\x00<nonce>:<n>\\x00``) that the book resolves to its name and
     escaped text; what a template builds from it is plain text (``render_marked_document``)."""
+
+    _name: str
+    _book: list
+    _nonce: str
 
     def __new__(cls, value: str, name: str, book: list, nonce: str) -> _Marked:
         self = super().__new__(cls, value)
@@ -1157,7 +1165,10 @@ class CompiledTemplate:
         first = compiled._first
         if first is None:  # known already: an ordinary render
             return compiled, compiled.render(sample, budget_s)
-        return compiled, compiled._result(first[0] or ("error", "template", time_words(budget_s)))
+        outcome = first[0]
+        if not outcome:  # the renderer ran out of time before it
+            outcome = ("error", "template", time_words(budget_s))
+        return compiled, compiled._result(outcome)
 
     def missing(self, data: dict | None) -> list[str]:
         """The required variables ``data`` has no key for (attributes inside a value are
@@ -1179,7 +1190,11 @@ class CompiledTemplate:
     def render(self, data: dict | None, budget_s: float | None = None) -> Rendered:
         """Render for one recipient within ``budget_s``; raises ``RenderError`` (the part,
         the line and the undefined name, limit or exception type: never a data value)."""
-        return self._result(self._engine.run([data], _budget_of(budget_s))[0])
+        budget = _budget_of(budget_s)
+        outcome = self._engine.run([data], budget)[0]
+        if outcome is None:  # never for a call's first data: only those after it are left out
+            outcome = ("error", "template", time_words(budget))
+        return self._result(outcome)
 
     def render_many(self, datas: list, budget_s: float | None = None) -> list[Rendered | RenderError | None]:
         """Render for each data, in order, within one budget for all of them: a ``Rendered``, a
@@ -1367,7 +1382,7 @@ def _serve_render(channel: bounded.ChildChannel, parts, datas, deadline, budget_
         try:
             while i < len(datas):
                 try:
-                    entry = ("ok", render_parts(parts, datas[i], deadline, budget_s, marks))
+                    entry: tuple = ("ok", render_parts(parts, datas[i], deadline, budget_s, marks))
                 except _Failed as failed:
                     alive = not failed.fatal
                     if failed.late:

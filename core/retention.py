@@ -42,7 +42,7 @@ def purge_recipient_data(default_days: int) -> int:
     purged = 0
     for job_id, company_id, completed_at in candidates:
         days = retention.get(company_id)
-        if completed_at > now - timedelta(days=default_days if days is None else days):
+        if completed_at is None or completed_at > now - timedelta(days=default_days if days is None else days):
             continue
         _purge_job(job_id)
         purge_raw(job_id)  # an SMTP job's messages as the LMS sent them

@@ -161,7 +161,7 @@ def add(conn: redis.Redis, entries: list[Entry]) -> None:
     script = _script(conn, _ADD)
     pipe = conn.pipeline(transaction=False)
     for (klass, company_id), group in by_lane.items():
-        args = [PREFIX, klass, str(company_id)]
+        args: list[str | int] = [PREFIX, klass, str(company_id)]
         for e in group:
             args += [member(e.kind, e.batch_id), int(e.due * 1000) if e.due else now_ms(), max(1, int(e.cost))]
         script(args=args, client=pipe)

@@ -32,7 +32,7 @@ from core.certificates import open_storage
 from providers.storage import ObjectNotFound
 from core.delivery_settings import provider_config
 from core.bulk import execute_for_ids, insert_recipients
-from core.db import db
+from core.db import db, rowcount
 from core.jobs import classify_recipients
 from core.models import (DEFAULT_PRIORITY, JOB_TYPES, JOBBED, QUEUED, WAITING, Company, Job, R_FAILED,
                          R_SUPPRESSED, SmtpMessage, is_bulk, utcnow)
@@ -93,7 +93,7 @@ class Taken:
     #: where the MIME is when the company's storage holds it (``raw`` is then not stored)
     storage_key: str | None = None
 
-    def values(self, received_at: str) -> tuple:
+    def values(self, received_at: str | datetime) -> tuple:
         """The row's values in ``STORED_COLUMNS`` order, as the driver takes them: the MIME encrypted
         here (``core.crypto``, as ``EncryptedBytes`` would), the recipients as JSON text."""
         raw = None if self.storage_key else crypto.encrypt_bytes(self.raw)
@@ -124,7 +124,7 @@ def cloud_storage(company: Company) -> str | None:
 
 def store_large(account: Account, raw: bytes) -> str:
     """Put a large message in the company's storage; its key (``smtp/<company>/<day>/<random>.eml``)."""
-    company = db.session.get(Company, account.company_id)
+    company = db.session.get_one(Company, account.company_id)
     try:
         key = f"smtp/{account.company_id}/{utcnow():%Y%m%d}/{uuid.uuid4().hex}.eml"
         with open_storage(company, account.storage) as storage:
@@ -392,7 +392,7 @@ def stored_messages(company_id: int, message_ids: Iterable[int]) -> dict[int, St
     found = {r.id: Stored(r.mail_from, r.raw, r.subject, r.storage_key) for r in rows if r.raw is not None}
     kept = [r for r in rows if r.raw is None and r.storage_key]
     if kept:
-        with open_storage(db.session.get(Company, company_id)) as storage:
+        with open_storage(db.session.get_one(Company, company_id)) as storage:
             for row in kept:
                 try:
                     found[row.id] = Stored(row.mail_from, storage.get(row.storage_key), row.subject, row.storage_key)
@@ -447,9 +447,9 @@ def purge_raw(job_id: int) -> int:
     keys = db.session.execute(text("SELECT company_id, storage_key FROM smtp_messages WHERE job_id = :j "
                                    "AND storage_key IS NOT NULL"), {"j": job_id}).all()
     if keys:
-        with open_storage(db.session.get(Company, keys[0].company_id)) as storage:
+        with open_storage(db.session.get_one(Company, keys[0].company_id)) as storage:
             for row in keys:
                 storage.delete(row.storage_key)
         db.session.execute(text("UPDATE smtp_messages SET storage_key = NULL WHERE job_id = :j"), {"j": job_id})
-    return db.session.execute(text("UPDATE smtp_messages SET raw = NULL WHERE job_id = :j AND raw IS NOT NULL"),
-                              {"j": job_id}).rowcount
+    return rowcount(db.session.execute(
+        text("UPDATE smtp_messages SET raw = NULL WHERE job_id = :j AND raw IS NOT NULL"), {"j": job_id}))

@@ -78,7 +78,7 @@ def save(company_id: int, name: str, payload) -> tuple[Template, bool]:
     warnings = values.pop("warnings")
     tpl = find(company_id, name)
     created = tpl is None
-    if created:
+    if tpl is None:
         tpl = Template(company_id=company_id, name=name)
         db.session.add(tpl)
     for key, value in values.items():

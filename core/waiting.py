@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import timedelta
+from typing import Any
 
 from redis import RedisError
 from sqlalchemy import func, select
@@ -57,8 +58,9 @@ def fmt_eta(seconds: float | None) -> str:
 
 def describe(jobs: list[Job]) -> dict[int, dict]:
     """``{job id: {"waiting", "waiting_text", "rate", "eta_s", "eta", "starts_at", "starts_at_utc"}}``."""
-    out = {j.id: {"waiting": None, "waiting_text": "", "rate": None, "eta_s": None, "eta": "—", "starts_at": None,
-                  "starts_at_utc": ""} for j in jobs}
+    out: dict[int, dict[str, Any]] = {
+        j.id: {"waiting": None, "waiting_text": "", "rate": None, "eta_s": None, "eta": "—", "starts_at": None,
+               "starts_at_utc": ""} for j in jobs}
     live = [j for j in jobs if j.status not in JOB_FINAL]
     if not live:
         return out

@@ -88,6 +88,8 @@ def _address(value: str) -> str | dict[str, str]:
 def raw_payload(message: Message) -> dict[str, Any]:
     """The LMS's MIME (``Message.raw``) rebuilt from its parts for the REST API (the Worker's
     binding, in offload mode, sends the MIME itself)."""
+    if message.raw is None:
+        raise ValueError("a raw send needs the message's MIME")
     found = mime.parts(message.raw)
     payload: dict[str, Any] = {"from": _address(found.sender), "to": message.to, "subject": found.subject}
     if found.text is not None or found.html is None:

@@ -111,7 +111,7 @@ def resolve(host: str, port: int) -> list[str]:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError, OSError):
             raise EndpointRefused("unresolvable", f"{host} does not resolve") from None
-        candidates = list(dict.fromkeys(info[4][0] for info in infos))
+        candidates = list(dict.fromkeys(str(info[4][0]) for info in infos))
     for address in candidates:
         rule = address_rule(ipaddress.ip_address(address.split("%")[0]))
         if rule == "metadata" or (rule and not _policy.allow_private):

@@ -98,8 +98,9 @@ def signature_of(signing_key: str, timestamp: str, token: str) -> str:
     return hmac.new(signing_key.encode(), (timestamp + token).encode(), hashlib.sha256).hexdigest()
 
 
-def verify_signature(signing_key: str, signature: Any, now: float, tolerance: int = WEBHOOK_TOLERANCE_S) -> None:
-    """Check a webhook's ``signature`` object; ``WebhookRefused`` when it is not authentic."""
+def verify_signature(signing_key: str, signature: Any, now: float, tolerance: int = WEBHOOK_TOLERANCE_S) -> str:
+    """Check a webhook's ``signature`` object and return its token; ``WebhookRefused`` when it
+    is not authentic."""
     if not signing_key:
         raise WebhookRefused("no signing key is configured")
     if not isinstance(signature, dict):
@@ -111,6 +112,7 @@ def verify_signature(signing_key: str, signature: Any, now: float, tolerance: in
         raise WebhookRefused("timestamp outside the tolerance")
     if not hmac.compare_digest(signature_of(signing_key, timestamp, token), given.lower()):
         raise WebhookRefused("signature does not match")
+    return token
 
 
 def bounce_reports(event: Any) -> list[BounceReport]:
@@ -131,10 +133,10 @@ def bounce_reports(event: Any) -> list[BounceReport]:
     email = event.get("recipient")
     if not isinstance(email, str):
         raise ValueError("event-data.recipient is missing")
-    message = event.get("message") if isinstance(event.get("message"), dict) else {}
-    headers = message.get("headers") if isinstance(message.get("headers"), dict) else {}
+    message = event["message"] if isinstance(event.get("message"), dict) else {}
+    headers = message["headers"] if isinstance(message.get("headers"), dict) else {}
     message_id = headers.get("message-id") if isinstance(headers.get("message-id"), str) else None
-    status = event.get("delivery-status") if isinstance(event.get("delivery-status"), dict) else {}
+    status = event["delivery-status"] if isinstance(event.get("delivery-status"), dict) else {}
     detail = f"{name}: {event.get('reason') or status.get('code') or kind}"[:255]
     event_id = str(event.get("id") or f"{message_id}:{name}:{email}")
     return [BounceReport(kind, email, message_id and message_id.strip("<>"), detail, event_id)]
@@ -236,7 +238,7 @@ class MailgunProvider(Provider):
             if has_text:
                 fields.append(("text", first.text or ""))
             if has_html:
-                fields.append(("html", first.html))
+                fields.append(("html", first.html or ""))
             files = [("attachment", (a.filename, a.content, a.content_type)) for a in first.attachments]
         else:
             nonce = secrets.token_hex(6)
@@ -248,7 +250,7 @@ class MailgunProvider(Provider):
                 if has_text:
                     entry[t] = message.text or ""
                 if has_html:
-                    entry[h] = message.html
+                    entry[h] = message.html or ""
                 variables[parseaddr(message.to)[1] or message.to] = entry
             fields.append(("subject", f"%recipient.{s}%"))
             if has_text:
@@ -332,7 +334,7 @@ class MailgunProvider(Provider):
             payload = None
         # the signature sits in the body: only its three strings are read before verifying
         signature = payload.get("signature") if isinstance(payload, dict) else None
-        verify_signature(config.get("mailgun_webhook_signing_key") or "", signature, now)
-        return WebhookReply(bounce_reports(payload.get("event-data")), delivery_id=f"token:{signature['token']}",
+        token = verify_signature(config.get("mailgun_webhook_signing_key") or "", signature, now)
+        return WebhookReply(bounce_reports(payload.get("event-data")), delivery_id=f"token:{token}",
                             delivery_ttl_s=2 * WEBHOOK_TOLERANCE_S + 60)
 

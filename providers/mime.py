@@ -217,7 +217,8 @@ def parts(raw: bytes) -> Parts:
     for part in msg.walk():
         if part.is_multipart() or id(part) in bodies:
             continue
-        payload = part.get_payload(decode=True) or b""
+        payload = part.get_payload(decode=True)  # a leaf's decoded bytes (None when it has none)
+        payload = payload if isinstance(payload, bytes) else b""
         item = Part(part.get_filename() or "attachment", payload, part.get_content_type(),
                     (part.get("Content-ID") or "").strip("<> ") or None)
         if part.get_content_disposition() == "inline" and item.content_id:

@@ -32,14 +32,19 @@ import importlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, Protocol, TypeVar, overload
 from urllib.parse import urlsplit
 
 from providers import guard
 
-SENDER = "sender"
-TRANSPORT = "transport"
-STORAGE = "storage"
+if TYPE_CHECKING:  # the kinds' base classes import this module to register
+    from providers.base import Provider
+    from providers.offload import OffloadTransport
+    from providers.storage import Storage
+
+SENDER: Final = "sender"
+TRANSPORT: Final = "transport"
+STORAGE: Final = "storage"
 KINDS = (SENDER, TRANSPORT, STORAGE)
 
 #: the modules of the built-in backends, in the order their settings appear on the form
@@ -173,7 +178,26 @@ def whole_number(low: int, high: int | None = None) -> Callable[[Any], int]:
 
 # --------------------------------------------------------------------------- the registry
 
-_backends: dict[str, dict[str, type]] = {kind: {} for kind in KINDS}
+
+class Backend(Protocol):
+    """What every kind's class declares (``Provider``, ``OffloadTransport``, ``Storage``)."""
+
+    label: ClassVar[str]
+    cloud: ClassVar[str]
+    settings: ClassVar[SettingsGroup | None]
+
+    def __init__(self, config: Any) -> None: ...
+
+    @classmethod
+    def configured(cls, config: dict) -> bool: ...
+
+
+_B = TypeVar("_B", bound=type)
+
+#: kind → name → class. A kind's classes come only through its base's typed register function
+#: (``providers.base.register``, ``offload.register_transport``, ``storage.register_storage``),
+#: so the overloads of ``backend`` and ``find`` say which class a kind holds.
+_backends: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
 #: older names of backends, per kind: alias → name
 _aliases: dict[str, dict[str, str]] = {kind: {} for kind in KINDS}
 _groups: dict[str, SettingsGroup] = {}
@@ -185,7 +209,7 @@ class UnknownBackend(LookupError):
     """No backend of that kind is registered under that name."""
 
 
-def add(kind: str, name: str, cls: type) -> type:
+def add(kind: str, name: str, cls: _B) -> _B:
     """Register ``cls`` as the ``kind`` backend ``name``, with its settings group and API hosts."""
     if kind not in KINDS:
         raise ValueError(f"unknown backend kind {kind!r}")
@@ -205,10 +229,10 @@ def add(kind: str, name: str, cls: type) -> type:
     return cls
 
 
-def register_backend(kind: str) -> Callable[[type], type]:
+def register_backend(kind: str) -> Callable[[_B], _B]:
     """Class decorator: register the class under ``kind`` and its ``name``."""
-    def decorator(cls: type) -> type:
-        return add(kind, cls.name, cls)
+    def decorator(cls: _B) -> _B:
+        return add(kind, getattr(cls, "name"), cls)  # noqa: B009 - any class with a name
     return decorator
 
 
@@ -232,7 +256,15 @@ def canonical(kind: str, name: str) -> str:
     return _aliases[kind].get(name, name)
 
 
-def backend(kind: str, name: str) -> type:
+@overload
+def backend(kind: Literal["sender"], name: str) -> type[Provider]: ...
+@overload
+def backend(kind: Literal["transport"], name: str) -> type[OffloadTransport]: ...
+@overload
+def backend(kind: Literal["storage"], name: str) -> type[Storage]: ...
+@overload
+def backend(kind: str, name: str) -> type[Backend]: ...
+def backend(kind: str, name: str) -> Any:
     """The class registered as ``kind`` ``name`` (or an alias of it); ``UnknownBackend`` if none is."""
     try:
         return _backends[kind][canonical(kind, name)]
@@ -240,7 +272,15 @@ def backend(kind: str, name: str) -> type:
         raise UnknownBackend(f"no {kind} backend named {name!r}") from None
 
 
-def find(kind: str, name: str) -> type | None:
+@overload
+def find(kind: Literal["sender"], name: str) -> type[Provider] | None: ...
+@overload
+def find(kind: Literal["transport"], name: str) -> type[OffloadTransport] | None: ...
+@overload
+def find(kind: Literal["storage"], name: str) -> type[Storage] | None: ...
+@overload
+def find(kind: str, name: str) -> type[Backend] | None: ...
+def find(kind: str, name: str) -> Any:
     """The class registered as ``kind`` ``name`` (or an alias of it), or ``None``."""
     return _backends[kind].get(canonical(kind, name))
 
@@ -305,7 +345,7 @@ def offload_transport(config: dict) -> str | None:
     if sender is None:
         return None
     home = cloud(SENDER, sender.name)
-    transports = _backends[TRANSPORT]
+    transports = _transports()
     queues = [name for name, cls in transports.items() if cls.cloud == home]
     if not queues:
         return None
@@ -325,7 +365,7 @@ def call_timeout() -> float:
     return max(float(cls.timeout_s) for cls in _senders())
 
 
-def webhook(path: str) -> type | None:
+def webhook(path: str) -> type[Provider] | None:
     """The sender whose bounce webhook is served at ``/callbacks/v1/bounces/<path>/...``, or ``None``."""
     for cls in _senders():
         if cls.webhook_max_bytes and (cls.webhook_path or cls.name) == path:
@@ -344,22 +384,33 @@ def choose_storage(config: dict, *, last_resort: bool = False) -> str | None:
     ``last_resort`` one (this machine's disk) only when none is and ``last_resort`` allows it."""
     load_builtin()
     home = cloud(SENDER, str(config.get("provider") or ""))
-    asked = [(name, cls) for name, cls in _backends[STORAGE].items()
-             if not cls.last_resort and cls.configured(config)]
-    def rank(item: tuple[str, type]) -> tuple[bool, int]:
+    storages = _storages()
+    asked = [(name, cls) for name, cls in storages.items() if not cls.last_resort and cls.configured(config)]
+
+    def rank(item: tuple[str, type[Storage]]) -> tuple[bool, int]:
         mine = cloud(STORAGE, item[0]) == home
         return (not mine, -item[1].preference if mine else 0)
     asked.sort(key=rank)
     if asked:
         return asked[0][0]
     if last_resort:
-        return next((name for name, cls in _backends[STORAGE].items() if cls.last_resort), None)
+        return next((name for name, cls in storages.items() if cls.last_resort), None)
     return None
 
 
-def _senders() -> tuple[type, ...]:
+def _senders() -> tuple[type[Provider], ...]:
     load_builtin()
     return tuple(_backends[SENDER].values())
+
+
+def _transports() -> dict[str, type[OffloadTransport]]:
+    load_builtin()
+    return dict(_backends[TRANSPORT])
+
+
+def _storages() -> dict[str, type[Storage]]:
+    load_builtin()
+    return dict(_backends[STORAGE])
 
 
 # --------------------------------------------------------------------------- fixed API endpoints

@@ -180,7 +180,7 @@ def _substitutions(message: Message, tags: dict[str, str]) -> dict[str, str]:
     if has_text:
         subs[tags["text"]] = message.text or " "
     if has_html:
-        subs[tags["html"]] = message.html
+        subs[tags["html"]] = message.html or ""
     return subs
 
 
@@ -283,6 +283,8 @@ class SendgridProvider(Provider):
         """The LMS's MIME (``Message.raw``) rebuilt from its parts: SendGrid's API takes no MIME. Its
         From, Reply-To, Subject, bodies, attachments, inline parts and other header fields; the
         envelope recipient is the one recipient (each Cc is a recipient of its own already)."""
+        if message.raw is None:
+            raise ValueError("a raw send needs the message's MIME")
         found = mime.parts(message.raw)
         content = ([{"type": "text/plain", "value": found.text or " "}] if found.text is not None
                    or found.html is None else []) + ([{"type": "text/html", "value": found.html}] if found.html else [])
@@ -293,7 +295,7 @@ class SendgridProvider(Provider):
         payload: dict[str, Any] = {"personalizations": [item], "from": _address(found.sender), "content": content}
         if found.reply_to:
             payload["reply_to"] = _address(found.reply_to)
-        files = [{"content": base64.b64encode(a.content).decode("ascii"), "filename": a.filename,
+        files: list[dict[str, Any]] = [{"content": base64.b64encode(a.content).decode("ascii"), "filename": a.filename,
                   "type": a.content_type, "disposition": "attachment"} for a in found.attachments]
         files += [{"content": base64.b64encode(a.content).decode("ascii"), "filename": a.filename,
                    "type": a.content_type, "disposition": "inline", "content_id": a.content_id}

@@ -318,7 +318,7 @@ def _account_error(entries: list[dict]) -> ProviderError | None:
     cls = _ENTRY_ACCOUNT_ERRORS.get(status or "")
     if cls is None:
         return None
-    return cls(_reason(status), code=status)
+    return cls(_reason(str(status)), code=status)
 
 
 @register

@@ -111,6 +111,7 @@ class GuardedSMTP(smtplib.SMTP):
     """``smtplib.SMTP`` connecting through the endpoint guard; STARTTLS still checks the name."""
 
     operator = False
+    _host: str  # smtplib's own: the host given to connect (STARTTLS's name)
 
     def _get_socket(self, host, port, timeout):
         return _guarded_socket(host, port, timeout, self.operator)
@@ -120,6 +121,7 @@ class GuardedSMTP_SSL(smtplib.SMTP_SSL):  # noqa: N801 - mirrors smtplib's name
     """``smtplib.SMTP_SSL`` through the guard; the TLS server_hostname stays the configured name."""
 
     operator = False
+    _host: str  # smtplib's own: the host given to connect (the TLS name)
 
     def _get_socket(self, host, port, timeout):
         sock = _guarded_socket(host, port, timeout, self.operator)
@@ -493,6 +495,8 @@ class SmtpProvider(Provider):
 
     def _send_raw(self, sender: str, message: Message) -> Result:
         """The LMS's MIME as it came (with our headers on top), from its own envelope sender."""
+        if message.raw is None:
+            raise ValueError("a raw send needs the message's MIME")
         try:
             data = mime.outgoing(message.raw, message.headers)
         except ValueError:

@@ -115,7 +115,7 @@ def verify_signature(message: dict) -> None:
     if digest is None:
         raise WebhookRefused("unsupported SignatureVersion")
     cert_url = message.get("SigningCertURL")
-    if not allowed_url(cert_url) or not urlsplit(cert_url).path.endswith(".pem"):
+    if not isinstance(cert_url, str) or not allowed_url(cert_url) or not urlsplit(cert_url).path.endswith(".pem"):
         raise WebhookRefused("SigningCertURL is not an allowed SNS URL")
     try:
         signature = base64.b64decode(message.get("Signature") or "", validate=True)
@@ -159,7 +159,7 @@ def ses_reports(notification: Any, event_id: str) -> list[BounceReport]:
     if not isinstance(notification, dict):
         return []
     ntype = notification.get("notificationType") or notification.get("eventType")
-    mail = notification.get("mail") if isinstance(notification.get("mail"), dict) else {}
+    mail = notification["mail"] if isinstance(notification.get("mail"), dict) else {}
     message_id = mail.get("messageId") if isinstance(mail.get("messageId"), str) else None
     found = []
     if ntype == "Bounce" and isinstance(notification.get("bounce"), dict):
@@ -185,7 +185,7 @@ def read(topic_arn: str | None, body: bytes) -> WebhookReply:
     message = verified_message(topic_arn, body)
     if message["Type"] == "SubscriptionConfirmation":
         url = message.get("SubscribeURL")
-        if not allowed_url(url):
+        if not isinstance(url, str) or not allowed_url(url):
             raise WebhookRefused("SubscribeURL is not an allowed SNS URL")
         fetch(url, MAX_BODY_BYTES)
         return WebhookReply(answer={"confirmed": True},

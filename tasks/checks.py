@@ -111,7 +111,7 @@ def planned_checks(config: dict) -> list[tuple[str, object]]:
     checks = [(registry.label(registry.SENDER, provider), _provider_test(provider, config))]
     way = registry.offload_transport(config)  # as core.delivery.submit routes a batch
     transport = registry.find(registry.TRANSPORT, way) if way else None
-    if transport is not None and (config.get("mode") == "offload" or config.get(transport.queue_setting)):
+    if way and transport is not None and (config.get("mode") == "offload" or config.get(transport.queue_setting)):
         checks.append((registry.label(registry.TRANSPORT, way), _transport_test(way, config)))
     if provider != fallback and registry.configured(registry.SENDER, fallback, config):
         checks.append((f"{registry.label(registry.SENDER, fallback)} fallback", _provider_test(fallback, config)))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import redis
 from rq import Queue, Retry, Worker
@@ -31,8 +32,8 @@ def get_queue(name: str = DEFAULT, url: str | None = None) -> Queue:
     return Queue(name, connection=connection(url))
 
 
-def _options(task_id: str | None, policy: Policy) -> dict:
-    options = {"job_id": task_id, "result_ttl": policy.result_ttl, "failure_ttl": policy.failure_ttl}
+def _options(task_id: str | None, policy: Policy) -> dict[str, Any]:
+    options: dict[str, Any] = {"job_id": task_id, "result_ttl": policy.result_ttl, "failure_ttl": policy.failure_ttl}
     if policy.retries:
         options["retry"] = Retry(max=len(policy.retries), interval=list(policy.retries))
     if policy.timeout is not None:

@@ -48,8 +48,15 @@ class AppWorker(SimpleWorker):
     """Runs every job inside the Flask app's context, with a clean session after."""
 
     app: Flask | None = None
+    #: the running execution's beat: its stop event and its thread
+    _beating: tuple[threading.Event, threading.Thread] | None = None
     #: set by SIGTERM/SIGINT: run_worker then ends instead of starting a fresh worker
     stop_requested = False
+
+    def _app(self) -> Flask:
+        if self.app is None:
+            raise RuntimeError("AppWorker.app is not set (run_worker sets it)")
+        return self.app
 
     def _set_ip_address(self, connection) -> None:
         """The embedded demo Redis (fakeredis) lacks CLIENT SETNAME/INFO: tolerate it."""
@@ -102,7 +109,7 @@ class AppWorker(SimpleWorker):
             beating[1].join(timeout=EXECUTION_BEAT_S)
 
     def perform_job(self, job, queue, *args, **kwargs):
-        with self.app.app_context():
+        with self._app().app_context():
             try:
                 return super().perform_job(job, queue, *args, **kwargs)
             finally:
@@ -121,7 +128,7 @@ class AppWorker(SimpleWorker):
         jobs (each would fail and spend a retry); probe it with back-off."""
         delay = 1.0
         while not AppWorker.stop_requested:
-            with self.app.app_context():
+            with self._app().app_context():
                 try:
                     db.session.execute(text("SELECT 1"))
                     return

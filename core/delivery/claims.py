@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import Row, select, text, update
 
 from core import sendstats
 from core.bulk import execute_for_ids
-from core.db import db
+from core.db import db, rowcount
 from core.models import (B_SENDING, B_SUBMITTED, BATCH_FINAL, BATCH_WAITING, PAUSED, PROCESSING, QUEUED, R_FAILED,
                          R_PENDING, R_SENDING, R_UNCERTAIN, RECIPIENT_CLAIMABLE, RECIPIENT_OPEN, Batch, Job,
                          Recipient, sql_in, utcnow)
@@ -84,7 +86,7 @@ def _claim(batch_id: int, worker: str, held: str, lease_s: int, *, takeover: boo
         {"held": held, "lease": now + timedelta(seconds=lease_s), "worker": worker, "id": batch_id, "now": now,
          "soon": now + timedelta(seconds=EARLY_S), **(extra or {})})
     db.session.commit()
-    if res.rowcount != 1:
+    if rowcount(res) != 1:
         return None
     b = db.session.execute(select(Batch.job_id, Batch.company_id, Batch.first_recipient_id,
                                   Batch.last_recipient_id, Batch.attempts).where(Batch.id == batch_id)).one()
@@ -99,7 +101,7 @@ def renew(claim: Claim, lease_s: int) -> bool:
                             Batch.status == claim.held)
         .values(lease_until=utcnow() + timedelta(seconds=lease_s)))
     db.session.commit()
-    return res.rowcount == 1
+    return rowcount(res) == 1
 
 
 def release(claim: Claim, status: str, *, next_attempt_at: datetime | None = None, error: str | None = None,
@@ -109,7 +111,8 @@ def release(claim: Claim, status: str, *, next_attempt_at: datetime | None = Non
 
     ``refund_attempt``: the run was no attempt (it only waited for tokens).
     """
-    values = {"status": status, "lease_until": None, "leased_by": None, "next_attempt_at": next_attempt_at}
+    values: dict[str, Any] = {"status": status, "lease_until": None, "leased_by": None,
+                              "next_attempt_at": next_attempt_at}
     if refund_attempt:
         values["attempts"] = Batch.attempts - 1
     if error is not None:
@@ -121,7 +124,7 @@ def release(claim: Claim, status: str, *, next_attempt_at: datetime | None = Non
     res = db.session.execute(update(Batch).where(Batch.id == claim.batch_id, Batch.leased_by == claim.worker,
                                                  Batch.status == claim.held).values(**values))
     db.session.commit()
-    return res.rowcount == 1
+    return rowcount(res) == 1
 
 
 def job_state(job_id: int) -> tuple[str, datetime | None]:
@@ -160,7 +163,7 @@ def recover_in_flight(claim: Claim, policy: str) -> int:
     return len(ids)
 
 
-def load_sendable(claim: Claim) -> list:
+def load_sendable(claim: Claim) -> Sequence[Row[int, str, Any, int]]:
     """(id, email, data, attempts) of the batch's recipients still to send, by id."""
     return db.session.execute(
         select(Recipient.id, Recipient.email, Recipient.data, Recipient.attempts)
@@ -186,7 +189,7 @@ def mark_sending(claim: Claim, ids: list[int], lease_s: int) -> bool:
         res = db.session.execute(
             update(Batch).where(Batch.id == claim.batch_id, Batch.leased_by == claim.worker,
                                 Batch.status == B_SENDING).values(lease_until=params["lease"]))
-        if res.rowcount == 1:
+        if rowcount(res) == 1:
             db.session.commit()
             return True
     db.session.rollback()
@@ -210,4 +213,4 @@ def open_left(job_id: int, first_id: int, last_id: int) -> int:
     """How many of a batch's recipients are not final yet (pending, sending or uncertain)."""
     return db.session.execute(text(
         "SELECT count(*) FROM recipients WHERE job_id = :j AND id BETWEEN :a AND :b "
-        f"AND status IN {sql_in(RECIPIENT_OPEN)}"), {"j": job_id, "a": first_id, "b": last_id}).scalar()
+        f"AND status IN {sql_in(RECIPIENT_OPEN)}"), {"j": job_id, "a": first_id, "b": last_id}).scalar_one()

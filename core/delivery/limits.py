@@ -13,6 +13,7 @@ import random
 import time
 
 import redis
+from redis.commands.core import Script
 
 from core import metrics, queue, scheduler
 
@@ -68,7 +69,7 @@ redis.call('SET', prefix .. ':block:' .. company, now + wait, 'PX', wait + 50)
 if klass ~= 'bulk' then redis.call('SET', txwait, 1, 'PX', wait + 500) end
 return {0, wait, 'rate'}
 """
-_take_scripts: dict[int, object] = {}
+_take_scripts: dict[int, Script] = {}
 
 
 def capacity(rate: float) -> int:

@@ -37,7 +37,7 @@ def plan_job(job_id: int) -> int:
     if not batch_ids:
         finish_job(job_id)
         return 0
-    if routing.way_of(job.source, db.session.get(Company, job.company_id).settings) == routing.SUBMIT:
+    if routing.way_of(job.source, db.session.get_one(Company, job.company_id).settings) == routing.SUBMIT:
         queue.enqueue_submit(batch_ids)
     else:
         queue.enqueue_batches([(bid, 0) for bid in batch_ids])
@@ -50,7 +50,7 @@ def create_batches(job_id: int, batch_size: int) -> list[int]:
 
     Idempotent: nothing is created while the job has an unfinished batch.
     """
-    job = db.session.get(Job, job_id)
+    job = db.session.get_one(Job, job_id)
     open_batches = db.session.execute(text(
         f"SELECT id FROM batches WHERE job_id = :j AND status NOT IN {sql_in(BATCH_FINAL)} ORDER BY id"),
         {"j": job_id}).scalars().all()
@@ -60,7 +60,7 @@ def create_batches(job_id: int, batch_size: int) -> list[int]:
         f"SELECT id FROM recipients WHERE job_id = :j AND status IN {sql_in(RECIPIENT_CLAIMABLE)} ORDER BY id"),
         {"j": job_id}).scalars().all()
     number = db.session.execute(text("SELECT coalesce(max(batch_number), 0) FROM batches WHERE job_id = :j"),
-                                {"j": job_id}).scalar()
+                                {"j": job_id}).scalar_one()
     rows = []
     for start in range(0, len(ids), batch_size):
         chunk = ids[start:start + batch_size]
@@ -92,5 +92,5 @@ def requeue_open_batches(job_id: int) -> None:
 
 def run_now(batch: Batch, source: str) -> None:
     """Have a waiting batch of a job of ``source`` go now, its way ("retry now")."""
-    delivery = db.session.get(Company, batch.company_id).settings
+    delivery = db.session.get_one(Company, batch.company_id).settings
     queue.enqueue_batch_now(batch.id, routing.way_of(source, delivery) == routing.SUBMIT)

@@ -20,7 +20,7 @@ from datetime import timedelta
 from sqlalchemy import delete, select, text, update
 
 from core import queue, scheduler, sendstats, settings
-from core.db import db
+from core.db import db, rowcount
 from core.delivery import routing
 from core.delivery.settle import QUOTA_PAUSE, finish_job
 from core.jobs import resume
@@ -149,28 +149,28 @@ def _settle_one(row, give_up: bool, now, cfg) -> bool:
         values["completed_at"] = now
     res = db.session.execute(update(Batch).where(
         Batch.id == row.id, Batch.status == B_SUBMITTED, Batch.callback_deadline < now).values(**values))
-    if res.rowcount != 1:
+    if rowcount(res) != 1:
         db.session.rollback()
         return False
     params = {"j": row.job_id, "a": row.a, "b": row.b_}
     line = f"batch {row.batch_number}: no callback within {cfg.callback_timeout_s} s of submission"
     if give_up:
-        n = db.session.execute(text(
+        n = rowcount(db.session.execute(text(
             f"UPDATE recipients SET status = '{R_FAILED}', error = 'no_callback', lease_until = NULL "
             f"WHERE job_id = :j AND id BETWEEN :a AND :b AND status IN {sql_in(RECIPIENT_CLAIMABLE)}"),
-            params).rowcount
+            params))
         db.session.execute(update(Job).where(Job.id == row.job_id).values(emails_failed=Job.emails_failed + n))
         sendstats.record(row.company_id, row.job_id, {R_FAILED: n})
         line += f"; {n} recipients failed (no_callback)"
     else:
         # the worker may have sent some before it went quiet: uncertain, and sent again
-        n = db.session.execute(text(
+        n = rowcount(db.session.execute(text(
             f"UPDATE recipients SET status = '{R_UNCERTAIN}' "
-            f"WHERE job_id = :j AND id BETWEEN :a AND :b AND status = '{R_PENDING}'"), params).rowcount
+            f"WHERE job_id = :j AND id BETWEEN :a AND :b AND status = '{R_PENDING}'"), params))
         db.session.execute(update(Job).where(Job.id == row.job_id).values(
             emails_uncertain=Job.emails_uncertain + n))
         line += f"; resubmitting (attempt {row.attempts + 1} of {cfg.max_attempts})"
-    db.session.get(Job, row.job_id).log_error(line)
+    db.session.get_one(Job, row.job_id).log_error(line)
     db.session.commit()
     log.warning("Job %s: %s", row.job_id, line)
     return True
@@ -204,4 +204,4 @@ def purge_receipts() -> int:
     """Forget webhook-ids older than RECEIPT_TTL (no worker retries that long)."""
     res = db.session.execute(delete(WebhookReceipt).where(WebhookReceipt.received_at < utcnow() - RECEIPT_TTL))
     db.session.commit()
-    return res.rowcount
+    return rowcount(res)

@@ -35,13 +35,14 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import bindparam, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from core import queue, reputation, sendstats, settings, usage
 from core.bulk import is_postgres
-from core.db import db
+from core.db import db, rowcount
 from core.delivery.claims import Claim, open_left
 from core.delivery.settle import backoff, finish_job
 from core.models import (B_DONE, B_RETRY, B_SENDING, B_SUBMITTED, BATCH_FINAL, COMPLAINT, HARD, LIST_BOUNCE,
@@ -174,7 +175,7 @@ def _write(rows: list[tuple[int, str | None, str | None]], status: str, now: dat
     bounced = status == R_BOUNCED
     keep_route = status in RECIPIENT_FINAL and route is not None  # the route that settled it is kept
     if is_postgres():
-        return db.session.execute(text(
+        return rowcount(db.session.execute(text(
             "UPDATE recipients AS r SET status = :status, message_id = coalesce(v.mid, r.message_id), "
             "error = v.err, lease_until = NULL, sent_at = CASE WHEN :sent THEN :now "
             "WHEN :bounced THEN coalesce(r.sent_at, :now) ELSE r.sent_at END, "
@@ -183,9 +184,9 @@ def _write(rows: list[tuple[int, str | None, str | None]], status: str, now: dat
             "WHERE r.id = v.id AND r.status = ANY(CAST(:settles AS text[]))"),
             {"status": status, "sent": sent, "bounced": bounced, "keep_route": keep_route, "now": now, "route": route,
              "ids": [r[0] for r in rows], "mids": [r[1] for r in rows], "errs": [r[2] for r in rows],
-             "settles": [str(s) for s in sorted(settles)]}).rowcount
+             "settles": [str(s) for s in sorted(settles)]}))
     table = Recipient.__table__
-    values = {"status": status, "lease_until": None, "error": bindparam("err")}
+    values: dict[str, Any] = {"status": status, "lease_until": None, "error": bindparam("err")}
     if sent:
         values.update(message_id=func.coalesce(bindparam("mid"), table.c.message_id), sent_at=now)
     elif bounced:
@@ -193,8 +194,8 @@ def _write(rows: list[tuple[int, str | None, str | None]], status: str, now: dat
     if keep_route:
         values.update(route=route)
     where = or_(*(table.c.status == s for s in sorted(settles)))  # no IN: executemany
-    return db.session.execute(table.update().where(table.c.id == bindparam("rid"), where).values(**values),
-                              [{"rid": r[0], "mid": r[1], "err": r[2]} for r in rows]).rowcount
+    return rowcount(db.session.execute(table.update().where(table.c.id == bindparam("rid"), where).values(**values),
+                                       [{"rid": r[0], "mid": r[1], "err": r[2]} for r in rows]))
 
 
 # -- a provider's answer (direct mode) -------------------------------------------------------
@@ -296,9 +297,10 @@ def _apply_callback(batch: Batch, results: list[dict], reported: dict | None = N
     resubmit_in = None
     if left and counts["retry"]:
         delay = backoff(batch.attempts)
-        moved = db.session.execute(update(Batch).where(Batch.id == batch.id, Batch.status == B_SUBMITTED).values(
+        back = update(Batch).where(Batch.id == batch.id, Batch.status == B_SUBMITTED).values(
             status=B_RETRY, next_attempt_at=now + timedelta(seconds=delay), lease_until=None, leased_by=None,
-            error="the cloud worker handed back unsent recipients")).rowcount
+            error="the cloud worker handed back unsent recipients")
+        moved = rowcount(db.session.execute(back))
         resubmit_in = delay if moved else None
     applied = sum(counts.values())
     bounced = [o.recipient_id for o in outcomes if o.word == BOUNCED] if counts["bounced"] else []

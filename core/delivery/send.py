@@ -25,6 +25,7 @@ import time
 from datetime import timedelta
 from email.utils import parseaddr
 from types import SimpleNamespace
+from typing import Any
 
 from redis import RedisError
 
@@ -60,17 +61,17 @@ class BatchRun:
         self.lease_s = cfg.lease_s
         self.max_attempts = cfg.max_attempts
         self.redis = queue.connection()
-        company = db.session.get(Company, claim.company_id)
+        company = db.session.get_one(Company, claim.company_id)
         # plain values, not ORM objects: every commit would expire them and cost a reload
         self.company = SimpleNamespace(id=company.id, uncertain_policy=company.uncertain_policy,
                                        fallback_relay=bool(company.fallback_relay),
                                        approved_domains=company.approved_sender_domains())
         self.service_from = cfg.fallback_from
         self.settings = company.settings
-        self.config = self.settings.provider_config() if self.settings else {"enabled": False}
+        self.config: dict[str, Any] = self.settings.provider_config() if self.settings else {"enabled": False}
         self.version = self.settings.updated_at if self.settings else None
         self.global_fallback = cfg.fallback_smtp
-        job = db.session.get(Job, claim.job_id)
+        job = db.session.get_one(Job, claim.job_id)
         self.klass = scheduler.klass_of(job.priority)
         self.composer = Composer(job, self.company)
         self.lms = self.composer.lms  # a job taken from IOMAD's email queue: its rows are marked after

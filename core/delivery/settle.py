@@ -15,7 +15,7 @@ import random
 from sqlalchemy import text, update
 
 from core import sendstats
-from core.db import db
+from core.db import db, rowcount
 from core.delivery.claims import Claim
 from core.models import (B_CANCELLED, B_SUBMITTED, BATCH_FINAL, BATCH_WAITING, CANCELLED, COMPLETED, FAILED,
                          JOB_FINAL, PARTIAL, PAUSED, R_BOUNCED, R_CANCELLED, R_FAILED, R_SENT, R_SUPPRESSED,
@@ -33,10 +33,10 @@ def fail_remaining(claim: Claim, reason: str) -> int:
         f"WHERE job_id = :j AND id BETWEEN :a AND :b AND status IN {sql_in(RECIPIENT_CLAIMABLE)}"),
         {"err": reason[:2000], "j": claim.job_id, "a": claim.first_id, "b": claim.last_id})
     db.session.execute(update(Job).where(Job.id == claim.job_id)
-                       .values(emails_failed=Job.emails_failed + res.rowcount))
-    sendstats.record(claim.company_id, claim.job_id, {R_FAILED: res.rowcount})
+                       .values(emails_failed=Job.emails_failed + rowcount(res)))
+    sendstats.record(claim.company_id, claim.job_id, {R_FAILED: rowcount(res)})
     db.session.commit()
-    return res.rowcount
+    return rowcount(res)
 
 
 def log_job_error(job_id: int, line: str) -> None:
@@ -91,7 +91,7 @@ def _finish(job_id: int) -> str | None:
     if open_batches:  # the cheap check first: every batch's end calls this
         db.session.rollback()
         return None
-    counts = dict(db.session.execute(text(
+    counts: dict[str, int] = dict(db.session.execute(text(
         "SELECT status, count(*) FROM recipients WHERE job_id = :j GROUP BY status"), {"j": job_id}).all())
     if sum(counts.get(s, 0) for s in RECIPIENT_OPEN):
         db.session.rollback()
@@ -112,7 +112,7 @@ def _finish(job_id: int) -> str | None:
         sendstats.correct(job.company_id, job_id, {R_FAILED: job.emails_failed, R_SUPPRESSED: job.emails_suppressed},
                           counts)
     db.session.commit()
-    return status if res.rowcount else db.session.get(Job, job_id).status
+    return status if rowcount(res) else db.session.get_one(Job, job_id).status
 
 
 def backoff(attempt: int, base: float = 5.0, cap: float = 600.0) -> float:

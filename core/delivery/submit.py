@@ -26,6 +26,7 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import select, text, update
 
@@ -70,9 +71,9 @@ class Submission:
 
     def __init__(self, company_id: int, held: list[Claim]):
         cfg = settings.current()
-        self.company = db.session.get(Company, company_id)
+        self.company = db.session.get_one(Company, company_id)
         self.delivery = self.company.settings
-        self.config = self.delivery.provider_config() if self.delivery else {"enabled": False}
+        self.config: dict[str, Any] = self.delivery.provider_config() if self.delivery else {"enabled": False}
         # the HTTPS transport signs with the company's callback secret (and, while a rotation's overlap
         # lasts, with the previous one too)
         self.config["callback_secret"] = self.company.callback_secret
@@ -97,6 +98,13 @@ class Submission:
         #: batches whose messages went to the queue call (the queue may have them)
         self.handed: set[int] = set()
 
+    @property
+    def way(self) -> str:
+        """The transport, for the batches that take one (``run`` sends the others here first)."""
+        if self.transport is None:
+            raise RuntimeError("no transport: these batches are sent here")
+        return self.transport
+
     def run(self) -> dict[str, int]:
         items = self.live_items()
         if not items:
@@ -111,8 +119,8 @@ class Submission:
             items = [i for i in items if i not in here]
             if not items:
                 return self.outcome
-        if limits.breaker_is_open(self.redis, self.company.id, self.transport):
-            return self.to_fallback(items, f"the circuit for {self.transport} is open")
+        if limits.breaker_is_open(self.redis, self.company.id, self.way):
+            return self.to_fallback(items, f"the circuit for {self.way} is open")
         if not self.config.get("sender"):
             return self.pause(items, "no sender address is configured for the company")
         self.submit(items)
@@ -202,7 +210,7 @@ class Submission:
 
     def job(self, job_id: int) -> Job:
         if job_id not in self._jobs:
-            self._jobs[job_id] = db.session.get(Job, job_id)
+            self._jobs[job_id] = db.session.get_one(Job, job_id)
         return self._jobs[job_id]
 
     def render(self, claim: Claim, rows) -> tuple[list[dict], list[int], list[tuple[int, str]], int]:
@@ -266,7 +274,7 @@ class Submission:
 
     def submit(self, items: list[Item]) -> None:
         try:
-            transport = get_transport(self.transport, self.config)
+            transport = get_transport(self.way, self.config)
         except PermanentError as exc:
             self.fail(items, exc.reason)
             return
@@ -284,10 +292,10 @@ class Submission:
         handed = [item for item, _ in built]
         self.handing_over(handed)
         try:
-            with metrics.Timer(self.redis, self.transport):
+            with metrics.Timer(self.redis, self.way):
                 answers = transport.submit([message for _, messages in built for message in messages])
         except ConnectionFailure as exc:
-            limits.breaker_failure(self.redis, self.company.id, self.transport)
+            limits.breaker_failure(self.redis, self.company.id, self.way)
             self.to_fallback(handed, exc.reason)
             return
         except EndpointRejected as exc:
@@ -302,7 +310,7 @@ class Submission:
             else:  # throttled, 5xx, an HTTPS timeout: the same messages may go later
                 self.retry(handed, exc.reason)
             return
-        limits.breaker_success(self.redis, self.company.id, self.transport)
+        limits.breaker_success(self.redis, self.company.id, self.way)
         outcomes, position = [], 0
         for item, messages in built:
             outcomes.append((item, answers[position:position + len(messages)]))

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import Row, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from core.models import CampaignSettings
@@ -125,7 +126,7 @@ def poll(company: Company, *, chunk: int, max_rows: int, now: int | None = None)
     passed = scanned  # the rows the first pass of earlier polls read
     db.session.rollback()
     try:
-        with engine_for(cfg.url, read_only=True).connect() as conn:
+        with engine_for(cfg.db_url, read_only=True).connect() as conn:
             def read(sql: str, params: dict):
                 return conn.execute(text(sql), {"company": cfg.iomad_company_id, **params}).all()
 
@@ -166,7 +167,8 @@ def _take(company_id: int, template: str, rows, result: CompletionsResult, marks
         LmsCompletion.company_id == company_id,
         LmsCompletion.lms_user_id.in_({int(r.userid) for r in rows}))).tuples())
     seen: set[tuple[int, int]] = set()
-    fresh, skipped = [], []
+    fresh: list[Row[Any]] = []
+    skipped: list[Row[Any]] = []
     for r in rows:
         key = (int(r.userid), int(r.course))
         if key in known or key in seen:

@@ -175,6 +175,13 @@ class LmsConfig:
     site_queue: bool = False
     purge: bool = False
 
+    @property
+    def db_url(self) -> str:
+        """The LMS database's URL; ``LmsError`` when none is configured."""
+        if not self.url:
+            raise LmsError("no LMS database is configured for the company (lms_url)")
+        return self.url
+
     def require(self, *, own_company: bool = True) -> None:
         """Raise ``LmsError`` unless the connection can be used (``own_company``: an IOMAD company
         id is needed; the site queue's company may have none)."""
@@ -272,7 +279,7 @@ def describe_connection(company: Company) -> dict:
     """
     cfg = config_for(company)
     cfg.require()
-    engine = open_engine(cfg.url, read_only=True)
+    engine = open_engine(cfg.db_url, read_only=True)
     found: dict = {"engine": engine.dialect.name}
     try:
         with engine.connect() as conn:

@@ -101,6 +101,13 @@ class Outcome:
     wanted: iomad.Wanted | None = None
     copies: list[tuple[str, str]] = field(default_factory=list)
 
+    @property
+    def address(self) -> str:
+        """The recipient's address (every row read without an error has one)."""
+        if self.email is None:
+            raise ValueError(f"row {self.row_id} has no recipient address")
+        return self.email
+
 
 def _headers(raw, memo: dict | None = None) -> dict:
     """The decoded headers (read-only). ``memo``: a poll's decoded headers by their text: IOMAD writes the
@@ -145,7 +152,7 @@ def _attachment(headers: dict, dataroot: str | None) -> dict | None:
         raise LmsError("the attachment's file is not in the Moodle dataroot")
     if os.path.getsize(path) > MAX_ATTACHMENT_BYTES:
         raise LmsError("the attachment is larger than 10 MiB")
-    name = found.get("filename") if isinstance(found.get("filename"), str) else "attachment"
+    name = found["filename"] if isinstance(found.get("filename"), str) else "attachment"
     return {"path": relative, "filename": single_line(name)[:200] or "attachment"}
 
 
@@ -242,7 +249,7 @@ def poll(company: Company, *, force: bool, chunk: int, max_rows: int, now: int |
     result = PollResult()
     moment = int(now if now is not None else time.time())
     scope = scope_of(cfg)
-    engine = engine_for(cfg.url, read_only=False)
+    engine = engine_for(cfg.db_url, read_only=False)
     try:
         with engine.connect() as conn:
             site = iomad.read_site(conn, cfg)
@@ -278,8 +285,8 @@ def _scan(company_id, cfg, conn, scope, site, moment, chunk, max_rows, full, res
         else:
             rows = conn.execute(due_rows_sql, params).all()
             ids = [int(r.id) for r in rows]
-            fresh = set(_fresh(company_id, ids, result)) if ids else set()
-            rows = [r for r in rows if int(r.id) in fresh]
+            kept = set(_fresh(company_id, ids, result)) if ids else set()
+            rows = [r for r in rows if int(r.id) in kept]
             complete = len(ids) < chunk
         if not ids:
             break
@@ -307,10 +314,7 @@ class ScanCursor:
         self.start = 0 if self.full else int(saved.get(b"after", 0) or 0)
 
     def save(self, after: int) -> None:
-        values = {"after": after}
-        if self.full:
-            values["full_at"] = time.time()
-        self.redis.hset(self.key, mapping=values)
+        self.redis.hset(self.key, mapping={"after": after, "full_at": time.time()} if self.full else {"after": after})
         self.redis.expire(self.key, 7 * 86400)
 
 
@@ -348,14 +352,14 @@ def _take(company_id: int, cfg: LmsConfig, rows, site: iomad.Site, copies: iomad
         now = utcnow()
         db.session.execute(insert(LmsEmailRow.__table__), [
             {"company_id": company_id, "lms_row_id": o.row_id, "templatename": o.templatename, "status": ROW_FAILED,
-             "error": o.error[:500], "created_at": now} for o in bad])
+             "error": (o.error or "")[:500], "created_at": now} for o in bad])
         _commit_rows()
         result.failed += len(bad)
     good = [o for o in outcomes if not o.error]
-    found = copies.resolve(o.wanted for o in good)
+    found = copies.resolve(o.wanted for o in good if o.wanted is not None)  # every good row has it
     groups: dict[str, list[Outcome]] = {}
     for o in good:
-        seen = {o.email.lower()}
+        seen = {o.address.lower()}
         for address, kind in found.get(o.row_id, []):
             if address.lower() not in seen:  # one message per address and row
                 seen.add(address.lower())
@@ -379,9 +383,9 @@ def _commit_rows() -> None:
 
 
 def _make_job(company_id: int, kind: str, members: list[Outcome]) -> Job:
-    order = []
+    order: list[tuple[Outcome, str, str | None]] = []
     for o in members:
-        order.append((o, o.email, None))
+        order.append((o, o.address, None))
         order += [(o, address, copy_kind) for address, copy_kind in o.copies]
     payload = {"type": kind, "priority": "transactional", "subject": SUBJECT, "body_text": BODY_TEXT,
                "body_html": BODY_HTML, "on_missing": "fail_recipient",

@@ -28,10 +28,11 @@ of local_iomad / local_email), so that the take-over does the same.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import Connection, Row, bindparam, text
 
 from core.lms.connection import TASK_NAMES, LmsConfig
 from core.models.lms import COPY_CC, COPY_MANAGER, COPY_SUPERVISOR, COPY_TO
@@ -232,7 +233,7 @@ def wanted(row, headers: dict, memo: dict | None = None) -> Wanted:
 class Copies:
     """Resolves the copies of a poll's rows, batching the lookups (see the module's docstring)."""
 
-    conn: object
+    conn: Connection
     cfg: LmsConfig
     site: Site
     queries: int = 0
@@ -242,7 +243,7 @@ class Copies:
     _managers: dict[int, list[tuple[int, int, str]]] = field(default_factory=dict)  # company -> (dept, user, email)
     _fields: dict[int, int | None] = field(default_factory=dict)  # company -> its supervisor profile field
 
-    def _run(self, sql: str, **params) -> list:
+    def _run(self, sql: str, **params) -> Sequence[Row[Any]]:
         stmt = text(sql)
         expanding = [k for k, v in params.items() if isinstance(v, list)]
         if expanding:

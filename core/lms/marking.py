@@ -120,7 +120,7 @@ def _mark_moodle(cfg: LmsConfig, conn, marks: list[tuple[int, int]], stamp: int)
     own = conn is None
     try:
         if own:
-            conn = engine_for(cfg.url, read_only=False).connect()
+            conn = engine_for(cfg.db_url, read_only=False).connect()
         for start in range(0, len(marks), UPDATE_CHUNK):
             part = marks[start:start + UPDATE_CHUNK]
             values = {sent for _row, sent in part}

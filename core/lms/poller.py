@@ -60,9 +60,9 @@ def poll_once(company_id: int, *, full: bool = True) -> dict:
             found["email_queue"] = "off"
         if cfg.completions:
             try:
-                res = completions.poll(company, chunk=s.lms_chunk, max_rows=s.lms_max_rows)
-                found.update(res.lines())
-                found["jobs"] += res.jobs
+                done = completions.poll(company, chunk=s.lms_chunk, max_rows=s.lms_max_rows)
+                found.update(done.lines())
+                found["jobs"] += done.jobs
             except LmsError as exc:
                 db.session.rollback()
                 found["completions_error"] = str(exc)

@@ -30,7 +30,7 @@ class Priority(StrEnum):
 
 
 #: each job type's default class (``POST /api/v1/jobs`` may set ``"priority"``)
-DEFAULT_PRIORITY = {
+DEFAULT_PRIORITY: dict[str, str] = {
     JobType.CSV_IMPORT: Priority.TRANSACTIONAL,
     JobType.LICENSE_ALLOCATION: Priority.TRANSACTIONAL,
     JobType.NOTIFICATION: Priority.TRANSACTIONAL,
