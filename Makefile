@@ -34,7 +34,7 @@ run: $(VENV)/.runtime
 # The second pass runs on PostgreSQL what touches the database through the app (jobs, batches, callbacks,
 # bulk SQL); tests where the database plays no part (providers, cloud workers, rendering, the browser, the
 # long end-to-end runs) run once, in the first pass. The fault tests bring their own PostgreSQL cluster.
-PG_TESTS := tests/core/test_migrations.py tests/core/lms tests/core/delivery tests/dashboard tests/service tests/tasks tests/submission tests/security/test_h18_api_robustness.py
+PG_TESTS := tests/core/test_migrations.py tests/core/test_scheduler.py tests/core/lms tests/core/delivery tests/dashboard tests/service tests/tasks tests/submission tests/security/test_h18_api_robustness.py
 PG_SKIP := --ignore=tests/dashboard/certificates --ignore=tests/dashboard/events/test_events_concurrency.py
 
 # Two test processes: most tests wait on servers (SES, moto, miniflare, SMTP, the browser), not on the CPU.
