@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, UTC
 
 from sqlalchemy import text, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.attributes import set_committed_value
 
 from core import audit, fields, reputation, sendstats, suppressions, usage
 from core.prices import Estimate
@@ -308,8 +309,6 @@ def create_job(company_id: int, payload, *, idempotency_key: str | None = None, 
 
 def commit_keeping(obj) -> None:
     """Commit, keeping ``obj``'s column values loaded (no reload round trip)."""
-    from sqlalchemy.orm.attributes import set_committed_value
-
     values = {attr.key: getattr(obj, attr.key) for attr in type(obj).__mapper__.column_attrs}
     db.session.commit()
     for key, value in values.items():

@@ -21,6 +21,7 @@ Each ``webhook-id`` applies once (``core.delivery.results.record_callback``).
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 from flask import Blueprint, jsonify, request
 from sqlalchemy import text
@@ -132,8 +133,6 @@ def _plaintext(crypto, token: str) -> str:
 
 def _as_datetime(value):
     """SQLite hands back text for a raw DATETIME column."""
-    from datetime import datetime
-
     return datetime.fromisoformat(value) if isinstance(value, str) else value
 
 
