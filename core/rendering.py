@@ -1028,7 +1028,7 @@ def _compile_once(parts: tuple, samples: list | None, budget_s: float, marks: tu
             return found, None
         waiter = _compiling.get(parts)
         first = waiter is None
-        if first:
+        if waiter is None:
             waiter = _compiling[parts] = threading.Event()
     if not first:
         waiter.wait(COMPILE_BUDGET_S + bounded.SPAWN_TIMEOUT_S + bounded.GRACE_S)

@@ -89,7 +89,7 @@ def describe(jobs: list[Job]) -> dict[int, dict]:
             info["waiting_text"] = TEXTS[info["waiting"]]
             if info["waiting"] == "paused" and job.paused_reason:
                 info["waiting_text"] += f": {job.paused_reason}"
-        if info["waiting"] == "scheduled":
+        if info["waiting"] == "scheduled" and job.send_at is not None:
             info["starts_at"] = job.send_at.replace(microsecond=0).isoformat() + "Z"
             info["starts_at_utc"] = job.send_at.strftime("%Y-%m-%d %H:%M UTC")
         if info["waiting"] in STOPPED:

@@ -506,7 +506,7 @@ class CloudflareQueueTransport(OffloadTransport):
     max_message_bytes = 128_000
     max_call_bytes = 256_000
     #: (connect, read) seconds
-    timeout = (5, 30)
+    timeout: tuple[float, float] = (5, 30)
 
     @classmethod
     def configured(cls, config: dict) -> bool:
@@ -650,7 +650,7 @@ class HttpsTransport(OffloadTransport):
     #: as SQS: well under API Gateway's 10 MB and Lambda's 6 MB, and what the workers expect
     max_message_bytes = MAX_BATCH_BYTES
     #: (connect, read) seconds: the endpoint sends the batch before it answers
-    timeout = (5, 60)
+    timeout: tuple[float, float] = (5, 60)
 
     def __init__(self, config: dict):
         super().__init__(config)

@@ -87,7 +87,7 @@ class Composer:
     def compose(self, rows) -> tuple[list[Composed], list[tuple[int, str]], set[int]]:
         """``rows`` are ``(id, email, data, attempts)``; returns the messages, the failures
         ``(id, reason)`` and the ids the render budget did not reach."""
-        if self.smtp:
+        if self.template is None:  # SMTP submission: nothing to render
             return self.as_received(rows)
         composed, failures, unrendered = [], [], set()
         datas = [row[2] for row in rows]

@@ -314,11 +314,11 @@ def callback_usage(company_id: int, results: list[dict], reported: dict | None =
     else the recipients it handled, which the price table's per-email time turns into time."""
     provider = db.session.execute(select(DeliverySettings.provider).where(
         DeliverySettings.company_id == company_id)).scalar()
-    worker = usage.WORKER_OF.get(provider)
+    worker = usage.WORKER_OF.get(provider) if provider else None
     if worker is None:
         return {}
     sent = sum(1 for r in results if r.get("status") == SENT)
-    used = {f"deliveries:{worker}": 1, f"emails:{provider}": sent}
+    used: dict[str, float] = {f"deliveries:{worker}": 1, f"emails:{provider}": sent}
     reported = reported or {}
     if worker == "lambda" and reported.get("duration_ms") is not None and reported.get("memory_mb"):
         used["lambda:measured"] = 1

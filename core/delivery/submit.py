@@ -42,6 +42,7 @@ from core.models import (B_CANCELLED, B_DONE, B_FAILED, B_QUEUED, B_RETRY, B_SUB
                          RECIPIENT_CLAIMABLE, Batch, Company, Job, sql_in, utcnow)
 from providers import ConnectionFailure, PermanentError, ProviderError, mime, registry
 from providers.offload import EndpointRejected, delivery_id, get_transport, split_recipients
+from providers.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class Submission:
         #: SMTP submission: the raw recipients built, the stored messages linked, and the storage holding them
         self._raw: dict[int, Composed] = {}
         self._links: dict[int, str] = {}
-        self._storage = None
+        self._storage: Storage | None = None
         self.global_fallback = cfg.fallback_smtp
         self.max_attempts = cfg.max_attempts
         self.timeout_s = cfg.callback_timeout_s
@@ -232,7 +233,7 @@ class Submission:
                 entries.append({"email": c.email, "raw": base64.b64encode(data).decode("ascii"),
                                 "envelope_from": c.envelope_from})
                 continue
-            entry = {"email": c.email, "data": c.data or {},
+            entry: dict[str, Any] = {"email": c.email, "data": c.data or {},
                      "rendered": {"subject": c.subject, "text": c.text, "html": c.html}}
             if c.headers:
                 entry["headers"] = c.headers
@@ -259,6 +260,8 @@ class Submission:
             storage = self._storage or open_storage(self.company, kind)
             self._storage = storage
             if key is None:
+                if c.raw is None:  # never: only a raw recipient is linked
+                    raise PermanentError("the message's MIME is gone")
                 key = submissions.link_key(self.company.id, claim.job_id, c.smtp_message_id)
                 storage.put(key, c.raw, "message/rfc822")
                 submissions.record_link(self.company.id, c.smtp_message_id, key)
@@ -267,7 +270,7 @@ class Submission:
         except ProviderError as exc:
             return {**entry, "_too_large": f"message_too_large: too large for the queue, and not stored for a "
                                            f"link ({exc.reason})"}
-        linked = {"email": c.email, "raw_key": key, "raw_url": url, "envelope_from": c.envelope_from}
+        linked: dict[str, Any] = {"email": c.email, "raw_key": key, "raw_url": url, "envelope_from": c.envelope_from}
         if c.headers:
             linked["headers"] = c.headers
         return linked
@@ -381,7 +384,7 @@ class Submission:
             used = {"sqs:requests": sum(took), "sqs:chunks": sum(took)}
         elif self.transport == "cloudflare_queue":
             used = {"queue:chunks": sum(took)}
-        elif self.transport == "https" and usage.WORKER_OF.get(provider) == "lambda":
+        elif self.transport == "https" and provider and usage.WORKER_OF.get(provider) == "lambda":
             used = {"gateway:requests": len(took)}
         if provider in usage.PROVIDERS and item.attached:
             used[f"attachment_bytes:{provider}"] = item.attached
