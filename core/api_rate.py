@@ -27,7 +27,10 @@ def take(token_hash: str, now: float | None = None) -> int | None:
     window = int(now // WINDOW_S)
     key = f"offload:api-rate:{token_hash[:32]}:{window}"
     try:
-        count = connection().pipeline().incr(key).expire(key, 2 * WINDOW_S).execute()[0]
+        pipe = connection().pipeline()
+        pipe.incr(key)
+        pipe.expire(key, 2 * WINDOW_S)
+        count = pipe.execute()[0]
     except (RedisError, OSError) as exc:
         log.warning("API rate limit unavailable: %s", type(exc).__name__)
         return None

@@ -14,6 +14,7 @@ import json
 import re
 import secrets
 import time
+from typing import cast
 from dataclasses import dataclass, field
 
 from redis import Redis
@@ -193,7 +194,8 @@ class UploadStore:
         now = time.time()
         self.conn.zremrangebyscore(ALL_UPLOADS, "-inf", now)
         if self.max_bytes is not None:
-            pending = self.conn.zrange(ALL_UPLOADS, 0, -1, withscores=True)
+            # (member, score) pairs: redis-py types a client's answers for its async flavour too
+            pending = cast(list[tuple[bytes, float]], self.conn.zrange(ALL_UPLOADS, 0, -1, withscores=True))
             used = sum(int(member.rsplit(b":", 1)[1]) for member, _ in pending)
             if used + size > self.max_bytes:
                 wait = int(min((score for _, score in pending), default=now + 60) - now) + 1

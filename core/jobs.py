@@ -421,10 +421,10 @@ def resume_reputation(company: Company) -> int | None:
     if company.reputation_paused_at is None:
         return None
     reason = company.reputation_reason
-    moved = db.session.execute(update(Company).where(Company.id == company.id,
-                                                     Company.reputation_paused_at.is_not(None))
-                               .values(reputation_paused_at=None, reputation_reason=None,
-                                       reputation_resumed_at=utcnow())).rowcount
+    moved = rowcount(db.session.execute(update(Company).where(Company.id == company.id,
+                                                              Company.reputation_paused_at.is_not(None))
+                                        .values(reputation_paused_at=None, reputation_reason=None,
+                                                reputation_resumed_at=utcnow())))
     if not moved:
         db.session.rollback()
         return None

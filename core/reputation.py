@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from sqlalchemy import and_, or_, select, update
 
 from core import audit, counts
-from core.db import db
+from core.db import db, rowcount
 from core.models import (JOB_FINAL, PAUSED, Company, DeliverySettings, Job, JobType, Priority, utcnow)
 from providers.registry import Setting, SettingsGroup
 
@@ -111,9 +111,9 @@ def judge(company_id: int) -> str | None:
 def trip(company: Company, reason: str, window: counts.Window) -> int:
     """Pause the company's bulk sending with ``reason``; returns how many live jobs were paused."""
     now = utcnow()
-    moved = db.session.execute(update(Company).where(Company.id == company.id,
-                                                     Company.reputation_paused_at.is_(None))
-                               .values(reputation_paused_at=now, reputation_reason=reason[:255])).rowcount
+    moved = rowcount(db.session.execute(update(Company).where(Company.id == company.id,
+                                                              Company.reputation_paused_at.is_(None))
+                                        .values(reputation_paused_at=now, reputation_reason=reason[:255])))
     if not moved:  # another process tripped it first
         db.session.rollback()
         return 0
@@ -123,7 +123,7 @@ def trip(company: Company, reason: str, window: counts.Window) -> int:
                  details={"reason": reason, "sends": window.sends, "bounces": window.bounces,
                           "complaints": window.complaints, "jobs_paused": len(paused)})
     for job_id in paused:
-        db.session.get(Job, job_id).log_error(f"paused: {PAUSE_PREFIX}: {reason}")
+        db.session.get_one(Job, job_id).log_error(f"paused: {PAUSE_PREFIX}: {reason}")
     db.session.commit()
     log.warning("Company %s: reputation guard paused bulk sending (%s); %d jobs", company.id, reason, len(paused))
     return len(paused)
