@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta, UTC
+from typing import Any
 
 from sqlalchemy import text, update
 from sqlalchemy.exc import IntegrityError
@@ -181,8 +182,9 @@ def lacking_fields(job_type: str, compiled: CompiledTemplate, recipients: list, 
 def missing_error(recipients: list, lacking: dict[int, list[str]]) -> JobError:
     """The 400 for recipients with missing fields: the fields, how many, and the first recipients."""
     names = sorted({name for found in lacking.values() for name in found})
-    first = [{"index": i, "email": str(recipients[i].get("email"))[:320], "fields": lacking[i]}
-             for i in sorted(lacking)[:fields.NAMED_RECIPIENTS]]
+    first: list[dict[str, Any]] = [
+        {"index": i, "email": str(recipients[i].get("email"))[:320], "fields": lacking[i]}
+        for i in sorted(lacking)[:fields.NAMED_RECIPIENTS]]
     shown = "; ".join(f"recipient {r['index']} ({r['email']}): {', '.join(r['fields'])}" for r in first[:3])
     more = f"; and {len(lacking) - 3} more" if len(lacking) > 3 else ""
     count = len(lacking)

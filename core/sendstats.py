@@ -24,7 +24,7 @@ from core.db import db
 from core.models import R_BOUNCED, R_FAILED, R_SENT, R_SUPPRESSED, CompanyDay, JobSecond, utcnow
 
 #: a recipient status → the ``company_days`` column it counts in
-COLUMNS = {R_SENT: "sent", R_FAILED: "failed", R_BOUNCED: "bounced", R_SUPPRESSED: "suppressed"}
+COLUMNS: dict[str, str] = {R_SENT: "sent", R_FAILED: "failed", R_BOUNCED: "bounced", R_SUPPRESSED: "suppressed"}
 
 
 def _insert(table):
@@ -63,7 +63,7 @@ def correct(company_id: int, job_id: int, counted: Mapping[str, int], exact: Map
     """Record the difference between a job's counters (``counted``) and its rows' ``exact`` counts
     (both by status), as ``finish_job`` finds it: failures and suppressions some path counted
     only on the job."""
-    off = {status: exact.get(status, 0) - counted.get(status, 0) for status in (R_FAILED, R_SUPPRESSED)}
+    off: dict[str, int] = {status: exact.get(status, 0) - counted.get(status, 0) for status in (R_FAILED, R_SUPPRESSED)}
     record(company_id, job_id, off)
 
 
@@ -115,6 +115,7 @@ def handed_since(company_id: int | None, since: date) -> tuple[int, int]:
 def by_route() -> list[tuple[str, int, int, int, int]]:
     """Every company's totals per route: ``(route, sent, failed, bounced, suppressed)``."""
     c = CompanyDay
-    return [tuple(row) for row in db.session.execute(
+    rows = db.session.execute(
         select(c.route, func.sum(c.sent), func.sum(c.failed), func.sum(c.bounced), func.sum(c.suppressed))
-        .group_by(c.route).order_by(c.route)).all()]
+        .group_by(c.route).order_by(c.route)).tuples()
+    return [(route, sent, failed, bounced, suppressed) for route, sent, failed, bounced, suppressed in rows]

@@ -108,7 +108,7 @@ def _finish(job_id: int) -> str | None:
     res = db.session.execute(update(Job).where(Job.id == job_id, Job.status.notin_(JOB_FINAL)).values(
         status=status, completed_at=utcnow(), emails_sent=sent, emails_failed=counts.get(R_FAILED, 0),
         emails_bounced=counts.get(R_BOUNCED, 0), emails_suppressed=counts.get(R_SUPPRESSED, 0)))
-    if res.rowcount:  # what the counters missed, so the company's days agree with its jobs
+    if rowcount(res):  # what the counters missed, so the company's days agree with its jobs
         sendstats.correct(job.company_id, job_id, {R_FAILED: job.emails_failed, R_SUPPRESSED: job.emails_suppressed},
                           counts)
     db.session.commit()

@@ -216,6 +216,8 @@ class ApiToken(TenantMixin, Model):
 
 class Template(TenantMixin, Model):
     __tablename__ = "templates"
+    if TYPE_CHECKING:  # not a column: set by core.templates.save, what the save answers
+        warnings: list[str]
     __table_args__ = (UniqueConstraint("company_id", "name"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(100), nullable=False)
