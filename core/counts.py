@@ -205,12 +205,12 @@ class Window:
 def recent(company_id: int, size: int, after: datetime | None = None) -> Window:
     """The company's last ``size`` messages handed to the provider (sent after ``after``, when
     given), the bounces among them and the complaint reports since the oldest of them."""
-    last = (select(Recipient.status, Recipient.sent_at)
-            .where(Recipient.company_id == company_id, Recipient.sent_at.is_not(None), Recipient.status.in_(HANDED))
-            .order_by(Recipient.sent_at.desc()).limit(size))
+    query = (select(Recipient.status, Recipient.sent_at)
+             .where(Recipient.company_id == company_id, Recipient.sent_at.is_not(None), Recipient.status.in_(HANDED))
+             .order_by(Recipient.sent_at.desc()).limit(size))
     if after is not None:
-        last = last.where(Recipient.sent_at > after)
-    last = last.subquery()
+        query = query.where(Recipient.sent_at > after)
+    last = query.subquery()
     figures = select(func.count(), func.count().filter(last.c.status == R_BOUNCED), func.min(last.c.sent_at))
     sends, bounces, oldest = db.session.execute(figures.select_from(last)).one()
     if not sends:
