@@ -886,6 +886,7 @@ def test_the_managers_journey(web, open_page, shot, ses, worker):
 
         # -- the error report and the recipient list agree with the page
         page.goto(f"{web.base}/admin/jobs/{job_id}/")
+        no_raw_keys(page)
         with page.expect_download() as info:
             page.click("#download-errors")
         errors = list(csv.DictReader(io.StringIO(Path(info.value.path()).read_text(encoding="utf-8"))))
@@ -905,6 +906,7 @@ def test_the_managers_journey(web, open_page, shot, ses, worker):
 
         # -- export: the recipient list holds the same counts, and no password
         page.goto(f"{web.base}/admin/jobs/{job_id}/")
+        no_raw_keys(page)
         with page.expect_download() as info:
             page.click("#download-recipients")
         text = Path(info.value.path()).read_text(encoding="utf-8")
