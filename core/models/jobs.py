@@ -96,10 +96,12 @@ class Recipient(TenantMixin, Model):
         # a job's recipients of some statuses in id order (the recipient list's filter, its failures)
         Index("ix_recipients_job_status_id", "job_id", "status", "id"),
         Index("ix_recipients_job_id_id", "job_id", "id"),
-        # a company's last sends and its rates (core.counts), newest first
+        # a company's last sends and its rates (core.counts), newest first; its recipients (company_id first)
         Index("ix_recipients_company_sent", "company_id", "sent_at"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: no index of its own: ix_recipients_company_sent starts with it (about 20 MB less a million recipients)
+    company_id: Mapped[int] = mapped_column(Integer, ForeignKey("companies.id", ondelete="CASCADE"), nullable=False)
     job_id: Mapped[int] = mapped_column(Integer, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False)
     email: Mapped[str] = mapped_column(String(320), nullable=False)
     data: Mapped[Any | None] = mapped_column(EncryptedJSON)
