@@ -125,7 +125,7 @@ def test_kills_mid_burst_lose_no_acknowledged_event(web, redis, fleet, make_comp
     fault_report("events_sigkill", recipients=EVENTS, faults=4, lost=lost, duplicated=twice,
                  wall=time.monotonic() - started, acked=len(acked), unanswered=len(posters.unanswered),
                  kept_unanswered=len(set(got) - acked))
-    assert not posters.refused, posters.refused[:5]
+    assert not posters.refused, (posters.refused[:5], web.log_tail())
     assert len(acked) + len(posters.unanswered) == EVENTS and len(acked) > EVENTS * 0.9
     assert lost == 0 and twice == 0, web.log_tail()
     assert set(got) - acked <= set(posters.unanswered)

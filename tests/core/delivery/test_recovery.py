@@ -241,8 +241,8 @@ def test_a_running_jobs_execution_is_beaten_and_a_dead_workers_lapses(app, monke
     """RQ's SimpleWorker gives a running job's execution the job's timeout plus 60 s to live; AppWorker
     beats it from a thread, so a long job stays running and a worker that died is seen dead within the TTL."""
     monkeypatch.setattr(worker_module, "EXECUTION_BEAT_S", 0.2)
-    monkeypatch.setattr(worker_module, "EXECUTION_TTL_S", 1)
-    get_queue(DEFAULT).enqueue("time.sleep", 2.5, job_id="sleeper")  # runs for 2.5 TTLs
+    monkeypatch.setattr(worker_module, "EXECUTION_TTL_S", 2)  # ten beats a TTL: a loaded machine may miss some
+    get_queue(DEFAULT).enqueue("time.sleep", 6, job_id="sleeper")  # runs for 3 TTLs
     seen = []
 
     def probe():
@@ -251,7 +251,7 @@ def test_a_running_jobs_execution_is_beaten_and_a_dead_workers_lapses(app, monke
         deadline = time.monotonic() + 10
         while job.get_status() != "started" and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(1.8)  # past the TTL the execution was created with
+        time.sleep(3.5)  # well past the TTL the execution was created with, well before the job ends
         seen.append((job.get_status(), still_running(job)))
 
     thread = threading.Thread(target=probe)
@@ -268,5 +268,5 @@ def test_a_running_jobs_execution_is_beaten_and_a_dead_workers_lapses(app, monke
     dying.prepare_execution(rq_job)
     assert is_live(rq_job.id)
     dying._stop_beat()  # what SIGKILL does to the beating thread
-    time.sleep(1.3)
+    time.sleep(2.5)
     assert rq_job.get_status() == "started" and not is_live(rq_job.id)
