@@ -36,8 +36,12 @@ from PIL import Image, ImageDraw  # noqa: E402
 from reportlab.pdfgen.canvas import Canvas  # noqa: E402
 
 from core import certificate_fonts, certificate_render  # noqa: E402
-from core.certificate_render import (DEFAULT_TEMPLATE_CSS, DEFAULT_TEMPLATE_HTML, new_verification_code,  # noqa: E402
-                                     render_certificate_pdf)
+from core.certificate_render import (  # noqa: E402
+    DEFAULT_TEMPLATE_CSS,
+    DEFAULT_TEMPLATE_HTML,
+    new_verification_code,
+    render_certificate_pdf,
+)
 
 #: Two in three names Latin (ASCII or not), the rest in other scripts.
 NAMES = ("Learner Number {i:04d}", "Ann Müller-Ramírez", "Łukasz Żółć", "Nguyễn Thị Ánh", "John Smith {i}",

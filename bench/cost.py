@@ -28,8 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from PIL import Image, ImageDraw  # noqa: E402
 
 from core import prices, usage  # noqa: E402
-from core.certificate_render import (DEFAULT_TEMPLATE_CSS, DEFAULT_TEMPLATE_HTML, new_verification_code,  # noqa: E402
-                                     render_certificate_pdf)
+from core.certificate_render import (  # noqa: E402
+    DEFAULT_TEMPLATE_CSS,
+    DEFAULT_TEMPLATE_HTML,
+    new_verification_code,
+    render_certificate_pdf,
+)
 from providers.offload import MAX_BATCH_BYTES, delivery_id, encode_message, split_recipients  # noqa: E402
 
 #: the seeds' promise, per month for 50k emails a day

@@ -14,8 +14,8 @@ import json
 import re
 import secrets
 import time
-from typing import cast
 from dataclasses import dataclass, field
+from typing import cast
 
 from redis import Redis
 from sqlalchemy import text
@@ -23,10 +23,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from core import crypto
 from core import fields as fields_of
-from core.queue import as_text
 from core.db import db
 from core.lms import connection as lms_connection
 from core.models import CampaignSettings, Company
+from core.queue import as_text
 from core.rendering import CompiledTemplate, RenderError, valid_email
 
 UPLOAD_TTL_S = 3600

@@ -32,18 +32,32 @@ from typing import Any
 from redis.exceptions import LockError
 from sqlalchemy import select
 
+from core import certificate_process, queue, usage
+from core.certificate_render import (
+    DEFAULT_TEMPLATE_CSS,
+    DEFAULT_TEMPLATE_HTML,
+    CertificateError,
+    checksum,
+    new_verification_code,
+)
 from core.certificates import download_url, object_key, open_storage, verify_url
 from core.db import db
-from core.models import (PAUSED, R_FAILED, RECIPIENT_CLAIMABLE, Certificate, CertificateTemplate, Company, Job,
-                         Recipient, utcnow)
+from core.delivery import claims, settle
+from core.models import (
+    PAUSED,
+    R_FAILED,
+    RECIPIENT_CLAIMABLE,
+    Certificate,
+    CertificateTemplate,
+    Company,
+    Job,
+    Recipient,
+    utcnow,
+)
 from core.queue import connection
 from core.rendering import RenderError
 from providers.base import Attachment, PermanentError
 from providers.storage import ObjectNotFound, Storage
-from core import certificate_process, queue, usage
-from core.delivery import claims, settle
-from core.certificate_render import (DEFAULT_TEMPLATE_CSS, DEFAULT_TEMPLATE_HTML, CertificateError, checksum,
-                                     new_verification_code)
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,13 @@ from datetime import date
 from pathlib import Path
 
 from core import bounded, certificate_fonts, rendering
-from core.certificate_render import (DEFAULT_TEMPLATE_CSS, DEFAULT_TEMPLATE_HTML, CertificateError,
-                                     CertificateTemplateError, render_certificate_pdf)
+from core.certificate_render import (
+    DEFAULT_TEMPLATE_CSS,
+    DEFAULT_TEMPLATE_HTML,
+    CertificateError,
+    CertificateTemplateError,
+    render_certificate_pdf,
+)
 
 #: seconds a worker's certificate may take in all (the template's render has RENDER_BUDGET_S of it)
 CERTIFICATE_BUDGET_S = 30.0

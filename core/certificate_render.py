@@ -41,12 +41,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from core import certificate_fonts, certificate_layout
-from core.rendering import (MAX_SOURCE, MAX_VALUE, BoundedSandbox, CompileError, RenderError, render_document,
-                            render_marked_document)
 from reportlab.pdfbase.ttfonts import TTFError
 from xhtml2pdf import pisa
 from xhtml2pdf.config.resources import RenderLimitError, ResourceAccessPolicy
+
+from core import certificate_fonts, certificate_layout
+from core.rendering import (
+    MAX_SOURCE,
+    MAX_VALUE,
+    BoundedSandbox,
+    CompileError,
+    RenderError,
+    render_document,
+    render_marked_document,
+)
 
 log = logging.getLogger(__name__)
 

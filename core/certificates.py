@@ -20,13 +20,12 @@ from datetime import datetime
 from sqlalchemy import select
 
 from core import audit, settings
+from core.certificate_render import CODE_ALPHABET, CODE_LENGTH
 from core.db import db
 from core.models import Certificate, Company, Job, utcnow
 from providers import registry
-from providers.base import PermanentError
-from providers.base import OPERATOR_ENDPOINT, guarded_url
+from providers.base import OPERATOR_ENDPOINT, PermanentError, guarded_url
 from providers.storage import ObjectNotFound, Storage, get_storage
-from core.certificate_render import CODE_ALPHABET, CODE_LENGTH
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,9 @@ from sqlalchemy import func, select
 
 from core import delivery_settings, login_throttle
 from core.db import db
-from core.rendering import valid_email
-from core.models import ROLES, ApiToken, Company, DeliverySettings, User, utcnow
-from core.models import sha256_hex
 from core.lms import connection as lms_connection
+from core.models import ROLES, ApiToken, Company, DeliverySettings, User, sha256_hex, utcnow
+from core.rendering import valid_email
 from providers import aws, guard, registry
 
 #: the service's own company-level settings (the rest: ``core.delivery_settings``)

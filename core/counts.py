@@ -33,8 +33,7 @@ from sqlalchemy import func, select
 
 from core import sendstats
 from core.db import db
-from core.models import (COMPLAINT, JOB_FINAL, R_BOUNCED, R_SENT, SOFT, BounceEvent, Job, Recipient,
-                         utcnow)
+from core.models import COMPLAINT, JOB_FINAL, R_BOUNCED, R_SENT, SOFT, BounceEvent, Job, Recipient, utcnow
 
 #: recipients handed to the provider: taken (sent), or taken and bounced
 HANDED = (R_SENT, R_BOUNCED)

@@ -15,18 +15,16 @@ provider needs no migration.
 """
 from __future__ import annotations
 
-import re
-
-from providers import registry
-from providers.registry import Setting, SettingsGroup, whole_number
-
 import os
+import re
 
 from core import reputation, unsubscribe
 from core.db import db
 from core.lms import connection as lms_connection
 from core.models import MODES, CampaignSettings, Company, DeliverySettings
 from core.rendering import valid_email
+from providers import registry
+from providers.registry import Setting, SettingsGroup, whole_number
 
 #: settings stored on the company itself
 COMPANY_KEYS = ("uncertain_policy", "data_retention_days", "fallback_relay", "fallback_sender_domains")

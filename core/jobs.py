@@ -6,7 +6,7 @@ Shared by the LMS API, the dashboard and the events buffer.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, UTC
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text, update
@@ -14,18 +14,34 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
 
 from core import audit, fields, reputation, sendstats, suppressions, usage
-from core.prices import Estimate
-from core.bulk import insert_recipients
+from core.bulk import execute_for_ids, insert_recipients
 from core.counts import job_counts
 from core.db import db, rowcount
-from core.models import (BATCH_WAITING, COMPLETED, DEFAULT_PRIORITY, FAILED, JOB_TYPES, PARTIAL, PAUSED, PRIORITIES,
-                         PROCESSING, QUEUED, R_FAILED, R_PENDING, R_SUPPRESSED, Batch, Company, Job, Template, is_bulk,
-                         utcnow)
-from core.rendering import PREVIEW_BUDGET_S, CompiledTemplate, RenderError, valid_email
 from core.delivery import plan
-from core.queue import enqueue_finish
-from core.bulk import execute_for_ids
-from core.queue import enqueue_plan
+from core.models import (
+    BATCH_WAITING,
+    COMPLETED,
+    DEFAULT_PRIORITY,
+    FAILED,
+    JOB_TYPES,
+    PARTIAL,
+    PAUSED,
+    PRIORITIES,
+    PROCESSING,
+    QUEUED,
+    R_FAILED,
+    R_PENDING,
+    R_SUPPRESSED,
+    Batch,
+    Company,
+    Job,
+    Template,
+    is_bulk,
+    utcnow,
+)
+from core.prices import Estimate
+from core.queue import enqueue_finish, enqueue_plan
+from core.rendering import PREVIEW_BUDGET_S, CompiledTemplate, RenderError, valid_email
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 RETRYABLE_STATUSES = (COMPLETED, PARTIAL, FAILED)

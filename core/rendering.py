@@ -51,8 +51,7 @@ from typing import Any
 
 from jinja2 import TemplateError, TemplateSyntaxError, Undefined, UndefinedError, nodes
 from jinja2.compiler import CodeGenerator
-from jinja2.filters import (do_batch, do_center, do_format, do_indent, do_join, do_replace, do_wordwrap,
-                            sync_do_slice)
+from jinja2.filters import do_batch, do_center, do_format, do_indent, do_join, do_replace, do_wordwrap, sync_do_slice
 from jinja2.runtime import markup_join, str_join
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 from jinja2.utils import missing, pass_environment, pass_eval_context

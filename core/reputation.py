@@ -21,7 +21,7 @@ from sqlalchemy import and_, or_, select, update
 
 from core import audit, counts
 from core.db import db, rowcount
-from core.models import (JOB_FINAL, PAUSED, Company, DeliverySettings, Job, JobType, Priority, utcnow)
+from core.models import JOB_FINAL, PAUSED, Company, DeliverySettings, Job, JobType, Priority, utcnow
 from providers.registry import Setting, SettingsGroup
 
 log = logging.getLogger(__name__)

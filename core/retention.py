@@ -10,8 +10,8 @@ from datetime import timedelta
 from sqlalchemy import select, text, update
 
 from core.db import db
-from core.submissions import purge_raw
 from core.models import JOB_FINAL, Company, Job, utcnow
+from core.submissions import purge_raw
 
 log = logging.getLogger(__name__)
 

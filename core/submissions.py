@@ -28,16 +28,28 @@ from email.utils import format_datetime
 from sqlalchemy import Dialect, PoolProxiedConnection, select, text
 
 from core import audit, crypto, sendstats, settings
-from core.certificates import open_storage
-from providers.storage import ObjectNotFound
-from core.delivery_settings import provider_config
 from core.bulk import execute_for_ids, insert_recipients
+from core.certificates import open_storage
 from core.db import db, rowcount
+from core.delivery_settings import provider_config
 from core.jobs import classify_recipients
-from core.models import (DEFAULT_PRIORITY, JOB_TYPES, JOBBED, QUEUED, WAITING, Company, Job, R_FAILED,
-                         R_SUPPRESSED, SmtpMessage, is_bulk, utcnow)
+from core.models import (
+    DEFAULT_PRIORITY,
+    JOB_TYPES,
+    JOBBED,
+    QUEUED,
+    R_FAILED,
+    R_SUPPRESSED,
+    WAITING,
+    Company,
+    Job,
+    SmtpMessage,
+    is_bulk,
+    utcnow,
+)
 from core.queue import enqueue_job, schedule_smtp_close
 from providers import mime, registry
+from providers.storage import ObjectNotFound
 
 log = logging.getLogger(__name__)
 

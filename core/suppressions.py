@@ -20,7 +20,7 @@ from email.utils import parseaddr
 from sqlalchemy.exc import IntegrityError
 
 from core.db import db
-from core.models import (R_BOUNCED, R_SENT, SUPPRESSION_LISTS, TRANSACTIONAL_LISTS, Suppression)
+from core.models import R_BOUNCED, R_SENT, SUPPRESSION_LISTS, TRANSACTIONAL_LISTS, Suppression
 
 #: recipients a bounce report may be about: handed to the provider (and maybe already bounced)
 DELIVERED = (R_SENT, R_BOUNCED)

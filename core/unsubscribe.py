@@ -24,7 +24,6 @@ import hashlib
 import hmac
 
 from itsdangerous import BadSignature, URLSafeSerializer
-
 from sqlalchemy import select
 
 from core import settings

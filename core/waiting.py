@@ -28,11 +28,24 @@ from sqlalchemy import func, select
 
 from core import scheduler, sendstats, settings
 from core.counts import job_counts
+from core.db import db
 from core.delivery import routing
 from core.delivery.limits import breaker_is_open
-from core.db import db
-from core.models import (B_PENDING, B_QUEUED, B_RETRY, B_SENDING, B_SUBMITTED, BATCH_OPEN, JOB_FINAL, PAUSED, Batch,
-                         Company, DeliverySettings, Job, utcnow)
+from core.models import (
+    B_PENDING,
+    B_QUEUED,
+    B_RETRY,
+    B_SENDING,
+    B_SUBMITTED,
+    BATCH_OPEN,
+    JOB_FINAL,
+    PAUSED,
+    Batch,
+    Company,
+    DeliverySettings,
+    Job,
+    utcnow,
+)
 from core.queue import connection
 
 WINDOW_S = 30

@@ -17,18 +17,18 @@ import unicodedata
 from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
-from itsdangerous import BadSignature, URLSafeTimedSerializer
 from flask_login import current_user, login_required, login_user, logout_user
 from flask_wtf import FlaskForm
+from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import func, select
 from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired, Length
 
 from core import audit, login_throttle, settings
 from core.db import db
-from dashboard.extensions import login_manager
 from core.models import User, utcnow
 from core.models.companies import check_dummy_password
+from dashboard.extensions import login_manager
 
 bp = Blueprint("auth", __name__, template_folder="templates")
 GENERIC_ERROR = "Invalid email or password."

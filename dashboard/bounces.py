@@ -20,19 +20,19 @@ import logging
 import time
 
 from flask import Blueprint, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from core import audit, metrics, replay
 from core.db import db
+from core.delivery.results import record_event
 from core.delivery_settings import provider_config
 from core.models import Company
 from core.queue import connection
-from core.delivery.results import record_event
 from core.suppressions import event_key, normalize_email
 from dashboard.bodies import read_capped
 from dashboard.errors import json_error
 from dashboard.extensions import csrf
 from providers import WebhookRefused, WebhookReply, WebhookUnavailable, registry
-from werkzeug.exceptions import RequestEntityTooLarge
 
 log = logging.getLogger(__name__)
 bp = Blueprint("bounces", __name__, url_prefix="/callbacks/v1/bounces")

@@ -25,21 +25,19 @@ from datetime import datetime
 
 from flask import Blueprint, jsonify, request
 from sqlalchemy import text
+from werkzeug.exceptions import RequestEntityTooLarge
 
-from core import metrics
-from core.queue import connection
-from dashboard.errors import json_error
+from core import crypto, metrics
 from core.db import db
-from core.models import Batch, Company, Job
-from core.tenancy import get_scoped
-from core import crypto
-from core.models import utcnow
 from core.delivery.results import record_callback
-from providers import webhooks
+from core.models import Batch, Company, Job, utcnow
+from core.queue import connection
+from core.tenancy import get_scoped
 from dashboard.bodies import loads as bounded_loads
 from dashboard.bodies import read_capped
+from dashboard.errors import json_error
 from dashboard.extensions import csrf
-from werkzeug.exceptions import RequestEntityTooLarge
+from providers import webhooks
 
 log = logging.getLogger(__name__)
 bp = Blueprint("callbacks", __name__, url_prefix="/callbacks/v1")

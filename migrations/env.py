@@ -4,9 +4,9 @@ Flask-Migrate hands over the context options (batch mode, type comparison)."""
 import logging
 from logging.config import fileConfig
 
+from alembic import context
 from flask import current_app
 
-from alembic import context
 from core.db import db
 
 config = context.config

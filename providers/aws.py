@@ -36,7 +36,6 @@ from botocore.exceptions import BotoCoreError, ClientError
 from botocore.parsers import ResponseParserError
 
 from providers.base import PermanentError, RetryableError, safe_code
-
 from providers.registry import Setting, SettingsGroup
 
 SESSION_NAME = "manireports-offload"

@@ -21,7 +21,6 @@ from typing import ClassVar
 
 from providers import guard, registry
 
-
 _NOT_CODE = re.compile(r"[^A-Za-z0-9_.-]")
 #: the longest remote error code kept
 CODE_LIMIT = 64

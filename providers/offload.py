@@ -24,7 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
-from providers import guard, pinning, webhooks
+from providers import guard, pinning, registry, ses, smtp, webhooks
+from providers.aws import AWS_SETTINGS, aws_session, has_credentials
 from providers.base import (
     ConnectionFailure,
     PermanentError,
@@ -36,8 +37,6 @@ from providers.base import (
     not_the_provider,
     safe_code,
 )
-from providers import registry, ses, smtp
-from providers.aws import AWS_SETTINGS, aws_session, has_credentials
 from providers.cloudflare import CLOUDFLARE_SETTINGS
 
 log = logging.getLogger(__name__)

@@ -41,6 +41,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.parsers import ResponseParserError
 
 from providers import mime, pinning, sns
+from providers.aws import AWS_SETTINGS, aws_session, boto_sts_endpoint, has_credentials
 from providers.base import (
     ConnectionFailure,
     Message,
@@ -62,7 +63,6 @@ from providers.base import (
     safe_code,
     send_each,
 )
-from providers.aws import AWS_SETTINGS, aws_session, boto_sts_endpoint, has_credentials
 
 log = logging.getLogger(__name__)
 

@@ -40,6 +40,8 @@ from botocore import exceptions as boto_errors
 from botocore.config import Config as BotoConfig
 from botocore.parsers import ResponseParserError
 
+from providers import pinning, registry
+from providers.aws import AWS_SETTINGS, aws_session
 from providers.base import (
     ConnectionFailure,
     PermanentError,
@@ -51,8 +53,6 @@ from providers.base import (
     not_the_provider,
     safe_code,
 )
-from providers import pinning, registry
-from providers.aws import AWS_SETTINGS, aws_session
 from providers.cloudflare import CLOUDFLARE_SETTINGS
 
 KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*")

@@ -15,8 +15,8 @@ from core.lms.poller import poll_once
 from core.models import ROLES, Company, User
 from core.rotation import reencrypt_all
 from service.app import create_worker_app
-from submission import serve as serve_smtp
 from service.devserver import serve
+from submission import serve as serve_smtp
 from tasks.worker import run_worker
 
 lms_cli = AppGroup("lms", help="The Moodle/IOMAD connector.")

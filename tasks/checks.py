@@ -13,9 +13,9 @@ import time
 
 from core import delivery_settings
 from core.certificates import StorageNotConfigured, configured_kind, open_storage
+from core.checks import RESULT_TTL_S, read_request, request_key, result_key
 from core.db import db
 from core.models import Company, Template
-from core.checks import RESULT_TTL_S, read_request, request_key, result_key
 from core.queue import connection
 from core.rendering import PREVIEW_BUDGET_S, CompiledTemplate, RenderError
 from providers import Message, ProviderError, ResultStatus, get_provider, registry

@@ -7,24 +7,34 @@ The database is real: SQLite by default, PostgreSQL when
 test starts from empty tables and an empty Redis.
 """
 from __future__ import annotations
+
 import os
 import shutil
 import subprocess
 import tempfile
 import uuid
+
 import pytest
 
 from core import companies, settings
 from core.db import db
 from core.queue import connection, start_embedded_redis
-from service import create_app
 from providers import guard
-from tests.support.openapi import CheckedClient
+from service import create_app
+from tests.support.app import (
+    JINJA_BYTECODE,
+    ROOT,
+    TEST_SETTINGS,
+    AuthActions,
+    CompanyFixture,
+    empty_tables,
+    pg_create,
+    pg_drop,
+)
 from tests.support.certificates import client as s3_client
+from tests.support.openapi import CheckedClient
 from tests.support.servers import MotoServer, RedisServer, SesLocal, SmtpSink, free_port
 from tests.support.smtp_clients import InProcessServer
-from tests.support.app import (AuthActions, CompanyFixture, JINJA_BYTECODE, ROOT, TEST_SETTINGS, empty_tables,
-                               pg_create, pg_drop)
 
 # The suite is development (CONTRACT §2): the emulators, sinks and LMS databases listen on loopback, and
 # the public dev key is fine. Set in the environment so the workers and servers the tests start inherit it.

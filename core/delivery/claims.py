@@ -28,9 +28,26 @@ from sqlalchemy import Row, select, text, update
 from core import sendstats
 from core.bulk import execute_for_ids
 from core.db import db, rowcount
-from core.models import (B_SENDING, B_SUBMITTED, BATCH_FINAL, BATCH_WAITING, PAUSED, PROCESSING, QUEUED, R_FAILED,
-                         R_PENDING, R_SENDING, R_UNCERTAIN, RECIPIENT_CLAIMABLE, RECIPIENT_OPEN, Batch, Job,
-                         Recipient, sql_in, utcnow)
+from core.models import (
+    B_SENDING,
+    B_SUBMITTED,
+    BATCH_FINAL,
+    BATCH_WAITING,
+    PAUSED,
+    PROCESSING,
+    QUEUED,
+    R_FAILED,
+    R_PENDING,
+    R_SENDING,
+    R_UNCERTAIN,
+    RECIPIENT_CLAIMABLE,
+    RECIPIENT_OPEN,
+    Batch,
+    Job,
+    Recipient,
+    sql_in,
+    utcnow,
+)
 
 #: a batch due within this many seconds may be claimed already (the ready set's clock and ours differ)
 EARLY_S = 2

@@ -17,8 +17,7 @@ from core import certificate_issue, queue, settings
 from core.db import db
 from core.delivery import routing
 from core.delivery.settle import finish_job
-from core.models import (B_QUEUED, BATCH_FINAL, BATCH_WAITING, PAUSED, RECIPIENT_CLAIMABLE, Batch, Company, Job,
-                         sql_in)
+from core.models import B_QUEUED, BATCH_FINAL, BATCH_WAITING, PAUSED, RECIPIENT_CLAIMABLE, Batch, Company, Job, sql_in
 
 log = logging.getLogger(__name__)
 

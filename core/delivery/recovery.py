@@ -24,9 +24,25 @@ from core.db import db, rowcount
 from core.delivery import routing
 from core.delivery.settle import QUOTA_PAUSE, finish_job
 from core.jobs import resume
-from core.models import (B_FAILED, B_RETRY, B_SENDING, B_SUBMITTED, BATCH_FINAL, BATCH_REQUEUABLE,
-                         JOB_RUNNING, PAUSED, R_FAILED, R_PENDING, R_UNCERTAIN, RECIPIENT_CLAIMABLE, Batch, Job,
-                         WebhookReceipt, sql_in, utcnow)
+from core.models import (
+    B_FAILED,
+    B_RETRY,
+    B_SENDING,
+    B_SUBMITTED,
+    BATCH_FINAL,
+    BATCH_REQUEUABLE,
+    JOB_RUNNING,
+    PAUSED,
+    R_FAILED,
+    R_PENDING,
+    R_UNCERTAIN,
+    RECIPIENT_CLAIMABLE,
+    Batch,
+    Job,
+    WebhookReceipt,
+    sql_in,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 GRACE_S = 10  # a queued batch younger than this is left alone

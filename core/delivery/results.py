@@ -45,10 +45,34 @@ from core.bulk import is_postgres
 from core.db import db, rowcount
 from core.delivery.claims import Claim, open_left
 from core.delivery.settle import backoff, finish_job
-from core.models import (B_DONE, B_RETRY, B_SENDING, B_SUBMITTED, BATCH_FINAL, COMPLAINT, HARD, LIST_BOUNCE,
-                         LIST_COMPLAINT, R_BOUNCED, R_FAILED, R_PENDING, R_SENDING, R_SENT, R_SUPPRESSED,
-                         RECIPIENT_CLAIMABLE, RECIPIENT_FINAL, RECIPIENT_OPEN, Batch, BounceEvent, DeliverySettings,
-                         Job, Recipient, Suppression, WebhookReceipt, utcnow)
+from core.models import (
+    B_DONE,
+    B_RETRY,
+    B_SENDING,
+    B_SUBMITTED,
+    BATCH_FINAL,
+    COMPLAINT,
+    HARD,
+    LIST_BOUNCE,
+    LIST_COMPLAINT,
+    R_BOUNCED,
+    R_FAILED,
+    R_PENDING,
+    R_SENDING,
+    R_SENT,
+    R_SUPPRESSED,
+    RECIPIENT_CLAIMABLE,
+    RECIPIENT_FINAL,
+    RECIPIENT_OPEN,
+    Batch,
+    BounceEvent,
+    DeliverySettings,
+    Job,
+    Recipient,
+    Suppression,
+    WebhookReceipt,
+    utcnow,
+)
 from core.rendering import valid_email
 from core.suppressions import DELIVERED, is_suppressed, normalize_email, suppress
 from providers import Result, ResultStatus

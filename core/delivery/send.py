@@ -36,8 +36,16 @@ from core.delivery.claims import Claim, worker_name
 from core.delivery.messages import Composer
 from core.delivery.routing import Route
 from core.models import B_CANCELLED, B_DONE, B_FAILED, B_QUEUED, B_RETRY, PAUSED, Company, Job, utcnow
-from providers import (ConnectionFailure, Message, PermanentError, ProviderError, QuotaExceededError, Result,
-                       ResultStatus, ThrottledError)
+from providers import (
+    ConnectionFailure,
+    Message,
+    PermanentError,
+    ProviderError,
+    QuotaExceededError,
+    Result,
+    ResultStatus,
+    ThrottledError,
+)
 
 log = logging.getLogger(__name__)
 redis_errors = (RedisError, OSError)

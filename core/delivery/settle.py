@@ -17,9 +17,29 @@ from sqlalchemy import text, update
 from core import sendstats
 from core.db import db, rowcount
 from core.delivery.claims import Claim
-from core.models import (B_CANCELLED, B_SUBMITTED, BATCH_FINAL, BATCH_WAITING, CANCELLED, COMPLETED, FAILED,
-                         JOB_FINAL, PARTIAL, PAUSED, R_BOUNCED, R_CANCELLED, R_FAILED, R_SENT, R_SUPPRESSED,
-                         RECIPIENT_CLAIMABLE, RECIPIENT_OPEN, Batch, Job, sql_in, utcnow)
+from core.models import (
+    B_CANCELLED,
+    B_SUBMITTED,
+    BATCH_FINAL,
+    BATCH_WAITING,
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    JOB_FINAL,
+    PARTIAL,
+    PAUSED,
+    R_BOUNCED,
+    R_CANCELLED,
+    R_FAILED,
+    R_SENT,
+    R_SUPPRESSED,
+    RECIPIENT_CLAIMABLE,
+    RECIPIENT_OPEN,
+    Batch,
+    Job,
+    sql_in,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 #: a job paused with a reason that starts so resumes by itself after OFFLOAD_QUOTA_RESUME_S

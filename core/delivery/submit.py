@@ -38,8 +38,21 @@ from core.delivery.claims import Claim, worker_name
 from core.delivery.messages import Composed, Composer
 from core.delivery.routing import Route
 from core.delivery.send import BatchRun, run_claimed
-from core.models import (B_CANCELLED, B_DONE, B_FAILED, B_QUEUED, B_RETRY, B_SUBMITTED, PAUSED,
-                         RECIPIENT_CLAIMABLE, Batch, Company, Job, sql_in, utcnow)
+from core.models import (
+    B_CANCELLED,
+    B_DONE,
+    B_FAILED,
+    B_QUEUED,
+    B_RETRY,
+    B_SUBMITTED,
+    PAUSED,
+    RECIPIENT_CLAIMABLE,
+    Batch,
+    Company,
+    Job,
+    sql_in,
+    utcnow,
+)
 from providers import ConnectionFailure, PermanentError, ProviderError, mime, registry
 from providers.offload import EndpointRejected, delivery_id, get_transport, split_recipients
 from providers.storage import Storage

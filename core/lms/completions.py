@@ -38,15 +38,14 @@ from typing import Any
 from sqlalchemy import Row, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from core.models import CampaignSettings
-from core.events import template_for
 from core.db import db
+from core.events import template_for
 from core.jobs import JobError, create_job
 from core.lms.connection import LmsConfig, LmsError, config_for, engine_for, failure
+from core.models import CampaignSettings, Company, Job, utcnow
 from core.models.lms import LmsCompletion
-from core.models import Company, Job, utcnow
-from core.rendering import valid_email
 from core.queue import enqueue_job
+from core.rendering import valid_email
 
 
 @dataclass

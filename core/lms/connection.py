@@ -21,9 +21,8 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 
-from core.models import CampaignSettings
 from core.db import db
-from core.models import Company
+from core.models import CampaignSettings, Company
 from providers import guard
 
 PREFIX_RE = re.compile(r"^[a-z][a-z0-9_]{0,19}$")

@@ -49,8 +49,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from core.db import db
 from core.jobs import JobError, create_job
 from core.lms import iomad, marking
-from core.lms.connection import (DISABLE_HINT, LmsConfig, LmsError, config_for, engine_for, failure,
-                                 mapped_elsewhere)
+from core.lms.connection import DISABLE_HINT, LmsConfig, LmsError, config_for, engine_for, failure, mapped_elsewhere
 from core.lms.html_text import html_to_text
 from core.lms.mail_hook import ATTACHMENT_PATH, MAX_ATTACHMENT_BYTES
 from core.lms.phpserial import PhpSerialError, loads

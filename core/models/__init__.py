@@ -18,19 +18,41 @@ Secrets and recipient data are encrypted at rest (``core.crypto``).
 """
 from core.models.audit import AuditLog  # noqa: F401
 from core.models.base import TenantMixin, sha256_hex, utcnow  # noqa: F401
-from core.models.campaigns import (BOUNCE_KINDS, COMPLAINT, HARD, LIST_BOUNCE, LIST_COMPLAINT,  # noqa: F401
-                                   LIST_MANUAL, LIST_UNSUBSCRIBE, SOFT, SUPPRESSION_LISTS, TRANSACTIONAL_LISTS,
-                                   BounceEvent, CampaignSettings, Suppression)
+from core.models.campaigns import (  # noqa: F401
+                                   BOUNCE_KINDS,
+                                   COMPLAINT,
+                                   HARD,
+                                   LIST_BOUNCE,
+                                   LIST_COMPLAINT,
+                                   LIST_MANUAL,
+                                   LIST_UNSUBSCRIBE,
+                                   SOFT,
+                                   SUPPRESSION_LISTS,
+                                   TRANSACTIONAL_LISTS,
+                                   BounceEvent,
+                                   CampaignSettings,
+                                   Suppression,
+)
 from core.models.certificates import Certificate, CertificateTemplate  # noqa: F401
-from core.models.companies import (MODES, ROLES, ApiToken, Company, DeliverySettings, Template,  # noqa: F401
-                                   User)
+from core.models.companies import MODES, ROLES, ApiToken, Company, DeliverySettings, Template, User  # noqa: F401
 from core.models.events import WaitingEvent  # noqa: F401
 from core.models.jobs import Batch, Job, Recipient, WebhookReceipt  # noqa: F401
 from core.models.lms import LmsCompletion, LmsEmailCopy, LmsEmailRow  # noqa: F401
-from core.models.usage import JobUsage  # noqa: F401
 from core.models.stats import CompanyDay, JobSecond  # noqa: F401
-from core.models.submissions import JOBBED, WAITING, SmtpMessage  # noqa: F401
 from core.models.statuses import *  # noqa: F401,F403
-from core.models.statuses import (BATCH_FINAL, DEFAULT_PRIORITY, JOB_FINAL, JOB_TYPES, PRIORITIES,  # noqa: F401
-                                  RECIPIENT_FINAL, BatchStatus, JobStatus, JobType, Priority, RecipientStatus,
-                                  is_bulk)
+from core.models.statuses import (  # noqa: F401
+                                   BATCH_FINAL,
+                                   DEFAULT_PRIORITY,
+                                   JOB_FINAL,
+                                   JOB_TYPES,
+                                   PRIORITIES,
+                                   RECIPIENT_FINAL,
+                                   BatchStatus,
+                                   JobStatus,
+                                   JobType,
+                                   Priority,
+                                   RecipientStatus,
+                                   is_bulk,
+)
+from core.models.submissions import JOBBED, WAITING, SmtpMessage  # noqa: F401
+from core.models.usage import JobUsage  # noqa: F401

@@ -8,7 +8,6 @@ from sqlalchemy import ForeignKey, Integer, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 
-
 def utcnow() -> datetime:
     """Naive UTC now: every timestamp in the database is naive UTC."""
     return datetime.now(UTC).replace(tzinfo=None)

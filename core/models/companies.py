@@ -1,21 +1,19 @@
 """Companies, their delivery settings, logins, API tokens and email templates."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 import secrets
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from core import settings
-from core.passwords import check_password, hash_password
 from core.crypto import EncryptedJSON, EncryptedText
 from core.db import Model
 from core.models.base import TenantMixin, sha256_hex, utcnow
+from core.passwords import check_password, hash_password
 from providers import registry
-
 
 # New passwords get scrypt (n=2**15, r=8, p=1) in werkzeug's format (``core.passwords``). The settings'
 # ``password_hash_method`` names another method; only the test suite sets it (a cheap one: it hashes and checks

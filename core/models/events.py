@@ -1,8 +1,8 @@
 """LMS events accepted by ``POST /api/v1/events``, until their window becomes jobs."""
 from __future__ import annotations
 
-from typing import Any
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import DateTime, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column

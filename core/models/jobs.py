@@ -1,10 +1,10 @@
 """Jobs, their batches and recipients, and callback receipts."""
 from __future__ import annotations
 
-from typing import Any
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import DateTime, ForeignKey, Index, Integer, JSON, String, Text, UniqueConstraint
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.crypto import EncryptedJSON

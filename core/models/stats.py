@@ -7,8 +7,7 @@
 """
 from __future__ import annotations
 
-from datetime import datetime
-from datetime import date
+from datetime import date, datetime
 
 from sqlalchemy import Date, DateTime, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column

@@ -1,8 +1,8 @@
 """Messages taken by SMTP submission (``submission``), until they are jobs and after."""
 from __future__ import annotations
 
-from typing import Any
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column

@@ -9,20 +9,30 @@ from __future__ import annotations
 import re
 
 from flask import url_for
-from markupsafe import Markup, escape
 from flask_admin import Admin, expose
 from flask_admin.theme import Bootstrap4Theme
 from flask_login import current_user
+from markupsafe import Markup, escape
 from sqlalchemy import func, select
 
-from dashboard.admin import (audit, campaigns, certificates, companies, company_settings, csp, jobs, outbox,
-                             suppressions, templates)
-from dashboard.admin.base import SecureIndexView, scope
 from core import labels, overview, reputation, usage
-from dashboard import results
 from core.counts import rates
 from core.db import db
 from core.models import ApiToken, Company, Job, Template
+from dashboard import results
+from dashboard.admin import (
+    audit,
+    campaigns,
+    certificates,
+    companies,
+    company_settings,
+    csp,
+    jobs,
+    outbox,
+    suppressions,
+    templates,
+)
+from dashboard.admin.base import SecureIndexView, scope
 from providers import registry
 
 FEATURES = (jobs, campaigns, templates, certificates, suppressions, company_settings, audit, companies, outbox)

@@ -20,8 +20,8 @@ from flask_admin.form import BaseForm
 from flask_admin.model import typefmt
 from flask_login import current_user
 
-from dashboard.csvexport import neutralise
 from core.tenancy import get_scoped
+from dashboard.csvexport import neutralise
 
 
 def scope() -> int | None:

@@ -22,17 +22,21 @@ from werkzeug.formparser import FormDataParser
 from wtforms.validators import ValidationError
 
 from core import audiences, labels, settings, unsubscribe
-from dashboard.admin.base import SecureBaseView, scope
-from dashboard.admin.suppressions import company_or_404
-from core.models import CampaignSettings  # noqa: F401  (tables in the metadata)
-from dashboard.extensions import csrf
 from core.db import db
 from core.jobs import JobError, create_job
-from core.models import Company, Job, Template, utcnow
-from core.queue import connection
+from core.models import (
+    CampaignSettings,  # noqa: F401  (tables in the metadata)
+    Company,
+    Job,
+    Template,
+    utcnow,
+)
+from core.queue import connection, enqueue_job
 from core.rendering import PREVIEW_BUDGET_S, CompiledTemplate, RenderError
 from core.tenancy import get_or_404
-from core.queue import enqueue_job
+from dashboard.admin.base import SecureBaseView, scope
+from dashboard.admin.suppressions import company_or_404
+from dashboard.extensions import csrf
 
 PREVIEW_COUNT = 3
 

@@ -24,13 +24,20 @@ from wtforms.validators import DataRequired, Length, Optional
 
 from core import audit, certificate_process
 from core import certificates as service
-from dashboard.admin.base import SecureBaseView, scope
+from core.certificate_render import (
+    DEFAULT_TEMPLATE_CSS,
+    DEFAULT_TEMPLATE_HTML,
+    CertificateError,
+    PreviewUnavailable,
+    logo_data_uri,
+    new_verification_code,
+    render_preview_png,
+)
 from core.db import db
 from core.models import Certificate, CertificateTemplate, Company, Job, utcnow
 from core.tenancy import get_or_404, get_scoped
+from dashboard.admin.base import SecureBaseView, scope
 from providers.base import ProviderError
-from core.certificate_render import (DEFAULT_TEMPLATE_CSS, DEFAULT_TEMPLATE_HTML, CertificateError,
-                                     PreviewUnavailable, logo_data_uri, new_verification_code, render_preview_png)
 
 PAGE_SIZE = 50
 MAX_LOGO_BYTES = 512 * 1024

@@ -21,20 +21,18 @@ from sqlalchemy import select
 
 from core import audit, delivery_settings
 from core import labels as words
-from dashboard import results
-from dashboard.admin.base import SecureBaseView, scope
+from core.checks import read_result, start_connection_test, start_test_email
 from core.companies import configure, rotate_callback_secret
-from core.jobs import resume_reputation
 from core.db import db
+from core.jobs import resume_reputation
+from core.lms.connection import LmsError, describe_connection
 from core.models import ApiToken, Company, utcnow
 from core.rendering import valid_email
 from core.tenancy import get_or_404
-from core.checks import start_connection_test
-from core.checks import start_test_email
-from core.checks import read_result
+from dashboard import results
+from dashboard.admin.base import SecureBaseView, scope
 from providers import registry
 from providers.registry import Setting, SettingsGroup
-from core.lms.connection import LmsError, describe_connection
 
 
 def sections() -> tuple[SettingsGroup, ...]:

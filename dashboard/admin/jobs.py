@@ -14,20 +14,50 @@ from flask import abort, jsonify, redirect, request, url_for
 from flask_admin import expose
 from sqlalchemy import func, select
 
-from dashboard.admin.base import SecureBaseView, scope
-from dashboard.results import flash_at
-from dashboard.csvexport import csv_response
 from core import counts, labels, recipient_list, sendstats, settings, usage, waiting
-from core.db import db
-from core.jobs import (RETRYABLE_STATUSES, JobError, batches_of, iso, job_to_dict, request_cancel, resume,
-                       retry_batch_now, retry_failed)
-from core.models import (B_RETRY, BATCH_WAITING, CANCELLED, COMPLETED, FAILED, JOB_FINAL, JOB_TYPES, PARTIAL, PAUSED,
-                         PENDING, PROCESSING, QUEUED, R_BOUNCED, R_FAILED, R_SUPPRESSED, R_UNCERTAIN, Batch,
-                         Company, Job, Recipient, RecipientStatus, utcnow)
-from core.queue import connection
-from core.delivery.routing import planned_route
-from core.tenancy import get_or_404
 from core.counts import rates
+from core.db import db
+from core.delivery.routing import planned_route
+from core.jobs import (
+    RETRYABLE_STATUSES,
+    JobError,
+    batches_of,
+    iso,
+    job_to_dict,
+    request_cancel,
+    resume,
+    retry_batch_now,
+    retry_failed,
+)
+from core.models import (
+    B_RETRY,
+    BATCH_WAITING,
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    JOB_FINAL,
+    JOB_TYPES,
+    PARTIAL,
+    PAUSED,
+    PENDING,
+    PROCESSING,
+    QUEUED,
+    R_BOUNCED,
+    R_FAILED,
+    R_SUPPRESSED,
+    R_UNCERTAIN,
+    Batch,
+    Company,
+    Job,
+    Recipient,
+    RecipientStatus,
+    utcnow,
+)
+from core.queue import connection
+from core.tenancy import get_or_404
+from dashboard.admin.base import SecureBaseView, scope
+from dashboard.csvexport import csv_response
+from dashboard.results import flash_at
 
 PAGE_SIZE = 25
 FAILED_PAGE_SIZE = 50

@@ -10,15 +10,15 @@ from flask_admin import expose
 from sqlalchemy import func, select
 
 from core import audit, labels
-from dashboard.admin.base import SecureBaseView, scope
 from core.counts import rates
-from core.suppressions import normalize_email, suppress
-from dashboard.csvexport import csv_response
 from core.db import db
 from core.models import LIST_MANUAL, Company, Suppression
 from core.recipient_list import like_escaped
 from core.rendering import valid_email
+from core.suppressions import normalize_email, suppress
 from core.tenancy import get_or_404
+from dashboard.admin.base import SecureBaseView, scope
+from dashboard.csvexport import csv_response
 
 PAGE_SIZE = 100
 #: each list in words: what put an address there and what it stops

@@ -14,12 +14,12 @@ from sqlalchemy import func, select
 from wtforms import SelectField
 
 from core import audit, fields, labels, templates
-from dashboard.admin.base import TenantModelView, scope
+from core.checks import start_test_email
 from core.db import db
 from core.models import JOB_TYPES, Company, Template
 from core.rendering import PREVIEW_BUDGET_S, CompiledTemplate, RenderError, valid_email
 from core.tenancy import get_or_404
-from core.checks import start_test_email
+from dashboard.admin.base import TenantModelView, scope
 
 PARTS = ("subject", "body_text", "body_html")
 SAMPLE_VALUES = {"email": "learner@example.com", "firstname": "Ann", "lastname": "Example",

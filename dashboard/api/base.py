@@ -5,9 +5,8 @@ from functools import wraps
 
 from flask import Blueprint, g, request
 
-from core import api_rate, audit
+from core import api_rate, audit, settings
 from core.companies import authenticate_token
-from core import settings
 from core.db import db
 from core.models import utcnow
 from dashboard.errors import json_error

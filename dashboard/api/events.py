@@ -8,6 +8,7 @@ with threads (``gunicorn --threads``) so that the events of concurrent requests 
 from __future__ import annotations
 
 from flask import current_app, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from core import events
 from core.db import db
@@ -17,7 +18,6 @@ from dashboard.api.base import bp, rate_limited
 from dashboard.bodies import loads as bounded_loads
 from dashboard.bodies import read_capped
 from dashboard.errors import json_error
-from werkzeug.exceptions import RequestEntityTooLarge
 
 MAX_BODY_BYTES = 128 * 1024
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 from flask import abort, g, jsonify, make_response, request
 from sqlalchemy import func, select
 
-from dashboard.errors import json_error
 from core import settings, usage
 from core.db import db
 from core.jobs import JobError, create_job, iso, job_to_dict, request_cancel, resume, retry_failed
 from core.models import JOB_TYPES, Job, JobStatus, Recipient, RecipientStatus
 from core.queue import enqueue_job
-from dashboard.api.base import bp, token_required
 from core.tenancy import get_or_404
+from dashboard.api.base import bp, token_required
+from dashboard.errors import json_error
 
 PAGE_SIZE = 50
 RECIPIENT_STATUSES = tuple(RecipientStatus)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from core.certificates import StorageNotConfigured, storage_config, storage_kind
 from core.certificate_issue import delivery_of, learner_fields, parse_date
 from core.certificate_render import CertificateError
+from core.certificates import StorageNotConfigured, storage_config, storage_kind
 
 WORKER = "https://certs.acme.workers.dev"
 

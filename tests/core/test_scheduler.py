@@ -14,9 +14,9 @@ from sqlalchemy import select
 
 from core import scheduler
 from core.db import db
+from core.delivery import limits
 from core.models import Batch, Job, Recipient
 from core.queue import connection
-from core.delivery import limits
 from tests.support.app import run_worker_burst
 from tests.support.jobs import BODY, aws_settings, people
 

@@ -12,8 +12,8 @@ from cryptography.fernet import Fernet
 from core import settings
 from core.settings import Settings, SettingsError, declared
 from core.settings import load as load_settings
-from service import create_app
 from providers.base import OPERATOR_ENDPOINT
+from service import create_app
 
 ROOT = Path(__file__).resolve().parents[2]
 DEV = {"OFFLOAD_DEV": "1"}

@@ -7,8 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from core.models.statuses import (B_DONE, BATCH_FINAL, BATCH_OPEN, FAILED, R_PENDING, R_UNCERTAIN,
-                                  RECIPIENT_CLAIMABLE, BatchStatus, JobStatus, RecipientStatus, sql_in)
+from core.models.statuses import (
+    B_DONE,
+    BATCH_FINAL,
+    BATCH_OPEN,
+    FAILED,
+    R_PENDING,
+    R_UNCERTAIN,
+    RECIPIENT_CLAIMABLE,
+    BatchStatus,
+    JobStatus,
+    RecipientStatus,
+    sql_in,
+)
 
 
 def test_sql_in_writes_a_sorted_sql_list():

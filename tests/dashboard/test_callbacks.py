@@ -11,15 +11,15 @@ from sqlalchemy import event, func, select, text, update
 from standardwebhooks import Webhook
 
 from core import companies
-from core.delivery.results import record_callback
 from core.db import db
+from core.delivery.plan import create_batches
+from core.delivery.recovery import purge_receipts
+from core.delivery.results import record_callback
 from core.jobs import create_job
+from core.models import Batch, Job, Recipient, WebhookReceipt, utcnow
 from core.suppressions import is_suppressed
 from core.usage import of_jobs
-from core.models import Batch, Job, Recipient, WebhookReceipt, utcnow
-from core.delivery.plan import create_batches
 from providers import webhooks
-from core.delivery.recovery import purge_receipts
 from tests.support.webhooks import VECTOR_BODY, VECTOR_ID, VECTOR_SECRET, VECTOR_SIGNATURE, VECTOR_TS
 
 PATH = "/callbacks/v1/batches"

@@ -11,6 +11,7 @@ this test cannot fill fails the test, so a new endpoint cannot slip by.
 from __future__ import annotations
 
 import re
+
 import pytest
 from sqlalchemy import select
 

@@ -9,9 +9,9 @@ import io
 import pytest
 from sqlalchemy import select
 
-from dashboard.csvexport import csv_lines, neutralise
 from core.db import db
 from core.models import AuditLog, BounceEvent, Job
+from dashboard.csvexport import csv_lines, neutralise
 from tests.support.app import csrf_from, run_worker_burst
 from tests.support.servers import SmtpSink
 

@@ -13,8 +13,8 @@ from core import audit
 from core.db import db
 from core.models import ApiToken, AuditLog, Company
 from core.queue import HIGH, connection
-from tasks.rq_queue import get_queue
 from dashboard.admin.company_settings import labels
+from tasks.rq_queue import get_queue
 from tests.support.app import csrf_from, run_worker_burst
 from tests.support.servers import SmtpSink
 

@@ -9,8 +9,8 @@ from datetime import timedelta
 from sqlalchemy import update
 
 from core import scheduler
-from core.delivery import limits
 from core.db import db
+from core.delivery import limits
 from core.models import Batch, Job, utcnow
 from core.queue import connection
 from core.waiting import describe, fmt_eta

@@ -12,8 +12,8 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from core.db import db
-from dashboard.admin import delivery_configured
 from core.models import ApiToken, AuditLog, Company, User, utcnow
+from dashboard.admin import delivery_configured
 from dashboard.outbox import OutboxSink
 from tests.support.app import csrf_from
 from tests.support.servers import free_port

@@ -17,9 +17,24 @@ import pytest
 from core import checks
 from core.audiences import Upload, UploadStore
 from core.db import db
-from core.models import (LIST_BOUNCE, LIST_COMPLAINT, LIST_MANUAL, LIST_UNSUBSCRIBE, Batch, BatchStatus,
-                         Certificate, CertificateTemplate, Job, JobStatus, JobType, Recipient, RecipientStatus,
-                         Suppression, Template, utcnow)
+from core.models import (
+    LIST_BOUNCE,
+    LIST_COMPLAINT,
+    LIST_MANUAL,
+    LIST_UNSUBSCRIBE,
+    Batch,
+    BatchStatus,
+    Certificate,
+    CertificateTemplate,
+    Job,
+    JobStatus,
+    JobType,
+    Recipient,
+    RecipientStatus,
+    Suppression,
+    Template,
+    utcnow,
+)
 from core.queue import connection
 from core.unsubscribe import make_token
 from tests.support.app import AuthActions, csrf_from, run_worker_burst

@@ -2,12 +2,15 @@
 a real RQ worker in a child process (same database and Redis), and headless
 Debian Chromium driven by Playwright."""
 from __future__ import annotations
+
 import os
 import signal
 import subprocess
 import threading
 from pathlib import Path
+
 import pytest
+
 from core import settings
 from tests.support.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT
 

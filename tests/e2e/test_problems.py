@@ -40,8 +40,8 @@ from dashboard.outbox import OutboxSink
 from service import create_app
 from tests.support.app import TEST_SETTINGS, empty_tables
 from tests.support.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT
-from tests.support.pages import raw_keys, read
 from tests.support.faulty_proxy import FaultyProxy
+from tests.support.pages import raw_keys, read
 from tests.support.servers import SesLocal, SmtpSink, free_port
 
 pytestmark = [pytest.mark.browser]

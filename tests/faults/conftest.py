@@ -14,15 +14,27 @@
   ``tests/artifacts/faults.txt``.
 """
 from __future__ import annotations
+
 import os
 import subprocess
+
 import pytest
+
 from core import settings
 from core.db import db
 from service import create_app
 from tests.support.app import empty_tables
-from tests.support.faults import (FAULT_LINES, FLASK, LEASE_S, RESULTS, ROOT, SWEEP_S, PgCluster, RestartableRedis,
-                                  WorkerFleet)
+from tests.support.faults import (
+    FAULT_LINES,
+    FLASK,
+    LEASE_S,
+    RESULTS,
+    ROOT,
+    SWEEP_S,
+    PgCluster,
+    RestartableRedis,
+    WorkerFleet,
+)
 
 
 @pytest.fixture(scope="session")

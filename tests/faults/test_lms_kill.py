@@ -8,15 +8,15 @@ import time
 from collections import Counter
 
 import pytest
+from rq.exceptions import NoSuchJobError
+from rq.job import Job as RQJob
 from sqlalchemy import text
 
 from core import companies
 from core.db import db
+from core.delivery.recovery import unplanned_jobs
 from core.queue import connection
 from tasks.rq_queue import get_queue
-from rq.exceptions import NoSuchJobError
-from rq.job import Job as RQJob
-from core.delivery.recovery import unplanned_jobs
 from tests.support.faults import delivered, lost_and_duplicated
 from tests.support.jobs import aws_settings
 from tests.support.moodle import MoodleDb

@@ -10,12 +10,21 @@ import pytest
 from sqlalchemy import select
 
 from core.db import db
+from core.delivery import limits
 from core.models import Batch
 from core.queue import connection
-from core.delivery import limits
 from tests.support.app import run_worker_burst
-from tests.support.faults import (CHUNK, delivered, load_job, lost_and_duplicated, people, recipient_counts,
-                                   submit, wait_final, wait_progress)
+from tests.support.faults import (
+    CHUNK,
+    delivered,
+    load_job,
+    lost_and_duplicated,
+    people,
+    recipient_counts,
+    submit,
+    wait_final,
+    wait_progress,
+)
 from tests.support.faulty_proxy import FaultyProxy
 from tests.support.jobs import aws_settings
 

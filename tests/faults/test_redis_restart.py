@@ -6,8 +6,16 @@ import time
 
 import pytest
 
-from tests.support.faults import (CHUNK, delivered, lost_and_duplicated, people, recipient_counts, submit,
-                                   wait_final, wait_progress)
+from tests.support.faults import (
+    CHUNK,
+    delivered,
+    lost_and_duplicated,
+    people,
+    recipient_counts,
+    submit,
+    wait_final,
+    wait_progress,
+)
 from tests.support.jobs import aws_settings
 
 RECIPIENTS = 5_000

@@ -9,8 +9,16 @@ import pytest
 from sqlalchemy import text
 
 from core.db import db
-from tests.support.faults import (CHUNK, delivered, lost_and_duplicated, people, recipient_counts, submit,
-                                   wait_final, wait_progress)
+from tests.support.faults import (
+    CHUNK,
+    delivered,
+    lost_and_duplicated,
+    people,
+    recipient_counts,
+    submit,
+    wait_final,
+    wait_progress,
+)
 from tests.support.jobs import aws_settings
 
 RECIPIENTS = 20_000

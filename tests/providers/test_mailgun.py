@@ -8,8 +8,15 @@ from collections import Counter
 import pytest
 
 from providers import guard, registry
-from providers.base import (Attachment, Message, PermanentError, RetryableError, ThrottledError, WebhookRefused,
-                            get_provider)
+from providers.base import (
+    Attachment,
+    Message,
+    PermanentError,
+    RetryableError,
+    ThrottledError,
+    WebhookRefused,
+    get_provider,
+)
 from providers.http_api import CredentialsRejected
 from providers.mailgun import MailgunProvider, bounce_reports, signature_of, verify_signature
 from tests.support.email_apis import FakeMailgun

@@ -11,8 +11,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from providers import guard, registry
-from providers.base import (Attachment, ConnectionFailure, Message, PermanentError, RetryableError, ThrottledError,
-                            WebhookRefused, get_provider)
+from providers.base import (
+    Attachment,
+    ConnectionFailure,
+    Message,
+    PermanentError,
+    RetryableError,
+    ThrottledError,
+    WebhookRefused,
+    get_provider,
+)
 from providers.http_api import CredentialsRejected
 from providers.sendgrid import SendgridProvider, bounce_reports, verify_signature
 from tests.support.email_apis import FakeSendgrid

@@ -23,6 +23,13 @@ import urllib3
 from PIL import Image, ImageDraw
 from pypdf import PdfReader
 
+from core.certificate_render import (
+    DEFAULT_TEMPLATE_CSS,
+    DEFAULT_TEMPLATE_HTML,
+    checksum,
+    new_verification_code,
+    render_certificate_pdf,
+)
 from providers.base import ConnectionFailure, PermanentError
 from providers.storage import (
     ObjectNotFound,
@@ -32,8 +39,6 @@ from providers.storage import (
     get_storage,
     sign,
 )
-from core.certificate_render import (DEFAULT_TEMPLATE_CSS, DEFAULT_TEMPLATE_HTML, checksum, new_verification_code,
-                                     render_certificate_pdf)
 from tests.support.servers import CertificateGateway, MotoServer, free_port
 
 SECRET = "cert-signing-secret-for-tests"

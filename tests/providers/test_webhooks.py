@@ -12,7 +12,6 @@ from providers import webhooks
 from providers.webhooks import BadSignature, MissingHeaders, TimestampOutOfRange, WebhookError
 from tests.support.webhooks import VECTOR_BODY, VECTOR_ID, VECTOR_SECRET, VECTOR_SIGNATURE, VECTOR_TS
 
-
 BODY = b'{"job_id": 1, "batch_number": 1, "status": "sent", "results": []}'
 
 

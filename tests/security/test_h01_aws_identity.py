@@ -15,8 +15,8 @@ from core.db import db
 from core.models import Company, Job
 from providers import aws
 from providers.aws import NoTenantCredentials, aws_session
-from tests.support.attack import login_as, people, submit
 from tests.support.app import csrf_from, run_worker_burst
+from tests.support.attack import login_as, people, submit
 from tests.support.servers import StubHttpServer
 
 SERVICE_KEY = "AKIASERVICEIDENTITY1"

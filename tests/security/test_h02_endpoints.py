@@ -15,8 +15,7 @@ import pytest
 from core import audiences, companies
 from core.db import db
 from core.models import Company, Job
-from tests.support.app import csrf_from
-from tests.support.app import run_worker_burst
+from tests.support.app import csrf_from, run_worker_burst
 from tests.support.attack import SECRET_BODY, connection_test, leaks, login_as, people, submit, tenant_view
 
 

@@ -10,9 +10,8 @@ import pytest
 
 from core.db import db
 from core.models import Job
-from tests.support.app import csrf_from
+from tests.support.app import csrf_from, run_worker_burst
 from tests.support.attack import login_as, people
-from tests.support.app import run_worker_burst
 
 ATTACKS = [
     ("subject", "{{ 9**(9**7) }}", "exponent"),

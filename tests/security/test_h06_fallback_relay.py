@@ -11,8 +11,8 @@ from core import companies, submissions
 from core.db import db
 from core.models import Job, utcnow
 from providers import mime
-from tests.support.attack import people, submit
 from tests.support.app import run_worker_burst
+from tests.support.attack import people, submit
 from tests.support.servers import free_port
 from tests.support.smtp_clients import message
 

@@ -6,8 +6,7 @@ import json
 
 from core.db import db
 from core.models import Job
-from tests.support.app import AuthActions
-from tests.support.app import run_worker_burst
+from tests.support.app import AuthActions, run_worker_burst
 
 
 def test_a_data_value_never_becomes_the_stored_error(app, client, make_company, make_user, smtp_sink):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import hashlib
 
 from core.db import db
-from core.settings import Settings
 from core.models import User
+from core.settings import Settings
 from tests.support.app import AuthActions, csrf_from
 from tests.support.attack import login_as
 

@@ -11,7 +11,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 
-
 @pytest.fixture
 def smtp_company(make_company):
     """A company whose sender is at acme.test (its SMTP user name is its id, its password the API token)."""

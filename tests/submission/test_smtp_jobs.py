@@ -14,9 +14,9 @@ from core import submissions
 from core.db import db
 from core.models import Job, Recipient, SmtpMessage, Suppression, utcnow
 from core.queue import HIGH
-from tasks.rq_queue import get_queue
-from tasks import submissions as closer
 from providers import mime
+from tasks import submissions as closer
+from tasks.rq_queue import get_queue
 from tests.support.app import run_worker_burst
 from tests.support.smtp_clients import message
 

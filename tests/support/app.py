@@ -1,9 +1,12 @@
 """The app under test: databases, logins, CSRF tokens, running the queue in-process."""
 from __future__ import annotations
+
 import os
 import re
+
 from jinja2 import BytecodeCache
 from sqlalchemy import text
+
 from core.queue import QUEUE_NAMES, connection
 from tasks.rq_queue import get_queue
 from tasks.worker import AppWorker

@@ -1,5 +1,6 @@
 """Where the browser tests find Chromium and keep their screenshots."""
 from __future__ import annotations
+
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,11 +1,13 @@
 """Certificate jobs, learners, storage clients and downloads for the certificate tests."""
 from __future__ import annotations
+
 import hashlib
 import io
 import re
 import subprocess
 import urllib.error
 import urllib.request
+
 import boto3
 import pytest
 from PIL import Image, ImageDraw

@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 
 from rq.registry import ScheduledJobRegistry
-
 from sqlalchemy import func, select
 
 from core.db import db

@@ -1,6 +1,7 @@
 """The fault tests' parts: a restartable PostgreSQL cluster and Redis, a supervised
 worker fleet, and counting what was delivered."""
 from __future__ import annotations
+
 import os
 import shutil
 import signal
@@ -10,8 +11,10 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+
 import pytest
 from sqlalchemy import select, text
+
 from core.db import db
 from core.models import JOB_FINAL, Job
 from tests.support.servers import RedisServer, free_port, wait_for_port

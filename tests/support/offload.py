@@ -6,9 +6,9 @@ from collections import Counter
 
 from sqlalchemy import select
 
-from providers import webhooks
 from core.db import db
 from core.models import Batch, Job, Recipient
+from providers import webhooks
 from tests.support.jobs import BODY
 from tests.support.servers import ROOT
 

@@ -26,11 +26,11 @@ from sqlalchemy import select, update
 
 from core import scheduler
 from core.db import db
+from core.delivery.recovery import reconcile, requeue_lost
 from core.models import Company, Job, Recipient, utcnow
 from core.queue import DEFAULT, SEND, connection
-from tasks.rq_queue import get_queue
 from providers.offload import delivery_id
-from core.delivery.recovery import reconcile, requeue_lost
+from tasks.rq_queue import get_queue
 from tasks.sweep import sweep
 from tests.support.app import run_worker_burst
 from tests.support.faulty_proxy import FaultyProxy

@@ -7,18 +7,19 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from core.delivery.settle import QUOTA_PAUSE, pause_job
 from core.companies import configure
 from core.db import db
-from core.models import Batch, Company, Job, Recipient, utcnow
-from core.queue import connection
-from core.delivery.routing import Route, provider_for
 from core.delivery import ready
 from core.delivery.recovery import resume_quota_paused
+from core.delivery.routing import Route, provider_for
+from core.delivery.settle import QUOTA_PAUSE, pause_job
+from core.models import Batch, Company, Job, Recipient, utcnow
+from core.queue import connection
 from tests.support.app import run_worker_burst
 from tests.support.faulty_proxy import FaultyProxy
 from tests.support.jobs import BODY, aws_settings, people, run_scheduled_now
 from tests.support.servers import free_port
+
 
 def submit(client, company, recipients, **extra) -> int:
     resp = client.post("/api/v1/jobs", json={**BODY, "recipients": recipients, **extra}, headers=company.auth)

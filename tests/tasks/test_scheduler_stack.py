@@ -19,8 +19,8 @@ from core import companies
 from core.db import db
 from core.models import Job, Recipient
 from service import create_app
-from tests.support.servers import RedisServer
 from tests.support.jobs import BODY, aws_settings, people
+from tests.support.servers import RedisServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FLASK = os.path.join(ROOT, ".venv", "bin", "flask")

@@ -21,8 +21,8 @@ from core.db import db
 from core.models import Job, Recipient, SmtpMessage, utcnow
 from providers import mime
 from tests.support.app import run_worker_burst
-from tests.support.offload import REGION
 from tests.support.certificates import client as s3_client
+from tests.support.offload import REGION
 
 
 @pytest.fixture

@@ -9,13 +9,13 @@ from sqlalchemy import select
 
 from core import scheduler
 from core.db import db
+from core.delivery import limits
 from core.models import Batch, Job
 from core.queue import connection
-from core.delivery import limits
 from tests.support.app import run_worker_burst
 from tests.support.faulty_proxy import FaultyProxy
-from tests.support.servers import SesLocal
 from tests.support.jobs import aws_settings
+from tests.support.servers import SesLocal
 
 
 def test_rate_holds_across_concurrent_workers(app, redis_server):

@@ -13,20 +13,19 @@ from rq import SimpleWorker
 from rq.job import Job as RQJob
 from sqlalchemy import select, text, update
 
+from core import settings
 from core.db import db
+from core.delivery import claims, recovery
+from core.delivery.recovery import unplanned_jobs
+from core.delivery.send import send_batch
 from core.models import Batch, Company, Job, Recipient, utcnow
 from core.queue import DEFAULT, HIGH, connection, is_live, live_ids, schedule_lms_polls, schedule_sweep
-from tasks.rq_queue import POPPED_GRACE_S, get_queue, still_running
-from core import settings
-from core.delivery import claims
-from tasks import worker as worker_module
 from core.retention import purge_recipient_data
-from core.delivery import recovery
-from core.delivery.send import send_batch
-from tasks.sending import plan_job
-from core.delivery.recovery import unplanned_jobs
-from tasks.sweep import sweep
 from providers import registry
+from tasks import worker as worker_module
+from tasks.rq_queue import POPPED_GRACE_S, get_queue, still_running
+from tasks.sending import plan_job
+from tasks.sweep import sweep
 from tasks.worker import run_worker
 from tests.support.app import run_worker_burst
 from tests.support.jobs import aws_settings

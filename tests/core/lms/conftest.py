@@ -3,7 +3,6 @@ machine's real MariaDB or PostgreSQL (fresh per test, each engine with
 ``mdl_`` and another prefix), and the servers mail goes to."""
 from __future__ import annotations
 
-
 import pytest
 
 from tests.support.lms import ACME_IOMAD, ENGINES, OTHER_IOMAD

@@ -10,9 +10,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import select
 
 from core import counts, settings
-from core.models import BounceEvent
 from core.db import db
-from core.models import Job, Recipient, Suppression
+from core.models import BounceEvent, Job, Recipient, Suppression
 from providers import sns as sns_module
 from providers.webhooks import sign_headers
 from tests.support.app import csrf_from, run_worker_burst

@@ -14,11 +14,11 @@ from sqlalchemy import select
 
 from core import audiences, companies
 from core.db import db
-from core.unsubscribe import unsubscribe_url
 from core.models import Job, Recipient, utcnow
 from core.queue import DEFAULT
+from core.unsubscribe import unsubscribe_url
 from tasks.rq_queue import get_queue
-from tests.support.app import PG_ADMIN_URL, pg_create, pg_drop, csrf_from
+from tests.support.app import PG_ADMIN_URL, csrf_from, pg_create, pg_drop
 from tests.support.events import make_template
 
 DAY = 86400

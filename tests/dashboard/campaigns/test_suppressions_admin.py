@@ -7,9 +7,9 @@ import io
 import pytest
 from sqlalchemy import select
 
-from core.suppressions import suppress
 from core.db import db
 from core.models import Suppression
+from core.suppressions import suppress
 from tests.support.app import csrf_from
 
 PAGE = "/admin/suppressions/"

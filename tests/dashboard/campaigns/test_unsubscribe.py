@@ -10,10 +10,10 @@ from sqlalchemy import select
 
 from core import companies, settings
 from core.db import db
-from core.models import Recipient, Suppression
-from core.delivery.results import record_event
-from core.unsubscribe import make_token, read_token
 from core.delivery.messages import extra_headers
+from core.delivery.results import record_event
+from core.models import Recipient, Suppression
+from core.unsubscribe import make_token, read_token
 from tests.support.app import run_worker_burst
 from tests.support.servers import SmtpSink
 

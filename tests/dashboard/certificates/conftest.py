@@ -1,8 +1,11 @@
 """Fixtures for certificates: companies wired to real storage (moto's S3, R2 behind
 certificates.js in miniflare) and to the SES emulator, and certificate jobs via the API."""
 from __future__ import annotations
+
 from collections.abc import Callable, Iterator
+
 import pytest
+
 from core import companies
 from core.db import db
 from tests.support.servers import CertificateGateway

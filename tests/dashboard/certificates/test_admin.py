@@ -11,12 +11,12 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
+from core.certificate_render import DEFAULT_TEMPLATE_CSS, DEFAULT_TEMPLATE_HTML
 from core.db import db
 from core.models import AuditLog, Certificate, CertificateTemplate
-from tests.support.certificates import http_get, learners, png, ses_settings, sha256, submit
 from tests.support.app import csrf_from, run_worker_burst
+from tests.support.certificates import http_get, learners, png, ses_settings, sha256, submit
 from tests.support.servers import StubHttpServer
-from core.certificate_render import DEFAULT_TEMPLATE_CSS, DEFAULT_TEMPLATE_HTML
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 DEFAULT_WITH_MARKER = DEFAULT_TEMPLATE_HTML.replace("This is to certify that", "This is to certify (custom) that")

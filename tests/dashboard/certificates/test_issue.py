@@ -18,8 +18,8 @@ from core.models import Certificate, CertificateTemplate, Job, Recipient, utcnow
 from core.queue import connection, enqueue_issue, issue_rq_id
 from tasks.certificates import issue_certificates
 from tasks.sweep import sweep
-from tests.support.certificates import CERT_JOB, DOWNLOAD_LINK, http_get, learners, png, ses_settings, sha256, submit
 from tests.support.app import run_worker_burst
+from tests.support.certificates import CERT_JOB, DOWNLOAD_LINK, http_get, learners, png, ses_settings, sha256, submit
 
 
 def job(job_id: int) -> Job:

@@ -5,10 +5,10 @@ from datetime import timedelta
 
 import pytest
 
+from core.certificate_render import new_verification_code
 from core.certificates import find_by_code, revoke
 from core.db import db
 from core.models import Certificate, utcnow
-from core.certificate_render import new_verification_code
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from core import crypto, events
 from core.db import db
 from core.models import Job, Recipient, WaitingEvent, utcnow
 from core.queue import HIGH, connection
-from tasks.rq_queue import get_queue
 from tasks.events import close_window, recover
+from tasks.rq_queue import get_queue
 from tests.support.events import by_recipient, drain, make_template, ses_settings
 
 

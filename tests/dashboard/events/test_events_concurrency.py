@@ -16,8 +16,8 @@ from pathlib import Path
 import requests
 from sqlalchemy import func, select
 
-from core.events import EVENT_TYPES
 from core.db import db
+from core.events import EVENT_TYPES
 from core.models import Job, Recipient
 from tests.support.events import busy, by_recipient, make_template, ses_settings
 from tests.support.servers import free_port, wait_for_port
