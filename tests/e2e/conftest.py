@@ -4,15 +4,12 @@ Debian Chromium driven by Playwright."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 
-from core import settings
-from tests.support.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT
+from tests.support.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, worker_process
 
 
 @pytest.fixture
@@ -31,21 +28,8 @@ def live_server(app):
 @pytest.fixture
 def live_worker(app, tmp_path):
     """``flask --app wsgi worker`` (RQ, with scheduler) on the test's database and Redis."""
-    env = {k: v for k, v in os.environ.items() if k not in ("OFFLOAD_ENCRYPTION_KEYS", "FLASK_ENV", "OFFLOAD_ENV")}
-    env.update(DATABASE_URL=settings.current().database_url, REDIS_URL=settings.current().redis_url,
-               OFFLOAD_BATCH_SIZE="100", OFFLOAD_SWEEP_S="2", OFFLOAD_LEASE_S="30")
-    log_path = tmp_path / "worker.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "flask"), "--app", "wsgi", "worker"], cwd=ROOT,
-                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    yield proc
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+    with worker_process(tmp_path / "worker.log") as proc:
+        yield proc
 
 
 @pytest.fixture

@@ -17,8 +17,6 @@ import io
 import json
 import os
 import re
-import signal
-import subprocess
 import threading
 import urllib.error
 import urllib.request
@@ -32,14 +30,14 @@ import pytest
 from playwright.sync_api import expect
 from sqlalchemy import update
 
-from core import companies, labels, settings
+from core import companies, labels
 from core.db import db
 from core.models import Job, Suppression, Template, utcnow
 from core.queue import connection
 from dashboard.outbox import OutboxSink
 from service import create_app
 from tests.support.app import TEST_SETTINGS, empty_tables
-from tests.support.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT
+from tests.support.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, worker_process
 from tests.support.faulty_proxy import FaultyProxy
 from tests.support.pages import raw_keys, read
 from tests.support.servers import SesLocal, SmtpSink, free_port
@@ -104,21 +102,8 @@ def web(migrated, redis_server, tmp_path_factory):
 @pytest.fixture(scope="module")
 def worker(web, tmp_path_factory):
     """``flask --app wsgi worker`` (RQ, with its scheduler) on the module's database and Redis."""
-    env = {k: v for k, v in os.environ.items() if k not in ("OFFLOAD_ENCRYPTION_KEYS", "FLASK_ENV", "OFFLOAD_ENV")}
-    env.update(DATABASE_URL=settings.current().database_url, REDIS_URL=settings.current().redis_url,
-               OFFLOAD_BATCH_SIZE="100", OFFLOAD_SWEEP_S="2", OFFLOAD_LEASE_S="30")
-    log_path = tmp_path_factory.mktemp("problems-worker") / "worker.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "flask"), "--app", "wsgi", "worker"], cwd=ROOT,
-                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    yield proc
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+    with worker_process(tmp_path_factory.mktemp("problems-worker") / "worker.log") as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")
