@@ -44,7 +44,7 @@ from core.db import db, rowcount
 from core.groupcommit import GroupCommit, NotStored
 from core.jobs import JobError, create_job, parse_time, service_sample
 from core.models import Company, Template, WaitingEvent, is_bulk, sha256_hex, utcnow
-from core.queue import as_text, connection, release_events_closer, schedule_events_close
+from core.queue import as_text, connection, release_events_closer
 from core.rendering import PREVIEW_BUDGET_S, CompiledTemplate, RenderError, valid_email
 from core.submissions import Closers, due_at
 
@@ -185,7 +185,7 @@ class Intake:
     _templates: dict = field(default_factory=dict)
     _counts: dict = field(default_factory=dict)
     _used: dict = field(default_factory=dict)
-    _closers: Closers = field(default_factory=lambda: Closers(schedule_events_close))
+    _closers: Closers = field(default_factory=Closers)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self):
@@ -365,6 +365,57 @@ def close_window(company_id: int, job_type: str, *, now: datetime | None = None)
     due = due_at(first, last)
     if due > now and count < CLOSE_LIMIT:
         return Closed(due=due)
+    return _close(company_id, job_type, count)
+
+
+@dataclass
+class Pass:
+    """What one pass over every company's windows did: the jobs made, the windows closed, the first
+    time a window left open is due, and whether due events were left for another pass."""
+
+    jobs: list = field(default_factory=list)
+    windows: int = 0
+    events: int = 0
+    next_due: datetime | None = None
+    more: bool = False
+
+
+def open_windows() -> list[tuple[int, str, int, datetime, datetime]]:
+    """Every window holding events, ``(company_id, job_type, count, first, last)``, oldest first: one
+    grouped read of ``waiting_events`` (its ``(company_id, job_type, id)`` index)."""
+    rows = db.session.execute(
+        select(WaitingEvent.company_id, WaitingEvent.job_type, func.count(), func.min(WaitingEvent.received_at),
+               func.max(WaitingEvent.received_at))
+        .group_by(WaitingEvent.company_id, WaitingEvent.job_type)).tuples().all()
+    db.session.rollback()
+    return sorted(rows, key=lambda r: (r[3], r[0], r[1]))
+
+
+def close_due_windows(*, now: datetime | None = None, budget: int = CLOSE_LIMIT) -> Pass:
+    """Close every company's due windows in one pass, the longest waiting first (no company waits behind
+    another's traffic for more than one pass), until ``budget`` events were taken (``more``: the rest
+    in the next pass). Exactly once as ``close_window``: each job commits with its events' delete."""
+    now = now or utcnow()
+    done = Pass()
+    for company_id, job_type, count, first, last in open_windows():
+        due = due_at(first, last)
+        if due > now and count < CLOSE_LIMIT:
+            done.next_due = due if done.next_due is None else min(done.next_due, due)
+            continue
+        if done.events >= budget:
+            done.more = True
+            continue
+        closed = _close(company_id, job_type, count)
+        done.jobs.extend(closed.jobs)
+        done.windows += 1
+        done.events += closed.events
+        done.more = done.more or closed.more
+    return done
+
+
+def _close(company_id: int, job_type: str, count: int) -> Closed:
+    """Turn a due window's events (at most ``CLOSE_LIMIT``) into jobs."""
+    window = (WaitingEvent.company_id == company_id, WaitingEvent.job_type == job_type)
     cfg = settings.current()
     if db.session.get(Company, company_id) is None:
         return Closed()

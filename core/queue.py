@@ -14,11 +14,12 @@ with RQ); this module names tasks (``Task``), never their functions.
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import subprocess
 import threading
 import time
-from datetime import UTC
+from datetime import UTC, datetime
 
 import redis
 from redis import RedisError
@@ -359,6 +360,35 @@ def schedule_lms_polls(interval: float) -> None:
 
 
 # -- window closers: SMTP submission (core.submissions) and LMS events (core.events) -----------------
+#: the closer of every due window (``Task.CLOSE_WINDOWS``) runs at most once per tick across processes
+WINDOWS_TICK_S = 1.0
+
+
+def windows_slot(delay_s: float, now: float | None = None) -> int:
+    """The tick a closer asked for ``delay_s`` from now runs at (the first tick not before then)."""
+    return math.ceil(((time.time() if now is None else now) + max(delay_s, 0.0)) / WINDOWS_TICK_S)
+
+
+def schedule_windows_close(delay_s: float, *, again: bool = False) -> int | None:
+    """Have the one closer of every due window (LMS events and SMTP, every company) run at the first
+    tick at least ``delay_s`` from now, once per tick across processes (``SET NX`` on the tick's key).
+    Returns the tick when a closer is scheduled for it (by this call or another process), None on a
+    Redis outage (logged: the recovery sweep closes windows whose closer was lost). ``again``: the
+    closer itself, wanting the rest of a pass at once (its own tick is taken: a key of its own)."""
+    slot = windows_slot(delay_s)
+    try:
+        if again:
+            port().enqueue(HIGH, Task.CLOSE_WINDOWS, task_id=f"windows-close-more-{time.time_ns()}", policy=JOB)
+            return slot
+        if connection().set(f"offload:windows:closer:{slot}", 1, nx=True, ex=max(60, int(delay_s * 2) + 60)):
+            port().enqueue_at(datetime.fromtimestamp(slot * WINDOWS_TICK_S, UTC), HIGH, Task.CLOSE_WINDOWS,
+                              task_id=f"windows-close-{slot}", policy=JOB)
+        return slot
+    except (RedisError, OSError) as exc:
+        log.warning("Window closer not scheduled (%s); the sweep will close the windows", type(exc).__name__)
+        return None
+
+
 def _closer_key(kind: str, company_id: int, job_type: str) -> str:
     return f"offload:{kind}:closer:{company_id}:{job_type}"
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
-from sqlalchemy import Dialect, PoolProxiedConnection, select, text
+from sqlalchemy import Dialect, PoolProxiedConnection, func, select, text
 
 from core import audit, crypto, sendstats, settings
 from core.bulk import execute_for_ids, insert_recipients
@@ -47,7 +47,7 @@ from core.models import (
     is_bulk,
     utcnow,
 )
-from core.queue import enqueue_job, schedule_smtp_close
+from core.queue import enqueue_job, schedule_windows_close, windows_slot
 from providers import mime, registry
 from providers.storage import ObjectNotFound
 
@@ -254,28 +254,25 @@ def windows_touched(messages: Iterable[Taken]) -> set[tuple[int, str]]:
 
 
 class Closers:
-    """Which windows this process knows to have a closer coming, so a commit asks Redis only when it
-    may not (``schedule_smtp_close`` makes it one per window across processes). A closer this process
-    scheduled runs a window after it was scheduled and releases the window's mark first; until shortly
-    before then, a message stored here is in time for it."""
+    """Sees that a closer comes for the windows a commit touched: the one closer of every due window
+    (``schedule_windows_close``), at the first tick a window after the commit. A process asks Redis
+    once per tick it needs (``SET NX`` makes it one task per tick across processes), not per window:
+    a hundred companies' windows share one closer a tick."""
 
-    MARGIN_S = 1.0
-    #: how soon to ask again when another process's closer holds the window
-    RECHECK_S = 1.0
-
-    def __init__(self, schedule=schedule_smtp_close):
-        #: ``schedule(company_id, job_type, delay_s) -> bool`` (LMS events pass their own)
+    def __init__(self, schedule=schedule_windows_close):
+        #: ``schedule(delay_s) -> tick | None``
         self._schedule = schedule
-        self._until: dict[tuple[int, str], float] = {}
+        self._known: set[int] = set()
 
     def after_commit(self, windows: Iterable[tuple[int, str]]) -> None:
+        if not windows:
+            return
         delay = settings.current().bulk_window_s
-        now = time.monotonic()
-        for window in windows:
-            if self._until.get(window, 0.0) > now:
-                continue
-            mine = self._schedule(*window, delay)
-            self._until[window] = now + (delay - self.MARGIN_S if mine else self.RECHECK_S)
+        slot = windows_slot(delay)
+        if slot in self._known:
+            return
+        if self._schedule(delay) is not None:
+            self._known = {s for s in self._known if s > slot - 600} | {slot}
 
 
 # -- windows become jobs ----------------------------------------------------------------
@@ -332,6 +329,43 @@ def close_window(company_id: int, job_type: str, *, now: datetime | None = None)
         enqueue_job(job)
     log.info("Company %s: %s SMTP messages (%s) became %s jobs", company_id, len(rows), job_type, len(jobs))
     return Closed(jobs, more=len(rows) == CLOSE_LIMIT)
+
+
+@dataclass
+class Pass:
+    """What one pass over every company's SMTP windows did (``close_due_windows``)."""
+
+    jobs: list[Job]
+    windows: int = 0
+    next_due: datetime | None = None
+    more: bool = False
+
+
+def close_due_windows(*, now: datetime | None = None, budget: int = CLOSE_LIMIT) -> Pass:
+    """Close every company's due SMTP windows in one pass, the longest waiting first, until ``budget``
+    messages were taken (``more``: the rest in the next pass); one grouped read finds them (the
+    ``(status, company_id, job_type, id)`` index). Exactly once as ``close_window``."""
+    now = now or utcnow()
+    rows = db.session.execute(
+        select(SmtpMessage.company_id, SmtpMessage.job_type, func.count(), func.min(SmtpMessage.received_at),
+               func.max(SmtpMessage.received_at))
+        .where(SmtpMessage.status == WAITING).group_by(SmtpMessage.company_id, SmtpMessage.job_type)).tuples().all()
+    db.session.rollback()
+    done, taken = Pass([]), 0
+    for company_id, job_type, count, first, last in sorted(rows, key=lambda r: (r[3], r[0], r[1])):
+        due = due_at(first, last)
+        if due > now and count < CLOSE_LIMIT:
+            done.next_due = due if done.next_due is None else min(done.next_due, due)
+            continue
+        if taken >= budget:
+            done.more = True
+            continue
+        closed = close_window(company_id, job_type, now=now)
+        done.jobs.extend(closed.jobs)
+        done.windows += 1
+        taken += min(count, CLOSE_LIMIT)
+        done.more = done.more or closed.more
+    return done
 
 
 def _bulk_groups(rows) -> list[list]:

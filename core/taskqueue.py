@@ -35,6 +35,7 @@ class Task(StrEnum):
     ISSUE_CERTIFICATES = "issue_certificates"
     CLOSE_WINDOW = "close_window"  # an LMS event window
     CLOSE_SMTP_WINDOW = "close_smtp_window"  # a company's window of SMTP submissions
+    CLOSE_WINDOWS = "close_windows"  # every due window, events and SMTP, of every company
     RUN_CONNECTION_TEST = "run_connection_test"
     SEND_TEST_EMAIL = "send_test_email"
     SWEEP = "sweep"
@@ -53,6 +54,7 @@ ARGS: dict[Task, tuple[str, ...]] = {
     Task.ISSUE_CERTIFICATES: ("job_id",),
     Task.CLOSE_WINDOW: ("company_id", "job_type"),
     Task.CLOSE_SMTP_WINDOW: ("company_id", "job_type"),
+    Task.CLOSE_WINDOWS: (),
     Task.RUN_CONNECTION_TEST: ("company_id", "check_id"),
     Task.SEND_TEST_EMAIL: ("company_id", "check_id"),
     Task.SWEEP: (),

@@ -12,15 +12,15 @@ log = logging.getLogger(__name__)
 
 
 def close_window(company_id: int, job_type: str, window_id: str | None = None) -> dict:
-    """RQ job: make the jobs of the company's window of ``job_type`` if it is due, else come back when
-    it is. Safe to run twice: the events' conditional delete decides. (``window_id``: a closer queued
-    by the version that kept windows in Redis.)"""
+    """RQ job: make the jobs of the company's window of ``job_type`` if it is due, else have the closer of
+    every window (``tasks.windows``) come when it is (a closer of one window is the sweep's, or one
+    queued by an earlier version). Safe to run twice: the events' conditional delete decides.
+    (``window_id``: a closer queued by the version that kept windows in Redis.)"""
     closed = events.close_window(company_id, job_type)
-    if closed.due is not None:
-        queue.schedule_events_close(company_id, job_type, max(0.05, (closed.due - utcnow()).total_seconds()),
-                                    again=True)
+    if closed.due is not None:  # the closer of every window (tasks.windows) closes it when due
+        queue.schedule_windows_close(max(0.05, (closed.due - utcnow()).total_seconds()))
     elif closed.more:  # more events than one close takes: the rest at once
-        queue.schedule_events_close(company_id, job_type, 0, again=True)
+        queue.schedule_windows_close(0, again=True)
     for job in closed.jobs:
         enqueue_job(job)
     return {"events": closed.events, "jobs": [job.id for job in closed.jobs]}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from core.taskqueue import Task
-from tasks import certificates, checks, events, lms, offload, scheduling, sending, submissions, sweep
+from tasks import certificates, checks, events, lms, offload, scheduling, sending, submissions, sweep, windows
 
 TASKS: dict[Task, Callable] = {
     Task.PLAN_JOB: sending.plan_job,
@@ -21,6 +21,7 @@ TASKS: dict[Task, Callable] = {
     Task.ISSUE_CERTIFICATES: certificates.issue_certificates,
     Task.CLOSE_WINDOW: events.close_window,
     Task.CLOSE_SMTP_WINDOW: submissions.close_window,
+    Task.CLOSE_WINDOWS: windows.close_windows,
     Task.RUN_CONNECTION_TEST: checks.run_connection_test,
     Task.SEND_TEST_EMAIL: checks.send_test_email,
     Task.SWEEP: sweep.sweep,

@@ -10,15 +10,15 @@ log = logging.getLogger(__name__)
 
 
 def close_window(company_id: int, job_type: str) -> int:
-    """RQ job: close the company's SMTP window of ``job_type`` if it is due (else come back when it is);
+    """RQ job: close the company's SMTP window of ``job_type`` if it is due (else the closer of every
+    window, ``tasks.windows``, comes when it is; this one is the sweep's, or an earlier version's);
     returns how many jobs it made. Safe to run twice: the messages' conditional update decides."""
     queue.release_smtp_closer(company_id, job_type)
     closed = submissions.close_window(company_id, job_type)
-    if closed.due is not None:
-        wait = max(0.05, (closed.due - utcnow()).total_seconds())
-        queue.schedule_smtp_close(company_id, job_type, wait, again=True)
+    if closed.due is not None:  # the closer of every window (tasks.windows) closes it when due
+        queue.schedule_windows_close(max(0.05, (closed.due - utcnow()).total_seconds()))
     elif closed.more:  # more messages than one close takes: the rest at once
-        queue.schedule_smtp_close(company_id, job_type, 0, again=True)
+        queue.schedule_windows_close(0, again=True)
     return len(closed.jobs)
 
 

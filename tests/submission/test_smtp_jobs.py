@@ -50,8 +50,7 @@ def test_a_burst_beyond_the_threshold_is_one_job(threshold, signed_in, smtp_comp
     send(signed_in(), 5, **{"X-Offload-Type": "csv_import"})
     # the writer scheduled the window's closer, a window from now (once for the window)
     scheduled = [get_queue(HIGH).fetch_job(i) for i in get_queue(HIGH).scheduled_job_registry.get_job_ids()]
-    assert [(j.func_name, j.args) for j in scheduled] == [("tasks.submissions.close_window",
-                                                           (smtp_company.id, "csv_import"))]
+    assert [(j.func_name, j.args) for j in scheduled] == [("tasks.windows.close_windows", ())]
     assert submissions.close_window(smtp_company.id, "csv_import").due is not None  # not due yet
     assert jobs() == []
     made = submissions.close_window(smtp_company.id, "csv_import", now=later()).jobs
