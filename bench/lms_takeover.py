@@ -93,6 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--trace", action="store_true", help="print rows taken and sent every second")
     args = parser.parse_args()
 
     moodle = MoodleDb("mysql", "mdl_")
@@ -122,12 +123,16 @@ def main() -> None:
             flask(env, "company", "configure", company["id"], "iomad_email_queue=1")
             ours = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://", 1), poolclass=NullPool)
             phases: dict[str, float] = {}
+            traced = t0
             while True:
                 left = moodle.all(f"SELECT count(*) FROM {moodle.t('email')} WHERE sent IS NULL")[0][0]
                 with ours.connect() as conn:
                     taken, sent = conn.execute(text(
                         "SELECT (SELECT count(*) FROM lms_email_rows), "
                         "(SELECT count(*) FROM recipients WHERE status = 'sent')")).one()
+                if args.trace and time.perf_counter() - traced >= 1:
+                    traced = time.perf_counter()
+                    print(f"  {traced - t0:5.1f} s: taken {taken}, accepted {sent}, unmarked {left}", flush=True)
                 for name, done in (("taken", taken), ("accepted", sent)):
                     if done >= args.rows and name not in phases:
                         phases[name] = time.perf_counter() - t0

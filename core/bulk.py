@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import bindparam, insert, text
+from sqlalchemy import Table, bindparam, insert, text
+from sqlalchemy.exc import IntegrityError
 
 from core import crypto
 from core.db import db
@@ -37,6 +38,30 @@ def insert_recipients(rows: Sequence[tuple]) -> None:
     db.session.execute(insert(Recipient.__table__), [
         {"company_id": c, "job_id": j, "email": e, "data": d, "status": s, "error": err, "attempts": 0}
         for c, j, e, d, s, err in rows])
+
+
+def insert_rows(table: Table, rows: Sequence[dict]) -> None:
+    """Insert ``rows`` (dicts with the same keys, every value given: COPY applies no Python-side default)
+    into ``table`` in the current transaction: COPY on PostgreSQL from ``COPY_MIN_ROWS`` rows (one round
+    trip instead of one statement per row), else Core executemany. A unique or foreign-key violation is
+    raised as SQLAlchemy's ``IntegrityError`` either way."""
+    if not rows:
+        return
+    if not (is_postgres() and len(rows) >= COPY_MIN_ROWS):
+        db.session.execute(insert(table), list(rows))
+        return
+    columns = list(rows[0])
+    dbapi = db.session.connection().connection.driver_connection
+    if dbapi is None:  # never: the session's connection is checked out
+        raise RuntimeError("no driver connection")
+    sql = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+    try:
+        with dbapi.cursor() as cur:
+            with cur.copy(sql) as copy:
+                for row in rows:
+                    copy.write_row(tuple(row[c] for c in columns))
+    except type(dbapi).IntegrityError as exc:  # psycopg's, raised past SQLAlchemy's wrapping
+        raise IntegrityError(sql, None, exc) from exc
 
 
 def ids_clause(column: str, ids: Iterable[int], param: str = "ids") -> tuple[str, dict]:

@@ -27,6 +27,8 @@ def poll_company(company_id: int) -> dict:
     found = poll_once(company_id, full=False)
     if found.get("taken") or found.get("jobs"):
         log.info("Company %s: LMS poll took %s rows into %s jobs", company_id, found.get("taken"), found.get("jobs"))
+    if found.get("backlog") == "yes":  # stopped at OFFLOAD_LMS_MAX_ROWS: read on now (the lock is free again)
+        enqueue_lms_polls([company_id])
     return found
 
 

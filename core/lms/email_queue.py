@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import bindparam, insert, select, text
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from core.bulk import insert_rows
 from core.db import db
 from core.jobs import JobError, create_job
 from core.lms import iomad, marking
@@ -226,11 +227,13 @@ class PollResult:
     marked: int = 0
     purged: int = 0
     job_ids: list[int] = field(default_factory=list)
+    #: the poll stopped at ``max_rows`` with due rows left: the next poll need not wait for its slot
+    backlog: bool = False
 
     def lines(self) -> dict:
         return {"taken": self.taken, "copies": self.copies, "jobs": self.jobs, "failed": self.failed,
                 "already_taken": self.already_taken, "marked": self.marked, "purged": self.purged,
-                "job_ids": ",".join(map(str, self.job_ids)) or "-"}
+                "job_ids": ",".join(map(str, self.job_ids)) or "-", "backlog": "yes" if self.backlog else "no"}
 
 
 def scope_of(cfg: LmsConfig) -> iomad.Scope:
@@ -273,6 +276,7 @@ def _scan(company_id, cfg, conn, scope, site, moment, chunk, max_rows, full, res
     due_rows_sql = text(iomad.due_rows_sql(cfg, scope, site, chunk))
     rows_sql = text(iomad.rows_sql(cfg)).bindparams(bindparam("ids", expanding=True))
     copies = iomad.Copies(conn, cfg, site)
+    complete = False
     while scanned < max_rows:
         params = {"now": moment, "after": after}
         if cursor.full:
@@ -296,6 +300,7 @@ def _scan(company_id, cfg, conn, scope, site, moment, chunk, max_rows, full, res
             _take(company_id, cfg, rows[start:start + chunk], site, copies, result)
         if complete:
             break
+    result.backlog = scanned >= max_rows and not complete
     cursor.save(after)
 
 
@@ -398,14 +403,14 @@ def _make_job(company_id: int, kind: str, members: list[Outcome]) -> Job:
             raise RuntimeError(f"job {job.id}: recipients do not line up with the IOMAD rows")
         now = utcnow()
         pairs = list(zip(found, order, strict=True))
-        db.session.execute(insert(LmsEmailRow.__table__), [
+        insert_rows(LmsEmailRow.__table__, [
             {"company_id": company_id, "lms_row_id": o.row_id, "templatename": o.templatename, "job_id": job.id,
              "recipient_id": f.id, "status": ROW_QUEUED, "created_at": now} for f, (o, _, k) in pairs if k is None])
         copied = [(f, o, email, k) for f, (o, email, k) in pairs if k is not None]
         if copied:
             ours = dict(db.session.execute(select(LmsEmailRow.lms_row_id, LmsEmailRow.id).where(
                 LmsEmailRow.job_id == job.id)).all())
-            db.session.execute(insert(LmsEmailCopy.__table__), [
+            insert_rows(LmsEmailCopy.__table__, [
                 {"company_id": company_id, "row_id": ours[o.row_id], "recipient_id": f.id, "email": email[:320],
                  "kind": k} for f, o, email, k in copied])
 

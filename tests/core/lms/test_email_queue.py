@@ -250,3 +250,31 @@ def test_an_offload_company_sends_iomad_rows_through_its_smtp(app, runner, make_
     assert sorted(m.rcpt_tos[0] for m in smtp_sink.messages) == [f"learner{100 + i}@acme.test" for i in range(3)]
     assert "<b>there</b>" in smtp_sink.messages[0].message.get_body(("html",)).get_content()
     assert all(r.sent for r in moodle.emails())
+
+
+def test_a_poll_that_stops_at_max_rows_reads_on_at_once(app, make_company, ses, moodle, set_settings):
+    """A worker's poll stops at ``lms_max_rows`` and says so (``backlog``); its task queues the next poll
+    right away (not at the next poll slot), which reads on from there. Every row is sent once."""
+    from core import queue
+    from tasks.lms import poll_company
+    from tests.support.app import run_worker_burst
+
+    company = make_company("Acme Learning", **aws_settings(ses.url))
+    connect(company, moodle)
+    users = learners(250)
+    moodle.add_users(users, ACME_IOMAD)
+    set_settings(lms_max_rows=200, lms_chunk=100)
+    assert poll_company(company.id)["backlog"] == "no"  # the full look at an empty queue; then it reads on
+    moodle.queue_emails([{"userid": u["id"], "companyid": ACME_IOMAD} for u in users])
+
+    first = poll_company(company.id)
+    assert (first["taken"], first["jobs"], first["backlog"]) == (200, 2, "yes"), first
+    assert queue.port().status(f"lms-poll-{company.id}") in queue.WAITING  # the next poll, queued now
+    assert len(our_rows(company.id)) == 200
+
+    run_worker_burst(app)  # the queued poll (it reads on: 50 rows, no backlog, nothing queued after it)
+    assert [r.lms_row_id for r in our_rows(company.id)] == sorted(int(r.id) for r in moodle.emails())
+    send_all(app)
+    assert Counter(a for m in ses.store() for a in m["destination"]["to"]) == \
+        Counter({u["email"]: 1 for u in users})
+    assert all(r.sent for r in moodle.emails())
