@@ -10,12 +10,15 @@ the headers), switches the company's ``iomad_email_queue`` on and prints:
 - a bare script doing the same work with no queue or service database (read
   the due rows joined to their users, the same SendBulkEmail calls of 50,
   the same UPDATE of ``sent``), and the bare SES calls alone,
-- the ratio (the service's overhead; the goal is at most 2x),
+- the ratio (the service's overhead; the goal is at most 2x), from the switch
+  command's start and from its return (a flask CLI process starting is slow
+  on a loaded machine),
 - the statements the connector sent to the Moodle database per 1,000 rows
   (every one: a counting proxy sits between the workers and MariaDB; the
   goal is at most 30), and its connections.
 
-Usage: .venv/bin/python bench/lms_takeover.py [--rows 20000] [--workers 2]
+Usage: .venv/bin/python bench/lms_takeover.py [--rows 20000] [--workers 2] [--trace]
+(``--trace``: rows taken, accepted and still unmarked every second.)
 """
 from __future__ import annotations
 
