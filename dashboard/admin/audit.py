@@ -2,8 +2,9 @@
 every entry. Details hold field names and counts, never secret values."""
 from __future__ import annotations
 
-from flask import abort
+from flask import abort, g
 from markupsafe import Markup, escape
+from sqlalchemy import select
 
 from core import delivery_settings, labels
 from core.db import db
@@ -64,6 +65,9 @@ def _object_type(view, context, model, name):
 def _company(view, context, model, name):
     if model.company_id is None:
         return "—"
+    known = g.get("audit_companies")
+    if known is not None and model.company_id in known:
+        return known[model.company_id]
     company = db.session.get(Company, model.company_id)
     return company.name if company else model.company_id
 
@@ -89,6 +93,16 @@ class AuditView(TenantModelView):
                                 "company_id": lambda v, c, m, n: m.company_id}
     page_size = 50
     simple_list_pager = True  # older and newer, no count of every entry (the log only grows)
+
+    def get_list(self, *args, **kwargs):
+        """The page's entries, their companies read in one query (the admin's page shows 50 companies'
+        entries: a read per row was most of its time)."""
+        count, rows = super().get_list(*args, **kwargs)
+        if isinstance(rows, list):
+            wanted = {row.company_id for row in rows if row.company_id is not None}
+            g.audit_companies = dict(db.session.execute(
+                select(Company.id, Company.name).where(Company.id.in_(wanted))).tuples().all()) if wanted else {}
+        return count, rows
 
     def get_one(self, id):
         try:
