@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import select as io_select
 import time
 import uuid
 from collections.abc import Iterable
@@ -228,14 +229,32 @@ def store(messages: list[Taken], conn: PoolProxiedConnection, dialect: Dialect) 
     """Insert ``messages`` on the driver connection ``conn`` and commit: one statement, one transaction
     (one fsync) for all. Their ids, in order (ids of one statement ascend in row order). Straight to the
     driver: the writer calls this for every group of messages, and SQLAlchemy's per-value processing
-    would double its cost; the values are what ``SmtpMessage``'s column types would write."""
+    would double its cost; the values are what ``SmtpMessage``'s column types would write.
+
+    On PostgreSQL the statement runs in autocommit, as its own transaction: one round trip, whose answer
+    comes only once the commit is durable (the server commits at the protocol's Sync, before it says it is
+    ready; psycopg reads up to then). An error the server reports (it has a SQLSTATE) rolled it back:
+    ``NotStored``. A connection lost before the answer may or may not have committed: it is not."""
     now = utcnow()
     received = now.strftime("%Y-%m-%d %H:%M:%S.%f") if dialect.name == "sqlite" else now
     params = [value for m in messages for value in m.values(received)]
+    sql = _insert_sql(dialect, len(messages))
+    if dialect.driver == "psycopg":
+        driver = conn.driver_connection
+        try:
+            if not driver.autocommit:
+                driver.autocommit = True
+            with driver.cursor() as cursor:
+                cursor.execute(sql, params)
+                return sorted(row[0] for row in cursor.fetchall())
+        except dialect.loaded_dbapi.Error as exc:
+            if getattr(exc, "sqlstate", None):
+                raise NotStored(type(exc).__name__) from exc
+            raise
     try:
         cursor = conn.cursor()
         try:
-            cursor.execute(_insert_sql(dialect, len(messages)), params)
+            cursor.execute(sql, params)
             ids = sorted(row[0] for row in cursor.fetchall())
         finally:
             cursor.close()
@@ -243,6 +262,21 @@ def store(messages: list[Taken], conn: PoolProxiedConnection, dialect: Dialect) 
         raise NotStored(type(exc).__name__) from exc
     conn.commit()  # a failure here may or may not have committed: it is not NotStored
     return ids
+
+
+def connection_lost(conn: PoolProxiedConnection, dialect: Dialect) -> bool:
+    """Whether the server has closed ``conn`` since its last use (it restarted, or ended idle sessions),
+    known without a round trip: an idle PostgreSQL connection's socket is readable only when the server
+    said goodbye (its FATAL, then EOF). The writer then takes a fresh connection before it sends, as a
+    statement sent on a lost connection could not tell whether it committed."""
+    if dialect.driver != "psycopg":
+        return False
+    driver = conn.driver_connection
+    try:
+        fd = driver.pgconn.socket
+        return bool(io_select.select([fd], [], [], 0)[0])
+    except (OSError, ValueError, dialect.loaded_dbapi.Error):
+        return True
 
 
 class NotStored(Exception):

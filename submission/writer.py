@@ -117,6 +117,8 @@ class GroupWriter:
     def _store(self, messages: list) -> list[int]:
         """Store on the writer's connection; one that broke since its last use (the database restarted)
         is replaced and the insert tried once more, as nothing of it was stored."""
+        if self._conn is not None and submissions.connection_lost(self._conn, db.engine.dialect):
+            self._drop_connection()
         reused = self._conn is not None
         if self._conn is None:
             self._conn = db.engine.raw_connection()
