@@ -241,6 +241,8 @@ def store(messages: list[Taken], conn: PoolProxiedConnection, dialect: Dialect) 
     sql = _insert_sql(dialect, len(messages))
     if dialect.driver == "psycopg":
         driver = conn.driver_connection
+        if driver is None:  # invalidated: nothing was sent
+            raise NotStored("no connection")
         try:
             if not driver.autocommit:
                 driver.autocommit = True
@@ -272,6 +274,8 @@ def connection_lost(conn: PoolProxiedConnection, dialect: Dialect) -> bool:
     if dialect.driver != "psycopg":
         return False
     driver = conn.driver_connection
+    if driver is None:
+        return True
     try:
         fd = driver.pgconn.socket
         return bool(io_select.select([fd], [], [], 0)[0])

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from core import settings
 from core.db import db
 from submission.server import Service, SubmissionSMTP, server_name, tls_context
-from submission.writer import GroupWriter
+from submission.writer import WRITERS, GroupWriter
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,8 @@ def database_options(url: str) -> dict:
 async def start(s: settings.Settings, host: str, port: int) -> tuple[asyncio.base_events.Server, GroupWriter]:
     """Listen on ``host:port``; the server and its writer (the caller closes both)."""
     loop = asyncio.get_running_loop()
-    writer = GroupWriter(loop).start()
+    # SQLite takes one writer at a time: a second writer would only wait for its lock
+    writer = GroupWriter(loop, writers=WRITERS if db.engine.dialect.name == "postgresql" else 1).start()
     service = Service(s, writer, ThreadPoolExecutor(max_workers=8, thread_name_prefix="smtp-auth"), server_name(s))
     tls = tls_context(s)
     server = await loop.create_server(lambda: SubmissionSMTP(service, tls=tls, loop=loop), host, port,
