@@ -273,3 +273,31 @@ def test_a_large_message_goes_to_the_companys_own_storage(smtp_server, make_comp
     assert [(m.raw, m.storage_key) for m in stored()] == [(None, None), (None, None)]
     with pytest.raises(s3_client().exceptions.NoSuchKey):
         s3_client().get_object(Bucket=s3_bucket, Key=key)
+
+
+@pytest.mark.parametrize("limit", [0, 5])
+def test_the_fast_reading_of_mail_and_rcpt_paths_agrees_with_aiosmtpd(limit):
+    from aiosmtpd.smtp import SMTP
+
+    from submission.server import SubmissionSMTP
+
+    session = SubmissionSMTP.__new__(SubmissionSMTP)
+    session.local_part_limit = limit
+    fast = 0
+    for local in ("a", "b.c", "x+y", "A_B", "o'neil", "a..b", ".a", "a.", '"q"', "é", "toolongname"):
+        for domain in ("ex.com", "b", "b-c.d", "b..c", "[1.2.3.4]", "B.COM.", "é.fr"):
+            for rest in ("", " ", "  SIZE=12", " SIZE=12 BODY=8BITMIME", "\tSIZE=1", "x", " (c)", " (c) SIZE=1",
+                         ' SIZE="1"', " SIZE=1  "):
+                for lead in ("", " "):
+                    arg = f"{lead}<{local}@{domain}>{rest}"
+                    assert session._getaddr(arg) == SMTP._getaddr(session, arg), arg
+                    fast += submission_fast_path(arg, limit)
+    assert session._getaddr("<>") == SMTP._getaddr(session, "<>") and session._getaddr("") == ("", "")
+    assert fast > 100  # the fast reading was taken, not only aiosmtpd's
+
+
+def submission_fast_path(arg: str, limit: int) -> bool:
+    from submission.server import _SIMPLE_PATH
+
+    found = _SIMPLE_PATH.match(arg)
+    return found is not None and not (limit and len(found[1].rpartition("@")[0]) > limit)
