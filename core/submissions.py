@@ -244,11 +244,14 @@ def store(messages: list[Taken], conn: PoolProxiedConnection, dialect: Dialect) 
         if driver is None:  # invalidated: nothing was sent
             raise NotStored("no connection")
         try:
-            if not driver.autocommit:
-                driver.autocommit = True
-            with driver.cursor() as cursor:
-                cursor.execute(sql, params)
-                return sorted(row[0] for row in cursor.fetchall())
+            driver.autocommit = True
+            try:
+                with driver.cursor() as cursor:
+                    cursor.execute(sql, params)
+                    return sorted(row[0] for row in cursor.fetchall())
+            finally:  # as it was: the connection may go back to the pool, where SQLAlchemy expects transactions
+                if not driver.closed:
+                    driver.autocommit = False
         except dialect.loaded_dbapi.Error as exc:
             if getattr(exc, "sqlstate", None):
                 raise NotStored(type(exc).__name__) from exc

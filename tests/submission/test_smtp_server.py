@@ -301,3 +301,25 @@ def submission_fast_path(arg: str, limit: int) -> bool:
 
     found = _SIMPLE_PATH.match(arg)
     return found is not None and not (limit and len(found[1].rpartition("@")[0]) > limit)
+
+
+def test_a_stored_group_leaves_its_connection_as_it_was_and_a_refused_one_is_not_stored(smtp_company):
+    def taken(to: str) -> submissions.Taken:
+        return submissions.Taken(smtp_company.id, "notification", "noreply@acme.test", [to], "Hi",
+                                 b"From: noreply@acme.test\r\nSubject: Hi\r\n\r\nHi\r\n", "127.0.0.1", None)
+
+    before = len(stored())
+    conn = db.engine.raw_connection()
+    try:
+        ids = submissions.store([taken("a@example.com"), taken("b@example.com")], conn, db.engine.dialect)
+        assert len(ids) == 2 and ids == sorted(ids)
+        driver = conn.driver_connection
+        assert getattr(driver, "autocommit", False) is False  # back to the pool as SQLAlchemy expects it
+        assert not submissions.connection_lost(conn, db.engine.dialect)  # idle and open: not lost
+        bad = taken("c@example.com")
+        bad.mail_from = None  # type: ignore[assignment]  # NOT NULL: the database refuses the row
+        with pytest.raises(submissions.NotStored):
+            submissions.store([taken("d@example.com"), bad], conn, db.engine.dialect)
+    finally:
+        conn.close()
+    assert sorted(address for m in stored()[before:] for address in m.rcpt_to) == ["a@example.com", "b@example.com"]
