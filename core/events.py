@@ -32,13 +32,14 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from redis import Redis, RedisError
 from sqlalchemy import Engine, func, select, text
 
-from core import audit, crypto, fields, settings
+from core import api_rate, audit, crypto, fields, settings
 from core.companies import authenticate_token
 from core.db import db, rowcount
 from core.groupcommit import GroupCommit, NotStored
@@ -66,6 +67,12 @@ CLOSE_LIMIT = 50_000
 #: how long a process trusts what it read of a token (the writer checks it again) and of a template
 TOKEN_TTL_S = 60.0
 TEMPLATE_TTL_S = 2.0
+#: a token whose count this process read less than ``RATE_FRESH_S`` ago, in the same minute, and that stays under
+#: ``RATE_HEADROOM`` of its limit with its group's requests, is counted after the store (one Redis round trip a
+#: group for both counts); near its limit each group is counted before it is stored. Other processes count too:
+#: the limit may be passed by what they let through in that second, never by more than their own headroom
+RATE_FRESH_S = 1.0
+RATE_HEADROOM = 0.5
 #: how often the writer records a token's last use
 LAST_USED_EVERY_S = 60.0
 
@@ -81,6 +88,15 @@ class EventError(ValueError):
 class Unauthorized(EventError):
     def __init__(self):
         super().__init__("unauthorized", "a valid bearer token is required", status=401)
+
+
+class RateLimited(EventError):
+    """The token made more than ``OFFLOAD_API_RATE_PER_MIN`` requests this minute (counted by the writer)."""
+
+    def __init__(self, limit: int, retry_after: int):
+        super().__init__("rate_limited", f"more than {limit} requests this minute with this token; "
+                                         f"retry in {retry_after} s", status=429)
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -172,6 +188,8 @@ class _Pending:
     company_id: int
     job_type: str
     payload: str  # the encrypted payload
+    #: the writer counts the request against its token's rate limit (the request did not ask Redis itself)
+    count: bool = False
 
 
 @dataclass
@@ -185,16 +203,32 @@ class Intake:
     _templates: dict = field(default_factory=dict)
     _counts: dict = field(default_factory=dict)
     _used: dict = field(default_factory=dict)
+    #: per token hash: (rate window, its count, when read) as this process last saw it in Redis
+    _rates: dict = field(default_factory=dict)
+    #: requests let through by ``_before`` without asking Redis: counted by ``_after``
+    _uncounted: Counter = field(default_factory=Counter)
     _closers: Closers = field(default_factory=Closers)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self):
-        self.writer = GroupCommit(self.engine, self._store, name="events-writer", after=self._after)
+        self.writer = GroupCommit(self.engine, self._store, name="events-writer", before=self._before,
+                                  after=self._after)
 
     # the request's side
-    def accept(self, token: str, payload) -> Accepted:
+    def accept(self, token: str, payload, *, count: bool = False) -> Accepted:
         """Check the event and store it; ``Accepted`` once committed. Raises ``EventError``
-        (``Unauthorized`` for a token that is not live), ``StoreFailed`` when the database did not take it."""
+        (``Unauthorized`` for a token that is not live, ``RateLimited``), ``StoreFailed`` when the database
+        did not take it. ``count``: the writer counts the request against the token's rate limit, with the
+        other requests of its group in one round trip (the caller has not counted it)."""
+        return self.writer.submit(self.prepare(token, payload, count=count))
+
+    def knows(self, token: str) -> bool:
+        """The process read this token as live less than ``TOKEN_TTL_S`` ago (the writer checks it again)."""
+        known = self._tokens.get(sha256_hex(token)) if 0 < len(token) <= 200 else None
+        return known is not None and known[1] > time.monotonic()
+
+    def prepare(self, token: str, payload, *, count: bool = False) -> _Pending:
+        """Check the event (``EventError``), encrypt it: what ``writer.submit`` stores."""
         token_hash, company_id = self.authenticate(token)
         event = parse_event(payload)
         self._check_template(company_id, event)
@@ -204,7 +238,7 @@ class Intake:
                                                 "in this window; retry after it closes", status=429)
         body = json.dumps({"email": event.email, "data": event.data, "event": event.event,
                            "occurred_at": event.occurred_at}, separators=(",", ":"))
-        return self.writer.submit(_Pending(token_hash, company_id, event.job_type, crypto.encrypt(body)))
+        return _Pending(token_hash, company_id, event.job_type, crypto.encrypt(body), count)
 
     def authenticate(self, token: str) -> tuple[str, int]:
         if not token or len(token) > 200:
@@ -262,6 +296,35 @@ class Intake:
         return check
 
     # the writer's side
+    def _before(self, items: list[_Pending]) -> list:
+        """Count the group's requests against their tokens' rate limits in one round trip; past the
+        limit, a ``RateLimited`` (not stored). Redis not answering lets them through (``api_rate.take``)."""
+        wanted = Counter(p.token_hash for p in items if p.count)
+        answers: list = [None] * len(items)
+        limit = api_rate.limit()
+        window, now = api_rate.window_of(time.time()), time.monotonic()
+        for token_hash, n in list(wanted.items()):
+            seen_window, total, at = self._rates.get(token_hash, (0, 0, 0.0))
+            if seen_window == window and now - at < RATE_FRESH_S and total + n <= limit * RATE_HEADROOM:
+                del wanted[token_hash]  # far below its limit a moment ago: counted after the store, with the windows
+                self._uncounted[token_hash] += n
+        if not wanted:
+            return answers
+        counts = api_rate.take_many(dict(wanted))
+        if counts is None:
+            return answers
+        for token_hash, (total, _) in counts.items():
+            self._rates[token_hash] = (window, total, now)
+        seen: Counter = Counter()
+        for i, p in enumerate(items):
+            if not p.count or p.token_hash not in counts:
+                continue
+            total, wait = counts[p.token_hash]
+            seen[p.token_hash] += 1
+            if total - wanted[p.token_hash] + seen[p.token_hash] > limit:
+                answers[i] = RateLimited(limit, wait)
+        return answers
+
     def _store(self, items: list[_Pending], conn, dialect) -> list:
         """Insert the group's events whose token is still live, in one transaction."""
         hashes = sorted({p.token_hash for p in items})
@@ -271,10 +334,14 @@ class Intake:
         try:
             cursor = conn.cursor()
             try:
-                cursor.execute(f"SELECT token_hash, company_id FROM api_tokens WHERE revoked_at IS NULL "
-                               f"AND token_hash IN ({', '.join([mark] * len(hashes))})", hashes)
-                live = dict(cursor.fetchall())
-                kept = [p for p in items if live.get(p.token_hash) == p.company_id]
+                if dialect.name == "postgresql":
+                    live = self._store_postgresql(items, hashes, stamp, conn, cursor)
+                    kept = []
+                else:
+                    cursor.execute(f"SELECT token_hash, company_id FROM api_tokens WHERE revoked_at IS NULL "
+                                   f"AND token_hash IN ({', '.join([mark] * len(hashes))})", hashes)
+                    live = dict(cursor.fetchall())
+                    kept = [p for p in items if live.get(p.token_hash) == p.company_id]
                 if kept:
                     one = f"({mark}, {mark}, {mark}, {mark})"
                     cursor.execute("INSERT INTO waiting_events (company_id, job_type, received_at, payload) "
@@ -299,6 +366,27 @@ class Intake:
             self._tokens.pop(h, None)
         return [True if live.get(p.token_hash) == p.company_id else Unauthorized() for p in items]
 
+    @staticmethod
+    def _store_postgresql(items: list[_Pending], hashes: list[str], stamp, conn, cursor) -> dict:
+        """PostgreSQL: the live tokens read and the events of live tokens inserted (in the group's order) by one
+        statement, sent with its ``BEGIN`` in one round trip (psycopg's pipeline mode); the commit follows.
+        An error here is the statement's: the transaction is not committed."""
+        rows = ", ".join(["(%s::integer, %s, %s::integer, %s, %s)"] * len(items))
+        marks = ", ".join(["%s"] * len(hashes))
+        sql = (f"WITH live AS (SELECT token_hash, company_id FROM api_tokens WHERE revoked_at IS NULL "
+               f"AND token_hash IN ({marks})), "
+               f"ins AS (INSERT INTO waiting_events (company_id, job_type, received_at, payload) "
+               f"SELECT v.company_id, v.job_type, %s, v.payload FROM (VALUES {rows}) "
+               f"AS v(n, token_hash, company_id, job_type, payload) JOIN live ON live.token_hash = v.token_hash "
+               f"AND live.company_id = v.company_id ORDER BY v.n) "
+               f"SELECT token_hash, company_id FROM live")
+        params = [*hashes, stamp]
+        for n, p in enumerate(items):
+            params += [n, p.token_hash, p.company_id, p.job_type, p.payload]
+        with conn.driver_connection.pipeline():  # BEGIN and the statement, one sync at the block's end
+            cursor.execute(sql, params)
+        return dict(cursor.fetchall())
+
     def _after(self, items: list[_Pending], results: list) -> None:
         """Count the stored events in their windows (the ``202``'s mode) and see each window has a closer."""
         stored = [(i, p) for i, (p, r) in enumerate(zip(items, results, strict=True)) if r is True]
@@ -307,19 +395,27 @@ class Intake:
         windows: dict[tuple[int, str], list[int]] = {}
         for i, p in stored:
             windows.setdefault((p.company_id, p.job_type), []).append(i)
-        if not windows:
+        uncounted, self._uncounted = self._uncounted, Counter()
+        if not windows and not uncounted:
             return
         threshold = settings.current().bulk_threshold
+        rate_window, now = api_rate.window_of(time.time()), time.monotonic()
         try:
             pipe = connection().pipeline(transaction=False)
             for (company_id, job_type), positions in windows.items():
                 key = count_key(company_id, job_type)
                 pipe.incrby(key, len(positions))
                 pipe.expire(key, 3600)
-            totals = pipe.execute()[::2]
+            for token_hash, n in uncounted.items():
+                pipe.incrby(api_rate.key(token_hash, rate_window), n)
+                pipe.expire(api_rate.key(token_hash, rate_window), 2 * api_rate.WINDOW_S)
+            answers = pipe.execute()
         except (RedisError, OSError) as exc:
             log.warning("Events: window counts unavailable (%s); the sweep closes the windows", type(exc).__name__)
             return
+        totals = answers[:2 * len(windows):2]
+        for token_hash, total in zip(uncounted, answers[2 * len(windows)::2], strict=True):
+            self._rates[token_hash] = (rate_window, int(total), now)
         for (window, positions), total in zip(windows.items(), totals, strict=True):
             self._counts[window] = total
             first = total - len(positions) + 1

@@ -59,12 +59,17 @@ class GroupCommit:
     """The writer thread and the queue in front of it."""
 
     def __init__(self, engine: Engine, store: StoreFunction, *, name: str, max_batch: int = 500,
-                 max_backlog: int = 5000, idle_s: float = 30.0, after: Callable[[list, list], None] | None = None):
+                 max_backlog: int = 5000, idle_s: float = 30.0, after: Callable[[list, list], None] | None = None,
+                 before: Callable[[list], list] | None = None):
         self.engine, self.store_function, self.name = engine, store, name
         self.max_batch, self.max_backlog, self.idle_s = max_batch, max_backlog, idle_s
         #: called in the writer thread after each stored group, with its items and results (may change the
         #: results; an exception is logged and the stored results stand)
         self.after = after
+        #: called in the writer thread once per group before it is stored, with its items: one entry per item,
+        #: ``None`` to store it, else its answer (an exception is raised to its caller), the item not stored;
+        #: an exception of its own is logged and every item is stored
+        self.before = before
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._waiting = 0
@@ -128,6 +133,21 @@ class GroupCommit:
             self._write(group)
 
     def _write(self, group: list[_Waiter]) -> None:
+        answered: list = [None] * len(group)
+        if self.before is not None:
+            try:
+                answered = self.before([w.item for w in group])
+            except Exception:  # noqa: BLE001 - what runs before only refuses; failing, it refuses nothing
+                log.exception("%s: before-store step failed", self.name)
+                answered = [None] * len(group)
+            for waiter, answer in zip(group, answered, strict=True):
+                if answer is not None:
+                    waiter.error = answer if isinstance(answer, BaseException) else None
+                    waiter.result = None if isinstance(answer, BaseException) else answer
+                    waiter.done.set()
+            group = [w for w, answer in zip(group, answered, strict=True) if answer is None]
+            if not group:
+                return
         items = [w.item for w in group]
         started = time.perf_counter()
         try:

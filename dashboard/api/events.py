@@ -36,25 +36,52 @@ def post_event():
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer":
         return json_error(401, "unauthorized", "a valid bearer token is required")
-    if 0 < len(token.strip()) <= 200:  # counted by the token presented: a stranger's guesses spend its own
-        limited = rate_limited(sha256_hex(token.strip()))
+    token = token.strip()
+    # a token this process knows to be live is counted against its rate limit by the writer, with the
+    # other requests of its group (one Redis round trip a group); any other is counted here, first, by the
+    # token presented: a stranger's guesses spend its own
+    writer_counts = intake().knows(token)
+    counted = False
+
+    def count_here():
+        nonlocal counted
+        if counted or not 0 < len(token) <= 200:
+            return None
+        counted = True
+        return rate_limited(sha256_hex(token))
+
+    if not writer_counts:
+        limited = count_here()
         if limited is not None:
             return limited
     try:  # read no further than the cap, chunked bodies too
         raw = read_capped(MAX_BODY_BYTES)
     except RequestEntityTooLarge:
-        return json_error(413, "body_too_large", f"an event may have at most {MAX_BODY_BYTES} bytes")
+        return count_here() or json_error(413, "body_too_large", f"an event may have at most {MAX_BODY_BYTES} bytes")
     try:
         payload = bounded_loads(raw) if request.is_json else None
     except (ValueError, UnicodeDecodeError) as exc:
         payload = exc
     try:
         if isinstance(payload, Exception) or payload is None:
-            intake().authenticate(token.strip())  # a bad token is a 401 before a bad body is a 400
+            intake().authenticate(token)  # a bad token is a 401 before a bad body is a 400
+            limited = count_here()
+            if limited is not None:
+                return limited
             if payload is None:
                 return json_error(400, "invalid_json", "the body must be JSON (Content-Type: application/json)")
             return json_error(400, "invalid_json", str(payload) if "nested" in str(payload) else "the body is not JSON")
-        accepted = intake().accept(token.strip(), payload)
+        try:
+            pending = intake().prepare(token, payload, count=not counted)
+        except events.EventError:
+            limited = count_here()  # refused before the writer: counted here
+            if limited is not None:
+                return limited
+            raise
+        accepted = intake().writer.submit(pending)
+    except events.RateLimited as exc:
+        body, status = json_error(exc.status, exc.code, exc.message)
+        return body, status, {"Retry-After": str(exc.retry_after)}
     except events.EventError as exc:
         return json_error(exc.status, exc.code, exc.message, exc.details)
     except (StoreFailed, TimeoutError):

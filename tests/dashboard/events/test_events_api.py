@@ -148,6 +148,20 @@ def test_a_revoked_token_is_refused_at_once(client, app, ses_company):
     assert len(stored()) == 1
 
 
+def test_the_writer_counts_a_known_tokens_events_against_its_rate_limit(client, app, ses_company, set_settings):
+    """A token the process knows is counted by the writer, a group at a time: past the limit a 429 with
+    Retry-After, nothing stored; a bad body of that token still counts, and is a 429 once past it."""
+    set_settings(api_rate_per_min=4)
+    codes = [client.post("/api/v1/events", json=event(i), headers=ses_company.auth) for i in range(3)]
+    assert [r.status_code for r in codes] == [202] * 3
+    assert client.post("/api/v1/events", json={"event": "nope"}, headers=ses_company.auth).status_code == 400
+    late = [client.post("/api/v1/events", json=event(i), headers=ses_company.auth) for i in range(3, 5)]
+    assert [r.status_code for r in late] == [429, 429], [r.get_json() for r in late]
+    assert late[0].get_json()["error"] == "rate_limited" and 1 <= int(late[0].headers["Retry-After"]) <= 60
+    assert client.post("/api/v1/events", json={"event": "nope"}, headers=ses_company.auth).status_code == 429
+    assert len(stored()) == 3
+
+
 def test_a_closer_run_twice_makes_no_second_job(client, app, ses_company, set_settings):
     for i in range(12):
         client.post("/api/v1/events", json=event(i), headers=ses_company.auth)
