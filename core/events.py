@@ -303,11 +303,13 @@ class Intake:
         answers: list = [None] * len(items)
         limit = api_rate.limit()
         window, now = api_rate.window_of(time.time()), time.monotonic()
-        for token_hash, n in list(wanted.items()):
-            seen_window, total, at = self._rates.get(token_hash, (0, 0, 0.0))
-            if seen_window == window and now - at < RATE_FRESH_S and total + n <= limit * RATE_HEADROOM:
-                del wanted[token_hash]  # far below its limit a moment ago: counted after the store, with the windows
-                self._uncounted[token_hash] += n
+        with self._lock:  # the writers share what they saw
+            for token_hash, n in list(wanted.items()):
+                seen_window, total, at = self._rates.get(token_hash, (0, 0, 0.0))
+                if seen_window == window and now - at < RATE_FRESH_S and total + n <= limit * RATE_HEADROOM:
+                    del wanted[token_hash]  # far below its limit a moment ago: counted after the store
+                    self._uncounted[token_hash] += n
+                    self._rates[token_hash] = (seen_window, total + n, at)
         if not wanted:
             return answers
         counts = api_rate.take_many(dict(wanted))
@@ -395,7 +397,8 @@ class Intake:
         windows: dict[tuple[int, str], list[int]] = {}
         for i, p in stored:
             windows.setdefault((p.company_id, p.job_type), []).append(i)
-        uncounted, self._uncounted = self._uncounted, Counter()
+        with self._lock:
+            uncounted, self._uncounted = self._uncounted, Counter()
         if not windows and not uncounted:
             return
         threshold = settings.current().bulk_threshold

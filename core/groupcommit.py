@@ -9,9 +9,15 @@ caller with its own result. A store that fails fails every item of its group
 the commit itself, which the store function tells apart); while ``max_backlog``
 items wait, new ones are refused at once (``Busy``) instead of piling up.
 
-The thread starts on the first ``submit`` of a process (so a forked web worker
-starts its own) and ends after ``idle_s`` without work. Its connection is the
-engine's, replaced after a failure (a database restart breaks it).
+``writers`` threads (2 by default) take groups in turn, each on its own
+connection: while one group waits for its commit's flush, the next is sent,
+and the database flushes both together (a commit costs a WAL flush, some
+milliseconds on a disk, where a round trip costs a tenth of one: one writer
+left each request waiting for the commit before its own as well).
+
+The threads start on the first ``submit`` of a process (so a forked web worker
+starts its own) and end after ``idle_s`` without work. Their connections are the
+engine's, replaced after a failure (a database restart breaks them).
 """
 from __future__ import annotations
 
@@ -60,8 +66,9 @@ class GroupCommit:
 
     def __init__(self, engine: Engine, store: StoreFunction, *, name: str, max_batch: int = 500,
                  max_backlog: int = 5000, idle_s: float = 30.0, after: Callable[[list, list], None] | None = None,
-                 before: Callable[[list], list] | None = None):
+                 before: Callable[[list], list] | None = None, writers: int = 2):
         self.engine, self.store_function, self.name = engine, store, name
+        self.writers = writers
         self.max_batch, self.max_backlog, self.idle_s = max_batch, max_backlog, idle_s
         #: called in the writer thread after each stored group, with its items and results (may change the
         #: results; an exception is logged and the stored results stand)
@@ -73,9 +80,8 @@ class GroupCommit:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._waiting = 0
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._pid = 0
-        self._conn: PoolProxiedConnection | None = None
         #: groups committed, items stored, seconds spent storing (the bench and the log read them)
         self.commits = 0
         self.stored = 0
@@ -103,36 +109,41 @@ class GroupCommit:
         return waiter.result
 
     def _ensure_thread(self) -> None:
-        """Start the writer if this process has none running (first use, after a fork, after idling)."""
-        if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
-            return
-        if self._pid != os.getpid():  # a forked child: the parent's queue and connection are not ours
-            self._queue, self._conn, self._waiting = queue.SimpleQueue(), None, 1
-        self._pid = os.getpid()
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-        self._thread.start()
+        """Start the writers this process lacks (first use, after a fork, after idling); under ``_lock``."""
+        if self._pid != os.getpid():  # a forked child: the parent's queue and threads are not ours
+            self._queue, self._threads, self._waiting = queue.SimpleQueue(), [], 1
+            self._pid = os.getpid()
+        self._threads = [t for t in self._threads if t.is_alive()]
+        while len(self._threads) < self.writers:
+            thread = threading.Thread(target=self._run, name=f"{self.name}-{len(self._threads)}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
 
-    # -- the thread ---------------------------------------------------------------------------
+    # -- the threads ----------------------------------------------------------------------------
     def _run(self) -> None:
-        while True:
-            try:
-                first = self._queue.get(timeout=self.idle_s)
-            except queue.Empty:
-                with self._lock:  # end only with nothing queued: a submit now starts a new thread
-                    if self._queue.empty():
-                        self._drop_connection()
-                        self._thread = None
-                        return
-                continue
-            group = [first]
-            while len(group) < self.max_batch:
+        slot = _Slot()
+        try:
+            while True:
                 try:
-                    group.append(self._queue.get_nowait())
+                    first = self._queue.get(timeout=self.idle_s)
                 except queue.Empty:
-                    break
-            self._write(group)
+                    with self._lock:  # end only with nothing queued: a submit now starts a new thread
+                        if self._queue.empty():
+                            self._threads = [t for t in self._threads if t is not threading.current_thread()]
+                            return
+                    continue
+                group = [first]
+                while len(group) < self.max_batch:
+                    try:
+                        group.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                self._write(group, slot)
+        finally:
+            slot.drop(self.name)
 
-    def _write(self, group: list[_Waiter]) -> None:
+    def _write(self, group: list[_Waiter], slot: _Slot | None = None) -> None:
+        slot = slot if slot is not None else _Slot()
         answered: list = [None] * len(group)
         if self.before is not None:
             try:
@@ -151,9 +162,9 @@ class GroupCommit:
         items = [w.item for w in group]
         started = time.perf_counter()
         try:
-            results = self._store(items)
+            results = self._store(items, slot)
         except Exception as exc:  # noqa: BLE001 - whatever broke, every caller of the group is answered
-            self._drop_connection()
+            slot.drop(self.name)
             log.warning("%s: %s items not stored (%s)", self.name, len(group), type(exc).__name__)
             failure = StoreFailed("the database did not take the group")
             for waiter in group:
@@ -175,26 +186,35 @@ class GroupCommit:
                 waiter.result = result
             waiter.done.set()
 
-    def _store(self, items: list) -> list:
+    def _store(self, items: list, slot: _Slot) -> list:
         """Store on the writer's connection; one that broke since its last use (the database restarted)
         is replaced and the group tried once more, as nothing of it was stored."""
-        reused = self._conn is not None
-        if self._conn is None:
-            self._conn = self.engine.raw_connection()
+        reused = slot.conn is not None
+        if slot.conn is None:
+            slot.conn = self.engine.raw_connection()
         try:
-            return self.store_function(items, self._conn, self.engine.dialect)
+            return self.store_function(items, slot.conn, self.engine.dialect)
         except NotStored:
             if not reused:
                 raise
-            self._drop_connection()
-            self._conn = self.engine.raw_connection()
-            return self.store_function(items, self._conn, self.engine.dialect)
+            slot.drop(self.name)
+            slot.conn = self.engine.raw_connection()
+            return self.store_function(items, slot.conn, self.engine.dialect)
 
-    def _drop_connection(self) -> None:
+
+class _Slot:
+    """One writer thread's connection."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self):
+        self.conn: PoolProxiedConnection | None = None
+
+    def drop(self, name: str) -> None:
         """Give the connection back (invalidated: after a failure it may be broken)."""
-        conn, self._conn = self._conn, None
+        conn, self.conn = self.conn, None
         if conn is not None:
             try:
                 conn.invalidate()
             except Exception:  # noqa: BLE001 - a broken connection may fail to close too
-                log.debug("%s: connection invalidate failed", self.name, exc_info=True)
+                log.debug("%s: connection invalidate failed", name, exc_info=True)
