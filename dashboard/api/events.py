@@ -2,8 +2,9 @@
 
 The request does only what must be answered now (the body, the token, the template's fields) and hands
 the event to the process's group-commit writer (``core.events.Intake``): no render and, once the token
-and the template are known to the process, no database round trip of its own. Run the web processes
-with threads (``gunicorn --threads``) so that the events of concurrent requests share a commit.
+and the template are known to the process, no database round trip of its own, nor a Redis one (the
+writer counts the token's rate limit, a group at a time). Run the web processes with threads
+(``gunicorn --threads``) so that the events of concurrent requests share a commit.
 """
 from __future__ import annotations
 
