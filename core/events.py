@@ -211,8 +211,9 @@ class Intake:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self):
+        # SQLite has one writer at a time: a second thread would only wait for its lock
         self.writer = GroupCommit(self.engine, self._store, name="events-writer", before=self._before,
-                                  after=self._after)
+                                  after=self._after, writers=2 if self.engine.dialect.name == "postgresql" else 1)
 
     # the request's side
     def accept(self, token: str, payload, *, count: bool = False) -> Accepted:
