@@ -92,6 +92,22 @@ def bare(moodle: MoodleDb, ses_url: str, with_db: bool) -> float:
     return time.perf_counter() - start
 
 
+def wait_for_workers(redis_url: str, count: int, limit_s: float = 300) -> None:
+    """Until ``count`` RQ workers are registered and listening (a worker's start-up, the app's imports, takes
+    10-15 s on a loaded machine: a fixed sleep switched on before they were up and counted their start)."""
+    import redis
+    from rq import Worker
+
+    conn = redis.Redis.from_url(redis_url)
+    end = time.monotonic() + limit_s
+    while Worker.count(connection=conn) < count:
+        if time.monotonic() > end:
+            raise SystemExit(f"{count} workers not up after {limit_s:.0f} s")
+        time.sleep(0.2)
+    time.sleep(1)  # their first scheduler ticks and sweeps
+    conn.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20_000)
@@ -119,7 +135,7 @@ def main() -> None:
                                                "--name", f"bench-lms-{i}"], cwd=ROOT, env=env,
                                               stdout=open(f"/tmp/bench-lms-worker-{i}.log", "w"),
                                               stderr=subprocess.STDOUT))
-            time.sleep(3)  # workers up
+            wait_for_workers(redis_server.url, args.workers)  # started, not a guess: at load they take 10+ s
             counter.reset()
             cpu_before = sum(cpu_seconds(p.pid) for p in procs)
             t0 = time.perf_counter()

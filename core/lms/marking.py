@@ -24,9 +24,10 @@ from __future__ import annotations
 
 from datetime import UTC
 
-from sqlalchemy import or_, select, text, update
+from sqlalchemy import or_, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from core.bulk import execute_for_ids
 from core.db import db
 from core.lms.connection import LmsConfig, engine_for, failure
 from core.models import R_CANCELLED, R_SENT, R_SUPPRESSED, RECIPIENT_FINAL, LmsEmailCopy, LmsEmailRow, Recipient, utcnow
@@ -105,11 +106,12 @@ def _record(done: list[tuple], now) -> None:
     groups: dict[tuple, list[int]] = {}
     for our_id, _row, status, error, sent in done:
         groups.setdefault((status, error, sent), []).append(our_id)
-    table = LmsEmailRow.__table__
+    sql = (f"UPDATE {LmsEmailRow.__tablename__} SET status = :status, error = :error, sent_time = :sent, "
+           "marked_at = :now WHERE {ids}")  # one array parameter on PostgreSQL, not a thousand to compile
     for (status, error, sent), ids in groups.items():
         for start in range(0, len(ids), UPDATE_CHUNK):
-            db.session.execute(update(table).where(table.c.id.in_(ids[start:start + UPDATE_CHUNK])).values(
-                status=status, error=error, sent_time=sent, marked_at=now))
+            execute_for_ids(sql, ids[start:start + UPDATE_CHUNK],
+                            {"status": status, "error": error, "sent": sent, "now": now})
     db.session.commit()
 
 
