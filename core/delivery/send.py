@@ -87,6 +87,8 @@ class BatchRun:
         self.renewed = time.monotonic()
         self.throttle_waits = 0
         self.throttle_streak = 0  # throttled calls since the last one that went through
+        #: the provider accounts' own rates (by provider name), read once per run (a Redis GET per chunk before)
+        self.account_rates: dict[str, float | None] = {}
 
     # -- routes ---------------------------------------------------------------
     def first_route(self) -> Route | None:
@@ -173,20 +175,29 @@ class BatchRun:
         rates = [self.config.get("max_send_rate")]
         account_rate = getattr(provider, "max_send_rate", None)
         if account_rate is not None:
-            key = f"offload:account-rate:{self.company.id}:{provider.name}"
-            try:
-                cached = self.redis.get(key)
-                if cached is None:
-                    found = account_rate()
-                    self.redis.set(key, "" if found is None else str(found), ex=600)
-                else:
-                    found = float(cached) if cached else None
-            except redis_errors as exc:
-                log.warning("Company %s: account rate unknown (%s)", self.company.id, type(exc).__name__)
-                found = None
+            if provider.name in self.account_rates:  # read once per run, not once per chunk
+                found = self.account_rates[provider.name]
+            else:
+                found = self.account_rate(provider.name, account_rate)
+                self.account_rates[provider.name] = found
             rates.append(found)
         known = [r for r in rates if r]
         return min(known) if known else None
+
+    def account_rate(self, name: str, ask) -> float | None:
+        """The provider account's own rate, from Redis (ten minutes) or asked (``ask``)."""
+        key = f"offload:account-rate:{self.company.id}:{name}"
+        try:
+            cached = self.redis.get(key)
+            if cached is None:
+                found = ask()
+                self.redis.set(key, "" if found is None else str(found), ex=600)
+            else:
+                found = float(cached) if cached else None
+        except redis_errors as exc:
+            log.warning("Company %s: account rate unknown (%s)", self.company.id, type(exc).__name__)
+            found = None
+        return found
 
     def send_chunk(self, route: Route, provider, sender: str, chunk, rate, attempts) -> str:
         """Send one chunk. Returns next | again | fallback | <final word of the batch>."""

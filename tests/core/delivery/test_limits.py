@@ -116,3 +116,43 @@ def test_open_circuit_routes_batches_straight_to_fallback(app, client, make_comp
     assert db.session.get(Job, resp.json["id"]).status == "completed"
     assert ses.store() == [] and len(smtp_sink.recipients()) == 20
     assert db.session.execute(select(Batch.route)).scalars().all() == ["fallback:smtp"]
+
+
+def test_a_batch_run_reads_the_account_rate_once_not_once_per_chunk(app):
+    """The account's own rate (Redis, ten minutes) is read once per batch run; every chunk used to GET it."""
+    from types import SimpleNamespace
+
+    from core.delivery.send import BatchRun
+
+    asked = []
+    gets = []
+
+    class Provider:
+        name = "ses"
+
+        def max_send_rate(self):
+            asked.append(1)
+            return 40.0
+
+    class CountingRedis:
+        def __init__(self, conn):
+            self.conn = conn
+
+        def get(self, key):
+            gets.append(key)
+            return self.conn.get(key)
+
+        def set(self, *args, **kwargs):
+            return self.conn.set(*args, **kwargs)
+
+    run = object.__new__(BatchRun)
+    run.config, run.account_rates = {"max_send_rate": 100}, {}
+    run.company, run.redis = SimpleNamespace(id=4242), CountingRedis(connection())
+    rates = [run.send_rate(Provider()) for _ in range(5)]
+    assert rates == [40.0] * 5  # the account's 40/s caps the company's 100/s on every chunk
+    assert (len(asked), len(gets)) == (1, 1)
+    assert connection().get("offload:account-rate:4242:ses") == b"40.0"
+    other = object.__new__(BatchRun)  # the next run reads Redis's copy, and does not ask the provider again
+    other.config, other.account_rates = {}, {}
+    other.company, other.redis = SimpleNamespace(id=4242), CountingRedis(connection())
+    assert other.send_rate(Provider()) == 40.0 and (len(asked), len(gets)) == (1, 2)
