@@ -9,7 +9,9 @@ with its own connection: a message that arrives while one is waiting for its
 commit goes out on another at once instead of waiting for that commit to end
 (each SMTP client waits for its 250, so a group is small, and the wait for
 the group before would otherwise be half of a message's latency). A failed commit fails every message of its batch
-(``StoreFailed``: the session answers ``451``, nothing was stored); while
+(``StoreFailed``: the session answers ``451``, nothing was stored; an error
+of a kind not foreseen is answered so too, and the writer goes on: a session
+never waits for an answer that will not come); while
 more than ``MAX_BACKLOG`` messages wait, new ones are refused at once
 (``Busy``: ``451`` too) instead of piling up in memory.
 """
@@ -114,6 +116,11 @@ class GroupWriter:
         except (SQLAlchemyError, OSError, submissions.NotStored, db.engine.dialect.loaded_dbapi.Error) as exc:
             connection.drop()
             log.warning("SMTP: %s messages not stored (%s); answered 451", len(batch), type(exc).__name__)
+            self.loop.call_soon_threadsafe(_fail_all, futures)
+            return
+        except Exception as exc:  # anything else: the sessions still get their answer and the writer lives on
+            connection.drop()
+            log.error("SMTP: %s messages not stored, unexpected %s; answered 451", len(batch), type(exc).__name__)
             self.loop.call_soon_threadsafe(_fail_all, futures)
             return
         self.loop.call_soon_threadsafe(_answer_all, futures, ids)

@@ -323,3 +323,30 @@ def test_a_stored_group_leaves_its_connection_as_it_was_and_a_refused_one_is_not
     finally:
         conn.close()
     assert sorted(address for m in stored()[before:] for address in m.rcpt_to) == ["a@example.com", "b@example.com"]
+
+
+def test_an_unforeseen_error_in_the_writer_is_a_451_and_the_writer_goes_on(signed_in, monkeypatch):
+    from submission import writer
+
+    real = writer._Connection.store
+    calls = []
+
+    def broken_once(self, messages):
+        calls.append(len(messages))
+        if len(calls) == 1:
+            raise RuntimeError("a bug, not a database error")
+        return real(self, messages)
+
+    monkeypatch.setattr(writer._Connection, "store", broken_once)
+    client = signed_in()
+    before = len(stored())
+    client.mail("noreply@acme.test")
+    client.rcpt("ann@example.com")
+    code, reply = client.data(message("First"))
+    assert code == 451 and b"a bug" not in reply  # no internal text reaches the client
+    client.rset()
+    client.mail("noreply@acme.test")
+    client.rcpt("bob@example.com")
+    code, _ = client.data(message("Second"))
+    assert code == 250
+    assert [m.subject for m in stored()[before:]] == ["Second"]
