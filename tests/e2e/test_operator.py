@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import time
 import urllib.request
@@ -29,7 +28,7 @@ from sqlalchemy import update
 from core import companies, settings
 from core.db import db
 from core.models import Batch, Job, User, utcnow
-from tests.support.servers import SmtpSink, free_port, wait_for_port
+from tests.support.servers import SmtpSink, free_port, stop_group, wait_for_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -72,12 +71,7 @@ def start_demo(env: dict, port: int, log_path: Path) -> subprocess.Popen:
 
 
 def stop_demo(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
+    stop_group(proc)
 
 
 def outbox_rows(page, base: str, want: int) -> list[str]:

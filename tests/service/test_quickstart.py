@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import smtplib
 import subprocess
 import time
@@ -16,7 +15,7 @@ from http.cookiejar import CookieJar
 
 import pytest
 
-from tests.support.servers import free_port, wait_for_port
+from tests.support.servers import free_port, stop_group, wait_for_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FLASK = os.path.join(ROOT, ".venv", "bin", "flask")
@@ -31,12 +30,7 @@ def start_demo(env: dict, port: int, log_path) -> subprocess.Popen:
 
 
 def stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
+    stop_group(proc, timeout=15)
 
 
 def login(port: int, email: str, password: str) -> str:

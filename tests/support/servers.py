@@ -44,6 +44,19 @@ def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | Non
     raise TimeoutError(f"nothing answered on port {port} within {timeout}s")
 
 
+def stop_group(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """Stop a child started with ``start_new_session=True`` and everything it started: TERM to its
+    process group, then KILL if it has not ended within ``timeout`` seconds."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
 class ManagedProcess:
     """A child process that is started, waited for and always stopped."""
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -20,7 +19,7 @@ from core.db import db
 from core.events import EVENT_TYPES
 from core.models import Job, Recipient
 from tests.support.events import busy, by_recipient, make_template, ses_settings
-from tests.support.servers import free_port, wait_for_port
+from tests.support.servers import free_port, stop_group, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[3]
 SETTINGS = {"bulk_window_s": 0.3, "bulk_threshold": 5, "bulk_max_hold_s": 0.8, "sweep_s": 2}
@@ -37,13 +36,7 @@ def child(args: list[str], overrides: dict, name: str):
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop_group(proc)
         log.close()
 
 
