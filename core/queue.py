@@ -393,37 +393,6 @@ def _closer_key(kind: str, company_id: int, job_type: str) -> str:
     return f"offload:{kind}:closer:{company_id}:{job_type}"
 
 
-def schedule_smtp_close(company_id: int, job_type: str, delay_s: float, *, again: bool = False) -> bool:
-    """Have the closer of a company's SMTP window run in ``delay_s`` seconds: once per window (a key
-    marks the scheduled closer; ``again``: the closer itself, rescheduling). True when this call
-    scheduled it. A Redis outage is logged: the recovery sweep closes windows whose closer was lost."""
-    return _schedule_closer("smtp", Task.CLOSE_SMTP_WINDOW, company_id, job_type, delay_s, again)
-
-
-def schedule_events_close(company_id: int, job_type: str, delay_s: float, *, again: bool = False) -> bool:
-    """The same for a company's window of LMS events."""
-    return _schedule_closer("events", Task.CLOSE_WINDOW, company_id, job_type, delay_s, again)
-
-
-def _schedule_closer(kind: str, task: Task, company_id: int, job_type: str, delay_s: float, again: bool) -> bool:
-    ttl = max(60, int(delay_s * 2) + 60)
-    try:
-        conn = connection()
-        key = _closer_key(kind, company_id, job_type)
-        if again:
-            conn.set(key, 1, ex=ttl)
-        elif not conn.set(key, 1, nx=True, ex=ttl):
-            return False
-        due_ms = int((time.time() + delay_s) * 1000)
-        port().enqueue_in(max(delay_s, 0), HIGH, task, company_id, job_type,
-                          task_id=f"{kind}-close-{company_id}-{job_type}-{due_ms}", policy=JOB)
-        return True
-    except (RedisError, OSError) as exc:
-        log.warning("Company %s: %s window closer not scheduled (%s); the sweep will close it", company_id,
-                    kind, type(exc).__name__)
-        return False
-
-
 def release_smtp_closer(company_id: int, job_type: str) -> None:
     """The closer runs: a message stored from now on schedules a closer of its own."""
     _release_closer("smtp", company_id, job_type)
