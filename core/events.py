@@ -33,6 +33,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -47,7 +48,7 @@ from core.jobs import JobError, create_job, parse_time, service_sample
 from core.models import Company, Template, WaitingEvent, is_bulk, sha256_hex, utcnow
 from core.queue import as_text, connection, release_events_closer
 from core.rendering import PREVIEW_BUDGET_S, CompiledTemplate, RenderError, valid_email
-from core.submissions import Closers, due_at
+from core.submissions import Closers, Pass, close_due, due_at
 
 log = logging.getLogger(__name__)
 
@@ -468,49 +469,27 @@ def close_window(company_id: int, job_type: str, *, now: datetime | None = None)
     return _close(company_id, job_type, count)
 
 
-@dataclass
-class Pass:
-    """What one pass over every company's windows did: the jobs made, the windows closed, the first
-    time a window left open is due, and whether due events were left for another pass."""
-
-    jobs: list = field(default_factory=list)
-    windows: int = 0
-    events: int = 0
-    next_due: datetime | None = None
-    more: bool = False
-
-
-def open_windows() -> list[tuple[int, str, int, datetime, datetime]]:
-    """Every window holding events, ``(company_id, job_type, count, first, last)``, oldest first: one
+def open_windows() -> Sequence[tuple[int, str, int, datetime, datetime]]:
+    """Every window holding events, ``(company_id, job_type, count, first, last)``: one
     grouped read of ``waiting_events`` (its ``(company_id, job_type, id)`` index)."""
     rows = db.session.execute(
         select(WaitingEvent.company_id, WaitingEvent.job_type, func.count(), func.min(WaitingEvent.received_at),
                func.max(WaitingEvent.received_at))
         .group_by(WaitingEvent.company_id, WaitingEvent.job_type)).tuples().all()
     db.session.rollback()
-    return sorted(rows, key=lambda r: (r[3], r[0], r[1]))
+    return rows
 
 
 def close_due_windows(*, now: datetime | None = None, budget: int = CLOSE_LIMIT) -> Pass:
-    """Close every company's due windows in one pass, the longest waiting first (no company waits behind
-    another's traffic for more than one pass), until ``budget`` events were taken (``more``: the rest
-    in the next pass). Exactly once as ``close_window``: each job commits with its events' delete."""
-    now = now or utcnow()
-    done = Pass()
-    for company_id, job_type, count, first, last in open_windows():
-        due = due_at(first, last)
-        if due > now and count < CLOSE_LIMIT:
-            done.next_due = due if done.next_due is None else min(done.next_due, due)
-            continue
-        if done.events >= budget:
-            done.more = True
-            continue
+    """Close every company's due windows of LMS events in one pass (``core.submissions.close_due``: the
+    longest waiting first, until ``budget`` events were taken). Exactly once as ``close_window``: each job
+    commits with its events' delete."""
+
+    def close(company_id: int, job_type: str, count: int) -> tuple[list, int, bool]:
         closed = _close(company_id, job_type, count)
-        done.jobs.extend(closed.jobs)
-        done.windows += 1
-        done.events += closed.events
-        done.more = done.more or closed.more
-    return done
+        return closed.jobs, closed.events, closed.more
+
+    return close_due(open_windows(), close, now=now or utcnow(), budget=budget)
 
 
 def _close(company_id: int, job_type: str, count: int) -> Closed:

@@ -21,7 +21,7 @@ import logging
 import select as io_select
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -374,17 +374,41 @@ def close_window(company_id: int, job_type: str, *, now: datetime | None = None)
 
 @dataclass
 class Pass:
-    """What one pass over every company's SMTP windows did (``close_due_windows``)."""
+    """What one pass over every company's windows did: the jobs made, the windows closed, the events or
+    messages taken, the first time a window left open is due, and whether due ones were left for another pass."""
 
-    jobs: list[Job]
+    jobs: list
     windows: int = 0
+    taken: int = 0
     next_due: datetime | None = None
     more: bool = False
 
 
+def close_due(windows: Iterable[tuple[int, str, int, datetime, datetime]],
+              close: Callable[[int, str, int], tuple[list, int, bool]], *, now: datetime, budget: int) -> Pass:
+    """One pass over ``windows`` (``(company_id, job_type, count, first, last)``): the longest waiting first
+    (no company waits behind another's traffic for more than one pass), each due one closed by
+    ``close(company_id, job_type, count) -> (jobs, taken, more)`` until ``budget`` were taken (``more``: the
+    rest in the next pass). LMS events (``core.events``) and SMTP messages close their windows so."""
+    done = Pass([])
+    for company_id, job_type, count, first, last in sorted(windows, key=lambda r: (r[3], r[0], r[1])):
+        due = due_at(first, last)
+        if due > now and count < CLOSE_LIMIT:
+            done.next_due = due if done.next_due is None else min(done.next_due, due)
+            continue
+        if done.taken >= budget:
+            done.more = True
+            continue
+        jobs, taken, more = close(company_id, job_type, count)
+        done.jobs.extend(jobs)
+        done.windows += 1
+        done.taken += taken
+        done.more = done.more or more
+    return done
+
+
 def close_due_windows(*, now: datetime | None = None, budget: int = CLOSE_LIMIT) -> Pass:
-    """Close every company's due SMTP windows in one pass, the longest waiting first, until ``budget``
-    messages were taken (``more``: the rest in the next pass); one grouped read finds them (the
+    """Close every company's due SMTP windows in one pass (``close_due``); one grouped read finds them (the
     ``(status, company_id, job_type, id)`` index). Exactly once as ``close_window``."""
     now = now or utcnow()
     rows = db.session.execute(
@@ -392,21 +416,12 @@ def close_due_windows(*, now: datetime | None = None, budget: int = CLOSE_LIMIT)
                func.max(SmtpMessage.received_at))
         .where(SmtpMessage.status == WAITING).group_by(SmtpMessage.company_id, SmtpMessage.job_type)).tuples().all()
     db.session.rollback()
-    done, taken = Pass([]), 0
-    for company_id, job_type, count, first, last in sorted(rows, key=lambda r: (r[3], r[0], r[1])):
-        due = due_at(first, last)
-        if due > now and count < CLOSE_LIMIT:
-            done.next_due = due if done.next_due is None else min(done.next_due, due)
-            continue
-        if taken >= budget:
-            done.more = True
-            continue
+
+    def close(company_id: int, job_type: str, count: int) -> tuple[list, int, bool]:
         closed = close_window(company_id, job_type, now=now)
-        done.jobs.extend(closed.jobs)
-        done.windows += 1
-        taken += min(count, CLOSE_LIMIT)
-        done.more = done.more or closed.more
-    return done
+        return closed.jobs, min(count, CLOSE_LIMIT), closed.more
+
+    return close_due(rows, close, now=now, budget=budget)
 
 
 def _bulk_groups(rows) -> list[list]:

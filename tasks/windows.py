@@ -30,5 +30,5 @@ def close_windows() -> dict:
         due = [d for d in (lms.next_due, smtp.next_due) if d is not None]
         if due:
             queue.schedule_windows_close(max(0.05, (min(due) - utcnow()).total_seconds()))
-    return {"event_windows": lms.windows, "events": lms.events, "smtp_windows": smtp.windows,
+    return {"event_windows": lms.windows, "events": lms.taken, "smtp_windows": smtp.windows,
             "jobs": len(lms.jobs) + len(smtp.jobs)}

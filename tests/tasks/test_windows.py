@@ -98,5 +98,5 @@ def test_a_pass_takes_the_longest_waiting_first_and_leaves_the_rest_for_the_next
     first = events.close_due_windows(budget=3)
     assert first.more and first.windows == 1 and {j.company_id for j in first.jobs} == {companies[-1].id}
     rest = events.close_due_windows(budget=3 * len(companies))
-    assert not rest.more and rest.windows == 3 and rest.events == 9
+    assert not rest.more and rest.windows == 3 and rest.taken == 9
     assert count(WaitingEvent) == 0
