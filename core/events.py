@@ -44,7 +44,7 @@ from core import api_rate, audit, crypto, fields, settings
 from core.companies import authenticate_token
 from core.db import db, rowcount
 from core.groupcommit import GroupCommit, NotStored
-from core.jobs import JobError, create_job, parse_time, service_sample
+from core.jobs import JobError, create_job, create_jobs, parse_time, service_sample
 from core.models import Company, Template, WaitingEvent, is_bulk, sha256_hex, utcnow
 from core.queue import as_text, connection, release_events_closer
 from core.rendering import PREVIEW_BUDGET_S, CompiledTemplate, RenderError, valid_email
@@ -510,27 +510,61 @@ def _close(company_id: int, job_type: str, count: int) -> Closed:
         groups = [items[i:i + cfg.max_recipients] for i in range(0, len(items), cfg.max_recipients)]
     else:
         groups = [[item] for item in items]
-    made = []
-    for group in groups:
-        group_ids = [i for i, _ in group]
-        try:
-            # each event was checked when it came; a template changed since fails only the events it must
-            job, _ = create_job(company_id, {"type": job_type, "template": tpl.name, "on_missing": "fail_recipient",
-                                             "recipients": [r for _, r in group]},
-                                source="event", max_recipients=cfg.max_recipients,
-                                before_commit=lambda job, ids=group_ids: _delete(ids))
-        except _Taken:
-            db.session.rollback()
-            continue
-        except JobError as exc:
-            db.session.rollback()
-            _dropped(company_id, job_type, group_ids, exc.code)
-            continue
-        made.append(job)
+    made = _create_all(company_id, job_type, tpl.name, groups)
+    if made is None:  # another closer took some of them: each group by itself, its own delete deciding
+        made = [job for group in groups if (job := _create_one(company_id, job_type, tpl.name, group)) is not None]
     _uncount(company_id, job_type, len(ids))
     if made:
         log.info("Company %s: %s %s events became %s job(s)", company_id, len(ids), job_type, len(made))
     return Closed(made, more=count > CLOSE_LIMIT, events=len(ids))
+
+
+def _create_all(company_id: int, job_type: str, template: str, groups: list[list]) -> list | None:
+    """Every group's job in one transaction (``core.jobs.create_jobs``) with the delete of all the groups'
+    events, those of a group whose sample render failed included (dropped, as ``_dropped`` does, with its
+    audit entry): the events become recipients exactly once. None when another closer deleted some of them
+    first (nothing committed)."""
+    if not groups:
+        return []
+
+    def before_commit(made, failed: dict[int, JobError]) -> None:
+        _delete([i for group in groups for i, _ in group])
+        for index, exc in failed.items():
+            ids = [i for i, _ in groups[index]]
+            log.error("Company %s: %s %s events dropped: %s", company_id, len(ids), job_type, exc.code)
+            audit.record("events_dropped", company_id=company_id, object_type="events", object_id=str(ids[0]),
+                         details={"type": job_type, "events": len(ids), "reason": exc.code})
+
+    try:
+        made, _failed = create_jobs(company_id, job_type, template, [[r for _, r in group] for group in groups],
+                                    source="event", before_commit=before_commit)
+    except _Taken:
+        db.session.rollback()
+        return None
+    except JobError as exc:  # the template itself (gone, broken): no group can make a job
+        db.session.rollback()
+        _dropped(company_id, job_type, [i for group in groups for i, _ in group], exc.code)
+        return []
+    return [job for _, job in made]
+
+
+def _create_one(company_id: int, job_type: str, template: str, group: list):
+    """One group's job, committed with its events' delete; None if another closer took them or it failed."""
+    group_ids = [i for i, _ in group]
+    try:
+        # each event was checked when it came; a template changed since fails only the events it must
+        job, _ = create_job(company_id, {"type": job_type, "template": template, "on_missing": "fail_recipient",
+                                         "recipients": [r for _, r in group]},
+                            source="event", max_recipients=settings.current().max_recipients,
+                            before_commit=lambda job: _delete(group_ids))
+    except _Taken:
+        db.session.rollback()
+        return None
+    except JobError as exc:
+        db.session.rollback()
+        _dropped(company_id, job_type, group_ids, exc.code)
+        return None
+    return job
 
 
 def _delete(ids: list[int]) -> None:

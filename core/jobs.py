@@ -5,6 +5,7 @@ Shared by the LMS API, the dashboard and the events buffer.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -212,13 +213,16 @@ def missing_error(recipients: list, lacking: dict[int, list[str]]) -> JobError:
 
 
 def classify_recipients(company_id: int, job_id: int, items: list, *, bulk: bool,
-                        distinct: bool = True, lacking: dict[int, list[str]] | None = None) -> tuple[list[tuple], dict]:
+                        distinct: bool = True, lacking: dict[int, list[str]] | None = None,
+                        suppressed: dict[str, set[str]] | None = None) -> tuple[list[tuple], dict]:
     """Rows for ``insert_recipients`` and counts by status. Bad entries are kept
     as failed recipients with a reason; duplicates (when ``distinct``) and
     suppressed addresses too, naming the suppression list that stopped them
     (the lists that apply to ``bulk`` mail or to transactional mail); ``lacking``
-    (index → fields) fail for the fields their data lacks."""
-    suppressed = suppressions.suppressed_addresses(company_id, bulk)
+    (index → fields) fail for the fields their data lacks. ``suppressed``: the company's
+    ``suppressions.suppressed_addresses`` when the caller read them already (many jobs at once)."""
+    if suppressed is None:
+        suppressed = suppressions.suppressed_addresses(company_id, bulk)
     seen: set[str] = set()
     rows: list[tuple] = []
     counts: dict[str, int] = {R_PENDING: 0, R_FAILED: 0, R_SUPPRESSED: 0}
@@ -325,12 +329,72 @@ def create_job(company_id: int, payload, *, idempotency_key: str | None = None, 
     return job, True
 
 
-def commit_keeping(obj) -> None:
-    """Commit, keeping ``obj``'s column values loaded (no reload round trip)."""
-    values = {attr.key: getattr(obj, attr.key) for attr in type(obj).__mapper__.column_attrs}
+def create_jobs(company_id: int, job_type: str, template: str, groups: list[list], *, source: str,
+                before_commit: Callable[[list[tuple[int, Job]], dict[int, JobError]], None] | None = None,
+                ) -> tuple[list[tuple[int, Job]], dict[int, JobError]]:
+    """Many small jobs of one stored template in one transaction (a window's single events): each group of
+    recipients becomes the job ``create_job`` makes of it with ``on_missing: fail_recipient`` and the
+    type's default priority: the same rows, counts and audit entry, but one template read, one compile, one
+    round trip to the renderer for every group's sample render, one suppression read, one insert of all
+    the recipients and one commit, instead of one of each per job.
+
+    Returns the jobs made, ``(group index, job)``, and the groups that made none with their ``JobError``
+    (their sample render failed). A ``JobError`` of the template itself (gone, broken) is raised: no group
+    can make a job. ``before_commit(made, failed)`` runs after the inserts, in the transaction."""
+    priority = DEFAULT_PRIORITY[job_type]
+    req = JobRequest(type=job_type, recipients=[], template=template, priority=priority,
+                     on_missing="fail_recipient")
+    subject, text_body, html_body = resolve_content(company_id, req)
+    bulk = is_bulk(job_type, priority)
+    compiled = compile_only(subject, text_body, html_body)
+    lacking = [lacking_fields(job_type, compiled, group, bulk=bulk) for group in groups]
+    samples = []
+    for group, missing in zip(groups, lacking, strict=True):
+        first = next((r for i, r in enumerate(group) if i not in missing and isinstance(r, dict)), group[0])
+        data = first.get("data") if isinstance(first, dict) else None
+        samples.append({**service_sample(job_type, bulk), **(data if isinstance(data, dict) else {})})
+    failed: dict[int, JobError] = {}
+    for index, outcome in enumerate(compiled.render_many(samples, PREVIEW_BUDGET_S)):
+        if outcome is None:  # the shared budget ran out before it: its own render, as create_job's
+            try:
+                compiled.render(samples[index], PREVIEW_BUDGET_S)
+            except RenderError as exc:
+                outcome = exc
+        if isinstance(outcome, RenderError):
+            failed[index] = JobError("template_error", str(outcome), {"part": outcome.part})
+    kept = [i for i in range(len(groups)) if i not in failed]
+    jobs = [Job(company_id=company_id, type=job_type, status=QUEUED, source=source, subject=subject,
+                body_text=text_body, body_html=html_body, template_name=template, priority=priority)
+            for _ in kept]
+    db.session.add_all(jobs)
+    db.session.flush()  # one INSERT ... RETURNING for all (SQLAlchemy's insertmanyvalues)
+    suppressed = suppressions.suppressed_addresses(company_id, bulk)
+    rows: list[tuple] = []
+    for index, job in zip(kept, jobs, strict=True):
+        made, counts = classify_recipients(company_id, job.id, groups[index], bulk=bulk, lacking=lacking[index],
+                                           suppressed=suppressed)
+        rows += made
+        job.email_count = len(made)
+        job.emails_failed = counts[R_FAILED]
+        job.emails_suppressed = counts[R_SUPPRESSED]
+        sendstats.record(company_id, job.id, counts)
+        audit.record("job_created", company_id=company_id, object_type="job", object_id=job.id,
+                     details={"type": job.type, "recipients": len(made), "source": source})
+    insert_recipients(rows)
+    made = list(zip(kept, jobs, strict=True))
+    if before_commit is not None:
+        before_commit(made, failed)
+    commit_keeping(*jobs)
+    return made, failed
+
+
+def commit_keeping(*objs) -> None:
+    """Commit, keeping each of ``objs``' column values loaded (no reload round trip)."""
+    kept = [(obj, {attr.key: getattr(obj, attr.key) for attr in type(obj).__mapper__.column_attrs}) for obj in objs]
     db.session.commit()
-    for key, value in values.items():
-        set_committed_value(obj, key, value)
+    for obj, values in kept:
+        for key, value in values.items():
+            set_committed_value(obj, key, value)
 
 
 def iso(moment: datetime | None) -> str | None:

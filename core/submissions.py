@@ -33,7 +33,7 @@ from core.bulk import execute_for_ids, insert_recipients
 from core.certificates import open_storage
 from core.db import db, rowcount
 from core.delivery_settings import provider_config
-from core.jobs import classify_recipients
+from core.jobs import classify_recipients, commit_keeping
 from core.models import (
     DEFAULT_PRIORITY,
     JOB_TYPES,
@@ -49,6 +49,7 @@ from core.models import (
     utcnow,
 )
 from core.queue import enqueue_job, schedule_windows_close, windows_slot
+from core.suppressions import suppressed_addresses
 from providers import mime, registry
 from providers.storage import ObjectNotFound
 
@@ -358,14 +359,11 @@ def close_window(company_id: int, job_type: str, *, now: datetime | None = None)
         return Closed([])
     threshold = settings.current().bulk_threshold
     groups = _bulk_groups(rows) if len(rows) > threshold else [[row] for row in rows]
-    jobs = []
-    for group in groups:
-        job = _job_of(company_id, job_type, group)
-        if job is None:  # another closer took these messages first
-            db.session.rollback()
-            return Closed([])
-        jobs.append(job)
-    db.session.commit()
+    jobs = _jobs_of(company_id, job_type, groups)
+    if jobs is None:  # another closer took these messages first
+        db.session.rollback()
+        return Closed([])
+    commit_keeping(*jobs)
     for job in jobs:
         enqueue_job(job)
     log.info("Company %s: %s SMTP messages (%s) became %s jobs", company_id, len(rows), job_type, len(jobs))
@@ -439,28 +437,37 @@ def _bulk_groups(rows) -> list[list]:
     return groups
 
 
-def _job_of(company_id: int, job_type: str, group) -> Job | None:
-    """One job of ``group``'s messages, their recipients, the messages marked; None if taken meanwhile."""
-    job = Job(company_id=company_id, type=job_type, status=QUEUED, source=SOURCE, subject=group[0].subject,
-              priority=DEFAULT_PRIORITY[job_type], options={"smtp_messages": len(group)})
-    db.session.add(job)
+def _jobs_of(company_id: int, job_type: str, groups: list[list]) -> list[Job] | None:
+    """A job of each group's messages, with their recipients, the messages marked: all in the caller's
+    transaction, one insert of each kind for all the groups (a window of single messages is one flush, one
+    recipients insert, one conditional update, not one of each per message). None if another closer took
+    some of the messages meanwhile (the caller rolls back)."""
+    jobs = [Job(company_id=company_id, type=job_type, status=QUEUED, source=SOURCE, subject=group[0].subject,
+                priority=DEFAULT_PRIORITY[job_type], options={"smtp_messages": len(group)}) for group in groups]
+    db.session.add_all(jobs)
     db.session.flush()
-    items = [{"email": address, "data": {"smtp_message_id": row.id}} for row in group for address in row.rcpt_to]
-    recipients, counts = classify_recipients(company_id, job.id, items, bulk=is_bulk(job.type, job.priority),
-                                             distinct=False)
-    insert_recipients(recipients)
-    job.email_count = len(recipients)
-    job.emails_failed = counts[R_FAILED]
-    job.emails_suppressed = counts[R_SUPPRESSED]
-    sendstats.record(company_id, job.id, counts)
-    ids = [row.id for row in group]
-    taken = execute_for_ids(f"UPDATE smtp_messages SET status = '{JOBBED}', job_id = :job "
-                            f"WHERE {{ids}} AND status = '{WAITING}'", ids, {"job": job.id})
+    bulk = is_bulk(job_type, DEFAULT_PRIORITY[job_type])
+    suppressed = suppressed_addresses(company_id, bulk)
+    rows: list[tuple] = []
+    for job, group in zip(jobs, groups, strict=True):
+        items = [{"email": address, "data": {"smtp_message_id": row.id}} for row in group for address in row.rcpt_to]
+        made, counts = classify_recipients(company_id, job.id, items, bulk=bulk, distinct=False, suppressed=suppressed)
+        rows += made
+        job.email_count = len(made)
+        job.emails_failed = counts[R_FAILED]
+        job.emails_suppressed = counts[R_SUPPRESSED]
+        sendstats.record(company_id, job.id, counts)
+        audit.record("job_created", company_id=company_id, object_type="job", object_id=job.id, actor="smtp",
+                     details={"type": job.type, "recipients": len(made), "source": "smtp", "messages": len(group)})
+    ids = [row.id for group in groups for row in group]
+    taken = execute_for_ids(f"UPDATE smtp_messages SET status = '{JOBBED}' WHERE {{ids}} AND status = '{WAITING}'",
+                            ids)
     if taken.rowcount != len(ids):
         return None
-    audit.record("job_created", company_id=company_id, object_type="job", object_id=job.id, actor="smtp",
-                 details={"type": job.type, "recipients": len(recipients), "source": "smtp", "messages": len(ids)})
-    return job
+    marks = [{"job": job.id, "id": row.id} for job, group in zip(jobs, groups, strict=True) for row in group]
+    db.session.execute(text("UPDATE smtp_messages SET job_id = :job WHERE id = :id"), marks)
+    insert_recipients(rows)
+    return jobs
 
 
 def stale_windows(grace_s: float = 30.0) -> list[tuple[int, str]]:

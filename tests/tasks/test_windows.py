@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from core import events, submissions
 from core.db import db
-from core.models import Job, SmtpMessage, WaitingEvent, utcnow
+from core.models import AuditLog, Job, Recipient, SmtpMessage, Suppression, WaitingEvent, utcnow
 from core.queue import HIGH
 from tasks.rq_queue import get_queue
 from tasks.windows import close_windows
@@ -100,3 +100,116 @@ def test_a_pass_takes_the_longest_waiting_first_and_leaves_the_rest_for_the_next
     rest = events.close_due_windows(budget=3 * len(companies))
     assert not rest.more and rest.windows == 3 and rest.taken == 9
     assert count(WaitingEvent) == 0
+
+
+class Commits:
+    """Counts the session's commits (one transaction per window's jobs, not one per job)."""
+
+    def __init__(self):
+        self.n = 0
+
+    def __call__(self, session):
+        self.n += 1
+
+
+def commits_of(fn):
+    from sqlalchemy import event as sa_event
+
+    counter = Commits()
+    sa_event.listen(db.session(), "after_commit", counter)
+    try:
+        result = fn()
+    finally:
+        sa_event.remove(db.session(), "after_commit", counter)
+    return result, counter.n
+
+
+def test_a_window_of_single_events_becomes_its_jobs_in_one_transaction(app, make_company, set_settings):
+    set_settings(bulk_window_s=0.0, bulk_max_hold_s=0.0, bulk_threshold=10)
+    company = make_company("Acme", sender="noreply@acme.test", provider="smtp")
+    make_template(company.id, "csv_import")
+    intake = events.Intake(db.engine)
+    for i in range(8):
+        intake.accept(company.token, event(i))
+    db.session.add(Suppression(company_id=company.id, email="learner3@example.com", reason="complaint"))
+    db.session.commit()
+
+    closed, commits = commits_of(lambda: events.close_window(company.id, "csv_import"))
+    assert len(closed.jobs) == 8 and commits == 1
+    assert count(WaitingEvent) == 0
+    rows = db.session.execute(select(Job.id, Job.email_count, Job.emails_suppressed, Job.source, Job.template_name)
+                              .order_by(Job.id)).all()
+    assert [(r.email_count, r.source, r.template_name) for r in rows] == [(1, "event", "csv_import template")] * 8
+    assert sum(r.emails_suppressed for r in rows) == 1  # the suppression read once applies to each job
+    emails = db.session.execute(select(Recipient.job_id, Recipient.email).order_by(Recipient.id)).all()
+    assert [e.email for e in emails] == [f"learner{i}@example.com" for i in range(8)]
+    assert [e.job_id for e in emails] == [r.id for r in rows]  # each event its own job
+    assert db.session.execute(select(Recipient.data).where(Recipient.email == "learner5@example.com")) \
+        .scalar_one() == {"firstname": "Ann5", "password": "S3cret-5!"}
+    audits = db.session.execute(select(AuditLog.object_id).where(AuditLog.action == "job_created")).scalars().all()
+    assert sorted(audits) == sorted(str(r.id) for r in rows)
+    assert events.close_window(company.id, "csv_import").jobs == []  # run twice: nothing twice
+
+
+def test_an_event_whose_render_fails_at_close_is_dropped_and_the_others_become_jobs(app, make_company,
+                                                                                     set_settings):
+    set_settings(bulk_window_s=0.0, bulk_max_hold_s=0.0, bulk_threshold=10)
+    company = make_company("Acme", sender="noreply@acme.test", provider="smtp")
+    make_template(company.id, "csv_import", body_text="Hi {{ firstname }}, {{ 100 // n }} days left")
+    intake = events.Intake(db.engine)
+    for i, n in enumerate([5, 0, 4]):  # the process renders one sample only: the zero passes the accept
+        intake.accept(company.token, {**event(i), "data": {**event(i)["data"], "n": n}})
+
+    closed = events.close_window(company.id, "csv_import")
+    assert len(closed.jobs) == 2 and closed.events == 3 and count(WaitingEvent) == 0
+    assert sorted(db.session.execute(select(Recipient.email)).scalars()) == ["learner0@example.com",
+                                                                              "learner2@example.com"]
+    dropped = db.session.execute(select(AuditLog.details).where(AuditLog.action == "events_dropped")).scalar_one()
+    assert dropped["events"] == 1 and dropped["reason"] == "template_error"
+
+
+def test_events_another_closer_took_meanwhile_make_no_job_and_the_rest_still_do(app, make_company, set_settings):
+    set_settings(bulk_window_s=0.0, bulk_max_hold_s=0.0, bulk_threshold=10)
+    company = make_company("Acme", sender="noreply@acme.test", provider="smtp")
+    tpl = make_template(company.id, "csv_import")
+    intake = events.Intake(db.engine)
+    for i in range(3):
+        intake.accept(company.token, event(i))
+    rows = db.session.execute(select(WaitingEvent.id, WaitingEvent.payload).order_by(WaitingEvent.id)).all()
+    groups = [[(r.id, {"email": r.payload["email"], "data": r.payload["data"]})] for r in rows]
+    db.session.rollback()
+    db.session.execute(WaitingEvent.__table__.delete().where(WaitingEvent.id == rows[1].id))  # the other closer
+    db.session.commit()
+
+    assert events._create_all(company.id, "csv_import", tpl.name, groups) is None  # all or nothing
+    assert count(Job) == 0 and count(WaitingEvent) == 2
+    made = events.close_window(company.id, "csv_import").jobs  # the next pass: the two left, once
+    assert len(made) == 2 and count(WaitingEvent) == 0 and count(Recipient) == 2
+
+
+def test_a_window_of_single_smtp_messages_becomes_its_jobs_in_one_transaction(app, make_company, set_settings):
+    set_settings(bulk_window_s=0.0, bulk_max_hold_s=0.0, bulk_threshold=10)
+    company = make_company("Acme", sender="noreply@acme.test", provider="smtp")
+    store_smtp([smtp_message(company.id, i) for i in range(6)])
+    closed, commits = commits_of(lambda: submissions.close_window(company.id, "notification"))
+    assert len(closed.jobs) == 6 and commits == 1
+    messages = db.session.execute(select(SmtpMessage.id, SmtpMessage.status, SmtpMessage.job_id)
+                                  .order_by(SmtpMessage.id)).all()
+    assert {m.status for m in messages} == {"jobbed"}
+    assert [m.job_id for m in messages] == sorted(j.id for j in closed.jobs)  # each message its own job
+    by_job = dict(db.session.execute(select(Recipient.job_id, Recipient.data)).tuples().all())
+    assert {job_id: data["smtp_message_id"] for job_id, data in by_job.items()} == \
+        {m.job_id: m.id for m in messages}
+    assert submissions.close_window(company.id, "notification").jobs == []  # run twice: nothing twice
+
+
+def test_smtp_messages_another_closer_took_make_no_job(app, make_company, set_settings):
+    set_settings(bulk_window_s=0.0, bulk_max_hold_s=0.0, bulk_threshold=10)
+    company = make_company("Acme", sender="noreply@acme.test", provider="smtp")
+    store_smtp([smtp_message(company.id, i) for i in range(3)])
+    rows = db.session.execute(select(SmtpMessage.id, SmtpMessage.rcpt_to, SmtpMessage.subject)
+                              .order_by(SmtpMessage.id)).all()
+    db.session.execute(SmtpMessage.__table__.update().where(SmtpMessage.id == rows[2].id).values(status="jobbed"))
+    assert submissions._jobs_of(company.id, "notification", [[r] for r in rows]) is None
+    db.session.rollback()
+    assert count(Job) == 0 and count(Recipient) == 0
