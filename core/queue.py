@@ -39,6 +39,11 @@ QUEUE_NAMES = ("offload-high", "offload-default", "offload-send", "offload-low")
 HIGH, DEFAULT, SEND, LOW = QUEUE_NAMES
 #: the queues whose jobs a worker busy with the ready set makes room for
 URGENT_QUEUES = (HIGH, DEFAULT)
+#: sending's turn while urgent work waits: a worker that has run urgent jobs for this long since its last
+#: wake-up takes a waiting wake-up next (``tasks.worker.AppWorker``), and a wake-up works this long at
+#: least before it makes room for urgent work (``core.delivery.ready``). Under a backlog of both, about
+#: half of each worker sends; without one, nothing waits for it
+SEND_TURN_S = 1.0
 #: wake-ups run a loop of batches for up to ``tasks.scheduling.LOOP_S``
 WAKE = Policy(retries=(), result_ttl=0, failure_ttl=24 * 3600, timeout=900)
 

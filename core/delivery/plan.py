@@ -10,6 +10,7 @@ here or submitted to the company's cloud queue (``core.delivery.routing.way``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from sqlalchemy import text
 
@@ -17,13 +18,29 @@ from core import certificate_issue, queue, settings
 from core.db import db
 from core.delivery import routing
 from core.delivery.settle import finish_job
-from core.models import B_QUEUED, BATCH_FINAL, BATCH_WAITING, PAUSED, RECIPIENT_CLAIMABLE, Batch, Company, Job, sql_in
+from core.models import (
+    B_QUEUED,
+    BATCH_FINAL,
+    BATCH_WAITING,
+    PAUSED,
+    RECIPIENT_CLAIMABLE,
+    Batch,
+    Company,
+    Job,
+    Priority,
+    sql_in,
+)
 
 log = logging.getLogger(__name__)
 
 
-def plan_job(job_id: int) -> int:
-    """Split a job into batches and queue them; returns how many were queued."""
+def plan_job(job_id: int, send_first: Callable[[int], object] | None = None) -> int:
+    """Split a job into batches and queue them; returns how many were queued.
+
+    ``send_first(batch_id)`` (the plan task's: ``core.delivery.ready.send_first``): a small transactional
+    job sent here (one batch: most of them) has its batch sent by the planning worker at once. The ready
+    set serves transactional batches first anyway; this spares it the wait for a wake-up while plans
+    keep the workers busy, and the ready set's round trips."""
     job = db.session.get(Job, job_id)
     if job is None or job.is_final or job.status == PAUSED:
         return 0
@@ -38,9 +55,14 @@ def plan_job(job_id: int) -> int:
         return 0
     if routing.way_of(job.source, db.session.get_one(Company, job.company_id).settings) == routing.SUBMIT:
         queue.enqueue_submit(batch_ids)
-    else:
-        queue.enqueue_batches([(bid, 0) for bid in batch_ids])
+        log.info("Job %s: planned %s batches", job_id, len(batch_ids))
+        return len(batch_ids)
+    small = len(batch_ids) == 1 and job.priority != Priority.BULK
+    first = batch_ids[0] if send_first is not None and small else None
+    queue.enqueue_batches([(bid, 0) for bid in batch_ids if bid != first])
     log.info("Job %s: planned %s batches", job_id, len(batch_ids))
+    if first is not None and send_first is not None:
+        send_first(first)
     return len(batch_ids)
 
 

@@ -7,7 +7,8 @@ batch whose company is out of tokens goes back to the ready set with its due
 time (``core.delivery.send.BatchRun.defer``) and the worker takes the next
 runnable entry. Only when nothing at all is runnable does it nap, in short
 slices, for the first entry that will be (at most ``HOLD_S`` ahead); a job
-on the high or default queue ends the loop so RQ runs it next.
+on the high or default queue ends the loop so RQ runs it next, once the wake-up has had its turn
+(``core.queue.SEND_TURN_S``: while plans keep coming, sending still gets its share of the workers).
 """
 from __future__ import annotations
 
@@ -39,14 +40,35 @@ def _put_back(picked: scheduler.Picked) -> None:
         log.warning("ready-set entry not restored (%s); the sweep will", type(exc).__name__)
 
 
+def send_first(batch_id: int) -> str:
+    """The plan task's send of a transactional job's first batch (``core.delivery.plan.plan_job``): as a
+    wake-up would run it, the claim deciding who sends; a company out of tokens puts it in the ready set
+    with its due time (``BatchRun.defer``). After an unexpected error it goes to the ready set for a retry
+    (``_put_back``) and the error is raised."""
+    try:
+        return run_claimed(batch_id, BatchRun)
+    except Exception:
+        _put_back_batch(batch_id)
+        raise
+
+
+def _put_back_batch(batch_id: int) -> None:
+    try:
+        queue.enqueue_batches([(batch_id, 0)], delay=RETRY_S)
+    except Exception as exc:  # noqa: BLE001 (the original error is what the queue must see)
+        log.warning("batch %s not put in the ready set (%s); the sweep will", batch_id, type(exc).__name__)
+
+
 def work_ready() -> dict:
     """Run runnable ready-set entries until none is left (or ``LOOP_S``); a wake-up task runs this."""
     conn = queue.connection()
     done: Counter = Counter()
-    end = time.monotonic() + LOOP_S
+    started = time.monotonic()
+    end, turn = started + LOOP_S, started + queue.SEND_TURN_S
     runs = 0
     while True:
-        if queue.urgent_waiting() or time.monotonic() > end or (MAX_RUNS is not None and runs >= MAX_RUNS):
+        now = time.monotonic()
+        if (now >= turn and queue.urgent_waiting()) or now > end or (MAX_RUNS is not None and runs >= MAX_RUNS):
             # let the queue run the urgent job (or a fresh wake-up) first; one wake-up queued per worker, so
             # every worker comes back to the ready set afterwards
             queue.kick(queue.wake_count())

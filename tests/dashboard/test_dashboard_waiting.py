@@ -11,10 +11,10 @@ from sqlalchemy import update
 from core import scheduler
 from core.db import db
 from core.delivery import limits
+from core.delivery.plan import plan_job
 from core.models import Batch, Job, utcnow
 from core.queue import connection
 from core.waiting import describe, fmt_eta
-from tasks.sending import plan_job
 
 
 def post(client, company, n: int, **extra) -> int:

@@ -16,6 +16,7 @@ from sqlalchemy import select, text, update
 from core import settings
 from core.db import db
 from core.delivery import claims, recovery
+from core.delivery.plan import plan_job
 from core.delivery.recovery import unplanned_jobs
 from core.delivery.send import send_batch
 from core.models import Batch, Company, Job, Recipient, utcnow
@@ -24,7 +25,6 @@ from core.retention import purge_recipient_data
 from providers import registry
 from tasks import worker as worker_module
 from tasks.rq_queue import POPPED_GRACE_S, get_queue, still_running
-from tasks.sending import plan_job
 from tasks.sweep import sweep
 from tasks.worker import run_worker
 from tests.support.app import run_worker_burst
