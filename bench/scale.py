@@ -20,7 +20,10 @@ its batches exist), the end-to-end wall time and its ratio to the ideal, the tra
 bytes per recipient (table and indexes), per email the CPU of each component and its round trips
 (PostgreSQL transactions, Redis commands), and every page's p95 during the run and after it.
 
-Usage: .venv/bin/python bench/scale.py [--scale 1000000] [--rate 100] [--workers 2] [--clients 6]
+Usage: .venv/bin/python bench/scale.py [--scale 1000000] [--rate 100] [--workers 2] [--clients 6] [--progress-s 30]
+
+A line of progress every 30 s (recipients final, jobs open, the queues, Redis, the load); the SES
+emulator's store is emptied then, so a million messages do not pile up in its memory.
 """
 from __future__ import annotations
 
@@ -255,6 +258,42 @@ def wait_planned(db_url: str, job_id: int, batches: int, since: float, out: dict
     out[job_id] = time.perf_counter() - since
 
 
+class Progress(threading.Thread):
+    """Every ``every`` seconds, one line a long run can be watched by: recipients final, jobs open, the RQ
+    queues, Redis' memory, the load; and the SES emulator's store emptied (the bench never reads it, and at
+    a million messages it would hold them all in its memory)."""
+
+    def __init__(self, db_url: str, redis_url: str, ses, expected: int, every: float = 30.0):
+        super().__init__(daemon=True)
+        self.db_url, self.redis_url, self.ses, self.expected, self.every = db_url, redis_url, ses, expected, every
+        self.stop = threading.Event()
+        self.t0 = time.perf_counter()
+
+    def run(self) -> None:
+        import psycopg
+        import redis
+
+        r = redis.Redis.from_url(self.redis_url)
+        with psycopg.connect(self.db_url, autocommit=True) as conn:
+            while not self.stop.wait(self.every):
+                try:
+                    self.ses.clear()
+                    total, final, open_jobs, jobs = conn.execute(
+                        "SELECT coalesce(sum(email_count), 0), coalesce(sum(emails_sent + emails_failed + "
+                        "emails_bounced + emails_suppressed), 0), count(*) FILTER (WHERE status NOT IN ('completed', "
+                        "'partial_failure', 'failed', 'cancelled')), count(*) FROM jobs").fetchone()
+                    waiting = conn.execute("SELECT (SELECT count(*) FROM waiting_events), (SELECT count(*) FROM "
+                                           "smtp_messages WHERE status = 'waiting')").fetchone()
+                    queued = {name.split("-")[-1]: r.llen(f"rq:queue:offload-{name}")
+                              for name in ("high", "default", "send", "low")}
+                    print(f"[{time.perf_counter() - self.t0:6.0f} s] final {final:,}/{self.expected:,} "
+                          f"(accepted {total:,}); jobs {jobs:,}, {open_jobs:,} open; waiting events {waiting[0]:,}, "
+                          f"smtp {waiting[1]:,}; queued {queued}; redis {r.info('memory')['used_memory'] / 2**20:.0f} "
+                          f"MB; load {os.getloadavg()[0]:.1f}", flush=True)
+                except Exception as exc:  # noqa: BLE001 (a progress line is never worth the run)
+                    print(f"progress: {type(exc).__name__}: {exc}", flush=True)
+
+
 def wait_final(conn, expected: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -275,6 +314,7 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=100, help="each campaign company's max_send_rate (/s)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--clients", type=int, default=6, help="transactional client processes")
+    parser.add_argument("--progress-s", type=float, default=30.0, help="seconds between progress lines")
     args = parser.parse_args()
     size = args.scale // 10
     ideal = size / args.rate
@@ -310,8 +350,13 @@ def main() -> None:
             for company in transactional:
                 requests.put(f"{base}/api/v1/templates/welcome", json=WELCOME, timeout=30,
                              headers={"Authorization": f"Bearer {company['token']}"}).raise_for_status()
-            run(args, env, db_url, base, smtp_port, campaigners, transactional, size, ideal, redis_server,
-                web, smtp, workers)
+            progress = Progress(db_url, redis_server.url, ses, args.scale, args.progress_s)
+            progress.start()
+            try:
+                run(args, env, db_url, base, smtp_port, campaigners, transactional, size, ideal, redis_server,
+                    web, smtp, workers)
+            finally:
+                progress.stop.set()
     finally:
         for proc in procs:
             proc.stop() if isinstance(proc, ManagedProcess) else proc.kill()
