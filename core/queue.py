@@ -39,10 +39,13 @@ QUEUE_NAMES = ("offload-high", "offload-default", "offload-send", "offload-low")
 HIGH, DEFAULT, SEND, LOW = QUEUE_NAMES
 #: the queues whose jobs a worker busy with the ready set makes room for
 URGENT_QUEUES = (HIGH, DEFAULT)
-#: sending's turn while urgent work waits: a worker that has run urgent jobs for this long since its last
-#: wake-up takes a waiting wake-up next (``tasks.worker.AppWorker``), and a wake-up works this long at
-#: least before it makes room for urgent work (``core.delivery.ready``). Under a backlog of both, about
-#: half of each worker sends; without one, nothing waits for it
+#: sending's share of a worker while urgent work waits (plans, closers, finishes): a worker that has run
+#: urgent jobs for ``URGENT_TURN_S`` since its last wake-up ended takes a waiting wake-up next
+#: (``tasks.worker.AppWorker``), and a wake-up works ``SEND_TURN_S`` at least before it makes room for
+#: urgent work (``core.delivery.ready``). Under a backlog of both, a fifth of each worker sends: transactional
+#: work stays first (a small job's batch is sent by its plan task), yet the campaigns are never held back for
+#: as long as plans keep coming. Without a backlog, nothing waits for it
+URGENT_TURN_S = 4.0
 SEND_TURN_S = 1.0
 #: wake-ups run a loop of batches for up to ``tasks.scheduling.LOOP_S``
 WAKE = Policy(retries=(), result_ttl=0, failure_ttl=24 * 3600, timeout=900)

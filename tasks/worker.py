@@ -59,7 +59,7 @@ class AppWorker(SimpleWorker):
 
     def reorder_queues(self, reference_queue) -> None:
         """The order of the next dequeue (RQ calls this with the queue of the job it is about to run):
-        high, default, send, low; but once urgent jobs have had this worker for ``core.queue.SEND_TURN_S``
+        high, default, send, low; but once urgent jobs have had this worker for ``core.queue.URGENT_TURN_S``
         since its last wake-up ended, a waiting wake-up goes first (the others follow in their order: with
         no wake-up queued nothing changes). Strict order let a backlog of plans hold every send back, the
         planned transactional batches' too."""
@@ -67,7 +67,7 @@ class AppWorker(SimpleWorker):
         if self._last_send is None or self._sending:  # the wake-up before this job has just ended
             self._last_send = now
         self._sending = reference_queue.name == queue.SEND
-        send_turn = not self._sending and now - self._last_send >= queue.SEND_TURN_S
+        send_turn = not self._sending and now - self._last_send >= queue.URGENT_TURN_S
         self._ordered_queues = sorted(self.queues, key=lambda q: (not (send_turn and q.name == queue.SEND),
                                                                   QUEUE_NAMES.index(q.name)))
 

@@ -64,10 +64,10 @@ def test_a_worker_busy_with_urgent_jobs_takes_a_wake_up_after_its_turn(app, monk
     order = lambda: [q.name for q in worker._ordered_queues]  # noqa: E731
     worker.reorder_queues(get_queue(DEFAULT))
     assert order() == [HIGH, DEFAULT, SEND, LOW]  # urgent first while its turn lasts
-    clock[0] += queue.SEND_TURN_S / 2
+    clock[0] += queue.URGENT_TURN_S / 2
     worker.reorder_queues(get_queue(HIGH))
     assert order() == [HIGH, DEFAULT, SEND, LOW]
-    clock[0] += queue.SEND_TURN_S
+    clock[0] += queue.URGENT_TURN_S
     worker.reorder_queues(get_queue(DEFAULT))
     assert order() == [SEND, HIGH, DEFAULT, LOW]  # urgent work had its turn: a waiting wake-up next
     worker.reorder_queues(get_queue(SEND))
@@ -75,7 +75,7 @@ def test_a_worker_busy_with_urgent_jobs_takes_a_wake_up_after_its_turn(app, monk
     clock[0] += 60  # however long the wake-up ran, the urgent turn counts from its end
     worker.reorder_queues(get_queue(DEFAULT))
     assert order() == [HIGH, DEFAULT, SEND, LOW]
-    clock[0] += queue.SEND_TURN_S
+    clock[0] += queue.URGENT_TURN_S
     worker.reorder_queues(get_queue(LOW))
     assert order() == [SEND, HIGH, DEFAULT, LOW]
 
