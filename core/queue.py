@@ -32,8 +32,8 @@ from core.taskqueue import WAITING, Policy, Task
 
 log = logging.getLogger(__name__)
 
-#: queue names, highest priority first (workers listen in this order). ``offload-send``
-#: holds only wake-ups (``Task.WORK_READY``): which batch is sent next is the ready
+#: queue names, highest priority first (workers listen in this order, but for sending's turn:
+#: ``URGENT_TURN_S``). ``offload-send`` holds only wake-ups (``Task.WORK_READY``): which batch is sent next is the ready
 #: set's choice (``core.scheduler``), not the order of a FIFO queue.
 QUEUE_NAMES = ("offload-high", "offload-default", "offload-send", "offload-low")
 HIGH, DEFAULT, SEND, LOW = QUEUE_NAMES
