@@ -13,7 +13,12 @@ twice and side by side): requests per second, p50/p99/max latency, and the event
 share of the ping's; then the time from the last 202 until every event is a recipient and
 every recipient final, and whether any was lost or sent twice (the SES store).
 
-Usage: .venv/bin/python bench/events.py [--events 20000] [--clients 8] [--web 2] [--threads 4]
+With ``--cpu``, also prints the CPU seconds each group of processes spent per 1,000 requests in each
+round (``/proc/PID/stat``: the web's gunicorn, the ping's, the RQ workers, this database's PostgreSQL
+backends, the rest of PostgreSQL (its WAL writer, and the backends that ended), Redis, SES-local and the
+clients), and for the drain after the last round.
+
+Usage: .venv/bin/python bench/events.py [--events 20000] [--clients 8] [--web 2] [--threads 4] [--cpu]
 """
 from __future__ import annotations
 
@@ -36,6 +41,57 @@ from tests.support.servers import ManagedProcess, RedisServer, SesLocal, free_po
 TEMPLATE = {"type": "csv_import", "subject": "Welcome {{ firstname }}",
             "body_text": "Hi {{ firstname }}, your password is {{ password }}",
             "body_html": "<p>Hi {{ firstname }}, your password is <b>{{ password }}</b></p>"}
+#: ``--profile``: a gunicorn config that runs cProfile in each web process, on its request threads (from the
+#: request's first byte of WSGI to its answer) and on the events writer's threads; written at the worker's exit
+PROFILE_CONF = '''
+import cProfile, os, pstats, threading
+
+_local = threading.local()
+_all = []
+_lock = threading.Lock()
+
+
+def _profile():
+    prof = cProfile.Profile()
+    with _lock:
+        _all.append(prof)
+    return prof
+
+
+def post_worker_init(worker):
+    import core.groupcommit as groupcommit
+    run = groupcommit.GroupCommit._run
+
+    def profiled(self):
+        prof = _profile()
+        prof.enable()
+        try:
+            run(self)
+        finally:
+            prof.disable()
+
+    groupcommit.GroupCommit._run = profiled
+
+
+def pre_request(worker, req):
+    prof = getattr(_local, "prof", None) or _profile()
+    _local.prof = prof
+    prof.enable()
+
+
+def post_request(worker, req, environ, resp):
+    _local.prof.disable()
+
+
+def worker_exit(server, worker):
+    with _lock:
+        found = list(_all)
+    if found:
+        stats = pstats.Stats(found[0])
+        for prof in found[1:]:
+            stats.add(prof)
+        stats.dump_stats(os.path.join(os.environ["BENCH_PROFILE_DIR"], f"web-{os.getpid()}.prof"))
+'''
 PING_APP = '''
 from flask import Flask, jsonify
 app = Flask("ping")
@@ -46,9 +102,9 @@ def ping():
 '''
 
 
-def gunicorn(module: str, port: int, env: dict, args, cwd: str, name: str) -> ManagedProcess:
+def gunicorn(module: str, port: int, env: dict, args, cwd: str, name: str, conf: str | None = None) -> ManagedProcess:
     flags = ["-w", str(args.web), "--threads", str(args.threads), "-b", f"127.0.0.1:{port}", "--timeout", "120",
-             "--keep-alive", "30", "--backlog", "2048"]
+             "--keep-alive", "30", "--backlog", "2048", *(["-c", conf] if conf else [])]
     return ManagedProcess([os.path.join(BIN, "gunicorn"), *flags, module], port, env=env, cwd=cwd, log_name=name)
 
 
@@ -76,11 +132,13 @@ def client(port: int, path: str, token: str, numbers: range, start_at: float, ou
             ok = False
         latencies.append(time.perf_counter() - t0)
         errors += not ok
-    out.put((began, time.perf_counter(), latencies, errors))
+    out.put((began, time.perf_counter(), latencies, errors, time.process_time()))
 
 
-def round_of(port: int, path: str, token: str, first: int, count: int, clients: int) -> dict:
-    """``count`` requests from ``clients`` processes at once; rate and latency."""
+def round_of(port: int, path: str, token: str, first: int, count: int, clients: int, cpu=None) -> dict:
+    """``count`` requests from ``clients`` processes at once; rate and latency (``cpu``: a function
+    that snapshots the CPU of the processes, called before and after)."""
+    before = cpu() if cpu else None
     out = multiprocessing.Queue()
     share = -(-count // clients)
     start_at = time.time() + 0.5
@@ -95,8 +153,13 @@ def round_of(port: int, path: str, token: str, first: int, count: int, clients: 
     began = min(r[0] for r in results)
     ended = max(r[1] for r in results)
     lat = sorted(x * 1000 for r in results for x in r[2])
+    spent = None
+    if cpu:
+        spent = cpu_delta(before, cpu())
+        spent["clients"] = sum(r[4] for r in results)
     return {"n": len(lat), "rate": len(lat) / (ended - began), "p50": statistics.median(lat),
-            "p99": lat[int(len(lat) * 0.99) - 1], "max": lat[-1], "errors": sum(r[3] for r in results)}
+            "p99": lat[int(len(lat) * 0.99) - 1], "max": lat[-1], "errors": sum(r[3] for r in results),
+            "cpu": spent}
 
 
 def wait_all_final(db_url: str, company_id: int, expected: int, timeout: float) -> tuple[float, int, int]:
@@ -117,6 +180,63 @@ def wait_all_final(db_url: str, company_id: int, expected: int, timeout: float) 
     return time.perf_counter() - started, total, final
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds of the process and its reaped children)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields_ = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields_[1]), sum(int(x) for x in fields_[11:15]) / CLK_TCK
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def cpu_snapshot(roots: dict[str, list[int]], database: str) -> dict[str, float]:
+    """CPU seconds so far of each group: a root's own and its descendants' (``roots``), PostgreSQL's."""
+    stats = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            found = _stat(int(name))
+            if found is not None:
+                stats[int(name)] = found
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    totals = {}
+    for group, pids in roots.items():
+        seen, todo = set(), list(pids)
+        while todo:
+            pid = todo.pop()
+            if pid in seen or pid not in stats:
+                continue
+            seen.add(pid)
+            todo += children.get(pid, [])
+        totals[group] = sum(stats[pid][1] for pid in seen)
+    ours = other = 0.0
+    for pid, (_, cpu) in stats.items():
+        line = _cmdline(pid)
+        if line.startswith("postgres: ") and f" {database} " in line:
+            ours += cpu
+        elif line.startswith(("postgres", "/usr/lib/postgresql")):
+            other += cpu
+    totals["postgres (this db)"], totals["postgres (rest)"] = ours, other
+    return totals
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: after[k] - before.get(k, 0.0) for k in after}
+
+
 def load() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
@@ -128,6 +248,9 @@ def main() -> None:
     parser.add_argument("--web", type=int, default=2, help="gunicorn worker processes")
     parser.add_argument("--threads", type=int, default=4, help="gunicorn threads per process")
     parser.add_argument("--workers", type=int, default=2, help="RQ workers")
+    parser.add_argument("--cpu", action="store_true", help="print each process group's CPU per 1,000 requests")
+    parser.add_argument("--profile", metavar="DIR", help="cProfile the web processes into DIR/web-PID.prof "
+                                                         "(request and events-writer threads)")
     args = parser.parse_args()
 
     db_url, drop = create_database(False)
@@ -151,7 +274,14 @@ def main() -> None:
                   "sender=noreply@bench.test")
             token = company["api_token"]
             web_port, ping_port = free_port(), free_port()
-            procs.append(gunicorn("wsgi:app", web_port, env, args, ROOT, "bench-events-web").start())
+            conf = None
+            if args.profile:
+                os.makedirs(args.profile, exist_ok=True)
+                conf = os.path.join(ping_dir, "profile_conf.py")
+                with open(conf, "w") as f:
+                    f.write(PROFILE_CONF)
+            web_env = {**env, "BENCH_PROFILE_DIR": os.path.abspath(args.profile)} if args.profile else env
+            procs.append(gunicorn("wsgi:app", web_port, web_env, args, ROOT, "bench-events-web", conf).start())
             procs.append(gunicorn("pingapp:app", ping_port, env, args, ping_dir, "bench-events-ping").start())
             conn = http.client.HTTPConnection("127.0.0.1", web_port, timeout=30)
             conn.request("PUT", "/api/v1/templates/welcome", json.dumps(TEMPLATE),
@@ -164,17 +294,24 @@ def main() -> None:
                                                f"bench-events-{i}"], cwd=ROOT, env=env,
                                               stdout=open(f"/tmp/bench-events-worker-{i}.log", "w"),
                                               stderr=subprocess.STDOUT))
+            roots = {"web (gunicorn)": [procs[0].proc.pid], "ping (gunicorn)": [procs[1].proc.pid],
+                     "RQ workers": [p.pid for p in procs[2:]], "redis": [redis_server.proc.pid],
+                     "SES-local": [ses.proc.pid]}
+            database = db_url.rsplit("/", 1)[1]
+            cpu = (lambda: cpu_snapshot(roots, database)) if args.cpu else None
             round_of(web_port, "/api/v1/events", token, 10_000_000, 400, args.clients)  # warm up both
             round_of(ping_port, "/ping", token, 0, 400, args.clients)
             posted = 400
             for n in range(2):
-                ping = round_of(ping_port, "/ping", token, 0, args.events, args.clients)
+                ping = round_of(ping_port, "/ping", token, 0, args.events, args.clients, cpu)
                 ping["load"] = load()
-                ev = round_of(web_port, "/api/v1/events", token, n * args.events, args.events, args.clients)
+                ev = round_of(web_port, "/api/v1/events", token, n * args.events, args.events, args.clients, cpu)
                 ev["load"] = load()
                 posted += args.events - ev["errors"]  # an event refused (or unanswered) is not counted as posted
                 rounds.append((ping, ev))
+            drain_before = cpu() if cpu else None
             drain_s, total, final = wait_all_final(db_url, int(company["id"]), posted, 900)
+            drained = cpu_delta(drain_before, cpu()) if cpu else None
             store = ses.store()
             to = [m["destination"]["to"][0] for m in store]
             duplicates = len(to) - len(set(to))
@@ -193,6 +330,18 @@ def main() -> None:
         print(f"{'':<8}events at {ev['rate'] / ping['rate']:.2f}x the ping's rate, p99 {ev['p99'] / ping['p99']:.1f}x")
     print(f"after the last 202: {drain_s:.1f} s until every event was a final recipient "
           f"({total} recipients of {posted} events, {final} final); SES store {len(store)}, duplicates {duplicates}")
+    if args.cpu:
+        groups = list(rounds[0][0]["cpu"])
+        print("CPU seconds per 1,000 requests, by process group (drain: per 1,000 events, after the last 202)")
+        heads = [f"{kind} {n}" for n in range(1, len(rounds) + 1) for kind in ("ping", "events")]
+        print(f"{'group':<20}" + "".join(f"{h:>10}" for h in heads) + f"{'drain':>10}")
+        for g in groups:
+            cells = [r["cpu"].get(g, 0.0) * 1000 / r["n"] for pair in rounds for r in pair]
+            tail = drained.get(g, 0.0) * 1000 / max(posted, 1) if g != "clients" else 0.0
+            print(f"{g:<20}" + "".join(f"{c:>10.3f}" for c in cells) + f"{tail:>10.3f}")
+        cells = [sum(r["cpu"].values()) * 1000 / r["n"] for pair in rounds for r in pair]
+        tail = sum(drained.values()) * 1000 / max(posted, 1)
+        print(f"{'all':<20}" + "".join(f"{c:>10.3f}" for c in cells) + f"{tail:>10.3f}")
 
 
 if __name__ == "__main__":
