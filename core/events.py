@@ -48,7 +48,7 @@ from core.jobs import JobError, create_job, create_jobs, parse_time, service_sam
 from core.models import Company, Template, WaitingEvent, is_bulk, sha256_hex, utcnow
 from core.queue import as_text, connection, release_events_closer
 from core.rendering import PREVIEW_BUDGET_S, CompiledTemplate, RenderError, valid_email
-from core.submissions import Closers, Pass, close_due, due_at
+from core.submissions import Closers, Pass, close_due, connection_lost, due_at
 
 log = logging.getLogger(__name__)
 
@@ -332,26 +332,37 @@ class Intake:
     def _store(self, items: list[_Pending], conn, dialect) -> list:
         """Insert the group's events whose token is still live, in one transaction."""
         hashes = sorted({p.token_hash for p in items})
-        mark = "%s" if dialect.paramstyle in ("format", "pyformat") else "?"
         now = utcnow()
-        stamp = now.strftime("%Y-%m-%d %H:%M:%S.%f") if dialect.name == "sqlite" else now
+        if dialect.driver == "psycopg":
+            live, due = self._store_postgresql(items, hashes, now, conn, dialect)
+        else:
+            live, due = self._store_other(items, hashes, now.strftime("%Y-%m-%d %H:%M:%S.%f")
+                                          if dialect.name == "sqlite" else now, conn, dialect)
+        for h in due:
+            self._used[h] = time.monotonic()
+        for h in set(hashes) - set(live):
+            self._tokens.pop(h, None)
+        return [True if live.get(p.token_hash) == p.company_id else Unauthorized() for p in items]
+
+    def _due_last_used(self, live) -> list[str]:
+        return [h for h in live if self._used.get(h, 0.0) < time.monotonic() - LAST_USED_EVERY_S]
+
+    def _store_other(self, items: list[_Pending], hashes: list[str], stamp, conn, dialect) -> tuple[dict, list]:
+        """SQLite (and any driver but psycopg): the live tokens read, the events inserted, then the commit."""
+        mark = "%s" if dialect.paramstyle in ("format", "pyformat") else "?"
         try:
             cursor = conn.cursor()
             try:
-                if dialect.name == "postgresql":
-                    live = self._store_postgresql(items, hashes, stamp, conn, cursor)
-                    kept = []
-                else:
-                    cursor.execute(f"SELECT token_hash, company_id FROM api_tokens WHERE revoked_at IS NULL "
-                                   f"AND token_hash IN ({', '.join([mark] * len(hashes))})", hashes)
-                    live = dict(cursor.fetchall())
-                    kept = [p for p in items if live.get(p.token_hash) == p.company_id]
+                cursor.execute(f"SELECT token_hash, company_id FROM api_tokens WHERE revoked_at IS NULL "
+                               f"AND token_hash IN ({', '.join([mark] * len(hashes))})", hashes)
+                live = dict(cursor.fetchall())
+                kept = [p for p in items if live.get(p.token_hash) == p.company_id]
                 if kept:
                     one = f"({mark}, {mark}, {mark}, {mark})"
                     cursor.execute("INSERT INTO waiting_events (company_id, job_type, received_at, payload) "
                                    f"VALUES {', '.join([one] * len(kept))}",
                                    [v for p in kept for v in (p.company_id, p.job_type, stamp, p.payload)])
-                due = [h for h in live if self._used.get(h, 0.0) < time.monotonic() - LAST_USED_EVERY_S]
+                due = self._due_last_used(live)
                 if due:
                     cursor.execute(f"UPDATE api_tokens SET last_used_at = {mark} "
                                    f"WHERE token_hash IN ({', '.join([mark] * len(due))})", [stamp, *due])
@@ -364,32 +375,44 @@ class Intake:
                 pass
             raise NotStored(type(exc).__name__) from exc
         conn.commit()  # a failure here may or may not have committed: the group fails, as not answered
-        for h in due:
-            self._used[h] = time.monotonic()
-        for h in set(hashes) - set(live):
-            self._tokens.pop(h, None)
-        return [True if live.get(p.token_hash) == p.company_id else Unauthorized() for p in items]
+        return live, due
 
-    @staticmethod
-    def _store_postgresql(items: list[_Pending], hashes: list[str], stamp, conn, cursor) -> dict:
+    def _store_postgresql(self, items: list[_Pending], hashes: list[str], now: datetime, conn,
+                          dialect) -> tuple[dict, list]:
         """PostgreSQL: the live tokens read and the events of live tokens inserted (in the group's order) by one
-        statement, sent with its ``BEGIN`` in one round trip (psycopg's pipeline mode); the commit follows.
-        An error here is the statement's: the transaction is not committed."""
-        rows = ", ".join(["(%s::integer, %s, %s::integer, %s, %s)"] * len(items))
-        marks = ", ".join(["%s"] * len(hashes))
-        sql = (f"WITH live AS (SELECT token_hash, company_id FROM api_tokens WHERE revoked_at IS NULL "
-               f"AND token_hash IN ({marks})), "
-               f"ins AS (INSERT INTO waiting_events (company_id, job_type, received_at, payload) "
-               f"SELECT v.company_id, v.job_type, %s, v.payload FROM (VALUES {rows}) "
-               f"AS v(n, token_hash, company_id, job_type, payload) JOIN live ON live.token_hash = v.token_hash "
-               f"AND live.company_id = v.company_id ORDER BY v.n) "
-               f"SELECT token_hash, company_id FROM live")
-        params = [*hashes, stamp]
-        for n, p in enumerate(items):
-            params += [n, p.token_hash, p.company_id, p.job_type, p.payload]
-        with conn.driver_connection.pipeline():  # BEGIN and the statement, one sync at the block's end
-            cursor.execute(sql, params)
-        return dict(cursor.fetchall())
+        statement in autocommit, its own transaction: one round trip, answered once the commit is durable (the
+        server commits at the protocol's Sync, before it says it is ready). Its text is the same for any group
+        (the values go as arrays), so psycopg prepares it once per connection and the server plans it once.
+
+        A connection the server closed since its last use is found before anything is sent (``NotStored``: a
+        fresh one is taken). An error the server reports (it has a SQLSTATE) rolled the statement back:
+        ``NotStored``. A connection lost before the answer may or may not have committed: the group fails."""
+        driver = conn.driver_connection
+        if driver is None or connection_lost(conn, dialect):  # nothing was sent
+            raise NotStored("connection lost")
+        params = (hashes, now, [p.token_hash for p in items], [p.company_id for p in items],
+                  [p.job_type for p in items], [p.payload for p in items])
+        try:
+            driver.autocommit = True
+            try:
+                with driver.cursor() as cursor:
+                    live = dict(cursor.execute(_PG_STORE, params).fetchall())
+                    due = self._due_last_used(live)
+                    if due:  # its own transaction, after the events' commit: whatever becomes of it, they are stored
+                        try:
+                            cursor.execute("UPDATE api_tokens SET last_used_at = %s "
+                                           "WHERE token_hash = ANY(%s::text[])", (now, due))
+                        except dialect.loaded_dbapi.Error as exc:  # a lost connection is found before the next group
+                            log.warning("Events: last use of tokens not recorded (%s)", type(exc).__name__)
+                            due = []
+            finally:  # as it was: the connection may go back to the pool, where SQLAlchemy expects transactions
+                if not driver.closed:
+                    driver.autocommit = False
+        except dialect.loaded_dbapi.Error as exc:
+            if getattr(exc, "sqlstate", None):
+                raise NotStored(type(exc).__name__) from exc
+            raise
+        return live, due
 
     def _after(self, items: list[_Pending], results: list) -> None:
         """Count the stored events in their windows (the ``202``'s mode) and see each window has a closer."""
@@ -428,6 +451,18 @@ class Intake:
                 count = first + n
                 results[i] = Accepted(count, "bulk" if count > threshold else "single")
         self._closers.after_commit(windows)
+
+
+#: the writer's statement on PostgreSQL (``Intake._store_postgresql``): the group's live tokens, and its events
+#: of live tokens inserted in the group's order; one text for every group
+_PG_STORE = ("WITH live AS (SELECT token_hash, company_id FROM api_tokens WHERE revoked_at IS NULL "
+             "AND token_hash = ANY(%s::text[])), "
+             "ins AS (INSERT INTO waiting_events (company_id, job_type, received_at, payload) "
+             "SELECT v.company_id, v.job_type, %s::timestamp, v.payload "
+             "FROM unnest(%s::text[], %s::integer[], %s::text[], %s::text[]) WITH ORDINALITY "
+             "AS v(token_hash, company_id, job_type, payload, n) "
+             "JOIN live ON live.token_hash = v.token_hash AND live.company_id = v.company_id ORDER BY v.n) "
+             "SELECT token_hash, company_id FROM live")
 
 
 def count_key(company_id: int, job_type: str) -> str:
