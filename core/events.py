@@ -334,7 +334,7 @@ class Intake:
         hashes = sorted({p.token_hash for p in items})
         now = utcnow()
         if dialect.driver == "psycopg":
-            live, due = self._store_postgresql(items, hashes, now, conn, dialect)
+            live, due = self._store_postgresql(items, now, conn, dialect)
         else:
             live, due = self._store_other(items, hashes, now.strftime("%Y-%m-%d %H:%M:%S.%f")
                                           if dialect.name == "sqlite" else now, conn, dialect)
@@ -377,12 +377,11 @@ class Intake:
         conn.commit()  # a failure here may or may not have committed: the group fails, as not answered
         return live, due
 
-    def _store_postgresql(self, items: list[_Pending], hashes: list[str], now: datetime, conn,
-                          dialect) -> tuple[dict, list]:
+    def _store_postgresql(self, items: list[_Pending], now: datetime, conn, dialect) -> tuple[dict, list]:
         """PostgreSQL: the live tokens read and the events of live tokens inserted (in the group's order) by one
         statement in autocommit, its own transaction: one round trip, answered once the commit is durable (the
         server commits at the protocol's Sync, before it says it is ready). Its text is the same for any group
-        (the values go as arrays), so psycopg prepares it once per connection and the server plans it once.
+        (the values go as one JSON parameter), so psycopg prepares it once per connection and the server plans it once.
 
         A connection the server closed since its last use is found before anything is sent (``NotStored``: a
         fresh one is taken). An error the server reports (it has a SQLSTATE) rolled the statement back:
@@ -390,8 +389,8 @@ class Intake:
         driver = conn.driver_connection
         if driver is None or connection_lost(conn, dialect):  # nothing was sent
             raise NotStored("connection lost")
-        params = (hashes, now, [p.token_hash for p in items], [p.company_id for p in items],
-                  [p.job_type for p in items], [p.payload for p in items])
+        params = (json.dumps([{"h": p.token_hash, "c": p.company_id, "t": p.job_type, "p": p.payload}
+                              for p in items], separators=(",", ":")), now)
         try:
             driver.autocommit = True
             try:
@@ -428,22 +427,21 @@ class Intake:
             return
         threshold = settings.current().bulk_threshold
         rate_window, now = api_rate.window_of(time.time()), time.monotonic()
+        keys, args = [], []
+        for (company_id, job_type), positions in windows.items():
+            keys.append(count_key(company_id, job_type))
+            args += [len(positions), 3600]
+        for token_hash, n in uncounted.items():
+            keys.append(api_rate.key(token_hash, rate_window))
+            args += [n, 2 * api_rate.WINDOW_S]
         try:
-            pipe = connection().pipeline(transaction=False)
-            for (company_id, job_type), positions in windows.items():
-                key = count_key(company_id, job_type)
-                pipe.incrby(key, len(positions))
-                pipe.expire(key, 3600)
-            for token_hash, n in uncounted.items():
-                pipe.incrby(api_rate.key(token_hash, rate_window), n)
-                pipe.expire(api_rate.key(token_hash, rate_window), 2 * api_rate.WINDOW_S)
-            answers = pipe.execute()
-        except (RedisError, OSError) as exc:
+            answers = _count(keys, args)
+        except api_rate.UNAVAILABLE as exc:
             log.warning("Events: window counts unavailable (%s); the sweep closes the windows", type(exc).__name__)
             return
-        totals = answers[:2 * len(windows):2]
-        for token_hash, total in zip(uncounted, answers[2 * len(windows)::2], strict=True):
-            self._rates[token_hash] = (rate_window, int(total), now)
+        totals = answers[:len(windows)]
+        for token_hash, total in zip(uncounted, answers[len(windows):], strict=True):
+            self._rates[token_hash] = (rate_window, total, now)
         for (window, positions), total in zip(windows.items(), totals, strict=True):
             self._counts[window] = total
             first = total - len(positions) + 1
@@ -454,15 +452,36 @@ class Intake:
 
 
 #: the writer's statement on PostgreSQL (``Intake._store_postgresql``): the group's live tokens, and its events
-#: of live tokens inserted in the group's order; one text for every group
-_PG_STORE = ("WITH live AS (SELECT token_hash, company_id FROM api_tokens WHERE revoked_at IS NULL "
-             "AND token_hash = ANY(%s::text[])), "
+#: of live tokens inserted in the group's order; one text for every group, the group's values in one JSON
+#: parameter (one string for the driver to send, where arrays of values cost it a conversion per value)
+_PG_STORE = ("WITH v AS (SELECT * FROM ROWS FROM (json_to_recordset(%s::json) AS (h text, c integer, t text, p text)) "
+             "WITH ORDINALITY AS v(h, c, t, p, n)), "
+             "live AS (SELECT token_hash, company_id FROM api_tokens WHERE revoked_at IS NULL "
+             "AND token_hash IN (SELECT h FROM v)), "
              "ins AS (INSERT INTO waiting_events (company_id, job_type, received_at, payload) "
-             "SELECT v.company_id, v.job_type, %s::timestamp, v.payload "
-             "FROM unnest(%s::text[], %s::integer[], %s::text[], %s::text[]) WITH ORDINALITY "
-             "AS v(token_hash, company_id, job_type, payload, n) "
-             "JOIN live ON live.token_hash = v.token_hash AND live.company_id = v.company_id ORDER BY v.n) "
+             "SELECT v.c, v.t, %s::timestamp, v.p FROM v "
+             "JOIN live ON live.token_hash = v.h AND live.company_id = v.c ORDER BY v.n) "
              "SELECT token_hash, company_id FROM live")
+#: the writer's counts after a stored group (``Intake._after``), one call: each key increased by its number
+#: (``ARGV[2i-1]``), its expiry set (``ARGV[2i]`` seconds); the totals, in order
+_COUNT = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[i] = redis.call('INCRBY', key, ARGV[2 * i - 1])
+  redis.call('EXPIRE', key, ARGV[2 * i])
+end
+return out
+"""
+_count_scripts: dict = {}
+
+
+def _count(keys: list[str], args: list[int]) -> list[int]:
+    """Run ``_COUNT`` (registered once per Redis client: EVALSHA, its source sent again only when Redis lost it)."""
+    conn = connection()
+    script = _count_scripts.get(id(conn))
+    if script is None:
+        script = _count_scripts[id(conn)] = conn.register_script(_COUNT)
+    return [int(n) for n in script(keys=keys, args=args)]
 
 
 def count_key(company_id: int, job_type: str) -> str:
