@@ -18,6 +18,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from core import crypto, logs, settings, taskqueue
 from core.db import db
 from dashboard import admin, api, auth, bodies, bounces, callbacks, errors, headers, hosts, ops
+from dashboard.api import events as events_api
 from dashboard.bodies import BoundedJSONProvider, BoundedRequest
 from dashboard.extensions import csrf, login_manager
 from dashboard.public import unsubscribe, verify
@@ -41,6 +42,8 @@ def web_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.request_class = BoundedRequest  # form bodies capped before anything parses them
     s = settings.current()
     app.config.update(flask_config(s))
+    # LMS events for a token the process knows skip Flask's request machinery (it sees the rest as it came)
+    app.wsgi_app = events_api.FastPath(app, app.wsgi_app)  # type: ignore[method-assign]
     if s.proxy_hops:  # behind N trusted proxies: their X-Forwarded-* headers count
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=s.proxy_hops, x_proto=s.proxy_hops, x_host=s.proxy_hops)
     migrate.init_app(app, db, directory=os.path.join(ROOT, "migrations"), render_as_batch=True,

@@ -8,11 +8,13 @@ from datetime import UTC, timedelta
 import pytest
 from rq.registry import ScheduledJobRegistry
 from sqlalchemy import select, text
+from werkzeug.test import EnvironBuilder
 
-from core import crypto, events
+from core import api_rate, crypto, events
 from core.db import db
 from core.models import Job, Recipient, WaitingEvent, utcnow
 from core.queue import HIGH, connection
+from dashboard.api.events import FastPath
 from tasks.events import close_window, recover
 from tasks.rq_queue import get_queue
 from tests.support.events import by_recipient, drain, make_template, ses_settings
@@ -262,3 +264,77 @@ def test_each_event_maps_to_its_job_type(name, jtype):
     parsed = events.parse_event({"event": name, "email": " a@example.com ", "occurred_at": "2026-11-22T11:30:00+01:00"})
     assert (parsed.job_type, parsed.email, parsed.data, parsed.occurred_at) == (jtype, "a@example.com", {},
                                                                                 "2026-11-22T10:30:00Z")
+
+
+@pytest.fixture
+def flask_views(app, monkeypatch):
+    """Counts the requests that reach the Flask view (the rest were answered by ``FastPath``)."""
+    calls = []
+    view = app.view_functions["api.post_event"]
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return view(*args, **kwargs)
+
+    monkeypatch.setitem(app.view_functions, "api.post_event", counted)
+    return calls
+
+
+def test_a_known_tokens_event_skips_flask_with_the_same_answer_and_headers(client, ses_company, flask_views,
+                                                                           set_settings):
+    first = client.post("/api/v1/events", json=event(1), headers=ses_company.auth)  # the token: unknown
+    second = client.post("/api/v1/events", json=event(2), headers=ses_company.auth)  # known now
+    assert len(flask_views) == 1 and first.status_code == second.status_code == 202
+    assert first.get_data() == second.get_data() == b'{"accepted":true,"job_id":null,"mode":"single"}\n'
+    shown = ("Content-Type", "Content-Length", "X-Content-Type-Options", "Referrer-Policy",
+             "Strict-Transport-Security", "Content-Security-Policy", "X-Frame-Options")
+    assert {h: first.headers.get(h) for h in shown} == {h: second.headers.get(h) for h in shown}
+    assert second.headers["X-Content-Type-Options"] == "nosniff" and "Strict-Transport-Security" not in second.headers
+
+    set_settings(production=True)  # HSTS, as on every response in production
+    third = client.post("/api/v1/events", json=event(3), headers=ses_company.auth)
+    assert third.status_code == 202 and len(flask_views) == 1
+    assert third.headers["Strict-Transport-Security"] == "max-age=31536000"
+    assert [e.payload["email"] for e in stored()] == [f"learner{i}@example.com" for i in (1, 2, 3)]
+
+
+def test_what_the_fast_path_refuses_flask_answers_with_the_body_as_it_came(client, ses_company, flask_views,
+                                                                            set_settings):
+    assert client.post("/api/v1/events", json=event(1), headers=ses_company.auth).status_code == 202
+    body = event(2)
+    del body["data"]["password"]
+    resp = client.post("/api/v1/events", json=body, headers=ses_company.auth)  # read, refused, handed on
+    assert resp.status_code == 400 and resp.get_json()["details"] == {"fields": ["password"]}
+    resp = client.post("/api/v1/events?x=1", json=event(3), headers=ses_company.auth)  # a query: Flask's
+    assert resp.status_code == 202
+    resp = client.post("/api/v1/events", data=json.dumps(event(4)), headers=ses_company.auth)  # no JSON type
+    assert resp.status_code == 400 and resp.get_json()["error"] == "invalid_json"
+    assert len(flask_views) == 4
+    assert [e.payload["email"] for e in stored()] == [f"learner{i}@example.com" for i in (1, 3)]
+
+
+def test_the_fast_path_leaves_a_host_not_served_to_flask_unread(app, client, ses_company, set_settings):
+    assert client.post("/api/v1/events", json=event(1), headers=ses_company.auth).status_code == 202
+    set_settings(allowed_hosts=("service.example",))  # Flask's host check answers it (a 400)
+    handed = []
+    fast = FastPath(app, lambda environ, start_response: handed.append(environ["wsgi.input"].read()) or [b""])
+    builder = EnvironBuilder(path="/api/v1/events", method="POST", json=event(2), headers=ses_company.auth)
+    fast(builder.get_environ(), lambda *args: None)
+    assert [json.loads(b) for b in handed] == [event(2)]
+    builder = EnvironBuilder(path="/api/v1/events", method="POST", json=event(3),
+                             headers={**ses_company.auth, "Host": "service.example"})
+    answered = []
+    assert json.loads(b"".join(fast(builder.get_environ(), lambda status, headers: answered.append(status))))
+    assert answered == ["202 ACCEPTED"] and len(handed) == 1 and len(stored()) == 2
+
+
+def test_a_redis_connection_closed_under_the_rate_limit_lets_the_request_through(app, monkeypatch):
+    """redis-py raises ValueError ("I/O operation on closed file") when another thread closed the connection
+    as Redis went away: Redis unavailable, as for its own errors (it was a 500 while Redis restarted)."""
+
+    class Closed:
+        def pipeline(self, *args, **kwargs):
+            raise ValueError("I/O operation on closed file.")
+
+    monkeypatch.setattr(api_rate, "connection", lambda: Closed())
+    assert api_rate.take("ab" * 32) is None and api_rate.take_many({"ab" * 32: 2}) is None
