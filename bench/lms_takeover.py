@@ -17,8 +17,9 @@ the headers), switches the company's ``iomad_email_queue`` on and prints:
   (every one: a counting proxy sits between the workers and MariaDB; the
   goal is at most 30), and its connections.
 
-Usage: .venv/bin/python bench/lms_takeover.py [--rows 20000] [--workers 2] [--trace]
-(``--trace``: rows taken, accepted and still unmarked every second.)
+Usage: .venv/bin/python bench/lms_takeover.py [--rows 20000] [--workers 2] [--trace] [--profile DIR]
+(``--trace``: rows taken, accepted and still unmarked every second; ``--profile``: each worker under
+cProfile, its stats written to ``DIR/worker-N.prof`` when it stops.)
 """
 from __future__ import annotations
 
@@ -113,6 +114,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--trace", action="store_true", help="print rows taken and sent every second")
+    parser.add_argument("--profile", metavar="DIR", help="run each worker under cProfile, its stats in DIR")
     args = parser.parse_args()
 
     moodle = MoodleDb("mysql", "mdl_")
@@ -131,7 +133,9 @@ def main() -> None:
                   "aws_region=us-east-1", "aws_access_key=AKIABENCH", "aws_secret_key=bench",
                   "sender=noreply@bench.test", f"lms_url={lms_url}", f"iomad_company_id={IOMAD}")
             for i in range(args.workers):
-                procs.append(subprocess.Popen([os.path.join(BIN, "flask"), "--app", "wsgi", "worker",
+                prof = [sys.executable, "-m", "cProfile", "-o", os.path.join(args.profile, f"worker-{i}.prof")] \
+                    if args.profile else []
+                procs.append(subprocess.Popen([*prof, os.path.join(BIN, "flask"), "--app", "wsgi", "worker",
                                                "--name", f"bench-lms-{i}"], cwd=ROOT, env=env,
                                               stdout=open(f"/tmp/bench-lms-worker-{i}.log", "w"),
                                               stderr=subprocess.STDOUT))
@@ -169,6 +173,8 @@ def main() -> None:
             dupes = len(store) - len({m["destination"]["to"][0] for m in store})
             for p in procs:
                 p.terminate()
+            for p in procs:  # gone before the bare script runs (and, profiled, their stats written)
+                p.wait(timeout=60)
             ses.clear()
             moodle.execute(f"UPDATE {moodle.t('email')} SET sent = NULL")
             bare_cpu = time.process_time()
