@@ -95,7 +95,7 @@ class Composer:
             datas = [{**(d if isinstance(d, dict) else {}),
                       unsubscribe.VARIABLE: unsubscribe_url(self.company.id, row[1])}
                      for row, d in zip(rows, datas, strict=True)]
-        for (rid, email, data, _attempts), r in zip(rows, self.template.render_many(datas), strict=True):
+        for (rid, email, data, _attempts), r in zip(rows, self.render_many(datas), strict=True):
             if r is None:
                 unrendered.add(rid)
                 continue
@@ -114,6 +114,21 @@ class Composer:
                 headers.update(self.lms.headers(data))
             composed.append(Composed(rid, email, data, r.subject, r.text, r.html, attachments, headers))
         return composed, failures, unrendered
+
+    def render_many(self, datas: list) -> list:
+        """The template's ``render_many``; an LMS job's fixed template renders without the engine
+        where its hook can (``core.lms.mail_hook.LmsMail.render``), the rest in one engine call."""
+        template = self.template
+        if template is None:
+            raise RuntimeError("an SMTP job has no template")
+        if self.lms is None or not self.lms.fixed or self.bulk:
+            return template.render_many(datas)
+        out: list = [self.lms.render(d) for d in datas]
+        slow = [i for i, r in enumerate(out) if r is None]
+        if slow:
+            for i, r in zip(slow, template.render_many([datas[i] for i in slow]), strict=True):
+                out[i] = r
+        return out
 
     def as_received(self, rows) -> tuple[list[Composed], list[tuple[int, str]], set[int]]:
         """An SMTP job's messages: each recipient's stored MIME with this class's headers (none on

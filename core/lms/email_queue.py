@@ -52,7 +52,7 @@ from core.jobs import JobError, create_job
 from core.lms import iomad, marking
 from core.lms.connection import DISABLE_HINT, LmsConfig, LmsError, config_for, engine_for, failure, mapped_elsewhere
 from core.lms.html_text import html_to_text
-from core.lms.mail_hook import ATTACHMENT_PATH, MAX_ATTACHMENT_BYTES
+from core.lms.mail_hook import ATTACHMENT_PATH, BODY_HTML, BODY_TEXT, MAX_ATTACHMENT_BYTES, SUBJECT
 from core.lms.phpserial import PhpSerialError, loads
 from core.models import CampaignSettings, Company, Job, LmsEmailCopy, LmsEmailRow, Recipient, utcnow
 from core.models.lms import ROW_FAILED, ROW_QUEUED
@@ -69,8 +69,6 @@ JOB_KINDS = (
     ("license_allocation", re.compile(r"licen[cs]e", re.IGNORECASE)),
 )
 DEFAULT_KIND = "notification"
-#: the one template of every LMS job: each recipient's data carries its own rendered row
-SUBJECT, BODY_TEXT, BODY_HTML = "{{ lms_subject }}", "{{ lms_text }}", "{{ lms_html | safe }}"
 #: how often a worker's poll looks at the whole queue again (rows below the last one it read that became due)
 FULL_SCAN_S = 60
 #: a full scan reads this many chunks' worth of ids per query

@@ -1,6 +1,12 @@
 """The sending hook of jobs made from IOMAD's queue (``core.delivery.messages.Composer``): each
 recipient's Reply-To and the attachment its row names (read from Moodle's
-dataroot at send time), and no empty HTML part for rows IOMAD wrote as text."""
+dataroot at send time), and no empty HTML part for rows IOMAD wrote as text.
+
+Every such job has one fixed template (``SUBJECT``, ``BODY_TEXT``, ``BODY_HTML``): each
+recipient's data carries its row, rendered by IOMAD. ``LmsMail.render`` gives what the
+template engine gives for it without the engine (the values as they are, the subject on
+one line), for data of plain strings within the engine's value limit; anything else
+(a missing or non-string value, a value over the limit) goes through the engine."""
 from __future__ import annotations
 
 import mimetypes
@@ -12,12 +18,15 @@ from sqlalchemy import select
 from core.db import db
 from core.lms.connection import config_for
 from core.models import Company, Job
-from core.rendering import RenderError, valid_email
+from core.rendering import MAX_VALUE, Rendered, RenderError, single_line, valid_email
 from providers.base import Attachment
 
 #: a file of Moodle's file store: ``filedir/ab/cd/<sha1>``
 ATTACHMENT_PATH = re.compile(r"filedir/[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{40}$")
 MAX_ATTACHMENT_BYTES = 10 * 1024 * 1024
+#: the one template of every job made from IOMAD's queue: each recipient's data carries its own rendered row
+SUBJECT, BODY_TEXT, BODY_HTML = "{{ lms_subject }}", "{{ lms_text }}", "{{ lms_html | safe }}"
+_FIXED_NAMES = ("lms_subject", "lms_text", "lms_html")
 
 
 class LmsMail:
@@ -27,6 +36,20 @@ class LmsMail:
     def __init__(self, job: Job):
         row = db.session.execute(select(Company).where(Company.id == job.company_id)).scalar_one()
         self.dataroot = config_for(row).dataroot
+        #: the job has the fixed template (``render`` may stand in for the engine)
+        self.fixed = (job.subject, job.body_text, job.body_html) == (SUBJECT, BODY_TEXT, BODY_HTML)
+
+    def render(self, data) -> Rendered | None:
+        """What the fixed template renders for ``data``, or ``None`` when the engine must decide (not
+        the fixed template; a value missing, not a string or over the engine's limit). ``{{ x }}`` and
+        ``{{ x | safe }}`` print a string as it is; the subject is made one line as the engine does."""
+        if not self.fixed or not isinstance(data, dict):
+            return None
+        values = [data.get(name) for name in _FIXED_NAMES]
+        for value in values:
+            if type(value) is not str or len(value) > MAX_VALUE:
+                return None
+        return Rendered(single_line(values[0]), values[1], values[2])
 
     def headers(self, data: dict | None) -> dict[str, str]:
         reply_to = (data or {}).get("reply_to")
