@@ -225,12 +225,17 @@ def _write(rows: list[tuple[int, str | None, str | None]], status: str, now: dat
 # -- a provider's answer (direct mode) -------------------------------------------------------
 
 def record_results(claim: Claim, results: list[Result], route: str, max_attempts: int,
-                   attempts: dict[int, int], used: Mapping[str, float] | None = None) -> dict[str, int]:
+                   attempts: dict[int, int], used: Mapping[str, float] | None = None,
+                   commit: bool = True) -> dict[str, int]:
     """Store one chunk's ``providers.Result``s (keyed by recipient id) and bump the counters;
-    ``attempts``: each recipient's attempts with this one; ``used``: what the call used."""
+    ``attempts``: each recipient's attempts with this one; ``used``: what the call used.
+    ``commit=False``: in the caller's transaction (only for results that are all ``sent``: a
+    bounce's suppression follows the commit, which is then the caller's)."""
+    if not commit and any(r.status != SENT for r in results):
+        raise ValueError("only sent results may wait for the caller's commit")
     return apply_results([Outcome(r.key, r.status, r.message_id, r.error, attempts.get(r.key, 0)) for r in results],
                          company_id=claim.company_id, job_id=claim.job_id, batch_id=claim.batch_id, route=route,
-                         max_attempts=max_attempts, used=used)
+                         max_attempts=max_attempts, used=used, commit=commit)
 
 
 def fail_recipients(claim: Claim, failures: list[tuple[int, str]]) -> int:

@@ -8,14 +8,21 @@ for each chunk: the company's tokens (``limits.take``; none soon, or other
 work runnable: the rest goes back to the ready set with its due time),
 the messages (``messages.Composer``), the chunk marked ``sending`` (with the
 lease renewed in the same transaction), the provider call, and its results
-(``results.record_results``). A connection failure counts against the
+(``results.record_results``). A chunk the provider accepted whole has its
+results committed with the next chunk's ``sending`` mark (one commit, not two,
+per chunk); any other answer, the batch's last chunk, and every way out of the
+run (a deferral, a stop, an error, a lost lease) commit them on their own first. A connection failure counts against the
 provider's circuit and moves the run to the SMTP fallback; a read timeout
 leaves the chunk uncertain; throttling backs off; a spent quota pauses the
 job. What is left when the run ends waits with back-off (``reschedule``).
 
 Crash safety comes from the database: a worker killed anywhere leaves a lease
 that runs out and ``sending`` rows that the next holder turns ``uncertain``,
-never a message silently sent twice or skipped.
+never a message silently sent twice or skipped. Sharing a commit keeps that:
+killed before it, the chunk that was sent is still ``sending`` (uncertain, as
+when killed between a call and its results) and the next one was never handed
+over; after it, the one was recorded and the other is ``sending``. At most one
+chunk per holder is ever in doubt.
 """
 from __future__ import annotations
 
@@ -89,6 +96,8 @@ class BatchRun:
         self.throttle_streak = 0  # throttled calls since the last one that went through
         #: the provider accounts' own rates (by provider name), read once per run (a Redis GET per chunk before)
         self.account_rates: dict[str, float | None] = {}
+        #: the last chunk's results (all sent), not yet written: they share the next chunk's commit
+        self.pending: tuple | None = None
 
     # -- routes ---------------------------------------------------------------
     def first_route(self) -> Route | None:
@@ -147,12 +156,14 @@ class BatchRun:
             size = limits.chunk_limit(rate, provider.chunk_size)
             outcome = self.send_chunk(route, provider, sender, rows[i:i + size], rate, attempts)
             if outcome == "defer":
+                self.flush_results()
                 return self.defer(len(rows) - i)
             if outcome == "next":
                 i += size
             elif outcome == "again":
                 continue
             elif outcome == "fallback":
+                self.flush_results()
                 fb = self.fallback()
                 if fb is None or route.kind == "fallback":
                     return self.reschedule("provider unreachable and no fallback available")
@@ -163,7 +174,9 @@ class BatchRun:
                 attempts = {r[0]: r[3] + 1 for r in rows}
                 i = 0
             else:
+                self.flush_results()
                 return outcome
+        self.flush_results()
         routing.provider_for(self.company.id, route, self.version).close()
         if claims.open_left(claim.job_id, claim.first_id, claim.last_id):
             return self.reschedule("some recipients will be retried")
@@ -208,7 +221,7 @@ class BatchRun:
         ids = [r[0] for r in chunk if r[0] not in unrendered]
         if not ids:
             return "next"
-        if not claims.mark_sending(claim, ids, self.lease_s):
+        if not self.mark_sending(ids):
             return self.stop_after_cancel()
         if route.relay:  # the operator's relay never sends as an unapproved tenant domain
             sender, reply_to = routing.relay_sender(sender, self.service_from, self.company.approved_domains)
@@ -246,9 +259,37 @@ class BatchRun:
         self.throttle_streak = 0
         limits.breaker_success(self.redis, claim.company_id, route.provider)
         # (mark_sending renewed the lease for this chunk; the next one renews it again)
-        results.record_results(claim, answer + render_failures, route.label, self.max_attempts, attempts,
-                               used=call_usage(route.provider, messages, answer))
+        found = answer + render_failures
+        used = call_usage(route.provider, messages, answer)
+        if found and all(r.status == ResultStatus.SENT for r in found):
+            self.pending = (found, route.label, attempts, used)  # written with the next chunk's mark
+        else:
+            results.record_results(claim, found, route.label, self.max_attempts, attempts, used=used)
         return "next"
+
+    def write_pending(self) -> None:
+        """Write the last chunk's results (all sent) in the open transaction; the caller commits."""
+        if self.pending is not None:
+            found, label, attempts, used = self.pending
+            results.record_results(self.claim, found, label, self.max_attempts, attempts, used=used, commit=False)
+
+    def flush_results(self) -> None:
+        """Commit the last chunk's results on their own, if they wait for a commit."""
+        if self.pending is not None:
+            self.write_pending()
+            db.session.commit()
+            self.pending = None
+
+    def mark_sending(self, ids: list[int]) -> bool:
+        """The chunk marked ``sending`` (``claims.mark_sending``), in one commit with the last chunk's
+        results. When the mark is refused (cancelled, paused, lost), its rollback took the results
+        too: they are written again and committed alone."""
+        self.write_pending()
+        if claims.mark_sending(self.claim, ids, self.lease_s):
+            self.pending = None
+            return True
+        self.flush_results()
+        return False
 
     def tokens(self, n: int, rate: float | None) -> bool:
         """Take the chunk's sends from the company's shared bucket. Naps (short
@@ -366,16 +407,33 @@ def run_claimed(batch_id: int, run_class: type[BatchRun]) -> str:
     claim = claims.claim_send(batch_id, worker_name(), settings.current().lease_s)
     if claim is None:
         return "skipped"
+    run: BatchRun | None = None
     try:
-        return run_class(claim).run()
+        run = run_class(claim)
+        return run.run()
     except LostLease:
         db.session.rollback()
+        _flush_after_error(run)  # the provider accepted them: recorded, whoever holds the batch now
         log.warning("Batch %s: lease lost; another worker has it", batch_id)
         return "lost"
     except Exception:
         db.session.rollback()
+        _flush_after_error(run)
         _release_after_error(claim)
         raise
+
+
+def _flush_after_error(run: BatchRun | None) -> None:
+    """Best effort: the results a run still held for its next commit (unwritten, they leave the
+    chunk ``sending``: uncertain for the next holder, as a kill would)."""
+    if run is None or run.pending is None:
+        return
+    try:
+        run.flush_results()
+    except Exception:  # the database may be the thing that failed
+        db.session.rollback()
+        log.warning("Batch %s: a chunk's results could not be recorded; its recipients stay in flight",
+                    run.claim.batch_id)
 
 
 def _release_after_error(claim: Claim) -> None:

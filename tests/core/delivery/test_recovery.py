@@ -269,3 +269,112 @@ def test_a_running_jobs_execution_is_beaten_and_a_dead_workers_lapses(app, monke
     dying._stop_beat()  # what SIGKILL does to the beating thread
     time.sleep(2.5)
     assert rq_job.get_status() == "started" and not is_live(rq_job.id)
+
+
+class Killed(BaseException):
+    """A SIGKILL, as far as the run is concerned: nothing of it runs after (no rollback, no release)."""
+
+
+def kill_at_second_mark(monkeypatch, *, after_commit: bool) -> list[int]:
+    """Kill the run at its second chunk's ``sending`` mark, the commit the first chunk's results
+    share: before it (``after_commit=False``) or just after it. Returns the ids of the marks seen."""
+    real, marks = claims.mark_sending, []
+
+    def mark(claim, ids, lease_s):
+        marks.append(ids)
+        if len(marks) == 2 and not after_commit:
+            raise Killed()
+        ok = real(claim, ids, lease_s)
+        if len(marks) == 2:
+            raise Killed()
+        return ok
+
+    monkeypatch.setattr(claims, "mark_sending", mark)
+    return marks
+
+
+def statuses(job_id: int) -> Counter:
+    db.session.rollback()
+    return Counter(db.session.execute(select(Recipient.status).where(Recipient.job_id == job_id)).scalars())
+
+
+def rerun_after_lease(batch_id: int) -> str:
+    db.session.execute(update(Batch).where(Batch.id == batch_id).values(lease_until=utcnow() - timedelta(seconds=1)))
+    db.session.commit()
+    return send_batch(batch_id)
+
+
+def test_a_kill_before_the_commit_a_chunks_results_share_leaves_it_uncertain(app, client, make_company, ses,
+                                                                             monkeypatch):
+    """Killed after the first chunk's call, before the commit that records its results with the next
+    chunk's mark: the first chunk is still ``sending`` (not lost, not taken for unsent), the second
+    was never handed over. The next holder finds only the first uncertain."""
+    company = make_company(**aws_settings(ses.url), uncertain_policy="fail")
+    job_id = make_job(client, company, n=120)  # one batch, chunks of 50, 50, 20
+    connection().flushdb()
+    plan_job(job_id)
+    batch_id = db.session.execute(select(Batch.id)).scalar_one()
+    marks = kill_at_second_mark(monkeypatch, after_commit=False)
+    try:
+        send_batch(batch_id)
+    except Killed:
+        pass
+    assert len(marks) == 2 and len(marks[0]) == 50
+    assert statuses(job_id) == {"sending": 50, "pending": 70}
+    assert len(ses.store()) == 50
+    monkeypatch.undo()
+    assert rerun_after_lease(batch_id) == "done"
+    job = db.session.get(Job, job_id)
+    db.session.refresh(job)
+    assert job.emails_uncertain == 50 and job.emails_sent == 70 and job.emails_failed == 50
+    got = Counter(a for m in ses.store() for a in m["destination"]["to"])
+    assert len(got) == 120 and max(got.values()) == 1  # the policy fails them: none sent twice
+
+
+def test_a_kill_after_the_shared_commit_leaves_only_the_next_chunk_uncertain(app, client, make_company, ses,
+                                                                            monkeypatch):
+    company = make_company(**aws_settings(ses.url))  # uncertain ones are resent
+    job_id = make_job(client, company, n=120)
+    connection().flushdb()
+    plan_job(job_id)
+    batch_id = db.session.execute(select(Batch.id)).scalar_one()
+    kill_at_second_mark(monkeypatch, after_commit=True)
+    try:
+        send_batch(batch_id)
+    except Killed:
+        pass
+    assert statuses(job_id) == {"sent": 50, "sending": 50, "pending": 20}  # the first chunk recorded
+    job = db.session.get(Job, job_id)
+    db.session.refresh(job)
+    assert job.emails_sent == 50
+    assert len(ses.store()) == 50  # the second chunk never went out
+    monkeypatch.undo()
+    assert rerun_after_lease(batch_id) == "done"
+    db.session.refresh(job)
+    assert job.status == "completed" and job.emails_uncertain == 50 and job.emails_sent == 120
+    got = Counter(a for m in ses.store() for a in m["destination"]["to"])
+    assert len(got) == 120 and max(got.values()) == 1  # (the uncertain chunk had not gone out)
+
+
+def test_a_refused_mark_still_records_the_chunk_before_it(app, client, make_company, ses, monkeypatch):
+    """The job is cancelled while a chunk is out: the next mark is refused and rolled back, and the
+    results it was to share the commit with are committed on their own."""
+    company = make_company(**aws_settings(ses.url))
+    job_id = make_job(client, company, n=120)
+    connection().flushdb()
+    plan_job(job_id)
+    batch_id = db.session.execute(select(Batch.id)).scalar_one()
+    real, seen = claims.mark_sending, []
+
+    def mark(claim, ids, lease_s):
+        seen.append(ids)
+        ok = real(claim, ids, lease_s)
+        if len(seen) == 1:  # cancelled once the first chunk is marked, before its call
+            db.session.execute(update(Job).where(Job.id == job_id).values(cancel_requested_at=utcnow()))
+            db.session.commit()
+        return ok
+
+    monkeypatch.setattr(claims, "mark_sending", mark)
+    assert send_batch(batch_id) == "cancelled"
+    assert statuses(job_id) == {"sent": 50, "cancelled": 70}  # the chunk that went out is recorded sent
+    assert len(ses.store()) == 50
