@@ -45,11 +45,10 @@ class LmsMail:
         ``{{ x | safe }}`` print a string as it is; the subject is made one line as the engine does."""
         if not self.fixed or not isinstance(data, dict):
             return None
-        values = [data.get(name) for name in _FIXED_NAMES]
-        for value in values:
-            if type(value) is not str or len(value) > MAX_VALUE:
-                return None
-        return Rendered(single_line(values[0]), values[1], values[2])
+        subject, text, html = (data.get(name) for name in _FIXED_NAMES)
+        if not all(type(v) is str and len(v) <= MAX_VALUE for v in (subject, text, html)):
+            return None
+        return Rendered(single_line(str(subject)), str(text), str(html))
 
     def headers(self, data: dict | None) -> dict[str, str]:
         reply_to = (data or {}).get("reply_to")
