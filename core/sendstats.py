@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import date, datetime
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from core.db import db
@@ -27,16 +28,25 @@ from core.models import R_BOUNCED, R_FAILED, R_SENT, R_SUPPRESSED, CompanyDay, J
 COLUMNS: dict[str, str] = {R_SENT: "sent", R_FAILED: "failed", R_BOUNCED: "bounced", R_SUPPRESSED: "suppressed"}
 
 
-def _insert(table):
-    dialect = postgresql if db.session.get_bind().dialect.name == "postgresql" else sqlite
-    return dialect.insert(table)
+#: the upsert of each (dialect, table, key columns, counted columns), built once: every chunk's results
+#: run one or two, and building and keying a fresh statement each time cost more than running it
+_UPSERTS: dict[tuple, Any] = {}
+
+
+def _upsert(dialect_name: str, table, keys: tuple[str, ...], counts: tuple[str, ...]):
+    found = _UPSERTS.get((dialect_name, table.name, keys, counts))
+    if found is None:
+        dialect = postgresql if dialect_name == "postgresql" else sqlite
+        stmt = dialect.insert(table).values({column: bindparam(f"v_{column}") for column in (*keys, *counts)})
+        found = stmt.on_conflict_do_update(index_elements=list(keys), set_={
+            column: getattr(table.c, column) + getattr(stmt.excluded, column) for column in counts})
+        _UPSERTS[(dialect_name, table.name, keys, counts)] = found
+    return found
 
 
 def _add(table, keys: dict, counts: dict) -> None:
-    stmt = _insert(table).values(**keys, **counts)
-    stmt = stmt.on_conflict_do_update(index_elements=list(keys), set_={
-        column: getattr(table.c, column) + getattr(stmt.excluded, column) for column in counts})
-    db.session.execute(stmt)
+    stmt = _upsert(db.session.get_bind().dialect.name, table, tuple(keys), tuple(counts))
+    db.session.execute(stmt, {f"v_{column}": value for column, value in (*keys.items(), *counts.items())})
 
 
 def record(company_id: int, job_id: int, moved: Mapping[str, int], *, route: str | None = None, unsent: int = 0,

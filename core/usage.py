@@ -84,11 +84,15 @@ def add(company_id: int, job_id: int, amounts: Mapping[str, float], day: date | 
     day = day or utcnow().date()
     rows = [{"company_id": company_id, "job_id": job_id, "day": day, "meter": meter, "quantity": q}
             for meter, q in sorted(amounts.items())]  # one order everywhere: no lock cycles
-    dialect = postgresql if is_postgres() else sqlite
-    stmt = dialect.insert(JobUsage.__table__)
-    stmt = stmt.on_conflict_do_update(index_elements=["job_id", "day", "meter"],
+    db.session.execute(_upsert(is_postgres()), rows)
+
+
+@lru_cache(maxsize=2)
+def _upsert(postgres: bool):
+    """The upsert of a job's meters, built once per dialect (every chunk's results run it)."""
+    stmt = (postgresql if postgres else sqlite).insert(JobUsage.__table__)
+    return stmt.on_conflict_do_update(index_elements=["job_id", "day", "meter"],
                                       set_={"quantity": JobUsage.__table__.c.quantity + stmt.excluded.quantity})
-    db.session.execute(stmt, rows)
 
 
 # --------------------------------------------------------------------------- reading
