@@ -552,8 +552,14 @@ def _close(company_id: int, job_type: str, count: int) -> Closed:
     cfg = settings.current()
     if db.session.get(Company, company_id) is None:
         return Closed()
+    # the rows another closer is turning into jobs are skipped, not waited for nor made again (its delete
+    # commits with its jobs); the conditional delete stays the guarantee (SQLite has no row locks)
     rows = db.session.execute(select(WaitingEvent.id, WaitingEvent.payload).where(*window)
-                              .order_by(WaitingEvent.id).limit(CLOSE_LIMIT)).all()
+                              .order_by(WaitingEvent.id).limit(CLOSE_LIMIT)
+                              .with_for_update(skip_locked=True)).all()
+    if not rows:
+        db.session.rollback()
+        return Closed()
     tpl = template_for(company_id, job_type)
     ids = [r.id for r in rows]
     if tpl is None:

@@ -346,7 +346,8 @@ def close_window(company_id: int, job_type: str, *, now: datetime | None = None)
         select(SmtpMessage.id, SmtpMessage.received_at, SmtpMessage.rcpt_to, SmtpMessage.subject)
         .where(SmtpMessage.status == WAITING, SmtpMessage.company_id == company_id,
                SmtpMessage.job_type == job_type)
-        .order_by(SmtpMessage.id).limit(CLOSE_LIMIT)).all()
+        .order_by(SmtpMessage.id).limit(CLOSE_LIMIT)
+        .with_for_update(skip_locked=True)).all()  # another closer's rows: skipped, not made again
     if not rows:
         db.session.rollback()
         return Closed([])

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from rq.registry import ScheduledJobRegistry
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from core import events, submissions
 from core.db import db
@@ -213,3 +214,30 @@ def test_smtp_messages_another_closer_took_make_no_job(app, make_company, set_se
     assert submissions._jobs_of(company.id, "notification", [[r] for r in rows]) is None
     db.session.rollback()
     assert count(Job) == 0 and count(Recipient) == 0
+
+
+def test_a_closer_skips_the_events_another_closer_is_taking(app, make_company, set_settings):
+    """PostgreSQL: a second pass at the same window does not make the jobs again only to find the events
+    gone at its delete; it skips the rows the first holds and makes the jobs of the others."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("row locks: PostgreSQL")
+    set_settings(bulk_window_s=0.0, bulk_max_hold_s=0.0, bulk_threshold=10)
+    company = make_company("Acme", sender="noreply@acme.test", provider="smtp")
+    make_template(company.id, "csv_import")
+    intake = events.Intake(db.engine)
+    for i in range(4):
+        intake.accept(company.token, event(i))
+    store_smtp([smtp_message(company.id, i) for i in range(2)])
+    first = db.engine.connect()  # the other closer, mid-transaction
+    try:
+        first.execute(text("SELECT id FROM waiting_events ORDER BY id LIMIT 3 FOR UPDATE"))
+        first.execute(text("SELECT id FROM smtp_messages FOR UPDATE"))
+        made = events.close_window(company.id, "csv_import").jobs
+        assert [j.email_count for j in made] == [1] and count(WaitingEvent) == 3  # the fourth alone
+        assert submissions.close_window(company.id, "notification").jobs == []
+    finally:
+        first.rollback()
+        first.close()
+    assert len(events.close_window(company.id, "csv_import").jobs) == 3
+    assert len(submissions.close_window(company.id, "notification").jobs) == 2
+    assert count(Job) == 6 and count(WaitingEvent) == 0
