@@ -18,7 +18,7 @@ round (``/proc/PID/stat``: the web's gunicorn, the ping's, the RQ workers, this 
 backends, the rest of PostgreSQL (its WAL writer, and the backends that ended), Redis, SES-local and the
 clients), and for the drain after the last round.
 
-Usage: .venv/bin/python bench/events.py [--events 20000] [--clients 8] [--web 2] [--threads 4] [--cpu]
+Usage: .venv/bin/python bench/events.py [--events 20000] [--clients 8] [--web 2] [--threads 8] [--cpu]
 """
 from __future__ import annotations
 
@@ -247,7 +247,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20_000, help="events per round (two rounds)")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--web", type=int, default=2, help="gunicorn worker processes")
-    parser.add_argument("--threads", type=int, default=4, help="gunicorn threads per process")
+    parser.add_argument("--threads", type=int, default=8, help="gunicorn threads per process")
     parser.add_argument("--workers", type=int, default=2, help="RQ workers")
     parser.add_argument("--cpu", action="store_true", help="print each process group's CPU per 1,000 requests")
     parser.add_argument("--profile", metavar="DIR", help="cProfile the web processes into DIR/web-PID.prof "
