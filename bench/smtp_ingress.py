@@ -91,10 +91,12 @@ def serve_sink(port: int, quickack: bool) -> None:
 # -- the clients ---------------------------------------------------------------------------
 
 def client_run(kind: str, port: int, user: str, password: str, count: int, per_session: int, tag: str,
-               start_at: float) -> list[tuple[float, float]]:
-    """Send ``count`` messages in sessions of ``per_session``; (latency s, when done) per message."""
+               start_at: float) -> tuple[list[tuple[float, float]], float]:
+    """Send ``count`` messages in sessions of ``per_session``; (latency s, when done) per message, and the
+    CPU seconds this client used."""
     while time.time() < start_at:
         time.sleep(0.001)
+    cpu = time.process_time()
     done: list[tuple[float, float]] = []
     n = 0
     while n < count:
@@ -119,23 +121,69 @@ def client_run(kind: str, port: int, user: str, password: str, count: int, per_s
                 done.append((time.perf_counter() - t, time.time()))
                 n += 1
             client.quit()
-    return done
+    return done, time.process_time() - cpu
+
+
+def with_children(pids: list[int]) -> list[int]:
+    """``pids`` and their child processes (the SMTP server's, when it runs several)."""
+    found = list(pids)
+    for pid in pids:
+        try:
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children") as f:
+                    found.extend(int(child) for child in f.read().split())
+        except OSError:
+            continue
+    return found
+
+
+def cpu_of(pids: list[int]) -> float:
+    """CPU seconds (user + system, every thread) the processes ``pids`` used so far; 0 for one that is gone."""
+    total = 0.0
+    for pid in with_children(pids):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def postgres_pids() -> list[int]:
+    """Every PostgreSQL process of the machine (the bench holds the machine: they are its database's)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as f:
+                    if f.read().strip() == "postgres":
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
 
 
 def drive(kind: str, port: int, user: str, password: str, total: int, clients: int, per_session: int,
-          tag: str) -> dict:
-    """``clients`` processes sending ``total`` messages together; rate and latencies."""
+          tag: str, server: list[int] | None = None) -> dict:
+    """``clients`` processes sending ``total`` messages together; rate and latencies, and the CPU per
+    message of the clients, of the ``server`` processes and of PostgreSQL."""
     share = [total // clients + (1 if i < total % clients else 0) for i in range(clients)]
     start_at = time.time() + 0.5
+    pg = postgres_pids()
+    before = cpu_of(server or []), cpu_of(pg)
     with multiprocessing.get_context("fork").Pool(clients) as pool:
         runs = pool.starmap(client_run, [(kind, port, user, password, share[i], per_session, f"{tag}c{i}-", start_at)
                                          for i in range(clients)])
-    marks = [m for run in runs for m in run]
+    after = cpu_of(server or []), cpu_of(pg + [p for p in postgres_pids() if p not in pg])
+    marks = [m for run, _ in runs for m in run]
     latencies = sorted(lat for lat, _ in marks)
     wall = max(at for _, at in marks) - start_at
+    per = 1000 / len(marks)
     return {"rate": len(marks) / wall, "p50": latencies[len(latencies) // 2] * 1000,
             "p99": latencies[int(len(latencies) * 0.99) - 1] * 1000, "wall": wall, "marks": marks,
-            "start": start_at}
+            "start": start_at, "cpu_clients": sum(cpu for _, cpu in runs) * per,
+            "cpu_server": (after[0] - before[0]) * per, "cpu_db": (after[1] - before[1]) * per}
 
 
 # -- the service ---------------------------------------------------------------------------
@@ -201,6 +249,8 @@ def show(label: str, result: dict, base: dict | None = None) -> None:
     ratio = f"  {result['rate'] / base['rate']:.0%} of the sink" if base else ""
     print(f"  {label:<34} {result['rate']:7,.0f} msg/s  p50 {result['p50']:6.2f} ms  p99 {result['p99']:6.2f} ms"
           f"{ratio}", flush=True)
+    print(f"  {'':<34} CPU per message: server {result['cpu_server']:.2f} ms, PostgreSQL {result['cpu_db']:.2f} ms, "
+          f"clients {result['cpu_clients']:.2f} ms", flush=True)
 
 
 def main() -> None:
@@ -234,13 +284,15 @@ def main() -> None:
             smtp = ManagedProcess([os.path.join(BIN, "flask"), "--app", "wsgi", "smtp"], port, env=env, cwd=ROOT,
                                   log_name="bench-smtp")
             procs.append(smtp.start())
-            sinks = {}
+            ours_pids = [smtp.proc.pid]
+            sinks, sink_pids = {}, {}
             for quickack in (False, True):
                 sink_port = free_port()
                 sink = ManagedProcess([sys.executable, __file__, "--serve-sink", str(sink_port),
                                        *(["--quickack"] if quickack else [])], sink_port, log_name="bench-sink")
                 procs.append(sink.start())
                 sinks[quickack] = sink_port
+                sink_pids[sink_port] = [sink.proc.pid]
             wait_for_port(port)
             drive("smtplib", port, user, token, 200, args.clients, args.per_session, "warm")  # warm up
 
@@ -248,17 +300,20 @@ def main() -> None:
             print(f"database: {'sqlite' if args.sqlite else 'postgresql'}; {args.clients} client processes, "
                   f"sessions of {args.per_session}, {n:,} messages a run", flush=True)
             print("smtplib (DATA in one write):")
-            sink = drive("smtplib", sinks[False], user, token, n, args.clients, args.per_session, "s")
+            sink = drive("smtplib", sinks[False], user, token, n, args.clients, args.per_session, "s",
+                         sink_pids[sinks[False]])
             show("no-op sink (aiosmtpd)", sink)
-            ours = drive("smtplib", port, user, token, n, args.clients, args.per_session, "a")
+            ours = drive("smtplib", port, user, token, n, args.clients, args.per_session, "a", ours_pids)
             show("SMTP submission (stored, 250)", ours, sink)
             print("line by line, Nagle on (Moodle's PHPMailer):")
             line_n = max(args.clients * args.per_session, n // 4)
-            plain = drive("line", sinks[False], user, token, min(line_n, 2_000), args.clients, args.per_session, "p")
+            plain = drive("line", sinks[False], user, token, min(line_n, 2_000), args.clients, args.per_session, "p",
+                          sink_pids[sinks[False]])
             show("no-op sink (aiosmtpd)", plain)
-            quick = drive("line", sinks[True], user, token, line_n, args.clients, args.per_session, "q")
+            quick = drive("line", sinks[True], user, token, line_n, args.clients, args.per_session, "q",
+                          sink_pids[sinks[True]])
             show("no-op sink + TCP_QUICKACK", quick)
-            line = drive("line", port, user, token, line_n, args.clients, args.per_session, "l")
+            line = drive("line", port, user, token, line_n, args.clients, args.per_session, "l", ours_pids)
             show("SMTP submission (stored, 250)", line, quick)
             print(f"  (SMTP submission / plain aiosmtpd sink: {line['rate'] / plain['rate']:.1f}x)")
 
