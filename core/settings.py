@@ -381,6 +381,8 @@ class Settings:
                                     "signed-in SMTP sessions of one company at once, across processes")
     smtp_proxy_protocol: bool = var("OFFLOAD_SMTP_PROXY_PROTOCOL", False, boolean,
                                     "clients come through a balancer speaking the PROXY protocol")
+    smtp_processes: int = var("OFFLOAD_SMTP_PROCESSES", 2, integer(1, 64),
+                              "SMTP processes sharing the listening socket (one event loop each)")
 
     # -- certificates
     local_storage: bool = var("OFFLOAD_LOCAL_STORAGE", False, boolean,

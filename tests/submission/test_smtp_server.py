@@ -328,16 +328,16 @@ def test_a_stored_group_leaves_its_connection_as_it_was_and_a_refused_one_is_not
 def test_an_unforeseen_error_in_the_writer_is_a_451_and_the_writer_goes_on(signed_in, monkeypatch):
     from submission import writer
 
-    real = writer._Connection.store
+    real = writer.GroupWriter._store
     calls = []
 
-    def broken_once(self, messages):
+    async def broken_once(self, connection, messages):
         calls.append(len(messages))
         if len(calls) == 1:
             raise RuntimeError("a bug, not a database error")
-        return real(self, messages)
+        return await real(self, connection, messages)
 
-    monkeypatch.setattr(writer._Connection, "store", broken_once)
+    monkeypatch.setattr(writer.GroupWriter, "_store", broken_once)
     client = signed_in()
     before = len(stored())
     client.mail("noreply@acme.test")

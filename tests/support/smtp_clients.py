@@ -131,9 +131,9 @@ class InProcessServer:
         async def close():
             self.server.close()
             await self.server.wait_closed()
+            await self.writer.close()
 
-        asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
-        self.writer.stop()
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(20)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
