@@ -10,7 +10,8 @@ Two client kinds: smtplib (DATA in one write) and ``LineClient``, which writes e
 with its own ``send()`` and Nagle's algorithm on, as Moodle's PHPMailer does.
 
 Prints, per client kind and server: messages accepted per second, p50/p99 latency per
-message (MAIL FROM to the 250 after DATA), and our server's rate as a share of the sink's.
+message (MAIL FROM to the 250 after DATA), and our server's rate as a share of the sink's; and
+the CPU each message cost the server (every process of it), PostgreSQL and the clients.
 With ``--e2e N`` (default 50,000; 0 skips) it then sends N messages to our server with the
 smtplib clients while ``--workers`` RQ workers deliver them to aws-ses-v2-local, and prints
 the time until every recipient is final (first message sent → all final; and from the
