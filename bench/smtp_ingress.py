@@ -324,7 +324,7 @@ def main() -> None:
                                                    f"bench-{i}"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                                   stderr=subprocess.STDOUT))
                 before = wait_all_final(env, 0)  # the earlier runs' jobs are sent meanwhile
-                burst = drive("smtplib", port, user, token, args.e2e, args.clients, args.per_session, "e")
+                burst = drive("smtplib", port, user, token, args.e2e, args.clients, args.per_session, "e", ours_pids)
                 last_250 = max(at for _, at in burst["marks"])
                 # every message our server took (the warm-up, the two acceptance runs, the burst): one recipient each
                 done = wait_all_final(env, 200 + n + line_n + args.e2e, timeout=3600)
