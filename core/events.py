@@ -43,7 +43,7 @@ from sqlalchemy import Engine, func, select, text
 from core import api_rate, audit, crypto, fields, settings
 from core.companies import authenticate_token
 from core.db import db, rowcount
-from core.groupcommit import GroupCommit, NotStored
+from core.groupcommit import GroupCommit, NotStored, autocommit_cursor
 from core.jobs import JobError, create_job, create_jobs, parse_time, service_sample
 from core.models import Company, Template, WaitingEvent, is_bulk, sha256_hex, utcnow
 from core.queue import as_text, connection, release_events_closer
@@ -391,26 +391,16 @@ class Intake:
             raise NotStored("connection lost")
         params = (json.dumps([{"h": p.token_hash, "c": p.company_id, "t": p.job_type, "p": p.payload}
                               for p in items], separators=(",", ":")), now)
-        try:
-            driver.autocommit = True
-            try:
-                with driver.cursor() as cursor:
-                    live = dict(cursor.execute(_PG_STORE, params).fetchall())
-                    due = self._due_last_used(live)
-                    if due:  # its own transaction, after the events' commit: whatever becomes of it, they are stored
-                        try:
-                            cursor.execute("UPDATE api_tokens SET last_used_at = %s "
-                                           "WHERE token_hash = ANY(%s::text[])", (now, due))
-                        except dialect.loaded_dbapi.Error as exc:  # a lost connection is found before the next group
-                            log.warning("Events: last use of tokens not recorded (%s)", type(exc).__name__)
-                            due = []
-            finally:  # as it was: the connection may go back to the pool, where SQLAlchemy expects transactions
-                if not driver.closed:
-                    driver.autocommit = False
-        except dialect.loaded_dbapi.Error as exc:
-            if getattr(exc, "sqlstate", None):
-                raise NotStored(type(exc).__name__) from exc
-            raise
+        with autocommit_cursor(driver, dialect) as cursor:
+            live = dict(cursor.execute(_PG_STORE, params).fetchall())
+            due = self._due_last_used(live)
+            if due:  # its own transaction, after the events' commit: whatever becomes of it, they are stored
+                try:
+                    cursor.execute("UPDATE api_tokens SET last_used_at = %s "
+                                   "WHERE token_hash = ANY(%s::text[])", (now, due))
+                except dialect.loaded_dbapi.Error as exc:  # a lost connection is found before the next group
+                    log.warning("Events: last use of tokens not recorded (%s)", type(exc).__name__)
+                    due = []
         return live, due
 
     def _after(self, items: list[_Pending], results: list) -> None:

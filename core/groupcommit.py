@@ -26,7 +26,8 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Dialect, Engine, PoolProxiedConnection
@@ -45,6 +46,28 @@ class Busy(StoreFailed):
 class NotStored(Exception):
     """Raised by a store function when its statements failed before the commit: nothing was stored,
     the group may be tried again on a fresh connection."""
+
+
+@contextmanager
+def autocommit_cursor(driver, dialect: Dialect) -> Iterator[Any]:
+    """A cursor of the psycopg connection ``driver`` in autocommit: each statement its own transaction, whose
+    answer comes only once its commit is durable (the server commits at the protocol's Sync, before it says it
+    is ready; psycopg reads up to then), so a group costs one round trip. An error the server reports (it has
+    a SQLSTATE) rolled its statement back: ``NotStored``. A connection lost before the answer may or may not
+    have committed: that error is raised as it is. The connection leaves in transaction mode again, as the
+    pool (SQLAlchemy) expects it."""
+    try:
+        driver.autocommit = True
+        try:
+            with driver.cursor() as cursor:
+                yield cursor
+        finally:
+            if not driver.closed:
+                driver.autocommit = False
+    except dialect.loaded_dbapi.Error as exc:
+        if getattr(exc, "sqlstate", None):
+            raise NotStored(type(exc).__name__) from exc
+        raise
 
 
 #: ``store(items, driver_connection, dialect)`` → one result per item, in order; it commits

@@ -33,6 +33,7 @@ from core.bulk import execute_for_ids, insert_recipients
 from core.certificates import open_storage
 from core.db import db, rowcount
 from core.delivery_settings import provider_config
+from core.groupcommit import NotStored, autocommit_cursor
 from core.jobs import classify_recipients, commit_keeping
 from core.models import (
     DEFAULT_PRIORITY,
@@ -244,19 +245,9 @@ def store(messages: list[Taken], conn: PoolProxiedConnection, dialect: Dialect) 
         driver = conn.driver_connection
         if driver is None:  # invalidated: nothing was sent
             raise NotStored("no connection")
-        try:
-            driver.autocommit = True
-            try:
-                with driver.cursor() as cursor:
-                    cursor.execute(sql, params)
-                    return sorted(row[0] for row in cursor.fetchall())
-            finally:  # as it was: the connection may go back to the pool, where SQLAlchemy expects transactions
-                if not driver.closed:
-                    driver.autocommit = False
-        except dialect.loaded_dbapi.Error as exc:
-            if getattr(exc, "sqlstate", None):
-                raise NotStored(type(exc).__name__) from exc
-            raise
+        with autocommit_cursor(driver, dialect) as cursor:
+            cursor.execute(sql, params)
+            return sorted(row[0] for row in cursor.fetchall())
     try:
         cursor = conn.cursor()
         try:
@@ -305,10 +296,6 @@ def driver_lost(driver, dialect: Dialect) -> bool:
         return bool(io_select.select([fd], [], [], 0)[0])
     except (OSError, ValueError, dialect.loaded_dbapi.Error):
         return True
-
-
-class NotStored(Exception):
-    """The insert failed before its commit: nothing of it was stored, it may be tried again."""
 
 
 def windows_touched(messages: Iterable[Taken]) -> set[tuple[int, str]]:
