@@ -27,15 +27,15 @@ RETRY_S = 5.0    # an entry whose run failed unexpectedly comes back after this
 MAX_RUNS: int | None = None  # entries one wake-up runs at most (None: no cap; tests set it)
 
 
-def _put_back(picked: scheduler.Picked) -> None:
+def _put_back(kind: str, batch_ids: list[int]) -> None:
     """After an unexpected error: the batch was released for a retry in a few
     seconds (``run_claimed`` / ``submit_batches``); its entry comes back then
     (best effort: with the database down, the sweep re-adds it later)."""
     try:
-        if picked.kind == scheduler.SUBMIT:
-            queue.enqueue_submit(picked.batch_ids, delay=RETRY_S)
+        if kind == scheduler.SUBMIT:
+            queue.enqueue_submit(batch_ids, delay=RETRY_S)
         else:
-            queue.enqueue_batches([(b, 0) for b in picked.batch_ids], delay=RETRY_S)
+            queue.enqueue_batches([(b, 0) for b in batch_ids], delay=RETRY_S)
     except Exception as exc:  # noqa: BLE001 (the original error is what the queue must see)
         log.warning("ready-set entry not restored (%s); the sweep will", type(exc).__name__)
 
@@ -48,15 +48,8 @@ def send_first(batch_id: int) -> str:
     try:
         return run_claimed(batch_id, BatchRun)
     except Exception:
-        _put_back_batch(batch_id)
+        _put_back(scheduler.DIRECT, [batch_id])
         raise
-
-
-def _put_back_batch(batch_id: int) -> None:
-    try:
-        queue.enqueue_batches([(batch_id, 0)], delay=RETRY_S)
-    except Exception as exc:  # noqa: BLE001 (the original error is what the queue must see)
-        log.warning("batch %s not put in the ready set (%s); the sweep will", batch_id, type(exc).__name__)
 
 
 def work_ready() -> dict:
@@ -92,6 +85,6 @@ def work_ready() -> dict:
             else:
                 done[run_claimed(picked.batch_ids[0], BatchRun)] += 1
         except Exception:
-            _put_back(picked)
+            _put_back(picked.kind, picked.batch_ids)
             raise
     return dict(done)
