@@ -44,6 +44,19 @@ def test_a_small_transactional_job_is_sent_by_its_plan_task(app, client, make_co
     assert len(ses.store()) == 5
 
 
+def test_a_plan_tasks_send_that_breaks_puts_its_batch_in_the_ready_set(app, client, make_company, ses, monkeypatch):
+    company = make_company(**aws_settings(ses.url))
+    job_id = submit(client, company, people(2))
+
+    def broken(batch_id, run):
+        raise RuntimeError("the send broke")
+
+    monkeypatch.setattr(ready, "run_claimed", broken)
+    run_worker_burst(app, max_jobs=1)  # the plan task: its send raised
+    assert statuses(job_id) == Counter({"pending": 2}) and len(ses.store()) == 0
+    assert ready_batches() == 1  # the batch waits in the ready set for its retry, not lost
+
+
 def test_bulk_and_multi_batch_jobs_go_through_the_ready_set(app, client, make_company, ses, set_settings):
     set_settings(batch_size=3)
     company = make_company(**aws_settings(ses.url))
